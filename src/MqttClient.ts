@@ -1,0 +1,315 @@
+/**
+ * The MQTT client: a scoped service that connects to a broker, publishes, subscribes and exposes the
+ * received messages as a `Stream`.
+ *
+ * Building the layer connects and waits for CONNACK; releasing it sends DISCONNECT and closes the socket.
+ * Nothing keeps running after release.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Stream } from "effect"
+ * import { MqttClient } from "effect-mqtt"
+ *
+ * const program = Effect.gen(function*() {
+ *   const client = yield* MqttClient.MqttClient
+ *   yield* client.subscribe("temperature/#")
+ *   yield* client.messages.pipe(
+ *     Stream.runForEach((message) => Effect.log(message.topic, message.text))
+ *   )
+ * })
+ *
+ * program.pipe(
+ *   Effect.provide(MqttClient.layer({ url: "mqtt://localhost:1883" })),
+ *   Effect.runPromise
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
+import type * as IncomingQueue from "./IncomingQueue.ts"
+import * as internal from "./internal/client.ts"
+import type * as MqttError from "./MqttError.ts"
+import type * as MqttMessage from "./MqttMessage.ts"
+
+/**
+ * A Quality of Service level: 0 at most once, 1 at least once, 2 exactly once.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type QoS = MqttMessage.QoS
+
+/**
+ * The message the broker publishes for this client when the client goes away without a DISCONNECT (a
+ * crash, a lost network). MQTT 5 properties and a will delay are ignored on MQTT 3.1.1.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Will {
+  readonly topic: string
+  readonly payload: Uint8Array | string
+  readonly qos?: QoS | undefined
+  readonly retain?: boolean | undefined
+  readonly properties?:
+    | (MqttMessage.PublishProperties & {
+      /** MQTT 5: seconds the broker waits before it publishes the will. */
+      readonly willDelayInterval?: number | undefined
+    })
+    | undefined
+}
+
+/**
+ * The options of a client. Only `url` is usually needed.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** The broker: `mqtt://host:port` or `tcp://host:port` (port 1883 by default). User info in the URL is
+   * used as `username` and `password` when those are not given. Default `mqtt://localhost:1883`. */
+  readonly url?: string | undefined
+  /** The client identifier. Generated (`effect-mqtt-` and random characters) when absent. */
+  readonly clientId?: string | undefined
+  /** 4 for MQTT 3.1.1 (the default, as MQTT.js and aiomqtt), 5 for MQTT 5.0. */
+  readonly protocolVersion?: 4 | 5 | undefined
+  /** Seconds between control packets: a PINGREQ is sent after this long without sending anything.
+   * 0 turns keepalive off. Default 60. In MQTT 5 the broker's Server Keep Alive replaces it. */
+  readonly keepAlive?: number | undefined
+  /** How long to wait for the PINGRESP before the connection is considered dead. Default: the keepalive,
+   * at most 30 seconds. */
+  readonly pingTimeout?: Duration.Input | undefined
+  /** Start a new session (MQTT 5 Clean Start; MQTT 3.1.1 Clean Session). Default `true`. */
+  readonly cleanStart?: boolean | undefined
+  /** The MQTT 3.1.1 name of `cleanStart`. When both are given, `cleanStart` wins. */
+  readonly cleanSession?: boolean | undefined
+  /** MQTT 5: seconds the broker keeps the session after the connection closes (0: none, the default). */
+  readonly sessionExpiryInterval?: number | undefined
+  readonly username?: string | undefined
+  readonly password?: Redacted.Redacted<string> | undefined
+  readonly will?: Will | undefined
+  /** How long to wait for the TCP connection and the CONNACK. Default 30 seconds. */
+  readonly connectTimeout?: Duration.Input | undefined
+  /** The queue that holds received messages until they are consumed. Default `IncomingQueue.bounded(1024)`. */
+  readonly queue?: IncomingQueue.Strategy | undefined
+  /** MQTT 5: user properties sent in CONNECT. */
+  readonly userProperties?: ReadonlyArray<MqttMessage.UserProperty> | undefined
+}
+
+/**
+ * The options of a publish.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PublishOptions {
+  /** Default 0. */
+  readonly qos?: QoS | undefined
+  /** Ask the broker to keep the message for future subscribers. Default `false`. */
+  readonly retain?: boolean | undefined
+  /** MQTT 5 properties; ignored on MQTT 3.1.1. */
+  readonly properties?: MqttMessage.PublishProperties | undefined
+}
+
+/**
+ * The options of a subscription. The MQTT 5 options are refused on an MQTT 3.1.1 connection.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SubscribeOptions {
+  /** The maximum QoS of the messages the broker sends for this subscription. Default 0. */
+  readonly qos?: QoS | undefined
+  /** MQTT 5: do not receive the messages this client publishes itself. */
+  readonly noLocal?: boolean | undefined
+  /** MQTT 5: keep the retain flag the messages were published with. */
+  readonly retainAsPublished?: boolean | undefined
+  /** MQTT 5: 0 send retained messages on subscribe (default), 1 only for a new subscription, 2 never. */
+  readonly retainHandling?: 0 | 1 | 2 | undefined
+}
+
+/**
+ * One filter of a subscribe, with its own options.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Subscription extends SubscribeOptions {
+  readonly filter: string
+}
+
+/**
+ * What the broker granted for one filter of a subscribe.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Granted {
+  readonly filter: string
+  /** The QoS the broker granted (it may be lower than asked). */
+  readonly qos: QoS
+  /** The SUBACK reason code: the granted QoS, or for MQTT 5 a success code such as 0x00 to 0x02. */
+  readonly reasonCode: number
+}
+
+/**
+ * What the broker said in CONNACK.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ConnectionInfo {
+  readonly protocolVersion: 4 | 5
+  /** The client identifier in use: the broker's assigned identifier when it sent one. */
+  readonly clientId: string
+  readonly sessionPresent: boolean
+  /** The keepalive in use, in seconds (the broker's Server Keep Alive when it sent one). */
+  readonly keepAlive: number
+  /** MQTT 5: how many QoS 1/2 publishes may be unacknowledged at once (65,535 when the broker sets none). */
+  readonly receiveMaximum: number
+  /** MQTT 5: the highest QoS the broker accepts (2 when it says nothing). */
+  readonly maximumQoS: QoS
+  readonly retainAvailable: boolean
+  readonly maximumPacketSize: number | undefined
+  readonly topicAliasMaximum: number
+  readonly sessionExpiryInterval: number | undefined
+  readonly reasonString: string | undefined
+  readonly userProperties: ReadonlyArray<MqttMessage.UserProperty>
+}
+
+/**
+ * The client service.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Client {
+  /**
+   * Publishes a message. QoS 0 completes when the packet is written, QoS 1 on PUBACK, QoS 2 on PUBCOMP.
+   *
+   * Fails with `InvalidTopicError` or `InvalidOptionError` before sending anything when the topic or an
+   * option is invalid, with `PublishError` when the broker refuses the message (MQTT 5 reason code at or
+   * above 0x80), and with a connection error when the connection ends before the acknowledgement.
+   *
+   * Interrupting a QoS 1/2 publish after it was sent does not abandon it: its acknowledgement is still
+   * received and answered.
+   */
+  readonly publish: (
+    topic: string,
+    payload: Uint8Array | string,
+    options?: PublishOptions
+  ) => Effect.Effect<void, MqttError.MqttError>
+
+  /**
+   * Subscribes to one or more topic filters with one SUBSCRIBE. A string filter uses `options`; a
+   * `Subscription` carries its own. Returns what the broker granted for each filter, in order. Fails with
+   * `SubscribeError` naming the first filter the broker refused.
+   */
+  readonly subscribe: (
+    filters: string | Subscription | ReadonlyArray<string | Subscription>,
+    options?: SubscribeOptions
+  ) => Effect.Effect<ReadonlyArray<Granted>, MqttError.MqttError>
+
+  /**
+   * Removes one or more subscriptions with one UNSUBSCRIBE, waiting for UNSUBACK. In MQTT 5, fails with
+   * `UnsubscribeError` when the broker refuses (a subscription that did not exist is not an error).
+   */
+  readonly unsubscribe: (filters: string | ReadonlyArray<string>) => Effect.Effect<void, MqttError.MqttError>
+
+  /**
+   * Every received message. All consumers of this stream share one queue, so each message goes to one of
+   * them (as in aiomqtt). The stream ends when the client is closed and fails with a connection error when
+   * the connection is lost.
+   */
+  readonly messages: Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>
+
+  /** The number of messages a sliding or dropping queue has dropped so far. */
+  readonly droppedMessages: Effect.Effect<number>
+
+  /** What the broker answered in CONNACK. */
+  readonly connection: ConnectionInfo
+
+  /** Waits until the connection ends and fails with the reason; succeeds when the client is closed. */
+  readonly awaitClose: Effect.Effect<void, MqttError.MqttError>
+}
+
+/**
+ * The client service tag.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export class MqttClient extends Context.Service<MqttClient, Client>()("effect-mqtt/MqttClient") {}
+
+/**
+ * Connects and returns a client that lives as long as the enclosing scope. Most applications use
+ * {@link layer} instead.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: (options?: Options) => Effect.Effect<Client, MqttError.MqttError, Scope.Scope> = internal.make
+
+/**
+ * A layer that connects when built (waiting for CONNACK) and disconnects when released: DISCONNECT is sent,
+ * the messages stream ends, and the socket is closed. Fails with `ConnectRefusedError`, `TimeoutError`,
+ * `ConnectionLostError` or `InvalidOptionError`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.MqttError> =>
+  Layer.effect(MqttClient, internal.make(options))
+
+/**
+ * The options read from the environment through Effect `Config`:
+ *
+ * | variable | option |
+ * | --- | --- |
+ * | `MQTT_URL` | `url` (default `mqtt://localhost:1883`) |
+ * | `MQTT_CLIENT_ID` | `clientId` |
+ * | `MQTT_USERNAME` | `username` |
+ * | `MQTT_PASSWORD` | `password` (redacted) |
+ * | `MQTT_PROTOCOL_VERSION` | `protocolVersion` (4 or 5) |
+ * | `MQTT_KEEPALIVE` | `keepAlive` (seconds) |
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<Options> = Config.all({
+  url: Config.String("MQTT_URL").pipe(Config.withDefault("mqtt://localhost:1883")),
+  clientId: Config.String("MQTT_CLIENT_ID").pipe(Config.withDefault(undefined)),
+  username: Config.String("MQTT_USERNAME").pipe(Config.withDefault(undefined)),
+  password: Config.Redacted("MQTT_PASSWORD").pipe(Config.withDefault(undefined)),
+  protocolVersion: Config.Literals([4, 5], "MQTT_PROTOCOL_VERSION").pipe(Config.withDefault(undefined)),
+  keepAlive: Config.Int("MQTT_KEEPALIVE").pipe(Config.withDefault(undefined))
+})
+
+/**
+ * A layer whose options come from Effect `Config`: by default {@link config} (`MQTT_URL` and friends), or
+ * any `Config` of options. Options given in `overrides` are used as they are.
+ *
+ * @example
+ * ```ts
+ * import { MqttClient } from "effect-mqtt"
+ *
+ * // MQTT_URL=mqtt://broker:1883 MQTT_USERNAME=app MQTT_PASSWORD=secret
+ * const MqttLive = MqttClient.layerConfig()
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Config<Options> = config,
+  overrides?: Options
+): Layer.Layer<MqttClient, MqttError.MqttError | Config.ConfigError> =>
+  Layer.effect(MqttClient, Effect.flatMap(options, (options) => internal.make({ ...options, ...overrides })))

@@ -1,0 +1,129 @@
+/**
+ * The messages that flow through an `MqttClient`: what arrives on `messages` and the MQTT 5 properties a
+ * publish can carry.
+ *
+ * @since 0.1.0
+ */
+
+/**
+ * A Quality of Service level: 0 at most once, 1 at least once, 2 exactly once.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type QoS = 0 | 1 | 2
+
+/**
+ * An MQTT 5 user property: a name and a value. A list of them keeps its order and may repeat a name.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type UserProperty = readonly [name: string, value: string]
+
+/**
+ * The MQTT 5 properties of a PUBLISH. Ignored (not sent) on an MQTT 3.1.1 connection.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PublishProperties {
+  /** `true` when the payload is UTF-8 text (payload format indicator 1). */
+  readonly payloadFormatIndicator?: boolean | undefined
+  /** The lifetime of the message in seconds; the broker drops it when it expires. */
+  readonly messageExpiryInterval?: number | undefined
+  /** A MIME type or other description of the payload. */
+  readonly contentType?: string | undefined
+  /** The topic a responder should publish its response to. */
+  readonly responseTopic?: string | undefined
+  /** Opaque data a responder copies into its response, to tie the response to the request. */
+  readonly correlationData?: Uint8Array | undefined
+  /** Application-defined name/value pairs, in order. */
+  readonly userProperties?: ReadonlyArray<UserProperty> | undefined
+}
+
+/**
+ * The MQTT 5 properties of a received message: those of {@link PublishProperties} and the identifiers of the
+ * subscriptions that it matched.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface MessageProperties extends PublishProperties {
+  readonly subscriptionIdentifiers?: ReadonlyArray<number> | undefined
+}
+
+const decoder = new TextDecoder()
+const noProperties: MessageProperties = Object.freeze({})
+
+/**
+ * A message received from the broker.
+ *
+ * `payload` is the raw bytes; `text` decodes them as UTF-8. `dup` is set when the broker resent the message;
+ * `retain` when it was a retained message sent on subscription. `properties` is empty on MQTT 3.1.1.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export class MqttMessage {
+  readonly topic: string
+  readonly payload: Uint8Array
+  readonly qos: QoS
+  readonly retain: boolean
+  readonly dup: boolean
+  readonly properties: MessageProperties
+
+  constructor(
+    topic: string,
+    payload: Uint8Array,
+    qos: QoS,
+    retain: boolean,
+    dup: boolean,
+    properties: MessageProperties = noProperties
+  ) {
+    this.topic = topic
+    this.payload = payload
+    this.qos = qos
+    this.retain = retain
+    this.dup = dup
+    this.properties = properties
+  }
+
+  /**
+   * The payload decoded as UTF-8 text (invalid sequences become U+FFFD).
+   *
+   * @since 0.1.0
+   */
+  get text(): string {
+    return decoder.decode(this.payload)
+  }
+
+  /**
+   * The payload parsed as JSON: `undefined` when it is not valid JSON.
+   *
+   * @since 0.1.0
+   */
+  get json(): unknown {
+    try {
+      return JSON.parse(this.text)
+    } catch {
+      return undefined
+    }
+  }
+
+  toString(): string {
+    return `MqttMessage(${this.topic}, qos ${this.qos}, ${this.payload.byteLength} bytes)`
+  }
+
+  toJSON(): unknown {
+    return {
+      _tag: "MqttMessage",
+      topic: this.topic,
+      payload: this.text,
+      qos: this.qos,
+      retain: this.retain,
+      dup: this.dup,
+      properties: this.properties
+    }
+  }
+}

@@ -1,0 +1,40 @@
+/**
+ * effect-mqtt: an Effect-native MQTT 3.1.1 and 5.0 client for Node.js.
+ *
+ * @since 0.1.0
+ */
+
+/**
+ * The client service, its layers and options.
+ *
+ * @since 0.1.0
+ */
+export * as MqttClient from "./MqttClient.ts"
+
+/**
+ * The typed errors.
+ *
+ * @since 0.1.0
+ */
+export * as MqttError from "./MqttError.ts"
+
+/**
+ * Received messages and publish properties.
+ *
+ * @since 0.1.0
+ */
+export * as MqttMessage from "./MqttMessage.ts"
+
+/**
+ * The incoming queue strategies.
+ *
+ * @since 0.1.0
+ */
+export * as IncomingQueue from "./IncomingQueue.ts"
+
+/**
+ * Topic name and filter validation and matching.
+ *
+ * @since 0.1.0
+ */
+export * as Topic from "./Topic.ts"
