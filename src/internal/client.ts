@@ -1,4 +1,5 @@
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import * as Arr from "effect/Array"
 import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -16,6 +17,7 @@ import * as MqttError from "../MqttError.ts"
 import { MqttMessage, type QoS } from "../MqttMessage.ts"
 import * as Codec from "./codec.ts"
 import { Inflight } from "./inflight.ts"
+import { Outbox } from "./outbox.ts"
 import { filterProblem, nameProblem } from "./topic.ts"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -179,13 +181,24 @@ type Pending =
   | {
     readonly _tag: "Subscribe"
     readonly count: number
-    readonly deferred: Deferred.Deferred<ReadonlyArray<number>, MqttError.MqttError>
+    readonly deferred: Deferred.Deferred<Acknowledged, MqttError.MqttError>
   }
   | {
     readonly _tag: "Unsubscribe"
     readonly count: number
-    readonly deferred: Deferred.Deferred<ReadonlyArray<number>, MqttError.MqttError>
+    readonly deferred: Deferred.Deferred<Acknowledged, MqttError.MqttError>
   }
+
+/** The reason codes of a SUBACK or UNSUBACK, one per filter. */
+interface Acknowledged {
+  readonly codes: ReadonlyArray<number>
+  readonly reasonString: string | undefined
+}
+
+/** Bytes waiting to be written beyond which publishers wait for the socket. */
+const OUTBOX_HIGH_WATER_MARK = 256 * 1024
+/** How long closing waits for the last bytes to be taken by the socket. */
+const SHUTDOWN_WRITE_TIMEOUT = Duration.seconds(2)
 
 const lost = (reason: string, cause?: unknown) =>
   new MqttError.ConnectionLostError(cause === undefined ? { reason } : { reason, cause })
@@ -244,11 +257,19 @@ export const make = (
     let connack: MqttPacket.IConnackPacket | undefined
     let info: MqttClient.ConnectionInfo | undefined
 
-    const write = (bytes: Uint8Array): Effect.Effect<void, MqttError.MqttError> => {
-      if (closed !== undefined) return Effect.fail(closed)
+    const outbox = new Outbox(OUTBOX_HIGH_WATER_MARK, () => {
       lastSent = clock.currentTimeMillisUnsafe()
-      return Effect.catch(writer.write(bytes), (error) => Effect.suspend(() => shutdown(socketLost(error))))
-    }
+    })
+    const write = (bytes: Uint8Array): Effect.Effect<void, MqttError.MqttError> =>
+      closed !== undefined ? Effect.fail(closed) : outbox.write(bytes)
+    const writeLoop = Effect.forever(
+      Effect.flatMap(outbox.take, (batch) =>
+        Effect.map(writer.writeAll(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), () => outbox.written()))
+    )
+    yield* Effect.forkIn(
+      Effect.ignore(Effect.catch(writeLoop, (error) => shutdown(socketLost(error)))),
+      scope
+    )
 
     /**
      * Ends the connection: every waiting operation fails with `error`, the messages stream fails with it
@@ -271,9 +292,13 @@ export const make = (
         }
         inflight.failWaiters(error)
         if (pong !== undefined) Deferred.doneUnsafe(pong, Effect.void)
-        const goodbye = disconnectReason === undefined
-          ? Effect.void
-          : writer.write(Codec.disconnect(version, disconnectReason)).pipe(Effect.ignore)
+        // what is still queued goes out before the DISCONNECT; a broker that stopped reading does not hold
+        // the shutdown up for long
+        const rest: Array<Uint8Array> = [...outbox.close(error)]
+        if (disconnectReason !== undefined) rest.push(Codec.disconnect(version, disconnectReason))
+        const goodbye = Arr.isArrayNonEmpty(rest)
+          ? writer.writeAll(rest).pipe(Effect.timeoutOption(SHUTDOWN_WRITE_TIMEOUT), Effect.ignore)
+          : Effect.void
         return goodbye.pipe(
           Effect.andThen(error === closedByClient ? incoming.end : incoming.fail(error)),
           Effect.andThen(Scope.close(connectionScope, Exit.void)),
@@ -418,9 +443,10 @@ export const make = (
         }
         case "pubrel": {
           const id = packet.messageId ?? 0
-          // an unknown identifier is answered too: the PUBCOMP may have been lost [MQTT-4.3.3]
+          // an unknown identifier is answered too: our PUBCOMP may have been lost [MQTT-4.3.3]
+          if (version === 5 && awaitingRelease[id] === 0) acksNow.pushWithReason(Codec.PUBCOMP, id, 0x92)
+          else acksNow.push(Codec.PUBCOMP, id)
           awaitingRelease[id] = 0
-          acksNow.push(Codec.PUBCOMP, id)
           return
         }
         case "suback":
@@ -442,10 +468,7 @@ export const make = (
           pending[id] = undefined
           inflight.release(id, false)
           const reasonString = reasonOf(packet)
-          Deferred.doneUnsafe(
-            entry.deferred,
-            Effect.succeed(reasonString === undefined ? codes : Object.assign([...codes], { reasonString }))
-          )
+          Deferred.doneUnsafe(entry.deferred, Effect.succeed({ codes, reasonString }))
           return
         }
         case "pingresp":
@@ -580,7 +603,10 @@ export const make = (
     inflight.setQuota(info.receiveMaximum)
 
     // ---- running ----------------------------------------------------------------------------------------
-    yield* Effect.forkIn(Effect.ignore(Effect.forever(step)), scope)
+    yield* Effect.forkIn(
+      Effect.ignore(Effect.catch(Effect.forever(step), (error) => shutdown(error))),
+      scope
+    )
 
     if (keepAlive > 0) {
       const keepAliveMillis = keepAlive * 1000
@@ -691,25 +717,23 @@ export const make = (
               {})
           })
         }
-        return Effect.map(
+        return Effect.flatMap(
           request("Subscribe", (messageId) => ({ cmd: "subscribe", messageId, subscriptions }), subscriptions.length),
-          (codes) => codes.map((reasonCode, i) => ({ filter: subscriptions[i].topic, reasonCode }))
-        ).pipe(
-          Effect.flatMap((granted) => {
-            const refused = granted.find((g) => g.reasonCode >= 0x80)
-            if (refused !== undefined) {
+          ({ codes, reasonString }) => {
+            const refused = codes.findIndex((code) => code >= 0x80)
+            if (refused >= 0) {
               return Effect.fail(
                 new MqttError.SubscribeError({
-                  filter: refused.filter,
-                  reasonCode: refused.reasonCode,
-                  ...optionalReason((granted as { reasonString?: string }).reasonString)
+                  filter: subscriptions[refused].topic,
+                  reasonCode: codes[refused],
+                  ...optionalReason(reasonString)
                 })
               )
             }
             return Effect.succeed(
-              granted.map((g) => ({ filter: g.filter, reasonCode: g.reasonCode, qos: (g.reasonCode & 3) as QoS }))
+              codes.map((reasonCode, i) => ({ filter: subscriptions[i].topic, reasonCode, qos: (reasonCode & 3) as QoS }))
             )
-          })
+          }
         )
       })
 
@@ -731,14 +755,14 @@ export const make = (
             (messageId) => ({ cmd: "unsubscribe", messageId, unsubscriptions: [...filters] }),
             filters.length
           ),
-          (codes) => {
+          ({ codes, reasonString }) => {
             const index = codes.findIndex((code) => code >= 0x80)
             if (index < 0) return Effect.void
             return Effect.fail(
               new MqttError.UnsubscribeError({
                 filter: filters[index],
                 reasonCode: codes[index],
-                ...optionalReason((codes as { reasonString?: string }).reasonString)
+                ...optionalReason(reasonString)
               })
             )
           }
@@ -750,13 +774,13 @@ export const make = (
       tag: "Subscribe" | "Unsubscribe",
       packet: (messageId: number) => MqttPacket.ISubscribePacket | MqttPacket.IUnsubscribePacket,
       count: number
-    ): Effect.Effect<ReadonlyArray<number>, MqttError.MqttError> => {
+    ): Effect.Effect<Acknowledged, MqttError.MqttError> => {
       const probe = Codec.generate(packet(1), version)
       if (!(probe instanceof Uint8Array)) return Effect.fail(invalid(tag.toLowerCase(), probe.error))
       if (closed !== undefined) return Effect.fail(closed)
       return Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(restore(inflight.acquire(false)), (id) => {
-          const deferred = Deferred.makeUnsafe<ReadonlyArray<number>, MqttError.MqttError>()
+          const deferred = Deferred.makeUnsafe<Acknowledged, MqttError.MqttError>()
           pending[id] = { _tag: tag, count, deferred }
           const bytes = Buffer.from(probe)
           const offset = idOffsetOf(bytes)
@@ -768,9 +792,14 @@ export const make = (
     }
 
     const client: MqttClient.Client = {
+      // publish is the hot path: a span per message would cost more than the rest of the publish
       publish,
-      subscribe,
-      unsubscribe,
+      subscribe: Effect.fn("MqttClient.subscribe")(function*(filters, options) {
+        return yield* subscribe(filters, options)
+      }),
+      unsubscribe: Effect.fn("MqttClient.unsubscribe")(function*(filters) {
+        return yield* unsubscribe(filters)
+      }),
       messages: incoming.stream,
       droppedMessages: incoming.dropped,
       connection: info,

@@ -14,7 +14,9 @@ export class Inflight {
   private count = 0
   private publishing = 0
   private quota: number
-  private readonly waiters: Array<Waiter> = []
+  /** waiting publishes and waiting SUBSCRIBE/UNSUBSCRIBE, each in arrival order */
+  private readonly publishWaiters = new Line()
+  private readonly otherWaiters = new Line()
 
   constructor(quota = 65535) {
     this.quota = quota
@@ -32,7 +34,7 @@ export class Inflight {
 
   /** The number of callers waiting for an identifier or quota. */
   get waiting(): number {
-    return this.waiters.length
+    return this.publishWaiters.size + this.otherWaiters.size
   }
 
   /** Sets the quota (the Receive Maximum of a new connection) and wakes whoever now fits. */
@@ -41,9 +43,12 @@ export class Inflight {
     this.wake()
   }
 
-  /** Takes an identifier at once, or returns 0. Honors callers already waiting. */
+  /**
+   * Takes an identifier at once, or returns 0. Callers of the same kind already waiting go first; a
+   * SUBSCRIBE is never held back by publishes waiting for quota.
+   */
   tryAcquire(publish: boolean): number {
-    if (this.waiters.length > 0) return 0
+    if ((publish ? this.publishWaiters : this.otherWaiters).size > 0) return 0
     return this.take(publish)
   }
 
@@ -52,18 +57,18 @@ export class Inflight {
     return Effect.suspend(() => {
       const id = this.tryAcquire(publish)
       if (id !== 0) return Effect.succeed(id)
-      const waiter: Waiter = { publish, id: 0, resume: undefined }
+      const waiter: Waiter = { id: 0, cancelled: false, resume: undefined }
+      const line = publish ? this.publishWaiters : this.otherWaiters
       return Effect.onInterrupt(
         Effect.callback<number, MqttError.MqttError>((resume) => {
           waiter.resume = resume
-          this.waiters.push(waiter)
+          line.push(waiter)
         }),
         () =>
           Effect.sync(() => {
-            const index = this.waiters.indexOf(waiter)
-            if (index >= 0) this.waiters.splice(index, 1)
-            // handed an identifier, then interrupted before using it
-            else if (waiter.id !== 0) this.release(waiter.id, publish)
+            // handed an identifier, then interrupted before using it: give it back
+            if (waiter.id !== 0) this.release(waiter.id, publish)
+            else line.cancel(waiter)
           })
       )
     })
@@ -94,20 +99,22 @@ export class Inflight {
   /** Fails every waiting caller: the connection is gone. */
   failWaiters(error: MqttError.MqttError): void {
     const failure = Effect.fail(error)
-    for (const waiter of this.waiters.splice(0)) waiter.resume?.(failure)
+    for (const line of [this.otherWaiters, this.publishWaiters]) {
+      let waiter: Waiter | undefined
+      while ((waiter = line.shift()) !== undefined) waiter.resume?.(failure)
+    }
   }
 
   private wake(): void {
-    for (let i = 0; i < this.waiters.length;) {
-      const waiter = this.waiters[i]
-      const id = this.take(waiter.publish)
-      if (id === 0) {
-        // no identifier at all: nobody behind can proceed either
-        if (this.count >= 65535) return
-        i++
-        continue
-      }
-      this.waiters.splice(i, 1)
+    this.serve(this.otherWaiters, false)
+    this.serve(this.publishWaiters, true)
+  }
+
+  private serve(line: Line, publish: boolean): void {
+    while (line.size > 0) {
+      const id = this.take(publish)
+      if (id === 0) return
+      const waiter = line.shift()!
       waiter.id = id
       waiter.resume?.(Effect.succeed(id))
     }
@@ -127,7 +134,45 @@ export class Inflight {
 }
 
 interface Waiter {
-  readonly publish: boolean
   id: number
+  cancelled: boolean
   resume: ((result: Effect.Effect<number, MqttError.MqttError>) => void) | undefined
+}
+
+/** A FIFO line of waiters with O(1) push and shift; a cancelled waiter is skipped when reached. */
+class Line {
+  private items: Array<Waiter> = []
+  private head = 0
+  private live = 0
+
+  get size(): number {
+    return this.live
+  }
+
+  push(waiter: Waiter): void {
+    this.items.push(waiter)
+    this.live++
+  }
+
+  cancel(waiter: Waiter): void {
+    if (waiter.cancelled) return
+    waiter.cancelled = true
+    this.live--
+  }
+
+  shift(): Waiter | undefined {
+    while (this.head < this.items.length) {
+      const waiter = this.items[this.head++]
+      if (this.head > 1024 && this.head * 2 > this.items.length) {
+        this.items = this.items.slice(this.head)
+        this.head = 0
+      }
+      if (!waiter.cancelled) {
+        this.live--
+        waiter.cancelled = true
+        return waiter
+      }
+    }
+    return undefined
+  }
 }

@@ -37,9 +37,9 @@ export interface FakeBrokerOptions {
   readonly protocolVersion?: ProtocolVersion
   /** Answer PINGREQ with PINGRESP by itself (the PINGREQ is then logged in `received` but not returned by `receive`). */
   readonly autoPingresp?: boolean
-  /** How long `accept` waits for a client, in real milliseconds. Default 10 s. */
+  /** How long `accept` waits for a client, in real milliseconds. Default 10 s; `Infinity` waits forever. */
   readonly acceptTimeoutMs?: number
-  /** How long `receive` / `expect` wait for a packet, in real milliseconds. Default 10 s. */
+  /** How long `receive` / `expect` wait for a packet, in real milliseconds. Default 10 s; `Infinity` waits forever. */
   readonly receiveTimeoutMs?: number
 }
 
@@ -163,10 +163,13 @@ class Mailbox<A> {
         clearTimeout(timer)
         resume(result._tag === "Item" ? Effect.succeed(Option.some(result.item)) : Effect.die(result.error))
       }
-      const timer = setTimeout(() => {
-        this.waiters.delete(waiter)
-        resume(Effect.succeed(Option.none()))
-      }, timeoutMs)
+      // setTimeout fires at once for delays beyond 2^31 - 1 ms: treat those (and Infinity) as no timeout.
+      const timer = timeoutMs < 2 ** 31
+        ? setTimeout(() => {
+          this.waiters.delete(waiter)
+          resume(Effect.succeed(Option.none()))
+        }, timeoutMs)
+        : undefined
       this.waiters.add(waiter)
       return Effect.sync(() => {
         clearTimeout(timer)
@@ -201,7 +204,7 @@ const frameLength = (buffer: Buffer): number | undefined => {
   return -1
 }
 
-const describe = (packet: Packet): string =>
+const showPacket = (packet: Packet): string =>
   JSON.stringify(packet, (_key, value: unknown) => {
     if (value !== null && typeof value === "object" && (value as { type?: unknown }).type === "Buffer") {
       return `<Buffer ${Buffer.from((value as { data: Array<number> }).data).toString("hex")}>`
@@ -322,7 +325,7 @@ const makeConnection = (
       return MqttPacket.generate(packet, { protocolVersion: version })
     } catch (error) {
       throw new Error(
-        `FakeBroker: mqtt-packet cannot encode ${describe(packet)} for version ${version}: ${String(error)}`
+        `FakeBroker: mqtt-packet cannot encode ${showPacket(packet)} for version ${version}: ${String(error)}`
       )
     }
   }
@@ -357,7 +360,7 @@ const makeConnection = (
           : Effect.die(
             new Error(
               `FakeBroker connection ${id}: expected ${cmd.toUpperCase()} but received ${packet.cmd.toUpperCase()}: ${
-                describe(packet)
+                showPacket(packet)
               }`
             )
           )),
@@ -369,7 +372,7 @@ const makeConnection = (
           Option.isSome(packet)
             ? Effect.die(
               new Error(
-                `FakeBroker connection ${id}: expected nothing within ${ms} ms but received ${describe(packet.value)}`
+                `FakeBroker connection ${id}: expected nothing within ${ms} ms but received ${showPacket(packet.value)}`
               )
             )
             : Effect.void

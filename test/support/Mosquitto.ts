@@ -476,7 +476,11 @@ export const mosquittoSub = (
     String(Math.max(1, Math.ceil(timeoutMs / 1000))),
     ...(options?.expectedMessages === undefined ? [] : ["-C", String(options.expectedMessages)])
   ]
-  const child = spawn(findBinary("mosquitto_sub")!, fullArgs, { stdio: ["ignore", "pipe", "pipe"] })
+  // mosquitto_sub flushes stdout after each message but not after its debug lines: on a pipe, the SUBACK line
+  // would only show up with the first message. `stdbuf -oL` makes it line buffered.
+  const stdbuf = findBinary("stdbuf")
+  if (stdbuf === undefined) throw new Error("mosquittoSub needs stdbuf (Debian package coreutils)")
+  const child = spawn(stdbuf, ["-oL", findBinary("mosquitto_sub")!, ...fullArgs], { stdio: ["ignore", "pipe", "pipe"] })
   track(child)
   const messages: Array<MosquittoSubMessage> = []
   let stdout = ""

@@ -1,0 +1,86 @@
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import type * as MqttError from "../MqttError.ts"
+
+/**
+ * The packets waiting to be written, drained by one writer fiber in batches (one `writeAll`, so one socket
+ * write and at most one wait for `drain`, per batch instead of per packet).
+ *
+ * Callers that push past the high-water mark wait for room, all on one shared signal: thousands of waiting
+ * publishers cost one listener, not one each.
+ */
+export class Outbox {
+  private queue: Array<Uint8Array> = []
+  private queued = 0
+  private writing = 0
+  private writer: ((effect: Effect.Effect<ReadonlyArray<Uint8Array>>) => void) | undefined = undefined
+  private room: Deferred.Deferred<void, MqttError.MqttError> | undefined = undefined
+  private closed: MqttError.MqttError | undefined = undefined
+  private readonly highWaterMark: number
+  /** called on every push: the keepalive counts from the last packet sent */
+  private readonly onPush: () => void
+
+  constructor(highWaterMark: number, onPush: () => void) {
+    this.highWaterMark = highWaterMark
+    this.onPush = onPush
+  }
+
+  /** Queues bytes without waiting (acknowledgements, PINGREQ). */
+  push(bytes: Uint8Array): void {
+    this.queue.push(bytes)
+    this.queued += bytes.byteLength
+    this.onPush()
+    const writer = this.writer
+    if (writer !== undefined) {
+      this.writer = undefined
+      writer(Effect.succeed(this.takeAll()))
+    }
+  }
+
+  /** Queues bytes, then waits while more than the high-water mark is waiting to be written. */
+  write(bytes: Uint8Array): Effect.Effect<void, MqttError.MqttError> {
+    if (this.closed !== undefined) return Effect.fail(this.closed)
+    this.push(bytes)
+    if (this.queued + this.writing <= this.highWaterMark) return Effect.void
+    this.room ??= Deferred.makeUnsafe<void, MqttError.MqttError>()
+    return Deferred.await(this.room)
+  }
+
+  /** The next batch: everything queued, waiting until something is. For the writer fiber only. */
+  readonly take: Effect.Effect<ReadonlyArray<Uint8Array>> = Effect.callback((resume) => {
+    if (this.queue.length > 0) return resume(Effect.succeed(this.takeAll()))
+    this.writer = resume
+    return Effect.sync(() => {
+      if (this.writer === resume) this.writer = undefined
+    })
+  })
+
+  /** The writer finished writing its batch. */
+  written(): void {
+    this.writing = 0
+    if (this.room !== undefined && this.queued <= this.highWaterMark) {
+      const room = this.room
+      this.room = undefined
+      Deferred.doneUnsafe(room, Effect.void)
+    }
+  }
+
+  /** Takes what is still queued (to write it directly while closing) and fails callers waiting for room. */
+  close(error: MqttError.MqttError): ReadonlyArray<Uint8Array> {
+    this.closed = error
+    if (this.room !== undefined) Deferred.doneUnsafe(this.room, Effect.fail(error))
+    this.room = undefined
+    const rest = this.queue
+    this.queue = []
+    this.queued = 0
+    return rest
+  }
+
+  private takeAll(): ReadonlyArray<Uint8Array> {
+    const batch = this.queue
+    this.queue = []
+    this.writing += this.queued
+    this.queued = 0
+    return batch
+  }
+}

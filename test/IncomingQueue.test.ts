@@ -1,0 +1,126 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber, Order, Stream } from "effect"
+import { IncomingQueue } from "effect-mqtt"
+
+const drain = <A>(queue: IncomingQueue.IncomingQueue<A, string>) =>
+  Effect.andThen(queue.end, Stream.runCollect(queue.stream))
+
+describe("IncomingQueue", () => {
+  it.effect("bounded keeps order and makes the producer wait while full, dropping nothing", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.bounded(3))
+      const producer = yield* Effect.forkChild(queue.offerAll([1, 2, 3, 4, 5]))
+      yield* Effect.yieldNow
+      expect(producer.pollUnsafe()).toBeUndefined()
+      expect(yield* queue.size).toBe(3)
+      const consumer = yield* Effect.forkChild(Stream.runCollect(Stream.take(queue.stream, 5)))
+      yield* Fiber.join(producer)
+      expect(yield* Fiber.join(consumer)).toEqual([1, 2, 3, 4, 5])
+      expect(yield* queue.dropped).toBe(0)
+    }))
+
+  it.effect("sliding drops the oldest messages and counts them", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.sliding(3))
+      yield* queue.offerAll([1, 2])
+      yield* queue.offerAll([3, 4, 5, 6])
+      expect(yield* queue.dropped).toBe(3)
+      expect(yield* drain(queue)).toEqual([4, 5, 6])
+    }))
+
+  it.effect("dropping drops the newest messages and counts them", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.dropping(3))
+      yield* queue.offerAll([1, 2])
+      yield* queue.offerAll([3, 4, 5, 6])
+      expect(yield* queue.dropped).toBe(3)
+      expect(yield* drain(queue)).toEqual([1, 2, 3])
+    }))
+
+  it.effect("unbounded never waits and never drops", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.unbounded)
+      const items = Array.from({ length: 10_000 }, (_, i) => i)
+      yield* queue.offerAll(items)
+      expect(yield* queue.dropped).toBe(0)
+      expect(yield* drain(queue)).toEqual(items)
+    }))
+
+  it.effect("priority hands out the lowest priority number first, ties in arrival order", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<{ topic: string; n: number }, string>(
+        IncomingQueue.priority({ capacity: 100, priority: (m) => m.topic.startsWith("humidity/") ? 0 : 1 })
+      )
+      yield* queue.offerAll([
+        { topic: "temperature/a", n: 1 },
+        { topic: "humidity/a", n: 2 },
+        { topic: "temperature/b", n: 3 },
+        { topic: "humidity/b", n: 4 },
+        { topic: "humidity/c", n: 5 }
+      ])
+      expect((yield* drain(queue)).map((m) => m.n)).toEqual([2, 4, 5, 1, 3])
+    }))
+
+  it.effect("priority with an Order sorts like a heap sort and stays stable", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<readonly [number, number], string>(
+        IncomingQueue.priority({ capacity: 1000, order: Order.mapInput(Order.Number, (x) => x[0]) })
+      )
+      const items = Array.from({ length: 500 }, (_, i) => [(i * 7919) % 13, i] as const)
+      yield* queue.offerAll(items)
+      const expected = [...items].sort((a, b) => a[0] - b[0] || a[1] - b[1])
+      expect(yield* drain(queue)).toEqual(expected)
+    }))
+
+  it.effect("priority is bounded: the producer waits while it is full", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(
+        IncomingQueue.priority({ capacity: 2, priority: (n: number) => -n })
+      )
+      const producer = yield* Effect.forkChild(queue.offerAll([1, 2, 3, 4]))
+      yield* Effect.yieldNow
+      expect(producer.pollUnsafe()).toBeUndefined()
+      expect(yield* queue.size).toBe(2)
+      const consumer = yield* Effect.forkChild(Stream.runCollect(Stream.take(queue.stream, 4)))
+      yield* Fiber.join(producer)
+      const taken = yield* Fiber.join(consumer)
+      expect([...taken].sort()).toEqual([1, 2, 3, 4])
+      // the first two were queued together, so the larger came out first
+      expect(taken[0]).toBe(2)
+    }))
+
+  it.effect("fail ends the stream with the error after the queued messages", () =>
+    Effect.gen(function*() {
+      const strategies: Array<IncomingQueue.Strategy<number>> = [
+        IncomingQueue.bounded(10),
+        IncomingQueue.priority({ capacity: 10, priority: () => 0 })
+      ]
+      for (const strategy of strategies) {
+        const queue = yield* IncomingQueue.make<number, string>(strategy)
+        yield* queue.offerAll([1, 2])
+        yield* queue.fail("connection lost")
+        const seen: Array<number> = []
+        const error = yield* Effect.flip(Stream.runForEach(queue.stream, (n) => Effect.sync(() => seen.push(n))))
+        expect(error).toBe("connection lost")
+        expect(seen).toEqual([1, 2])
+      }
+    }))
+
+  it.effect("several consumers share one queue: each message goes to exactly one of them", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.bounded(16))
+      const seen: Array<Array<number>> = [[], []]
+      const consumers = yield* Effect.forEach(
+        [0, 1],
+        (i) => Effect.forkChild(Stream.runForEach(queue.stream, (n) => Effect.sync(() => seen[i].push(n))))
+      )
+      const items = Array.from({ length: 1000 }, (_, i) => i)
+      for (let i = 0; i < items.length; i += 10) {
+        yield* queue.offerAll(items.slice(i, i + 10))
+        yield* Effect.yieldNow
+      }
+      yield* queue.end
+      yield* Fiber.joinAll(consumers)
+      expect([...seen[0], ...seen[1]].sort((a, b) => a - b)).toEqual(items)
+    }))
+})

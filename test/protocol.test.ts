@@ -1,0 +1,716 @@
+/**
+ * Protocol tests against the scripted fake broker: the exact packets the client sends, and the faults a real
+ * broker cannot be made to produce (withheld acknowledgements, malformed packets, exact packet order).
+ */
+import { assert, describe, expect, it } from "@effect/vitest"
+import { Cause, Effect, Exit, Fiber, Option, Redacted, Stream } from "effect"
+import { IncomingQueue, MqttClient, MqttError } from "effect-mqtt"
+import { TestClock } from "effect/testing"
+import type { Packet } from "mqtt-packet"
+import * as FakeBroker from "./support/FakeBroker.ts"
+
+/** Lets real I/O happen (the fake broker and the client talk over real sockets, even on TestClock). */
+const settle = Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 30)))
+
+const connect = (
+  options: MqttClient.Options = {},
+  connack?: FakeBroker.ConnackOptions
+) =>
+  Effect.gen(function*() {
+    const broker = yield* FakeBroker.make({ protocolVersion: options.protocolVersion ?? 4 })
+    const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, ...options }))
+    const { connect, connection } = yield* broker.acceptAndConnack(connack)
+    const client = yield* Fiber.join(fiber)
+    return { broker, client, connection, connect }
+  })
+
+const publishPacket = (
+  topic: string,
+  payload: string,
+  qos: 0 | 1 | 2,
+  messageId?: number,
+  extra: Partial<FakeBroker.PacketOf<"publish">> = {}
+): Packet => ({
+  cmd: "publish",
+  topic,
+  payload: Buffer.from(payload),
+  qos,
+  retain: false,
+  dup: false,
+  ...(messageId === undefined ? {} : { messageId }),
+  ...extra
+})
+
+const versions = [4, 5] as const
+
+describe("CONNECT and CONNACK", () => {
+  for (const protocolVersion of versions) {
+    it.live(`v${protocolVersion}: CONNECT carries the client's options`, () =>
+      Effect.gen(function*() {
+        const { connect: packet } = yield* connect({
+          protocolVersion,
+          clientId: "client-1",
+          keepAlive: 17,
+          cleanStart: false,
+          username: "user",
+          password: Redacted.make("secret"),
+          will: { topic: "will/topic", payload: "bye", qos: 1, retain: true },
+          ...(protocolVersion === 5 ? { sessionExpiryInterval: 300 } : {})
+        })
+        expect(packet.protocolVersion).toBe(protocolVersion)
+        expect(packet.clientId).toBe("client-1")
+        expect(packet.keepalive).toBe(17)
+        expect(packet.clean).toBe(false)
+        expect(packet.username).toBe("user")
+        expect(Buffer.from(packet.password!).toString()).toBe("secret")
+        expect(packet.will?.topic).toBe("will/topic")
+        expect(Buffer.from(packet.will!.payload as Buffer).toString()).toBe("bye")
+        expect(packet.will?.qos).toBe(1)
+        expect(packet.will?.retain).toBe(true)
+        if (protocolVersion === 5) expect(packet.properties?.sessionExpiryInterval).toBe(300)
+      }))
+
+    it.live(`v${protocolVersion}: a generated client identifier is used when none is given`, () =>
+      Effect.gen(function*() {
+        const { client, connect: packet } = yield* connect({ protocolVersion })
+        expect(packet.clientId).toMatch(/^effect-mqtt-[A-Za-z0-9_-]{10}$/)
+        expect(client.connection.clientId).toBe(packet.clientId)
+      }))
+  }
+
+  it.live("v4: a refused CONNACK fails the layer with the return code", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const fiber = yield* Effect.forkChild(Effect.exit(MqttClient.make({ url: broker.url })))
+      const connection = yield* broker.accept
+      yield* connection.expect("connect")
+      yield* connection.connack({ returnCode: 5 })
+      const exit = yield* Fiber.join(fiber)
+      const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+      assert(error instanceof MqttError.ConnectRefusedError)
+      expect(error.reasonCode).toBe(5)
+      expect(error.message).toContain("not authorized")
+      yield* connection.closed
+    }))
+
+  it.live("v5: a refused CONNACK carries the reason code and reason string", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(Effect.flip(MqttClient.make({ url: broker.url, protocolVersion: 5 })))
+      const connection = yield* broker.accept
+      yield* connection.expect("connect")
+      yield* connection.connack({ reasonCode: 0x86, properties: { reasonString: "who are you" } })
+      const error = yield* Fiber.join(fiber)
+      assert(error instanceof MqttError.ConnectRefusedError)
+      expect(error.reasonCode).toBe(0x86)
+      expect(error.reasonString).toBe("who are you")
+      expect(error.message).toContain("bad user name or password")
+    }))
+
+  it.effect("a CONNACK that never comes fails with a connect TimeoutError after connectTimeout", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(MqttClient.make({ url: broker.url, connectTimeout: "5 seconds" }))
+      )
+      const connection = yield* broker.accept
+      yield* connection.expect("connect")
+      yield* settle
+      yield* TestClock.adjust("4 seconds")
+      yield* settle
+      expect(fiber.pollUnsafe()).toBeUndefined()
+      yield* TestClock.adjust("1 second")
+      const error = yield* Fiber.join(fiber)
+      assert(error instanceof MqttError.TimeoutError)
+      expect(error.operation).toBe("connect")
+      yield* connection.closed
+    }))
+
+  it.live("a broker that is not listening fails the layer with ConnectionLostError", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(MqttClient.make({ url: "mqtt://127.0.0.1:1", connectTimeout: "5 seconds" }))
+      assert(error instanceof MqttError.ConnectionLostError)
+      expect(error.message).toContain("could not connect")
+    }))
+
+  it.live("invalid options are typed errors and nothing is sent", () =>
+    Effect.gen(function*() {
+      const cases: Array<[MqttClient.Options, string]> = [
+        [{ url: "http://localhost" }, "url"],
+        [{ url: "not a url" }, "url"],
+        [{ keepAlive: -1 }, "keepAlive"],
+        [{ keepAlive: 1.5 }, "keepAlive"],
+        [{ protocolVersion: 3 as 4 }, "protocolVersion"],
+        [{ connectTimeout: -5 }, "connectTimeout"],
+        [{ queue: IncomingQueue.bounded(0) }, "queue"],
+        [{ will: { topic: "a/#", payload: "x" } }, "will.topic"],
+        [{ will: { topic: "a", payload: "x", qos: 3 as 0 } }, "will.qos"]
+      ]
+      for (const [options, option] of cases) {
+        const error = yield* Effect.flip(MqttClient.make({ url: "mqtt://127.0.0.1:1", ...options }))
+        assert(error instanceof MqttError.InvalidOptionError, `${option}: ${String(error)}`)
+        expect(error.option).toBe(option)
+      }
+    }))
+
+  it.live("releasing the client sends DISCONNECT and closes the socket", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const fiber = yield* Effect.forkChild(
+        Effect.scoped(Effect.andThen(MqttClient.make({ url: broker.url }), Effect.void))
+      )
+      const { connection } = yield* broker.acceptAndConnack()
+      yield* Fiber.join(fiber)
+      expect((yield* connection.receive).cmd).toBe("disconnect")
+      yield* connection.closed
+    }))
+})
+
+describe("keepalive (TestClock)", () => {
+  it.effect("PINGREQ is sent after keepAlive seconds without sending, and PINGRESP keeps the connection", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ keepAlive: 10 })
+      yield* settle
+      yield* TestClock.adjust("9 seconds")
+      yield* connection.expectSilence(50)
+      yield* TestClock.adjust("1 second")
+      yield* connection.expect("pingreq")
+      yield* connection.send({ cmd: "pingresp" })
+      yield* settle
+      yield* TestClock.adjust("10 seconds")
+      yield* connection.expect("pingreq")
+      yield* connection.send({ cmd: "pingresp" })
+      yield* settle
+      // still connected: a publish goes through
+      yield* client.publish("a", "b")
+      expect((yield* connection.expect("publish")).topic).toBe("a")
+    }))
+
+  it.effect("sending resets the keepalive timer [MQTT-3.1.2-20]", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ keepAlive: 10 })
+      yield* settle
+      yield* TestClock.adjust("6 seconds")
+      yield* client.publish("a", "b")
+      yield* connection.expect("publish")
+      yield* TestClock.adjust("6 seconds")
+      yield* connection.expectSilence(50)
+      yield* TestClock.adjust("4 seconds")
+      yield* connection.expect("pingreq")
+    }))
+
+  it.effect("a client that only receives still sends PINGREQ within the keepalive", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ keepAlive: 10 })
+      yield* client.subscribe("flood/#").pipe(Effect.forkChild)
+      const subscribe = yield* connection.expect("subscribe")
+      yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [0] })
+      yield* settle
+      for (let i = 0; i < 9; i++) {
+        yield* connection.send(publishPacket("flood/x", `m${i}`, 0))
+        yield* TestClock.adjust("1 second")
+      }
+      yield* connection.expectSilence(50)
+      yield* TestClock.adjust("1 second")
+      yield* connection.expect("pingreq")
+    }))
+
+  it.effect("a withheld PINGRESP closes the connection with a ping TimeoutError", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ keepAlive: 10, pingTimeout: "4 seconds" })
+      const messages = yield* Effect.forkChild(Effect.flip(Stream.runDrain(client.messages)))
+      yield* settle
+      yield* TestClock.adjust("10 seconds")
+      yield* connection.expect("pingreq")
+      yield* TestClock.adjust("3 seconds")
+      yield* settle
+      expect(connection.isClosed).toBe(false)
+      yield* TestClock.adjust("1 second")
+      yield* connection.closed
+      const error = yield* Effect.flip(client.awaitClose)
+      assert(error instanceof MqttError.TimeoutError)
+      expect(error.operation).toBe("ping")
+      expect((yield* Fiber.join(messages))._tag).toBe("TimeoutError")
+      expect((yield* Effect.flip(client.publish("a", "b")))._tag).toBe("TimeoutError")
+    }))
+
+  it.effect("v5: the broker's Server Keep Alive replaces the client's [MQTT-3.1.2-21]", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5, keepAlive: 60 }, {
+        properties: { serverKeepAlive: 5 }
+      })
+      expect(client.connection.keepAlive).toBe(5)
+      yield* settle
+      yield* TestClock.adjust("5 seconds")
+      yield* connection.expect("pingreq")
+    }))
+
+  it.effect("keepAlive 0 sends no PINGREQ", () =>
+    Effect.gen(function*() {
+      const { connection } = yield* connect({ keepAlive: 0 })
+      yield* settle
+      yield* TestClock.adjust("1 hour")
+      yield* connection.expectSilence(100)
+    }))
+
+  it.effect("a reader held back by a full queue does not count a late PINGRESP against the broker", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({
+        keepAlive: 10,
+        pingTimeout: "2 seconds",
+        queue: IncomingQueue.bounded(1)
+      })
+      yield* client.subscribe("t").pipe(Effect.forkChild)
+      const subscribe = yield* connection.expect("subscribe")
+      yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [0] })
+      yield* settle
+      // fill the queue and leave the reader waiting for room
+      yield* connection.send(publishPacket("t", "1", 0))
+      yield* settle
+      yield* connection.send(publishPacket("t", "2", 0))
+      yield* settle
+      yield* TestClock.adjust("10 seconds")
+      yield* connection.expect("pingreq")
+      yield* connection.send({ cmd: "pingresp" })
+      yield* settle
+      yield* TestClock.adjust("5 seconds")
+      yield* settle
+      expect(connection.isClosed).toBe(false)
+      const received = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
+      expect(received.map((m) => m.text)).toEqual(["1", "2"])
+    }))
+})
+
+describe("publishing", () => {
+  for (const protocolVersion of versions) {
+    it.live(`v${protocolVersion}: QoS 0 is written at once, QoS 1 completes on PUBACK`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({ protocolVersion })
+        yield* client.publish("t/0", "zero", { retain: true })
+        const p0 = yield* connection.expect("publish")
+        expect([p0.topic, Buffer.from(p0.payload).toString(), p0.qos, p0.retain]).toEqual(["t/0", "zero", 0, true])
+        const fiber = yield* Effect.forkChild(client.publish("t/1", new Uint8Array([1, 2, 3]), { qos: 1 }))
+        const p1 = yield* connection.expect("publish")
+        expect(p1.qos).toBe(1)
+        expect([...p1.payload as Buffer]).toEqual([1, 2, 3])
+        yield* settle
+        expect(fiber.pollUnsafe()).toBeUndefined()
+        yield* connection.send({ cmd: "puback", messageId: p1.messageId! })
+        yield* Fiber.join(fiber)
+      }))
+
+    it.live(`v${protocolVersion}: QoS 2 goes PUBLISH, PUBREC, PUBREL, PUBCOMP and completes on PUBCOMP`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({ protocolVersion })
+        const fiber = yield* Effect.forkChild(client.publish("t/2", "two", { qos: 2 }))
+        const publish = yield* connection.expect("publish")
+        expect(publish.qos).toBe(2)
+        yield* connection.send({ cmd: "pubrec", messageId: publish.messageId! })
+        const pubrel = yield* connection.expect("pubrel")
+        expect(pubrel.messageId).toBe(publish.messageId)
+        yield* settle
+        expect(fiber.pollUnsafe()).toBeUndefined()
+        yield* connection.send({ cmd: "pubcomp", messageId: publish.messageId! })
+        yield* Fiber.join(fiber)
+      }))
+  }
+
+  it.live("v5: a PUBACK reason code >= 0x80 fails the publish with PublishError and the reason string", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(Effect.flip(client.publish("t", "x", { qos: 1 })))
+      const publish = yield* connection.expect("publish")
+      yield* connection.send({
+        cmd: "puback",
+        messageId: publish.messageId!,
+        reasonCode: 0x87,
+        properties: { reasonString: "not for you" }
+      })
+      const error = yield* Fiber.join(fiber)
+      assert(error instanceof MqttError.PublishError)
+      expect([error.topic, error.reasonCode, error.reasonString]).toEqual(["t", 0x87, "not for you"])
+    }))
+
+  it.live("v5: PUBACK 0x10 (no matching subscribers) is a success", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(client.publish("t", "x", { qos: 1 }))
+      const publish = yield* connection.expect("publish")
+      yield* connection.send({ cmd: "puback", messageId: publish.messageId!, reasonCode: 0x10 })
+      yield* Fiber.join(fiber)
+    }))
+
+  it.live("v5: a PUBREC reason code >= 0x80 fails the QoS 2 publish and sends no PUBREL", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(Effect.flip(client.publish("t", "x", { qos: 2 })))
+      const publish = yield* connection.expect("publish")
+      yield* connection.send({ cmd: "pubrec", messageId: publish.messageId!, reasonCode: 0x97 })
+      const error = yield* Fiber.join(fiber)
+      assert(error instanceof MqttError.PublishError)
+      expect(error.reasonCode).toBe(0x97)
+      yield* connection.expectSilence(100)
+    }))
+
+  it.live("v5: publish properties are sent", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      yield* client.publish("t", "{}", {
+        properties: {
+          contentType: "application/json",
+          payloadFormatIndicator: true,
+          messageExpiryInterval: 60,
+          responseTopic: "reply/here",
+          correlationData: new Uint8Array([9, 8]),
+          userProperties: [["a", "1"], ["b", "2"], ["a", "3"]]
+        }
+      })
+      const publish = yield* connection.expect("publish")
+      expect(publish.properties?.contentType).toBe("application/json")
+      expect(publish.properties?.payloadFormatIndicator).toBe(true)
+      expect(publish.properties?.messageExpiryInterval).toBe(60)
+      expect(publish.properties?.responseTopic).toBe("reply/here")
+      expect([...publish.properties!.correlationData!]).toEqual([9, 8])
+      expect(publish.properties?.userProperties).toEqual({ a: ["1", "3"], b: "2" })
+      expect(Buffer.from(publish.payload).toString()).toBe("{}")
+    }))
+
+  it.live("the caller's mistakes are typed errors and nothing is sent", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({})
+      const errors = [
+        yield* Effect.flip(client.publish("a/+", "x")),
+        yield* Effect.flip(client.publish("", "x")),
+        yield* Effect.flip(client.publish("a\u0000b", "x")),
+        yield* Effect.flip(client.publish("a", "x", { qos: 3 as 0 })),
+        yield* Effect.flip(client.publish("a", 42 as unknown as string)),
+        yield* Effect.flip(client.subscribe("a/#/b")),
+        yield* Effect.flip(client.subscribe([])),
+        yield* Effect.flip(client.subscribe("a", { qos: -1 as 0 })),
+        yield* Effect.flip(client.subscribe({ filter: "a", noLocal: true })),
+        yield* Effect.flip(client.unsubscribe("a+"))
+      ]
+      expect(errors.map((e) => e._tag)).toEqual([
+        "InvalidTopicError",
+        "InvalidTopicError",
+        "InvalidTopicError",
+        "InvalidOptionError",
+        "InvalidOptionError",
+        "InvalidTopicError",
+        "InvalidOptionError",
+        "InvalidOptionError",
+        "InvalidOptionError",
+        "InvalidTopicError"
+      ])
+      for (const error of errors) expect(MqttError.isInvalidInput(error)).toBe(true)
+      yield* connection.expectSilence(100)
+    }))
+
+  it.live(
+    "packet identifiers are never reused while in flight; the 65,536th QoS 1 publish waits for a free one",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({})
+        const fibers = yield* Effect.forEach(
+          Array.from({ length: 65536 }, (_, i) => i),
+          (i) => Effect.forkChild(client.publish("t", String(i), { qos: 1 }))
+        )
+        const ids = new Set<number>()
+        for (let i = 0; i < 65535; i++) {
+          const publish = yield* connection.expect("publish")
+          ids.add(publish.messageId!)
+        }
+        expect(ids.size).toBe(65535)
+        yield* connection.expectSilence(100)
+        yield* connection.send({ cmd: "puback", messageId: 777 })
+        const last = yield* connection.expect("publish")
+        expect(last.messageId).toBe(777)
+        expect(Buffer.from(last.payload).toString()).toBe("65535")
+        // the publish that held 777 completed; the others still wait for their PUBACK
+        const holder = connection.received.findIndex((p) => p.cmd === "publish" && p.messageId === 777) - 1
+        yield* Fiber.join(fibers[holder])
+        expect(fibers[0].pollUnsafe()).toBeUndefined()
+      }),
+    120_000
+  )
+
+  it.live("v5: the broker's Receive Maximum limits in-flight publishes, not other packets", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 }, { properties: { receiveMaximum: 3 } })
+      expect(client.connection.receiveMaximum).toBe(3)
+      const publishes = yield* Effect.forkChild(
+        Effect.forEach([1, 2, 3, 4, 5], (i) => client.publish("t", String(i), { qos: 1 }), {
+          concurrency: "unbounded",
+          discard: true
+        })
+      )
+      const first = [
+        yield* connection.expect("publish"),
+        yield* connection.expect("publish"),
+        yield* connection.expect("publish")
+      ]
+      yield* connection.expectSilence(100)
+      // a SUBSCRIBE is not held back by the quota
+      const subscribe = yield* Effect.forkChild(client.subscribe("s"))
+      const sub = yield* connection.expect("subscribe")
+      yield* connection.send({ cmd: "suback", messageId: sub.messageId!, granted: [0] })
+      yield* Fiber.join(subscribe)
+      yield* connection.send({ cmd: "puback", messageId: first[0].messageId! })
+      yield* connection.expect("publish")
+      yield* connection.expectSilence(100)
+      for (const p of first.slice(1)) yield* connection.send({ cmd: "puback", messageId: p.messageId! })
+      const fifth = yield* connection.expect("publish")
+      yield* connection.send({ cmd: "puback", messageId: fifth.messageId! })
+      const fourthId = connection.received.filter((p) => p.cmd === "publish")[3].messageId!
+      yield* connection.send({ cmd: "puback", messageId: fourthId })
+      yield* Fiber.join(publishes)
+    }))
+
+  it.live("interrupting a QoS 1 publish after it was sent still accepts its PUBACK and frees the identifier", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 }, { properties: { receiveMaximum: 1 } })
+      const fiber = yield* Effect.forkChild(client.publish("t", "x", { qos: 1 }))
+      const publish = yield* connection.expect("publish")
+      yield* Fiber.interrupt(fiber)
+      yield* connection.send({ cmd: "puback", messageId: publish.messageId! })
+      // with a quota of 1, the next publish can only go once the first was acknowledged
+      const next = yield* Effect.forkChild(client.publish("t", "y", { qos: 1 }))
+      const second = yield* connection.expect("publish")
+      yield* connection.send({ cmd: "puback", messageId: second.messageId! })
+      yield* Fiber.join(next)
+      expect(connection.isClosed).toBe(false)
+    }))
+})
+
+describe("subscribing", () => {
+  it.live("one SUBSCRIBE carries every filter with its own options; SUBACK codes map to granted QoS", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(
+        client.subscribe(["a/+", { filter: "b/#", qos: 2, noLocal: true }], { qos: 1 })
+      )
+      const subscribe = yield* connection.expect("subscribe")
+      expect(subscribe.subscriptions.map((s) => [s.topic, s.qos, s.nl ?? false])).toEqual([
+        ["a/+", 1, false],
+        ["b/#", 2, true]
+      ])
+      yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1, 1] })
+      expect(yield* Fiber.join(fiber)).toEqual([
+        { filter: "a/+", qos: 1, reasonCode: 1 },
+        { filter: "b/#", qos: 1, reasonCode: 1 }
+      ])
+    }))
+
+  it.live("a refused filter fails with SubscribeError naming it", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(Effect.flip(client.subscribe(["ok", "denied"])))
+      const subscribe = yield* connection.expect("subscribe")
+      yield* connection.send({
+        cmd: "suback",
+        messageId: subscribe.messageId!,
+        granted: [0, 0x87],
+        properties: { reasonString: "acl" }
+      })
+      const error = yield* Fiber.join(fiber)
+      assert(error instanceof MqttError.SubscribeError)
+      expect([error.filter, error.reasonCode, error.reasonString]).toEqual(["denied", 0x87, "acl"])
+    }))
+
+  it.live("v4: SUBACK 0x80 fails with SubscribeError", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({})
+      const fiber = yield* Effect.forkChild(Effect.flip(client.subscribe("x")))
+      const subscribe = yield* connection.expect("subscribe")
+      yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [0x80] })
+      const error = yield* Fiber.join(fiber)
+      assert(error instanceof MqttError.SubscribeError)
+      expect(error.reasonCode).toBe(0x80)
+    }))
+
+  it.live("unsubscribe waits for UNSUBACK; v5 refusals fail with UnsubscribeError, 0x11 is a success", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const ok = yield* Effect.forkChild(client.unsubscribe(["a", "b"]))
+      const first = yield* connection.expect("unsubscribe")
+      expect(first.unsubscriptions).toEqual(["a", "b"])
+      yield* connection.send({ cmd: "unsuback", messageId: first.messageId!, granted: [0, 0x11] })
+      yield* Fiber.join(ok)
+      const refused = yield* Effect.forkChild(Effect.flip(client.unsubscribe("c")))
+      const second = yield* connection.expect("unsubscribe")
+      yield* connection.send({ cmd: "unsuback", messageId: second.messageId!, granted: [0x87] })
+      const error = yield* Fiber.join(refused)
+      assert(error instanceof MqttError.UnsubscribeError)
+      expect(error.filter).toBe("c")
+    }))
+})
+
+describe("receiving", () => {
+  for (const protocolVersion of versions) {
+    it.live(`v${protocolVersion}: incoming QoS 1 is delivered and acknowledged with its identifier`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({ protocolVersion })
+        yield* connection.send(publishPacket("in/1", "one", 1, 42))
+        const puback = yield* connection.expect("puback")
+        expect(puback.messageId).toBe(42)
+        const [message] = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
+        expect([message.topic, message.text, message.qos]).toEqual(["in/1", "one", 1])
+      }))
+
+    it.live(`v${protocolVersion}: incoming QoS 2 is delivered exactly once despite a duplicate before PUBREL`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({ protocolVersion })
+        yield* connection.send(publishPacket("in/2", "first", 2, 7))
+        expect((yield* connection.expect("pubrec")).messageId).toBe(7)
+        yield* connection.send(publishPacket("in/2", "first", 2, 7, { dup: true }))
+        expect((yield* connection.expect("pubrec")).messageId).toBe(7)
+        yield* connection.send({ cmd: "pubrel", messageId: 7 })
+        expect((yield* connection.expect("pubcomp")).messageId).toBe(7)
+        // after PUBREL the identifier may carry a new message
+        yield* connection.send(publishPacket("in/2", "second", 2, 7))
+        yield* connection.expect("pubrec")
+        yield* connection.send({ cmd: "pubrel", messageId: 7 })
+        yield* connection.expect("pubcomp")
+        const received = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
+        expect(received.map((m) => m.text)).toEqual(["first", "second"])
+        yield* connection.send(publishPacket("in/2", "third", 0))
+        const [third] = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
+        expect(third.text).toBe("third")
+      }))
+  }
+
+  it.live("packets split at every byte are reassembled", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const packets: Array<Packet> = [
+        publishPacket("split/a", "x".repeat(200), 0),
+        publishPacket("split/b", "hello", 1, 3, {
+          properties: { userProperties: { k: "v" }, contentType: "text/plain" }
+        }),
+        publishPacket("split/c", "", 2, 4),
+        { cmd: "pubrel", messageId: 4 }
+      ]
+      for (const packet of packets) yield* connection.sendSplit(packet, 1)
+      yield* connection.expect("puback")
+      yield* connection.expect("pubrec")
+      yield* connection.expect("pubcomp")
+      const received = yield* client.messages.pipe(Stream.take(3), Stream.runCollect)
+      expect(received.map((m) => [m.topic, m.payload.byteLength, m.qos])).toEqual([
+        ["split/a", 200, 0],
+        ["split/b", 5, 1],
+        ["split/c", 0, 2]
+      ])
+      expect(received[1].properties.userProperties).toEqual([["k", "v"]])
+      expect(received[1].properties.contentType).toBe("text/plain")
+    }))
+
+  for (const protocolVersion of versions) {
+    it.live(`v${protocolVersion}: many packets in one chunk are all delivered, in order`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({ protocolVersion })
+        const packets = Array.from({ length: 2000 }, (_, i) =>
+          i % 2 === 0 ? publishPacket("many", String(i), 0) : publishPacket("many", String(i), 1, i))
+        yield* connection.sendMany([...packets, { cmd: "pingresp" }])
+        const received = yield* client.messages.pipe(Stream.take(2000), Stream.runCollect)
+        expect(received.map((m) =>
+          m.text
+        )).toEqual(packets.map((_, i) => String(i)))
+        for (let i = 1; i < 2000; i += 2) expect((yield* connection.expect("puback")).messageId).toBe(i)
+      }))
+  }
+
+  it.live("a 10 MB payload arrives intact", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({})
+      const payload = Buffer.alloc(10 * 1024 * 1024, 7)
+      payload[12345] = 1
+      yield* connection.send({ cmd: "publish", topic: "big", payload, qos: 0, retain: false, dup: false })
+      const [message] = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
+      expect(Buffer.compare(Buffer.from(message.payload), payload)).toBe(0)
+    }))
+})
+
+describe("a broker that breaks the protocol", () => {
+  const violations: Array<[string, 4 | 5, (c: FakeBroker.FakeConnection) => Effect.Effect<void>, number]> = [
+    ["garbage bytes", 4, (c) => c.sendRaw(Uint8Array.of(0x00, 0x00)), 0x81],
+    ["garbage bytes", 5, (c) => c.sendRaw(Uint8Array.of(0xf0, 0x00)), 0x81],
+    ["a PUBLISH with QoS 3", 5, (c) => c.sendRaw(Uint8Array.of(0x36, 0x05, 0x00, 0x01, 0x61, 0x00, 0x01)), 0x81],
+    ["a CONNECT from the server", 5, (c) => c.send({ cmd: "connect", clientId: "x", protocolVersion: 5 }), 0x82],
+    [
+      "a SUBSCRIBE from the server",
+      5,
+      (c) => c.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "a", qos: 0 }] }),
+      0x82
+    ],
+    ["a PINGREQ from the server", 4, (c) => c.send({ cmd: "pingreq" }), 0x82],
+    ["a PUBACK for an identifier not in flight", 5, (c) => c.send({ cmd: "puback", messageId: 99 }), 0x82],
+    ["a PUBCOMP for an identifier not in flight", 4, (c) => c.send({ cmd: "pubcomp", messageId: 99 }), 0x82],
+    ["a SUBACK for an identifier not in flight", 5, (c) => c.send({ cmd: "suback", messageId: 5, granted: [0] }), 0x82],
+    ["a second CONNACK", 5, (c) => c.connack(), 0x82],
+    ["a PUBLISH with a wildcard in its topic", 5, (c) => c.send(publishPacket("a/+", "x", 0)), 0x82],
+    [
+      "a topic alias the client never allowed",
+      5,
+      (c) => c.send(publishPacket("a", "x", 0, undefined, { properties: { topicAlias: 1 } })),
+      0x94
+    ]
+  ]
+  for (const [name, protocolVersion, inject, reasonCode] of violations) {
+    it.live(`v${protocolVersion}: ${name} is a ProtocolError that closes the connection cleanly`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({ protocolVersion })
+        const messages = yield* Effect.forkChild(Effect.flip(Stream.runDrain(client.messages)))
+        const pending = yield* Effect.forkChild(Effect.flip(client.publish("p", "x", { qos: 1 })))
+        yield* connection.expect("publish")
+        yield* inject(connection)
+        if (protocolVersion === 5) {
+          const disconnect = yield* connection.expect("disconnect")
+          expect(disconnect.reasonCode).toBe(reasonCode)
+        }
+        yield* connection.closed
+        const error = yield* Effect.flip(client.awaitClose)
+        assert(error instanceof MqttError.ProtocolError, String(error))
+        expect(MqttError.isConnectionError(error)).toBe(true)
+        expect((yield* Fiber.join(messages))._tag).toBe("ProtocolError")
+        expect((yield* Fiber.join(pending))._tag).toBe("ProtocolError")
+        expect((yield* Effect.flip(client.subscribe("x")))._tag).toBe("ProtocolError")
+      }))
+  }
+
+  it.live("v5: a server DISCONNECT is a ConnectionLostError with its reason code", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      yield* connection.send({ cmd: "disconnect", reasonCode: 0x8b, properties: { reasonString: "bye" } })
+      const error = yield* Effect.flip(client.awaitClose)
+      assert(error instanceof MqttError.ConnectionLostError)
+      expect([error.reasonCode, error.reasonString]).toEqual([0x8b, "bye"])
+      yield* connection.closed
+    }))
+
+  it.live("the broker closing the socket fails waiting operations and the messages stream", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({})
+      const messages = yield* Effect.forkChild(Effect.flip(Stream.runDrain(client.messages)))
+      const pending = yield* Effect.forkChild(Effect.flip(client.publish("p", "x", { qos: 2 })))
+      yield* connection.expect("publish")
+      yield* connection.destroy
+      const error = yield* Fiber.join(pending)
+      assert(error instanceof MqttError.ConnectionLostError)
+      expect((yield* Fiber.join(messages))._tag).toBe("ConnectionLostError")
+      const status = yield* Effect.exit(client.awaitClose)
+      expect(Exit.isFailure(status)).toBe(true)
+    }))
+
+  it.live("a protocol violation harms no other fiber and no other client", () =>
+    Effect.gen(function*() {
+      const a = yield* connect({})
+      const b = yield* connect({})
+      yield* a.connection.sendRaw(Uint8Array.of(0x00, 0x00))
+      yield* Effect.flip(a.client.awaitClose)
+      const fiber = yield* Effect.forkChild(b.client.publish("still", "alive", { qos: 1 }))
+      const publish = yield* b.connection.expect("publish")
+      yield* b.connection.send({ cmd: "puback", messageId: publish.messageId! })
+      yield* Fiber.join(fiber)
+      expect(Option.isNone(yield* Effect.sync(() => Option.none()))).toBe(true)
+    }))
+})
