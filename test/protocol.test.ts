@@ -6,6 +6,7 @@ import { assert, describe, expect, it } from "@effect/vitest"
 import { Cause, Effect, Exit, Fiber, Option, Redacted, Stream } from "effect"
 import { IncomingQueue, MqttClient, MqttError } from "effect-mqtt"
 import { TestClock } from "effect/testing"
+import * as fc from "fast-check"
 import type { Packet } from "mqtt-packet"
 import * as FakeBroker from "./support/FakeBroker.ts"
 
@@ -713,4 +714,47 @@ describe("a broker that breaks the protocol", () => {
       yield* Fiber.join(fiber)
       expect(Option.isNone(yield* Effect.sync(() => Option.none()))).toBe(true)
     }))
+})
+
+describe("any input from the broker", () => {
+  // random bytes after the CONNACK: the client either goes on or closes with a typed error, never a defect
+  for (const protocolVersion of versions) {
+    it.live(
+      `v${protocolVersion}: random bytes end in a typed error or nothing, never a defect`,
+      () =>
+        Effect.gen(function*() {
+          const samples = fc.sample(
+            fc.oneof(
+              fc.uint8Array({ minLength: 1, maxLength: 64 }),
+              // a valid-looking fixed header followed by random bytes
+              fc.tuple(fc.integer({ min: 0, max: 15 }), fc.uint8Array({ maxLength: 40 })).map(([type, rest]) =>
+                Uint8Array.of(type << 4 | (rest[0] ?? 0) & 0x0f, rest.length, ...rest)
+              )
+            ),
+            { numRuns: 150, seed: 42 + protocolVersion }
+          )
+          const broker = yield* FakeBroker.make({ protocolVersion })
+          for (const bytes of samples) {
+            yield* Effect.scoped(Effect.gen(function*() {
+              const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, protocolVersion }))
+              const connection = yield* broker.accept
+              yield* connection.expect("connect")
+              yield* connection.connack()
+              const client = yield* Fiber.join(fiber)
+              yield* connection.sendRaw(bytes)
+              yield* connection.close
+              const exit = yield* Effect.exit(client.awaitClose)
+              assert(Exit.isFailure(exit), "the connection ended")
+              const failure = exit.cause.reasons.find(Cause.isFailReason)
+              assert(
+                failure !== undefined && exit.cause.reasons.length === 1,
+                `a typed failure: ${Cause.pretty(exit.cause)}`
+              )
+              expect(MqttError.isConnectionError(failure.error)).toBe(true)
+            }))
+          }
+        }),
+      120_000
+    )
+  }
 })

@@ -1,5 +1,6 @@
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as Arr from "effect/Array"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -266,10 +267,6 @@ export const make = (
       Effect.flatMap(outbox.take, (batch) =>
         Effect.map(writer.writeAll(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), () => outbox.written()))
     )
-    yield* Effect.forkIn(
-      Effect.ignore(Effect.catch(writeLoop, (error) => shutdown(socketLost(error)))),
-      scope
-    )
 
     /**
      * Ends the connection: every waiting operation fails with `error`, the messages stream fails with it
@@ -308,6 +305,16 @@ export const make = (
           Effect.andThen(Effect.fail(error))
         )
       })
+
+    /**
+     * Runs a background loop of the connection: its failures have closed the connection already; a defect
+     * (a bug of this client) closes it too, so that nothing waits forever on a dead loop.
+     */
+    const guard = (loop: Effect.Effect<unknown, MqttError.MqttError>): Effect.Effect<void> =>
+      Effect.catchCause(loop, (cause) =>
+        Cause.hasInterruptsOnly(cause) || Cause.hasFails(cause)
+          ? Effect.void
+          : Effect.ignore(shutdown(lost(`internal error: ${Cause.pretty(cause)}`, Cause.squash(cause)))))
 
     const protocolError = (reason: string, reasonCode = 0x82) =>
       new MqttError.ProtocolError(version === 5 ? { reason, reasonCode } : { reason })
@@ -508,11 +515,16 @@ export const make = (
     const step: Effect.Effect<void, MqttError.MqttError> = Effect.flatMap(
       Effect.catch(reader.pull, (error) => Effect.fail(closed ?? socketLost(error))),
       (chunks) => {
-        for (let i = 0; i < chunks.length && parseError === undefined; i++) {
-          const chunk = chunks[i]
-          parser.parse(typeof chunk === "string" ? Buffer.from(chunk) : chunk as Buffer)
+        // mqtt-packet parses synchronously and may throw on input it does not expect: whatever the broker
+        // sends, it becomes a typed protocol error, never a defect
+        try {
+          for (let i = 0; i < chunks.length && parseError === undefined; i++) {
+            parser.parse(toBuffer(chunks[i]))
+          }
+          for (let i = 0; i < packets.length && fatal === undefined; i++) onPacket(packets[i])
+        } catch (e) {
+          fail(protocolError(`malformed packet: ${describe(e)}`, 0x81))
         }
-        for (let i = 0; i < packets.length && fatal === undefined; i++) onPacket(packets[i])
         packets.length = 0
         if (fatal === undefined && parseError !== undefined) {
           fail(protocolError(`malformed packet: ${parseError.message}`, 0x81))
@@ -553,6 +565,8 @@ export const make = (
           })
         )
       })
+
+    yield* Effect.forkIn(guard(Effect.catch(writeLoop, (error) => shutdown(socketLost(error)))), scope)
 
     // ---- connecting -------------------------------------------------------------------------------------
     const connectBytes = Codec.generate(connectPacket(o), version)
@@ -603,10 +617,7 @@ export const make = (
     inflight.setQuota(info.receiveMaximum)
 
     // ---- running ----------------------------------------------------------------------------------------
-    yield* Effect.forkIn(
-      Effect.ignore(Effect.catch(Effect.forever(step), (error) => shutdown(error))),
-      scope
-    )
+    yield* Effect.forkIn(guard(Effect.catch(Effect.forever(step), (error) => shutdown(error))), scope)
 
     if (keepAlive > 0) {
       const keepAliveMillis = keepAlive * 1000
@@ -633,7 +644,7 @@ export const make = (
         )
         return Effect.andThen(write(Codec.pingreq), awaitPong)
       })
-      yield* Effect.forkIn(Effect.ignore(Effect.forever(ping)), scope)
+      yield* Effect.forkIn(guard(Effect.forever(ping)), scope)
     }
 
     yield* Scope.addFinalizer(
@@ -807,6 +818,13 @@ export const make = (
     }
     return client
   })
+
+const toBuffer = (chunk: Uint8Array | string): Buffer =>
+  typeof chunk === "string"
+    ? Buffer.from(chunk)
+    : Buffer.isBuffer(chunk)
+    ? chunk
+    : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
 
 /** The packet identifier of SUBSCRIBE and UNSUBSCRIBE comes right after the fixed header. */
 const idOffsetOf = (bytes: Uint8Array): number => {
