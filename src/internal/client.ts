@@ -1,4 +1,3 @@
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as Arr from "effect/Array"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
@@ -19,6 +18,7 @@ import { MqttMessage, type QoS } from "../MqttMessage.ts"
 import * as Codec from "./codec.ts"
 import { Inflight } from "./inflight.ts"
 import { Outbox } from "./outbox.ts"
+import * as Transport from "./transport.ts"
 import { filterProblem, nameProblem } from "./topic.ts"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -26,8 +26,7 @@ import { filterProblem, nameProblem } from "./topic.ts"
 // ---------------------------------------------------------------------------------------------------------
 
 interface Resolved {
-  readonly host: string
-  readonly port: number
+  readonly endpoint: Transport.Endpoint
   readonly clientId: string
   readonly protocolVersion: 4 | 5
   readonly keepAlive: number
@@ -60,19 +59,7 @@ const decodeDuration = (option: string, input: Duration.Input | undefined, fallb
 }
 
 const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
-  const url = options.url ?? "mqtt://localhost:1883"
-  let parsed: URL
-  try {
-    parsed = new URL(url)
-  } catch {
-    return yield* invalid("url", `"${url}" is not a URL`)
-  }
-  if (parsed.protocol !== "mqtt:" && parsed.protocol !== "tcp:") {
-    return yield* invalid("url", `unsupported scheme "${parsed.protocol}" (expected mqtt: or tcp:)`)
-  }
-  if (parsed.hostname === "") return yield* invalid("url", "the URL has no host")
-  const host = parsed.hostname.startsWith("[") ? parsed.hostname.slice(1, -1) : parsed.hostname
-  const port = parsed.port === "" ? 1883 : Number(parsed.port)
+  const endpoint = yield* Transport.parseUrl(options.url ?? "mqtt://localhost:1883")
   const protocolVersion = options.protocolVersion ?? 4
   if (protocolVersion !== 4 && protocolVersion !== 5) {
     return yield* invalid("protocolVersion", "expected 4 (MQTT 3.1.1) or 5 (MQTT 5.0)")
@@ -91,10 +78,9 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   if (sessionExpiryInterval !== undefined && !isUint(sessionExpiryInterval, 0xffffffff)) {
     return yield* invalid("sessionExpiryInterval", "expected whole seconds from 0 to 4294967295")
   }
-  const username = options.username ??
-    (parsed.username === "" ? undefined : decodeURIComponent(parsed.username))
+  const username = options.username ?? endpoint.username
   const password = options.password ??
-    (parsed.password === "" ? undefined : Redacted.make(decodeURIComponent(parsed.password)))
+    (endpoint.password === undefined ? undefined : Redacted.make(endpoint.password))
   const will = options.will
   if (will !== undefined) {
     const problem = nameProblem(will.topic)
@@ -110,8 +96,7 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
     return yield* invalid("queue", "the capacity must be a positive integer")
   }
   return {
-    host,
-    port,
+    endpoint,
     clientId,
     protocolVersion,
     keepAlive,
@@ -245,7 +230,7 @@ export const make = (
     const awaitingRelease = new Uint8Array(65536)
 
     // ---- connection state -------------------------------------------------------------------------------
-    const socket = yield* NodeSocket.makeNet({ host: o.host, port: o.port, noDelay: true })
+    const socket = yield* Transport.makeSocket(o.endpoint, options)
     const connectionScope = yield* Scope.fork(scope)
     const writer = yield* Scope.provide(socket.writer, connectionScope)
     let closed: MqttError.MqttError | undefined
