@@ -133,8 +133,12 @@ export const defaultStrategy: FifoStrategy = bounded(1024)
  * @category models
  */
 export interface IncomingQueue<A, E> {
-  /** Adds messages. Waits while a bounded or priority queue is full; never waits for the other kinds. */
-  readonly offerAll: (messages: ReadonlyArray<A>) => Effect.Effect<void>
+  /**
+   * Adds messages in order. Waits while a bounded or priority queue is full; never waits for the other
+   * kinds. `progress.accepted` counts the messages taken so far (a dropped message counts as taken), so a
+   * caller interrupted while waiting knows which messages the queue holds.
+   */
+  readonly offerAll: (messages: ReadonlyArray<A>, progress?: Progress) => Effect.Effect<void>
   /** The messages as a stream shared by all its consumers: each message goes to one of them. */
   readonly stream: Stream.Stream<A, E>
   /** Ends the stream once the queued messages are taken. */
@@ -145,6 +149,16 @@ export interface IncomingQueue<A, E> {
   readonly dropped: Effect.Effect<number>
   /** The number of messages waiting. */
   readonly size: Effect.Effect<number>
+}
+
+/**
+ * How many messages of an `offerAll` the queue has taken so far.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Progress {
+  accepted: number
 }
 
 /**
@@ -169,17 +183,24 @@ export const make = <A, E>(strategy: Strategy<A>): Effect.Effect<IncomingQueue<A
 const fromQueue = <A, E>(queue: Queue.Queue<A, E | Cause.Done>, strategy: Strategy<A>): IncomingQueue<A, E> => {
   let dropped = 0
   const offerAll = strategy._tag === "Bounded" || strategy._tag === "Unbounded" ?
-    (messages: ReadonlyArray<A>) => Effect.asVoid(Queue.offerAll(queue, messages)) :
+    (messages: ReadonlyArray<A>, progress: Progress = { accepted: 0 }) =>
+      Effect.suspend(() => {
+        const rest = Queue.offerAllUnsafe(queue, messages)
+        progress.accepted += messages.length - rest.length
+        return rest.length === 0 ? Effect.void : offerEach(queue, rest, 0, progress)
+      }) :
     strategy._tag === "Sliding" ?
-    (messages: ReadonlyArray<A>) =>
+    (messages: ReadonlyArray<A>, progress?: Progress) =>
       Effect.sync(() => {
         const before = Queue.sizeUnsafe(queue)
         Queue.offerAllUnsafe(queue, messages)
         dropped += Math.max(0, before + messages.length - strategy.capacity)
+        if (progress !== undefined) progress.accepted += messages.length
       }) :
-    (messages: ReadonlyArray<A>) =>
+    (messages: ReadonlyArray<A>, progress?: Progress) =>
       Effect.sync(() => {
         dropped += Queue.offerAllUnsafe(queue, messages).length
+        if (progress !== undefined) progress.accepted += messages.length
       })
   return {
     offerAll,
@@ -191,8 +212,30 @@ const fromQueue = <A, E>(queue: Queue.Queue<A, E | Cause.Done>, strategy: Strate
   }
 }
 
+/** Offers one message at a time, waiting for room: each offer either happens or not, even on interruption. */
+const offerEach = <A, E>(
+  queue: Queue.Queue<A, E | Cause.Done>,
+  messages: ReadonlyArray<A>,
+  from: number,
+  progress: Progress
+): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    let i = from
+    while (i < messages.length && Queue.offerUnsafe(queue, messages[i])) {
+      i++
+      progress.accepted++
+    }
+    if (i >= messages.length || queue.state._tag !== "Open") return Effect.void
+    const next = i
+    return Effect.flatMap(Queue.offer(queue, messages[next]), (offered) => {
+      if (!offered) return Effect.void
+      progress.accepted++
+      return offerEach(queue, messages, next + 1, progress)
+    })
+  })
+
 const fromPriority = <A, E>(queue: PriorityQueue<A, E>): IncomingQueue<A, E> => ({
-  offerAll: (messages) => queue.offerAll(messages, 0),
+  offerAll: (messages, progress = { accepted: 0 }) => queue.offerAll(messages, 0, progress),
   // one message per pull, so that a message of higher priority arriving while the consumer works on a
   // batch is not stuck behind that batch
   stream: Stream.fromPull(Effect.succeed(Effect.map(queue.take, (a) => [a] as const))),
@@ -227,7 +270,7 @@ class PriorityQueue<A, E> {
     this.order = order
   }
 
-  offerAll(messages: ReadonlyArray<A>, from: number): Effect.Effect<void> {
+  offerAll(messages: ReadonlyArray<A>, from: number, progress: Progress): Effect.Effect<void> {
     return Effect.suspend(() => {
       let i = from
       if (this.closed !== undefined) return Effect.void
@@ -235,10 +278,12 @@ class PriorityQueue<A, E> {
         const taker = this.takers.shift()
         if (taker !== undefined) {
           taker(Effect.succeed(messages[i++]))
+          progress.accepted++
           continue
         }
         if (this.heap.length >= this.capacity) break
         this.push({ value: messages[i++], seq: this.seq++ })
+        progress.accepted++
       }
       if (i >= messages.length) return Effect.void
       const rest = i
@@ -251,7 +296,7 @@ class PriorityQueue<A, E> {
             if (index >= 0) this.putters.splice(index, 1)
           })
         }),
-        () => this.offerAll(messages, rest)
+        () => this.offerAll(messages, rest, progress)
       )
     })
   }

@@ -32,7 +32,9 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Redacted from "effect/Redacted"
+import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
+import type * as Socket from "effect/socket/Socket"
 import type * as Stream from "effect/Stream"
 import type * as IncomingQueue from "./IncomingQueue.ts"
 import * as internal from "./internal/client.ts"
@@ -68,15 +70,75 @@ export interface Will {
 }
 
 /**
+ * TLS settings for `mqtts://` and `wss://` URLs. The broker's certificate and host name are verified by
+ * default against the system's certificate authorities (or `ca` / `caFile` when given), and SNI is the URL's
+ * host (none for an IP address). Nothing is ever sent in plaintext: a TLS failure is a `TlsError`, and TLS
+ * settings given with a plaintext URL (`mqtt://`, `ws://`, `unix://`) are refused.
+ *
+ * Certificates and keys are PEM, given either as contents (`ca`, `cert`, `key`) or as file paths (`caFile`,
+ * `certFile`, `keyFile`), not both. Files are read once, when the client is made; an empty or unreadable file,
+ * or a key that does not load (wrong passphrase, not matching the certificate), is an `InvalidOptionError`
+ * before anything is sent.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TlsOptions {
+  /** Certificate authorities to trust instead of the system's (PEM; several may be concatenated). */
+  readonly ca?: string | Uint8Array | ReadonlyArray<string | Uint8Array> | undefined
+  /** A PEM file of certificate authorities to trust instead of the system's. */
+  readonly caFile?: string | undefined
+  /** The client certificate (PEM, optionally followed by its intermediates), for brokers that require one. */
+  readonly cert?: string | Uint8Array | undefined
+  /** A PEM file with the client certificate. */
+  readonly certFile?: string | undefined
+  /** The private key of `cert` (PEM). */
+  readonly key?: Redacted.Redacted<string | Uint8Array> | undefined
+  /** A PEM file with the private key of the client certificate. */
+  readonly keyFile?: string | undefined
+  /** The passphrase of an encrypted private key. */
+  readonly passphrase?: Redacted.Redacted<string> | undefined
+  /** The name sent in SNI and checked against the certificate. Default: the URL's host, unless it is an IP
+   * address (the certificate is then checked against the IP address and no SNI is sent). */
+  readonly servername?: string | undefined
+  /** ALPN protocols to offer, for example `["mqtt"]` or `["x-amzn-mqtt-ca"]`. Default: none. */
+  readonly alpnProtocols?: ReadonlyArray<string> | undefined
+  /** The lowest TLS version accepted. Default `"TLSv1.2"`. */
+  readonly minVersion?: "TLSv1.2" | "TLSv1.3" | undefined
+  /** Turns off the verification of the broker's certificate and host name. INSECURE: anyone between the
+   * client and the broker can read and change the traffic. For tests only; a warning is logged when set. */
+  readonly insecureSkipVerify?: boolean | undefined
+}
+
+/**
  * The options of a client. Only `url` is usually needed.
  *
  * @since 0.1.0
  * @category models
  */
 export interface Options {
-  /** The broker: `mqtt://host:port` or `tcp://host:port` (port 1883 by default). User info in the URL is
-   * used as `username` and `password` when those are not given. Default `mqtt://localhost:1883`. */
+  /** The broker. The scheme chooses the transport:
+   *
+   * | URL | transport | default port |
+   * | --- | --- | --- |
+   * | `mqtt://host:port`, `tcp://host:port` | TCP | 1883 |
+   * | `mqtts://host:port`, `tls://host:port`, `ssl://host:port` | TLS (see `tls`) | 8883 |
+   * | `ws://host:port/path` | WebSocket, subprotocol `mqtt`, binary frames | 80 |
+   * | `wss://host:port/path` | WebSocket over TLS (see `tls`) | 443 |
+   * | `unix:///path/to/socket` | Unix domain socket | |
+   *
+   * A WebSocket URL without a path uses `/mqtt` (write `ws://host/` for the root path); its query string is
+   * kept. User info in the URL (`mqtt://user:password@host`) is used as `username` and `password` when those
+   * are not given, and is never sent elsewhere (not as an HTTP `Authorization` header). A malformed or
+   * unsupported URL is an `InvalidOptionError` that never repeats the URL. Default `mqtt://localhost:1883`. */
   readonly url?: string | undefined
+  /** TLS settings for `mqtts://` and `wss://`. */
+  readonly tls?: TlsOptions | undefined
+  /** A socket to use instead of the built-in transports: a proxy, a tunnel, an in-memory test double. Each
+   * connection acquires its `reader` (which opens the connection) and its `writer`. `url` still supplies the
+   * user info; its host and port are not used, and `tls` must not be given (the socket does its own TLS).
+   * A socket failing with a Node.js TLS error still fails with a `TlsError`. */
+  readonly transport?: Socket.Socket | Effect.Effect<Socket.Socket, MqttError.MqttError> | undefined
   /** The client identifier. Generated (`effect-mqtt-` and random characters) when absent. */
   readonly clientId?: string | undefined
   /** 4 for MQTT 3.1.1 (the default, as MQTT.js and aiomqtt), 5 for MQTT 5.0. */
@@ -102,6 +164,74 @@ export interface Options {
   readonly queue?: IncomingQueue.Strategy | undefined
   /** MQTT 5: user properties sent in CONNECT. */
   readonly userProperties?: ReadonlyArray<MqttMessage.UserProperty> | undefined
+  /**
+   * What to do when the connection is lost: a `Schedule` of delays between attempts (its input is the error
+   * that ended the last attempt; when it ends, the client gives up), or `false` to fail the `messages`
+   * stream and every operation with the error instead (aiomqtt's behaviour: retry the whole scope).
+   * Default: {@link defaultReconnect}, exponential from 100 ms, capped at 30 s, jittered, forever.
+   */
+  readonly reconnect?: Schedule.Schedule<unknown, MqttError.MqttError> | false | undefined
+  /** Retry the first connection with the `reconnect` schedule instead of failing the layer at once.
+   * Default `false`: a wrong URL or a refused connection is reported, not hidden. */
+  readonly retryFirstConnect?: boolean | undefined
+  /** What publish, subscribe and unsubscribe do while the client is reconnecting. */
+  readonly offline?: OfflineOptions | undefined
+}
+
+/**
+ * What operations do while the client is reconnecting.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface OfflineOptions {
+  /** How many publishes are kept while disconnected, sent in order once connected. Default 10,000. */
+  readonly capacity?: number | undefined
+  /** When the buffer is full: `"fail"` with `OfflineError` (the default) or `"wait"` for the connection. */
+  readonly overflow?: "fail" | "wait" | undefined
+  /** QoS 0 publishes while disconnected: `"buffer"` them like the others (the default) or `"fail"`. */
+  readonly qos0?: "buffer" | "fail" | undefined
+  /** Subscribe and unsubscribe while disconnected: `"wait"` for the connection (the default) or `"fail"`.
+   * A SUBSCRIBE or UNSUBSCRIBE in flight when the connection drops is sent again, or fails, likewise. */
+  readonly requests?: "wait" | "fail" | undefined
+}
+
+/**
+ * The state of the connection, as `statusChanges` reports it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ConnectionStatus =
+  | { readonly _tag: "Connecting"; readonly attempt: number }
+  | { readonly _tag: "Connected"; readonly info: ConnectionInfo }
+  | {
+    readonly _tag: "Disconnected"
+    readonly cause: MqttError.MqttError
+    /** When the next attempt starts; `undefined` when the client does not reconnect. */
+    readonly retryIn: Duration.Duration | undefined
+  }
+  | { readonly _tag: "Closed"; readonly cause: MqttError.MqttError | undefined }
+
+/**
+ * Counters of the client's connections.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Metrics {
+  /** Successful connections, the first included. */
+  readonly connects: number
+  /** Successful connections after a lost one. */
+  readonly reconnects: number
+  /** Connection attempts that failed. */
+  readonly failedAttempts: number
+  /** Total time spent disconnected between a lost connection and the next successful one. */
+  readonly disconnectedMillis: number
+  /** The longest such time. */
+  readonly longestDisconnectMillis: number
+  /** Messages dropped by a sliding or dropping incoming queue. */
+  readonly droppedMessages: number
 }
 
 /**
@@ -234,12 +364,33 @@ export interface Client {
   /** The number of messages a sliding or dropping queue has dropped so far. */
   readonly droppedMessages: Effect.Effect<number>
 
-  /** What the broker answered in CONNACK. */
+  /** What the broker answered in the CONNACK of the current (or last) connection. */
   readonly connection: ConnectionInfo
 
-  /** Waits until the connection ends and fails with the reason; succeeds when the client is closed. */
+  /** The state of the connection now. */
+  readonly status: Effect.Effect<ConnectionStatus>
+
+  /** The current state, then every change: connecting, connected (with the CONNACK), disconnected (with
+   * the cause), closed. */
+  readonly statusChanges: Stream.Stream<ConnectionStatus>
+
+  /** Connection counters: connects, reconnects, time spent disconnected. */
+  readonly metrics: Effect.Effect<Metrics>
+
+  /** Waits until the client stops for good and fails with the reason (the connection was lost and the client
+   * does not reconnect, or gave up); succeeds when the client is closed by its scope. */
   readonly awaitClose: Effect.Effect<void, MqttError.MqttError>
 }
+
+/**
+ * The default `reconnect` schedule: 100 ms, doubling each attempt, capped at 30 s; each delay is drawn at
+ * random between half and all of it, so that many clients that lost the same broker do not come back in step.
+ * Never gives up.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const defaultReconnect: Schedule.Schedule<Duration.Duration> = internal.defaultReconnect
 
 /**
  * The client service tag.
@@ -280,6 +431,17 @@ export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.Mqtt
  * | `MQTT_PASSWORD` | `password` (redacted) |
  * | `MQTT_PROTOCOL_VERSION` | `protocolVersion` (4 or 5) |
  * | `MQTT_KEEPALIVE` | `keepAlive` (seconds) |
+ * | `MQTT_CONNECT_TIMEOUT` | `connectTimeout` (a duration: `10 seconds`, `500 millis`) |
+ * | `MQTT_CA_FILE` | `tls.caFile` |
+ * | `MQTT_CERT_FILE` | `tls.certFile` |
+ * | `MQTT_KEY_FILE` | `tls.keyFile` |
+ * | `MQTT_KEY_PASSPHRASE` | `tls.passphrase` (redacted) |
+ * | `MQTT_TLS_SERVERNAME` | `tls.servername` |
+ * | `MQTT_TLS_MIN_VERSION` | `tls.minVersion` (`TLSv1.2` or `TLSv1.3`) |
+ * | `MQTT_TLS_ALPN` | `tls.alpnProtocols` (comma-separated) |
+ * | `MQTT_TLS_INSECURE_SKIP_VERIFY` | `tls.insecureSkipVerify` (`true` or `false`; insecure) |
+ *
+ * A TLS variable with an `mqtt://` or `ws://` URL is refused rather than ignored.
  *
  * @since 0.1.0
  * @category config
@@ -290,12 +452,31 @@ export const config: Config.Config<Options> = Config.all({
   username: Config.String("MQTT_USERNAME").pipe(Config.withDefault(undefined)),
   password: Config.Redacted("MQTT_PASSWORD").pipe(Config.withDefault(undefined)),
   protocolVersion: Config.Literals([4, 5], "MQTT_PROTOCOL_VERSION").pipe(Config.withDefault(undefined)),
-  keepAlive: Config.Int("MQTT_KEEPALIVE").pipe(Config.withDefault(undefined))
+  keepAlive: Config.Int("MQTT_KEEPALIVE").pipe(Config.withDefault(undefined)),
+  connectTimeout: Config.Duration("MQTT_CONNECT_TIMEOUT").pipe(Config.withDefault(undefined)),
+  tls: Config.all({
+    caFile: Config.String("MQTT_CA_FILE").pipe(Config.withDefault(undefined)),
+    certFile: Config.String("MQTT_CERT_FILE").pipe(Config.withDefault(undefined)),
+    keyFile: Config.String("MQTT_KEY_FILE").pipe(Config.withDefault(undefined)),
+    passphrase: Config.Redacted("MQTT_KEY_PASSPHRASE").pipe(Config.withDefault(undefined)),
+    servername: Config.String("MQTT_TLS_SERVERNAME").pipe(Config.withDefault(undefined)),
+    minVersion: Config.Literals(["TLSv1.2", "TLSv1.3"], "MQTT_TLS_MIN_VERSION").pipe(Config.withDefault(undefined)),
+    alpnProtocols: Config.String("MQTT_TLS_ALPN").pipe(
+      Config.map((list) => list.split(",").map((protocol) => protocol.trim()).filter((protocol) => protocol !== "")),
+      Config.withDefault(undefined)
+    ),
+    insecureSkipVerify: Config.Boolean("MQTT_TLS_INSECURE_SKIP_VERIFY").pipe(Config.withDefault(undefined))
+  }).pipe(
+    Config.map((tls): TlsOptions | undefined =>
+      Object.values(tls).some((value) => value !== undefined) ? tls : undefined
+    )
+  )
 })
 
 /**
  * A layer whose options come from Effect `Config`: by default {@link config} (`MQTT_URL` and friends), or
- * any `Config` of options. Options given in `overrides` are used as they are.
+ * any `Config` of options. Options given in `overrides` are used as they are; `tls` settings are merged with
+ * those from the config, one setting at a time.
  *
  * @example
  * ```ts
@@ -312,4 +493,12 @@ export const layerConfig = (
   options: Config.Config<Options> = config,
   overrides?: Options
 ): Layer.Layer<MqttClient, MqttError.MqttError | Config.ConfigError> =>
-  Layer.effect(MqttClient, Effect.flatMap(options, (options) => internal.make({ ...options, ...overrides })))
+  Layer.effect(
+    MqttClient,
+    Effect.flatMap(options, (options) =>
+      internal.make(
+        overrides?.tls === undefined || options.tls === undefined
+          ? { ...options, ...overrides }
+          : { ...options, ...overrides, tls: { ...options.tls, ...overrides.tls } }
+      ))
+  )

@@ -7,8 +7,8 @@
  *   sent, so nothing reaches the broker.
  * - the broker's answer: {@link ConnectRefusedError}, {@link SubscribeError}, {@link UnsubscribeError},
  *   {@link PublishError}. Each carries the MQTT reason code and, in MQTT 5, the reason string.
- * - the network or the protocol: {@link ConnectionLostError}, {@link TimeoutError}, {@link ProtocolError}.
- *   After one of these the connection is closed.
+ * - the network or the protocol: {@link ConnectionLostError}, {@link TimeoutError}, {@link ProtocolError},
+ *   {@link TlsError}. After one of these the connection is closed.
  *
  * Every error has a readable `message`. `MqttError` is the union of all of them.
  *
@@ -91,6 +91,48 @@ export class TimeoutError extends Schema.TaggedError<TimeoutError>()("TimeoutErr
 }
 
 /**
+ * The TLS connection to the broker could not be established or was refused. The connection is closed and
+ * nothing was sent in plaintext. `kind` says what failed:
+ *
+ * - `"ServerCertificateUntrusted"`: the broker's certificate does not chain to a trusted certificate authority
+ *   (a wrong or missing `tls.ca`), or it is expired, not yet valid or revoked.
+ * - `"HostnameMismatch"`: the certificate is valid but not for the host in the URL (or `tls.servername`).
+ * - `"ClientCertificateRequired"`: the broker requires a client certificate and none was given.
+ * - `"ClientCertificateRejected"`: the broker does not accept the client certificate that was given.
+ * - `"HandshakeFailed"`: any other handshake failure, such as no common TLS version or cipher, or a port that
+ *   does not speak TLS (the broker closed the connection during the handshake).
+ *
+ * `code` is the OpenSSL or Node.js error code when there is one (for example `SELF_SIGNED_CERT_IN_CHAIN`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TlsError extends Schema.TaggedError<TlsError>()("TlsError", {
+  kind: Schema.Literals([
+    "ServerCertificateUntrusted",
+    "HostnameMismatch",
+    "ClientCertificateRequired",
+    "ClientCertificateRejected",
+    "HandshakeFailed"
+  ]),
+  reason: Schema.String,
+  code: optionalString
+}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `TLS failed (${tlsKinds[this.kind]}): ${this.reason}` + (this.code === undefined ? "" : ` [${this.code}]`)
+  }
+}
+
+const tlsKinds: Record<TlsError["kind"], string> = {
+  ServerCertificateUntrusted: "the broker's certificate is not trusted",
+  HostnameMismatch: "the broker's certificate is not valid for this host name",
+  ClientCertificateRequired: "the broker requires a client certificate",
+  ClientCertificateRejected: "the broker rejected the client certificate",
+  HandshakeFailed: "handshake failed"
+}
+
+/**
  * The broker broke the protocol: a malformed packet, a packet a server never sends, an acknowledgement for
  * a packet identifier that is not in flight. The connection is closed when this is raised.
  *
@@ -163,6 +205,24 @@ export class PublishError extends Schema.TaggedError<PublishError>()("PublishErr
 }
 
 /**
+ * The client is not connected (it is reconnecting) and the operation could not wait: the offline buffer is
+ * full, or the options say to fail instead of waiting (`offline.qos0: "fail"`, `offline.overflow: "fail"`,
+ * `offline.requests: "fail"`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class OfflineError extends Schema.TaggedError<OfflineError>()("OfflineError", {
+  operation: Schema.Literals(["publish", "subscribe", "unsubscribe"]),
+  reason: Schema.String
+}) {
+  readonly [TypeId] = TypeId
+  override get message(): string {
+    return `Cannot ${this.operation} while disconnected: ${this.reason}`
+  }
+}
+
+/**
  * A topic name or topic filter given by the caller is not valid. Raised before anything is sent.
  *
  * @since 0.1.0
@@ -207,9 +267,11 @@ export type MqttError =
   | ConnectionLostError
   | TimeoutError
   | ProtocolError
+  | TlsError
   | SubscribeError
   | UnsubscribeError
   | PublishError
+  | OfflineError
   | InvalidTopicError
   | InvalidOptionError
 
@@ -231,14 +293,18 @@ export const isInvalidInput = (u: unknown): u is InvalidTopicError | InvalidOpti
   isMqttError(u) && (u._tag === "InvalidTopicError" || u._tag === "InvalidOptionError")
 
 /**
- * Whether an error ended the connection ({@link ConnectionLostError}, {@link TimeoutError} or
- * {@link ProtocolError}): a new connection is needed to go on.
+ * Whether an error ended the connection ({@link ConnectionLostError}, {@link TimeoutError},
+ * {@link ProtocolError} or {@link TlsError}): a new connection is needed to go on.
  *
  * @since 0.1.0
  * @category guards
  */
-export const isConnectionError = (u: unknown): u is ConnectionLostError | TimeoutError | ProtocolError =>
-  isMqttError(u) && (u._tag === "ConnectionLostError" || u._tag === "TimeoutError" || u._tag === "ProtocolError")
+export const isConnectionError = (
+  u: unknown
+): u is ConnectionLostError | TimeoutError | ProtocolError | TlsError =>
+  isMqttError(u) &&
+  (u._tag === "ConnectionLostError" || u._tag === "TimeoutError" || u._tag === "ProtocolError" ||
+    u._tag === "TlsError")
 
 /**
  * Whether an error is a refusal by the broker that carries a reason code ({@link ConnectRefusedError},

@@ -19,7 +19,8 @@ const connect = (
 ) =>
   Effect.gen(function*() {
     const broker = yield* FakeBroker.make({ protocolVersion: options.protocolVersion ?? 4 })
-    const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, ...options }))
+    // these tests are about one connection: reconnection has its own tests
+    const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, reconnect: false, ...options }))
     const { connect, connection } = yield* broker.acceptAndConnack(connack)
     const client = yield* Fiber.join(fiber)
     return { broker, client, connection, connect }
@@ -736,7 +737,9 @@ describe("any input from the broker", () => {
           const broker = yield* FakeBroker.make({ protocolVersion })
           for (const bytes of samples) {
             yield* Effect.scoped(Effect.gen(function*() {
-              const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, protocolVersion }))
+              const fiber = yield* Effect.forkChild(
+                MqttClient.make({ url: broker.url, protocolVersion, reconnect: false })
+              )
               const connection = yield* broker.accept
               yield* connection.expect("connect")
               yield* connection.connack()

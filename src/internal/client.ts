@@ -5,9 +5,13 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Random from "effect/Random"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
+import type * as Stream from "effect/Stream"
+import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as MqttPacket from "mqtt-packet"
 import { Buffer } from "node:buffer"
 import * as Crypto from "node:crypto"
@@ -16,10 +20,10 @@ import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { MqttMessage, type QoS } from "../MqttMessage.ts"
 import * as Codec from "./codec.ts"
-import { Inflight } from "./inflight.ts"
+import { Inflight, Line } from "./inflight.ts"
 import { Outbox } from "./outbox.ts"
-import * as Transport from "./transport.ts"
 import { filterProblem, nameProblem } from "./topic.ts"
+import * as Transport from "./transport.ts"
 
 // ---------------------------------------------------------------------------------------------------------
 // options
@@ -39,7 +43,23 @@ interface Resolved {
   readonly connectTimeout: Duration.Duration
   readonly queue: IncomingQueue.Strategy
   readonly userProperties: ReadonlyArray<readonly [string, string]> | undefined
+  readonly reconnect: Schedule.Schedule<unknown, MqttError.MqttError> | undefined
+  readonly retryFirstConnect: boolean
+  readonly offlineCapacity: number
+  readonly offlineOverflow: "fail" | "wait"
+  readonly offlineQos0: "buffer" | "fail"
+  readonly offlineRequests: "wait" | "fail"
 }
+
+/**
+ * 100 ms doubling up to 30 s, each delay drawn between half and all of it ("equal jitter"): clients that lost
+ * the same broker spread their attempts instead of coming back together.
+ */
+export const defaultReconnect: Schedule.Schedule<Duration.Duration> = Schedule.exponential("100 millis").pipe(
+  Schedule.modifyDelay(({ duration }) =>
+    Effect.map(Random.next, (r) => Duration.millis(Math.min(Duration.toMillis(duration), 30_000) * (0.5 + r / 2)))
+  )
+)
 
 const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
 
@@ -95,7 +115,31 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   if (queue._tag !== "Unbounded" && !(Number.isInteger(queue.capacity) && queue.capacity > 0)) {
     return yield* invalid("queue", "the capacity must be a positive integer")
   }
+  const offline = options.offline ?? {}
+  const offlineCapacity = offline.capacity ?? 10_000
+  if (!isUint(offlineCapacity, Number.MAX_SAFE_INTEGER)) {
+    return yield* invalid("offline.capacity", "expected a whole number of publishes")
+  }
+  const oneOf = <A extends string>(option: string, value: A | undefined, fallback: A, allowed: ReadonlyArray<A>) =>
+    value === undefined
+      ? Effect.succeed(fallback)
+      : allowed.includes(value)
+      ? Effect.succeed(value)
+      : Effect.fail(invalid(option, `expected ${allowed.map((a) => `"${a}"`).join(" or ")}`))
+  const offlineOverflow = yield* oneOf("offline.overflow", offline.overflow, "fail", ["fail", "wait"])
+  const offlineQos0 = yield* oneOf("offline.qos0", offline.qos0, "buffer", ["buffer", "fail"])
+  const offlineRequests = yield* oneOf("offline.requests", offline.requests, "wait", ["wait", "fail"])
+  const reconnect = options.reconnect === false ? undefined : options.reconnect ?? defaultReconnect
+  if (reconnect !== undefined && !Schedule.isSchedule(reconnect)) {
+    return yield* invalid("reconnect", "expected a Schedule or false")
+  }
   return {
+    reconnect,
+    retryFirstConnect: options.retryFirstConnect ?? false,
+    offlineCapacity,
+    offlineOverflow,
+    offlineQos0,
+    offlineRequests,
     endpoint,
     clientId,
     protocolVersion,
@@ -112,13 +156,13 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   } satisfies Resolved
 })
 
-const connectPacket = (o: Resolved): MqttPacket.IConnectPacket => {
+const connectPacket = (o: Resolved, clean: boolean): MqttPacket.IConnectPacket => {
   const packet: MqttPacket.IConnectPacket = {
     cmd: "connect",
     protocolId: "MQTT",
     protocolVersion: o.protocolVersion,
     clientId: o.clientId,
-    clean: o.cleanStart,
+    clean,
     keepalive: o.keepAlive
   }
   if (o.username !== undefined) packet.username = o.username
@@ -154,31 +198,57 @@ const connectPacket = (o: Resolved): MqttPacket.IConnectPacket => {
 // the client
 // ---------------------------------------------------------------------------------------------------------
 
-/** What waits for an acknowledgement, indexed by packet identifier. */
-type Pending =
-  | {
-    readonly _tag: "Publish"
-    readonly qos: 1 | 2
-    readonly topic: string
-    /** for QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP */
-    released: boolean
-    readonly deferred: Deferred.Deferred<void, MqttError.MqttError>
-  }
-  | {
-    readonly _tag: "Subscribe"
-    readonly count: number
-    readonly deferred: Deferred.Deferred<Acknowledged, MqttError.MqttError>
-  }
-  | {
-    readonly _tag: "Unsubscribe"
-    readonly count: number
-    readonly deferred: Deferred.Deferred<Acknowledged, MqttError.MqttError>
-  }
+/** A QoS 1/2 publish from its call until its acknowledgement, across connections. */
+interface PublishEntry {
+  readonly _tag: "Publish"
+  readonly id: number
+  readonly qos: 1 | 2
+  readonly topic: string
+  readonly encoded: Codec.EncodedPublish
+  /** "queued": not sent on this connection yet; "sent": PUBLISH sent; "released": PUBREC received, PUBREL sent */
+  state: "queued" | "sent" | "released"
+  /** sent on an earlier connection of the same session: sent again with DUP */
+  dup: boolean
+  /** whether the PUBLISH or PUBREL on the current connection holds a unit of the send quota */
+  counted: boolean
+  /** false while in the send line */
+  cancelled: boolean
+  readonly deferred: Deferred.Deferred<void, MqttError.MqttError>
+}
+
+/** A SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement; sent again after a reconnect. */
+interface RequestEntry {
+  readonly _tag: "Subscribe" | "Unsubscribe"
+  readonly id: number
+  readonly bytes: Uint8Array
+  readonly filters: ReadonlyArray<MqttPacket.ISubscription>
+  /** undefined for the SUBSCRIBE that restores the subscriptions of a lost session */
+  readonly deferred: Deferred.Deferred<Acknowledged, MqttError.MqttError> | undefined
+}
 
 /** The reason codes of a SUBACK or UNSUBACK, one per filter. */
 interface Acknowledged {
   readonly codes: ReadonlyArray<number>
   readonly reasonString: string | undefined
+}
+
+/** One network connection: its socket scope, writer, and keepalive state. */
+interface Connection {
+  readonly scope: Scope.Closeable
+  readonly outbox: Outbox
+  /** the first error ends the connection */
+  readonly lost: Deferred.Deferred<never, MqttError.MqttError>
+  /** whether CONNECT asked for a new session */
+  readonly cleanStart: boolean
+  info: MqttClient.ConnectionInfo | undefined
+  /** the broker's Receive Maximum, and how much of it is in use */
+  quota: number
+  used: number
+  lastSent: number
+  pong: Deferred.Deferred<void> | undefined
+  /** the reader is waiting for room in the incoming queue, so the socket is not being read */
+  stalled: boolean
+  stalledDuringPing: boolean
 }
 
 /** Bytes waiting to be written beyond which publishers wait for the socket. */
@@ -208,10 +278,33 @@ const socketLost = (error: Socket.SocketError): MqttError.ConnectionLostError =>
 
 const describe = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 
+/** MQTT 5 DISCONNECT reasons after which reconnecting would do harm or cannot help. */
+const finalDisconnects = new Set([
+  0x8e, // session taken over: reconnecting would take it back, and the two clients would ping-pong
+  0x9d // server moved: the client does not follow a redirect silently
+])
+
+/** CONNACK refusals that another attempt will not change (credentials, identifier, protocol, ban). */
+const isFinalRefusal = (error: MqttError.ConnectRefusedError): boolean =>
+  error.protocolVersion === 5
+    ? ![0x88, 0x89, 0x97, 0x9c, 0x9f].includes(error.reasonCode)
+    : error.reasonCode !== 3
+
+/** Whether the client should give up after this error instead of reconnecting. */
+const isFinal = (error: MqttError.MqttError): boolean =>
+  error._tag === "ConnectRefusedError"
+    ? isFinalRefusal(error)
+    : error._tag === "ConnectionLostError"
+    ? error.reasonCode !== undefined && finalDisconnects.has(error.reasonCode)
+    : error._tag === "InvalidOptionError"
+
 /**
- * Connects and returns the client. Protocol state (packet identifiers, acknowledgements pending, incoming
- * QoS 2 identifiers awaiting PUBREL) is plain mutable state; the socket reader fiber is its only writer
- * apart from the publish/subscribe calls that register what they wait for.
+ * Connects and returns the client.
+ *
+ * The session (packet identifiers, publishes and requests waiting for acknowledgement, incoming QoS 2
+ * identifiers awaiting PUBREL, subscriptions) outlives each connection; a connection only carries it. The
+ * protocol state is plain mutable state: the reader fiber of the current connection changes it, and the
+ * operations register what they wait for.
  */
 export const make = (
   options: MqttClient.Options = {}
@@ -222,424 +315,676 @@ export const make = (
     const scope = yield* Effect.scope
     const clock = yield* Clock.Clock
     const incoming = yield* IncomingQueue.make<MqttMessage, MqttError.MqttError>(o.queue)
-
-    // ---- session state: outlives one connection --------------------------------------------------------
-    const inflight = new Inflight()
-    const pending: Array<Pending | undefined> = new Array(65536)
-    /** incoming QoS 2 identifiers delivered and awaiting PUBREL */
-    const awaitingRelease = new Uint8Array(65536)
-
-    // ---- connection state -------------------------------------------------------------------------------
     const socket = yield* Transport.makeSocket(o.endpoint, options)
-    const connectionScope = yield* Scope.fork(scope)
-    const writer = yield* Scope.provide(socket.writer, connectionScope)
-    let closed: MqttError.MqttError | undefined
+    const writer = yield* socket.writer
+    const status = yield* SubscriptionRef.make<MqttClient.ConnectionStatus>({ _tag: "Connecting", attempt: 1 })
     const closedSignal = yield* Deferred.make<void, MqttError.MqttError>()
-    let lastSent = clock.currentTimeMillisUnsafe()
-    let pong: Deferred.Deferred<void> | undefined
-    /** whether the reader is waiting for room in the incoming queue (the socket is not being read) */
-    let stalled = false
-    let stalledDuringPing = false
-    let connack: MqttPacket.IConnackPacket | undefined
-    let info: MqttClient.ConnectionInfo | undefined
+    /** a persistent session: the broker keeps it between connections, so reconnects resume it */
+    const persistent = version === 5 ? (o.sessionExpiryInterval ?? 0) > 0 : !o.cleanStart
 
-    const outbox = new Outbox(OUTBOX_HIGH_WATER_MARK, () => {
-      lastSent = clock.currentTimeMillisUnsafe()
-    })
-    const write = (bytes: Uint8Array): Effect.Effect<void, MqttError.MqttError> =>
-      closed !== undefined ? Effect.fail(closed) : outbox.write(bytes)
-    const writeLoop = Effect.forever(
-      Effect.flatMap(outbox.take, (batch) =>
-        Effect.map(writer.writeAll(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), () => outbox.written()))
-    )
-
-    /**
-     * Ends the connection: every waiting operation fails with `error`, the messages stream fails with it
-     * (or ends, when the client itself closes), and the socket is closed.
-     */
-    const shutdown = (
-      error: MqttError.MqttError,
-      disconnectReason?: number
-    ): Effect.Effect<never, MqttError.MqttError> =>
-      Effect.suspend(() => {
-        if (closed !== undefined) return Effect.fail(closed)
-        closed = error
-        const failure = Effect.fail(error)
-        for (let id = 1; id < 65536; id++) {
-          const entry = pending[id]
-          if (entry !== undefined) {
-            pending[id] = undefined
-            Deferred.doneUnsafe(entry.deferred as Deferred.Deferred<unknown, MqttError.MqttError>, failure)
-          }
-        }
-        inflight.failWaiters(error)
-        if (pong !== undefined) Deferred.doneUnsafe(pong, Effect.void)
-        // what is still queued goes out before the DISCONNECT; a broker that stopped reading does not hold
-        // the shutdown up for long
-        const rest: Array<Uint8Array> = [...outbox.close(error)]
-        if (disconnectReason !== undefined) rest.push(Codec.disconnect(version, disconnectReason))
-        const goodbye = Arr.isArrayNonEmpty(rest)
-          ? writer.writeAll(rest).pipe(Effect.timeoutOption(SHUTDOWN_WRITE_TIMEOUT), Effect.ignore)
-          : Effect.void
-        return goodbye.pipe(
-          Effect.andThen(error === closedByClient ? incoming.end : incoming.fail(error)),
-          Effect.andThen(Scope.close(connectionScope, Exit.void)),
-          Effect.andThen(
-            error === closedByClient ? Deferred.done(closedSignal, Exit.void) : Deferred.fail(closedSignal, error)
-          ),
-          Effect.andThen(Effect.fail(error))
-        )
-      })
-
-    /**
-     * Runs a background loop of the connection: its failures have closed the connection already; a defect
-     * (a bug of this client) closes it too, so that nothing waits forever on a dead loop.
-     */
-    const guard = (loop: Effect.Effect<unknown, MqttError.MqttError>): Effect.Effect<void> =>
-      Effect.catchCause(loop, (cause) =>
-        Cause.hasInterruptsOnly(cause) || Cause.hasFails(cause)
-          ? Effect.void
-          : Effect.ignore(shutdown(lost(`internal error: ${Cause.pretty(cause)}`, Cause.squash(cause)))))
+    // ---- the session: outlives each connection ---------------------------------------------------------
+    const ids = new Inflight()
+    const publishes: Array<PublishEntry | undefined> = new Array(65536)
+    /** publishes in call order: the order of resending [MQTT-4.4.0-1] */
+    const order = new Map<number, PublishEntry>()
+    /** publishes waiting for the connection or for send quota, in order */
+    let sendLine = new Line<PublishEntry>()
+    const requests = new Map<number, RequestEntry>()
+    /** incoming QoS 2: 1 delivered and awaiting PUBREL; 2 in the batch being delivered */
+    const awaitingRelease = new Uint8Array(65536)
+    const subscriptions = new Map<string, MqttPacket.ISubscription>()
+    /** QoS 0 publishes accepted while disconnected */
+    let offlineQos0: Array<Uint8Array> = []
+    /** publishes accepted while disconnected and not sent yet */
+    let offlineCount = 0
+    /** completed at each connection; callers waiting for one await it */
+    let connected = Deferred.makeUnsafe<void, MqttError.MqttError>()
+    let conn: Connection | undefined
+    let lastInfo: MqttClient.ConnectionInfo | undefined
+    let closed: MqttError.MqttError | undefined
+    let hasConnected = false
+    const metrics = { connects: 0, reconnects: 0, failedAttempts: 0, disconnectedMillis: 0, longestDisconnectMillis: 0 }
 
     const protocolError = (reason: string, reasonCode = 0x82) =>
       new MqttError.ProtocolError(version === 5 ? { reason, reasonCode } : { reason })
 
-    // ---- reading ----------------------------------------------------------------------------------------
-    const parser = MqttPacket.parser({ protocolVersion: version })
-    const packets: Array<MqttPacket.Packet> = []
-    let parseError: Error | undefined
-    parser.on("packet", (packet: MqttPacket.Packet) => packets.push(packet))
-    parser.on("error", (error: Error) => {
-      parseError ??= error
-    })
+    // ---- sending ----------------------------------------------------------------------------------------
 
-    /** acknowledgements that do not depend on delivery (PUBREL, PUBCOMP): written at once */
-    const acksNow = new Codec.AckBuffer()
-    /** acknowledgements of delivered messages (PUBACK, PUBREC): written once the queue took them */
-    const acksAfter = new Codec.AckBuffer()
-    let delivered: Array<MqttMessage> = []
-    let fatal: MqttError.MqttError | undefined
-
-    const fail = (error: MqttError.MqttError) => {
-      fatal ??= error
+    /** Sends what the send line holds while the broker's Receive Maximum allows. */
+    const pump = (c: Connection) => {
+      while (sendLine.size > 0 && c.used < c.quota) {
+        const entry = sendLine.shift()!
+        if (publishes[entry.id] !== entry) continue
+        transmit(c, entry)
+      }
     }
 
-    /** The entry waiting for an acknowledgement of packet `id`: a protocol error when there is none. */
-    const settle = (id: number, tag: Pending["_tag"], packet: string): Pending | undefined => {
-      const entry = id > 0 ? pending[id] : undefined
-      if (entry === undefined || entry._tag !== tag) {
-        fail(protocolError(`a ${packet} for packet ${id}, which is not in flight`))
-        return undefined
+    const transmit = (c: Connection, entry: PublishEntry) => {
+      c.used++
+      entry.counted = true
+      if (entry.state === "released") {
+        c.outbox.push(Codec.pubrel(entry.id))
+      } else {
+        // a resend is a copy: the first bytes may still sit in the socket's buffer
+        const bytes = entry.dup
+          ? Codec.setPublishId({ ...entry.encoded, bytes: Buffer.from(entry.encoded.bytes) }, entry.id, true)
+          : Codec.setPublishId(entry.encoded, entry.id)
+        entry.state = "sent"
+        c.outbox.push(bytes)
       }
-      return entry
     }
 
-    const reasonOf = (packet: { readonly properties?: { readonly reasonString?: string } }) =>
-      packet.properties?.reasonString
-
-    const onPublish = (packet: MqttPacket.IPublishPacket) => {
-      let topic = packet.topic
-      if (version === 5 && packet.properties?.topicAlias !== undefined) {
-        // this client announces no Topic Alias Maximum, so any alias is invalid [MQTT-3.3.2-9]
-        return fail(protocolError(`the broker used topic alias ${packet.properties.topicAlias}`, 0x94))
+    /** Ends a publish: frees its identifier and quota, completes its caller. */
+    const settlePublish = (entry: PublishEntry, result: Effect.Effect<void, MqttError.MqttError>) => {
+      publishes[entry.id] = undefined
+      order.delete(entry.id)
+      sendLine.cancel(entry)
+      ids.release(entry.id, false)
+      if (entry.counted && conn !== undefined) {
+        conn.used--
+        pump(conn)
       }
-      if (topic === "" || topic.includes("+") || topic.includes("#")) {
-        return fail(protocolError(`a PUBLISH with an invalid topic name "${topic}"`))
-      }
-      const qos = packet.qos
-      const id = packet.messageId ?? 0
-      if (qos === 2) {
-        acksAfter.push(Codec.PUBREC, id)
-        if (awaitingRelease[id] === 1) return // a resend of a message already delivered
-        awaitingRelease[id] = 1
-      } else if (qos === 1) {
-        acksAfter.push(Codec.PUBACK, id)
-      }
-      const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload
-      delivered.push(
-        new MqttMessage(
-          topic,
-          payload,
-          qos,
-          packet.retain,
-          packet.dup,
-          version === 5 && packet.properties !== undefined ? Codec.fromPacketProperties(packet.properties) : undefined
-        )
-      )
-      topic = ""
+      entry.counted = false
+      Deferred.doneUnsafe(entry.deferred, result)
     }
 
-    const onPacket = (packet: MqttPacket.Packet): void => {
-      switch (packet.cmd) {
-        case "publish":
-          return onPublish(packet)
-        case "puback": {
-          const id = packet.messageId ?? -1
-          const entry = settle(id, "Publish", "PUBACK")
-          if (entry === undefined || entry._tag !== "Publish") return
-          if (entry.qos !== 1) return fail(protocolError(`a PUBACK for the QoS 2 publish ${id}`))
-          pending[id] = undefined
-          inflight.release(id, true)
-          const code = packet.reasonCode ?? 0
-          Deferred.doneUnsafe(
-            entry.deferred,
-            code >= 0x80 ?
-              Effect.fail(
-                new MqttError.PublishError({
-                  topic: entry.topic,
-                  reasonCode: code,
-                  ...optionalReason(reasonOf(packet))
-                })
-              ) :
-              Effect.void
-          )
-          return
+    const settleRequest = (entry: RequestEntry, result: Effect.Effect<Acknowledged, MqttError.MqttError>) => {
+      requests.delete(entry.id)
+      ids.release(entry.id, false)
+      if (entry.deferred !== undefined) Deferred.doneUnsafe(entry.deferred, result)
+    }
+
+    // ---- ending -----------------------------------------------------------------------------------------
+
+    /**
+     * Stops the client for good: every waiting operation fails with `error`, the messages stream fails with
+     * it (or ends, when the client itself closes), and the connection is closed, after a DISCONNECT when
+     * `disconnectReason` is given.
+     */
+    const shutdown = (error: MqttError.MqttError, disconnectReason?: number): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (closed !== undefined) return Effect.void
+        closed = error
+        const failure = Effect.fail(error)
+        for (const entry of order.values()) {
+          publishes[entry.id] = undefined
+          Deferred.doneUnsafe(entry.deferred, failure)
         }
-        case "pubrec": {
-          const id = packet.messageId ?? -1
-          const entry = settle(id, "Publish", "PUBREC")
-          if (entry === undefined || entry._tag !== "Publish") return
-          if (entry.qos !== 2) return fail(protocolError(`a PUBREC for the QoS 1 publish ${id}`))
-          const code = packet.reasonCode ?? 0
-          if (code >= 0x80) {
-            pending[id] = undefined
-            inflight.release(id, true)
-            Deferred.doneUnsafe(
-              entry.deferred,
-              Effect.fail(
-                new MqttError.PublishError({
-                  topic: entry.topic,
-                  reasonCode: code,
-                  ...optionalReason(reasonOf(packet))
-                })
-              )
-            )
+        order.clear()
+        for (const entry of requests.values()) {
+          if (entry.deferred !== undefined) Deferred.doneUnsafe(entry.deferred, failure)
+        }
+        requests.clear()
+        ids.failWaiters(error)
+        Deferred.doneUnsafe(connected, failure)
+        const c = conn
+        conn = undefined
+        const goodbye = c === undefined ? Effect.void : closeConnection(c, error, disconnectReason)
+        return goodbye.pipe(
+          Effect.andThen(error === closedByClient ? incoming.end : incoming.fail(error)),
+          Effect.andThen(
+            SubscriptionRef.set(status, { _tag: "Closed", cause: error === closedByClient ? undefined : error })
+          ),
+          Effect.andThen(
+            error === closedByClient ? Deferred.done(closedSignal, Exit.void) : Deferred.fail(closedSignal, error)
+          )
+        )
+      })
+
+    /** Writes what is still queued (and a DISCONNECT), then closes the socket and the connection's fibers. */
+    const closeConnection = (c: Connection, error: MqttError.MqttError, disconnectReason?: number) =>
+      Effect.suspend(() => {
+        if (c.pong !== undefined) Deferred.doneUnsafe(c.pong, Effect.void)
+        const rest: Array<Uint8Array> = [...c.outbox.close(error)]
+        if (disconnectReason !== undefined) rest.push(Codec.disconnect(version, disconnectReason))
+        const goodbye = Arr.isArrayNonEmpty(rest)
+          ? writer.writeAll(rest).pipe(Effect.timeoutOption(SHUTDOWN_WRITE_TIMEOUT), Effect.ignore)
+          : Effect.void
+        Deferred.doneUnsafe(c.lost, Effect.fail(error))
+        return Effect.andThen(goodbye, Scope.close(c.scope, Exit.void))
+      })
+
+    /** The connection ended and the client goes on: the session waits for the next connection. */
+    const detach = (c: Connection, error: MqttError.MqttError) =>
+      Effect.suspend(() => {
+        if (conn === c) conn = undefined
+        connected = Deferred.makeUnsafe()
+        for (const entry of order.values()) {
+          if (entry.state !== "queued") entry.dup = true
+          entry.counted = false
+        }
+        return closeConnection(c, error, error._tag === "ProtocolError" ? error.reasonCode : undefined)
+      })
+
+    // ---- receiving --------------------------------------------------------------------------------------
+
+    /** The state of reading one connection: the parser and what one batch of packets produced. */
+    const makeReader = (c: Connection) => {
+      const parser = MqttPacket.parser({ protocolVersion: version })
+      const packets: Array<MqttPacket.Packet> = []
+      let parseError: Error | undefined
+      parser.on("packet", (packet: MqttPacket.Packet) => packets.push(packet))
+      parser.on("error", (error: Error) => {
+        parseError ??= error
+      })
+      /** acknowledgements that do not depend on delivery (PUBREL, PUBCOMP): written at once */
+      const acksNow = new Codec.AckBuffer()
+      let delivered: Array<MqttMessage> = []
+      /** per delivered message: its packet identifier and the acknowledgement it is owed (0 for QoS 0) */
+      let owed: Array<number> = []
+      /** acknowledgements owed to duplicates of messages in this batch: written after the batch */
+      const acksLater = new Codec.AckBuffer()
+      let fatal: MqttError.MqttError | undefined
+      let connack: MqttPacket.IConnackPacket | undefined
+
+      const fail = (error: MqttError.MqttError) => {
+        fatal ??= error
+      }
+
+      const reasonOf = (packet: { readonly properties?: { readonly reasonString?: string } }) =>
+        packet.properties?.reasonString
+
+      const publishEntry = (id: number, packet: string): PublishEntry | undefined => {
+        const entry = id > 0 ? publishes[id] : undefined
+        if (entry === undefined) fail(protocolError(`a ${packet} for packet ${id}, which is not in flight`))
+        return entry
+      }
+
+      const onPublish = (packet: MqttPacket.IPublishPacket) => {
+        if (version === 5 && packet.properties?.topicAlias !== undefined) {
+          // this client announces no Topic Alias Maximum, so any alias is invalid [MQTT-3.3.2-9]
+          return fail(protocolError(`the broker used topic alias ${packet.properties.topicAlias}`, 0x94))
+        }
+        const topic = packet.topic
+        if (topic === "" || topic.includes("+") || topic.includes("#")) {
+          return fail(protocolError(`a PUBLISH with an invalid topic name "${topic}"`))
+        }
+        const qos = packet.qos
+        const id = packet.messageId ?? 0
+        if (qos === 2) {
+          if (awaitingRelease[id] !== 0) {
+            // a resend of a message already delivered (or in this batch): acknowledge, do not deliver
+            if (awaitingRelease[id] === 1) acksNow.push(Codec.PUBREC, id)
+            else acksLater.push(Codec.PUBREC, id)
             return
           }
-          // a repeated PUBREC (after PUBREL was sent) is answered again [MQTT-4.3.3]
-          entry.released = true
-          acksNow.push(Codec.PUBREL, id)
-          return
+          awaitingRelease[id] = 2
         }
-        case "pubcomp": {
-          const id = packet.messageId ?? -1
-          const entry = settle(id, "Publish", "PUBCOMP")
-          if (entry === undefined || entry._tag !== "Publish") return
-          if (entry.qos !== 2 || !entry.released) {
-            return fail(protocolError(`a PUBCOMP for packet ${id} before its PUBREC`))
-          }
-          pending[id] = undefined
-          inflight.release(id, true)
-          Deferred.doneUnsafe(entry.deferred, Effect.void)
-          return
-        }
-        case "pubrel": {
-          const id = packet.messageId ?? 0
-          // an unknown identifier is answered too: our PUBCOMP may have been lost [MQTT-4.3.3]
-          if (version === 5 && awaitingRelease[id] === 0) acksNow.pushWithReason(Codec.PUBCOMP, id, 0x92)
-          else acksNow.push(Codec.PUBCOMP, id)
-          awaitingRelease[id] = 0
-          return
-        }
-        case "suback":
-        case "unsuback": {
-          const id = packet.messageId ?? -1
-          const tag = packet.cmd === "suback" ? "Subscribe" : "Unsubscribe"
-          const entry = settle(id, tag, packet.cmd.toUpperCase())
-          if (entry === undefined || entry._tag === "Publish") return
-          const codes = packet.cmd === "suback" ?
-            (packet.granted as Array<number>) :
-            version === 5 ?
-            ((packet as { granted?: Array<number> }).granted ?? []) :
-            new Array<number>(entry.count).fill(0)
-          if (codes.length !== entry.count) {
-            return fail(
-              protocolError(`a ${packet.cmd.toUpperCase()} with ${codes.length} codes for ${entry.count} filters`)
-            )
-          }
-          pending[id] = undefined
-          inflight.release(id, false)
-          const reasonString = reasonOf(packet)
-          Deferred.doneUnsafe(entry.deferred, Effect.succeed({ codes, reasonString }))
-          return
-        }
-        case "pingresp":
-          if (pong !== undefined) Deferred.doneUnsafe(pong, Effect.void)
-          return
-        case "connack":
-          if (connack !== undefined) return fail(protocolError("a second CONNACK"))
-          connack = packet
-          return
-        case "disconnect": {
-          const code = packet.reasonCode ?? 0
-          fail(
-            new MqttError.ConnectionLostError({
-              reason: "the broker sent DISCONNECT",
+        const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload
+        delivered.push(
+          new MqttMessage(
+            topic,
+            payload,
+            qos,
+            packet.retain,
+            packet.dup,
+            version === 5 && packet.properties !== undefined
+              ? Codec.fromPacketProperties(packet.properties)
+              : undefined
+          )
+        )
+        owed.push(qos === 0 ? 0 : qos === 1 ? (Codec.PUBACK << 16) | id : (Codec.PUBREC << 16) | id)
+      }
+
+      const onConnack = (packet: MqttPacket.IConnackPacket) => {
+        if (connack !== undefined) return fail(protocolError("a second CONNACK"))
+        connack = packet
+        const code = (version === 5 ? packet.reasonCode : packet.returnCode) ?? 0
+        if (code !== 0) {
+          return fail(
+            new MqttError.ConnectRefusedError({
               reasonCode: code,
+              protocolVersion: version,
               ...optionalReason(packet.properties?.reasonString)
             })
           )
-          return
         }
-        default:
-          return fail(protocolError(`a ${packet.cmd.toUpperCase()} packet, which a server never sends`))
+        if (packet.sessionPresent && c.cleanStart) {
+          // the client asked for a new session and holds no state for an old one [MQTT-3.2.2-4]
+          return fail(protocolError("Session Present in answer to a CONNECT with Clean Start"))
+        }
+        const props = packet.properties ?? {}
+        c.info = {
+          protocolVersion: version,
+          clientId: props.assignedClientIdentifier ?? o.clientId,
+          sessionPresent: packet.sessionPresent,
+          keepAlive: props.serverKeepAlive ?? o.keepAlive,
+          receiveMaximum: props.receiveMaximum ?? 65535,
+          maximumQoS: (props.maximumQoS ?? 2) as QoS,
+          retainAvailable: props.retainAvailable ?? true,
+          maximumPacketSize: props.maximumPacketSize,
+          topicAliasMaximum: props.topicAliasMaximum ?? 0,
+          sessionExpiryInterval: props.sessionExpiryInterval ?? o.sessionExpiryInterval,
+          reasonString: props.reasonString,
+          userProperties: Codec.fromPacketUserProperties(props.userProperties) ?? []
+        }
+        c.quota = c.info.receiveMaximum
+        resume(c, packet.sessionPresent)
       }
+
+      const onPacket = (packet: MqttPacket.Packet): void => {
+        if (connack === undefined && packet.cmd !== "connack") {
+          return fail(protocolError(`a ${packet.cmd.toUpperCase()} before CONNACK`))
+        }
+        switch (packet.cmd) {
+          case "publish":
+            return onPublish(packet)
+          case "puback": {
+            const id = packet.messageId ?? -1
+            const entry = publishEntry(id, "PUBACK")
+            if (entry === undefined) return
+            if (entry.qos !== 1) return fail(protocolError(`a PUBACK for the QoS 2 publish ${id}`))
+            const code = packet.reasonCode ?? 0
+            return settlePublish(
+              entry,
+              code >= 0x80
+                ? Effect.fail(
+                  new MqttError.PublishError({
+                    topic: entry.topic,
+                    reasonCode: code,
+                    ...optionalReason(reasonOf(packet))
+                  })
+                )
+                : Effect.void
+            )
+          }
+          case "pubrec": {
+            const id = packet.messageId ?? -1
+            const entry = publishEntry(id, "PUBREC")
+            if (entry === undefined) return
+            if (entry.qos !== 2) return fail(protocolError(`a PUBREC for the QoS 1 publish ${id}`))
+            const code = packet.reasonCode ?? 0
+            if (code >= 0x80) {
+              return settlePublish(
+                entry,
+                Effect.fail(
+                  new MqttError.PublishError({
+                    topic: entry.topic,
+                    reasonCode: code,
+                    ...optionalReason(reasonOf(packet))
+                  })
+                )
+              )
+            }
+            // a repeated PUBREC (after PUBREL was sent) is answered again [MQTT-4.3.3]
+            entry.state = "released"
+            acksNow.push(Codec.PUBREL, id)
+            return
+          }
+          case "pubcomp": {
+            const id = packet.messageId ?? -1
+            const entry = publishEntry(id, "PUBCOMP")
+            if (entry === undefined) return
+            if (entry.state !== "released") {
+              return fail(protocolError(`a PUBCOMP for packet ${id} before its PUBREC`))
+            }
+            return settlePublish(entry, Effect.void)
+          }
+          case "pubrel": {
+            const id = packet.messageId ?? 0
+            // an unknown identifier is answered too: our PUBCOMP may have been lost [MQTT-4.3.3]
+            if (version === 5 && awaitingRelease[id] === 0) acksNow.pushWithReason(Codec.PUBCOMP, id, 0x92)
+            else acksNow.push(Codec.PUBCOMP, id)
+            if (awaitingRelease[id] === 1) awaitingRelease[id] = 0
+            return
+          }
+          case "suback":
+          case "unsuback": {
+            const id = packet.messageId ?? -1
+            const tag = packet.cmd === "suback" ? "Subscribe" : "Unsubscribe"
+            const entry = id > 0 ? requests.get(id) : undefined
+            if (entry === undefined || entry._tag !== tag) {
+              return fail(protocolError(`a ${packet.cmd.toUpperCase()} for packet ${id}, which is not in flight`))
+            }
+            const codes = packet.cmd === "suback"
+              ? (packet.granted as Array<number>)
+              : version === 5
+              ? ((packet as { granted?: Array<number> }).granted ?? [])
+              : new Array<number>(entry.filters.length).fill(0)
+            if (codes.length !== entry.filters.length) {
+              return fail(
+                protocolError(
+                  `a ${packet.cmd.toUpperCase()} with ${codes.length} codes for ${entry.filters.length} filters`
+                )
+              )
+            }
+            // the subscriptions the session holds, to restore them if the broker loses it
+            entry.filters.forEach((filter, i) => {
+              if (codes[i] >= 0x80) return
+              if (tag === "Subscribe") subscriptions.set(filter.topic, filter)
+              else subscriptions.delete(filter.topic)
+            })
+            return settleRequest(entry, Effect.succeed({ codes, reasonString: reasonOf(packet) }))
+          }
+          case "pingresp":
+            if (c.pong !== undefined) Deferred.doneUnsafe(c.pong, Effect.void)
+            return
+          case "connack":
+            return onConnack(packet)
+          case "disconnect": {
+            const code = packet.reasonCode ?? 0
+            return fail(
+              new MqttError.ConnectionLostError({
+                reason: "the broker sent DISCONNECT",
+                reasonCode: code,
+                ...optionalReason(packet.properties?.reasonString)
+              })
+            )
+          }
+          default:
+            return fail(protocolError(`a ${packet.cmd.toUpperCase()} packet, which a server never sends`))
+        }
+      }
+
+      /** Hands a batch of messages to the queue, then acknowledges what it took. */
+      const deliver = (messages: Array<MqttMessage>, acks: Array<number>) =>
+        Effect.suspend(() => {
+          c.stalled = true
+          c.stalledDuringPing = true
+          const progress = { accepted: 0 }
+          return Effect.ensuring(
+            incoming.offerAll(messages, progress),
+            Effect.sync(() => {
+              c.stalled = false
+              // the messages the queue took are acknowledged; the others were never delivered, and a
+              // resent QoS 2 copy of one of them must be delivered
+              const out = new Codec.AckBuffer()
+              for (let i = 0; i < acks.length; i++) {
+                const ack = acks[i]
+                if (ack === 0) continue
+                const type = ack >>> 16
+                const id = ack & 0xffff
+                if (i < progress.accepted) {
+                  if (type === Codec.PUBREC) awaitingRelease[id] = 1
+                  out.push(type, id)
+                } else if (type === Codec.PUBREC) {
+                  awaitingRelease[id] = 0
+                }
+              }
+              if (!out.isEmpty && !c.outbox.isClosed) c.outbox.push(out.take())
+            })
+          )
+        })
+
+      /** Reads one batch from the socket and handles every packet in it. */
+      const step = (pull: Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>) =>
+        Effect.flatMap(
+          Effect.mapError(pull, socketLost),
+          (chunks): Effect.Effect<void, MqttError.MqttError> => {
+            // mqtt-packet parses synchronously and may throw on input it does not expect: whatever the
+            // broker sends, it becomes a typed protocol error, never a defect
+            try {
+              for (let i = 0; i < chunks.length && parseError === undefined; i++) parser.parse(toBuffer(chunks[i]))
+              for (let i = 0; i < packets.length && fatal === undefined; i++) onPacket(packets[i])
+            } catch (e) {
+              fail(protocolError(`malformed packet: ${describe(e)}`, 0x81))
+            }
+            packets.length = 0
+            if (fatal === undefined && parseError !== undefined) {
+              fail(protocolError(`malformed packet: ${parseError.message}`, 0x81))
+            }
+            if (!acksNow.isEmpty) c.outbox.push(acksNow.take())
+            let effect: Effect.Effect<void, MqttError.MqttError> = Effect.void
+            if (delivered.length > 0) {
+              effect = deliver(delivered, owed)
+              delivered = []
+              owed = []
+            }
+            if (!acksLater.isEmpty) {
+              const later = acksLater.take()
+              effect = Effect.andThen(effect, Effect.sync(() => c.outbox.push(later)))
+            }
+            if (fatal !== undefined) {
+              const error = fatal
+              effect = Effect.andThen(effect, Effect.fail(error))
+            }
+            return effect
+          }
+        )
+
+      return { step, connected: () => connack !== undefined && fatal === undefined }
     }
 
-    const reader = yield* Scope.provide(socket.reader, connectionScope).pipe(
-      Effect.timeoutOrElse({
-        duration: o.connectTimeout,
-        orElse: () =>
-          Effect.fail(new MqttError.TimeoutError({ operation: "connect", millis: Duration.toMillis(o.connectTimeout) }))
-      }),
-      Effect.catchTag("SocketError", (error) => Effect.fail(socketLost(error))),
-      Effect.tapError(() => Scope.close(connectionScope, Exit.void))
-    )
-
-    /** Reads one batch from the socket and handles every packet in it. */
-    const step: Effect.Effect<void, MqttError.MqttError> = Effect.flatMap(
-      Effect.catch(reader.pull, (error) => Effect.fail(closed ?? socketLost(error))),
-      (chunks) => {
-        // mqtt-packet parses synchronously and may throw on input it does not expect: whatever the broker
-        // sends, it becomes a typed protocol error, never a defect
-        try {
-          for (let i = 0; i < chunks.length && parseError === undefined; i++) {
-            parser.parse(toBuffer(chunks[i]))
+    /**
+     * The CONNACK accepted a connection: carry the session over to it. Runs synchronously in the reader, so
+     * that what the same socket read brings after the CONNACK sees the session as the broker does.
+     */
+    const resume = (c: Connection, sessionPresent: boolean) => {
+      c.used = 0
+      if (!sessionPresent) {
+        // the broker has no session: discard ours [MQTT-3.2.2-5], keeping what the application waits for
+        awaitingRelease.fill(0)
+        for (const entry of order.values()) {
+          if (entry.state === "released") {
+            // PUBREC: the broker took the message over before it lost the session
+            settlePublish(entry, Effect.void)
+          } else {
+            entry.state = "queued"
+            entry.dup = false
           }
-          for (let i = 0; i < packets.length && fatal === undefined; i++) onPacket(packets[i])
-        } catch (e) {
-          fail(protocolError(`malformed packet: ${describe(e)}`, 0x81))
         }
-        packets.length = 0
-        if (fatal === undefined && parseError !== undefined) {
-          fail(protocolError(`malformed packet: ${parseError.message}`, 0x81))
+        if (subscriptions.size > 0) {
+          const filters = [...subscriptions.values()]
+          const id = ids.tryAcquire(false)
+          const bytes = id === 0
+            ? undefined
+            : Codec.generate({ cmd: "subscribe", messageId: id, subscriptions: filters }, version)
+          if (bytes instanceof Uint8Array) {
+            requests.set(id, { _tag: "Subscribe", id, bytes, filters, deferred: undefined })
+          } else if (id !== 0) {
+            ids.release(id, false)
+          }
         }
-        const now = acksNow.isEmpty ? undefined : acksNow.take()
-        const messages = delivered
-        delivered = []
-        const after = acksAfter.isEmpty ? undefined : acksAfter.take()
-        let effect: Effect.Effect<void, MqttError.MqttError> = now === undefined ? Effect.void : write(now)
-        if (messages.length > 0) {
-          effect = Effect.andThen(effect, deliver(messages))
-        }
-        if (after !== undefined) effect = Effect.andThen(effect, Effect.suspend(() => write(after)))
-        if (fatal !== undefined) {
-          const error = fatal
-          effect = Effect.andThen(
-            effect,
-            Effect.suspend(() =>
-              shutdown(
-                error,
-                error._tag === "ProtocolError" ? error.reasonCode : undefined
-              )
-            )
-          )
-        }
-        return effect
       }
-    )
-
-    const deliver = (messages: ReadonlyArray<MqttMessage>) =>
-      Effect.suspend(() => {
-        stalled = true
-        stalledDuringPing = true
-        return Effect.ensuring(
-          incoming.offerAll(messages),
-          Effect.sync(() => {
-            stalled = false
-          })
-        )
-      })
-
-    yield* Effect.forkIn(guard(Effect.catch(writeLoop, (error) => shutdown(socketLost(error)))), scope)
+      // SUBSCRIBE/UNSUBSCRIBE still waiting, then the publishes in their original order
+      for (const entry of requests.values()) c.outbox.push(entry.bytes)
+      sendLine = new Line()
+      for (const entry of order.values()) sendLine.push(entry)
+      pump(c)
+      for (const bytes of offlineQos0) c.outbox.push(bytes)
+      offlineQos0 = []
+      offlineCount = 0
+    }
 
     // ---- connecting -------------------------------------------------------------------------------------
-    const connectBytes = Codec.generate(connectPacket(o), version)
-    if (!(connectBytes instanceof Uint8Array)) {
-      yield* Scope.close(connectionScope, Exit.void)
-      return yield* invalid("connect", connectBytes.error)
-    }
-    yield* write(connectBytes)
-    yield* Effect.whileLoop({
-      while: () => connack === undefined,
-      body: () => step,
-      step: () => {}
-    }).pipe(
-      Effect.timeoutOrElse({
-        duration: o.connectTimeout,
-        orElse: () =>
-          Effect.fail(new MqttError.TimeoutError({ operation: "connect", millis: Duration.toMillis(o.connectTimeout) }))
-      }),
-      Effect.tapError((error) => Effect.ignore(shutdown(error)))
-    )
-    const ack = connack!
-    const code = (version === 5 ? ack.reasonCode : ack.returnCode) ?? 0
-    if (code !== 0) {
-      const error = new MqttError.ConnectRefusedError({
-        reasonCode: code,
-        protocolVersion: version,
-        ...optionalReason(ack.properties?.reasonString)
+
+    /**
+     * Opens a connection, sends CONNECT and waits for CONNACK, then runs the reader, the writer and the
+     * keepalive in the connection's scope. Succeeds with the connection once it carries the session.
+     */
+    const connect = (first: boolean): Effect.Effect<Connection, MqttError.MqttError> =>
+      Effect.gen(function*() {
+        const connectionScope = yield* Scope.fork(scope)
+        const cleanStart = first ? o.cleanStart : !persistent && o.cleanStart
+        const connectBytes = Codec.generate(connectPacket(o, cleanStart), version)
+        if (!(connectBytes instanceof Uint8Array)) {
+          yield* Scope.close(connectionScope, Exit.void)
+          return yield* invalid("connect", connectBytes.error)
+        }
+        const c: Connection = {
+          scope: connectionScope,
+          outbox: new Outbox(OUTBOX_HIGH_WATER_MARK, () => {
+            c.lastSent = clock.currentTimeMillisUnsafe()
+          }),
+          lost: Deferred.makeUnsafe(),
+          cleanStart,
+          info: undefined,
+          quota: 65535,
+          used: 0,
+          lastSent: clock.currentTimeMillisUnsafe(),
+          pong: undefined,
+          stalled: false,
+          stalledDuringPing: false
+        }
+        const timeout = new MqttError.TimeoutError({
+          operation: "connect",
+          millis: Duration.toMillis(o.connectTimeout)
+        })
+        const reader = makeReader(c)
+        const handshake = Effect.gen(function*() {
+          const { pull } = yield* Scope.provide(socket.reader, connectionScope).pipe(
+            Effect.mapError(socketLost)
+          )
+          yield* Effect.mapError(writer.write(connectBytes), socketLost)
+          c.lastSent = clock.currentTimeMillisUnsafe()
+          // the writer starts now: what the CONNACK's handling queues (resends) goes out after CONNECT
+          yield* Effect.forkIn(
+            guard(
+              c,
+              Effect.forever(Effect.flatMap(c.outbox.take, (batch) =>
+                Effect.map(
+                  Effect.mapError(writer.writeAll(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
+                  () => c.outbox.written()
+                )))
+            ),
+            connectionScope
+          )
+          while (!reader.connected()) yield* reader.step(pull)
+          return pull
+        })
+        const pull = yield* handshake.pipe(
+          Effect.timeoutOrElse({ duration: o.connectTimeout, orElse: () => Effect.fail(timeout) }),
+          Effect.tapError((error) =>
+            closeConnection(c, error, error._tag === "ProtocolError" ? error.reasonCode : undefined)
+          )
+        )
+        yield* Effect.forkIn(guard(c, Effect.forever(reader.step(pull))), connectionScope)
+        const keepAlive = c.info!.keepAlive
+        if (keepAlive > 0) yield* Effect.forkIn(guard(c, pinger(c, keepAlive)), connectionScope)
+        return c
       })
-      yield* Effect.ignore(shutdown(error))
-      return yield* error
-    }
-    const props = ack.properties ?? {}
-    const keepAlive = props.serverKeepAlive ?? o.keepAlive
-    info = {
-      protocolVersion: version,
-      clientId: props.assignedClientIdentifier ?? o.clientId,
-      sessionPresent: ack.sessionPresent,
-      keepAlive,
-      receiveMaximum: props.receiveMaximum ?? 65535,
-      maximumQoS: (props.maximumQoS ?? 2) as QoS,
-      retainAvailable: props.retainAvailable ?? true,
-      maximumPacketSize: props.maximumPacketSize,
-      topicAliasMaximum: props.topicAliasMaximum ?? 0,
-      sessionExpiryInterval: props.sessionExpiryInterval ?? o.sessionExpiryInterval,
-      reasonString: props.reasonString,
-      userProperties: Codec.fromPacketUserProperties(props.userProperties) ?? []
-    }
-    inflight.setQuota(info.receiveMaximum)
 
-    // ---- running ----------------------------------------------------------------------------------------
-    yield* Effect.forkIn(guard(Effect.catch(Effect.forever(step), (error) => shutdown(error))), scope)
+    /** Runs a loop of the connection: its first failure, or a defect (a bug of this client), ends it. */
+    const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>): Effect.Effect<void> =>
+      Effect.catchCause(loop, (cause) => {
+        if (Cause.hasInterruptsOnly(cause)) return Effect.void
+        const failure = cause.reasons.find(Cause.isFailReason)
+        const error = failure !== undefined
+          ? failure.error
+          : lost(`internal error: ${Cause.pretty(cause)}`, Cause.squash(cause))
+        return Deferred.fail(c.lost, error)
+      })
 
-    if (keepAlive > 0) {
+    /** PINGREQ after `keepAlive` seconds without sending; no PINGRESP in time ends the connection. */
+    const pinger = (c: Connection, keepAlive: number): Effect.Effect<never, MqttError.MqttError> => {
       const keepAliveMillis = keepAlive * 1000
       const pingTimeoutMillis = o.pingTimeout === undefined
         ? Math.min(keepAliveMillis, 30_000)
         : Duration.toMillis(o.pingTimeout)
       const ping: Effect.Effect<void, MqttError.MqttError> = Effect.suspend(() => {
-        const wait = lastSent + keepAliveMillis - clock.currentTimeMillisUnsafe()
+        const wait = c.lastSent + keepAliveMillis - clock.currentTimeMillisUnsafe()
         if (wait > 0) return Effect.sleep(wait)
         const answer = Deferred.makeUnsafe<void>()
-        pong = answer
-        stalledDuringPing = stalled
+        c.pong = answer
+        c.stalledDuringPing = c.stalled
         const awaitPong: Effect.Effect<void, MqttError.MqttError> = Effect.flatMap(
           Effect.timeoutOption(Deferred.await(answer), pingTimeoutMillis),
           (result) => {
-            if (result._tag === "Some" || closed !== undefined) return Effect.void
+            if (result._tag === "Some") return Effect.void
             // a reader held back by a full queue cannot see the PINGRESP: keep waiting
-            if (stalledDuringPing || stalled) {
-              stalledDuringPing = stalled
+            if (c.stalledDuringPing || c.stalled) {
+              c.stalledDuringPing = c.stalled
               return awaitPong
             }
-            return shutdown(new MqttError.TimeoutError({ operation: "ping", millis: pingTimeoutMillis }))
+            return Effect.fail(new MqttError.TimeoutError({ operation: "ping", millis: pingTimeoutMillis }))
           }
         )
-        return Effect.andThen(write(Codec.pingreq), awaitPong)
+        c.outbox.push(Codec.pingreq)
+        return awaitPong
       })
-      yield* Effect.forkIn(guard(Effect.forever(ping)), scope)
+      return Effect.forever(ping)
     }
 
-    yield* Scope.addFinalizer(
-      scope,
-      Effect.suspend(() =>
-        closed !== undefined ? Scope.close(connectionScope, Exit.void) : Effect.ignore(shutdown(closedByClient, 0))
-      )
-    )
+    /** The connection is up and carries the session: make it current. */
+    const attach = (c: Connection) =>
+      Effect.suspend(() => {
+        conn = c
+        lastInfo = c.info
+        hasConnected = true
+        metrics.connects++
+        Deferred.doneUnsafe(connected, Effect.void)
+        return SubscriptionRef.set(status, { _tag: "Connected", info: c.info! })
+      })
+
+    /**
+     * Tries to connect again on the `reconnect` schedule until it succeeds (the connection) or gives up (the
+     * last error). Each outage starts the schedule afresh, and even the first attempt waits its delay, so that
+     * many clients that lost the same broker spread out.
+     */
+    const reconnect = (
+      schedule: Schedule.Schedule<unknown, MqttError.MqttError>,
+      cause: MqttError.MqttError
+    ): Effect.Effect<Connection, MqttError.MqttError> =>
+      Effect.gen(function*() {
+        const step = yield* Schedule.toStep(schedule)
+        let error = cause
+        for (let attempt = 1;; attempt++) {
+          const next = yield* Effect.exit(step(clock.currentTimeMillisUnsafe(), error))
+          if (Exit.isFailure(next)) return yield* Effect.fail(error)
+          const delay = next.value[1]
+          yield* SubscriptionRef.set(status, { _tag: "Disconnected", cause: error, retryIn: delay })
+          yield* Effect.sleep(delay)
+          yield* SubscriptionRef.set(status, { _tag: "Connecting", attempt })
+          const exit = yield* Effect.exit(connect(!hasConnected))
+          if (Exit.isSuccess(exit)) return exit.value
+          metrics.failedAttempts++
+          const failure = exit.cause.reasons.find(Cause.isFailReason)
+          if (failure === undefined) return yield* Effect.failCause(exit.cause)
+          error = failure.error
+          if (isFinal(error)) return yield* Effect.fail(error)
+        }
+      })
+
+    /** Watches the current connection; when it ends, reconnects or shuts the client down. */
+    const supervise = (first: Connection): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        let c = first
+        while (true) {
+          const error = yield* Effect.flip(Deferred.await(c.lost))
+          if (closed !== undefined) return
+          const schedule = o.reconnect
+          if (schedule === undefined || isFinal(error)) {
+            yield* shutdown(error, error._tag === "ProtocolError" ? error.reasonCode : undefined)
+            return
+          }
+          yield* detach(c, error)
+          const since = clock.currentTimeMillisUnsafe()
+          const exit = yield* Effect.exit(reconnect(schedule, error))
+          if (Exit.isFailure(exit)) {
+            const failure = exit.cause.reasons.find(Cause.isFailReason)
+            yield* shutdown(failure?.error ?? error)
+            return
+          }
+          c = exit.value
+          const outage = clock.currentTimeMillisUnsafe() - since
+          metrics.reconnects++
+          metrics.disconnectedMillis += outage
+          metrics.longestDisconnectMillis = Math.max(metrics.longestDisconnectMillis, outage)
+          yield* attach(c)
+        }
+      })
+
+    const firstExit = yield* Effect.exit(connect(true))
+    let first: Connection
+    if (Exit.isSuccess(firstExit)) {
+      first = firstExit.value
+    } else {
+      const failure = firstExit.cause.reasons.find(Cause.isFailReason)
+      if (failure === undefined || !o.retryFirstConnect || o.reconnect === undefined || isFinal(failure.error)) {
+        return yield* Effect.failCause(firstExit.cause)
+      }
+      metrics.failedAttempts++
+      first = yield* reconnect(o.reconnect, failure.error)
+    }
+    yield* attach(first)
+    yield* Effect.forkIn(supervise(first), scope)
+    yield* Scope.addFinalizer(scope, shutdown(closedByClient, 0))
 
     // ---- operations -------------------------------------------------------------------------------------
+
+    /** Waits for the next connection, unless the client has stopped. */
+    const awaitConnected = Effect.suspend(() => closed !== undefined ? Effect.fail(closed) : Deferred.await(connected))
+
     const publish = (
       topic: string,
       payload: Uint8Array | string,
@@ -661,16 +1006,66 @@ export const make = (
       } catch (e) {
         return Effect.fail(invalid("properties", describe(e)))
       }
-      if (closed !== undefined) return Effect.fail(closed)
-      if (qos === 0) return write(encoded.bytes)
-      return Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(inflight.acquire(true)), (id) => {
-          const deferred = Deferred.makeUnsafe<void, MqttError.MqttError>()
-          pending[id] = { _tag: "Publish", qos, topic, released: false, deferred }
-          return Effect.andThen(write(Codec.setPublishId(encoded, id)), restore(Deferred.await(deferred)))
-        })
-      )
+      return send(encoded, qos, topic)
     }
+
+    const offline = (operation: "publish" | "subscribe" | "unsubscribe", reason: string) =>
+      Effect.fail(new MqttError.OfflineError({ operation, reason }))
+
+    const send = (encoded: Codec.EncodedPublish, qos: QoS, topic: string): Effect.Effect<void, MqttError.MqttError> =>
+      Effect.suspend(() => {
+        if (closed !== undefined) return Effect.fail(closed)
+        const c = conn
+        if (c === undefined) {
+          if (qos === 0 && o.offlineQos0 === "fail") return offline("publish", "QoS 0 is not buffered while offline")
+          if (offlineCount >= o.offlineCapacity) {
+            return o.offlineOverflow === "wait"
+              ? Effect.andThen(awaitConnected, send(encoded, qos, topic))
+              : offline("publish", `the offline buffer is full (${o.offlineCapacity} publishes)`)
+          }
+          offlineCount++
+          if (qos === 0) {
+            offlineQos0.push(encoded.bytes)
+            return Effect.void
+          }
+        } else if (qos === 0) {
+          return c.outbox.write(encoded.bytes)
+        }
+        return Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(restore(ids.acquire(false)), (id) => {
+            const entry: PublishEntry = {
+              _tag: "Publish",
+              id,
+              qos: qos as 1 | 2,
+              topic,
+              encoded,
+              state: "queued",
+              dup: false,
+              counted: false,
+              cancelled: true,
+              deferred: Deferred.makeUnsafe()
+            }
+            publishes[id] = entry
+            order.set(id, entry)
+            const current = conn
+            if (current !== undefined && sendLine.size === 0 && current.used < current.quota) {
+              transmit(current, entry)
+            } else {
+              sendLine.push(entry)
+            }
+            return Effect.onInterrupt(restore(Deferred.await(entry.deferred)), () =>
+              Effect.sync(() => {
+                // never sent: the caller gave it up, so it is not sent at all
+                if (entry.state === "queued" && !entry.dup && publishes[id] === entry) {
+                  publishes[id] = undefined
+                  order.delete(id)
+                  sendLine.cancel(entry)
+                  ids.release(id, false)
+                }
+              }))
+          })
+        )
+      })
 
     const subscribe = (
       input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
@@ -679,7 +1074,7 @@ export const make = (
       Effect.suspend(() => {
         const list = Array.isArray(input) ? input : [input as string | MqttClient.Subscription]
         if (list.length === 0) return Effect.fail(invalid("filters", "at least one filter is needed"))
-        const subscriptions: Array<MqttPacket.ISubscription> = []
+        const filters: Array<MqttPacket.ISubscription> = []
         for (const item of list) {
           const sub: MqttClient.Subscription = typeof item === "string" ? { ...options, filter: item } : item
           const problem = typeof sub.filter === "string" ? filterProblem(sub.filter) : "expected a string"
@@ -701,33 +1096,29 @@ export const make = (
           if (sub.noLocal === true && sub.filter.startsWith("$share/")) {
             return Effect.fail(invalid("noLocal", "a shared subscription cannot be no local [MQTT-3.8.3-4]"))
           }
-          subscriptions.push({
+          filters.push({
             topic: sub.filter,
             qos,
             ...(version === 5 ?
-              {
-                nl: sub.noLocal ?? false,
-                rap: sub.retainAsPublished ?? false,
-                rh: sub.retainHandling ?? 0
-              } :
+              { nl: sub.noLocal ?? false, rap: sub.retainAsPublished ?? false, rh: sub.retainHandling ?? 0 } :
               {})
           })
         }
         return Effect.flatMap(
-          request("Subscribe", (messageId) => ({ cmd: "subscribe", messageId, subscriptions }), subscriptions.length),
+          request("Subscribe", filters, (messageId) => ({ cmd: "subscribe", messageId, subscriptions: filters })),
           ({ codes, reasonString }) => {
             const refused = codes.findIndex((code) => code >= 0x80)
             if (refused >= 0) {
               return Effect.fail(
                 new MqttError.SubscribeError({
-                  filter: subscriptions[refused].topic,
+                  filter: filters[refused].topic,
                   reasonCode: codes[refused],
                   ...optionalReason(reasonString)
                 })
               )
             }
             return Effect.succeed(
-              codes.map((reasonCode, i) => ({ filter: subscriptions[i].topic, reasonCode, qos: (reasonCode & 3) as QoS }))
+              codes.map((reasonCode, i) => ({ filter: filters[i].topic, reasonCode, qos: (reasonCode & 3) as QoS }))
             )
           }
         )
@@ -735,9 +1126,9 @@ export const make = (
 
     const unsubscribe = (input: string | ReadonlyArray<string>): Effect.Effect<void, MqttError.MqttError> =>
       Effect.suspend(() => {
-        const filters: ReadonlyArray<string> = typeof input === "string" ? [input] : input
-        if (filters.length === 0) return Effect.fail(invalid("filters", "at least one filter is needed"))
-        for (const filter of filters) {
+        const list: ReadonlyArray<string> = typeof input === "string" ? [input] : input
+        if (list.length === 0) return Effect.fail(invalid("filters", "at least one filter is needed"))
+        for (const filter of list) {
           const problem = typeof filter === "string" ? filterProblem(filter) : "expected a string"
           if (problem !== undefined) {
             return Effect.fail(
@@ -745,18 +1136,19 @@ export const make = (
             )
           }
         }
+        const filters = list.map((topic) => ({ topic, qos: 0 as const }))
         return Effect.flatMap(
           request(
             "Unsubscribe",
-            (messageId) => ({ cmd: "unsubscribe", messageId, unsubscriptions: [...filters] }),
-            filters.length
+            filters,
+            (messageId) => ({ cmd: "unsubscribe", messageId, unsubscriptions: [...list] })
           ),
           ({ codes, reasonString }) => {
             const index = codes.findIndex((code) => code >= 0x80)
             if (index < 0) return Effect.void
             return Effect.fail(
               new MqttError.UnsubscribeError({
-                filter: filters[index],
+                filter: list[index],
                 reasonCode: codes[index],
                 ...optionalReason(reasonString)
               })
@@ -765,27 +1157,34 @@ export const make = (
         )
       })
 
-    /** Sends a SUBSCRIBE or UNSUBSCRIBE and waits for its acknowledgement's reason codes. */
+    /** Sends a SUBSCRIBE or UNSUBSCRIBE (now, or once connected) and waits for its reason codes. */
     const request = (
       tag: "Subscribe" | "Unsubscribe",
-      packet: (messageId: number) => MqttPacket.ISubscribePacket | MqttPacket.IUnsubscribePacket,
-      count: number
-    ): Effect.Effect<Acknowledged, MqttError.MqttError> => {
-      const probe = Codec.generate(packet(1), version)
-      if (!(probe instanceof Uint8Array)) return Effect.fail(invalid(tag.toLowerCase(), probe.error))
-      if (closed !== undefined) return Effect.fail(closed)
-      return Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(inflight.acquire(false)), (id) => {
-          const deferred = Deferred.makeUnsafe<Acknowledged, MqttError.MqttError>()
-          pending[id] = { _tag: tag, count, deferred }
-          const bytes = Buffer.from(probe)
-          const offset = idOffsetOf(bytes)
-          bytes[offset] = id >> 8
-          bytes[offset + 1] = id & 0xff
-          return Effect.andThen(write(bytes), restore(Deferred.await(deferred)))
-        })
-      )
-    }
+      filters: ReadonlyArray<MqttPacket.ISubscription>,
+      packet: (messageId: number) => MqttPacket.ISubscribePacket | MqttPacket.IUnsubscribePacket
+    ): Effect.Effect<Acknowledged, MqttError.MqttError> =>
+      Effect.suspend(() => {
+        const probe = Codec.generate(packet(1), version)
+        if (!(probe instanceof Uint8Array)) return Effect.fail(invalid(tag.toLowerCase(), probe.error))
+        if (closed !== undefined) return Effect.fail(closed)
+        if (conn === undefined && o.offlineRequests === "fail") {
+          return offline(tag === "Subscribe" ? "subscribe" : "unsubscribe", "the client is reconnecting")
+        }
+        return Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(restore(ids.acquire(false)), (id) => {
+            const bytes = Buffer.from(probe)
+            const offset = idOffsetOf(bytes)
+            bytes[offset] = id >> 8
+            bytes[offset + 1] = id & 0xff
+            const deferred = Deferred.makeUnsafe<Acknowledged, MqttError.MqttError>()
+            const entry: RequestEntry = { _tag: tag, id, bytes, filters, deferred }
+            requests.set(id, entry)
+            // sent now, or by `resume` once connected
+            conn?.outbox.push(bytes)
+            return restore(Deferred.await(deferred))
+          })
+        )
+      })
 
     const client: MqttClient.Client = {
       // publish is the hot path: a span per message would cost more than the rest of the publish
@@ -798,7 +1197,12 @@ export const make = (
       }),
       messages: incoming.stream,
       droppedMessages: incoming.dropped,
-      connection: info,
+      get connection() {
+        return lastInfo!
+      },
+      status: SubscriptionRef.get(status),
+      statusChanges: SubscriptionRef.changes(status) as Stream.Stream<MqttClient.ConnectionStatus>,
+      metrics: Effect.map(incoming.dropped, (droppedMessages) => ({ ...metrics, droppedMessages })),
       awaitClose: Deferred.await(closedSignal)
     }
     return client

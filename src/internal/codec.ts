@@ -226,3 +226,6 @@ export const generate = (
     return { error: e instanceof Error ? e.message : String(e) }
   }
 }
+
+/** A PUBREL for a packet identifier. */
+export const pubrel = (id: number): Uint8Array => Uint8Array.of(PUBREL, 2, id >> 8, id & 0xff)

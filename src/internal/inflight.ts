@@ -15,8 +15,8 @@ export class Inflight {
   private publishing = 0
   private quota: number
   /** waiting publishes and waiting SUBSCRIBE/UNSUBSCRIBE, each in arrival order */
-  private readonly publishWaiters = new Line()
-  private readonly otherWaiters = new Line()
+  private readonly publishWaiters = new Line<Waiter>()
+  private readonly otherWaiters = new Line<Waiter>()
 
   constructor(quota = 65535) {
     this.quota = quota
@@ -37,7 +37,7 @@ export class Inflight {
     return this.publishWaiters.size + this.otherWaiters.size
   }
 
-  /** Sets the quota (the Receive Maximum of a new connection) and wakes whoever now fits. */
+  /** Sets the quota and wakes whoever now fits. */
   setQuota(quota: number): void {
     this.quota = quota
     this.wake()
@@ -57,7 +57,7 @@ export class Inflight {
     return Effect.suspend(() => {
       const id = this.tryAcquire(publish)
       if (id !== 0) return Effect.succeed(id)
-      const waiter: Waiter = { id: 0, cancelled: false, resume: undefined }
+      const waiter: Waiter = { id: 0, cancelled: true, resume: undefined }
       const line = publish ? this.publishWaiters : this.otherWaiters
       return Effect.onInterrupt(
         Effect.callback<number, MqttError.MqttError>((resume) => {
@@ -110,7 +110,7 @@ export class Inflight {
     this.serve(this.publishWaiters, true)
   }
 
-  private serve(line: Line, publish: boolean): void {
+  private serve(line: Line<Waiter>, publish: boolean): void {
     while (line.size > 0) {
       const id = this.take(publish)
       if (id === 0) return
@@ -139,9 +139,14 @@ interface Waiter {
   resume: ((result: Effect.Effect<number, MqttError.MqttError>) => void) | undefined
 }
 
-/** A FIFO line of waiters with O(1) push and shift; a cancelled waiter is skipped when reached. */
-class Line {
-  private items: Array<Waiter> = []
+/** Something that can leave a {@link Line} before its turn: `cancelled` is true whenever it is not in line. */
+export interface Cancellable {
+  cancelled: boolean
+}
+
+/** A FIFO line with O(1) push and shift; a cancelled item is skipped when reached. */
+export class Line<A extends Cancellable> {
+  private items: Array<A> = []
   private head = 0
   private live = 0
 
@@ -149,18 +154,19 @@ class Line {
     return this.live
   }
 
-  push(waiter: Waiter): void {
+  push(waiter: A): void {
+    waiter.cancelled = false
     this.items.push(waiter)
     this.live++
   }
 
-  cancel(waiter: Waiter): void {
+  cancel(waiter: A): void {
     if (waiter.cancelled) return
     waiter.cancelled = true
     this.live--
   }
 
-  shift(): Waiter | undefined {
+  shift(): A | undefined {
     while (this.head < this.items.length) {
       const waiter = this.items[this.head++]
       if (this.head > 1024 && this.head * 2 > this.items.length) {

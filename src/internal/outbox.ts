@@ -25,6 +25,11 @@ export class Outbox {
     this.onPush = onPush
   }
 
+  /** Whether the connection it belongs to is closed. */
+  get isClosed(): boolean {
+    return this.closed !== undefined
+  }
+
   /** Queues bytes without waiting (acknowledgements, PINGREQ). */
   push(bytes: Uint8Array): void {
     this.queue.push(bytes)

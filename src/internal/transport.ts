@@ -1,58 +1,590 @@
+/**
+ * The transports: how bytes reach the broker. The URL chooses one (TCP, TLS, WebSocket, Unix socket), or the
+ * caller supplies an Effect `Socket` of their own; either way the client above only sees a socket whose
+ * reader acquisition opens a connection.
+ *
+ * Failures the transport recognises are explained with a typed error carried as the `cause` of the
+ * `SocketError` (the reason's `cause`): a `TlsError` when TLS fails (while the reader is acquired, or on the
+ * first read for a client certificate refused under TLS 1.3), a `ProtocolError` for a WebSocket text frame, a
+ * `ConnectionLostError` hinting at a TLS port when a plaintext connection is closed before any answer. The
+ * client fails with that error instead of a generic `ConnectionLostError`.
+ */
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import type * as NodeWS from "@effect/platform-node/NodeWS"
+import type * as Arr from "effect/Array"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
-import type * as Socket from "effect/socket/Socket"
+import * as Redacted from "effect/Redacted"
+import * as Scope from "effect/Scope"
+import * as Socket from "effect/socket/Socket"
+import * as Crypto from "node:crypto"
+import * as Fs from "node:fs/promises"
+import * as Net from "node:net"
+import type { Duplex } from "node:stream"
+import * as Tls from "node:tls"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 
-/**
- * Where and how to reach the broker, from the `url` option. The transport decides how bytes travel; the
- * client above it only sees an Effect `Socket`.
- */
-export interface Endpoint {
-  readonly scheme: "mqtt" | "tcp"
-  readonly host: string
-  readonly port: number
+// ---------------------------------------------------------------------------------------------------------
+// the URL
+// ---------------------------------------------------------------------------------------------------------
+
+interface Credentials {
   /** user info from the URL, decoded; the client uses it when `username`/`password` are not given */
   readonly username: string | undefined
   readonly password: string | undefined
 }
 
-const invalid = (reason: string) => new MqttError.InvalidOptionError({ option: "url", reason })
+/** `mqtt://` or `tcp://`: plain TCP. */
+export interface TcpEndpoint extends Credentials {
+  readonly _tag: "Tcp"
+  readonly scheme: "mqtt" | "tcp"
+  readonly host: string
+  readonly port: number
+}
 
-const defaultPorts = { mqtt: 1883, tcp: 1883 } as const
+/** `mqtts://`, `tls://` or `ssl://`: TLS over TCP. */
+export interface TlsEndpoint extends Credentials {
+  readonly _tag: "Tls"
+  readonly scheme: "mqtts" | "tls" | "ssl"
+  readonly host: string
+  readonly port: number
+}
 
-/** Parses the broker URL. A malformed or unsupported URL is an `InvalidOptionError` naming the problem. */
+/** `ws://` or `wss://`: MQTT in binary WebSocket frames, subprotocol `mqtt`. */
+export interface WebSocketEndpoint extends Credentials {
+  readonly _tag: "WebSocket"
+  readonly scheme: "ws" | "wss"
+  readonly host: string
+  readonly port: number
+  /** the path and query string of the HTTP request */
+  readonly path: string
+}
+
+/** `unix:///path/to/socket`: a Unix domain socket. */
+export interface UnixEndpoint extends Credentials {
+  readonly _tag: "Unix"
+  readonly scheme: "unix"
+  readonly path: string
+}
+
+/**
+ * Where and how to reach the broker, from the `url` option. The transport decides how bytes travel; the
+ * client above it only sees an Effect `Socket`.
+ */
+export type Endpoint = TcpEndpoint | TlsEndpoint | WebSocketEndpoint | UnixEndpoint
+
+const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
+const invalidUrl = (reason: string) => invalid("url", reason)
+
+const defaultPorts = { mqtt: 1883, tcp: 1883, mqtts: 8883, tls: 8883, ssl: 8883, ws: 80, wss: 443 } as const
+
+type Scheme = keyof typeof defaultPorts | "unix"
+
+/** The path a WebSocket URL without one uses: where EMQX, HiveMQ, VerneMQ and AWS IoT serve MQTT. */
+export const defaultWebSocketPath = "/mqtt"
+
+const isScheme = (s: string): s is Scheme => s === "unix" || Object.hasOwn(defaultPorts, s)
+
+const decode = (s: string): string | undefined => {
+  if (s === "") return undefined
+  try {
+    return decodeURIComponent(s)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Parses the broker URL. A malformed or unsupported URL is an `InvalidOptionError` naming the problem; it
+ * never repeats the URL or a part of it that could hold a secret (user info, path, query).
+ */
 export const parseUrl = (url: string): Effect.Effect<Endpoint, MqttError.InvalidOptionError> =>
-  Effect.suspend(() => {
+  Effect.suspend((): Effect.Effect<Endpoint, MqttError.InvalidOptionError> => {
+    if (typeof url !== "string") return Effect.fail(invalidUrl("expected a string"))
     let parsed: URL
     try {
       parsed = new URL(url)
     } catch {
-      // the URL may carry a password: do not echo it
-      return Effect.fail(invalid("not a valid URL"))
+      return Effect.fail(invalidUrl("not a valid URL (expected for example mqtt://host:1883)"))
     }
     const scheme = parsed.protocol.slice(0, -1)
-    if (scheme !== "mqtt" && scheme !== "tcp") {
-      return Effect.fail(invalid(`unsupported scheme "${scheme}:" (expected mqtt: or tcp:)`))
+    if (!isScheme(scheme)) {
+      return Effect.fail(
+        invalidUrl(
+          `unsupported scheme "${scheme}:" (expected mqtt:, tcp:, mqtts:, tls:, ssl:, ws:, wss: or unix:)`
+        )
+      )
     }
-    if (parsed.hostname === "") return Effect.fail(invalid("the URL has no host"))
-    if (parsed.pathname !== "" && parsed.pathname !== "/") {
-      return Effect.fail(invalid(`unexpected path "${parsed.pathname}"`))
+    if (parsed.hash !== "") return Effect.fail(invalidUrl("the URL has a fragment (#...), which is not used"))
+    if (
+      (parsed.username !== "" && decode(parsed.username) === undefined) ||
+      (parsed.password !== "" && decode(parsed.password) === undefined)
+    ) {
+      return Effect.fail(invalidUrl("the user info is not valid percent-encoding"))
     }
+    const credentials: Credentials = { username: decode(parsed.username), password: decode(parsed.password) }
+    if (scheme === "unix") {
+      if (parsed.hostname !== "" && parsed.hostname !== "localhost") {
+        return Effect.fail(invalidUrl("a unix: URL has no host: write unix:///absolute/path/to/socket"))
+      }
+      if (parsed.port !== "") return Effect.fail(invalidUrl("a unix: URL has no port"))
+      if (parsed.search !== "") return Effect.fail(invalidUrl("a unix: URL has no query (?...)"))
+      const path = decode(parsed.pathname)
+      if (path === undefined || path === "/") return Effect.fail(invalidUrl("the URL has no socket path"))
+      return Effect.succeed({ _tag: "Unix", scheme, path, ...credentials })
+    }
+    if (parsed.hostname === "") return Effect.fail(invalidUrl("the URL has no host"))
     const host = parsed.hostname.startsWith("[") ? parsed.hostname.slice(1, -1) : parsed.hostname
     const port = parsed.port === "" ? defaultPorts[scheme] : Number(parsed.port)
-    return Effect.succeed({
-      scheme,
-      host,
-      port,
-      username: parsed.username === "" ? undefined : decodeURIComponent(parsed.username),
-      password: parsed.password === "" ? undefined : decodeURIComponent(parsed.password)
-    })
+    if (!(port > 0 && port <= 65535)) return Effect.fail(invalidUrl("the port must be from 1 to 65535"))
+    if (scheme === "ws" || scheme === "wss") {
+      const path = parsed.pathname === "/" && !hasExplicitPath(url) ? defaultWebSocketPath : parsed.pathname
+      return Effect.succeed({ _tag: "WebSocket", scheme, host, port, path: path + parsed.search, ...credentials })
+    }
+    if (parsed.pathname !== "" && parsed.pathname !== "/") {
+      return Effect.fail(invalidUrl(`a ${scheme}: URL has no path (only ws: and wss: URLs have one)`))
+    }
+    if (parsed.search !== "") return Effect.fail(invalidUrl(`a ${scheme}: URL has no query (?...)`))
+    return scheme === "mqtt" || scheme === "tcp"
+      ? Effect.succeed({ _tag: "Tcp", scheme, host, port, ...credentials })
+      : Effect.succeed({ _tag: "Tls", scheme, host, port, ...credentials })
   })
+
+// `new URL` turns both `ws://host` and `ws://host/` into the path "/": look at what was written
+const hasExplicitPath = (url: string): boolean => /^[^:]+:[/\\]{2}[^/\\?#]*[/\\]/.test(url.trim())
+
+// ---------------------------------------------------------------------------------------------------------
+// the socket
+// ---------------------------------------------------------------------------------------------------------
 
 /** The socket to the broker. Acquiring its reader opens a connection; each acquisition opens a new one. */
 export const makeSocket = (
   endpoint: Endpoint,
-  _options: MqttClient.Options
-): Effect.Effect<Socket.Socket, MqttError.InvalidOptionError> =>
-  NodeSocket.makeNet({ host: endpoint.host, port: endpoint.port, noDelay: true })
+  options: MqttClient.Options
+): Effect.Effect<Socket.Socket, MqttError.MqttError> =>
+  Effect.gen(function*() {
+    const tls = options.tls
+    const tlsGiven = tls !== undefined && Object.values(tls).some((value) => value !== undefined)
+    if (options.transport !== undefined) {
+      if (tlsGiven) {
+        return yield* invalid("tls", "a custom transport does its own TLS: give the TLS settings to its socket")
+      }
+      const transport = options.transport
+      const socket = Socket.isSocket(transport) ? transport : yield* transport
+      if (!Socket.isSocket(socket)) return yield* invalid("transport", "expected an effect/socket/Socket")
+      return explained(socket, "custom")
+    }
+    const encrypted = endpoint._tag === "Tls" || endpoint.scheme === "wss"
+    if (tlsGiven && !encrypted) {
+      return yield* invalid(
+        "tls",
+        `TLS settings were given but a ${endpoint.scheme}: URL is not encrypted (use mqtts: or wss:)`
+      )
+    }
+    switch (endpoint._tag) {
+      case "Tcp":
+        return explained(
+          yield* NodeSocket.makeNet({ host: endpoint.host, port: endpoint.port, noDelay: true }),
+          "plaintext"
+        )
+      case "Unix":
+        return explained(yield* NodeSocket.makeNet({ path: endpoint.path }), "unix")
+      case "Tls":
+        return explained(yield* makeTls(endpoint, yield* tlsSettings(tls)), "tls")
+      case "WebSocket":
+        return yield* makeWebSocket(endpoint, encrypted ? yield* tlsSettings(tls) : undefined)
+    }
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------------------
+
+interface TlsSettings {
+  readonly secureContext: Tls.SecureContext
+  readonly servername: string | undefined
+  readonly ALPNProtocols: Array<string> | undefined
+  readonly rejectUnauthorized: boolean
+}
+
+const readPem = (option: string, path: unknown) =>
+  Effect.gen(function*() {
+    if (typeof path !== "string" || path === "") return yield* invalid(option, "expected a file path")
+    const bytes = yield* Effect.tryPromise({
+      try: () => Fs.readFile(path),
+      catch: (error) => invalid(option, `cannot read "${path}"${hasCode(error) ? ` (${error.code})` : ""}`)
+    })
+    if (bytes.toString("latin1").trim() === "") return yield* invalid(option, `"${path}" is empty`)
+    return bytes
+  })
+
+const hasCode = (u: unknown): u is { readonly code: string } =>
+  typeof u === "object" && u !== null && "code" in u && typeof u.code === "string"
+
+const pemText = (value: string | Buffer): string => typeof value === "string" ? value : value.toString("latin1")
+
+const toBuffer = (value: string | Uint8Array): string | Buffer =>
+  typeof value === "string" ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+
+const certificateBlock = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g
+
+/** Checks that PEM text holds certificates that parse: Node would silently ignore anything else. */
+const checkCertificates = (option: string, values: ReadonlyArray<string | Buffer>) =>
+  Effect.suspend(() => {
+    let count = 0
+    for (const value of values) {
+      for (const block of pemText(value).match(certificateBlock) ?? []) {
+        try {
+          new Crypto.X509Certificate(block)
+        } catch {
+          return Effect.fail(invalid(option, "holds a certificate that does not parse"))
+        }
+        count++
+      }
+    }
+    return count === 0 ? Effect.fail(invalid(option, "holds no PEM certificate")) : Effect.void
+  })
+
+const tlsSettings = Effect.fnUntraced(function*(options: MqttClient.TlsOptions | undefined) {
+  const t = options ?? {}
+  for (const [content, file] of [["ca", "caFile"], ["cert", "certFile"], ["key", "keyFile"]] as const) {
+    if (t[content] !== undefined && t[file] !== undefined) {
+      return yield* invalid(`tls.${file}`, `give tls.${content} or tls.${file}, not both`)
+    }
+  }
+  const caOption = t.caFile !== undefined ? "tls.caFile" : "tls.ca"
+  const ca = t.caFile !== undefined
+    ? [yield* readPem("tls.caFile", t.caFile)]
+    : t.ca === undefined
+    ? undefined
+    : typeof t.ca === "string" || t.ca instanceof Uint8Array
+    ? [toBuffer(t.ca)]
+    : t.ca.map(toBuffer)
+  if (ca !== undefined) yield* checkCertificates(caOption, ca)
+  const cert = t.certFile !== undefined
+    ? yield* readPem("tls.certFile", t.certFile)
+    : t.cert === undefined
+    ? undefined
+    : toBuffer(t.cert)
+  if (cert !== undefined) yield* checkCertificates(t.certFile !== undefined ? "tls.certFile" : "tls.cert", [cert])
+  const key = t.keyFile !== undefined
+    ? yield* readPem("tls.keyFile", t.keyFile)
+    : t.key === undefined
+    ? undefined
+    : Redacted.isRedacted(t.key)
+    ? toBuffer(Redacted.value(t.key))
+    : yield* invalid("tls.key", "expected a Redacted private key (Redacted.make(pem))")
+  if (cert !== undefined && key === undefined) {
+    return yield* invalid("tls.key", "a client certificate needs its private key (tls.key or tls.keyFile)")
+  }
+  if (key !== undefined && cert === undefined) {
+    return yield* invalid("tls.cert", "a private key needs its client certificate (tls.cert or tls.certFile)")
+  }
+  if (t.passphrase !== undefined && !Redacted.isRedacted(t.passphrase)) {
+    return yield* invalid("tls.passphrase", "expected a Redacted passphrase (Redacted.make(passphrase))")
+  }
+  const minVersion = t.minVersion ?? "TLSv1.2"
+  if (minVersion !== "TLSv1.2" && minVersion !== "TLSv1.3") {
+    return yield* invalid("tls.minVersion", `expected "TLSv1.2" or "TLSv1.3"`)
+  }
+  if (t.servername !== undefined && (typeof t.servername !== "string" || t.servername === "")) {
+    return yield* invalid("tls.servername", "expected a host name")
+  }
+  if (t.servername !== undefined && Net.isIP(t.servername) !== 0) {
+    return yield* invalid("tls.servername", "SNI carries a host name, not an IP address")
+  }
+  if (
+    t.alpnProtocols !== undefined &&
+    !(Array.isArray(t.alpnProtocols) && t.alpnProtocols.every((p) => typeof p === "string" && p !== ""))
+  ) {
+    return yield* invalid("tls.alpnProtocols", "expected non-empty strings")
+  }
+  let secureContext: Tls.SecureContext
+  try {
+    secureContext = Tls.createSecureContext({
+      ...(ca === undefined ? {} : { ca }),
+      ...(cert === undefined ? {} : { cert }),
+      ...(key === undefined ? {} : { key }),
+      ...(t.passphrase === undefined ? {} : { passphrase: Redacted.value(t.passphrase) }),
+      minVersion
+    })
+  } catch (error) {
+    return yield* invalid("tls", `the certificate or key could not be loaded: ${tlsReason(error)}`)
+  }
+  const insecure = t.insecureSkipVerify === true
+  if (insecure) {
+    yield* Effect.logWarning(
+      "effect-mqtt: tls.insecureSkipVerify is set: the broker's certificate and host name are NOT verified"
+    )
+  }
+  return {
+    secureContext,
+    servername: t.servername,
+    ALPNProtocols: t.alpnProtocols === undefined ? undefined : [...t.alpnProtocols],
+    rejectUnauthorized: !insecure
+  } satisfies TlsSettings
+})
+
+/** OpenSSL's short reason (`"bad decrypt"`) rather than its long message with file names and line numbers. */
+const tlsReason = (error: unknown): string => {
+  if (typeof error === "object" && error !== null) {
+    const reason = (error as { reason?: unknown }).reason
+    // Node's reasons may end in a dangling ": " (an empty list of names): not worth showing
+    if (typeof reason === "string" && reason.trim() !== "") return reason.trim().replace(/:$/, "")
+    const message = (error as { message?: unknown }).message
+    if (typeof message === "string") return message.trim()
+  }
+  return String(error)
+}
+
+/**
+ * A TLS connection: TCP first (with Nagle off), then the handshake over it, so a failure after the TCP
+ * connection was made is known to be a TLS failure.
+ */
+const makeTls = (endpoint: TlsEndpoint, settings: TlsSettings): Effect.Effect<Socket.Socket> =>
+  NodeSocket.fromDuplex(
+    Effect.contextWith((context: Context.Context<Scope.Scope>) => {
+      let raw: Net.Socket | undefined
+      let secure: Tls.TLSSocket | undefined
+      let isOpen = false
+      return Effect.flatMap(
+        Scope.addFinalizer(
+          Context.get(context, Scope.Scope),
+          Effect.sync(() => {
+            if (secure !== undefined) {
+              if (isOpen && !secure.destroyed) secure.destroySoon()
+              else secure.destroy()
+            } else {
+              raw?.destroy()
+            }
+          })
+        ),
+        () =>
+          Effect.callback<Duplex, Socket.SocketError>((resume) => {
+            const tcp = Net.connect({ host: endpoint.host, port: endpoint.port, noDelay: true })
+            raw = tcp
+            // kept for the life of the socket: an error event without a listener would crash the process
+            tcp.on(
+              "error",
+              (cause) =>
+                resume(Effect.fail(openError(secure === undefined ? cause : tlsError(cause, "handshake") ?? cause)))
+            )
+            tcp.once("connect", () => {
+              const tls = Tls.connect({
+                socket: tcp,
+                host: endpoint.host,
+                // SNI is a host name: none for an IP address (the certificate is then checked against the IP)
+                servername: settings.servername ?? (Net.isIP(endpoint.host) === 0 ? endpoint.host : undefined),
+                secureContext: settings.secureContext,
+                rejectUnauthorized: settings.rejectUnauthorized,
+                ...(settings.ALPNProtocols === undefined ? {} : { ALPNProtocols: settings.ALPNProtocols })
+              } as Tls.ConnectionOptions)
+              secure = tls
+              tls.once("secureConnect", () => {
+                isOpen = true
+                resume(Effect.succeed(tls))
+              })
+              tls.on("error", (cause) => resume(Effect.fail(openError(tlsError(cause, "handshake") ?? cause))))
+            })
+          })
+      )
+    })
+  )
+
+const openError = (cause: unknown) =>
+  new Socket.SocketError({ reason: new Socket.SocketOpenError({ kind: "Unknown", cause }) })
+
+const readError = (cause: unknown) => new Socket.SocketError({ reason: new Socket.SocketReadError({ cause }) })
+
+// ---------------------------------------------------------------------------------------------------------
+// recognising TLS failures
+// ---------------------------------------------------------------------------------------------------------
+
+/** OpenSSL's certificate verification results, as Node.js names them. */
+const verificationCodes = new Set([
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_CRL",
+  "UNABLE_TO_DECRYPT_CERT_SIGNATURE",
+  "UNABLE_TO_DECRYPT_CRL_SIGNATURE",
+  "UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY",
+  "CERT_SIGNATURE_FAILURE",
+  "CRL_SIGNATURE_FAILURE",
+  "CERT_NOT_YET_VALID",
+  "CERT_HAS_EXPIRED",
+  "CRL_NOT_YET_VALID",
+  "CRL_HAS_EXPIRED",
+  "ERROR_IN_CERT_NOT_BEFORE_FIELD",
+  "ERROR_IN_CERT_NOT_AFTER_FIELD",
+  "ERROR_IN_CRL_LAST_UPDATE_FIELD",
+  "ERROR_IN_CRL_NEXT_UPDATE_FIELD",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "CERT_CHAIN_TOO_LONG",
+  "CERT_REVOKED",
+  "INVALID_CA",
+  "PATH_LENGTH_EXCEEDED",
+  "INVALID_PURPOSE",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED"
+])
+
+/** The alerts a broker sends when it does not accept the client certificate it was given. */
+const clientCertificateAlerts = new Set([
+  "ERR_SSL_TLSV1_ALERT_UNKNOWN_CA",
+  "ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE",
+  "ERR_SSL_SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+  "ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED",
+  "ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED",
+  "ERR_SSL_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE"
+])
+
+/** The Node.js error behind a socket failure: the cause itself, or the `error` of a WebSocket error event. */
+const nodeError = (cause: unknown): Error | undefined => {
+  if (cause instanceof Error) return cause
+  if (typeof cause === "object" && cause !== null && "error" in cause && cause.error instanceof Error) {
+    return cause.error
+  }
+  return undefined
+}
+
+/**
+ * The `TlsError` a Node.js error stands for, or `undefined`. In the `"handshake"` phase (the TCP connection
+ * is up and the handshake runs) every failure is a TLS failure; in `"open"` (a connection whose phases are not
+ * known) only TLS error codes are; in `"read"` only the alerts a broker sends about the client certificate,
+ * which TLS 1.3 delivers after the handshake has completed on the client's side.
+ */
+const tlsError = (cause: unknown, phase: "handshake" | "open" | "read"): MqttError.TlsError | undefined => {
+  const error = nodeError(cause)
+  if (error === undefined) return undefined
+  const code = hasCode(error) ? error.code : undefined
+  const make = (kind: MqttError.TlsError["kind"], reason = tlsReason(error)) =>
+    new MqttError.TlsError(code === undefined ? { kind, reason } : { kind, reason, code })
+  if (code === "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED") return make("ClientCertificateRequired")
+  if (code !== undefined && clientCertificateAlerts.has(code)) return make("ClientCertificateRejected")
+  if (phase === "read") return undefined
+  if (code === "ERR_TLS_CERT_ALTNAME_INVALID") return make("HostnameMismatch")
+  if (code !== undefined && verificationCodes.has(code)) return make("ServerCertificateUntrusted")
+  if (code !== undefined && code.startsWith("ERR_SSL_")) return make("HandshakeFailed")
+  if (phase === "handshake") {
+    return make(
+      "HandshakeFailed",
+      `the connection closed during the TLS handshake (${tlsReason(error)}); is the port a TLS listener?`
+    )
+  }
+  return undefined
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// explaining failures
+// ---------------------------------------------------------------------------------------------------------
+
+type Kind = "plaintext" | "unix" | "tls" | "websocket" | "custom"
+
+const causeOf = (error: Socket.SocketError): unknown => "cause" in error.reason ? error.reason.cause : undefined
+
+/**
+ * Wraps a socket so that its failures say what happened, as an `MqttError` in the `SocketError`'s cause: TLS
+ * failures become `TlsError`s, and a plaintext connection that the broker closes before sending anything
+ * hints at a TLS port. `inspect` may refuse what was read.
+ */
+const explained = (
+  socket: Socket.Socket,
+  kind: Kind,
+  inspect?: (chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>) => MqttError.MqttError | undefined
+): Socket.Socket =>
+  Socket.make({
+    writer: socket.writer,
+    reader: Effect.gen(function*() {
+      const reader = yield* Effect.mapError(socket.reader, (error) => {
+        const cause = causeOf(error)
+        if (MqttError.isMqttError(cause)) return error
+        const tls = kind === "plaintext" || kind === "unix" ? undefined : tlsError(cause, "open")
+        if (tls !== undefined) return openError(tls)
+        // a WebSocket error event is not an Error: pass on the Error inside it, so that messages read well
+        const inner = nodeError(cause)
+        return inner !== undefined && inner !== cause ? openError(inner) : error
+      })
+      let received = false
+      const onError = (error: Socket.SocketError): Socket.SocketError => {
+        const cause = causeOf(error)
+        if (MqttError.isMqttError(cause)) return error
+        if (kind !== "plaintext" && kind !== "unix") {
+          const tls = tlsError(cause, "read")
+          if (tls !== undefined) return readError(tls)
+        }
+        if (kind === "plaintext" && !received) {
+          return readError(
+            new MqttError.ConnectionLostError({
+              reason:
+                "the broker closed the connection without answering CONNECT (if the port expects TLS, use mqtts://)"
+            })
+          )
+        }
+        const inner = nodeError(cause)
+        return inner !== undefined && inner !== cause ? readError(inner) : error
+      }
+      const pull = Effect.flatMap(
+        Effect.mapError(reader.pull, onError),
+        (chunks): Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError> => {
+          received = true
+          const problem = inspect?.(chunks)
+          return problem === undefined ? Effect.succeed(chunks) : Effect.fail(readError(problem))
+        }
+      )
+      return { pull, upgrade: reader.upgrade }
+    })
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// WebSocket
+// ---------------------------------------------------------------------------------------------------------
+
+const loadWs = Effect.promise(() => import("@effect/platform-node/NodeWS"))
+
+const makeWebSocket = (
+  endpoint: WebSocketEndpoint,
+  settings: TlsSettings | undefined
+): Effect.Effect<Socket.Socket> =>
+  Effect.gen(function*() {
+    const { WebSocket } = yield* loadWs
+    const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host
+    // no user info in the request: the credentials go in CONNECT, never in an Authorization header
+    const url = `${endpoint.scheme}://${host}:${endpoint.port}${endpoint.path}`
+    const options: NodeWS.ClientOptions = {
+      perMessageDeflate: false,
+      ...(settings === undefined ? {} : {
+        secureContext: settings.secureContext,
+        rejectUnauthorized: settings.rejectUnauthorized,
+        ...(settings.servername === undefined ? {} : { servername: settings.servername }),
+        ...(settings.ALPNProtocols === undefined ? {} : { ALPNProtocols: settings.ALPNProtocols })
+      })
+    }
+    let current: NodeWS.WebSocket | undefined
+    const socket = yield* Socket.fromWebSocket(
+      Effect.acquireRelease(
+        Effect.try({
+          try: () => {
+            current = new WebSocket(url, ["mqtt"], options)
+            return current
+          },
+          catch: openError
+        }),
+        (ws) => Effect.sync(() => ws.close(1000))
+      )
+    )
+    return explained(socket, "websocket", (chunks) => {
+      for (let i = 0; i < chunks.length; i++) {
+        if (typeof chunks[i] === "string") {
+          // MQTT-6.0.0-1: data in anything but a binary frame closes the connection (1003: unsupported data)
+          current?.close(1003, "MQTT needs binary frames")
+          return new MqttError.ProtocolError({
+            reason: "the broker sent a WebSocket text frame (MQTT over WebSocket uses binary frames only)"
+          })
+        }
+      }
+      return undefined
+    })
+  })
