@@ -139,6 +139,8 @@ export interface IncomingQueue<A, E> {
    * caller interrupted while waiting knows which messages the queue holds.
    */
   readonly offerAll: (messages: ReadonlyArray<A>, progress?: Progress) => Effect.Effect<void>
+  /** Adds, in order, the messages that fit now without waiting; `progress.accepted` counts them. */
+  readonly offerAllUnsafe: (messages: ReadonlyArray<A>, progress: Progress) => void
   /** The messages as a stream shared by all its consumers: each message goes to one of them. */
   readonly stream: Stream.Stream<A, E>
   /** Ends the stream once the queued messages are taken. */
@@ -202,8 +204,14 @@ const fromQueue = <A, E>(queue: Queue.Queue<A, E | Cause.Done>, strategy: Strate
         dropped += Queue.offerAllUnsafe(queue, messages).length
         if (progress !== undefined) progress.accepted += messages.length
       })
+  const offerAllUnsafe = strategy._tag === "Bounded" || strategy._tag === "Unbounded" ?
+    (messages: ReadonlyArray<A>, progress: Progress) => {
+      progress.accepted += messages.length - Queue.offerAllUnsafe(queue, messages).length
+    } :
+    (messages: ReadonlyArray<A>, progress: Progress) => Effect.runSync(offerAll(messages, progress))
   return {
     offerAll,
+    offerAllUnsafe,
     stream: Stream.fromQueue(queue),
     end: Effect.asVoid(Queue.end(queue)),
     fail: (error) => Effect.asVoid(Queue.fail(queue, error)),
@@ -236,6 +244,9 @@ const offerEach = <A, E>(
 
 const fromPriority = <A, E>(queue: PriorityQueue<A, E>): IncomingQueue<A, E> => ({
   offerAll: (messages, progress = { accepted: 0 }) => queue.offerAll(messages, 0, progress),
+  offerAllUnsafe: (messages, progress) => {
+    queue.offerNow(messages, 0, progress)
+  },
   // one message per pull, so that a message of higher priority arriving while the consumer works on a
   // batch is not stuck behind that batch
   stream: Stream.fromPull(Effect.succeed(Effect.map(queue.take, (a) => [a] as const))),
@@ -270,21 +281,27 @@ class PriorityQueue<A, E> {
     this.order = order
   }
 
+  /** Adds what fits without waiting, from `from`; returns the index of the first message left. */
+  offerNow(messages: ReadonlyArray<A>, from: number, progress: Progress): number {
+    let i = from
+    if (this.closed !== undefined) return messages.length
+    while (i < messages.length) {
+      const taker = this.takers.shift()
+      if (taker !== undefined) {
+        taker(Effect.succeed(messages[i++]))
+        progress.accepted++
+        continue
+      }
+      if (this.heap.length >= this.capacity) break
+      this.push({ value: messages[i++], seq: this.seq++ })
+      progress.accepted++
+    }
+    return i
+  }
+
   offerAll(messages: ReadonlyArray<A>, from: number, progress: Progress): Effect.Effect<void> {
     return Effect.suspend(() => {
-      let i = from
-      if (this.closed !== undefined) return Effect.void
-      while (i < messages.length) {
-        const taker = this.takers.shift()
-        if (taker !== undefined) {
-          taker(Effect.succeed(messages[i++]))
-          progress.accepted++
-          continue
-        }
-        if (this.heap.length >= this.capacity) break
-        this.push({ value: messages[i++], seq: this.seq++ })
-        progress.accepted++
-      }
+      const i = this.offerNow(messages, from, progress)
       if (i >= messages.length) return Effect.void
       const rest = i
       return Effect.flatMap(

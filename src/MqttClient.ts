@@ -364,6 +364,9 @@ export interface Client {
   /** The number of messages a sliding or dropping queue has dropped so far. */
   readonly droppedMessages: Effect.Effect<number>
 
+  /** The number of received messages waiting in the queue for a consumer of `messages`. */
+  readonly queuedMessages: Effect.Effect<number>
+
   /** What the broker answered in the CONNACK of the current (or last) connection. */
   readonly connection: ConnectionInfo
 

@@ -154,7 +154,8 @@ export class ProtocolError extends Schema.TaggedError<ProtocolError>()("Protocol
 
 /**
  * The broker refused one of the filters of a SUBSCRIBE (a SUBACK return code 0x80 or MQTT 5 reason code
- * at or above 0x80).
+ * at or above 0x80). `filter` is the first refused one; `codes` gives every filter's code, since the broker
+ * holds the subscriptions it granted in the same SUBSCRIBE (unsubscribe them if they are not wanted alone).
  *
  * @since 0.1.0
  * @category errors
@@ -162,7 +163,9 @@ export class ProtocolError extends Schema.TaggedError<ProtocolError>()("Protocol
 export class SubscribeError extends Schema.TaggedError<SubscribeError>()("SubscribeError", {
   filter: Schema.String,
   reasonCode: Schema.Number,
-  reasonString: optionalString
+  reasonString: optionalString,
+  /** The reason code of every filter of the SUBSCRIBE, in order: the broker holds the granted ones. */
+  codes: Schema.optionalKey(Schema.Array(Schema.Struct({ filter: Schema.String, reasonCode: Schema.Number })))
 }) {
   readonly [TypeId] = TypeId
   override get message(): string {

@@ -482,6 +482,33 @@ describe("publishing", () => {
       yield* Fiber.join(next)
       expect(connection.isClosed).toBe(false)
     }))
+  it.live("v5: a publish the broker's CONNACK rules out fails before sending (Maximum QoS, Retain Available, Maximum Packet Size)", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 }, {
+        properties: { maximumQoS: 1, retainAvailable: false, maximumPacketSize: 40 }
+      })
+      const qos = yield* Effect.flip(client.publish("t", "x", { qos: 2 }))
+      const retain = yield* Effect.flip(client.publish("t", "x", { retain: true }))
+      const size = yield* Effect.flip(client.publish("t", "x".repeat(64)))
+      for (const [error, code] of [[qos, 0x9b], [retain, 0x9a], [size, 0x95]] as const) {
+        assert(error instanceof MqttError.PublishError, String(error))
+        expect(error.reasonCode).toBe(code)
+      }
+      yield* connection.expectSilence(100)
+      // what fits is sent
+      yield* client.publish("t", "x".repeat(20))
+      expect((yield* connection.expect("publish")).topic).toBe("t")
+    }))
+
+  it.live("a message read before an acknowledgement is queued when the acknowledged publish returns", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({})
+      const fiber = yield* Effect.forkChild(client.publish("echo", "x", { qos: 1 }))
+      const publish = yield* connection.expect("publish")
+      yield* connection.sendMany([publishPacket("echo", "x", 0), { cmd: "puback", messageId: publish.messageId! }])
+      yield* Fiber.join(fiber)
+      expect(yield* client.queuedMessages).toBe(1)
+    }))
 })
 
 describe("subscribing", () => {
@@ -517,6 +544,7 @@ describe("subscribing", () => {
       const error = yield* Fiber.join(fiber)
       assert(error instanceof MqttError.SubscribeError)
       expect([error.filter, error.reasonCode, error.reasonString]).toEqual(["denied", 0x87, "acl"])
+      expect(error.codes).toEqual([{ filter: "ok", reasonCode: 0 }, { filter: "denied", reasonCode: 0x87 }])
     }))
 
   it.live("v4: SUBACK 0x80 fails with SubscribeError", () =>

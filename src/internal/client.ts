@@ -251,6 +251,15 @@ interface Connection {
   stalledDuringPing: boolean
 }
 
+/** The step function of the reconnect schedule: its state is the backoff so far. */
+type ScheduleStep = (
+  now: number,
+  input: MqttError.MqttError
+) => Effect.Effect<[unknown, Duration.Duration], unknown>
+
+/** How long a connection must last for the reconnect backoff to start again from its first delay. */
+const STABLE_CONNECTION_MILLIS = 10_000
+
 /** Bytes waiting to be written beyond which publishers wait for the socket. */
 const OUTBOX_HIGH_WATER_MARK = 256 * 1024
 /** How long closing waits for the last bytes to be taken by the socket. */
@@ -348,6 +357,18 @@ export const make = (
     const protocolError = (reason: string, reasonCode = 0x82) =>
       new MqttError.ProtocolError(version === 5 ? { reason, reasonCode } : { reason })
 
+    /**
+     * Operations completed by the packets of one socket read, completed together once the read's messages
+     * are queued (see `deliver`).
+     */
+    const completions: Array<[Deferred.Deferred<any, MqttError.MqttError>, Effect.Effect<any, MqttError.MqttError>]> =
+      []
+    const runCompletions = () => {
+      if (completions.length === 0) return
+      const done = completions.splice(0)
+      for (const [deferred, result] of done) Deferred.doneUnsafe(deferred, result)
+    }
+
     // ---- sending ----------------------------------------------------------------------------------------
 
     /** Sends what the send line holds while the broker's Receive Maximum allows. */
@@ -385,13 +406,13 @@ export const make = (
         pump(conn)
       }
       entry.counted = false
-      Deferred.doneUnsafe(entry.deferred, result)
+      completions.push([entry.deferred, result])
     }
 
     const settleRequest = (entry: RequestEntry, result: Effect.Effect<Acknowledged, MqttError.MqttError>) => {
       requests.delete(entry.id)
       ids.release(entry.id, false)
-      if (entry.deferred !== undefined) Deferred.doneUnsafe(entry.deferred, result)
+      if (entry.deferred !== undefined) completions.push([entry.deferred, result])
     }
 
     // ---- ending -----------------------------------------------------------------------------------------
@@ -677,34 +698,47 @@ export const make = (
       }
 
       /** Hands a batch of messages to the queue, then acknowledges what it took. */
-      const deliver = (messages: Array<MqttMessage>, acks: Array<number>) =>
-        Effect.suspend(() => {
-          c.stalled = true
-          c.stalledDuringPing = true
-          const progress = { accepted: 0 }
-          return Effect.ensuring(
-            incoming.offerAll(messages, progress),
-            Effect.sync(() => {
-              c.stalled = false
-              // the messages the queue took are acknowledged; the others were never delivered, and a
-              // resent QoS 2 copy of one of them must be delivered
-              const out = new Codec.AckBuffer()
-              for (let i = 0; i < acks.length; i++) {
-                const ack = acks[i]
-                if (ack === 0) continue
-                const type = ack >>> 16
-                const id = ack & 0xffff
-                if (i < progress.accepted) {
-                  if (type === Codec.PUBREC) awaitingRelease[id] = 1
-                  out.push(type, id)
-                } else if (type === Codec.PUBREC) {
-                  awaitingRelease[id] = 0
-                }
-              }
-              if (!out.isEmpty && !c.outbox.isClosed) c.outbox.push(out.take())
-            })
-          )
-        })
+      const deliver = (messages: Array<MqttMessage>, acks: Array<number>): Effect.Effect<void> => {
+        const progress = { accepted: 0 }
+        // what fits goes in at once; the operations the same read completed return only after that, so
+        // that a message that arrived before an acknowledgement is queued when the operation returns
+        incoming.offerAllUnsafe(messages, progress)
+        runCompletions()
+        if (progress.accepted === messages.length) {
+          acknowledge(acks, progress.accepted)
+          return Effect.void
+        }
+        c.stalled = true
+        c.stalledDuringPing = true
+        return Effect.ensuring(
+          incoming.offerAll(messages.slice(progress.accepted), progress),
+          Effect.sync(() => {
+            c.stalled = false
+            acknowledge(acks, progress.accepted)
+          })
+        )
+      }
+
+      /**
+       * Acknowledges the messages the queue took. The others were never delivered: a resent QoS 2 copy of
+       * one of them must be delivered, so it is not remembered as awaiting PUBREL.
+       */
+      const acknowledge = (acks: Array<number>, accepted: number) => {
+        const out = new Codec.AckBuffer()
+        for (let i = 0; i < acks.length; i++) {
+          const ack = acks[i]
+          if (ack === 0) continue
+          const type = ack >>> 16
+          const id = ack & 0xffff
+          if (i < accepted) {
+            if (type === Codec.PUBREC) awaitingRelease[id] = 1
+            out.push(type, id)
+          } else if (type === Codec.PUBREC) {
+            awaitingRelease[id] = 0
+          }
+        }
+        if (!out.isEmpty && !c.outbox.isClosed) c.outbox.push(out.take())
+      }
 
       /** Reads one batch from the socket and handles every packet in it. */
       const step = (pull: Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>) =>
@@ -729,6 +763,8 @@ export const make = (
               effect = deliver(delivered, owed)
               delivered = []
               owed = []
+            } else {
+              runCompletions()
             }
             if (!acksLater.isEmpty) {
               const later = acksLater.take()
@@ -912,11 +948,10 @@ export const make = (
      * many clients that lost the same broker spread out.
      */
     const reconnect = (
-      schedule: Schedule.Schedule<unknown, MqttError.MqttError>,
+      step: ScheduleStep,
       cause: MqttError.MqttError
     ): Effect.Effect<Connection, MqttError.MqttError> =>
       Effect.gen(function*() {
-        const step = yield* Schedule.toStep(schedule)
         let error = cause
         for (let attempt = 1;; attempt++) {
           const next = yield* Effect.exit(step(clock.currentTimeMillisUnsafe(), error))
@@ -939,6 +974,8 @@ export const make = (
     const supervise = (first: Connection): Effect.Effect<void> =>
       Effect.gen(function*() {
         let c = first
+        let connectedAt = clock.currentTimeMillisUnsafe()
+        let step: ScheduleStep | undefined
         while (true) {
           const error = yield* Effect.flip(Deferred.await(c.lost))
           if (closed !== undefined) return
@@ -949,14 +986,20 @@ export const make = (
           }
           yield* detach(c, error)
           const since = clock.currentTimeMillisUnsafe()
-          const exit = yield* Effect.exit(reconnect(schedule, error))
+          // the backoff starts afresh only after a connection that lasted: a broker that accepts and then
+          // drops each connection at once (or a client that takes the session back) meets a growing delay
+          if (step === undefined || since - connectedAt >= STABLE_CONNECTION_MILLIS) {
+            step = yield* Schedule.toStep(schedule)
+          }
+          const exit = yield* Effect.exit(reconnect(step, error))
           if (Exit.isFailure(exit)) {
             const failure = exit.cause.reasons.find(Cause.isFailReason)
             yield* shutdown(failure?.error ?? error)
             return
           }
           c = exit.value
-          const outage = clock.currentTimeMillisUnsafe() - since
+          connectedAt = clock.currentTimeMillisUnsafe()
+          const outage = connectedAt - since
           metrics.reconnects++
           metrics.disconnectedMillis += outage
           metrics.longestDisconnectMillis = Math.max(metrics.longestDisconnectMillis, outage)
@@ -974,7 +1017,7 @@ export const make = (
         return yield* Effect.failCause(firstExit.cause)
       }
       metrics.failedAttempts++
-      first = yield* reconnect(o.reconnect, failure.error)
+      first = yield* reconnect(yield* Schedule.toStep(o.reconnect), failure.error)
     }
     yield* attach(first)
     yield* Effect.forkIn(supervise(first), scope)
@@ -1005,6 +1048,25 @@ export const make = (
         encoded = Codec.encodePublish(version, topic, bytes, qos, retain, options?.properties)
       } catch (e) {
         return Effect.fail(invalid("properties", describe(e)))
+      }
+      // what the broker said it cannot take is refused here, before it costs the connection
+      const info = lastInfo
+      if (info !== undefined && version === 5) {
+        if (qos > info.maximumQoS) {
+          return Effect.fail(refusedBeforeSending(topic, 0x9b, `the broker accepts QoS ${info.maximumQoS} at most`))
+        }
+        if (retain && !info.retainAvailable) {
+          return Effect.fail(refusedBeforeSending(topic, 0x9a, "the broker does not keep retained messages"))
+        }
+        if (info.maximumPacketSize !== undefined && encoded.bytes.byteLength > info.maximumPacketSize) {
+          return Effect.fail(
+            refusedBeforeSending(
+              topic,
+              0x95,
+              `the packet is ${encoded.bytes.byteLength} bytes, the broker accepts ${info.maximumPacketSize} at most`
+            )
+          )
+        }
       }
       return send(encoded, qos, topic)
     }
@@ -1113,7 +1175,8 @@ export const make = (
                 new MqttError.SubscribeError({
                   filter: filters[refused].topic,
                   reasonCode: codes[refused],
-                  ...optionalReason(reasonString)
+                  ...optionalReason(reasonString),
+                  codes: codes.map((reasonCode, i) => ({ filter: filters[i].topic, reasonCode }))
                 })
               )
             }
@@ -1197,6 +1260,7 @@ export const make = (
       }),
       messages: incoming.stream,
       droppedMessages: incoming.dropped,
+      queuedMessages: incoming.size,
       get connection() {
         return lastInfo!
       },
@@ -1221,6 +1285,9 @@ const idOffsetOf = (bytes: Uint8Array): number => {
   while (bytes[i] & 0x80) i++
   return i + 1
 }
+
+const refusedBeforeSending = (topic: string, reasonCode: number, reason: string) =>
+  new MqttError.PublishError({ topic, reasonCode, reasonString: `not sent: ${reason}` })
 
 const optionalReason = (reasonString: string | undefined): { reasonString?: string } =>
   reasonString === undefined ? {} : { reasonString }
