@@ -1,0 +1,87 @@
+/**
+ * The broker the examples talk to.
+ *
+ * When `MQTT_URL` is set (for example `MQTT_URL=mqtt://localhost:1883`), the examples use that broker.
+ * Otherwise each example starts an embedded broker, aedes, inside its own process on a free port of
+ * 127.0.0.1, and closes it when the example ends. So `node examples/01-subscribe.ts` works with nothing
+ * installed. aedes speaks MQTT 3.1.1 only, which is the client's default protocol version.
+ *
+ * Your application needs none of this: it provides `MqttClient.layer({ url })` or `MqttClient.layerConfig()`.
+ */
+import { Aedes } from "aedes"
+import { Context, Effect, Layer } from "effect"
+import { MqttClient, type MqttError } from "effect-mqtt"
+import * as Net from "node:net"
+
+/**
+ * Where the broker is, for the examples that open a second connection.
+ */
+export class Broker extends Context.Service<Broker, { readonly url: string }>()("examples/Broker") {}
+
+/**
+ * An aedes broker listening on a free port of 127.0.0.1. Releasing it disconnects its clients and closes the
+ * listening socket, so the example's process can exit.
+ */
+const embeddedBroker = Effect.acquireRelease(
+  Effect.promise(async () => {
+    const aedes = await Aedes.createBroker()
+    const server = Net.createServer(aedes.handle)
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    const { port } = server.address() as Net.AddressInfo
+    return { aedes, server, url: `mqtt://127.0.0.1:${port}` }
+  }),
+  ({ aedes, server }) =>
+    Effect.promise(() => new Promise<void>((resolve) => aedes.close(() => server.close(() => resolve()))))
+)
+
+/**
+ * The broker at `MQTT_URL`, or an embedded one that lives as long as the layer.
+ */
+export const BrokerLive: Layer.Layer<Broker> = Layer.effect(
+  Broker,
+  Effect.gen(function*() {
+    const url = process.env.MQTT_URL
+    if (url !== undefined && url !== "") return { url }
+    const embedded = yield* embeddedBroker
+    return { url: embedded.url }
+  })
+)
+
+/**
+ * An `MqttClient` connected to the examples' broker, built with `options` (the URL comes from the broker).
+ * The client is released before the broker: it sends DISCONNECT while the broker is still there.
+ */
+export const brokerLayer = (
+  options?: Omit<MqttClient.Options, "url">
+): Layer.Layer<MqttClient.MqttClient | Broker, MqttError.MqttError> =>
+  Layer.effect(
+    MqttClient.MqttClient,
+    Effect.gen(function*() {
+      const { url } = yield* Broker
+      return yield* MqttClient.make({ ...options, url })
+    })
+  ).pipe(Layer.provideMerge(BrokerLive))
+
+/**
+ * Runs an example's program with {@link brokerLayer}.
+ */
+export const withBroker =
+  (options?: Omit<MqttClient.Options, "url">) => <A, E>(program: Effect.Effect<A, E, MqttClient.MqttClient | Broker>) =>
+    Effect.provide(program, brokerLayer(options))
+
+/**
+ * Publishes sample messages from a second connection, as another device would, with QoS 1: each publish
+ * completes when the broker has acknowledged it, that is once the broker is responsible for delivering it.
+ * Subscribe before calling this: a broker delivers a message only to the subscriptions that exist when it
+ * arrives.
+ */
+export const publishSamples = (
+  samples: ReadonlyArray<readonly [topic: string, payload: string]>
+): Effect.Effect<void, MqttError.MqttError, Broker> =>
+  Effect.scoped(Effect.gen(function*() {
+    const { url } = yield* Broker
+    const publisher = yield* MqttClient.make({ url })
+    for (const [topic, payload] of samples) {
+      yield* publisher.publish(topic, payload, { qos: 1 })
+    }
+  }))
