@@ -39,9 +39,11 @@ const priorityQueue = Effect.scoped(Effect.gen(function*() {
     ["temperature/garage", "12.0"]
   ] as const
   yield* publishSamples(samples)
-  // The order matters only while messages wait, so this consumer is busy for a moment before it reads:
-  // by then all the samples are in the queue.
-  yield* Effect.sleep("500 millis")
+  // The order matters only while messages wait: this consumer starts reading once all the samples are
+  // in the queue.
+  yield* client.queuedMessages.pipe(
+    Effect.repeat({ until: (queued) => queued >= samples.length, schedule: Schedule.spaced("10 millis") })
+  )
   yield* Console.log("priority queue, humidity first:")
   yield* client.messages.pipe(Stream.take(samples.length), Stream.runForEach(print))
 }))
