@@ -176,6 +176,15 @@ export interface Options {
   readonly retryFirstConnect?: boolean | undefined
   /** What publish, subscribe and unsubscribe do while the client is reconnecting. */
   readonly offline?: OfflineOptions | undefined
+  /** The largest packet the client accepts, in bytes: a larger one closes the connection as soon as its
+   * header arrives, before it is buffered (MQTT 5: DISCONNECT 0x95; announced to the broker in CONNECT, so
+   * that it does not send one). Default 32 MiB. */
+  readonly maximumPacketSize?: number | undefined
+  /** MQTT 5: how many QoS 1/2 messages the broker may send before they are acknowledged; announced in CONNECT.
+   * A broker that sends more gets DISCONNECT 0x93. Default 65,535. */
+  readonly receiveMaximum?: number | undefined
+  /** MQTT 5: how many topic aliases the broker may set on this client's connection. Default 16 (0 on 3.1.1). */
+  readonly topicAliasMaximum?: number | undefined
 }
 
 /**

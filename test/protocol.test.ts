@@ -660,6 +660,110 @@ describe("receiving", () => {
     }))
 })
 
+describe("MQTT 5 on the receiving side", () => {
+  it.live("user properties keep their order and repeats; topic aliases are resolved", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      // mqtt-packet's object form would lose the order across names: write the properties by hand
+      // PUBLISH "t/a", alias 2, user properties b=1, a=2, b=3
+      const props = [
+        0x23,
+        0x00,
+        0x02,
+        0x26,
+        0x00,
+        0x01,
+        0x62,
+        0x00,
+        0x01,
+        0x31,
+        0x26,
+        0x00,
+        0x01,
+        0x61,
+        0x00,
+        0x01,
+        0x32,
+        0x26,
+        0x00,
+        0x01,
+        0x62,
+        0x00,
+        0x01,
+        0x33
+      ]
+      const body = [0x00, 0x03, 0x74, 0x2f, 0x61, props.length, ...props, 0x78]
+      yield* connection.sendRaw(Uint8Array.of(0x30, body.length, ...body))
+      // the same alias with an empty topic
+      yield* connection.send(publishPacket("", "y", 0, undefined, { properties: { topicAlias: 2 } }))
+      const received = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
+      expect(received[0].properties.userProperties).toEqual([["b", "1"], ["a", "2"], ["b", "3"]])
+      expect(received.map((m) => [m.topic, m.text])).toEqual([["t/a", "x"], ["t/a", "y"]])
+    }))
+
+  it.live("CONNECT announces Maximum Packet Size, Receive Maximum and Topic Alias Maximum", () =>
+    Effect.gen(function*() {
+      const { connect: packet } = yield* connect({
+        protocolVersion: 5,
+        maximumPacketSize: 4096,
+        receiveMaximum: 2,
+        topicAliasMaximum: 4
+      })
+      expect(packet.properties?.maximumPacketSize).toBe(4096)
+      expect(packet.properties?.receiveMaximum).toBe(2)
+      expect(packet.properties?.topicAliasMaximum).toBe(4)
+    }))
+
+  it.live("a broker exceeding the client's Receive Maximum gets DISCONNECT 0x93", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5, receiveMaximum: 2 })
+      // QoS 2 messages count until their PUBREL, which this broker never sends
+      yield* connection.send(publishPacket("t", "1", 2, 1))
+      yield* connection.expect("pubrec")
+      yield* connection.send(publishPacket("t", "2", 2, 2))
+      yield* connection.expect("pubrec")
+      yield* connection.send(publishPacket("t", "3", 1, 3))
+      const disconnect = yield* connection.expect("disconnect")
+      expect(disconnect.reasonCode).toBe(0x93)
+      const error = yield* Effect.flip(client.awaitClose)
+      assert(error instanceof MqttError.ProtocolError)
+    }))
+
+  it.live("Receive Maximum counts a QoS 2 message until its PUBREL", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5, receiveMaximum: 1 })
+      for (const id of [1, 2, 3]) {
+        yield* connection.send(publishPacket("t", String(id), 2, id))
+        yield* connection.expect("pubrec")
+        yield* connection.send({ cmd: "pubrel", messageId: id })
+        yield* connection.expect("pubcomp")
+      }
+      const received = yield* client.messages.pipe(Stream.take(3), Stream.runCollect)
+      expect(received.map((m) => m.text)).toEqual(["1", "2", "3"])
+      expect(connection.isClosed).toBe(false)
+    }))
+
+  it.live("v5: publish user properties go out in the order given, repeats kept", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      yield* client.publish("t", "x", { properties: { userProperties: [["b", "1"], ["a", "2"], ["b", "3"]] } })
+      yield* connection.expect("publish")
+      const raw = Buffer.from(connection.receivedRaw[connection.receivedRaw.length - 1])
+      const order = [...raw.toString("latin1").matchAll(/\x26\x00\x01(.)\x00\x01(.)/g)].map((m) => m[1] + m[2])
+      expect(order).toEqual(["b1", "a2", "b3"])
+    }))
+
+  it.live("v5: a payload marked UTF-8 that is not is refused before sending", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const error = yield* Effect.flip(
+        client.publish("t", Uint8Array.of(0xff, 0xfe), { properties: { payloadFormatIndicator: true } })
+      )
+      assert(error instanceof MqttError.InvalidOptionError)
+      yield* connection.expectSilence(50)
+    }))
+})
+
 describe("a broker that breaks the protocol", () => {
   const violations: Array<[string, 4 | 5, (c: FakeBroker.FakeConnection) => Effect.Effect<void>, number]> = [
     ["garbage bytes", 4, (c) => c.sendRaw(Uint8Array.of(0x00, 0x00)), 0x81],
@@ -679,10 +783,43 @@ describe("a broker that breaks the protocol", () => {
     ["a second CONNACK", 5, (c) => c.connack(), 0x82],
     ["a PUBLISH with a wildcard in its topic", 5, (c) => c.send(publishPacket("a/+", "x", 0)), 0x82],
     [
-      "a topic alias the client never allowed",
+      "a topic alias over the client's Topic Alias Maximum",
       5,
-      (c) => c.send(publishPacket("a", "x", 0, undefined, { properties: { topicAlias: 1 } })),
+      (c) => c.send(publishPacket("a", "x", 0, undefined, { properties: { topicAlias: 17 } })),
       0x94
+    ],
+    [
+      "topic alias 0",
+      5,
+      (c) => c.sendRaw(Uint8Array.of(0x30, 0x08, 0x00, 0x01, 0x61, 0x03, 0x23, 0x00, 0x00, 0x78)),
+      0x94
+    ],
+    [
+      "an unknown topic alias with an empty topic",
+      5,
+      (c) => c.send(publishPacket("", "x", 0, undefined, { properties: { topicAlias: 3 } })),
+      0x82
+    ],
+    [
+      "a PUBLISH with a property it cannot have",
+      5,
+      (c) => c.sendRaw(Uint8Array.of(0x30, 0x08, 0x00, 0x01, 0x61, 0x03, 0x11, 0x00, 0x00, 0x78)),
+      0x81
+    ],
+    [
+      "a PUBLISH with a repeated Content Type",
+      5,
+      (c) =>
+        c.sendRaw(Uint8Array.of(0x30, 0x0c, 0x00, 0x01, 0x61, 0x07, 0x03, 0x00, 0x01, 0x61, 0x03, 0x00, 0x00, 0x78)),
+      0x82
+    ],
+    ["a topic that is not UTF-8", 4, (c) => c.sendRaw(Uint8Array.of(0x30, 0x04, 0x00, 0x01, 0xff, 0x78)), 0x81],
+    ["a Remaining Length of five bytes", 5, (c) => c.sendRaw(Uint8Array.of(0x30, 0xff, 0xff, 0xff, 0xff, 0x01)), 0x81],
+    [
+      "a packet over the client's Maximum Packet Size, refused at its header",
+      5,
+      (c) => c.sendRaw(Uint8Array.of(0x30, 0xff, 0xff, 0xff, 0x7f, 0x00, 0x01)),
+      0x95
     ]
   ]
   for (const [name, protocolVersion, inject, reasonCode] of violations) {

@@ -20,6 +20,7 @@ import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { MqttMessage, type QoS } from "../MqttMessage.ts"
 import * as Codec from "./codec.ts"
+import { decodePublish, Framer } from "./framer.ts"
 import { Inflight, Line } from "./inflight.ts"
 import { Outbox } from "./outbox.ts"
 import { filterProblem, nameProblem } from "./topic.ts"
@@ -45,11 +46,17 @@ interface Resolved {
   readonly userProperties: ReadonlyArray<readonly [string, string]> | undefined
   readonly reconnect: Schedule.Schedule<unknown, MqttError.MqttError> | undefined
   readonly retryFirstConnect: boolean
+  readonly maximumPacketSize: number
+  readonly receiveMaximum: number
+  readonly topicAliasMaximum: number
   readonly offlineCapacity: number
   readonly offlineOverflow: "fail" | "wait"
   readonly offlineQos0: "buffer" | "fail"
   readonly offlineRequests: "wait" | "fail"
 }
+
+/** The largest packet the client accepts unless told otherwise: 32 MiB. */
+const DEFAULT_MAXIMUM_PACKET_SIZE = 32 * 1024 * 1024
 
 /**
  * 100 ms doubling up to 30 s, each delay drawn between half and all of it ("equal jitter"): clients that lost
@@ -133,9 +140,24 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   if (reconnect !== undefined && !Schedule.isSchedule(reconnect)) {
     return yield* invalid("reconnect", "expected a Schedule or false")
   }
+  const maximumPacketSize = options.maximumPacketSize ?? DEFAULT_MAXIMUM_PACKET_SIZE
+  if (!isUint(maximumPacketSize, 268_435_460) || maximumPacketSize < 16) {
+    return yield* invalid("maximumPacketSize", "expected a whole number of bytes from 16 to 268435460")
+  }
+  const receiveMaximum = options.receiveMaximum ?? 65535
+  if (!isUint(receiveMaximum, 65535) || receiveMaximum === 0) {
+    return yield* invalid("receiveMaximum", "expected a whole number from 1 to 65535")
+  }
+  const topicAliasMaximum = options.topicAliasMaximum ?? (protocolVersion === 5 ? 16 : 0)
+  if (!isUint(topicAliasMaximum, 65535)) {
+    return yield* invalid("topicAliasMaximum", "expected a whole number from 0 to 65535")
+  }
   return {
     reconnect,
     retryFirstConnect: options.retryFirstConnect ?? false,
+    maximumPacketSize,
+    receiveMaximum,
+    topicAliasMaximum,
     offlineCapacity,
     offlineOverflow,
     offlineQos0,
@@ -186,6 +208,9 @@ const connectPacket = (o: Resolved, clean: boolean): MqttPacket.IConnectPacket =
   if (o.protocolVersion === 5) {
     const properties: NonNullable<MqttPacket.IConnectPacket["properties"]> = {}
     if (o.sessionExpiryInterval !== undefined) properties.sessionExpiryInterval = o.sessionExpiryInterval
+    if (o.receiveMaximum !== 65535) properties.receiveMaximum = o.receiveMaximum
+    properties.maximumPacketSize = o.maximumPacketSize
+    if (o.topicAliasMaximum > 0) properties.topicAliasMaximum = o.topicAliasMaximum
     if (o.userProperties !== undefined && o.userProperties.length > 0) {
       properties.userProperties = Codec.toPacketUserProperties(o.userProperties)
     }
@@ -259,6 +284,9 @@ type ScheduleStep = (
 
 /** How long a connection must last for the reconnect backoff to start again from its first delay. */
 const STABLE_CONNECTION_MILLIS = 10_000
+
+/** Payloads smaller than this are copied out of the socket read, so that they do not keep it alive. */
+const COPY_PAYLOADS_BELOW = 16 * 1024
 
 /** Bytes waiting to be written beyond which publishers wait for the socket. */
 const OUTBOX_HIGH_WATER_MARK = 256 * 1024
@@ -481,6 +509,9 @@ export const make = (
 
     /** The state of reading one connection: the parser and what one batch of packets produced. */
     const makeReader = (c: Connection) => {
+      const framer = new Framer(o.maximumPacketSize)
+      // mqtt-packet is given one whole packet at a time: its length checks then do not depend on how the
+      // bytes were split into reads
       const parser = MqttPacket.parser({ protocolVersion: version })
       const packets: Array<MqttPacket.Packet> = []
       let parseError: Error | undefined
@@ -511,17 +542,47 @@ export const make = (
         return entry
       }
 
-      const onPublish = (packet: MqttPacket.IPublishPacket) => {
-        if (version === 5 && packet.properties?.topicAlias !== undefined) {
-          // this client announces no Topic Alias Maximum, so any alias is invalid [MQTT-3.3.2-9]
-          return fail(protocolError(`the broker used topic alias ${packet.properties.topicAlias}`, 0x94))
+      /** incoming QoS 1/2 publishes not yet acknowledged on this connection: our Receive Maximum bounds them */
+      const inbound = new Uint8Array(65536)
+      let inboundCount = 0
+      const releaseInbound = (id: number) => {
+        if (inbound[id] === 1) {
+          inbound[id] = 0
+          inboundCount--
         }
-        const topic = packet.topic
+      }
+      /** topic aliases the broker set on this connection */
+      const aliases: Array<string | undefined> = []
+
+      const onPublish = (header: number, body: Buffer) => {
+        const decoded = decodePublish(header, body, version, COPY_PAYLOADS_BELOW)
+        if ("error" in decoded) return fail(protocolError(decoded.error, decoded.reasonCode))
+        let topic = decoded.topic
+        const alias = decoded.topicAlias
+        if (alias !== undefined) {
+          if (alias === 0 || alias > o.topicAliasMaximum) {
+            return fail(protocolError(`topic alias ${alias}, outside 1 to ${o.topicAliasMaximum}`, 0x94))
+          }
+          if (topic === "") {
+            const known = aliases[alias]
+            if (known === undefined) return fail(protocolError(`topic alias ${alias}, which was never set`))
+            topic = known
+          } else {
+            aliases[alias] = topic
+          }
+        }
         if (topic === "" || topic.includes("+") || topic.includes("#")) {
           return fail(protocolError(`a PUBLISH with an invalid topic name "${topic}"`))
         }
-        const qos = packet.qos
-        const id = packet.messageId ?? 0
+        const qos = decoded.qos
+        const id = decoded.id
+        if (qos > 0 && inbound[id] === 0) {
+          if (inboundCount >= o.receiveMaximum) {
+            return fail(protocolError(`more than ${o.receiveMaximum} unacknowledged publishes (Receive Maximum)`, 0x93))
+          }
+          inbound[id] = 1
+          inboundCount++
+        }
         if (qos === 2) {
           if (awaitingRelease[id] !== 0) {
             // a resend of a message already delivered (or in this batch): acknowledge, do not deliver
@@ -531,20 +592,21 @@ export const make = (
           }
           awaitingRelease[id] = 2
         }
-        const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload
-        delivered.push(
-          new MqttMessage(
-            topic,
-            payload,
-            qos,
-            packet.retain,
-            packet.dup,
-            version === 5 && packet.properties !== undefined
-              ? Codec.fromPacketProperties(packet.properties)
-              : undefined
-          )
-        )
+        delivered.push(new MqttMessage(topic, decoded.payload, qos, decoded.retain, decoded.dup, decoded.properties))
         owed.push(qos === 0 ? 0 : qos === 1 ? (Codec.PUBACK << 16) | id : (Codec.PUBREC << 16) | id)
+      }
+
+      /** Handles one complete packet: PUBLISH decoded here, the rest by mqtt-packet. */
+      const onFrame = (header: number, body: Buffer, packet: Buffer) => {
+        if (fatal !== undefined) return
+        if (header >> 4 === 3) {
+          if (connack === undefined) return fail(protocolError("a PUBLISH before CONNACK"))
+          return onPublish(header, body)
+        }
+        parser.parse(packet)
+        if (parseError !== undefined) return fail(protocolError(`malformed packet: ${parseError.message}`, 0x81))
+        for (let i = 0; i < packets.length && fatal === undefined; i++) onPacket(packets[i])
+        packets.length = 0
       }
 
       const onConnack = (packet: MqttPacket.IConnackPacket) => {
@@ -588,8 +650,6 @@ export const make = (
           return fail(protocolError(`a ${packet.cmd.toUpperCase()} before CONNACK`))
         }
         switch (packet.cmd) {
-          case "publish":
-            return onPublish(packet)
           case "puback": {
             const id = packet.messageId ?? -1
             const entry = publishEntry(id, "PUBACK")
@@ -647,6 +707,7 @@ export const make = (
             if (version === 5 && awaitingRelease[id] === 0) acksNow.pushWithReason(Codec.PUBCOMP, id, 0x92)
             else acksNow.push(Codec.PUBCOMP, id)
             if (awaitingRelease[id] === 1) awaitingRelease[id] = 0
+            releaseInbound(id)
             return
           }
           case "suback":
@@ -693,6 +754,7 @@ export const make = (
             )
           }
           default:
+            // PUBLISH never gets here (see onFrame); CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, AUTH do
             return fail(protocolError(`a ${packet.cmd.toUpperCase()} packet, which a server never sends`))
         }
       }
@@ -732,6 +794,7 @@ export const make = (
           const id = ack & 0xffff
           if (i < accepted) {
             if (type === Codec.PUBREC) awaitingRelease[id] = 1
+            else releaseInbound(id)
             out.push(type, id)
           } else if (type === Codec.PUBREC) {
             awaitingRelease[id] = 0
@@ -748,15 +811,14 @@ export const make = (
             // mqtt-packet parses synchronously and may throw on input it does not expect: whatever the
             // broker sends, it becomes a typed protocol error, never a defect
             try {
-              for (let i = 0; i < chunks.length && parseError === undefined; i++) parser.parse(toBuffer(chunks[i]))
-              for (let i = 0; i < packets.length && fatal === undefined; i++) onPacket(packets[i])
+              for (let i = 0; i < chunks.length && fatal === undefined; i++) {
+                const error = framer.push(toBuffer(chunks[i]), onFrame)
+                if (error !== undefined) fail(protocolError(error.reason, error.reasonCode))
+              }
             } catch (e) {
               fail(protocolError(`malformed packet: ${describe(e)}`, 0x81))
             }
             packets.length = 0
-            if (fatal === undefined && parseError !== undefined) {
-              fail(protocolError(`malformed packet: ${parseError.message}`, 0x81))
-            }
             if (!acksNow.isEmpty) c.outbox.push(acksNow.take())
             let effect: Effect.Effect<void, MqttError.MqttError> = Effect.void
             if (delivered.length > 0) {

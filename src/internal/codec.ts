@@ -1,5 +1,5 @@
 import * as MqttPacket from "mqtt-packet"
-import { Buffer } from "node:buffer"
+import { Buffer, isUtf8 } from "node:buffer"
 import type * as MqttMessage from "../MqttMessage.ts"
 
 /** The fixed-header bytes of the acknowledgements, with their flags. */
@@ -76,9 +76,9 @@ export interface EncodedPublish {
 const varintLength = (n: number): number => n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4
 
 /**
- * Encodes a PUBLISH. Without MQTT 5 properties the bytes are written directly (the hot path); with
- * properties mqtt-packet encodes them. Throws when mqtt-packet refuses the packet: callers validate first
- * and catch.
+ * Encodes a PUBLISH, written byte by byte (the hot path; and mqtt-packet would reorder user properties).
+ * `alias` replaces the topic by an MQTT 5 Topic Alias (`omitTopic`) or sets one up. Throws an `Error` whose
+ * message says what is wrong when a property cannot be encoded: callers validate first and catch.
  */
 export const encodePublish = (
   protocolVersion: number,
@@ -86,53 +86,112 @@ export const encodePublish = (
   payload: Uint8Array,
   qos: number,
   retain: boolean,
-  properties: MqttMessage.PublishProperties | undefined
+  properties: MqttMessage.PublishProperties | undefined,
+  alias?: { readonly alias: number; readonly omitTopic: boolean }
 ): EncodedPublish => {
-  const topicLength = Buffer.byteLength(topic)
+  const sentTopic = alias?.omitTopic === true ? "" : topic
+  const topicLength = Buffer.byteLength(sentTopic)
   const idLength = qos > 0 ? 2 : 0
-  if (protocolVersion === 5 && properties !== undefined && hasProperties(properties)) {
-    const bytes = MqttPacket.generate({
-      cmd: "publish",
-      topic,
-      payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
-      qos: qos as 0 | 1 | 2,
-      retain,
-      dup: false,
-      ...(qos > 0 ? { messageId: 1 } : {}),
-      properties: toPacketProperties(properties)
-    }, { protocolVersion: 5 })
-    const remaining = bytes.length - 1 - varintLengthAt(bytes)
-    return { bytes, idOffset: bytes.length - remaining + 2 + topicLength }
+  let props: Buffer | undefined
+  if (protocolVersion === 5) {
+    props = properties === undefined && alias === undefined ? noBytes : encodeProperties(properties, alias?.alias)
+    if (properties?.payloadFormatIndicator === true && !isUtf8(payload)) {
+      throw new Error("the payload is marked UTF-8 (payloadFormatIndicator) but is not valid UTF-8")
+    }
   }
-  const remaining = 2 + topicLength + idLength + (protocolVersion === 5 ? 1 : 0) + payload.byteLength
+  const propsLength = props === undefined ? 0 : varintLength(props.length) + props.length
+  const remaining = 2 + topicLength + idLength + propsLength + payload.byteLength
+  if (remaining > 268_435_455) throw new Error("the packet is larger than MQTT allows (256 MB)")
   const header = 1 + varintLength(remaining)
   const bytes = Buffer.allocUnsafe(header + remaining)
   bytes[0] = 0x30 | (qos << 1) | (retain ? 1 : 0)
-  let i = 1
-  let n = remaining
+  let i = writeVarint(bytes, 1, remaining)
+  bytes[i++] = topicLength >> 8
+  bytes[i++] = topicLength & 0xff
+  i += bytes.write(sentTopic, i, "utf8")
+  const idOffset = i
+  if (qos > 0) {
+    bytes[i++] = 0
+    bytes[i++] = 0
+  }
+  if (props !== undefined) {
+    i = writeVarint(bytes, i, props.length)
+    props.copy(bytes, i)
+    i += props.length
+  }
+  bytes.set(payload, i)
+  return { bytes, idOffset }
+}
+
+const noBytes = Buffer.alloc(0)
+
+const writeVarint = (bytes: Buffer, offset: number, value: number): number => {
+  let i = offset
+  let n = value
   do {
     let digit = n % 128
     n = Math.floor(n / 128)
     if (n > 0) digit |= 0x80
     bytes[i++] = digit
   } while (n > 0)
-  bytes[i++] = topicLength >> 8
-  bytes[i++] = topicLength & 0xff
-  i += bytes.write(topic, i, "utf8")
-  const idOffset = i
-  if (qos > 0) {
-    bytes[i++] = 0
-    bytes[i++] = 0
-  }
-  if (protocolVersion === 5) bytes[i++] = 0
-  bytes.set(payload, i)
-  return { bytes, idOffset }
+  return i
 }
 
-const varintLengthAt = (bytes: Uint8Array): number => {
-  let i = 1
-  while (bytes[i] & 0x80) i++
-  return i
+/** Encodes the properties of a PUBLISH (or a will), user properties in the order given. */
+export const encodeProperties = (p: MqttMessage.PublishProperties | undefined, topicAlias?: number): Buffer => {
+  const parts: Array<Buffer> = []
+  const string = (name: string, value: unknown): Buffer => {
+    if (typeof value !== "string") throw new Error(`${name} must be a string`)
+    if (value.includes("\u0000")) throw new Error(`${name} must not contain U+0000`)
+    const encoded = Buffer.from(value, "utf8")
+    if (encoded.length > 65535) throw new Error(`${name} is longer than 65,535 bytes`)
+    if (!isUtf8(encoded)) throw new Error(`${name} is not well-formed UTF-16 (lone surrogate)`)
+    const out = Buffer.allocUnsafe(2 + encoded.length)
+    out.writeUInt16BE(encoded.length, 0)
+    encoded.copy(out, 2)
+    return out
+  }
+  if (p !== undefined) {
+    if (p.payloadFormatIndicator !== undefined) {
+      parts.push(Buffer.of(0x01, p.payloadFormatIndicator ? 1 : 0))
+    }
+    if (p.messageExpiryInterval !== undefined) {
+      const v = p.messageExpiryInterval
+      if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) {
+        throw new Error("messageExpiryInterval must be whole seconds from 0 to 4294967295")
+      }
+      const out = Buffer.allocUnsafe(5)
+      out[0] = 0x02
+      out.writeUInt32BE(v, 1)
+      parts.push(out)
+    }
+    if (p.contentType !== undefined) parts.push(Buffer.of(0x03), string("contentType", p.contentType))
+    if (p.responseTopic !== undefined) {
+      if (/[+#]/.test(p.responseTopic) || p.responseTopic === "") {
+        throw new Error("responseTopic must be a topic name, without wildcards")
+      }
+      parts.push(Buffer.of(0x08), string("responseTopic", p.responseTopic))
+    }
+    if (p.correlationData !== undefined) {
+      if (!(p.correlationData instanceof Uint8Array)) throw new Error("correlationData must be a Uint8Array")
+      if (p.correlationData.length > 65535) throw new Error("correlationData is longer than 65,535 bytes")
+      const out = Buffer.allocUnsafe(3 + p.correlationData.length)
+      out[0] = 0x09
+      out.writeUInt16BE(p.correlationData.length, 1)
+      out.set(p.correlationData, 3)
+      parts.push(out)
+    }
+    if (p.userProperties !== undefined) {
+      for (const pair of p.userProperties) {
+        if (!Array.isArray(pair) || pair.length !== 2) throw new Error("userProperties must be [name, value] pairs")
+        parts.push(Buffer.of(0x26), string("a user property name", pair[0]), string("a user property value", pair[1]))
+      }
+    }
+  }
+  if (topicAlias !== undefined) {
+    parts.push(Buffer.of(0x23, topicAlias >> 8, topicAlias & 0xff))
+  }
+  return parts.length === 0 ? noBytes : Buffer.concat(parts)
 }
 
 /** Sets the packet identifier of an encoded PUBLISH; with `dup`, also sets the DUP flag. */
@@ -143,11 +202,6 @@ export const setPublishId = (encoded: EncodedPublish, id: number, dup = false): 
   if (dup) bytes[0] |= 0x08
   return bytes
 }
-
-const hasProperties = (p: MqttMessage.PublishProperties): boolean =>
-  p.payloadFormatIndicator !== undefined || p.messageExpiryInterval !== undefined ||
-  p.contentType !== undefined || p.responseTopic !== undefined || p.correlationData !== undefined ||
-  (p.userProperties !== undefined && p.userProperties.length > 0)
 
 /** Converts user properties to mqtt-packet's form: repeated names become arrays. */
 export const toPacketUserProperties = (
