@@ -185,6 +185,9 @@ export interface Options {
   readonly receiveMaximum?: number | undefined
   /** MQTT 5: how many topic aliases the broker may set on this client's connection. Default 16 (0 on 3.1.1). */
   readonly topicAliasMaximum?: number | undefined
+  /** MQTT 5: give topics aliases on the way out, within the broker's Topic Alias Maximum (least recently used
+   * replaced), so that a long topic is sent once per connection. Default `true`. */
+  readonly topicAliases?: boolean | undefined
 }
 
 /**

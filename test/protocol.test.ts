@@ -3,7 +3,7 @@
  * broker cannot be made to produce (withheld acknowledgements, malformed packets, exact packet order).
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Fiber, Option, Redacted, Stream } from "effect"
+import { Cause, Effect, Exit, Fiber, Option, Redacted, Schedule, Stream } from "effect"
 import { IncomingQueue, MqttClient, MqttError } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import * as fc from "fast-check"
@@ -751,6 +751,51 @@ describe("MQTT 5 on the receiving side", () => {
       const raw = Buffer.from(connection.receivedRaw[connection.receivedRaw.length - 1])
       const order = [...raw.toString("latin1").matchAll(/\x26\x00\x01(.)\x00\x01(.)/g)].map((m) => m[1] + m[2])
       expect(order).toEqual(["b1", "a2", "b3"])
+    }))
+
+  it.live("v5: outgoing topics get aliases within the broker's maximum, the least recently used replaced", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 }, { properties: { topicAliasMaximum: 2 } })
+      for (const topic of ["long/topic/a", "long/topic/a", "long/topic/b", "long/topic/c", "long/topic/a"]) {
+        yield* client.publish(topic, "x")
+      }
+      const sent = []
+      for (let i = 0; i < 5; i++) {
+        const p = yield* connection.expect("publish")
+        sent.push([p.topic, p.properties?.topicAlias])
+      }
+      expect(sent).toEqual([
+        ["long/topic/a", 1],
+        ["", 1],
+        ["long/topic/b", 2],
+        ["long/topic/c", 1],
+        ["long/topic/a", 2]
+      ])
+    }))
+
+  it.live("v5: no topic alias survives a reconnect: the resent PUBLISH carries its full topic", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(MqttClient.make({
+        url: broker.url,
+        protocolVersion: 5,
+        clientId: "alias-client",
+        sessionExpiryInterval: 60,
+        reconnect: Schedule.spaced("10 millis")
+      }))
+      const first = yield* broker.acceptAndConnack({ properties: { topicAliasMaximum: 5 } })
+      const client = yield* Fiber.join(fiber)
+      yield* client.publish("long/topic/a", "0")
+      expect((yield* first.connection.expect("publish")).properties?.topicAlias).toBe(1)
+      const pending = yield* Effect.forkChild(client.publish("long/topic/a", "1", { qos: 1 }))
+      const aliased = yield* first.connection.expect("publish")
+      expect([aliased.topic, aliased.properties?.topicAlias]).toEqual(["", 1])
+      yield* first.connection.destroy
+      const second = yield* broker.acceptAndConnack({ sessionPresent: true, properties: { topicAliasMaximum: 5 } })
+      const resent = yield* second.connection.expect("publish")
+      expect([resent.topic, resent.dup, resent.messageId]).toEqual(["long/topic/a", true, aliased.messageId])
+      yield* second.connection.send({ cmd: "puback", messageId: resent.messageId! })
+      yield* Fiber.join(pending)
     }))
 
   it.live("v5: a payload marked UTF-8 that is not is refused before sending", () =>

@@ -18,7 +18,7 @@ import * as Crypto from "node:crypto"
 import * as IncomingQueue from "../IncomingQueue.ts"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
-import { MqttMessage, type QoS } from "../MqttMessage.ts"
+import { MqttMessage, type PublishProperties, type QoS } from "../MqttMessage.ts"
 import * as Codec from "./codec.ts"
 import { decodePublish, Framer } from "./framer.ts"
 import { Inflight, Line } from "./inflight.ts"
@@ -49,6 +49,7 @@ interface Resolved {
   readonly maximumPacketSize: number
   readonly receiveMaximum: number
   readonly topicAliasMaximum: number
+  readonly topicAliases: boolean
   readonly offlineCapacity: number
   readonly offlineOverflow: "fail" | "wait"
   readonly offlineQos0: "buffer" | "fail"
@@ -158,6 +159,7 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
     maximumPacketSize,
     receiveMaximum,
     topicAliasMaximum,
+    topicAliases: options.topicAliases ?? true,
     offlineCapacity,
     offlineOverflow,
     offlineQos0,
@@ -224,12 +226,22 @@ const connectPacket = (o: Resolved, clean: boolean): MqttPacket.IConnectPacket =
 // ---------------------------------------------------------------------------------------------------------
 
 /** A QoS 1/2 publish from its call until its acknowledgement, across connections. */
+/** A publish as the caller gave it, and its encoding without a topic alias. */
+interface Outgoing {
+  readonly topic: string
+  readonly payload: Uint8Array
+  readonly qos: QoS
+  readonly retain: boolean
+  readonly properties: PublishProperties | undefined
+  readonly encoded: Codec.EncodedPublish
+}
+
 interface PublishEntry {
   readonly _tag: "Publish"
   readonly id: number
   readonly qos: 1 | 2
   readonly topic: string
-  readonly encoded: Codec.EncodedPublish
+  readonly message: Outgoing
   /** "queued": not sent on this connection yet; "sent": PUBLISH sent; "released": PUBREC received, PUBREL sent */
   state: "queued" | "sent" | "released"
   /** sent on an earlier connection of the same session: sent again with DUP */
@@ -266,6 +278,8 @@ interface Connection {
   /** whether CONNECT asked for a new session */
   readonly cleanStart: boolean
   info: MqttClient.ConnectionInfo | undefined
+  /** MQTT 5 topic aliases of this connection, least recently used first (undefined: none) */
+  aliases: Map<string, number> | undefined
   /** the broker's Receive Maximum, and how much of it is in use */
   quota: number
   used: number
@@ -414,13 +428,42 @@ export const make = (
       if (entry.state === "released") {
         c.outbox.push(Codec.pubrel(entry.id))
       } else {
-        // a resend is a copy: the first bytes may still sit in the socket's buffer
-        const bytes = entry.dup
-          ? Codec.setPublishId({ ...entry.encoded, bytes: Buffer.from(entry.encoded.bytes) }, entry.id, true)
-          : Codec.setPublishId(entry.encoded, entry.id)
+        c.outbox.push(wire(c, entry.message, entry.id, entry.dup))
         entry.state = "sent"
-        c.outbox.push(bytes)
       }
+    }
+
+    /**
+     * The bytes of a PUBLISH on connection `c`. In MQTT 5, topics get aliases within the broker's Topic Alias
+     * Maximum, the least recently used replaced; aliases belong to one connection, so a resend on the next
+     * connection carries its full topic again.
+     */
+    const wire = (c: Connection, m: Outgoing, id: number, dup: boolean): Uint8Array => {
+      const aliases = c.aliases
+      if (aliases === undefined || m.topic.length < 3) {
+        if (m.qos === 0) return m.encoded.bytes
+        // a resend is a copy: the first bytes may still sit in the socket's buffer
+        return dup
+          ? Codec.setPublishId({ ...m.encoded, bytes: Buffer.from(m.encoded.bytes) }, id, true)
+          : Codec.setPublishId(m.encoded, id)
+      }
+      let alias = aliases.get(m.topic)
+      const known = alias !== undefined
+      if (alias !== undefined) {
+        aliases.delete(m.topic)
+      } else if (aliases.size < c.info!.topicAliasMaximum) {
+        alias = aliases.size + 1
+      } else {
+        const [oldest, reused] = aliases.entries().next().value!
+        aliases.delete(oldest)
+        alias = reused
+      }
+      aliases.set(m.topic, alias)
+      const encoded = Codec.encodePublish(version, m.topic, m.payload, m.qos, m.retain, m.properties, {
+        alias,
+        omitTopic: known
+      })
+      return m.qos === 0 ? encoded.bytes : Codec.setPublishId(encoded, id, dup)
     }
 
     /** Ends a publish: frees its identifier and quota, completes its caller. */
@@ -642,6 +685,7 @@ export const make = (
           userProperties: Codec.fromPacketUserProperties(props.userProperties) ?? []
         }
         c.quota = c.info.receiveMaximum
+        if (o.topicAliases && c.info.topicAliasMaximum > 0) c.aliases = new Map()
         resume(c, packet.sessionPresent)
       }
 
@@ -907,6 +951,7 @@ export const make = (
           lost: Deferred.makeUnsafe(),
           cleanStart,
           info: undefined,
+          aliases: undefined,
           quota: 65535,
           used: 0,
           lastSent: clock.currentTimeMillisUnsafe(),
@@ -1130,21 +1175,22 @@ export const make = (
           )
         }
       }
-      return send(encoded, qos, topic)
+      return send({ topic, payload: bytes, qos, retain, properties: options?.properties, encoded })
     }
 
     const offline = (operation: "publish" | "subscribe" | "unsubscribe", reason: string) =>
       Effect.fail(new MqttError.OfflineError({ operation, reason }))
 
-    const send = (encoded: Codec.EncodedPublish, qos: QoS, topic: string): Effect.Effect<void, MqttError.MqttError> =>
+    const send = (message: Outgoing): Effect.Effect<void, MqttError.MqttError> =>
       Effect.suspend(() => {
+        const { encoded, qos, topic } = message
         if (closed !== undefined) return Effect.fail(closed)
         const c = conn
         if (c === undefined) {
           if (qos === 0 && o.offlineQos0 === "fail") return offline("publish", "QoS 0 is not buffered while offline")
           if (offlineCount >= o.offlineCapacity) {
             return o.offlineOverflow === "wait"
-              ? Effect.andThen(awaitConnected, send(encoded, qos, topic))
+              ? Effect.andThen(awaitConnected, send(message))
               : offline("publish", `the offline buffer is full (${o.offlineCapacity} publishes)`)
           }
           offlineCount++
@@ -1153,7 +1199,7 @@ export const make = (
             return Effect.void
           }
         } else if (qos === 0) {
-          return c.outbox.write(encoded.bytes)
+          return c.outbox.write(wire(c, message, 0, false))
         }
         return Effect.uninterruptibleMask((restore) =>
           Effect.flatMap(restore(ids.acquire(false)), (id) => {
@@ -1162,7 +1208,7 @@ export const make = (
               id,
               qos: qos as 1 | 2,
               topic,
-              encoded,
+              message,
               state: "queued",
               dup: false,
               counted: false,
