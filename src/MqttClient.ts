@@ -188,6 +188,13 @@ export interface Options {
   /** MQTT 5: give topics aliases on the way out, within the broker's Topic Alias Maximum (least recently used
    * replaced), so that a long topic is sent once per connection. Default `true`. */
   readonly topicAliases?: boolean | undefined
+  /** What the DISCONNECT sent on release says. MQTT 5 only. */
+  readonly disconnect?: {
+    /** 0 (normal: the will is discarded, the default) or 4 (disconnect with will message). */
+    readonly reasonCode?: 0 | 4 | undefined
+    /** A new Session Expiry Interval for the session; not allowed when CONNECT set none or 0 [MQTT-3.14.2-2]. */
+    readonly sessionExpiryInterval?: number | undefined
+  } | undefined
 }
 
 /**
@@ -276,6 +283,22 @@ export interface SubscribeOptions {
   readonly retainAsPublished?: boolean | undefined
   /** MQTT 5: 0 send retained messages on subscribe (default), 1 only for a new subscription, 2 never. */
   readonly retainHandling?: 0 | 1 | 2 | undefined
+  /** MQTT 5: an identifier (1 to 268,435,455) for the subscriptions of this SUBSCRIBE: each message that
+   * matches them lists it in `properties.subscriptionIdentifiers`. Applies to the whole call. */
+  readonly subscriptionIdentifier?: number | undefined
+  /** MQTT 5: user properties of the SUBSCRIBE. Applies to the whole call. */
+  readonly userProperties?: ReadonlyArray<MqttMessage.UserProperty> | undefined
+}
+
+/**
+ * The options of an unsubscribe.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface UnsubscribeOptions {
+  /** MQTT 5: user properties of the UNSUBSCRIBE. */
+  readonly userProperties?: ReadonlyArray<MqttMessage.UserProperty> | undefined
 }
 
 /**
@@ -325,6 +348,13 @@ export interface ConnectionInfo {
   readonly sessionExpiryInterval: number | undefined
   readonly reasonString: string | undefined
   readonly userProperties: ReadonlyArray<MqttMessage.UserProperty>
+  readonly wildcardSubscriptionAvailable: boolean
+  readonly subscriptionIdentifiersAvailable: boolean
+  readonly sharedSubscriptionAvailable: boolean
+  /** MQTT 5: the basis for response topics the broker offers (when asked with `requestResponseInformation`). */
+  readonly responseInformation: string | undefined
+  /** MQTT 5: another server the broker suggests. */
+  readonly serverReference: string | undefined
 }
 
 /**
@@ -364,7 +394,10 @@ export interface Client {
    * Removes one or more subscriptions with one UNSUBSCRIBE, waiting for UNSUBACK. In MQTT 5, fails with
    * `UnsubscribeError` when the broker refuses (a subscription that did not exist is not an error).
    */
-  readonly unsubscribe: (filters: string | ReadonlyArray<string>) => Effect.Effect<void, MqttError.MqttError>
+  readonly unsubscribe: (
+    filters: string | ReadonlyArray<string>,
+    options?: UnsubscribeOptions
+  ) => Effect.Effect<void, MqttError.MqttError>
 
   /**
    * Every received message. All consumers of this stream share one queue, so each message goes to one of

@@ -63,6 +63,9 @@ export class ConnectionLostError extends Schema.TaggedError<ConnectionLostError>
   reason: Schema.String,
   reasonCode: optionalNumber,
   reasonString: optionalString,
+  /** MQTT 5: the other server the broker named (DISCONNECT 0x9C use another server, 0x9D server moved).
+   * The client does not follow it by itself. */
+  serverReference: optionalString,
   cause: Schema.optionalKey(Schema.Defect())
 }) {
   readonly [TypeId] = TypeId

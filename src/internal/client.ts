@@ -50,6 +50,8 @@ interface Resolved {
   readonly receiveMaximum: number
   readonly topicAliasMaximum: number
   readonly topicAliases: boolean
+  readonly disconnectReasonCode: number
+  readonly disconnectSessionExpiry: number | undefined
   readonly offlineCapacity: number
   readonly offlineOverflow: "fail" | "wait"
   readonly offlineQos0: "buffer" | "fail"
@@ -149,6 +151,22 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   if (!isUint(receiveMaximum, 65535) || receiveMaximum === 0) {
     return yield* invalid("receiveMaximum", "expected a whole number from 1 to 65535")
   }
+  const disconnectReasonCode = options.disconnect?.reasonCode ?? 0
+  if (disconnectReasonCode !== 0 && disconnectReasonCode !== 4) {
+    return yield* invalid("disconnect.reasonCode", "a client disconnects with 0 (normal) or 4 (send the will)")
+  }
+  const disconnectSessionExpiry = options.disconnect?.sessionExpiryInterval
+  if (disconnectSessionExpiry !== undefined) {
+    if (!isUint(disconnectSessionExpiry, 0xffffffff)) {
+      return yield* invalid("disconnect.sessionExpiryInterval", "expected whole seconds from 0 to 4294967295")
+    }
+    if ((options.sessionExpiryInterval ?? 0) === 0 && disconnectSessionExpiry !== 0) {
+      return yield* invalid(
+        "disconnect.sessionExpiryInterval",
+        "a session that expires with its connection cannot be given a later expiry at DISCONNECT [MQTT-3.14.2-2]"
+      )
+    }
+  }
   const topicAliasMaximum = options.topicAliasMaximum ?? (protocolVersion === 5 ? 16 : 0)
   if (!isUint(topicAliasMaximum, 65535)) {
     return yield* invalid("topicAliasMaximum", "expected a whole number from 0 to 65535")
@@ -160,6 +178,8 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
     receiveMaximum,
     topicAliasMaximum,
     topicAliases: options.topicAliases ?? true,
+    disconnectReasonCode,
+    disconnectSessionExpiry,
     offlineCapacity,
     offlineOverflow,
     offlineQos0,
@@ -180,12 +200,12 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   } satisfies Resolved
 })
 
-const connectPacket = (o: Resolved, clean: boolean): MqttPacket.IConnectPacket => {
+const connectPacket = (o: Resolved, clientId: string, clean: boolean): MqttPacket.IConnectPacket => {
   const packet: MqttPacket.IConnectPacket = {
     cmd: "connect",
     protocolId: "MQTT",
     protocolVersion: o.protocolVersion,
-    clientId: o.clientId,
+    clientId,
     clean,
     keepalive: o.keepAlive
   }
@@ -259,6 +279,8 @@ interface RequestEntry {
   readonly id: number
   readonly bytes: Uint8Array
   readonly filters: ReadonlyArray<MqttPacket.ISubscription>
+  /** the MQTT 5 subscription identifier of a SUBSCRIBE (0: none) */
+  readonly identifier: number
   /** undefined for the SUBSCRIBE that restores the subscriptions of a lost session */
   readonly deferred: Deferred.Deferred<Acknowledged, MqttError.MqttError> | undefined
 }
@@ -383,7 +405,8 @@ export const make = (
     const requests = new Map<number, RequestEntry>()
     /** incoming QoS 2: 1 delivered and awaiting PUBREL; 2 in the batch being delivered */
     const awaitingRelease = new Uint8Array(65536)
-    const subscriptions = new Map<string, MqttPacket.ISubscription>()
+    /** the session's subscriptions, with the identifier of the SUBSCRIBE that made each (0: none) */
+    const subscriptions = new Map<string, { readonly filter: MqttPacket.ISubscription; readonly identifier: number }>()
     /** QoS 0 publishes accepted while disconnected */
     let offlineQos0: Array<Uint8Array> = []
     /** publishes accepted while disconnected and not sent yet */
@@ -394,6 +417,7 @@ export const make = (
     let lastInfo: MqttClient.ConnectionInfo | undefined
     let closed: MqttError.MqttError | undefined
     let hasConnected = false
+    let clientId = o.clientId
     const metrics = { connects: 0, reconnects: 0, failedAttempts: 0, disconnectedMillis: 0, longestDisconnectMillis: 0 }
 
     const protocolError = (reason: string, reasonCode = 0x82) =>
@@ -493,7 +517,11 @@ export const make = (
      * it (or ends, when the client itself closes), and the connection is closed, after a DISCONNECT when
      * `disconnectReason` is given.
      */
-    const shutdown = (error: MqttError.MqttError, disconnectReason?: number): Effect.Effect<void> =>
+    const shutdown = (
+      error: MqttError.MqttError,
+      disconnectReason?: number,
+      sessionExpiry?: number
+    ): Effect.Effect<void> =>
       Effect.suspend(() => {
         if (closed !== undefined) return Effect.void
         closed = error
@@ -511,7 +539,7 @@ export const make = (
         Deferred.doneUnsafe(connected, failure)
         const c = conn
         conn = undefined
-        const goodbye = c === undefined ? Effect.void : closeConnection(c, error, disconnectReason)
+        const goodbye = c === undefined ? Effect.void : closeConnection(c, error, disconnectReason, sessionExpiry)
         return goodbye.pipe(
           Effect.andThen(error === closedByClient ? incoming.end : incoming.fail(error)),
           Effect.andThen(
@@ -524,11 +552,16 @@ export const make = (
       })
 
     /** Writes what is still queued (and a DISCONNECT), then closes the socket and the connection's fibers. */
-    const closeConnection = (c: Connection, error: MqttError.MqttError, disconnectReason?: number) =>
+    const closeConnection = (
+      c: Connection,
+      error: MqttError.MqttError,
+      disconnectReason?: number,
+      sessionExpiry?: number
+    ) =>
       Effect.suspend(() => {
         if (c.pong !== undefined) Deferred.doneUnsafe(c.pong, Effect.void)
         const rest: Array<Uint8Array> = [...c.outbox.close(error)]
-        if (disconnectReason !== undefined) rest.push(Codec.disconnect(version, disconnectReason))
+        if (disconnectReason !== undefined) rest.push(Codec.disconnect(version, disconnectReason, sessionExpiry))
         const goodbye = Arr.isArrayNonEmpty(rest)
           ? writer.writeAll(rest).pipe(Effect.timeoutOption(SHUTDOWN_WRITE_TIMEOUT), Effect.ignore)
           : Effect.void
@@ -670,9 +703,11 @@ export const make = (
           return fail(protocolError("Session Present in answer to a CONNECT with Clean Start"))
         }
         const props = packet.properties ?? {}
+        // a client identifier the broker assigned is the session's: later connections present it
+        if (props.assignedClientIdentifier !== undefined) clientId = props.assignedClientIdentifier
         c.info = {
           protocolVersion: version,
-          clientId: props.assignedClientIdentifier ?? o.clientId,
+          clientId,
           sessionPresent: packet.sessionPresent,
           keepAlive: props.serverKeepAlive ?? o.keepAlive,
           receiveMaximum: props.receiveMaximum ?? 65535,
@@ -682,7 +717,12 @@ export const make = (
           topicAliasMaximum: props.topicAliasMaximum ?? 0,
           sessionExpiryInterval: props.sessionExpiryInterval ?? o.sessionExpiryInterval,
           reasonString: props.reasonString,
-          userProperties: Codec.fromPacketUserProperties(props.userProperties) ?? []
+          userProperties: Codec.fromPacketUserProperties(props.userProperties) ?? [],
+          wildcardSubscriptionAvailable: props.wildcardSubscriptionAvailable ?? true,
+          subscriptionIdentifiersAvailable: props.subscriptionIdentifiersAvailable ?? true,
+          sharedSubscriptionAvailable: props.sharedSubscriptionAvailable ?? true,
+          responseInformation: props.responseInformation,
+          serverReference: props.serverReference
         }
         c.quota = c.info.receiveMaximum
         if (o.topicAliases && c.info.topicAliasMaximum > 0) c.aliases = new Map()
@@ -777,7 +817,7 @@ export const make = (
             // the subscriptions the session holds, to restore them if the broker loses it
             entry.filters.forEach((filter, i) => {
               if (codes[i] >= 0x80) return
-              if (tag === "Subscribe") subscriptions.set(filter.topic, filter)
+              if (tag === "Subscribe") subscriptions.set(filter.topic, { filter, identifier: entry.identifier })
               else subscriptions.delete(filter.topic)
             })
             return settleRequest(entry, Effect.succeed({ codes, reasonString: reasonOf(packet) }))
@@ -793,7 +833,10 @@ export const make = (
               new MqttError.ConnectionLostError({
                 reason: "the broker sent DISCONNECT",
                 reasonCode: code,
-                ...optionalReason(packet.properties?.reasonString)
+                ...optionalReason(packet.properties?.reasonString),
+                ...(packet.properties?.serverReference === undefined
+                  ? {}
+                  : { serverReference: packet.properties.serverReference })
               })
             )
           }
@@ -905,15 +948,20 @@ export const make = (
             entry.dup = false
           }
         }
-        if (subscriptions.size > 0) {
-          const filters = [...subscriptions.values()]
+        // one SUBSCRIBE per subscription identifier, so that messages keep telling which subscription they match
+        const groups = new Map<number, Array<MqttPacket.ISubscription>>()
+        for (const { filter, identifier } of subscriptions.values()) {
+          const group = groups.get(identifier)
+          if (group === undefined) groups.set(identifier, [filter])
+          else group.push(filter)
+        }
+        for (const [identifier, filters] of groups) {
           const id = ids.tryAcquire(false)
-          const bytes = id === 0
-            ? undefined
-            : Codec.generate({ cmd: "subscribe", messageId: id, subscriptions: filters }, version)
+          if (id === 0) break
+          const bytes = Codec.generate(subscribePacket(id, filters, identifier, undefined), version)
           if (bytes instanceof Uint8Array) {
-            requests.set(id, { _tag: "Subscribe", id, bytes, filters, deferred: undefined })
-          } else if (id !== 0) {
+            requests.set(id, { _tag: "Subscribe", id, bytes, filters, identifier, deferred: undefined })
+          } else {
             ids.release(id, false)
           }
         }
@@ -938,7 +986,7 @@ export const make = (
       Effect.gen(function*() {
         const connectionScope = yield* Scope.fork(scope)
         const cleanStart = first ? o.cleanStart : !persistent && o.cleanStart
-        const connectBytes = Codec.generate(connectPacket(o, cleanStart), version)
+        const connectBytes = Codec.generate(connectPacket(o, clientId, cleanStart), version)
         if (!(connectBytes instanceof Uint8Array)) {
           yield* Scope.close(connectionScope, Exit.void)
           return yield* invalid("connect", connectBytes.error)
@@ -1128,7 +1176,7 @@ export const make = (
     }
     yield* attach(first)
     yield* Effect.forkIn(supervise(first), scope)
-    yield* Scope.addFinalizer(scope, shutdown(closedByClient, 0))
+    yield* Scope.addFinalizer(scope, shutdown(closedByClient, o.disconnectReasonCode, o.disconnectSessionExpiry))
 
     // ---- operations -------------------------------------------------------------------------------------
 
@@ -1274,8 +1322,25 @@ export const make = (
               {})
           })
         }
+        const identifier = options?.subscriptionIdentifier ?? 0
+        if (identifier !== 0) {
+          if (version !== 5) return Effect.fail(invalid("subscriptionIdentifier", "needs MQTT 5"))
+          if (!isUint(identifier, 268_435_455) || identifier === 0) {
+            return Effect.fail(invalid("subscriptionIdentifier", "expected a whole number from 1 to 268435455"))
+          }
+          if (lastInfo !== undefined && !lastInfo.subscriptionIdentifiersAvailable) {
+            return Effect.fail(
+              invalid("subscriptionIdentifier", "the broker does not support subscription identifiers")
+            )
+          }
+        }
         return Effect.flatMap(
-          request("Subscribe", filters, (messageId) => ({ cmd: "subscribe", messageId, subscriptions: filters })),
+          request(
+            "Subscribe",
+            filters,
+            identifier,
+            (messageId) => subscribePacket(messageId, filters, identifier, options?.userProperties)
+          ),
           ({ codes, reasonString }) => {
             const refused = codes.findIndex((code) => code >= 0x80)
             if (refused >= 0) {
@@ -1295,8 +1360,12 @@ export const make = (
         )
       })
 
-    const unsubscribe = (input: string | ReadonlyArray<string>): Effect.Effect<void, MqttError.MqttError> =>
+    const unsubscribe = (
+      input: string | ReadonlyArray<string>,
+      options?: MqttClient.UnsubscribeOptions
+    ): Effect.Effect<void, MqttError.MqttError> =>
       Effect.suspend(() => {
+        const userProperties = options?.userProperties
         const list: ReadonlyArray<string> = typeof input === "string" ? [input] : input
         if (list.length === 0) return Effect.fail(invalid("filters", "at least one filter is needed"))
         for (const filter of list) {
@@ -1312,7 +1381,15 @@ export const make = (
           request(
             "Unsubscribe",
             filters,
-            (messageId) => ({ cmd: "unsubscribe", messageId, unsubscriptions: [...list] })
+            0,
+            (messageId) => ({
+              cmd: "unsubscribe",
+              messageId,
+              unsubscriptions: [...list],
+              ...(version === 5 && userProperties !== undefined && userProperties.length > 0
+                ? { properties: { userProperties: Codec.toPacketUserProperties(userProperties) } }
+                : {})
+            })
           ),
           ({ codes, reasonString }) => {
             const index = codes.findIndex((code) => code >= 0x80)
@@ -1332,6 +1409,7 @@ export const make = (
     const request = (
       tag: "Subscribe" | "Unsubscribe",
       filters: ReadonlyArray<MqttPacket.ISubscription>,
+      identifier: number,
       packet: (messageId: number) => MqttPacket.ISubscribePacket | MqttPacket.IUnsubscribePacket
     ): Effect.Effect<Acknowledged, MqttError.MqttError> =>
       Effect.suspend(() => {
@@ -1348,7 +1426,7 @@ export const make = (
             bytes[offset] = id >> 8
             bytes[offset + 1] = id & 0xff
             const deferred = Deferred.makeUnsafe<Acknowledged, MqttError.MqttError>()
-            const entry: RequestEntry = { _tag: tag, id, bytes, filters, deferred }
+            const entry: RequestEntry = { _tag: tag, id, bytes, filters, identifier, deferred }
             requests.set(id, entry)
             // sent now, or by `resume` once connected
             conn?.outbox.push(bytes)
@@ -1363,8 +1441,8 @@ export const make = (
       subscribe: Effect.fn("MqttClient.subscribe")(function*(filters, options) {
         return yield* subscribe(filters, options)
       }),
-      unsubscribe: Effect.fn("MqttClient.unsubscribe")(function*(filters) {
-        return yield* unsubscribe(filters)
+      unsubscribe: Effect.fn("MqttClient.unsubscribe")(function*(filters, options) {
+        return yield* unsubscribe(filters, options)
       }),
       messages: incoming.stream,
       droppedMessages: incoming.dropped,
@@ -1379,6 +1457,25 @@ export const make = (
     }
     return client
   })
+
+const subscribePacket = (
+  messageId: number,
+  subscriptions: Array<MqttPacket.ISubscription>,
+  identifier: number,
+  userProperties: ReadonlyArray<readonly [string, string]> | undefined
+): MqttPacket.ISubscribePacket => {
+  const properties: NonNullable<MqttPacket.ISubscribePacket["properties"]> = {}
+  if (identifier > 0) properties.subscriptionIdentifier = identifier
+  if (userProperties !== undefined && userProperties.length > 0) {
+    properties.userProperties = Codec.toPacketUserProperties(userProperties)
+  }
+  return {
+    cmd: "subscribe",
+    messageId,
+    subscriptions,
+    ...(identifier > 0 || properties.userProperties !== undefined ? { properties } : {})
+  }
+}
 
 const toBuffer = (chunk: Uint8Array | string): Buffer =>
   typeof chunk === "string"

@@ -11,9 +11,21 @@ export const PUBCOMP = 0x70
 /** PINGREQ: fixed header, remaining length 0. */
 export const pingreq: Uint8Array = Uint8Array.of(0xc0, 0x00)
 
-/** DISCONNECT. MQTT 5 with a reason code other than 0: reason code, no properties. */
-export const disconnect = (protocolVersion: number, reasonCode = 0): Uint8Array =>
-  protocolVersion === 5 && reasonCode !== 0 ? Uint8Array.of(0xe0, 0x01, reasonCode) : Uint8Array.of(0xe0, 0x00)
+/** DISCONNECT. In MQTT 5 with a reason code (1 byte) and, when given, a Session Expiry Interval property. */
+export const disconnect = (protocolVersion: number, reasonCode = 0, sessionExpiry?: number): Uint8Array => {
+  if (protocolVersion !== 5) return Uint8Array.of(0xe0, 0x00)
+  if (sessionExpiry !== undefined) {
+    const out = Buffer.alloc(9)
+    out[0] = 0xe0
+    out[1] = 7
+    out[2] = reasonCode
+    out[3] = 5
+    out[4] = 0x11
+    out.writeUInt32BE(sessionExpiry, 5)
+    return out
+  }
+  return reasonCode !== 0 ? Uint8Array.of(0xe0, 0x01, reasonCode) : Uint8Array.of(0xe0, 0x00)
+}
 
 /**
  * Writes acknowledgements into one buffer: 4 bytes each (packet type, remaining length 2, identifier).
