@@ -188,6 +188,9 @@ export interface Options {
   /** MQTT 5: give topics aliases on the way out, within the broker's Topic Alias Maximum (least recently used
    * replaced), so that a long topic is sent once per connection. Default `true`. */
   readonly topicAliases?: boolean | undefined
+  /** MQTT 5: where `request` asks for responses: `<prefix>/<client identifier>`. Default
+   * `effect-mqtt/responses`. */
+  readonly responseTopicPrefix?: string | undefined
   /** What the DISCONNECT sent on release says. MQTT 5 only. */
   readonly disconnect?: {
     /** 0 (normal: the will is discarded, the default) or 4 (disconnect with will message). */
@@ -213,6 +216,45 @@ export interface OfflineOptions {
   /** Subscribe and unsubscribe while disconnected: `"wait"` for the connection (the default) or `"fail"`.
    * A SUBSCRIBE or UNSUBSCRIBE in flight when the connection drops is sent again, or fails, likewise. */
   readonly requests?: "wait" | "fail" | undefined
+}
+
+/**
+ * The options of `request`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RequestOptions {
+  /** The QoS of the request. Default 1. */
+  readonly qos?: QoS | undefined
+  /** How long to wait for the response. Default 30 seconds. */
+  readonly timeout?: Duration.Input | undefined
+  /** More properties of the request (the response topic and correlation data are set by the client). */
+  readonly properties?: MqttMessage.PublishProperties | undefined
+}
+
+/**
+ * What a `respond` handler returns: a payload, or a payload with properties.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Reply =
+  | Uint8Array
+  | string
+  | { readonly payload: Uint8Array | string; readonly properties?: MqttMessage.PublishProperties | undefined }
+
+/**
+ * The options of `respond`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RespondOptions {
+  /** The QoS of the subscription and of the replies. Default 1. */
+  readonly qos?: QoS | undefined
+  /** How many requests are handled at once. Default 1. */
+  readonly concurrency?: number | "unbounded" | undefined
 }
 
 /**
@@ -424,6 +466,41 @@ export interface Client {
 
   /** Connection counters: connects, reconnects, time spent disconnected. */
   readonly metrics: Effect.Effect<Metrics>
+
+  /**
+   * Subscribes, and returns a stream of the messages this subscription matches, for the life of the
+   * enclosing scope (then it unsubscribes). Its messages go to this stream instead of `messages`; it has
+   * a queue of its own, of the client's `queue` kind. In MQTT 5 the client gives the subscription an
+   * identifier (unless `subscriptionIdentifier` is given), so that messages are routed by what the broker
+   * says they matched; otherwise by topic filter.
+   */
+  readonly subscription: (
+    filters: string | Subscription | ReadonlyArray<string | Subscription>,
+    options?: SubscribeOptions
+  ) => Effect.Effect<Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>, MqttError.MqttError, Scope.Scope>
+
+  /**
+   * MQTT 5 request/response: publishes with a response topic (this client's, subscribed once, on first use)
+   * and fresh correlation data, and waits for the matching response. Many requests can be in flight at once
+   * over the one response subscription. Fails with `TimeoutError` (operation `"request"`) after `timeout`
+   * (default 30 s).
+   */
+  readonly request: (
+    topic: string,
+    payload: Uint8Array | string,
+    options?: RequestOptions
+  ) => Effect.Effect<MqttMessage.MqttMessage, MqttError.MqttError>
+
+  /**
+   * MQTT 5, the responder's side: handles the requests on `filter` and publishes each reply to the request's
+   * response topic with its correlation data. Runs until interrupted (fork it), `concurrency` requests at a
+   * time (default 1). A message without a response topic is skipped.
+   */
+  readonly respond: <E, R>(
+    filter: string | ReadonlyArray<string>,
+    handler: (request: MqttMessage.MqttMessage) => Effect.Effect<Reply, E, R>,
+    options?: RespondOptions
+  ) => Effect.Effect<void, MqttError.MqttError | E, R>
 
   /** Waits until the client stops for good and fails with the reason (the connection was lost and the client
    * does not reconnect, or gave up); succeeds when the client is closed by its scope. */

@@ -75,21 +75,23 @@ export class ConnectionLostError extends Schema.TaggedError<ConnectionLostError>
 }
 
 /**
- * An exchange with the broker did not complete in time: `operation` is `"connect"` (no CONNACK within
- * `connectTimeout`) or `"ping"` (no PINGRESP within the ping timeout).
+ * An exchange did not complete in time: `operation` is `"connect"` (no CONNACK within `connectTimeout`),
+ * `"ping"` (no PINGRESP within the ping timeout) or `"request"` (no response to `request` within its timeout).
  *
  * @since 0.1.0
  * @category errors
  */
 export class TimeoutError extends Schema.TaggedError<TimeoutError>()("TimeoutError", {
-  operation: Schema.Literals(["connect", "ping"]),
+  operation: Schema.Literals(["connect", "ping", "request"]),
   millis: Schema.Number
 }) {
   readonly [TypeId] = TypeId
   override get message(): string {
     return this.operation === "connect"
       ? `No CONNACK from the broker within ${this.millis} ms`
-      : `No PINGRESP from the broker within ${this.millis} ms`
+      : this.operation === "ping"
+      ? `No PINGRESP from the broker within ${this.millis} ms`
+      : `No response to the request within ${this.millis} ms`
   }
 }
 

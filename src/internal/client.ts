@@ -10,7 +10,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
-import type * as Stream from "effect/Stream"
+import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as MqttPacket from "mqtt-packet"
 import { Buffer } from "node:buffer"
@@ -23,7 +23,7 @@ import * as Codec from "./codec.ts"
 import { decodePublish, Framer } from "./framer.ts"
 import { Inflight, Line } from "./inflight.ts"
 import { Outbox } from "./outbox.ts"
-import { filterProblem, nameProblem } from "./topic.ts"
+import { filterProblem, matches as topicMatches, nameProblem } from "./topic.ts"
 import * as Transport from "./transport.ts"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -50,6 +50,7 @@ interface Resolved {
   readonly receiveMaximum: number
   readonly topicAliasMaximum: number
   readonly topicAliases: boolean
+  readonly responseTopicPrefix: string
   readonly disconnectReasonCode: number
   readonly disconnectSessionExpiry: number | undefined
   readonly offlineCapacity: number
@@ -151,6 +152,9 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   if (!isUint(receiveMaximum, 65535) || receiveMaximum === 0) {
     return yield* invalid("receiveMaximum", "expected a whole number from 1 to 65535")
   }
+  const responseTopicPrefix = options.responseTopicPrefix ?? "effect-mqtt/responses"
+  const prefixProblem = nameProblem(responseTopicPrefix + "/x")
+  if (prefixProblem !== undefined) return yield* invalid("responseTopicPrefix", prefixProblem)
   const disconnectReasonCode = options.disconnect?.reasonCode ?? 0
   if (disconnectReasonCode !== 0 && disconnectReasonCode !== 4) {
     return yield* invalid("disconnect.reasonCode", "a client disconnects with 0 (normal) or 4 (send the will)")
@@ -178,6 +182,7 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
     receiveMaximum,
     topicAliasMaximum,
     topicAliases: options.topicAliases ?? true,
+    responseTopicPrefix,
     disconnectReasonCode,
     disconnectSessionExpiry,
     offlineCapacity,
@@ -273,6 +278,15 @@ interface PublishEntry {
   readonly deferred: Deferred.Deferred<void, MqttError.MqttError>
 }
 
+/** A subscription whose messages go to a stream of their own, or to a handler. */
+interface Route {
+  readonly filters: ReadonlyArray<string>
+  /** its MQTT 5 subscription identifier (0: match by topic) */
+  readonly identifier: number
+  readonly queue: IncomingQueue.IncomingQueue<MqttMessage, MqttError.MqttError> | undefined
+  readonly handle: ((message: MqttMessage) => void) | undefined
+}
+
 /** A SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement; sent again after a reconnect. */
 interface RequestEntry {
   readonly _tag: "Subscribe" | "Unsubscribe"
@@ -320,6 +334,9 @@ type ScheduleStep = (
 
 /** How long a connection must last for the reconnect backoff to start again from its first delay. */
 const STABLE_CONNECTION_MILLIS = 10_000
+
+/** Subscription identifiers the client gives by itself start here, away from the small ones users pick. */
+const AUTOMATIC_IDENTIFIERS_FROM = 200_000_000
 
 /** Payloads smaller than this are copied out of the socket read, so that they do not keep it alive. */
 const COPY_PAYLOADS_BELOW = 16 * 1024
@@ -407,6 +424,32 @@ export const make = (
     const awaitingRelease = new Uint8Array(65536)
     /** the session's subscriptions, with the identifier of the SUBSCRIBE that made each (0: none) */
     const subscriptions = new Map<string, { readonly filter: MqttPacket.ISubscription; readonly identifier: number }>()
+    /**
+     * Subscriptions with a stream of their own (`subscription`) or a handler (responses to `request`):
+     * a message they match goes to them instead of `messages`.
+     */
+    const routes: Array<Route> = []
+    const route = (
+      message: MqttMessage
+    ): ReadonlyArray<IncomingQueue.IncomingQueue<MqttMessage, MqttError.MqttError>> | undefined | "handled" => {
+      const identifiers = message.properties.subscriptionIdentifiers
+      let queues: Array<IncomingQueue.IncomingQueue<MqttMessage, MqttError.MqttError>> | undefined
+      let handled = false
+      for (const r of routes) {
+        const match = identifiers !== undefined && r.identifier > 0
+          ? identifiers.includes(r.identifier)
+          : r.filters.some((filter) => topicMatches(message.topic, filter))
+        if (!match) continue
+        if (r.handle !== undefined) {
+          r.handle(message)
+          handled = true
+        } else if (r.queue !== undefined) {
+          ;(queues ??= []).push(r.queue)
+        }
+      }
+      return queues !== undefined ? queues : handled ? "handled" : undefined
+    }
+
     /** QoS 0 publishes accepted while disconnected */
     let offlineQos0: Array<Uint8Array> = []
     /** publishes accepted while disconnected and not sent yet */
@@ -536,6 +579,13 @@ export const make = (
         }
         requests.clear()
         ids.failWaiters(error)
+        for (const r of routes) {
+          if (r.queue !== undefined) {
+            Effect.runFork(error === closedByClient ? r.queue.end : r.queue.fail(error))
+          }
+        }
+        for (const waiting of responses.values()) Deferred.doneUnsafe(waiting, failure)
+        responses.clear()
         Deferred.doneUnsafe(connected, failure)
         const c = conn
         conn = undefined
@@ -600,6 +650,9 @@ export const make = (
       let delivered: Array<MqttMessage> = []
       /** per delivered message: its packet identifier and the acknowledgement it is owed (0 for QoS 0) */
       let owed: Array<number> = []
+      /** per delivered message: the subscription streams it goes to, or undefined for `messages` */
+      let targets: Array<ReadonlyArray<IncomingQueue.IncomingQueue<MqttMessage, MqttError.MqttError>> | undefined> = []
+      let routed = false
       /** acknowledgements owed to duplicates of messages in this batch: written after the batch */
       const acksLater = new Codec.AckBuffer()
       let fatal: MqttError.MqttError | undefined
@@ -668,8 +721,18 @@ export const make = (
           }
           awaitingRelease[id] = 2
         }
-        delivered.push(new MqttMessage(topic, decoded.payload, qos, decoded.retain, decoded.dup, decoded.properties))
-        owed.push(qos === 0 ? 0 : qos === 1 ? (Codec.PUBACK << 16) | id : (Codec.PUBREC << 16) | id)
+        const message = new MqttMessage(topic, decoded.payload, qos, decoded.retain, decoded.dup, decoded.properties)
+        const ack = qos === 0 ? 0 : qos === 1 ? (Codec.PUBACK << 16) | id : (Codec.PUBREC << 16) | id
+        const queues = routes.length === 0 ? undefined : route(message)
+        if (queues === "handled") {
+          // taken by a handler at once (responses to requests)
+          acknowledgeOne(ack)
+          return
+        }
+        if (queues !== undefined) routed = true
+        delivered.push(message)
+        owed.push(ack)
+        targets.push(queues)
       }
 
       /** Handles one complete packet: PUBLISH decoded here, the rest by mqtt-packet. */
@@ -846,15 +909,21 @@ export const make = (
         }
       }
 
-      /** Hands a batch of messages to the queue, then acknowledges what it took. */
-      const deliver = (messages: Array<MqttMessage>, acks: Array<number>): Effect.Effect<void> => {
+      /** Hands a batch of messages to the queues, then acknowledges what they took. */
+      const deliver = (
+        messages: Array<MqttMessage>,
+        acks: Array<number>,
+        to: Array<ReadonlyArray<IncomingQueue.IncomingQueue<MqttMessage, MqttError.MqttError>> | undefined>,
+        anyRouted: boolean
+      ): Effect.Effect<void> => {
+        if (anyRouted) return deliverRouted(messages, acks, to)
         const progress = { accepted: 0 }
         // what fits goes in at once; the operations the same read completed return only after that, so
         // that a message that arrived before an acknowledgement is queued when the operation returns
         incoming.offerAllUnsafe(messages, progress)
         runCompletions()
         if (progress.accepted === messages.length) {
-          acknowledge(acks, progress.accepted)
+          acknowledge(acks, (i) => i < progress.accepted)
           return Effect.void
         }
         c.stalled = true
@@ -863,23 +932,87 @@ export const make = (
           incoming.offerAll(messages.slice(progress.accepted), progress),
           Effect.sync(() => {
             c.stalled = false
-            acknowledge(acks, progress.accepted)
+            acknowledge(acks, (i) => i < progress.accepted)
           })
         )
       }
 
+      /** `deliver` when some messages go to subscription streams: each queue takes its messages in order. */
+      const deliverRouted = (
+        messages: Array<MqttMessage>,
+        acks: Array<number>,
+        to: Array<ReadonlyArray<IncomingQueue.IncomingQueue<MqttMessage, MqttError.MqttError>> | undefined>
+      ): Effect.Effect<void> => {
+        const batches = new Map<
+          IncomingQueue.IncomingQueue<MqttMessage, MqttError.MqttError>,
+          {
+            readonly messages: Array<MqttMessage>
+            readonly indices: Array<number>
+            readonly progress: { accepted: number }
+          }
+        >()
+        for (let i = 0; i < messages.length; i++) {
+          for (const queue of to[i] ?? [incoming]) {
+            let batch = batches.get(queue)
+            if (batch === undefined) {
+              batches.set(queue, batch = { messages: [], indices: [], progress: { accepted: 0 } })
+            }
+            batch.messages.push(messages[i])
+            batch.indices.push(i)
+          }
+        }
+        for (const [queue, batch] of batches) queue.offerAllUnsafe(batch.messages, batch.progress)
+        runCompletions()
+        // a message is taken when every queue it goes to took it
+        const taken = (i: number) => {
+          for (const [, batch] of batches) {
+            const at = batch.indices.indexOf(i)
+            if (at >= 0 && at >= batch.progress.accepted) return false
+          }
+          return true
+        }
+        const rest = [...batches].filter(([, batch]) => batch.progress.accepted < batch.messages.length)
+        if (rest.length === 0) {
+          acknowledge(acks, () => true)
+          return Effect.void
+        }
+        c.stalled = true
+        c.stalledDuringPing = true
+        return Effect.ensuring(
+          Effect.forEach(
+            rest,
+            ([queue, batch]) => queue.offerAll(batch.messages.slice(batch.progress.accepted), batch.progress),
+            { discard: true }
+          ),
+          Effect.sync(() => {
+            c.stalled = false
+            acknowledge(acks, taken)
+          })
+        )
+      }
+
+      /** Acknowledges a message taken at once. */
+      const acknowledgeOne = (ack: number) => {
+        if (ack === 0) return
+        const type = ack >>> 16
+        const id = ack & 0xffff
+        if (type === Codec.PUBREC) awaitingRelease[id] = 1
+        else releaseInbound(id)
+        acksNow.push(type, id)
+      }
+
       /**
-       * Acknowledges the messages the queue took. The others were never delivered: a resent QoS 2 copy of
+       * Acknowledges the messages the queues took. The others were never delivered: a resent QoS 2 copy of
        * one of them must be delivered, so it is not remembered as awaiting PUBREL.
        */
-      const acknowledge = (acks: Array<number>, accepted: number) => {
+      const acknowledge = (acks: Array<number>, accepted: (index: number) => boolean) => {
         const out = new Codec.AckBuffer()
         for (let i = 0; i < acks.length; i++) {
           const ack = acks[i]
           if (ack === 0) continue
           const type = ack >>> 16
           const id = ack & 0xffff
-          if (i < accepted) {
+          if (accepted(i)) {
             if (type === Codec.PUBREC) awaitingRelease[id] = 1
             else releaseInbound(id)
             out.push(type, id)
@@ -909,9 +1042,11 @@ export const make = (
             if (!acksNow.isEmpty) c.outbox.push(acksNow.take())
             let effect: Effect.Effect<void, MqttError.MqttError> = Effect.void
             if (delivered.length > 0) {
-              effect = deliver(delivered, owed)
+              effect = deliver(delivered, owed, targets, routed)
               delivered = []
               owed = []
+              targets = []
+              routed = false
             } else {
               runCompletions()
             }
@@ -1335,7 +1470,7 @@ export const make = (
           }
         }
         return Effect.flatMap(
-          request(
+          sendRequest(
             "Subscribe",
             filters,
             identifier,
@@ -1378,7 +1513,7 @@ export const make = (
         }
         const filters = list.map((topic) => ({ topic, qos: 0 as const }))
         return Effect.flatMap(
-          request(
+          sendRequest(
             "Unsubscribe",
             filters,
             0,
@@ -1406,7 +1541,7 @@ export const make = (
       })
 
     /** Sends a SUBSCRIBE or UNSUBSCRIBE (now, or once connected) and waits for its reason codes. */
-    const request = (
+    const sendRequest = (
       tag: "Subscribe" | "Unsubscribe",
       filters: ReadonlyArray<MqttPacket.ISubscription>,
       identifier: number,
@@ -1435,6 +1570,139 @@ export const make = (
         )
       })
 
+    // ---- subscriptions with their own stream, request/response ----------------------------------------
+
+    /** Identifiers given automatically to `subscription` and response subscriptions, apart from small ones. */
+    let nextIdentifier = AUTOMATIC_IDENTIFIERS_FROM
+    const automaticIdentifier = () =>
+      version === 5 && (lastInfo?.subscriptionIdentifiersAvailable ?? true) ? nextIdentifier++ : 0
+
+    const subscription = (
+      input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
+      options?: MqttClient.SubscribeOptions
+    ): Effect.Effect<Stream.Stream<MqttMessage, MqttError.MqttError>, MqttError.MqttError, Scope.Scope> =>
+      Effect.gen(function*() {
+        const list = Array.isArray(input) ? input : [input as string | MqttClient.Subscription]
+        const filters = list.map((item) => typeof item === "string" ? item : item.filter)
+        const identifier = options?.subscriptionIdentifier ?? automaticIdentifier()
+        const queue = yield* IncomingQueue.make<MqttMessage, MqttError.MqttError>(o.queue)
+        const r: Route = { filters, identifier, queue, handle: undefined }
+        // the route exists before the SUBACK, so that retained messages sent with it are not missed
+        yield* Effect.acquireRelease(
+          Effect.sync(() => routes.push(r)),
+          () =>
+            Effect.andThen(
+              Effect.sync(() => {
+                const index = routes.indexOf(r)
+                if (index >= 0) routes.splice(index, 1)
+              }),
+              queue.end
+            )
+        )
+        yield* Effect.acquireRelease(
+          subscribe(input, identifier > 0 ? { ...options, subscriptionIdentifier: identifier } : options),
+          () => Effect.ignore(unsubscribe(filters))
+        )
+        return queue.stream
+      })
+
+    /** Responses waiting for their request, by correlation data (hex). */
+    const responses = new Map<string, Deferred.Deferred<MqttMessage, MqttError.MqttError>>()
+    let responseTopic: Deferred.Deferred<string, MqttError.MqttError> | undefined
+    /** Subscribes once to this client's response topic; its messages complete the waiting requests. */
+    const ensureResponseTopic: Effect.Effect<string, MqttError.MqttError> = Effect.suspend(() => {
+      if (responseTopic !== undefined) return Deferred.await(responseTopic)
+      const ready = Deferred.makeUnsafe<string, MqttError.MqttError>()
+      responseTopic = ready
+      const topic = `${o.responseTopicPrefix}/${clientId.replace(/[+#/\u0000]/g, "_")}`
+      const identifier = automaticIdentifier()
+      routes.push({
+        filters: [topic],
+        identifier,
+        queue: undefined,
+        handle: (message) => {
+          const correlation = message.properties.correlationData
+          if (correlation === undefined) return
+          const key = Buffer.from(correlation).toString("hex")
+          const waiting = responses.get(key)
+          if (waiting === undefined) return
+          responses.delete(key)
+          Deferred.doneUnsafe(waiting, Effect.succeed(message))
+        }
+      })
+      return subscribe(topic, { qos: 1, ...(identifier > 0 ? { subscriptionIdentifier: identifier } : {}) }).pipe(
+        Effect.matchEffect({
+          onFailure: (error) => {
+            responseTopic = undefined
+            routes.splice(routes.findIndex((r) => r.filters[0] === topic), 1)
+            return Effect.andThen(Deferred.fail(ready, error), Effect.fail(error))
+          },
+          onSuccess: () => Effect.andThen(Deferred.succeed(ready, topic), Effect.succeed(topic))
+        })
+      )
+    })
+
+    const request = (
+      topic: string,
+      payload: Uint8Array | string,
+      options?: MqttClient.RequestOptions
+    ): Effect.Effect<MqttMessage, MqttError.MqttError> =>
+      Effect.gen(function*() {
+        if (version !== 5) {
+          return yield* invalid("request", "request/response needs MQTT 5 (response topic and correlation data)")
+        }
+        const timeout = yield* decodeDuration("timeout", options?.timeout, Duration.seconds(30))
+        const replyTo = yield* ensureResponseTopic
+        const correlationData = Crypto.randomBytes(16)
+        const key = correlationData.toString("hex")
+        const waiting = Deferred.makeUnsafe<MqttMessage, MqttError.MqttError>()
+        responses.set(key, waiting)
+        return yield* Effect.andThen(
+          publish(topic, payload, {
+            qos: options?.qos ?? 1,
+            properties: { ...options?.properties, responseTopic: replyTo, correlationData }
+          }),
+          Deferred.await(waiting)
+        ).pipe(
+          Effect.timeoutOrElse({
+            duration: timeout,
+            orElse: () =>
+              Effect.fail(new MqttError.TimeoutError({ operation: "request", millis: Duration.toMillis(timeout) }))
+          }),
+          Effect.ensuring(Effect.sync(() => responses.delete(key)))
+        )
+      })
+
+    const respond = <E, R>(
+      filter: string | ReadonlyArray<string>,
+      handler: (request: MqttMessage) => Effect.Effect<MqttClient.Reply, E, R>,
+      options?: MqttClient.RespondOptions
+    ): Effect.Effect<void, MqttError.MqttError | E, R> =>
+      Effect.scoped(Effect.gen(function*() {
+        const requests = yield* subscription(
+          typeof filter === "string" ? filter : [...filter],
+          { qos: options?.qos ?? 1 }
+        )
+        yield* requests.pipe(
+          Stream.mapEffect((message) => {
+            const replyTo = message.properties.responseTopic
+            // a message without a response topic asks for no response
+            if (replyTo === undefined) return Effect.void
+            return Effect.flatMap(handler(message), (reply) => {
+              const { payload, properties } = typeof reply === "string" || reply instanceof Uint8Array
+                ? { payload: reply, properties: undefined }
+                : reply
+              const correlationData = message.properties.correlationData
+              return publish(replyTo, payload, {
+                qos: options?.qos ?? 1,
+                properties: { ...properties, ...(correlationData === undefined ? {} : { correlationData }) }
+              })
+            })
+          }, { concurrency: options?.concurrency ?? 1 }),
+          Stream.runDrain
+        )
+      }))
+
     const client: MqttClient.Client = {
       // publish is the hot path: a span per message would cost more than the rest of the publish
       publish,
@@ -1453,7 +1721,10 @@ export const make = (
       status: SubscriptionRef.get(status),
       statusChanges: SubscriptionRef.changes(status) as Stream.Stream<MqttClient.ConnectionStatus>,
       metrics: Effect.map(incoming.dropped, (droppedMessages) => ({ ...metrics, droppedMessages })),
-      awaitClose: Deferred.await(closedSignal)
+      awaitClose: Deferred.await(closedSignal),
+      subscription,
+      request,
+      respond
     }
     return client
   })
