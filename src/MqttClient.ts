@@ -188,6 +188,8 @@ export interface Options {
   /** MQTT 5: give topics aliases on the way out, within the broker's Topic Alias Maximum (least recently used
    * replaced), so that a long topic is sent once per connection. Default `true`. */
   readonly topicAliases?: boolean | undefined
+  /** MQTT 5 enhanced authentication: an authentication method and the answers to the broker's challenges. */
+  readonly auth?: Authentication | undefined
   /** MQTT 5: where `request` asks for responses: `<prefix>/<client identifier>`. Default
    * `effect-mqtt/responses`. */
   readonly responseTopicPrefix?: string | undefined
@@ -216,6 +218,24 @@ export interface OfflineOptions {
   /** Subscribe and unsubscribe while disconnected: `"wait"` for the connection (the default) or `"fail"`.
    * A SUBSCRIBE or UNSUBSCRIBE in flight when the connection drops is sent again, or fails, likewise. */
   readonly requests?: "wait" | "fail" | undefined
+}
+
+/**
+ * MQTT 5 enhanced authentication (SASL-style challenge/response, e.g. SCRAM): CONNECT carries `method` and
+ * `data`; each AUTH challenge of the broker (reason 0x18) is answered with what `onChallenge` returns, during
+ * the connection and during `reauthenticate`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Authentication {
+  readonly method: string
+  /** The initial authentication data sent in CONNECT. */
+  readonly data?: Uint8Array | undefined
+  readonly onChallenge: (challenge: {
+    readonly data: Uint8Array | undefined
+    readonly reasonString: string | undefined
+  }) => Effect.Effect<Uint8Array | undefined, MqttError.MqttError>
 }
 
 /**
@@ -501,6 +521,10 @@ export interface Client {
     handler: (request: MqttMessage.MqttMessage) => Effect.Effect<Reply, E, R>,
     options?: RespondOptions
   ) => Effect.Effect<void, MqttError.MqttError | E, R>
+
+  /** MQTT 5: starts a re-authentication (AUTH 0x19 with `data`) and waits until the broker accepts it; the
+   * broker's challenges are answered by `auth.onChallenge`. A refusal ends the connection (DISCONNECT). */
+  readonly reauthenticate: (data?: Uint8Array) => Effect.Effect<void, MqttError.MqttError>
 
   /** Waits until the client stops for good and fails with the reason (the connection was lost and the client
    * does not reconnect, or gave up); succeeds when the client is closed by its scope. */

@@ -221,7 +221,7 @@ export class PublishError extends Schema.TaggedError<PublishError>()("PublishErr
  * @category errors
  */
 export class OfflineError extends Schema.TaggedError<OfflineError>()("OfflineError", {
-  operation: Schema.Literals(["publish", "subscribe", "unsubscribe"]),
+  operation: Schema.Literals(["publish", "subscribe", "unsubscribe", "reauthenticate"]),
   reason: Schema.String
 }) {
   readonly [TypeId] = TypeId

@@ -809,6 +809,82 @@ describe("MQTT 5 on the receiving side", () => {
     }))
 })
 
+describe("MQTT 5 enhanced authentication", () => {
+  const auth: MqttClient.Authentication = {
+    method: "TEST-SCRAM",
+    data: Buffer.from("client-first"),
+    onChallenge: ({ data }) => Effect.succeed(Buffer.from(`answer:${Buffer.from(data ?? []).toString()}`))
+  }
+
+  it.live("CONNECT carries the method; each AUTH challenge is answered by the handler before CONNACK", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, auth })
+      )
+      const connection = yield* broker.accept
+      const connect = yield* connection.expect("connect")
+      expect(connect.properties?.authenticationMethod).toBe("TEST-SCRAM")
+      expect(Buffer.from(connect.properties!.authenticationData!).toString()).toBe("client-first")
+      for (const round of ["one", "two"]) {
+        yield* connection.send({
+          cmd: "auth",
+          reasonCode: 0x18,
+          properties: { authenticationMethod: "TEST-SCRAM", authenticationData: Buffer.from(round) }
+        })
+        const reply = yield* connection.expect("auth")
+        expect(reply.reasonCode).toBe(0x18)
+        expect(Buffer.from(reply.properties!.authenticationData!).toString()).toBe(`answer:${round}`)
+      }
+      yield* connection.connack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      yield* Fiber.join(fiber)
+    }))
+
+  it.live("reauthenticate sends AUTH 0x19 and completes on the broker's AUTH 0x00", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, auth })
+      )
+      const { connection } = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      const client = yield* Fiber.join(fiber)
+      const reauth = yield* Effect.forkChild(client.reauthenticate(Buffer.from("again")))
+      const start = yield* connection.expect("auth")
+      expect(start.reasonCode).toBe(0x19)
+      yield* connection.send({
+        cmd: "auth",
+        reasonCode: 0x18,
+        properties: { authenticationMethod: "TEST-SCRAM", authenticationData: Buffer.from("prove it") }
+      })
+      expect(Buffer.from((yield* connection.expect("auth")).properties!.authenticationData!).toString()).toBe(
+        "answer:prove it"
+      )
+      yield* connection.send({ cmd: "auth", reasonCode: 0x00, properties: { authenticationMethod: "TEST-SCRAM" } })
+      yield* Fiber.join(reauth)
+    }))
+
+  it.live("an AUTH for another method is a protocol error", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, auth }))
+      )
+      const connection = yield* broker.accept
+      yield* connection.expect("connect")
+      yield* connection.send({ cmd: "auth", reasonCode: 0x18, properties: { authenticationMethod: "OTHER" } })
+      const error = yield* Fiber.join(fiber)
+      assert(error instanceof MqttError.ProtocolError)
+      expect((yield* connection.expect("disconnect")).reasonCode).toBe(0x82)
+    }))
+
+  it.live("auth on MQTT 3.1.1 is an InvalidOptionError", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(MqttClient.make({ url: "mqtt://127.0.0.1:1", auth }))
+      assert(error instanceof MqttError.InvalidOptionError)
+      expect(error.option).toBe("auth")
+    }))
+})
+
 describe("a broker that breaks the protocol", () => {
   const violations: Array<[string, 4 | 5, (c: FakeBroker.FakeConnection) => Effect.Effect<void>, number]> = [
     ["garbage bytes", 4, (c) => c.sendRaw(Uint8Array.of(0x00, 0x00)), 0x81],

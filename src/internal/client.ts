@@ -51,6 +51,7 @@ interface Resolved {
   readonly topicAliasMaximum: number
   readonly topicAliases: boolean
   readonly responseTopicPrefix: string
+  readonly auth: MqttClient.Authentication | undefined
   readonly disconnectReasonCode: number
   readonly disconnectSessionExpiry: number | undefined
   readonly offlineCapacity: number
@@ -152,6 +153,12 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   if (!isUint(receiveMaximum, 65535) || receiveMaximum === 0) {
     return yield* invalid("receiveMaximum", "expected a whole number from 1 to 65535")
   }
+  const auth = options.auth
+  if (auth !== undefined) {
+    if (protocolVersion !== 5) return yield* invalid("auth", "enhanced authentication needs MQTT 5")
+    if (typeof auth.method !== "string" || auth.method === "") return yield* invalid("auth.method", "expected a name")
+    if (typeof auth.onChallenge !== "function") return yield* invalid("auth.onChallenge", "expected a function")
+  }
   const responseTopicPrefix = options.responseTopicPrefix ?? "effect-mqtt/responses"
   const prefixProblem = nameProblem(responseTopicPrefix + "/x")
   if (prefixProblem !== undefined) return yield* invalid("responseTopicPrefix", prefixProblem)
@@ -183,6 +190,7 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
     topicAliasMaximum,
     topicAliases: options.topicAliases ?? true,
     responseTopicPrefix,
+    auth,
     disconnectReasonCode,
     disconnectSessionExpiry,
     offlineCapacity,
@@ -238,6 +246,10 @@ const connectPacket = (o: Resolved, clientId: string, clean: boolean): MqttPacke
     if (o.receiveMaximum !== 65535) properties.receiveMaximum = o.receiveMaximum
     properties.maximumPacketSize = o.maximumPacketSize
     if (o.topicAliasMaximum > 0) properties.topicAliasMaximum = o.topicAliasMaximum
+    if (o.auth !== undefined) {
+      properties.authenticationMethod = o.auth.method
+      if (o.auth.data !== undefined) properties.authenticationData = Buffer.from(o.auth.data)
+    }
     if (o.userProperties !== undefined && o.userProperties.length > 0) {
       properties.userProperties = Codec.toPacketUserProperties(o.userProperties)
     }
@@ -314,6 +326,8 @@ interface Connection {
   /** whether CONNECT asked for a new session */
   readonly cleanStart: boolean
   info: MqttClient.ConnectionInfo | undefined
+  /** an MQTT 5 re-authentication in progress */
+  reauthentication: Deferred.Deferred<void, MqttError.MqttError> | undefined
   /** MQTT 5 topic aliases of this connection, least recently used first (undefined: none) */
   aliases: Map<string, number> | undefined
   /** the broker's Receive Maximum, and how much of it is in use */
@@ -735,6 +749,49 @@ export const make = (
         targets.push(queues)
       }
 
+      /** AUTH packets waiting for the `auth.onChallenge` handler (it is effectful: run after the read). */
+      let challenges: Array<MqttPacket.IAuthPacket> = []
+
+      const onAuth = (packet: MqttPacket.IAuthPacket) => {
+        const auth = o.auth
+        if (auth === undefined) return fail(protocolError("an AUTH packet, but the client asked for no authentication"))
+        if (packet.properties?.authenticationMethod !== auth.method) {
+          return fail(protocolError(`an AUTH for method "${packet.properties?.authenticationMethod}"`))
+        }
+        const code = packet.reasonCode ?? 0
+        if (code === 0x18) return void challenges.push(packet)
+        if (code === 0x00 && connack !== undefined && c.reauthentication !== undefined) {
+          // re-authentication succeeded
+          const done = c.reauthentication
+          c.reauthentication = undefined
+          completions.push([done, Effect.void])
+          return
+        }
+        return fail(protocolError(`an AUTH with reason code 0x${code.toString(16)}`))
+      }
+
+      /** Answers a challenge with what the handler computes. */
+      const answer = (packet: MqttPacket.IAuthPacket): Effect.Effect<void, MqttError.MqttError> =>
+        Effect.flatMap(
+          o.auth!.onChallenge({
+            data: packet.properties?.authenticationData,
+            reasonString: packet.properties?.reasonString
+          }),
+          (data) =>
+            Effect.sync(() => {
+              const bytes = Codec.generate({
+                cmd: "auth",
+                reasonCode: 0x18,
+                properties: {
+                  authenticationMethod: o.auth!.method,
+                  ...(data === undefined ? {} : { authenticationData: Buffer.from(data) })
+                }
+              }, version)
+              if (bytes instanceof Uint8Array) c.outbox.push(bytes)
+              else fail(invalid("auth", bytes.error))
+            })
+        )
+
       /** Handles one complete packet: PUBLISH decoded here, the rest by mqtt-packet. */
       const onFrame = (header: number, body: Buffer, packet: Buffer) => {
         if (fatal !== undefined) return
@@ -793,7 +850,7 @@ export const make = (
       }
 
       const onPacket = (packet: MqttPacket.Packet): void => {
-        if (connack === undefined && packet.cmd !== "connack") {
+        if (connack === undefined && packet.cmd !== "connack" && packet.cmd !== "auth") {
           return fail(protocolError(`a ${packet.cmd.toUpperCase()} before CONNACK`))
         }
         switch (packet.cmd) {
@@ -890,6 +947,8 @@ export const make = (
             return
           case "connack":
             return onConnack(packet)
+          case "auth":
+            return onAuth(packet)
           case "disconnect": {
             const code = packet.reasonCode ?? 0
             return fail(
@@ -1054,6 +1113,11 @@ export const make = (
               const later = acksLater.take()
               effect = Effect.andThen(effect, Effect.sync(() => c.outbox.push(later)))
             }
+            if (challenges.length > 0 && fatal === undefined) {
+              const pending = challenges
+              challenges = []
+              for (const challenge of pending) effect = Effect.andThen(effect, answer(challenge))
+            }
             if (fatal !== undefined) {
               const error = fatal
               effect = Effect.andThen(effect, Effect.fail(error))
@@ -1134,6 +1198,7 @@ export const make = (
           lost: Deferred.makeUnsafe(),
           cleanStart,
           info: undefined,
+          reauthentication: undefined,
           aliases: undefined,
           quota: 65535,
           used: 0,
@@ -1361,7 +1426,7 @@ export const make = (
       return send({ topic, payload: bytes, qos, retain, properties: options?.properties, encoded })
     }
 
-    const offline = (operation: "publish" | "subscribe" | "unsubscribe", reason: string) =>
+    const offline = (operation: "publish" | "subscribe" | "unsubscribe" | "reauthenticate", reason: string) =>
       Effect.fail(new MqttError.OfflineError({ operation, reason }))
 
     const send = (message: Outgoing): Effect.Effect<void, MqttError.MqttError> =>
@@ -1703,6 +1768,32 @@ export const make = (
         )
       }))
 
+    const reauthenticate = (data?: Uint8Array): Effect.Effect<void, MqttError.MqttError> =>
+      Effect.suspend(() => {
+        const auth = o.auth
+        if (auth === undefined) {
+          return Effect.fail(invalid("auth", "the client was connected without enhanced authentication"))
+        }
+        if (closed !== undefined) return Effect.fail(closed)
+        const c = conn
+        if (c === undefined) return offline("reauthenticate", "re-authentication needs a connection")
+        if (c.reauthentication !== undefined) return Deferred.await(c.reauthentication)
+        const bytes = Codec.generate({
+          cmd: "auth",
+          reasonCode: 0x19,
+          properties: {
+            authenticationMethod: auth.method,
+            ...(data === undefined ? {} : { authenticationData: Buffer.from(data) })
+          }
+        }, version)
+        if (!(bytes instanceof Uint8Array)) return Effect.fail(invalid("auth", bytes.error))
+        const done = Deferred.makeUnsafe<void, MqttError.MqttError>()
+        c.reauthentication = done
+        c.outbox.push(bytes)
+        // if the connection ends first, so does the re-authentication
+        return Effect.raceFirst(Deferred.await(done), Effect.flatMap(Effect.flip(Deferred.await(c.lost)), Effect.fail))
+      })
+
     const client: MqttClient.Client = {
       // publish is the hot path: a span per message would cost more than the rest of the publish
       publish,
@@ -1724,7 +1815,8 @@ export const make = (
       awaitClose: Deferred.await(closedSignal),
       subscription,
       request,
-      respond
+      respond,
+      reauthenticate
     }
     return client
   })
