@@ -43,14 +43,8 @@ export class Framer {
     while (offset < data.length) {
       const header = readHeader(data, offset)
       if (header === undefined) break
-      if (typeof header === "string") return { reason: header, reasonCode: 0x81 }
-      const total = header.headerLength + header.remaining
-      if (total > this.maximumPacketSize) {
-        return {
-          reason: `a packet of ${total} bytes, over the client's Maximum Packet Size of ${this.maximumPacketSize}`,
-          reasonCode: 0x95
-        }
-      }
+      const total = this.check(header)
+      if (typeof total !== "number") return total
       if (offset + total > data.length) break
       const packet = data.subarray(offset, offset + total)
       onPacket(data[offset], packet.subarray(header.headerLength), packet)
@@ -71,6 +65,11 @@ export class Framer {
     const head = first.length >= 5 || this.parts.length === 1 ? first : Buffer.concat(this.parts, this.buffered)
     const header = readHeader(head, 0)
     if (header === undefined) return Number.MAX_SAFE_INTEGER
+    return this.check(header)
+  }
+
+  /** The whole size of a packet from its header, or why it is refused. */
+  private check(header: { readonly headerLength: number; readonly remaining: number } | string): number | FrameError {
     if (typeof header === "string") return { reason: header, reasonCode: 0x81 }
     const total = header.headerLength + header.remaining
     if (total > this.maximumPacketSize) {
