@@ -47,7 +47,8 @@ export class Framer {
       if (typeof total !== "number") return total
       if (offset + total > data.length) break
       const packet = data.subarray(offset, offset + total)
-      onPacket(data[offset], packet.subarray(header.headerLength), packet)
+      // a header that passed `check` is not a string
+      onPacket(data[offset], packet.subarray((header as { readonly headerLength: number }).headerLength), packet)
       offset += total
     }
     if (offset < data.length) {
