@@ -43,12 +43,12 @@ export class Framer {
     while (offset < data.length) {
       const header = readHeader(data, offset)
       if (header === undefined) break
+      if (typeof header === "string") return { reason: header, reasonCode: 0x81 }
       const total = this.check(header)
       if (typeof total !== "number") return total
       if (offset + total > data.length) break
       const packet = data.subarray(offset, offset + total)
-      // a header that passed `check` is not a string
-      onPacket(data[offset], packet.subarray((header as { readonly headerLength: number }).headerLength), packet)
+      onPacket(data[offset], packet.subarray(header.headerLength), packet)
       offset += total
     }
     if (offset < data.length) {
@@ -66,12 +66,12 @@ export class Framer {
     const head = first.length >= 5 || this.parts.length === 1 ? first : Buffer.concat(this.parts, this.buffered)
     const header = readHeader(head, 0)
     if (header === undefined) return Number.MAX_SAFE_INTEGER
+    if (typeof header === "string") return { reason: header, reasonCode: 0x81 }
     return this.check(header)
   }
 
   /** The whole size of a packet from its header, or why it is refused. */
-  private check(header: { readonly headerLength: number; readonly remaining: number } | string): number | FrameError {
-    if (typeof header === "string") return { reason: header, reasonCode: 0x81 }
+  private check(header: { readonly headerLength: number; readonly remaining: number }): number | FrameError {
     const total = header.headerLength + header.remaining
     if (total > this.maximumPacketSize) {
       return {
