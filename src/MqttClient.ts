@@ -190,6 +190,9 @@ export interface Options {
   readonly topicAliases?: boolean | undefined
   /** MQTT 5 enhanced authentication: an authentication method and the answers to the broker's challenges. */
   readonly auth?: Authentication | undefined
+  /** How many QoS 1/2 publishes may wait for their acknowledgement at once (at most the broker's Receive
+   * Maximum); the others wait their turn in order. Default 1,000. */
+  readonly maxInflight?: number | undefined
   /** MQTT 5: where `request` asks for responses: `<prefix>/<client identifier>`. Default
    * `effect-mqtt/responses`. */
   readonly responseTopicPrefix?: string | undefined

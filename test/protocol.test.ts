@@ -412,7 +412,7 @@ describe("publishing", () => {
     "packet identifiers are never reused while in flight; the 65,536th QoS 1 publish waits for a free one",
     () =>
       Effect.gen(function*() {
-        const { client, connection } = yield* connect({})
+        const { client, connection } = yield* connect({ maxInflight: 65535 })
         const fibers = yield* Effect.forEach(
           Array.from({ length: 65536 }, (_, i) => i),
           (i) => Effect.forkChild(client.publish("t", String(i), { qos: 1 }))
@@ -435,6 +435,35 @@ describe("publishing", () => {
       }),
     120_000
   )
+
+  it.live("maxInflight caps the QoS 1/2 publishes waiting for acknowledgement; the rest go in order", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ maxInflight: 2 })
+      const all = yield* Effect.forkChild(
+        Effect.forEach([1, 2, 3, 4], (i) => client.publish("t", String(i), { qos: 2 }), {
+          concurrency: "unbounded",
+          discard: true
+        })
+      )
+      const complete = (p: FakeBroker.PacketOf<"publish">) =>
+        Effect.gen(function*() {
+          yield* connection.send({ cmd: "pubrec", messageId: p.messageId! })
+          yield* connection.expect("pubrel")
+          yield* connection.send({ cmd: "pubcomp", messageId: p.messageId! })
+        })
+      const first = [yield* connection.expect("publish"), yield* connection.expect("publish")]
+      yield* connection.expectSilence(100)
+      // each completed flow lets exactly one more PUBLISH go
+      yield* complete(first[0])
+      const third = yield* connection.expect("publish")
+      yield* connection.expectSilence(50)
+      yield* complete(first[1])
+      const fourth = yield* connection.expect("publish")
+      expect([...first, third, fourth].map((p) => Buffer.from(p.payload).toString())).toEqual(["1", "2", "3", "4"])
+      yield* complete(third)
+      yield* complete(fourth)
+      yield* Fiber.join(all)
+    }))
 
   it.live("v5: the broker's Receive Maximum limits in-flight publishes, not other packets", () =>
     Effect.gen(function*() {

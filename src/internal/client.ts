@@ -50,6 +50,7 @@ interface Resolved {
   readonly receiveMaximum: number
   readonly topicAliasMaximum: number
   readonly topicAliases: boolean
+  readonly maxInflight: number
   readonly responseTopicPrefix: string
   readonly auth: MqttClient.Authentication | undefined
   readonly disconnectReasonCode: number
@@ -153,6 +154,10 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   if (!isUint(receiveMaximum, 65535) || receiveMaximum === 0) {
     return yield* invalid("receiveMaximum", "expected a whole number from 1 to 65535")
   }
+  const maxInflight = options.maxInflight ?? 1000
+  if (!isUint(maxInflight, 65535) || maxInflight === 0) {
+    return yield* invalid("maxInflight", "expected a whole number from 1 to 65535")
+  }
   const auth = options.auth
   if (auth !== undefined) {
     if (protocolVersion !== 5) return yield* invalid("auth", "enhanced authentication needs MQTT 5")
@@ -189,6 +194,7 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
     receiveMaximum,
     topicAliasMaximum,
     topicAliases: options.topicAliases ?? true,
+    maxInflight,
     responseTopicPrefix,
     auth,
     disconnectReasonCode,
@@ -351,6 +357,14 @@ const STABLE_CONNECTION_MILLIS = 10_000
 
 /** Subscription identifiers the client gives by itself start here, away from the small ones users pick. */
 const AUTOMATIC_IDENTIFIERS_FROM = 200_000_000
+
+/** The fixed-header bytes of the acknowledgements that `onFrame` reads itself. */
+const acks: Record<number, "puback" | "pubrec" | "pubrel" | "pubcomp"> = {
+  0x40: "puback",
+  0x50: "pubrec",
+  0x62: "pubrel",
+  0x70: "pubcomp"
+}
 
 /** Payloads smaller than this are copied out of the socket read, so that they do not keep it alive. */
 const COPY_PAYLOADS_BELOW = 16 * 1024
@@ -720,7 +734,8 @@ export const make = (
         const qos = decoded.qos
         const id = decoded.id
         if (qos > 0 && inbound[id] === 0) {
-          if (inboundCount >= o.receiveMaximum) {
+          // MQTT 3.1.1 has no Receive Maximum to announce, so there is nothing for the broker to exceed
+          if (inboundCount >= o.receiveMaximum && version === 5) {
             return fail(protocolError(`more than ${o.receiveMaximum} unacknowledged publishes (Receive Maximum)`, 0x93))
           }
           inbound[id] = 1
@@ -799,6 +814,12 @@ export const make = (
           if (connack === undefined) return fail(protocolError("a PUBLISH before CONNACK"))
           return onPublish(header, body)
         }
+        const ack = body.length === 2 ? acks[header] : undefined
+        if (ack !== undefined) {
+          // the common acknowledgements (no reason code) skip mqtt-packet: a few bytes to read
+          if (connack === undefined) return fail(protocolError(`a ${ack.toUpperCase()} before CONNACK`))
+          return onPacket({ cmd: ack, messageId: (body[0] << 8) | body[1] } as MqttPacket.Packet)
+        }
         parser.parse(packet)
         if (parseError !== undefined) return fail(protocolError(`malformed packet: ${parseError.message}`, 0x81))
         for (let i = 0; i < packets.length && fatal === undefined; i++) onPacket(packets[i])
@@ -844,7 +865,9 @@ export const make = (
           responseInformation: props.responseInformation,
           serverReference: props.serverReference
         }
-        c.quota = c.info.receiveMaximum
+        // the broker's Receive Maximum, and the client's own cap: a broker with thousands of messages in
+        // flight for one client slows down for all of them (Mosquitto scans its in-flight list per packet)
+        c.quota = Math.min(c.info.receiveMaximum, o.maxInflight)
         if (o.topicAliases && c.info.topicAliasMaximum > 0) c.aliases = new Map()
         resume(c, packet.sessionPresent)
       }

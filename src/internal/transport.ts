@@ -13,10 +13,12 @@ import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import type * as NodeWS from "@effect/platform-node/NodeWS"
 import type * as Arr from "effect/Array"
 import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import * as Socket from "effect/socket/Socket"
+import { Buffer } from "node:buffer"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs/promises"
 import * as Net from "node:net"
@@ -193,7 +195,11 @@ export const makeSocket = (
       case "Tls":
         return explained(yield* makeTls(endpoint, yield* tlsSettings(tls)), "tls")
       case "WebSocket":
-        return yield* makeWebSocket(endpoint, encrypted ? yield* tlsSettings(tls) : undefined)
+        return yield* makeWebSocket(
+          endpoint,
+          encrypted ? yield* tlsSettings(tls) : undefined,
+          options.connectTimeout ?? "30 seconds"
+        )
     }
   })
 
@@ -352,10 +358,10 @@ const makeTls = (endpoint: TlsEndpoint, settings: TlsSettings): Effect.Effect<So
         Scope.addFinalizer(
           Context.get(context, Scope.Scope),
           Effect.sync(() => {
-            if (secure !== undefined) {
-              if (isOpen && !secure.destroyed) secure.destroySoon()
-              else secure.destroy()
+            if (secure !== undefined && isOpen && !secure.destroyed) {
+              secure.destroySoon()
             } else {
+              secure?.destroy()
               raw?.destroy()
             }
           })
@@ -546,7 +552,8 @@ const loadWs = Effect.promise(() => import("@effect/platform-node/NodeWS"))
 
 const makeWebSocket = (
   endpoint: WebSocketEndpoint,
-  settings: TlsSettings | undefined
+  settings: TlsSettings | undefined,
+  openTimeout: Duration.Input
 ): Effect.Effect<Socket.Socket> =>
   Effect.gen(function*() {
     const { WebSocket } = yield* loadWs
@@ -573,7 +580,9 @@ const makeWebSocket = (
           catch: openError
         }),
         (ws) => Effect.sync(() => ws.close(1000))
-      )
+      ),
+      // the client's connect timeout bounds the whole connection attempt; this only replaces the default 10 s
+      { openTimeout }
     )
     return explained(socket, "websocket", (chunks) => {
       for (let i = 0; i < chunks.length; i++) {
