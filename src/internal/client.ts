@@ -293,7 +293,9 @@ interface PublishEntry {
   counted: boolean
   /** false while in the send line */
   cancelled: boolean
-  readonly deferred: Deferred.Deferred<void, MqttError.MqttError>
+  /** the waiting caller, once it waits; and the outcome, once known */
+  resume: ((result: Effect.Effect<void, MqttError.MqttError>) => void) | undefined
+  result: Effect.Effect<void, MqttError.MqttError> | undefined
 }
 
 /** A subscription whose messages go to a stream of their own, or to a handler. */
@@ -500,10 +502,22 @@ export const make = (
      */
     const completions: Array<[Deferred.Deferred<any, MqttError.MqttError>, Effect.Effect<any, MqttError.MqttError>]> =
       []
+    /** Publishes completed by one socket read, likewise. */
+    const completedPublishes: Array<PublishEntry> = []
     const runCompletions = () => {
+      if (completedPublishes.length > 0) {
+        const done = completedPublishes.splice(0)
+        for (let i = 0; i < done.length; i++) completePublish(done[i])
+      }
       if (completions.length === 0) return
       const done = completions.splice(0)
       for (const [deferred, result] of done) Deferred.doneUnsafe(deferred, result)
+    }
+    const completePublish = (entry: PublishEntry) => {
+      const result = entry.result!
+      const resume = entry.resume
+      entry.resume = undefined
+      resume?.(result)
     }
 
     // ---- sending ----------------------------------------------------------------------------------------
@@ -572,7 +586,8 @@ export const make = (
         pump(conn)
       }
       entry.counted = false
-      completions.push([entry.deferred, result])
+      entry.result = result
+      completedPublishes.push(entry)
     }
 
     const settleRequest = (entry: RequestEntry, result: Effect.Effect<Acknowledged, MqttError.MqttError>) => {
@@ -599,7 +614,8 @@ export const make = (
         const failure = Effect.fail(error)
         for (const entry of order.values()) {
           publishes[entry.id] = undefined
-          Deferred.doneUnsafe(entry.deferred, failure)
+          entry.result = failure
+          completePublish(entry)
         }
         order.clear()
         for (const entry of requests.values()) {
@@ -1454,7 +1470,7 @@ export const make = (
 
     const send = (message: Outgoing): Effect.Effect<void, MqttError.MqttError> =>
       Effect.suspend(() => {
-        const { encoded, qos, topic } = message
+        const { encoded, qos } = message
         if (closed !== undefined) return Effect.fail(closed)
         const c = conn
         if (c === undefined) {
@@ -1472,41 +1488,52 @@ export const make = (
         } else if (qos === 0) {
           return c.outbox.write(wire(c, message, 0, false))
         }
+        // the common case, an identifier free at once, takes no extra effect
+        const id = ids.tryAcquire(false)
+        if (id !== 0) return track(id, message)
         return Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(restore(ids.acquire(false)), (id) => {
-            const entry: PublishEntry = {
-              _tag: "Publish",
-              id,
-              qos: qos as 1 | 2,
-              topic,
-              message,
-              state: "queued",
-              dup: false,
-              counted: false,
-              cancelled: true,
-              deferred: Deferred.makeUnsafe()
-            }
-            publishes[id] = entry
-            order.set(id, entry)
-            const current = conn
-            if (current !== undefined && sendLine.size === 0 && current.used < current.quota) {
-              transmit(current, entry)
-            } else {
-              sendLine.push(entry)
-            }
-            return Effect.onInterrupt(restore(Deferred.await(entry.deferred)), () =>
-              Effect.sync(() => {
-                // never sent: the caller gave it up, so it is not sent at all
-                if (entry.state === "queued" && !entry.dup && publishes[id] === entry) {
-                  publishes[id] = undefined
-                  order.delete(id)
-                  sendLine.cancel(entry)
-                  ids.release(id, false)
-                }
-              }))
-          })
+          Effect.flatMap(restore(ids.acquire(false)), (id) => restore(track(id, message)))
         )
       })
+
+    /** Registers a QoS 1/2 publish under its identifier, sends it when it may, and waits for its outcome. */
+    const track = (id: number, message: Outgoing): Effect.Effect<void, MqttError.MqttError> => {
+      const entry: PublishEntry = {
+        _tag: "Publish",
+        id,
+        qos: message.qos as 1 | 2,
+        topic: message.topic,
+        message,
+        state: "queued",
+        dup: false,
+        counted: false,
+        cancelled: true,
+        resume: undefined,
+        result: undefined
+      }
+      publishes[id] = entry
+      order.set(id, entry)
+      const current = conn
+      if (current !== undefined && sendLine.size === 0 && current.used < current.quota) {
+        transmit(current, entry)
+      } else {
+        sendLine.push(entry)
+      }
+      return Effect.callback<void, MqttError.MqttError>((resume) => {
+        if (entry.result !== undefined) return resume(entry.result)
+        entry.resume = resume
+        return Effect.sync(() => {
+          entry.resume = undefined
+          // never sent: the caller gave it up, so it is not sent at all; once sent, its flow completes
+          if (entry.state === "queued" && !entry.dup && publishes[id] === entry) {
+            publishes[id] = undefined
+            order.delete(id)
+            sendLine.cancel(entry)
+            ids.release(id, false)
+          }
+        })
+      })
+    }
 
     const subscribe = (
       input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
