@@ -296,6 +296,8 @@ interface PublishEntry {
   /** the waiting caller, once it waits; and the outcome, once known */
   resume: ((result: Effect.Effect<void, MqttError.MqttError>) => void) | undefined
   result: Effect.Effect<void, MqttError.MqttError> | undefined
+  /** accepted while disconnected: it holds a place in the offline buffer until a connection takes it */
+  offline: boolean
 }
 
 /** A subscription whose messages go to a stream of their own, or to a handler. */
@@ -437,6 +439,11 @@ export const make = (
     const incoming = yield* IncomingQueue.make<MqttMessage, MqttError.MqttError>(o.queue)
     const socket = yield* Transport.makeSocket(o.endpoint, options)
     const writer = yield* socket.writer
+    /**
+     * The parent of every connection's scope. Made before the finalizer that sends DISCONNECT, so that on
+     * release it closes after it: the connection is still open when the DISCONNECT is written.
+     */
+    const connections = yield* Scope.fork(scope)
     const status = yield* SubscriptionRef.make<MqttClient.ConnectionStatus>({ _tag: "Connecting", attempt: 1 })
     const closedSignal = yield* Deferred.make<void, MqttError.MqttError>()
     /** a persistent session: the broker keeps it between connections, so reconnects resume it */
@@ -671,6 +678,15 @@ export const make = (
         for (const entry of order.values()) {
           if (entry.state !== "queued") entry.dup = true
           entry.counted = false
+        }
+        if (o.offlineRequests === "fail") {
+          // a SUBSCRIBE or UNSUBSCRIBE whose acknowledgement was lost with the connection is not sent again
+          for (const entry of requests.values()) {
+            if (entry.deferred === undefined) continue
+            requests.delete(entry.id)
+            ids.release(entry.id, false)
+            Deferred.doneUnsafe(entry.deferred, Effect.fail(error))
+          }
         }
         return closeConnection(c, error, error._tag === "ProtocolError" ? error.reasonCode : undefined)
       })
@@ -1212,6 +1228,7 @@ export const make = (
       for (const bytes of offlineQos0) c.outbox.push(bytes)
       offlineQos0 = []
       offlineCount = 0
+      for (const entry of order.values()) entry.offline = false
     }
 
     // ---- connecting -------------------------------------------------------------------------------------
@@ -1222,7 +1239,7 @@ export const make = (
      */
     const connect = (first: boolean): Effect.Effect<Connection, MqttError.MqttError> =>
       Effect.gen(function*() {
-        const connectionScope = yield* Scope.fork(scope)
+        const connectionScope = yield* Scope.fork(connections)
         const cleanStart = first ? o.cleanStart : !persistent && o.cleanStart
         const connectBytes = Codec.generate(connectPacket(o, clientId, cleanStart), version)
         if (!(connectBytes instanceof Uint8Array)) {
@@ -1488,16 +1505,17 @@ export const make = (
         } else if (qos === 0) {
           return c.outbox.write(wire(c, message, 0, false))
         }
+        const buffered = c === undefined
         // the common case, an identifier free at once, takes no extra effect
         const id = ids.tryAcquire(false)
-        if (id !== 0) return track(id, message)
+        if (id !== 0) return track(id, message, buffered)
         return Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(restore(ids.acquire(false)), (id) => restore(track(id, message)))
+          Effect.flatMap(restore(ids.acquire(false)), (id) => restore(track(id, message, buffered)))
         )
       })
 
     /** Registers a QoS 1/2 publish under its identifier, sends it when it may, and waits for its outcome. */
-    const track = (id: number, message: Outgoing): Effect.Effect<void, MqttError.MqttError> => {
+    const track = (id: number, message: Outgoing, buffered: boolean): Effect.Effect<void, MqttError.MqttError> => {
       const entry: PublishEntry = {
         _tag: "Publish",
         id,
@@ -1509,7 +1527,8 @@ export const make = (
         counted: false,
         cancelled: true,
         resume: undefined,
-        result: undefined
+        result: undefined,
+        offline: buffered
       }
       publishes[id] = entry
       order.set(id, entry)
@@ -1530,6 +1549,8 @@ export const make = (
             order.delete(id)
             sendLine.cancel(entry)
             ids.release(id, false)
+            // it no longer takes a place in the offline buffer
+            if (entry.offline) offlineCount--
           }
         })
       })
