@@ -3,7 +3,7 @@
  * broker cannot be made to produce (withheld acknowledgements, malformed packets, exact packet order).
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Fiber, Option, Redacted, Schedule, Stream } from "effect"
+import { Cause, Effect, Exit, Fiber, Option, Redacted, Schedule, Scope, Stream } from "effect"
 import { IncomingQueue, MqttClient, MqttError } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import * as fc from "fast-check"
@@ -435,6 +435,38 @@ describe("publishing", () => {
       }),
     120_000
   )
+
+  it.live("one publish effect run several times at once sends each run under its own packet identifier", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({})
+      const once = client.publish("t", "x", { qos: 1 })
+      const runs = yield* Effect.forkChild(Effect.all([once, once, once, once], { concurrency: "unbounded" }))
+      const ids = []
+      for (let i = 0; i < 4; i++) ids.push((yield* connection.expect("publish")).messageId!)
+      expect(new Set(ids).size).toBe(4)
+      for (const messageId of ids) yield* connection.send({ cmd: "puback", messageId })
+      yield* Fiber.join(runs)
+    }))
+
+  it.live("closing the client with a thousand publishes waiting fails each of them, and nothing else", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const scope = yield* Scope.make()
+      const fiber = yield* Effect.forkChild(
+        Scope.provide(MqttClient.make({ url: broker.url, reconnect: false }), scope)
+      )
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      const publishes = yield* Effect.forEach(
+        Array.from({ length: 1000 }, (_, i) => i),
+        (i) => Effect.forkChild(Effect.exit(client.publish("t", String(i), { qos: i % 2 === 0 ? 1 : 2 })))
+      )
+      yield* connection.expect("publish")
+      yield* Scope.close(scope, Exit.void)
+      const exits = yield* Fiber.joinAll(publishes)
+      expect(exits.every((exit) => Exit.isFailure(exit))).toBe(true)
+      yield* connection.closed
+    }))
 
   it.live("maxInflight caps the QoS 1/2 publishes waiting for acknowledgement; the rest go in order", () =>
     Effect.gen(function*() {

@@ -383,8 +383,10 @@ const lost = (reason: string, cause?: unknown) =>
 
 const closedByClient = lost("the client was closed")
 
-const socketLost = (error: Socket.SocketError): MqttError.ConnectionLostError => {
+const socketLost = (error: Socket.SocketError): MqttError.MqttError => {
   const reason = error.reason
+  // the transport explains the failures it recognises (TLS, WebSocket framing) with a typed error as the cause
+  if ("cause" in reason && MqttError.isMqttError(reason.cause)) return reason.cause
   switch (reason._tag) {
     case "SocketCloseError":
       return lost(reason.code === 1000 ? "the broker closed the connection" : "the connection was reset")
@@ -418,6 +420,8 @@ const isFinal = (error: MqttError.MqttError): boolean =>
     ? isFinalRefusal(error)
     : error._tag === "ConnectionLostError"
     ? error.reasonCode !== undefined && finalDisconnects.has(error.reasonCode)
+    : error._tag === "TlsError"
+    ? error.kind !== "HandshakeFailed" // a certificate problem does not go away by itself
     : error._tag === "InvalidOptionError"
 
 /**
@@ -1440,6 +1444,14 @@ export const make = (
     const awaitConnected = Effect.suspend(() => closed !== undefined ? Effect.fail(closed) : Deferred.await(connected))
 
     const publish = (
+      topic: string,
+      payload: Uint8Array | string,
+      options?: MqttClient.PublishOptions
+    ): Effect.Effect<void, MqttError.MqttError> =>
+      // each run encodes afresh: the same publish effect may run several times, even at once
+      Effect.suspend(() => publishNow(topic, payload, options))
+
+    const publishNow = (
       topic: string,
       payload: Uint8Array | string,
       options?: MqttClient.PublishOptions
