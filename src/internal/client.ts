@@ -219,50 +219,31 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   } satisfies Resolved
 })
 
-const connectPacket = (o: Resolved, clientId: string, clean: boolean): MqttPacket.IConnectPacket => {
-  const packet: MqttPacket.IConnectPacket = {
-    cmd: "connect",
-    protocolId: "MQTT",
-    protocolVersion: o.protocolVersion,
-    clientId,
-    clean,
-    keepalive: o.keepAlive
-  }
-  if (o.username !== undefined) packet.username = o.username
-  if (o.password !== undefined) packet.password = Buffer.from(Redacted.value(o.password))
-  if (o.will !== undefined) {
-    const w = o.will
-    packet.will = {
-      topic: w.topic,
-      payload: typeof w.payload === "string" ? Buffer.from(w.payload) : Buffer.from(w.payload),
-      qos: w.qos ?? 0,
-      retain: w.retain ?? false
-    }
-    if (o.protocolVersion === 5 && w.properties !== undefined) {
-      const { willDelayInterval, ...rest } = w.properties
-      packet.will.properties = {
-        ...Codec.toPacketProperties(rest),
-        ...(willDelayInterval === undefined ? {} : { willDelayInterval })
-      }
-    }
-  }
-  if (o.protocolVersion === 5) {
-    const properties: NonNullable<MqttPacket.IConnectPacket["properties"]> = {}
-    if (o.sessionExpiryInterval !== undefined) properties.sessionExpiryInterval = o.sessionExpiryInterval
-    if (o.receiveMaximum !== 65535) properties.receiveMaximum = o.receiveMaximum
-    properties.maximumPacketSize = o.maximumPacketSize
-    if (o.topicAliasMaximum > 0) properties.topicAliasMaximum = o.topicAliasMaximum
-    if (o.auth !== undefined) {
-      properties.authenticationMethod = o.auth.method
-      if (o.auth.data !== undefined) properties.authenticationData = Buffer.from(o.auth.data)
-    }
-    if (o.userProperties !== undefined && o.userProperties.length > 0) {
-      properties.userProperties = Codec.toPacketUserProperties(o.userProperties)
-    }
-    packet.properties = properties
-  }
-  return packet
-}
+const encodeConnect = (o: Resolved, clientId: string, clean: boolean) =>
+  Codec.tryEncode(() =>
+    Codec.encodeConnect({
+      protocolVersion: o.protocolVersion,
+      clientId,
+      clean,
+      keepAlive: o.keepAlive,
+      username: o.username,
+      password: o.password === undefined ? undefined : Buffer.from(Redacted.value(o.password)),
+      will: o.will === undefined ? undefined : {
+        topic: o.will.topic,
+        payload: typeof o.will.payload === "string" ? Buffer.from(o.will.payload) : o.will.payload,
+        qos: o.will.qos ?? 0,
+        retain: o.will.retain ?? false,
+        properties: o.will.properties
+      },
+      sessionExpiryInterval: o.sessionExpiryInterval,
+      receiveMaximum: o.receiveMaximum === 65535 ? undefined : o.receiveMaximum,
+      maximumPacketSize: o.maximumPacketSize,
+      topicAliasMaximum: o.topicAliasMaximum > 0 ? o.topicAliasMaximum : undefined,
+      userProperties: o.userProperties,
+      authenticationMethod: o.auth?.method,
+      authenticationData: o.auth?.data
+    })
+  )
 
 // ---------------------------------------------------------------------------------------------------------
 // the client
@@ -477,8 +458,10 @@ export const make = (
       let queues: Array<IncomingQueue.IncomingQueue<MqttMessage, MqttError.MqttError>> | undefined
       let handled = false
       for (const r of routes) {
-        const match = identifiers !== undefined && r.identifier > 0
-          ? identifiers.includes(r.identifier)
+        // a route with an identifier takes only the copies the broker says match it: another subscription of
+        // the client may match the same topic, and its copy (with no or another identifier) is not the route's
+        const match = r.identifier > 0
+          ? identifiers !== undefined && identifiers.includes(r.identifier)
           : r.filters.some((filter) => topicMatches(message.topic, filter))
         if (!match) continue
         if (r.handle !== undefined) {
@@ -1216,7 +1199,7 @@ export const make = (
         for (const [identifier, filters] of groups) {
           const id = ids.tryAcquire(false)
           if (id === 0) break
-          const bytes = Codec.generate(subscribePacket(id, filters, identifier, undefined), version)
+          const bytes = Codec.tryEncode(() => Codec.encodeSubscribe(version, id, filters, identifier, undefined))
           if (bytes instanceof Uint8Array) {
             requests.set(id, { _tag: "Subscribe", id, bytes, filters, identifier, deferred: undefined })
           } else {
@@ -1245,7 +1228,7 @@ export const make = (
       Effect.gen(function*() {
         const connectionScope = yield* Scope.fork(connections)
         const cleanStart = first ? o.cleanStart : !persistent && o.cleanStart
-        const connectBytes = Codec.generate(connectPacket(o, clientId, cleanStart), version)
+        const connectBytes = encodeConnect(o, clientId, cleanStart)
         if (!(connectBytes instanceof Uint8Array)) {
           yield* Scope.close(connectionScope, Exit.void)
           return yield* invalid("connect", connectBytes.error)
@@ -1622,7 +1605,7 @@ export const make = (
             "Subscribe",
             filters,
             identifier,
-            (messageId) => subscribePacket(messageId, filters, identifier, options?.userProperties)
+            (messageId) => Codec.encodeSubscribe(version, messageId, filters, identifier, options?.userProperties)
           ),
           ({ codes, reasonString }) => {
             const refused = codes.findIndex((code) => code >= 0x80)
@@ -1665,14 +1648,7 @@ export const make = (
             "Unsubscribe",
             filters,
             0,
-            (messageId) => ({
-              cmd: "unsubscribe",
-              messageId,
-              unsubscriptions: [...list],
-              ...(version === 5 && userProperties !== undefined && userProperties.length > 0
-                ? { properties: { userProperties: Codec.toPacketUserProperties(userProperties) } }
-                : {})
-            })
+            (messageId) => Codec.encodeUnsubscribe(version, messageId, list, userProperties)
           ),
           ({ codes, reasonString }) => {
             const index = codes.findIndex((code) => code >= 0x80)
@@ -1693,10 +1669,10 @@ export const make = (
       tag: "Subscribe" | "Unsubscribe",
       filters: ReadonlyArray<MqttPacket.ISubscription>,
       identifier: number,
-      packet: (messageId: number) => MqttPacket.ISubscribePacket | MqttPacket.IUnsubscribePacket
+      packet: (messageId: number) => Buffer
     ): Effect.Effect<Acknowledged, MqttError.MqttError> =>
       Effect.suspend(() => {
-        const probe = Codec.generate(packet(1), version)
+        const probe = Codec.tryEncode(() => packet(1))
         if (!(probe instanceof Uint8Array)) return Effect.fail(invalid(tag.toLowerCase(), probe.error))
         if (closed !== undefined) return Effect.fail(closed)
         if (conn === undefined && o.offlineRequests === "fail") {
@@ -1903,25 +1879,6 @@ export const make = (
     }
     return client
   })
-
-const subscribePacket = (
-  messageId: number,
-  subscriptions: Array<MqttPacket.ISubscription>,
-  identifier: number,
-  userProperties: ReadonlyArray<readonly [string, string]> | undefined
-): MqttPacket.ISubscribePacket => {
-  const properties: NonNullable<MqttPacket.ISubscribePacket["properties"]> = {}
-  if (identifier > 0) properties.subscriptionIdentifier = identifier
-  if (userProperties !== undefined && userProperties.length > 0) {
-    properties.userProperties = Codec.toPacketUserProperties(userProperties)
-  }
-  return {
-    cmd: "subscribe",
-    messageId,
-    subscriptions,
-    ...(identifier > 0 || properties.userProperties !== undefined ? { properties } : {})
-  }
-}
 
 const toBuffer = (chunk: Uint8Array | string): Buffer =>
   typeof chunk === "string"

@@ -215,20 +215,6 @@ export const setPublishId = (encoded: EncodedPublish, id: number, dup = false): 
   return bytes
 }
 
-/** Converts user properties to mqtt-packet's form: repeated names become arrays. */
-export const toPacketUserProperties = (
-  list: ReadonlyArray<MqttMessage.UserProperty>
-): MqttPacket.UserProperties => {
-  const out: Record<string, string | Array<string>> = {}
-  for (const [name, value] of list) {
-    const existing = out[name]
-    if (existing === undefined) out[name] = value
-    else if (typeof existing === "string") out[name] = [existing, value]
-    else existing.push(value)
-  }
-  return out
-}
-
 /** Converts mqtt-packet's user properties to a list of pairs. */
 export const fromPacketUserProperties = (
   props: MqttPacket.UserProperties | undefined
@@ -239,44 +225,6 @@ export const fromPacketUserProperties = (
     const value = props[name]
     if (typeof value === "string") out.push([name, value])
     else for (const v of value) out.push([name, v])
-  }
-  return out
-}
-
-/** Converts publish properties to mqtt-packet's form. */
-export const toPacketProperties = (
-  p: MqttMessage.PublishProperties
-): NonNullable<MqttPacket.IPublishPacket["properties"]> => {
-  const out: NonNullable<MqttPacket.IPublishPacket["properties"]> = {}
-  if (p.payloadFormatIndicator !== undefined) out.payloadFormatIndicator = p.payloadFormatIndicator
-  if (p.messageExpiryInterval !== undefined) out.messageExpiryInterval = p.messageExpiryInterval
-  if (p.contentType !== undefined) out.contentType = p.contentType
-  if (p.responseTopic !== undefined) out.responseTopic = p.responseTopic
-  if (p.correlationData !== undefined) out.correlationData = Buffer.from(p.correlationData)
-  if (p.userProperties !== undefined && p.userProperties.length > 0) {
-    out.userProperties = toPacketUserProperties(p.userProperties)
-  }
-  return out
-}
-
-/** Converts the properties of a received PUBLISH. */
-export const fromPacketProperties = (
-  p: NonNullable<MqttPacket.IPublishPacket["properties"]>
-): MqttMessage.MessageProperties => {
-  const out: {
-    -readonly [K in keyof MqttMessage.MessageProperties]: MqttMessage.MessageProperties[K]
-  } = {}
-  if (p.payloadFormatIndicator !== undefined) out.payloadFormatIndicator = p.payloadFormatIndicator
-  if (p.messageExpiryInterval !== undefined) out.messageExpiryInterval = p.messageExpiryInterval
-  if (p.contentType !== undefined) out.contentType = p.contentType
-  if (p.responseTopic !== undefined) out.responseTopic = p.responseTopic
-  if (p.correlationData !== undefined) out.correlationData = p.correlationData
-  const user = fromPacketUserProperties(p.userProperties)
-  if (user !== undefined) out.userProperties = user
-  if (p.subscriptionIdentifier !== undefined) {
-    out.subscriptionIdentifiers = typeof p.subscriptionIdentifier === "number"
-      ? [p.subscriptionIdentifier]
-      : p.subscriptionIdentifier
   }
   return out
 }
@@ -295,3 +243,199 @@ export const generate = (
 
 /** A PUBREL for a packet identifier. */
 export const pubrel = (id: number): Uint8Array => Uint8Array.of(PUBREL, 2, id >> 8, id & 0xff)
+
+/**
+ * Writes packets field by field. Used for CONNECT, SUBSCRIBE and UNSUBSCRIBE, whose user properties must keep
+ * their order (mqtt-packet groups them by name). Throws an `Error` saying what cannot be encoded.
+ */
+class PacketWriter {
+  private readonly parts: Array<Buffer> = []
+  private size = 0
+
+  get length(): number {
+    return this.size
+  }
+
+  bytes(value: Uint8Array): this {
+    const part = Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+    this.parts.push(part)
+    this.size += part.length
+    return this
+  }
+
+  byte(value: number): this {
+    return this.bytes(Uint8Array.of(value))
+  }
+
+  u16(value: number): this {
+    return this.bytes(Uint8Array.of(value >> 8, value & 0xff))
+  }
+
+  u32(value: number): this {
+    const out = Buffer.allocUnsafe(4)
+    out.writeUInt32BE(value, 0)
+    return this.bytes(out)
+  }
+
+  varint(value: number): this {
+    const out = Buffer.allocUnsafe(4)
+    return this.bytes(out.subarray(0, writeVarint(out, 0, value)))
+  }
+
+  string(name: string, value: string): this {
+    if (value.includes("\u0000")) throw new Error(`${name} must not contain U+0000`)
+    const encoded = Buffer.from(value, "utf8")
+    if (!isUtf8(encoded)) throw new Error(`${name} is not well-formed UTF-16 (lone surrogate)`)
+    return this.binary(name, encoded)
+  }
+
+  binary(name: string, value: Uint8Array): this {
+    if (value.length > 65535) throw new Error(`${name} is longer than 65,535 bytes`)
+    return this.u16(value.length).bytes(value)
+  }
+
+  userProperties(list: ReadonlyArray<MqttMessage.UserProperty> | undefined): this {
+    for (const [name, value] of list ?? []) {
+      this.byte(0x26).string("a user property name", name).string("a user property value", value)
+    }
+    return this
+  }
+
+  /** A property block: its length, then what `write` writes. */
+  properties(write: (w: PacketWriter) => void): this {
+    const inner = new PacketWriter()
+    write(inner)
+    return this.varint(inner.length).bytes(inner.concat())
+  }
+
+  concat(): Buffer {
+    return Buffer.concat(this.parts, this.size)
+  }
+
+  /** The packet: fixed header byte, remaining length, then what was written. */
+  packet(header: number): Buffer {
+    if (this.size > 268_435_455) throw new Error("the packet is larger than MQTT allows (256 MB)")
+    const head = Buffer.allocUnsafe(5)
+    head[0] = header
+    const end = writeVarint(head, 1, this.size)
+    return Buffer.concat([head.subarray(0, end), ...this.parts], end + this.size)
+  }
+}
+
+/** What a CONNECT says. */
+export interface ConnectFields {
+  readonly protocolVersion: 4 | 5
+  readonly clientId: string
+  readonly clean: boolean
+  readonly keepAlive: number
+  readonly username: string | undefined
+  readonly password: Uint8Array | undefined
+  readonly will:
+    | {
+      readonly topic: string
+      readonly payload: Uint8Array
+      readonly qos: number
+      readonly retain: boolean
+      readonly properties:
+        | (MqttMessage.PublishProperties & { readonly willDelayInterval?: number | undefined })
+        | undefined
+    }
+    | undefined
+  readonly sessionExpiryInterval: number | undefined
+  readonly receiveMaximum: number | undefined
+  readonly maximumPacketSize: number | undefined
+  readonly topicAliasMaximum: number | undefined
+  readonly userProperties: ReadonlyArray<MqttMessage.UserProperty> | undefined
+  readonly authenticationMethod: string | undefined
+  readonly authenticationData: Uint8Array | undefined
+}
+
+/** Encodes a CONNECT. */
+export const encodeConnect = (c: ConnectFields): Buffer => {
+  const w = new PacketWriter()
+  const will = c.will
+  const flags = (c.username !== undefined ? 0x80 : 0) | (c.password !== undefined ? 0x40 : 0) |
+    (will !== undefined ? 0x04 | (will.qos << 3) | (will.retain ? 0x20 : 0) : 0) | (c.clean ? 0x02 : 0)
+  w.string("the protocol name", "MQTT").byte(c.protocolVersion).byte(flags).u16(c.keepAlive)
+  if (c.protocolVersion === 5) {
+    w.properties((p) => {
+      if (c.sessionExpiryInterval !== undefined) p.byte(0x11).u32(c.sessionExpiryInterval)
+      if (c.receiveMaximum !== undefined) p.byte(0x21).u16(c.receiveMaximum)
+      if (c.maximumPacketSize !== undefined) p.byte(0x27).u32(c.maximumPacketSize)
+      if (c.topicAliasMaximum !== undefined) p.byte(0x22).u16(c.topicAliasMaximum)
+      p.userProperties(c.userProperties)
+      if (c.authenticationMethod !== undefined) p.byte(0x15).string("auth.method", c.authenticationMethod)
+      if (c.authenticationData !== undefined) p.byte(0x16).binary("auth.data", c.authenticationData)
+    })
+  }
+  w.string("clientId", c.clientId)
+  if (will !== undefined) {
+    if (c.protocolVersion === 5) {
+      const { willDelayInterval, ...rest } = will.properties ?? {}
+      w.properties((p) => {
+        if (willDelayInterval !== undefined) p.byte(0x18).u32(willDelayInterval)
+        p.bytes(encodeProperties(rest))
+      })
+      if (will.properties?.payloadFormatIndicator === true && !isUtf8(will.payload)) {
+        throw new Error("the will payload is marked UTF-8 (payloadFormatIndicator) but is not valid UTF-8")
+      }
+    }
+    w.string("will.topic", will.topic).binary("will.payload", will.payload)
+  }
+  if (c.username !== undefined) w.string("username", c.username)
+  if (c.password !== undefined) w.binary("password", c.password)
+  return w.packet(0x10)
+}
+
+/** One filter of a SUBSCRIBE. */
+export interface SubscribeFilter {
+  readonly topic: string
+  readonly qos: number
+  readonly nl?: boolean | undefined
+  readonly rap?: boolean | undefined
+  readonly rh?: number | undefined
+}
+
+/** Encodes a SUBSCRIBE. */
+export const encodeSubscribe = (
+  protocolVersion: number,
+  messageId: number,
+  filters: ReadonlyArray<SubscribeFilter>,
+  identifier: number,
+  userProperties: ReadonlyArray<MqttMessage.UserProperty> | undefined
+): Buffer => {
+  const w = new PacketWriter().u16(messageId)
+  if (protocolVersion === 5) {
+    w.properties((p) => {
+      if (identifier > 0) p.byte(0x0b).varint(identifier)
+      p.userProperties(userProperties)
+    })
+  }
+  for (const f of filters) {
+    w.string("a topic filter", f.topic)
+    w.byte(f.qos | (f.nl === true ? 4 : 0) | (f.rap === true ? 8 : 0) | ((f.rh ?? 0) << 4))
+  }
+  return w.packet(0x82)
+}
+
+/** Encodes an UNSUBSCRIBE. */
+export const encodeUnsubscribe = (
+  protocolVersion: number,
+  messageId: number,
+  filters: ReadonlyArray<string>,
+  userProperties: ReadonlyArray<MqttMessage.UserProperty> | undefined
+): Buffer => {
+  const w = new PacketWriter().u16(messageId)
+  if (protocolVersion === 5) w.properties((p) => p.userProperties(userProperties))
+  for (const filter of filters) w.string("a topic filter", filter)
+  return w.packet(0xa2)
+}
+
+/** Runs an encoder, turning its exception into a value. */
+export const tryEncode = (encode: () => Buffer): Buffer | { readonly error: string } => {
+  try {
+    return encode()
+  } catch (e) {
+    return { error: e instanceof Error ? e.message : String(e) }
+  }
+}
