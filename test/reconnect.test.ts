@@ -1,0 +1,1052 @@
+/**
+ * Reconnection and session continuity against the scripted fake broker: what the client sends on the next
+ * connection after a drop (resends with DUP and the same identifiers, in order, before new publishes; PUBREL;
+ * restored subscriptions), when it reconnects and when it gives up, its backoff on `TestClock`, and what
+ * operations do while it is offline.
+ */
+import { assert, describe, expect, it } from "@effect/vitest"
+import { Cause, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
+import { MqttClient, MqttError } from "effect-mqtt"
+import { TestClock } from "effect/testing"
+import type { Packet } from "mqtt-packet"
+import * as FakeBroker from "./support/FakeBroker.ts"
+
+// ---------------------------------------------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------------------------------------------
+
+type Version = 4 | 5
+const versions: ReadonlyArray<Version> = [4, 5]
+
+/** Lets real I/O happen (the fake broker and the client talk over real sockets, even on TestClock). */
+const settle = Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 30)))
+const sleepReal = (ms: number) => Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, ms)))
+
+/** A session the broker keeps between connections: 3.1.1 Clean Session 0; 5.0 Clean Start 0 and an expiry. */
+const persistent = (protocolVersion: Version): MqttClient.Options =>
+  protocolVersion === 5
+    ? { protocolVersion, clientId: "persistent-5", cleanStart: false, sessionExpiryInterval: 3600 }
+    : { protocolVersion, clientId: "persistent-4", cleanSession: false }
+
+/** A fast schedule for `it.live` tests: the next attempt 10 ms after a loss, forever. */
+const fast = Schedule.spaced("10 millis")
+
+/**
+ * A client connected to a fresh fake broker, and the status changes it reports from then on. The fake broker
+ * answers nothing by itself: each test scripts the next connection with `broker.accept`.
+ */
+const start = (options: MqttClient.Options = {}, connack?: FakeBroker.ConnackOptions) =>
+  Effect.gen(function*() {
+    const broker = yield* FakeBroker.make({ protocolVersion: options.protocolVersion ?? 4 })
+    const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, reconnect: fast, ...options }))
+    const { connect, connection } = yield* broker.acceptAndConnack(connack)
+    const client = yield* Fiber.join(fiber)
+    const statuses = yield* record(client)
+    return { broker, client, connection, connect, statuses }
+  })
+
+/** Every status the client reports from now on (the current one first). */
+const record = (client: MqttClient.Client) =>
+  Effect.gen(function*() {
+    const seen: Array<MqttClient.ConnectionStatus> = []
+    yield* Effect.forkChild(
+      Stream.runForEach(client.statusChanges, (status) => Effect.sync(() => seen.push(status))),
+      { startImmediately: true }
+    )
+    yield* Effect.yieldNow
+    return seen
+  })
+
+/** Waits (in real time, at most 10 s) until the client reports a status with this tag. */
+const awaitStatus = (client: MqttClient.Client, tag: MqttClient.ConnectionStatus["_tag"]) =>
+  client.statusChanges.pipe(
+    Stream.filter((status) => status._tag === tag),
+    Stream.runHead,
+    Effect.map(Option.getOrThrow),
+    Effect.timeoutOrElse({
+      duration: "10 seconds",
+      orElse: () => Effect.die(new Error(`the client never reported ${tag}`))
+    })
+  )
+
+const text = (packet: { readonly payload: Buffer | string | Uint8Array }) => Buffer.from(packet.payload).toString()
+
+/** The DUP flag as it was on the wire (bit 3 of the first byte). */
+const dupOnWire = (connection: FakeBroker.FakeConnection, packet: Packet): boolean => {
+  const index = connection.received.indexOf(packet)
+  assert(index >= 0, "the packet was received on this connection")
+  return (connection.receivedRaw[index][0] & 0x08) !== 0
+}
+
+/** Forks a publish and waits until the broker has received its PUBLISH, so that forks keep their call order. */
+const publishSent = (
+  client: MqttClient.Client,
+  connection: FakeBroker.FakeConnection,
+  payload: string,
+  qos: 1 | 2,
+  topic = "t"
+) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.forkChild(client.publish(topic, payload, { qos }))
+    const packet = yield* connection.expect("publish")
+    expect(text(packet)).toBe(payload)
+    return { fiber, packet, id: packet.messageId! }
+  })
+
+/** The next connection, its CONNECT checked to ask for the persistent session again. */
+const acceptPersistent = (broker: FakeBroker.FakeBroker, protocolVersion: Version) =>
+  Effect.gen(function*() {
+    const connection = yield* broker.accept
+    const connect = yield* connection.expect("connect")
+    expect(connect.clean).toBe(false)
+    if (protocolVersion === 5) expect(connect.properties?.sessionExpiryInterval).toBe(3600)
+    return connection
+  })
+
+/** The typed failure of an exit; fails the test on a success or a defect. */
+const errorOf = <A, E>(exit: Exit.Exit<A, E>): E => {
+  if (Exit.isSuccess(exit)) return assert.fail("expected a failure, got a success")
+  const failure = exit.cause.reasons.find(Cause.isFailReason)
+  if (failure === undefined) return assert.fail(`expected a typed failure, got ${Cause.pretty(exit.cause)}`)
+  return failure.error
+}
+
+const isDone = (fiber: Fiber.Fiber<unknown, unknown>) => fiber.pollUnsafe() !== undefined
+
+// ---------------------------------------------------------------------------------------------------------------
+// session continuity
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("session continuity (Session Present 1)", () => {
+  for (const version of versions) {
+    it.live(
+      `v${version}: unacknowledged QoS 1 PUBLISHes are resent with the same ids and DUP, in order, before a publish made during the outage [MQTT-4.4.0-1]`,
+      () =>
+        Effect.gen(function*() {
+          const { broker, client, connection } = yield* start(persistent(version))
+          const sent = [
+            yield* publishSent(client, connection, "one", 1),
+            yield* publishSent(client, connection, "two", 1),
+            yield* publishSent(client, connection, "three", 1)
+          ]
+          for (const { packet } of sent) expect(dupOnWire(connection, packet)).toBe(false)
+          yield* connection.destroy
+
+          const second = yield* acceptPersistent(broker, version)
+          // the client is offline until the CONNACK: this publish is newer than the three in flight
+          const during = yield* Effect.forkChild(client.publish("t", "four", { qos: 1 }))
+          yield* settle
+          yield* second.connack({ sessionPresent: true })
+
+          const resent = [
+            yield* second.expect("publish"),
+            yield* second.expect("publish"),
+            yield* second.expect("publish")
+          ]
+          expect(resent.map((p) => [p.messageId, text(p), p.qos])).toEqual(
+            sent.map(({ id, packet }) => [id, text(packet), 1])
+          )
+          for (const packet of resent) {
+            expect(packet.dup).toBe(true)
+            expect(dupOnWire(second, packet)).toBe(true)
+          }
+          const fresh = yield* second.expect("publish")
+          expect(text(fresh)).toBe("four")
+          expect(dupOnWire(second, fresh)).toBe(false)
+          expect(sent.map(({ id }) => id)).not.toContain(fresh.messageId)
+
+          // the callers still wait: they complete on the new connection's PUBACKs
+          yield* settle
+          for (const { fiber } of sent) expect(isDone(fiber)).toBe(false)
+          for (const packet of [...resent, fresh]) yield* second.send({ cmd: "puback", messageId: packet.messageId! })
+          for (const { fiber } of sent) yield* Fiber.join(fiber)
+          yield* Fiber.join(during)
+          yield* second.expectSilence(100)
+          expect(second.isClosed).toBe(false)
+        })
+    )
+
+    it.live(
+      `v${version}: after PUBREC the PUBREL is resent with the same id and the PUBLISH is not; completes on PUBCOMP`,
+      () =>
+        Effect.gen(function*() {
+          const { broker, client, connection } = yield* start(persistent(version))
+          const released = yield* publishSent(client, connection, "released", 2)
+          yield* connection.send({ cmd: "pubrec", messageId: released.id })
+          expect((yield* connection.expect("pubrel")).messageId).toBe(released.id)
+          // a second QoS 2 publish, only PUBLISHed: resent as PUBLISH, after the PUBREL (call order)
+          const unanswered = yield* publishSent(client, connection, "unanswered", 2)
+          yield* connection.destroy
+
+          const second = yield* acceptPersistent(broker, version)
+          yield* second.connack({ sessionPresent: true })
+          const pubrel = yield* second.expect("pubrel")
+          expect(pubrel.messageId).toBe(released.id)
+          const publish = yield* second.expect("publish")
+          expect([publish.messageId, text(publish), publish.dup]).toEqual([unanswered.id, "unanswered", true])
+          yield* second.expectSilence(100)
+          expect(second.received.filter((p) => p.cmd === "publish").map(text)).toEqual(["unanswered"])
+
+          expect(isDone(released.fiber)).toBe(false)
+          yield* second.send({ cmd: "pubcomp", messageId: released.id })
+          yield* Fiber.join(released.fiber)
+          yield* second.send({ cmd: "pubrec", messageId: unanswered.id })
+          expect((yield* second.expect("pubrel")).messageId).toBe(unanswered.id)
+          yield* second.send({ cmd: "pubcomp", messageId: unanswered.id })
+          yield* Fiber.join(unanswered.fiber)
+          expect(second.isClosed).toBe(false)
+        })
+    )
+
+    it.live(`v${version}: an incoming QoS 2 message resent after a reconnect is delivered once`, () =>
+      Effect.gen(function*() {
+        const { broker, client, connection } = yield* start(persistent(version))
+        const publish: Packet = {
+          cmd: "publish",
+          topic: "in",
+          payload: Buffer.from("once"),
+          qos: 2,
+          messageId: 9,
+          retain: false,
+          dup: false
+        }
+        yield* connection.send(publish)
+        expect((yield* connection.expect("pubrec")).messageId).toBe(9)
+        yield* connection.destroy
+        const second = yield* acceptPersistent(broker, version)
+        yield* second.connack({ sessionPresent: true })
+        // the broker did not see the PUBREC: it resends the PUBLISH with DUP, then releases it
+        yield* second.send({ ...publish, dup: true })
+        expect((yield* second.expect("pubrec")).messageId).toBe(9)
+        yield* second.send({ cmd: "pubrel", messageId: 9 })
+        expect((yield* second.expect("pubcomp")).messageId).toBe(9)
+        yield* second.send({
+          cmd: "publish",
+          topic: "in",
+          payload: Buffer.from("marker"),
+          qos: 0,
+          retain: false,
+          dup: false
+        })
+        const received = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
+        expect(received.map((m) => m.text)).toEqual(["once", "marker"])
+      }))
+  }
+
+  it.live("v5: the broker's Receive Maximum quota restarts with each connection", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start(persistent(5), { properties: { receiveMaximum: 2 } })
+      const fibers: Array<Fiber.Fiber<void, MqttError.MqttError>> = []
+      for (let i = 0; i < 7; i++) {
+        fibers.push(yield* Effect.forkChild(client.publish("t", `m${i}`, { qos: 1 }), { startImmediately: true }))
+      }
+      const first = [yield* connection.expect("publish"), yield* connection.expect("publish")]
+      yield* connection.expectSilence(100)
+      yield* connection.destroy
+
+      const second = yield* acceptPersistent(broker, 5)
+      yield* second.connack({ sessionPresent: true, properties: { receiveMaximum: 4 } })
+      // the two still unacknowledged count against the new quota as resends, and the quota is 4, not 4 - 2
+      const window = [
+        yield* second.expect("publish"),
+        yield* second.expect("publish"),
+        yield* second.expect("publish"),
+        yield* second.expect("publish")
+      ]
+      yield* second.expectSilence(100)
+      expect(window.map(text)).toEqual(["m0", "m1", "m2", "m3"])
+      expect(window.slice(0, 2).map((p) => [p.messageId, p.dup])).toEqual(first.map((p) => [p.messageId, true]))
+      yield* second.send({ cmd: "puback", messageId: window[0].messageId! })
+      const fifth = yield* second.expect("publish")
+      expect(text(fifth)).toBe("m4")
+      yield* second.expectSilence(100)
+      const rest: Array<Packet & { cmd: "publish" }> = [fifth]
+      for (const p of window.slice(1)) yield* second.send({ cmd: "puback", messageId: p.messageId! })
+      rest.push(yield* second.expect("publish"), yield* second.expect("publish"))
+      for (const p of rest) yield* second.send({ cmd: "puback", messageId: p.messageId! })
+      for (const fiber of fibers) yield* Fiber.join(fiber)
+      expect(rest.map(text)).toEqual(["m4", "m5", "m6"])
+    }))
+})
+
+describe("Session Present 0 while the client holds state", () => {
+  for (const version of versions) {
+    it.live(
+      `v${version}: subscriptions are restored, unacknowledged publishes are sent again as new messages, a PUBREC'd QoS 2 publish completes, incoming QoS 2 state is discarded`,
+      () =>
+        Effect.gen(function*() {
+          const { broker, client, connection } = yield* start(persistent(version))
+          const subscription = yield* Effect.forkChild(
+            client.subscribe(
+              version === 5
+                ? ["a/+", { filter: "b/#", qos: 2, noLocal: true, retainAsPublished: true, retainHandling: 2 }]
+                : ["a/+", { filter: "b/#", qos: 2 }],
+              { qos: 1 }
+            )
+          )
+          const subscribe = yield* connection.expect("subscribe")
+          yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1, 2] })
+          yield* Fiber.join(subscription)
+
+          const q1 = yield* publishSent(client, connection, "q1", 1)
+          const q2Released = yield* publishSent(client, connection, "q2-released", 2)
+          yield* connection.send({ cmd: "pubrec", messageId: q2Released.id })
+          yield* connection.expect("pubrel")
+          const q2 = yield* publishSent(client, connection, "q2", 2)
+          // an incoming QoS 2 message, delivered and PUBREC'd, never released
+          yield* connection.send({
+            cmd: "publish",
+            topic: "a/x",
+            payload: Buffer.from("before"),
+            qos: 2,
+            messageId: 7,
+            retain: false,
+            dup: false
+          })
+          expect((yield* connection.expect("pubrec")).messageId).toBe(7)
+          yield* connection.destroy
+
+          const second = yield* acceptPersistent(broker, version)
+          yield* second.connack({ sessionPresent: false })
+
+          const restore = yield* second.expect("subscribe")
+          expect(restore.subscriptions).toEqual(subscribe.subscriptions)
+          const again = [yield* second.expect("publish"), yield* second.expect("publish")]
+          expect(again.map((p) => [text(p), p.qos, p.dup])).toEqual([["q1", 1, false], ["q2", 2, false]])
+          for (const packet of again) expect(dupOnWire(second, packet)).toBe(false)
+          yield* second.expectSilence(100)
+          // the broker had taken the PUBREC'd message over: no PUBLISH and no PUBREL for it, and it succeeded
+          expect(second.received.some((p) => p.cmd === "pubrel")).toBe(false)
+          yield* Fiber.join(q2Released.fiber)
+
+          yield* second.send({ cmd: "suback", messageId: restore.messageId!, granted: [1, 2] })
+          yield* second.send({ cmd: "puback", messageId: again[0].messageId! })
+          yield* Fiber.join(q1.fiber)
+          yield* second.send({ cmd: "pubrec", messageId: again[1].messageId! })
+          expect((yield* second.expect("pubrel")).messageId).toBe(again[1].messageId)
+          yield* second.send({ cmd: "pubcomp", messageId: again[1].messageId! })
+          yield* Fiber.join(q2.fiber)
+
+          // the new session may use identifier 7 for a new message: it is delivered, not taken for a resend
+          yield* second.send({
+            cmd: "publish",
+            topic: "a/x",
+            payload: Buffer.from("after"),
+            qos: 2,
+            messageId: 7,
+            retain: false,
+            dup: false
+          })
+          expect((yield* second.expect("pubrec")).messageId).toBe(7)
+          const received = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
+          expect(received.map((m) => m.text)).toEqual(["before", "after"])
+        })
+    )
+
+    it.live(`v${version}: Session Present 1 in answer to Clean Start fails the first connection [MQTT-3.2.2-4]`, () =>
+      Effect.gen(function*() {
+        const broker = yield* FakeBroker.make({ protocolVersion: version })
+        const fiber = yield* Effect.forkChild(
+          Effect.exit(MqttClient.make({ url: broker.url, protocolVersion: version }))
+        )
+        const connection = yield* broker.accept
+        expect((yield* connection.expect("connect")).clean).toBe(true)
+        yield* connection.connack({ sessionPresent: true })
+        if (version === 5) expect((yield* connection.expect("disconnect")).reasonCode).toBe(0x82)
+        yield* connection.closed
+        const error = errorOf(yield* Fiber.join(fiber))
+        assert(error instanceof MqttError.ProtocolError, String(error))
+        yield* sleepReal(100)
+        expect(broker.connections.length).toBe(1)
+      }))
+
+    it.live(
+      `v${version}: Session Present 1 in answer to a reconnect with Clean Start closes that connection, and the next attempt restores the subscriptions`,
+      () =>
+        Effect.gen(function*() {
+          const { broker, client, connection, statuses } = yield* start({ protocolVersion: version })
+          const subscription = yield* Effect.forkChild(client.subscribe("s/#", { qos: 1 }))
+          const subscribe = yield* connection.expect("subscribe")
+          yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
+          yield* Fiber.join(subscription)
+          yield* connection.destroy
+
+          const second = yield* broker.accept
+          expect((yield* second.expect("connect")).clean).toBe(true)
+          yield* second.connack({ sessionPresent: true })
+          if (version === 5) expect((yield* second.expect("disconnect")).reasonCode).toBe(0x82)
+          yield* second.closed
+          expect(second.received.map((p) => p.cmd)).toEqual(version === 5 ? ["connect", "disconnect"] : ["connect"])
+
+          const third = yield* broker.accept
+          yield* third.expect("connect")
+          yield* third.connack({ sessionPresent: false })
+          expect((yield* third.expect("subscribe")).subscriptions).toEqual(subscribe.subscriptions)
+          const refusal = statuses.find((s) => s._tag === "Disconnected" && s.cause._tag === "ProtocolError")
+          assert(refusal !== undefined, `a Disconnected status with the ProtocolError: ${JSON.stringify(statuses)}`)
+        })
+    )
+  }
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// detecting a dead connection (TestClock)
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("dead connections (TestClock)", () => {
+  it.effect("a withheld PINGRESP closes the connection after the ping timeout, and the client reconnects", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection, statuses } = yield* start({
+        keepAlive: 10,
+        pingTimeout: "4 seconds",
+        reconnect: Schedule.exponential("100 millis")
+      })
+      yield* settle
+      yield* TestClock.adjust("10 seconds")
+      yield* connection.expect("pingreq")
+      yield* TestClock.adjust("3 seconds")
+      yield* settle
+      expect(connection.isClosed).toBe(false)
+      yield* TestClock.adjust("1 second")
+      yield* connection.closed
+      yield* settle
+      const disconnected = statuses.at(-1)
+      assert(disconnected?._tag === "Disconnected", JSON.stringify(statuses))
+      assert(disconnected.cause instanceof MqttError.TimeoutError)
+      expect(disconnected.cause.operation).toBe("ping")
+      expect(Duration.toMillis(disconnected.retryIn!)).toBe(100)
+      expect(broker.connections.length).toBe(1)
+      yield* TestClock.adjust("100 millis")
+      const second = yield* broker.accept
+      yield* second.expect("connect")
+      yield* second.connack()
+      yield* settle
+      expect(statuses.at(-1)?._tag).toBe("Connected")
+      expect((yield* client.metrics).reconnects).toBe(1)
+    }))
+
+  it.effect("a half-open connection (the broker stops reading) is detected by the keepalive; the QoS 1 in flight is resent", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection, statuses } = yield* start({
+        ...persistent(4),
+        keepAlive: 10,
+        pingTimeout: "5 seconds",
+        reconnect: Schedule.exponential("100 millis")
+      })
+      const sent = yield* publishSent(client, connection, "in flight", 1)
+      yield* connection.pause
+      yield* settle
+      yield* TestClock.adjust("10 seconds")
+      yield* settle
+      expect(connection.isClosed).toBe(false)
+      yield* TestClock.adjust("5 seconds")
+      yield* settle
+      // a paused peer never reads the FIN, so `connection.closed` cannot tell: the client's status does
+      const disconnected = statuses.at(-1)
+      assert(disconnected?._tag === "Disconnected", JSON.stringify(statuses))
+      assert(disconnected.cause instanceof MqttError.TimeoutError)
+      expect(disconnected.cause.operation).toBe("ping")
+      yield* TestClock.adjust("100 millis")
+      const next = yield* acceptPersistent(broker, 4)
+      yield* next.connack({ sessionPresent: true })
+      const resent = yield* next.expect("publish")
+      expect([resent.messageId, text(resent), resent.dup]).toEqual([sent.id, "in flight", true])
+      yield* next.send({ cmd: "puback", messageId: sent.id })
+      yield* Fiber.join(sent.fiber)
+    }))
+
+  it.effect("a CONNACK that never comes on a reconnect times out, then the next attempt waits its backoff", () =>
+    Effect.gen(function*() {
+      const { broker, connection, statuses } = yield* start({
+        keepAlive: 0,
+        connectTimeout: "5 seconds",
+        reconnect: Schedule.exponential("100 millis")
+      })
+      yield* connection.destroy
+      yield* settle
+      yield* TestClock.adjust("100 millis")
+      const silent = yield* broker.accept
+      yield* silent.expect("connect")
+      yield* settle
+      yield* TestClock.adjust("4900 millis")
+      yield* settle
+      expect(silent.isClosed).toBe(false)
+      yield* TestClock.adjust("100 millis")
+      yield* silent.closed
+      yield* settle
+      const disconnected = statuses.at(-1)
+      assert(disconnected?._tag === "Disconnected", JSON.stringify(statuses))
+      assert(disconnected.cause instanceof MqttError.TimeoutError)
+      expect(disconnected.cause.operation).toBe("connect")
+      expect(Duration.toMillis(disconnected.retryIn!)).toBe(200)
+      yield* TestClock.adjust("199 millis")
+      yield* settle
+      expect(broker.connections.length).toBe(2)
+      yield* TestClock.adjust("1 millis")
+      const third = yield* broker.accept
+      yield* third.expect("connect")
+      yield* third.connack()
+      yield* settle
+      expect(statuses.at(-1)?._tag).toBe("Connected")
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// server DISCONNECT (MQTT 5)
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("v5 server DISCONNECT", () => {
+  for (const [code, name] of [[0x8b, "server shutting down"], [0x9c, "use another server"]] as const) {
+    it.live(`0x${code.toString(16)} (${name}) is a typed cause, and the client reconnects to the same broker`, () =>
+      Effect.gen(function*() {
+        const { broker, client, connection, statuses } = yield* start({ protocolVersion: 5 })
+        yield* connection.send({
+          cmd: "disconnect",
+          reasonCode: code,
+          properties: { reasonString: name, ...(code === 0x9c ? { serverReference: "127.0.0.1:1" } : {}) }
+        })
+        yield* connection.closed
+        const second = yield* broker.accept
+        yield* second.expect("connect")
+        yield* second.connack()
+        yield* awaitStatus(client, "Connected")
+        const cause = statuses.find((s) => s._tag === "Disconnected")
+        assert(cause?._tag === "Disconnected", JSON.stringify(statuses))
+        assert(cause.cause instanceof MqttError.ConnectionLostError)
+        expect([cause.cause.reasonCode, cause.cause.reasonString]).toEqual([code, name])
+      }))
+  }
+
+  for (const [code, name] of [[0x8e, "session taken over"], [0x9d, "server moved"]] as const) {
+    it.live(
+      `0x${
+        code.toString(16)
+      } (${name}) stops the client: no reconnect, awaitClose and waiting operations fail with the reason code`,
+      () =>
+        Effect.gen(function*() {
+          const { broker, client, connection, statuses } = yield* start({ protocolVersion: 5 })
+          const pending = yield* publishSent(client, connection, "pending", 1)
+          const messages = yield* Effect.forkChild(Effect.exit(Stream.runDrain(client.messages)))
+          yield* connection.send({
+            cmd: "disconnect",
+            reasonCode: code,
+            properties: { reasonString: name, ...(code === 0x9d ? { serverReference: "127.0.0.1:1" } : {}) }
+          })
+          const error = errorOf(yield* Effect.exit(client.awaitClose))
+          assert(error instanceof MqttError.ConnectionLostError, String(error))
+          expect(error.reasonCode).toBe(code)
+          expect(errorOf(yield* Fiber.await(pending.fiber))).toEqual(error)
+          expect(errorOf(yield* Fiber.join(messages))).toEqual(error)
+          yield* connection.closed
+          // with a 10 ms schedule, a reconnect would have come by now
+          yield* sleepReal(300)
+          expect(broker.connections.length).toBe(1)
+          const last = statuses.at(-1)
+          assert(last?._tag === "Closed", JSON.stringify(statuses))
+          expect(last.cause).toEqual(error)
+        })
+    )
+  }
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// backoff (TestClock)
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Refuses attempts with the 3.1.1 return code 3 (server unavailable: worth retrying) and checks on TestClock that
+ * each one comes exactly when the client said it would (`retryIn` of its Disconnected status), not a millisecond
+ * before. Returns the announced delays in milliseconds.
+ */
+const refuseAttempts = (
+  broker: FakeBroker.FakeBroker,
+  statuses: ReadonlyArray<MqttClient.ConnectionStatus>,
+  attempts: number
+) =>
+  Effect.gen(function*() {
+    const delays: Array<number> = []
+    for (let attempt = 1; attempt <= attempts; attempt++) {
+      yield* settle
+      const disconnected = statuses.at(-1)
+      assert(disconnected?._tag === "Disconnected", `attempt ${attempt}: ${JSON.stringify(statuses.at(-1))}`)
+      const delay = Duration.toMillis(disconnected.retryIn!)
+      delays.push(delay)
+      const before = broker.connections.length
+      yield* TestClock.adjust(Duration.millis(Math.ceil(delay) - 1))
+      yield* settle
+      expect(broker.connections.length, `attempt ${attempt} came before its delay of ${delay} ms`).toBe(before)
+      yield* TestClock.adjust("1 millis")
+      const connection = yield* broker.accept
+      yield* connection.expect("connect")
+      const connecting = statuses.at(-1)
+      assert(connecting?._tag === "Connecting", JSON.stringify(connecting))
+      expect(connecting.attempt).toBe(attempt)
+      yield* connection.connack({ returnCode: 3 })
+      yield* connection.closed
+    }
+    return delays
+  })
+
+describe("backoff (TestClock)", () => {
+  it.effect("Schedule.exponential(100 ms): attempts come 100, 200, 400, 800, 1600 ms after each failure", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection, statuses } = yield* start({
+        keepAlive: 0,
+        reconnect: Schedule.exponential("100 millis")
+      })
+      yield* connection.destroy
+      const delays = yield* refuseAttempts(broker, statuses, 5)
+      expect(delays).toEqual([100, 200, 400, 800, 1600])
+      yield* settle
+      yield* TestClock.adjust("3200 millis")
+      const last = yield* broker.accept
+      yield* last.expect("connect")
+      yield* last.connack()
+      yield* settle
+      expect(statuses.at(-1)?._tag).toBe("Connected")
+      const metrics = yield* client.metrics
+      expect([metrics.connects, metrics.reconnects, metrics.failedAttempts]).toEqual([2, 1, 5])
+      expect(metrics.longestDisconnectMillis).toBe(100 + 200 + 400 + 800 + 1600 + 3200)
+    }))
+
+  it.effect("defaultReconnect: each delay lies in [d/2, d] of 100 ms doubling, capped at 30 s, and is jittered", () =>
+    Effect.gen(function*() {
+      const { broker, connection, statuses } = yield* start({
+        keepAlive: 0,
+        reconnect: MqttClient.defaultReconnect
+      })
+      yield* connection.destroy
+      const delays = yield* refuseAttempts(broker, statuses, 12)
+      delays.forEach((delay, i) => {
+        const d = Math.min(100 * 2 ** i, 30_000)
+        expect(delay, `attempt ${i + 1}`).toBeGreaterThanOrEqual(d / 2)
+        expect(delay, `attempt ${i + 1}`).toBeLessThanOrEqual(d)
+      })
+      // the cap: from the 10th attempt on (51.2 s uncapped) the delay stays within [15 s, 30 s]
+      expect(Math.max(...delays)).toBeLessThanOrEqual(30_000)
+      const ratios = delays.map((delay, i) => delay / Math.min(100 * 2 ** i, 30_000))
+      expect(new Set(ratios).size, `jittered, not a fixed fraction: ${ratios.join(", ")}`).toBeGreaterThan(1)
+    }))
+
+  it.live("a schedule that ends (Schedule.recurs(2)) gives up: awaitClose, waiting publishes fail with the last error", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection, statuses } = yield* start({ reconnect: Schedule.recurs(2) })
+      yield* connection.destroy
+      const first = yield* broker.accept
+      yield* first.expect("connect")
+      // offline: this publish waits for a connection that never comes
+      const pending = yield* Effect.forkChild(client.publish("t", "never", { qos: 1 }))
+      yield* first.connack({ returnCode: 3 })
+      const second = yield* broker.accept
+      yield* second.expect("connect")
+      // the last attempt ends differently, so the error proves it is the last one
+      yield* second.destroy
+      const error = errorOf(yield* Effect.exit(client.awaitClose))
+      assert(error instanceof MqttError.ConnectionLostError, String(error))
+      expect(errorOf(yield* Fiber.await(pending))).toEqual(error)
+      const last = statuses.at(-1)
+      assert(last?._tag === "Closed", JSON.stringify(statuses))
+      expect(last.cause).toEqual(error)
+      expect(errorOf(yield* Effect.exit(client.publish("t", "later", { qos: 1 })))).toEqual(error)
+      yield* sleepReal(200)
+      expect(broker.connections.length).toBe(3)
+      expect((yield* client.metrics).failedAttempts).toBe(2)
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// reconnect: false and the first connection
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("reconnect: false and retryFirstConnect", () => {
+  it.live("reconnect: false: a lost connection fails messages, operations and awaitClose, and nothing reconnects", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start({ reconnect: false })
+      const messages = yield* Effect.forkChild(Effect.exit(Stream.runDrain(client.messages)))
+      const pending = yield* publishSent(client, connection, "pending", 1)
+      yield* connection.destroy
+      const error = errorOf(yield* Effect.exit(client.awaitClose))
+      assert(error instanceof MqttError.ConnectionLostError, String(error))
+      expect(errorOf(yield* Fiber.join(messages))).toEqual(error)
+      expect(errorOf(yield* Fiber.await(pending.fiber))).toEqual(error)
+      expect(errorOf(yield* Effect.exit(client.subscribe("x")))).toEqual(error)
+      yield* sleepReal(200)
+      expect(broker.connections.length).toBe(1)
+    }))
+
+  it.live("retryFirstConnect: true keeps trying the first connection on the reconnect schedule", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, reconnect: fast, retryFirstConnect: true })
+      )
+      for (let i = 0; i < 3; i++) {
+        const refused = yield* broker.accept
+        yield* refused.expect("connect")
+        yield* refused.connack({ returnCode: 3 })
+      }
+      const accepted = yield* broker.accept
+      expect((yield* accepted.expect("connect")).clean).toBe(true)
+      yield* accepted.connack()
+      const client = yield* Fiber.join(fiber)
+      expect((yield* client.status)._tag).toBe("Connected")
+      const metrics = yield* client.metrics
+      expect([metrics.connects, metrics.failedAttempts]).toEqual([1, 3])
+    }))
+
+  it.live("by default the first connection is not retried: the layer fails at once with the cause", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const fiber = yield* Effect.forkChild(Effect.exit(MqttClient.make({ url: broker.url, reconnect: fast })))
+      const refused = yield* broker.accept
+      yield* refused.expect("connect")
+      yield* refused.connack({ returnCode: 3 })
+      const error = errorOf(yield* Fiber.join(fiber))
+      assert(error instanceof MqttError.ConnectRefusedError, String(error))
+      expect(error.reasonCode).toBe(3)
+      yield* sleepReal(200)
+      expect(broker.connections.length).toBe(1)
+    }))
+
+  it.live("retryFirstConnect: true still fails at once on a refusal another attempt cannot change", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const fiber = yield* Effect.forkChild(
+        Effect.exit(MqttClient.make({ url: broker.url, reconnect: fast, retryFirstConnect: true }))
+      )
+      const refused = yield* broker.accept
+      yield* refused.expect("connect")
+      yield* refused.connack({ returnCode: 5 })
+      const error = errorOf(yield* Fiber.join(fiber))
+      assert(error instanceof MqttError.ConnectRefusedError, String(error))
+      expect(error.reasonCode).toBe(5)
+      yield* sleepReal(200)
+      expect(broker.connections.length).toBe(1)
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// offline
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Drops the connection and holds the client offline: the next connection is accepted and its CONNECT read, but
+ * the CONNACK is left to the test.
+ */
+const goOffline = (broker: FakeBroker.FakeBroker, connection: FakeBroker.FakeConnection) =>
+  Effect.gen(function*() {
+    yield* connection.destroy
+    const next = yield* broker.accept
+    yield* next.expect("connect")
+    return next
+  })
+
+describe("offline", () => {
+  it.live("while reconnecting, the messages stream stays open and a consumer receives from the new connection", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start()
+      const consumer = yield* Effect.forkChild(client.messages.pipe(Stream.take(1), Stream.runCollect))
+      const next = yield* goOffline(broker, connection)
+      yield* settle
+      expect(isDone(consumer)).toBe(false)
+      yield* next.connack()
+      yield* next.send({ cmd: "publish", topic: "t", payload: Buffer.from("after"), qos: 0, retain: false, dup: false })
+      const [message] = yield* Fiber.join(consumer)
+      expect(message.text).toBe("after")
+    }))
+
+  it.live("QoS 1 and QoS 0 publishes made offline are sent after the reconnect (qos0: buffer, the default)", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start()
+      const next = yield* goOffline(broker, connection)
+      const q1 = yield* Effect.forkChild(client.publish("t", "offline-1", { qos: 1 }))
+      // QoS 0 completes once buffered
+      yield* client.publish("t", "offline-0")
+      yield* settle
+      expect(isDone(q1)).toBe(false)
+      yield* next.connack()
+      const sent = [yield* next.expect("publish"), yield* next.expect("publish")]
+      expect(sent.map(text).sort()).toEqual(["offline-0", "offline-1"])
+      const p1 = sent.find((p) => p.qos === 1)!
+      expect(p1.dup).toBe(false)
+      yield* next.send({ cmd: "puback", messageId: p1.messageId! })
+      yield* Fiber.join(q1)
+    }))
+
+  it.live("offline.qos0: fail: a QoS 0 publish while offline fails with OfflineError", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start({ offline: { qos0: "fail" } })
+      const next = yield* goOffline(broker, connection)
+      const error = errorOf(yield* Effect.exit(client.publish("t", "x")))
+      assert(error instanceof MqttError.OfflineError, String(error))
+      expect(error.operation).toBe("publish")
+      yield* next.connack()
+      yield* next.expectSilence(100)
+      // connected again: QoS 0 goes out
+      yield* client.publish("t", "online")
+      expect(text(yield* next.expect("publish"))).toBe("online")
+    }))
+
+  it.live("offline.capacity 2, overflow fail: the third offline publish fails with OfflineError, the two are sent", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start({ offline: { capacity: 2, overflow: "fail" } })
+      const next = yield* goOffline(broker, connection)
+      const a = yield* Effect.forkChild(client.publish("t", "a", { qos: 1 }), { startImmediately: true })
+      const b = yield* Effect.forkChild(client.publish("t", "b", { qos: 2 }), { startImmediately: true })
+      const error = errorOf(yield* Effect.exit(client.publish("t", "c", { qos: 1 })))
+      assert(error instanceof MqttError.OfflineError, String(error))
+      yield* next.connack()
+      const sent = [yield* next.expect("publish"), yield* next.expect("publish")]
+      expect(sent.map(text)).toEqual(["a", "b"])
+      yield* next.expectSilence(100)
+      yield* next.send({ cmd: "puback", messageId: sent[0].messageId! })
+      yield* next.send({ cmd: "pubrec", messageId: sent[1].messageId! })
+      yield* next.expect("pubrel")
+      yield* next.send({ cmd: "pubcomp", messageId: sent[1].messageId! })
+      yield* Fiber.join(a)
+      yield* Fiber.join(b)
+    }))
+
+  it.live("offline.capacity 2, overflow wait: the third offline publish waits and is sent once connected", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start({ offline: { capacity: 2, overflow: "wait" } })
+      const next = yield* goOffline(broker, connection)
+      const fibers = [
+        yield* Effect.forkChild(client.publish("t", "a", { qos: 1 }), { startImmediately: true }),
+        yield* Effect.forkChild(client.publish("t", "b", { qos: 1 }), { startImmediately: true }),
+        yield* Effect.forkChild(client.publish("t", "c", { qos: 1 }), { startImmediately: true })
+      ]
+      yield* settle
+      for (const fiber of fibers) expect(isDone(fiber)).toBe(false)
+      yield* next.connack()
+      const sent = [yield* next.expect("publish"), yield* next.expect("publish"), yield* next.expect("publish")]
+      expect(sent.map(text).sort()).toEqual(["a", "b", "c"])
+      for (const p of sent) yield* next.send({ cmd: "puback", messageId: p.messageId! })
+      for (const fiber of fibers) yield* Fiber.join(fiber)
+    }))
+
+  it.live("offline.capacity counts the publishes the buffer holds: one interrupted while offline frees its place", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start({ offline: { capacity: 1, overflow: "fail" } })
+      const next = yield* goOffline(broker, connection)
+      const abandoned = yield* Effect.forkChild(client.publish("t", "abandoned", { qos: 1 }), {
+        startImmediately: true
+      })
+      yield* Fiber.interrupt(abandoned)
+      // the buffer is empty again: this publish is kept, not refused
+      const kept = yield* Effect.forkChild(Effect.exit(client.publish("t", "kept", { qos: 1 })), {
+        startImmediately: true
+      })
+      yield* settle
+      assert(!isDone(kept), `the publish was refused: ${JSON.stringify(kept.pollUnsafe())}`)
+      yield* next.connack()
+      const publish = yield* next.expect("publish")
+      expect(text(publish)).toBe("kept")
+      yield* next.send({ cmd: "puback", messageId: publish.messageId! })
+      expect(Exit.isSuccess(yield* Fiber.join(kept))).toBe(true)
+    }))
+
+  it.live("requests: wait (default): subscribe and unsubscribe made offline complete after the reconnect", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start()
+      const next = yield* goOffline(broker, connection)
+      const subscribe = yield* Effect.forkChild(client.subscribe("offline/#", { qos: 1 }))
+      const unsubscribe = yield* Effect.forkChild(client.unsubscribe("other"))
+      yield* settle
+      expect(isDone(subscribe)).toBe(false)
+      expect(isDone(unsubscribe)).toBe(false)
+      yield* next.connack()
+      const packets = [yield* next.receive, yield* next.receive]
+      const sub = packets.find((p) => p.cmd === "subscribe")
+      const unsub = packets.find((p) => p.cmd === "unsubscribe")
+      assert(sub?.cmd === "subscribe" && unsub?.cmd === "unsubscribe", JSON.stringify(packets))
+      expect(sub.subscriptions).toEqual([{ topic: "offline/#", qos: 1 }])
+      expect(unsub.unsubscriptions).toEqual(["other"])
+      yield* next.send({ cmd: "suback", messageId: sub.messageId!, granted: [1] })
+      yield* next.send({ cmd: "unsuback", messageId: unsub.messageId!, granted: [] })
+      expect(yield* Fiber.join(subscribe)).toEqual([{ filter: "offline/#", qos: 1, reasonCode: 1 }])
+      yield* Fiber.join(unsubscribe)
+    }))
+
+  it.live("requests: wait: a SUBSCRIBE in flight when the connection drops is sent again and completes", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start()
+      const subscribe = yield* Effect.forkChild(client.subscribe("inflight/#", { qos: 2 }))
+      yield* connection.expect("subscribe")
+      const next = yield* goOffline(broker, connection)
+      yield* next.connack()
+      const again = yield* next.expect("subscribe")
+      expect(again.subscriptions).toEqual([{ topic: "inflight/#", qos: 2 }])
+      yield* next.send({ cmd: "suback", messageId: again.messageId!, granted: [2] })
+      expect(yield* Fiber.join(subscribe)).toEqual([{ filter: "inflight/#", qos: 2, reasonCode: 2 }])
+    }))
+
+  it.live("requests: fail: subscribe and unsubscribe while offline fail with OfflineError", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start({ offline: { requests: "fail" } })
+      const next = yield* goOffline(broker, connection)
+      const subscribeError = errorOf(yield* Effect.exit(client.subscribe("x")))
+      assert(subscribeError instanceof MqttError.OfflineError, String(subscribeError))
+      expect(subscribeError.operation).toBe("subscribe")
+      const unsubscribeError = errorOf(yield* Effect.exit(client.unsubscribe("x")))
+      assert(unsubscribeError instanceof MqttError.OfflineError, String(unsubscribeError))
+      expect(unsubscribeError.operation).toBe("unsubscribe")
+      yield* next.connack()
+      yield* next.expectSilence(100)
+    }))
+
+  it.live("requests: fail: a SUBSCRIBE in flight when the connection drops fails instead of being sent again", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start({ offline: { requests: "fail" } })
+      const subscribe = yield* Effect.forkChild(Effect.exit(client.subscribe("inflight/#", { qos: 1 })))
+      yield* connection.expect("subscribe")
+      const next = yield* goOffline(broker, connection)
+      yield* settle
+      // documented in MqttClient.OfflineOptions.requests: "in flight when the connection drops ... fails, likewise"
+      const exit = yield* Effect.timeoutOption(Fiber.join(subscribe), "1 second")
+      assert(Option.isSome(exit), "the in-flight subscribe is still waiting while the client is offline")
+      const error = errorOf(exit.value)
+      expect(MqttError.isConnectionError(error) || error instanceof MqttError.OfflineError).toBe(true)
+      yield* next.connack()
+      yield* next.expectSilence(100)
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// status and metrics
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("status and metrics", () => {
+  it.live("statusChanges: Connected, Disconnected with the cause, Connecting, Connected; metrics count it", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection, statuses } = yield* start()
+      yield* connection.destroy
+      const next = yield* broker.accept
+      yield* next.expect("connect")
+      yield* next.connack()
+      yield* awaitStatus(client, "Connected")
+      yield* settle
+      expect(statuses.map((s) => s._tag)).toEqual(["Connected", "Disconnected", "Connecting", "Connected"])
+      const [, disconnected, connecting, connected] = statuses
+      assert(disconnected._tag === "Disconnected" && connecting._tag === "Connecting" && connected._tag === "Connected")
+      assert(disconnected.cause instanceof MqttError.ConnectionLostError, String(disconnected.cause))
+      expect(Duration.toMillis(disconnected.retryIn!)).toBe(10)
+      expect(connecting.attempt).toBe(1)
+      expect(connected.info.sessionPresent).toBe(false)
+      const metrics = yield* client.metrics
+      expect([metrics.connects, metrics.reconnects, metrics.failedAttempts]).toEqual([2, 1, 0])
+      expect(metrics.longestDisconnectMillis).toBeGreaterThanOrEqual(10)
+      expect(metrics.disconnectedMillis).toBe(metrics.longestDisconnectMillis)
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// interruption and closing
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("interruption and closing", () => {
+  for (const version of versions) {
+    it.live(`v${version}: an interrupted QoS 1 publish that was sent is still resent after a drop, and its PUBACK accepted`, () =>
+      Effect.gen(function*() {
+        const { broker, client, connection } = yield* start(persistent(version))
+        const sent = yield* publishSent(client, connection, "interrupted", 1)
+        yield* Fiber.interrupt(sent.fiber)
+        yield* connection.destroy
+        const next = yield* acceptPersistent(broker, version)
+        yield* next.connack({ sessionPresent: true })
+        const resent = yield* next.expect("publish")
+        expect([resent.messageId, text(resent), resent.dup]).toEqual([sent.id, "interrupted", true])
+        yield* next.send({ cmd: "puback", messageId: sent.id })
+        // accepted: no protocol error, and the connection carries on
+        const after = yield* publishSent(client, next, "after", 1)
+        yield* next.send({ cmd: "puback", messageId: after.id })
+        yield* Fiber.join(after.fiber)
+        expect(next.isClosed).toBe(false)
+        expect((yield* client.status)._tag).toBe("Connected")
+      }))
+  }
+
+  it.live("v4: an interrupted QoS 2 publish after PUBREC still gets its PUBREL resent after a drop", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start(persistent(4))
+      const sent = yield* publishSent(client, connection, "interrupted", 2)
+      yield* connection.send({ cmd: "pubrec", messageId: sent.id })
+      yield* connection.expect("pubrel")
+      yield* Fiber.interrupt(sent.fiber)
+      yield* connection.destroy
+      const next = yield* acceptPersistent(broker, 4)
+      yield* next.connack({ sessionPresent: true })
+      expect((yield* next.expect("pubrel")).messageId).toBe(sent.id)
+      yield* next.send({ cmd: "pubcomp", messageId: sent.id })
+      yield* next.expectSilence(100)
+      expect(next.isClosed).toBe(false)
+    }))
+
+  it.live("a publish interrupted while it waits offline is never sent", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start()
+      const next = yield* goOffline(broker, connection)
+      const fiber = yield* Effect.forkChild(client.publish("t", "abandoned", { qos: 1 }), { startImmediately: true })
+      yield* Fiber.interrupt(fiber)
+      yield* next.connack()
+      yield* next.expectSilence(150)
+    }))
+
+  it.live("closing the client after a reconnect sends DISCONNECT on the new connection and ends at once", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const scope = yield* Scope.make()
+      const fiber = yield* Effect.forkChild(Scope.provide(MqttClient.make({ url: broker.url, reconnect: fast }), scope))
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      yield* connection.destroy
+      const { connection: next } = yield* broker.acceptAndConnack()
+      yield* awaitStatus(client, "Connected")
+      yield* Scope.close(scope, Exit.void)
+      yield* next.closed
+      // without DISCONNECT the broker takes the close for a lost connection and publishes the Will
+      expect(next.received.map((p) => p.cmd)).toEqual(["connect", "disconnect"])
+    }))
+
+  it.live("closing the scope during the backoff delay ends at once, fails waiting publishes, and nothing reconnects", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const scope = yield* Scope.make()
+      const fiber = yield* Effect.forkChild(
+        Scope.provide(MqttClient.make({ url: broker.url, reconnect: Schedule.spaced("1 hour") }), scope)
+      )
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      yield* connection.destroy
+      yield* awaitStatus(client, "Disconnected")
+      const pending = yield* Effect.forkChild(client.publish("t", "offline", { qos: 1 }), { startImmediately: true })
+      // the close does not wait for the backoff delay (an hour here): were it to, the test would time out
+      yield* Scope.close(scope, Exit.void)
+      yield* client.awaitClose
+      const last = yield* client.status
+      expect(last).toEqual({ _tag: "Closed", cause: undefined })
+      expect(MqttError.isConnectionError(errorOf(yield* Fiber.await(pending)))).toBe(true)
+      yield* sleepReal(100)
+      expect(broker.connections.length).toBe(1)
+    }))
+
+  it.live("closing the scope while a reconnect waits for its CONNACK ends at once and no attempt follows", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const scope = yield* Scope.make()
+      const fiber = yield* Effect.forkChild(
+        Scope.provide(MqttClient.make({ url: broker.url, reconnect: fast, connectTimeout: "30 seconds" }), scope)
+      )
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      const next = yield* goOffline(broker, connection)
+      // the close does not wait for the backoff delay (an hour here): were it to, the test would time out
+      yield* Scope.close(scope, Exit.void)
+      yield* next.closed
+      yield* client.awaitClose
+      // a 10 ms schedule: any attempt after the close would have come by now
+      yield* sleepReal(300)
+      expect(broker.connections.length).toBe(2)
+      expect((yield* client.status)._tag).toBe("Closed")
+    }))
+})
