@@ -418,7 +418,9 @@ const main = async () => {
           const floor = qos === 2 ? 2 : 0.8
           const complete = runs.effect.every((r) => r.received === MESSAGES)
           floors.push({
-            name: `QoS ${qos} (MQTT ${protocolName(protocolVersion)}): effect-mqtt >= ${floor}x MQTT.js`,
+            name: `QoS ${qos} (MQTT ${
+              protocolName(protocolVersion)
+            }, same ${WINDOW}-publish window): effect-mqtt >= ${floor}x MQTT.js`,
             pass: Number.isFinite(ratio) && ratio >= floor && complete,
             detail: `${Number.isFinite(ratio) ? ratio.toFixed(2) : "n/a"}x${
               complete ? "" : ", effect-mqtt lost messages"
@@ -488,6 +490,15 @@ const main = async () => {
         name: `QoS 2 burst of ${MESSAGES.toLocaleString("en-US")}: effect-mqtt completes`,
         pass: effect.finished && effect.received === MESSAGES,
         detail: effect.finished && effect.received === MESSAGES ? fmtSeconds(effect.ms) : "did not complete"
+      })
+      // the same 100,000 QoS 2 messages, each client given them all at once and left to its own flow control
+      // (MQTT.js's reference figure in ENGINEERING.md was measured this way); MQTT.js's rate counts what it
+      // delivered before the cap
+      const burstRatio = rateOf(effect) / rateOf(mqttjs)
+      floors.push({
+        name: `QoS 2, all ${MESSAGES.toLocaleString("en-US")} publishes at once: effect-mqtt >= 2x MQTT.js`,
+        pass: Number.isFinite(burstRatio) && burstRatio >= 2 && effect.finished && effect.received === MESSAGES,
+        detail: Number.isFinite(burstRatio) ? `${burstRatio.toFixed(2)}x` : "n/a"
       })
     }
   } finally {

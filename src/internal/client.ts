@@ -1266,10 +1266,13 @@ export const make = (
             guard(
               c,
               Effect.forever(Effect.flatMap(c.outbox.take, (batch) =>
-                Effect.map(
-                  Effect.mapError(writer.writeAll(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
-                  () => c.outbox.written()
-                )))
+                // empty only when the connection closed between the wake-up and the take
+                Arr.isArrayNonEmpty(batch as Array<Uint8Array>)
+                  ? Effect.map(
+                    Effect.mapError(writer.writeAll(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
+                    () => c.outbox.written()
+                  )
+                  : Effect.void))
             ),
             connectionScope
           )
