@@ -156,7 +156,9 @@ const effectRunAll = (
   Effect.scoped(Effect.gen(function*() {
     const topic = freshTopic(`effect-q${qos}`)
     const sub = yield* MqttClient.make({ url, protocolVersion })
-    const pub = yield* MqttClient.make({ url, protocolVersion })
+    // the benchmark's broker has no in-flight limit (max_inflight_messages 0), so the publisher may keep as many
+    // in flight as MQTT.js does; the client's 3.1.1 default of 20 is for brokers with Mosquitto's default limit
+    const pub = yield* MqttClient.make({ url, protocolVersion, maxInflight: 1000 })
     yield* sub.subscribe(topic, { qos })
     const counter: Counter = { count: 0, last: 0 }
     yield* Effect.forkScoped(

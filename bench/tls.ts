@@ -102,7 +102,7 @@ const effectRun = (url: string, caFile: string, qos: QoS, n: number): Promise<Re
     const topic = freshTopic(`effect-q${qos}`)
     const options: MqttClient.Options = { url, tls: { caFile } }
     const sub = yield* MqttClient.make(options)
-    const pub = yield* MqttClient.make(options)
+    const pub = yield* MqttClient.make({ ...options, maxInflight: 1000 }) // the broker has no in-flight limit
     yield* sub.subscribe(topic, { qos })
     const counter: Counter = { count: 0, last: 0 }
     yield* Effect.forkScoped(

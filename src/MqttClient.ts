@@ -191,7 +191,8 @@ export interface Options {
   /** MQTT 5 enhanced authentication: an authentication method and the answers to the broker's challenges. */
   readonly auth?: Authentication | undefined
   /** How many QoS 1/2 publishes may wait for their acknowledgement at once (at most the broker's Receive
-   * Maximum); the others wait their turn in order. Default 1,000. */
+   * Maximum); the others wait their turn in order. Default 1,000 on MQTT 5; 20 on MQTT 3.1.1, which has no
+   * Receive Maximum (Mosquitto's default silently drops what a 3.1.1 client sends beyond 20 in flight). */
   readonly maxInflight?: number | undefined
   /** MQTT 5: where `request` asks for responses: `<prefix>/<client identifier>`. Default
    * `effect-mqtt/responses`. */

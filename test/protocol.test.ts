@@ -193,11 +193,28 @@ describe("keepalive (TestClock)", () => {
       const { client, connection } = yield* connect({ keepAlive: 10 })
       yield* settle
       yield* TestClock.adjust("6 seconds")
+      // traffic both ways at 6 s: neither silence rule is due before 16 s
       yield* client.publish("a", "b")
       yield* connection.expect("publish")
+      yield* connection.send(publishPacket("in", "x", 0))
+      yield* settle
       yield* TestClock.adjust("6 seconds")
       yield* connection.expectSilence(50)
       yield* TestClock.adjust("4 seconds")
+      yield* connection.expect("pingreq")
+    }))
+
+  it.effect("a client that keeps sending but receives nothing still pings within the keepalive", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ keepAlive: 10 })
+      yield* settle
+      for (let i = 0; i < 3; i++) {
+        yield* TestClock.adjust("3 seconds")
+        yield* client.publish("a", String(i))
+        yield* connection.expect("publish")
+      }
+      // sent at 9 s, but nothing received since the CONNACK at 0 s
+      yield* TestClock.adjust("1 second")
       yield* connection.expect("pingreq")
     }))
 

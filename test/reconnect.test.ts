@@ -233,6 +233,72 @@ describe("session continuity (Session Present 1)", () => {
       }))
   }
 
+  it.live(
+    "after its PUBCOMP, a PUBLISH with the same identifier is a new message, DUP or not (MQTT 4.3.3): delivered again",
+    () =>
+      Effect.gen(function*() {
+        const { broker, client, connection } = yield* start(persistent(4))
+        const publish: Packet = {
+          cmd: "publish",
+          topic: "in",
+          payload: Buffer.from("first"),
+          qos: 2,
+          messageId: 11,
+          retain: false,
+          dup: false
+        }
+        yield* connection.send(publish)
+        yield* connection.expect("pubrec")
+        yield* connection.send({ cmd: "pubrel", messageId: 11 })
+        yield* connection.expect("pubcomp")
+        yield* connection.destroy
+        const next = yield* acceptPersistent(broker, 4)
+        yield* next.connack({ sessionPresent: true })
+        // a broker that lost the PUBCOMP must resend PUBREL; a PUBLISH is a new message for the receiver
+        yield* next.send({ ...publish, dup: true, payload: Buffer.from("second") })
+        expect((yield* next.expect("pubrec")).messageId).toBe(11)
+        const received = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
+        expect(received.map((m) => m.text)).toEqual(["first", "second"])
+      })
+  )
+
+  it.live("v5: topic aliases belong to one connection: resends after a reconnect name their topic again", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection } = yield* start(persistent(5), { properties: { topicAliasMaximum: 5 } })
+      const topic = "a/rather/long/topic/name"
+      const first = yield* publishSent(client, connection, "one", 1, topic)
+      const second = yield* publishSent(client, connection, "two", 1, topic)
+      // on the first connection the second PUBLISH went by alias alone
+      expect(first.packet.topic).toBe(topic)
+      const alias = first.packet.properties?.topicAlias
+      expect(alias).toBeDefined()
+      expect([second.packet.topic, second.packet.properties?.topicAlias]).toEqual(["", alias])
+      yield* connection.destroy
+
+      const next = yield* acceptPersistent(broker, 5)
+      yield* next.connack({ sessionPresent: true, properties: { topicAliasMaximum: 5 } })
+      const resent = [yield* next.expect("publish"), yield* next.expect("publish")]
+      expect(resent.map((p) => [p.messageId, text(p), p.dup])).toEqual([[first.id, "one", true], [
+        second.id,
+        "two",
+        true
+      ]])
+      // the first resend names the topic; any later PUBLISH without a name uses an alias set on this connection
+      expect(resent[0].topic).toBe(topic)
+      const defined = new Map<number, string>()
+      for (const p of resent) {
+        const a = p.properties?.topicAlias
+        if (p.topic !== "") {
+          if (a !== undefined) defined.set(a, p.topic)
+          continue
+        }
+        assert(a !== undefined && defined.get(a) === topic, `an alias set on this connection: ${JSON.stringify(p)}`)
+      }
+      for (const p of resent) yield* next.send({ cmd: "puback", messageId: p.messageId! })
+      yield* Fiber.join(first.fiber)
+      yield* Fiber.join(second.fiber)
+    }))
+
   it.live("v5: the broker's Receive Maximum quota restarts with each connection", () =>
     Effect.gen(function*() {
       const { broker, client, connection } = yield* start(persistent(5), { properties: { receiveMaximum: 2 } })
@@ -455,6 +521,41 @@ describe("dead connections (TestClock)", () => {
       yield* Fiber.join(sent.fiber)
     }))
 
+  it.effect(
+    "a half-open connection is detected while the client keeps publishing QoS 1 that is never acknowledged",
+    () =>
+      Effect.gen(function*() {
+        const { broker, client, connection, statuses } = yield* start({
+          ...persistent(4),
+          keepAlive: 10,
+          pingTimeout: "5 seconds",
+          reconnect: Schedule.exponential("100 millis")
+        })
+        yield* connection.pause
+        // the application publishes every 3 s: the client always has something to send, so a keepalive that
+        // only counts what is sent never pings, while nothing at all comes back from the broker
+        const fibers: Array<Fiber.Fiber<void, MqttError.MqttError>> = []
+        for (let second = 0; second < 45; second += 3) {
+          if (statuses.some((s) => s._tag === "Disconnected")) break
+          fibers.push(
+            yield* Effect.forkChild(client.publish("t", `m${second}`, { qos: 1 }), { startImmediately: true })
+          )
+          yield* settle
+          yield* TestClock.adjust("3 seconds")
+        }
+        yield* settle
+        // keepalive 10 s plus a 5 s ping timeout: after 45 s of silence the connection must have been given up
+        const lostAt = statuses.findIndex((s) => s._tag === "Disconnected")
+        assert(lostAt >= 0, `still ${statuses.at(-1)?._tag} after 45 s without a packet from the broker`)
+        yield* TestClock.adjust("1 second")
+        const next = yield* acceptPersistent(broker, 4)
+        yield* next.connack({ sessionPresent: true })
+        const resent = yield* next.expect("publish")
+        expect([text(resent), resent.dup]).toEqual(["m0", true])
+        for (const fiber of fibers) expect(isDone(fiber)).toBe(false)
+      })
+  )
+
   it.effect("a CONNACK that never comes on a reconnect times out, then the next attempt waits its backoff", () =>
     Effect.gen(function*() {
       const { broker, connection, statuses } = yield* start({
@@ -608,6 +709,40 @@ describe("backoff (TestClock)", () => {
       expect([metrics.connects, metrics.reconnects, metrics.failedAttempts]).toEqual([2, 1, 5])
       expect(metrics.longestDisconnectMillis).toBe(100 + 200 + 400 + 800 + 1600 + 3200)
     }))
+
+  it.effect(
+    "the backoff goes on after a connection that lasted under 10 s, and starts afresh after one that lasted 10 s",
+    () =>
+      Effect.gen(function*() {
+        const { broker, connection, statuses } = yield* start({
+          keepAlive: 0,
+          reconnect: Schedule.exponential("100 millis")
+        })
+        const dropAndReconnectAfter = (dropped: FakeBroker.FakeConnection, expected: number) =>
+          Effect.gen(function*() {
+            yield* dropped.destroy
+            yield* settle
+            const disconnected = statuses.at(-1)
+            assert(disconnected?._tag === "Disconnected", JSON.stringify(statuses.at(-1)))
+            expect(Duration.toMillis(disconnected.retryIn!)).toBe(expected)
+            yield* TestClock.adjust(Duration.millis(expected))
+            const next = yield* broker.accept
+            yield* next.expect("connect")
+            yield* next.connack()
+            yield* settle
+            return next
+          })
+        // a broker that accepts and drops at once meets a growing delay
+        const second = yield* dropAndReconnectAfter(connection, 100)
+        yield* TestClock.adjust("1 second")
+        const third = yield* dropAndReconnectAfter(second, 200)
+        yield* TestClock.adjust("9 seconds")
+        const fourth = yield* dropAndReconnectAfter(third, 400)
+        // a connection that lasted 10 s: the next outage starts from the first delay again
+        yield* TestClock.adjust("10 seconds")
+        yield* dropAndReconnectAfter(fourth, 100)
+      })
+  )
 
   it.effect("defaultReconnect: each delay lies in [d/2, d] of 100 ms doubling, capped at 30 s, and is jittered", () =>
     Effect.gen(function*() {

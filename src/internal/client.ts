@@ -154,7 +154,9 @@ const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) 
   if (!isUint(receiveMaximum, 65535) || receiveMaximum === 0) {
     return yield* invalid("receiveMaximum", "expected a whole number from 1 to 65535")
   }
-  const maxInflight = options.maxInflight ?? 1000
+  // MQTT 3.1.1 has no Receive Maximum: Mosquitto's default (max_inflight_messages 20) silently drops what a
+  // 3.1.1 client sends beyond 20 unacknowledged messages while acknowledging it, so keep to 20 there, as paho does
+  const maxInflight = options.maxInflight ?? (protocolVersion === 5 ? 1000 : 20)
   if (!isUint(maxInflight, 65535) || maxInflight === 0) {
     return yield* invalid("maxInflight", "expected a whole number from 1 to 65535")
   }
@@ -325,6 +327,7 @@ interface Connection {
   quota: number
   used: number
   lastSent: number
+  lastReceived: number
   pong: Deferred.Deferred<void> | undefined
   /** the reader is waiting for room in the incoming queue, so the socket is not being read */
   stalled: boolean
@@ -1129,6 +1132,7 @@ export const make = (
         Effect.flatMap(
           Effect.mapError(pull, socketLost),
           (chunks): Effect.Effect<void, MqttError.MqttError> => {
+            c.lastReceived = clock.currentTimeMillisUnsafe()
             // mqtt-packet parses synchronously and may throw on input it does not expect: whatever the
             // broker sends, it becomes a typed protocol error, never a defect
             try {
@@ -1246,6 +1250,7 @@ export const make = (
           quota: 65535,
           used: 0,
           lastSent: clock.currentTimeMillisUnsafe(),
+          lastReceived: clock.currentTimeMillisUnsafe(),
           pong: undefined,
           stalled: false,
           stalledDuringPing: false
@@ -1309,7 +1314,9 @@ export const make = (
         ? Math.min(keepAliveMillis, 30_000)
         : Duration.toMillis(o.pingTimeout)
       const ping: Effect.Effect<void, MqttError.MqttError> = Effect.suspend(() => {
-        const wait = c.lastSent + keepAliveMillis - clock.currentTimeMillisUnsafe()
+        // a PINGREQ when nothing was sent for the keepalive [MQTT-3.1.2-20], and also when nothing was received:
+        // a client that keeps publishing into a dead connection would otherwise never find out
+        const wait = Math.min(c.lastSent, c.lastReceived) + keepAliveMillis - clock.currentTimeMillisUnsafe()
         if (wait > 0) return Effect.sleep(wait)
         const answer = Deferred.makeUnsafe<void>()
         c.pong = answer
@@ -1345,7 +1352,8 @@ export const make = (
 
     /**
      * Tries to connect again on the `reconnect` schedule until it succeeds (the connection) or gives up (the
-     * last error). Each outage starts the schedule afresh, and even the first attempt waits its delay, so that
+     * last error). The schedule starts afresh after a connection that lasted (see `supervise`), and even the
+     * first attempt waits its delay, so that
      * many clients that lost the same broker spread out.
      */
     const reconnect = (
