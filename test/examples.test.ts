@@ -216,5 +216,17 @@ for (const broker of brokers) {
         "received 3 messages before the timeout"
       ])
     }, EXAMPLE_TIMEOUT_MS)
+
+    it("09-subscription-stream routes the alerts to their own stream and the rest to messages", async () => {
+      const run = await runOk("09-subscription-stream.ts", broker.url())
+      assert.deepStrictEqual(run.lines, [
+        "status: Connected, session present: false",
+        "alert stream: alerts/smoke kitchen",
+        "alert stream: alerts/door open",
+        "messages: temperature/inside 21.5",
+        "messages: temperature/outside 8.0",
+        "alert subscription closed"
+      ])
+    }, EXAMPLE_TIMEOUT_MS)
   })
 }
