@@ -711,7 +711,7 @@ describe("backoff (TestClock)", () => {
     }))
 
   it.effect(
-    "the backoff goes on after a connection that lasted under 10 s, and starts afresh after one that lasted 10 s",
+    "the backoff goes on after short connections, and starts afresh after one that lasted four times its delay",
     () =>
       Effect.gen(function*() {
         const { broker, connection, statuses } = yield* start({
@@ -732,15 +732,18 @@ describe("backoff (TestClock)", () => {
             yield* settle
             return next
           })
-        // a broker that accepts and drops at once meets a growing delay
-        const second = yield* dropAndReconnectAfter(connection, 100)
+        // the first connection lasted (from the client's start): the first outage starts at the first delay
         yield* TestClock.adjust("1 second")
+        const second = yield* dropAndReconnectAfter(connection, 100)
+        // a broker that accepts and drops at once (no time passes) meets a growing delay
         const third = yield* dropAndReconnectAfter(second, 200)
-        yield* TestClock.adjust("9 seconds")
         const fourth = yield* dropAndReconnectAfter(third, 400)
-        // a connection that lasted 10 s: the next outage starts from the first delay again
-        yield* TestClock.adjust("10 seconds")
-        yield* dropAndReconnectAfter(fourth, 100)
+        // a connection of 1 s lasted no more than four times the 400 ms waited before it: the delay grows on
+        yield* TestClock.adjust("1 second")
+        const fifth = yield* dropAndReconnectAfter(fourth, 800)
+        // one of 4 s outlasted four times the 800 ms before it: the next outage starts afresh
+        yield* TestClock.adjust("4 seconds")
+        yield* dropAndReconnectAfter(fifth, 100)
       })
   )
 
