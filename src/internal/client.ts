@@ -341,7 +341,7 @@ type ScheduleStep = (
 ) => Effect.Effect<[unknown, Duration.Duration], unknown>
 
 /** How long a connection must last for the reconnect backoff to start again from its first delay. */
-const STABLE_CONNECTION_MILLIS = 10_000
+const STABLE_CONNECTION_MILLIS = 1_000
 
 /** Subscription identifiers the client gives by itself start here, away from the small ones users pick. */
 const AUTOMATIC_IDENTIFIERS_FROM = 200_000_000
@@ -1356,9 +1356,6 @@ export const make = (
      * first attempt waits its delay, so that
      * many clients that lost the same broker spread out.
      */
-    /** The delay waited before the current connection's attempt (0 for the first connection). */
-    let lastDelayMillis = 0
-
     const reconnect = (
       step: ScheduleStep,
       cause: MqttError.MqttError
@@ -1369,7 +1366,6 @@ export const make = (
           const next = yield* Effect.exit(step(clock.currentTimeMillisUnsafe(), error))
           if (Exit.isFailure(next)) return yield* Effect.fail(error)
           const delay = next.value[1]
-          lastDelayMillis = Duration.toMillis(delay)
           yield* SubscriptionRef.set(status, { _tag: "Disconnected", cause: error, retryIn: delay })
           yield* Effect.sleep(delay)
           yield* SubscriptionRef.set(status, { _tag: "Connecting", attempt })
@@ -1399,13 +1395,11 @@ export const make = (
           }
           yield* detach(c, error)
           const since = clock.currentTimeMillisUnsafe()
-          // the backoff starts afresh only after a connection that lasted: 10 s, or 1 s and four times the wait
-          // before it. A broker that accepts and drops each connection at once, or two clients that take one
-          // session from each other, meet a growing delay; a broker that restarts now and then is reconnected
-          // to at the first delay each time
-          const lasted = since - connectedAt
-          const stable = lasted >= STABLE_CONNECTION_MILLIS || (lasted >= 1000 && lasted > 4 * lastDelayMillis)
-          if (step === undefined || stable) {
+          // the backoff starts afresh only after a connection that lasted a second: a broker that accepts and
+          // drops each connection at once meets a growing delay, and of two clients that take one session from
+          // each other at least one backs off (the other's connections last its whole delay); a broker that
+          // restarts now and then is reconnected to at the first delay each time
+          if (step === undefined || since - connectedAt >= STABLE_CONNECTION_MILLIS) {
             step = yield* Schedule.toStep(schedule)
           }
           const exit = yield* Effect.exit(reconnect(step, error))
