@@ -9,7 +9,7 @@
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Cause, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Scope, Stream } from "effect"
 import { IncomingQueue, MqttClient, type MqttMessage } from "effect-mqtt"
-import { connect as connectMqttJs, type IClientOptions, type IPublishPacket } from "mqtt"
+import { connect as connectMqttJs, type IClientOptions } from "mqtt"
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
@@ -24,6 +24,7 @@ import {
   requireMosquittoClients,
   startMosquitto
 } from "./support/Mosquitto.ts"
+import { fromPromise, guard, mqttJsMessages, willClient } from "./support/peers.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
@@ -41,10 +42,6 @@ const cliTarget = (broker: MosquittoHandle, version: Version, topic: string) => 
 const qosLevels = [0, 1, 2] as const
 
 /** Only a guard against a hang: every wait in these tests ends on an event, not on a delay. */
-const guard = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.timeout(self, "20 seconds")
-
-const fromPromise = <A>(evaluate: () => Promise<A>) => guard(Effect.promise(evaluate))
-
 const runId = Crypto.randomBytes(3).toString("hex")
 let topicCount = 0
 /** A topic no other test (nor a previous run against a reused broker) publishes to. */
@@ -109,57 +106,9 @@ const mqttJs = (url: string, options: IClientOptions) =>
     (client) => Effect.promise(() => client.endAsync(true))
   )
 
-interface MqttJsMessage {
-  readonly topic: string
-  readonly payload: Buffer
-  readonly packet: IPublishPacket
-}
-
-/** Collects the next `n` messages an MQTT.js client receives. */
-const mqttJsMessages = (client: ReturnType<typeof connectMqttJs>, n: number): Promise<Array<MqttJsMessage>> =>
-  new Promise((resolve) => {
-    const received: Array<MqttJsMessage> = []
-    const listener = (topic: string, payload: Buffer, packet: IPublishPacket) => {
-      received.push({ topic, payload, packet })
-      if (received.length === n) {
-        client.off("message", listener)
-        resolve(received)
-      }
-    }
-    client.on("message", listener)
-  })
-
 // ---- a client in a child process -----------------------------------------------------------------------------
 
-const WILL_CLIENT = Path.join(import.meta.dirname, "fixtures", "will-client.ts")
 const RELEASE_CLIENT = Path.join(import.meta.dirname, "fixtures", "release-client.ts")
-
-/**
- * Runs test/fixtures/will-client.ts on this Node.js (it runs TypeScript directly) and waits until it prints that
- * it is connected. The process is killed when the scope closes.
- */
-const willClient = (options: MqttClient.Options) =>
-  Effect.acquireRelease(
-    Effect.sync(() => spawn(process.execPath, [WILL_CLIENT, JSON.stringify(options)], { stdio: "pipe" })),
-    (child) => Effect.sync(() => child.kill("SIGKILL"))
-  ).pipe(
-    Effect.tap((child) =>
-      fromPromise(() =>
-        new Promise<string>((resolve, reject) => {
-          let stdout = ""
-          let stderr = ""
-          child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
-            stdout += chunk
-            const match = /^connected (\S+)$/m.exec(stdout)
-            if (match !== null) resolve(match[1])
-          })
-          child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
-          child.once("exit", (code, signal) =>
-            reject(new Error(`will-client exited (${signal ?? code}) before connecting:\n${stdout}\n${stderr}`)))
-        })
-      )
-    )
-  )
 
 const exited = (child: ChildProcess) =>
   fromPromise(() =>

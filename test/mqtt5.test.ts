@@ -14,30 +14,22 @@
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Cause, Effect, Exit, Option, Schedule, Scope, Stream } from "effect"
 import { MqttClient, type MqttError, type MqttMessage } from "effect-mqtt"
-import {
-  connectAsync as connectMqttJs,
-  type IClientOptions,
-  type IPublishPacket,
-  type MqttClient as MqttJs
-} from "mqtt"
+import { connectAsync as connectMqttJs, type IClientOptions } from "mqtt"
 import * as MqttPacket from "mqtt-packet"
-import { type ChildProcess, spawn } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { type MosquittoHandle, mosquittoPub, startMosquitto } from "./support/Mosquitto.ts"
+import { fromPromise, guard, mqttJsMessages, willClient } from "./support/peers.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------------------------------
 
 /** Only a guard against a hang: every wait in these tests ends on an event, not on a delay. */
-const guard = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.timeout(self, "20 seconds")
-
-const fromPromise = <A>(evaluate: () => Promise<A>) => guard(Effect.promise(evaluate))
-
 const runId = Crypto.randomBytes(3).toString("hex")
 let topicCount = 0
 /** A topic no other test (nor a previous run) publishes to. */
@@ -246,56 +238,7 @@ const mqttJs = (url: string, options?: IClientOptions) =>
     (client) => Effect.promise(() => client.endAsync(true))
   )
 
-interface MqttJsMessage {
-  readonly topic: string
-  readonly payload: Buffer
-  readonly packet: IPublishPacket
-}
-
-/** The next `n` messages an MQTT.js client receives. Call it before the messages are published. */
-const mqttJsMessages = (client: MqttJs, n: number): Promise<Array<MqttJsMessage>> =>
-  new Promise((resolve) => {
-    const received: Array<MqttJsMessage> = []
-    const listener = (topic: string, payload: Buffer, packet: IPublishPacket) => {
-      received.push({ topic, payload, packet })
-      if (received.length === n) {
-        client.off("message", listener)
-        resolve(received)
-      }
-    }
-    client.on("message", listener)
-  })
-
 // ---- an effect-mqtt client in a child process ------------------------------------------------------------------
-
-const WILL_CLIENT = Path.join(import.meta.dirname, "fixtures", "will-client.ts")
-
-/**
- * Runs test/fixtures/will-client.ts with `options` and waits until it is connected; it is killed (SIGKILL: no
- * DISCONNECT) when the scope closes, if the test has not killed it yet.
- */
-const willClient = (options: MqttClient.Options) =>
-  Effect.acquireRelease(
-    Effect.sync(() => spawn(process.execPath, [WILL_CLIENT, JSON.stringify(options)], { stdio: "pipe" })),
-    (child) => Effect.sync(() => child.kill("SIGKILL"))
-  ).pipe(
-    Effect.tap((child) =>
-      fromPromise(() =>
-        new Promise<string>((resolve, reject) => {
-          let stdout = ""
-          let stderr = ""
-          child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
-            stdout += chunk
-            const match = /^connected (\S+)$/m.exec(stdout)
-            if (match !== null) resolve(match[1])
-          })
-          child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
-          child.once("exit", (code, signal) =>
-            reject(new Error(`will-client exited (${signal ?? code}) before connecting:\n${stdout}\n${stderr}`)))
-        })
-      )
-    )
-  )
 
 const killed = (child: ChildProcess) =>
   fromPromise(() =>
