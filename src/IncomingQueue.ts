@@ -9,26 +9,29 @@
  * | {@link dropping} | the newest message is dropped |
  * | {@link unbounded} | never full: memory grows while the consumer stalls |
  * | {@link priority} | like bounded, and the message that comes out next is the first by a user-given order |
+ * | {@link lifo} | newest first (a stack), bounded, with the same choices when full (wait, drop oldest, drop newest) |
+ *
+ * Whatever the kind, a consumer takes one message at a time from the queue: a consumer that stops
+ * (`Stream.take`, a timeout, an interruption, a failure) leaves every message it did not take for the next one.
  *
  * Dropped messages are counted: `MqttClient.droppedMessages`.
  *
  * @since 0.1.0
  */
-import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Order from "effect/Order"
-import * as Queue from "effect/Queue"
-import * as Stream from "effect/Stream"
+import type * as Stream from "effect/Stream"
+import { fromStrategy } from "./internal/queue.ts"
 import type { MqttMessage } from "./MqttMessage.ts"
 
 /**
  * How the incoming queue behaves. Build one with {@link bounded}, {@link sliding}, {@link dropping},
- * {@link unbounded} or {@link priority}.
+ * {@link unbounded}, {@link lifo} or {@link priority}.
  *
  * @since 0.1.0
  * @category models
  */
-export type Strategy<A = MqttMessage> = FifoStrategy | PriorityStrategy<A>
+export type Strategy<A = MqttMessage> = FifoStrategy | LifoStrategy | PriorityStrategy<A>
 
 /**
  * A first-in first-out strategy: {@link bounded}, {@link sliding}, {@link dropping} or {@link unbounded}.
@@ -41,6 +44,20 @@ export type FifoStrategy =
   | { readonly _tag: "Sliding"; readonly capacity: number }
   | { readonly _tag: "Dropping"; readonly capacity: number }
   | { readonly _tag: "Unbounded" }
+
+/**
+ * The strategy made by {@link lifo}: newest first, at most `capacity` messages; `overflow` says what a full
+ * queue does with one more: `"suspend"` (stop reading the socket, as {@link bounded}), `"sliding"` (drop the
+ * oldest) or `"dropping"` (drop the newest).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface LifoStrategy {
+  readonly _tag: "Lifo"
+  readonly capacity: number
+  readonly overflow: "suspend" | "sliding" | "dropping"
+}
 
 /**
  * The strategy made by {@link priority}.
@@ -118,6 +135,27 @@ export const priority = <A = MqttMessage>(
 })
 
 /**
+ * A last-in first-out queue of at most `capacity` messages: the newest message comes out first, as in aiomqtt's
+ * LIFO queue. When full it waits (`overflow: "suspend"`, the default: the client stops reading the socket),
+ * drops the oldest message (`"sliding"`) or drops the newest (`"dropping"`); drops are counted.
+ *
+ * @example
+ * ```ts
+ * import { IncomingQueue } from "effect-mqtt"
+ *
+ * // the latest reading first; keep the 100 newest
+ * const queue = IncomingQueue.lifo(100, { overflow: "sliding" })
+ * ```
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const lifo = (
+  capacity: number,
+  options?: { readonly overflow?: "suspend" | "sliding" | "dropping" | undefined }
+): LifoStrategy => ({ _tag: "Lifo", capacity, overflow: options?.overflow ?? "suspend" })
+
+/**
  * The default strategy: {@link bounded} with a capacity of 1,024 messages.
  *
  * @since 0.1.0
@@ -126,22 +164,25 @@ export const priority = <A = MqttMessage>(
 export const defaultStrategy: FifoStrategy = bounded(1024)
 
 /**
- * The running queue behind `MqttClient.messages`. Used by the client; exported for tests and custom
- * consumers.
+ * A running queue of a strategy: the queue behind `MqttClient.messages` and each `subscription()` stream.
+ * Exported for tests and custom consumers.
  *
  * @since 0.1.0
  * @category models
  */
 export interface IncomingQueue<A, E> {
   /**
-   * Adds messages in order. Waits while a bounded or priority queue is full; never waits for the other
-   * kinds. `progress.accepted` counts the messages taken so far (a dropped message counts as taken), so a
-   * caller interrupted while waiting knows which messages the queue holds.
+   * Adds messages in order. Waits while a suspending queue (bounded, priority, `lifo` with `"suspend"`) is
+   * full; never waits for the other kinds. `progress.accepted` counts the messages dealt with so far (a dropped
+   * message counts), so a caller interrupted while waiting knows which messages the queue holds.
    */
   readonly offerAll: (messages: ReadonlyArray<A>, progress?: Progress) => Effect.Effect<void>
-  /** Adds, in order, the messages that fit now without waiting; `progress.accepted` counts them. */
+  /** Adds, in order, the messages that can be dealt with now without waiting; `progress.accepted` counts them. */
   readonly offerAllUnsafe: (messages: ReadonlyArray<A>, progress: Progress) => void
-  /** The messages as a stream shared by all its consumers: each message goes to one of them. */
+  /**
+   * The messages as a stream shared by all its consumers: each message goes to one of them. Each pull takes one
+   * message, so a consumer that stops leaves the others queued.
+   */
   readonly stream: Stream.Stream<A, E>
   /** Ends the stream once the queued messages are taken. */
   readonly end: Effect.Effect<void>
@@ -154,7 +195,7 @@ export interface IncomingQueue<A, E> {
 }
 
 /**
- * How many messages of an `offerAll` the queue has taken so far.
+ * How many messages of an `offerAll` the queue has dealt with so far.
  *
  * @since 0.1.0
  * @category models
@@ -170,215 +211,15 @@ export interface Progress {
  * @category constructors
  */
 export const make = <A, E>(strategy: Strategy<A>): Effect.Effect<IncomingQueue<A, E>> =>
-  strategy._tag === "Priority" ?
-    Effect.sync(() => fromPriority(new PriorityQueue<A, E>(strategy.capacity, strategy.order))) :
-    Effect.map(
-      strategy._tag === "Unbounded" ?
-        Queue.unbounded<A, E | Cause.Done>() :
-        Queue.make<A, E | Cause.Done>({
-          capacity: strategy.capacity,
-          strategy: strategy._tag === "Bounded" ? "suspend" : strategy._tag === "Sliding" ? "sliding" : "dropping"
-        }),
-      (queue) => fromQueue(queue, strategy)
-    )
-
-const fromQueue = <A, E>(queue: Queue.Queue<A, E | Cause.Done>, strategy: Strategy<A>): IncomingQueue<A, E> => {
-  let dropped = 0
-  const offerAll = strategy._tag === "Bounded" || strategy._tag === "Unbounded" ?
-    (messages: ReadonlyArray<A>, progress: Progress = { accepted: 0 }) =>
-      Effect.suspend(() => {
-        const rest = Queue.offerAllUnsafe(queue, messages)
-        progress.accepted += messages.length - rest.length
-        return rest.length === 0 ? Effect.void : offerEach(queue, rest, 0, progress)
-      }) :
-    strategy._tag === "Sliding" ?
-    (messages: ReadonlyArray<A>, progress?: Progress) =>
-      Effect.sync(() => {
-        const before = Queue.sizeUnsafe(queue)
-        Queue.offerAllUnsafe(queue, messages)
-        dropped += Math.max(0, before + messages.length - strategy.capacity)
-        if (progress !== undefined) progress.accepted += messages.length
-      }) :
-    (messages: ReadonlyArray<A>, progress?: Progress) =>
-      Effect.sync(() => {
-        dropped += Queue.offerAllUnsafe(queue, messages).length
-        if (progress !== undefined) progress.accepted += messages.length
-      })
-  const offerAllUnsafe = strategy._tag === "Bounded" || strategy._tag === "Unbounded" ?
-    (messages: ReadonlyArray<A>, progress: Progress) => {
-      progress.accepted += messages.length - Queue.offerAllUnsafe(queue, messages).length
-    } :
-    (messages: ReadonlyArray<A>, progress: Progress) => Effect.runSync(offerAll(messages, progress))
-  return {
-    offerAll,
-    offerAllUnsafe,
-    stream: Stream.fromQueue(queue),
-    end: Effect.asVoid(Queue.end(queue)),
-    fail: (error) => Effect.asVoid(Queue.fail(queue, error)),
-    dropped: Effect.sync(() => dropped),
-    size: Queue.size(queue)
-  }
-}
-
-/** Offers one message at a time, waiting for room: each offer either happens or not, even on interruption. */
-const offerEach = <A, E>(
-  queue: Queue.Queue<A, E | Cause.Done>,
-  messages: ReadonlyArray<A>,
-  from: number,
-  progress: Progress
-): Effect.Effect<void> =>
-  Effect.suspend(() => {
-    let i = from
-    while (i < messages.length && Queue.offerUnsafe(queue, messages[i])) {
-      i++
-      progress.accepted++
+  Effect.sync(() => {
+    const queue = fromStrategy<A, E>(strategy)
+    return {
+      offerAll: (messages, progress) => queue.offerAll(messages, progress),
+      offerAllUnsafe: (messages, progress) => queue.offerUnsafe(messages, progress),
+      stream: queue.stream,
+      end: Effect.sync(() => queue.end()),
+      fail: (error) => Effect.sync(() => queue.fail(error)),
+      dropped: Effect.sync(() => queue.dropped),
+      size: Effect.sync(() => queue.size)
     }
-    if (i >= messages.length || queue.state._tag !== "Open") return Effect.void
-    const next = i
-    return Effect.flatMap(Queue.offer(queue, messages[next]), (offered) => {
-      if (!offered) return Effect.void
-      progress.accepted++
-      return offerEach(queue, messages, next + 1, progress)
-    })
   })
-
-const fromPriority = <A, E>(queue: PriorityQueue<A, E>): IncomingQueue<A, E> => ({
-  offerAll: (messages, progress = { accepted: 0 }) => queue.offerAll(messages, 0, progress),
-  offerAllUnsafe: (messages, progress) => {
-    queue.offerNow(messages, 0, progress)
-  },
-  // one message per pull, so that a message of higher priority arriving while the consumer works on a
-  // batch is not stuck behind that batch
-  stream: Stream.fromPull(Effect.succeed(Effect.map(queue.take, (a) => [a] as const))),
-  end: Effect.sync(() => queue.close(undefined)),
-  fail: (error) => Effect.sync(() => queue.close({ error })),
-  dropped: Effect.succeed(0),
-  size: Effect.sync(() => queue.heap.length)
-})
-
-interface Entry<A> {
-  readonly value: A
-  readonly seq: number
-}
-
-type Resume<A, E> = (effect: Effect.Effect<A, E>) => void
-
-/**
- * A bounded binary heap with suspending offers and takes. Ties are broken by arrival order.
- */
-class PriorityQueue<A, E> {
-  readonly heap: Array<Entry<A>> = []
-  private seq = 0
-  private readonly takers: Array<Resume<A, E | Cause.Done>> = []
-  private readonly putters: Array<() => void> = []
-  private closed: { readonly error?: E } | undefined = undefined
-
-  readonly capacity: number
-  readonly order: Order.Order<A>
-
-  constructor(capacity: number, order: Order.Order<A>) {
-    this.capacity = capacity
-    this.order = order
-  }
-
-  /** Adds what fits without waiting, from `from`; returns the index of the first message left. */
-  offerNow(messages: ReadonlyArray<A>, from: number, progress: Progress): number {
-    let i = from
-    if (this.closed !== undefined) return messages.length
-    while (i < messages.length) {
-      const taker = this.takers.shift()
-      if (taker !== undefined) {
-        taker(Effect.succeed(messages[i++]))
-        progress.accepted++
-        continue
-      }
-      if (this.heap.length >= this.capacity) break
-      this.push({ value: messages[i++], seq: this.seq++ })
-      progress.accepted++
-    }
-    return i
-  }
-
-  offerAll(messages: ReadonlyArray<A>, from: number, progress: Progress): Effect.Effect<void> {
-    return Effect.suspend(() => {
-      const i = this.offerNow(messages, from, progress)
-      if (i >= messages.length) return Effect.void
-      const rest = i
-      return Effect.flatMap(
-        Effect.callback<void>((resume) => {
-          const putter = () => resume(Effect.void)
-          this.putters.push(putter)
-          return Effect.sync(() => {
-            const index = this.putters.indexOf(putter)
-            if (index >= 0) this.putters.splice(index, 1)
-          })
-        }),
-        () => this.offerAll(messages, rest, progress)
-      )
-    })
-  }
-
-  readonly take: Effect.Effect<A, E | Cause.Done> = Effect.callback<A, E | Cause.Done>((resume) => {
-    if (this.heap.length > 0) {
-      const value = this.pop()
-      this.putters.shift()?.()
-      return resume(Effect.succeed(value))
-    }
-    if (this.closed !== undefined) {
-      return resume("error" in this.closed ? Effect.fail(this.closed.error as E) : Effect.fail(Cause.Done()))
-    }
-    this.takers.push(resume)
-    return Effect.sync(() => {
-      const index = this.takers.indexOf(resume)
-      if (index >= 0) this.takers.splice(index, 1)
-    })
-  })
-
-  close(closed: { readonly error: E } | undefined): void {
-    if (this.closed !== undefined) return
-    this.closed = closed ?? {}
-    const error: Effect.Effect<never, E | Cause.Done> = closed === undefined ?
-      Effect.fail(Cause.Done()) :
-      Effect.fail(closed.error)
-    for (const taker of this.takers.splice(0)) taker(error)
-    for (const putter of this.putters.splice(0)) putter()
-  }
-
-  private before(a: Entry<A>, b: Entry<A>): boolean {
-    const c = this.order(a.value, b.value)
-    return c < 0 || (c === 0 && a.seq < b.seq)
-  }
-
-  private push(entry: Entry<A>): void {
-    const heap = this.heap
-    heap.push(entry)
-    let i = heap.length - 1
-    while (i > 0) {
-      const parent = (i - 1) >> 1
-      if (!this.before(heap[i], heap[parent])) break
-      ;[heap[i], heap[parent]] = [heap[parent], heap[i]]
-      i = parent
-    }
-  }
-
-  private pop(): A {
-    const heap = this.heap
-    const top = heap[0]
-    const last = heap.pop()!
-    if (heap.length > 0) {
-      heap[0] = last
-      let i = 0
-      for (;;) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let best = i
-        if (l < heap.length && this.before(heap[l], heap[best])) best = l
-        if (r < heap.length && this.before(heap[r], heap[best])) best = r
-        if (best === i) break
-        ;[heap[i], heap[best]] = [heap[best], heap[i]]
-        i = best
-      }
-    }
-    return top.value
-  }
-}

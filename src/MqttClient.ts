@@ -174,6 +174,14 @@ export interface Options {
   /** Retry the first connection with the `reconnect` schedule instead of failing the layer at once.
    * Default `false`: a wrong URL or a refused connection is reported, not hidden. */
   readonly retryFirstConnect?: boolean | undefined
+  /**
+   * When a received QoS 1/2 message is acknowledged (PUBACK, PUBREC): `"auto"` (the default) when a consumer
+   * takes it from its stream; `"manual"` when the application calls `message.ack`, for at-least-once
+   * processing: a message whose handler failed, or that a crashed process never acknowledged, is sent again by
+   * the broker on the next connection of a persistent session. Either way acknowledgements leave in the order
+   * the messages arrived [MQTT-4.6.0-2]. A `subscription` may choose its own.
+   */
+  readonly acknowledgement?: "auto" | "manual" | undefined
   /** What publish, subscribe and unsubscribe do while the client is reconnecting. */
   readonly offline?: OfflineOptions | undefined
   /** The largest packet the client accepts, in bytes: a larger one closes the connection as soon as its

@@ -4,6 +4,7 @@
  *
  * @since 0.1.0
  */
+import * as Effect from "effect/Effect"
 
 /**
  * A Quality of Service level: 0 at most once, 1 at least once, 2 exactly once.
@@ -53,6 +54,13 @@ export interface MessageProperties extends PublishProperties {
   readonly subscriptionIdentifiers?: ReadonlyArray<number> | undefined
 }
 
+/**
+ * Where the client keeps a received message's acknowledgement (QoS 1/2): not part of the public shape.
+ *
+ * @internal
+ */
+export const ReceiptKey: unique symbol = Symbol.for("effect-mqtt/MqttMessage/receipt") as any
+
 const decoder = new TextDecoder()
 const noProperties: MessageProperties = Object.freeze({})
 
@@ -71,7 +79,9 @@ export class MqttMessage {
   readonly qos: QoS
   readonly retain: boolean
   readonly dup: boolean
-  readonly properties: MessageProperties
+  readonly properties: MessageProperties;
+  /** @internal */
+  [ReceiptKey]: { readonly acknowledge: () => void } | undefined = undefined
 
   constructor(
     topic: string,
@@ -96,6 +106,20 @@ export class MqttMessage {
    */
   get text(): string {
     return decoder.decode(this.payload)
+  }
+
+  /**
+   * Acknowledges the message to the broker: PUBACK for QoS 1, PUBREC for QoS 2. Only needed with manual
+   * acknowledgement (`acknowledgement: "manual"` on the client or on a `subscription`); otherwise the client
+   * acknowledges a message when a consumer takes it from the stream, and this does nothing. Acknowledgements
+   * leave in the order the messages arrived [MQTT-4.6.0-2, MQTT-4.6.0-3], so this one may wait for earlier
+   * messages still unacknowledged. A message never acknowledged is sent again by the broker on the next
+   * connection of a persistent session (at-least-once processing). Idempotent; does nothing for QoS 0.
+   *
+   * @since 0.2.0
+   */
+  get ack(): Effect.Effect<void> {
+    return Effect.sync(() => this[ReceiptKey]?.acknowledge())
   }
 
   /**

@@ -211,6 +211,7 @@ describe("session continuity (Session Present 1)", () => {
           dup: false
         }
         yield* connection.send(publish)
+        const first = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
         expect((yield* connection.expect("pubrec")).messageId).toBe(9)
         yield* connection.destroy
         const second = yield* acceptPersistent(broker, version)
@@ -228,8 +229,8 @@ describe("session continuity (Session Present 1)", () => {
           retain: false,
           dup: false
         })
-        const received = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
-        expect(received.map((m) => m.text)).toEqual(["once", "marker"])
+        const rest = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
+        expect([...first, ...rest].map((m) => m.text)).toEqual(["once", "marker"])
       }))
   }
 
@@ -248,6 +249,7 @@ describe("session continuity (Session Present 1)", () => {
           dup: false
         }
         yield* connection.send(publish)
+        const first = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
         yield* connection.expect("pubrec")
         yield* connection.send({ cmd: "pubrel", messageId: 11 })
         yield* connection.expect("pubcomp")
@@ -256,9 +258,9 @@ describe("session continuity (Session Present 1)", () => {
         yield* next.connack({ sessionPresent: true })
         // a broker that lost the PUBCOMP must resend PUBREL; a PUBLISH is a new message for the receiver
         yield* next.send({ ...publish, dup: true, payload: Buffer.from("second") })
+        const second = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
         expect((yield* next.expect("pubrec")).messageId).toBe(11)
-        const received = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
-        expect(received.map((m) => m.text)).toEqual(["first", "second"])
+        expect([...first, ...second].map((m) => m.text)).toEqual(["first", "second"])
       })
   )
 
@@ -369,6 +371,7 @@ describe("Session Present 0 while the client holds state", () => {
             retain: false,
             dup: false
           })
+          const before = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
           expect((yield* connection.expect("pubrec")).messageId).toBe(7)
           yield* connection.destroy
 
@@ -403,9 +406,9 @@ describe("Session Present 0 while the client holds state", () => {
             retain: false,
             dup: false
           })
+          const after = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
           expect((yield* second.expect("pubrec")).messageId).toBe(7)
-          const received = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
-          expect(received.map((m) => m.text)).toEqual(["before", "after"])
+          expect([...before, ...after].map((m) => m.text)).toEqual(["before", "after"])
         })
     )
 

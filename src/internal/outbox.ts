@@ -51,6 +51,13 @@ export class Outbox {
     return Deferred.await(this.room)
   }
 
+  /** Waits while more than the high-water mark waits to be written; undefined when there is room. */
+  get backPressure(): Effect.Effect<void, MqttError.MqttError> | undefined {
+    if (this.closed !== undefined || this.queued + this.writing <= this.highWaterMark) return undefined
+    this.room ??= Deferred.makeUnsafe<void, MqttError.MqttError>()
+    return Deferred.await(this.room)
+  }
+
   /** The next batch: everything queued, waiting until something is. For the writer fiber only. */
   readonly take: Effect.Effect<ReadonlyArray<Uint8Array>> = Effect.callback((resume) => {
     if (this.queue.length > 0) return resume(Effect.succeed(this.takeAll()))

@@ -1,0 +1,92 @@
+/**
+ * MQTT 5 enhanced authentication (section 4.12): the broker's AUTH challenges during CONNECT and during a
+ * re-authentication, answered with what `auth.onChallenge` computes.
+ */
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import { Buffer } from "node:buffer"
+import * as MqttError from "../MqttError.ts"
+import * as Codec from "./codec.ts"
+import type { Connection } from "./connection.ts"
+import type { Resolved } from "./options.ts"
+import { violation } from "./output.ts"
+import type * as Packets from "./packets.ts"
+
+/** Handles the AUTH packets of one socket read, in order. */
+export const answerAuth = (
+  o: Resolved,
+  version: Packets.ProtocolVersion,
+  c: Connection,
+  packets: ReadonlyArray<Packets.Auth>,
+  connected: boolean
+): Effect.Effect<void, MqttError.MqttError> =>
+  Effect.forEach(packets, (packet) => answerOne(o, version, c, packet, connected), { discard: true })
+
+const answerOne = (
+  o: Resolved,
+  version: Packets.ProtocolVersion,
+  c: Connection,
+  packet: Packets.Auth,
+  connected: boolean
+): Effect.Effect<void, MqttError.MqttError> => {
+  const auth = o.auth
+  if (auth === undefined) {
+    return Effect.fail(violation(version, "an AUTH packet, but the client asked for no authentication"))
+  }
+  if (packet.authenticationMethod !== auth.method) {
+    return Effect.fail(violation(version, `an AUTH for method "${packet.authenticationMethod}"`))
+  }
+  if (packet.reasonCode === 0x18) {
+    return Effect.flatMap(
+      auth.onChallenge({ data: packet.authenticationData, reasonString: packet.reasonString }),
+      (data) => {
+        const bytes = Codec.generate({
+          cmd: "auth",
+          reasonCode: 0x18,
+          properties: {
+            authenticationMethod: auth.method,
+            ...(data === undefined ? {} : { authenticationData: Buffer.from(data) })
+          }
+        }, 5)
+        if (!(bytes instanceof Uint8Array)) {
+          return Effect.fail(new MqttError.InvalidOptionError({ option: "auth", reason: bytes.error }))
+        }
+        c.outbox.push(bytes)
+        return Effect.void
+      }
+    )
+  }
+  if (packet.reasonCode === 0x00 && connected && c.reauthentication !== undefined) {
+    const done = c.reauthentication
+    c.reauthentication = undefined
+    return Deferred.succeed(done, undefined)
+  }
+  return Effect.fail(violation(version, `an AUTH with reason code 0x${packet.reasonCode.toString(16)}`))
+}
+
+/** Starts a re-authentication (AUTH 0x19) on a connection and waits until the broker accepts it. */
+export const reauthenticate = (
+  o: Resolved,
+  c: Connection,
+  data: Uint8Array | undefined
+): Effect.Effect<void, MqttError.MqttError> =>
+  Effect.suspend(() => {
+    const auth = o.auth!
+    if (c.reauthentication !== undefined) return Deferred.await(c.reauthentication)
+    const bytes = Codec.generate({
+      cmd: "auth",
+      reasonCode: 0x19,
+      properties: {
+        authenticationMethod: auth.method,
+        ...(data === undefined ? {} : { authenticationData: Buffer.from(data) })
+      }
+    }, 5)
+    if (!(bytes instanceof Uint8Array)) {
+      return Effect.fail(new MqttError.InvalidOptionError({ option: "auth", reason: bytes.error }))
+    }
+    const done = Deferred.makeUnsafe<void, MqttError.MqttError>()
+    c.reauthentication = done
+    c.outbox.push(bytes)
+    // if the connection ends first, so does the re-authentication
+    return Effect.raceFirst(Deferred.await(done), Effect.flatMap(Effect.flip(Deferred.await(c.lost)), Effect.fail))
+  })

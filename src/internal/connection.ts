@@ -1,0 +1,261 @@
+/**
+ * One network connection to the broker: the socket, CONNECT and CONNACK, the read loop that feeds the session,
+ * the writer fiber, and the keepalive. A connection only carries the session; when it ends, the supervisor
+ * opens the next one.
+ *
+ * Data path in: socket read → framer (whole packets) → decoder → session → driver.drain (outbox, queues,
+ * completions). Out: session → outbox → writer fiber (one `writeAll` per batch) → socket.
+ */
+import type * as Arr from "effect/Array"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
+import type * as Socket from "effect/socket/Socket"
+import { Buffer } from "node:buffer"
+import type * as MqttClient from "../MqttClient.ts"
+import * as MqttError from "../MqttError.ts"
+import { answerAuth } from "./auth.ts"
+import * as Codec from "./codec.ts"
+import { decode } from "./decode.ts"
+import type { Driver } from "./driver.ts"
+import { Framer } from "./framer.ts"
+import { encodeConnect, type Resolved } from "./options.ts"
+import { Outbox } from "./outbox.ts"
+import { violation } from "./output.ts"
+import { keepalive } from "./pinger.ts"
+
+/** Bytes waiting to be written beyond which publishers wait for the socket. */
+const OUTBOX_HIGH_WATER_MARK = 256 * 1024
+/** How long closing waits for the last bytes to be taken by the socket. */
+const SHUTDOWN_WRITE_TIMEOUT = Duration.seconds(2)
+
+export interface Connection {
+  readonly scope: Scope.Closeable
+  readonly outbox: Outbox
+  /** completed by the first error: the connection is over */
+  readonly lost: Deferred.Deferred<never, MqttError.MqttError>
+  /** whether CONNECT asked for a new session */
+  readonly cleanStart: boolean
+  info: MqttClient.ConnectionInfo | undefined
+  lastSent: number
+  lastReceived: number
+  /** the reader waits for room in a queue, so the socket is not read (a PINGRESP cannot be seen) */
+  stalled: boolean
+  /** how many times the reader has stalled */
+  stalls: number
+  /** an MQTT 5 re-authentication in progress */
+  reauthentication: Deferred.Deferred<void, MqttError.MqttError> | undefined
+}
+
+/** What every connection of one client shares. */
+export interface Environment {
+  readonly options: Resolved
+  readonly socket: Socket.Socket
+  readonly writer: (chunks: Arr.NonEmptyReadonlyArray<Uint8Array>) => Effect.Effect<void, Socket.SocketError>
+  /** the parent of every connection's scope */
+  readonly parent: Scope.Scope
+  readonly driver: Driver
+}
+
+export const lost = (reason: string, cause?: unknown) =>
+  new MqttError.ConnectionLostError(cause === undefined ? { reason } : { reason, cause })
+
+export const describe = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
+
+/** A socket failure as the client's error: the transport's own typed explanation when it gave one. */
+export const socketLost = (error: Socket.SocketError): MqttError.MqttError => {
+  const reason = error.reason
+  if ("cause" in reason && MqttError.isMqttError(reason.cause)) return reason.cause
+  switch (reason._tag) {
+    case "SocketCloseError":
+      return lost(reason.code === 1000 ? "the broker closed the connection" : "the connection was reset")
+    case "SocketOpenError":
+      return lost(
+        reason.kind === "Timeout" ? "the TCP connection timed out" : `could not connect: ${describe(reason.cause)}`,
+        reason.cause
+      )
+    default:
+      return lost(`socket error: ${describe(reason.cause)}`, reason.cause)
+  }
+}
+
+/**
+ * Opens a connection, sends CONNECT and reads until the CONNACK is handled (the session then resumes on it:
+ * restore, resends and waiting publishes are queued behind CONNECT), within `connectTimeout`. Then the reader,
+ * the writer and the keepalive run in the connection's scope until it ends.
+ */
+export const open = (env: Environment, cleanStart: boolean): Effect.Effect<Connection, MqttError.MqttError> =>
+  Effect.gen(function*() {
+    const o = env.options
+    const clock = yield* Clock.Clock
+    const scope = yield* Scope.fork(env.parent)
+    const connectBytes = encodeConnect(o, env.driver.session.clientId, cleanStart)
+    if (!(connectBytes instanceof Uint8Array)) {
+      yield* Scope.close(scope, Exit.void)
+      return yield* new MqttError.InvalidOptionError({ option: "connect", reason: connectBytes.error })
+    }
+    const now = clock.currentTimeMillisUnsafe()
+    const c: Connection = {
+      scope,
+      outbox: new Outbox(OUTBOX_HIGH_WATER_MARK, () => {
+        c.lastSent = clock.currentTimeMillisUnsafe()
+      }),
+      lost: Deferred.makeUnsafe(),
+      cleanStart,
+      info: undefined,
+      lastSent: now,
+      lastReceived: now,
+      stalled: false,
+      stalls: 0,
+      reauthentication: undefined
+    }
+    const reader = makeReader(env, c, clock)
+    const handshake = Effect.gen(function*() {
+      const { pull } = yield* Effect.mapError(Scope.provide(env.socket.reader, scope), socketLost)
+      yield* Effect.mapError(env.writer([connectBytes]), socketLost)
+      c.lastSent = clock.currentTimeMillisUnsafe()
+      // the writer starts now: what the CONNACK's handling queues (resends) goes out after CONNECT
+      yield* Effect.forkIn(guard(c, writeLoop(env, c)), scope)
+      while (!reader.connected()) yield* reader.step(pull)
+      return pull
+    })
+    const pull = yield* handshake.pipe(
+      Effect.timeoutOrElse({
+        duration: o.connectTimeout,
+        orElse: () =>
+          Effect.fail(new MqttError.TimeoutError({ operation: "connect", millis: Duration.toMillis(o.connectTimeout) }))
+      }),
+      Effect.tapError((error) => close(env, c, error, disconnectReasonOf(error)))
+    )
+    yield* Effect.forkIn(guard(c, Effect.forever(reader.step(pull))), scope)
+    const keepAlive = c.info!.keepAlive
+    if (keepAlive > 0) yield* Effect.forkIn(guard(c, keepalive(c, env.driver, keepAlive, o.pingTimeout)), scope)
+    return c
+  })
+
+/** The MQTT 5 reason code of the DISCONNECT that goes with an error: the broker broke the protocol. */
+export const disconnectReasonOf = (error: MqttError.MqttError): number | undefined =>
+  error._tag === "ProtocolError" ? error.reasonCode : undefined
+
+const writeLoop = (env: Environment, c: Connection): Effect.Effect<never, MqttError.MqttError> =>
+  Effect.forever(Effect.flatMap(c.outbox.take, (batch) =>
+    // empty only when the connection closed between the wake-up and the take
+    batch.length > 0
+      ? Effect.map(
+        Effect.mapError(env.writer(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
+        () => c.outbox.written()
+      )
+      : Effect.void))
+
+/** Runs a loop of the connection: its first failure, or a defect (a bug of this client), ends the connection. */
+const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>): Effect.Effect<void> =>
+  Effect.catchCause(loop, (cause) => {
+    if (Cause.hasInterruptsOnly(cause)) return Effect.void
+    const failure = cause.reasons.find(Cause.isFailReason)
+    const error = failure !== undefined
+      ? failure.error
+      : lost(`internal error: ${Cause.pretty(cause)}`, Cause.squash(cause))
+    return Deferred.fail(c.lost, error)
+  })
+
+/**
+ * Reads one connection: each socket read is framed, decoded and handed to the session in one synchronous step,
+ * then drained once (one write, one offer per queue).
+ */
+const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
+  const o = env.options
+  const version = o.protocolVersion
+  const driver = env.driver
+  const session = driver.session
+  const out = driver.out
+  const framer = new Framer(o.maximumPacketSize)
+  let connected = false
+
+  const onFrame = (header: number, body: Buffer): void => {
+    if (out.error !== undefined) return
+    const packet = decode(header, body, version)
+    if (packet._tag === "Violation") return out.fail(violation(version, packet.reason, packet.reasonCode))
+    if (connected) return session.onPacket(packet, out)
+    if (packet._tag === "Auth") return void out.auth.push(packet)
+    if (packet._tag !== "Connack") return out.fail(violation(version, `a ${packet._tag.toUpperCase()} before CONNACK`))
+    // the session resumes on this connection now: what it writes goes to this connection's outbox
+    driver.outbox = c.outbox
+    const info = session.onConnack(packet, c.cleanStart, out)
+    if (info === undefined) {
+      driver.outbox = undefined
+      return
+    }
+    c.info = info
+    connected = true
+  }
+
+  const step = (
+    pull: Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>
+  ): Effect.Effect<void, MqttError.MqttError> =>
+    Effect.flatMap(Effect.mapError(pull, socketLost), (chunks) => {
+      c.lastReceived = clock.currentTimeMillisUnsafe()
+      // whatever the broker sends becomes a typed protocol error, never a defect
+      try {
+        for (let i = 0; i < chunks.length && out.error === undefined; i++) {
+          const error = framer.push(toBuffer(chunks[i]), onFrame)
+          if (error !== undefined) out.fail(violation(version, error.reason, error.reasonCode))
+        }
+      } catch (e) {
+        out.fail(violation(version, `malformed packet: ${describe(e)}`, 0x81))
+      }
+      const wait = driver.drain()
+      const challenges = out.auth.length > 0 ? out.auth.splice(0) : undefined
+      const error = out.error
+      out.error = undefined
+      let effect: Effect.Effect<void, MqttError.MqttError> = Effect.void
+      if (wait !== undefined) {
+        c.stalled = true
+        c.stalls++
+        effect = Effect.ensuring(wait, Effect.sync(() => c.stalled = false))
+      }
+      if (challenges !== undefined && error === undefined) {
+        effect = Effect.andThen(effect, answerAuth(o, version, c, challenges, connected))
+      }
+      if (error !== undefined) effect = Effect.andThen(effect, Effect.fail(error))
+      return effect
+    })
+
+  return { step, connected: () => connected }
+}
+
+/**
+ * Ends a connection: writes what is still queued and, when given, a DISCONNECT (within 2 seconds), then
+ * closes the socket and the connection's fibers.
+ */
+export const close = (
+  env: Environment,
+  c: Connection,
+  error: MqttError.MqttError,
+  disconnectReason?: number,
+  sessionExpiry?: number
+): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (env.driver.outbox === c.outbox) env.driver.outbox = undefined
+    const rest: Array<Uint8Array> = [...c.outbox.close(error)]
+    const version = env.options.protocolVersion
+    if (disconnectReason !== undefined) rest.push(Codec.disconnect(version, disconnectReason, sessionExpiry))
+    const goodbye = rest.length > 0
+      ? env.writer(rest as unknown as Arr.NonEmptyReadonlyArray<Uint8Array>).pipe(
+        Effect.timeoutOption(SHUTDOWN_WRITE_TIMEOUT),
+        Effect.ignore
+      )
+      : Effect.void
+    Deferred.doneUnsafe(c.lost, Effect.fail(error))
+    return Effect.andThen(goodbye, Scope.close(c.scope, Exit.void))
+  })
+
+const toBuffer = (chunk: Uint8Array | string): Buffer =>
+  typeof chunk === "string"
+    ? Buffer.from(chunk)
+    : Buffer.isBuffer(chunk)
+    ? chunk
+    : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)

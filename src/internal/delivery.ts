@@ -1,0 +1,153 @@
+/**
+ * Hands received messages to their owners and reports back when each copy leaves its queue, so that the
+ * session can acknowledge it (acknowledgement on hand-over, or by the application with manual acknowledgement).
+ *
+ * Owners: `messages` (owner 0), each `subscription()` stream (a queue of its own) and the response handler of
+ * `request` (a function that takes a message at once). A message that goes to several owners is copied, so
+ * that each copy carries its own acknowledgement.
+ */
+import * as Effect from "effect/Effect"
+import type * as IncomingQueue from "../IncomingQueue.ts"
+import type * as MqttError from "../MqttError.ts"
+import { MqttMessage, ReceiptKey } from "../MqttMessage.ts"
+import type { Delivery, InboundRecord } from "./output.ts"
+import { fromStrategy, type MessageQueue, type Progress } from "./queue.ts"
+import { MESSAGES } from "./subscriptions.ts"
+
+type Queue = MessageQueue<MqttMessage, MqttError.MqttError>
+
+interface Owner {
+  readonly queue: Queue | undefined
+  readonly handle: ((message: MqttMessage) => void) | undefined
+  /** acknowledged by the application (`message.ack`) rather than when taken */
+  readonly manual: boolean
+}
+
+/** One copy's acknowledgement: reported once, when taken, acknowledged, or dropped. */
+class Receipt {
+  private done = false
+  private readonly record: InboundRecord
+  private readonly sink: (record: InboundRecord) => void
+  constructor(record: InboundRecord, sink: (record: InboundRecord) => void) {
+    this.record = record
+    this.sink = sink
+  }
+  acknowledge(): void {
+    if (this.done) return
+    this.done = true
+    this.sink(this.record)
+  }
+}
+
+const acknowledge = (message: MqttMessage) => message[ReceiptKey]?.acknowledge()
+
+export class Deliveries {
+  private readonly owners = new Map<number, Owner>()
+  private nextOwner = 1
+  /** the queue behind `messages` */
+  readonly messages: Queue
+  private readonly strategy: IncomingQueue.Strategy
+  /** where a copy's acknowledgement goes: the session, through the driver */
+  private readonly sink: (record: InboundRecord) => void
+  /** messages dropped by the queues of owners that are gone */
+  private droppedByGone = 0
+
+  constructor(strategy: IncomingQueue.Strategy, manual: boolean, sink: (record: InboundRecord) => void) {
+    this.strategy = strategy
+    this.sink = sink
+    this.messages = this.makeQueue(manual)
+    this.owners.set(MESSAGES, { queue: this.messages, handle: undefined, manual })
+  }
+
+  private makeQueue(manual: boolean): Queue {
+    const queue = fromStrategy<MqttMessage, MqttError.MqttError>(this.strategy)
+    if (!manual) queue.onTaken = acknowledge
+    // a dropped message is given up by the application's choice of queue: it is acknowledged, and counted
+    queue.onDropped = acknowledge
+    return queue
+  }
+
+  /** A new owner with a queue of the client's kind; returns its number and the queue. */
+  addQueue(manual: boolean): { readonly owner: number; readonly queue: Queue } {
+    const owner = this.nextOwner++
+    const queue = this.makeQueue(manual)
+    this.owners.set(owner, { queue, handle: undefined, manual })
+    return { owner, queue }
+  }
+
+  /** A new owner that takes each message at once. */
+  addHandler(handle: (message: MqttMessage) => void): number {
+    const owner = this.nextOwner++
+    this.owners.set(owner, { queue: undefined, handle, manual: false })
+    return owner
+  }
+
+  /**
+   * An owner goes away. What its queue still holds was never handed to anyone: it goes to `messages`, the next
+   * consumer, rather than being lost.
+   */
+  remove(owner: number): void {
+    const removed = this.owners.get(owner)
+    if (removed === undefined || owner === MESSAGES) return
+    this.owners.delete(owner)
+    const queue = removed.queue
+    if (queue === undefined) return
+    this.droppedByGone += queue.dropped
+    const rest = queue.drainUnsafe()
+    queue.end()
+    if (rest.length > 0) this.messages.offerUnsafe(rest, { accepted: 0 })
+  }
+
+  /** Messages dropped so far by every queue: `messages`, the subscription streams, and those that are gone. */
+  get dropped(): number {
+    let dropped = this.droppedByGone
+    for (const owner of this.owners.values()) dropped += owner.queue?.dropped ?? 0
+    return dropped
+  }
+
+  /**
+   * Hands messages to their owners, in order per owner. Returns an effect that waits for room when a suspending
+   * queue is full (the reader then stops reading the socket), or undefined when all were taken in.
+   */
+  deliver(deliveries: ReadonlyArray<Delivery>): Effect.Effect<void> | undefined {
+    const batches = new Map<Queue, Array<MqttMessage>>()
+    for (let i = 0; i < deliveries.length; i++) {
+      const { message, owners, record } = deliveries[i]
+      for (let j = 0; j < owners.length; j++) {
+        const copy = j === 0 ? message : copyOf(message)
+        if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink)
+        const owner = this.owners.get(owners[j]) ?? this.owners.get(MESSAGES)!
+        if (owner.handle !== undefined) {
+          owner.handle(copy)
+          acknowledge(copy)
+          continue
+        }
+        const queue = owner.queue!
+        const batch = batches.get(queue)
+        if (batch === undefined) batches.set(queue, [copy])
+        else batch.push(copy)
+      }
+    }
+    let wait: Effect.Effect<void> | undefined
+    for (const [queue, batch] of batches) {
+      const progress: Progress = { accepted: 0 }
+      queue.offerUnsafe(batch, progress)
+      if (progress.accepted < batch.length && !queue.isClosed) {
+        const rest = queue.offerAll(batch, progress)
+        wait = wait === undefined ? rest : Effect.andThen(wait, rest)
+      }
+    }
+    return wait
+  }
+
+  /** The client stopped: every stream ends (`error` undefined) or fails with the error once drained. */
+  close(error: MqttError.MqttError | undefined): void {
+    for (const owner of this.owners.values()) {
+      if (owner.queue === undefined) continue
+      if (error === undefined) owner.queue.end()
+      else owner.queue.fail(error)
+    }
+  }
+}
+
+const copyOf = (m: MqttMessage) => new MqttMessage(m.topic, m.payload, m.qos, m.retain, m.dup, m.properties)

@@ -1,0 +1,67 @@
+/**
+ * Runs what the session produces: the one place where the session's Output meets I/O. Every call into the
+ * session is followed by `drain`, which writes the packets to the current connection, hands the messages to
+ * their owners and completes the operations that ended, in that order.
+ */
+import * as Effect from "effect/Effect"
+import type { Deliveries } from "./delivery.ts"
+import type { Outbox } from "./outbox.ts"
+import type { InboundRecord } from "./output.ts"
+import { Output } from "./output.ts"
+import type { Session } from "./session.ts"
+
+export class Driver {
+  readonly out = new Output()
+  /** the outbox of the connection that carries the session; undefined between connections */
+  outbox: Outbox | undefined = undefined
+  /** what a PINGRESP wakes */
+  onPong: (() => void) | undefined = undefined
+  readonly session: Session
+  readonly deliveries: Deliveries
+  private readonly warn: (message: string) => void
+
+  constructor(session: Session, deliveries: Deliveries, warn: (message: string) => void) {
+    this.session = session
+    this.deliveries = deliveries
+    this.warn = warn
+  }
+
+  /**
+   * Writes, delivers and completes what the last call into the session produced. Returns an effect when some
+   * messages must wait for room in a full queue (only the reader receives messages, and it waits on that).
+   * `out.error` and `out.auth` are left for the reader.
+   */
+  drain(): Effect.Effect<void> | undefined {
+    const out = this.out
+    const outbox = this.outbox
+    if (out.send.length > 0) {
+      if (outbox !== undefined) { for (let i = 0; i < out.send.length; i++) outbox.push(out.send[i]) }
+      out.send.length = 0
+    }
+    if (!out.acks.isEmpty) {
+      const acks = out.acks.take()
+      outbox?.push(acks)
+    }
+    let wait: Effect.Effect<void> | undefined
+    // taken out first: handing a message over may acknowledge it, which drains again (re-entrantly)
+    if (out.deliver.length > 0) wait = this.deliveries.deliver(out.deliver.splice(0))
+    if (out.settle.length > 0) {
+      const ended = out.settle.splice(0)
+      for (let i = 0; i < ended.length; i++) ended[i].listener?.()
+    }
+    if (out.pong) {
+      out.pong = false
+      this.onPong?.()
+    }
+    if (out.warnings.length > 0) {
+      for (const warning of out.warnings.splice(0)) this.warn(warning)
+    }
+    return wait
+  }
+
+  /** A copy of a received message was taken (or acknowledged): its acknowledgement may go. */
+  readonly settled = (record: InboundRecord): void => {
+    this.session.settled(record, this.out)
+    this.drain()
+  }
+}

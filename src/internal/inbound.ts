@@ -1,0 +1,189 @@
+/**
+ * The broker's publishes within the session: topic aliases, QoS 2 de-duplication, the client's Receive Maximum,
+ * and the acknowledgements, sent when the consumer has the message and in the order the PUBLISH packets arrived
+ * [MQTT-4.6.0-2, MQTT-4.6.0-3]. Pure state: methods append to an `Output`.
+ *
+ * A QoS 1/2 message gets an `InboundRecord` when it arrives. Each copy handed to an owner is counted; when every
+ * copy was taken (or acknowledged by the application), the record is done. Acknowledgements leave from the front
+ * of the arrival line only: a done record waits behind an earlier one that is not.
+ *
+ * Invariants: a QoS 2 message is delivered once, from its PUBLISH until the broker's PUBREL, across reconnects
+ * of a resumed session; a message the consumer has not taken is not acknowledged; acknowledgements keep arrival
+ * order; a record of a session the broker lost is never acknowledged.
+ */
+import * as Codec from "./codec.ts"
+import { InboundRecord, type Output, violation } from "./output.ts"
+import type * as Packets from "./packets.ts"
+
+/** What `admit` says of a QoS 1/2 PUBLISH that brings nothing new to deliver. */
+export const DUPLICATE = "duplicate"
+
+export class Inbound {
+  /** records in arrival order, not yet acknowledged */
+  private line: Array<InboundRecord> = []
+  private head = 0
+  private readonly byId: Array<InboundRecord | undefined> = new Array(65536)
+  /** QoS 2 identifiers whose PUBREC was sent: a resent PUBLISH is answered, not delivered, until PUBREL */
+  private readonly awaitingRelease = new Uint8Array(65536)
+  private releasing = 0
+  /** QoS 1 identifiers acknowledged right after a reconnect: the broker's resend may cross the PUBACK */
+  private readonly ackedOnResume = new Uint8Array(65536)
+  private epoch = 0
+  private unacknowledged = 0
+  /** topic aliases the broker set on this connection */
+  private aliases: Array<string | undefined> = []
+  private connected = false
+
+  private readonly version: Packets.ProtocolVersion
+  private readonly receiveMaximum: number
+  private readonly topicAliasMaximum: number
+  constructor(version: Packets.ProtocolVersion, receiveMaximum: number, topicAliasMaximum: number) {
+    this.version = version
+    this.receiveMaximum = receiveMaximum
+    this.topicAliasMaximum = topicAliasMaximum
+  }
+
+  /** Messages received and not yet acknowledged, with the QoS 2 ones awaiting PUBREL. */
+  get inFlight(): number {
+    return this.unacknowledged + this.releasing
+  }
+
+  /** The topic of a PUBLISH once its alias is resolved, or undefined after recording a violation. */
+  topicOf(packet: Packets.Publish, out: Output): string | undefined {
+    let topic = packet.topic
+    const alias = packet.topicAlias
+    if (alias !== undefined) {
+      if (alias === 0 || alias > this.topicAliasMaximum) {
+        out.fail(
+          violation(this.version, `a PUBLISH with topic alias ${alias}, outside 1 to ${this.topicAliasMaximum}`, 0x94)
+        )
+        return undefined
+      }
+      if (topic === "") {
+        const known = this.aliases[alias]
+        if (known === undefined) {
+          out.fail(violation(this.version, `a PUBLISH with topic alias ${alias}, which was never set`, 0x82))
+          return undefined
+        }
+        topic = known
+      } else {
+        this.aliases[alias] = topic
+      }
+    }
+    if (topic === "") {
+      out.fail(violation(this.version, "a PUBLISH with an empty topic and no topic alias [MQTT-3.3.2-1]", 0x82))
+      return undefined
+    }
+    return topic
+  }
+
+  /**
+   * Admits a QoS 1/2 PUBLISH: a new record, or `DUPLICATE` for a resend of a message the client holds or has
+   * delivered (answered here when its acknowledgement is due again), or undefined after a violation.
+   */
+  admit(packet: Packets.Publish, out: Output): InboundRecord | typeof DUPLICATE | undefined {
+    const id = packet.id
+    const held = this.byId[id]
+    if (held !== undefined) return DUPLICATE
+    if (packet.qos === 2 && this.awaitingRelease[id] === 1) {
+      out.acks.push(Codec.PUBREC, id)
+      return DUPLICATE
+    }
+    if (this.ackedOnResume[id] === 1) {
+      this.ackedOnResume[id] = 0
+      if (packet.dup && packet.qos === 1) {
+        out.acks.push(Codec.PUBACK, id)
+        return DUPLICATE
+      }
+    }
+    if (this.version === 5 && this.inFlight >= this.receiveMaximum) {
+      out.fail(
+        violation(
+          this.version,
+          `more than ${this.receiveMaximum} unacknowledged QoS 1/2 publishes (Receive Maximum)`,
+          0x93
+        )
+      )
+      return undefined
+    }
+    const record = new InboundRecord(id, packet.qos as 1 | 2, this.epoch)
+    this.byId[id] = record
+    this.line.push(record)
+    this.unacknowledged++
+    return record
+  }
+
+  /** A copy of a record's message was taken or acknowledged. */
+  settled(record: InboundRecord, out: Output): void {
+    if (record.epoch !== this.epoch || record.pending === 0) return
+    record.pending--
+    if (record.pending === 0) this.flush(out, false)
+  }
+
+  /** Acknowledges the done records at the front of the line. */
+  private flush(out: Output, resuming: boolean): void {
+    if (!this.connected) return
+    while (this.head < this.line.length) {
+      const record = this.line[this.head]
+      if (record.pending > 0) break
+      this.head++
+      this.byId[record.id] = undefined
+      this.unacknowledged--
+      if (record.qos === 1) {
+        out.acks.push(Codec.PUBACK, record.id)
+        if (resuming) this.ackedOnResume[record.id] = 1
+      } else {
+        out.acks.push(Codec.PUBREC, record.id)
+        this.awaitingRelease[record.id] = 1
+        this.releasing++
+      }
+    }
+    if (this.head === this.line.length) {
+      this.line = []
+      this.head = 0
+    } else if (this.head > 1024 && this.head * 2 > this.line.length) {
+      this.line = this.line.slice(this.head)
+      this.head = 0
+    }
+  }
+
+  /** PUBREL: the QoS 2 flow ends with PUBCOMP; an unknown identifier is answered too (our PUBCOMP may be lost). */
+  onPubrel(ack: Packets.Ack, out: Output): void {
+    const id = ack.id
+    if (this.awaitingRelease[id] === 1) {
+      this.awaitingRelease[id] = 0
+      this.releasing--
+      out.acks.push(Codec.PUBCOMP, id)
+    } else if (this.byId[id] !== undefined) {
+      out.fail(violation(this.version, `a PUBREL for packet ${id} before its PUBREC was sent`, 0x82))
+    } else if (this.version === 5) {
+      out.acks.pushWithReason(Codec.PUBCOMP, id, 0x92)
+    } else {
+      out.acks.push(Codec.PUBCOMP, id)
+    }
+  }
+
+  /** A connection carries the session. Without Session Present the broker forgot every flow: so does the client. */
+  resume(sessionPresent: boolean, out: Output): void {
+    this.connected = true
+    this.aliases = []
+    if (!sessionPresent) {
+      this.epoch++
+      this.line = []
+      this.head = 0
+      this.byId.fill(undefined)
+      this.awaitingRelease.fill(0)
+      this.ackedOnResume.fill(0)
+      this.releasing = 0
+      this.unacknowledged = 0
+      return
+    }
+    this.flush(out, true)
+  }
+
+  /** The connection ended: acknowledgements wait for the next one. */
+  lost(): void {
+    this.connected = false
+    this.aliases = []
+  }
+}

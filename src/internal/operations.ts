@@ -1,0 +1,279 @@
+/**
+ * The client's operations: each validates what the caller gave (a mistake is a typed error before anything is
+ * sent), hands the operation to the session, drains, and waits for the session to end it.
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
+import { Buffer } from "node:buffer"
+import type * as MqttClient from "../MqttClient.ts"
+import * as MqttError from "../MqttError.ts"
+import type { MqttMessage, QoS } from "../MqttMessage.ts"
+import * as Codec from "./codec.ts"
+import type { Deliveries } from "./delivery.ts"
+import type { Driver } from "./driver.ts"
+import { invalid, isQoS, isUint, type Resolved } from "./options.ts"
+import type { Operation } from "./output.ts"
+import { OFFLINE_FULL, type Session } from "./session.ts"
+import { type FilterSpec, MESSAGES, type Request } from "./subscriptions.ts"
+import type { Supervisor } from "./supervisor.ts"
+import { filterProblem, nameProblem } from "./topic.ts"
+
+/** What the operations of one client share. */
+export interface Context {
+  readonly options: Resolved
+  readonly session: Session
+  readonly driver: Driver
+  readonly deliveries: Deliveries
+  readonly supervisor: Supervisor
+}
+
+/** How long releasing a `subscription` waits for the broker's UNSUBACK before it lets go anyway. */
+const RELEASE_TIMEOUT = Duration.seconds(5)
+
+/** Waits until the session ends an operation; the caller that gives up runs `withdraw`. */
+const awaitOperation = <O extends Operation>(
+  operation: O,
+  withdraw: (operation: O) => void
+): Effect.Effect<O, MqttError.MqttError> =>
+  Effect.callback<O, MqttError.MqttError>((resume) => {
+    const result = () =>
+      resume(operation.error === undefined ? Effect.succeed(operation) : Effect.fail(operation.error))
+    if (operation.done) return result()
+    operation.listener = result
+    return Effect.sync(() => {
+      operation.listener = undefined
+      withdraw(operation)
+    })
+  })
+
+const noWithdraw = () => {}
+
+export const publish = (ctx: Context) =>
+(
+  topic: string,
+  payload: Uint8Array | string,
+  options?: MqttClient.PublishOptions
+): Effect.Effect<void, MqttError.MqttError> =>
+  // each run encodes afresh: the same publish effect may run several times, even at once
+  Effect.suspend(() => publishNow(ctx, topic, payload, options))
+
+const publishNow = (
+  ctx: Context,
+  topic: string,
+  payload: Uint8Array | string,
+  options: MqttClient.PublishOptions | undefined
+): Effect.Effect<void, MqttError.MqttError> => {
+  const qos = options?.qos ?? 0
+  const retain = options?.retain ?? false
+  const problem = nameProblem(topic)
+  if (problem !== undefined) {
+    return Effect.fail(new MqttError.InvalidTopicError({ topic, kind: "name", reason: problem }))
+  }
+  if (!isQoS(qos)) return Effect.fail(invalid("qos", "expected 0, 1 or 2"))
+  if (typeof retain !== "boolean") return Effect.fail(invalid("retain", "expected a boolean"))
+  const bytes = typeof payload === "string" ? Buffer.from(payload) : payload
+  if (!(bytes instanceof Uint8Array)) return Effect.fail(invalid("payload", "expected a Uint8Array or a string"))
+  let encoded: Codec.EncodedPublish
+  try {
+    encoded = Codec.encodePublish(ctx.options.protocolVersion, topic, bytes, qos, retain, options?.properties)
+  } catch (e) {
+    return Effect.fail(invalid("properties", e instanceof Error ? e.message : String(e)))
+  }
+  const { driver, session } = ctx
+  const result = session.publish(
+    { topic, payload: bytes, qos, retain, properties: options?.properties, encoded },
+    driver.out
+  )
+  driver.drain()
+  if (result === undefined) return driver.outbox?.backPressure ?? Effect.void
+  if (result === OFFLINE_FULL) {
+    return ctx.options.offlineOverflow === "wait"
+      ? Effect.andThen(ctx.supervisor.awaitConnected, Effect.suspend(() => publishNow(ctx, topic, payload, options)))
+      : Effect.fail(
+        new MqttError.OfflineError({
+          operation: "publish",
+          reason: `the offline buffer is full (${ctx.options.offlineCapacity} publishes)`
+        })
+      )
+  }
+  if (MqttError.isMqttError(result)) return Effect.fail(result)
+  if (result.done) return result.error === undefined ? Effect.void : Effect.fail(result.error)
+  return Effect.asVoid(awaitOperation(result, (entry) => session.outgoing.withdraw(entry)))
+}
+
+/** The filters of a subscribe call with their options, checked. */
+const specsOf = (
+  ctx: Context,
+  input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
+  options: MqttClient.SubscribeOptions | undefined
+): ReadonlyArray<FilterSpec> | MqttError.MqttError => {
+  const version = ctx.options.protocolVersion
+  const list = Array.isArray(input) ? input : [input as string | MqttClient.Subscription]
+  if (list.length === 0) return invalid("filters", "at least one filter is needed")
+  const specs: Array<FilterSpec> = []
+  for (const item of list) {
+    const sub: MqttClient.Subscription = typeof item === "string" ? { ...options, filter: item } : item
+    const problem = typeof sub.filter === "string" ? filterProblem(sub.filter) : "expected a string"
+    if (problem !== undefined) {
+      return new MqttError.InvalidTopicError({ topic: String(sub.filter), kind: "filter", reason: problem })
+    }
+    const qos = sub.qos ?? 0
+    if (!isQoS(qos)) return invalid("qos", "expected 0, 1 or 2")
+    const v5Only = sub.noLocal !== undefined || sub.retainAsPublished !== undefined || sub.retainHandling !== undefined
+    if (v5Only && version !== 5) {
+      return invalid("subscribe", "noLocal, retainAsPublished and retainHandling need MQTT 5")
+    }
+    if (sub.retainHandling !== undefined && !isQoS(sub.retainHandling)) {
+      return invalid("retainHandling", "expected 0, 1 or 2")
+    }
+    if (sub.noLocal === true && sub.filter.startsWith("$share/")) {
+      return invalid("noLocal", "a shared subscription cannot be no local [MQTT-3.8.3-4]")
+    }
+    specs.push({
+      filter: sub.filter,
+      qos,
+      noLocal: sub.noLocal ?? false,
+      retainAsPublished: sub.retainAsPublished ?? false,
+      retainHandling: sub.retainHandling ?? 0
+    })
+  }
+  return specs
+}
+
+const identifierOf = (ctx: Context, options: MqttClient.SubscribeOptions | undefined): number | MqttError.MqttError => {
+  const identifier = options?.subscriptionIdentifier ?? 0
+  if (identifier === 0) return 0
+  if (ctx.options.protocolVersion !== 5) return invalid("subscriptionIdentifier", "needs MQTT 5")
+  if (!isUint(identifier, 268_435_455)) {
+    return invalid("subscriptionIdentifier", "expected a whole number from 1 to 268435455")
+  }
+  if (ctx.session.info !== undefined && !ctx.session.info.subscriptionIdentifiersAvailable) {
+    return invalid("subscriptionIdentifier", "the broker does not support subscription identifiers")
+  }
+  return identifier
+}
+
+/** Subscribes on behalf of an owner and returns what the broker granted, or `SubscribeError`. */
+export const subscribeAs = (
+  ctx: Context,
+  owner: number,
+  input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
+  options: MqttClient.SubscribeOptions | undefined
+): Effect.Effect<ReadonlyArray<MqttClient.Granted>, MqttError.MqttError> =>
+  Effect.suspend(() => {
+    const specs = specsOf(ctx, input, options)
+    if (MqttError.isMqttError(specs)) return Effect.fail(specs)
+    const identifier = identifierOf(ctx, options)
+    if (typeof identifier !== "number") return Effect.fail(identifier)
+    const probe = Codec.tryEncode(() =>
+      Codec.encodeSubscribe(
+        ctx.options.protocolVersion,
+        1,
+        specs.map((s) => ({ topic: s.filter, qos: s.qos })),
+        0,
+        options?.userProperties
+      )
+    )
+    if (!(probe instanceof Uint8Array)) return Effect.fail(invalid("subscribe", probe.error))
+    const request = ctx.session.subscribe(owner, specs, identifier, options?.userProperties, ctx.driver.out)
+    ctx.driver.drain()
+    if (MqttError.isMqttError(request)) return Effect.fail(request)
+    return Effect.flatMap(awaitOperation(request, noWithdraw), (done) => granted(done, specs))
+  })
+
+const granted = (request: Request, specs: ReadonlyArray<FilterSpec>) => {
+  const codes = request.codes
+  const refused = codes.findIndex((code) => code >= 0x80)
+  if (refused >= 0) {
+    return Effect.fail(
+      new MqttError.SubscribeError({
+        filter: specs[refused].filter,
+        reasonCode: codes[refused],
+        ...(request.reasonString === undefined ? {} : { reasonString: request.reasonString }),
+        codes: codes.map((reasonCode, i) => ({ filter: specs[i].filter, reasonCode }))
+      })
+    )
+  }
+  return Effect.succeed(
+    codes.map((reasonCode, i) => ({ filter: specs[i].filter, reasonCode, qos: (reasonCode & 3) as QoS }))
+  )
+}
+
+/** Unsubscribes on behalf of an owner: the broker is asked only for the filters no other owner holds. */
+export const unsubscribeAs = (
+  ctx: Context,
+  owner: number,
+  input: string | ReadonlyArray<string>,
+  options: MqttClient.UnsubscribeOptions | undefined
+): Effect.Effect<void, MqttError.MqttError> =>
+  Effect.suspend(() => {
+    const list: ReadonlyArray<string> = typeof input === "string" ? [input] : input
+    if (list.length === 0) return Effect.fail(invalid("filters", "at least one filter is needed"))
+    for (const filter of list) {
+      const problem = typeof filter === "string" ? filterProblem(filter) : "expected a string"
+      if (problem !== undefined) {
+        return Effect.fail(new MqttError.InvalidTopicError({ topic: String(filter), kind: "filter", reason: problem }))
+      }
+    }
+    const probe = Codec.tryEncode(() =>
+      Codec.encodeUnsubscribe(ctx.options.protocolVersion, 1, list, options?.userProperties)
+    )
+    if (!(probe instanceof Uint8Array)) return Effect.fail(invalid("unsubscribe", probe.error))
+    const request = ctx.session.unsubscribe(owner, list, options?.userProperties, ctx.driver.out)
+    ctx.driver.drain()
+    if (request === undefined) return Effect.void
+    if (MqttError.isMqttError(request)) return Effect.fail(request)
+    return Effect.flatMap(awaitOperation(request, noWithdraw), (done) => {
+      const index = done.codes.findIndex((code) => code >= 0x80)
+      if (index < 0) return Effect.void
+      return Effect.fail(
+        new MqttError.UnsubscribeError({
+          filter: done.filters[index].filter,
+          reasonCode: done.codes[index],
+          ...(done.reasonString === undefined ? {} : { reasonString: done.reasonString })
+        })
+      )
+    })
+  })
+
+export const subscribe = (ctx: Context) =>
+(
+  input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
+  options?: MqttClient.SubscribeOptions
+) => subscribeAs(ctx, MESSAGES, input, options)
+
+export const unsubscribe =
+  (ctx: Context) => (input: string | ReadonlyArray<string>, options?: MqttClient.UnsubscribeOptions) =>
+    unsubscribeAs(ctx, MESSAGES, input, options)
+
+/**
+ * A subscription with a stream of its own for the life of a scope. The owner and its queue exist before the
+ * SUBSCRIBE, so that retained messages sent with the SUBACK are not missed. Closing the scope lets go of the
+ * filters (UNSUBSCRIBE for those no other owner holds, waiting at most 5 seconds for UNSUBACK); messages its
+ * queue still holds go to `messages`.
+ */
+export const subscription = (ctx: Context) =>
+(
+  input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
+  options?: MqttClient.SubscribeOptions & { readonly acknowledgement?: "auto" | "manual" | undefined }
+): Effect.Effect<Stream.Stream<MqttMessage, MqttError.MqttError>, MqttError.MqttError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const manual = (options?.acknowledgement ?? ctx.options.acknowledgement) === "manual"
+    const { owner, queue } = ctx.deliveries.addQueue(manual)
+    yield* Effect.addFinalizer(() => release(ctx, owner))
+    yield* subscribeAs(ctx, owner, input, options)
+    return queue.stream
+  })
+
+/** An owner goes away: its filters are let go, within a bounded wait. */
+export const release = (ctx: Context, owner: number): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    ctx.deliveries.remove(owner)
+    if (ctx.session.closed !== undefined) return Effect.void
+    const request = ctx.session.subscriptions.removeOwner(owner, ctx.driver.out)
+    ctx.driver.drain()
+    if (request === undefined) return Effect.void
+    return awaitOperation(request, noWithdraw).pipe(Effect.timeoutOption(RELEASE_TIMEOUT), Effect.ignore)
+  })

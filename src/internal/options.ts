@@ -1,0 +1,242 @@
+/**
+ * The client's options: validated, defaults applied, and narrowed to what the other modules need. Every
+ * mistake is an `InvalidOptionError` naming the option, before anything is sent.
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Random from "effect/Random"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import { Buffer } from "node:buffer"
+import * as Crypto from "node:crypto"
+import * as IncomingQueue from "../IncomingQueue.ts"
+import type * as MqttClient from "../MqttClient.ts"
+import * as MqttError from "../MqttError.ts"
+import type { QoS } from "../MqttMessage.ts"
+import * as Codec from "./codec.ts"
+import { nameProblem } from "./topic.ts"
+import * as Transport from "./transport.ts"
+
+export interface Resolved {
+  readonly endpoint: Transport.Endpoint
+  readonly clientId: string
+  readonly protocolVersion: 4 | 5
+  readonly keepAlive: number
+  readonly pingTimeout: Duration.Duration | undefined
+  readonly cleanStart: boolean
+  readonly sessionExpiryInterval: number | undefined
+  readonly username: string | undefined
+  readonly password: Redacted.Redacted<string> | undefined
+  readonly will: MqttClient.Will | undefined
+  readonly connectTimeout: Duration.Duration
+  readonly queue: IncomingQueue.Strategy
+  readonly userProperties: ReadonlyArray<readonly [string, string]> | undefined
+  readonly reconnect: Schedule.Schedule<unknown, MqttError.MqttError> | undefined
+  readonly retryFirstConnect: boolean
+  readonly maximumPacketSize: number
+  readonly receiveMaximum: number
+  readonly topicAliasMaximum: number
+  readonly topicAliases: boolean
+  readonly maxInflight: number
+  readonly responseTopicPrefix: string
+  readonly auth: MqttClient.Authentication | undefined
+  readonly disconnectReasonCode: number
+  readonly disconnectSessionExpiry: number | undefined
+  readonly offlineCapacity: number
+  readonly offlineOverflow: "fail" | "wait"
+  readonly offlineQos0: "buffer" | "fail"
+  readonly offlineRequests: "wait" | "fail"
+  readonly acknowledgement: "auto" | "manual"
+}
+
+/** The largest packet the client accepts unless told otherwise: 32 MiB. */
+const DEFAULT_MAXIMUM_PACKET_SIZE = 32 * 1024 * 1024
+
+/**
+ * 100 ms doubling up to 30 s, each delay drawn between half and all of it ("equal jitter"): clients that lost
+ * the same broker spread their attempts instead of coming back together.
+ */
+export const defaultReconnect: Schedule.Schedule<Duration.Duration> = Schedule.exponential("100 millis").pipe(
+  Schedule.modifyDelay(({ duration }) =>
+    Effect.map(Random.next, (r) => Duration.millis(Math.min(Duration.toMillis(duration), 30_000) * (0.5 + r / 2)))
+  )
+)
+
+export const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
+
+export const isUint = (n: unknown, max: number): n is number =>
+  typeof n === "number" && Number.isInteger(n) && n >= 0 && n <= max
+
+export const isQoS = (n: unknown): n is QoS => n === 0 || n === 1 || n === 2
+
+const randomClientId = (): string => "effect-mqtt-" + Crypto.randomBytes(8).toString("base64url").slice(0, 10)
+
+export const decodeDuration = (option: string, input: Duration.Input | undefined, fallback: Duration.Duration) => {
+  if (input === undefined) return Effect.succeed(fallback)
+  const decoded = Duration.fromInput(input)
+  return decoded._tag === "Some" && Duration.isFinite(decoded.value) && Duration.toMillis(decoded.value) > 0
+    ? Effect.succeed(decoded.value)
+    : Effect.fail(invalid(option, "expected a positive, finite duration"))
+}
+
+export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
+  const endpoint = yield* Transport.parseUrl(options.url ?? "mqtt://localhost:1883")
+  const protocolVersion = options.protocolVersion ?? 4
+  if (protocolVersion !== 4 && protocolVersion !== 5) {
+    return yield* invalid("protocolVersion", "expected 4 (MQTT 3.1.1) or 5 (MQTT 5.0)")
+  }
+  const keepAlive = options.keepAlive ?? 60
+  if (!isUint(keepAlive, 65535)) return yield* invalid("keepAlive", "expected whole seconds from 0 to 65535")
+  const clientId = options.clientId ?? randomClientId()
+  if (typeof clientId !== "string" || Buffer.byteLength(clientId) > 65535 || clientId.includes("\u0000")) {
+    return yield* invalid("clientId", "expected a string of at most 65,535 UTF-8 bytes without U+0000")
+  }
+  const cleanStart = options.cleanStart ?? options.cleanSession ?? true
+  if (clientId === "" && !cleanStart && protocolVersion === 4) {
+    return yield* invalid("clientId", "an empty client identifier needs cleanSession: true in MQTT 3.1.1")
+  }
+  const sessionExpiryInterval = options.sessionExpiryInterval
+  if (sessionExpiryInterval !== undefined && !isUint(sessionExpiryInterval, 0xffffffff)) {
+    return yield* invalid("sessionExpiryInterval", "expected whole seconds from 0 to 4294967295")
+  }
+  const username = options.username ?? endpoint.username
+  const password = options.password ??
+    (endpoint.password === undefined ? undefined : Redacted.make(endpoint.password))
+  const will = options.will
+  if (will !== undefined) {
+    const problem = nameProblem(will.topic)
+    if (problem !== undefined) return yield* invalid("will.topic", problem)
+    if (will.qos !== undefined && !isQoS(will.qos)) return yield* invalid("will.qos", "expected 0, 1 or 2")
+  }
+  const connectTimeout = yield* decodeDuration("connectTimeout", options.connectTimeout, Duration.seconds(30))
+  const pingTimeout = options.pingTimeout === undefined
+    ? undefined
+    : yield* decodeDuration("pingTimeout", options.pingTimeout, Duration.seconds(30))
+  const queue = options.queue ?? IncomingQueue.defaultStrategy
+  if (queue._tag !== "Unbounded" && !(Number.isInteger(queue.capacity) && queue.capacity > 0)) {
+    return yield* invalid("queue", "the capacity must be a positive integer")
+  }
+  const offline = options.offline ?? {}
+  const offlineCapacity = offline.capacity ?? 10_000
+  if (!isUint(offlineCapacity, Number.MAX_SAFE_INTEGER)) {
+    return yield* invalid("offline.capacity", "expected a whole number of publishes")
+  }
+  const oneOf = <A extends string>(option: string, value: A | undefined, fallback: A, allowed: ReadonlyArray<A>) =>
+    value === undefined
+      ? Effect.succeed(fallback)
+      : allowed.includes(value)
+      ? Effect.succeed(value)
+      : Effect.fail(invalid(option, `expected ${allowed.map((a) => `"${a}"`).join(" or ")}`))
+  const offlineOverflow = yield* oneOf("offline.overflow", offline.overflow, "fail", ["fail", "wait"])
+  const offlineQos0 = yield* oneOf("offline.qos0", offline.qos0, "buffer", ["buffer", "fail"])
+  const offlineRequests = yield* oneOf("offline.requests", offline.requests, "wait", ["wait", "fail"])
+  const reconnect = options.reconnect === false ? undefined : options.reconnect ?? defaultReconnect
+  if (reconnect !== undefined && !Schedule.isSchedule(reconnect)) {
+    return yield* invalid("reconnect", "expected a Schedule or false")
+  }
+  const maximumPacketSize = options.maximumPacketSize ?? DEFAULT_MAXIMUM_PACKET_SIZE
+  if (!isUint(maximumPacketSize, 268_435_460) || maximumPacketSize < 16) {
+    return yield* invalid("maximumPacketSize", "expected a whole number of bytes from 16 to 268435460")
+  }
+  const receiveMaximum = options.receiveMaximum ?? 65535
+  if (!isUint(receiveMaximum, 65535) || receiveMaximum === 0) {
+    return yield* invalid("receiveMaximum", "expected a whole number from 1 to 65535")
+  }
+  // MQTT 3.1.1 has no Receive Maximum: Mosquitto's default (max_inflight_messages 20) silently drops what a
+  // 3.1.1 client sends beyond 20 unacknowledged messages while acknowledging it, so keep to 20 there, as paho does
+  const maxInflight = options.maxInflight ?? (protocolVersion === 5 ? 1000 : 20)
+  if (!isUint(maxInflight, 65535) || maxInflight === 0) {
+    return yield* invalid("maxInflight", "expected a whole number from 1 to 65535")
+  }
+  const auth = options.auth
+  if (auth !== undefined) {
+    if (protocolVersion !== 5) return yield* invalid("auth", "enhanced authentication needs MQTT 5")
+    if (typeof auth.method !== "string" || auth.method === "") return yield* invalid("auth.method", "expected a name")
+    if (typeof auth.onChallenge !== "function") return yield* invalid("auth.onChallenge", "expected a function")
+  }
+  const responseTopicPrefix = options.responseTopicPrefix ?? "effect-mqtt/responses"
+  const prefixProblem = nameProblem(responseTopicPrefix + "/x")
+  if (prefixProblem !== undefined) return yield* invalid("responseTopicPrefix", prefixProblem)
+  const disconnectReasonCode = options.disconnect?.reasonCode ?? 0
+  if (disconnectReasonCode !== 0 && disconnectReasonCode !== 4) {
+    return yield* invalid("disconnect.reasonCode", "a client disconnects with 0 (normal) or 4 (send the will)")
+  }
+  const disconnectSessionExpiry = options.disconnect?.sessionExpiryInterval
+  if (disconnectSessionExpiry !== undefined) {
+    if (!isUint(disconnectSessionExpiry, 0xffffffff)) {
+      return yield* invalid("disconnect.sessionExpiryInterval", "expected whole seconds from 0 to 4294967295")
+    }
+    if ((options.sessionExpiryInterval ?? 0) === 0 && disconnectSessionExpiry !== 0) {
+      return yield* invalid(
+        "disconnect.sessionExpiryInterval",
+        "a session that expires with its connection cannot be given a later expiry at DISCONNECT [MQTT-3.14.2-2]"
+      )
+    }
+  }
+  const acknowledgement = yield* oneOf("acknowledgement", options.acknowledgement, "auto", ["auto", "manual"])
+  const topicAliasMaximum = options.topicAliasMaximum ?? (protocolVersion === 5 ? 16 : 0)
+  if (!isUint(topicAliasMaximum, 65535)) {
+    return yield* invalid("topicAliasMaximum", "expected a whole number from 0 to 65535")
+  }
+  return {
+    reconnect,
+    retryFirstConnect: options.retryFirstConnect ?? false,
+    maximumPacketSize,
+    receiveMaximum,
+    topicAliasMaximum,
+    topicAliases: options.topicAliases ?? true,
+    maxInflight,
+    responseTopicPrefix,
+    auth,
+    disconnectReasonCode,
+    disconnectSessionExpiry,
+    offlineCapacity,
+    offlineOverflow,
+    offlineQos0,
+    offlineRequests,
+    endpoint,
+    clientId,
+    protocolVersion,
+    keepAlive,
+    pingTimeout,
+    cleanStart,
+    sessionExpiryInterval,
+    username,
+    password,
+    will,
+    connectTimeout,
+    queue,
+    userProperties: options.userProperties,
+    acknowledgement
+  } satisfies Resolved
+})
+
+export const encodeConnect = (o: Resolved, clientId: string, clean: boolean) =>
+  Codec.tryEncode(() =>
+    Codec.encodeConnect({
+      protocolVersion: o.protocolVersion,
+      clientId,
+      clean,
+      keepAlive: o.keepAlive,
+      username: o.username,
+      password: o.password === undefined ? undefined : Buffer.from(Redacted.value(o.password)),
+      will: o.will === undefined ? undefined : {
+        topic: o.will.topic,
+        payload: typeof o.will.payload === "string" ? Buffer.from(o.will.payload) : o.will.payload,
+        qos: o.will.qos ?? 0,
+        retain: o.will.retain ?? false,
+        properties: o.will.properties
+      },
+      sessionExpiryInterval: o.sessionExpiryInterval,
+      receiveMaximum: o.receiveMaximum === 65535 ? undefined : o.receiveMaximum,
+      maximumPacketSize: o.maximumPacketSize,
+      topicAliasMaximum: o.topicAliasMaximum > 0 ? o.topicAliasMaximum : undefined,
+      userProperties: o.userProperties,
+      authenticationMethod: o.auth?.method,
+      authenticationData: o.auth?.data
+    })
+  )
+
+// ---------------------------------------------------------------------------------------------------------
+// the client
+// ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,378 @@
+/**
+ * The client's outgoing publishes within the session: call order, packet identifiers, the broker's Receive
+ * Maximum, its limits, and topic aliases. Pure state: methods append what to write and what ended to an
+ * `Output`, and never do I/O.
+ *
+ * Invariants (checked by test/session.model.test.ts):
+ * - Publishes leave in call order, whatever their QoS: a QoS 0 publish waits behind an earlier QoS 1/2 one that
+ *   waits for quota or an identifier. Resends after a reconnect keep the order of the first sending [MQTT-4.6.0-1].
+ * - A packet identifier is held from the first PUBLISH until PUBACK, PUBCOMP or a refusal, never by two flows.
+ * - At most `quota` QoS 1/2 publishes (PUBLISH or PUBREL sent, no PUBACK/PUBCOMP yet) per connection [MQTT-4.9.0-2].
+ * - What is written fits the current connection's CONNACK (Maximum QoS, Retain Available, Maximum Packet Size
+ *   counted with the topic alias); what does not is refused with its reason code, unsent, when it would be written.
+ * - Every accepted publish ends exactly once (`Output.end`), unless its caller withdrew it before it was sent.
+ */
+import { Buffer } from "node:buffer"
+import * as MqttError from "../MqttError.ts"
+import type { PublishProperties, QoS } from "../MqttMessage.ts"
+import * as Codec from "./codec.ts"
+import type { Operation, Output } from "./output.ts"
+import { Line, type PacketIds, type Queued } from "./packetIds.ts"
+import type * as Packets from "./packets.ts"
+
+/** A publish as validated and encoded once at the call: the identifier and alias are set when it is written. */
+export interface OutgoingMessage {
+  readonly topic: string
+  readonly payload: Uint8Array
+  readonly qos: QoS
+  readonly retain: boolean
+  readonly properties: PublishProperties | undefined
+  /** the PUBLISH without a topic alias, identifier 0 */
+  readonly encoded: Codec.EncodedPublish
+}
+
+/** Not written on this session yet (or written on a session the broker lost). */
+export const NEW = 0
+/** PUBLISH written, no PUBACK or PUBREC yet. */
+export const SENT = 1
+/** PUBREC received, PUBREL written, no PUBCOMP yet. */
+export const RELEASED = 2
+
+export class PublishEntry implements Queued, Operation {
+  queued = false
+  id = 0
+  state: 0 | 1 | 2 = NEW
+  /** written before: a resend carries DUP [MQTT-3.3.1-1] */
+  dup = false
+  /** ever written, on any connection: a caller that gives up can no longer withdraw it */
+  written = false
+  /** holds a unit of the send quota on the current connection */
+  counted = false
+  error: MqttError.MqttError | undefined = undefined
+  done = false
+  listener: (() => void) | undefined = undefined
+  readonly message: OutgoingMessage
+  /** accepted while disconnected: holds a place in the offline buffer until written */
+  offline: boolean
+  constructor(message: OutgoingMessage, offline: boolean) {
+    this.message = message
+    this.offline = offline
+  }
+}
+
+/** What the current connection's CONNACK allows, resolved with the client's own caps. */
+export interface Limits {
+  readonly maximumQoS: QoS
+  readonly retainAvailable: boolean
+  readonly maximumPacketSize: number | undefined
+  /** topic aliases the client may use on this connection (0: none) */
+  readonly topicAliasMaximum: number
+  /** QoS 1/2 publishes in flight at most: the broker's Receive Maximum, capped by `maxInflight` */
+  readonly quota: number
+}
+
+export class Outgoing {
+  private readonly line = new Line<PublishEntry>()
+  /** every QoS 1/2 publish holding an identifier, in the order of its first sending */
+  private readonly inflight = new Map<number, PublishEntry>()
+  /** identifiers of QoS 2 publishes refused on resend: the broker may still hold them until the session ends */
+  private retired: Array<number> = []
+  private used = 0
+  private limits: Limits | undefined = undefined
+  /** topic → alias, least recently used first; per connection */
+  private aliases: Map<string, number> | undefined = undefined
+  /** publishes accepted while disconnected and not written yet */
+  offline = 0
+
+  private readonly version: Packets.ProtocolVersion
+  private readonly ids: PacketIds
+  constructor(version: Packets.ProtocolVersion, ids: PacketIds) {
+    this.version = version
+    this.ids = ids
+  }
+
+  /** How many publishes wait to be written. */
+  get waiting(): number {
+    return this.line.size
+  }
+
+  /** How many QoS 1/2 publishes hold an identifier. */
+  get inFlight(): number {
+    return this.inflight.size
+  }
+
+  /** The unfinished QoS 1/2 publishes, in the order of their first sending. */
+  entries(): IterableIterator<PublishEntry> {
+    return this.inflight.values()
+  }
+
+  /**
+   * Accepts a publish. While connected with nothing waiting, it is written at once (QoS 0: done, returns
+   * undefined); otherwise it waits in line. The returned entry ends through `Output.end`.
+   */
+  publish(message: OutgoingMessage, out: Output): PublishEntry | undefined {
+    const limits = this.limits
+    if (limits !== undefined && this.line.size === 0) {
+      if (message.qos === 0) {
+        const bytes = this.encode(message, 0, false, limits)
+        if (bytes instanceof Uint8Array) {
+          out.send.push(bytes)
+          return undefined
+        }
+        const entry = new PublishEntry(message, false)
+        out.end(entry, bytes)
+        return entry
+      }
+      if (this.used < limits.quota) {
+        const id = this.ids.acquire()
+        if (id !== 0) {
+          const entry = new PublishEntry(message, false)
+          entry.id = id
+          this.inflight.set(id, entry)
+          this.transmit(entry, limits, out)
+          return entry
+        }
+      }
+    }
+    const entry = new PublishEntry(message, limits === undefined)
+    if (limits === undefined) {
+      this.offline++
+      // QoS 0 is at most once: buffered while offline, it is done for the caller (the offline capacity bounds it)
+      if (message.qos === 0) out.end(entry, undefined)
+    }
+    this.line.push(entry)
+    this.pump(out)
+    return entry
+  }
+
+  /**
+   * The caller gave up waiting. A publish never written is withdrawn (it frees its place and is not sent);
+   * one written keeps its flow: its acknowledgement is still received and answered. Returns whether withdrawn.
+   */
+  withdraw(entry: PublishEntry): boolean {
+    entry.listener = undefined
+    if (entry.written || entry.done || !entry.queued && entry.id === 0) return false
+    this.line.remove(entry)
+    if (entry.offline) {
+      entry.offline = false
+      this.offline--
+    }
+    if (entry.id !== 0) {
+      this.inflight.delete(entry.id)
+      this.ids.release(entry.id)
+    }
+    entry.done = true
+    return true
+  }
+
+  /** Writes what waits in line while the quota and the identifiers allow. */
+  pump(out: Output): void {
+    const limits = this.limits
+    if (limits === undefined) return
+    for (;;) {
+      const entry = this.line.peek()
+      if (entry === undefined) return
+      if (entry.message.qos > 0) {
+        if (this.used >= limits.quota) return
+        if (entry.id === 0) {
+          const id = this.ids.acquire()
+          if (id === 0) return
+          entry.id = id
+          this.inflight.set(id, entry)
+        }
+      }
+      this.line.shift()
+      this.transmit(entry, limits, out)
+    }
+  }
+
+  private transmit(entry: PublishEntry, limits: Limits, out: Output): void {
+    if (entry.offline) {
+      entry.offline = false
+      this.offline--
+    }
+    if (entry.state === RELEASED) {
+      // a resend: in `send`, so that it keeps its place among the resent PUBLISH packets [MQTT-4.6.0-1]
+      out.send.push(Codec.pubrel(entry.id))
+      this.count(entry)
+      return
+    }
+    const bytes = this.encode(entry.message, entry.id, entry.dup, limits)
+    if (!(bytes instanceof Uint8Array)) return this.refuse(entry, bytes, out)
+    out.send.push(bytes)
+    entry.written = true
+    if (entry.message.qos === 0) return out.end(entry, undefined)
+    entry.state = SENT
+    this.count(entry)
+  }
+
+  private count(entry: PublishEntry): void {
+    entry.counted = true
+    this.used++
+  }
+
+  /** A publish the current connection cannot take ends with the broker's reason code, unsent. */
+  private refuse(entry: PublishEntry, error: MqttError.PublishError, out: Output): void {
+    if (entry.done) out.warnings.push(`a QoS 0 publish accepted while offline was not sent: ${error.message}`)
+    if (entry.id !== 0) {
+      this.inflight.delete(entry.id)
+      // a QoS 2 PUBLISH written on an earlier connection of this session may be held by the broker under its
+      // identifier: reusing it for another message could be taken for a duplicate
+      if (entry.message.qos === 2 && entry.written) this.retired.push(entry.id)
+      else this.ids.release(entry.id)
+    }
+    out.end(entry, error)
+  }
+
+  /**
+   * The bytes of a PUBLISH for the current connection, or why the connection cannot take it. In MQTT 5, topics
+   * get aliases within the broker's Topic Alias Maximum (least recently used replaced); the alias is committed
+   * only when the packet fits, so the broker's view of the aliases never differs from the client's.
+   */
+  private encode(m: OutgoingMessage, id: number, dup: boolean, limits: Limits): Uint8Array | MqttError.PublishError {
+    if (this.version === 5) {
+      if (m.qos > limits.maximumQoS) {
+        return refused(m.topic, 0x9b, `the broker accepts QoS ${limits.maximumQoS} at most`)
+      }
+      if (m.retain && !limits.retainAvailable) {
+        return refused(m.topic, 0x9a, "the broker does not keep retained messages")
+      }
+    }
+    const max = limits.maximumPacketSize
+    const aliases = this.aliases
+    if (aliases !== undefined && m.topic.length >= 3) {
+      const known = aliases.get(m.topic)
+      const alias = known ??
+        (aliases.size < limits.topicAliasMaximum ? aliases.size + 1 : aliases.values().next().value!)
+      const aliased = Codec.encodePublish(this.version, m.topic, m.payload, m.qos, m.retain, m.properties, {
+        alias,
+        omitTopic: known !== undefined
+      })
+      if (max === undefined || aliased.bytes.byteLength <= max) {
+        if (known !== undefined) aliases.delete(m.topic)
+        else if (aliases.size >= limits.topicAliasMaximum) aliases.delete(aliases.keys().next().value!)
+        aliases.set(m.topic, alias)
+        return m.qos === 0 ? aliased.bytes : Codec.setPublishId(aliased, id, dup)
+      }
+    }
+    if (max !== undefined && m.encoded.bytes.byteLength > max) {
+      return refused(
+        m.topic,
+        0x95,
+        `the packet is ${m.encoded.bytes.byteLength} bytes, the broker accepts ${max} at most`
+      )
+    }
+    if (m.qos === 0) return m.encoded.bytes
+    // a resend is a copy: the bytes of the first sending may still sit in the socket's buffer
+    return Codec.setPublishId(dup ? { ...m.encoded, bytes: Buffer.from(m.encoded.bytes) } : m.encoded, id, dup)
+  }
+
+  /** PUBACK: a QoS 1 publish ends. */
+  onPuback(ack: Packets.Ack, out: Output): "unknown" | undefined {
+    const entry = this.inflight.get(ack.id)
+    if (entry === undefined || entry.state !== SENT) return "unknown"
+    if (entry.message.qos !== 1) {
+      // RabbitMQ answers QoS 2 with PUBACK: the flow ends here with an error, so that it is never sent again
+      return this.settle(entry, wrongAck(entry, "PUBACK"), out)
+    }
+    return this.settle(entry, ack.reasonCode >= 0x80 ? brokerRefusal(entry, ack) : undefined, out)
+  }
+
+  /** PUBREC: a QoS 2 publish was received; PUBREL answers it (again, when it is repeated [MQTT-4.3.3]). */
+  onPubrec(ack: Packets.Ack, out: Output): "unknown" | undefined {
+    const entry = this.inflight.get(ack.id)
+    if (entry === undefined || entry.state === NEW) return "unknown"
+    if (entry.message.qos !== 2) return this.settle(entry, wrongAck(entry, "PUBREC"), out)
+    if (ack.reasonCode >= 0x80) return this.settle(entry, brokerRefusal(entry, ack), out)
+    entry.state = RELEASED
+    out.acks.push(Codec.PUBREL, entry.id)
+    return undefined
+  }
+
+  /** PUBCOMP: a QoS 2 publish ends. Before its PUBREC it is a protocol violation. */
+  onPubcomp(ack: Packets.Ack, out: Output): "unknown" | "early" | undefined {
+    const entry = this.inflight.get(ack.id)
+    if (entry === undefined) return "unknown"
+    if (entry.state !== RELEASED) return "early"
+    return this.settle(entry, undefined, out)
+  }
+
+  private settle(entry: PublishEntry, error: MqttError.MqttError | undefined, out: Output): undefined {
+    this.inflight.delete(entry.id)
+    this.ids.release(entry.id)
+    if (entry.counted) {
+      entry.counted = false
+      this.used--
+    }
+    out.end(entry, error)
+    return undefined
+  }
+
+  /** A connection carries the session: resend or restart what is unfinished, in order, then what waits. */
+  connected(limits: Limits, sessionPresent: boolean, aliases: boolean, out: Output): void {
+    this.limits = limits
+    this.used = 0
+    this.aliases = aliases && limits.topicAliasMaximum > 0 ? new Map() : undefined
+    const fresh = this.line.drain().filter((entry) => entry.id === 0)
+    const unfinished = [...this.inflight.values()]
+    if (!sessionPresent) {
+      // the broker has no session: identifiers start afresh; a QoS 2 publish past PUBREC was taken over by the
+      // broker before it lost the session, so it ends; the others are sent again as new messages
+      for (const id of this.retired) this.ids.release(id)
+      this.retired = []
+      this.inflight.clear()
+      for (const entry of unfinished) {
+        this.ids.release(entry.id)
+        if (entry.state === RELEASED) {
+          out.end(entry, undefined)
+          continue
+        }
+        entry.id = 0
+        entry.state = NEW
+        entry.dup = false
+        this.line.push(entry)
+      }
+    } else {
+      for (const entry of unfinished) this.line.push(entry)
+    }
+    for (const entry of fresh) this.line.push(entry)
+    this.pump(out)
+  }
+
+  /** The connection ended: what was written is resent with DUP on the next one (when the session is resumed). */
+  lost(): void {
+    this.limits = undefined
+    this.aliases = undefined
+    this.used = 0
+    for (const entry of this.inflight.values()) {
+      if (entry.state === SENT) entry.dup = true
+      entry.counted = false
+    }
+  }
+
+  /** The client stops: every unfinished publish fails with `error`. */
+  close(error: MqttError.MqttError, out: Output): void {
+    for (const entry of this.inflight.values()) out.end(entry, error)
+    for (const entry of this.line.drain()) out.end(entry, error)
+    this.inflight.clear()
+    this.offline = 0
+  }
+}
+
+const refused = (topic: string, reasonCode: number, reason: string) =>
+  new MqttError.PublishError({ topic, reasonCode, reasonString: `not sent: ${reason}` })
+
+const brokerRefusal = (entry: PublishEntry, ack: Packets.Ack) =>
+  new MqttError.PublishError({
+    topic: entry.message.topic,
+    reasonCode: ack.reasonCode,
+    ...(ack.reasonString === undefined ? {} : { reasonString: ack.reasonString })
+  })
+
+const wrongAck = (entry: PublishEntry, packet: string) =>
+  new MqttError.PublishError({
+    topic: entry.message.topic,
+    reasonCode: 0x82,
+    reasonString: `the broker answered a QoS ${entry.message.qos} publish with ${packet} (a broker that downgrades ` +
+      `QoS 2 to 1 does this); the message may have been delivered, and it is not sent again`
+  })

@@ -1,0 +1,92 @@
+/**
+ * What one step of the session produces, as data: packets to write, messages to hand to their owners,
+ * operations that ended, and a violation that ends the connection. The driver drains it after every call into
+ * the session, in this order: write `send` then `acks`, hand `deliver` to the queues, run `settle`. An
+ * operation therefore completes only after the packets and messages of the same step are on their way.
+ *
+ * One Output is reused for the life of a client: draining empties it, so the hot path allocates no new one.
+ */
+import * as MqttError from "../MqttError.ts"
+import type { MqttMessage } from "../MqttMessage.ts"
+import { AckBuffer } from "./codec.ts"
+import type * as Packets from "./packets.ts"
+
+/** A received message and who receives it. */
+export interface Delivery {
+  readonly message: MqttMessage
+  /** the owners (`messages` is owner 0, each `subscription()` another) that receive it, each once */
+  readonly owners: ReadonlyArray<number>
+  /** the acknowledgement flow it belongs to: QoS 1/2 only */
+  readonly record: InboundRecord | undefined
+}
+
+/**
+ * A received QoS 1 or 2 message whose acknowledgement (PUBACK or PUBREC) waits until every copy handed to an
+ * owner was taken by a consumer (or acknowledged by the application, with manual acknowledgement).
+ */
+export class InboundRecord {
+  /** copies not yet taken or acknowledged */
+  pending = 0
+  readonly id: number
+  readonly qos: 1 | 2
+  /** the broker session it belongs to: a record of a session the broker lost is never acknowledged */
+  readonly epoch: number
+  constructor(id: number, qos: 1 | 2, epoch: number) {
+    this.id = id
+    this.qos = qos
+    this.epoch = epoch
+  }
+}
+
+/** An operation of a caller that the session completes or fails exactly once. */
+export interface Operation {
+  /** set when the operation ends: undefined on success */
+  error: MqttError.MqttError | undefined
+  done: boolean
+  /** called by the driver (never by the session) when the operation ends */
+  listener: (() => void) | undefined
+}
+
+export class Output {
+  readonly send: Array<Uint8Array> = []
+  /** acknowledgements, written after `send` in one buffer */
+  readonly acks = new AckBuffer()
+  readonly deliver: Array<Delivery> = []
+  readonly settle: Array<Operation> = []
+  /** AUTH packets for the enhanced-authentication handler */
+  readonly auth: Array<Packets.Auth> = []
+  /** a PINGRESP arrived */
+  pong = false
+  /** a violation: the connection must close with this error (MQTT 5: DISCONNECT with its reason code) */
+  error: MqttError.MqttError | undefined = undefined
+  /** things worth a log line that do not end anything */
+  readonly warnings: Array<string> = []
+
+  /** Ends an operation: it is completed (its listener called) when the output is drained. */
+  end(operation: Operation, error: MqttError.MqttError | undefined): void {
+    if (operation.done) return
+    operation.done = true
+    operation.error = error
+    this.settle.push(operation)
+  }
+
+  /** Records the first violation of a step. */
+  fail(error: MqttError.MqttError): void {
+    this.error ??= error
+  }
+
+  get isEmpty(): boolean {
+    return this.send.length === 0 && this.acks.isEmpty && this.deliver.length === 0 && this.settle.length === 0 &&
+      this.auth.length === 0 && !this.pong && this.error === undefined && this.warnings.length === 0
+  }
+}
+
+/**
+ * A violation of the protocol by the broker. `reasonCode` is what an MQTT 5 client sends in its DISCONNECT; an
+ * MQTT 3.1/3.1.1 client sends no DISCONNECT reason, so the error carries none.
+ */
+export const violation = (
+  version: Packets.ProtocolVersion,
+  reason: string,
+  reasonCode = 0x82
+): MqttError.ProtocolError => new MqttError.ProtocolError(version === 5 ? { reason, reasonCode } : { reason })

@@ -1,0 +1,128 @@
+/**
+ * Packet identifiers of one MQTT session (MQTT 5 section 2.2.1): 1 to 65,535, never handed out twice while the
+ * flow that holds one is unfinished. Plain state: callers that find none free wait in the session's own lines.
+ */
+export class PacketIds {
+  private readonly used = new Uint8Array(65536)
+  private next = 1
+  private count = 0
+
+  /** The number of identifiers in use. */
+  get size(): number {
+    return this.count
+  }
+
+  /** Takes a free identifier, or returns 0 when all 65,535 are in use. */
+  acquire(): number {
+    if (this.count >= 65535) return 0
+    let id = this.next
+    while (this.used[id] === 1) id = id === 65535 ? 1 : id + 1
+    this.used[id] = 1
+    this.count++
+    this.next = id === 65535 ? 1 : id + 1
+    return id
+  }
+
+  /** Marks an identifier in use (a stored session restored with its identifiers). */
+  claim(id: number): void {
+    if (this.used[id] === 1) return
+    this.used[id] = 1
+    this.count++
+  }
+
+  /** Frees an identifier; freeing one not in use does nothing. */
+  release(id: number): void {
+    if (this.used[id] === 0) return
+    this.used[id] = 0
+    this.count--
+  }
+
+  /** Whether an identifier is in use. */
+  has(id: number): boolean {
+    return this.used[id] === 1
+  }
+}
+
+/** Something that can leave a {@link Line} before its turn: `queued` is true exactly while it is in line. */
+export interface Queued {
+  queued: boolean
+}
+
+/** A FIFO line with O(1) push, peek and shift; an item that leaves early is skipped when reached. */
+export class Line<A extends Queued> {
+  private items_: Array<A> = []
+  private head = 0
+  private live = 0
+
+  /** How many items wait. */
+  get size(): number {
+    return this.live
+  }
+
+  push(item: A): void {
+    item.queued = true
+    this.items_.push(item)
+    this.live++
+  }
+
+  /** Takes an item out of the line before its turn. */
+  remove(item: A): void {
+    if (!item.queued) return
+    item.queued = false
+    this.live--
+  }
+
+  /** The first item still in line, left in place. */
+  peek(): A | undefined {
+    while (this.head < this.items_.length) {
+      const item = this.items_[this.head]
+      if (item.queued) return item
+      this.advance()
+    }
+    return undefined
+  }
+
+  /** Takes the first item still in line. */
+  shift(): A | undefined {
+    const item = this.peek()
+    if (item === undefined) return undefined
+    this.advance()
+    item.queued = false
+    this.live--
+    return item
+  }
+
+  /** The items still in line, in order (left in place). */
+  items(): Array<A> {
+    const out: Array<A> = []
+    for (let i = this.head; i < this.items_.length; i++) if (this.items_[i].queued) out.push(this.items_[i])
+    return out
+  }
+
+  /** Empties the line, handing back what was in it, in order. */
+  drain(): Array<A> {
+    const rest: Array<A> = []
+    for (let i = this.head; i < this.items_.length; i++) {
+      const item = this.items_[i]
+      if (item.queued) {
+        item.queued = false
+        rest.push(item)
+      }
+    }
+    this.items_ = []
+    this.head = 0
+    this.live = 0
+    return rest
+  }
+
+  private advance(): void {
+    this.head++
+    if (this.head === this.items_.length) {
+      this.items_ = []
+      this.head = 0
+    } else if (this.head > 1024 && this.head * 2 > this.items_.length) {
+      this.items_ = this.items_.slice(this.head)
+      this.head = 0
+    }
+  }
+}

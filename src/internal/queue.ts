@@ -1,0 +1,330 @@
+/**
+ * The queues behind the message streams: FIFO, LIFO or priority order; bounded with back-pressure, sliding
+ * (drop the oldest), dropping (drop the newest) or unbounded.
+ *
+ * A consumer takes one message per pull, in its own fiber, straight from the store: a consumer that stops
+ * (`Stream.take`, a timeout, an interruption) leaves every message it did not take in the queue for the next
+ * one. Producers never hand a message to a waiting consumer directly; they store it and wake the consumer, so
+ * an interrupted consumer cannot lose a message handed to it. `onTaken` and `onDropped` tell the client when a
+ * message leaves, so that its acknowledgement can go.
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import type * as Order from "effect/Order"
+import * as Stream from "effect/Stream"
+import type * as IncomingQueue from "../IncomingQueue.ts"
+
+/** What a full queue does with one more message. */
+export type Overflow = "suspend" | "sliding" | "dropping"
+
+/** How many messages of an offer the queue has dealt with (queued or dropped) so far. */
+export interface Progress {
+  accepted: number
+}
+
+/** The order a queue hands messages out in. */
+interface Store<A> {
+  readonly size: number
+  push(a: A): void
+  /** the next message out, removed; undefined when empty */
+  take(): A | undefined
+  /** the message the queue would give up first to make room (the oldest), removed */
+  evict(): A | undefined
+  /** everything, in the order it would come out */
+  drain(): Array<A>
+}
+
+/** A ring buffer: FIFO takes from the front, LIFO from the back; both evict the oldest. */
+class Deque<A> implements Store<A> {
+  private items: Array<A | undefined> = new Array(16)
+  private head = 0
+  size = 0
+  private readonly lifo: boolean
+  constructor(lifo: boolean) {
+    this.lifo = lifo
+  }
+  push(a: A): void {
+    if (this.size === this.items.length) this.grow()
+    this.items[(this.head + this.size) % this.items.length] = a
+    this.size++
+  }
+  take(): A | undefined {
+    return this.lifo ? this.pop() : this.evict()
+  }
+  evict(): A | undefined {
+    if (this.size === 0) return undefined
+    const a = this.items[this.head]
+    this.items[this.head] = undefined
+    this.head = (this.head + 1) % this.items.length
+    this.size--
+    return a
+  }
+  private pop(): A | undefined {
+    if (this.size === 0) return undefined
+    const i = (this.head + this.size - 1) % this.items.length
+    const a = this.items[i]
+    this.items[i] = undefined
+    this.size--
+    return a
+  }
+  drain(): Array<A> {
+    const out: Array<A> = []
+    for (let a = this.take(); a !== undefined; a = this.take()) out.push(a)
+    return out
+  }
+  private grow(): void {
+    const grown = new Array<A | undefined>(this.items.length * 2)
+    for (let i = 0; i < this.size; i++) grown[i] = this.items[(this.head + i) % this.items.length]
+    this.items = grown
+    this.head = 0
+  }
+}
+
+/** A binary heap: the first by `order` comes out first, ties in arrival order. */
+class Heap<A> implements Store<A> {
+  private readonly heap: Array<{ readonly value: A; readonly seq: number }> = []
+  private seq = 0
+  private readonly order: Order.Order<A>
+  constructor(order: Order.Order<A>) {
+    this.order = order
+  }
+  get size(): number {
+    return this.heap.length
+  }
+  push(value: A): void {
+    const heap = this.heap
+    heap.push({ value, seq: this.seq++ })
+    let i = heap.length - 1
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      if (!this.before(i, parent)) break
+      ;[heap[i], heap[parent]] = [heap[parent], heap[i]]
+      i = parent
+    }
+  }
+  take(): A | undefined {
+    const heap = this.heap
+    if (heap.length === 0) return undefined
+    const top = heap[0]
+    const last = heap.pop()!
+    if (heap.length > 0) {
+      heap[0] = last
+      for (let i = 0;;) {
+        const l = 2 * i + 1
+        const r = l + 1
+        let best = i
+        if (l < heap.length && this.before(l, best)) best = l
+        if (r < heap.length && this.before(r, best)) best = r
+        if (best === i) break
+        ;[heap[i], heap[best]] = [heap[best], heap[i]]
+        i = best
+      }
+    }
+    return top.value
+  }
+  evict(): A | undefined {
+    // the oldest message: the lowest sequence number
+    const heap = this.heap
+    if (heap.length === 0) return undefined
+    let oldest = 0
+    for (let i = 1; i < heap.length; i++) if (heap[i].seq < heap[oldest].seq) oldest = i
+    const { value } = heap[oldest]
+    const rest = heap.filter((_, i) => i !== oldest)
+    heap.length = 0
+    for (const entry of rest.sort((a, b) => a.seq - b.seq)) this.pushEntry(entry)
+    return value
+  }
+  private pushEntry(entry: { readonly value: A; readonly seq: number }): void {
+    this.heap.push(entry)
+    let i = this.heap.length - 1
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      if (!this.before(i, parent)) break
+      ;[this.heap[i], this.heap[parent]] = [this.heap[parent], this.heap[i]]
+      i = parent
+    }
+  }
+  drain(): Array<A> {
+    const out: Array<A> = []
+    for (let a = this.take(); a !== undefined; a = this.take()) out.push(a)
+    return out
+  }
+  private before(i: number, j: number): boolean {
+    const a = this.heap[i]
+    const b = this.heap[j]
+    const c = this.order(a.value, b.value)
+    return c < 0 || (c === 0 && a.seq < b.seq)
+  }
+}
+
+type Wake = () => void
+
+/** The kinds of store a queue can have. */
+export type Kind<A> =
+  | { readonly _tag: "Fifo" }
+  | { readonly _tag: "Lifo" }
+  | { readonly _tag: "Priority"; readonly order: Order.Order<A> }
+
+export class MessageQueue<A, E> {
+  private readonly store: Store<A>
+  private readonly capacity: number
+  private readonly overflow: Overflow
+  private takers: Array<Wake> = []
+  private putters: Array<Wake> = []
+  private closed: { readonly error: E } | { readonly error?: undefined } | undefined = undefined
+  dropped = 0
+  /** called when a consumer takes a message */
+  onTaken: ((a: A) => void) | undefined = undefined
+  /** called when the queue drops a message (sliding, dropping) */
+  onDropped: ((a: A) => void) | undefined = undefined
+
+  constructor(kind: Kind<A>, capacity: number, overflow: Overflow) {
+    this.store = kind._tag === "Priority" ? new Heap(kind.order) : new Deque(kind._tag === "Lifo")
+    this.capacity = capacity
+    this.overflow = overflow
+  }
+
+  get size(): number {
+    return this.store.size
+  }
+
+  get isClosed(): boolean {
+    return this.closed !== undefined
+  }
+
+  /** Adds, in order, what can be dealt with now without waiting; `progress.accepted` counts it. */
+  offerUnsafe(items: ReadonlyArray<A>, progress: Progress): void {
+    if (this.closed !== undefined) return
+    const store = this.store
+    let i = progress.accepted
+    for (; i < items.length; i++) {
+      const item = items[i]
+      if (store.size < this.capacity) {
+        store.push(item)
+      } else if (this.overflow === "sliding") {
+        this.drop(store.evict()!)
+        store.push(item)
+      } else if (this.overflow === "dropping") {
+        this.drop(item)
+      } else {
+        break
+      }
+    }
+    progress.accepted = i
+    if (this.takers.length > 0 && store.size > 0) this.wakeTakers()
+  }
+
+  /** Adds messages in order, waiting for room while a suspending queue is full. */
+  offerAll(items: ReadonlyArray<A>, progress: Progress = { accepted: 0 }): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      // waking a consumer may run it at once and empty the queue again: offer until full or done
+      do {
+        this.offerUnsafe(items, progress)
+        if (progress.accepted >= items.length || this.closed !== undefined) return Effect.void
+      } while (this.store.size < this.capacity)
+      return Effect.flatMap(this.waitFor("putters"), () => this.offerAll(items, progress))
+    })
+  }
+
+  private drop(item: A): void {
+    this.dropped++
+    this.onDropped?.(item)
+  }
+
+  /** Takes the next message now, or undefined. */
+  poll(): A | undefined {
+    const item = this.store.take()
+    if (item === undefined) return undefined
+    if (this.putters.length > 0) this.wakePutters()
+    this.onTaken?.(item)
+    return item
+  }
+
+  /** The next message, waiting for one; fails with `Cause.Done` once ended and empty, or with the error. */
+  readonly take: Effect.Effect<A, E | Cause.Done> = Effect.suspend(() => {
+    const item = this.poll()
+    if (item !== undefined) return Effect.succeed(item)
+    if (this.closed !== undefined) {
+      return this.closed.error !== undefined ? Effect.fail(this.closed.error as E) : Effect.fail(Cause.Done())
+    }
+    return Effect.flatMap(this.waitFor("takers"), () => this.take)
+  })
+
+  private readonly pull: Effect.Effect<readonly [A], E | Cause.Done> = Effect.suspend(() => {
+    const item = this.poll()
+    return item !== undefined ? Effect.succeed([item] as const) : Effect.map(this.take, (a) => [a] as const)
+  })
+
+  /** The messages as a stream shared by its consumers: one message per pull, so none is lost when one stops. */
+  readonly stream: Stream.Stream<A, E> = Stream.fromPull(Effect.succeed(this.pull))
+
+  /** Removes and returns every message waiting (not counted as taken). */
+  drainUnsafe(): Array<A> {
+    const rest = this.store.drain()
+    if (this.putters.length > 0) this.wakePutters()
+    return rest
+  }
+
+  /** Ends the stream once the waiting messages are taken. */
+  end(): void {
+    this.close({})
+  }
+
+  /** Fails the stream with `error` once the waiting messages are taken. */
+  fail(error: E): void {
+    this.close({ error })
+  }
+
+  private close(closed: { readonly error?: E }): void {
+    if (this.closed !== undefined) return
+    this.closed = closed as { readonly error: E }
+    this.wakeTakers()
+    this.wakePutters()
+  }
+
+  /** Waits to be woken; the line is looked up when the wait starts (waking replaces it). */
+  private waitFor(line: "takers" | "putters"): Effect.Effect<void> {
+    return Effect.callback<void>((resume) => {
+      const wake = () => resume(Effect.void)
+      this[line].push(wake)
+      return Effect.sync(() => {
+        const i = this[line].indexOf(wake)
+        if (i >= 0) this[line].splice(i, 1)
+      })
+    })
+  }
+
+  private wakeTakers(): void {
+    const takers = this.takers
+    this.takers = []
+    for (const wake of takers) wake()
+  }
+
+  private wakePutters(): void {
+    const putters = this.putters
+    this.putters = []
+    for (const wake of putters) wake()
+  }
+}
+
+/** The queue of a strategy. */
+export const fromStrategy = <A, E>(strategy: IncomingQueue.Strategy<A>): MessageQueue<A, E> => {
+  switch (strategy._tag) {
+    case "Bounded":
+      return new MessageQueue({ _tag: "Fifo" }, strategy.capacity, "suspend")
+    case "Sliding":
+      return new MessageQueue({ _tag: "Fifo" }, strategy.capacity, "sliding")
+    case "Dropping":
+      return new MessageQueue({ _tag: "Fifo" }, strategy.capacity, "dropping")
+    case "Unbounded":
+      return new MessageQueue({ _tag: "Fifo" }, Infinity, "suspend")
+    case "Lifo":
+      return new MessageQueue({ _tag: "Lifo" }, strategy.capacity, strategy.overflow)
+    case "Priority":
+      return new MessageQueue({ _tag: "Priority", order: strategy.order }, strategy.capacity, "suspend")
+  }
+}
+
+/** The capacity of a strategy (Infinity for unbounded). */
+export const capacityOf = (strategy: IncomingQueue.Strategy<any>): number =>
+  strategy._tag === "Unbounded" ? Infinity : strategy.capacity

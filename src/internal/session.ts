@@ -1,0 +1,309 @@
+/**
+ * The MQTT session as a plain, synchronous state machine: events in (a caller's operation, a decoded packet, a
+ * connection established or lost, a consumer that took a message), and out, as data in an `Output`: packets to
+ * write (already checked against the current connection's limits), messages to deliver and to whom, operations
+ * that ended, a violation that ends the connection. No socket, fiber, clock or Effect inside.
+ *
+ * It is composed of three parts that share the packet identifiers: `Outgoing` (publishes), `Inbound` (the
+ * broker's publishes and their acknowledgements) and `Subscriptions` (owners, requests, restore, routing). The
+ * client's effectful layers (connection, keepalive, supervisor, delivery) drive it: every call is followed by
+ * draining the Output (see output.ts). Calls come from several fibers, but each is synchronous, so each sees
+ * and leaves the session whole.
+ */
+import type * as MqttClient from "../MqttClient.ts"
+import * as MqttError from "../MqttError.ts"
+import { MqttMessage, type QoS, type UserProperty } from "../MqttMessage.ts"
+import { DUPLICATE, Inbound } from "./inbound.ts"
+import { Outgoing, type OutgoingMessage, type PublishEntry } from "./outgoing.ts"
+import { type InboundRecord, type Output, violation } from "./output.ts"
+import { PacketIds } from "./packetIds.ts"
+import type * as Packets from "./packets.ts"
+import { type FilterSpec, type Request, Subscriptions } from "./subscriptions.ts"
+
+export interface SessionConfig {
+  readonly protocolVersion: Packets.ProtocolVersion
+  readonly clientId: string
+  /** Clean Start (MQTT 5) / Clean Session (3.1.1) of the first connection */
+  readonly cleanStart: boolean
+  /** MQTT 5 Session Expiry Interval asked for in CONNECT, seconds */
+  readonly sessionExpiryInterval: number | undefined
+  /** the keepalive asked for in CONNECT, seconds */
+  readonly keepAlive: number
+  /** the client's own cap on QoS 1/2 publishes in flight */
+  readonly maxInflight: number
+  /** the client's Receive Maximum, announced in CONNECT (MQTT 5) */
+  readonly receiveMaximum: number
+  /** the client's Topic Alias Maximum, announced in CONNECT (MQTT 5) */
+  readonly topicAliasMaximum: number
+  /** give outgoing topics aliases (MQTT 5) */
+  readonly topicAliases: boolean
+  readonly offlineCapacity: number
+  readonly offlineQos0: "buffer" | "fail"
+  readonly offlineRequests: "wait" | "fail"
+}
+
+/** What `publish` returns besides an entry to wait for: the client is full while offline. */
+export const OFFLINE_FULL = "full"
+
+export class Session {
+  readonly ids = new PacketIds()
+  readonly outgoing: Outgoing
+  readonly inbound: Inbound
+  readonly subscriptions: Subscriptions
+  /** the client identifier: the broker's assigned one once it sent one */
+  clientId: string
+  /** what the CONNACK of the current (or last) connection said */
+  info: MqttClient.ConnectionInfo | undefined = undefined
+  /** the broker keeps the session between connections, so a reconnect resumes it */
+  persistent: boolean
+  connected = false
+  closed: MqttError.MqttError | undefined = undefined
+  private hasConnected = false
+  private startedClean = false
+
+  readonly config: SessionConfig
+  constructor(config: SessionConfig) {
+    this.config = config
+    const version = config.protocolVersion
+    this.outgoing = new Outgoing(version, this.ids)
+    this.inbound = new Inbound(version, config.receiveMaximum, config.topicAliasMaximum)
+    this.subscriptions = new Subscriptions(version, this.ids, config.offlineRequests)
+    this.clientId = config.clientId
+    this.persistent = version === 5 ? (config.sessionExpiryInterval ?? 0) > 0 : !config.cleanStart
+  }
+
+  get version(): Packets.ProtocolVersion {
+    return this.config.protocolVersion
+  }
+
+  /** What the next CONNECT asks: a new session the first time when told so, then to resume a persistent one. */
+  get cleanStart(): boolean {
+    return this.hasConnected ? !this.persistent && this.config.cleanStart : this.config.cleanStart
+  }
+
+  /**
+   * A CONNACK arrived for a CONNECT with `cleanStart`. Accepted: the session resumes on the connection (the
+   * restore, the resends and the waiting publishes are in `out`) and its information is returned. Refused or
+   * unacceptable: `out.error` says why and nothing of it takes effect.
+   */
+  onConnack(connack: Packets.Connack, cleanStart: boolean, out: Output): MqttClient.ConnectionInfo | undefined {
+    const version = this.version
+    if (connack.reasonCode !== 0) {
+      out.fail(
+        new MqttError.ConnectRefusedError({
+          reasonCode: connack.reasonCode,
+          protocolVersion: version,
+          ...(connack.properties.reasonString === undefined ? {} : { reasonString: connack.properties.reasonString })
+        })
+      )
+      return undefined
+    }
+    if (connack.sessionPresent && cleanStart) {
+      out.fail(violation(version, "Session Present in answer to a CONNECT with Clean Start [MQTT-3.2.2-4]"))
+      return undefined
+    }
+    const p = connack.properties
+    if (p.assignedClientIdentifier !== undefined) this.clientId = p.assignedClientIdentifier
+    const sessionExpiryInterval = p.sessionExpiryInterval ?? this.config.sessionExpiryInterval
+    if (version === 5) this.persistent = (sessionExpiryInterval ?? 0) > 0
+    const info: MqttClient.ConnectionInfo = {
+      protocolVersion: version === 5 ? 5 : 4,
+      clientId: this.clientId,
+      sessionPresent: connack.sessionPresent,
+      keepAlive: p.serverKeepAlive ?? this.config.keepAlive,
+      receiveMaximum: p.receiveMaximum ?? 65535,
+      maximumQoS: (p.maximumQoS ?? 2) as QoS,
+      retainAvailable: p.retainAvailable ?? true,
+      maximumPacketSize: p.maximumPacketSize,
+      topicAliasMaximum: p.topicAliasMaximum ?? 0,
+      sessionExpiryInterval,
+      reasonString: p.reasonString,
+      userProperties: p.userProperties ?? [],
+      wildcardSubscriptionAvailable: p.wildcardSubscriptionAvailable ?? true,
+      subscriptionIdentifiersAvailable: p.subscriptionIdentifiersAvailable ?? true,
+      sharedSubscriptionAvailable: p.sharedSubscriptionAvailable ?? true,
+      responseInformation: p.responseInformation,
+      serverReference: p.serverReference
+    }
+    if (!this.hasConnected) this.startedClean = cleanStart
+    this.hasConnected = true
+    this.connected = true
+    this.info = info
+    const present = connack.sessionPresent
+    this.subscriptions.resume(present, info.subscriptionIdentifiersAvailable, this.startedClean, out)
+    this.outgoing.connected(
+      {
+        maximumQoS: info.maximumQoS,
+        retainAvailable: info.retainAvailable,
+        maximumPacketSize: info.maximumPacketSize,
+        topicAliasMaximum: info.topicAliasMaximum,
+        // the client's own cap: a broker with thousands of messages in flight for one client slows down for all
+        // of them (Mosquitto scans its in-flight list for each packet)
+        quota: Math.min(info.receiveMaximum, this.config.maxInflight)
+      },
+      present,
+      this.config.topicAliases,
+      out
+    )
+    this.inbound.resume(present, out)
+    return info
+  }
+
+  /** A packet from the broker, after its CONNACK. */
+  onPacket(packet: Packets.Packet, out: Output): void {
+    switch (packet._tag) {
+      case "Publish":
+        return this.onPublish(packet, out)
+      case "Puback":
+        if (this.outgoing.onPuback(packet, out) === "unknown") return this.notInFlight(packet, out)
+        return this.pump(out)
+      case "Pubrec":
+        if (this.outgoing.onPubrec(packet, out) === "unknown") {
+          // MQTT 5 names this case: PUBREL with 0x92 (Packet Identifier not found), and the connection goes on
+          if (this.version === 5) return out.acks.pushWithReason(0x62, packet.id, 0x92)
+          return this.notInFlight(packet, out)
+        }
+        return this.pump(out)
+      case "Pubcomp": {
+        const result = this.outgoing.onPubcomp(packet, out)
+        if (result === "unknown") return this.notInFlight(packet, out)
+        if (result === "early") {
+          return out.fail(violation(this.version, `a PUBCOMP for packet ${packet.id} before its PUBREC`))
+        }
+        return this.pump(out)
+      }
+      case "Pubrel":
+        return this.inbound.onPubrel(packet, out)
+      case "Suback":
+      case "Unsuback":
+        if (this.subscriptions.onAck(packet, out) === "unknown") return this.notInFlight(packet, out)
+        return this.pump(out)
+      case "Pingresp":
+        out.pong = true
+        return
+      case "Auth":
+        out.auth.push(packet)
+        return
+      case "Disconnect":
+        return out.fail(
+          new MqttError.ConnectionLostError({
+            reason: "the broker sent DISCONNECT",
+            reasonCode: packet.reasonCode,
+            ...(packet.reasonString === undefined ? {} : { reasonString: packet.reasonString }),
+            ...(packet.serverReference === undefined ? {} : { serverReference: packet.serverReference })
+          })
+        )
+      case "Connack":
+        return out.fail(violation(this.version, "a second CONNACK"))
+    }
+  }
+
+  /**
+   * An acknowledgement for a packet identifier no flow of that kind holds. MQTT requires an acknowledgement to
+   * carry the identifier of the packet it answers (MQTT 5 section 2.2.1); the client cannot tell what the broker
+   * means, so the connection ends (0x82). PUBREC has its own answer in MQTT 5 (see `onPacket`).
+   */
+  private notInFlight(packet: Packets.Ack | Packets.Suback | Packets.Unsuback, out: Output): void {
+    out.fail(violation(this.version, `a ${packet._tag.toUpperCase()} for packet ${packet.id}, which is not in flight`))
+  }
+
+  private onPublish(packet: Packets.Publish, out: Output): void {
+    const topic = this.inbound.topicOf(packet, out)
+    if (topic === undefined) return
+    const owners = this.subscriptions.route(topic, packet.properties?.subscriptionIdentifiers, out)
+    if (owners === undefined) return
+    let record: InboundRecord | undefined
+    if (packet.qos > 0) {
+      const admitted = this.inbound.admit(packet, out)
+      if (admitted === undefined || admitted === DUPLICATE) return
+      record = admitted
+      record.pending = owners.length
+    }
+    let properties = packet.properties
+    const identifiers = properties?.subscriptionIdentifiers
+    if (identifiers !== undefined) {
+      const visible = this.subscriptions.visibleIdentifiers(identifiers)
+      if (visible !== identifiers) {
+        const { subscriptionIdentifiers: _, ...rest } = properties!
+        properties = visible === undefined ? rest : { ...rest, subscriptionIdentifiers: visible }
+      }
+    }
+    const message = new MqttMessage(topic, packet.payload, packet.qos, packet.retain, packet.dup, properties)
+    out.deliver.push({ message, owners, record })
+  }
+
+  /** Writes what waits for identifiers: requests first (never held back by publishes), then publishes. */
+  pump(out: Output): void {
+    this.subscriptions.pump(out)
+    this.outgoing.pump(out)
+  }
+
+  /** A copy of a received message was taken by its consumer (or acknowledged by the application). */
+  settled(record: InboundRecord, out: Output): void {
+    this.inbound.settled(record, out)
+  }
+
+  /**
+   * Accepts a publish: undefined when it was written and is done (QoS 0), an entry that ends through the
+   * Output, `OFFLINE_FULL` when disconnected with the offline buffer full, or an error at once.
+   */
+  publish(message: OutgoingMessage, out: Output): PublishEntry | undefined | MqttError.MqttError | typeof OFFLINE_FULL {
+    if (this.closed !== undefined) return this.closed
+    if (!this.connected) {
+      if (message.qos === 0 && this.config.offlineQos0 === "fail") {
+        return new MqttError.OfflineError({ operation: "publish", reason: "QoS 0 is not buffered while offline" })
+      }
+      if (this.outgoing.offline >= this.config.offlineCapacity) return OFFLINE_FULL
+    }
+    return this.outgoing.publish(message, out)
+  }
+
+  /** An owner claims filters with one SUBSCRIBE. */
+  subscribe(
+    owner: number,
+    specs: ReadonlyArray<FilterSpec>,
+    identifier: number,
+    userProperties: ReadonlyArray<UserProperty> | undefined,
+    out: Output
+  ): Request | MqttError.MqttError {
+    const refused = this.refusesRequest("subscribe")
+    return refused ?? this.subscriptions.subscribe(owner, specs, identifier, userProperties, out)
+  }
+
+  /** An owner lets go of filters: undefined when no UNSUBSCRIBE is needed (the call is done). */
+  unsubscribe(
+    owner: number,
+    filters: ReadonlyArray<string>,
+    userProperties: ReadonlyArray<UserProperty> | undefined,
+    out: Output
+  ): Request | undefined | MqttError.MqttError {
+    const refused = this.refusesRequest("unsubscribe")
+    return refused ?? this.subscriptions.unsubscribe(owner, filters, userProperties, out)
+  }
+
+  private refusesRequest(operation: "subscribe" | "unsubscribe"): MqttError.MqttError | undefined {
+    if (this.closed !== undefined) return this.closed
+    if (!this.connected && this.config.offlineRequests === "fail") {
+      return new MqttError.OfflineError({ operation, reason: "the client is reconnecting" })
+    }
+    return undefined
+  }
+
+  /** The connection ended; the session waits for the next one. */
+  lost(error: MqttError.MqttError, out: Output): void {
+    this.connected = false
+    this.outgoing.lost()
+    this.inbound.lost()
+    this.subscriptions.lost(error, out)
+  }
+
+  /** The client stops for good: every operation fails with `error`. */
+  close(error: MqttError.MqttError, out: Output): void {
+    if (this.closed !== undefined) return
+    this.closed = error
+    this.connected = false
+    this.outgoing.close(error, out)
+    this.subscriptions.close(error, out)
+    this.inbound.lost()
+  }
+}
