@@ -23,7 +23,8 @@
  * What is left to the session, because it needs state: whether a packet identifier is in flight (see
  * `strayAck.ts`), Session Present against the session held, a Topic Alias above the client's maximum or never
  * set, the number of SUBACK/UNSUBACK codes against the filters sent, Subscription Identifiers the client never
- * gave, an Authentication Method that differs from the one in CONNECT, and packets before CONNACK.
+ * gave, an Authentication Method in AUTH or CONNACK that is missing or differs from the one in CONNECT
+ * [MQTT-4.12.0-5, MQTT-4.12.0-6], and packets before CONNACK.
  *
  * Why not mqtt-packet: it is the project's wire-format library where it is correct, and for decoding what a
  * server sends it is not. It ignores trailing bytes, reads a property value past the end of the property block
@@ -165,7 +166,13 @@ const badFlags = (
     NAMES[type],
     `fixed-header flags 0x${flags.toString(16)}, where ${NAMES[type]} has 0x${expected.toString(16)}`,
     MALFORMED_PACKET,
-    type === 6 ? "MQTT-3.6.1-1" : type === 15 ? "MQTT-3.15.1-1" : rule(version, "MQTT-2.1.3-1", "MQTT-2.2.2-1")
+    type === 6
+      ? "MQTT-3.6.1-1"
+      : version === 5 && type === 14
+      ? "MQTT-3.14.1-1"
+      : type === 15
+      ? "MQTT-3.15.1-1"
+      : rule(version, "MQTT-2.1.3-1", "MQTT-2.2.2-1")
   )
 }
 
@@ -628,6 +635,7 @@ const readProperties = (data: Buffer, i: number, end: number, type: number): Pro
     }
     count++
   }
+  integer = stop
   return { values, count }
 }
 
@@ -1030,9 +1038,7 @@ const decodeAuth = (header: number, data: Buffer): Packets.Auth | Packets.Violat
   const properties = readProperties(data, 1, data.length, 15)
   if ("_tag" in properties) return properties
   if (integer !== data.length) return trailing("AUTH", data.length - integer)
-  const values = properties.values as Omit<Packets.Auth, "_tag" | "reasonCode">
-  if (values.authenticationMethod === undefined) {
-    return violation("AUTH", "no Authentication Method", PROTOCOL_ERROR, "MQTT-4.12.0-5")
-  }
-  return { _tag: "Auth", reasonCode: code, ...values }
+  // the Authentication Method is the session's to check: it must be the one of the CONNECT [MQTT-4.12.0-5], and
+  // an AUTH of Remaining Length 0 has none (section 3.15.2.1 allows that form)
+  return { _tag: "Auth", reasonCode: code, ...(properties.values as Omit<Packets.Auth, "_tag" | "reasonCode">) }
 }
