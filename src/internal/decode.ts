@@ -135,7 +135,11 @@ export const decode = (
     case 14:
       return version === 5
         ? decodeDisconnect(header, data)
-        : violation("DISCONNECT", "a DISCONNECT from the server, which MQTT 3.1 and 3.1.1 only let a client send", 0x82)
+        : violation(
+          "DISCONNECT",
+          "a DISCONNECT from the server, which MQTT 3.1 and 3.1.1 only let a client send",
+          PROTOCOL_ERROR
+        )
     case 15:
       return version === 5
         ? decodeAuth(header, data)
