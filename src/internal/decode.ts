@@ -349,6 +349,14 @@ interface PropertyRule {
   readonly check?: (value: number | string, type: number) => Refusal | undefined
 }
 
+/** A Response Topic is a topic name: at least one character [MQTT-4.7.3-1], no wildcard [MQTT-3.3.2-14]. */
+const responseTopicProblem = (value: string): Refusal | undefined =>
+  value === ""
+    ? { reason: "an empty Response Topic", reasonCode: PROTOCOL_ERROR, rule: "MQTT-4.7.3-1" }
+    : value.includes("+") || value.includes("#")
+    ? { reason: `a Response Topic with a wildcard ("${value}")`, reasonCode: PROTOCOL_ERROR, rule: "MQTT-3.3.2-14" }
+    : undefined
+
 const nonZero = (name: string) => (value: number | string): Refusal | undefined =>
   value === 0 ? { reason: `${name} 0`, reasonCode: PROTOCOL_ERROR } : undefined
 
@@ -357,57 +365,30 @@ const nonZero = (name: string) => (value: number | string): Refusal | undefined 
  * client sends (CONNECT, SUBSCRIBE, will properties) are listed with the packets a server sends them in: none.
  */
 const PROPERTIES: Array<PropertyRule | undefined> = new Array(0x2b).fill(undefined)
-const property = (id: number, r: PropertyRule) => {
-  PROPERTIES[id] = r
+const property = (
+  id: number,
+  name: string,
+  key: string,
+  type: number,
+  packets: number,
+  more: Partial<Pick<PropertyRule, "repeats" | "flag" | "check">> = {}
+) => {
+  PROPERTIES[id] = { name, key, type, packets, repeats: more.repeats ?? 0, ...more }
 }
-property(0x01, {
-  name: "Payload Format Indicator",
-  key: "payloadFormatIndicator",
-  type: BYTE,
-  packets: PUBLISH,
-  repeats: 0,
-  flag: true
+const FLAG = { flag: true } as const
+
+property(0x01, "Payload Format Indicator", "payloadFormatIndicator", BYTE, PUBLISH, FLAG)
+property(0x02, "Message Expiry Interval", "messageExpiryInterval", FOUR_BYTES, PUBLISH)
+property(0x03, "Content Type", "contentType", STRING, PUBLISH)
+property(0x08, "Response Topic", "responseTopic", STRING, PUBLISH, {
+  check: (value) => responseTopicProblem(value as string)
 })
-property(0x02, {
-  name: "Message Expiry Interval",
-  key: "messageExpiryInterval",
-  type: FOUR_BYTES,
-  packets: PUBLISH,
-  repeats: 0
-})
-property(0x03, { name: "Content Type", key: "contentType", type: STRING, packets: PUBLISH, repeats: 0 })
-property(0x08, {
-  name: "Response Topic",
-  key: "responseTopic",
-  type: STRING,
-  packets: PUBLISH,
-  repeats: 0,
-  check: (value) =>
-    value === ""
-      ? {
-        reason: "an empty Response Topic (a topic name has at least one character)",
-        reasonCode: PROTOCOL_ERROR,
-        rule: "MQTT-4.7.3-1"
-      }
-      : (value as string).includes("+") || (value as string).includes("#")
-      ? { reason: `a Response Topic with a wildcard ("${value}")`, reasonCode: PROTOCOL_ERROR, rule: "MQTT-3.3.2-14" }
-      : undefined
-})
-property(0x09, { name: "Correlation Data", key: "correlationData", type: BINARY, packets: PUBLISH, repeats: 0 })
-property(0x0b, {
-  name: "Subscription Identifier",
-  key: "subscriptionIdentifiers",
-  type: VARINT,
-  packets: PUBLISH,
+property(0x09, "Correlation Data", "correlationData", BINARY, PUBLISH)
+property(0x0b, "Subscription Identifier", "subscriptionIdentifiers", VARINT, PUBLISH, {
   repeats: PUBLISH,
   check: nonZero("Subscription Identifier")
 })
-property(0x11, {
-  name: "Session Expiry Interval",
-  key: "sessionExpiryInterval",
-  type: FOUR_BYTES,
-  packets: CONNACK | DISCONNECT,
-  repeats: 0,
+property(0x11, "Session Expiry Interval", "sessionExpiryInterval", FOUR_BYTES, CONNACK | DISCONNECT, {
   check: (_, type) =>
     bit(type) === DISCONNECT
       ? {
@@ -417,126 +398,36 @@ property(0x11, {
       }
       : undefined
 })
-property(0x12, {
-  name: "Assigned Client Identifier",
-  key: "assignedClientIdentifier",
-  type: STRING,
-  packets: CONNACK,
-  repeats: 0
-})
-property(0x13, { name: "Server Keep Alive", key: "serverKeepAlive", type: TWO_BYTES, packets: CONNACK, repeats: 0 })
-property(0x15, {
-  name: "Authentication Method",
-  key: "authenticationMethod",
-  type: STRING,
-  packets: CONNACK | AUTH,
-  repeats: 0
-})
-property(0x16, {
-  name: "Authentication Data",
-  key: "authenticationData",
-  type: BINARY,
-  packets: CONNACK | AUTH,
-  repeats: 0
-})
-property(0x17, {
-  name: "Request Problem Information",
-  key: "requestProblemInformation",
-  type: BYTE,
-  packets: 0,
-  repeats: 0
-})
-property(0x18, { name: "Will Delay Interval", key: "willDelayInterval", type: FOUR_BYTES, packets: 0, repeats: 0 })
-property(0x19, {
-  name: "Request Response Information",
-  key: "requestResponseInformation",
-  type: BYTE,
-  packets: 0,
-  repeats: 0
-})
-property(0x1a, { name: "Response Information", key: "responseInformation", type: STRING, packets: CONNACK, repeats: 0 })
-property(0x1c, {
-  name: "Server Reference",
-  key: "serverReference",
-  type: STRING,
-  packets: CONNACK | DISCONNECT,
-  repeats: 0
-})
-property(0x1f, {
-  name: "Reason String",
-  key: "reasonString",
-  type: STRING,
-  packets: FROM_SERVER & ~PUBLISH,
-  repeats: 0
-})
-property(0x21, {
-  name: "Receive Maximum",
-  key: "receiveMaximum",
-  type: TWO_BYTES,
-  packets: CONNACK,
-  repeats: 0,
-  check: nonZero("Receive Maximum")
-})
-property(0x22, { name: "Topic Alias Maximum", key: "topicAliasMaximum", type: TWO_BYTES, packets: CONNACK, repeats: 0 })
-property(0x23, {
-  name: "Topic Alias",
-  key: "topicAlias",
-  type: TWO_BYTES,
-  packets: PUBLISH,
-  repeats: 0,
+property(0x12, "Assigned Client Identifier", "assignedClientIdentifier", STRING, CONNACK)
+property(0x13, "Server Keep Alive", "serverKeepAlive", TWO_BYTES, CONNACK)
+property(0x15, "Authentication Method", "authenticationMethod", STRING, CONNACK | AUTH)
+property(0x16, "Authentication Data", "authenticationData", BINARY, CONNACK | AUTH)
+property(0x17, "Request Problem Information", "requestProblemInformation", BYTE, 0)
+property(0x18, "Will Delay Interval", "willDelayInterval", FOUR_BYTES, 0)
+property(0x19, "Request Response Information", "requestResponseInformation", BYTE, 0)
+property(0x1a, "Response Information", "responseInformation", STRING, CONNACK)
+property(0x1c, "Server Reference", "serverReference", STRING, CONNACK | DISCONNECT)
+property(0x1f, "Reason String", "reasonString", STRING, FROM_SERVER & ~PUBLISH)
+property(0x21, "Receive Maximum", "receiveMaximum", TWO_BYTES, CONNACK, { check: nonZero("Receive Maximum") })
+property(0x22, "Topic Alias Maximum", "topicAliasMaximum", TWO_BYTES, CONNACK)
+property(0x23, "Topic Alias", "topicAlias", TWO_BYTES, PUBLISH, {
   check: (value) =>
     value === 0 ? { reason: "Topic Alias 0", reasonCode: TOPIC_ALIAS_INVALID, rule: "MQTT-3.3.2-8" } : undefined
 })
-property(0x24, {
-  name: "Maximum QoS",
-  key: "maximumQoS",
-  type: BYTE,
-  packets: CONNACK,
-  repeats: 0,
+property(0x24, "Maximum QoS", "maximumQoS", BYTE, CONNACK, {
   check: (value) =>
-    value === 0 || value === 1 ? undefined : { reason: `Maximum QoS ${value}, not 0 or 1`, reasonCode: PROTOCOL_ERROR }
+    value === 0 || value === 1
+      ? undefined
+      : { reason: `Maximum QoS ${value}, not 0 or 1`, reasonCode: PROTOCOL_ERROR }
 })
-property(0x25, {
-  name: "Retain Available",
-  key: "retainAvailable",
-  type: BYTE,
-  packets: CONNACK,
-  repeats: 0,
-  flag: true
-})
-property(0x26, { name: "User Property", key: "userProperties", type: PAIR, packets: FROM_SERVER, repeats: FROM_SERVER })
-property(0x27, {
-  name: "Maximum Packet Size",
-  key: "maximumPacketSize",
-  type: FOUR_BYTES,
-  packets: CONNACK,
-  repeats: 0,
+property(0x25, "Retain Available", "retainAvailable", BYTE, CONNACK, FLAG)
+property(0x26, "User Property", "userProperties", PAIR, FROM_SERVER, { repeats: FROM_SERVER })
+property(0x27, "Maximum Packet Size", "maximumPacketSize", FOUR_BYTES, CONNACK, {
   check: nonZero("Maximum Packet Size")
 })
-property(0x28, {
-  name: "Wildcard Subscription Available",
-  key: "wildcardSubscriptionAvailable",
-  type: BYTE,
-  packets: CONNACK,
-  repeats: 0,
-  flag: true
-})
-property(0x29, {
-  name: "Subscription Identifier Available",
-  key: "subscriptionIdentifiersAvailable",
-  type: BYTE,
-  packets: CONNACK,
-  repeats: 0,
-  flag: true
-})
-property(0x2a, {
-  name: "Shared Subscription Available",
-  key: "sharedSubscriptionAvailable",
-  type: BYTE,
-  packets: CONNACK,
-  repeats: 0,
-  flag: true
-})
+property(0x28, "Wildcard Subscription Available", "wildcardSubscriptionAvailable", BYTE, CONNACK, FLAG)
+property(0x29, "Subscription Identifier Available", "subscriptionIdentifiersAvailable", BYTE, CONNACK, FLAG)
+property(0x2a, "Shared Subscription Available", "sharedSubscriptionAvailable", BYTE, CONNACK, FLAG)
 
 /** Decoded properties: the values by field name (lists for repeatable ones), and how many were set. */
 interface Properties {
@@ -649,84 +540,29 @@ const hex = (n: number) => n.toString(16).padStart(2, "0")
 // Reason codes
 // ---------------------------------------------------------------------------------------------------------------
 
-const codeSet = (codes: ReadonlyArray<number>): Uint8Array => {
+/** A set of reason codes, given as hex bytes separated by spaces. */
+const codeSet = (codes: string): Uint8Array => {
   const set = new Uint8Array(256)
-  for (const c of codes) set[c] = 1
+  for (const c of codes.split(" ")) set[parseInt(c, 16)] = 1
   return set
 }
 
-/** MQTT 5 reason codes a server may send, per packet type (tables 3-1, 3-4, 3-5, 3-6, 3-7, 3-8, 3-9, 3-10, 3-13). */
+/** MQTT 5 reason codes a server may send, per packet type (tables 3-1, 3-4 to 3-10, 3-13). */
 const REASON_CODES: Record<number, { readonly set: Uint8Array; readonly rule: string }> = {
-  2: {
-    set: codeSet([
-      0x00,
-      0x80,
-      0x81,
-      0x82,
-      0x83,
-      0x84,
-      0x85,
-      0x86,
-      0x87,
-      0x88,
-      0x89,
-      0x8a,
-      0x8c,
-      0x90,
-      0x95,
-      0x97,
-      0x99,
-      0x9a,
-      0x9b,
-      0x9c,
-      0x9d,
-      0x9f
-    ]),
-    rule: "MQTT-3.2.2-8"
-  },
-  4: { set: codeSet([0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99]), rule: "MQTT-3.4.2-1" },
-  5: { set: codeSet([0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99]), rule: "MQTT-3.5.2-1" },
-  6: { set: codeSet([0x00, 0x92]), rule: "MQTT-3.6.2-1" },
-  7: { set: codeSet([0x00, 0x92]), rule: "MQTT-3.7.2-1" },
-  9: { set: codeSet([0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8f, 0x91, 0x97, 0x9e, 0xa1, 0xa2]), rule: "MQTT-3.9.3-2" },
-  11: { set: codeSet([0x00, 0x11, 0x80, 0x83, 0x87, 0x8f, 0x91]), rule: "MQTT-3.11.3-2" },
+  2: { set: codeSet("00 80 81 82 83 84 85 86 87 88 89 8a 8c 90 95 97 99 9a 9b 9c 9d 9f"), rule: "MQTT-3.2.2-8" },
+  4: { set: codeSet("00 10 80 83 87 90 91 97 99"), rule: "MQTT-3.4.2-1" },
+  5: { set: codeSet("00 10 80 83 87 90 91 97 99"), rule: "MQTT-3.5.2-1" },
+  6: { set: codeSet("00 92"), rule: "MQTT-3.6.2-1" },
+  7: { set: codeSet("00 92"), rule: "MQTT-3.7.2-1" },
+  9: { set: codeSet("00 01 02 80 83 87 8f 91 97 9e a1 a2"), rule: "MQTT-3.9.3-2" },
+  11: { set: codeSet("00 11 80 83 87 8f 91"), rule: "MQTT-3.11.3-2" },
   // every DISCONNECT reason code but 0x04 (Disconnect with Will Message), which only a client sends
   14: {
-    set: codeSet([
-      0x00,
-      0x80,
-      0x81,
-      0x82,
-      0x83,
-      0x87,
-      0x89,
-      0x8b,
-      0x8c,
-      0x8d,
-      0x8e,
-      0x8f,
-      0x90,
-      0x93,
-      0x94,
-      0x95,
-      0x96,
-      0x97,
-      0x98,
-      0x99,
-      0x9a,
-      0x9b,
-      0x9c,
-      0x9d,
-      0x9e,
-      0x9f,
-      0xa0,
-      0xa1,
-      0xa2
-    ]),
+    set: codeSet("00 80 81 82 83 87 89 8b 8c 8d 8e 8f 90 93 94 95 96 97 98 99 9a 9b 9c 9d 9e 9f a0 a1 a2"),
     rule: "MQTT-3.14.2-1"
   },
   // 0x19 (Re-authenticate) is sent by the client only
-  15: { set: codeSet([0x00, 0x18]), rule: "MQTT-3.15.2-1" }
+  15: { set: codeSet("00 18"), rule: "MQTT-3.15.2-1" }
 }
 
 const badCode = (type: number, code: number): Packets.Violation | undefined => {
@@ -916,8 +752,8 @@ const decodeAck = (header: number, data: Buffer, version: Packets.ProtocolVersio
 }
 
 /** SUBACK return codes of MQTT 3.1 (granted QoS only) and 3.1.1 (and 0x80, failure) [MQTT-3.9.3-2]. */
-const SUBACK_V3 = codeSet([0, 1, 2])
-const SUBACK_V4 = codeSet([0, 1, 2, 0x80])
+const SUBACK_V3 = codeSet("00 01 02")
+const SUBACK_V4 = codeSet("00 01 02 80")
 
 const decodeSuback = (
   header: number,
