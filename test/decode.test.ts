@@ -3,7 +3,7 @@ import * as MqttPacket from "mqtt-packet"
 import { Buffer } from "node:buffer"
 import { describe, expect, it } from "vitest"
 import * as Codec from "../src/internal/codec.ts"
-import { COPY_PAYLOADS_BELOW, decode } from "../src/internal/decode.ts"
+import { checkFirstByte, COPY_PAYLOADS_BELOW, decode } from "../src/internal/decode.ts"
 import { Framer } from "../src/internal/framer.ts"
 import type * as Packets from "../src/internal/packets.ts"
 import { STRAY_ACTIONS, strayAnswer } from "../src/internal/strayAck.ts"
@@ -599,6 +599,22 @@ describe("the acknowledgement fast path", () => {
         }
       }
     }
+  })
+})
+
+describe("the first byte of a connection", () => {
+  it("must start a CONNACK (or an MQTT 5 AUTH): an HTTP answer is refused on its first byte", () => {
+    for (const version of [3, 4, 5] as const) {
+      expect(checkFirstByte(0x20, version)).toBeUndefined()
+      const http = checkFirstByte(Buffer.from("HTTP/1.1 400")[0], version)
+      expect(http).toMatchObject({ _tag: "Violation", reasonCode: 0x82 })
+      expect(http?.reason).toContain("\"H\"")
+      expect(checkFirstByte(0x30, version)?.packet).toBe("PUBLISH")
+      expect(checkFirstByte(0xd0, version)?.packet).toBe("PINGRESP")
+    }
+    expect(checkFirstByte(0xf0, 5)).toBeUndefined()
+    expect(checkFirstByte(0xf0, 4)).toMatchObject({ _tag: "Violation", reasonCode: 0x82 })
+    expect(checkFirstByte(0x48, 5)?.rule).toBe("MQTT-3.2.0-1")
   })
 })
 

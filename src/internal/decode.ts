@@ -882,3 +882,27 @@ const decodeAuth = (header: number, data: Buffer): Packets.Auth | Packets.Violat
   // an AUTH of Remaining Length 0 has none (section 3.15.2.1 allows that form)
   return { _tag: "Auth", reasonCode: code, ...(properties.values as Omit<Packets.Auth, "_tag" | "reasonCode">) }
 }
+
+/**
+ * Checks the first byte a connection receives, before the framer waits for the rest of the packet: the server
+ * "MUST send a CONNACK with a 0x00 (Success) Reason Code before sending any Packet other than AUTH"
+ * [MQTT-3.2.0-1]; MQTT 3.1 and 3.1.1 have no AUTH. A port that answers something that is not MQTT (an HTTP
+ * server's `HTTP/1.1 400`: first byte 0x48) is refused at once instead of at the connect timeout. Returns
+ * `undefined` when the byte can start a CONNACK (or an MQTT 5 AUTH); `decode` then checks the whole packet.
+ */
+export const checkFirstByte = (
+  header: number,
+  version: Packets.ProtocolVersion
+): Packets.Violation | undefined => {
+  const type = header >> 4
+  if (type === 2 || (type === 15 && version === 5)) return undefined
+  const printable = header >= 0x20 && header < 0x7f ? ` ("${String.fromCharCode(header)}")` : ""
+  return violation(
+    type === 15 ? "reserved packet type 15" : NAMES[type],
+    `a first byte 0x${hex(header)}${printable} where the server must answer with CONNACK${
+      version === 5 ? " or AUTH" : ""
+    }: not an MQTT server, or not this version`,
+    PROTOCOL_ERROR,
+    version === 5 ? "MQTT-3.2.0-1" : undefined
+  )
+}
