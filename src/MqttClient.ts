@@ -141,8 +141,10 @@ export interface Options {
   readonly transport?: Socket.Socket | Effect.Effect<Socket.Socket, MqttError.MqttError> | undefined
   /** The client identifier. Generated (`effect-mqtt-` and random characters) when absent. */
   readonly clientId?: string | undefined
-  /** 4 for MQTT 3.1.1 (the default, as MQTT.js and aiomqtt), 5 for MQTT 5.0. */
-  readonly protocolVersion?: 4 | 5 | undefined
+  /** 4 for MQTT 3.1.1 (the default, as MQTT.js and aiomqtt), 5 for MQTT 5.0, 3 for MQTT 3.1 (protocol name
+   * `MQIsdp`, for older brokers and devices: a client identifier of 1 to 23 bytes, no Session Present, so a
+   * resumed session is assumed kept). */
+  readonly protocolVersion?: 3 | 4 | 5 | undefined
   /** Seconds between control packets: a PINGREQ is sent after this long without sending anything.
    * 0 turns keepalive off. Default 60. In MQTT 5 the broker's Server Keep Alive replaces it. */
   readonly keepAlive?: number | undefined
@@ -406,7 +408,7 @@ export interface Granted {
  * @category models
  */
 export interface ConnectionInfo {
-  readonly protocolVersion: 4 | 5
+  readonly protocolVersion: 3 | 4 | 5
   /** The client identifier in use: the broker's assigned identifier when it sent one. */
   readonly clientId: string
   readonly sessionPresent: boolean
@@ -590,7 +592,7 @@ export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.Mqtt
  * | `MQTT_CLIENT_ID` | `clientId` |
  * | `MQTT_USERNAME` | `username` |
  * | `MQTT_PASSWORD` | `password` (redacted) |
- * | `MQTT_PROTOCOL_VERSION` | `protocolVersion` (4 or 5) |
+ * | `MQTT_PROTOCOL_VERSION` | `protocolVersion` (3, 4 or 5) |
  * | `MQTT_KEEPALIVE` | `keepAlive` (seconds) |
  * | `MQTT_CONNECT_TIMEOUT` | `connectTimeout` (a duration: `10 seconds`, `500 millis`) |
  * | `MQTT_CA_FILE` | `tls.caFile` |
@@ -612,7 +614,7 @@ export const config: Config.Config<Options> = Config.all({
   clientId: Config.String("MQTT_CLIENT_ID").pipe(Config.withDefault(undefined)),
   username: Config.String("MQTT_USERNAME").pipe(Config.withDefault(undefined)),
   password: Config.Redacted("MQTT_PASSWORD").pipe(Config.withDefault(undefined)),
-  protocolVersion: Config.Literals([4, 5], "MQTT_PROTOCOL_VERSION").pipe(Config.withDefault(undefined)),
+  protocolVersion: Config.Literals([3, 4, 5], "MQTT_PROTOCOL_VERSION").pipe(Config.withDefault(undefined)),
   keepAlive: Config.Int("MQTT_KEEPALIVE").pipe(Config.withDefault(undefined)),
   connectTimeout: Config.Duration("MQTT_CONNECT_TIMEOUT").pipe(Config.withDefault(undefined)),
   tls: Config.all({

@@ -149,11 +149,15 @@ const tlsKinds: Record<TlsError["kind"], string> = {
  */
 export class ProtocolError extends Schema.TaggedError<ProtocolError>()("ProtocolError", {
   reason: Schema.String,
-  reasonCode: optionalNumber
+  reasonCode: optionalNumber,
+  /** The packet type that broke the rule (`"PUBLISH"`, `"CONNACK"`...), when one did. */
+  packet: optionalString,
+  /** The normative statement of the specification broken (`"MQTT-3.3.2-2"`), when it has a number. */
+  rule: optionalString
 }) {
   readonly [TypeId] = TypeId
   override get message(): string {
-    return `The broker violated the MQTT protocol: ${this.reason}`
+    return `The broker violated the MQTT protocol: ${this.reason}` + (this.rule === undefined ? "" : ` [${this.rule}]`)
   }
 }
 

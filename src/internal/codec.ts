@@ -322,9 +322,9 @@ class PacketWriter {
   }
 }
 
-/** What a CONNECT says. */
+/** What a CONNECT says. `protocolVersion` 3 is MQTT 3.1 (protocol name `MQIsdp`), 4 MQTT 3.1.1, 5 MQTT 5.0. */
 export interface ConnectFields {
-  readonly protocolVersion: 4 | 5
+  readonly protocolVersion: 3 | 4 | 5
   readonly clientId: string
   readonly clean: boolean
   readonly keepAlive: number
@@ -350,13 +350,18 @@ export interface ConnectFields {
   readonly authenticationData: Uint8Array | undefined
 }
 
-/** Encodes a CONNECT. */
+/**
+ * Encodes a CONNECT. MQTT 3.1 differs from 3.1.1 only in its protocol name and level (`MQIsdp`, 3): its flags
+ * and payload fields are laid out the same. Check the fields with `clientIdProblem` and `credentialsProblem`
+ * first.
+ */
 export const encodeConnect = (c: ConnectFields): Buffer => {
   const w = new PacketWriter()
   const will = c.will
   const flags = (c.username !== undefined ? 0x80 : 0) | (c.password !== undefined ? 0x40 : 0) |
     (will !== undefined ? 0x04 | (will.qos << 3) | (will.retain ? 0x20 : 0) : 0) | (c.clean ? 0x02 : 0)
-  w.string("the protocol name", "MQTT").byte(c.protocolVersion).byte(flags).u16(c.keepAlive)
+  w.string("the protocol name", c.protocolVersion === 3 ? "MQIsdp" : "MQTT").byte(c.protocolVersion).byte(flags)
+    .u16(c.keepAlive)
   if (c.protocolVersion === 5) {
     w.properties((p) => {
       if (c.sessionExpiryInterval !== undefined) p.byte(0x11).u32(c.sessionExpiryInterval)
@@ -386,6 +391,43 @@ export const encodeConnect = (c: ConnectFields): Buffer => {
   if (c.password !== undefined) w.binary("password", c.password)
   return w.packet(0x10)
 }
+
+/**
+ * Why a client identifier cannot be sent in a CONNECT of this protocol version, or `undefined` when it can.
+ *
+ * - every version: at most 65,535 UTF-8 bytes, no U+0000 ([MQTT-1.5.4-2]);
+ * - MQTT 3.1: 1 to 23 bytes. Its specification says "between 1 and 23 characters long" and has a broker answer
+ *   a longer one with CONNACK return code 2 (Identifier Rejected); the brokers of its time count bytes, so the
+ *   bytes are counted here, which is the same for the ASCII identifiers they expect. It has no empty identifier;
+ * - MQTT 3.1.1: an empty identifier needs a clean session [MQTT-3.1.3-7].
+ */
+export const clientIdProblem = (protocolVersion: 3 | 4 | 5, clientId: string, clean: boolean): string | undefined => {
+  const length = Buffer.byteLength(clientId)
+  if (length > 65535 || clientId.includes("\u0000")) {
+    return "expected a string of at most 65,535 UTF-8 bytes without U+0000"
+  }
+  if (protocolVersion === 3 && (length === 0 || length > 23)) {
+    return "MQTT 3.1 takes a client identifier of 1 to 23 bytes"
+  }
+  if (protocolVersion === 4 && length === 0 && !clean) {
+    return "an empty client identifier needs cleanSession: true in MQTT 3.1.1 [MQTT-3.1.3-7]"
+  }
+  return undefined
+}
+
+/**
+ * Why a user name and password cannot be sent in a CONNECT of this protocol version, or `undefined` when they
+ * can: MQTT 3.1 and 3.1.1 cannot carry a password without a user name ("If the User Name Flag is set to 0, the
+ * Password Flag MUST be set to 0" [MQTT-3.1.2-22]; MQTT 3.1 says the same); MQTT 5 can.
+ */
+export const credentialsProblem = (
+  protocolVersion: 3 | 4 | 5,
+  username: string | undefined,
+  password: unknown
+): string | undefined =>
+  protocolVersion !== 5 && username === undefined && password !== undefined
+    ? `MQTT ${protocolVersion === 3 ? "3.1" : "3.1.1"} cannot send a password without a user name [MQTT-3.1.2-22]`
+    : undefined
 
 /** One filter of a SUBSCRIBE. */
 export interface SubscribeFilter {

@@ -20,7 +20,7 @@ import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { answerAuth } from "./auth.ts"
 import * as Codec from "./codec.ts"
-import { decode } from "./decode.ts"
+import { checkFirstByte, decode } from "./decode.ts"
 import type { Driver } from "./driver.ts"
 import { Framer } from "./framer.ts"
 import { encodeConnect, type Resolved } from "./options.ts"
@@ -174,11 +174,16 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   const out = driver.out
   const framer = new Framer(o.maximumPacketSize)
   let connected = false
+  let firstByteSeen = false
 
   const onFrame = (header: number, body: Buffer): void => {
     if (out.error !== undefined) return
     const packet = decode(header, body, version)
-    if (packet._tag === "Violation") return out.fail(violation(version, packet.reason, packet.reasonCode))
+    if (packet._tag === "Violation") {
+      return out.fail(
+        violation(version, packet.reason, packet.reasonCode, { packet: packet.packet, rule: packet.rule })
+      )
+    }
     if (connected) return session.onPacket(packet, out)
     if (packet._tag === "Auth") return void out.auth.push(packet)
     if (packet._tag !== "Connack") return out.fail(violation(version, `a ${packet._tag.toUpperCase()} before CONNACK`))
@@ -198,6 +203,17 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   ): Effect.Effect<void, MqttError.MqttError> =>
     Effect.flatMap(Effect.mapError(pull, socketLost), (chunks) => {
       c.lastReceived = clock.currentTimeMillisUnsafe()
+      if (!firstByteSeen) {
+        firstByteSeen = true
+        const first = firstByteOf(chunks)
+        const wrong = first === undefined ? undefined : checkFirstByte(first, version)
+        // something that is not MQTT (an HTTP server's answer) is refused at its first byte, not at the timeout
+        if (wrong !== undefined) {
+          return Effect.fail(
+            violation(version, wrong.reason, wrong.reasonCode, { packet: wrong.packet, rule: wrong.rule })
+          )
+        }
+      }
       // whatever the broker sends becomes a typed protocol error, never a defect
       try {
         for (let i = 0; i < chunks.length && out.error === undefined; i++) {
@@ -252,6 +268,13 @@ export const close = (
     Deferred.doneUnsafe(c.lost, Effect.fail(error))
     return Effect.andThen(goodbye, Scope.close(c.scope, Exit.void))
   })
+
+const firstByteOf = (chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>): number | undefined => {
+  for (const chunk of chunks) {
+    if (chunk.length > 0) return typeof chunk === "string" ? chunk.charCodeAt(0) : chunk[0]
+  }
+  return undefined
+}
 
 const toBuffer = (chunk: Uint8Array | string): Buffer =>
   typeof chunk === "string"

@@ -100,7 +100,12 @@ const readHeader = (
     if (offset + i >= data.length) return undefined
     const byte = data[offset + i]
     remaining += (byte & 0x7f) * multiplier
-    if ((byte & 0x80) === 0) return { headerLength: i + 1, remaining }
+    if ((byte & 0x80) === 0) {
+      // a last byte of 0 after a continuation byte adds nothing: MQTT 5 [MQTT-1.5.5-1] wants the shortest form,
+      // which is also the only one MQTT 3.1.1's encoding algorithm produces
+      if (byte === 0 && i > 1) return "a Remaining Length not in its shortest form"
+      return { headerLength: i + 1, remaining }
+    }
     multiplier *= 128
   }
   return "a Remaining Length longer than four bytes"

@@ -20,7 +20,7 @@ import * as Transport from "./transport.ts"
 export interface Resolved {
   readonly endpoint: Transport.Endpoint
   readonly clientId: string
-  readonly protocolVersion: 4 | 5
+  readonly protocolVersion: 3 | 4 | 5
   readonly keepAlive: number
   readonly pingTimeout: Duration.Duration | undefined
   readonly cleanStart: boolean
@@ -82,19 +82,17 @@ export const decodeDuration = (option: string, input: Duration.Input | undefined
 export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
   const endpoint = yield* Transport.parseUrl(options.url ?? "mqtt://localhost:1883")
   const protocolVersion = options.protocolVersion ?? 4
-  if (protocolVersion !== 4 && protocolVersion !== 5) {
-    return yield* invalid("protocolVersion", "expected 4 (MQTT 3.1.1) or 5 (MQTT 5.0)")
+  if (protocolVersion !== 3 && protocolVersion !== 4 && protocolVersion !== 5) {
+    return yield* invalid("protocolVersion", "expected 3 (MQTT 3.1), 4 (MQTT 3.1.1) or 5 (MQTT 5.0)")
   }
   const keepAlive = options.keepAlive ?? 60
   if (!isUint(keepAlive, 65535)) return yield* invalid("keepAlive", "expected whole seconds from 0 to 65535")
+  // MQTT 3.1 takes 1 to 23 bytes: the generated identifier is 22
   const clientId = options.clientId ?? randomClientId()
-  if (typeof clientId !== "string" || Buffer.byteLength(clientId) > 65535 || clientId.includes("\u0000")) {
-    return yield* invalid("clientId", "expected a string of at most 65,535 UTF-8 bytes without U+0000")
-  }
   const cleanStart = options.cleanStart ?? options.cleanSession ?? true
-  if (clientId === "" && !cleanStart && protocolVersion === 4) {
-    return yield* invalid("clientId", "an empty client identifier needs cleanSession: true in MQTT 3.1.1")
-  }
+  if (typeof clientId !== "string") return yield* invalid("clientId", "expected a string")
+  const clientIdProblem = Codec.clientIdProblem(protocolVersion, clientId, cleanStart)
+  if (clientIdProblem !== undefined) return yield* invalid("clientId", clientIdProblem)
   const sessionExpiryInterval = options.sessionExpiryInterval
   if (sessionExpiryInterval !== undefined && !isUint(sessionExpiryInterval, 0xffffffff)) {
     return yield* invalid("sessionExpiryInterval", "expected whole seconds from 0 to 4294967295")
@@ -102,6 +100,8 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   const username = options.username ?? endpoint.username
   const password = options.password ??
     (endpoint.password === undefined ? undefined : Redacted.make(endpoint.password))
+  const credentialsProblem = Codec.credentialsProblem(protocolVersion, username, password)
+  if (credentialsProblem !== undefined) return yield* invalid("password", credentialsProblem)
   const will = options.will
   if (will !== undefined) {
     const problem = nameProblem(will.topic)

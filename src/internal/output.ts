@@ -88,5 +88,12 @@ export class Output {
 export const violation = (
   version: Packets.ProtocolVersion,
   reason: string,
-  reasonCode = 0x82
-): MqttError.ProtocolError => new MqttError.ProtocolError(version === 5 ? { reason, reasonCode } : { reason })
+  reasonCode = 0x82,
+  detail?: { readonly packet?: string | undefined; readonly rule?: string | undefined }
+): MqttError.ProtocolError =>
+  new MqttError.ProtocolError({
+    reason,
+    ...(version === 5 ? { reasonCode } : {}),
+    ...(detail?.packet === undefined ? {} : { packet: detail.packet }),
+    ...(detail?.rule === undefined ? {} : { rule: detail.rule })
+  })

@@ -38,6 +38,12 @@ export interface Connack {
   readonly sessionPresent: boolean
   readonly reasonCode: number
   readonly properties: ConnackProperties
+  /**
+   * Set when an MQTT 5 client got an MQTT 3.1.1 CONNACK (Remaining Length 2) refusing the protocol level, return
+   * code 1: the broker does not support MQTT 5. `reasonCode` is then 0x84 (Unsupported Protocol Version), the
+   * MQTT 5 code for the same refusal, and `legacyReturnCode` the return code received.
+   */
+  readonly legacyReturnCode?: number
 }
 
 /** PUBLISH. `topic` is "" when an MQTT 5 Topic Alias stands for it (the session resolves aliases). */

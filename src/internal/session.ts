@@ -18,6 +18,7 @@ import { Outgoing, type OutgoingMessage, type PublishEntry } from "./outgoing.ts
 import { type InboundRecord, type Output, violation } from "./output.ts"
 import { PacketIds } from "./packetIds.ts"
 import type * as Packets from "./packets.ts"
+import { strayAnswer } from "./strayAck.ts"
 import { type FilterSpec, type Request, Subscriptions } from "./subscriptions.ts"
 
 export interface SessionConfig {
@@ -89,11 +90,15 @@ export class Session {
   onConnack(connack: Packets.Connack, cleanStart: boolean, out: Output): MqttClient.ConnectionInfo | undefined {
     const version = this.version
     if (connack.reasonCode !== 0) {
+      const reasonString = connack.legacyReturnCode !== undefined
+        ? `the broker answered with an MQTT 3.1.1 CONNACK, return code ${connack.legacyReturnCode}: it does not ` +
+          `support MQTT 5; use protocolVersion 4`
+        : connack.properties.reasonString
       out.fail(
         new MqttError.ConnectRefusedError({
           reasonCode: connack.reasonCode,
           protocolVersion: version,
-          ...(connack.properties.reasonString === undefined ? {} : { reasonString: connack.properties.reasonString })
+          ...(reasonString === undefined ? {} : { reasonString })
         })
       )
       return undefined
@@ -107,7 +112,7 @@ export class Session {
     const sessionExpiryInterval = p.sessionExpiryInterval ?? this.config.sessionExpiryInterval
     if (version === 5) this.persistent = (sessionExpiryInterval ?? 0) > 0
     const info: MqttClient.ConnectionInfo = {
-      protocolVersion: version === 5 ? 5 : 4,
+      protocolVersion: version,
       clientId: this.clientId,
       sessionPresent: connack.sessionPresent,
       keepAlive: p.serverKeepAlive ?? this.config.keepAlive,
@@ -158,20 +163,12 @@ export class Session {
         if (this.outgoing.onPuback(packet, out) === "unknown") return this.notInFlight(packet, out)
         return this.pump(out)
       case "Pubrec":
-        if (this.outgoing.onPubrec(packet, out) === "unknown") {
-          // MQTT 5 names this case: PUBREL with 0x92 (Packet Identifier not found), and the connection goes on
-          if (this.version === 5) return out.acks.pushWithReason(0x62, packet.id, 0x92)
-          return this.notInFlight(packet, out)
-        }
+        if (this.outgoing.onPubrec(packet, out) === "unknown") return this.notInFlight(packet, out)
         return this.pump(out)
-      case "Pubcomp": {
-        const result = this.outgoing.onPubcomp(packet, out)
-        if (result === "unknown") return this.notInFlight(packet, out)
-        if (result === "early") {
-          return out.fail(violation(this.version, `a PUBCOMP for packet ${packet.id} before its PUBREC`))
-        }
+      case "Pubcomp":
+        // a PUBCOMP before the PUBREC answers no PUBREL: stray too
+        if (this.outgoing.onPubcomp(packet, out) !== undefined) return this.notInFlight(packet, out)
         return this.pump(out)
-      }
       case "Pubrel":
         return this.inbound.onPubrel(packet, out)
       case "Suback":
@@ -199,12 +196,18 @@ export class Session {
   }
 
   /**
-   * An acknowledgement for a packet identifier no flow of that kind holds. MQTT requires an acknowledgement to
-   * carry the identifier of the packet it answers (MQTT 5 section 2.2.1); the client cannot tell what the broker
-   * means, so the connection ends (0x82). PUBREC has its own answer in MQTT 5 (see `onPacket`).
+   * An acknowledgement for a packet identifier no flow of that kind holds ("stray"): a mismatch of session
+   * state, not a broken connection (see strayAck.ts for the specification's text). PUBREC is answered with
+   * PUBREL and PUBREL with PUBCOMP (0x92, Packet Identifier not found, in MQTT 5); the others are ignored:
+   * nothing the session holds can be completed or freed by an identifier that does not match.
    */
   private notInFlight(packet: Packets.Ack | Packets.Suback | Packets.Unsuback, out: Output): void {
-    out.fail(violation(this.version, `a ${packet._tag.toUpperCase()} for packet ${packet.id}, which is not in flight`))
+    const answer = strayAnswer(packet, this.version)
+    if (answer !== undefined) out.send.push(answer)
+    out.warnings.push(
+      `the broker sent a ${packet._tag.toUpperCase()} for packet ${packet.id}, which is not in flight: ` +
+        (answer === undefined ? "ignored" : "answered")
+    )
   }
 
   private onPublish(packet: Packets.Publish, out: Output): void {
