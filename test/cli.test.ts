@@ -13,9 +13,11 @@ import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { type Certs, makeCerts } from "./support/certs.ts"
 import { CLI_COMMAND, type CliResult, runCli, spawnCli } from "./support/cli.ts"
 import * as FakeBroker from "./support/FakeBroker.ts"
 import {
+  freePort,
   type MosquittoHandle,
   mosquittoPub,
   mosquittoSub,
@@ -61,11 +63,11 @@ const assertOneErrorLine = (result: CliResult, pattern: RegExp) => {
 }
 
 /** `mosquitto_sub -C 1` with its own `-F` format, for a retained message (no need to wait for the SUBACK). */
-const mosquittoSubRetained = (args: ReadonlyArray<string>, format: string): Promise<string> =>
+const mosquittoSubRetained = (args: ReadonlyArray<string>, format: string, on = port()): Promise<string> =>
   new Promise((resolve, reject) =>
     execFile(
       "mosquitto_sub",
-      ["-h", "127.0.0.1", "-p", port(), "-C", "1", "-W", "20", "-F", format, ...args],
+      ["-h", "127.0.0.1", "-p", on, "-C", "1", "-W", "20", "-F", format, ...args],
       { encoding: "utf8" },
       (error, stdout, stderr) => error === null ? resolve(stdout) : reject(new Error(`${error.message}\n${stderr}`))
     )
@@ -331,6 +333,66 @@ describe("--no-local", () => {
     const result = await runCli(["sub", "--url", url(), "-t", "x", "--no-local"])
     assert.strictEqual(result.code, 2)
     assertOneErrorLine(result, /--no-local needs MQTT 5/)
+  })
+})
+
+describe("TLS files", () => {
+  let certs: Certs
+  let tlsBroker: MosquittoHandle
+  let tlsPort: number
+  beforeAll(async () => {
+    certs = makeCerts()
+    tlsPort = await freePort()
+    tlsBroker = await startMosquitto({
+      protocolConfig: [
+        `listener ${tlsPort} 127.0.0.1`,
+        `cafile ${certs.ca.cert}`,
+        `certfile ${certs.server.cert}`,
+        `keyfile ${certs.server.key}`,
+        "require_certificate true"
+      ].join("\n")
+    })
+  })
+  afterAll(async () => {
+    await tlsBroker?.dispose()
+    certs?.dispose()
+  })
+
+  it("--cafile, --cert and --key with -h/-p: TLS as mosquitto_pub (mqtts), delivered to a plain subscriber", async () => {
+    const topic = uniqueTopic("tls")
+    const result = await runCli([
+      ...["pub", "-h", "localhost", "-p", String(tlsPort), "-t", topic, "-m", "over tls", "-r", "-q", "1"],
+      ...["--cafile", certs.ca.cert, "--cert", certs.client.cert, "--key", certs.client.key]
+    ])
+    assertDone(result, "pub over TLS")
+    assert.strictEqual(await mosquittoSubRetained(["-t", topic, "-q", "1"], "%p", String(tlsBroker.port)), "over tls\n")
+  })
+
+  it("the files from MQTT_CA_FILE, MQTT_CERT_FILE and MQTT_KEY_FILE, with --url mqtts://", async () => {
+    const result = await runCli(["sub", "--url", `mqtts://localhost:${tlsPort}`, "-t", "t", "-W", "0.2"], {
+      env: { MQTT_CA_FILE: certs.ca.cert, MQTT_CERT_FILE: certs.client.cert, MQTT_KEY_FILE: certs.client.key }
+    })
+    assertDone(result, "sub over TLS")
+  })
+
+  it("an untrusted broker or a missing client certificate: exit code 1 and one line", async () => {
+    const target = ["pub", "--url", `mqtts://localhost:${tlsPort}`, "-t", "t", "-m", "x"]
+    const untrusted = await runCli([...target, "--cafile", certs.otherCa.cert])
+    assert.strictEqual(untrusted.code, 1, untrusted.stderr)
+    assertOneErrorLine(untrusted, /TLS failed \(the broker's certificate is not trusted\)/)
+    const noClientCertificate = await runCli([...target, "--cafile", certs.ca.cert])
+    assert.strictEqual(noClientCertificate.code, 1, noClientCertificate.stderr)
+    assertOneErrorLine(noClientCertificate, /TLS failed/)
+  })
+
+  it("--insecure connects to an untrusted broker and warns on standard error, not standard output", async () => {
+    const result = await runCli([
+      ...["pub", "--url", `mqtts://localhost:${tlsPort}`, "-t", "t", "-m", "x", "--insecure"],
+      ...["--cert", certs.client.cert, "--key", certs.client.key]
+    ])
+    assert.strictEqual(result.code, 0, result.stderr)
+    assert.strictEqual(result.stdout, "")
+    assert.include(result.stderr, "NOT verified")
   })
 })
 

@@ -9,6 +9,7 @@
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import * as Cause from "effect/Cause"
+import * as CliError from "effect/cli/CliError"
 import * as Command from "effect/cli/Command"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -16,7 +17,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import { createRequire } from "node:module"
 import { app, cliConfigLayer } from "./app.ts"
-import { exitCodeOf, presenterLayer, report } from "./errors.ts"
+import { exitCodeOf, presenterLayer, report, Reported } from "./errors.ts"
 
 // package.json is two levels up both from src/cli/main.ts and from dist/cli/main.js
 const { version } = createRequire(import.meta.url)("../../package.json") as { readonly version: string }
@@ -24,11 +25,12 @@ const { version } = createRequire(import.meta.url)("../../package.json") as { re
 const program = Command.run(app, { version }).pipe(
   // parse errors are already written by the presenter, and subcommand failures by the subcommand
   Effect.tapCause((cause) => {
+    if (Cause.hasInterruptsOnly(cause)) return Effect.void
     const error = Cause.findErrorOption(cause)
-    return error._tag === "Some" && (error.value as { _tag?: string })._tag !== "Reported" &&
-        (error.value as { _tag?: string })._tag !== "ShowHelp"
-      ? report(error.value, [app.name])
-      : Effect.void
+    if (error._tag === "None") return report(Cause.squash(cause), [app.name])
+    const reported = error.value instanceof Reported ||
+      (CliError.isCliError(error.value) && error.value._tag === "ShowHelp")
+    return reported ? Effect.void : report(error.value, [app.name])
   }),
   Effect.provide(Layer.mergeAll(
     NodeServices.layer,
