@@ -188,9 +188,10 @@ const run = Effect.fnUntraced(function*(flags: PubFlags) {
   const { flags: mqtt5Flags, properties } = yield* publishProperties(flags)
   const topic = yield* Topic.validateName(flags.topic)
   const options = yield* clientOptions(flags.connection, mqtt5Flags)
+  // the message is read before connecting: an unreadable file is reported without touching the network
   const payloads: Stream.Stream<Uint8Array | string, UsageError, Environment> = source._tag === "Lines"
     ? Stream.splitLines(Stream.decodeText(stdin))
-    : Stream.unwrap(Effect.map(source.payload, (payload) => Stream.map(Stream.range(1, flags.count), () => payload)))
+    : yield* Effect.map(source.payload, (payload) => Stream.map(Stream.range(1, flags.count), () => payload))
   yield* Effect.scoped(Effect.gen(function*() {
     // a publish tool must end: a lost connection fails it (exit code 1) instead of waiting for the broker
     const client = yield* connect(flags.connection, { ...options, reconnect: false })
