@@ -153,11 +153,11 @@ export class ConnectionLostError extends Schema.TaggedError<ConnectionLostError>
  * import { Effect } from "effect"
  * import { MqttClient } from "effect-mqtt"
  *
- * declare const client: MqttClient.Client
- *
- * const reply = client.request("services/add", "41", { timeout: "5 seconds" }).pipe(
- *   Effect.catchTag("MqttTimeoutError", (error) => Effect.succeed(`no reply within ${error.millis} ms`))
- * )
+ * const add = (client: MqttClient.Client, n: number) =>
+ *   client.request("services/add", String(n), { timeout: "5 seconds" }).pipe(
+ *     Effect.map((reply) => reply.text),
+ *     Effect.catchTag("MqttTimeoutError", (error) => Effect.succeed(`no reply within ${error.millis} ms`))
+ *   )
  * ```
  *
  * @since 0.1.0
