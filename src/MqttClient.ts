@@ -35,8 +35,9 @@ import type * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
 import type * as Stream from "effect/Stream"
 import type * as IncomingQueue from "./IncomingQueue.ts"
+import * as Broker from "./internal/broker.ts"
 import * as internal from "./internal/client.ts"
-import type * as MqttError from "./MqttError.ts"
+import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
 
 /**
@@ -646,7 +647,8 @@ export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.Mqtt
  * | `MQTT_TLS_ALPN` | `tls.alpnProtocols` (comma-separated) |
  * | `MQTT_TLS_INSECURE_SKIP_VERIFY` | `tls.insecureSkipVerify` (`true` or `false`; insecure) |
  *
- * A TLS variable with an `mqtt://` or `ws://` URL is refused rather than ignored.
+ * A TLS variable with an `mqtt://` or `ws://` URL is refused rather than ignored: {@link layerConfig} fails with an
+ * `InvalidOptionError` whose `option` is the variable (`MQTT_CA_FILE`).
  *
  * @since 0.1.0
  * @category config
@@ -700,10 +702,50 @@ export const layerConfig = (
 ): Layer.Layer<MqttClient, MqttError.MqttError | Config.ConfigError> =>
   Layer.effect(
     MqttClient,
-    Effect.flatMap(options, (options) =>
-      internal.make(
-        overrides?.tls === undefined || options.tls === undefined
-          ? { ...options, ...overrides }
-          : { ...options, ...overrides, tls: { ...options.tls, ...overrides.tls } }
-      ))
+    Effect.flatMap(options, (fromConfig) => {
+      const merged: Options = overrides?.tls === undefined || fromConfig.tls === undefined
+        ? { ...fromConfig, ...overrides }
+        : { ...fromConfig, ...overrides, tls: { ...fromConfig.tls, ...overrides.tls } }
+      const refused = tlsWithPlaintext(fromConfig, merged, options === config)
+      return refused === undefined ? internal.make(merged) : Effect.fail(refused)
+    })
   )
+
+const tlsVariables: { readonly [K in keyof TlsOptions]-?: string } = {
+  ca: "tls.ca",
+  caFile: "MQTT_CA_FILE",
+  cert: "tls.cert",
+  certFile: "MQTT_CERT_FILE",
+  key: "tls.key",
+  keyFile: "MQTT_KEY_FILE",
+  passphrase: "MQTT_KEY_PASSPHRASE",
+  servername: "MQTT_TLS_SERVERNAME",
+  alpnProtocols: "MQTT_TLS_ALPN",
+  minVersion: "MQTT_TLS_MIN_VERSION",
+  insecureSkipVerify: "MQTT_TLS_INSECURE_SKIP_VERIFY"
+}
+
+/**
+ * TLS settings read from the config, with a plaintext URL: the error names where they came from (the environment
+ * variable, for {@link config}), which the client itself cannot know.
+ */
+const tlsWithPlaintext = (
+  fromConfig: Options,
+  merged: Options,
+  variables: boolean
+): MqttError.InvalidOptionError | undefined => {
+  const url = merged.url ?? "mqtt://localhost:1883"
+  const tls = fromConfig.tls
+  if (merged.transport !== undefined || tls === undefined || !Broker.isPlaintext(url)) return undefined
+  const names = (Object.keys(tlsVariables) as Array<keyof TlsOptions>)
+    .filter((key) => tls[key] !== undefined)
+    .map((key) => variables ? tlsVariables[key] : `tls.${key}`)
+  const first = names[0]
+  if (first === undefined) return undefined
+  return new MqttError.InvalidOptionError({
+    option: first,
+    reason: `${names.join(", ")} ${names.length === 1 ? "is" : "are"} set, but the URL ` +
+      `(${Broker.display(url) ?? "not shown"}) is not encrypted: TLS settings need an mqtts:// or wss:// URL` +
+      (variables ? " (MQTT_URL)" : "")
+  })
+}
