@@ -226,3 +226,52 @@ describe("the broker in messages", () => {
     assert.isUndefined(Broker.display("unix://host/path"))
   })
 })
+
+describe("annotate: the broker and the phase added to an error by the client", () => {
+  it.live("a failed connection as the client raises it becomes could-not-connect, at the broker, with a hint", () =>
+    Effect.gen(function*() {
+      const cause = yield* refusedConnection
+      const raised = new MqttError.ConnectionLostError({ reason: `could not connect: ${cause.message}`, cause })
+      const annotated = Broker.annotate(raised, Broker.display("mqtt://alice:secret@127.0.0.1:1"), "connecting")
+      assert(annotated instanceof MqttError.ConnectionLostError)
+      assert.strictEqual(annotated.phase, "connecting")
+      assert.strictEqual(annotated.broker, "mqtt://127.0.0.1:1")
+      assert.strictEqual(annotated.cause, cause)
+      expect(annotated.message).toMatch(/^Could not connect to the broker at mqtt:\/\/127\.0\.0\.1:1: connect ECONN/)
+      expect(annotated.message).toContain("check the host and port")
+      expect(annotated.message).not.toContain("secret")
+    }))
+
+  it("keeps every field, keeps what is already set, and returns the same error when there is nothing to add", () => {
+    const lost = new MqttError.ConnectionLostError({
+      reason: "the broker sent DISCONNECT",
+      reasonCode: 0x9c,
+      reasonString: "elsewhere",
+      serverReference: "other:1883"
+    })
+    const annotated = Broker.annotate(lost, "mqtt://h:1883", "connected") as MqttError.ConnectionLostError
+    assert.deepStrictEqual(
+      [annotated.reasonCode, annotated.reasonString, annotated.serverReference, annotated.broker, annotated.phase],
+      [0x9c, "elsewhere", "other:1883", "mqtt://h:1883", "connected"]
+    )
+    assert.strictEqual(Broker.annotate(annotated, "mqtt://other:1", "connecting"), annotated)
+
+    const timeout = new MqttError.MqttTimeoutError({ operation: "connect", millis: 100 })
+    const timedOut = Broker.annotate(timeout, "mqtts://h:8883", "connecting")
+    assert(timedOut instanceof MqttError.MqttTimeoutError)
+    assert.strictEqual(timedOut._tag, "MqttTimeoutError")
+    expect(timedOut.message).toContain("The broker at mqtts://h:8883 did not accept the connection within 100 ms")
+    assert.strictEqual(Broker.annotate(timeout, undefined, "connecting"), timeout)
+
+    const refused = new MqttError.ConnectRefusedError({ reasonCode: 4, protocolVersion: 4 })
+    expect(Broker.annotate(refused, "mqtt://h:1883", "connecting").message).toContain("The broker at mqtt://h:1883")
+    const tls = new MqttError.TlsError({ kind: "HostnameMismatch", reason: "r", code: "ERR_TLS_CERT_ALTNAME_INVALID" })
+    const tlsAt = Broker.annotate(tls, "mqtts://h:8883", "connecting") as MqttError.TlsError
+    assert.deepStrictEqual([tlsAt.kind, tlsAt.code, tlsAt.broker], [tls.kind, tls.code, "mqtts://h:8883"])
+    const protocol = new MqttError.ProtocolError({ reason: "a second CONNACK", reasonCode: 0x82 })
+    expect(Broker.annotate(protocol, "mqtt://h:1883", "connected").message).toContain("The broker at mqtt://h:1883")
+
+    const invalid = new MqttError.InvalidOptionError({ option: "keepAlive", reason: "r" })
+    assert.strictEqual(Broker.annotate(invalid, "mqtt://h:1883", "connecting"), invalid)
+  })
+})
