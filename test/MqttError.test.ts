@@ -4,8 +4,9 @@
  * tag of its own, so that `catchTag("TimeoutError")` after `Effect.timeout` does not catch it.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
+import { Aedes } from "aedes"
 import { Cause, Effect, Exit, Fiber } from "effect"
-import { MqttError } from "effect-mqtt"
+import { MqttClient, MqttError } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import * as Net from "node:net"
 import * as Broker from "../src/internal/broker.ts"
@@ -96,6 +97,25 @@ describe("ConnectRefusedError", () => {
     expect(v5.message).toContain("unsupported protocol version (reason code 0x84)")
     expect(v5.message).toContain("Use protocolVersion: 4")
   })
+
+  it.live("an MQTT 5 client refused by a real MQTT 3.1.1 broker (aedes) is told to use protocolVersion: 4", () =>
+    Effect.gen(function*() {
+      const url = yield* Effect.acquireRelease(
+        Effect.promise(async () => {
+          const aedes = await Aedes.createBroker()
+          const server = Net.createServer(aedes.handle)
+          await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+          return { aedes, server, port: (server.address() as Net.AddressInfo).port }
+        }),
+        ({ aedes, server }) =>
+          Effect.promise(() => new Promise<void>((resolve) => aedes.close(() => server.close(() => resolve()))))
+      ).pipe(Effect.map(({ port }) => `mqtt://127.0.0.1:${port}`))
+      const error = yield* Effect.flip(Effect.scoped(MqttClient.make({ url, protocolVersion: 5 })))
+      assert(error instanceof MqttError.ConnectRefusedError, String(error))
+      assert.deepStrictEqual([error.reasonCode, error.protocolVersion], [1, 5])
+      expect(error.message).toContain("does not support MQTT 5")
+      expect(error.message).toContain("Use protocolVersion: 4")
+    }))
 
   it("names the broker, keeps the MQTT 5 reason string and says what to check", () => {
     const error = new MqttError.ConnectRefusedError({
