@@ -1,6 +1,12 @@
 import { defineConfig } from "vitest/config"
 
+// "effect-mqtt", imported by the tests themselves, resolves to src/*.ts through this export condition instead of
+// the built dist/ (see "exports" in package.json); the others are vitest's defaults for Node.
+const conditions = ["effect-mqtt-source", "node", "development|production"]
+
 export default defineConfig({
+  resolve: { conditions },
+  ssr: { resolve: { conditions } },
   test: {
     include: ["test/**/*.test.ts"],
     testTimeout: 60_000,

@@ -3,7 +3,7 @@
  * several times while they flow, between a publisher and a subscriber with persistent sessions. Prints, for each
  * QoS, what was sent, received, lost and duplicated, and the reconnects of both clients. Run by hand:
  *
- *   npx node bench/soak.ts
+ *   npx node --conditions=effect-mqtt-source bench/soak.ts
  *
  * Environment: SOAK_QOS1 and SOAK_QOS2 (messages of each QoS, default 50,000), SOAK_FAULTS (broker stops, default
  * 6, alternately SIGKILL and SIGTERM), SOAK_WINDOW (publishes of each QoS waiting for their acknowledgement at

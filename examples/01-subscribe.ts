@@ -5,7 +5,7 @@
  * connects before the program runs and disconnects after it. `client.messages` is a `Stream` of every
  * message received, whichever subscription it came from.
  *
- * Run: `node examples/01-subscribe.ts` (set `MQTT_URL` to use your own broker).
+ * Run: `npm run example examples/01-subscribe.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Stream } from "effect"

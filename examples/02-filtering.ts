@@ -6,7 +6,7 @@
  * `+` is exactly one level, `#` is any number of levels. A topic can match several filters: here
  * `temperature/outside` matches both `+/outside` and `temperature/#`, so two handlers run for it.
  *
- * Run: `node examples/02-filtering.ts` (set `MQTT_URL` to use your own broker).
+ * Run: `npm run example examples/02-filtering.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Stream } from "effect"

@@ -11,7 +11,7 @@
  *
  * Each part opens its own client with `MqttClient.make`, which lives until the end of its `Effect.scoped`.
  *
- * Run: `node examples/03-queue.ts` (set `MQTT_URL` to use your own broker).
+ * Run: `npm run example examples/03-queue.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Schedule, Stream } from "effect"

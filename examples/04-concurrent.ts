@@ -7,7 +7,7 @@
  * interrupted with it, and none is left running. Use a number instead of `"unbounded"` to cap how many
  * handlers run at once.
  *
- * Run: `node examples/04-concurrent.ts` (set `MQTT_URL` to use your own broker).
+ * Run: `npm run example examples/04-concurrent.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Stream } from "effect"

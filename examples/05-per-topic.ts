@@ -9,7 +9,7 @@
  *    its kind; two workers each drain their own queue. The reader ends the queues when it is done, which
  *    ends the workers.
  *
- * Run: `node examples/05-per-topic.ts` (set `MQTT_URL` to use your own broker).
+ * Run: `npm run example examples/05-per-topic.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { type Cause, Console, Effect, Queue, Stream } from "effect"

@@ -6,7 +6,7 @@
  * interrupts the listener. Nothing outlives the program. (`Effect.forkChild` ties the fiber to the parent
  * fiber instead.)
  *
- * Run: `node examples/06-background.ts` (set `MQTT_URL` to use your own broker).
+ * Run: `npm run example examples/06-background.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Fiber, Stream } from "effect"

@@ -6,7 +6,7 @@
  * released: then it sends DISCONNECT and closes the socket. `client.awaitClose` succeeds after a clean
  * close and fails with the error when the connection was lost instead.
  *
- * Run: `node examples/07-stop.ts` (set `MQTT_URL` to use your own broker).
+ * Run: `npm run example examples/07-stop.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Deferred, Effect, Fiber, Stream } from "effect"

@@ -6,7 +6,7 @@
  * failing.) Match the error with `Cause.isTimeoutError`: `catchTag("TimeoutError")` would also catch the
  * client's own `MqttError.TimeoutError`, raised when the broker does not answer.
  *
- * Run: `node examples/08-timeout.ts` (set `MQTT_URL` to use your own broker).
+ * Run: `npm run example examples/08-timeout.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Stream } from "effect"

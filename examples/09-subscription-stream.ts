@@ -6,7 +6,7 @@
  * `client.statusChanges` reports the connection: connected (with what the broker said), disconnected (with the
  * cause), reconnecting, closed.
  *
- * Run: `node examples/09-subscription-stream.ts` (set `MQTT_URL` to use your own broker).
+ * Run: `npm run example examples/09-subscription-stream.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Stream } from "effect"

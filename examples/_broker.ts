@@ -3,8 +3,10 @@
  *
  * When `MQTT_URL` is set (for example `MQTT_URL=mqtt://localhost:1883`), the examples use that broker.
  * Otherwise each example starts an embedded broker, aedes, inside its own process on a free port of
- * 127.0.0.1, and closes it when the example ends. So `node examples/01-subscribe.ts` works with nothing
- * installed. aedes speaks MQTT 3.1.1 only, which is the client's default protocol version.
+ * 127.0.0.1, and closes it when the example ends. So `npm run example examples/01-subscribe.ts` works without a
+ * broker installed, after `npm ci` (which also installs the Node.js 24 that runs the TypeScript files: the
+ * `npm run example` script runs it, with the export condition that makes "effect-mqtt" the files in src/). aedes
+ * speaks MQTT 3.1.1 only, which is the client's default protocol version.
  *
  * Your application needs none of this: it provides `MqttClient.layer({ url })` or `MqttClient.layerConfig()`.
  */

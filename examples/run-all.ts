@@ -13,8 +13,11 @@ const examples = Fs.readdirSync(directory).filter((name) => /^0\d.*\.ts$/.test(n
 
 const run = (file: string): Promise<number> =>
   new Promise((resolve) => {
-    // The same Node.js binary, the same environment (MQTT_URL included), the output passed straight through.
-    const child = spawn(process.execPath, [Path.join(directory, file)], { stdio: "inherit" })
+    // The same Node.js binary, the same environment (MQTT_URL included), the output passed straight through;
+    // "effect-mqtt" resolves to src/*.ts, not to the built dist/ (see "exports" in package.json).
+    const child = spawn(process.execPath, ["--conditions=effect-mqtt-source", Path.join(directory, file)], {
+      stdio: "inherit"
+    })
     child.once("error", (error) => {
       console.error(error)
       resolve(1)

@@ -40,9 +40,21 @@ export type Strategy<A = MqttMessage> = FifoStrategy | LifoStrategy | PrioritySt
  * @category models
  */
 export type FifoStrategy =
-  | { readonly _tag: "Bounded"; readonly capacity: number }
-  | { readonly _tag: "Sliding"; readonly capacity: number }
-  | { readonly _tag: "Dropping"; readonly capacity: number }
+  | {
+    readonly _tag: "Bounded"
+    /** The most messages the queue holds; when full, the client stops reading the socket. */
+    readonly capacity: number
+  }
+  | {
+    readonly _tag: "Sliding"
+    /** The most messages the queue holds; when full, the oldest is dropped. */
+    readonly capacity: number
+  }
+  | {
+    readonly _tag: "Dropping"
+    /** The most messages the queue holds; when full, the newest is dropped. */
+    readonly capacity: number
+  }
   | { readonly _tag: "Unbounded" }
 
 /**
@@ -55,7 +67,9 @@ export type FifoStrategy =
  */
 export interface LifoStrategy {
   readonly _tag: "Lifo"
+  /** The most messages the queue holds. */
   readonly capacity: number
+  /** What a full queue does with one more message: wait, drop the oldest, or drop the newest. */
   readonly overflow: "suspend" | "sliding" | "dropping"
 }
 
@@ -67,7 +81,9 @@ export interface LifoStrategy {
  */
 export interface PriorityStrategy<A> {
   readonly _tag: "Priority"
+  /** The most messages the queue holds; when full, the client stops reading the socket. */
   readonly capacity: number
+  /** Which message comes out first: the smallest by this order, ties in arrival order. */
   readonly order: Order.Order<A>
 }
 
@@ -201,6 +217,7 @@ export interface IncomingQueue<A, E> {
  * @category models
  */
 export interface Progress {
+  /** The number of messages taken so far, counted up by the queue. */
   accepted: number
 }
 

@@ -18,10 +18,8 @@
  *   )
  * })
  *
- * program.pipe(
- *   Effect.provide(MqttClient.layer({ url: "mqtt://localhost:1883" })),
- *   Effect.runPromise
- * )
+ * // the program with its client: run it with `NodeRuntime.runMain(main)` (from "@effect/platform-node")
+ * export const main = program.pipe(Effect.provide(MqttClient.layer({ url: "mqtt://localhost:1883" })))
  * ```
  *
  * @since 0.1.0
@@ -31,14 +29,16 @@ import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import type * as LogLevel from "effect/LogLevel"
 import type * as Redacted from "effect/Redacted"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
 import type * as Stream from "effect/Stream"
 import type * as IncomingQueue from "./IncomingQueue.ts"
+import * as Broker from "./internal/broker.ts"
 import * as internal from "./internal/client.ts"
-import type * as MqttError from "./MqttError.ts"
+import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
 
 /**
@@ -57,10 +57,15 @@ export type QoS = MqttMessage.QoS
  * @category models
  */
 export interface Will {
+  /** The topic the broker publishes the will to (a topic name: no wildcards). */
   readonly topic: string
+  /** The will's payload: bytes, or a string sent as UTF-8. */
   readonly payload: Uint8Array | string
+  /** The QoS the broker publishes the will with. Default 0. */
   readonly qos?: QoS | undefined
+  /** Whether the broker keeps the will as the topic's retained message. Default `false`. */
   readonly retain?: boolean | undefined
+  /** MQTT 5: the will's publish properties, and the will delay. */
   readonly properties?:
     | (MqttMessage.PublishProperties & {
       /** MQTT 5: seconds the broker waits before it publishes the will. */
@@ -157,8 +162,12 @@ export interface Options {
   readonly cleanSession?: boolean | undefined
   /** MQTT 5: seconds the broker keeps the session after the connection closes (0: none, the default). */
   readonly sessionExpiryInterval?: number | undefined
+  /** The user name sent in CONNECT. Default: the user info of `url`, when it has one. */
   readonly username?: string | undefined
+  /** The password sent in CONNECT, kept `Redacted` so that it shows in no log or error. Default: the password
+   * in the user info of `url`, when it has one. */
   readonly password?: Redacted.Redacted<string> | undefined
+  /** The message the broker publishes when this client goes away without a DISCONNECT. Default: none. */
   readonly will?: Will | undefined
   /** How long to wait for the TCP connection and the CONNACK. Default 30 seconds. */
   readonly connectTimeout?: Duration.Input | undefined
@@ -184,6 +193,14 @@ export interface Options {
    * the messages arrived [MQTT-4.6.0-2]. A `subscription` may choose its own.
    */
   readonly acknowledgement?: "auto" | "manual" | undefined
+  /**
+   * The least severe of the client's own log lines that are written, through Effect's logger (which filters
+   * further by its own minimum level): `"Info"` (also each successful connection), `"Warn"` (the default:
+   * a connection lost or an attempt failed, with the cause and the delay before the next attempt), `"Error"`
+   * (only when the client gives up), or `"None"`. Lines name the broker as `scheme://host:port` and never
+   * contain a password.
+   */
+  readonly logLevel?: LogLevel.LogLevel | undefined
   /** What publish, subscribe and unsubscribe do while the client is reconnecting. */
   readonly offline?: OfflineOptions | undefined
   /** The largest packet the client accepts, in bytes: a larger one closes the connection as soon as its
@@ -243,11 +260,16 @@ export interface OfflineOptions {
  * @category models
  */
 export interface Authentication {
+  /** The authentication method, as the broker names it (for example `"SCRAM-SHA-256"`), sent in CONNECT. */
   readonly method: string
   /** The initial authentication data sent in CONNECT. */
   readonly data?: Uint8Array | undefined
+  /** Answers one challenge of the broker (an AUTH packet with reason 0x18, continue authentication): returns
+   * the data of the AUTH the client sends back. When it fails, the connection is closed with its error. */
   readonly onChallenge: (challenge: {
+    /** The authentication data of the broker's AUTH packet. */
     readonly data: Uint8Array | undefined
+    /** The reason string of the broker's AUTH packet. */
     readonly reasonString: string | undefined
   }) => Effect.Effect<Uint8Array | undefined, MqttError.MqttError>
 }
@@ -276,7 +298,12 @@ export interface RequestOptions {
 export type Reply =
   | Uint8Array
   | string
-  | { readonly payload: Uint8Array | string; readonly properties?: MqttMessage.PublishProperties | undefined }
+  | {
+    /** The reply's payload: bytes, or a string sent as UTF-8. */
+    readonly payload: Uint8Array | string
+    /** More properties of the reply (the correlation data is copied from the request by the client). */
+    readonly properties?: MqttMessage.PublishProperties | undefined
+  }
 
 /**
  * The options of `respond`.
@@ -298,15 +325,29 @@ export interface RespondOptions {
  * @category models
  */
 export type ConnectionStatus =
-  | { readonly _tag: "Connecting"; readonly attempt: number }
-  | { readonly _tag: "Connected"; readonly info: ConnectionInfo }
+  | {
+    readonly _tag: "Connecting"
+    /** Which attempt this is: 1 for the first connection and for the first attempt after a lost one, counting
+     * up while attempts fail. */
+    readonly attempt: number
+  }
+  | {
+    readonly _tag: "Connected"
+    /** What the broker said in CONNACK. */
+    readonly info: ConnectionInfo
+  }
   | {
     readonly _tag: "Disconnected"
+    /** Why the connection was lost, or why the attempt failed. */
     readonly cause: MqttError.MqttError
     /** When the next attempt starts; `undefined` when the client does not reconnect. */
     readonly retryIn: Duration.Duration | undefined
   }
-  | { readonly _tag: "Closed"; readonly cause: MqttError.MqttError | undefined }
+  | {
+    readonly _tag: "Closed"
+    /** Why the client stopped for good: `undefined` when its scope closed it, the error when it gave up. */
+    readonly cause: MqttError.MqttError | undefined
+  }
 
 /**
  * Counters of the client's connections.
@@ -384,6 +425,7 @@ export interface UnsubscribeOptions {
  * @category models
  */
 export interface Subscription extends SubscribeOptions {
+  /** The topic filter (wildcards `+` and `#` allowed; `$share/{group}/{filter}` for a shared subscription). */
   readonly filter: string
 }
 
@@ -394,6 +436,7 @@ export interface Subscription extends SubscribeOptions {
  * @category models
  */
 export interface Granted {
+  /** The filter, as it was asked for. */
   readonly filter: string
   /** The QoS the broker granted (it may be lower than asked). */
   readonly qos: QoS
@@ -408,9 +451,12 @@ export interface Granted {
  * @category models
  */
 export interface ConnectionInfo {
+  /** The protocol version of the connection: 3 (MQTT 3.1), 4 (MQTT 3.1.1) or 5 (MQTT 5.0). */
   readonly protocolVersion: 3 | 4 | 5
   /** The client identifier in use: the broker's assigned identifier when it sent one. */
   readonly clientId: string
+  /** Whether the broker resumed a session it held for this client identifier (CONNACK Session Present):
+   * `false` after a clean start, or when the broker had no session to resume. */
   readonly sessionPresent: boolean
   /** The keepalive in use, in seconds (the broker's Server Keep Alive when it sent one). */
   readonly keepAlive: number
@@ -418,14 +464,24 @@ export interface ConnectionInfo {
   readonly receiveMaximum: number
   /** MQTT 5: the highest QoS the broker accepts (2 when it says nothing). */
   readonly maximumQoS: QoS
+  /** MQTT 5: whether the broker accepts retained messages (`true` when it says nothing, and on MQTT 3.1.1). */
   readonly retainAvailable: boolean
+  /** MQTT 5: the largest packet the broker accepts, in bytes; `undefined` when it sets no limit. */
   readonly maximumPacketSize: number | undefined
+  /** MQTT 5: how many topic aliases the client may use on this connection (0: none, and on MQTT 3.1.1). */
   readonly topicAliasMaximum: number
+  /** MQTT 5: the session expiry interval in force, in seconds: the broker's when its CONNACK set one, else the
+   * client's `sessionExpiryInterval`. */
   readonly sessionExpiryInterval: number | undefined
+  /** MQTT 5: the broker's human-readable words on the connection, when it sent any. */
   readonly reasonString: string | undefined
+  /** MQTT 5: the user properties of the CONNACK, in order (empty on MQTT 3.1.1). */
   readonly userProperties: ReadonlyArray<MqttMessage.UserProperty>
+  /** MQTT 5: whether the broker accepts filters with `+` and `#` (`true` when it says nothing). */
   readonly wildcardSubscriptionAvailable: boolean
+  /** MQTT 5: whether the broker accepts subscription identifiers (`true` when it says nothing). */
   readonly subscriptionIdentifiersAvailable: boolean
+  /** MQTT 5: whether the broker accepts shared subscriptions, `$share/...` (`true` when it says nothing). */
   readonly sharedSubscriptionAvailable: boolean
   /** MQTT 5: the basis for response topics the broker offers (when asked with `requestResponseInformation`). */
   readonly responseInformation: string | undefined
@@ -477,8 +533,10 @@ export interface Client {
 
   /**
    * Every received message. All consumers of this stream share one queue, so each message goes to one of
-   * them (as in aiomqtt). The stream ends when the client is closed and fails with a connection error when
-   * the connection is lost.
+   * them (as in aiomqtt). The stream ends when the client is closed. A lost connection does not end it while
+   * the client reconnects (the default): it fails with the error only when the client stops for good (the
+   * `reconnect` schedule ends, or a refusal that another attempt cannot change), or, with
+   * `reconnect: false`, as soon as the connection is lost.
    */
   readonly messages: Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>
 
@@ -516,7 +574,7 @@ export interface Client {
   /**
    * MQTT 5 request/response: publishes with a response topic (this client's, subscribed once, on first use)
    * and fresh correlation data, and waits for the matching response. Many requests can be in flight at once
-   * over the one response subscription. Fails with `TimeoutError` (operation `"request"`) after `timeout`
+   * over the one response subscription. Fails with `MqttTimeoutError` (operation `"request"`) after `timeout`
    * (default 30 s).
    */
   readonly request: (
@@ -574,8 +632,12 @@ export const make: (options?: Options) => Effect.Effect<Client, MqttError.MqttEr
 
 /**
  * A layer that connects when built (waiting for CONNACK) and disconnects when released: DISCONNECT is sent,
- * the messages stream ends, and the socket is closed. Fails with `ConnectRefusedError`, `TimeoutError`,
- * `ConnectionLostError` or `InvalidOptionError`.
+ * the messages stream ends, and the socket is closed. Building it fails with `InvalidOptionError` or
+ * `InvalidTopicError` (invalid options, before anything is sent), `ConnectRefusedError` (the broker's CONNACK
+ * refused), `ConnectionLostError` (could not connect, or the connection closed before CONNACK),
+ * `MqttTimeoutError` (no CONNACK within `connectTimeout`), `TlsError` (the TLS handshake failed) or
+ * `ProtocolError` (the broker's answer broke the protocol). With `retryFirstConnect`, these are retried on the
+ * `reconnect` schedule, and the layer fails with the last one when it ends.
  *
  * @since 0.1.0
  * @category layers
@@ -604,7 +666,8 @@ export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.Mqtt
  * | `MQTT_TLS_ALPN` | `tls.alpnProtocols` (comma-separated) |
  * | `MQTT_TLS_INSECURE_SKIP_VERIFY` | `tls.insecureSkipVerify` (`true` or `false`; insecure) |
  *
- * A TLS variable with an `mqtt://` or `ws://` URL is refused rather than ignored.
+ * A TLS variable with an `mqtt://` or `ws://` URL is refused rather than ignored: {@link layerConfig} fails with an
+ * `InvalidOptionError` whose `option` is the variable (`MQTT_CA_FILE`).
  *
  * @since 0.1.0
  * @category config
@@ -658,10 +721,50 @@ export const layerConfig = (
 ): Layer.Layer<MqttClient, MqttError.MqttError | Config.ConfigError> =>
   Layer.effect(
     MqttClient,
-    Effect.flatMap(options, (options) =>
-      internal.make(
-        overrides?.tls === undefined || options.tls === undefined
-          ? { ...options, ...overrides }
-          : { ...options, ...overrides, tls: { ...options.tls, ...overrides.tls } }
-      ))
+    Effect.flatMap(options, (fromConfig) => {
+      const merged: Options = overrides?.tls === undefined || fromConfig.tls === undefined
+        ? { ...fromConfig, ...overrides }
+        : { ...fromConfig, ...overrides, tls: { ...fromConfig.tls, ...overrides.tls } }
+      const refused = tlsWithPlaintext(fromConfig, merged, options === config)
+      return refused === undefined ? internal.make(merged) : Effect.fail(refused)
+    })
   )
+
+const tlsVariables: { readonly [K in keyof TlsOptions]-?: string } = {
+  ca: "tls.ca",
+  caFile: "MQTT_CA_FILE",
+  cert: "tls.cert",
+  certFile: "MQTT_CERT_FILE",
+  key: "tls.key",
+  keyFile: "MQTT_KEY_FILE",
+  passphrase: "MQTT_KEY_PASSPHRASE",
+  servername: "MQTT_TLS_SERVERNAME",
+  alpnProtocols: "MQTT_TLS_ALPN",
+  minVersion: "MQTT_TLS_MIN_VERSION",
+  insecureSkipVerify: "MQTT_TLS_INSECURE_SKIP_VERIFY"
+}
+
+/**
+ * TLS settings read from the config, with a plaintext URL: the error names where they came from (the environment
+ * variable, for {@link config}), which the client itself cannot know.
+ */
+const tlsWithPlaintext = (
+  fromConfig: Options,
+  merged: Options,
+  variables: boolean
+): MqttError.InvalidOptionError | undefined => {
+  const url = merged.url ?? "mqtt://localhost:1883"
+  const tls = fromConfig.tls
+  if (merged.transport !== undefined || tls === undefined || !Broker.isPlaintext(url)) return undefined
+  const names = (Object.keys(tlsVariables) as Array<keyof TlsOptions>)
+    .filter((key) => tls[key] !== undefined)
+    .map((key) => variables ? tlsVariables[key] : `tls.${key}`)
+  const first = names[0]
+  if (first === undefined) return undefined
+  return new MqttError.InvalidOptionError({
+    option: first,
+    reason: `${names.join(", ")} ${names.length === 1 ? "is" : "are"} set, but the URL ` +
+      `(${Broker.display(url) ?? "not shown"}) is not encrypted: TLS settings need an mqtts:// or wss:// URL` +
+      (variables ? " (MQTT_URL)" : "")
+  })
+}

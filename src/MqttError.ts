@@ -7,10 +7,11 @@
  *   sent, so nothing reaches the broker.
  * - the broker's answer: {@link ConnectRefusedError}, {@link SubscribeError}, {@link UnsubscribeError},
  *   {@link PublishError}. Each carries the MQTT reason code and, in MQTT 5, the reason string.
- * - the network or the protocol: {@link ConnectionLostError}, {@link TimeoutError}, {@link ProtocolError},
+ * - the network or the protocol: {@link ConnectionLostError}, {@link MqttTimeoutError}, {@link ProtocolError},
  *   {@link TlsError}. After one of these the connection is closed.
  *
- * Every error has a readable `message`. `MqttError` is the union of all of them.
+ * Every error has a readable `message` that names the broker (`mqtt://host:port`, never with a password) when
+ * the error is about the connection, and says what to check. `MqttError` is the union of all of them.
  *
  * @since 0.1.0
  */
@@ -28,23 +29,111 @@ const withReason = (text: string, reasonCode: number | undefined, reasonString: 
   text + (reasonCode === undefined ? "" : ` (reason code ${hex(reasonCode)}`) +
   (reasonCode === undefined ? "" : reasonString === undefined ? ")" : `: ${reasonString})`)
 
+/** " at mqtt://host:port", or nothing when the broker is not known. */
+const at = (broker: string | undefined): string => broker === undefined ? "" : ` at ${broker}`
+
+/** Appends a hint as its own sentence. */
+const hinted = (text: string, hint: string | undefined): string => hint === undefined ? text : `${text}. ${hint}`
+
 /**
  * The broker answered CONNECT with a CONNACK that refuses the connection.
  *
- * `reasonCode` is the CONNACK return code (MQTT 3.1.1: 1 to 5) or reason code (MQTT 5: 0x80 and above).
+ * The message names the reason and what to check: for example `bad user name or password` says to check
+ * `username` and `password`, and an MQTT 5 CONNECT answered by an MQTT 3.1.1 broker (return code 1, unacceptable
+ * protocol version) says to use `protocolVersion: 4`.
  *
  * @since 0.1.0
  * @category errors
  */
 export class ConnectRefusedError extends Schema.TaggedError<ConnectRefusedError>()("ConnectRefusedError", {
+  /** The CONNACK return code (MQTT 3.1.1: 1 to 5) or reason code (MQTT 5: 0x80 and above). An MQTT 3.1.1
+   * broker answers an MQTT 5 CONNECT with return code 1, which then arrives with `protocolVersion` 5. */
   reasonCode: Schema.Number,
+  /** MQTT 5: the broker's human-readable reason, when it sent one. */
   reasonString: optionalString,
-  protocolVersion: Schema.Number
+  /** The protocol version of the CONNECT that was refused: 4 (MQTT 3.1.1) or 5 (MQTT 5.0). */
+  protocolVersion: Schema.Number,
+  /** The broker, as `scheme://host:port` without user info (see {@link ConnectionLostError.broker}). */
+  broker: optionalString,
+  /** MQTT 5: the other server the broker named (CONNACK 0x9C use another server, 0x9D server moved). */
+  serverReference: optionalString
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * `The broker at mqtt://host:port refused the connection: <reason> (return code N)`, then what to check.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
+    if (this.protocolVersion === 5 && this.reasonCode > 0 && this.reasonCode <= 5) {
+      return `The broker${at(this.broker)} does not support MQTT 5: it answered with the MQTT 3.1.1 return code ` +
+        `${this.reasonCode} (${v4ConnackReasons[this.reasonCode]}). Use protocolVersion: 4`
+    }
+    const text = `The broker${at(this.broker)} refused the connection: ${
+      connackReason(this.protocolVersion, this.reasonCode)
+    }`
+    const coded = this.protocolVersion === 5
+      ? withReason(text, this.reasonCode, this.reasonString)
+      : `${text} (return code ${this.reasonCode})`
+    const hint = connackHints[connackKey(this.protocolVersion, this.reasonCode)]
+    const moved = this.serverReference === undefined ? "" : ` The broker suggests ${this.serverReference}.`
+    return hinted(coded, hint) + moved
+  }
+}
+
+/**
+ * The connection to the broker could not be opened, or it ended: the socket closed or failed, or the broker
+ * sent DISCONNECT.
+ *
+ * `phase` tells the two apart: `"connecting"` for a connection that never reached CONNACK (a wrong host or
+ * port, a broker that is down), `"connected"` for one that was up. The message of a failed connection says
+ * what to check for the network error it met (`ECONNREFUSED`: the host and port, and that the broker runs;
+ * `ENOTFOUND`: the host name...).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ConnectionLostError extends Schema.TaggedError<ConnectionLostError>()("ConnectionLostError", {
+  /** What happened, in words (for a socket error, its message, such as `connect ECONNREFUSED 127.0.0.1:1`). */
+  reason: Schema.String,
+  /** MQTT 5: the reason code of the broker's DISCONNECT, when it sent one. */
+  reasonCode: optionalNumber,
+  /** MQTT 5: the reason string of the broker's DISCONNECT, when it sent one. */
+  reasonString: optionalString,
+  /** MQTT 5: the other server the broker named (DISCONNECT 0x9C use another server, 0x9D server moved).
+   * The client does not follow it by itself. */
+  serverReference: optionalString,
+  /** The underlying error, such as the Node.js socket error (its `code` is used for the hint). */
+  cause: Schema.optionalKey(Schema.Defect()),
+  /** The broker, as `scheme://host:port` (`ws://host:port/path` for WebSocket, `unix:///path` for a Unix
+   * socket), never with user info or a query string. Absent when the client does not know it (a custom
+   * `transport`). */
+  broker: optionalString,
+  /** `"connecting"`: the connection was never established (no CONNACK); `"connected"`: an established
+   * connection ended. Absent when not known. */
+  phase: Schema.optionalKey(Schema.Literals(["connecting", "connected"]))
+}) {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId] = TypeId
+  /**
+   * `Could not connect to the broker at mqtt://host:port: <reason>` and what to check, for a connection
+   * that was never established; `The connection to the broker at mqtt://host:port was lost: <reason>`
+   * otherwise.
+   *
+   * @since 0.1.0
+   */
+  override get message(): string {
+    if (this.phase === "connecting") {
+      const reason = this.reason.replace(/^could not connect:\s*/i, "")
+      return hinted(`Could not connect to the broker${at(this.broker)}: ${reason}`, networkHint(this.cause, reason))
+    }
     return withReason(
-      `The broker refused the connection: ${connackReason(this.protocolVersion, this.reasonCode)}`,
+      `The connection to the broker${at(this.broker)} was lost: ${this.reason}`,
       this.reasonCode,
       this.reasonString
     )
@@ -52,48 +141,80 @@ export class ConnectRefusedError extends Schema.TaggedError<ConnectRefusedError>
 }
 
 /**
- * The connection to the broker ended: the socket closed or failed, or the broker sent DISCONNECT.
+ * An exchange with the broker did not complete in time: `operation` is `"connect"` (no CONNACK within
+ * `connectTimeout`), `"ping"` (no PINGRESP within the ping timeout) or `"request"` (no response to `request`
+ * within its timeout).
  *
- * `reasonCode` is set when the broker sent an MQTT 5 DISCONNECT.
+ * Its tag is `"MqttTimeoutError"`, not `"TimeoutError"`: `Effect.catchTag("TimeoutError")` after
+ * `Effect.timeout` catches Effect's own `Cause.TimeoutError` only, never the client's timeouts.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { MqttClient } from "effect-mqtt"
+ *
+ * const add = (client: MqttClient.Client, n: number) =>
+ *   client.request("services/add", String(n), { timeout: "5 seconds" }).pipe(
+ *     Effect.map((reply) => reply.text),
+ *     Effect.catchTag("MqttTimeoutError", (error) => Effect.succeed(`no reply within ${error.millis} ms`))
+ *   )
+ * ```
  *
  * @since 0.1.0
  * @category errors
  */
-export class ConnectionLostError extends Schema.TaggedError<ConnectionLostError>()("ConnectionLostError", {
-  reason: Schema.String,
-  reasonCode: optionalNumber,
-  reasonString: optionalString,
-  /** MQTT 5: the other server the broker named (DISCONNECT 0x9C use another server, 0x9D server moved).
-   * The client does not follow it by itself. */
-  serverReference: optionalString,
-  cause: Schema.optionalKey(Schema.Defect())
+export class MqttTimeoutError extends Schema.TaggedError<MqttTimeoutError>()("MqttTimeoutError", {
+  /** What timed out: `"connect"` (CONNACK), `"ping"` (PINGRESP) or `"request"` (a response to `request`). */
+  operation: Schema.Literals(["connect", "ping", "request"]),
+  /** The time limit that passed, in milliseconds. */
+  millis: Schema.Number,
+  /** The broker, as `scheme://host:port` without user info (see {@link ConnectionLostError.broker}). */
+  broker: optionalString
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * Says what did not arrive, from which broker, within how long, and what to check.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
-    return withReason(`The connection to the broker was lost: ${this.reason}`, this.reasonCode, this.reasonString)
+    switch (this.operation) {
+      case "connect":
+        return `The broker${at(this.broker)} did not accept the connection within ${this.millis} ms ` +
+          `(no CONNACK). Check that the port is an MQTT listener for this scheme (a TLS listener needs ` +
+          `mqtts://, a WebSocket one ws://) and that the broker is not overloaded; connectTimeout sets the limit`
+      case "ping":
+        return `No PINGRESP from the broker${at(this.broker)} within ${this.millis} ms: the connection is ` +
+          `considered dead (the network dropped it, or the broker stalled); pingTimeout sets the limit`
+      case "request":
+        return `No response to the request within ${this.millis} ms: is a responder subscribed to the ` +
+          `request topic? The timeout option sets the limit`
+    }
   }
 }
 
 /**
- * An exchange did not complete in time: `operation` is `"connect"` (no CONNACK within `connectTimeout`),
- * `"ping"` (no PINGRESP within the ping timeout) or `"request"` (no response to `request` within its timeout).
+ * The former name of {@link MqttTimeoutError}, kept so that code written against it compiles. The class is
+ * the same, and so is its tag: `"MqttTimeoutError"` (it was `"TimeoutError"` before, the tag of Effect's own
+ * `Cause.TimeoutError`). Match on `"MqttTimeoutError"` in `catchTag`.
  *
+ * @deprecated Use {@link MqttTimeoutError}.
  * @since 0.1.0
  * @category errors
  */
-export class TimeoutError extends Schema.TaggedError<TimeoutError>()("TimeoutError", {
-  operation: Schema.Literals(["connect", "ping", "request"]),
-  millis: Schema.Number
-}) {
-  readonly [TypeId] = TypeId
-  override get message(): string {
-    return this.operation === "connect"
-      ? `No CONNACK from the broker within ${this.millis} ms`
-      : this.operation === "ping"
-      ? `No PINGRESP from the broker within ${this.millis} ms`
-      : `No response to the request within ${this.millis} ms`
-  }
-}
+export const TimeoutError: typeof MqttTimeoutError = MqttTimeoutError
+
+/**
+ * The former name of {@link MqttTimeoutError}.
+ *
+ * @deprecated Use {@link MqttTimeoutError}.
+ * @since 0.1.0
+ * @category errors
+ */
+export type TimeoutError = MqttTimeoutError
 
 /**
  * The TLS connection to the broker could not be established or was refused. The connection is closed and
@@ -107,12 +228,14 @@ export class TimeoutError extends Schema.TaggedError<TimeoutError>()("TimeoutErr
  * - `"HandshakeFailed"`: any other handshake failure, such as no common TLS version or cipher, or a port that
  *   does not speak TLS (the broker closed the connection during the handshake).
  *
- * `code` is the OpenSSL or Node.js error code when there is one (for example `SELF_SIGNED_CERT_IN_CHAIN`).
+ * The message says what to check for each kind (for an untrusted certificate: give the broker's certificate
+ * authority in `tls.ca` or `tls.caFile`).
  *
  * @since 0.1.0
  * @category errors
  */
 export class TlsError extends Schema.TaggedError<TlsError>()("TlsError", {
+  /** What failed (see above). */
   kind: Schema.Literals([
     "ServerCertificateUntrusted",
     "HostnameMismatch",
@@ -120,12 +243,28 @@ export class TlsError extends Schema.TaggedError<TlsError>()("TlsError", {
     "ClientCertificateRejected",
     "HandshakeFailed"
   ]),
+  /** What Node.js or OpenSSL said. */
   reason: Schema.String,
-  code: optionalString
+  /** The OpenSSL or Node.js error code when there is one (for example `SELF_SIGNED_CERT_IN_CHAIN`). */
+  code: optionalString,
+  /** The broker, as `scheme://host:port` without user info (see {@link ConnectionLostError.broker}). */
+  broker: optionalString
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * `TLS with the broker at mqtts://host:port failed (<kind>): <reason> [<code>]`, then what to check.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
-    return `TLS failed (${tlsKinds[this.kind]}): ${this.reason}` + (this.code === undefined ? "" : ` [${this.code}]`)
+    return hinted(
+      `TLS with the broker${at(this.broker)} failed (${tlsKinds[this.kind]}): ${this.reason}` +
+        (this.code === undefined ? "" : ` [${this.code}]`),
+      tlsHints[this.kind]
+    )
   }
 }
 
@@ -137,27 +276,51 @@ const tlsKinds: Record<TlsError["kind"], string> = {
   HandshakeFailed: "handshake failed"
 }
 
+const tlsHints: Record<TlsError["kind"], string> = {
+  ServerCertificateUntrusted: "If the broker's certificate is signed by your own certificate authority, give " +
+    "that authority's certificate in tls.ca or tls.caFile (MQTT_CA_FILE); also check the certificate's dates",
+  HostnameMismatch: "Connect with a host name the certificate names, or set tls.servername (MQTT_TLS_SERVERNAME) " +
+    "to one of them",
+  ClientCertificateRequired: "Give a client certificate and its key: tls.cert or tls.certFile (MQTT_CERT_FILE) " +
+    "and tls.key or tls.keyFile (MQTT_KEY_FILE)",
+  ClientCertificateRejected: "Check that the client certificate is signed by an authority the broker trusts, " +
+    "and that it has not expired",
+  HandshakeFailed: "Check that the port is a TLS listener (a plaintext one needs mqtt://) and that the broker " +
+    "accepts tls.minVersion"
+}
+
 /**
  * The broker broke the protocol: a malformed packet, a packet a server never sends, an acknowledgement for
  * a packet identifier that is not in flight. The connection is closed when this is raised.
- *
- * `reasonCode` is the MQTT 5 reason code the client sent in its DISCONNECT (0x81 malformed packet,
- * 0x82 protocol error), when it sent one.
  *
  * @since 0.1.0
  * @category errors
  */
 export class ProtocolError extends Schema.TaggedError<ProtocolError>()("ProtocolError", {
+  /** What the broker did wrong. */
   reason: Schema.String,
+  /** The MQTT 5 reason code the client sent in its DISCONNECT (0x81 malformed packet, 0x82 protocol error, or
+   * a more specific one such as 0x93 Receive Maximum exceeded), when it sent one. */
   reasonCode: optionalNumber,
   /** The packet type that broke the rule (`"PUBLISH"`, `"CONNACK"`...), when one did. */
   packet: optionalString,
   /** The normative statement of the specification broken (`"MQTT-3.3.2-2"`), when it has a number. */
-  rule: optionalString
+  rule: optionalString,
+  /** The broker, as `scheme://host:port` without user info (see {@link ConnectionLostError.broker}). */
+  broker: optionalString
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * `The broker at mqtt://host:port violated the MQTT protocol: <reason>`.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
-    return `The broker violated the MQTT protocol: ${this.reason}` + (this.rule === undefined ? "" : ` [${this.rule}]`)
+    return `The broker${at(this.broker)} violated the MQTT protocol: ${this.reason}` +
+      (this.rule === undefined ? "" : ` [${this.rule}]`)
   }
 }
 
@@ -170,13 +333,24 @@ export class ProtocolError extends Schema.TaggedError<ProtocolError>()("Protocol
  * @category errors
  */
 export class SubscribeError extends Schema.TaggedError<SubscribeError>()("SubscribeError", {
+  /** The first filter the broker refused. */
   filter: Schema.String,
+  /** Its SUBACK code: 0x80 on MQTT 3.1.1, an MQTT 5 reason code at or above 0x80 (0x87 not authorized...). */
   reasonCode: Schema.Number,
+  /** MQTT 5: the broker's human-readable reason, when it sent one. */
   reasonString: optionalString,
   /** The reason code of every filter of the SUBSCRIBE, in order: the broker holds the granted ones. */
   codes: Schema.optionalKey(Schema.Array(Schema.Struct({ filter: Schema.String, reasonCode: Schema.Number })))
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * `The broker refused the subscription to "<filter>" (reason code 0x..)`.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
     return withReason(`The broker refused the subscription to "${this.filter}"`, this.reasonCode, this.reasonString)
   }
@@ -189,28 +363,52 @@ export class SubscribeError extends Schema.TaggedError<SubscribeError>()("Subscr
  * @category errors
  */
 export class UnsubscribeError extends Schema.TaggedError<UnsubscribeError>()("UnsubscribeError", {
+  /** The first filter the broker refused to unsubscribe. */
   filter: Schema.String,
+  /** Its MQTT 5 UNSUBACK reason code (0x80 and above). */
   reasonCode: Schema.Number,
+  /** MQTT 5: the broker's human-readable reason, when it sent one. */
   reasonString: optionalString
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * `The broker refused to unsubscribe "<filter>" (reason code 0x..)`.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
     return withReason(`The broker refused to unsubscribe "${this.filter}"`, this.reasonCode, this.reasonString)
   }
 }
 
 /**
- * The broker refused a QoS 1 or QoS 2 publish (MQTT 5 PUBACK or PUBREC reason code at or above 0x80).
+ * The broker refused a QoS 1 or QoS 2 publish (MQTT 5 PUBACK or PUBREC reason code at or above 0x80), or the
+ * client refused it before sending because the broker's CONNACK rules it out (Maximum QoS 0x9B, Retain
+ * Available 0x9A, Maximum Packet Size 0x95).
  *
  * @since 0.1.0
  * @category errors
  */
 export class PublishError extends Schema.TaggedError<PublishError>()("PublishError", {
+  /** The topic of the refused publish. */
   topic: Schema.String,
+  /** The MQTT 5 reason code (0x80 and above). */
   reasonCode: Schema.Number,
+  /** MQTT 5: the broker's human-readable reason, when it sent one. */
   reasonString: optionalString
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * `The broker refused the publish to "<topic>" (reason code 0x..)`.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
     return withReason(`The broker refused the publish to "${this.topic}"`, this.reasonCode, this.reasonString)
   }
@@ -225,10 +423,20 @@ export class PublishError extends Schema.TaggedError<PublishError>()("PublishErr
  * @category errors
  */
 export class OfflineError extends Schema.TaggedError<OfflineError>()("OfflineError", {
+  /** The operation that could not wait. */
   operation: Schema.Literals(["publish", "subscribe", "unsubscribe", "reauthenticate"]),
+  /** Why it could not wait (the buffer is full, the options say to fail). */
   reason: Schema.String
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * `Cannot <operation> while disconnected: <reason>`.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
     return `Cannot ${this.operation} while disconnected: ${this.reason}`
   }
@@ -241,28 +449,50 @@ export class OfflineError extends Schema.TaggedError<OfflineError>()("OfflineErr
  * @category errors
  */
 export class InvalidTopicError extends Schema.TaggedError<InvalidTopicError>()("InvalidTopicError", {
+  /** The invalid topic name or filter, as given. */
   topic: Schema.String,
+  /** `"name"` for a topic name (publish), `"filter"` for a topic filter (subscribe). */
   kind: Schema.Literals(["name", "filter"]),
+  /** What is wrong with it. */
   reason: Schema.String
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * `Invalid topic <kind> "<topic>": <reason>`, the topic cut at 80 characters and control characters escaped.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
     return `Invalid topic ${this.kind} "${printable(this.topic)}": ${this.reason}`
   }
 }
 
 /**
- * An option given by the caller is not valid (a QoS of 3, a keepalive out of range, a malformed URL...).
- * Raised before anything is sent.
+ * An option given by the caller is not valid (a QoS of 3, a keepalive out of range, a malformed URL, TLS
+ * settings with a plaintext URL...). Raised before anything is sent.
  *
  * @since 0.1.0
  * @category errors
  */
 export class InvalidOptionError extends Schema.TaggedError<InvalidOptionError>()("InvalidOptionError", {
+  /** The option, as its path in the options (`"tls"`, `"keepAlive"`) or, for `MqttClient.layerConfig`, the
+   * environment variable it came from (`"MQTT_CA_FILE"`). */
   option: Schema.String,
+  /** What is wrong with it. */
   reason: Schema.String
 }) {
+  /**
+   * @since 0.1.0
+   */
   readonly [TypeId] = TypeId
+  /**
+   * `Invalid option "<option>": <reason>`.
+   *
+   * @since 0.1.0
+   */
   override get message(): string {
     return `Invalid option "${this.option}": ${this.reason}`
   }
@@ -277,7 +507,7 @@ export class InvalidOptionError extends Schema.TaggedError<InvalidOptionError>()
 export type MqttError =
   | ConnectRefusedError
   | ConnectionLostError
-  | TimeoutError
+  | MqttTimeoutError
   | ProtocolError
   | TlsError
   | SubscribeError
@@ -305,7 +535,7 @@ export const isInvalidInput = (u: unknown): u is InvalidTopicError | InvalidOpti
   isMqttError(u) && (u._tag === "InvalidTopicError" || u._tag === "InvalidOptionError")
 
 /**
- * Whether an error ended the connection ({@link ConnectionLostError}, {@link TimeoutError},
+ * Whether an error ended the connection ({@link ConnectionLostError}, {@link MqttTimeoutError},
  * {@link ProtocolError} or {@link TlsError}): a new connection is needed to go on.
  *
  * @since 0.1.0
@@ -313,9 +543,9 @@ export const isInvalidInput = (u: unknown): u is InvalidTopicError | InvalidOpti
  */
 export const isConnectionError = (
   u: unknown
-): u is ConnectionLostError | TimeoutError | ProtocolError | TlsError =>
+): u is ConnectionLostError | MqttTimeoutError | ProtocolError | TlsError =>
   isMqttError(u) &&
-  (u._tag === "ConnectionLostError" || u._tag === "TimeoutError" || u._tag === "ProtocolError" ||
+  (u._tag === "ConnectionLostError" || u._tag === "MqttTimeoutError" || u._tag === "ProtocolError" ||
     u._tag === "TlsError")
 
 /**
@@ -332,6 +562,7 @@ export const isRefusal = (
   (u._tag === "ConnectRefusedError" || u._tag === "SubscribeError" || u._tag === "UnsubscribeError" ||
     u._tag === "PublishError")
 
+// MQTT 3.1.1 section 3.2.2.3, table 3.1
 const v4ConnackReasons: Record<number, string> = {
   1: "unacceptable protocol version",
   2: "identifier rejected",
@@ -340,6 +571,7 @@ const v4ConnackReasons: Record<number, string> = {
   5: "not authorized"
 }
 
+// MQTT 5 section 3.2.2.2
 const v5ConnackReasons: Record<number, string> = {
   0x80: "unspecified error",
   0x81: "malformed packet",
@@ -366,6 +598,51 @@ const v5ConnackReasons: Record<number, string> = {
 
 const connackReason = (protocolVersion: number, code: number): string =>
   (protocolVersion === 5 ? v5ConnackReasons[code] : v4ConnackReasons[code]) ?? "unknown reason"
+
+/** What to check, by `v<version>:<code>`. */
+const connackHints: Record<string, string> = {
+  "v4:1": "The broker does not accept MQTT 3.1.1; if it speaks MQTT 5, use protocolVersion: 5",
+  "v5:132": "Use protocolVersion: 4 (MQTT 3.1.1)",
+  "v4:2": "Check clientId: the broker refused it (too long, characters it does not allow, or an empty one " +
+    "with a persistent session)",
+  "v5:133": "Check clientId: the broker refused it (too long, characters it does not allow, or an empty one " +
+    "with a persistent session)",
+  "v4:3": "The broker is up but takes no connections now; the client tries again when it reconnects",
+  "v5:136": "The broker is up but takes no connections now; the client tries again when it reconnects",
+  "v5:137": "The broker is up but takes no connections now; the client tries again when it reconnects",
+  "v4:4": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL)",
+  "v5:134": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL)",
+  "v4:5": "Check the broker's access rules for this user and client identifier",
+  "v5:135": "Check the broker's access rules for this user and client identifier",
+  "v5:140": "Check auth.method: the broker does not support it",
+  "v5:149": "The CONNECT is larger than the broker accepts: check the size of the will and the user properties",
+  "v5:159": "The client connects too often; the reconnect schedule spaces the attempts"
+}
+
+const connackKey = (protocolVersion: number, code: number): string => `v${protocolVersion === 5 ? 5 : 4}:${code}`
+
+/** What to check for a Node.js network error met while connecting, by its code. */
+const networkHints: Record<string, string> = {
+  ECONNREFUSED: "Nothing accepts connections there: check the host and port of the URL, and that the broker is " +
+    "running",
+  ENOTFOUND: "The host name does not resolve: check the host of the URL",
+  EAI_AGAIN: "The host name could not be resolved (DNS did not answer): check the host and the network",
+  ETIMEDOUT: "The host did not answer: check the host and port, and firewalls on the way",
+  EHOSTUNREACH: "The host cannot be reached: check the address and the network",
+  ENETUNREACH: "The network cannot be reached: check the address and the network",
+  ECONNRESET: "The broker closed the connection: check that the port speaks MQTT over this scheme (a TLS " +
+    "listener needs mqtts://)",
+  ENOENT: "There is no socket at that path: check the path of the unix:// URL and that the broker is running",
+  EACCES: "Permission denied: check the permissions of the socket file",
+  ECONNABORTED: "The connection was aborted: check that the broker is running"
+}
+
+const networkHint = (cause: unknown, reason: string): string | undefined => {
+  const code = Predicate.hasProperty(cause, "code") && typeof cause.code === "string"
+    ? cause.code
+    : /\b(E[A-Z_]{3,})\b/.exec(reason)?.[1]
+  return code === undefined ? undefined : networkHints[code]
+}
 
 const printable = (s: string): string => {
   const shown = s.length > 80 ? s.slice(0, 80) + "…" : s

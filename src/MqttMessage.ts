@@ -51,12 +51,17 @@ export interface PublishProperties {
  * @category models
  */
 export interface MessageProperties extends PublishProperties {
+  /** The identifiers of the subscriptions the message matched (MQTT 5 `subscriptionIdentifier` of
+   * `subscribe`), one per matching subscription that has one. */
   readonly subscriptionIdentifiers?: ReadonlyArray<number> | undefined
 }
 
 /**
- * Where the client keeps a received message's acknowledgement (QoS 1/2): not part of the public shape.
+ * Where the client keeps a received message's acknowledgement (QoS 1/2). Internal to the client: use
+ * {@link MqttMessage.ack}.
  *
+ * @since 0.2.0
+ * @category symbols
  * @internal
  */
 export const ReceiptKey: unique symbol = Symbol.for("effect-mqtt/MqttMessage/receipt") as any
@@ -74,15 +79,56 @@ const noProperties: MessageProperties = Object.freeze({})
  * @category models
  */
 export class MqttMessage {
+  /**
+   * The topic name the message was published to (never a filter; with an MQTT 5 topic alias resolved).
+   *
+   * @since 0.1.0
+   */
   readonly topic: string
+  /**
+   * The payload, as received: raw bytes, possibly empty.
+   *
+   * @since 0.1.0
+   */
   readonly payload: Uint8Array
+  /**
+   * The QoS the message was delivered with: the lower of the publisher's QoS and the subscription's.
+   *
+   * @since 0.1.0
+   */
   readonly qos: QoS
+  /**
+   * `true` when the broker sent a retained message because of a new subscription (or, with MQTT 5
+   * `retainAsPublished`, when the publisher set retain).
+   *
+   * @since 0.1.0
+   */
   readonly retain: boolean
+  /**
+   * `true` when the broker marked the message as a resend of an earlier delivery attempt (QoS 1 and 2).
+   *
+   * @since 0.1.0
+   */
   readonly dup: boolean
+  /**
+   * The MQTT 5 properties of the message; an empty object on MQTT 3.1.1.
+   *
+   * @since 0.1.0
+   */
   readonly properties: MessageProperties;
-  /** @internal */
+  /**
+   * The client's record of this copy's acknowledgement (QoS 1/2); use {@link ack}, not this.
+   *
+   * @since 0.2.0
+   * @internal
+   */
   [ReceiptKey]: { readonly acknowledge: () => void } | undefined = undefined
 
+  /**
+   * Makes a message. The client makes them; applications only need this in tests.
+   *
+   * @since 0.1.0
+   */
   constructor(
     topic: string,
     payload: Uint8Array,
@@ -135,10 +181,21 @@ export class MqttMessage {
     }
   }
 
+  /**
+   * `MqttMessage(<topic>, qos <n>, <size> bytes)`: the payload is not shown.
+   *
+   * @since 0.1.0
+   */
   toString(): string {
     return `MqttMessage(${this.topic}, qos ${this.qos}, ${this.payload.byteLength} bytes)`
   }
 
+  /**
+   * A plain object for logs and `JSON.stringify`: the topic, the payload decoded as UTF-8 text, the flags and
+   * the properties.
+   *
+   * @since 0.1.0
+   */
   toJSON(): unknown {
     return {
       _tag: "MqttMessage",

@@ -11,15 +11,14 @@
  * {@link MqttError.InvalidTopicError} and never reaches the broker. Use {@link validateName} and
  * {@link validateFilter} to check input earlier, and {@link matches} to route incoming messages.
  *
- * **Example** (Keeping the messages of one subscription)
- *
+ * @example
  * ```ts
+ * // Keeping the messages of one subscription
  * import { Stream } from "effect"
- * import { Topic } from "effect-mqtt"
+ * import { type MqttMessage, Topic } from "effect-mqtt"
  *
- * declare const messages: Stream.Stream<{ readonly topic: string }>
- *
- * const temperatures = messages.pipe(Stream.filter((message) => Topic.matches(message.topic, "sensors/+/temperature")))
+ * const temperatures = (messages: Stream.Stream<MqttMessage.MqttMessage>) =>
+ *   messages.pipe(Stream.filter((message) => Topic.matches(message.topic, "sensors/+/temperature")))
  * ```
  *
  * @since 0.1.0
@@ -33,13 +32,13 @@ import * as MqttError from "./MqttError.ts"
  * Whether a string is a valid topic name: not empty, no wildcard (`+`, `#`), no U+0000, well-formed
  * UTF-16 (no lone surrogate) and at most 65,535 bytes in UTF-8.
  *
- * **Example** (Checking topic names)
- *
+ * @example
  * ```ts
+ * // Checking topic names
  * import { Topic } from "effect-mqtt"
  *
- * Topic.isValidName("sport/tennis/player1") // => true
- * Topic.isValidName("sport/+/player1") // => false
+ * assert.deepStrictEqual(Topic.isValidName("sport/tennis/player1"), true)
+ * assert.deepStrictEqual(Topic.isValidName("sport/+/player1"), false)
  * ```
  *
  * @since 0.1.0
@@ -52,14 +51,14 @@ export const isValidName = (topic: string): boolean => internal.nameProblem(topi
  * UTF-8, `+` only as a whole level, `#` only as the whole last level. A shared subscription
  * `$share/{ShareName}/{filter}` needs a share name without `+` or `#` and a valid filter after it.
  *
- * **Example** (Checking topic filters)
- *
+ * @example
  * ```ts
+ * // Checking topic filters
  * import { Topic } from "effect-mqtt"
  *
- * Topic.isValidFilter("sport/+/player1/#") // => true
- * Topic.isValidFilter("sport/tennis#") // => false
- * Topic.isValidFilter("$share/workers/jobs/+") // => true
+ * assert.deepStrictEqual(Topic.isValidFilter("sport/+/player1/#"), true)
+ * assert.deepStrictEqual(Topic.isValidFilter("sport/tennis#"), false)
+ * assert.deepStrictEqual(Topic.isValidFilter("$share/workers/jobs/+"), true)
  * ```
  *
  * @since 0.1.0
@@ -71,14 +70,18 @@ export const isValidFilter = (filter: string): boolean => internal.filterProblem
  * Succeeds with the topic name when it is valid (see {@link isValidName}), and fails with an
  * {@link MqttError.InvalidTopicError} of kind `"name"` that says what is wrong otherwise.
  *
- * **Example** (Validating a topic name from user input)
- *
+ * @example
  * ```ts
+ * // Validating a topic name from user input
  * import { Effect } from "effect"
  * import { Topic } from "effect-mqtt"
  *
  * const program = Topic.validateName("sensors/#").pipe(
- *   Effect.catchTag("InvalidTopicError", (error) => Effect.logWarning(error.message))
+ *   Effect.catchTag("InvalidTopicError", (error) => Effect.succeed(error.message))
+ * )
+ * assert.deepStrictEqual(
+ *   Effect.runSync(program),
+ *   `Invalid topic name "sensors/#": must not contain the wildcard characters '+' or '#'`
  * )
  * ```
  *
@@ -121,19 +124,19 @@ export const validateFilter = (filter: string): Effect.Effect<string, MqttError.
  *
  * The data-last form takes the filter and returns a predicate over topic names.
  *
- * **Example** (Matching topics against filters)
- *
+ * @example
  * ```ts
+ * // Matching topics against filters
  * import { pipe } from "effect"
  * import { Topic } from "effect-mqtt"
  *
- * Topic.matches("sport/tennis/player1", "sport/+/player1") // => true
- * Topic.matches("sport", "sport/#") // => true
- * Topic.matches("$SYS/uptime", "#") // => false
+ * assert.deepStrictEqual(Topic.matches("sport/tennis/player1", "sport/+/player1"), true)
+ * assert.deepStrictEqual(Topic.matches("sport", "sport/#"), true)
+ * assert.deepStrictEqual(Topic.matches("$SYS/uptime", "#"), false)
  *
  * const isTemperature = Topic.matches("sensors/+/temperature")
- * isTemperature("sensors/kitchen/temperature") // => true
- * pipe("sensors/kitchen/humidity", isTemperature) // => false
+ * assert.deepStrictEqual(isTemperature("sensors/kitchen/temperature"), true)
+ * assert.deepStrictEqual(pipe("sensors/kitchen/humidity", isTemperature), false)
  * ```
  *
  * @since 0.1.0
@@ -161,13 +164,13 @@ export const matches: {
  * filter. Returns `undefined` when the filter does not have that shape: no `$share/` prefix, an empty share
  * name, or nothing after the share name. It does not check the parts: use {@link isValidFilter} for that.
  *
- * **Example** (Reading the group of a shared subscription)
- *
+ * @example
  * ```ts
+ * // Reading the group of a shared subscription
  * import { Topic } from "effect-mqtt"
  *
- * Topic.parseShared("$share/workers/jobs/+") // => { group: "workers", filter: "jobs/+" }
- * Topic.parseShared("jobs/+") // => undefined
+ * assert.deepStrictEqual(Topic.parseShared("$share/workers/jobs/+"), { group: "workers", filter: "jobs/+" })
+ * assert.deepStrictEqual(Topic.parseShared("jobs/+"), undefined)
  * ```
  *
  * @since 0.1.0

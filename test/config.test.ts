@@ -2,8 +2,8 @@
  * MqttClient.layerConfig: the client configured from the environment through Effect Config.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Exit, Fiber, Layer } from "effect"
-import { MqttClient } from "effect-mqtt"
+import { Cause, Config, ConfigProvider, Effect, Exit, Fiber, Layer } from "effect"
+import { MqttClient, MqttError } from "effect-mqtt"
 import * as FakeBroker from "./support/FakeBroker.ts"
 
 const withEnv = (env: Record<string, string>) => Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env })))
@@ -57,4 +57,60 @@ describe("layerConfig", () => {
       expect(printed).toContain("MQTT_PROTOCOL_VERSION")
       expect(printed).not.toContain("hunter2-secret")
     }))
+
+  describe("TLS variables with a plaintext URL", () => {
+    const failure = (layer: Layer.Layer<MqttClient.MqttClient, unknown>) =>
+      Effect.gen(function*() {
+        const exit = yield* Effect.exit(Effect.scoped(Layer.build(layer)))
+        assert(Exit.isFailure(exit))
+        const error = Cause.squash(exit.cause)
+        assert(error instanceof MqttError.InvalidOptionError, String(error))
+        return error
+      })
+
+    it.live("MQTT_CA_FILE with an mqtt:// MQTT_URL names the variable, and the password stays out", () =>
+      Effect.gen(function*() {
+        const error = yield* failure(
+          MqttClient.layerConfig().pipe(withEnv({
+            MQTT_URL: "mqtt://alice:hunter2-secret@127.0.0.1:1",
+            MQTT_CA_FILE: "/etc/ssl/ca.pem"
+          }))
+        )
+        assert.strictEqual(error.option, "MQTT_CA_FILE")
+        assert.strictEqual(
+          error.message,
+          "Invalid option \"MQTT_CA_FILE\": MQTT_CA_FILE is set, but the URL (mqtt://127.0.0.1:1) is not encrypted: " +
+            "TLS settings need an mqtts:// or wss:// URL (MQTT_URL)"
+        )
+        expect(error.message).not.toContain("hunter2-secret")
+      }))
+
+    it.live("every TLS variable set is named, with the default URL and with ws://", () =>
+      Effect.gen(function*() {
+        const error = yield* failure(
+          MqttClient.layerConfig().pipe(withEnv({
+            MQTT_CERT_FILE: "client.pem",
+            MQTT_KEY_FILE: "client-key.pem",
+            MQTT_TLS_SERVERNAME: "broker"
+          }))
+        )
+        assert.strictEqual(error.option, "MQTT_CERT_FILE")
+        expect(error.reason).toContain("MQTT_CERT_FILE, MQTT_KEY_FILE, MQTT_TLS_SERVERNAME are set")
+        expect(error.reason).toContain("mqtt://localhost:1883")
+        const ws = yield* failure(
+          MqttClient.layerConfig().pipe(withEnv({
+            MQTT_URL: "ws://127.0.0.1:1/mqtt",
+            MQTT_TLS_INSECURE_SKIP_VERIFY: "true"
+          }))
+        )
+        assert.strictEqual(ws.option, "MQTT_TLS_INSECURE_SKIP_VERIFY")
+      }))
+
+    it.live("with a Config of the application's own, the error names the option", () =>
+      Effect.gen(function*() {
+        const custom = Config.succeed<MqttClient.Options>({ url: "mqtt://127.0.0.1:1", tls: { caFile: "ca.pem" } })
+        const error = yield* failure(MqttClient.layerConfig(custom))
+        assert.strictEqual(error.option, "tls.caFile")
+      }))
+  })
 })

@@ -6,6 +6,7 @@ import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { spawn } from "node:child_process"
 import * as Path from "node:path"
 import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
+import { SOURCE_CONDITION } from "./support/peers.ts"
 
 const root = Path.resolve(import.meta.dirname, "..")
 const EXAMPLE_TIMEOUT_MS = 60_000
@@ -22,7 +23,7 @@ const runExample = (file: string, mqttUrl: string | undefined): Promise<Run> =>
     const env = { ...process.env }
     delete env.MQTT_URL
     if (mqttUrl !== undefined) env.MQTT_URL = mqttUrl
-    const child = spawn(process.execPath, [Path.join("examples", file)], {
+    const child = spawn(process.execPath, [SOURCE_CONDITION, Path.join("examples", file)], {
       cwd: root,
       env,
       stdio: ["ignore", "pipe", "pipe"]

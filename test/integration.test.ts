@@ -24,7 +24,7 @@ import {
   requireMosquittoClients,
   startMosquitto
 } from "./support/Mosquitto.ts"
-import { fromPromise, guard, mqttJsMessages, willClient } from "./support/peers.ts"
+import { fromPromise, guard, mqttJsMessages, SOURCE_CONDITION, willClient } from "./support/peers.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
@@ -561,7 +561,11 @@ describe("effect-mqtt against a private Mosquitto", () => {
           // keepalive timer, a fiber) would keep it from exiting
           const child = yield* Effect.acquireRelease(
             Effect.sync(() =>
-              spawn(process.execPath, [RELEASE_CLIENT, JSON.stringify({ url: broker.url, protocolVersion: version })], {
+              spawn(process.execPath, [
+                SOURCE_CONDITION,
+                RELEASE_CLIENT,
+                JSON.stringify({ url: broker.url, protocolVersion: version })
+              ], {
                 stdio: "pipe"
               })
             ),

@@ -699,8 +699,8 @@ describe("MQTT 5 against a private Mosquitto", () => {
         const requester = yield* connect(broker.url)
         const exit = yield* Effect.exit(requester.request(uniqueTopic("request/nobody"), "hello?", { timeout: 300 }))
         const error = errorOf(exit)
-        assert.strictEqual(error._tag, "TimeoutError")
-        assert.strictEqual((error as MqttError.TimeoutError).operation, "request")
+        assert.strictEqual(error._tag, "MqttTimeoutError")
+        assert.strictEqual((error as MqttError.MqttTimeoutError).operation, "request")
         // the client goes on: a request that is answered still works
         const topic = uniqueTopic("request/somebody")
         yield* Effect.forkScoped(requester.respond(topic, (r) => Effect.succeed(`yes: ${r.text}`)))

@@ -481,7 +481,7 @@ describe("dead connections (TestClock)", () => {
       yield* settle
       const disconnected = statuses.at(-1)
       assert(disconnected?._tag === "Disconnected", JSON.stringify(statuses))
-      assert(disconnected.cause instanceof MqttError.TimeoutError)
+      assert(disconnected.cause instanceof MqttError.MqttTimeoutError)
       expect(disconnected.cause.operation).toBe("ping")
       expect(Duration.toMillis(disconnected.retryIn!)).toBe(100)
       expect(broker.connections.length).toBe(1)
@@ -513,7 +513,7 @@ describe("dead connections (TestClock)", () => {
       // a paused peer never reads the FIN, so `connection.closed` cannot tell: the client's status does
       const disconnected = statuses.at(-1)
       assert(disconnected?._tag === "Disconnected", JSON.stringify(statuses))
-      assert(disconnected.cause instanceof MqttError.TimeoutError)
+      assert(disconnected.cause instanceof MqttError.MqttTimeoutError)
       expect(disconnected.cause.operation).toBe("ping")
       yield* TestClock.adjust("100 millis")
       const next = yield* acceptPersistent(broker, 4)
@@ -580,7 +580,7 @@ describe("dead connections (TestClock)", () => {
       yield* settle
       const disconnected = statuses.at(-1)
       assert(disconnected?._tag === "Disconnected", JSON.stringify(statuses))
-      assert(disconnected.cause instanceof MqttError.TimeoutError)
+      assert(disconnected.cause instanceof MqttError.MqttTimeoutError)
       expect(disconnected.cause.operation).toBe("connect")
       expect(Duration.toMillis(disconnected.retryIn!)).toBe(200)
       yield* TestClock.adjust("199 millis")

@@ -367,7 +367,7 @@ for (const version of versions) {
           expect(pub.reconnects).toBeGreaterThanOrEqual(3)
           // the frozen broker was detected by the subscriber's keepalive: no PINGRESP
           const frozen = subscriberStatuses.find((s) =>
-            s._tag === "Disconnected" && s.cause instanceof MqttError.TimeoutError && s.cause.operation === "ping"
+            s._tag === "Disconnected" && s.cause instanceof MqttError.MqttTimeoutError && s.cause.operation === "ping"
           )
           assert(frozen !== undefined, `a ping timeout: ${subscriberStatuses.map((s) => s._tag).join(", ")}`)
           // the broker kept the sessions (the test is about resuming them, not about starting over)

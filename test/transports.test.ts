@@ -976,7 +976,7 @@ describe("layerConfig with TLS variables", () => {
   it.live("MQTT_CA_FILE with an mqtt:// URL is refused", () =>
     Effect.gen(function*() {
       const error = errorOf(yield* build({ MQTT_URL: `mqtt://127.0.0.1:${broker.port}`, MQTT_CA_FILE: certs.ca.cert }))
-      assert.strictEqual((error as MqttError.InvalidOptionError).option, "tls")
+      assert.strictEqual((error as MqttError.InvalidOptionError).option, "MQTT_CA_FILE")
     }))
 
   it.live("an invalid MQTT_TLS_MIN_VERSION is a ConfigError naming it", () =>

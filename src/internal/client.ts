@@ -11,6 +11,7 @@ import * as SubscriptionRef from "effect/SubscriptionRef"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { reauthenticate } from "./auth.ts"
+import * as Broker from "./broker.ts"
 import { Deliveries } from "./delivery.ts"
 import { Driver } from "./driver.ts"
 import * as Operations from "./operations.ts"
@@ -52,7 +53,8 @@ export const make = (
     // release it closes after it: the connection is still open when the DISCONNECT is written
     const parent = yield* Scope.fork(scope)
     const status = yield* SubscriptionRef.make<MqttClient.ConnectionStatus>({ _tag: "Connecting", attempt: 1 })
-    const supervisor = new Supervisor({ options: o, socket, writer: writer.writeAll, parent, driver }, status)
+    const broker = options.transport === undefined ? Broker.display(options.url ?? "mqtt://localhost:1883") : undefined
+    const supervisor = new Supervisor({ options: o, socket, writer: writer.writeAll, parent, driver, broker }, status)
     yield* supervisor.start(scope)
     yield* Scope.addFinalizer(
       scope,

@@ -19,6 +19,7 @@ import { Buffer } from "node:buffer"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { answerAuth } from "./auth.ts"
+import * as Broker from "./broker.ts"
 import * as Codec from "./codec.ts"
 import { checkFirstByte, decode } from "./decode.ts"
 import type { Driver } from "./driver.ts"
@@ -59,6 +60,8 @@ export interface Environment {
   /** the parent of every connection's scope */
   readonly parent: Scope.Scope
   readonly driver: Driver
+  /** the broker as errors name it (`scheme://host:port`, never the password); undefined for a custom transport */
+  readonly broker: string | undefined
 }
 
 export const lost = (reason: string, cause?: unknown) =>
@@ -89,6 +92,9 @@ export const socketLost = (error: Socket.SocketError): MqttError.MqttError => {
  * the writer and the keepalive run in the connection's scope until it ends.
  */
 export const open = (env: Environment, cleanStart: boolean): Effect.Effect<Connection, MqttError.MqttError> =>
+  Effect.mapError(attempt(env, cleanStart), (error) => Broker.annotate(error, env.broker, "connecting"))
+
+const attempt = (env: Environment, cleanStart: boolean): Effect.Effect<Connection, MqttError.MqttError> =>
   Effect.gen(function*() {
     const o = env.options
     const clock = yield* Clock.Clock
@@ -127,7 +133,9 @@ export const open = (env: Environment, cleanStart: boolean): Effect.Effect<Conne
       Effect.timeoutOrElse({
         duration: o.connectTimeout,
         orElse: () =>
-          Effect.fail(new MqttError.TimeoutError({ operation: "connect", millis: Duration.toMillis(o.connectTimeout) }))
+          Effect.fail(
+            new MqttError.MqttTimeoutError({ operation: "connect", millis: Duration.toMillis(o.connectTimeout) })
+          )
       }),
       Effect.tapError((error) => close(env, c, error, disconnectReasonOf(error)))
     )

@@ -4,6 +4,7 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as LogLevel from "effect/LogLevel"
 import * as Random from "effect/Random"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
@@ -47,6 +48,7 @@ export interface Resolved {
   readonly offlineQos0: "buffer" | "fail"
   readonly offlineRequests: "wait" | "fail"
   readonly acknowledgement: "auto" | "manual"
+  readonly logLevel: LogLevel.LogLevel
 }
 
 /** The largest packet the client accepts unless told otherwise: 32 MiB. */
@@ -173,6 +175,10 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
       )
     }
   }
+  const logLevel = options.logLevel ?? "Warn"
+  if (!LogLevel.values.includes(logLevel)) {
+    return yield* invalid("logLevel", `expected one of ${LogLevel.values.map((l) => `"${l}"`).join(", ")}`)
+  }
   const acknowledgement = yield* oneOf("acknowledgement", options.acknowledgement, "auto", ["auto", "manual"])
   const topicAliasMaximum = options.topicAliasMaximum ?? (protocolVersion === 5 ? 16 : 0)
   if (!isUint(topicAliasMaximum, 65535)) {
@@ -207,7 +213,8 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     connectTimeout,
     queue,
     userProperties: options.userProperties,
-    acknowledgement
+    acknowledgement,
+    logLevel
   } satisfies Resolved
 })
 

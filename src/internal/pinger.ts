@@ -42,6 +42,6 @@ export const keepalive = (
       const answered = yield* Effect.timeoutOption(Deferred.await(pong), timeoutMillis)
       if (answered._tag === "Some") continue
       if (stalledAtStart || c.stalled || c.stalls !== stalls) continue
-      return yield* new MqttError.TimeoutError({ operation: "ping", millis: timeoutMillis })
+      return yield* new MqttError.MqttTimeoutError({ operation: "ping", millis: timeoutMillis })
     }
   })

@@ -79,7 +79,7 @@ export const make = (ctx: Context) => {
         Effect.timeoutOrElse({
           duration: timeout,
           orElse: () =>
-            Effect.fail(new MqttError.TimeoutError({ operation: "request", millis: Duration.toMillis(timeout) }))
+            Effect.fail(new MqttError.MqttTimeoutError({ operation: "request", millis: Duration.toMillis(timeout) }))
         }),
         Effect.ensuring(Effect.sync(() => waiting.delete(key)))
       )

@@ -98,7 +98,10 @@ export class Session {
         new MqttError.ConnectRefusedError({
           reasonCode: connack.reasonCode,
           protocolVersion: version,
-          ...(reasonString === undefined ? {} : { reasonString })
+          ...(reasonString === undefined ? {} : { reasonString }),
+          ...(connack.properties.serverReference === undefined
+            ? {}
+            : { serverReference: connack.properties.serverReference })
         })
       )
       return undefined

@@ -9,11 +9,13 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as LogLevel from "effect/LogLevel"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type * as MqttClient from "../MqttClient.ts"
 import type * as MqttError from "../MqttError.ts"
+import * as Broker from "./broker.ts"
 import { close, type Connection, disconnectReasonOf, type Environment, lost, open } from "./connection.ts"
 
 /** How long a connection must last for the reconnect backoff to start again from its first delay. */
@@ -70,6 +72,21 @@ export class Supervisor {
     this.status = status
   }
 
+  /**
+   * A log line of the client, when at or above its `logLevel` (the application's logger filters further). Lines
+   * name the broker as `scheme://host:port` and carry error messages, which never contain a credential.
+   */
+  log(level: "Info" | "Warn" | "Error", message: string): Effect.Effect<void> {
+    if (!LogLevel.isGreaterThanOrEqualTo(level, this.env.options.logLevel)) return Effect.void
+    const annotated = { broker: this.env.broker ?? "custom transport" }
+    const line = level === "Info"
+      ? Effect.logInfo(message)
+      : level === "Warn"
+      ? Effect.logWarning(message)
+      : Effect.logError(message)
+    return Effect.annotateLogs(line, annotated)
+  }
+
   /** Waits for the next connection, unless the client has stopped. */
   readonly awaitConnected: Effect.Effect<void, MqttError.MqttError> = Effect.suspend(() => {
     const closed = this.env.driver.session.closed
@@ -103,7 +120,16 @@ export class Supervisor {
       this.current = c
       this.metrics.connects++
       Deferred.doneUnsafe(this.connected, Effect.void)
-      return SubscriptionRef.set(this.status, { _tag: "Connected", info: c.info! })
+      const info = c.info!
+      return Effect.andThen(
+        this.log(
+          "Info",
+          `MQTT connected to ${this.env.broker ?? "the broker"} as "${info.clientId}" (MQTT ${
+            info.protocolVersion === 5 ? "5" : info.protocolVersion === 4 ? "3.1.1" : "3.1"
+          }, session present: ${info.sessionPresent})`
+        ),
+        SubscriptionRef.set(this.status, { _tag: "Connected", info })
+      )
     })
   }
 
@@ -132,6 +158,7 @@ export class Supervisor {
         const next = yield* Effect.exit(step(clock.currentTimeMillisUnsafe(), error))
         if (Exit.isFailure(next)) return yield* Effect.fail(error)
         const delay = next.value[1]
+        yield* self.log("Warn", `${error.message}; next attempt in ${Duration.format(delay)} (attempt ${attempt})`)
         yield* SubscriptionRef.set(self.status, { _tag: "Disconnected", cause: error, retryIn: delay })
         yield* Effect.sleep(delay)
         yield* SubscriptionRef.set(self.status, { _tag: "Connecting", attempt })
@@ -156,7 +183,7 @@ export class Supervisor {
       let connectedAt = clock.currentTimeMillisUnsafe()
       let step: ScheduleStep | undefined
       while (true) {
-        const error = yield* Effect.flip(Deferred.await(c.lost))
+        const error = Broker.annotate(yield* Effect.flip(Deferred.await(c.lost)), self.env.broker, "connected")
         if (self.env.driver.session.closed !== undefined) return
         if (schedule === undefined || isFinal(error)) return yield* self.shutdown(error, disconnectReasonOf(error))
         yield* self.detach(c, error)
@@ -199,7 +226,9 @@ export class Supervisor {
       const c = this.current
       this.current = undefined
       const byClient = error === closedByClient
+      const gaveUp = byClient ? Effect.void : this.log("Error", `MQTT client stopped: ${error.message}`)
       return (c === undefined ? Effect.void : close(this.env, c, error, disconnectReason, sessionExpiry)).pipe(
+        Effect.andThen(gaveUp),
         Effect.andThen(Effect.sync(() => driver.deliveries.close(byClient ? undefined : error))),
         Effect.andThen(SubscriptionRef.set(this.status, { _tag: "Closed", cause: byClient ? undefined : error })),
         Effect.andThen(byClient ? Deferred.done(this.closedSignal, Exit.void) : Deferred.fail(this.closedSignal, error))

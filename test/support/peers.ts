@@ -35,6 +35,9 @@ export const mqttJsMessages = (client: MqttJs, n: number): Promise<Array<MqttJsM
     client.on("message", listener)
   })
 
+/** Makes "effect-mqtt" resolve to src/*.ts in a Node.js process, as in the tests (see "exports" in package.json). */
+export const SOURCE_CONDITION = "--conditions=effect-mqtt-source"
+
 const WILL_CLIENT = Path.join(import.meta.dirname, "..", "fixtures", "will-client.ts")
 
 /**
@@ -44,7 +47,9 @@ const WILL_CLIENT = Path.join(import.meta.dirname, "..", "fixtures", "will-clien
  */
 export const willClient = (options: MqttClient.Options) =>
   Effect.acquireRelease(
-    Effect.sync(() => spawn(process.execPath, [WILL_CLIENT, JSON.stringify(options)], { stdio: "pipe" })),
+    Effect.sync(() =>
+      spawn(process.execPath, [SOURCE_CONDITION, WILL_CLIENT, JSON.stringify(options)], { stdio: "pipe" })
+    ),
     (child) => Effect.sync(() => child.kill("SIGKILL"))
   ).pipe(
     Effect.tap((child) =>
