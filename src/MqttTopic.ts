@@ -39,6 +39,7 @@
  */
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
+import { identity } from "effect/Function"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import { type Pipeable, pipeArguments } from "effect/Pipeable"
@@ -677,7 +678,11 @@ const subscribeWith = <T extends Any, E = never, R = never>(
     const filter = yield* filterOf(topic, options?.share)
     const { onDecodeError: _, share: __, ...subscribeOptions } = options ?? {}
     const messages = yield* client.subscription(filter, subscribeOptions)
-    return Stream.filterMapEffect(messages, decodeWithPolicy(topic, options?.onDecodeError ?? "fail"))
+    // one message at a time (not a chunk at a time): the messages before a failing one are emitted first
+    return messages.pipe(
+      Stream.mapEffect(decodeWithPolicy(topic, options?.onDecodeError ?? "fail")),
+      Stream.filterMap(identity)
+    )
   })
 
 /**
