@@ -42,6 +42,23 @@ describe("patterns", () => {
     assert.strictEqual(MqttTopic.make("plain/topic", Celsius).filter, "plain/topic")
   })
 
+  it("the parameters and the payload are typed from the declaration", () => {
+    const topic = MqttTopic.make("sites/{site}/logs/{path...}", Celsius)
+    const params: MqttTopic.Params<typeof topic> = { site: "a", path: ["b"] }
+    const value: MqttTopic.Type<typeof topic> = { celsius: 1 }
+    // @ts-expect-error: a parameter the pattern does not have
+    const wrongName: MqttTopic.Params<typeof topic> = { site: "a", path: [], other: "x" }
+    // @ts-expect-error: a tail is an array of levels
+    const wrongTail: MqttTopic.Params<typeof topic> = { site: "a", path: "b/c" }
+    // @ts-expect-error: the payload type comes from the Schema
+    const wrongValue: MqttTopic.Type<typeof topic> = { celsius: "1" }
+    // @ts-expect-error: the text codec needs a Schema that decodes from a string
+    MqttTopic.make("t", Celsius, { codec: "text" })
+    // @ts-expect-error: the bytes codec needs a Schema that decodes from a Uint8Array
+    MqttTopic.make("t", Schema.String, { codec: "bytes" })
+    assert.deepStrictEqual([params, value, wrongName, wrongTail, wrongValue].length, 5)
+  })
+
   it("match extracts the parameters; a tail gets the remaining levels, empty ones included, [] for the parent", () => {
     const topic = MqttTopic.make("logs/{app}/{path...}", Schema.String, { codec: "text" })
     assert.deepStrictEqual(
@@ -409,7 +426,7 @@ const suite = (backend: Backend) => {
           assert.includeMembers(seen, ["exact", "rounded"])
         })))
 
-    it.live("a request that does not decode: skipped (no reply), or handed to the dead letter handler", () =>
+    it.live("a request that does not decode gets no reply and goes to the dead letter handler; the responder goes on", () =>
       withClients(5, ({ connect }) =>
         Effect.gen(function*() {
           const p = unique("rpcbad")
