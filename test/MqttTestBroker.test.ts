@@ -378,6 +378,21 @@ describe("the protocol, seen by a raw client", () => {
       })
     ))
 
+  it.effect("an MQTT 5 DISCONNECT without a reason code, followed by more bytes in the same write, is normal", () =>
+    withBroker((broker) =>
+      Effect.gen(function*() {
+        const { client } = yield* rawConnect(broker, {
+          clientId: "tidy",
+          will: { topic: "wills/tidy", payload: Buffer.from("bye"), qos: 0, retain: false }
+        })
+        // mqtt-packet alone would read the PINGREQ's first byte as the DISCONNECT's reason code
+        yield* client.sendBytes(Uint8Array.of(0xe0, 0x00, 0xc0, 0x00))
+        const { packets, error } = yield* client.untilClosed
+        assert.deepStrictEqual([packets, error.reason._tag], [[], "SocketCloseError"])
+        assert.deepStrictEqual(yield* broker.published("wills/#"), [])
+      })
+    ))
+
   it.effect("a malformed packet closes the connection with DISCONNECT 0x81, and the will is published", () =>
     withBroker((broker) =>
       Effect.gen(function*() {

@@ -96,7 +96,7 @@ export class Connection implements Peer, Sender {
     if (this.state === "closed") return
     this.lastReceived = this.hub.now()
     try {
-      this.parser.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength))
+      this.parser.parse(bytes)
     } catch {
       // a bug of the broker, not of the client: end the connection rather than the client's fiber
       this.close({ reasonCode: undefined, publishWill: true, how: "reset" })

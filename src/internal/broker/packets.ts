@@ -22,18 +22,78 @@ export const generate = (packet: Packet, protocolVersion: 4 | 5): Uint8Array | u
   }
 }
 
-/** A parser that reports each packet, and its first error; after an error it must not be used again. */
-export const parser = (onPacket: (packet: Packet) => void, onError: (error: Error) => void) => {
+/**
+ * Splits a connection's bytes into whole packets: the fixed header's remaining length says where each ends.
+ * Returns the packets complete so far and keeps the rest; a malformed remaining length is an error.
+ */
+class Framer {
+  private pending: Buffer = Buffer.alloc(0)
+
+  push(chunk: Uint8Array): Array<Buffer> | "malformed" {
+    const data = this.pending.length === 0
+      ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+      : Buffer.concat([this.pending, chunk])
+    const packets: Array<Buffer> = []
+    let offset = 0
+    while (offset + 1 < data.length) {
+      let length = 0
+      let multiplier = 1
+      let i = offset + 1
+      let complete = false
+      for (; i < data.length && i < offset + 5; i++) {
+        length += (data[i] & 0x7f) * multiplier
+        multiplier *= 128
+        if ((data[i] & 0x80) === 0) {
+          complete = true
+          break
+        }
+      }
+      if (!complete) {
+        if (i >= offset + 5) return "malformed"
+        break
+      }
+      const end = i + 1 + length
+      if (end > data.length) break
+      packets.push(data.subarray(offset, end))
+      offset = end
+    }
+    this.pending = Buffer.from(data.subarray(offset))
+    return packets
+  }
+}
+
+/**
+ * A parser that reports each packet, and its first error; after an error it must not be used again.
+ *
+ * mqtt-packet is given one whole packet at a time: some of its MQTT 5 checks look at the bytes buffered rather
+ * than at the packet's length (a DISCONNECT with no reason code followed by another packet would read the next
+ * packet's first byte as its reason code).
+ */
+export const parser = (onPacket: (packet: Packet) => void, onError: () => void) => {
   // The parser reads only `protocolVersion` from its settings; a CONNECT of version 5 switches it to 5.
   const p = MqttPacket.parser({ protocolVersion: 4 })
+  const framer = new Framer()
+  let failed = false
   p.on("packet", (packet: Packet) => {
     if (packet.cmd === "connect" && packet.protocolVersion === 5) {
       ;(p as unknown as { settings: { protocolVersion: number } }).settings.protocolVersion = 5
     }
     onPacket(packet)
   })
-  p.on("error", onError)
-  return p
+  p.on("error", () => {
+    failed = true
+    onError()
+  })
+  return {
+    parse: (chunk: Uint8Array): void => {
+      const packets = framer.push(chunk)
+      if (packets === "malformed") return onError()
+      for (const packet of packets) {
+        if (failed) return
+        p.parse(packet)
+      }
+    }
+  }
 }
 
 /** The properties that travel with a message from publisher to subscriber (MQTT 5 section 3.3.2.3). */
