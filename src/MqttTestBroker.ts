@@ -57,6 +57,17 @@ import { MqttMessage } from "./MqttMessage.ts"
 /**
  * The settings of a test broker. The defaults are Mosquitto 2's.
  *
+ * @example
+ * ```ts
+ * import { MqttTestBroker } from "effect-mqtt"
+ *
+ * const StrictBroker = MqttTestBroker.layer({
+ *   maximumQoS: 1,
+ *   maxQueued: 10,
+ *   authenticate: ({ username }) => username === "device"
+ * })
+ * ```
+ *
  * @since 0.2.0
  * @category models
  */
@@ -90,6 +101,16 @@ export interface Options {
 /**
  * What the broker knows of a client's session.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { MqttTestBroker } from "effect-mqtt"
+ *
+ * const offline = MqttTestBroker.MqttTestBroker.use((broker) =>
+ *   Effect.map(broker.clients, (clients) => clients.filter((client) => !client.connected))
+ * )
+ * ```
+ *
  * @since 0.2.0
  * @category models
  */
@@ -109,6 +130,19 @@ export interface ClientInfo {
 
 /**
  * The test broker service.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { MqttTestBroker } from "effect-mqtt"
+ *
+ * const program = Effect.gen(function*() {
+ *   const broker = yield* MqttTestBroker.MqttTestBroker
+ *   yield* broker.publish("cmd/device-1", "reboot", { qos: 1 })
+ *   const replies = yield* broker.awaitPublished("status/device-1")
+ *   yield* broker.disconnect("device-1") // a lost network: its will is published
+ * })
+ * ```
  *
  * @since 0.2.0
  * @category models
@@ -184,6 +218,13 @@ export interface Broker {
 
 /**
  * The test broker service tag.
+ *
+ * @example
+ * ```ts
+ * import { MqttTestBroker } from "effect-mqtt"
+ *
+ * const retained = MqttTestBroker.MqttTestBroker.use((broker) => broker.retained("status/#"))
+ * ```
  *
  * @since 0.2.0
  * @category services

@@ -63,6 +63,15 @@ const TypeId = "~effect-mqtt/MqttTopic"
  * that decodes from `string`) or `"bytes"` (the raw bytes, for a Schema that decodes from `Uint8Array`, such
  * as `Schema.Uint8Array` or any transformation from it).
  *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.NumberFromString, { codec: "text" })
+ * Level.codec // "text"
+ * ```
+ *
  * @since 0.2.0
  * @category models
  */
@@ -98,6 +107,17 @@ export type ParamsOf<P extends string> = string extends P ? Readonly<Record<stri
  * A declared topic: its pattern, the filter to subscribe with, the payload Schema and its codec, and for a
  * request topic the reply Schema. Make one with {@link make}.
  *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Temperature = MqttTopic.make("sensors/{deviceId}/temperature", Schema.Struct({ celsius: Schema.Number }))
+ * Temperature.pattern // "sensors/{deviceId}/temperature"
+ * Temperature.filter // "sensors/+/temperature"
+ * Temperature.params // ["deviceId"]
+ * ```
+ *
  * @since 0.2.0
  * @category models
  */
@@ -127,6 +147,14 @@ export interface MqttTopic<
 /**
  * Any declared topic.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const describe = (topic: MqttTopic.Any) => Effect.log(`${topic.pattern} (${topic.codec})`)
+ * ```
+ *
  * @since 0.2.0
  * @category models
  */
@@ -134,6 +162,13 @@ export type Any = MqttTopic<string, Schema.Top, Schema.Top | undefined>
 
 /**
  * A declared topic with a reply Schema.
+ *
+ * @example
+ * ```ts
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const responseFilter = (topic: MqttTopic.AnyRequest) => topic.filter
+ * ```
  *
  * @since 0.2.0
  * @category models
@@ -143,6 +178,15 @@ export type AnyRequest = MqttTopic<string, Schema.Top, Schema.Top>
 /**
  * The parameters of a declared topic.
  *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Logs = MqttTopic.make("logs/{app}/{path...}", Schema.String, { codec: "text" })
+ * const params: MqttTopic.Params<typeof Logs> = { app: "api", path: ["http", "errors"] }
+ * ```
+ *
  * @since 0.2.0
  * @category models
  */
@@ -150,6 +194,15 @@ export type Params<T extends Any> = ParamsOf<T["pattern"]>
 
 /**
  * The payload type of a declared topic.
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Temperature = MqttTopic.make("sensors/{deviceId}/temperature", Schema.Struct({ celsius: Schema.Number }))
+ * const reading: MqttTopic.Type<typeof Temperature> = { celsius: 21.5 }
+ * ```
  *
  * @since 0.2.0
  * @category models
@@ -159,6 +212,15 @@ export type Type<T extends Any> = T["schema"]["Type"]
 /**
  * The reply type of a request topic.
  *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Add = MqttTopic.make("calc/add", Schema.Tuple([Schema.Number, Schema.Number]), { reply: Schema.Number })
+ * const sum: MqttTopic.ReplyType<typeof Add> = 3
+ * ```
+ *
  * @since 0.2.0
  * @category models
  */
@@ -167,6 +229,15 @@ export type ReplyType<T extends AnyRequest> = T["reply"]["Type"]
 /**
  * A received message of a typed subscription: the pattern's parameters taken from its topic, the decoded
  * payload, and the message itself (QoS, retain flag, MQTT 5 properties).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import type { MqttTopic } from "effect-mqtt"
+ *
+ * const show = (received: MqttTopic.Received<{ readonly deviceId: string }, number>) =>
+ *   Effect.log(received.params.deviceId, received.payload, received.message.qos)
+ * ```
  *
  * @since 0.2.0
  * @category models
@@ -180,6 +251,15 @@ export interface Received<Params, A> {
 /**
  * The `Received` type of a declared topic.
  *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number)
+ * const handle = ({ params, payload }: MqttTopic.ReceivedOf<typeof Level>) => Effect.log(params.tank, payload)
+ * ```
+ *
  * @since 0.2.0
  * @category models
  */
@@ -192,6 +272,17 @@ export type ReceivedOf<T extends Any> = Received<Params<T>, Type<T>>
 /**
  * A parameter cannot be part of a topic name: it is empty, not a string, or contains `/`, `+` or `#` (a tail's
  * levels likewise); or the pattern itself is invalid (`param` is then `""`). Raised before anything is sent.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number)
+ * const program = MqttTopic.publish(Level, { tank: "a/b" }, 0.5).pipe(
+ *   Effect.catchTag("TopicParamsError", (error) => Effect.logWarning(error.param, error.reason))
+ * )
+ * ```
  *
  * @since 0.2.0
  * @category errors
@@ -212,6 +303,17 @@ export class TopicParamsError extends Data.TaggedError("TopicParamsError")<{
  * A value to publish (or a reply) does not satisfy the topic's Schema; `issue` says why. Raised before
  * anything is sent.
  *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 })))
+ * const program = MqttTopic.publish(Level, { tank: "t1" }, 7).pipe(
+ *   Effect.catchTag("TopicEncodeError", (error) => Effect.logWarning(error.message))
+ * )
+ * ```
+ *
  * @since 0.2.0
  * @category errors
  */
@@ -229,6 +331,21 @@ export class TopicEncodeError extends Data.TaggedError("TopicEncodeError")<{
  * `"payload"` when the payload does not decode with the topic's Schema (`issue` says why), `"reply"` when a
  * reply to {@link request} does not decode with the reply Schema. `topic` is the message's topic name and
  * `mqttMessage` the raw message.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema, Stream } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number)
+ * const program = Effect.gen(function*() {
+ *   const levels = yield* MqttTopic.subscribe(Level)
+ *   yield* Stream.runDrain(levels)
+ * }).pipe(
+ *   Effect.scoped,
+ *   Effect.catchTag("TopicDecodeError", (error) => Effect.logError(error.topic, error.mqttMessage.text))
+ * )
+ * ```
  *
  * @since 0.2.0
  * @category errors
@@ -261,6 +378,15 @@ const Proto = {
 
 /**
  * Whether a value is a declared topic.
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * MqttTopic.isMqttTopic(MqttTopic.make("a/{b}", Schema.String)) // true
+ * MqttTopic.isMqttTopic("a/+") // false
+ * ```
  *
  * @since 0.2.0
  * @category guards
@@ -579,6 +705,16 @@ export const publish: {
  *
  * Every decode failure is counted in {@link decodeFailures}, whatever the policy.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import type { MqttTopic } from "effect-mqtt"
+ *
+ * const toDeadLetters: MqttTopic.DecodeErrorPolicy = {
+ *   deadLetter: (error) => Effect.logWarning(`undecodable message on ${error.topic}`, error.mqttMessage.text)
+ * }
+ * ```
+ *
  * @since 0.2.0
  * @category models
  */
@@ -590,6 +726,13 @@ export type DecodeErrorPolicy<E = never, R = never> =
 /**
  * The options of {@link subscribe}: those of `MqttClient.subscribe`, a share group, and the decode failure
  * policy.
+ *
+ * @example
+ * ```ts
+ * import type { MqttTopic } from "effect-mqtt"
+ *
+ * const options: MqttTopic.SubscribeOptions = { qos: 1, share: "workers", onDecodeError: "skip" }
+ * ```
  *
  * @since 0.2.0
  * @category models
@@ -606,6 +749,16 @@ export interface SubscribeOptions<E = never, R = never> extends MqttClient.Subsc
  * The number of received messages that did not decode, by topic pattern (attribute `mqtt.topic.pattern`) and
  * policy (attribute `policy`: `fail`, `skip` or `deadLetter`). An Effect `Metric` counter, exported by Effect's
  * metric exporters; read one series with {@link decodeFailureCount}.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Metric } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const skipped = Metric.value(
+ *   Metric.withAttributes(MqttTopic.decodeFailures, { "mqtt.topic.pattern": "tanks/{tank}/level", policy: "skip" })
+ * ).pipe(Effect.map((state) => state.count))
+ * ```
  *
  * @since 0.2.0
  * @category metrics
@@ -846,6 +999,13 @@ export const request: {
 
 /**
  * The options of {@link respond}.
+ *
+ * @example
+ * ```ts
+ * import type { MqttTopic } from "effect-mqtt"
+ *
+ * const options: MqttTopic.RespondOptions = { qos: 1, concurrency: 4, share: "calculators", onDecodeError: "skip" }
+ * ```
  *
  * @since 0.2.0
  * @category models
