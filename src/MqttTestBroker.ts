@@ -243,16 +243,27 @@ const toMqttMessage = (message: Message): MqttMessage =>
 
 const encoder = new TextEncoder()
 
-/** Suspends until `check` returns a value, checking again after every change in the broker. */
+/**
+ * Suspends until `check` returns a value, checking again after every change in the broker. A `check` that
+ * throws (a test's predicate) ends the wait with a defect, not the connection whose packet caused the change.
+ */
 const waitFor = <A>(engine: Engine, check: () => A | undefined): Effect.Effect<A> =>
   Effect.callback<A>((resume) => {
-    const first = check()
-    if (first !== undefined) return resume(Effect.succeed(first))
+    const attempt = (): Effect.Effect<A> | undefined => {
+      try {
+        const found = check()
+        return found === undefined ? undefined : Effect.succeed(found)
+      } catch (defect) {
+        return Effect.die(defect)
+      }
+    }
+    const first = attempt()
+    if (first !== undefined) return resume(first)
     const listener = () => {
-      const found = check()
-      if (found === undefined) return
+      const done = attempt()
+      if (done === undefined) return
       engine.listeners.delete(listener)
-      resume(Effect.succeed(found))
+      resume(done)
     }
     engine.listeners.add(listener)
     return Effect.sync(() => {
