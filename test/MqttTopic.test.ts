@@ -7,7 +7,7 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Metric, Option, Schema, SchemaGetter, Stream } from "effect"
-import { IncomingQueue, MqttClient, MqttMessage, MqttTopic } from "effect-mqtt"
+import { IncomingQueue, MqttClient, MqttMessage, MqttTestBroker, MqttTopic } from "effect-mqtt"
 import * as Crypto from "node:crypto"
 import { type Backend, type BrokerUnderTest, mosquittoBackend, testBrokerBackend } from "./support/brokers.ts"
 import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
@@ -101,6 +101,22 @@ describe("patterns", () => {
     assert.deepStrictEqual([error._tag, error.param], ["TopicParamsError", ""])
     assert.match(error.message, /appears twice/)
   })
+
+  it.effect("with an invalid pattern, publish, subscribe, request and respond fail before anything is sent", () =>
+    Effect.gen(function*() {
+      const broker = yield* MqttTestBroker.MqttTestBroker
+      const client = yield* MqttClient.MqttClient
+      const invalid = MqttTopic.make("a/{x}/{x}", Celsius, { reply: Celsius })
+      const failures = [
+        errorOf(yield* Effect.exit(MqttTopic.publish(client, invalid, { x: "1" }, { celsius: 1 })))._tag,
+        errorOf(yield* Effect.exit(Effect.scoped(MqttTopic.subscribe(client, invalid))))._tag,
+        errorOf(yield* Effect.exit(MqttTopic.request(client, invalid, { x: "1" }, { celsius: 1 })))._tag,
+        errorOf(yield* Effect.exit(MqttTopic.respond(client, invalid, () => Effect.succeed({ celsius: 1 }))))._tag
+      ]
+      assert.deepStrictEqual(failures, Array(4).fill("TopicParamsError"))
+      assert.deepStrictEqual(yield* broker.published(), [])
+      assert.deepStrictEqual((yield* broker.clients).flatMap((c) => c.subscriptions), [])
+    }).pipe(Effect.provide(MqttTestBroker.layerWithClient({ protocolVersion: 5 }))))
 
   it("format refuses an empty parameter, one with /, + or #, a non-string, and a tail level likewise", () => {
     const topic = MqttTopic.make("a/{id}/{rest...}", Celsius)
