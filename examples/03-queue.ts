@@ -22,9 +22,9 @@ const print = (message: MqttMessage.MqttMessage) => Console.log(`  ${message.top
 
 // 1. Humidity first: a lower priority number comes out first; ties come out in arrival order.
 const priorityQueue = Effect.scoped(Effect.gen(function*() {
-  const { url } = yield* Broker
+  const broker = yield* Broker
   const client = yield* MqttClient.make({
-    url,
+    ...broker.options,
     queue: IncomingQueue.priority({
       capacity: 100,
       priority: (message) => Topic.matches(message.topic, "humidity/#") ? 0 : 1
@@ -50,8 +50,8 @@ const priorityQueue = Effect.scoped(Effect.gen(function*() {
 
 // 2. A sliding queue of 3 keeps the newest 3 readings of the 8 published.
 const slidingQueue = Effect.scoped(Effect.gen(function*() {
-  const { url } = yield* Broker
-  const client = yield* MqttClient.make({ url, queue: IncomingQueue.sliding(3) })
+  const broker = yield* Broker
+  const client = yield* MqttClient.make({ ...broker.options, queue: IncomingQueue.sliding(3) })
   yield* client.subscribe("temperature/#", { qos: 1 })
   const samples = [1, 2, 3, 4, 5, 6, 7, 8].map((n) => ["temperature/inside", `reading ${n}`] as const)
   yield* publishSamples(samples)
@@ -67,8 +67,8 @@ const slidingQueue = Effect.scoped(Effect.gen(function*() {
 // 3. A bounded queue of 2 receives 6 readings: the client reads from the network only as fast as the
 //    queue empties, and every reading arrives, in order.
 const boundedQueue = Effect.scoped(Effect.gen(function*() {
-  const { url } = yield* Broker
-  const client = yield* MqttClient.make({ url, queue: IncomingQueue.bounded(2) })
+  const broker = yield* Broker
+  const client = yield* MqttClient.make({ ...broker.options, queue: IncomingQueue.bounded(2) })
   yield* client.subscribe("temperature/#", { qos: 1 })
   const samples = [1, 2, 3, 4, 5, 6].map((n) => ["temperature/outside", `reading ${n}`] as const)
   yield* publishSamples(samples)

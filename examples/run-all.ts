@@ -2,14 +2,15 @@
  * Runs every example in order, each in its own Node.js process, and prints its output under a header.
  * Exits with 1 when any example failed. `npm run demo` runs this file.
  *
- * Examples use the broker at `MQTT_URL` when it is set, and otherwise start their own embedded one.
+ * Examples use the broker at `MQTT_URL` when it is set (`memory:` for the in-memory test broker), and otherwise
+ * start their own embedded one.
  */
 import { spawn } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 
 const directory = import.meta.dirname
-const examples = Fs.readdirSync(directory).filter((name) => /^0\d.*\.ts$/.test(name)).sort()
+const examples = Fs.readdirSync(directory).filter((name) => /^\d\d.*\.ts$/.test(name)).sort()
 
 const run = (file: string): Promise<number> =>
   new Promise((resolve) => {

@@ -38,3 +38,17 @@ export * as IncomingQueue from "./IncomingQueue.ts"
  * @since 0.1.0
  */
 export * as Topic from "./Topic.ts"
+
+/**
+ * Schema-typed topics: a pattern with named segments, a payload Schema and a codec.
+ *
+ * @since 0.2.0
+ */
+export * as MqttTopic from "./MqttTopic.ts"
+
+/**
+ * An in-memory MQTT broker for tests, connected to real clients through an in-memory socket.
+ *
+ * @since 0.2.0
+ */
+export * as MqttTestBroker from "./MqttTestBroker.ts"

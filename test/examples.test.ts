@@ -1,6 +1,7 @@
 /**
  * Runs every example in `examples/` as its own Node.js process, as a user would, and checks what it prints:
- * once against the embedded aedes broker (no `MQTT_URL`) and once against a private Mosquitto (`MQTT_URL` set).
+ * against the embedded aedes broker (no `MQTT_URL`), against a private Mosquitto (`MQTT_URL` set), and against
+ * the in-memory test broker inside the example's process (`MQTT_URL=memory:`).
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { spawn } from "node:child_process"
@@ -57,7 +58,8 @@ const linesStartingWith = (run: Run, prefix: string) => run.lines.filter((line) 
 
 const brokers: ReadonlyArray<{ readonly name: string; readonly url: () => string | undefined }> = [
   { name: "embedded aedes broker", url: () => undefined },
-  { name: "Mosquitto via MQTT_URL", url: () => mosquitto.url }
+  { name: "Mosquitto via MQTT_URL", url: () => mosquitto.url },
+  { name: "in-memory test broker (MQTT_URL=memory:)", url: () => "memory:" }
 ]
 
 let mosquitto: MosquittoHandle
@@ -229,5 +231,37 @@ for (const broker of brokers) {
         "alert subscription closed"
       ])
     }, EXAMPLE_TIMEOUT_MS)
+
+    it(
+      "10-typed-topics decodes typed readings, sends the bad one to the dead letter handler, refuses a bad id",
+      async () => {
+        const run = await runOk("10-typed-topics.ts", broker.url())
+        assert.deepStrictEqual(run.lines, [
+          `refused: Topic pattern "sensors/{deviceId}/temperature": the parameter "deviceId" must not contain "/"`,
+          "kitchen: 21.5 °C at 2024-01-01T08:00:00.000Z",
+          `dead letter: sensors/hall/temperature "not json"`,
+          "cellar: 12 °C at 2024-01-01T08:01:00.000Z",
+          "api [http > errors]: upstream timed out"
+        ])
+      },
+      EXAMPLE_TIMEOUT_MS
+    )
   })
 }
+
+describe("the example of the test broker (its own broker, whatever MQTT_URL says)", () => {
+  it(
+    "11-test-broker: the door alert comes at 5 minutes of test clock, 12 hours pass connected, the will fires",
+    async () => {
+      const run = await runOk("11-test-broker.ts", undefined)
+      assert.deepStrictEqual(run.lines, [
+        "after 4 minutes: 0 alerts",
+        `after 6 minutes: alerts/front "open for 5 minutes"`,
+        "after 12 hours: Connected, 0 reconnects",
+        `network lost: the broker published the will "offline"`,
+        "reconnected: Connected, 1 reconnect"
+      ])
+    },
+    EXAMPLE_TIMEOUT_MS
+  )
+})

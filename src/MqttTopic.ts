@@ -1,0 +1,1109 @@
+/**
+ * Schema-typed topics: declare a topic once (a pattern with named segments, a payload `Schema`, a codec) and
+ * publish, subscribe, request and respond with typed parameters and payloads.
+ *
+ * A pattern is a topic with named levels: `sensors/{deviceId}/temperature` stands for the filter
+ * `sensors/+/temperature`, and a trailing `{rest...}` stands for `#` (its value is the list of the remaining
+ * levels). Parameters are checked before anything is sent; received messages are matched against the pattern
+ * and their payload decoded with the Schema.
+ *
+ * | codec | payload on the wire | the Schema decodes from |
+ * | --- | --- | --- |
+ * | `"json"` (default) | UTF-8 JSON text | the parsed JSON value |
+ * | `"text"` | UTF-8 text | a `string` |
+ * | `"bytes"` | raw bytes | a `Uint8Array` (`Schema.Uint8Array`, or any transformation from it) |
+ *
+ * Malformed UTF-8 is a decode failure (never replaced by U+FFFD).
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema, Stream } from "effect"
+ * import { MqttClient, MqttTopic } from "effect-mqtt"
+ *
+ * const Temperature = MqttTopic.make(
+ *   "sensors/{deviceId}/temperature",
+ *   Schema.Struct({ celsius: Schema.Number, at: Schema.String })
+ * )
+ *
+ * const program = Effect.gen(function*() {
+ *   const readings = yield* MqttTopic.subscribe(Temperature, { qos: 1 })
+ *   yield* MqttTopic.publish(Temperature, { deviceId: "kitchen" }, { celsius: 21.5, at: "08:00" }, { qos: 1 })
+ *   yield* readings.pipe(
+ *     Stream.take(1),
+ *     Stream.runForEach(({ params, payload }) => Effect.log(params.deviceId, payload.celsius))
+ *   )
+ * }).pipe(Effect.scoped, Effect.provide(MqttClient.layer({ url: "mqtt://localhost:1883" })))
+ * ```
+ *
+ * @since 0.2.0
+ */
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import { identity } from "effect/Function"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import { type Pipeable, pipeArguments } from "effect/Pipeable"
+import * as Predicate from "effect/Predicate"
+import * as Result from "effect/Result"
+import * as Schema from "effect/Schema"
+import type * as SchemaIssue from "effect/SchemaIssue"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type * as Types from "effect/Types"
+import * as Codecs from "./internal/topicCodec.ts"
+import * as Pattern from "./internal/topicPattern.ts"
+import * as MqttClient from "./MqttClient.ts"
+import type * as MqttError from "./MqttError.ts"
+import type * as MqttMessage from "./MqttMessage.ts"
+
+const TypeId = "~effect-mqtt/MqttTopic"
+
+/**
+ * How a payload is written as bytes: `"json"` (UTF-8 JSON, the default), `"text"` (UTF-8 text, for a Schema
+ * that decodes from `string`) or `"bytes"` (the raw bytes, for a Schema that decodes from `Uint8Array`, such
+ * as `Schema.Uint8Array` or any transformation from it).
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.NumberFromString, { codec: "text" })
+ * Level.codec // "text"
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Codec = Codecs.Codec
+
+type SegmentParams<S extends string> = S extends `{${infer Name}...}` ? { readonly [K in Name]: ReadonlyArray<string> }
+  : S extends `{${infer Name}}` ? { readonly [K in Name]: string }
+  : {}
+
+type PatternParams<P extends string> = P extends `${infer Head}/${infer Tail}`
+  ? SegmentParams<Head> & PatternParams<Tail>
+  : SegmentParams<P>
+
+/**
+ * The parameters of a pattern: a `string` for each `{name}` level, a `ReadonlyArray<string>` of levels for a
+ * trailing `{name...}`.
+ *
+ * @example
+ * ```ts
+ * import type { MqttTopic } from "effect-mqtt"
+ *
+ * type P = MqttTopic.ParamsOf<"sites/{site}/logs/{path...}">
+ * // { readonly site: string; readonly path: ReadonlyArray<string> }
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type ParamsOf<P extends string> = string extends P ? Readonly<Record<string, string | ReadonlyArray<string>>>
+  : Types.Simplify<PatternParams<P>>
+
+/**
+ * A declared topic: its pattern, the filter to subscribe with, the payload Schema and its codec, and for a
+ * request topic the reply Schema. Make one with {@link make}.
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Temperature = MqttTopic.make("sensors/{deviceId}/temperature", Schema.Struct({ celsius: Schema.Number }))
+ * Temperature.pattern // "sensors/{deviceId}/temperature"
+ * Temperature.filter // "sensors/+/temperature"
+ * Temperature.params // ["deviceId"]
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface MqttTopic<
+  out P extends string,
+  out S extends Schema.Top,
+  out R extends Schema.Top | undefined = undefined
+> extends Pipeable {
+  readonly [TypeId]: typeof TypeId
+  /** The pattern as declared, e.g. `sensors/{deviceId}/temperature`. */
+  readonly pattern: P
+  /** The subscription filter: `+` for each `{name}`, `#` for a trailing `{name...}`. */
+  readonly filter: string
+  /** The parameter names, in order. */
+  readonly params: ReadonlyArray<string>
+  readonly schema: S
+  readonly codec: Codec
+  /** The Schema of replies, for request topics (see {@link request} and {@link respond}). */
+  readonly reply: R
+  readonly replyCodec: Codec
+  /** Why the pattern is invalid (then every operation fails with {@link TopicParamsError}), or `undefined`. */
+  readonly problem: string | undefined
+  /** The payload Schema composed with the codec: from the payload bytes to the value. */
+  readonly payloadSchema: Schema.Codec<S["Type"], Uint8Array, S["DecodingServices"], S["EncodingServices"]>
+}
+
+/**
+ * Any declared topic.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const describe = (topic: MqttTopic.Any) => Effect.log(`${topic.pattern} (${topic.codec})`)
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Any = MqttTopic<string, Schema.Top, Schema.Top | undefined>
+
+/**
+ * A declared topic with a reply Schema.
+ *
+ * @example
+ * ```ts
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const responseFilter = (topic: MqttTopic.AnyRequest) => topic.filter
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type AnyRequest = MqttTopic<string, Schema.Top, Schema.Top>
+
+/**
+ * The parameters of a declared topic.
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Logs = MqttTopic.make("logs/{app}/{path...}", Schema.String, { codec: "text" })
+ * const params: MqttTopic.Params<typeof Logs> = { app: "api", path: ["http", "errors"] }
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Params<T extends Any> = ParamsOf<T["pattern"]>
+
+/**
+ * The payload type of a declared topic.
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Temperature = MqttTopic.make("sensors/{deviceId}/temperature", Schema.Struct({ celsius: Schema.Number }))
+ * const reading: MqttTopic.Type<typeof Temperature> = { celsius: 21.5 }
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Type<T extends Any> = T["schema"]["Type"]
+
+/**
+ * The reply type of a request topic.
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Add = MqttTopic.make("calc/add", Schema.Tuple([Schema.Number, Schema.Number]), { reply: Schema.Number })
+ * const sum: MqttTopic.ReplyType<typeof Add> = 3
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type ReplyType<T extends AnyRequest> = T["reply"]["Type"]
+
+/**
+ * A received message of a typed subscription: the pattern's parameters taken from its topic, the decoded
+ * payload, and the message itself (QoS, retain flag, MQTT 5 properties).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import type { MqttTopic } from "effect-mqtt"
+ *
+ * const show = (received: MqttTopic.Received<{ readonly deviceId: string }, number>) =>
+ *   Effect.log(received.params.deviceId, received.payload, received.message.qos)
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Received<Params, A> {
+  readonly params: Params
+  readonly payload: A
+  readonly message: MqttMessage.MqttMessage
+}
+
+/**
+ * The `Received` type of a declared topic.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number)
+ * const handle = ({ params, payload }: MqttTopic.ReceivedOf<typeof Level>) => Effect.log(params.tank, payload)
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type ReceivedOf<T extends Any> = Received<Params<T>, Type<T>>
+
+// ---------------------------------------------------------------------------------------------------------------
+// errors
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * A parameter cannot be part of a topic name: it is empty, not a string, or contains `/`, `+` or `#` (a tail's
+ * levels likewise); or the pattern itself is invalid (`param` is then `""`). Raised before anything is sent.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number)
+ * const program = MqttTopic.publish(Level, { tank: "a/b" }, 0.5).pipe(
+ *   Effect.catchTag("TopicParamsError", (error) => Effect.logWarning(error.param, error.reason))
+ * )
+ * ```
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class TopicParamsError extends Data.TaggedError("TopicParamsError")<{
+  readonly pattern: string
+  readonly param: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return this.param === ""
+      ? `Topic pattern "${this.pattern}": ${this.reason}`
+      : `Topic pattern "${this.pattern}": the parameter "${this.param}" ${this.reason}`
+  }
+}
+
+/**
+ * A value to publish (or a reply) does not satisfy the topic's Schema; `issue` says why. Raised before
+ * anything is sent.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 })))
+ * const program = MqttTopic.publish(Level, { tank: "t1" }, 7).pipe(
+ *   Effect.catchTag("TopicEncodeError", (error) => Effect.logWarning(error.message))
+ * )
+ * ```
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class TopicEncodeError extends Data.TaggedError("TopicEncodeError")<{
+  readonly pattern: string
+  readonly issue: SchemaIssue.Issue
+}> {
+  override get message(): string {
+    return `Topic pattern "${this.pattern}": the value cannot be encoded: ${String(new Schema.SchemaError(this.issue))}`
+  }
+}
+
+/**
+ * A received message could not be decoded: `reason` is `"topic"` when its topic does not match the pattern,
+ * `"payload"` when the payload does not decode with the topic's Schema (`issue` says why), `"reply"` when a
+ * reply to {@link request} does not decode with the reply Schema. `topic` is the message's topic name and
+ * `mqttMessage` the raw message.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema, Stream } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number)
+ * const program = Effect.gen(function*() {
+ *   const levels = yield* MqttTopic.subscribe(Level)
+ *   yield* Stream.runDrain(levels)
+ * }).pipe(
+ *   Effect.scoped,
+ *   Effect.catchTag("TopicDecodeError", (error) => Effect.logError(error.topic, error.mqttMessage.text))
+ * )
+ * ```
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class TopicDecodeError extends Data.TaggedError("TopicDecodeError")<{
+  readonly pattern: string
+  readonly topic: string
+  readonly reason: "topic" | "payload" | "reply"
+  readonly issue: SchemaIssue.Issue | undefined
+  readonly mqttMessage: MqttMessage.MqttMessage
+}> {
+  override get message(): string {
+    const what = this.reason === "topic"
+      ? "does not match the pattern"
+      : `has a ${this.reason} that does not decode: ${String(new Schema.SchemaError(this.issue!))}`
+    return `Topic pattern "${this.pattern}": the message on "${this.topic}" ${what}`
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// constructors
+// ---------------------------------------------------------------------------------------------------------------
+
+const Proto = {
+  [TypeId]: TypeId,
+  pipe() {
+    return pipeArguments(this, arguments)
+  }
+}
+
+/**
+ * Whether a value is a declared topic.
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * MqttTopic.isMqttTopic(MqttTopic.make("a/{b}", Schema.String)) // true
+ * MqttTopic.isMqttTopic("a/+") // false
+ * ```
+ *
+ * @since 0.2.0
+ * @category guards
+ */
+export const isMqttTopic = (u: unknown): u is Any => Predicate.hasProperty(u, TypeId)
+
+/**
+ * Declares a topic: a pattern, a payload Schema and a codec (`"json"` by default).
+ *
+ * A pattern level is a literal, a `{name}` (one level, `+` in the filter) or, as the last level only, a
+ * `{name...}` (the remaining levels, `#` in the filter; it matches the parent level too, with no levels).
+ * Literal levels may not contain `+`, `#`, `{` or `}`; names are letters, digits, `_` and `$`, each used once.
+ * The pattern may not start with `$share/`: shared subscriptions are the `share` option of {@link subscribe}.
+ *
+ * `make` never throws: an invalid pattern makes a topic whose `problem` says why, and whose every operation
+ * fails with {@link TopicParamsError} before anything is sent.
+ *
+ * With `reply`, the topic is a request topic for {@link request} and {@link respond} (MQTT 5); the reply is
+ * encoded with `replyCodec` (default: the topic's codec).
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * // JSON payloads (the default codec)
+ * const Temperature = MqttTopic.make("sensors/{deviceId}/temperature", Schema.Struct({ celsius: Schema.Number }))
+ * Temperature.filter // "sensors/+/temperature"
+ *
+ * // raw bytes, and a tail: `logs/#`
+ * const Logs = MqttTopic.make("logs/{path...}", Schema.Uint8Array, { codec: "bytes" })
+ *
+ * // UTF-8 text decoded to a number
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.NumberFromString, { codec: "text" })
+ *
+ * // a request topic
+ * const Add = MqttTopic.make("calc/add", Schema.Tuple([Schema.Number, Schema.Number]), { reply: Schema.Number })
+ * ```
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const make: {
+  <const P extends string, S extends Schema.Top, R extends Schema.Top | undefined = undefined>(
+    pattern: P,
+    schema: S,
+    options?: { readonly codec?: "json" | undefined; readonly reply?: R; readonly replyCodec?: Codec | undefined }
+  ): MqttTopic<P, S, R>
+  <
+    const P extends string,
+    S extends Schema.Top & { readonly Encoded: string },
+    R extends Schema.Top | undefined = undefined
+  >(
+    pattern: P,
+    schema: S,
+    options: { readonly codec: "text"; readonly reply?: R; readonly replyCodec?: Codec | undefined }
+  ): MqttTopic<P, S, R>
+  <
+    const P extends string,
+    S extends Schema.Top & { readonly Encoded: Uint8Array },
+    R extends Schema.Top | undefined = undefined
+  >(
+    pattern: P,
+    schema: S,
+    options: { readonly codec: "bytes"; readonly reply?: R; readonly replyCodec?: Codec | undefined }
+  ): MqttTopic<P, S, R>
+} = (
+  pattern: string,
+  schema: Schema.Top,
+  options?: { readonly codec?: Codec | undefined; readonly reply?: Schema.Top; readonly replyCodec?: Codec | undefined }
+): any => {
+  const parsed = Pattern.parse(pattern)
+  const codec = options?.codec ?? "json"
+  const reply = options?.reply
+  const replyCodec = options?.replyCodec ?? codec
+  const self = Object.create(Proto)
+  Object.assign(self, {
+    pattern,
+    filter: parsed.filter,
+    params: parsed.names,
+    schema,
+    codec,
+    reply,
+    replyCodec,
+    problem: parsed.problem,
+    payloadSchema: Codecs.payloadSchema(schema, codec)
+  })
+  internals.set(self, {
+    parsed,
+    decodePayload: Schema.decodeUnknownEffect(self.payloadSchema),
+    encodePayload: Schema.encodeUnknownEffect(self.payloadSchema),
+    replySchema: reply === undefined ? undefined : Codecs.payloadSchema(reply, replyCodec)
+  })
+  return self
+}
+
+interface Internals {
+  readonly parsed: Pattern.Pattern
+  readonly decodePayload: (input: unknown) => Effect.Effect<unknown, Schema.SchemaError, unknown>
+  readonly encodePayload: (input: unknown) => Effect.Effect<unknown, Schema.SchemaError, unknown>
+  readonly replySchema: Schema.Codec<unknown, Uint8Array, unknown, unknown> | undefined
+}
+
+const internals = new WeakMap<object, Internals>()
+const internalsOf = (topic: Any): Internals => internals.get(topic)!
+
+// ---------------------------------------------------------------------------------------------------------------
+// topic names
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * The topic name for `params`: fails with {@link TopicParamsError} when a parameter is empty, not a string, or
+ * contains `/`, `+` or `#` (each level of a tail likewise; an empty tail stands for the parent level).
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Temperature = MqttTopic.make("sensors/{deviceId}/temperature", Schema.Number)
+ * const name = MqttTopic.format(Temperature, { deviceId: "kitchen" }) // succeeds with "sensors/kitchen/temperature"
+ * const refused = MqttTopic.format(Temperature, { deviceId: "a/b" }) // fails with TopicParamsError
+ * ```
+ *
+ * @since 0.2.0
+ * @category topic names
+ */
+export const format = <T extends Any>(topic: T, params: Params<T>): Effect.Effect<string, TopicParamsError> => {
+  const result = Pattern.format(internalsOf(topic).parsed, params as Pattern.Params)
+  return typeof result === "string"
+    ? Effect.succeed(result)
+    : Effect.fail(new TopicParamsError({ pattern: topic.pattern, param: result.param, reason: result.reason }))
+}
+
+/**
+ * The parameters of a topic name when it matches the topic's pattern. Matching follows the subscription
+ * filter's rules: a pattern that starts with a parameter does not match a topic that starts with `$`
+ * (`{site}/status` does not match `$SYS/status`), and a tail matches the parent level with no levels
+ * (`logs/{path...}` gives `path: []` for `logs`).
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Logs = MqttTopic.make("logs/{app}/{path...}", Schema.String, { codec: "text" })
+ * MqttTopic.match(Logs, "logs/api/http/errors") // Option.some({ app: "api", path: ["http", "errors"] })
+ * MqttTopic.match(Logs, "metrics/api") // Option.none()
+ * ```
+ *
+ * @since 0.2.0
+ * @category topic names
+ */
+export const match = <T extends Any>(topic: T, name: string): Option.Option<Params<T>> =>
+  Option.fromUndefinedOr(Pattern.match(internalsOf(topic).parsed, name) as Params<T> | undefined)
+
+// ---------------------------------------------------------------------------------------------------------------
+// payloads
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Encodes a value to payload bytes with the topic's Schema and codec. Fails with {@link TopicEncodeError}.
+ *
+ * @example
+ * ```ts
+ * import { Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number)
+ * const bytes = MqttTopic.encode(Level, 0.75) // the UTF-8 bytes of "0.75"
+ * ```
+ *
+ * @since 0.2.0
+ * @category payloads
+ */
+export const encode = <T extends Any>(
+  topic: T,
+  value: Type<T>
+): Effect.Effect<Uint8Array, TopicEncodeError, T["schema"]["EncodingServices"]> =>
+  Effect.mapError(
+    internalsOf(topic).encodePayload(value) as Effect.Effect<Uint8Array, Schema.SchemaError>,
+    (error) => new TopicEncodeError({ pattern: topic.pattern, issue: error.issue })
+  )
+
+/**
+ * Decodes a received message with the topic: its parameters from the topic name and its payload with the
+ * Schema. Fails with {@link TopicDecodeError} (reason `"topic"` or `"payload"`).
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttMessage, MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number)
+ * const message = new MqttMessage.MqttMessage("tanks/t1/level", new TextEncoder().encode("0.75"), 0, false, false)
+ * const received = MqttTopic.decode(Level, message) // { params: { tank: "t1" }, payload: 0.75, message }
+ * ```
+ *
+ * @since 0.2.0
+ * @category payloads
+ */
+export const decode = <T extends Any>(
+  topic: T,
+  message: MqttMessage.MqttMessage
+): Effect.Effect<ReceivedOf<T>, TopicDecodeError, T["schema"]["DecodingServices"]> => {
+  const self = internalsOf(topic)
+  const params = Pattern.match(self.parsed, message.topic)
+  if (params === undefined) {
+    return Effect.fail(
+      new TopicDecodeError({
+        pattern: topic.pattern,
+        topic: message.topic,
+        reason: "topic",
+        issue: undefined,
+        mqttMessage: message
+      })
+    )
+  }
+  return Effect.mapBoth(self.decodePayload(message.payload), {
+    onFailure: (error) =>
+      new TopicDecodeError({
+        pattern: topic.pattern,
+        topic: message.topic,
+        reason: "payload",
+        issue: error.issue,
+        mqttMessage: message
+      }),
+    onSuccess: (payload) => ({ params, payload, message }) as ReceivedOf<T>
+  }) as Effect.Effect<ReceivedOf<T>, TopicDecodeError, T["schema"]["DecodingServices"]>
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// publishing
+// ---------------------------------------------------------------------------------------------------------------
+
+const publishWith = <T extends Any>(
+  client: MqttClient.Client,
+  topic: T,
+  params: Params<T>,
+  value: Type<T>,
+  options?: MqttClient.PublishOptions
+): Effect.Effect<
+  void,
+  MqttError.MqttError | TopicParamsError | TopicEncodeError,
+  T["schema"]["EncodingServices"]
+> =>
+  Effect.flatMap(
+    Effect.zip(format(topic, params), encode(topic, value)),
+    ([name, payload]) => client.publish(name, payload, options)
+  )
+
+/**
+ * Publishes a value to the topic name made from `params`. The parameters are checked and the value encoded
+ * before anything is sent: a bad parameter fails with {@link TopicParamsError}, a value the Schema refuses with
+ * {@link TopicEncodeError}; then it fails as `MqttClient.publish` does.
+ *
+ * Give the client first, or leave it out to use the `MqttClient` service.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttClient, MqttTopic } from "effect-mqtt"
+ *
+ * const Temperature = MqttTopic.make("sensors/{deviceId}/temperature", Schema.Struct({ celsius: Schema.Number }))
+ *
+ * // with the MqttClient service
+ * const program = MqttTopic.publish(Temperature, { deviceId: "kitchen" }, { celsius: 21.5 }, { qos: 1 })
+ *
+ * // with a client at hand
+ * const withClient = (client: MqttClient.Client) =>
+ *   MqttTopic.publish(client, Temperature, { deviceId: "kitchen" }, { celsius: 21.5 })
+ * ```
+ *
+ * @since 0.2.0
+ * @category publishing
+ */
+export const publish: {
+  <T extends Any>(
+    topic: T,
+    params: Params<T>,
+    value: Type<T>,
+    options?: MqttClient.PublishOptions
+  ): Effect.Effect<
+    void,
+    MqttError.MqttError | TopicParamsError | TopicEncodeError,
+    MqttClient.MqttClient | T["schema"]["EncodingServices"]
+  >
+  <T extends Any>(
+    client: MqttClient.Client,
+    topic: T,
+    params: Params<T>,
+    value: Type<T>,
+    options?: MqttClient.PublishOptions
+  ): Effect.Effect<void, MqttError.MqttError | TopicParamsError | TopicEncodeError, T["schema"]["EncodingServices"]>
+} = function(this: unknown, ...args: Array<any>): any {
+  return isMqttTopic(args[0])
+    ? Effect.flatMap(
+      Effect.service(MqttClient.MqttClient),
+      (client) => publishWith(client, args[0], args[1], args[2], args[3])
+    )
+    : publishWith(args[0], args[1], args[2], args[3], args[4])
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// subscribing
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * What a typed subscription does with a message that does not decode (its topic does not match the pattern, or
+ * its payload does not decode with the Schema):
+ *
+ * - `"fail"` (the default): the stream fails with the {@link TopicDecodeError}.
+ * - `"skip"`: the message is dropped and counted in {@link decodeFailures}; the stream goes on.
+ * - `{ deadLetter }`: the error, which carries the raw message, is handed to `deadLetter`; the stream goes on
+ *   (a failure of `deadLetter` fails the stream).
+ *
+ * Every decode failure is counted in {@link decodeFailures}, whatever the policy.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import type { MqttTopic } from "effect-mqtt"
+ *
+ * const toDeadLetters: MqttTopic.DecodeErrorPolicy = {
+ *   deadLetter: (error) => Effect.logWarning(`undecodable message on ${error.topic}`, error.mqttMessage.text)
+ * }
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type DecodeErrorPolicy<E = never, R = never> =
+  | "fail"
+  | "skip"
+  | { readonly deadLetter: (error: TopicDecodeError) => Effect.Effect<void, E, R> }
+
+/**
+ * The options of {@link subscribe}: those of `MqttClient.subscribe`, a share group, and the decode failure
+ * policy.
+ *
+ * @example
+ * ```ts
+ * import type { MqttTopic } from "effect-mqtt"
+ *
+ * const options: MqttTopic.SubscribeOptions = { qos: 1, share: "workers", onDecodeError: "skip" }
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface SubscribeOptions<E = never, R = never> extends MqttClient.SubscribeOptions {
+  /** MQTT 5 shared subscription: subscribe with `$share/{share}/{filter}`, so that each message goes to one
+   * member of the group. */
+  readonly share?: string | undefined
+  /** What to do with a message that does not decode. Default `"fail"`. */
+  readonly onDecodeError?: DecodeErrorPolicy<E, R> | undefined
+}
+
+/**
+ * The number of received messages that did not decode, by topic pattern (attribute `mqtt.topic.pattern`) and
+ * policy (attribute `policy`: `fail`, `skip` or `deadLetter`). An Effect `Metric` counter, exported by Effect's
+ * metric exporters; read one series with {@link decodeFailureCount}.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Metric } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const skipped = Metric.value(
+ *   Metric.withAttributes(MqttTopic.decodeFailures, { "mqtt.topic.pattern": "tanks/{tank}/level", policy: "skip" })
+ * ).pipe(Effect.map((state) => state.count))
+ * ```
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const decodeFailures: Metric.Counter<number> = Metric.counter("mqtt_topic_decode_failures", {
+  description: "Received MQTT messages that did not decode with their topic's Schema",
+  incremental: true
+})
+
+/**
+ * How many messages of the topic did not decode, for one policy (default `"skip"`), as counted by
+ * {@link decodeFailures} in the current `Metric.MetricRegistry`.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Level = MqttTopic.make("tanks/{tank}/level", Schema.Number)
+ * const skipped = MqttTopic.decodeFailureCount(Level) // Effect<number>
+ * ```
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const decodeFailureCount = (
+  topic: Any,
+  policy: "fail" | "skip" | "deadLetter" = "skip"
+): Effect.Effect<number> => Effect.map(Metric.value(failureSeries(topic.pattern, policy)), (state) => state.count)
+
+const failureSeries = (pattern: string, policy: string) =>
+  Metric.withAttributes(decodeFailures, { "mqtt.topic.pattern": pattern, policy })
+
+/** The decode step of a typed stream, with the policy applied: a `Result` that fails to skip. */
+const decodeWithPolicy = <T extends Any, E, R>(topic: T, policy: DecodeErrorPolicy<E, R>) => {
+  const name = policy === "fail" ? "fail" : policy === "skip" ? "skip" : "deadLetter"
+  const counter = failureSeries(topic.pattern, name)
+  return (
+    message: MqttMessage.MqttMessage
+  ): Effect.Effect<Result.Result<ReceivedOf<T>, void>, TopicDecodeError | E, R | T["schema"]["DecodingServices"]> =>
+    Effect.matchEffect(decode(topic, message), {
+      onSuccess: (received) => Effect.succeed(Result.succeed(received)),
+      onFailure: (error) =>
+        Effect.andThen(
+          Metric.update(counter, 1),
+          policy === "fail"
+            ? Effect.fail<TopicDecodeError | E>(error)
+            : policy === "skip"
+            ? Effect.succeed(Result.failVoid)
+            : Effect.as(policy.deadLetter(error), Result.failVoid)
+        ) as Effect.Effect<Result.Result<ReceivedOf<T>, void>, TopicDecodeError | E, R>
+    })
+}
+
+const filterOf = (topic: Any, share: string | undefined): Effect.Effect<string, TopicParamsError> =>
+  topic.problem !== undefined
+    ? Effect.fail(new TopicParamsError({ pattern: topic.pattern, param: "", reason: topic.problem }))
+    : Effect.succeed(share === undefined ? topic.filter : `$share/${share}/${topic.filter}`)
+
+const subscribeWith = <T extends Any, E = never, R = never>(
+  client: MqttClient.Client,
+  topic: T,
+  options?: SubscribeOptions<E, R>
+): Effect.Effect<
+  Stream.Stream<ReceivedOf<T>, MqttError.MqttError | TopicDecodeError | E, R | T["schema"]["DecodingServices"]>,
+  MqttError.MqttError | TopicParamsError,
+  Scope.Scope
+> =>
+  Effect.gen(function*() {
+    const filter = yield* filterOf(topic, options?.share)
+    const { onDecodeError: _, share: __, ...subscribeOptions } = options ?? {}
+    const messages = yield* client.subscription(filter, subscribeOptions)
+    // one message at a time (not a chunk at a time): the messages before a failing one are emitted first
+    return messages.pipe(
+      Stream.mapEffect(decodeWithPolicy(topic, options?.onDecodeError ?? "fail")),
+      Stream.filterMap(identity)
+    )
+  })
+
+/**
+ * Subscribes to the topic's filter for the life of the enclosing scope and returns a stream of its messages,
+ * each with the parameters taken from its topic name and the payload decoded with the Schema. The
+ * subscription is made (SUBACK received) when this effect succeeds; it is removed when the scope closes.
+ *
+ * Messages come through `MqttClient.subscription`: they have a queue of their own, of the client's `queue`
+ * kind, and do not appear on `client.messages`. A message that does not decode is handled by
+ * `onDecodeError` (see {@link DecodeErrorPolicy}; default: the stream fails with {@link TopicDecodeError}).
+ *
+ * Give the client first, or leave it out to use the `MqttClient` service.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema, Stream } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Temperature = MqttTopic.make("sensors/{deviceId}/temperature", Schema.Struct({ celsius: Schema.Number }))
+ *
+ * const program = Effect.gen(function*() {
+ *   const readings = yield* MqttTopic.subscribe(Temperature, { qos: 1, onDecodeError: "skip" })
+ *   yield* Stream.runForEach(readings, ({ params, payload }) => Effect.log(`${params.deviceId}: ${payload.celsius}`))
+ * }).pipe(Effect.scoped)
+ * ```
+ *
+ * @since 0.2.0
+ * @category subscribing
+ */
+export const subscribe: {
+  <T extends Any, E = never, R = never>(
+    topic: T,
+    options?: SubscribeOptions<E, R>
+  ): Effect.Effect<
+    Stream.Stream<ReceivedOf<T>, MqttError.MqttError | TopicDecodeError | E, R | T["schema"]["DecodingServices"]>,
+    MqttError.MqttError | TopicParamsError,
+    Scope.Scope | MqttClient.MqttClient
+  >
+  <T extends Any, E = never, R = never>(
+    client: MqttClient.Client,
+    topic: T,
+    options?: SubscribeOptions<E, R>
+  ): Effect.Effect<
+    Stream.Stream<ReceivedOf<T>, MqttError.MqttError | TopicDecodeError | E, R | T["schema"]["DecodingServices"]>,
+    MqttError.MqttError | TopicParamsError,
+    Scope.Scope
+  >
+} = function(this: unknown, ...args: Array<any>): any {
+  return isMqttTopic(args[0])
+    ? Effect.flatMap(Effect.service(MqttClient.MqttClient), (client) => subscribeWith(client, args[0], args[1]))
+    : subscribeWith(args[0], args[1], args[2])
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// request / response
+// ---------------------------------------------------------------------------------------------------------------
+
+const decodeReply = <T extends AnyRequest>(
+  topic: T,
+  message: MqttMessage.MqttMessage
+): Effect.Effect<ReplyType<T>, TopicDecodeError, T["reply"]["DecodingServices"]> =>
+  Effect.mapError(
+    Schema.decodeUnknownEffect(internalsOf(topic).replySchema!)(message.payload) as Effect.Effect<
+      ReplyType<T>,
+      Schema.SchemaError
+    >,
+    (error) =>
+      new TopicDecodeError({
+        pattern: topic.pattern,
+        topic: message.topic,
+        reason: "reply",
+        issue: error.issue,
+        mqttMessage: message
+      })
+  )
+
+const encodeReply = <T extends AnyRequest>(
+  topic: T,
+  value: ReplyType<T>
+): Effect.Effect<Uint8Array, TopicEncodeError, T["reply"]["EncodingServices"]> =>
+  Effect.mapError(
+    Schema.encodeUnknownEffect(internalsOf(topic).replySchema!)(value) as Effect.Effect<
+      Uint8Array,
+      Schema.SchemaError
+    >,
+    (error) => new TopicEncodeError({ pattern: topic.pattern, issue: error.issue })
+  )
+
+const requestWith = <T extends AnyRequest>(
+  client: MqttClient.Client,
+  topic: T,
+  params: Params<T>,
+  value: Type<T>,
+  options?: MqttClient.RequestOptions
+): Effect.Effect<
+  ReplyType<T>,
+  MqttError.MqttError | TopicParamsError | TopicEncodeError | TopicDecodeError,
+  T["schema"]["EncodingServices"] | T["reply"]["DecodingServices"]
+> =>
+  Effect.gen(function*() {
+    const name = yield* format(topic, params)
+    const payload = yield* encode(topic, value)
+    const response = yield* client.request(name, payload, options)
+    return yield* decodeReply(topic, response)
+  })
+
+/**
+ * MQTT 5 request/response with typed payloads: publishes the encoded request to the topic name made from
+ * `params` (through `MqttClient.request`: a response topic and correlation data are added), waits for the
+ * reply and decodes it with the topic's reply Schema. Fails with {@link TopicParamsError} or
+ * {@link TopicEncodeError} before sending, with {@link TopicDecodeError} (reason `"reply"`) when the reply does
+ * not decode, and as `MqttClient.request` does otherwise (`TimeoutError` after `timeout`, default 30 s).
+ *
+ * Give the client first, or leave it out to use the `MqttClient` service.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Add = MqttTopic.make("calc/{precision}/add", Schema.Tuple([Schema.Number, Schema.Number]), {
+ *   reply: Schema.Number
+ * })
+ *
+ * const sum = MqttTopic.request(Add, { precision: "exact" }, [1, 2], { timeout: "5 seconds" })
+ * ```
+ *
+ * @since 0.2.0
+ * @category request/response
+ */
+export const request: {
+  <T extends AnyRequest>(
+    topic: T,
+    params: Params<T>,
+    value: Type<T>,
+    options?: MqttClient.RequestOptions
+  ): Effect.Effect<
+    ReplyType<T>,
+    MqttError.MqttError | TopicParamsError | TopicEncodeError | TopicDecodeError,
+    MqttClient.MqttClient | T["schema"]["EncodingServices"] | T["reply"]["DecodingServices"]
+  >
+  <T extends AnyRequest>(
+    client: MqttClient.Client,
+    topic: T,
+    params: Params<T>,
+    value: Type<T>,
+    options?: MqttClient.RequestOptions
+  ): Effect.Effect<
+    ReplyType<T>,
+    MqttError.MqttError | TopicParamsError | TopicEncodeError | TopicDecodeError,
+    T["schema"]["EncodingServices"] | T["reply"]["DecodingServices"]
+  >
+} = function(this: unknown, ...args: Array<any>): any {
+  return isMqttTopic(args[0])
+    ? Effect.flatMap(
+      Effect.service(MqttClient.MqttClient),
+      (client) => requestWith(client, args[0], args[1], args[2], args[3])
+    )
+    : requestWith(args[0], args[1], args[2], args[3], args[4])
+}
+
+/**
+ * The options of {@link respond}.
+ *
+ * @example
+ * ```ts
+ * import type { MqttTopic } from "effect-mqtt"
+ *
+ * const options: MqttTopic.RespondOptions = { qos: 1, concurrency: 4, share: "calculators", onDecodeError: "skip" }
+ * ```
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface RespondOptions<E = never, R = never> {
+  /** The QoS of the subscription and of the replies. Default 1. */
+  readonly qos?: MqttClient.QoS | undefined
+  /** How many requests are handled at once. Default 1. */
+  readonly concurrency?: number | "unbounded" | undefined
+  /** Share the requests with the other responders of this group (`$share/{share}/{filter}`). */
+  readonly share?: string | undefined
+  /** What to do with a request that does not decode; it gets no reply. Default `"fail"`. */
+  readonly onDecodeError?: DecodeErrorPolicy<E, R> | undefined
+}
+
+const respondWith = <T extends AnyRequest, E, R, E2 = never, R2 = never>(
+  client: MqttClient.Client,
+  topic: T,
+  handler: (request: ReceivedOf<T>) => Effect.Effect<ReplyType<T>, E, R>,
+  options?: RespondOptions<E2, R2>
+): Effect.Effect<
+  void,
+  MqttError.MqttError | TopicParamsError | TopicDecodeError | TopicEncodeError | E | E2,
+  R | R2 | T["schema"]["DecodingServices"] | T["reply"]["EncodingServices"]
+> =>
+  Effect.scoped(Effect.gen(function*() {
+    const qos = options?.qos ?? 1
+    const requests = yield* subscribeWith(client, topic, {
+      qos,
+      share: options?.share,
+      onDecodeError: options?.onDecodeError ?? "fail"
+    })
+    yield* requests.pipe(
+      Stream.mapEffect((received) => {
+        const replyTo = received.message.properties.responseTopic
+        // a request without a response topic asks for no reply
+        if (replyTo === undefined) return Effect.void
+        const correlationData = received.message.properties.correlationData
+        return handler(received).pipe(
+          Effect.flatMap((reply) => encodeReply(topic, reply)),
+          Effect.flatMap((payload) =>
+            client.publish(replyTo, payload, {
+              qos,
+              properties: correlationData === undefined ? undefined : { correlationData }
+            })
+          )
+        )
+      }, { concurrency: options?.concurrency ?? 1 }),
+      Stream.runDrain
+    )
+  }))
+
+/**
+ * MQTT 5, the responder's side of {@link request}: handles the requests published to the topic's filter, each
+ * decoded with the topic's Schema, and publishes each reply, encoded with the reply Schema, to the request's
+ * response topic with its correlation data. Runs until interrupted (fork it) or until a failure: of the
+ * handler, of a reply that does not encode ({@link TopicEncodeError}), or of a request that does not decode
+ * under the `"fail"` policy. A request without a response topic is handled but gets no reply.
+ *
+ * Give the client first, or leave it out to use the `MqttClient` service.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { MqttTopic } from "effect-mqtt"
+ *
+ * const Add = MqttTopic.make("calc/{precision}/add", Schema.Tuple([Schema.Number, Schema.Number]), {
+ *   reply: Schema.Number
+ * })
+ *
+ * const responder = MqttTopic.respond(Add, ({ payload: [a, b] }) => Effect.succeed(a + b), { onDecodeError: "skip" })
+ * ```
+ *
+ * @since 0.2.0
+ * @category request/response
+ */
+export const respond: {
+  <T extends AnyRequest, E, R, E2 = never, R2 = never>(
+    topic: T,
+    handler: (request: ReceivedOf<T>) => Effect.Effect<ReplyType<T>, E, R>,
+    options?: RespondOptions<E2, R2>
+  ): Effect.Effect<
+    void,
+    MqttError.MqttError | TopicParamsError | TopicDecodeError | TopicEncodeError | E | E2,
+    MqttClient.MqttClient | R | R2 | T["schema"]["DecodingServices"] | T["reply"]["EncodingServices"]
+  >
+  <T extends AnyRequest, E, R, E2 = never, R2 = never>(
+    client: MqttClient.Client,
+    topic: T,
+    handler: (request: ReceivedOf<T>) => Effect.Effect<ReplyType<T>, E, R>,
+    options?: RespondOptions<E2, R2>
+  ): Effect.Effect<
+    void,
+    MqttError.MqttError | TopicParamsError | TopicDecodeError | TopicEncodeError | E | E2,
+    R | R2 | T["schema"]["DecodingServices"] | T["reply"]["EncodingServices"]
+  >
+} = function(this: unknown, ...args: Array<any>): any {
+  return isMqttTopic(args[0])
+    ? Effect.flatMap(Effect.service(MqttClient.MqttClient), (client) => respondWith(client, args[0], args[1], args[2]))
+    : respondWith(args[0], args[1], args[2], args[3])
+}

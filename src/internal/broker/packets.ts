@@ -1,0 +1,160 @@
+/**
+ * The test broker's use of mqtt-packet: a parser per connection, generating packets without letting a throw
+ * escape, and converting properties between mqtt-packet's shape and the library's.
+ *
+ * @internal
+ */
+import * as MqttPacket from "mqtt-packet"
+import { Buffer } from "node:buffer"
+import type * as MqttMessage from "../../MqttMessage.ts"
+
+/** The MQTT 5 properties of a PUBLISH, in mqtt-packet's shape. */
+export type PublishPacketProperties = NonNullable<MqttPacket.IPublishPacket["properties"]>
+
+export type Packet = MqttPacket.Packet
+
+/** Encodes a packet; `undefined` when mqtt-packet refuses it (never throws). */
+export const generate = (packet: Packet, protocolVersion: 4 | 5): Uint8Array | undefined => {
+  try {
+    return MqttPacket.generate(packet, { protocolVersion })
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Splits a connection's bytes into whole packets: the fixed header's remaining length says where each ends.
+ * Returns the packets complete so far and keeps the rest; a malformed remaining length is an error.
+ */
+class Framer {
+  private pending: Buffer = Buffer.alloc(0)
+
+  push(chunk: Uint8Array): Array<Buffer> | "malformed" {
+    const data = this.pending.length === 0
+      ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+      : Buffer.concat([this.pending, chunk])
+    const packets: Array<Buffer> = []
+    let offset = 0
+    while (offset + 1 < data.length) {
+      let length = 0
+      let multiplier = 1
+      let i = offset + 1
+      let complete = false
+      for (; i < data.length && i < offset + 5; i++) {
+        length += (data[i] & 0x7f) * multiplier
+        multiplier *= 128
+        if ((data[i] & 0x80) === 0) {
+          complete = true
+          break
+        }
+      }
+      if (!complete) {
+        if (i >= offset + 5) return "malformed"
+        break
+      }
+      const end = i + 1 + length
+      if (end > data.length) break
+      packets.push(data.subarray(offset, end))
+      offset = end
+    }
+    this.pending = Buffer.from(data.subarray(offset))
+    return packets
+  }
+}
+
+/**
+ * A parser that reports each packet, and its first error; after an error it must not be used again.
+ *
+ * mqtt-packet is given one whole packet at a time: some of its MQTT 5 checks look at the bytes buffered rather
+ * than at the packet's length (a DISCONNECT with no reason code followed by another packet would read the next
+ * packet's first byte as its reason code).
+ */
+export const parser = (onPacket: (packet: Packet) => void, onError: () => void) => {
+  // The parser reads only `protocolVersion` from its settings; a CONNECT of version 5 switches it to 5.
+  const p = MqttPacket.parser({ protocolVersion: 4 })
+  const framer = new Framer()
+  let failed = false
+  p.on("packet", (packet: Packet) => {
+    if (packet.cmd === "connect" && packet.protocolVersion === 5) {
+      ;(p as unknown as { settings: { protocolVersion: number } }).settings.protocolVersion = 5
+    }
+    onPacket(packet)
+  })
+  p.on("error", () => {
+    failed = true
+    onError()
+  })
+  return {
+    parse: (chunk: Uint8Array): void => {
+      const packets = framer.push(chunk)
+      if (packets === "malformed") return onError()
+      for (const packet of packets) {
+        if (failed) return
+        p.parse(packet)
+      }
+    }
+  }
+}
+
+/** The properties that travel with a message from publisher to subscriber (MQTT 5 section 3.3.2.3). */
+export const forwardable = (
+  properties: MqttPacket.IPublishPacket["properties"] | undefined
+): PublishPacketProperties => {
+  if (properties === undefined) return {}
+  const out: PublishPacketProperties = {}
+  if (properties.payloadFormatIndicator !== undefined) out.payloadFormatIndicator = properties.payloadFormatIndicator
+  if (properties.messageExpiryInterval !== undefined) out.messageExpiryInterval = properties.messageExpiryInterval
+  if (properties.contentType !== undefined) out.contentType = properties.contentType
+  if (properties.responseTopic !== undefined) out.responseTopic = properties.responseTopic
+  if (properties.correlationData !== undefined) out.correlationData = properties.correlationData
+  if (properties.userProperties !== undefined) out.userProperties = properties.userProperties
+  return out
+}
+
+/** The library's publish properties in mqtt-packet's shape. */
+export const fromPublishProperties = (
+  properties: MqttMessage.PublishProperties | undefined
+): PublishPacketProperties => {
+  if (properties === undefined) return {}
+  const out: PublishPacketProperties = {}
+  if (properties.payloadFormatIndicator !== undefined) out.payloadFormatIndicator = properties.payloadFormatIndicator
+  if (properties.messageExpiryInterval !== undefined) out.messageExpiryInterval = properties.messageExpiryInterval
+  if (properties.contentType !== undefined) out.contentType = properties.contentType
+  if (properties.responseTopic !== undefined) out.responseTopic = properties.responseTopic
+  if (properties.correlationData !== undefined) out.correlationData = Buffer.from(properties.correlationData)
+  if (properties.userProperties !== undefined && properties.userProperties.length > 0) {
+    const user: Record<string, string | Array<string>> = {}
+    for (const [name, value] of properties.userProperties) {
+      const previous = user[name]
+      user[name] = previous === undefined ? value : Array.isArray(previous) ? [...previous, value] : [previous, value]
+    }
+    out.userProperties = user
+  }
+  return out
+}
+
+/** mqtt-packet's publish properties in the library's shape. */
+export const toMessageProperties = (
+  properties: PublishPacketProperties,
+  subscriptionIdentifiers?: ReadonlyArray<number>
+): MqttMessage.MessageProperties => {
+  const out: {
+    -readonly [K in keyof MqttMessage.MessageProperties]: MqttMessage.MessageProperties[K]
+  } = {}
+  if (properties.payloadFormatIndicator !== undefined) out.payloadFormatIndicator = properties.payloadFormatIndicator
+  if (properties.messageExpiryInterval !== undefined) out.messageExpiryInterval = properties.messageExpiryInterval
+  if (properties.contentType !== undefined) out.contentType = properties.contentType
+  if (properties.responseTopic !== undefined) out.responseTopic = properties.responseTopic
+  if (properties.correlationData !== undefined) out.correlationData = new Uint8Array(properties.correlationData)
+  if (properties.userProperties !== undefined) {
+    const pairs: Array<MqttMessage.UserProperty> = []
+    for (const [name, value] of Object.entries(properties.userProperties)) {
+      for (const v of Array.isArray(value) ? value : [value]) pairs.push([name, v])
+    }
+    out.userProperties = pairs
+  }
+  if (subscriptionIdentifiers !== undefined && subscriptionIdentifiers.length > 0) {
+    out.subscriptionIdentifiers = subscriptionIdentifiers
+  }
+  return out
+}
