@@ -201,6 +201,16 @@ export interface Options {
    * contain a password.
    */
   readonly logLevel?: LogLevel.LogLevel | undefined
+  /**
+   * How the broker delivers a message that matches several of the client's subscriptions, when it cannot say
+   * which (MQTT 3.1.1, or MQTT 5 with a broker without Subscription Identifiers). MQTT allows one copy or a copy
+   * per subscription [MQTT-3.3.5-1]. `"single-copy"` (the default; Mosquitto, EMQX, HiveMQ, RabbitMQ over 3.1.1):
+   * the copy goes to every owner whose filter matches. `"copy-per-subscription"` (NATS): the copies of a message,
+   * which the broker sends one after the other, go one to each matching filter's owners, so that each
+   * `subscription()` stream sees the message once. On MQTT 5 the client gives every subscription an identifier
+   * and routes by what the broker says each copy matched, whatever this option says.
+   */
+  readonly overlapping?: "single-copy" | "copy-per-subscription" | undefined
   /** What publish, subscribe and unsubscribe do while the client is reconnecting. */
   readonly offline?: OfflineOptions | undefined
   /** The largest packet the client accepts, in bytes: a larger one closes the connection as soon as its
@@ -208,7 +218,9 @@ export interface Options {
    * that it does not send one). Default 32 MiB. */
   readonly maximumPacketSize?: number | undefined
   /** MQTT 5: how many QoS 1/2 messages the broker may send before they are acknowledged; announced in CONNECT.
-   * A broker that sends more gets DISCONNECT 0x93. Default 65,535. */
+   * A broker that sends more gets DISCONNECT 0x93. Default: the capacity of `queue` (1,024 by default; 65,535
+   * for an unbounded queue): since a message is acknowledged when a consumer takes it, a queue that large never
+   * fills with QoS 1/2 messages, and the client keeps reading the socket while a consumer stalls. */
   readonly receiveMaximum?: number | undefined
   /** MQTT 5: how many topic aliases the broker may set on this client's connection. Default 16 (0 on 3.1.1). */
   readonly topicAliasMaximum?: number | undefined

@@ -42,7 +42,8 @@ export const make = (
       topicAliases: o.topicAliases,
       offlineCapacity: o.offlineCapacity,
       offlineQos0: o.offlineQos0,
-      offlineRequests: o.offlineRequests
+      offlineRequests: o.offlineRequests,
+      overlapping: o.overlapping
     })
     let driver: Driver
     const deliveries = new Deliveries(o.queue, o.acknowledgement === "manual", (record) => driver.settled(record))

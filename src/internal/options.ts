@@ -15,6 +15,7 @@ import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import type { QoS } from "../MqttMessage.ts"
 import * as Codec from "./codec.ts"
+import { capacityOf } from "./queue.ts"
 import { nameProblem } from "./topic.ts"
 import * as Transport from "./transport.ts"
 
@@ -49,6 +50,7 @@ export interface Resolved {
   readonly offlineRequests: "wait" | "fail"
   readonly acknowledgement: "auto" | "manual"
   readonly logLevel: LogLevel.LogLevel
+  readonly overlapping: "single-copy" | "copy-per-subscription"
 }
 
 /** The largest packet the client accepts unless told otherwise: 32 MiB. */
@@ -140,7 +142,9 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   if (!isUint(maximumPacketSize, 268_435_460) || maximumPacketSize < 16) {
     return yield* invalid("maximumPacketSize", "expected a whole number of bytes from 16 to 268435460")
   }
-  const receiveMaximum = options.receiveMaximum ?? 65535
+  // with acknowledgement on hand-over, a queue at least as large as the Receive Maximum never fills with QoS 1/2
+  // messages, so the reader never has to stop reading the socket for them
+  const receiveMaximum = options.receiveMaximum ?? Math.min(65535, capacityOf(queue))
   if (!isUint(receiveMaximum, 65535) || receiveMaximum === 0) {
     return yield* invalid("receiveMaximum", "expected a whole number from 1 to 65535")
   }
@@ -179,6 +183,10 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   if (!LogLevel.values.includes(logLevel)) {
     return yield* invalid("logLevel", `expected one of ${LogLevel.values.map((l) => `"${l}"`).join(", ")}`)
   }
+  const overlapping = yield* oneOf("overlapping", options.overlapping, "single-copy", [
+    "single-copy",
+    "copy-per-subscription"
+  ])
   const acknowledgement = yield* oneOf("acknowledgement", options.acknowledgement, "auto", ["auto", "manual"])
   const topicAliasMaximum = options.topicAliasMaximum ?? (protocolVersion === 5 ? 16 : 0)
   if (!isUint(topicAliasMaximum, 65535)) {
@@ -214,7 +222,8 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     queue,
     userProperties: options.userProperties,
     acknowledgement,
-    logLevel
+    logLevel,
+    overlapping
   } satisfies Resolved
 })
 

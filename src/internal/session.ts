@@ -41,6 +41,8 @@ export interface SessionConfig {
   readonly offlineCapacity: number
   readonly offlineQos0: "buffer" | "fail"
   readonly offlineRequests: "wait" | "fail"
+  /** how the broker delivers a message matching several subscriptions that name no identifier */
+  readonly overlapping: "single-copy" | "copy-per-subscription"
 }
 
 /** What `publish` returns besides an entry to wait for: the client is full while offline. */
@@ -68,7 +70,12 @@ export class Session {
     const version = config.protocolVersion
     this.outgoing = new Outgoing(version, this.ids)
     this.inbound = new Inbound(version, config.receiveMaximum, config.topicAliasMaximum)
-    this.subscriptions = new Subscriptions(version, this.ids, config.offlineRequests)
+    this.subscriptions = new Subscriptions(
+      version,
+      this.ids,
+      config.offlineRequests,
+      config.overlapping === "copy-per-subscription"
+    )
     this.clientId = config.clientId
     this.persistent = version === 5 ? (config.sessionExpiryInterval ?? 0) > 0 : !config.cleanStart
   }
@@ -216,7 +223,7 @@ export class Session {
   private onPublish(packet: Packets.Publish, out: Output): void {
     const topic = this.inbound.topicOf(packet, out)
     if (topic === undefined) return
-    const owners = this.subscriptions.route(topic, packet.properties?.subscriptionIdentifiers, out)
+    const owners = this.subscriptions.route(topic, packet.properties?.subscriptionIdentifiers, packet.payload, out)
     if (owners === undefined) return
     let record: InboundRecord | undefined
     if (packet.qos > 0) {

@@ -105,14 +105,19 @@ export class Subscriptions {
   private nextIdentifier = AUTOMATIC_IDENTIFIERS_FROM
   /** every subscription the broker holds was made by this client (the session started clean) */
   private complete = false
+  /** copies of one message received so far, per topic, when the broker sends a copy per subscription */
+  private readonly runs = new Map<string, { readonly payload: Uint8Array; next: number }>()
 
   private readonly version: Packets.ProtocolVersion
   private readonly ids: PacketIds
   private readonly offlineRequests: "wait" | "fail"
-  constructor(version: Packets.ProtocolVersion, ids: PacketIds, offlineRequests: "wait" | "fail") {
+  /** the broker sends a copy of a message for each matching subscription that names no identifier */
+  private readonly copies: boolean
+  constructor(version: Packets.ProtocolVersion, ids: PacketIds, offlineRequests: "wait" | "fail", copies: boolean) {
     this.version = version
     this.ids = ids
     this.offlineRequests = offlineRequests
+    this.copies = copies
   }
 
   /** SUBSCRIBE and UNSUBSCRIBE not yet acknowledged. */
@@ -322,7 +327,12 @@ export class Subscriptions {
    * The owners a message goes to (never empty: `messages` takes what no one claims), or undefined after
    * recording a violation: a Subscription Identifier that no subscription of a session this client made carries.
    */
-  route(topic: string, identifiers: ReadonlyArray<number> | undefined, out: Output): ReadonlyArray<number> | undefined {
+  route(
+    topic: string,
+    identifiers: ReadonlyArray<number> | undefined,
+    payload: Uint8Array,
+    out: Output
+  ): ReadonlyArray<number> | undefined {
     if (this.routed === 0 && (identifiers === undefined || !this.complete)) return onlyMessages
     const owners: Array<number> = []
     const add = (claimed: Map<number, FilterSpec> | undefined) => {
@@ -348,8 +358,37 @@ export class Subscriptions {
         for (const filter of filters) if (filters.length === 1 || matches(topic, filter)) add(this.claims.get(filter))
       }
     }
-    if (!attributed) this.claims.forEachMatch(topic, add)
+    if (!attributed) {
+      if (this.copies) this.attributeCopy(topic, payload, add)
+      else this.claims.forEachMatch(topic, add)
+    }
     return owners.length === 0 ? onlyMessages : owners
+  }
+
+  /**
+   * A broker that sends one copy per matching subscription (NATS over MQTT 3.1.1; the `overlapping` option says
+   * so) sends the k copies of a message one after the other: the j-th copy of a run of identical copies stands for
+   * the j-th matching filter, so that each owner receives it once per filter it holds, as MQTT 5 identifiers say.
+   */
+  private attributeCopy(
+    topic: string,
+    payload: Uint8Array,
+    add: (claimed: Map<number, FilterSpec> | undefined) => void
+  ) {
+    const matching: Array<Map<number, FilterSpec>> = []
+    this.claims.forEachMatch(topic, (claimed) => matching.push(claimed))
+    if (matching.length <= 1) {
+      this.runs.delete(topic)
+      return matching.forEach(add)
+    }
+    const run = this.runs.get(topic)
+    if (run !== undefined && run.next < matching.length && equalBytes(run.payload, payload)) {
+      add(matching[run.next++])
+      if (run.next === matching.length) this.runs.delete(topic)
+      return
+    }
+    this.runs.set(topic, { payload, next: 1 })
+    add(matching[0])
   }
 
   /**
@@ -431,3 +470,9 @@ export class Subscriptions {
 }
 
 const hex = (code: number) => `0x${code.toString(16).padStart(2, "0")}`
+
+const equalBytes = (a: Uint8Array, b: Uint8Array): boolean => {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
+}

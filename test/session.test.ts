@@ -1,0 +1,456 @@
+/**
+ * The sans-I/O session, driven event by event with no socket: packets in, packets and completions out. Each test
+ * is one fault or rule of issue 8 and FAULTS.md, as a sequence of events and the exact packets that must follow.
+ */
+import { assert, describe, expect, it } from "@effect/vitest"
+import { Buffer } from "node:buffer"
+import { PublishEntry } from "../src/internal/outgoing.ts"
+import { MESSAGES } from "../src/internal/subscriptions.ts"
+import * as MqttError from "../src/MqttError.ts"
+import { ack, Harness, message, OFFLINE_FULL, publish, spec } from "./support/sessionHarness.ts"
+
+const lost = new MqttError.ConnectionLostError({ reason: "test" })
+
+const entry = (value: unknown): PublishEntry => {
+  assert(value instanceof PublishEntry, `expected a publish entry, got ${String(value)}`)
+  return value
+}
+const texts = (packets: ReadonlyArray<any>) =>
+  packets.map((p) => p.cmd === "publish" ? Buffer.from(p.payload).toString() : p.cmd)
+
+describe("session: outgoing publishes", () => {
+  it("publishes made offline leave in call order across QoS levels: s1 e1 s2 e2 s3 e3", () => {
+    const h = new Harness({ protocolVersion: 4 })
+    for (const n of [1, 2, 3]) {
+      h.publish(message("s", `s${n}`, 0, 4))
+      h.publish(message("e", `e${n}`, 1, 4))
+    }
+    expect(h.written).toEqual([])
+    h.connect()
+    expect(texts(h.take())).toEqual(["s1", "e1", "s2", "e2", "s3", "e3"])
+  })
+
+  it("QoS 0 waits behind an earlier QoS 1 that waits for quota; other packets are not held back", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect(false, { receiveMaximum: 1 })
+    const first = entry(h.publish(message("t", "q1-a", 1)))
+    h.publish(message("t", "q1-b", 1))
+    h.publish(message("t", "q0", 0))
+    h.subscribe(MESSAGES, [spec("x/#")])
+    expect(texts(h.take())).toEqual(["q1-a", "subscribe"])
+    h.receive(ack("Puback", first.id))
+    expect(texts(h.take())).toEqual(["q1-b", "q0"])
+  })
+
+  it("never more QoS 1/2 in flight than the broker's Receive Maximum; the quota starts afresh per connection", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect(false, { receiveMaximum: 2 })
+    const entries = [1, 2, 3, 4].map((n) => entry(h.publish(message("t", `m${n}`, 2))))
+    expect(texts(h.take())).toEqual(["m1", "m2"])
+    h.receive(ack("Pubrec", entries[0].id))
+    // PUBREL still holds the quota until PUBCOMP
+    expect(texts(h.take())).toEqual(["pubrel"])
+    h.receive(ack("Pubcomp", entries[0].id))
+    expect(texts(h.take())).toEqual(["m3"])
+    h.lose(lost)
+    h.connect(true, { receiveMaximum: 1 })
+    // resend in original order within the new quota: m2 then (after it) m3, then m4
+    const resent = h.take()
+    expect(texts(resent)).toEqual(["m2"])
+    expect((resent[0] as any).dup).toBe(true)
+  })
+
+  it("resends unacknowledged PUBLISH with DUP and PUBREL with the same identifiers, in original order [MQTT-4.4.0-1]", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    const a = entry(h.publish(message("t", "a", 1, 4)))
+    const b = entry(h.publish(message("t", "b", 2, 4)))
+    const c = entry(h.publish(message("t", "c", 2, 4)))
+    h.receive(ack("Pubrec", b.id))
+    h.take()
+    h.lose(lost)
+    h.connect(true)
+    const resent = h.take()
+    expect(resent.map((p: any) => [p.cmd, p.messageId, p.cmd === "publish" ? p.dup : undefined])).toEqual([
+      ["publish", a.id, true],
+      ["pubrel", b.id, undefined],
+      ["publish", c.id, true]
+    ])
+  })
+
+  it("Session Present 0: unacknowledged publishes go again as new messages; a QoS 2 past PUBREC completes", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    const a = entry(h.publish(message("t", "a", 1)))
+    const b = entry(h.publish(message("t", "b", 2)))
+    h.receive(ack("Pubrec", b.id))
+    h.take()
+    h.lose(lost)
+    h.connect(false)
+    expect(b.done && b.error === undefined).toBe(true)
+    const again = h.take()
+    expect(again.map((p: any) => [p.cmd, Buffer.from(p.payload ?? "").toString(), p.dup])).toEqual([[
+      "publish",
+      "a",
+      false
+    ]])
+    expect(a.done).toBe(false)
+  })
+
+  it("broker limits are checked when the packet is written: a new CONNACK refuses what breaks it, the connection stays", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    const big = entry(h.publish(message("t", "x".repeat(4000), 1)))
+    const qos2 = entry(h.publish(message("t", "q2", 2)))
+    const retained = entry(h.publish(message("t", "r", 1, 5, true)))
+    entry(h.publish(message("t", "fine", 1)))
+    h.connect(false, { maximumPacketSize: 1024, maximumQoS: 1, retainAvailable: false })
+    expect(texts(h.take())).toEqual(["fine"])
+    expect([big.error?._tag, (big.error as any)?.reasonCode]).toEqual(["PublishError", 0x95])
+    expect((qos2.error as any)?.reasonCode).toBe(0x9b)
+    expect((retained.error as any)?.reasonCode).toBe(0x9a)
+    expect(h.errors).toEqual([])
+  })
+
+  it("an in-flight resend on a resumed session that breaks the new limits is refused, unsent, and frees its turn", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    const big = entry(h.publish(message("t", "x".repeat(2000), 1)))
+    const after = entry(h.publish(message("t", "after", 1)))
+    h.take()
+    h.lose(lost)
+    h.connect(true, { maximumPacketSize: 1024 })
+    expect(texts(h.take())).toEqual(["after"])
+    expect((big.error as any)?.reasonCode).toBe(0x95)
+    expect(after.done).toBe(false)
+  })
+
+  it("the size check counts the topic alias: a publish that fits only without one goes without one", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    const topic = "a/rather/long/topic"
+    const plain = message(topic, "x".repeat(50), 0).encoded.bytes.length
+    h.connect(false, { topicAliasMaximum: 4, maximumPacketSize: plain })
+    h.publish(message(topic, "x".repeat(50), 0))
+    const [packet] = h.take() as Array<any>
+    expect(packet.topic).toBe(topic)
+    expect(packet.properties?.topicAlias).toBeUndefined()
+    // a short payload fits with the alias: the alias is set, then used alone
+    h.publish(message(topic, "y", 0))
+    h.publish(message(topic, "z", 0))
+    const [set, used] = h.take() as Array<any>
+    expect([set.topic, set.properties?.topicAlias]).toEqual([topic, 1])
+    expect([used.topic, used.properties?.topicAlias]).toEqual(["", 1])
+  })
+
+  it("topic aliases belong to one connection: the first resend after a reconnect names its topic again", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect(false, { topicAliasMaximum: 4 })
+    h.publish(message("long/topic/name", "1", 1))
+    h.publish(message("long/topic/name", "2", 1))
+    expect((h.take() as Array<any>).map((p) => p.topic)).toEqual(["long/topic/name", ""])
+    h.lose(lost)
+    h.connect(true, { topicAliasMaximum: 4 })
+    // the alias of the old connection means nothing now: the first resend sets it up again, the next may use it
+    expect((h.take() as Array<any>).map((p) => [p.topic, p.properties?.topicAlias, p.dup])).toEqual([
+      ["long/topic/name", 1, true],
+      ["", 1, true]
+    ])
+  })
+
+  it("a broker that answers QoS 2 with PUBACK ends that publish with an error, once: it is never sent again", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    const q2 = entry(h.publish(message("t", "once", 2, 4)))
+    h.take()
+    h.receive(ack("Puback", q2.id))
+    expect([q2.error?._tag, (q2.error as any)?.reasonCode]).toEqual(["PublishError", 0x82])
+    expect(h.errors).toEqual([])
+    for (const present of [true, false]) {
+      h.lose(lost)
+      h.connect(present)
+      expect(h.take()).toEqual([])
+    }
+    // its identifier is free again
+    expect(h.session.ids.size).toBe(0)
+  })
+
+  it("packet identifiers are never reused while in flight: the 65,536th QoS 1 publish waits for one", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    const entries = Array.from({ length: 65536 }, (_, i) => entry(h.publish(message("t", String(i), 1))))
+    const sent = h.take() as Array<any>
+    expect(sent.length).toBe(65535)
+    expect(new Set(sent.map((p) => p.messageId)).size).toBe(65535)
+    expect(entries[65535].id).toBe(0)
+    h.receive(ack("Puback", entries[7].id))
+    const [next] = h.take() as Array<any>
+    expect([Buffer.from(next.payload).toString(), next.messageId]).toEqual(["65535", entries[7].id])
+  })
+
+  it("a publish withdrawn before it was written is never sent; one written keeps its flow", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    const offline = entry(h.publish(message("t", "never", 1)))
+    expect(h.session.outgoing.withdraw(offline)).toBe(true)
+    h.connect()
+    expect(h.take()).toEqual([])
+    const written = entry(h.publish(message("t", "sent", 1)))
+    expect(h.session.outgoing.withdraw(written)).toBe(false)
+    expect(texts(h.take())).toEqual(["sent"])
+  })
+
+  it("offline capacity: publishes beyond it are refused as full; QoS 0 can be refused while offline", () => {
+    const h = new Harness({ protocolVersion: 5, offlineCapacity: 1, offlineQos0: "fail" })
+    entry(h.publish(message("t", "1", 1)))
+    expect(h.publish(message("t", "2", 1))).toBe(OFFLINE_FULL)
+    expect((h.publish(message("t", "0", 0)) as MqttError.MqttError)._tag).toBe("OfflineError")
+  })
+})
+
+describe("session: inbound messages", () => {
+  it("QoS 1/2 are acknowledged when taken, in the order they arrived, whatever order they are taken in", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    h.receive(publish("t", "a", 1, 10))
+    h.receive(publish("t", "b", 2, 11))
+    h.receive(publish("t", "c", 1, 12))
+    expect(h.take()).toEqual([])
+    const [a, b, c] = h.delivered.splice(0)
+    // taken out of order (a priority queue): c, then a, then b
+    h.session.settled(c.record!, h.out)
+    h.drain()
+    expect(h.take()).toEqual([])
+    h.session.settled(a.record!, h.out)
+    h.drain()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 10]])
+    h.session.settled(b.record!, h.out)
+    h.drain()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 11], ["puback", 12]])
+  })
+
+  it("QoS 2 is delivered once: a resend before or after PUBREC is not delivered again; after PUBREL the id is new", () => {
+    const h = new Harness({ protocolVersion: 4 })
+    h.connect()
+    h.receive(publish("t", "first", 2, 7))
+    h.receive(publish("t", "first", 2, 7, { dup: true }))
+    expect(h.delivered.length).toBe(1)
+    h.takeAll()
+    expect((h.take() as Array<any>).map((p) => p.cmd)).toEqual(["pubrec"])
+    h.receive(publish("t", "first", 2, 7, { dup: true }))
+    expect(h.delivered.length).toBe(0)
+    expect((h.take() as Array<any>).map((p) => p.cmd)).toEqual(["pubrec"])
+    h.receive(ack("Pubrel", 7))
+    expect((h.take() as Array<any>).map((p) => p.cmd)).toEqual(["pubcomp"])
+    h.receive(publish("t", "second", 2, 7))
+    expect(h.delivered.map((d) => d.message.text)).toEqual(["second"])
+  })
+
+  it("a resumed session keeps what the consumer has not taken: the broker's resend is not delivered twice", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    h.receive(publish("t", "held", 1, 3))
+    h.receive(publish("t", "taken", 1, 4))
+    const [held, taken] = h.delivered.splice(0)
+    h.lose(lost)
+    // taken while disconnected: its PUBACK waits for the next connection
+    h.session.settled(taken.record!, h.out)
+    h.drain()
+    h.connect(true)
+    expect(h.take()).toEqual([])
+    h.receive(publish("t", "held", 1, 3, { dup: true }))
+    h.receive(publish("t", "taken", 1, 4, { dup: true }))
+    expect(h.delivered).toEqual([])
+    h.session.settled(held.record!, h.out)
+    h.drain()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 3], ["puback", 4]])
+  })
+
+  it("after Session Present 0 the old session's messages are still delivered but never acknowledged", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    h.receive(publish("t", "old", 1, 3))
+    const [old] = h.delivered.splice(0)
+    h.lose(lost)
+    h.connect(false)
+    h.session.settled(old.record!, h.out)
+    h.drain()
+    expect(h.take()).toEqual([])
+  })
+
+  it("the client's Receive Maximum: one more unacknowledged QoS 1/2 message is DISCONNECT 0x93; QoS 2 counts until PUBREL", () => {
+    const h = new Harness({ protocolVersion: 5, receiveMaximum: 2 })
+    h.connect()
+    h.receive(publish("t", "1", 2, 1))
+    h.takeAll()
+    // PUBREC sent, no PUBREL yet: it still counts
+    h.receive(publish("t", "2", 1, 2))
+    h.receive(ack("Pubrel", 1))
+    h.receive(publish("t", "3", 1, 3))
+    expect(h.errors).toEqual([])
+    h.receive(publish("t", "4", 1, 4))
+    expect(h.errors.map((e) => [e._tag, (e as MqttError.ProtocolError).reasonCode])).toEqual([["ProtocolError", 0x93]])
+  })
+
+  it("topic aliases from the broker: set, then used alone; 0, over the maximum (0x94) and never set (0x82) are violations", () => {
+    const h = new Harness({ protocolVersion: 5, topicAliasMaximum: 2 })
+    h.connect()
+    h.receive(publish("a/b", "1", 0, 0, { topicAlias: 1 }))
+    h.receive(publish("", "2", 0, 0, { topicAlias: 1 }))
+    expect(h.delivered.map((d) => d.message.topic)).toEqual(["a/b", "a/b"])
+    for (const [alias, topic, code] of [[0, "x", 0x94], [3, "x", 0x94], [2, "", 0x82]] as const) {
+      const fresh = new Harness({ protocolVersion: 5, topicAliasMaximum: 2 })
+      fresh.connect()
+      fresh.receive(publish(topic, "x", 0, 0, { topicAlias: alias }))
+      expect(fresh.errors.map((e) => (e as MqttError.ProtocolError).reasonCode)).toEqual([code])
+      expect(fresh.delivered).toEqual([])
+    }
+  })
+})
+
+describe("session: subscriptions", () => {
+  it("an UNSUBSCRIBE in flight when the session is lost: the restore skips its filter, so the broker ends as callers were told", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    const subscribe = h.subscribe(MESSAGES, [spec("plant/a/status"), spec("plant/b/status")])
+    h.receive({ _tag: "Suback", id: subscribe.id, codes: [1, 1] })
+    const unsubscribe = h.unsubscribe(MESSAGES, ["plant/a/status"])!
+    h.take()
+    h.lose(lost)
+    h.connect(false)
+    const sent = h.take() as Array<any>
+    expect(
+      sent.map((p) => [p.cmd, p.cmd === "subscribe" ? p.subscriptions.map((s: any) => s.topic) : p.unsubscriptions])
+    )
+      .toEqual([["subscribe", ["plant/b/status"]], ["unsubscribe", ["plant/a/status"]]])
+    h.receive({ _tag: "Suback", id: sent[0].messageId, codes: [1] })
+    h.receive({ _tag: "Unsuback", id: sent[1].messageId, codes: undefined })
+    expect(unsubscribe.done && unsubscribe.error === undefined).toBe(true)
+    expect([...h.session.subscriptions.brokerFilters().keys()]).toEqual(["plant/b/status"])
+    // and every later restore keeps it so
+    h.lose(lost)
+    h.connect(false)
+    expect((h.take() as Array<any>).map((p) => p.subscriptions.map((s: any) => s.topic))).toEqual([["plant/b/status"]])
+  })
+
+  it("a SUBSCRIBE at a new QoS in flight when the session is lost is sent again, not restored at the old QoS", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    const first = h.subscribe(MESSAGES, [spec("a", 0)])
+    h.receive({ _tag: "Suback", id: first.id, codes: [0] })
+    h.subscribe(MESSAGES, [spec("a", 2)])
+    h.take()
+    h.lose(lost)
+    h.connect(false)
+    expect((h.take() as Array<any>).map((p) => p.subscriptions.map((s: any) => [s.topic, s.qos]))).toEqual([[["a", 2]]])
+  })
+
+  it("offline.requests fail: a request lost with its connection fails, and a resumed session is set back to what callers were told", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false, offlineRequests: "fail" })
+    h.connect()
+    const subscribed = h.subscribe(MESSAGES, [spec("kept")])
+    h.receive({ _tag: "Suback", id: subscribed.id, codes: [1] })
+    const unsubscribe = h.unsubscribe(MESSAGES, ["kept"])!
+    const subscribe = h.subscribe(MESSAGES, [spec("never")])
+    h.take()
+    h.lose(lost)
+    expect([unsubscribe.error?._tag, subscribe.error?._tag]).toEqual(["ConnectionLostError", "ConnectionLostError"])
+    h.connect(true)
+    // the broker may have applied either: the client asks again for what callers were told
+    const sent = h.take() as Array<any>
+    expect(sent.map((p) => [p.cmd, p.cmd === "subscribe" ? p.subscriptions[0].topic : p.unsubscriptions[0]])).toEqual([
+      ["subscribe", "kept"],
+      ["unsubscribe", "never"]
+    ])
+  })
+
+  it("several owners of one filter: each receives its messages; UNSUBSCRIBE only when the last lets go", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    const one = h.subscribe(1, [spec("alarms/+")])
+    const two = h.subscribe(2, [spec("alarms/+")])
+    const [s1, s2] = h.take() as Array<any>
+    h.receive({ _tag: "Suback", id: one.id, codes: [1] })
+    h.receive({ _tag: "Suback", id: two.id, codes: [1] })
+    const id2 = s2.properties.subscriptionIdentifier
+    expect(id2).not.toBe(s1.properties.subscriptionIdentifier)
+    h.receive(publish("alarms/x", "x", 1, 1, { properties: { subscriptionIdentifiers: [id2] } }))
+    const [delivery] = h.delivered.splice(0)
+    expect([...delivery.owners].sort()).toEqual([1, 2])
+    // the client's own identifiers are not shown to the application
+    expect(delivery.message.properties.subscriptionIdentifiers).toBeUndefined()
+    expect(h.session.subscriptions.removeOwner(1, h.out)).toBeUndefined()
+    h.drain()
+    expect(h.take()).toEqual([])
+    h.session.subscriptions.removeOwner(2, h.out)
+    h.drain()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.unsubscriptions])).toEqual([["unsubscribe", ["alarms/+"]]])
+  })
+
+  it("the broker's subscription serves every owner: the highest QoS any owner asked for", () => {
+    const h = new Harness({ protocolVersion: 4 })
+    h.connect()
+    h.subscribe(1, [spec("a", 2)])
+    h.subscribe(2, [spec("a", 0)])
+    expect((h.take() as Array<any>).map((p) => p.subscriptions[0].qos)).toEqual([2, 2])
+  })
+
+  it("MQTT 5: a copy per subscription reaches only the owners of the subscription it names", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    const a = h.subscribe(1, [spec("s/+/x")])
+    const b = h.subscribe(2, [spec("s/b/#")])
+    const [sa, sb] = h.take() as Array<any>
+    h.receive({ _tag: "Suback", id: a.id, codes: [1] })
+    h.receive({ _tag: "Suback", id: b.id, codes: [1] })
+    for (const s of [sa, sb]) {
+      h.receive(
+        publish("s/b/x", "m", 0, 0, { properties: { subscriptionIdentifiers: [s.properties.subscriptionIdentifier] } })
+      )
+    }
+    expect(h.delivered.map((d) => d.owners)).toEqual([[1], [2]])
+  })
+
+  it("MQTT 3.1.1, a broker that sends a copy per subscription (NATS): each stream sees each message once", () => {
+    for (const copies of [2, 1]) {
+      const h = new Harness({
+        protocolVersion: 4,
+        overlapping: copies === 2 ? "copy-per-subscription" : "single-copy"
+      })
+      h.connect()
+      h.subscribe(1, [spec("s/+/x")])
+      h.subscribe(2, [spec("s/b/#")])
+      for (const payload of ["one", "two", "two"]) {
+        for (let i = 0; i < copies; i++) h.receive(publish("s/b/x", payload, 0))
+      }
+      const perOwner = new Map<number, Array<string>>()
+      for (const d of h.delivered) {
+        for (const o of d.owners) perOwner.set(o, [...(perOwner.get(o) ?? []), d.message.text])
+      }
+      expect(Object.fromEntries(perOwner)).toEqual({ 1: ["one", "two", "two"], 2: ["one", "two", "two"] })
+    }
+  })
+
+  it("a Subscription Identifier no subscription of a session this client made has is a violation (0x82)", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    const s = h.subscribe(MESSAGES, [spec("a")], 7)
+    h.receive({ _tag: "Suback", id: s.id, codes: [1] })
+    h.receive(publish("a", "x", 0, 0, { properties: { subscriptionIdentifiers: [7] } }))
+    expect(h.delivered.map((d) => d.message.properties.subscriptionIdentifiers)).toEqual([[7]])
+    h.receive(publish("a", "x", 0, 0, { properties: { subscriptionIdentifiers: [8] } }))
+    expect(h.errors.map((e) => (e as MqttError.ProtocolError).reasonCode)).toEqual([0x82])
+  })
+
+  it("Session Present 1 in answer to Clean Start is a violation and nothing of the CONNACK takes effect", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.publish(message("t", "waiting", 1))
+    const info = h.session.onConnack(
+      { _tag: "Connack", sessionPresent: true, reasonCode: 0, properties: {} },
+      true,
+      h.out
+    )
+    h.drain()
+    expect(info).toBeUndefined()
+    expect(h.errors.map((e) => e._tag)).toEqual(["ProtocolError"])
+    expect(h.session.connected).toBe(false)
+    expect(h.take()).toEqual([])
+  })
+})
