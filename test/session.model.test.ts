@@ -1,0 +1,417 @@
+/**
+ * Model-based tests of the session: random interleavings of calls, acknowledgements, connection losses, Session
+ * Present 0/1, CONNACKs with new limits and consumers taking messages, against a small model of what the broker
+ * holds. After every step the invariants of issue 8 are checked; at quiescence, that the broker holds what callers
+ * were told and every owner received each matching message once.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as fc from "fast-check"
+import type * as MqttPacket from "mqtt-packet"
+import { Buffer } from "node:buffer"
+import { PublishEntry } from "../src/internal/outgoing.ts"
+import type { Operation } from "../src/internal/output.ts"
+import type * as Packets from "../src/internal/packets.ts"
+import { MESSAGES, type Request } from "../src/internal/subscriptions.ts"
+import { matches } from "../src/internal/topic.ts"
+import * as MqttError from "../src/MqttError.ts"
+import type { QoS } from "../src/MqttMessage.ts"
+import { connack, Harness, message, publish, spec } from "./support/sessionHarness.ts"
+
+const FILTERS = ["a/+", "a/b", "#", "c/#"] as const
+const TOPICS = ["a/b", "a/c", "c/d", "e"] as const
+const OWNERS = [MESSAGES, 1, 2] as const
+
+type Action =
+  | { readonly _tag: "Publish"; readonly qos: QoS; readonly retain: boolean; readonly big: boolean }
+  | { readonly _tag: "Subscribe"; readonly owner: number; readonly filter: string; readonly qos: QoS }
+  | { readonly _tag: "Unsubscribe"; readonly owner: number; readonly filter: string }
+  | { readonly _tag: "BrokerProcess"; readonly n: number }
+  | { readonly _tag: "BrokerSend"; readonly topic: string; readonly qos: QoS }
+  | { readonly _tag: "Take"; readonly index: number }
+  | { readonly _tag: "Lose"; readonly brokerKeepsSession: boolean }
+  | {
+    readonly _tag: "Connect"
+    readonly rm: number
+    readonly maxQoS: 1 | 2
+    readonly maxSize: number
+    readonly retain: boolean
+  }
+
+const action: fc.Arbitrary<Action> = fc.oneof(
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      _tag: fc.constant("Publish" as const),
+      qos: fc.constantFrom<QoS>(0, 1, 2),
+      retain: fc.boolean(),
+      big: fc.boolean()
+    })
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      _tag: fc.constant("Subscribe" as const),
+      owner: fc.constantFrom(...OWNERS),
+      filter: fc.constantFrom(...FILTERS),
+      qos: fc.constantFrom<QoS>(0, 1, 2)
+    })
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      _tag: fc.constant("Unsubscribe" as const),
+      owner: fc.constantFrom(...OWNERS),
+      filter: fc.constantFrom(...FILTERS)
+    })
+  },
+  {
+    weight: 5,
+    arbitrary: fc.record({ _tag: fc.constant("BrokerProcess" as const), n: fc.integer({ min: 1, max: 4 }) })
+  },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      _tag: fc.constant("BrokerSend" as const),
+      topic: fc.constantFrom(...TOPICS),
+      qos: fc.constantFrom<QoS>(0, 1, 2)
+    })
+  },
+  { weight: 3, arbitrary: fc.record({ _tag: fc.constant("Take" as const), index: fc.nat() }) },
+  { weight: 1, arbitrary: fc.record({ _tag: fc.constant("Lose" as const), brokerKeepsSession: fc.boolean() }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      _tag: fc.constant("Connect" as const),
+      rm: fc.integer({ min: 1, max: 4 }),
+      maxQoS: fc.constantFrom<1 | 2>(1, 2),
+      maxSize: fc.constantFrom(60, 10_000),
+      retain: fc.boolean()
+    })
+  }
+)
+
+/** A broker's view of one client session, with the rules a conforming broker follows. */
+class Model {
+  readonly h: Harness
+  readonly version: 4 | 5
+  connected = false
+  /** what the broker holds: filter → identifier (MQTT 5) */
+  subs = new Map<string, number>()
+  /** packets from the client waiting for the broker's answer, in order */
+  pending: Array<MqttPacket.Packet> = []
+  /** client → broker flows holding an identifier: id → "publish1" | "publish2" | "pubrel" | "request" */
+  flows = new Map<number, string>()
+  /** QoS 1/2 publishes on the wire of this connection without PUBACK/PUBCOMP */
+  inFlight = new Set<number>()
+  limits = { rm: 65535, maxQoS: 2 as QoS, maxSize: Infinity, retain: true }
+  /** call order of publishes, by payload seq; seqs written on this connection */
+  seq = 0
+  lastSeqOnConnection = -1
+  /** broker → client: unacknowledged (id → message), for resending on a resumed session */
+  toClient = new Map<number, { payload: string; topic: string; qos: QoS; identifiers: Array<number> | undefined }>()
+  nextToClientId = 1
+  /** QoS 2 messages the broker sent and the client took (payload → times delivered) */
+  deliveries = new Map<string, number>()
+  /** per owner, what callers were told they hold */
+  told = new Map<number, Set<string>>()
+  operations: Array<{ op: Operation; kind: string; owner?: number; filter?: string }> = []
+  /** messages sent by the broker: payload → the owners that should get it, and how many times each did */
+  expected = new Map<string, { owners: Map<number, number>; qos: QoS }>()
+  sentTotal = 0
+
+  constructor(version: 4 | 5) {
+    this.version = version
+    this.h = new Harness({
+      protocolVersion: version,
+      cleanStart: false,
+      sessionExpiryInterval: 3600,
+      maxInflight: 65535
+    })
+  }
+
+  /** Reads what the client wrote and checks it against the rules. */
+  absorb(): void {
+    for (const packet of this.h.take()) {
+      const p = packet as any
+      switch (packet.cmd) {
+        case "publish": {
+          assert.isTrue(this.connected, "nothing is written while disconnected")
+          const bytes = Buffer.byteLength(p.topic) + p.payload.length + 20
+          assert.isTrue(bytes <= this.limits.maxSize + 20, "fits the Maximum Packet Size")
+          if (this.version === 5) {
+            assert.isTrue(p.qos <= this.limits.maxQoS, "respects Maximum QoS")
+            assert.isTrue(!p.retain || this.limits.retain, "respects Retain Available")
+          }
+          const seq = Number(Buffer.from(p.payload).toString().split(":")[0])
+          if (!p.dup) {
+            assert.isTrue(
+              seq > this.lastSeqOnConnection,
+              `publishes leave in call order (${seq} after ${this.lastSeqOnConnection})`
+            )
+            this.lastSeqOnConnection = seq
+          }
+          if (p.qos > 0) {
+            const flow = this.flows.get(p.messageId)
+            if (p.dup) assert.strictEqual(flow, `publish${p.qos}`, "a resend keeps its identifier")
+            else assert.isUndefined(flow, `identifier ${p.messageId} is not reused while in flight`)
+            this.flows.set(p.messageId, `publish${p.qos}`)
+            this.inFlight.add(p.messageId)
+            assert.isTrue(this.inFlight.size <= this.limits.rm, "never more in flight than Receive Maximum")
+          }
+          this.pending.push(packet)
+          break
+        }
+        case "pubrel":
+          this.inFlight.add(p.messageId)
+          assert.isTrue(this.inFlight.size <= this.limits.rm, "PUBREL counts in Receive Maximum")
+          this.pending.push(packet)
+          break
+        case "subscribe":
+        case "unsubscribe": {
+          const flow = this.flows.get(p.messageId)
+          assert.isUndefined(flow, `identifier ${p.messageId} is not reused while in flight`)
+          this.flows.set(p.messageId, "request")
+          this.pending.push(packet)
+          break
+        }
+        case "puback":
+        case "pubrec": {
+          const sent = this.toClient.get(p.messageId)
+          assert.isDefined(sent, "acknowledges only what the broker sent")
+          if (packet.cmd === "puback") this.toClient.delete(p.messageId)
+          else this.pending.push(packet)
+          break
+        }
+        case "pubcomp":
+          break
+        default:
+          assert.fail(`unexpected ${packet.cmd}`)
+      }
+    }
+    for (const op of this.h.ended.splice(0)) this.settled(op)
+  }
+
+  private settled(op: Operation): void {
+    const record = this.operations.find((o) => o.op === op)
+    if (record === undefined || record.kind === "publish") return
+    if (op.error !== undefined) return
+    const request = op as Request
+    const told = this.told.get(record.owner!) ?? new Set()
+    this.told.set(record.owner!, told)
+    if (record.kind === "subscribe") {
+      if (request.codes.every((c) => c < 0x80)) told.add(record.filter!)
+    } else if (request.codes.every((c) => c < 0x80)) {
+      told.delete(record.filter!)
+    }
+  }
+
+  step(a: Action): void {
+    const h = this.h
+    switch (a._tag) {
+      case "Publish": {
+        const seq = this.seq++
+        const payload = `${seq}:` + (a.big ? "x".repeat(100) : "")
+        const result = h.publish(message("out/t", payload, a.qos, this.version, a.retain))
+        if (result instanceof PublishEntry) this.operations.push({ op: result, kind: "publish" })
+        break
+      }
+      case "Subscribe": {
+        const request = h.subscribe(a.owner, [spec(a.filter, a.qos)])
+        this.operations.push({ op: request, kind: "subscribe", owner: a.owner, filter: a.filter })
+        break
+      }
+      case "Unsubscribe": {
+        const request = h.unsubscribe(a.owner, [a.filter])
+        if (request === undefined) this.told.get(a.owner)?.delete(a.filter)
+        else this.operations.push({ op: request, kind: "unsubscribe", owner: a.owner, filter: a.filter })
+        break
+      }
+      case "BrokerProcess":
+        if (this.connected) this.process(a.n)
+        break
+      case "BrokerSend":
+        if (this.connected) this.send(a.topic, a.qos)
+        break
+      case "Take": {
+        if (h.delivered.length === 0) break
+        const [d] = h.delivered.splice(a.index % h.delivered.length, 1)
+        if (d.message.qos === 2) {
+          this.deliveries.set(d.message.text, (this.deliveries.get(d.message.text) ?? 0) + 1)
+        }
+        const expected = this.expected.get(d.message.text)
+        if (expected !== undefined) {
+          for (const owner of d.owners) expected.owners.set(owner, (expected.owners.get(owner) ?? 0) + 1)
+        }
+        if (d.record !== undefined) { for (let i = 0; i < d.owners.length; i++) h.session.settled(d.record, h.out) }
+        h.drain()
+        break
+      }
+      case "Lose":
+        if (!this.connected) break
+        this.connected = false
+        h.lose(new MqttError.ConnectionLostError({ reason: "model" }))
+        this.pending = []
+        this.inFlight.clear()
+        if (!a.brokerKeepsSession) {
+          this.subs.clear()
+          this.flows.clear()
+          this.toClient.clear()
+          this.sessionLost = true
+        }
+        break
+      case "Connect": {
+        if (this.connected) break
+        this.connected = true
+        this.limits = { rm: a.rm, maxQoS: a.maxQoS, maxSize: a.maxSize, retain: a.retain }
+        this.lastSeqOnConnection = -1
+        const present = this.everConnected && !this.sessionLost
+        if (!present) {
+          this.flows.clear()
+          this.subs.clear()
+          this.toClient.clear()
+        }
+        this.sessionLost = false
+        this.everConnected = true
+        h.session.onConnack(
+          connack(present, {
+            receiveMaximum: a.rm,
+            ...(this.version === 5 ? { maximumQoS: a.maxQoS === 2 ? undefined : 1, retainAvailable: a.retain } : {}),
+            maximumPacketSize: a.maxSize
+          } as Packets.ConnackProperties),
+          h.session.cleanStart,
+          h.out
+        )
+        h.drain()
+        if (present) {
+          // the broker resends what it sent and the client did not acknowledge, in order, with DUP
+          for (const [id, m] of this.toClient) {
+            h.receive(
+              publish(m.topic, m.payload, m.qos, id, {
+                dup: true,
+                properties: m.identifiers === undefined ? undefined : { subscriptionIdentifiers: m.identifiers }
+              })
+            )
+          }
+        }
+        break
+      }
+    }
+    this.absorb()
+    assert.deepStrictEqual(this.h.errors, [], "the session never sees the model broker break the protocol")
+  }
+
+  everConnected = false
+  sessionLost = false
+
+  /** The broker answers the oldest packets, in order, as a conforming broker. */
+  private process(n: number): void {
+    const h = this.h
+    for (let i = 0; i < n && this.pending.length > 0; i++) {
+      const p = this.pending.shift()! as any
+      switch (p.cmd) {
+        case "publish":
+          if (p.qos === 1) this.ack("Puback", p.messageId)
+          if (p.qos === 2) h.receive({ _tag: "Pubrec", id: p.messageId, reasonCode: 0 })
+          break
+        case "pubrel":
+          this.ack("Pubcomp", p.messageId)
+          break
+        case "pubrec":
+          h.receive({ _tag: "Pubrel", id: p.messageId, reasonCode: 0 })
+          this.toClient.delete(p.messageId)
+          break
+        case "subscribe": {
+          const identifier = p.properties?.subscriptionIdentifier ?? 0
+          for (const s of p.subscriptions) this.subs.set(s.topic, identifier)
+          this.flows.delete(p.messageId)
+          h.receive({ _tag: "Suback", id: p.messageId, codes: p.subscriptions.map((s: any) => s.qos) })
+          break
+        }
+        case "unsubscribe":
+          for (const f of p.unsubscriptions) this.subs.delete(f)
+          this.flows.delete(p.messageId)
+          h.receive({
+            _tag: "Unsuback",
+            id: p.messageId,
+            codes: this.version === 5 ? p.unsubscriptions.map(() => 0) : undefined
+          })
+          break
+      }
+    }
+  }
+
+  private ack(tag: "Puback" | "Pubcomp", id: number): void {
+    this.flows.delete(id)
+    this.inFlight.delete(id)
+    this.h.receive({ _tag: tag, id, reasonCode: 0 })
+  }
+
+  /** The broker publishes to the client: MQTT 5 a copy per matching subscription with its identifier. */
+  private send(topic: string, qos: QoS): void {
+    const matching = [...this.subs].filter(([filter]) => matches(topic, filter))
+    if (matching.length === 0) return
+    const payload = `in-${this.sentTotal++}`
+    const owners = new Map<number, number>()
+    const copies = this.version === 5 ? matching.map((m) => [m]) : [matching]
+    this.expected.set(payload, { owners, qos })
+    for (const copy of copies) {
+      const identifiers = this.version === 5 && copy[0][1] !== 0 ? [copy[0][1]] : undefined
+      let id = 0
+      if (qos > 0) {
+        if (this.toClient.size >= 60000) return
+        while (this.toClient.has(this.nextToClientId)) this.nextToClientId = (this.nextToClientId % 65535) + 1
+        id = this.nextToClientId
+        this.toClient.set(id, { payload, topic, qos, identifiers })
+      }
+      this.h.receive(
+        publish(topic, payload, qos, id, {
+          properties: identifiers === undefined ? undefined : { subscriptionIdentifiers: identifiers }
+        })
+      )
+    }
+  }
+
+  /** Connected, every request answered, every message taken: the broker holds what callers were told. */
+  quiesce(): void {
+    if (!this.connected) this.step({ _tag: "Connect", rm: 65535, maxQoS: 2, maxSize: 1_000_000, retain: true })
+    for (let round = 0; round < 50 && (this.pending.length > 0 || this.h.delivered.length > 0); round++) {
+      this.step({ _tag: "BrokerProcess", n: 100 })
+      while (this.h.delivered.length > 0) this.step({ _tag: "Take", index: 0 })
+    }
+    const told = new Set<string>()
+    for (const filters of this.told.values()) for (const f of filters) told.add(f)
+    assert.deepStrictEqual([...this.subs.keys()].sort(), [...told].sort(), "the broker holds what callers were told")
+    for (const [payload, times] of this.deliveries) assert.strictEqual(times, 1, `QoS 2 ${payload} delivered once`)
+    for (const [payload, { owners }] of this.expected) {
+      for (const [owner, times] of owners) {
+        assert.isTrue(times <= FILTERS.length, `owner ${owner} got ${payload} at most once per filter (${times})`)
+      }
+    }
+  }
+
+  close(): void {
+    const error = new MqttError.ConnectionLostError({ reason: "closed" })
+    this.h.session.close(error, this.h.out)
+    this.h.drain()
+    this.absorb()
+    for (const { op } of this.operations) assert.isTrue(op.done, "every accepted operation ends")
+    const ends = this.h.ended
+    assert.strictEqual(new Set(ends).size, ends.length, "no operation ends twice")
+  }
+}
+
+describe("session model", () => {
+  for (const version of [4, 5] as const) {
+    it(`MQTT ${version === 5 ? "5" : "3.1.1"}: random interleavings keep every invariant`, () => {
+      fc.assert(
+        fc.property(fc.array(action, { minLength: 1, maxLength: 120 }), (actions) => {
+          const model = new Model(version)
+          for (const a of actions) model.step(a)
+          model.quiesce()
+          model.close()
+        }),
+        { numRuns: 400 }
+      )
+    })
+  }
+})
