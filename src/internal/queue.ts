@@ -12,7 +12,6 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import type * as Order from "effect/Order"
 import * as Stream from "effect/Stream"
-import type * as IncomingQueue from "../IncomingQueue.ts"
 
 /** What a full queue does with one more message. */
 export type Overflow = "suspend" | "sliding" | "dropping"
@@ -308,7 +307,17 @@ export class MessageQueue<A, E> {
 }
 
 /** The queue of a strategy. */
-export const fromStrategy = <A, E>(strategy: IncomingQueue.Strategy<A>): MessageQueue<A, E> => {
+/**
+ * A queue strategy as `IncomingQueue` describes it (structurally: this module does not import the public one, so
+ * the modules form no circle).
+ */
+export type StrategyShape<A> =
+  | { readonly _tag: "Bounded" | "Sliding" | "Dropping"; readonly capacity: number }
+  | { readonly _tag: "Unbounded" }
+  | { readonly _tag: "Lifo"; readonly capacity: number; readonly overflow: Overflow }
+  | { readonly _tag: "Priority"; readonly capacity: number; readonly order: Order.Order<A> }
+
+export const fromStrategy = <A, E>(strategy: StrategyShape<A>): MessageQueue<A, E> => {
   switch (strategy._tag) {
     case "Bounded":
       return new MessageQueue({ _tag: "Fifo" }, strategy.capacity, "suspend")
@@ -326,5 +335,5 @@ export const fromStrategy = <A, E>(strategy: IncomingQueue.Strategy<A>): Message
 }
 
 /** The capacity of a strategy (Infinity for unbounded). */
-export const capacityOf = (strategy: IncomingQueue.Strategy<any>): number =>
+export const capacityOf = (strategy: StrategyShape<any>): number =>
   strategy._tag === "Unbounded" ? Infinity : strategy.capacity
