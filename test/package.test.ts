@@ -67,6 +67,7 @@ interface PackageJson {
   readonly dependencies: Record<string, string>
   readonly peerDependencies: Record<string, string>
   readonly devDependencies: Record<string, string>
+  readonly bin: Record<string, string>
 }
 
 interface LockEntry {
@@ -136,7 +137,9 @@ const consumerLock = (self: PackageJson, tarball: string, roots: Record<string, 
           license: self.license,
           dependencies: self.dependencies,
           engines: self.engines,
-          peerDependencies: self.peerDependencies
+          peerDependencies: self.peerDependencies,
+          // npm links the package's commands into node_modules/.bin from what the lockfile says
+          bin: self.bin
         },
         ...packages
       }
@@ -305,6 +308,35 @@ describe("the packed tarball", () => {
 })
 
 describe("the installed package", () => {
+  it(
+    "the installed effect-mqtt command publishes to, and subscribes through, Mosquitto as a user runs it",
+    async () => {
+      const bin = Path.join(consumer, "node_modules", ".bin", "effect-mqtt")
+      const env = { ...childEnv(), PATH: `${Path.dirname(NODE_24)}:${process.env.PATH ?? ""}` }
+      const sub = new Promise<Output>((resolve, reject) =>
+        execFile(
+          bin,
+          ["sub", "--url", mosquitto.url, "-t", "packaging/bin", "-C", "1", "-W", "30", "-v", "-q", "1", "-d"],
+          { cwd: consumer, env, timeout: STEP_TIMEOUT_MS, encoding: "utf8" },
+          (error, stdout, stderr) =>
+            error === null ? resolve({ stdout, stderr }) : reject(new Error(`${error.message}\n${stderr}`))
+        )
+      )
+      // publish (retained, so that the order of the two processes does not matter) with the installed command too
+      await new Promise<void>((resolve, reject) =>
+        execFile(
+          bin,
+          ["pub", "--url", mosquitto.url, "-t", "packaging/bin", "-m", "from the bin", "-q", "1", "-r"],
+          { cwd: consumer, env, timeout: STEP_TIMEOUT_MS, encoding: "utf8" },
+          (error, _stdout, stderr) => error === null ? resolve() : reject(new Error(`${error.message}\n${stderr}`))
+        )
+      )
+      const { stdout } = await sub
+      assert.strictEqual(stdout.trim(), "packaging/bin from the bin")
+    },
+    STEP_TIMEOUT_MS
+  )
+
   for (const [name, node, major] of [["24", NODE_24, "v24."], ["22", NODE_22, "v22."]] as const) {
     it(`an ESM script round-trips a message through Mosquitto on Node.js ${name}`, async () => {
       const { stdout } = await run(node, ["round-trip.mjs", mosquitto.url], consumer)
