@@ -74,6 +74,7 @@ const test = Effect.gen(function*() {
   const metrics = yield* client.metrics
   yield* Console.log(`after 12 hours: ${(yield* client.status)._tag}, ${metrics.reconnects} reconnects`)
 
+  // the client logs the lost connection as a warning (its default `logLevel`), with the delay before it retries
   yield* broker.disconnect("door-monitor")
   const [will] = yield* broker.awaitPublished("status/door-monitor")
   yield* Console.log(`network lost: the broker published the will "${will.text}"`)

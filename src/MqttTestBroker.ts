@@ -22,18 +22,17 @@
  *
  * @example
  * ```ts
- * import { it } from "@effect/vitest"
  * import { Effect, Stream } from "effect"
  * import { MqttClient, MqttTestBroker } from "effect-mqtt"
  *
- * it.effect("forwards alerts", () =>
- *   Effect.gen(function*() {
- *     const client = yield* MqttClient.MqttClient
- *     const broker = yield* MqttTestBroker.MqttTestBroker
- *     yield* client.subscribe("alerts/#", { qos: 1 })
- *     yield* broker.publish("alerts/smoke", "kitchen", { qos: 1 })
- *     const [message] = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
- *   }).pipe(Effect.provide(MqttTestBroker.layerWithClient())))
+ * // in a test file: it.effect("receives alerts", () => receivesAlerts), with `it` from "@effect/vitest"
+ * const receivesAlerts = Effect.gen(function*() {
+ *   const client = yield* MqttClient.MqttClient
+ *   const broker = yield* MqttTestBroker.MqttTestBroker
+ *   yield* client.subscribe("alerts/#", { qos: 1 })
+ *   yield* broker.publish("alerts/smoke", "kitchen", { qos: 1 })
+ *   const [message] = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
+ * }).pipe(Effect.provide(MqttTestBroker.layerWithClient()))
  * ```
  *
  * @since 0.2.0
@@ -115,8 +114,12 @@ export interface Options {
  * @category models
  */
 export interface ClientInfo {
+  /** The client identifier of the session (the one the client sent, or the one the broker assigned to it). */
   readonly clientId: string
+  /** Whether the session's client is connected now; `false` for a persistent session kept for an offline
+   * client. */
   readonly connected: boolean
+  /** The MQTT version of the client's latest connection: 4 (MQTT 3.1.1) or 5 (MQTT 5.0). */
   readonly protocolVersion: 4 | 5
   /** The filters subscribed, `$share/{group}/` included. */
   readonly subscriptions: ReadonlyArray<string>

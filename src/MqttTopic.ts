@@ -126,6 +126,7 @@ export interface MqttTopic<
   out S extends Schema.Top,
   out R extends Schema.Top | undefined = undefined
 > extends Pipeable {
+  /** Marks a declared topic (see {@link isMqttTopic}). */
   readonly [TypeId]: typeof TypeId
   /** The pattern as declared, e.g. `sensors/{deviceId}/temperature`. */
   readonly pattern: P
@@ -133,10 +134,13 @@ export interface MqttTopic<
   readonly filter: string
   /** The parameter names, in order. */
   readonly params: ReadonlyArray<string>
+  /** The payload Schema, as given to {@link make}: it decodes from what the codec reads (see {@link Codec}). */
   readonly schema: S
+  /** How the payload is written as bytes: `"json"` (the default), `"text"` or `"bytes"`. */
   readonly codec: Codec
   /** The Schema of replies, for request topics (see {@link request} and {@link respond}). */
   readonly reply: R
+  /** How replies are written as bytes; default: the topic's {@link MqttTopic.codec}. */
   readonly replyCodec: Codec
   /** Why the pattern is invalid (then every operation fails with {@link TopicParamsError}), or `undefined`. */
   readonly problem: string | undefined
@@ -243,8 +247,11 @@ export type ReplyType<T extends AnyRequest> = T["reply"]["Type"]
  * @category models
  */
 export interface Received<Params, A> {
+  /** The pattern's parameters, taken from the message's topic name. */
   readonly params: Params
+  /** The payload, decoded with the topic's Schema and codec. */
   readonly payload: A
+  /** The message as received: topic, raw payload bytes, QoS, retain flag, MQTT 5 properties. */
   readonly message: MqttMessage.MqttMessage
 }
 
@@ -288,10 +295,20 @@ export type ReceivedOf<T extends Any> = Received<Params<T>, Type<T>>
  * @category errors
  */
 export class TopicParamsError extends Data.TaggedError("TopicParamsError")<{
+  /** The topic's pattern, as declared. */
   readonly pattern: string
+  /** The parameter refused, or `""` when the problem is not one parameter's: the pattern is invalid, or the
+   * topic name made from the parameters is (e.g. longer than MQTT allows). */
   readonly param: string
+  /** Why, in words (e.g. `must not contain "/"`). */
   readonly reason: string
 }> {
+  /**
+   * `Topic pattern "<pattern>": the parameter "<param>" <reason>`, or `Topic pattern "<pattern>": <reason>` when
+   * the pattern itself is invalid.
+   *
+   * @since 0.2.0
+   */
   override get message(): string {
     return this.param === ""
       ? `Topic pattern "${this.pattern}": ${this.reason}`
@@ -318,9 +335,16 @@ export class TopicParamsError extends Data.TaggedError("TopicParamsError")<{
  * @category errors
  */
 export class TopicEncodeError extends Data.TaggedError("TopicEncodeError")<{
+  /** The topic's pattern, as declared. */
   readonly pattern: string
+  /** The Schema's account of why the value does not encode. */
   readonly issue: SchemaIssue.Issue
 }> {
+  /**
+   * `Topic pattern "<pattern>": the value cannot be encoded: <the Schema issue>`.
+   *
+   * @since 0.2.0
+   */
   override get message(): string {
     return `Topic pattern "${this.pattern}": the value cannot be encoded: ${String(new Schema.SchemaError(this.issue))}`
   }
@@ -351,12 +375,23 @@ export class TopicEncodeError extends Data.TaggedError("TopicEncodeError")<{
  * @category errors
  */
 export class TopicDecodeError extends Data.TaggedError("TopicDecodeError")<{
+  /** The topic's pattern, as declared. */
   readonly pattern: string
+  /** The topic name of the message that did not decode. */
   readonly topic: string
+  /** What did not decode: the topic name, the payload, or the reply to a request. */
   readonly reason: "topic" | "payload" | "reply"
+  /** The Schema's account of why (`undefined` for reason `"topic"`). */
   readonly issue: SchemaIssue.Issue | undefined
+  /** The message as received. */
   readonly mqttMessage: MqttMessage.MqttMessage
 }> {
+  /**
+   * `Topic pattern "<pattern>": the message on "<topic>" does not match the pattern`, or `... has a payload
+   * (reply) that does not decode: <the Schema issue>`.
+   *
+   * @since 0.2.0
+   */
   override get message(): string {
     const what = this.reason === "topic"
       ? "does not match the pattern"
@@ -721,7 +756,11 @@ export const publish: {
 export type DecodeErrorPolicy<E = never, R = never> =
   | "fail"
   | "skip"
-  | { readonly deadLetter: (error: TopicDecodeError) => Effect.Effect<void, E, R> }
+  | {
+    /** Receives each message that does not decode, inside its {@link TopicDecodeError}; its failure fails the
+     * stream. */
+    readonly deadLetter: (error: TopicDecodeError) => Effect.Effect<void, E, R>
+  }
 
 /**
  * The options of {@link subscribe}: those of `MqttClient.subscribe`, a share group, and the decode failure
