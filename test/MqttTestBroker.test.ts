@@ -665,3 +665,17 @@ describe("the in-memory socket", () => {
       })
     ))
 })
+
+describe("a transport that answers while the client writes", () => {
+  it.effect("each QoS 1 publish reaches the broker once (the driver never hands the same packets on twice)", () =>
+    Effect.gen(function*() {
+      const broker = yield* MqttTestBroker.make()
+      yield* Effect.scoped(Effect.gen(function*() {
+        const client = yield* broker.makeClient({ protocolVersion: 5 })
+        yield* client.publish("a", "1", { qos: 1 })
+        yield* TestClock.adjust("2 minutes")
+        yield* client.publish("a", "2", { qos: 1 })
+      }))
+      assert.deepStrictEqual((yield* broker.published("a")).map((m) => m.text), ["1", "2"])
+    }))
+})

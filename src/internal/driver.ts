@@ -34,11 +34,14 @@ export class Driver {
   drain(): Effect.Effect<void> | undefined {
     const out = this.out
     const outbox = this.outbox
+    // everything is taken out of the Output before anything is handed on: waking the writer may run it at once,
+    // and a transport that answers synchronously (an in-memory broker) may then run the reader, which drains again
     if (out.send.length > 0) {
-      if (outbox !== undefined) { for (let i = 0; i < out.send.length; i++) outbox.push(out.send[i]) }
+      const send = out.send.length === 1 ? [out.send[0]] : out.send.slice()
       out.send.length = 0
-    }
-    if (!out.acks.isEmpty) {
+      if (!out.acks.isEmpty) send.push(out.acks.take())
+      outbox?.pushAll(send)
+    } else if (!out.acks.isEmpty) {
       const acks = out.acks.take()
       outbox?.push(acks)
     }

@@ -42,6 +42,20 @@ export class Outbox {
     }
   }
 
+  /** Queues packets in order, then wakes the writer once. */
+  pushAll(packets: ReadonlyArray<Uint8Array>): void {
+    for (let i = 0; i < packets.length; i++) {
+      this.queue.push(packets[i])
+      this.queued += packets[i].byteLength
+    }
+    this.onPush()
+    const writer = this.writer
+    if (writer !== undefined) {
+      this.writer = undefined
+      writer(Effect.succeed(this.takeAll()))
+    }
+  }
+
   /** Queues bytes, then waits while more than the high-water mark is waiting to be written. */
   write(bytes: Uint8Array): Effect.Effect<void, MqttError.MqttError> {
     if (this.closed !== undefined) return Effect.fail(this.closed)

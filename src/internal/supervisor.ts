@@ -158,7 +158,8 @@ export class Supervisor {
         const next = yield* Effect.exit(step(clock.currentTimeMillisUnsafe(), error))
         if (Exit.isFailure(next)) return yield* Effect.fail(error)
         const delay = next.value[1]
-        yield* self.log("Warn", `${error.message}; next attempt in ${Duration.format(delay)} (attempt ${attempt})`)
+        const millis = Duration.millis(Math.round(Duration.toMillis(delay)))
+        yield* self.log("Warn", `${error.message}; next attempt in ${Duration.format(millis)} (attempt ${attempt})`)
         yield* SubscriptionRef.set(self.status, { _tag: "Disconnected", cause: error, retryIn: delay })
         yield* Effect.sleep(delay)
         yield* SubscriptionRef.set(self.status, { _tag: "Connecting", attempt })
