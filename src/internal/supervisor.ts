@@ -105,10 +105,16 @@ export class Supervisor {
       } else {
         const failure = firstExit.cause.reasons.find(Cause.isFailReason)
         if (failure === undefined || !o.retryFirstConnect || o.reconnect === undefined || isFinal(failure.error)) {
+          if (failure !== undefined && o.retryFirstConnect) {
+            yield* self.log("Error", `MQTT client gave up: ${failure.error.message}`)
+          }
           return yield* Effect.failCause(firstExit.cause)
         }
         self.metrics.failedAttempts++
-        first = yield* self.reconnect(yield* Schedule.toStep(o.reconnect), failure.error)
+        first = yield* Effect.tapError(
+          self.reconnect(yield* Schedule.toStep(o.reconnect), failure.error),
+          (error) => self.log("Error", `MQTT client gave up: ${error.message}`)
+        )
       }
       yield* self.attach(first)
       yield* Effect.forkIn(self.supervise(first), scope)
@@ -227,7 +233,7 @@ export class Supervisor {
       const c = this.current
       this.current = undefined
       const byClient = error === closedByClient
-      const gaveUp = byClient ? Effect.void : this.log("Error", `MQTT client stopped: ${error.message}`)
+      const gaveUp = byClient ? Effect.void : this.log("Error", `MQTT client gave up: ${error.message}`)
       return (c === undefined ? Effect.void : close(this.env, c, error, disconnectReason, sessionExpiry)).pipe(
         Effect.andThen(gaveUp),
         Effect.andThen(Effect.sync(() => driver.deliveries.close(byClient ? undefined : error))),

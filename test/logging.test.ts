@@ -1,0 +1,133 @@
+/**
+ * The client's log lines (issue 10): connected at Info, a lost connection or failed attempt with its cause and
+ * the delay before the next attempt at Warn, giving up at Error; `logLevel` chooses which are written; no line
+ * ever contains a password, whether it came from the options or from the URL.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { Effect, Logger, Redacted, References, Schedule } from "effect"
+import { MqttClient } from "effect-mqtt"
+import { execFileSync } from "node:child_process"
+import * as Fs from "node:fs"
+import * as Net from "node:net"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
+
+const password = "s3cr3t-Passw0rd-Never-Logged"
+let secured: MosquittoHandle
+let dir: string
+
+beforeAll(async () => {
+  dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-mqtt-logging-"))
+  const passwordFile = Path.join(dir, "passwords")
+  execFileSync("mosquitto_passwd", ["-c", "-b", passwordFile, "alice", password])
+  secured = await startMosquitto({ protocolConfig: `allow_anonymous false\npassword_file ${passwordFile}` })
+})
+
+afterAll(async () => {
+  await secured?.dispose()
+  Fs.rmSync(dir, { recursive: true, force: true })
+})
+
+/** Runs an effect with a logger that keeps every line (level and message, annotations included). */
+const captured = <A, E>(effect: Effect.Effect<A, E>) =>
+  Effect.gen(function*() {
+    const lines: Array<string> = []
+    const collector = Logger.make((options) => {
+      lines.push(
+        `${options.logLevel} ${String(options.message)} ${
+          JSON.stringify(options.fiber.getRef(References.CurrentLogAnnotations))
+        }`
+      )
+    })
+    const exit = yield* Effect.exit(Effect.provide(effect, Logger.layer([collector])))
+    return { lines, exit }
+  })
+
+const closedPort = () =>
+  new Promise<number>((resolve) => {
+    const server = Net.createServer()
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as Net.AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
+
+describe("log lines", () => {
+  it.live("connected is logged at Info when logLevel is Info, naming the broker, and not at the default Warn", () =>
+    Effect.gen(function*() {
+      const url = secured.url.replace("mqtt://", "mqtt://alice:" + password + "@")
+      const info = yield* captured(Effect.scoped(MqttClient.make({ url, logLevel: "Info" })))
+      assert.strictEqual(info.exit._tag, "Success", String(info.exit))
+      const connected = info.lines.filter((line) => line.startsWith("Info") && line.includes("MQTT connected"))
+      assert.strictEqual(connected.length, 1, info.lines.join("\n"))
+      assert.include(connected[0], `127.0.0.1:${secured.port}`)
+      const quiet = yield* captured(Effect.scoped(MqttClient.make({ url })))
+      assert.deepStrictEqual(quiet.lines, [])
+      for (const line of [...info.lines, ...quiet.lines]) assert.notInclude(line, password)
+    }))
+
+  it.live("a refused login (wrong password, in the URL and in the options) gives up with an Error line, never the password", () =>
+    Effect.gen(function*() {
+      const wrong = password + "-wrong"
+      for (
+        const options of [
+          { url: secured.url.replace("mqtt://", `mqtt://alice:${encodeURIComponent(wrong)}@`) },
+          { url: secured.url, username: "alice", password: Redacted.make(wrong) }
+        ]
+      ) {
+        const { lines, exit } = yield* captured(Effect.scoped(Effect.gen(function*() {
+          const client = yield* MqttClient.make({
+            ...options,
+            logLevel: "Info",
+            retryFirstConnect: true,
+            reconnect: Schedule.spaced("10 millis")
+          })
+          return yield* client.awaitClose
+        })))
+        assert.strictEqual(exit._tag, "Failure")
+        assert.isTrue(lines.some((line) => line.startsWith("Error") && /refused/.test(line)), lines.join("\n"))
+        for (const line of lines) {
+          assert.notInclude(line, wrong)
+          assert.notInclude(line, encodeURIComponent(wrong))
+        }
+      }
+    }))
+
+  it.live("a broker that is not there: each failed attempt is a Warn line with the cause and the next delay; giving up is an Error line", () =>
+    Effect.gen(function*() {
+      const port = yield* Effect.promise(closedPort)
+      const { lines, exit } = yield* captured(
+        Effect.scoped(MqttClient.make({
+          url: `mqtt://bob:${password}@127.0.0.1:${port}`,
+          retryFirstConnect: true,
+          reconnect: Schedule.spaced("10 millis").pipe(Schedule.upTo({ times: 3 }))
+        }))
+      )
+      assert.strictEqual(exit._tag, "Failure")
+      const warnings = lines.filter((line) => line.startsWith("Warn"))
+      assert.isAtLeast(warnings.length, 3, lines.join("\n"))
+      assert.isTrue(lines.some((line) => line.startsWith("Error") && line.includes("gave up")), lines.join("\n"))
+      for (const warning of warnings) {
+        assert.match(warning, /could not connect/i)
+        assert.match(warning, /next attempt in \d+ms/)
+        assert.include(warning, `127.0.0.1:${port}`)
+      }
+      for (const line of lines) assert.notInclude(line, password)
+    }))
+
+  it.live("logLevel None writes nothing, even when the client gives up", () =>
+    Effect.gen(function*() {
+      const port = yield* Effect.promise(closedPort)
+      const { lines, exit } = yield* captured(
+        Effect.scoped(MqttClient.make({
+          url: `mqtt://127.0.0.1:${port}`,
+          logLevel: "None",
+          retryFirstConnect: true,
+          reconnect: Schedule.recurs(2)
+        }))
+      )
+      assert.strictEqual(exit._tag, "Failure")
+      assert.deepStrictEqual(lines, [])
+    }))
+})
