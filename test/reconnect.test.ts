@@ -5,8 +5,8 @@
  * operations do while it is offline.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
-import { MqttClient, MqttError } from "effect-mqtt"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
+import { MqttClient, MqttError, MqttTestBroker } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import type { Packet } from "mqtt-packet"
 import * as FakeBroker from "./support/FakeBroker.ts"
@@ -1189,5 +1189,52 @@ describe("interruption and closing", () => {
       yield* sleepReal(300)
       expect(broker.connections.length).toBe(2)
       expect((yield* client.status)._tag).toBe("Closed")
+    }))
+})
+
+describe("a reconnect storm on TestClock", () => {
+  it.effect("100 clients that lose the same broker each attempt at their own jittered delay, never before it", () =>
+    Effect.gen(function*() {
+      const broker = yield* MqttTestBroker.make()
+      const n = 100
+      const records = yield* Effect.forEach(Array.from({ length: n }, (_, i) => i), (i) =>
+        Effect.gen(function*() {
+          const client = yield* broker.makeClient({
+            clientId: `storm-${i}`,
+            keepAlive: 0,
+            logLevel: "None",
+            reconnect: MqttClient.defaultReconnect
+          })
+          const record = { retryIn: -1, attemptAt: -1 }
+          yield* Effect.forkScoped(Stream.runForEach(client.statusChanges, (status) =>
+            Effect.gen(function*() {
+              const now = yield* Clock.currentTimeMillis
+              if (status._tag === "Disconnected" && record.retryIn < 0) {
+                record.retryIn = Duration.toMillis(status.retryIn!)
+                expect(now).toBe(0)
+              }
+              if (status._tag === "Connecting" && record.retryIn >= 0 && record.attemptAt < 0) record.attemptAt = now
+            })))
+          return record
+        }))
+      yield* Effect.yieldNow
+      yield* broker.stop()
+      // move the clock a millisecond at a time through the first backoff range (50 to 100 ms)
+      for (let t = 0; t <= 100; t++) {
+        for (const r of records) {
+          // no attempt before its delay; each at the moment its delay ends
+          if (r.attemptAt >= 0) expect(r.attemptAt).toBeCloseTo(r.retryIn, 6)
+          else expect(t).toBeLessThanOrEqual(Math.ceil(r.retryIn))
+        }
+        yield* TestClock.adjust("1 millis")
+      }
+      const delays = records.map((r) => r.retryIn)
+      for (const delay of delays) {
+        expect(delay).toBeGreaterThanOrEqual(50)
+        expect(delay).toBeLessThanOrEqual(100)
+      }
+      // spread, not in step: the attempts of 100 clients fall on at least 20 distinct milliseconds
+      expect(new Set(records.map((r) => r.attemptAt)).size).toBeGreaterThanOrEqual(20)
+      yield* broker.start
     }))
 })

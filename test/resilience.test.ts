@@ -539,7 +539,8 @@ describe("reconnect storm", () => {
         expect(drawn.at(-1)! - drawn[0]).toBeGreaterThanOrEqual(20)
         expect(densest(drawn, 5)).toBeLessThanOrEqual(CLIENTS * 0.2)
         // that each client waits its own delay before its attempt is a matter of the clock, not of this machine's
-        // load: test/reconnect.test.ts proves it on TestClock ("many clients ... each attempt at its own delay");
+        // load: test/reconnect.test.ts proves it on TestClock ("100 clients that lose the same broker each attempt at
+        // their own jittered delay, never before it");
         // here, where the wall clock and the scheduler decide when a fiber runs, only the order is asserted
         for (const r of records) expect(r.disconnected.length).toBeGreaterThanOrEqual(1)
         console.log(`storm: waited ${Math.min(...waited)}..${Math.max(...waited)} ms before the first attempts`)
