@@ -415,6 +415,48 @@ export class PublishError extends Schema.TaggedError<PublishError>()("PublishErr
 }
 
 /**
+ * The session store (the `store` option: the client's half of a persistent session kept in a `KeyValueStore`)
+ * failed. At start (`operation: "load"`): a stored session that cannot be read is never reset silently; the
+ * client does not start, and `clearStore: true` discards it. While running (`operation: "write"`): a QoS 1/2
+ * publish made while the store cannot be written fails with this error, so that nothing is acknowledged to the
+ * application that is not stored; what was already accepted waits until the store is back.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
+  /** Which store: `"file:/path"`, `"redis"`, `"memory"`, or the name a custom store was given. */
+  store: Schema.String,
+  /** What the client was doing with it. */
+  operation: Schema.Literals(["load", "write", "clear"]),
+  /** The key that could not be read or written, when there is one. */
+  key: optionalString,
+  /** What went wrong. */
+  reason: Schema.String,
+  /** The store's own error. */
+  cause: Schema.optionalKey(Schema.Defect())
+}) {
+  /**
+   * @since 0.2.0
+   */
+  readonly [TypeId] = TypeId
+  /**
+   * `The session store (<store>) could not <operation> [key "<key>"]: <reason>`, then what to do.
+   *
+   * @since 0.2.0
+   */
+  override get message(): string {
+    const key = this.key === undefined ? "" : ` key "${this.key}"`
+    const hint = this.operation === "load"
+      ? "; the stored session is kept: fix the store, or start with clearStore: true to discard it"
+      : this.operation === "write"
+      ? "; QoS 1/2 publishes fail until it can be written again"
+      : ""
+    return `The session store (${this.store}) could not ${this.operation}${key}: ${this.reason}${hint}`
+  }
+}
+
+/**
  * The client is not connected (it is reconnecting) and the operation could not wait: the offline buffer is
  * full, or the options say to fail instead of waiting (`offline.qos0: "fail"`, `offline.overflow: "fail"`,
  * `offline.requests: "fail"`).
@@ -514,6 +556,7 @@ export type MqttError =
   | UnsubscribeError
   | PublishError
   | OfflineError
+  | StoreError
   | InvalidTopicError
   | InvalidOptionError
 

@@ -189,11 +189,11 @@ describe("session: outgoing publishes", () => {
   it("a publish withdrawn before it was written is never sent; one written keeps its flow", () => {
     const h = new Harness({ protocolVersion: 5 })
     const offline = entry(h.publish(message("t", "never", 1)))
-    expect(h.session.outgoing.withdraw(offline)).toBe(true)
+    expect(h.session.outgoing.withdraw(offline, h.out)).toBe(true)
     h.connect()
     expect(h.take()).toEqual([])
     const written = entry(h.publish(message("t", "sent", 1)))
-    expect(h.session.outgoing.withdraw(written)).toBe(false)
+    expect(h.session.outgoing.withdraw(written, h.out)).toBe(false)
     expect(texts(h.take())).toEqual(["sent"])
   })
 

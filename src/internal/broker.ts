@@ -88,6 +88,8 @@ export const annotate = (error: MqttError.MqttError, broker: string | undefined,
       return error.broker !== undefined || broker === undefined ? error : new MqttError.ProtocolError({
         reason: error.reason,
         ...optional("reasonCode", error.reasonCode),
+        ...optional("packet", error.packet),
+        ...optional("rule", error.rule),
         broker
       })
     case "ConnectRefusedError":

@@ -133,6 +133,9 @@ export class Inbound {
         out.acks.push(Codec.PUBACK, record.id)
         if (resuming) this.ackedOnResume[record.id] = 1
       } else {
+        // a durable session records the identifier before the PUBREC is written: after a restart, a resent
+        // PUBLISH is still answered, not delivered again
+        out.journal?.push({ t: "a", id: record.id })
         out.acks.push(Codec.PUBREC, record.id)
         this.awaitingRelease[record.id] = 1
         this.releasing++
@@ -153,6 +156,7 @@ export class Inbound {
     if (this.awaitingRelease[id] === 1) {
       this.awaitingRelease[id] = 0
       this.releasing--
+      out.journal?.push({ t: "x", id })
       out.acks.push(Codec.PUBCOMP, id)
     } else if (this.byId[id] !== undefined) {
       out.fail(violation(this.version, `a PUBREL for packet ${id} before its PUBREC was sent`, 0x82))
@@ -168,6 +172,7 @@ export class Inbound {
     this.connected = true
     this.aliases = []
     if (!sessionPresent) {
+      out.journal?.push({ t: "X" })
       this.epoch++
       this.line = []
       this.head = 0
@@ -179,6 +184,14 @@ export class Inbound {
       return
     }
     this.flush(out, true)
+  }
+
+  /** Puts back the QoS 2 identifiers of a stored session that await PUBREL. */
+  restore(awaitingRelease: Iterable<number>): void {
+    for (const id of awaitingRelease) {
+      if (this.awaitingRelease[id] === 0) this.releasing++
+      this.awaitingRelease[id] = 1
+    }
   }
 
   /** The connection ended: acknowledgements wait for the next one. */

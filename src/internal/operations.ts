@@ -100,7 +100,10 @@ const publishNow = (
   }
   if (MqttError.isMqttError(result)) return Effect.fail(result)
   if (result.done) return result.error === undefined ? Effect.void : Effect.fail(result.error)
-  return Effect.asVoid(awaitOperation(result, (entry) => session.outgoing.withdraw(entry)))
+  return Effect.asVoid(awaitOperation(result, (entry) => {
+    session.outgoing.withdraw(entry, driver.out)
+    driver.drain()
+  }))
 }
 
 /** The filters of a subscribe call with their options, checked. */

@@ -40,6 +40,8 @@ export const RELEASED = 2
 
 export class PublishEntry implements Queued, Operation {
   queued = false
+  /** the entry's number in the session's journal (durable sessions) */
+  key = 0
   id = 0
   state: 0 | 1 | 2 = NEW
   /** written before: a resend carries DUP [MQTT-3.3.1-1] */
@@ -83,6 +85,8 @@ export class Outgoing {
   private aliases: Map<string, number> | undefined = undefined
   /** publishes accepted while disconnected and not written yet */
   offline = 0
+  /** the next journal key of a publish */
+  private nextKey = 1
 
   private readonly version: Packets.ProtocolVersion
   private readonly ids: PacketIds
@@ -126,7 +130,7 @@ export class Outgoing {
       if (this.used < limits.quota) {
         const id = this.ids.acquire()
         if (id !== 0) {
-          const entry = new PublishEntry(message, false)
+          const entry = this.accepted(new PublishEntry(message, false), out)
           entry.id = id
           this.inflight.set(id, entry)
           this.transmit(entry, limits, out)
@@ -135,6 +139,7 @@ export class Outgoing {
       }
     }
     const entry = new PublishEntry(message, limits === undefined)
+    if (message.qos > 0) this.accepted(entry, out)
     if (limits === undefined) {
       this.offline++
       // QoS 0 is at most once: buffered while offline, it is done for the caller (the offline capacity bounds it)
@@ -145,13 +150,47 @@ export class Outgoing {
     return entry
   }
 
+  /** A QoS 1/2 publish joins the session: a durable session stores it before anything of it is written. */
+  private accepted(entry: PublishEntry, out: Output): PublishEntry {
+    entry.key = this.nextKey++
+    const m = entry.message
+    out.journal?.push({
+      t: "p",
+      p: {
+        key: entry.key,
+        topic: m.topic,
+        payload: m.payload,
+        qos: m.qos as 1 | 2,
+        retain: m.retain,
+        properties: m.properties,
+        id: 0,
+        state: NEW
+      }
+    })
+    return entry
+  }
+
+  /** Puts back the publishes of a stored session, in their order, with their identifiers and states. */
+  restore(entries: ReadonlyArray<PublishEntry>): void {
+    for (const entry of entries) {
+      this.nextKey = Math.max(this.nextKey, entry.key + 1)
+      if (entry.id !== 0) {
+        this.ids.claim(entry.id)
+        this.inflight.set(entry.id, entry)
+      } else {
+        this.line.push(entry)
+      }
+    }
+  }
+
   /**
    * The caller gave up waiting. A publish never written is withdrawn (it frees its place and is not sent);
    * one written keeps its flow: its acknowledgement is still received and answered. Returns whether withdrawn.
    */
-  withdraw(entry: PublishEntry): boolean {
+  withdraw(entry: PublishEntry, out: Output): boolean {
     entry.listener = undefined
     if (entry.written || entry.done || !entry.queued && entry.id === 0) return false
+    if (entry.key !== 0) out.journal?.push({ t: "d", k: entry.key })
     this.line.remove(entry)
     if (entry.offline) {
       entry.offline = false
@@ -202,6 +241,8 @@ export class Outgoing {
     out.send.push(bytes)
     entry.written = true
     if (entry.message.qos === 0) return out.end(entry, undefined)
+    // a durable session knows the identifier before the PUBLISH is written: a resend after a restart keeps it
+    if (entry.state === NEW) out.journal?.push({ t: "s", k: entry.key, id: entry.id })
     entry.state = SENT
     this.count(entry)
   }
@@ -214,6 +255,7 @@ export class Outgoing {
   /** A publish the current connection cannot take ends with the broker's reason code, unsent. */
   private refuse(entry: PublishEntry, error: MqttError.PublishError, out: Output): void {
     if (entry.done) out.warnings.push(`a QoS 0 publish accepted while offline was not sent: ${error.message}`)
+    if (entry.key !== 0) out.journal?.push({ t: "d", k: entry.key })
     if (entry.id !== 0) {
       this.inflight.delete(entry.id)
       // a QoS 2 PUBLISH written on an earlier connection of this session may be held by the broker under its
@@ -284,6 +326,7 @@ export class Outgoing {
     if (entry === undefined || entry.state === NEW) return "unknown"
     if (entry.message.qos !== 2) return this.settle(entry, wrongAck(entry, "PUBREC"), out)
     if (ack.reasonCode >= 0x80) return this.settle(entry, brokerRefusal(entry, ack), out)
+    if (entry.state !== RELEASED) out.journal?.push({ t: "r", k: entry.key })
     entry.state = RELEASED
     out.acks.push(Codec.PUBREL, entry.id)
     return undefined
@@ -298,6 +341,7 @@ export class Outgoing {
   }
 
   private settle(entry: PublishEntry, error: MqttError.MqttError | undefined, out: Output): undefined {
+    out.journal?.push({ t: "d", k: entry.key })
     this.inflight.delete(entry.id)
     this.ids.release(entry.id)
     if (entry.counted) {
@@ -324,9 +368,11 @@ export class Outgoing {
       for (const entry of unfinished) {
         this.ids.release(entry.id)
         if (entry.state === RELEASED) {
+          out.journal?.push({ t: "d", k: entry.key })
           out.end(entry, undefined)
           continue
         }
+        out.journal?.push({ t: "n", k: entry.key })
         entry.id = 0
         entry.state = NEW
         entry.dup = false

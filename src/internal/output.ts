@@ -9,6 +9,7 @@
 import * as MqttError from "../MqttError.ts"
 import type { MqttMessage } from "../MqttMessage.ts"
 import { AckBuffer } from "./codec.ts"
+import type * as Journal from "./journal.ts"
 import type * as Packets from "./packets.ts"
 
 /** A received message and who receives it. */
@@ -61,6 +62,11 @@ export class Output {
   error: MqttError.MqttError | undefined = undefined
   /** things worth a log line that do not end anything */
   readonly warnings: Array<string> = []
+  /**
+   * Changes of the session to store (durable sessions only; undefined otherwise): the packets of the same step
+   * are written only once these are durable (write-ahead).
+   */
+  journal: Array<Journal.Entry> | undefined = undefined
 
   /** Ends an operation: it is completed (its listener called) when the output is drained. */
   end(operation: Operation, error: MqttError.MqttError | undefined): void {

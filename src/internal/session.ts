@@ -13,8 +13,10 @@
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { MqttMessage, type QoS, type UserProperty } from "../MqttMessage.ts"
+import * as Codec from "./codec.ts"
 import { DUPLICATE, Inbound } from "./inbound.ts"
-import { Outgoing, type OutgoingMessage, type PublishEntry } from "./outgoing.ts"
+import type * as Journal from "./journal.ts"
+import { Outgoing, type OutgoingMessage, PublishEntry } from "./outgoing.ts"
 import { type InboundRecord, type Output, violation } from "./output.ts"
 import { PacketIds } from "./packetIds.ts"
 import type * as Packets from "./packets.ts"
@@ -118,7 +120,10 @@ export class Session {
       return undefined
     }
     const p = connack.properties
-    if (p.assignedClientIdentifier !== undefined) this.clientId = p.assignedClientIdentifier
+    if (p.assignedClientIdentifier !== undefined && p.assignedClientIdentifier !== this.clientId) {
+      this.clientId = p.assignedClientIdentifier
+      out.journal?.push({ t: "c", c: this.clientId })
+    }
     const sessionExpiryInterval = p.sessionExpiryInterval ?? this.config.sessionExpiryInterval
     if (version === 5) this.persistent = (sessionExpiryInterval ?? 0) > 0
     const info: MqttClient.ConnectionInfo = {
@@ -162,6 +167,43 @@ export class Session {
     )
     this.inbound.resume(present, out)
     return info
+  }
+
+  /**
+   * Puts back a stored session (a durable store, after a restart): its publishes in their order with their
+   * identifiers and states (written ones are resent with DUP on a resumed session, as new otherwise), the QoS 2
+   * identifiers awaiting PUBREL, and the subscriptions to restore if the broker lost the session. Their callers
+   * are gone: the publishes end silently.
+   */
+  restore(image: Journal.Image): void {
+    if (image.clientId !== undefined) this.clientId = image.clientId
+    const entries = [...image.publishes.values()].sort((a, b) => a.key - b.key).map((stored) => {
+      const message: OutgoingMessage = {
+        topic: stored.topic,
+        payload: stored.payload,
+        qos: stored.qos,
+        retain: stored.retain,
+        properties: stored.properties,
+        encoded: Codec.encodePublish(
+          this.version,
+          stored.topic,
+          stored.payload,
+          stored.qos,
+          stored.retain,
+          stored.properties
+        )
+      }
+      const entry = new PublishEntry(message, false)
+      entry.key = stored.key
+      entry.id = stored.id
+      entry.state = stored.state
+      entry.written = stored.state !== 0
+      entry.dup = stored.state === 1
+      return entry
+    })
+    this.outgoing.restore(entries)
+    this.inbound.restore(image.awaitingRelease)
+    this.subscriptions.restore(image.subscriptions)
   }
 
   /** A packet from the broker, after its CONNACK. */

@@ -298,12 +298,33 @@ export class Subscriptions {
         out.warnings.push(`the broker refused to restore the subscription to "${spec.filter}" (${hex(codes[i])})`)
       }
     })
+    this.store(out)
     if (kind === "Subscribe" && codes.every((code) => code >= 0x80)) retired.add(request.identifier)
     for (const identifier of retired) this.retire(identifier)
     request.codes = codes
     request.reasonString = ack.reasonString
     out.end(request, undefined)
     return undefined
+  }
+
+  /** A durable session stores what the broker holds, to restore it after a restart. */
+  private store(out: Output): void {
+    out.journal?.push({ t: "S", s: [...this.broker.values()] })
+  }
+
+  /** Puts back the subscriptions a stored session held: restored as they are if the broker lost them. */
+  restore(subscriptions: ReadonlyArray<{ readonly spec: FilterSpec; readonly identifier: number }>): void {
+    const byIdentifier = new Map<number, Array<string>>()
+    for (const { identifier, spec } of subscriptions) {
+      this.broker.set(spec.filter, { spec, identifier })
+      if (identifier === 0) continue
+      byIdentifier.set(identifier, [...(byIdentifier.get(identifier) ?? []), spec.filter])
+      if (identifier >= AUTOMATIC_IDENTIFIERS_FROM) {
+        this.automatic.add(identifier)
+        this.nextIdentifier = Math.max(this.nextIdentifier, identifier + 1)
+      }
+    }
+    for (const [identifier, filters] of byIdentifier) this.byIdentifier.set(identifier, filters)
   }
 
   /** Forgets an identifier no held subscription and no request uses: the broker sends it no more. */
@@ -413,6 +434,7 @@ export class Subscriptions {
         else group.push(held.spec)
       }
       this.broker.clear()
+      this.store(out)
       this.uncertain.clear()
       for (const [identifier, specs] of groups) {
         own.push(new Request("Subscribe", specs, identifier, undefined, undefined))
