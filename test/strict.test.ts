@@ -47,6 +47,7 @@ const versionName = (version: 3 | 4 | 5) => version === 3 ? "3.1" : version === 
 const expectRowError = (error: unknown, row: MalformedRow) => {
   assert(error instanceof MqttError.ProtocolError, `expected a ProtocolError, got ${String(error)}`)
   expect(error.reasonCode).toBe(row.version === 5 ? row.reasonCode : undefined)
+  expect({ packet: error.packet, rule: error.rule }).toEqual({ packet: row.packet, rule: row.rule })
 }
 
 const cmds = (packets: ReadonlyArray<FakeBroker.Packet>) => packets.map((p) => p.cmd)
@@ -1005,16 +1006,11 @@ describe("MQTT 5 properties where the API shows them", () => {
 // ---------------------------------------------------------------------------------------------------------------
 
 describe("the packet and the rule of a violation", () => {
-  // KNOWN BUG: Broker.annotate (src/internal/broker.ts) adds the broker to a ProtocolError by rebuilding it from
-  // its reason and reason code only, so the `packet` and `rule` the decoder named never reach the caller (in both
-  // phases: `open` and the supervisor annotate). `.fails` keeps the suite green while the bug is there; once
-  // annotate keeps them, these tests fail: make them `it.live`, and add
-  // `expect({ packet: error.packet, rule: error.rule }).toEqual({ packet: row.packet, rule: row.rule })` to
-  // `expectRowError` (all 377 replays of the table then check them; they pass with that fix).
+  // the decoder's packet and rule reach the caller through both phases (`open` and the supervisor add the broker)
   const connack = connackRows.find((row) => row.version === 5 && row.rule === "MQTT-3.2.2-6")!
   const publish = otherRows.find((row) => row.version === 5 && row.rule === "MQTT-3.3.2-14")!
 
-  it.live.fails(`reach the error of a refused CONNACK (${connack.hex})`, () =>
+  it.live(`reach the error of a refused CONNACK (${connack.hex})`, () =>
     Effect.gen(function*() {
       const broker = yield* FakeBroker.make({ protocolVersion: 5, receiveTimeoutMs: 5_000 })
       const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false }))
@@ -1026,7 +1022,7 @@ describe("the packet and the rule of a violation", () => {
       expect({ packet: error.packet, rule: error.rule }).toEqual({ packet: "CONNACK", rule: "MQTT-3.2.2-6" })
     }))
 
-  it.live.fails(`reach the error of a refused PUBLISH (${publish.hex})`, () =>
+  it.live(`reach the error of a refused PUBLISH (${publish.hex})`, () =>
     Effect.gen(function*() {
       const broker = yield* FakeBroker.make({ protocolVersion: 5, receiveTimeoutMs: 5_000 })
       const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false }))
