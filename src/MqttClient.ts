@@ -30,6 +30,7 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as LogLevel from "effect/LogLevel"
+import type * as KeyValueStore from "effect/persistence/KeyValueStore"
 import type * as Redacted from "effect/Redacted"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
@@ -40,6 +41,7 @@ import * as Broker from "./internal/broker.ts"
 import * as internal from "./internal/client.ts"
 import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
+import type * as MqttSessionStore from "./MqttSessionStore.ts"
 
 /**
  * A Quality of Service level: 0 at most once, 1 at least once, 2 exactly once.
@@ -211,6 +213,19 @@ export interface Options {
    * and routes by what the broker says each copy matched, whatever this option says.
    */
   readonly overlapping?: "single-copy" | "copy-per-subscription" | undefined
+  /**
+   * A durable session: the client's half of a persistent session is kept in this store and survives a process
+   * crash or a redeploy (see `MqttSessionStore`: memory, file system, Redis, or any Effect `KeyValueStore`).
+   * Needs a fixed `clientId`; the state is kept per broker and client identifier. Write-ahead: a QoS 1/2 publish,
+   * its packet identifier, and the incoming QoS 2 identifiers are stored before the packets that depend on them
+   * are written (one store write per batch). On start, a stored session is restored: its publishes are resent
+   * in order with their identifiers and DUP (Session Present 1) or as new messages (Session Present 0). A
+   * stored session that cannot be read fails the client with `StoreError`; a store that cannot be written makes
+   * QoS 1/2 publishes fail with `StoreError` until it can. Default: none (the session lives in memory).
+   */
+  readonly store?: MqttSessionStore.SessionStore | KeyValueStore.KeyValueStore | undefined
+  /** Discard what `store` holds for this client before starting, instead of restoring it. Default `false`. */
+  readonly clearStore?: boolean | undefined
   /** What publish, subscribe and unsubscribe do while the client is reconnecting. */
   readonly offline?: OfflineOptions | undefined
   /** The largest packet the client accepts, in bytes: a larger one closes the connection as soon as its

@@ -52,3 +52,10 @@ export * as MqttTopic from "./MqttTopic.ts"
  * @since 0.2.0
  */
 export * as MqttTestBroker from "./MqttTestBroker.ts"
+
+/**
+ * Stores for durable sessions: memory, file system, Redis, any `KeyValueStore`.
+ *
+ * @since 0.2.0
+ */
+export * as MqttSessionStore from "./MqttSessionStore.ts"

@@ -18,10 +18,35 @@ import * as Operations from "./operations.ts"
 import { invalid, resolveOptions } from "./options.ts"
 import * as RequestResponse from "./requestResponse.ts"
 import { Session } from "./session.ts"
+import { clear, JournalWriter, load, prefixOf, type SessionStore } from "./store.ts"
 import { closedByClient, Supervisor } from "./supervisor.ts"
 import * as Transport from "./transport.ts"
 
 export { defaultReconnect } from "./options.ts"
+
+/**
+ * A durable session: restores what the store holds for this broker and client identifier, then journals every
+ * change ahead of the packets that depend on it (see store.ts).
+ */
+const durable = (
+  store: SessionStore,
+  clearStore: boolean,
+  broker: string | undefined,
+  session: Session,
+  driver: Driver,
+  supervisor: Supervisor,
+  scope: Scope.Scope
+) =>
+  Effect.gen(function*() {
+    const prefix = prefixOf(broker ?? "custom-transport", session.clientId)
+    if (clearStore) yield* clear(store, prefix)
+    const loaded = yield* load(store, prefix)
+    session.restore(loaded.image)
+    const journal = new JournalWriter(store, prefix, loaded, () => driver.outbox, (m) => supervisor.log("Warn", m))
+    driver.journal = journal
+    driver.out.journal = []
+    yield* Effect.forkIn(journal.run, scope)
+  })
 
 /** Connects and returns the client; releasing the scope disconnects. */
 export const make = (
@@ -56,6 +81,7 @@ export const make = (
     const status = yield* SubscriptionRef.make<MqttClient.ConnectionStatus>({ _tag: "Connecting", attempt: 1 })
     const broker = options.transport === undefined ? Broker.display(options.url ?? "mqtt://localhost:1883") : undefined
     const supervisor = new Supervisor({ options: o, socket, writer: writer.writeAll, parent, driver, broker }, status)
+    if (o.store !== undefined) yield* durable(o.store, o.clearStore, broker, session, driver, supervisor, scope)
     yield* supervisor.start(scope)
     yield* Scope.addFinalizer(
       scope,

@@ -9,11 +9,14 @@ import type { Outbox } from "./outbox.ts"
 import type { InboundRecord } from "./output.ts"
 import { Output } from "./output.ts"
 import type { Session } from "./session.ts"
+import type { JournalWriter } from "./store.ts"
 
 export class Driver {
   readonly out = new Output()
   /** the outbox of the connection that carries the session; undefined between connections */
   outbox: Outbox | undefined = undefined
+  /** the journal of a durable session (the `store` option) */
+  journal: JournalWriter | undefined = undefined
   /** what a PINGRESP wakes */
   onPong: (() => void) | undefined = undefined
   readonly session: Session
@@ -34,9 +37,17 @@ export class Driver {
   drain(): Effect.Effect<void> | undefined {
     const out = this.out
     const outbox = this.outbox
-    // everything is taken out of the Output before anything is handed on: waking the writer may run it at once,
-    // and a transport that answers synchronously (an in-memory broker) may then run the reader, which drains again
-    if (out.send.length > 0) {
+    const journal = this.journal
+    if (journal !== undefined && (out.journal!.length > 0 || journal.holding)) {
+      // a durable session: the packets wait until the step's journal entries (and every earlier step's) are stored
+      const packets = out.send.slice()
+      out.send.length = 0
+      if (!out.acks.isEmpty) packets.push(out.acks.take())
+      const entries = out.journal!.splice(0)
+      if (entries.length > 0 || packets.length > 0) journal.append(entries, packets, outbox)
+    } else if (out.send.length > 0) {
+      // everything is taken out of the Output before anything is handed on: waking the writer may run it at once,
+      // and a transport that answers synchronously (an in-memory broker) may then run the reader, which drains again
       const send = out.send.length === 1 ? [out.send[0]] : out.send.slice()
       out.send.length = 0
       if (!out.acks.isEmpty) send.push(out.acks.take())

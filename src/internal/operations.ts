@@ -82,6 +82,16 @@ const publishNow = (
     return Effect.fail(invalid("properties", e instanceof Error ? e.message : String(e)))
   }
   const { driver, session } = ctx
+  if (qos > 0 && driver.journal?.failing === true) {
+    // nothing is accepted that cannot be stored: the caller learns it now
+    return Effect.fail(
+      new MqttError.StoreError({
+        store: ctx.options.store!.name,
+        operation: "write",
+        reason: "the store cannot be written at the moment"
+      })
+    )
+  }
   const result = session.publish(
     { topic, payload: bytes, qos, retain, properties: options?.properties, encoded },
     driver.out

@@ -16,6 +16,7 @@ import * as MqttError from "../MqttError.ts"
 import type { QoS } from "../MqttMessage.ts"
 import * as Codec from "./codec.ts"
 import { capacityOf } from "./queue.ts"
+import type { SessionStore } from "./store.ts"
 import { nameProblem } from "./topic.ts"
 import * as Transport from "./transport.ts"
 
@@ -51,6 +52,8 @@ export interface Resolved {
   readonly acknowledgement: "auto" | "manual"
   readonly logLevel: LogLevel.LogLevel
   readonly overlapping: "single-copy" | "copy-per-subscription"
+  readonly store: SessionStore | undefined
+  readonly clearStore: boolean
 }
 
 /** The largest packet the client accepts unless told otherwise: 32 MiB. */
@@ -65,6 +68,13 @@ export const defaultReconnect: Schedule.Schedule<Duration.Duration> = Schedule.e
     Effect.map(Random.next, (r) => Duration.millis(Math.min(Duration.toMillis(duration), 30_000) * (0.5 + r / 2)))
   )
 )
+
+/** A session store from the `store` option: an `MqttSessionStore` or any `KeyValueStore`. */
+const storeOf = (store: MqttClient.Options["store"]): SessionStore | undefined => {
+  if (store === undefined || typeof store !== "object" || store === null) return undefined
+  if ("kv" in store && "name" in store) return store
+  return "set" in store && "keys" in store ? { name: "key-value store", kv: store } : undefined
+}
 
 export const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
 
@@ -183,6 +193,13 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   if (!LogLevel.values.includes(logLevel)) {
     return yield* invalid("logLevel", `expected one of ${LogLevel.values.map((l) => `"${l}"`).join(", ")}`)
   }
+  const store = storeOf(options.store)
+  if (options.store !== undefined && store === undefined) {
+    return yield* invalid("store", "expected a KeyValueStore or an MqttSessionStore")
+  }
+  if (store !== undefined && options.clientId === undefined) {
+    return yield* invalid("store", "a durable session needs a fixed clientId: the store is kept per client identifier")
+  }
   const overlapping = yield* oneOf("overlapping", options.overlapping, "single-copy", [
     "single-copy",
     "copy-per-subscription"
@@ -223,7 +240,9 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     userProperties: options.userProperties,
     acknowledgement,
     logLevel,
-    overlapping
+    overlapping,
+    store,
+    clearStore: options.clearStore ?? false
   } satisfies Resolved
 })
 

@@ -234,7 +234,12 @@ export class Supervisor {
       this.current = undefined
       const byClient = error === closedByClient
       const gaveUp = byClient ? Effect.void : this.log("Error", `MQTT client gave up: ${error.message}`)
-      return (c === undefined ? Effect.void : close(this.env, c, error, disconnectReason, sessionExpiry)).pipe(
+      // a durable session stores what is pending before the connection goes (within the same bound)
+      const flushed = driver.journal === undefined
+        ? Effect.void
+        : Effect.ignore(Effect.timeoutOption(driver.journal.flushed, "2 seconds"))
+      return flushed.pipe(
+        Effect.andThen(c === undefined ? Effect.void : close(this.env, c, error, disconnectReason, sessionExpiry)),
         Effect.andThen(gaveUp),
         Effect.andThen(Effect.sync(() => driver.deliveries.close(byClient ? undefined : error))),
         Effect.andThen(SubscriptionRef.set(this.status, { _tag: "Closed", cause: byClient ? undefined : error })),

@@ -1,0 +1,269 @@
+/**
+ * Durable sessions (issue 12), protocol level: the client's half of the session kept in a store survives the
+ * client, against the scripted fake broker that checks the exact packets. The same store given to a second client
+ * stands for a new process after a crash. (Crash tests with real processes, Mosquitto and Redis are in
+ * durable.crash.test.ts.)
+ */
+import { assert, describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Fiber, Scope, Stream } from "effect"
+import { MqttClient, MqttError, MqttSessionStore } from "effect-mqtt"
+import * as KeyValueStore from "effect/persistence/KeyValueStore"
+import { Buffer } from "node:buffer"
+import * as FakeBroker from "./support/FakeBroker.ts"
+
+const text = (packet: any) => Buffer.from(packet.payload).toString()
+
+/** A memory store whose writes can be made to fail, as a store that goes away. */
+const flakyStore = Effect.gen(function*() {
+  const inner = yield* MqttSessionStore.memory
+  const state = { failing: false, writes: 0 }
+  const kv = KeyValueStore.make({
+    get: inner.kv.get,
+    getUint8Array: inner.kv.getUint8Array,
+    set: (key, value) =>
+      Effect.suspend(() => {
+        if (state.failing) {
+          return Effect.fail(new KeyValueStore.KeyValueStoreError({ method: "set", key, message: "down" }))
+        }
+        state.writes++
+        return inner.kv.set(key, value)
+      }),
+    remove: inner.kv.remove,
+    clear: inner.kv.clear,
+    size: inner.kv.size,
+    keys: inner.kv.keys
+  })
+  return { store: MqttSessionStore.fromKeyValueStore(kv, "flaky"), state, inner }
+})
+
+/** A client in a scope of its own: closing the scope stands for the process going away. */
+const clientIn = (options: MqttClient.Options) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const fiber = yield* Effect.forkChild(Scope.provide(MqttClient.make(options), scope))
+    return { scope, fiber }
+  })
+
+describe("durable sessions", () => {
+  for (const version of [4, 5] as const) {
+    const persistent = version === 5 ? { sessionExpiryInterval: 3600, cleanStart: false } : { cleanStart: false }
+
+    it.live(`v${version}: publishes accepted and not finished are resent by the next client with their identifiers and DUP, in order`, () =>
+      Effect.gen(function*() {
+        const broker = yield* FakeBroker.make({ protocolVersion: version })
+        const store = yield* MqttSessionStore.memory
+        const options = {
+          url: broker.url,
+          protocolVersion: version,
+          clientId: "durable-1",
+          store,
+          ...persistent,
+          reconnect: false as const
+        }
+        const first = yield* clientIn(options)
+        const { connection } = yield* broker.acceptAndConnack()
+        const client = yield* Fiber.join(first.fiber)
+        const q1 = yield* Effect.forkChild(client.publish("t", "one", { qos: 1 }))
+        const q2 = yield* Effect.forkChild(client.publish("t", "two", { qos: 2 }))
+        const q2released = yield* Effect.forkChild(client.publish("t", "three", { qos: 2 }))
+        const sent = [
+          yield* connection.expect("publish"),
+          yield* connection.expect("publish"),
+          yield* connection.expect("publish")
+        ]
+        yield* connection.send({ cmd: "pubrec", messageId: sent[2].messageId! })
+        yield* connection.expect("pubrel")
+        // the process goes away (its publishes fail for their callers, but stay in the store)
+        yield* Scope.close(first.scope, Exit.void)
+        for (const fiber of [q1, q2, q2released]) expect(Exit.isFailure(yield* Fiber.await(fiber))).toBe(true)
+
+        const second = yield* clientIn(options)
+        const next = yield* broker.accept
+        const connect = yield* next.expect("connect")
+        expect(connect.clean).toBe(false)
+        yield* next.connack({ sessionPresent: true })
+        const resent = [yield* next.expect("publish"), yield* next.expect("publish"), yield* next.expect("pubrel")]
+        expect(
+          resent.map((
+            p: any
+          ) => [p.cmd, p.cmd === "publish" ? text(p) : undefined, p.messageId, p.cmd === "publish" ? p.dup : undefined])
+        )
+          .toEqual([
+            ["publish", "one", sent[0].messageId, true],
+            ["publish", "two", sent[1].messageId, true],
+            ["pubrel", undefined, sent[2].messageId, undefined]
+          ])
+        yield* Fiber.join(second.fiber)
+        yield* Scope.close(second.scope, Exit.void)
+      }))
+
+    it.live(`v${version}: with Session Present 0 the stored publishes go again as new messages`, () =>
+      Effect.gen(function*() {
+        const broker = yield* FakeBroker.make({ protocolVersion: version })
+        const store = yield* MqttSessionStore.memory
+        const options = {
+          url: broker.url,
+          protocolVersion: version,
+          clientId: "durable-2",
+          store,
+          ...persistent,
+          reconnect: false as const
+        }
+        const first = yield* clientIn(options)
+        const { connection } = yield* broker.acceptAndConnack()
+        const client = yield* Fiber.join(first.fiber)
+        yield* Effect.forkChild(client.publish("t", "one", { qos: 1 }))
+        yield* connection.expect("publish")
+        yield* Scope.close(first.scope, Exit.void)
+        const second = yield* clientIn(options)
+        const next = yield* broker.accept
+        yield* next.expect("connect")
+        yield* next.connack({ sessionPresent: false })
+        const again = yield* next.expect("publish")
+        expect([text(again), again.dup]).toEqual(["one", false])
+        yield* next.send({ cmd: "puback", messageId: again.messageId! })
+        const client2 = yield* Fiber.join(second.fiber)
+        // acknowledgements are handled in order: once a later publish completes, the PUBACK above was handled
+        const later = yield* Effect.forkChild(client2.publish("t", "later", { qos: 1 }))
+        const latePublish = yield* next.expect("publish")
+        yield* next.send({ cmd: "puback", messageId: latePublish.messageId! })
+        yield* Fiber.join(later)
+        yield* Scope.close(second.scope, Exit.void)
+        // acknowledged: the next client finds nothing to resend
+        const third = yield* clientIn(options)
+        const last = yield* broker.accept
+        yield* last.expect("connect")
+        yield* last.connack({ sessionPresent: true })
+        yield* last.expectSilence(200)
+        yield* Fiber.join(third.fiber)
+        yield* Scope.close(third.scope, Exit.void)
+      }))
+  }
+
+  it.live("an incoming QoS 2 message acknowledged before the crash is not delivered again by the next client", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const store = yield* MqttSessionStore.memory
+      const options = {
+        url: broker.url,
+        protocolVersion: 5 as const,
+        clientId: "durable-3",
+        store,
+        sessionExpiryInterval: 60,
+        cleanStart: false,
+        reconnect: false as const
+      }
+      const first = yield* clientIn(options)
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(first.fiber)
+      const publish = {
+        cmd: "publish" as const,
+        topic: "in",
+        payload: Buffer.from("once"),
+        qos: 2 as const,
+        messageId: 5,
+        retain: false,
+        dup: false
+      }
+      yield* connection.send(publish)
+      const [message] = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
+      expect(message.text).toBe("once")
+      yield* connection.expect("pubrec")
+      yield* Scope.close(first.scope, Exit.void)
+      const second = yield* clientIn(options)
+      const next = yield* broker.accept
+      yield* next.expect("connect")
+      yield* next.connack({ sessionPresent: true })
+      const restarted = yield* Fiber.join(second.fiber)
+      // the broker did not see the PUBREC: it resends the PUBLISH, which is answered, not delivered
+      yield* next.send({ ...publish, dup: true })
+      expect((yield* next.expect("pubrec")).messageId).toBe(5)
+      yield* next.send({ cmd: "pubrel", messageId: 5 })
+      expect((yield* next.expect("pubcomp")).messageId).toBe(5)
+      yield* next.send({
+        cmd: "publish",
+        topic: "in",
+        payload: Buffer.from("marker"),
+        qos: 0,
+        retain: false,
+        dup: false
+      })
+      const [after] = yield* restarted.messages.pipe(Stream.take(1), Stream.runCollect)
+      expect(after.text).toBe("marker")
+      yield* Scope.close(second.scope, Exit.void)
+    }))
+
+  it.live("a corrupt store is a StoreError at start naming the store and the key; clearStore discards it", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 4 })
+      const { store, inner } = yield* flakyStore
+      const options = { url: broker.url, clientId: "durable-4", store, cleanStart: false, reconnect: false as const }
+      const keys = yield* Effect.scoped(Effect.gen(function*() {
+        const fiber = yield* Effect.forkChild(MqttClient.make(options))
+        const { connection } = yield* broker.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        yield* Effect.forkChild(client.publish("t", "x", { qos: 1 }))
+        yield* connection.expect("publish")
+        return yield* inner.kv.keys
+      }))
+      const segment = keys.find((key) => key.includes("/j"))!
+      yield* inner.kv.set(segment, "{ not json")
+      const error = yield* Effect.flip(Effect.scoped(MqttClient.make(options)))
+      assert(error instanceof MqttError.StoreError, String(error))
+      expect([error.store, error.operation, error.key]).toEqual(["flaky", "load", segment])
+      expect(error.message).toContain("clearStore")
+      const fiber = yield* Effect.forkChild(
+        Effect.scoped(Effect.andThen(MqttClient.make({ ...options, clearStore: true }), Effect.void))
+      )
+      const next = yield* broker.accept
+      yield* next.expect("connect")
+      yield* next.connack({ sessionPresent: true })
+      // the discarded session's publish is not resent: the next packet is the client's DISCONNECT on release
+      yield* next.expect("disconnect")
+      yield* Fiber.join(fiber)
+    }))
+
+  it.live("while the store cannot be written, QoS 1/2 publishes fail with StoreError; once it can, the client goes on", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 4 })
+      const { store, state } = yield* flakyStore
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({
+          url: broker.url,
+          clientId: "durable-5",
+          store,
+          cleanStart: false,
+          reconnect: false,
+          logLevel: "None"
+        })
+      )
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      state.failing = true
+      // accepted into the session while the store fails: held, not written, until the store is back
+      const held = yield* Effect.forkChild(client.publish("t", "held", { qos: 1 }))
+      yield* connection.expectSilence(300)
+      const refused = yield* Effect.flip(client.publish("t", "refused", { qos: 1 }))
+      assert(refused instanceof MqttError.StoreError, String(refused))
+      expect(refused.operation).toBe("write")
+      // QoS 0 is not stored: it goes on (behind the held packets)
+      state.failing = false
+      const publish = yield* connection.expect("publish")
+      expect(text(publish)).toBe("held")
+      yield* connection.send({ cmd: "puback", messageId: publish.messageId! })
+      yield* Fiber.join(held)
+      const after = yield* Effect.forkChild(client.publish("t", "after", { qos: 1 }))
+      const next = yield* connection.expect("publish")
+      expect(text(next)).toBe("after")
+      yield* connection.send({ cmd: "puback", messageId: next.messageId! })
+      yield* Fiber.join(after)
+    }).pipe(Effect.scoped))
+
+  it.live("a store needs a fixed client identifier", () =>
+    Effect.gen(function*() {
+      const store = yield* MqttSessionStore.memory
+      const error = yield* Effect.flip(Effect.scoped(MqttClient.make({ url: "mqtt://127.0.0.1:1", store })))
+      assert(error instanceof MqttError.InvalidOptionError)
+      expect(error.option).toBe("store")
+    }))
+})
