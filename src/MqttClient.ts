@@ -226,6 +226,19 @@ export interface Options {
   readonly store?: MqttSessionStore.SessionStore | KeyValueStore.KeyValueStore | undefined
   /** Discard what `store` holds for this client before starting, instead of restoring it. Default `false`. */
   readonly clearStore?: boolean | undefined
+  /**
+   * Tracing. `subscribe`, `unsubscribe`, `request` and `respond` are always spans. `messages: true` also makes
+   * a span of each publish (`mqtt publish`, kind producer) and of each delivery to a consumer (`mqtt receive`,
+   * kind consumer); off by default, since a span per message costs more than the rest of a publish. With
+   * `propagate` (default `true`), an MQTT 5 publish made inside a span carries its W3C `traceparent` as a user
+   * property, and a received message that carries one gives its spans (and `MqttMessage.withSpan`) that parent,
+   * so that a trace runs from producer to consumer through the broker. Attributes follow OpenTelemetry's
+   * messaging conventions (`messaging.system: "mqtt"`, `messaging.destination.name`, `mqtt.qos`...).
+   */
+  readonly tracing?: {
+    readonly messages?: boolean | undefined
+    readonly propagate?: boolean | undefined
+  } | undefined
   /** What publish, subscribe and unsubscribe do while the client is reconnecting. */
   readonly offline?: OfflineOptions | undefined
   /** The largest packet the client accepts, in bytes: a larger one closes the connection as soon as its

@@ -20,6 +20,7 @@ import * as RequestResponse from "./requestResponse.ts"
 import { Session } from "./session.ts"
 import { clear, JournalWriter, load, prefixOf, type SessionStore } from "./store.ts"
 import { closedByClient, Supervisor } from "./supervisor.ts"
+import { ClientMetrics } from "./telemetry.ts"
 import * as Transport from "./transport.ts"
 
 export { defaultReconnect } from "./options.ts"
@@ -70,9 +71,15 @@ export const make = (
       offlineRequests: o.offlineRequests,
       overlapping: o.overlapping
     })
+    const metrics = new ClientMetrics(o.clientId, yield* Effect.context<never>())
     let driver: Driver
-    const deliveries = new Deliveries(o.queue, o.acknowledgement === "manual", (record) => driver.settled(record))
-    driver = new Driver(session, deliveries, (warning) => Effect.runFork(Effect.logWarning(warning)))
+    const deliveries = new Deliveries(
+      o.queue,
+      o.acknowledgement === "manual",
+      (record) => driver.settled(record),
+      metrics
+    )
+    driver = new Driver(session, deliveries, metrics, (warning) => Effect.runFork(Effect.logWarning(warning)))
     const socket = yield* Transport.makeSocket(o.endpoint, options)
     const writer = yield* socket.writer
     // the parent of every connection's scope, made before the finalizer that sends DISCONNECT, so that on

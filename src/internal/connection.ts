@@ -232,6 +232,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
         out.fail(violation(version, `malformed packet: ${describe(e)}`, 0x81))
       }
       const wait = driver.drain()
+      driver.metrics.gauges(session.outgoing.inFlight, driver.deliveries.messages.size)
       const challenges = out.auth.length > 0 ? out.auth.splice(0) : undefined
       const error = out.error
       out.error = undefined

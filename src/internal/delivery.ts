@@ -13,6 +13,7 @@ import { MqttMessage, ReceiptKey } from "../MqttMessage.ts"
 import type { Delivery, InboundRecord } from "./output.ts"
 import { fromStrategy, type MessageQueue, type Progress } from "./queue.ts"
 import { MESSAGES } from "./subscriptions.ts"
+import type { ClientMetrics } from "./telemetry.ts"
 
 type Queue = MessageQueue<MqttMessage, MqttError.MqttError>
 
@@ -52,9 +53,19 @@ export class Deliveries {
   /** messages dropped by the queues of owners that are gone */
   private droppedByGone = 0
 
-  constructor(strategy: IncomingQueue.Strategy, manual: boolean, sink: (record: InboundRecord) => void) {
+  private readonly metrics: ClientMetrics
+  private readonly counts = [0, 0, 0]
+  private readonly bytes = [0, 0, 0]
+
+  constructor(
+    strategy: IncomingQueue.Strategy,
+    manual: boolean,
+    sink: (record: InboundRecord) => void,
+    metrics: ClientMetrics
+  ) {
     this.strategy = strategy
     this.sink = sink
+    this.metrics = metrics
     this.messages = this.makeQueue(manual)
     this.owners.set(MESSAGES, { queue: this.messages, handle: undefined, manual })
   }
@@ -63,8 +74,13 @@ export class Deliveries {
     const queue = fromStrategy<MqttMessage, MqttError.MqttError>(this.strategy)
     if (!manual) queue.onTaken = acknowledge
     // a dropped message is given up by the application's choice of queue: it is acknowledged, and counted
-    queue.onDropped = acknowledge
+    queue.onDropped = this.onDropped
     return queue
+  }
+
+  private readonly onDropped = (message: MqttMessage): void => {
+    acknowledge(message)
+    this.metrics.dropped()
   }
 
   /** A new owner with a queue of the client's kind; returns its number and the queue. */
@@ -111,8 +127,19 @@ export class Deliveries {
    */
   deliver(deliveries: ReadonlyArray<Delivery>): Effect.Effect<void> | undefined {
     const batches = new Map<Queue, Array<MqttMessage>>()
+    const counts = this.counts
+    const bytes = this.bytes
+    counts[0] =
+      counts[1] =
+      counts[2] =
+      bytes[0] =
+      bytes[1] =
+      bytes[2] =
+        0
     for (let i = 0; i < deliveries.length; i++) {
       const { message, owners, record } = deliveries[i]
+      counts[message.qos]++
+      bytes[message.qos] += message.payload.byteLength
       for (let j = 0; j < owners.length; j++) {
         const copy = j === 0 ? message : copyOf(message)
         if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink)
@@ -128,6 +155,7 @@ export class Deliveries {
         else batch.push(copy)
       }
     }
+    this.metrics.received(counts, bytes)
     let wait: Effect.Effect<void> | undefined
     for (const [queue, batch] of batches) {
       const progress: Progress = { accepted: 0 }

@@ -10,6 +10,7 @@ import type { InboundRecord } from "./output.ts"
 import { Output } from "./output.ts"
 import type { Session } from "./session.ts"
 import type { JournalWriter } from "./store.ts"
+import type { ClientMetrics } from "./telemetry.ts"
 
 export class Driver {
   readonly out = new Output()
@@ -21,11 +22,13 @@ export class Driver {
   onPong: (() => void) | undefined = undefined
   readonly session: Session
   readonly deliveries: Deliveries
+  readonly metrics: ClientMetrics
   private readonly warn: (message: string) => void
 
-  constructor(session: Session, deliveries: Deliveries, warn: (message: string) => void) {
+  constructor(session: Session, deliveries: Deliveries, metrics: ClientMetrics, warn: (message: string) => void) {
     this.session = session
     this.deliveries = deliveries
+    this.metrics = metrics
     this.warn = warn
   }
 

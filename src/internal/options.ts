@@ -54,6 +54,7 @@ export interface Resolved {
   readonly overlapping: "single-copy" | "copy-per-subscription"
   readonly store: SessionStore | undefined
   readonly clearStore: boolean
+  readonly tracing: { readonly messages: boolean; readonly propagate: boolean }
 }
 
 /** The largest packet the client accepts unless told otherwise: 32 MiB. */
@@ -242,7 +243,8 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     logLevel,
     overlapping,
     store,
-    clearStore: options.clearStore ?? false
+    clearStore: options.clearStore ?? false,
+    tracing: { messages: options.tracing?.messages ?? false, propagate: options.tracing?.propagate ?? true }
   } satisfies Resolved
 })
 

@@ -125,6 +125,7 @@ export class Supervisor {
     return Effect.suspend(() => {
       this.current = c
       this.metrics.connects++
+      this.env.driver.metrics.connection(true, this.metrics.connects > 1)
       Deferred.doneUnsafe(this.connected, Effect.void)
       const info = c.info!
       return Effect.andThen(
@@ -144,6 +145,7 @@ export class Supervisor {
     return Effect.suspend(() => {
       if (this.current === c) this.current = undefined
       this.connected = Deferred.makeUnsafe()
+      this.env.driver.metrics.connection(false, false)
       const driver = this.env.driver
       driver.session.lost(error, driver.out)
       driver.drain()
@@ -228,6 +230,7 @@ export class Supervisor {
       if (driver.session.closed !== undefined) return Effect.void
       driver.session.close(error, driver.out)
       driver.drain()
+      driver.metrics.connection(false, false)
       for (const f of this.onClose) f(error)
       Deferred.doneUnsafe(this.connected, Effect.fail(error))
       const c = this.current

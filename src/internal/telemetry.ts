@@ -1,0 +1,142 @@
+/**
+ * Telemetry of a client: Effect `Metric`s (exportable through Effect's OTLP and Prometheus modules) updated
+ * synchronously where the client counts anyway (no Effect per message), and the W3C trace context that MQTT 5
+ * user properties carry across the broker, so that a trace runs from producer to consumer.
+ *
+ * Names and attributes follow OpenTelemetry's messaging semantic conventions (`messaging.system = mqtt`,
+ * `messaging.client.id`, `messaging.destination.name`, `messaging.operation.*`); the QoS is `mqtt.qos`.
+ */
+import * as Context from "effect/Context"
+import * as Metric from "effect/Metric"
+import * as Tracer from "effect/Tracer"
+import type { MessageProperties, QoS, UserProperty } from "../MqttMessage.ts"
+
+/** The client's metrics: one family each, a series per client identifier (and QoS where it applies). */
+export const metrics = {
+  messagesSent: Metric.counter("mqtt.client.messages.sent", {
+    description: "Messages published by the client, by QoS",
+    incremental: true
+  }),
+  bytesSent: Metric.counter("mqtt.client.bytes.sent", {
+    description: "Payload bytes published by the client, by QoS",
+    incremental: true
+  }),
+  messagesReceived: Metric.counter("mqtt.client.messages.received", {
+    description: "Messages received by the client, by QoS",
+    incremental: true
+  }),
+  bytesReceived: Metric.counter("mqtt.client.bytes.received", {
+    description: "Payload bytes received by the client, by QoS",
+    incremental: true
+  }),
+  inFlight: Metric.gauge("mqtt.client.publishes.inflight", {
+    description: "QoS 1/2 publishes of the client holding a packet identifier"
+  }),
+  queued: Metric.gauge("mqtt.client.queue.depth", { description: "Messages waiting in the `messages` queue" }),
+  dropped: Metric.counter("mqtt.client.messages.dropped", {
+    description: "Messages dropped by sliding or dropping queues",
+    incremental: true
+  }),
+  reconnects: Metric.counter("mqtt.client.reconnects", {
+    description: "Connections made again after one was lost",
+    incremental: true
+  }),
+  connected: Metric.gauge("mqtt.client.connected", { description: "1 while connected, 0 otherwise" })
+} as const
+
+type Counter = Metric.Metric<number, unknown>
+
+/** Synchronous updates of one client's metrics, bound to the context the client was made in. */
+export class ClientMetrics {
+  private readonly context: Context.Context<never>
+  private readonly byQos: Record<
+    "messagesSent" | "bytesSent" | "messagesReceived" | "bytesReceived",
+    ReadonlyArray<Counter>
+  >
+  private readonly plain: Record<"inFlight" | "queued" | "dropped" | "reconnects" | "connected", Counter>
+
+  constructor(clientId: string, context: Context.Context<never>) {
+    this.context = context
+    const client = { "messaging.system": "mqtt", "messaging.client.id": clientId }
+    const qos = (metric: Counter) =>
+      [0, 1, 2].map((q) => Metric.withAttributes(metric, { ...client, "mqtt.qos": String(q) }) as Counter)
+    this.byQos = {
+      messagesSent: qos(metrics.messagesSent),
+      bytesSent: qos(metrics.bytesSent),
+      messagesReceived: qos(metrics.messagesReceived),
+      bytesReceived: qos(metrics.bytesReceived)
+    }
+    const bind = (metric: Counter) => Metric.withAttributes(metric, client) as Counter
+    this.plain = {
+      inFlight: bind(metrics.inFlight),
+      queued: bind(metrics.queued),
+      dropped: bind(metrics.dropped),
+      reconnects: bind(metrics.reconnects),
+      connected: bind(metrics.connected)
+    }
+  }
+
+  sent(qos: QoS, bytes: number): void {
+    this.byQos.messagesSent[qos].updateUnsafe(1, this.context)
+    this.byQos.bytesSent[qos].updateUnsafe(bytes, this.context)
+  }
+
+  /** Counts received messages by QoS: `counts[qos]` messages and `bytes[qos]` payload bytes. */
+  received(counts: ReadonlyArray<number>, bytes: ReadonlyArray<number>): void {
+    for (let q = 0; q < 3; q++) {
+      if (counts[q] === 0) continue
+      this.byQos.messagesReceived[q].updateUnsafe(counts[q], this.context)
+      this.byQos.bytesReceived[q].updateUnsafe(bytes[q], this.context)
+    }
+  }
+
+  gauges(inFlight: number, queued: number): void {
+    this.plain.inFlight.updateUnsafe(inFlight, this.context)
+    this.plain.queued.updateUnsafe(queued, this.context)
+  }
+
+  dropped(): void {
+    this.plain.dropped.updateUnsafe(1, this.context)
+  }
+
+  connection(connected: boolean, reconnected: boolean): void {
+    this.plain.connected.updateUnsafe(connected ? 1 : 0, this.context)
+    if (reconnected) this.plain.reconnects.updateUnsafe(1, this.context)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// W3C Trace Context in MQTT 5 user properties
+// ---------------------------------------------------------------------------------------------------------
+
+/** The span a fiber runs in, if any. */
+export const currentSpan = (context: Context.Context<never>): Tracer.AnySpan | undefined =>
+  Context.getOrUndefined(context, Tracer.ParentSpan)
+
+/** The `traceparent` of a span: version 00, trace id, span id, sampled flag. */
+export const traceparentOf = (span: Tracer.AnySpan): string =>
+  `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
+
+/** User properties with the span's `traceparent` added (an earlier one replaced). */
+export const withTraceparent = (
+  userProperties: ReadonlyArray<UserProperty> | undefined,
+  span: Tracer.AnySpan
+): ReadonlyArray<UserProperty> => [
+  ...(userProperties ?? []).filter(([name]) => name !== "traceparent"),
+  ["traceparent", traceparentOf(span)]
+]
+
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
+
+/** The remote span a received message names in its `traceparent` user property, if it is well-formed. */
+export const remoteSpanOf = (properties: MessageProperties): Tracer.ExternalSpan | undefined => {
+  const userProperties = properties.userProperties
+  if (userProperties === undefined) return undefined
+  for (const [name, value] of userProperties) {
+    if (name !== "traceparent") continue
+    const match = TRACEPARENT.exec(value)
+    if (match === null || match[1] === "ff" || /^0+$/.test(match[2]) || /^0+$/.test(match[3])) return undefined
+    return Tracer.externalSpan({ traceId: match[2], spanId: match[3], sampled: (parseInt(match[4], 16) & 1) === 1 })
+  }
+  return undefined
+}
