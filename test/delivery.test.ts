@@ -1,0 +1,516 @@
+/**
+ * The delivery contract (issue 9), one sentence per test:
+ *
+ * 1. A message that reached the client is either handed to user code or still queued for the next consumer: a
+ *    consumer that stops (`Stream.take`, a timeout, an interruption) leaves what it did not receive queued.
+ * 2. A QoS 1/2 message is acknowledged when a consumer takes it, not when it is queued, and acknowledgements leave
+ *    in arrival order [MQTT-4.6.0-2, MQTT-4.6.0-3] whatever order the consumers take the messages in.
+ * 3. Manual acknowledgement: a message is acknowledged only when the application says so (`message.ack`,
+ *    `MqttMessage.ackAfter`); one that is not is sent again on the next connection of a persistent session.
+ * 4. Flow control: MQTT 5's Receive Maximum keeps QoS 1/2 from filling the queue, so the socket keeps being read;
+ *    where the reader must be held back, keepalive pings go on and a late PINGRESP is not taken for a dead broker.
+ * 5. Release always ends: with a full queue, an open subscription stream, on SIGINT and SIGTERM, with a frozen broker.
+ * 6. Every drop is counted in `droppedMessages`, subscription streams included.
+ * 7. LIFO queues: newest first, with the same overflow choices.
+ *
+ * Against real Mosquitto processes started here, except what a broker cannot be made to show: the exact order of
+ * acknowledgements on the wire, checked with the scripted fake broker. Every wait ends on an event (a queue size,
+ * a line a process printed, a line in the broker's log, a packet); the timeouts only guard against a hang.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { Cause, Deferred, Duration, Effect, Exit, Fiber, Option, Scope, Stream } from "effect"
+import { IncomingQueue, MqttClient, type MqttError, MqttMessage } from "effect-mqtt"
+import { TestClock } from "effect/testing"
+import type { Packet } from "mqtt-packet"
+import { type ChildProcess, spawn } from "node:child_process"
+import * as Crypto from "node:crypto"
+import * as Path from "node:path"
+import * as FakeBroker from "./support/FakeBroker.ts"
+import { mosquitto, type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
+import { SOURCE_CONDITION } from "./support/peers.ts"
+
+// ---------------------------------------------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------------------------------------------
+
+type Version = 4 | 5
+const versions: ReadonlyArray<Version> = [4, 5]
+const label = (version: Version) => version === 4 ? "MQTT 3.1.1" : "MQTT 5"
+
+const runId = Crypto.randomBytes(3).toString("hex")
+let counter = 0
+/** A name no other test (nor an earlier run) uses: topics and client identifiers. */
+const unique = (name: string) => `dl-${runId}-${name}-${++counter}`
+
+/** Sleeps on a real timer: also under TestClock. */
+const realSleep = (millis: number) => Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, millis)))
+
+/** Only a guard against a hang (real time, so that it also works under TestClock). */
+const HANG_GUARD_MILLIS = 20_000
+
+/** Waits, polling on a real timer, until `condition` holds; dies after the hang guard. */
+const eventually = <E, R>(what: string, condition: Effect.Effect<boolean, E, R>) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + HANG_GUARD_MILLIS
+    while (!(yield* condition)) {
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`${what}: not within ${HANG_GUARD_MILLIS} ms`))
+      yield* realSleep(10)
+    }
+  })
+
+/** A hang guard around one step (the Effect clock: live tests only). */
+const within = <A, E, R>(what: string, self: Effect.Effect<A, E, R>, seconds = HANG_GUARD_MILLIS / 1000) =>
+  Effect.timeoutOrElse(self, {
+    duration: Duration.seconds(seconds),
+    orElse: () => Effect.die(new Error(`${what}: not within ${seconds} s (a hang)`))
+  })
+
+const texts = (messages: ReadonlyArray<MqttMessage.MqttMessage>) => messages.map((m) => m.text)
+const numbered = (n: number, from = 1) => Array.from({ length: n }, (_, i) => String(from + i))
+const TEN = numbered(10)
+
+const take = (stream: Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>, n: number) =>
+  within(`${n} messages`, Stream.runCollect(Stream.take(stream, n)))
+
+/** Publishes each text to `topic` at QoS 1, one after the other: the broker receives them in this order. */
+const publishAll = (publisher: MqttClient.Client, topic: string, payloads: ReadonlyArray<string>) =>
+  Effect.forEach(payloads, (payload) => publisher.publish(topic, payload, { qos: 1 }), { discard: true })
+
+/**
+ * The messages whose acknowledgement may not have been sent, given the ones taken: acknowledgements leave in
+ * arrival order [MQTT-4.6.0-2], so only the longest run of taken messages from the first arrival is acknowledged.
+ */
+const unacknowledged = (arrival: ReadonlyArray<string>, taken: ReadonlyArray<string>) => {
+  const first = arrival.findIndex((text) => !taken.includes(text))
+  return first < 0 ? [] : arrival.slice(first)
+}
+
+/** Options of a persistent session (kept by the broker after the connection) for `clientId`. */
+const persistent = (version: Version, clientId: string): MqttClient.Options => ({
+  protocolVersion: version,
+  clientId,
+  ...(version === 5 ? { cleanStart: false, sessionExpiryInterval: 600 } : { cleanSession: false })
+})
+
+// ---- a client in a child process -----------------------------------------------------------------------------
+
+const DELIVERY_CLIENT = Path.join(import.meta.dirname, "fixtures", "delivery-client.ts")
+
+interface Child {
+  readonly process: ChildProcess
+  /** every line printed so far */
+  readonly lines: Array<string>
+  /** waits for a line equal to `line` */
+  readonly line: (line: string) => Effect.Effect<void>
+  /** resolves with the exit code and signal */
+  readonly exit: Effect.Effect<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
+  readonly stderr: () => string
+}
+
+/** Runs test/fixtures/delivery-client.ts with `args`; SIGKILLed when the scope closes, if still running. */
+const deliveryClient = (args: unknown) =>
+  Effect.acquireRelease(
+    Effect.sync((): Child => {
+      const child = spawn(process.execPath, [SOURCE_CONDITION, DELIVERY_CLIENT, JSON.stringify(args)], {
+        stdio: "pipe"
+      })
+      const lines: Array<string> = []
+      let partial = ""
+      let stderr = ""
+      child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+        const parts = (partial + chunk).split("\n")
+        partial = parts.pop() ?? ""
+        lines.push(...parts)
+      })
+      child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+        child.once("exit", (code, signal) => resolve({ code, signal }))
+      )
+      const ended = () => child.exitCode !== null || child.signalCode !== null
+      return {
+        process: child,
+        lines,
+        line: (line) =>
+          eventually(
+            `the child printing "${line}"`,
+            Effect.suspend(() => {
+              if (lines.includes(line)) return Effect.succeed(true)
+              if (ended()) {
+                return Effect.die(new Error(`the child exited before "${line}": ${lines.join("\n")}\n${stderr}`))
+              }
+              return Effect.succeed(false)
+            })
+          ),
+        exit: Effect.promise(() => exited),
+        stderr: () => stderr
+      }
+    }),
+    (child) => Effect.sync(() => child.process.kill("SIGKILL"))
+  )
+
+// ---- the fake broker -----------------------------------------------------------------------------------------
+
+const publishPacket = (topic: string, payload: string, qos: 0 | 1 | 2, messageId: number): Packet => ({
+  cmd: "publish",
+  topic,
+  payload: Buffer.from(payload),
+  qos,
+  retain: false,
+  dup: false,
+  messageId
+})
+
+/** A client of the fake broker, connected; `reconnect: false` (these tests are about one connection). */
+const fakeClient = (version: Version, options: MqttClient.Options = {}) =>
+  Effect.gen(function*() {
+    const broker = yield* FakeBroker.make({ protocolVersion: version, autoPingresp: true })
+    const fiber = yield* Effect.forkChild(
+      MqttClient.make({ url: broker.url, protocolVersion: version, reconnect: false, ...options })
+    )
+    const { connection } = yield* broker.acceptAndConnack()
+    const client = yield* Fiber.join(fiber)
+    return { client, connection }
+  })
+
+/** Answers the next SUBSCRIBE with a SUBACK granting what it asked. */
+const grantSubscribe = (connection: FakeBroker.FakeConnection) =>
+  Effect.gen(function*() {
+    const subscribe = yield* connection.expect("subscribe")
+    yield* connection.send({
+      cmd: "suback",
+      messageId: subscribe.messageId!,
+      granted: subscribe.subscriptions.map((s) => s.qos)
+    })
+  })
+
+/** An acknowledgement as `PUBACK 3` / `PUBREC 4`, any other packet as its command (and topic for a PUBLISH). */
+const show = (packet: Packet): string =>
+  packet.cmd === "puback" || packet.cmd === "pubrec"
+    ? `${packet.cmd.toUpperCase()} ${packet.messageId}`
+    : packet.cmd === "publish"
+    ? `publish ${packet.topic}`
+    : packet.cmd
+
+/** The packets the client sends, up to and including the first that `last` accepts. */
+const packetsUntil = (connection: FakeBroker.FakeConnection, last: (packet: Packet) => boolean) =>
+  Effect.gen(function*() {
+    const seen: Array<string> = []
+    for (;;) {
+      const packet = yield* connection.receive
+      seen.push(show(packet))
+      if (last(packet)) return seen
+    }
+  })
+
+const isPublishTo = (topic: string) => (packet: Packet) => packet.cmd === "publish" && packet.topic === topic
+
+// ---------------------------------------------------------------------------------------------------------------
+// 1 and 2: consumers that stop, and acknowledgement on hand-over, for each kind of queue
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Ten QoS 1 messages queued in a client, ready for a consumer. */
+interface Queued {
+  readonly client: MqttClient.Client
+  readonly stream: Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>
+  /** "1" to "10" in the order a consumer receives them */
+  readonly order: ReadonlyArray<string>
+  /** other QoS 1 messages the client holds and nobody takes */
+  readonly untaken: ReadonlyArray<string>
+}
+
+interface Kind {
+  readonly name: string
+  /**
+   * A client made with `options` whose stream holds the ten messages "1" to "10" (published in that order), all
+   * of them in the client before this returns.
+   */
+  readonly queueTen: (
+    broker: MosquittoHandle,
+    publisher: MqttClient.Client,
+    options: MqttClient.Options
+  ) => Effect.Effect<Queued, MqttError.MqttError, Scope.Scope>
+}
+
+const kinds: ReadonlyArray<Kind> = [
+  {
+    name: "messages",
+    queueTen: (broker, publisher, options) =>
+      Effect.gen(function*() {
+        const topic = unique("messages")
+        const client = yield* MqttClient.make({ url: broker.url, ...options })
+        yield* client.subscribe(topic, { qos: 1 })
+        yield* publishAll(publisher, topic, TEN)
+        yield* eventually("ten messages queued", Effect.map(client.queuedMessages, (n) => n === 10))
+        return { client, stream: client.messages, order: TEN, untaken: [] }
+      })
+  },
+  {
+    name: "a subscription() stream",
+    queueTen: (broker, publisher, options) =>
+      Effect.gen(function*() {
+        const topic = unique("stream")
+        const marker = unique("marker")
+        const client = yield* MqttClient.make({ url: broker.url, ...options })
+        yield* client.subscribe(marker, { qos: 1 })
+        const stream = yield* client.subscription(topic, { qos: 1 })
+        yield* publishAll(publisher, topic, TEN)
+        // Mosquitto sends a client its messages in the order it received them, and the client hands them over
+        // in the order they arrive: once the marker is in `messages`, the ten are in the subscription's queue
+        yield* publisher.publish(marker, "marker", { qos: 1 })
+        yield* eventually("the marker queued", Effect.map(client.queuedMessages, (n) => n === 1))
+        return { client, stream, order: TEN, untaken: ["marker"] }
+      })
+  },
+  {
+    name: "the priority queue",
+    queueTen: (broker, publisher, options) =>
+      Effect.gen(function*() {
+        const topic = unique("priority")
+        const client = yield* MqttClient.make({
+          url: broker.url,
+          ...options,
+          // the latest first: the opposite of the arrival order
+          queue: IncomingQueue.priority({ capacity: 100, priority: (message) => -Number(message.text) })
+        })
+        yield* client.subscribe(topic, { qos: 1 })
+        yield* publishAll(publisher, topic, TEN)
+        yield* eventually("ten messages queued", Effect.map(client.queuedMessages, (n) => n === 10))
+        return { client, stream: client.messages, order: [...TEN].reverse(), untaken: [] }
+      })
+  }
+]
+
+describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
+  let broker: MosquittoHandle
+  beforeAll(async () => {
+    broker = await startMosquitto({ protocolConfig: "max_queued_messages 10000" })
+  })
+  afterAll(() => broker?.dispose())
+
+  const publisherFor = (version: Version) => MqttClient.make({ url: broker.url, protocolVersion: version })
+
+  for (const version of versions) {
+    it.live(
+      `${
+        label(version)
+      }: a released subscription() stream's queued messages move to a full \`messages\` queue, none lost`,
+      () =>
+        Effect.gen(function*() {
+          const publisher = yield* publisherFor(version)
+          const topic = unique("full")
+          const streamTopic = unique("stream")
+          const client = yield* MqttClient.make({
+            url: broker.url,
+            protocolVersion: version,
+            queue: IncomingQueue.bounded(5),
+            // more than the ten QoS 1 messages in flight here (the default would be the queue's capacity)
+            receiveMaximum: 100
+          })
+          yield* client.subscribe(topic, { qos: 1 })
+          const streamScope = yield* Scope.make()
+          yield* client.subscription(streamTopic, { qos: 1 }).pipe(Scope.provide(streamScope))
+          // the stream's three first, then five that fill `messages`: once `messages` is full, the three are queued
+          yield* publishAll(publisher, streamTopic, ["s1", "s2", "s3"])
+          yield* publishAll(publisher, topic, numbered(5))
+          yield* eventually("`messages` full", Effect.map(client.queuedMessages, (n) => n === 5))
+          yield* within("release", Scope.close(streamScope, Exit.void))
+          const all = texts(yield* take(client.messages, 8))
+          assert.deepStrictEqual(all, [...numbered(5), "s1", "s2", "s3"])
+          assert.strictEqual(yield* client.droppedMessages, 0)
+        })
+    )
+  }
+
+  describe("MQTT 5, respond(): a handler that stops leaves the requests it did not take queued on `messages`", () => {
+    /**
+     * A responder whose handler answers "1" and "2", and never finishes "3"; ten requests "1" to "10" published
+     * while it runs. When it stops, its subscription is released and the requests it did not take move to
+     * `messages`, unacknowledged until taken there.
+     */
+    const respondSetup = (responderOptions: MqttClient.Options) =>
+      Effect.gen(function*() {
+        const requests = unique("requests")
+        const replies = unique("replies")
+        const marker = unique("marker")
+        const responder = yield* MqttClient.make({
+          url: broker.url,
+          protocolVersion: 5,
+          keepAlive: 0,
+          ...responderOptions
+        })
+        yield* responder.subscribe(marker, { qos: 1 })
+        const requester = yield* MqttClient.make({ url: broker.url, protocolVersion: 5, keepAlive: 0 })
+        const answers = yield* requester.subscription(replies, { qos: 1 })
+        const handled: Array<string> = []
+        const third = yield* Deferred.make<void>()
+        const respond = responder.respond(requests, (request) => {
+          if (request.text === "ready") return Effect.succeed("ready")
+          handled.push(request.text)
+          return request.text === "3"
+            ? Effect.andThen(Deferred.succeed(third, undefined), Effect.never)
+            : Effect.succeed(`re ${request.text}`)
+        })
+        const ask = (payload: string) =>
+          requester.publish(requests, payload, { qos: 1, properties: { responseTopic: replies } })
+        /** Once `respond` runs: asks until it answers (its SUBSCRIBE is not visible from here), then the ten. */
+        const sendTen = Effect.gen(function*() {
+          const asking = yield* Effect.forkChild(Effect.forever(Effect.andThen(ask("ready"), realSleep(20))))
+          yield* within("respond answering", Stream.runHead(Stream.filter(answers, (m) => m.text === "ready")))
+          yield* Fiber.interrupt(asking)
+          yield* Effect.forEach(TEN, ask, { discard: true })
+          // behind the ten on the same connection: once it is queued, the ten reached the responder
+          yield* requester.publish(marker, "marker", { qos: 1 })
+          yield* eventually("the third request handled", Deferred.isDone(third))
+          yield* eventually("the marker queued", Effect.map(responder.queuedMessages, (n) => n === 1))
+        })
+        const replied = Effect.map(
+          within("two replies", Stream.runCollect(Stream.take(Stream.filter(answers, (m) => m.text !== "ready"), 2))),
+          texts
+        )
+        return { responder, respond, sendTen, handled, replied }
+      })
+
+    it.live("interrupted while handling request 3 of 10: requests 4 to 10 are queued on `messages`", () =>
+      Effect.gen(function*() {
+        const { handled, replied, respond, responder, sendTen } = yield* respondSetup({})
+        const serving = yield* Effect.forkChild(respond)
+        yield* sendTen
+        yield* within("the release of respond", Fiber.interrupt(serving))
+        assert.deepStrictEqual(handled, TEN.slice(0, 3))
+        assert.deepStrictEqual(yield* replied, ["re 1", "re 2"])
+        const queued = texts(yield* take(responder.messages, 8))
+        assert.deepStrictEqual(queued.sort(), [...TEN.slice(3), "marker"].sort())
+      }))
+
+    it.effect("Effect.timeout around respond while it handles request 3 of 10: requests 4 to 10 are queued on `messages` (TestClock)", () =>
+      Effect.gen(function*() {
+        const { handled, replied, respond, responder, sendTen } = yield* respondSetup({})
+        const serving = yield* Effect.forkChild(Effect.exit(Effect.timeout(respond, "1 minute")))
+        yield* sendTen
+        // the time limit ends only once the ten are in the client, whatever the speed of this machine
+        yield* TestClock.adjust("1 minute")
+        const exit = yield* Fiber.join(serving)
+        assert.isTrue(Exit.hasFails(exit) && Cause.isTimeoutError(Cause.squash(exit.cause)), String(exit))
+        assert.deepStrictEqual(handled, TEN.slice(0, 3))
+        assert.deepStrictEqual(yield* replied, ["re 1", "re 2"])
+        const queued = texts(yield* Stream.runCollect(Stream.take(responder.messages, 8)))
+        assert.deepStrictEqual(queued.sort(), [...TEN.slice(3), "marker"].sort())
+      }))
+
+    it.live(
+      "nothing is acknowledged that respond never took: after it stops at request 3 and the client is closed, the same client id on a persistent session gets 4 to 10 again",
+      () =>
+        Effect.gen(function*() {
+          const clientId = unique("responder")
+          const first = yield* Scope.make()
+          const { respond, sendTen } = yield* respondSetup(persistent(5, clientId)).pipe(Scope.provide(first))
+          const serving = yield* Effect.forkChild(respond)
+          yield* sendTen
+          yield* within("the release of respond", Fiber.interrupt(serving))
+          yield* within("release", Scope.close(first, Exit.void))
+
+          const again = yield* MqttClient.make({ url: broker.url, ...persistent(5, clientId) })
+          const end = unique("end")
+          yield* again.subscribe(end, { qos: 1 })
+          yield* again.publish(end, "end", { qos: 1 })
+          const resent = yield* within(
+            "the resent messages",
+            Stream.runCollect(Stream.takeUntil(again.messages, (m) => m.topic === end))
+          )
+          // 1 to 3 were taken by respond (3 by a handler that never finished): acknowledged on hand-over
+          assert.deepStrictEqual(texts(resent.slice(0, -1)).sort(), [...TEN.slice(3), "marker"].sort())
+        })
+    )
+  })
+
+  for (const version of versions) {
+    for (const kind of kinds) {
+      describe(`${label(version)}, ${kind.name}: a consumer that stops leaves the rest queued`, () => {
+        it.live("Stream.take(1) of ten queued QoS 1 messages: the next consumer gets the other nine, in order", () =>
+          Effect.gen(function*() {
+            const publisher = yield* publisherFor(version)
+            const { order, stream } = yield* kind.queueTen(broker, publisher, { protocolVersion: version })
+            const first = yield* take(stream, 1)
+            assert.deepStrictEqual(texts(first), order.slice(0, 1))
+            const rest = yield* take(stream, 9)
+            assert.deepStrictEqual(texts(rest), order.slice(1))
+          }))
+
+        it.live("Effect.timeout around a consumer stuck on its third message: the next consumer gets the last seven", () =>
+          Effect.gen(function*() {
+            const publisher = yield* publisherFor(version)
+            const { order, stream } = yield* kind.queueTen(broker, publisher, { protocolVersion: version })
+            const handled: Array<string> = []
+            const exit = yield* stream.pipe(
+              Stream.runForEach((message) => {
+                handled.push(message.text)
+                return handled.length === 3 ? Effect.never : Effect.void
+              }),
+              Effect.timeout("200 millis"),
+              Effect.exit
+            )
+            assert.isTrue(Exit.hasFails(exit) && Cause.isTimeoutError(Cause.squash(exit.cause)), String(exit))
+            assert.deepStrictEqual(handled, order.slice(0, 3))
+            assert.deepStrictEqual(texts(yield* take(stream, 7)), order.slice(3))
+          }))
+
+        it.live("a consumer interrupted on its third message: the next consumer gets the last seven", () =>
+          Effect.gen(function*() {
+            const publisher = yield* publisherFor(version)
+            const { order, stream } = yield* kind.queueTen(broker, publisher, { protocolVersion: version })
+            const handled: Array<string> = []
+            const third = yield* Deferred.make<void>()
+            const consumer = yield* Effect.forkChild(
+              Stream.runForEach(stream, (message) => {
+                handled.push(message.text)
+                return handled.length === 3
+                  ? Effect.andThen(Deferred.succeed(third, undefined), Effect.never)
+                  : Effect.void
+              })
+            )
+            yield* within("the third message", Deferred.await(third))
+            yield* Fiber.interrupt(consumer)
+            assert.deepStrictEqual(handled, order.slice(0, 3))
+            assert.deepStrictEqual(texts(yield* take(stream, 7)), order.slice(3))
+          }))
+
+        it.live(
+          "nothing is acknowledged that user code never took: after 3 of 10 are taken and the client is closed, the same client id on a persistent session gets the rest again",
+          () =>
+            Effect.gen(function*() {
+              const publisher = yield* publisherFor(version)
+              const clientId = unique("persistent")
+              const first = yield* Scope.make()
+              const { order, stream, untaken } = yield* kind.queueTen(broker, publisher, persistent(version, clientId))
+                .pipe(
+                  Scope.provide(first)
+                )
+              const taken = texts(yield* take(stream, 3))
+              assert.deepStrictEqual(taken, order.slice(0, 3))
+              // release sends DISCONNECT: the broker keeps the session, and every message not acknowledged
+              yield* within("release", Scope.close(first, Exit.void))
+
+              const again = yield* MqttClient.make({ url: broker.url, ...persistent(version, clientId) })
+              assert.isTrue(again.connection.sessionPresent)
+              // the broker resends what was not acknowledged as soon as the session resumes; a message this client
+              // sends itself afterwards comes behind them
+              const end = unique("end")
+              yield* again.subscribe(end, { qos: 1 })
+              yield* again.publish(end, "end", { qos: 1 })
+              const resent = yield* within(
+                "the resent messages",
+                Stream.runCollect(Stream.takeUntil(again.messages, (m) => m.topic === end))
+              )
+              const expected = unacknowledged(TEN, taken)
+              assert.deepStrictEqual(texts(resent.slice(0, -1)).sort(), [...expected, ...untaken].sort())
+              assert.isTrue(resent.slice(0, -1).every((m) => m.dup), "resent with DUP")
+              if (kind.name === "the priority queue") {
+                // the three taken were the last to arrive: their acknowledgements wait for the seven before them
+                assert.deepStrictEqual(expected, TEN)
+              }
+            })
+        )
+      })
+    }
+  }
+})
