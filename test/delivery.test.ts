@@ -65,6 +65,10 @@ const within = <A, E, R>(what: string, self: Effect.Effect<A, E, R>, seconds = H
     orElse: () => Effect.die(new Error(`${what}: not within ${seconds} s (a hang)`))
   })
 
+/** Whether an exit is the failure of `Effect.timeout`. */
+const isTimeout = <A, E>(exit: Exit.Exit<A, E>) =>
+  Exit.isFailure(exit) && Option.exists(Exit.findErrorOption(exit), Cause.isTimeoutError)
+
 const texts = (messages: ReadonlyArray<MqttMessage.MqttMessage>) => messages.map((m) => m.text)
 const numbered = (n: number, from = 1) => Array.from({ length: n }, (_, i) => String(from + i))
 const TEN = numbered(10)
@@ -181,6 +185,34 @@ const grantSubscribe = (connection: FakeBroker.FakeConnection) =>
       messageId: subscribe.messageId!,
       granted: subscribe.subscriptions.map((s) => s.qos)
     })
+  })
+
+/**
+ * A `subscription()` of a fake broker's client, granted, in a scope of its own; `release` closes that scope and
+ * answers the UNSUBSCRIBE (the release would otherwise wait 5 s for it).
+ */
+const fakeSubscription = (
+  client: MqttClient.Client,
+  connection: FakeBroker.FakeConnection,
+  filter: string,
+  options: MqttClient.SubscriptionOptions
+) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const fiber = yield* Effect.forkChild(Scope.provide(client.subscription(filter, options), scope))
+    yield* grantSubscribe(connection)
+    const stream = yield* Fiber.join(fiber)
+    const release = Effect.gen(function*() {
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      const unsubscribe = yield* connection.expect("unsubscribe")
+      yield* connection.send({
+        cmd: "unsuback",
+        messageId: unsubscribe.messageId!,
+        granted: unsubscribe.unsubscriptions.map(() => 0)
+      })
+      yield* Fiber.join(closing)
+    })
+    return { stream, release }
   })
 
 /** An acknowledgement as `PUBACK 3` / `PUBREC 4`, any other packet as its command (and topic for a PUBLISH). */
@@ -390,7 +422,7 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
         // the time limit ends only once the ten are in the client, whatever the speed of this machine
         yield* TestClock.adjust("1 minute")
         const exit = yield* Fiber.join(serving)
-        assert.isTrue(Exit.hasFails(exit) && Cause.isTimeoutError(Cause.squash(exit.cause)), String(exit))
+        assert.isTrue(isTimeout(exit), String(exit))
         assert.deepStrictEqual(handled, TEN.slice(0, 3))
         assert.deepStrictEqual(yield* replied, ["re 1", "re 2"])
         const queued = texts(yield* Stream.runCollect(Stream.take(responder.messages, 8)))
@@ -449,7 +481,7 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
               Effect.timeout("200 millis"),
               Effect.exit
             )
-            assert.isTrue(Exit.hasFails(exit) && Cause.isTimeoutError(Cause.squash(exit.cause)), String(exit))
+            assert.isTrue(isTimeout(exit), String(exit))
             assert.deepStrictEqual(handled, order.slice(0, 3))
             assert.deepStrictEqual(texts(yield* take(stream, 7)), order.slice(3))
           }))
@@ -513,4 +545,185 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
       })
     }
   }
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// 2 and 3: the order of acknowledgements on the wire, and manual acknowledgement (the fake broker)
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("acknowledgements on the wire (fake broker)", () => {
+  it.live(
+    "a priority queue hands out 5, 4, 3, 2, 1: nothing is acknowledged until 1 is taken, then PUBACK/PUBREC 1 to 5 in arrival order",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* fakeClient(4, {
+          queue: IncomingQueue.priority({ capacity: 10, priority: (message) => -Number(message.text) })
+        })
+        // QoS 1 and 2 mixed: PUBACK and PUBREC share one order [MQTT-4.6.0-2, MQTT-4.6.0-3]
+        const qos = [1, 2, 1, 2, 1] as const
+        yield* connection.sendMany(qos.map((q, i) => publishPacket("readings", String(i + 1), q, i + 1)))
+        yield* eventually("five queued", Effect.map(client.queuedMessages, (n) => n === 5))
+
+        assert.deepStrictEqual(texts(yield* take(client.messages, 1)), ["5"])
+        // the next packet the client sends shows what it had to send before: no acknowledgement
+        yield* client.publish("marker", "after taking 5")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+
+        assert.deepStrictEqual(texts(yield* take(client.messages, 3)), ["4", "3", "2"])
+        yield* client.publish("marker", "after taking 5, 4, 3, 2")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+
+        assert.deepStrictEqual(texts(yield* take(client.messages, 1)), ["1"])
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 5),
+          ["PUBACK 1", "PUBREC 2", "PUBACK 3", "PUBREC 4", "PUBACK 5"]
+        )
+      })
+  )
+
+  it.live(
+    "two subscription() streams taken in the opposite order: each acknowledgement waits for the earlier arrivals",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* fakeClient(4)
+        const { release: releaseA, stream: a } = yield* fakeSubscription(client, connection, "a/#", { qos: 1 })
+        const { release: releaseB, stream: b } = yield* fakeSubscription(client, connection, "b/#", { qos: 1 })
+        yield* connection.sendMany([
+          publishPacket("a/x", "1", 1, 1),
+          publishPacket("b/x", "2", 1, 2),
+          publishPacket("a/x", "3", 1, 3),
+          publishPacket("b/x", "4", 1, 4)
+        ])
+        // b's two, taken first, wait for a's first
+        assert.deepStrictEqual(texts(yield* take(b, 2)), ["2", "4"])
+        yield* client.publish("marker", "after b")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+        assert.deepStrictEqual(texts(yield* take(a, 1)), ["1"])
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 2),
+          ["PUBACK 1", "PUBACK 2"]
+        )
+        assert.deepStrictEqual(texts(yield* take(a, 1)), ["3"])
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 4),
+          ["PUBACK 3", "PUBACK 4"]
+        )
+        yield* releaseA
+        yield* releaseB
+      })
+  )
+
+  it.live(
+    "manual acknowledgement: a handler that fails on message 3 of 5 leaves 3 unacknowledged, and 4 and 5 wait for it; acknowledging 3 sends 3, 4, 5 in order",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* fakeClient(4, { acknowledgement: "manual" })
+        yield* connection.sendMany(numbered(5).map((text, i) => publishPacket("jobs", text, 1, i + 1)))
+        const failed: Array<MqttMessage.MqttMessage> = []
+        const handled: Array<string> = []
+        const handler = MqttMessage.ackAfter((message: MqttMessage.MqttMessage) =>
+          message.text === "3"
+            ? Effect.fail(`job ${message.text} failed`)
+            : Effect.sync(() => handled.push(message.text))
+        )
+        yield* within(
+          "five handled",
+          client.messages.pipe(
+            Stream.take(5),
+            Stream.runForEach((message) =>
+              Effect.catch(handler(message), () => Effect.sync(() => failed.push(message)))
+            )
+          )
+        )
+        assert.deepStrictEqual(handled, ["1", "2", "4", "5"])
+        assert.deepStrictEqual(texts(failed), ["3"])
+        yield* client.publish("marker", "after the handlers")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), [
+          "PUBACK 1",
+          "PUBACK 2",
+          "publish marker"
+        ])
+        // a retry that succeeds
+        yield* failed[0].ack
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 5),
+          ["PUBACK 3", "PUBACK 4", "PUBACK 5"]
+        )
+      })
+  )
+
+  it.live(
+    "manual acknowledgement per subscription(): its messages wait for message.ack, and the automatic ones of `messages` that arrived later wait for them",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* fakeClient(5)
+        const { release, stream: jobs } = yield* fakeSubscription(client, connection, "jobs/#", {
+          qos: 1,
+          acknowledgement: "manual"
+        })
+        const subscribed = yield* Effect.forkChild(client.subscribe("news/#", { qos: 1 }))
+        yield* grantSubscribe(connection)
+        yield* Fiber.join(subscribed)
+        yield* connection.sendMany([
+          publishPacket("jobs/a", "job 1", 1, 1),
+          publishPacket("news/a", "news 2", 1, 2),
+          publishPacket("jobs/a", "job 3", 1, 3)
+        ])
+        const [job1, job3] = yield* take(jobs, 2)
+        assert.deepStrictEqual(texts(yield* take(client.messages, 1)), ["news 2"])
+        yield* client.publish("marker", "all taken, none acknowledged")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+        yield* job3.ack
+        yield* client.publish("marker", "job 3 acknowledged")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+        yield* job1.ack
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 3),
+          ["PUBACK 1", "PUBACK 2", "PUBACK 3"]
+        )
+        yield* release
+      })
+  )
+})
+
+describe("MqttMessage.ackAfter", () => {
+  /** A message as the client hands it over, with a receipt that counts its acknowledgements. */
+  const received = () => {
+    const message = new MqttMessage.MqttMessage("jobs", new TextEncoder().encode("job"), 1, false, false)
+    const receipt = { count: 0, acknowledge: () => receipt.count++ }
+    message[MqttMessage.ReceiptKey] = receipt
+    return { message, receipt }
+  }
+
+  it.effect("acknowledges once the handler succeeded, and returns its result", () =>
+    Effect.gen(function*() {
+      const { message, receipt } = received()
+      let acknowledgedDuring = -1
+      const result = yield* MqttMessage.ackAfter((m: MqttMessage.MqttMessage) =>
+        Effect.sync(() => {
+          acknowledgedDuring = receipt.count
+          return m.text.length
+        })
+      )(message)
+      assert.strictEqual(result, 3)
+      assert.strictEqual(acknowledgedDuring, 0)
+      assert.strictEqual(receipt.count, 1)
+    }))
+
+  it.effect("does not acknowledge when the handler fails, and passes the error on", () =>
+    Effect.gen(function*() {
+      const { message, receipt } = received()
+      const exit = yield* Effect.exit(MqttMessage.ackAfter(() => Effect.fail("no database"))(message))
+      assert.deepStrictEqual(Exit.findErrorOption(exit), Option.some("no database"))
+      assert.strictEqual(receipt.count, 0)
+    }))
+
+  it.effect("does not acknowledge when the handler is interrupted", () =>
+    Effect.gen(function*() {
+      const { message, receipt } = received()
+      const fiber = yield* Effect.forkChild(MqttMessage.ackAfter(() => Effect.never)(message))
+      yield* Effect.yieldNow
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(receipt.count, 0)
+    }))
 })
