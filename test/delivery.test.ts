@@ -19,7 +19,7 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Cause, Deferred, Duration, Effect, Exit, Fiber, Option, Scope, Stream } from "effect"
-import { IncomingQueue, MqttClient, type MqttError, MqttMessage } from "effect-mqtt"
+import { IncomingQueue, MqttClient, MqttError, MqttMessage } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import type { Packet } from "mqtt-packet"
 import { type ChildProcess, spawn } from "node:child_process"
@@ -969,4 +969,136 @@ describe.concurrent("a consumer stalled for 4 times the keepalive (5 s) with 2,0
       90_000
     )
   }
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// 5: release always ends; 3: a process killed with unacknowledged messages (child processes)
+// ---------------------------------------------------------------------------------------------------------------
+
+describe.concurrent("SIGINT and SIGTERM end a process whatever its client is doing", () => {
+  let broker: MosquittoHandle
+  beforeAll(async () => {
+    broker = await startMosquitto({ protocolConfig: "max_queued_messages 10000" })
+  })
+  afterAll(() => broker?.dispose())
+
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+
+  for (const version of versions) {
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      it.live(
+        `${
+          label(version)
+        }: ${signal} with a full \`messages\` queue, its reader held back, and an open subscription() stream: the process releases its client and exits`,
+        () =>
+          Effect.gen(function*() {
+            const topic = unique("held")
+            const streamFilter = unique("stream")
+            const clientId = unique("child")
+            const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+            const child = yield* deliveryClient({
+              mode: "hold",
+              options: { url: broker.url, protocolVersion: version, clientId, queue: IncomingQueue.bounded(5) },
+              topic,
+              streamFilter,
+              capacity: 5
+            })
+            yield* child.line("subscribed")
+            // the stream's consumer takes one and stalls; two more wait in its queue
+            yield* publishAll(publisher, streamFilter, ["s1", "s2", "s3"])
+            yield* child.line("stream s1")
+            // 50 into a queue of 5 that nobody reads: the reader waits for room with the rest unread. QoS 0, which
+            // MQTT 5's Receive Maximum does not hold back
+            yield* Effect.forEach(numbered(50), (text) => publisher.publish(topic, text), { discard: true })
+            yield* child.line("full")
+
+            child.process.kill(signal)
+            // only a hang guard: the release waits at most 5 s for the UNSUBACK and 2 s for the last write
+            const exit = yield* within("the child's exit", child.exit)
+            assert.deepStrictEqual(exit, { code: 130, signal: null }, child.stderr())
+            assert.include(child.lines, "released")
+            // the client said goodbye: DISCONNECT reached the broker
+            yield* eventually(
+              "the broker logging the DISCONNECT",
+              Effect.sync(() => new RegExp(`Client ${escape(clientId)} disconnected`).test(broker.logs()))
+            )
+          })
+      )
+    }
+  }
+})
+
+describe("a killed process gets its unacknowledged messages again, and release ends with a frozen broker", () => {
+  let broker: MosquittoHandle
+  beforeAll(async () => {
+    broker = await startMosquitto({
+      persistence: true,
+      // the PUBACKs a client sends show in the log ("Received PUBACK from <client> ...")
+      protocolConfig: "max_queued_messages 10000\nlog_type debug"
+    })
+  })
+  afterAll(() => broker?.dispose())
+
+  for (const version of versions) {
+    it.live(
+      `${
+        label(version)
+      }: manual acknowledgement, SIGKILL with 7 of 10 messages unacknowledged: a new process with the same client id on the persistent session receives those 7 again`,
+      () =>
+        Effect.gen(function*() {
+          const topic = unique("manual")
+          const clientId = unique("killed")
+          const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          const options = { url: broker.url, ...persistent(version, clientId), acknowledgement: "manual" as const }
+          const first = yield* deliveryClient({ mode: "manual", options, topic, ack: ["1", "2", "3"] })
+          yield* first.line("subscribed")
+          yield* publishAll(publisher, topic, TEN)
+          yield* first.line("got 10 false")
+          yield* first.line("acked 3")
+          // the broker has the three acknowledgements before the process dies
+          const pubacks = () =>
+            broker.logs().split("\n").filter((line) => line.includes(`Received PUBACK from ${clientId} `)).length
+          yield* eventually("three PUBACKs at the broker", Effect.sync(() => pubacks() === 3))
+          first.process.kill("SIGKILL")
+          assert.deepStrictEqual(yield* within("the exit", first.exit), { code: null, signal: "SIGKILL" })
+          assert.notInclude(first.lines, "released")
+
+          const second = yield* deliveryClient({ mode: "manual", options, topic })
+          yield* second.line("subscribed")
+          yield* publisher.publish(topic, "end", { qos: 1 })
+          yield* second.line("got end false")
+          const got = second.lines.filter((line) => line.startsWith("got "))
+          assert.deepStrictEqual(got, [...TEN.slice(3).map((text) => `got ${text} true`), "got end false"])
+        })
+    )
+  }
+
+  it.live(
+    "a frozen broker (SIGSTOP) during release, with a full `messages` queue and an open subscription() stream: release ends, and a publish waiting for its PUBACK fails with a typed error",
+    () =>
+      Effect.gen(function*() {
+        const frozen = yield* mosquitto()
+        const publisher = yield* MqttClient.make({ url: frozen.url, protocolVersion: 5 })
+        const scope = yield* Scope.make()
+        const client = yield* MqttClient.make({ url: frozen.url, protocolVersion: 5, queue: IncomingQueue.bounded(5) })
+          .pipe(Scope.provide(scope))
+        const topic = unique("frozen")
+        yield* client.subscribe(topic, { qos: 1 })
+        yield* client.subscription(unique("stream"), { qos: 1 }).pipe(Scope.provide(scope))
+        yield* publishAll(publisher, topic, numbered(5))
+        yield* eventually("`messages` full", Effect.map(client.queuedMessages, (n) => n === 5))
+
+        frozen.kill("SIGSTOP")
+        const pending = yield* Effect.forkChild(Effect.exit(client.publish(topic, "never acknowledged", { qos: 1 })), {
+          startImmediately: true
+        })
+        // only a hang guard: the UNSUBSCRIBE is answered by nobody, and the DISCONNECT may not be read
+        yield* within("release", Scope.close(scope, Exit.void))
+        const exit = yield* within("the pending publish", Fiber.join(pending))
+        const error = Exit.findErrorOption(exit)
+        assert.isTrue(Option.isSome(error) && MqttError.isMqttError(error.value), String(exit))
+        assert.strictEqual((yield* client.status)._tag, "Closed")
+        frozen.kill("SIGCONT")
+      })
+  )
 })
