@@ -448,6 +448,19 @@ export interface SubscribeOptions {
 }
 
 /**
+ * The options of `subscription`: those of a subscribe, and when the stream's messages are acknowledged.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface SubscriptionOptions extends SubscribeOptions {
+  /** When the stream's QoS 1/2 messages are acknowledged: `"auto"` when a consumer takes them from the stream,
+   * `"manual"` when the application calls `message.ack` (see `MqttMessage.ackAfter`). Default: the client's
+   * `acknowledgement`. */
+  readonly acknowledgement?: "auto" | "manual" | undefined
+}
+
+/**
  * The options of an unsubscribe.
  *
  * @since 0.1.0
@@ -608,7 +621,7 @@ export interface Client {
    */
   readonly subscription: (
     filters: string | Subscription | ReadonlyArray<string | Subscription>,
-    options?: SubscribeOptions
+    options?: SubscriptionOptions
   ) => Effect.Effect<Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>, MqttError.MqttError, Scope.Scope>
 
   /**

@@ -208,3 +208,43 @@ export class MqttMessage {
     }
   }
 }
+
+/**
+ * Manual acknowledgement after a handler: returns a handler that runs `handler` on the message and then
+ * acknowledges the message (`message.ack`: PUBACK for QoS 1, PUBREC for QoS 2) once it succeeded. When the handler
+ * fails or is interrupted, or the process dies first, the message is not acknowledged, and the broker sends it
+ * again on the next connection of a persistent session (at-least-once processing; use a persistent session:
+ * `cleanStart: false`, and on MQTT 5 a `sessionExpiryInterval`). The handler's result and error are passed on.
+ *
+ * For a client (or a `subscription`) made with `acknowledgement: "manual"`; with automatic acknowledgement the
+ * message was acknowledged when it was taken from the stream, and this only runs the handler. Acknowledgements
+ * leave in the order the messages arrived [MQTT-4.6.0-2, MQTT-4.6.0-3]: a message acknowledged here waits for the
+ * earlier ones that are not, so a message that is never acknowledged holds back the acknowledgements of every
+ * later one (on MQTT 5, the broker stops sending QoS 1/2 messages once its Receive Maximum of them wait).
+ *
+ * @example
+ * ```ts
+ * import { Effect, Stream } from "effect"
+ * import { MqttClient, MqttMessage } from "effect-mqtt"
+ *
+ * const save = (message: MqttMessage.MqttMessage) => Effect.log("saved", message.text)
+ *
+ * const program = Effect.gen(function*() {
+ *   const client = yield* MqttClient.MqttClient
+ *   yield* client.subscribe("orders/#", { qos: 1 })
+ *   // each order is acknowledged once saved; a failed save stops the stream and leaves its order unacknowledged
+ *   yield* client.messages.pipe(Stream.runForEach(MqttMessage.ackAfter(save)))
+ * })
+ *
+ * export const main = program.pipe(
+ *   Effect.provide(MqttClient.layer({ clientId: "orders", cleanStart: false, acknowledgement: "manual" }))
+ * )
+ * ```
+ *
+ * @since 0.2.0
+ * @category combinators
+ */
+export const ackAfter =
+  <A, E, R>(handler: (message: MqttMessage) => Effect.Effect<A, E, R>) =>
+  (message: MqttMessage): Effect.Effect<A, E, R> =>
+    Effect.tap(Effect.suspend(() => handler(message)), () => message.ack)

@@ -138,7 +138,7 @@ for (const broker of brokers) {
     }, EXAMPLE_TIMEOUT_MS)
 
     it(
-      "05-per-topic handles each topic serially and in order, topics concurrently, and distributes by kind",
+      "05-per-topic handles each topic serially and in order, topics concurrently, and distributes by kind to a FIFO and a LIFO queue",
       async () => {
         const run = await runOk("05-per-topic.ts", broker.url())
         const distributorAt = run.lines.indexOf("distributor:")
@@ -170,10 +170,11 @@ for (const broker of brokers) {
           "temperature worker: temperature/inside reading 2",
           "temperature worker: temperature/inside reading 3"
         ])
+        // the humidity readings went through a LIFO queue: newest first
         assert.deepStrictEqual(linesStartingWith({ ...run, lines: distributed }, "humidity worker: "), [
-          "humidity worker: humidity/inside reading 1",
+          "humidity worker: humidity/inside reading 3",
           "humidity worker: humidity/inside reading 2",
-          "humidity worker: humidity/inside reading 3"
+          "humidity worker: humidity/inside reading 1"
         ])
         assert.strictEqual(distributed.length, 6, run.stdout)
       },

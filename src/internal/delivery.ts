@@ -111,7 +111,7 @@ export class Deliveries {
     this.droppedByGone += queue.dropped
     const rest = queue.drainUnsafe()
     queue.end()
-    if (rest.length > 0) this.messages.offerUnsafe(rest, { accepted: 0 })
+    if (rest.length > 0) this.messages.offerMovedUnsafe(rest)
   }
 
   /** Messages dropped so far by every queue: `messages`, the subscription streams, and those that are gone. */

@@ -270,7 +270,7 @@ export const unsubscribe =
 export const subscription = (ctx: Context) =>
 (
   input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
-  options?: MqttClient.SubscribeOptions & { readonly acknowledgement?: "auto" | "manual" | undefined }
+  options?: MqttClient.SubscriptionOptions
 ): Effect.Effect<Stream.Stream<MqttMessage, MqttError.MqttError>, MqttError.MqttError, Scope.Scope> =>
   Effect.gen(function*() {
     const manual = (options?.acknowledgement ?? ctx.options.acknowledgement) === "manual"

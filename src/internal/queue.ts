@@ -213,6 +213,19 @@ export class MessageQueue<A, E> {
     if (this.takers.length > 0 && store.size > 0) this.wakeTakers()
   }
 
+  /**
+   * Adds messages moved here from a queue that went away, without waiting: a suspending queue holds them beyond its
+   * capacity rather than lose them (they were taken in once already, so memory stays bounded by that queue's
+   * capacity); a sliding or dropping queue drops as usual, counted.
+   */
+  offerMovedUnsafe(items: ReadonlyArray<A>): void {
+    const progress: Progress = { accepted: 0 }
+    this.offerUnsafe(items, progress)
+    if (this.closed !== undefined || progress.accepted >= items.length) return
+    for (let i = progress.accepted; i < items.length; i++) this.store.push(items[i])
+    if (this.takers.length > 0) this.wakeTakers()
+  }
+
   /** Adds messages in order, waiting for room while a suspending queue is full. */
   offerAll(items: ReadonlyArray<A>, progress: Progress = { accepted: 0 }): Effect.Effect<void> {
     return Effect.suspend(() => {

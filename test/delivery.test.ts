@@ -1,0 +1,1103 @@
+/**
+ * The delivery contract (issue 9), one sentence per test:
+ *
+ * 1. A message that reached the client is either handed to user code or still queued for the next consumer: a
+ *    consumer that stops (`Stream.take`, a timeout, an interruption) leaves what it did not receive queued.
+ * 2. A QoS 1/2 message is acknowledged when a consumer takes it, not when it is queued, and acknowledgements leave
+ *    in arrival order [MQTT-4.6.0-2, MQTT-4.6.0-3] whatever order the consumers take the messages in.
+ * 3. Manual acknowledgement: a message is acknowledged only when the application says so (`message.ack`,
+ *    `MqttMessage.ackAfter`); one that is not is sent again on the next connection of a persistent session.
+ * 4. Flow control: MQTT 5's Receive Maximum keeps QoS 1/2 from filling the queue, so the socket keeps being read;
+ *    where the reader must be held back, keepalive pings go on and a late PINGRESP is not taken for a dead broker.
+ * 5. Release always ends: with a full queue, an open subscription stream, on SIGINT and SIGTERM, with a frozen broker.
+ * 6. Every drop is counted in `droppedMessages`, subscription streams included.
+ * 7. LIFO queues: newest first, with the same overflow choices.
+ *
+ * Against real Mosquitto processes started here, except what a broker cannot be made to show: the exact order of
+ * acknowledgements on the wire, checked with the scripted fake broker. Every wait ends on an event (a queue size,
+ * a line a process printed, a line in the broker's log, a packet); the timeouts only guard against a hang.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { Cause, Deferred, Duration, Effect, Exit, Fiber, Option, Scope, Stream } from "effect"
+import { IncomingQueue, MqttClient, MqttError, MqttMessage } from "effect-mqtt"
+import { TestClock } from "effect/testing"
+import type { Packet } from "mqtt-packet"
+import { type ChildProcess, spawn } from "node:child_process"
+import * as Crypto from "node:crypto"
+import * as Path from "node:path"
+import * as FakeBroker from "./support/FakeBroker.ts"
+import { mosquitto, type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
+import { SOURCE_CONDITION } from "./support/peers.ts"
+
+// ---------------------------------------------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------------------------------------------
+
+type Version = 4 | 5
+const versions: ReadonlyArray<Version> = [4, 5]
+const label = (version: Version) => version === 4 ? "MQTT 3.1.1" : "MQTT 5"
+
+const runId = Crypto.randomBytes(3).toString("hex")
+let counter = 0
+/** A name no other test (nor an earlier run) uses: topics and client identifiers. */
+const unique = (name: string) => `dl-${runId}-${name}-${++counter}`
+
+/** Sleeps on a real timer: also under TestClock. */
+const realSleep = (millis: number) => Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, millis)))
+
+/** Only a guard against a hang (real time, so that it also works under TestClock). */
+const HANG_GUARD_MILLIS = 20_000
+
+/** Waits, polling on a real timer, until `condition` holds; dies after the hang guard. */
+const eventually = <E, R>(what: string, condition: Effect.Effect<boolean, E, R>) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + HANG_GUARD_MILLIS
+    while (!(yield* condition)) {
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`${what}: not within ${HANG_GUARD_MILLIS} ms`))
+      yield* realSleep(10)
+    }
+  })
+
+/** A hang guard around one step (the Effect clock: live tests only). */
+const within = <A, E, R>(what: string, self: Effect.Effect<A, E, R>, seconds = HANG_GUARD_MILLIS / 1000) =>
+  Effect.timeoutOrElse(self, {
+    duration: Duration.seconds(seconds),
+    orElse: () => Effect.die(new Error(`${what}: not within ${seconds} s (a hang)`))
+  })
+
+/** Whether an exit is the failure of `Effect.timeout`. */
+const isTimeout = <A, E>(exit: Exit.Exit<A, E>) =>
+  Exit.isFailure(exit) && Option.exists(Exit.findErrorOption(exit), Cause.isTimeoutError)
+
+/**
+ * Runs `self`, failing at once with the cause if the client loses its connection meanwhile: these tests are about
+ * a connection that stays up, and a disconnection would otherwise only show as a missing message after a hang.
+ */
+const withoutDisconnect = <A, E, R>(client: MqttClient.Client, self: Effect.Effect<A, E, R>) =>
+  Effect.raceFirst(
+    self,
+    client.statusChanges.pipe(
+      Stream.filter((status) => status._tag === "Disconnected" || status._tag === "Closed"),
+      Stream.runHead,
+      Effect.flatMap((status) =>
+        Effect.die(
+          new Error(
+            `the client lost its connection: ${
+              Option.match(status, {
+                onNone: () => "its status stream ended",
+                onSome: (s) => s._tag === "Disconnected" ? `${s.cause._tag}: ${s.cause.message}` : s._tag
+              })
+            }`
+          )
+        )
+      )
+    )
+  )
+
+const texts = (messages: ReadonlyArray<MqttMessage.MqttMessage>) => messages.map((m) => m.text)
+const numbered = (n: number, from = 1) => Array.from({ length: n }, (_, i) => String(from + i))
+const TEN = numbered(10)
+
+const take = (stream: Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>, n: number) =>
+  within(`${n} messages`, Stream.runCollect(Stream.take(stream, n)))
+
+/** Publishes each text to `topic` at QoS 1, one after the other: the broker receives them in this order. */
+const publishAll = (publisher: MqttClient.Client, topic: string, payloads: ReadonlyArray<string>) =>
+  Effect.forEach(payloads, (payload) => publisher.publish(topic, payload, { qos: 1 }), { discard: true })
+
+/**
+ * The messages whose acknowledgement may not have been sent, given the ones taken: acknowledgements leave in
+ * arrival order [MQTT-4.6.0-2], so only the longest run of taken messages from the first arrival is acknowledged.
+ */
+const unacknowledged = (arrival: ReadonlyArray<string>, taken: ReadonlyArray<string>) => {
+  const first = arrival.findIndex((text) => !taken.includes(text))
+  return first < 0 ? [] : arrival.slice(first)
+}
+
+/** Options of a persistent session (kept by the broker after the connection) for `clientId`. */
+const persistent = (version: Version, clientId: string): MqttClient.Options => ({
+  protocolVersion: version,
+  clientId,
+  ...(version === 5 ? { cleanStart: false, sessionExpiryInterval: 600 } : { cleanSession: false })
+})
+
+// ---- a client in a child process -----------------------------------------------------------------------------
+
+const DELIVERY_CLIENT = Path.join(import.meta.dirname, "fixtures", "delivery-client.ts")
+
+interface Child {
+  readonly process: ChildProcess
+  /** every line printed so far */
+  readonly lines: Array<string>
+  /** waits for a line equal to `line` */
+  readonly line: (line: string) => Effect.Effect<void>
+  /** resolves with the exit code and signal */
+  readonly exit: Effect.Effect<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
+  readonly stderr: () => string
+}
+
+/** Runs test/fixtures/delivery-client.ts with `args`; SIGKILLed when the scope closes, if still running. */
+const deliveryClient = (args: unknown) =>
+  Effect.acquireRelease(
+    Effect.sync((): Child => {
+      const child = spawn(process.execPath, [SOURCE_CONDITION, DELIVERY_CLIENT, JSON.stringify(args)], {
+        stdio: "pipe"
+      })
+      const lines: Array<string> = []
+      let partial = ""
+      let stderr = ""
+      child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+        const parts = (partial + chunk).split("\n")
+        partial = parts.pop() ?? ""
+        lines.push(...parts)
+      })
+      child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+        child.once("exit", (code, signal) => resolve({ code, signal }))
+      )
+      const ended = () => child.exitCode !== null || child.signalCode !== null
+      return {
+        process: child,
+        lines,
+        line: (line) =>
+          eventually(
+            `the child printing "${line}"`,
+            Effect.suspend(() => {
+              if (lines.includes(line)) return Effect.succeed(true)
+              if (ended()) {
+                return Effect.die(new Error(`the child exited before "${line}": ${lines.join("\n")}\n${stderr}`))
+              }
+              return Effect.succeed(false)
+            })
+          ),
+        exit: Effect.promise(() => exited),
+        stderr: () => stderr
+      }
+    }),
+    (child) => Effect.sync(() => child.process.kill("SIGKILL"))
+  )
+
+// ---- the fake broker -----------------------------------------------------------------------------------------
+
+const publishPacket = (topic: string, payload: string, qos: 0 | 1 | 2, messageId: number): Packet => ({
+  cmd: "publish",
+  topic,
+  payload: Buffer.from(payload),
+  qos,
+  retain: false,
+  dup: false,
+  messageId
+})
+
+/** A client of the fake broker, connected; `reconnect: false` (these tests are about one connection). */
+const fakeClient = (version: Version, options: MqttClient.Options = {}) =>
+  Effect.gen(function*() {
+    const broker = yield* FakeBroker.make({ protocolVersion: version, autoPingresp: true })
+    const fiber = yield* Effect.forkChild(
+      MqttClient.make({ url: broker.url, protocolVersion: version, reconnect: false, ...options })
+    )
+    const { connection } = yield* broker.acceptAndConnack()
+    const client = yield* Fiber.join(fiber)
+    return { client, connection }
+  })
+
+/** Answers the next SUBSCRIBE with a SUBACK granting what it asked. */
+const grantSubscribe = (connection: FakeBroker.FakeConnection) =>
+  Effect.gen(function*() {
+    const subscribe = yield* connection.expect("subscribe")
+    yield* connection.send({
+      cmd: "suback",
+      messageId: subscribe.messageId!,
+      granted: subscribe.subscriptions.map((s) => s.qos)
+    })
+  })
+
+/**
+ * A `subscription()` of a fake broker's client, granted, in a scope of its own; `release` closes that scope and
+ * answers the UNSUBSCRIBE (the release would otherwise wait 5 s for it).
+ */
+const fakeSubscription = (
+  client: MqttClient.Client,
+  connection: FakeBroker.FakeConnection,
+  filter: string,
+  options: MqttClient.SubscriptionOptions
+) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const fiber = yield* Effect.forkChild(Scope.provide(client.subscription(filter, options), scope))
+    yield* grantSubscribe(connection)
+    const stream = yield* Fiber.join(fiber)
+    const release = Effect.gen(function*() {
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      const unsubscribe = yield* connection.expect("unsubscribe")
+      yield* connection.send({
+        cmd: "unsuback",
+        messageId: unsubscribe.messageId!,
+        granted: unsubscribe.unsubscriptions.map(() => 0)
+      })
+      yield* Fiber.join(closing)
+    })
+    return { stream, release }
+  })
+
+/** An acknowledgement as `PUBACK 3` / `PUBREC 4`, any other packet as its command (and topic for a PUBLISH). */
+const show = (packet: Packet): string =>
+  packet.cmd === "puback" || packet.cmd === "pubrec"
+    ? `${packet.cmd.toUpperCase()} ${packet.messageId}`
+    : packet.cmd === "publish"
+    ? `publish ${packet.topic}`
+    : packet.cmd
+
+/** The packets the client sends, up to and including the first that `last` accepts. */
+const packetsUntil = (connection: FakeBroker.FakeConnection, last: (packet: Packet) => boolean) =>
+  Effect.gen(function*() {
+    const seen: Array<string> = []
+    for (;;) {
+      const packet = yield* connection.receive
+      seen.push(show(packet))
+      if (last(packet)) return seen
+    }
+  })
+
+const isPublishTo = (topic: string) => (packet: Packet) => packet.cmd === "publish" && packet.topic === topic
+
+// ---------------------------------------------------------------------------------------------------------------
+// 1 and 2: consumers that stop, and acknowledgement on hand-over, for each kind of queue
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Ten QoS 1 messages queued in a client, ready for a consumer. */
+interface Queued {
+  readonly stream: Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>
+  /** "1" to "10" in the order a consumer receives them */
+  readonly order: ReadonlyArray<string>
+  /** other QoS 1 messages the client holds and nobody takes */
+  readonly untaken: ReadonlyArray<string>
+}
+
+interface Kind {
+  readonly name: string
+  /**
+   * A client made with `options` whose stream holds the ten messages "1" to "10" (published in that order), all
+   * of them in the client before this returns.
+   */
+  readonly queueTen: (
+    broker: MosquittoHandle,
+    publisher: MqttClient.Client,
+    options: MqttClient.Options
+  ) => Effect.Effect<Queued, MqttError.MqttError, Scope.Scope>
+}
+
+const kinds: ReadonlyArray<Kind> = [
+  {
+    name: "messages",
+    queueTen: (broker, publisher, options) =>
+      Effect.gen(function*() {
+        const topic = unique("messages")
+        const client = yield* MqttClient.make({ url: broker.url, ...options })
+        yield* client.subscribe(topic, { qos: 1 })
+        yield* publishAll(publisher, topic, TEN)
+        yield* eventually("ten messages queued", Effect.map(client.queuedMessages, (n) => n === 10))
+        return { stream: client.messages, order: TEN, untaken: [] }
+      })
+  },
+  {
+    name: "a subscription() stream",
+    queueTen: (broker, publisher, options) =>
+      Effect.gen(function*() {
+        const topic = unique("stream")
+        const marker = unique("marker")
+        const client = yield* MqttClient.make({ url: broker.url, ...options })
+        yield* client.subscribe(marker, { qos: 1 })
+        const stream = yield* client.subscription(topic, { qos: 1 })
+        yield* publishAll(publisher, topic, TEN)
+        // Mosquitto sends a client its messages in the order it received them, and the client hands them over
+        // in the order they arrive: once the marker is in `messages`, the ten are in the subscription's queue
+        yield* publisher.publish(marker, "marker", { qos: 1 })
+        yield* eventually("the marker queued", Effect.map(client.queuedMessages, (n) => n === 1))
+        return { stream, order: TEN, untaken: ["marker"] }
+      })
+  },
+  {
+    name: "the priority queue",
+    queueTen: (broker, publisher, options) =>
+      Effect.gen(function*() {
+        const topic = unique("priority")
+        const client = yield* MqttClient.make({
+          url: broker.url,
+          ...options,
+          // the latest first: the opposite of the arrival order
+          queue: IncomingQueue.priority({ capacity: 100, priority: (message) => -Number(message.text) })
+        })
+        yield* client.subscribe(topic, { qos: 1 })
+        yield* publishAll(publisher, topic, TEN)
+        yield* eventually("ten messages queued", Effect.map(client.queuedMessages, (n) => n === 10))
+        return { stream: client.messages, order: [...TEN].reverse(), untaken: [] }
+      })
+  }
+]
+
+describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
+  let broker: MosquittoHandle
+  beforeAll(async () => {
+    broker = await startMosquitto({ protocolConfig: "max_queued_messages 10000" })
+  })
+  afterAll(() => broker?.dispose())
+
+  const publisherFor = (version: Version) => MqttClient.make({ url: broker.url, protocolVersion: version })
+
+  for (const version of versions) {
+    it.live(
+      `${
+        label(version)
+      }: a released subscription() stream's queued messages move to a full \`messages\` queue, none lost`,
+      () =>
+        Effect.gen(function*() {
+          const publisher = yield* publisherFor(version)
+          const topic = unique("full")
+          const streamTopic = unique("stream")
+          const client = yield* MqttClient.make({
+            url: broker.url,
+            protocolVersion: version,
+            queue: IncomingQueue.bounded(5),
+            // more than the ten QoS 1 messages in flight here (the default would be the queue's capacity)
+            receiveMaximum: 100
+          })
+          yield* client.subscribe(topic, { qos: 1 })
+          const streamScope = yield* Scope.make()
+          yield* client.subscription(streamTopic, { qos: 1 }).pipe(Scope.provide(streamScope))
+          // the stream's three first, then five that fill `messages`: once `messages` is full, the three are queued
+          yield* publishAll(publisher, streamTopic, ["s1", "s2", "s3"])
+          yield* publishAll(publisher, topic, numbered(5))
+          yield* eventually("`messages` full", Effect.map(client.queuedMessages, (n) => n === 5))
+          yield* within("release", Scope.close(streamScope, Exit.void))
+          const all = texts(yield* take(client.messages, 8))
+          assert.deepStrictEqual(all, [...numbered(5), "s1", "s2", "s3"])
+          assert.strictEqual(yield* client.droppedMessages, 0)
+        })
+    )
+  }
+
+  describe("MQTT 5, respond(): a handler that stops leaves the requests it did not take queued on `messages`", () => {
+    /**
+     * A responder whose handler answers "1" and "2", and never finishes "3"; ten requests "1" to "10" published
+     * while it runs. When it stops, its subscription is released and the requests it did not take move to
+     * `messages`, unacknowledged until taken there.
+     */
+    const respondSetup = (responderOptions: MqttClient.Options) =>
+      Effect.gen(function*() {
+        const requests = unique("requests")
+        const replies = unique("replies")
+        const marker = unique("marker")
+        const responder = yield* MqttClient.make({
+          url: broker.url,
+          protocolVersion: 5,
+          keepAlive: 0,
+          ...responderOptions
+        })
+        yield* responder.subscribe(marker, { qos: 1 })
+        const requester = yield* MqttClient.make({ url: broker.url, protocolVersion: 5, keepAlive: 0 })
+        const answers = yield* requester.subscription(replies, { qos: 1 })
+        const handled: Array<string> = []
+        const third = yield* Deferred.make<void>()
+        const respond = responder.respond(requests, (request) => {
+          if (request.text === "ready") return Effect.succeed("ready")
+          handled.push(request.text)
+          return request.text === "3"
+            ? Effect.andThen(Deferred.succeed(third, undefined), Effect.never)
+            : Effect.succeed(`re ${request.text}`)
+        })
+        const ask = (payload: string) =>
+          requester.publish(requests, payload, { qos: 1, properties: { responseTopic: replies } })
+        /** Once `respond` runs: asks until it answers (its SUBSCRIBE is not visible from here), then the ten. */
+        const sendTen = Effect.gen(function*() {
+          const asking = yield* Effect.forkChild(Effect.forever(Effect.andThen(ask("ready"), realSleep(20))))
+          yield* within("respond answering", Stream.runHead(Stream.filter(answers, (m) => m.text === "ready")))
+          yield* Fiber.interrupt(asking)
+          yield* Effect.forEach(TEN, ask, { discard: true })
+          // behind the ten on the same connection: once it is queued, the ten reached the responder
+          yield* requester.publish(marker, "marker", { qos: 1 })
+          yield* eventually("the third request handled", Deferred.isDone(third))
+          yield* eventually("the marker queued", Effect.map(responder.queuedMessages, (n) => n === 1))
+        })
+        const replied = Effect.map(
+          within("two replies", Stream.runCollect(Stream.take(Stream.filter(answers, (m) => m.text !== "ready"), 2))),
+          texts
+        )
+        return { responder, respond, sendTen, handled, replied }
+      })
+
+    it.live("interrupted while handling request 3 of 10: requests 4 to 10 are queued on `messages`", () =>
+      Effect.gen(function*() {
+        const { handled, replied, respond, responder, sendTen } = yield* respondSetup({})
+        const serving = yield* Effect.forkChild(respond)
+        yield* sendTen
+        yield* within("the release of respond", Fiber.interrupt(serving))
+        assert.deepStrictEqual(handled, TEN.slice(0, 3))
+        assert.deepStrictEqual(yield* replied, ["re 1", "re 2"])
+        const queued = texts(yield* take(responder.messages, 8))
+        assert.deepStrictEqual(queued.sort(), [...TEN.slice(3), "marker"].sort())
+      }))
+
+    it.effect("Effect.timeout around respond while it handles request 3 of 10: requests 4 to 10 are queued on `messages` (TestClock)", () =>
+      Effect.gen(function*() {
+        const { handled, replied, respond, responder, sendTen } = yield* respondSetup({})
+        const serving = yield* Effect.forkChild(Effect.exit(Effect.timeout(respond, "1 minute")))
+        yield* sendTen
+        // the time limit ends only once the ten are in the client, whatever the speed of this machine
+        yield* TestClock.adjust("1 minute")
+        const exit = yield* Fiber.join(serving)
+        assert.isTrue(isTimeout(exit), String(exit))
+        assert.deepStrictEqual(handled, TEN.slice(0, 3))
+        assert.deepStrictEqual(yield* replied, ["re 1", "re 2"])
+        const queued = texts(yield* Stream.runCollect(Stream.take(responder.messages, 8)))
+        assert.deepStrictEqual(queued.sort(), [...TEN.slice(3), "marker"].sort())
+      }))
+
+    it.live(
+      "nothing is acknowledged that respond never took: after it stops at request 3 and the client is closed, the same client id on a persistent session gets 4 to 10 again",
+      () =>
+        Effect.gen(function*() {
+          const clientId = unique("responder")
+          const first = yield* Scope.make()
+          const { respond, sendTen } = yield* respondSetup(persistent(5, clientId)).pipe(Scope.provide(first))
+          const serving = yield* Effect.forkChild(respond)
+          yield* sendTen
+          yield* within("the release of respond", Fiber.interrupt(serving))
+          yield* within("release", Scope.close(first, Exit.void))
+
+          const again = yield* MqttClient.make({ url: broker.url, ...persistent(5, clientId) })
+          const end = unique("end")
+          yield* again.subscribe(end, { qos: 1 })
+          yield* again.publish(end, "end", { qos: 1 })
+          const resent = yield* within(
+            "the resent messages",
+            Stream.runCollect(Stream.takeUntil(again.messages, (m) => m.topic === end))
+          )
+          // 1 to 3 were taken by respond (3 by a handler that never finished): acknowledged on hand-over
+          assert.deepStrictEqual(texts(resent.slice(0, -1)).sort(), [...TEN.slice(3), "marker"].sort())
+        })
+    )
+  })
+
+  for (const version of versions) {
+    for (const kind of kinds) {
+      describe(`${label(version)}, ${kind.name}: a consumer that stops leaves the rest queued`, () => {
+        it.live("Stream.take(1) of ten queued QoS 1 messages: the next consumer gets the other nine, in order", () =>
+          Effect.gen(function*() {
+            const publisher = yield* publisherFor(version)
+            const { order, stream } = yield* kind.queueTen(broker, publisher, { protocolVersion: version })
+            const first = yield* take(stream, 1)
+            assert.deepStrictEqual(texts(first), order.slice(0, 1))
+            const rest = yield* take(stream, 9)
+            assert.deepStrictEqual(texts(rest), order.slice(1))
+          }))
+
+        it.live("Effect.timeout around a consumer stuck on its third message: the next consumer gets the last seven", () =>
+          Effect.gen(function*() {
+            const publisher = yield* publisherFor(version)
+            const { order, stream } = yield* kind.queueTen(broker, publisher, { protocolVersion: version })
+            const handled: Array<string> = []
+            const exit = yield* stream.pipe(
+              Stream.runForEach((message) => {
+                handled.push(message.text)
+                return handled.length === 3 ? Effect.never : Effect.void
+              }),
+              Effect.timeout("200 millis"),
+              Effect.exit
+            )
+            assert.isTrue(isTimeout(exit), String(exit))
+            assert.deepStrictEqual(handled, order.slice(0, 3))
+            assert.deepStrictEqual(texts(yield* take(stream, 7)), order.slice(3))
+          }))
+
+        it.live("a consumer interrupted on its third message: the next consumer gets the last seven", () =>
+          Effect.gen(function*() {
+            const publisher = yield* publisherFor(version)
+            const { order, stream } = yield* kind.queueTen(broker, publisher, { protocolVersion: version })
+            const handled: Array<string> = []
+            const third = yield* Deferred.make<void>()
+            const consumer = yield* Effect.forkChild(
+              Stream.runForEach(stream, (message) => {
+                handled.push(message.text)
+                return handled.length === 3
+                  ? Effect.andThen(Deferred.succeed(third, undefined), Effect.never)
+                  : Effect.void
+              })
+            )
+            yield* within("the third message", Deferred.await(third))
+            yield* Fiber.interrupt(consumer)
+            assert.deepStrictEqual(handled, order.slice(0, 3))
+            assert.deepStrictEqual(texts(yield* take(stream, 7)), order.slice(3))
+          }))
+
+        it.live(
+          "nothing is acknowledged that user code never took: after 3 of 10 are taken and the client is closed, the same client id on a persistent session gets the rest again",
+          () =>
+            Effect.gen(function*() {
+              const publisher = yield* publisherFor(version)
+              const clientId = unique("persistent")
+              const first = yield* Scope.make()
+              const { order, stream, untaken } = yield* kind.queueTen(broker, publisher, persistent(version, clientId))
+                .pipe(
+                  Scope.provide(first)
+                )
+              const taken = texts(yield* take(stream, 3))
+              assert.deepStrictEqual(taken, order.slice(0, 3))
+              // release sends DISCONNECT: the broker keeps the session, and every message not acknowledged
+              yield* within("release", Scope.close(first, Exit.void))
+
+              const again = yield* MqttClient.make({ url: broker.url, ...persistent(version, clientId) })
+              assert.isTrue(again.connection.sessionPresent)
+              // the broker resends what was not acknowledged as soon as the session resumes; a message this client
+              // sends itself afterwards comes behind them
+              const end = unique("end")
+              yield* again.subscribe(end, { qos: 1 })
+              yield* again.publish(end, "end", { qos: 1 })
+              const resent = yield* within(
+                "the resent messages",
+                Stream.runCollect(Stream.takeUntil(again.messages, (m) => m.topic === end))
+              )
+              const expected = unacknowledged(TEN, taken)
+              assert.deepStrictEqual(texts(resent.slice(0, -1)).sort(), [...expected, ...untaken].sort())
+              assert.isTrue(resent.slice(0, -1).every((m) => m.dup), "resent with DUP")
+              if (kind.name === "the priority queue") {
+                // the three taken were the last to arrive: their acknowledgements wait for the seven before them
+                assert.deepStrictEqual(expected, TEN)
+              }
+            })
+        )
+      })
+    }
+  }
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// 2 and 3: the order of acknowledgements on the wire, and manual acknowledgement (the fake broker)
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("acknowledgements on the wire (fake broker)", () => {
+  it.live(
+    "a priority queue hands out 5, 4, 3, 2, 1: nothing is acknowledged until 1 is taken, then PUBACK/PUBREC 1 to 5 in arrival order",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* fakeClient(4, {
+          queue: IncomingQueue.priority({ capacity: 10, priority: (message) => -Number(message.text) })
+        })
+        // QoS 1 and 2 mixed: PUBACK and PUBREC share one order [MQTT-4.6.0-2, MQTT-4.6.0-3]
+        const qos = [1, 2, 1, 2, 1] as const
+        yield* connection.sendMany(qos.map((q, i) => publishPacket("readings", String(i + 1), q, i + 1)))
+        yield* eventually("five queued", Effect.map(client.queuedMessages, (n) => n === 5))
+
+        assert.deepStrictEqual(texts(yield* take(client.messages, 1)), ["5"])
+        // the next packet the client sends shows what it had to send before: no acknowledgement
+        yield* client.publish("marker", "after taking 5")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+
+        assert.deepStrictEqual(texts(yield* take(client.messages, 3)), ["4", "3", "2"])
+        yield* client.publish("marker", "after taking 5, 4, 3, 2")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+
+        assert.deepStrictEqual(texts(yield* take(client.messages, 1)), ["1"])
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 5),
+          ["PUBACK 1", "PUBREC 2", "PUBACK 3", "PUBREC 4", "PUBACK 5"]
+        )
+      })
+  )
+
+  it.live(
+    "two subscription() streams taken in the opposite order: each acknowledgement waits for the earlier arrivals",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* fakeClient(4)
+        const { release: releaseA, stream: a } = yield* fakeSubscription(client, connection, "a/#", { qos: 1 })
+        const { release: releaseB, stream: b } = yield* fakeSubscription(client, connection, "b/#", { qos: 1 })
+        yield* connection.sendMany([
+          publishPacket("a/x", "1", 1, 1),
+          publishPacket("b/x", "2", 1, 2),
+          publishPacket("a/x", "3", 1, 3),
+          publishPacket("b/x", "4", 1, 4)
+        ])
+        // b's two, taken first, wait for a's first
+        assert.deepStrictEqual(texts(yield* take(b, 2)), ["2", "4"])
+        yield* client.publish("marker", "after b")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+        assert.deepStrictEqual(texts(yield* take(a, 1)), ["1"])
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 2),
+          ["PUBACK 1", "PUBACK 2"]
+        )
+        assert.deepStrictEqual(texts(yield* take(a, 1)), ["3"])
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 4),
+          ["PUBACK 3", "PUBACK 4"]
+        )
+        yield* releaseA
+        yield* releaseB
+      })
+  )
+
+  it.live(
+    "manual acknowledgement: a handler that fails on message 3 of 5 leaves 3 unacknowledged, and 4 and 5 wait for it; acknowledging 3 sends 3, 4, 5 in order",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* fakeClient(4, { acknowledgement: "manual" })
+        yield* connection.sendMany(numbered(5).map((text, i) => publishPacket("jobs", text, 1, i + 1)))
+        const failed: Array<MqttMessage.MqttMessage> = []
+        const handled: Array<string> = []
+        const handler = MqttMessage.ackAfter((message: MqttMessage.MqttMessage) =>
+          message.text === "3"
+            ? Effect.fail(`job ${message.text} failed`)
+            : Effect.sync(() => handled.push(message.text))
+        )
+        yield* within(
+          "five handled",
+          client.messages.pipe(
+            Stream.take(5),
+            Stream.runForEach((message) =>
+              Effect.catch(handler(message), () => Effect.sync(() => failed.push(message)))
+            )
+          )
+        )
+        assert.deepStrictEqual(handled, ["1", "2", "4", "5"])
+        assert.deepStrictEqual(texts(failed), ["3"])
+        yield* client.publish("marker", "after the handlers")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), [
+          "PUBACK 1",
+          "PUBACK 2",
+          "publish marker"
+        ])
+        // a retry that succeeds
+        yield* failed[0].ack
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 5),
+          ["PUBACK 3", "PUBACK 4", "PUBACK 5"]
+        )
+      })
+  )
+
+  it.live(
+    "manual acknowledgement per subscription(): its messages wait for message.ack, and the automatic ones of `messages` that arrived later wait for them",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* fakeClient(5)
+        const { release, stream: jobs } = yield* fakeSubscription(client, connection, "jobs/#", {
+          qos: 1,
+          acknowledgement: "manual"
+        })
+        const subscribed = yield* Effect.forkChild(client.subscribe("news/#", { qos: 1 }))
+        yield* grantSubscribe(connection)
+        yield* Fiber.join(subscribed)
+        yield* connection.sendMany([
+          publishPacket("jobs/a", "job 1", 1, 1),
+          publishPacket("news/a", "news 2", 1, 2),
+          publishPacket("jobs/a", "job 3", 1, 3)
+        ])
+        const [job1, job3] = yield* take(jobs, 2)
+        assert.deepStrictEqual(texts(yield* take(client.messages, 1)), ["news 2"])
+        yield* client.publish("marker", "all taken, none acknowledged")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+        yield* job3.ack
+        yield* client.publish("marker", "job 3 acknowledged")
+        assert.deepStrictEqual(yield* packetsUntil(connection, isPublishTo("marker")), ["publish marker"])
+        yield* job1.ack
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 3),
+          ["PUBACK 1", "PUBACK 2", "PUBACK 3"]
+        )
+        yield* release
+      })
+  )
+})
+
+describe("MqttMessage.ackAfter", () => {
+  /** A message as the client hands it over, with a receipt that counts its acknowledgements. */
+  const received = () => {
+    const message = new MqttMessage.MqttMessage("jobs", new TextEncoder().encode("job"), 1, false, false)
+    const receipt = { count: 0, acknowledge: () => receipt.count++ }
+    message[MqttMessage.ReceiptKey] = receipt
+    return { message, receipt }
+  }
+
+  it.effect("acknowledges once the handler succeeded, and returns its result", () =>
+    Effect.gen(function*() {
+      const { message, receipt } = received()
+      let acknowledgedDuring = -1
+      const result = yield* MqttMessage.ackAfter((m: MqttMessage.MqttMessage) =>
+        Effect.sync(() => {
+          acknowledgedDuring = receipt.count
+          return m.text.length
+        })
+      )(message)
+      assert.strictEqual(result, 3)
+      assert.strictEqual(acknowledgedDuring, 0)
+      assert.strictEqual(receipt.count, 1)
+    }))
+
+  it.effect("does not acknowledge when the handler fails, and passes the error on", () =>
+    Effect.gen(function*() {
+      const { message, receipt } = received()
+      const exit = yield* Effect.exit(MqttMessage.ackAfter(() => Effect.fail("no database"))(message))
+      assert.deepStrictEqual(Exit.findErrorOption(exit), Option.some("no database"))
+      assert.strictEqual(receipt.count, 0)
+    }))
+
+  it.effect("does not acknowledge when the handler is interrupted", () =>
+    Effect.gen(function*() {
+      const { message, receipt } = received()
+      const fiber = yield* Effect.forkChild(MqttMessage.ackAfter(() => Effect.never)(message))
+      yield* Effect.yieldNow
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(receipt.count, 0)
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4: flow control, 6: drops, 7: LIFO (a private Mosquitto)
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("flow control, drops and LIFO against a private Mosquitto", () => {
+  let broker: MosquittoHandle
+  beforeAll(async () => {
+    broker = await startMosquitto({ protocolConfig: "max_queued_messages 10000" })
+  })
+  afterAll(() => broker?.dispose())
+
+  /** An MQTT 5 client with Receive Maximum 10 whose `messages` holds 10 of 100 QoS 1 messages, unacknowledged. */
+  const stalledAtReceiveMaximum = Effect.gen(function*() {
+    const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+    const stalled = unique("stalled")
+    const client = yield* MqttClient.make({
+      url: broker.url,
+      protocolVersion: 5,
+      queue: IncomingQueue.bounded(10),
+      receiveMaximum: 10
+    })
+    yield* client.subscribe(stalled, { qos: 1 })
+    yield* publishAll(publisher, stalled, numbered(100))
+    // nobody reads `messages`: the broker sends 10 and waits for their acknowledgements
+    yield* eventually("`messages` full", Effect.map(client.queuedMessages, (n) => n === 10))
+    return { client, publisher }
+  })
+
+  it.live(
+    "MQTT 5, Receive Maximum 10, `messages` stalled with 10 QoS 1 messages unacknowledged: a subscription() stream's QoS 0 messages and the client's own QoS 1 publishes keep completing",
+    () =>
+      Effect.gen(function*() {
+        const { client, publisher } = yield* stalledAtReceiveMaximum
+        const flowing = unique("flowing")
+        const own = unique("own")
+        const stream = yield* client.subscription(flowing, { qos: 0 })
+        // Receive Maximum bounds the QoS 1/2 messages of the whole session, not of one subscription: with 10
+        // unacknowledged, the broker sends this client no more QoS 1/2 at all [MQTT-3.3.4-9]. So the second
+        // subscription's messages are QoS 0, which Receive Maximum does not hold back: they only arrive if the
+        // client keeps reading its socket while `messages` is stalled.
+        yield* withoutDisconnect(
+          client,
+          Effect.gen(function*() {
+            const consumer = yield* Effect.forkChild(take(stream, 20))
+            yield* Effect.forEach(numbered(20), (text) => publisher.publish(flowing, text), { discard: true })
+            assert.deepStrictEqual(texts(yield* Fiber.join(consumer)), numbered(20))
+            // and the PUBACKs of the client's own publishes are read
+            yield* within(
+              "the client's own QoS 1 publishes",
+              Effect.forEach(numbered(20), (text) => client.publish(own, text, { qos: 1 }), { discard: true })
+            )
+          })
+        )
+        assert.strictEqual(yield* client.queuedMessages, 10, "`messages` is still stalled")
+        assert.strictEqual((yield* client.metrics).reconnects, 0)
+      })
+  )
+
+  it.live(
+    "MQTT 5, Receive Maximum 10, 100 QoS 1 messages waiting at the broker: once the stalled consumer resumes, all 100 arrive in order, no reconnect",
+    () =>
+      Effect.gen(function*() {
+        const { client } = yield* stalledAtReceiveMaximum
+        // Mosquitto 2.0.11 sends up to Receive Maximum more PUBLISH after each PUBACK once it has messages queued
+        // for the client (see the report of issue 9): the client must still receive every message
+        const all = yield* withoutDisconnect(client, take(client.messages, 100))
+        assert.deepStrictEqual(texts(all), numbered(100))
+        const metrics = yield* client.metrics
+        assert.strictEqual(metrics.reconnects, 0)
+        assert.strictEqual(metrics.droppedMessages, 0)
+      })
+  )
+
+  for (const version of versions) {
+    describe(label(version), () => {
+      const subscriptionDrops = (queue: IncomingQueue.Strategy, kept: ReadonlyArray<string>) =>
+        Effect.gen(function*() {
+          const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          const topic = unique("drops")
+          const client = yield* MqttClient.make({ url: broker.url, protocolVersion: version, queue })
+          const scope = yield* Scope.make()
+          const stream = yield* client.subscription(topic, { qos: 0 }).pipe(Scope.provide(scope))
+          yield* publishAll(publisher, topic, numbered(20))
+          // 20 into 5: 15 dropped once all arrived
+          yield* eventually("15 dropped", Effect.map(client.droppedMessages, (n) => n === 15))
+          assert.strictEqual(yield* client.queuedMessages, 0, "`messages` holds none of them")
+          assert.deepStrictEqual(texts(yield* take(stream, 5)), kept)
+          assert.strictEqual((yield* client.metrics).droppedMessages, 15)
+          // still counted once the subscription is gone
+          yield* within("release", Scope.close(scope, Exit.void))
+          assert.strictEqual(yield* client.droppedMessages, 15)
+        })
+
+      it.live("a subscription() stream with a sliding(5) queue drops the 15 oldest of 20: counted in droppedMessages", () =>
+        subscriptionDrops(IncomingQueue.sliding(5), numbered(5, 16)))
+
+      it.live("a subscription() stream with a dropping(5) queue drops the 15 newest of 20: counted in droppedMessages", () =>
+        subscriptionDrops(IncomingQueue.dropping(5), numbered(5)))
+
+      const lifo = (
+        queue: IncomingQueue.Strategy,
+        count: number,
+        wait: (client: MqttClient.Client) => Effect.Effect<boolean>
+      ) =>
+        Effect.gen(function*() {
+          const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          const topic = unique("lifo")
+          const client = yield* MqttClient.make({ url: broker.url, protocolVersion: version, queue })
+          yield* client.subscribe(topic, { qos: 0 })
+          yield* publishAll(publisher, topic, numbered(count))
+          yield* eventually("the messages in", wait(client))
+          return client
+        })
+
+      it.live("IncomingQueue.lifo(10): ten messages come out newest first", () =>
+        Effect.gen(function*() {
+          const client = yield* lifo(
+            IncomingQueue.lifo(10),
+            10,
+            (client) => Effect.map(client.queuedMessages, (n) => n === 10)
+          )
+          assert.deepStrictEqual(texts(yield* take(client.messages, 10)), [...numbered(10)].reverse())
+          assert.strictEqual(yield* client.droppedMessages, 0)
+        }))
+
+      it.live("IncomingQueue.lifo(5, sliding): of ten, the five oldest are dropped, counted; the rest come out newest first", () =>
+        Effect.gen(function*() {
+          const client = yield* lifo(
+            IncomingQueue.lifo(5, { overflow: "sliding" }),
+            10,
+            (client) => Effect.map(client.droppedMessages, (n) => n === 5)
+          )
+          assert.deepStrictEqual(texts(yield* take(client.messages, 5)), ["10", "9", "8", "7", "6"])
+          assert.strictEqual((yield* client.metrics).droppedMessages, 5)
+        }))
+
+      it.live("IncomingQueue.lifo(5, dropping): of ten, the five newest are dropped, counted; the rest come out newest first", () =>
+        Effect.gen(function*() {
+          const client = yield* lifo(
+            IncomingQueue.lifo(5, { overflow: "dropping" }),
+            10,
+            (client) => Effect.map(client.droppedMessages, (n) => n === 5)
+          )
+          assert.deepStrictEqual(texts(yield* take(client.messages, 5)), ["5", "4", "3", "2", "1"])
+          assert.strictEqual((yield* client.metrics).droppedMessages, 5)
+        }))
+
+      it.live("IncomingQueue.lifo(5) (suspend): of ten, none is dropped: the newest of the first five comes out first, then all", () =>
+        Effect.gen(function*() {
+          const client = yield* lifo(
+            IncomingQueue.lifo(5),
+            10,
+            (client) => Effect.map(client.queuedMessages, (n) => n === 5)
+          )
+          const all = texts(yield* take(client.messages, 10))
+          assert.strictEqual(all[0], "5")
+          assert.deepStrictEqual([...all].sort((a, b) => Number(a) - Number(b)), numbered(10))
+          assert.strictEqual(yield* client.droppedMessages, 0)
+        }))
+    })
+  }
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4: a consumer stalled far past the keepalive
+// ---------------------------------------------------------------------------------------------------------------
+
+describe.concurrent("a consumer stalled for 4 times the keepalive (5 s) with 2,000 QoS 1 messages", () => {
+  let broker: MosquittoHandle
+  beforeAll(async () => {
+    broker = await startMosquitto({
+      // the broker sends a 3.1.1 client every message at once (its default would keep 20 unacknowledged), so that
+      // the client's queue fills and its reader is held back; an MQTT 5 client's Receive Maximum still applies
+      protocolConfig: "max_inflight_messages 0\nmax_queued_messages 10000"
+    })
+  })
+  afterAll(() => broker?.dispose())
+
+  for (const version of versions) {
+    it.live(
+      `${label(version)}: all 2,000 arrive in order, no reconnect, and the broker never times the client out`,
+      () =>
+        Effect.gen(function*() {
+          const topic = unique("stall")
+          const clientId = unique("stalled")
+          const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          const client = yield* MqttClient.make({ url: broker.url, protocolVersion: version, clientId, keepAlive: 5 })
+          yield* client.subscribe(topic, { qos: 1 })
+          const stalled = yield* Deferred.make<void>()
+          const consumer = yield* Effect.forkChild(
+            client.messages.pipe(
+              Stream.take(2000),
+              // a handler stuck for 20 s on the first message: a database down, a slow call
+              Stream.tap((message) =>
+                message.text === "1"
+                  ? Effect.andThen(Deferred.succeed(stalled, undefined), Effect.sleep("20 seconds"))
+                  : Effect.void
+              ),
+              Stream.runCollect
+            )
+          )
+          yield* publishAll(publisher, topic, numbered(2000))
+          yield* within("the first message", Deferred.await(stalled))
+          // the default queue (1,024) is full while the consumer stalls
+          yield* eventually("the queue full", Effect.map(client.queuedMessages, (n) => n === 1024))
+          const received = yield* within("2,000 messages", withoutDisconnect(client, Fiber.join(consumer)), 60)
+          assert.deepStrictEqual(texts(received), numbered(2000))
+          const metrics = yield* client.metrics
+          assert.strictEqual(metrics.connects, 1)
+          assert.strictEqual(metrics.reconnects, 0)
+          assert.strictEqual(metrics.droppedMessages, 0)
+          assert.notMatch(broker.logs(), new RegExp(`${clientId}.*(exceeded timeout|disconnect)`, "i"))
+        }),
+      90_000
+    )
+  }
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// 5: release always ends; 3: a process killed with unacknowledged messages (child processes)
+// ---------------------------------------------------------------------------------------------------------------
+
+describe.concurrent("SIGINT and SIGTERM end a process whatever its client is doing", () => {
+  let broker: MosquittoHandle
+  beforeAll(async () => {
+    broker = await startMosquitto({ protocolConfig: "max_queued_messages 10000" })
+  })
+  afterAll(() => broker?.dispose())
+
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+
+  for (const version of versions) {
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      it.live(
+        `${
+          label(version)
+        }: ${signal} with a full \`messages\` queue, its reader held back, and an open subscription() stream: the process releases its client and exits`,
+        () =>
+          Effect.gen(function*() {
+            const topic = unique("held")
+            const streamFilter = unique("stream")
+            const clientId = unique("child")
+            const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+            const child = yield* deliveryClient({
+              mode: "hold",
+              options: { url: broker.url, protocolVersion: version, clientId, queue: IncomingQueue.bounded(5) },
+              topic,
+              streamFilter,
+              capacity: 5
+            })
+            yield* child.line("subscribed")
+            // the stream's consumer takes one and stalls; two more wait in its queue
+            yield* publishAll(publisher, streamFilter, ["s1", "s2", "s3"])
+            yield* child.line("stream s1")
+            // 50 into a queue of 5 that nobody reads: the reader waits for room with the rest unread. QoS 0, which
+            // MQTT 5's Receive Maximum does not hold back
+            yield* Effect.forEach(numbered(50), (text) => publisher.publish(topic, text), { discard: true })
+            yield* child.line("full")
+
+            child.process.kill(signal)
+            // only a hang guard: the release waits at most 5 s for the UNSUBACK and 2 s for the last write
+            const exit = yield* within("the child's exit", child.exit)
+            assert.deepStrictEqual(exit, { code: 130, signal: null }, child.stderr())
+            assert.include(child.lines, "released")
+            // the client said goodbye: DISCONNECT reached the broker
+            yield* eventually(
+              "the broker logging the DISCONNECT",
+              Effect.sync(() => new RegExp(`Client ${escape(clientId)} disconnected`).test(broker.logs()))
+            )
+          })
+      )
+    }
+  }
+})
+
+describe("a killed process gets its unacknowledged messages again, and release ends with a frozen broker", () => {
+  let broker: MosquittoHandle
+  beforeAll(async () => {
+    broker = await startMosquitto({
+      persistence: true,
+      // the PUBACKs a client sends show in the log ("Received PUBACK from <client> ...")
+      protocolConfig: "max_queued_messages 10000\nlog_type debug"
+    })
+  })
+  afterAll(() => broker?.dispose())
+
+  for (const version of versions) {
+    it.live(
+      `${
+        label(version)
+      }: manual acknowledgement, SIGKILL with 7 of 10 messages unacknowledged: a new process with the same client id on the persistent session receives those 7 again`,
+      () =>
+        Effect.gen(function*() {
+          const topic = unique("manual")
+          const clientId = unique("killed")
+          const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          const options = { url: broker.url, ...persistent(version, clientId), acknowledgement: "manual" as const }
+          const first = yield* deliveryClient({ mode: "manual", options, topic, ack: ["1", "2", "3"] })
+          yield* first.line("subscribed")
+          yield* publishAll(publisher, topic, TEN)
+          yield* first.line("got 10 false")
+          yield* first.line("acked 3")
+          // the broker has the three acknowledgements before the process dies
+          const pubacks = () =>
+            broker.logs().split("\n").filter((line) => line.includes(`Received PUBACK from ${clientId} `)).length
+          yield* eventually("three PUBACKs at the broker", Effect.sync(() => pubacks() === 3))
+          first.process.kill("SIGKILL")
+          assert.deepStrictEqual(yield* within("the exit", first.exit), { code: null, signal: "SIGKILL" })
+          assert.notInclude(first.lines, "released")
+
+          const second = yield* deliveryClient({ mode: "manual", options, topic })
+          yield* second.line("subscribed")
+          yield* publisher.publish(topic, "end", { qos: 1 })
+          yield* second.line("got end false")
+          const got = second.lines.filter((line) => line.startsWith("got "))
+          assert.deepStrictEqual(got, [...TEN.slice(3).map((text) => `got ${text} true`), "got end false"])
+        })
+    )
+  }
+
+  it.live(
+    "a frozen broker (SIGSTOP) during release, with a full `messages` queue and an open subscription() stream: release ends, and a publish waiting for its PUBACK fails with a typed error",
+    () =>
+      Effect.gen(function*() {
+        const frozen = yield* mosquitto()
+        const publisher = yield* MqttClient.make({ url: frozen.url, protocolVersion: 5 })
+        const scope = yield* Scope.make()
+        const client = yield* MqttClient.make({ url: frozen.url, protocolVersion: 5, queue: IncomingQueue.bounded(5) })
+          .pipe(Scope.provide(scope))
+        const topic = unique("frozen")
+        yield* client.subscribe(topic, { qos: 1 })
+        yield* client.subscription(unique("stream"), { qos: 1 }).pipe(Scope.provide(scope))
+        yield* publishAll(publisher, topic, numbered(5))
+        yield* eventually("`messages` full", Effect.map(client.queuedMessages, (n) => n === 5))
+
+        frozen.kill("SIGSTOP")
+        const pending = yield* Effect.forkChild(Effect.exit(client.publish(topic, "never acknowledged", { qos: 1 })), {
+          startImmediately: true
+        })
+        // only a hang guard: the UNSUBSCRIBE is answered by nobody, and the DISCONNECT may not be read
+        yield* within("release", Scope.close(scope, Exit.void))
+        const exit = yield* within("the pending publish", Fiber.join(pending))
+        const error = Exit.findErrorOption(exit)
+        assert.isTrue(Option.isSome(error) && MqttError.isMqttError(error.value), String(exit))
+        assert.strictEqual((yield* client.status)._tag, "Closed")
+        frozen.kill("SIGCONT")
+      })
+  )
+})
