@@ -239,6 +239,9 @@ export interface Options {
     readonly messages?: boolean | undefined
     readonly propagate?: boolean | undefined
   } | undefined
+  /** MQTT 5: a broker that sends more unacknowledged QoS 1/2 messages than `receiveMaximum` gets DISCONNECT
+   * 0x93 (Receive Maximum exceeded), as MQTT 5 section 4.9 describes, instead of a warning. Default `false`. */
+  readonly strictReceiveMaximum?: boolean | undefined
   /** What publish, subscribe and unsubscribe do while the client is reconnecting. */
   readonly offline?: OfflineOptions | undefined
   /** The largest packet the client accepts, in bytes: a larger one closes the connection as soon as its
@@ -246,7 +249,9 @@ export interface Options {
    * that it does not send one). Default 32 MiB. */
   readonly maximumPacketSize?: number | undefined
   /** MQTT 5: how many QoS 1/2 messages the broker may send before they are acknowledged; announced in CONNECT.
-   * A broker that sends more gets DISCONNECT 0x93. Default: the capacity of `queue` (1,024 by default; 65,535
+   * A broker that sends more is reported (a warning) and its messages taken: Mosquitto 2.0.11 goes over it
+   * while it holds a backlog for the client, and a DISCONNECT would lose what a clean session held; with
+   * `strictReceiveMaximum: true` it gets DISCONNECT 0x93 instead. Default: the capacity of `queue` (1,024 by default; 65,535
    * for an unbounded queue): since a message is acknowledged when a consumer takes it, a queue that large never
    * fills with QoS 1/2 messages, and the client keeps reading the socket while a consumer stalls. */
   readonly receiveMaximum?: number | undefined

@@ -799,9 +799,13 @@ describe("MQTT 5 on the receiving side", () => {
       expect(packet.properties?.topicAliasMaximum).toBe(4)
     }))
 
-  it.live("a broker exceeding the client's Receive Maximum gets DISCONNECT 0x93", () =>
+  it.live("a broker exceeding the client's Receive Maximum gets DISCONNECT 0x93 with strictReceiveMaximum", () =>
     Effect.gen(function*() {
-      const { client, connection } = yield* connect({ protocolVersion: 5, receiveMaximum: 2 })
+      const { client, connection } = yield* connect({
+        protocolVersion: 5,
+        receiveMaximum: 2,
+        strictReceiveMaximum: true
+      })
       // QoS 2 messages count until their PUBREL, which this broker never sends
       yield* connection.send(publishPacket("t", "1", 2, 1))
       yield* connection.send(publishPacket("t", "2", 2, 2))
@@ -813,6 +817,16 @@ describe("MQTT 5 on the receiving side", () => {
       expect(disconnect.reasonCode).toBe(0x93)
       const error = yield* Effect.flip(client.awaitClose)
       assert(error instanceof MqttError.ProtocolError)
+    }))
+
+  it.live("by default a broker exceeding the client's Receive Maximum is reported, not disconnected: nothing is lost", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5, receiveMaximum: 2, logLevel: "None" })
+      for (const id of [1, 2, 3, 4]) yield* connection.send(publishPacket("t", String(id), 1, id))
+      const received = yield* client.messages.pipe(Stream.take(4), Stream.runCollect)
+      expect(received.map((m) => m.text)).toEqual(["1", "2", "3", "4"])
+      for (const id of [1, 2, 3, 4]) expect((yield* connection.expect("puback")).messageId).toBe(id)
+      expect(connection.isClosed).toBe(false)
     }))
 
   it.live("Receive Maximum counts a QoS 2 message until its PUBREL", () =>

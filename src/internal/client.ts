@@ -69,7 +69,8 @@ export const make = (
       offlineCapacity: o.offlineCapacity,
       offlineQos0: o.offlineQos0,
       offlineRequests: o.offlineRequests,
-      overlapping: o.overlapping
+      overlapping: o.overlapping,
+      strictReceiveMaximum: o.strictReceiveMaximum
     })
     const metrics = new ClientMetrics(o.clientId, yield* Effect.context<never>())
     let driver: Driver

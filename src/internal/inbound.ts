@@ -37,10 +37,20 @@ export class Inbound {
   private readonly version: Packets.ProtocolVersion
   private readonly receiveMaximum: number
   private readonly topicAliasMaximum: number
-  constructor(version: Packets.ProtocolVersion, receiveMaximum: number, topicAliasMaximum: number) {
+  /** a broker over the Receive Maximum gets DISCONNECT 0x93 rather than a warning */
+  private readonly strict: boolean
+  /** the broker went over the Receive Maximum on this connection (warned once) */
+  private exceeded = false
+  constructor(
+    version: Packets.ProtocolVersion,
+    receiveMaximum: number,
+    topicAliasMaximum: number,
+    strict: boolean
+  ) {
     this.version = version
     this.receiveMaximum = receiveMaximum
     this.topicAliasMaximum = topicAliasMaximum
+    this.strict = strict
   }
 
   /** Messages received and not yet acknowledged, with the QoS 2 ones awaiting PUBREL. */
@@ -97,14 +107,18 @@ export class Inbound {
       }
     }
     if (this.version === 5 && this.inFlight >= this.receiveMaximum) {
-      out.fail(
-        violation(
-          this.version,
-          `more than ${this.receiveMaximum} unacknowledged QoS 1/2 publishes (Receive Maximum)`,
-          0x93
-        )
-      )
-      return undefined
+      const reason = `more than ${this.receiveMaximum} unacknowledged QoS 1/2 publishes (Receive Maximum)`
+      if (this.strict) {
+        out.fail(violation(this.version, reason, 0x93))
+        return undefined
+      }
+      // Mosquitto 2.0.11 sends past the client's Receive Maximum while it holds a backlog for the client:
+      // disconnecting (0x93) would lose what a clean session held, and the queue's bound holds anyway (the
+      // reader waits for room), so the message is taken and the excess reported once per connection
+      if (!this.exceeded) {
+        this.exceeded = true
+        out.warnings.push(`the broker sent ${reason}; taken, not disconnected (strictReceiveMaximum: true would)`)
+      }
     }
     const record = new InboundRecord(id, packet.qos as 1 | 2, this.epoch)
     this.byId[id] = record
@@ -170,6 +184,7 @@ export class Inbound {
   /** A connection carries the session. Without Session Present the broker forgot every flow: so does the client. */
   resume(sessionPresent: boolean, out: Output): void {
     this.connected = true
+    this.exceeded = false
     this.aliases = []
     if (!sessionPresent) {
       out.journal?.push({ t: "X" })

@@ -55,6 +55,7 @@ export interface Resolved {
   readonly store: SessionStore | undefined
   readonly clearStore: boolean
   readonly tracing: { readonly messages: boolean; readonly propagate: boolean }
+  readonly strictReceiveMaximum: boolean
 }
 
 /** The largest packet the client accepts unless told otherwise: 32 MiB. */
@@ -244,6 +245,7 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     overlapping,
     store,
     clearStore: options.clearStore ?? false,
+    strictReceiveMaximum: options.strictReceiveMaximum ?? false,
     tracing: { messages: options.tracing?.messages ?? false, propagate: options.tracing?.propagate ?? true }
   } satisfies Resolved
 })

@@ -43,6 +43,8 @@ export interface SessionConfig {
   readonly offlineCapacity: number
   readonly offlineQos0: "buffer" | "fail"
   readonly offlineRequests: "wait" | "fail"
+  /** a broker over the client's Receive Maximum gets DISCONNECT 0x93 (otherwise a warning) */
+  readonly strictReceiveMaximum: boolean
   /** how the broker delivers a message matching several subscriptions that name no identifier */
   readonly overlapping: "single-copy" | "copy-per-subscription"
 }
@@ -71,7 +73,7 @@ export class Session {
     this.config = config
     const version = config.protocolVersion
     this.outgoing = new Outgoing(version, this.ids)
-    this.inbound = new Inbound(version, config.receiveMaximum, config.topicAliasMaximum)
+    this.inbound = new Inbound(version, config.receiveMaximum, config.topicAliasMaximum, config.strictReceiveMaximum)
     this.subscriptions = new Subscriptions(
       version,
       this.ids,

@@ -27,6 +27,7 @@ export const config = (overrides: Partial<SessionConfig> = {}): SessionConfig =>
   offlineQos0: "buffer",
   offlineRequests: "wait",
   overlapping: "single-copy",
+  strictReceiveMaximum: true,
   ...overrides
 })
 
