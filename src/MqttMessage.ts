@@ -5,6 +5,8 @@
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
+import type * as Tracer from "effect/Tracer"
+import * as Telemetry from "./internal/telemetry.ts"
 
 /**
  * A Quality of Service level: 0 at most once, 1 at least once, 2 exactly once.
@@ -248,3 +250,52 @@ export const ackAfter =
   <A, E, R>(handler: (message: MqttMessage) => Effect.Effect<A, E, R>) =>
   (message: MqttMessage): Effect.Effect<A, E, R> =>
     Effect.tap(Effect.suspend(() => handler(message)), () => message.ack)
+
+/**
+ * The span of the producer, when the message carries a W3C `traceparent` user property (MQTT 5: a publish made
+ * inside a span carries one, see the client's `tracing` option); `undefined` otherwise.
+ *
+ * @since 0.2.0
+ * @category tracing
+ */
+export const remoteSpan = (message: MqttMessage): Tracer.ExternalSpan | undefined =>
+  Telemetry.remoteSpanOf(message.properties)
+
+/**
+ * Runs an effect that handles a message in a span of its own (`mqtt process <topic>`, kind consumer) whose parent
+ * is the producer's span when the message carries a `traceparent`, so that the trace runs from the producer
+ * through the broker to this handler. Attributes follow OpenTelemetry's messaging conventions.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Stream } from "effect"
+ * import { MqttClient, MqttMessage } from "effect-mqtt"
+ *
+ * const handle = (message: MqttMessage.MqttMessage) => Effect.log(message.text)
+ *
+ * export const program = Effect.gen(function*() {
+ *   const client = yield* MqttClient.MqttClient
+ *   yield* client.messages.pipe(
+ *     Stream.runForEach((message) => handle(message).pipe(MqttMessage.withSpan(message)))
+ *   )
+ * })
+ * ```
+ *
+ * @since 0.2.0
+ * @category tracing
+ */
+export const withSpan = (message: MqttMessage) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+  const parent = remoteSpan(message)
+  return Effect.withSpan(self, `mqtt process ${message.topic}`, {
+    kind: "consumer",
+    ...(parent === undefined ? {} : { parent }),
+    attributes: {
+      "messaging.system": "mqtt",
+      "messaging.operation.name": "process",
+      "messaging.operation.type": "process",
+      "messaging.destination.name": message.topic,
+      "messaging.message.body.size": message.payload.byteLength,
+      "mqtt.qos": message.qos
+    }
+  })
+}

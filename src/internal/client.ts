@@ -6,7 +6,7 @@
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Scope from "effect/Scope"
-import type * as Stream from "effect/Stream"
+import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
@@ -20,7 +20,7 @@ import * as RequestResponse from "./requestResponse.ts"
 import { Session } from "./session.ts"
 import { clear, JournalWriter, load, prefixOf, type SessionStore } from "./store.ts"
 import { closedByClient, Supervisor } from "./supervisor.ts"
-import { ClientMetrics } from "./telemetry.ts"
+import { ClientMetrics, receiveSpan } from "./telemetry.ts"
 import * as Transport from "./transport.ts"
 
 export { defaultReconnect } from "./options.ts"
@@ -48,6 +48,21 @@ const durable = (
     driver.out.journal = []
     yield* Effect.forkIn(journal.run, scope)
   })
+
+/** The attributes of an operation's span, in OpenTelemetry's messaging conventions. */
+const span = (operation: string, destination: string) => ({
+  attributes: {
+    "messaging.system": "mqtt",
+    "messaging.operation.name": operation,
+    "messaging.destination.name": destination
+  }
+})
+
+const filtersOf = (
+  filters: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>
+): string =>
+  (Array.isArray(filters) ? filters : [filters as string | MqttClient.Subscription])
+    .map((f) => typeof f === "string" ? f : f.filter).join(",")
 
 /** Connects and returns the client; releasing the scope disconnects. */
 export const make = (
@@ -103,13 +118,15 @@ export const make = (
     const client: MqttClient.Client = {
       // publish is the hot path: a span per message would cost more than the rest of the publish
       publish: Operations.publish(ctx),
-      subscribe: Effect.fn("MqttClient.subscribe")(function*(filters, options) {
-        return yield* subscribe(filters, options)
-      }),
-      unsubscribe: Effect.fn("MqttClient.unsubscribe")(function*(filters, options) {
-        return yield* unsubscribe(filters, options)
-      }),
-      messages: deliveries.messages.stream,
+      subscribe: (filters, options) =>
+        Effect.withSpan(subscribe(filters, options), "MqttClient.subscribe", span("subscribe", filtersOf(filters))),
+      unsubscribe: (filters, options) =>
+        Effect.withSpan(
+          unsubscribe(filters, options),
+          "MqttClient.unsubscribe",
+          span("unsubscribe", filtersOf(filters))
+        ),
+      messages: o.tracing.messages ? Stream.tap(deliveries.messages.stream, receiveSpan) : deliveries.messages.stream,
       droppedMessages: Effect.sync(() => deliveries.dropped),
       queuedMessages: Effect.sync(() => deliveries.messages.size),
       get connection() {
@@ -120,8 +137,16 @@ export const make = (
       metrics: Effect.sync(() => ({ ...supervisor.metrics, droppedMessages: deliveries.dropped })),
       awaitClose: Deferred.await(supervisor.closedSignal),
       subscription: Operations.subscription(ctx),
-      request,
-      respond,
+      request: (topic, payload, options) =>
+        Effect.withSpan(request(topic, payload, options), "MqttClient.request", {
+          ...span("request", topic),
+          kind: "client"
+        }),
+      respond: (filter, handler, options) =>
+        Effect.withSpan(respond(filter, handler, options), "MqttClient.respond", {
+          ...span("respond", filtersOf(filter)),
+          kind: "server"
+        }),
       reauthenticate: (data) =>
         Effect.suspend(() => {
           if (o.auth === undefined) {

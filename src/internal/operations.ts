@@ -5,7 +5,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
-import type * as Stream from "effect/Stream"
+import * as Stream from "effect/Stream"
 import { Buffer } from "node:buffer"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
@@ -18,6 +18,7 @@ import type { Operation } from "./output.ts"
 import { OFFLINE_FULL, type Session } from "./session.ts"
 import { type FilterSpec, MESSAGES, type Request } from "./subscriptions.ts"
 import type { Supervisor } from "./supervisor.ts"
+import * as Telemetry from "./telemetry.ts"
 import { filterProblem, nameProblem } from "./topic.ts"
 
 /** What the operations of one client share. */
@@ -56,8 +57,43 @@ export const publish = (ctx: Context) =>
   payload: Uint8Array | string,
   options?: MqttClient.PublishOptions
 ): Effect.Effect<void, MqttError.MqttError> =>
-  // each run encodes afresh: the same publish effect may run several times, even at once
-  Effect.suspend(() => publishNow(ctx, topic, payload, options))
+  ctx.options.tracing.messages
+    ? Effect.withSpan(traced(ctx, topic, payload, options), "mqtt publish", {
+      kind: "producer",
+      attributes: {
+        "messaging.system": "mqtt",
+        "messaging.operation.name": "publish",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+        "messaging.client.id": ctx.session.clientId,
+        "messaging.message.body.size": typeof payload === "string" ? Buffer.byteLength(payload) : payload.byteLength,
+        "mqtt.qos": options?.qos ?? 0
+      }
+    })
+    : traced(ctx, topic, payload, options)
+
+/**
+ * A publish with the trace context: on MQTT 5, one made inside a span carries its W3C `traceparent` (unless
+ * `tracing.propagate` is false). Each run encodes afresh: the same publish effect may run several times, even at
+ * once.
+ */
+const traced = (
+  ctx: Context,
+  topic: string,
+  payload: Uint8Array | string,
+  options: MqttClient.PublishOptions | undefined
+): Effect.Effect<void, MqttError.MqttError> =>
+  ctx.options.protocolVersion === 5 && ctx.options.tracing.propagate
+    ? Effect.withFiber((fiber) => {
+      const span = Telemetry.currentSpan(fiber.context)
+      if (span === undefined) return publishNow(ctx, topic, payload, options)
+      const properties = {
+        ...options?.properties,
+        userProperties: Telemetry.withTraceparent(options?.properties?.userProperties, span)
+      }
+      return publishNow(ctx, topic, payload, { ...options, properties })
+    })
+    : Effect.suspend(() => publishNow(ctx, topic, payload, options))
 
 const publishNow = (
   ctx: Context,
@@ -92,6 +128,7 @@ const publishNow = (
       })
     )
   }
+  ctx.driver.metrics.sent(qos, bytes.byteLength)
   const result = session.publish(
     { topic, payload: bytes, qos, retain, properties: options?.properties, encoded },
     driver.out
@@ -277,7 +314,7 @@ export const subscription = (ctx: Context) =>
     const { owner, queue } = ctx.deliveries.addQueue(manual)
     yield* Effect.addFinalizer(() => release(ctx, owner))
     yield* subscribeAs(ctx, owner, input, options)
-    return queue.stream
+    return ctx.options.tracing.messages ? Stream.tap(queue.stream, Telemetry.receiveSpan) : queue.stream
   })
 
 /** An owner goes away: its filters are let go, within a bounded wait. */

@@ -7,9 +7,10 @@
  * `messaging.client.id`, `messaging.destination.name`, `messaging.operation.*`); the QoS is `mqtt.qos`.
  */
 import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import * as Tracer from "effect/Tracer"
-import type { MessageProperties, QoS, UserProperty } from "../MqttMessage.ts"
+import type { MessageProperties, MqttMessage, QoS, UserProperty } from "../MqttMessage.ts"
 
 /** The client's metrics: one family each, a series per client identifier (and QoS where it applies). */
 export const metrics = {
@@ -139,4 +140,25 @@ export const remoteSpanOf = (properties: MessageProperties): Tracer.ExternalSpan
     return Tracer.externalSpan({ traceId: match[2], spanId: match[3], sampled: (parseInt(match[4], 16) & 1) === 1 })
   }
   return undefined
+}
+
+/**
+ * A span for the delivery of a message to a consumer (`mqtt receive <topic>`, kind consumer), its parent the
+ * producer's span when the message carries a `traceparent`: `tracing.messages` makes one for each message a
+ * stream hands out.
+ */
+export const receiveSpan = (message: MqttMessage): Effect.Effect<void> => {
+  const parent = remoteSpanOf(message.properties)
+  return Effect.withSpan(Effect.void, `mqtt receive ${message.topic}`, {
+    kind: "consumer",
+    ...(parent === undefined ? {} : { parent }),
+    attributes: {
+      "messaging.system": "mqtt",
+      "messaging.operation.name": "receive",
+      "messaging.operation.type": "receive",
+      "messaging.destination.name": message.topic,
+      "messaging.message.body.size": message.payload.byteLength,
+      "mqtt.qos": message.qos
+    }
+  })
 }

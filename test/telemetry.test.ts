@@ -1,0 +1,151 @@
+/**
+ * Telemetry (issue 14, part 3): spans with OpenTelemetry messaging attributes, the W3C trace context carried
+ * through a real Mosquitto from producer to consumer, and metric values after a known workload.
+ */
+import { afterAll, assert, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Effect, Metric, Stream, Tracer } from "effect"
+import { IncomingQueue, MqttClient, MqttMessage, MqttTestBroker } from "effect-mqtt"
+import { TestClock } from "effect/testing"
+import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
+
+let broker: MosquittoHandle
+beforeAll(async () => {
+  broker = await startMosquitto()
+})
+afterAll(() => broker?.dispose())
+
+let topicSeq = 0
+const uniqueTopic = (name: string) => `telemetry/${process.pid}/${name}/${topicSeq++}`
+
+/** A tracer that keeps every span it makes. */
+const recording = () => {
+  const spans: Array<Tracer.NativeSpan> = []
+  const tracer = Tracer.make({
+    span(options) {
+      const span = new Tracer.NativeSpan(options)
+      spans.push(span)
+      return span
+    }
+  })
+  return { spans, tracer }
+}
+
+const parentOf = (span: Tracer.NativeSpan): Tracer.AnySpan | undefined =>
+  span.parent._tag === "Some" ? span.parent.value : undefined
+
+describe("trace context across the broker", () => {
+  it.live("a publish made inside a span is the parent of the consumer's spans: one trace from producer to consumer", () => {
+    const { spans, tracer } = recording()
+    return Effect.gen(function*() {
+      const topic = uniqueTopic("trace")
+      const consumer = yield* MqttClient.make({ url: broker.url, protocolVersion: 5, tracing: { messages: true } })
+      yield* consumer.subscribe(topic, { qos: 1 })
+      const producer = yield* MqttClient.make({ url: broker.url, protocolVersion: 5, tracing: { messages: true } })
+      yield* producer.publish(topic, "traced", { qos: 1 }).pipe(Effect.withSpan("produce"))
+      const [message] = yield* consumer.messages.pipe(Stream.take(1), Stream.runCollect)
+      yield* Effect.void.pipe(MqttMessage.withSpan(message))
+      const publish = spans.find((s) => s.name === "mqtt publish")!
+      const receive = spans.find((s) => s.name === `mqtt receive ${topic}`)!
+      const process = spans.find((s) => s.name === `mqtt process ${topic}`)!
+      assert.isDefined(publish)
+      expect(parentOf(publish)?.spanId).toBe(spans.find((s) => s.name === "produce")!.spanId)
+      for (const span of [receive, process]) {
+        assert.isDefined(span)
+        expect([parentOf(span)?.traceId, parentOf(span)?.spanId]).toEqual([publish.traceId, publish.spanId])
+        expect(span.traceId).toBe(publish.traceId)
+        expect(span.kind).toBe("consumer")
+      }
+      expect(publish.kind).toBe("producer")
+      expect(Object.fromEntries(publish.attributes)).toMatchObject({
+        "messaging.system": "mqtt",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": topic,
+        "messaging.message.body.size": 6,
+        "mqtt.qos": 1
+      })
+      // the trace context is a user property on the wire: MqttMessage.remoteSpan reads it back
+      expect(message.properties.userProperties?.map(([name]) => name)).toEqual(["traceparent"])
+      expect(MqttMessage.remoteSpan(message)?.spanId).toBe(publish.spanId)
+    }).pipe(Effect.scoped, Effect.withTracer(tracer))
+  })
+
+  it.live("tracing.propagate: false, or a publish outside any span, adds no traceparent", () =>
+    Effect.gen(function*() {
+      const topic = uniqueTopic("no-trace")
+      const consumer = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+      yield* consumer.subscribe(topic, { qos: 1 })
+      const quiet = yield* MqttClient.make({ url: broker.url, protocolVersion: 5, tracing: { propagate: false } })
+      yield* quiet.publish(topic, "no propagation", { qos: 1 }).pipe(Effect.withSpan("produce"))
+      const plain = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+      yield* plain.publish(topic, "no span", { qos: 1, properties: { userProperties: [["k", "v"]] } })
+      const received = yield* consumer.messages.pipe(Stream.take(2), Stream.runCollect)
+      expect(received.map((m) => m.properties.userProperties)).toEqual([undefined, [["k", "v"]]])
+      expect(received.map(MqttMessage.remoteSpan)).toEqual([undefined, undefined])
+    }).pipe(Effect.scoped))
+
+  it.live("subscribe, unsubscribe and request are spans with messaging attributes", () =>
+    Effect.gen(function*() {
+      const { spans, tracer } = recording()
+      yield* Effect.gen(function*() {
+        const client = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        const topic = uniqueTopic("ops")
+        yield* client.subscribe(topic)
+        yield* client.unsubscribe(topic)
+      }).pipe(Effect.scoped, Effect.withTracer(tracer))
+      const names = spans.map((s) => s.name)
+      expect(names).toContain("MqttClient.subscribe")
+      expect(names).toContain("MqttClient.unsubscribe")
+      const subscribe = spans.find((s) => s.name === "MqttClient.subscribe")!
+      expect(subscribe.attributes.get("messaging.system")).toBe("mqtt")
+      expect(subscribe.attributes.get("messaging.operation.name")).toBe("subscribe")
+    }))
+})
+
+/** The value of one of the client's metrics, for one client (and QoS). */
+const metricValue = (name: string, clientId: string, qos?: number) =>
+  Effect.map(Metric.snapshot, (snapshots) => {
+    const found = snapshots.filter((s) =>
+      s.id === name && s.attributes?.["messaging.client.id"] === clientId &&
+      (qos === undefined || s.attributes?.["mqtt.qos"] === String(qos))
+    )
+    return found.map((s) =>
+      (s.state as { count?: number; value?: number }).count ?? (s.state as { value: number }).value
+    )
+      .reduce((a, b) => a + b, 0)
+  })
+
+describe("metrics", () => {
+  it.effect("after a known workload: messages and bytes by QoS, drops, connection state and reconnects", () =>
+    Effect.gen(function*() {
+      const testBroker = yield* MqttTestBroker.make()
+      const id = `metrics-${process.pid}`
+      const client = yield* testBroker.makeClient({
+        clientId: id,
+        protocolVersion: 5,
+        queue: IncomingQueue.sliding(4),
+        logLevel: "None"
+      })
+      yield* client.subscribe("m/#", { qos: 2 })
+      for (const qos of [0, 0, 0, 1, 1, 2] as const) yield* client.publish("m/t", "12345", { qos })
+      // six messages came back to the sliding(4) queue: two were dropped
+      yield* testBroker.awaitPublished("m/t", 6)
+      yield* Effect.yieldNow
+      expect(yield* metricValue("mqtt.client.messages.sent", id, 0)).toBe(3)
+      expect(yield* metricValue("mqtt.client.messages.sent", id, 1)).toBe(2)
+      expect(yield* metricValue("mqtt.client.messages.sent", id, 2)).toBe(1)
+      expect(yield* metricValue("mqtt.client.bytes.sent", id)).toBe(30)
+      expect(yield* metricValue("mqtt.client.messages.received", id)).toBe(6)
+      expect(yield* metricValue("mqtt.client.bytes.received", id)).toBe(30)
+      expect(yield* metricValue("mqtt.client.messages.dropped", id)).toBe(2)
+      expect(yield* metricValue("mqtt.client.queue.depth", id)).toBe(4)
+      expect(yield* metricValue("mqtt.client.connected", id)).toBe(1)
+      expect(yield* metricValue("mqtt.client.reconnects", id)).toBe(0)
+      yield* testBroker.restart({ persistence: true })
+      yield* client.statusChanges.pipe(Stream.filter((s) => s._tag === "Disconnected"), Stream.runHead)
+      expect(yield* metricValue("mqtt.client.connected", id)).toBe(0)
+      yield* TestClock.adjust("1 minute")
+      yield* client.statusChanges.pipe(Stream.filter((s) => s._tag === "Connected"), Stream.runHead)
+      expect(yield* metricValue("mqtt.client.reconnects", id)).toBe(1)
+      expect(yield* metricValue("mqtt.client.connected", id)).toBe(1)
+    }))
+})
