@@ -137,12 +137,6 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   if (!isUint(offlineCapacity, Number.MAX_SAFE_INTEGER)) {
     return yield* invalid("offline.capacity", "expected a whole number of publishes")
   }
-  const oneOf = <A extends string>(option: string, value: A | undefined, fallback: A, allowed: ReadonlyArray<A>) =>
-    value === undefined
-      ? Effect.succeed(fallback)
-      : allowed.includes(value)
-      ? Effect.succeed(value)
-      : Effect.fail(invalid(option, `expected ${allowed.map((a) => `"${a}"`).join(" or ")}`))
   const offlineOverflow = yield* oneOf("offline.overflow", offline.overflow, "fail", ["fail", "wait"])
   const offlineQos0 = yield* oneOf("offline.qos0", offline.qos0, "buffer", ["buffer", "fail"])
   const offlineRequests = yield* oneOf("offline.requests", offline.requests, "wait", ["wait", "fail"])
@@ -166,6 +160,45 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   if (!isUint(maxInflight, 65535) || maxInflight === 0) {
     return yield* invalid("maxInflight", "expected a whole number from 1 to 65535")
   }
+  const extras = yield* resolveExtras(options, protocolVersion)
+  return {
+    reconnect,
+    retryFirstConnect: options.retryFirstConnect ?? false,
+    maximumPacketSize,
+    receiveMaximum,
+    topicAliases: options.topicAliases ?? true,
+    maxInflight,
+    offlineCapacity,
+    offlineOverflow,
+    offlineQos0,
+    offlineRequests,
+    endpoint,
+    clientId,
+    protocolVersion,
+    keepAlive,
+    pingTimeout,
+    cleanStart,
+    sessionExpiryInterval,
+    username,
+    password,
+    will,
+    connectTimeout,
+    queue,
+    userProperties: options.userProperties,
+    ...extras
+  } satisfies Resolved
+})
+
+/** `oneOf` checks a choice among strings. */
+const oneOf = <A extends string>(option: string, value: A | undefined, fallback: A, allowed: ReadonlyArray<A>) =>
+  value === undefined
+    ? Effect.succeed(fallback)
+    : allowed.includes(value)
+    ? Effect.succeed(value)
+    : Effect.fail(invalid(option, `expected ${allowed.map((a) => `"${a}"`).join(" or ")}`))
+
+/** The options beyond the connection and the flow: authentication, release, logging, store, tracing. */
+const resolveExtras = Effect.fnUntraced(function*(options: MqttClient.Options, protocolVersion: 3 | 4 | 5) {
   const auth = options.auth
   if (auth !== undefined) {
     if (protocolVersion !== 5) return yield* invalid("auth", "enhanced authentication needs MQTT 5")
@@ -212,34 +245,11 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     return yield* invalid("topicAliasMaximum", "expected a whole number from 0 to 65535")
   }
   return {
-    reconnect,
-    retryFirstConnect: options.retryFirstConnect ?? false,
-    maximumPacketSize,
-    receiveMaximum,
     topicAliasMaximum,
-    topicAliases: options.topicAliases ?? true,
-    maxInflight,
     responseTopicPrefix,
     auth,
     disconnectReasonCode,
     disconnectSessionExpiry,
-    offlineCapacity,
-    offlineOverflow,
-    offlineQos0,
-    offlineRequests,
-    endpoint,
-    clientId,
-    protocolVersion,
-    keepAlive,
-    pingTimeout,
-    cleanStart,
-    sessionExpiryInterval,
-    username,
-    password,
-    will,
-    connectTimeout,
-    queue,
-    userProperties: options.userProperties,
     acknowledgement,
     logLevel,
     overlapping,
@@ -247,7 +257,7 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     clearStore: options.clearStore ?? false,
     strictReceiveMaximum: options.strictReceiveMaximum ?? false,
     tracing: { messages: options.tracing?.messages ?? false, propagate: options.tracing?.propagate ?? true }
-  } satisfies Resolved
+  }
 })
 
 export const encodeConnect = (o: Resolved, clientId: string, clean: boolean) =>
