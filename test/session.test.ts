@@ -263,6 +263,20 @@ describe("session: inbound messages", () => {
     expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 3], ["puback", 4]])
   })
 
+  it("a QoS 1 PUBLISH reusing an identifier the client still holds, without DUP, is a new message: delivered, both acknowledged", () => {
+    const h = new Harness({ protocolVersion: 4 })
+    h.connect()
+    h.receive(publish("t", "first", 1, 9))
+    // a resend (DUP) is not delivered again
+    h.receive(publish("t", "first", 1, 9, { dup: true }))
+    // a broker past 65,535 messages in flight reuses the identifier for the next message
+    h.receive(publish("t", "second", 1, 9))
+    expect(h.delivered.map((d) => d.message.text)).toEqual(["first", "second"])
+    expect(h.warnings.some((w) => w.includes("reused packet identifier 9"))).toBe(true)
+    h.takeAll()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 9], ["puback", 9]])
+  })
+
   it("after Session Present 0 the old session's messages are still delivered but never acknowledged", () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()

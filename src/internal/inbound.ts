@@ -41,6 +41,8 @@ export class Inbound {
   private readonly strict: boolean
   /** the broker went over the Receive Maximum on this connection (warned once) */
   private exceeded = false
+  /** the broker reused an identifier still held (warned once per connection) */
+  private reused = false
   constructor(
     version: Packets.ProtocolVersion,
     receiveMaximum: number,
@@ -94,7 +96,17 @@ export class Inbound {
   admit(packet: Packets.Publish, out: Output): InboundRecord | typeof DUPLICATE | undefined {
     const id = packet.id
     const held = this.byId[id]
-    if (held !== undefined) return DUPLICATE
+    if (held !== undefined) {
+      // the same identifier while the client still holds the message: a resend (DUP set [MQTT-3.3.1-1]) is not
+      // delivered again; a QoS 2 one never is before PUBREL [MQTT-4.3.3]. A QoS 1 PUBLISH without DUP is a new
+      // message from a broker that reused an identifier still unacknowledged (Mosquitto does, past 65,535
+      // messages in flight): delivered, not lost
+      if (packet.dup || packet.qos === 2 || held.qos === 2) return DUPLICATE
+      if (!this.reused) {
+        this.reused = true
+        out.warnings.push(`the broker reused packet identifier ${id} while its message was unacknowledged`)
+      }
+    }
     if (packet.qos === 2 && this.awaitingRelease[id] === 1) {
       out.acks.push(Codec.PUBREC, id)
       return DUPLICATE
@@ -185,6 +197,7 @@ export class Inbound {
   resume(sessionPresent: boolean, out: Output): void {
     this.connected = true
     this.exceeded = false
+    this.reused = false
     this.aliases = []
     if (!sessionPresent) {
       out.journal?.push({ t: "X" })
