@@ -25,15 +25,10 @@ import { Buffer } from "node:buffer"
 import { type ChildProcess, fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { startBroker } from "./broker.ts"
+import * as Bench from "./support.ts"
 
-const envInt = (name: string, fallback: number): number => {
-  const value = Number(process.env[name])
-  return Number.isFinite(value) && value > 0 ? Math.floor(value) : fallback
-}
-
-const MESSAGES = envInt("BENCH_MEMORY_MESSAGES", 200_000)
+const MESSAGES = Bench.envInt("BENCH_MEMORY_MESSAGES", 200_000)
 const WINDOW = 1000
-const BATCH = 1000
 const PAYLOAD = Buffer.alloc(64, "x")
 const LIMIT_MB = 50
 const MB = 1024 * 1024
@@ -62,9 +57,6 @@ type FromChild =
   | { readonly type: "sample"; readonly sample: Sample }
   | { readonly type: "error"; readonly message: string }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
-
 // ---------------------------------------------------------------------------------------------------------
 // the subscriber (child process)
 // ---------------------------------------------------------------------------------------------------------
@@ -76,7 +68,7 @@ const subscriber = async (kind: Kind, qos: QoS, url: string, topic: string) => {
   process.on("disconnect", () => process.exit(0))
   let received = 0
   const sample = (): Sample => {
-    ;(globalThis as { gc?: () => void }).gc?.()
+    Bench.gc()
     const m = process.memoryUsage()
     return { rss: m.rss, heapUsed: m.heapUsed, external: m.external + m.arrayBuffers, received }
   }
@@ -158,7 +150,8 @@ class Child {
 
   constructor(kind: Kind, qos: QoS, url: string, topic: string) {
     this.process = fork(fileURLToPath(import.meta.url), ["subscriber", kind, String(qos), url, topic], {
-      execArgv: ["--expose-gc"],
+      // the parent's flags (--conditions=effect-mqtt-source: the client from its source), and gc()
+      execArgv: [...process.execArgv, "--expose-gc"],
       stdio: ["ignore", "inherit", "inherit", "ipc"]
     })
     this.process.on("message", (message: FromChild) => {
@@ -214,16 +207,7 @@ const publishAll = (url: string, topic: string, qos: QoS, n: number): Promise<nu
   Effect.scoped(Effect.gen(function*() {
     const client = yield* MqttClient.make({ url })
     const start = performance.now()
-    const ids = Array.from({ length: n }, (_, i) => i)
-    const one = () => client.publish(topic, PAYLOAD, { qos })
-    if (qos === 0) {
-      for (let i = 0; i < n; i += BATCH) {
-        yield* Effect.forEach(ids.slice(i, i + BATCH), one, { discard: true })
-        yield* Effect.promise(nextTurn)
-      }
-    } else {
-      yield* Effect.forEach(ids, one, { concurrency: WINDOW, discard: true })
-    }
+    yield* Bench.publishEach(() => client.publish(topic, PAYLOAD, { qos }), { n, qos, mode: "window", window: WINDOW })
     return performance.now() - start
   })).pipe(Effect.timeout(120_000), Effect.runPromise)
 
@@ -248,7 +232,7 @@ const scenario = async (url: string, kind: Kind, qos: QoS): Promise<Outcome> => 
     let last = await child.sample()
     let steadySince = performance.now()
     for (;;) {
-      await sleep(500)
+      await Bench.sleep(500)
       const now = await child.sample()
       const t = performance.now()
       if (Math.abs(now.rss - last.rss) > 2 * MB || now.received !== last.received) steadySince = t
@@ -263,7 +247,7 @@ const scenario = async (url: string, kind: Kind, qos: QoS): Promise<Outcome> => 
     let quietSince = performance.now()
     const resumed = performance.now()
     for (;;) {
-      await sleep(250)
+      await Bench.sleep(250)
       const now = await child.sample()
       const t = performance.now()
       if (now.received !== count) quietSince = t
@@ -278,26 +262,15 @@ const scenario = async (url: string, kind: Kind, qos: QoS): Promise<Outcome> => 
 
 const mb = (bytes: number) => (bytes / MB).toFixed(1)
 
-const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>): string => {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
-  const line = (cells: ReadonlyArray<string>) => "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |"
-  return [line(header), "| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |", ...rows.map(line)].join("\n")
-}
-
-const exit = () => process.stdout.write("", () => process.exit(0))
-
 const main = async () => {
-  setTimeout(() => {
-    console.log("\nmemory: watchdog fired (20 min): giving up")
-    exit()
-  }, 20 * 60 * 1000).unref()
+  Bench.watchdog("memory", 20)
   const broker = await startBroker()
   console.log(
     `# Memory of a subscriber whose consumer stalls\n\n` +
       `node ${process.version}, mosquitto on 127.0.0.1:${broker.port}; the publisher (effect-mqtt, another ` +
-      `process) sends ${MESSAGES.toLocaleString("en-US")} messages of ${PAYLOAD.length} bytes; growth of the ` +
+      `process) sends ${Bench.fmt(MESSAGES)} messages of ${PAYLOAD.length} bytes; growth of the ` +
       `subscriber process from after subscribing to when the broker has sent what it can, both after gc(). ` +
-      `"after resuming": messages the consumer gets once it reads again (of ${MESSAGES.toLocaleString("en-US")}).\n`
+      `"after resuming": messages the consumer gets once it reads again (of ${Bench.fmt(MESSAGES)}).\n`
   )
   const floors: Array<Array<string>> = []
   try {
@@ -335,13 +308,13 @@ const main = async () => {
             "n/a",
           outcome.stalled.received < 0 || kind.startsWith("effect") ?
             "0 (stalled)" :
-            outcome.stalled.received.toLocaleString("en-US"),
-          outcome.afterResume.toLocaleString("en-US")
+            Bench.fmt(outcome.stalled.received),
+          Bench.fmt(outcome.afterResume)
         ])
       }
       console.log(`## QoS ${qos}\n`)
       console.log(
-        table([
+        Bench.table([
           "subscriber",
           "RSS growth MB",
           "heapUsed growth MB",
@@ -357,9 +330,9 @@ const main = async () => {
     await broker.stop()
   }
   console.log("## Floors\n")
-  console.log(table(["floor", "measured", "result"], floors))
+  console.log(Bench.table(["floor", "measured", "result"], floors))
   console.log("")
-  exit()
+  Bench.exit()
 }
 
 const [role, kind, qos, url, topic] = process.argv.slice(2)
@@ -370,6 +343,6 @@ if (role === "subscriber") {
 } else {
   main().catch((error) => {
     console.log(`memory: failed: ${error instanceof Error ? error.stack : String(error)}`)
-    exit()
+    Bench.exit()
   })
 }
