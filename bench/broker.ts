@@ -2,11 +2,12 @@
  * A private Mosquitto for the benchmarks: its own generated config on a free port of 127.0.0.1, killed when
  * the process exits.
  */
-import { type ChildProcess, spawn } from "node:child_process"
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { sleep } from "./support.ts"
 
 export interface Broker {
   readonly port: number
@@ -16,6 +17,17 @@ export interface Broker {
 }
 
 const MOSQUITTO = process.env.MOSQUITTO ?? "/usr/sbin/mosquitto"
+
+/** The first line of `mosquitto -h`, e.g. "mosquitto version 2.0.11". */
+export const mosquittoVersion = (): string => {
+  try {
+    return execFileSync(MOSQUITTO, ["-h"], { encoding: "utf8" }).split("\n")[0]
+  } catch (e) {
+    // `mosquitto -h` exits with 3 after printing its usage
+    const out = (e as { stdout?: string }).stdout
+    return typeof out === "string" && out.length > 0 ? out.split("\n")[0] : "mosquitto"
+  }
+}
 
 export const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {
@@ -38,19 +50,18 @@ const canConnect = (port: number): Promise<boolean> =>
     socket.once("error", () => resolve(false))
   })
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
 /**
  * Starts Mosquitto with limits that never drop a message during a run (with the default
  * `maxInflightMessages` of 0):
  * - `max_inflight_messages 0`: no limit on outgoing QoS 1/2 in flight (so QoS 0 is always "ready for flight"
  *   for MQTT 3.1.1 subscribers, and QoS 1/2 are not held back 20 at a time);
- * - `max_queued_messages 1000000` and `max_queued_bytes 0`: QoS 0 to a slow MQTT 5 subscriber and QoS 1/2
- *   beyond the in-flight window are queued, not dropped.
+ * - `max_queued_messages 1000000` (or `maxQueuedMessages`; 0 is no limit) and `max_queued_bytes 0`: QoS 0 to a
+ *   slow MQTT 5 subscriber and QoS 1/2 beyond the in-flight window are queued, not dropped.
  */
 export const startBroker = async (
   options: {
     readonly maxInflightMessages?: number
+    readonly maxQueuedMessages?: number
     readonly tcpNoDelay?: boolean
     /** more lines for the listener, e.g. `cafile`/`certfile`/`keyfile` for TLS */
     readonly listenerLines?: ReadonlyArray<string>
@@ -65,7 +76,7 @@ export const startBroker = async (
     "allow_anonymous true",
     "persistence false",
     `max_inflight_messages ${options.maxInflightMessages ?? 0}`,
-    "max_queued_messages 1000000",
+    `max_queued_messages ${options.maxQueuedMessages ?? 1_000_000}`,
     "max_queued_bytes 0",
     `set_tcp_nodelay ${options.tcpNoDelay ?? process.env.BENCH_BROKER_NODELAY === "1"}`,
     "log_type error",

@@ -9,20 +9,17 @@
  *
  * Each row runs `BENCH_ROUNDS` (default 7) rounds of `BENCH_ITERATIONS` (default 1,000,000) decodes per path,
  * alternating which path goes first, after a warm-up; it prints the median nanoseconds per decode, the range, and
- * new/old (below 1 is faster). Run with `npm exec -- node bench/decode.ts`. Always exits with 0: it is a report.
+ * new/old (below 1 is faster). Run with `npm exec -- node --conditions=effect-mqtt-source bench/decode.ts` (the
+ * shared bench module imports the client from its source). Always exits with 0: it is a report.
  */
 import { Buffer } from "node:buffer"
 import { performance } from "node:perf_hooks"
 import { decode } from "../src/internal/decode.ts"
 import { decodePublish } from "../src/internal/framer.ts"
+import * as Bench from "./support.ts"
 
-const envInt = (name: string, fallback: number): number => {
-  const value = Number(process.env[name])
-  return Number.isFinite(value) && value > 0 ? Math.floor(value) : fallback
-}
-
-const ROUNDS = envInt("BENCH_ROUNDS", 7)
-const ITERATIONS = envInt("BENCH_ITERATIONS", 1_000_000)
+const ROUNDS = Bench.envInt("BENCH_ROUNDS", 7)
+const ITERATIONS = Bench.envInt("BENCH_ITERATIONS", 1_000_000)
 const COPY_PAYLOADS_BELOW = 16 * 1024
 
 /** As in client.ts: the fixed-header bytes of the acknowledgements that `onFrame` reads itself. */
@@ -151,8 +148,7 @@ const rows: Array<Row> = [
   }
 }
 
-const median = (values: Array<number>) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
-const fmt = (n: number) => n.toFixed(1).padStart(6)
+const ns = (n: number) => n.toFixed(1).padStart(6)
 
 console.log(`node ${process.version}, ${ROUNDS} rounds of ${ITERATIONS.toLocaleString("en")} decodes per path`)
 console.log(
@@ -175,9 +171,9 @@ for (const row of rows) {
       old.push(time(row.old))
     }
   }
-  const o = median(old)
-  const n = median(next)
-  const range = (v: Array<number>) => `${fmt(Math.min(...v))}-${fmt(Math.max(...v)).trim()}`.padStart(13)
-  console.log(`${row.name.padEnd(44)} ${fmt(o)} ${range(old)} ${fmt(n)} ${range(next)}  ${(n / o).toFixed(2)}`)
+  const o = Bench.median(old)
+  const n = Bench.median(next)
+  const range = (v: Array<number>) => `${ns(Math.min(...v))}-${ns(Math.max(...v)).trim()}`.padStart(13)
+  console.log(`${row.name.padEnd(44)} ${ns(o)} ${range(old)} ${ns(n)} ${range(next)}  ${(n / o).toFixed(2)}`)
 }
 if (sink === 0.5) console.log(sink)

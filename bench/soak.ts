@@ -37,17 +37,13 @@ import { Buffer } from "node:buffer"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { startMosquitto } from "../test/support/Mosquitto.ts"
+import * as Bench from "./support.ts"
 
-const envInt = (name: string, fallback: number): number => {
-  const value = Number(process.env[name])
-  return Number.isFinite(value) && value >= 0 ? Math.floor(value) : fallback
-}
-
-const COUNT = { 1: envInt("SOAK_QOS1", 50_000), 2: envInt("SOAK_QOS2", 50_000) } as const
-const FAULTS = Math.max(1, envInt("SOAK_FAULTS", 6))
-const WINDOW = Math.max(1, envInt("SOAK_WINDOW", 500))
+const COUNT = { 1: Bench.envInt("SOAK_QOS1", 50_000, true), 2: Bench.envInt("SOAK_QOS2", 50_000, true) } as const
+const FAULTS = Math.max(1, Bench.envInt("SOAK_FAULTS", 6, true))
+const WINDOW = Math.max(1, Bench.envInt("SOAK_WINDOW", 500, true))
 const VERSION: 4 | 5 = process.env.SOAK_PROTOCOL === "4" ? 4 : 5
-const MAX_MS = envInt("SOAK_MAX_SECONDS", 600) * 1000
+const MAX_MS = Bench.envInt("SOAK_MAX_SECONDS", 600, true) * 1000
 
 type QoS = 1 | 2
 
