@@ -236,7 +236,9 @@ export interface Options {
    * messaging conventions (`messaging.system: "mqtt"`, `messaging.destination.name`, `mqtt.qos`...).
    */
   readonly tracing?: {
+    /** A span for each publish and each delivery to a consumer. Default `false`. */
     readonly messages?: boolean | undefined
+    /** MQTT 5: carry the W3C `traceparent` of the current span in each publish. Default `true`. */
     readonly propagate?: boolean | undefined
   } | undefined
   /** MQTT 5: a broker that sends more unacknowledged QoS 1/2 messages than `receiveMaximum` gets DISCONNECT

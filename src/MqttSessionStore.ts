@@ -41,17 +41,15 @@ import * as Path from "effect/Path"
 import * as KeyValueStore from "effect/persistence/KeyValueStore"
 import * as Redis from "effect/persistence/Redis"
 import type { PlatformError } from "effect/PlatformError"
-import type { SessionStore } from "./internal/store.ts"
+import type * as Store from "./internal/store.ts"
 
-export type {
-  /**
-   * A store for durable sessions: a `KeyValueStore` and the name that errors and log lines give it.
-   *
-   * @since 0.2.0
-   * @category models
-   */
-  SessionStore
-} from "./internal/store.ts"
+/**
+ * A store for durable sessions: a `KeyValueStore` (`kv`) and the name that errors and log lines give it (`name`).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type SessionStore = Store.SessionStore
 
 const service = Effect.gen(function*() {
   return yield* KeyValueStore.KeyValueStore

@@ -142,11 +142,7 @@ export const make = (
           ...span("request", topic),
           kind: "client"
         }),
-      respond: (filter, handler, options) =>
-        Effect.withSpan(respond(filter, handler, options), "MqttClient.respond", {
-          ...span("respond", filtersOf(filter)),
-          kind: "server"
-        }),
+      respond,
       reauthenticate: (data) =>
         Effect.suspend(() => {
           if (o.auth === undefined) {

@@ -14,6 +14,7 @@ import * as MqttError from "../MqttError.ts"
 import type { MqttMessage } from "../MqttMessage.ts"
 import { type Context, publish, subscribeAs, subscription } from "./operations.ts"
 import { decodeDuration, invalid } from "./options.ts"
+import * as Telemetry from "./telemetry.ts"
 
 export const make = (ctx: Context) => {
   /** responses waiting for their request, by correlation data (hex) */
@@ -99,16 +100,31 @@ export const make = (ctx: Context) => {
           const replyTo = message.properties.responseTopic
           // a message without a response topic asks for no response
           if (replyTo === undefined) return Effect.void
-          return Effect.flatMap(handler(message), (reply) => {
-            const { payload, properties } = typeof reply === "string" || reply instanceof Uint8Array
-              ? { payload: reply, properties: undefined }
-              : reply
-            const correlationData = message.properties.correlationData
-            return send(replyTo, payload, {
-              qos: options?.qos ?? 1,
-              properties: { ...properties, ...(correlationData === undefined ? {} : { correlationData }) }
-            })
-          })
+          // each request is a span of its own, its parent the requester's span when the request carries one
+          const parent = Telemetry.remoteSpanOf(message.properties)
+          return Effect.withSpan(
+            Effect.flatMap(handler(message), (reply) => {
+              const { payload, properties } = typeof reply === "string" || reply instanceof Uint8Array
+                ? { payload: reply, properties: undefined }
+                : reply
+              const correlationData = message.properties.correlationData
+              return send(replyTo, payload, {
+                qos: options?.qos ?? 1,
+                properties: { ...properties, ...(correlationData === undefined ? {} : { correlationData }) }
+              })
+            }),
+            `mqtt respond ${message.topic}`,
+            {
+              kind: "server",
+              ...(parent === undefined ? {} : { parent }),
+              attributes: {
+                "messaging.system": "mqtt",
+                "messaging.operation.name": "respond",
+                "messaging.destination.name": message.topic,
+                "messaging.client.id": ctx.session.clientId
+              }
+            }
+          )
         }, { concurrency: options?.concurrency ?? 1 }),
         Stream.runDrain
       )
