@@ -83,6 +83,28 @@ describe("trace context across the broker", () => {
       expect(received.map(MqttMessage.remoteSpan)).toEqual([undefined, undefined])
     }).pipe(Effect.scoped))
 
+  it.live("request/respond: the responder's span for a request is a child of the requester's request span", () => {
+    const { spans, tracer } = recording()
+    return Effect.gen(function*() {
+      const topic = uniqueTopic("rpc")
+      const responder = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+      const ready = yield* Effect.forkScoped(
+        responder.respond(topic, (request) => Effect.succeed(`echo ${request.text}`))
+      )
+      const requester = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+      // until the responder has subscribed, a request goes unanswered: ask again
+      const reply = yield* requester.request(topic, "hi", { timeout: "1 second" }).pipe(Effect.retry({ times: 20 }))
+      expect(reply.text).toBe("echo hi")
+      const request = spans.find((s) => s.name === "MqttClient.request")!
+      const respond = spans.find((s) => s.name === `mqtt respond ${topic}`)!
+      assert.isDefined(request)
+      assert.isDefined(respond)
+      expect([parentOf(respond)?.traceId, parentOf(respond)?.spanId]).toEqual([request.traceId, request.spanId])
+      expect(respond.kind).toBe("server")
+      void ready
+    }).pipe(Effect.scoped, Effect.withTracer(tracer))
+  })
+
   it.live("subscribe, unsubscribe and request are spans with messaging attributes", () =>
     Effect.gen(function*() {
       const { spans, tracer } = recording()
