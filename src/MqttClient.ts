@@ -2,6 +2,9 @@
  * The MQTT client: a scoped service that connects to a broker, publishes, subscribes and exposes the
  * received messages as a `Stream`.
  *
+ * (The module is long because it documents every public member where it is declared: about half of it is doc
+ * comments. The implementation lives in `internal/`.)
+ *
  * Building the layer connects and waits for CONNACK; releasing it sends DISCONNECT and closes the socket.
  * Nothing keeps running after release.
  *

@@ -1,6 +1,9 @@
 /**
  * The typed errors of effect-mqtt.
  *
+ * (The module is long because it documents every public member where it is declared: about half of it is doc
+ * comments. The implementation lives in `internal/`.)
+ *
  * Errors are split by whose mistake they are, as in aiomqtt:
  *
  * - the caller's: {@link InvalidTopicError}, {@link InvalidOptionError}. They are raised before anything is

@@ -2,6 +2,9 @@
  * Schema-typed topics: declare a topic once (a pattern with named segments, a payload `Schema`, a codec) and
  * publish, subscribe, request and respond with typed parameters and payloads.
  *
+ * (The module is long because it documents every public member where it is declared: about half of it is doc
+ * comments. The implementation lives in `internal/`.)
+ *
  * A pattern is a topic with named levels: `sensors/{deviceId}/temperature` stands for the filter
  * `sensors/+/temperature`, and a trailing `{rest...}` stands for `#` (its value is the list of the remaining
  * levels). Parameters are checked before anything is sent; received messages are matched against the pattern
