@@ -11,7 +11,7 @@ const handle = (message: MqttMessage.MqttMessage) =>
   Effect.gen(function*() {
     mostAtOnce = Math.max(mostAtOnce, ++running)
     yield* Effect.logDebug(`handling ${message.topic}`)
-    yield* Effect.sleep("200 millis")
+    yield* Effect.sleep("500 millis")
   }).pipe(Effect.ensuring(Effect.sync(() => running--)))
 
 const program = Effect.gen(function*() {

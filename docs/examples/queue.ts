@@ -14,7 +14,8 @@ const program = Effect.gen(function*() {
   // the client of `withBroker`, below: a priority queue
   const client = yield* MqttClient.MqttClient
   // a second client, whose queue drops the oldest message when full
-  const latest = yield* MqttClient.make({ ...(yield* Broker).options, queue: IncomingQueue.sliding(2) })
+  const broker = yield* Broker
+  const latest = yield* MqttClient.make({ ...broker.options, queue: IncomingQueue.sliding(2) })
   yield* client.subscribe(["temperature/#", "humidity/#"], { qos: 1 })
   yield* latest.subscribe(["temperature/#", "humidity/#"], { qos: 1 })
   yield* publishSamples(readings)
