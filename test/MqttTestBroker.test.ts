@@ -679,3 +679,19 @@ describe("a transport that answers while the client writes", () => {
       assert.deepStrictEqual((yield* broker.published("a")).map((m) => m.text), ["1", "2"])
     }))
 })
+
+describe("the test broker's parser", () => {
+  it.effect("a packet written while the broker handles the previous one is handled once, after it", () =>
+    Effect.gen(function*() {
+      const broker = yield* MqttTestBroker.make()
+      const subscriber = yield* broker.makeClient({ clientId: "sub" })
+      yield* subscriber.subscribe("s/#", { qos: 1 })
+      const consumer = yield* Effect.forkScoped(subscriber.messages.pipe(Stream.take(3), Stream.runCollect))
+      yield* Effect.scoped(Effect.gen(function*() {
+        const publisher = yield* broker.makeClient({ clientId: "pub" })
+        for (const n of ["1", "2", "3"]) yield* publisher.publish("s/x", n, { qos: 1 })
+      }))
+      assert.deepStrictEqual((yield* broker.published("s/#")).map((m) => m.text), ["1", "2", "3"])
+      assert.deepStrictEqual([...(yield* Fiber.join(consumer))].map((m) => m.text), ["1", "2", "3"])
+    }))
+})

@@ -84,13 +84,28 @@ export const parser = (onPacket: (packet: Packet) => void, onError: () => void) 
     failed = true
     onError()
   })
+  // a packet's handling may make the client write again at once (an in-memory socket delivers synchronously):
+  // that chunk waits until this one is done, since mqtt-packet's parser must not be entered while it emits
+  const waiting: Array<Uint8Array> = []
+  let parsing = false
+  const parseOne = (chunk: Uint8Array): void => {
+    const packets = framer.push(chunk)
+    if (packets === "malformed") return onError()
+    for (const packet of packets) {
+      if (failed) return
+      p.parse(packet)
+    }
+  }
   return {
     parse: (chunk: Uint8Array): void => {
-      const packets = framer.push(chunk)
-      if (packets === "malformed") return onError()
-      for (const packet of packets) {
-        if (failed) return
-        p.parse(packet)
+      waiting.push(chunk)
+      if (parsing) return
+      parsing = true
+      try {
+        for (let next = waiting.shift(); next !== undefined && !failed; next = waiting.shift()) parseOne(next)
+      } finally {
+        parsing = false
+        waiting.length = 0
       }
     }
   }
