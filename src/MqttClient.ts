@@ -42,6 +42,7 @@ import type * as Stream from "effect/Stream"
 import type * as IncomingQueue from "./IncomingQueue.ts"
 import * as Broker from "./internal/broker.ts"
 import * as internal from "./internal/client.ts"
+import * as Telemetry from "./internal/telemetry.ts"
 import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
 import type * as MqttSessionStore from "./MqttSessionStore.ts"
@@ -675,6 +676,18 @@ export interface Client {
  * @category constructors
  */
 export const defaultReconnect: Schedule.Schedule<Duration.Duration> = internal.defaultReconnect
+
+/**
+ * The client's metrics, as Effect `Metric`s: read them with `Metric.value` (each client is a series, with the
+ * attribute `messaging.client.id`; the message and byte counters also by `mqtt.qos`), or export them with
+ * Effect's OTLP or Prometheus modules. `messagesSent`, `bytesSent` (payload bytes), `messagesReceived`,
+ * `bytesReceived`, `inFlight` (QoS 1/2 publishes holding a packet identifier), `queued` (messages waiting in
+ * the `messages` queue), `dropped`, `reconnects`, `connected` (1 or 0).
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const telemetry = Telemetry.metrics
 
 /**
  * The client service tag.
