@@ -249,6 +249,13 @@ export interface Options {
    * for an unbounded queue): since a message is acknowledged when a consumer takes it, a queue that large never
    * fills with QoS 1/2 messages, and the client keeps reading the socket while a consumer stalls. */
   readonly receiveMaximum?: number | undefined
+  /** MQTT 5: what the client does when the broker sends more unacknowledged QoS 1/2 messages than
+   * `receiveMaximum`: `"disconnect"` (the default: DISCONNECT 0x93, Receive Maximum exceeded [MQTT-4.9.0]) or
+   * `"accept"` them, as many as the broker sends (the queue still bounds memory: when it is full the client
+   * stops reading the socket). Mosquitto 2.0.11 exceeds a small Receive Maximum under load (a consumer group
+   * member with a prefetch of 10 meets it within seconds); `"accept"` keeps such a client connected, and the
+   * Receive Maximum still limits what a broker that keeps to it sends. */
+  readonly receiveMaximumExceeded?: "disconnect" | "accept" | undefined
   /** MQTT 5: how many topic aliases the broker may set on this client's connection. Default 16 (0 on 3.1.1). */
   readonly topicAliasMaximum?: number | undefined
   /** MQTT 5: give topics aliases on the way out, within the broker's Topic Alias Maximum (least recently used

@@ -52,3 +52,11 @@ export * as MqttTopic from "./MqttTopic.ts"
  * @since 0.2.0
  */
 export * as MqttTestBroker from "./MqttTestBroker.ts"
+
+/**
+ * Consumer groups: members in several processes sharing `$share/<group>/<filter>`, acknowledging each message
+ * once handled, with Receive Maximum as prefetch, and adopting the sessions of members that leave.
+ *
+ * @since 0.2.0
+ */
+export * as ConsumerGroup from "./ConsumerGroup.ts"

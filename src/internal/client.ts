@@ -56,7 +56,8 @@ export const make = (
       sessionExpiryInterval: o.sessionExpiryInterval,
       keepAlive: o.keepAlive,
       maxInflight: o.maxInflight,
-      receiveMaximum: o.receiveMaximum,
+      // announced in CONNECT is `o.receiveMaximum`; the session disconnects beyond what it enforces
+      receiveMaximum: o.receiveMaximumEnforced,
       topicAliasMaximum: o.topicAliasMaximum,
       topicAliases: o.topicAliases,
       offlineCapacity: o.offlineCapacity,

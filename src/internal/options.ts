@@ -50,6 +50,8 @@ export interface Resolved {
   readonly retryFirstConnect: boolean
   readonly maximumPacketSize: number
   readonly receiveMaximum: number
+  /** what the session enforces: `receiveMaximum`, or 65535 when the client accepts a broker's excess */
+  readonly receiveMaximumEnforced: number
   readonly topicAliasMaximum: number
   readonly topicAliases: boolean
   readonly maxInflight: number
@@ -244,6 +246,10 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   if (!LogLevel.values.includes(logLevel)) {
     return yield* invalid("logLevel", `expected one of ${LogLevel.values.map((l) => `"${l}"`).join(", ")}`)
   }
+  const receiveMaximumExceeded = yield* oneOf("receiveMaximumExceeded", options.receiveMaximumExceeded, "disconnect", [
+    "disconnect",
+    "accept"
+  ])
   const overlapping = yield* oneOf("overlapping", options.overlapping, "single-copy", [
     "single-copy",
     "copy-per-subscription"
@@ -258,6 +264,7 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     retryFirstConnect: options.retryFirstConnect ?? false,
     maximumPacketSize,
     receiveMaximum,
+    receiveMaximumEnforced: receiveMaximumExceeded === "accept" ? 65535 : receiveMaximum,
     topicAliasMaximum,
     topicAliases: options.topicAliases ?? true,
     maxInflight,
