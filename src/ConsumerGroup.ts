@@ -11,13 +11,14 @@
  * **Adoption.** Brokers differ in what they do with the messages of a member that goes away: Mosquitto 2.0 keeps
  * them in the member's session and goes on dealing that session its share of new messages, even while nobody is
  * connected. So each member has a persistent session (`sessionExpiryInterval`, default one hour) and a will on
- * `effect-mqtt/groups/<group>/left` naming it, published when it dies or leaves (it disconnects with reason 0x04,
- * which asks the broker to publish the will). The group's members share a subscription to that topic, so one of
- * them receives the notice; it connects as the member that left, takes its subscription out of the group, and
+ * `effect-mqtt/groups/<group>/left` naming it, published 2 seconds after it dies or leaves (it disconnects with
+ * reason 0x04, which asks the broker to publish the will), unless it is back by then. The members listen to that
+ * topic through a shared subscription of a second connection whose session ends with it, so that exactly one live
+ * member receives the notice; it connects as the member that left, takes its subscription out of the group, and
  * handles with its own handler what the session still held (sent again by the broker) until a marker it published
- * to itself comes back, then ends that session. An adopter that dies meanwhile leaves a will naming the member
- * again, for another member to take over. A member restarting under the same name while it is adopted takes its
- * session back (the adoption then stops; nothing is lost).
+ * to itself comes back; the emptied session then expires. An adopter that dies meanwhile leaves a will naming the
+ * member again, and one whose handler fails says so itself, for another member to take over. A member restarting
+ * under the same name while it is adopted takes its session back (the adoption then stops; nothing is lost).
  *
  * Delivery: at least once for QoS 1; for QoS 2, exactly once except a message whose handler had finished when its
  * member died and whose PUBREC had not yet left (at most `prefetch` of them): it is handled again by the adopter.
@@ -86,6 +87,9 @@ const leftTopic = (group: string) => `effect-mqtt/groups/${group}/left`
 /** How long a notice that a member left stays valid in the broker's queues, in seconds. */
 const NOTICE_EXPIRY = 60
 
+/** How long after a member went away its will is published, in seconds. */
+const NOTICE_DELAY = 2
+
 const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
 
 const filtersOf = (options: Options): ReadonlyArray<string> =>
@@ -139,7 +143,9 @@ export const memberOptions = (options: Options): MqttClient.Options => ({
     topic: leftTopic(options.group),
     payload: options.member,
     qos: 1,
-    properties: { messageExpiryInterval: NOTICE_EXPIRY }
+    // by then the dead member's connection for notices has left the notices' group; a member back within the
+    // delay resumes its session itself, and the will is not sent [MQTT-3.1.3-9]
+    properties: { messageExpiryInterval: NOTICE_EXPIRY, willDelayInterval: NOTICE_DELAY }
   },
   disconnect: { reasonCode: 4 }
 })
@@ -173,38 +179,46 @@ export const adopt = <E, R>(
     const orphan = yield* MqttClient.make({
       ...memberOptions(options),
       clientId: member,
-      // the session ends with this connection, once drained
-      sessionExpiryInterval: 0,
-      // should this adopter die before the end, another member takes the session up; a member that comes back
-      // to its session within the delay cancels this will [MQTT-3.1.3-9]
+      // should this adopter die before the end, the session stays and another member takes it up (a member
+      // that comes back to its session within the delay cancels this will [MQTT-3.1.3-9])
       will: {
         topic: leftTopic(options.group),
         payload: member,
         qos: 1,
-        properties: { messageExpiryInterval: NOTICE_EXPIRY, willDelayInterval: 1 }
+        properties: { messageExpiryInterval: NOTICE_EXPIRY, willDelayInterval: NOTICE_DELAY }
       },
-      disconnect: undefined,
+      // a graceful end discards the will; the session, emptied of its subscriptions, expires by itself
+      disconnect: { reasonCode: 0 },
       reconnect: false
     })
     const shared = filtersOf(options).map((filter) => `$share/${options.group}/${filter}`)
     const qos = options.qos ?? 1
-    // replace the member's subscription by one of this client's, then remove it: the group deals it no more
-    yield* orphan.subscribe(shared, { qos })
-    yield* orphan.unsubscribe(shared)
-    // the broker sends a client's messages in order: the marker comes after everything the session held
-    const marker = `effect-mqtt/groups/${options.group}/drained/${member}/${Date.now().toString(36)}`
-    yield* orphan.subscribe(marker, { qos: 1 })
-    yield* orphan.publish(marker, "", { qos: 1 })
     let handled = 0
-    const matches = (topic: string) => filtersOf(options).some((filter) => Topic.matches(topic, filter))
-    yield* handleAll(
-      orphan.messages.pipe(Stream.takeUntil((message) => message.topic === marker)),
-      options.concurrency ?? 1,
-      (message) =>
-        message.topic !== marker && matches(message.topic)
-          ? Effect.tap(handler(message), () => Effect.sync(() => handled++))
-          : Effect.void
-    )
+    const drain = Effect.gen(function*() {
+      // replace the member's subscription by one of this client's, then remove it: the group deals it no more
+      yield* orphan.subscribe(shared, { qos })
+      yield* orphan.unsubscribe(shared)
+      // the broker sends a client's messages in order: the marker comes after everything the session held
+      const marker = `effect-mqtt/groups/${options.group}/drained/${member}/${Date.now().toString(36)}`
+      yield* orphan.subscribe(marker, { qos: 1 })
+      yield* orphan.publish(marker, "", { qos: 1 })
+      const matches = (topic: string) => filtersOf(options).some((filter) => Topic.matches(topic, filter))
+      yield* handleAll(
+        orphan.messages.pipe(Stream.takeUntil((message) => message.topic === marker)),
+        options.concurrency ?? 1,
+        (message) =>
+          message.topic !== marker && matches(message.topic)
+            ? Effect.tap(handler(message), () => Effect.sync(() => handled++))
+            : Effect.void
+      )
+      yield* orphan.unsubscribe(marker)
+    })
+    // an adoption that fails leaves the rest of the session to another member: it says so, as the will would
+    yield* Effect.tapError(drain, () =>
+      orphan.publish(leftTopic(options.group), member, {
+        qos: 1,
+        properties: { messageExpiryInterval: NOTICE_EXPIRY }
+      }).pipe(Effect.ignore))
     return handled
   }))
 
@@ -227,11 +241,24 @@ export const run = <E, R>(
     const client = yield* MqttClient.make(memberOptions(options))
     const notices = leftTopic(options.group)
     const filters = filtersOf(options)
-    // one stream for all: after a restart the broker resends what the last process left unacknowledged, under
-    // that process's subscription identifiers, which no subscription of this one claims
-    yield* client.subscribe(`$share/${options.group}/${notices}`, { qos: 1 })
-    yield* client.subscribe(filters.map((filter) => `$share/${options.group}/${filter}`), { qos: options.qos ?? 1 })
     const orphans = yield* Queue.unbounded<string>()
+    // the notices come on a connection of their own, with a session that ends with it: a persistent session
+    // would stay in the notices' group after its member died, and be dealt the notice of its own death
+    const listener = yield* MqttClient.make({
+      ...options.client,
+      protocolVersion: 5,
+      clientId: undefined,
+      cleanStart: true,
+      sessionExpiryInterval: 0,
+      will: undefined
+    })
+    const noticeStream = yield* listener.subscription(`$share/${options.group}/${notices}`, { qos: 1 })
+    const offerOrphan = (left: string) =>
+      left === options.member || left === "" ? Effect.void : Effect.asVoid(Queue.offer(orphans, left))
+    const listening = Stream.runForEach(noticeStream, (notice) => offerOrphan(notice.text))
+    // one stream for all the work: after a restart the broker resends what the last process left unacknowledged,
+    // under that process's subscription identifiers, which no subscription of this one claims
+    yield* client.subscribe(filters.map((filter) => `$share/${options.group}/${filter}`), { qos: options.qos ?? 1 })
     const adoptions = Effect.forever(Effect.flatMap(Queue.take(orphans), (left) =>
       adopt(options, left, handler).pipe(
         Effect.tap((handled) => Effect.logInfo(`effect-mqtt group ${options.group}: adopted ${left} (${handled})`)),
@@ -244,16 +271,10 @@ export const run = <E, R>(
       )))
     const inGroup = (topic: string) => filters.some((filter) => Topic.matches(topic, filter))
     const work = handleAll(client.messages, options.concurrency ?? 1, (message) => {
-      if (message.topic === notices) {
-        // acknowledged at once, so that this member's acknowledgements (which leave in arrival order) do not wait
-        // for the adoption; an adopter that dies leaves a will that names the member again
-        const left = message.text
-        return left === options.member || left === "" ? Effect.void : Queue.offer(orphans, left)
-      }
       // a message of a subscription this member no longer has (an earlier configuration) is let go
       return inGroup(message.topic) ? handler(message) : Effect.void
     })
-    yield* Effect.all([work, adoptions], { concurrency: 2, discard: true })
+    yield* Effect.all([work, adoptions, listening], { concurrency: 3, discard: true })
     return yield* new MqttError.ConnectionLostError({ reason: "the client was closed" })
   }))
 
