@@ -141,8 +141,35 @@ export interface Options {
    * A WebSocket URL without a path uses `/mqtt` (write `ws://host/` for the root path); its query string is
    * kept. User info in the URL (`mqtt://user:password@host`) is used as `username` and `password` when those
    * are not given, and is never sent elsewhere (not as an HTTP `Authorization` header). A malformed or
-   * unsupported URL is an `InvalidOptionError` that never repeats the URL. Default `mqtt://localhost:1883`. */
-  readonly url?: string | undefined
+   * unsupported URL is an `InvalidOptionError` that never repeats the URL. Default `mqtt://localhost:1883`.
+   *
+   * A list of URLs names the nodes of one cluster (as MQTT.js `servers` and paho `serverURIs`): the first
+   * connection tries them in order; when a connection is lost, the client tries the next node, then the ones
+   * after it, the lost node last, and waits the `reconnect` schedule's delay before each full round (not
+   * between the nodes of a round). The session state goes along: where the cluster shares the session (CONNACK
+   * Session Present 1) it resumes; elsewhere the client subscribes again and resends its unacknowledged
+   * publishes, as after any reconnect. `connection.broker` names the node in use. The URLs of a list are all
+   * encrypted (`mqtts://`, `wss://`) or all plaintext: a failover never leaves TLS. Each node's user info
+   * applies to that node when `username` and `password` are not given. A list cannot go with `transport`. */
+  readonly url?: string | ReadonlyArray<string> | undefined
+  /**
+   * MQTT 5: follow a broker's Server Reference (CONNACK or DISCONNECT with reason code 0x9C, use another server,
+   * or 0x9D, server moved) to the hosts this allows: a list of hosts (`"node2.example.com"`, or
+   * `"node2.example.com:8883"` to pin the port), or a predicate on the target. The referenced server is the next
+   * attempt (after a DISCONNECT, the first of the next round, after the schedule's delay); when that connection
+   * ends, the client goes back to its `url` list. A reference is `host`, `host:port` (the scheme, and for
+   * WebSocket the path, of the node that sent it; its port when none is given), a URL, or several of these
+   * separated by spaces (the first allowed one is followed). Never followed: from TLS to plaintext, to a Unix
+   * socket, a reference with credentials, more than 3 redirects in a row without an accepted connection.
+   *
+   * Not set (the default), or a reference it does not allow: the reference is reported as before in the error's
+   * `serverReference`, and a log line (at `"Warn"`) says why it was not followed; a DISCONNECT 0x9D then stops
+   * the client (the server moved for good), 0x9C is retried on the `url` list.
+   */
+  readonly followServerReference?:
+    | ReadonlyArray<string>
+    | ((target: ServerReferenceTarget) => boolean)
+    | undefined
   /** TLS settings for `mqtts://` and `wss://`. */
   readonly tls?: TlsOptions | undefined
   /** A socket to use instead of the built-in transports: a proxy, a tunnel, an in-memory test double. Each
@@ -285,6 +312,25 @@ export interface Options {
 }
 
 /**
+ * Where an MQTT 5 Server Reference would send the client, as `followServerReference` sees it.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ServerReferenceTarget {
+  /** The server as `scheme://host:port` (WebSocket: with the path). */
+  readonly url: string
+  /** The host name or IP address (IPv6 without brackets). */
+  readonly host: string
+  /** The TCP port. */
+  readonly port: number
+  /** 0x9C (use another server, for now) or 0x9D (server moved, for good). */
+  readonly reasonCode: number
+  /** The broker that sent the reference, as `scheme://host:port`. */
+  readonly from: string | undefined
+}
+
+/**
  * What operations do while the client is reconnecting.
  *
  * @since 0.1.0
@@ -379,13 +425,19 @@ export type ConnectionStatus =
   | {
     readonly _tag: "Connecting"
     /** Which attempt this is: 1 for the first connection and for the first attempt after a lost one, counting
-     * up while attempts fail. */
+     * up while attempts fail (each node of a `url` list is one attempt). */
     readonly attempt: number
+    /** The broker this attempt connects to, as `scheme://host:port`; absent with a custom transport. */
+    readonly broker?: string | undefined
   }
   | {
     readonly _tag: "Connected"
-    /** What the broker said in CONNACK. */
+    /** What the broker said in CONNACK; `info.broker` is the node connected to. */
     readonly info: ConnectionInfo
+    /** The broker of the previous connection, when this connection is to another one: the client moved to
+     * another node of its `url` list, or followed a Server Reference. Absent on the first connection and when
+     * the client came back to the same broker. */
+    readonly movedFrom?: string | undefined
   }
   | {
     readonly _tag: "Disconnected"
@@ -515,6 +567,9 @@ export interface Granted {
  * @category models
  */
 export interface ConnectionInfo {
+  /** The broker this connection is to, as `scheme://host:port` (with the path for WebSocket): one node of the
+   * `url` list, or where a Server Reference led. Absent with a custom transport. */
+  readonly broker?: string | undefined
   /** The protocol version of the connection: 3 (MQTT 3.1), 4 (MQTT 3.1.1) or 5 (MQTT 5.0). */
   readonly protocolVersion: 3 | 4 | 5
   /** The client identifier in use: the broker's assigned identifier when it sent one. */
@@ -829,9 +884,13 @@ const tlsWithPlaintext = (
   merged: Options,
   variables: boolean
 ): MqttError.InvalidOptionError | undefined => {
-  const url = merged.url ?? "mqtt://localhost:1883"
+  const urls = merged.url ?? "mqtt://localhost:1883"
+  // a list: the first plaintext URL (the client itself refuses a list mixing TLS and plaintext)
+  const url = typeof urls === "string" ? urls : urls.find((u) => typeof u === "string" && Broker.isPlaintext(u))
   const tls = fromConfig.tls
-  if (merged.transport !== undefined || tls === undefined || !Broker.isPlaintext(url)) return undefined
+  if (merged.transport !== undefined || tls === undefined || url === undefined || !Broker.isPlaintext(url)) {
+    return undefined
+  }
   const names = (Object.keys(tlsVariables) as Array<keyof TlsOptions>)
     .filter((key) => tls[key] !== undefined)
     .map((key) => variables ? tlsVariables[key] : `tls.${key}`)

@@ -59,3 +59,11 @@ export * as MqttTestBroker from "./MqttTestBroker.ts"
  * @since 0.2.0
  */
 export * as MqttSessionStore from "./MqttSessionStore.ts"
+
+/**
+ * Consumer groups: members in several processes sharing `$share/<group>/<filter>`, acknowledging each message
+ * once handled, with Receive Maximum as prefetch, and adopting the sessions of members that leave.
+ *
+ * @since 0.2.0
+ */
+export * as ConsumerGroup from "./ConsumerGroup.ts"

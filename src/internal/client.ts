@@ -3,6 +3,7 @@
  * produces; the supervisor (supervisor.ts) owns the connections (connection.ts); deliveries (delivery.ts) own
  * the queues behind the streams; operations.ts and requestResponse.ts are the caller's side.
  */
+import type * as Arr from "effect/Array"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Scope from "effect/Scope"
@@ -14,6 +15,7 @@ import { reauthenticate } from "./auth.ts"
 import * as Broker from "./broker.ts"
 import { Deliveries } from "./delivery.ts"
 import { Driver } from "./driver.ts"
+import * as Failover from "./failover.ts"
 import * as Operations from "./operations.ts"
 import { invalid, resolveOptions } from "./options.ts"
 import * as RequestResponse from "./requestResponse.ts"
@@ -64,6 +66,23 @@ const filtersOf = (
   (Array.isArray(filters) ? filters : [filters as string | MqttClient.Subscription])
     .map((f) => typeof f === "string" ? f : f.filter).join(",")
 
+/** The socket and writer to one broker, for the life of the scope. */
+const makeNode = (
+  options: MqttClient.Options,
+  endpoint: Transport.Endpoint,
+  node: Pick<Failover.Node, "broker" | "username" | "password" | "index">
+): Effect.Effect<Failover.Node, MqttError.MqttError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const socket = yield* Transport.makeSocket(endpoint, options)
+    const writer = yield* socket.writer
+    return {
+      ...node,
+      endpoint: options.transport === undefined ? endpoint : undefined,
+      socket,
+      writer: writer.writeAll
+    }
+  })
+
 /** Connects and returns the client; releasing the scope disconnects. */
 export const make = (
   options: MqttClient.Options = {}
@@ -78,6 +97,7 @@ export const make = (
       sessionExpiryInterval: o.sessionExpiryInterval,
       keepAlive: o.keepAlive,
       maxInflight: o.maxInflight,
+      // announced in CONNECT is `o.receiveMaximum`; the session disconnects beyond what it enforces
       receiveMaximum: o.receiveMaximum,
       topicAliasMaximum: o.topicAliasMaximum,
       topicAliases: o.topicAliases,
@@ -96,15 +116,40 @@ export const make = (
       metrics
     )
     driver = new Driver(session, deliveries, metrics, (warning) => Effect.runFork(Effect.logWarning(warning)))
-    const socket = yield* Transport.makeSocket(o.endpoint, options)
-    const writer = yield* socket.writer
+    const configured: Array<Failover.Node> = []
+    for (let index = 0; index < o.nodes.length; index++) {
+      const { url, endpoint, username, password } = o.nodes[index]
+      const broker = options.transport === undefined ? Broker.display(url) : undefined
+      configured.push(yield* makeNode(options, endpoint, { broker, username, password, index }))
+    }
     // the parent of every connection's scope, made before the finalizer that sends DISCONNECT, so that on
     // release it closes after it: the connection is still open when the DISCONNECT is written
     const parent = yield* Scope.fork(scope)
-    const status = yield* SubscriptionRef.make<MqttClient.ConnectionStatus>({ _tag: "Connecting", attempt: 1 })
-    const broker = options.transport === undefined ? Broker.display(options.url ?? "mqtt://localhost:1883") : undefined
-    const supervisor = new Supervisor({ options: o, socket, writer: writer.writeAll, parent, driver, broker }, status)
-    if (o.store !== undefined) yield* durable(o.store, o.clearStore, broker, session, driver, supervisor, scope)
+    const nodes = new Failover.Nodes(
+      configured as unknown as Arr.NonEmptyReadonlyArray<Failover.Node>,
+      o.followServerReference,
+      // a place a Server Reference led to: its socket lives as long as the connections
+      (endpoint, broker, from) =>
+        Scope.provide(
+          makeNode(options, endpoint, {
+            broker,
+            username: from.username,
+            password: from.password,
+            index: -1
+          }),
+          parent
+        )
+    )
+    const status = yield* SubscriptionRef.make<MqttClient.ConnectionStatus>({
+      _tag: "Connecting",
+      attempt: 1,
+      ...(nodes.first.broker === undefined ? {} : { broker: nodes.first.broker })
+    })
+    const supervisor = new Supervisor({ options: o, parent, driver }, nodes, status)
+    // a durable session is kept per broker (the first of a cluster's list) and client identifier
+    if (o.store !== undefined) {
+      yield* durable(o.store, o.clearStore, nodes.first.broker, session, driver, supervisor, scope)
+    }
     yield* supervisor.start(scope)
     yield* Scope.addFinalizer(
       scope,
@@ -130,7 +175,7 @@ export const make = (
       droppedMessages: Effect.sync(() => deliveries.dropped),
       queuedMessages: Effect.sync(() => deliveries.messages.size),
       get connection() {
-        return session.info!
+        return supervisor.info ?? session.info!
       },
       status: SubscriptionRef.get(status),
       statusChanges: SubscriptionRef.changes(status) as Stream.Stream<MqttClient.ConnectionStatus>,

@@ -23,6 +23,7 @@ import * as Broker from "./broker.ts"
 import * as Codec from "./codec.ts"
 import { checkFirstByte, decode } from "./decode.ts"
 import type { Driver } from "./driver.ts"
+import type { Node } from "./failover.ts"
 import { Framer } from "./framer.ts"
 import { encodeConnect, type Resolved } from "./options.ts"
 import { Outbox } from "./outbox.ts"
@@ -35,6 +36,8 @@ const OUTBOX_HIGH_WATER_MARK = 256 * 1024
 const SHUTDOWN_WRITE_TIMEOUT = Duration.seconds(2)
 
 export interface Connection {
+  /** the broker this connection is to */
+  readonly node: Node
   readonly scope: Scope.Closeable
   readonly outbox: Outbox
   /** completed by the first error: the connection is over */
@@ -52,16 +55,12 @@ export interface Connection {
   reauthentication: Deferred.Deferred<void, MqttError.MqttError> | undefined
 }
 
-/** What every connection of one client shares. */
+/** What every connection of one client shares. Where each connection goes is its `Node` (failover.ts). */
 export interface Environment {
   readonly options: Resolved
-  readonly socket: Socket.Socket
-  readonly writer: (chunks: Arr.NonEmptyReadonlyArray<Uint8Array>) => Effect.Effect<void, Socket.SocketError>
   /** the parent of every connection's scope */
   readonly parent: Scope.Scope
   readonly driver: Driver
-  /** the broker as errors name it (`scheme://host:port`, never the password); undefined for a custom transport */
-  readonly broker: string | undefined
 }
 
 export const lost = (reason: string, cause?: unknown) =>
@@ -87,25 +86,31 @@ export const socketLost = (error: Socket.SocketError): MqttError.MqttError => {
 }
 
 /**
- * Opens a connection, sends CONNECT and reads until the CONNACK is handled (the session then resumes on it:
- * restore, resends and waiting publishes are queued behind CONNECT), within `connectTimeout`. Then the reader,
- * the writer and the keepalive run in the connection's scope until it ends.
+ * Opens a connection to `node`, sends CONNECT and reads until the CONNACK is handled (the session then resumes
+ * on it: restore, resends and waiting publishes are queued behind CONNECT), within `connectTimeout`. Then the
+ * reader, the writer and the keepalive run in the connection's scope until it ends. Errors name the node.
  */
-export const open = (env: Environment, cleanStart: boolean): Effect.Effect<Connection, MqttError.MqttError> =>
-  Effect.mapError(attempt(env, cleanStart), (error) => Broker.annotate(error, env.broker, "connecting"))
+export const open = (
+  env: Environment,
+  node: Node,
+  cleanStart: boolean
+): Effect.Effect<Connection, MqttError.MqttError> =>
+  Effect.mapError(attempt(env, node, cleanStart), (error) => Broker.annotate(error, node.broker, "connecting"))
 
-const attempt = (env: Environment, cleanStart: boolean): Effect.Effect<Connection, MqttError.MqttError> =>
+const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effect<Connection, MqttError.MqttError> =>
   Effect.gen(function*() {
     const o = env.options
     const clock = yield* Clock.Clock
     const scope = yield* Scope.fork(env.parent)
-    const connectBytes = encodeConnect(o, env.driver.session.clientId, cleanStart)
+    const credentials = { ...o, username: node.username, password: node.password }
+    const connectBytes = encodeConnect(credentials, env.driver.session.clientId, cleanStart)
     if (!(connectBytes instanceof Uint8Array)) {
       yield* Scope.close(scope, Exit.void)
       return yield* new MqttError.InvalidOptionError({ option: "connect", reason: connectBytes.error })
     }
     const now = clock.currentTimeMillisUnsafe()
     const c: Connection = {
+      node,
       scope,
       outbox: new Outbox(OUTBOX_HIGH_WATER_MARK, () => {
         c.lastSent = clock.currentTimeMillisUnsafe()
@@ -121,11 +126,11 @@ const attempt = (env: Environment, cleanStart: boolean): Effect.Effect<Connectio
     }
     const reader = makeReader(env, c, clock)
     const handshake = Effect.gen(function*() {
-      const { pull } = yield* Effect.mapError(Scope.provide(env.socket.reader, scope), socketLost)
-      yield* Effect.mapError(env.writer([connectBytes]), socketLost)
+      const { pull } = yield* Effect.mapError(Scope.provide(node.socket.reader, scope), socketLost)
+      yield* Effect.mapError(node.writer([connectBytes]), socketLost)
       c.lastSent = clock.currentTimeMillisUnsafe()
       // the writer starts now: what the CONNACK's handling queues (resends) goes out after CONNECT
-      yield* Effect.forkIn(guard(c, writeLoop(env, c)), scope)
+      yield* Effect.forkIn(guard(c, writeLoop(c)), scope)
       while (!reader.connected()) yield* reader.step(pull)
       return pull
     })
@@ -149,12 +154,12 @@ const attempt = (env: Environment, cleanStart: boolean): Effect.Effect<Connectio
 export const disconnectReasonOf = (error: MqttError.MqttError): number | undefined =>
   error._tag === "ProtocolError" ? error.reasonCode : undefined
 
-const writeLoop = (env: Environment, c: Connection): Effect.Effect<never, MqttError.MqttError> =>
+const writeLoop = (c: Connection): Effect.Effect<never, MqttError.MqttError> =>
   Effect.forever(Effect.flatMap(c.outbox.take, (batch) =>
     // empty only when the connection closed between the wake-up and the take
     batch.length > 0
       ? Effect.map(
-        Effect.mapError(env.writer(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
+        Effect.mapError(c.node.writer(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
         () => c.outbox.written()
       )
       : Effect.void))
@@ -202,7 +207,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
       driver.outbox = undefined
       return
     }
-    c.info = info
+    c.info = { ...info, broker: c.node.broker }
     connected = true
   }
 
@@ -269,7 +274,7 @@ export const close = (
     const version = env.options.protocolVersion
     if (disconnectReason !== undefined) rest.push(Codec.disconnect(version, disconnectReason, sessionExpiry))
     const goodbye = rest.length > 0
-      ? env.writer(rest as unknown as Arr.NonEmptyReadonlyArray<Uint8Array>).pipe(
+      ? c.node.writer(rest as unknown as Arr.NonEmptyReadonlyArray<Uint8Array>).pipe(
         Effect.timeoutOption(SHUTDOWN_WRITE_TIMEOUT),
         Effect.ignore
       )

@@ -2,6 +2,7 @@
  * The client's options: validated, defaults applied, and narrowed to what the other modules need. Every
  * mistake is an `InvalidOptionError` naming the option, before anything is sent.
  */
+import type * as Arr from "effect/Array"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as LogLevel from "effect/LogLevel"
@@ -20,8 +21,20 @@ import type { SessionStore } from "./store.ts"
 import { nameProblem } from "./topic.ts"
 import * as Transport from "./transport.ts"
 
-export interface Resolved {
+/** One node of `url`, with the credentials CONNECT carries to it. */
+export interface ResolvedNode {
+  readonly url: string
   readonly endpoint: Transport.Endpoint
+  readonly username: string | undefined
+  readonly password: Redacted.Redacted<string> | undefined
+}
+
+export interface Resolved {
+  /** the first node's endpoint */
+  readonly endpoint: Transport.Endpoint
+  /** every node of `url`, in order (one for a single URL) */
+  readonly nodes: Arr.NonEmptyReadonlyArray<ResolvedNode>
+  readonly followServerReference: MqttClient.Options["followServerReference"]
   readonly clientId: string
   readonly protocolVersion: 3 | 4 | 5
   readonly keepAlive: number
@@ -38,6 +51,7 @@ export interface Resolved {
   readonly retryFirstConnect: boolean
   readonly maximumPacketSize: number
   readonly receiveMaximum: number
+  /** what the session enforces: `receiveMaximum`, or 65535 when the client accepts a broker's excess */
   readonly topicAliasMaximum: number
   readonly topicAliases: boolean
   readonly maxInflight: number
@@ -95,8 +109,51 @@ export const decodeDuration = (option: string, input: Duration.Input | undefined
     : Effect.fail(invalid(option, "expected a positive, finite duration"))
 }
 
+/** The URLs of `url`: one, or the nodes of a cluster. */
+const urlsOf = (
+  url: MqttClient.Options["url"]
+): Effect.Effect<Arr.NonEmptyReadonlyArray<string>, MqttError.MqttError> => {
+  if (url === undefined) return Effect.succeed(["mqtt://localhost:1883"])
+  if (typeof url === "string") return Effect.succeed([url])
+  if (!Array.isArray(url)) return Effect.fail(invalid("url", "expected a URL or a list of URLs"))
+  if (url.length === 0) return Effect.fail(invalid("url", "the list of brokers is empty"))
+  return Effect.succeed(url as unknown as Arr.NonEmptyReadonlyArray<string>)
+}
+
+/** `followServerReference`: a list of host names (or `host:port`), or a predicate. */
+const checkFollow = (follow: MqttClient.Options["followServerReference"]) =>
+  follow === undefined || typeof follow === "function" ||
+    (Array.isArray(follow) && follow.every((host) => typeof host === "string" && host.trim() !== ""))
+    ? Effect.succeed(follow)
+    : Effect.fail(invalid("followServerReference", "expected a list of host names (or host:port) or a function"))
+
 export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
-  const endpoint = yield* Transport.parseUrl(options.url ?? "mqtt://localhost:1883")
+  const urls = yield* urlsOf(options.url)
+  const endpoints: Array<Transport.Endpoint> = []
+  for (let i = 0; i < urls.length; i++) {
+    const parsed = yield* Effect.mapError(
+      Transport.parseUrl(urls[i]),
+      (error) => urls.length === 1 ? error : invalid(`url[${i}]`, error.reason)
+    )
+    endpoints.push(parsed)
+  }
+  const endpoint = endpoints[0]
+  if (endpoints.length > 1) {
+    if (options.transport !== undefined) {
+      return yield* invalid("url", "a custom transport connects to one place: give one URL with it")
+    }
+    if (new Set(endpoints.map(Transport.isEncrypted)).size > 1) {
+      return yield* invalid(
+        "url",
+        "the brokers of a list are either all encrypted (mqtts://, wss://) or all plaintext: a failover must not " +
+          "leave TLS"
+      )
+    }
+  }
+  const followServerReference = yield* checkFollow(options.followServerReference)
+  if (followServerReference !== undefined && options.transport !== undefined) {
+    return yield* invalid("followServerReference", "a custom transport cannot be redirected to another server")
+  }
   const protocolVersion = options.protocolVersion ?? 4
   if (protocolVersion !== 3 && protocolVersion !== 4 && protocolVersion !== 5) {
     return yield* invalid("protocolVersion", "expected 3 (MQTT 3.1), 4 (MQTT 3.1.1) or 5 (MQTT 5.0)")
@@ -113,11 +170,16 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   if (sessionExpiryInterval !== undefined && !isUint(sessionExpiryInterval, 0xffffffff)) {
     return yield* invalid("sessionExpiryInterval", "expected whole seconds from 0 to 4294967295")
   }
-  const username = options.username ?? endpoint.username
-  const password = options.password ??
-    (endpoint.password === undefined ? undefined : Redacted.make(endpoint.password))
-  const credentialsProblem = Codec.credentialsProblem(protocolVersion, username, password)
-  if (credentialsProblem !== undefined) return yield* invalid("password", credentialsProblem)
+  const nodes: Array<ResolvedNode> = []
+  for (let i = 0; i < endpoints.length; i++) {
+    const e = endpoints[i]
+    const username = options.username ?? e.username
+    const password = options.password ?? (e.password === undefined ? undefined : Redacted.make(e.password))
+    const credentialsProblem = Codec.credentialsProblem(protocolVersion, username, password)
+    if (credentialsProblem !== undefined) return yield* invalid("password", credentialsProblem)
+    nodes.push({ url: urls[i], endpoint: e, username, password })
+  }
+  const { username, password } = nodes[0]
   const will = options.will
   if (will !== undefined) {
     const problem = nameProblem(will.topic)
@@ -173,6 +235,8 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     offlineQos0,
     offlineRequests,
     endpoint,
+    nodes: nodes as unknown as Arr.NonEmptyReadonlyArray<ResolvedNode>,
+    followServerReference,
     clientId,
     protocolVersion,
     keepAlive,

@@ -1,7 +1,7 @@
 /**
  * The life of a client's connections: the first connection, reconnecting on the `reconnect` schedule when one
- * is lost, which errors are final, the status and the counters, and the shutdown that fails what waits and
- * ends the streams.
+ * is lost (a round over the nodes of `url` after each delay, following a Server Reference where allowed), which
+ * errors are final, the status and the counters, and the shutdown that fails what waits and ends the streams.
  */
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
@@ -17,6 +17,8 @@ import type * as MqttClient from "../MqttClient.ts"
 import type * as MqttError from "../MqttError.ts"
 import * as Broker from "./broker.ts"
 import { close, type Connection, disconnectReasonOf, type Environment, lost, open } from "./connection.ts"
+import * as Failover from "./failover.ts"
+import type { Node, Nodes } from "./failover.ts"
 
 /** How long a connection must last for the reconnect backoff to start again from its first delay. */
 const STABLE_CONNECTION_MILLIS = 1_000
@@ -49,8 +51,22 @@ export const isFinal = (error: MqttError.MqttError): boolean =>
     ? error.kind !== "HandshakeFailed" // a certificate problem does not go away by itself
     : error._tag === "InvalidOptionError"
 
+/** How many Server References one round of attempts follows, so that two brokers cannot bounce a client forever. */
+const MAX_REDIRECTS_PER_ROUND = 3
+
+/** How one round of attempts ended: connected, or failed with the last error (final: the client gives up). */
+type RoundResult =
+  | { readonly _tag: "Connected"; readonly connection: Connection }
+  | { readonly _tag: "Failed"; readonly error: MqttError.MqttError; readonly final: boolean; readonly attempt: number }
+
+const connecting = (attempt: number, node: Node): MqttClient.ConnectionStatus =>
+  node.broker === undefined
+    ? { _tag: "Connecting", attempt }
+    : { _tag: "Connecting", attempt, broker: node.broker }
+
 export class Supervisor {
   readonly env: Environment
+  readonly nodes: Nodes
   readonly status: SubscriptionRef.SubscriptionRef<MqttClient.ConnectionStatus>
   readonly metrics = {
     connects: 0,
@@ -64,11 +80,18 @@ export class Supervisor {
   /** completed at each connection; callers waiting for one await it */
   private connected = Deferred.makeUnsafe<void, MqttError.MqttError>()
   current: Connection | undefined = undefined
+  /** what the CONNACK of the current (or last) connection said, with the broker it came from */
+  info: MqttClient.ConnectionInfo | undefined = undefined
   /** called once with the error when the client stops (request/response fails its waiters) */
   readonly onClose: Array<(error: MqttError.MqttError) => void> = []
 
-  constructor(env: Environment, status: SubscriptionRef.SubscriptionRef<MqttClient.ConnectionStatus>) {
+  constructor(
+    env: Environment,
+    nodes: Nodes,
+    status: SubscriptionRef.SubscriptionRef<MqttClient.ConnectionStatus>
+  ) {
     this.env = env
+    this.nodes = nodes
     this.status = status
   }
 
@@ -76,9 +99,10 @@ export class Supervisor {
    * A log line of the client, when at or above its `logLevel` (the application's logger filters further). Lines
    * name the broker as `scheme://host:port` and carry error messages, which never contain a credential.
    */
-  log(level: "Info" | "Warn" | "Error", message: string): Effect.Effect<void> {
+  log(level: "Info" | "Warn" | "Error", message: string, node?: Node): Effect.Effect<void> {
     if (!LogLevel.isGreaterThanOrEqualTo(level, this.env.options.logLevel)) return Effect.void
-    const annotated = { broker: this.env.broker ?? "custom transport" }
+    const broker = (node ?? this.current?.node)?.broker ?? this.info?.broker ?? this.nodes.first.broker
+    const annotated = { broker: broker ?? "custom transport" }
     const line = level === "Info"
       ? Effect.logInfo(message)
       : level === "Warn"
@@ -93,49 +117,54 @@ export class Supervisor {
     return closed !== undefined ? Effect.fail(closed) : Deferred.await(this.connected)
   })
 
-  /** Connects for the first time (retrying on the schedule when `retryFirstConnect` is set), then supervises. */
+  /**
+   * Connects for the first time, trying the nodes of `url` in order (then retrying on the schedule when
+   * `retryFirstConnect` is set), then supervises.
+   */
   start(scope: Scope.Scope): Effect.Effect<void, MqttError.MqttError> {
     const self = this
     return Effect.gen(function*() {
       const o = self.env.options
-      const firstExit = yield* Effect.exit(open(self.env, self.env.driver.session.cleanStart))
-      let first: Connection
-      if (Exit.isSuccess(firstExit)) {
-        first = firstExit.value
+      const first = yield* self.round(self.nodes.round(), 1, false)
+      let connection: Connection
+      if (first._tag === "Connected") {
+        connection = first.connection
+      } else if (!o.retryFirstConnect || o.reconnect === undefined || first.final) {
+        if (o.retryFirstConnect) yield* self.log("Error", `MQTT client gave up: ${first.error.message}`)
+        return yield* Effect.fail(first.error)
       } else {
-        const failure = firstExit.cause.reasons.find(Cause.isFailReason)
-        if (failure === undefined || !o.retryFirstConnect || o.reconnect === undefined || isFinal(failure.error)) {
-          if (failure !== undefined && o.retryFirstConnect) {
-            yield* self.log("Error", `MQTT client gave up: ${failure.error.message}`)
-          }
-          return yield* Effect.failCause(firstExit.cause)
-        }
-        self.metrics.failedAttempts++
-        first = yield* Effect.tapError(
-          self.reconnect(yield* Schedule.toStep(o.reconnect), failure.error),
+        connection = yield* Effect.tapError(
+          self.reconnect(yield* Schedule.toStep(o.reconnect), first.error, first.attempt, undefined),
           (error) => self.log("Error", `MQTT client gave up: ${error.message}`)
         )
       }
-      yield* self.attach(first)
-      yield* Effect.forkIn(self.supervise(first), scope)
+      yield* self.attach(connection)
+      yield* Effect.forkIn(self.supervise(connection), scope)
     })
   }
 
   private attach(c: Connection): Effect.Effect<void> {
     return Effect.suspend(() => {
+      const previous = this.info?.broker
       this.current = c
+      this.nodes.connected(c.node)
       this.metrics.connects++
       this.env.driver.metrics.connection(true, this.metrics.connects > 1)
-      Deferred.doneUnsafe(this.connected, Effect.void)
       const info = c.info!
+      this.info = info
+      Deferred.doneUnsafe(this.connected, Effect.void)
+      const moved = previous !== undefined && info.broker !== undefined && previous !== info.broker
       return Effect.andThen(
         this.log(
           "Info",
-          `MQTT connected to ${this.env.broker ?? "the broker"} as "${info.clientId}" (MQTT ${
+          `MQTT connected to ${c.node.broker ?? "the broker"} as "${info.clientId}" (MQTT ${
             info.protocolVersion === 5 ? "5" : info.protocolVersion === 4 ? "3.1.1" : "3.1"
-          }, session present: ${info.sessionPresent})`
+          }, session present: ${info.sessionPresent}${moved ? `, moved from ${previous}` : ""})`
         ),
-        SubscriptionRef.set(this.status, { _tag: "Connected", info })
+        SubscriptionRef.set(
+          this.status,
+          moved ? { _tag: "Connected", info, movedFrom: previous } : { _tag: "Connected", info }
+        )
       )
     })
   }
@@ -154,15 +183,93 @@ export class Supervisor {
   }
 
   /**
-   * Tries to connect again on the schedule until it succeeds (the connection) or gives up (the last error).
-   * Even the first attempt waits its delay, so that many clients that lost the same broker spread out.
+   * Where the Server Reference of an error leads, when `followServerReference` allows it; a reference that is
+   * not followed is said in a log line.
    */
-  private reconnect(step: ScheduleStep, cause: MqttError.MqttError): Effect.Effect<Connection, MqttError.MqttError> {
+  private redirect(error: MqttError.MqttError, from: Node, exhausted = false): Effect.Effect<Node | undefined> {
+    const decided = exhausted
+      ? Effect.succeed(
+        Failover.referenceOf(error) === undefined ? undefined : {
+          _tag: "Refuse" as const,
+          reference: Failover.referenceOf(error)!.reference,
+          reason: `${MAX_REDIRECTS_PER_ROUND} Server References were followed in this round already`
+        }
+      )
+      : this.nodes.redirect(error, from)
+    return Effect.flatMap(decided, (redirect) => {
+      if (redirect === undefined) return Effect.undefined
+      if (redirect._tag === "Follow") {
+        return Effect.as(
+          this.log("Info", `MQTT following the server reference of ${from.broker} to ${redirect.node.broker}`, from),
+          redirect.node
+        )
+      }
+      return Effect.as(
+        this.log(
+          "Warn",
+          `MQTT not following the server reference "${redirect.reference}" of ${from.broker}: ${redirect.reason}`,
+          from
+        ),
+        undefined
+      )
+    })
+  }
+
+  /**
+   * One round of attempts: each node in turn, at once, until one accepts. A Server Reference that the options
+   * allow is the next attempt. Ends with the connection, or with the last error (final when the client must
+   * give up: a refusal another attempt cannot change).
+   */
+  private round(nodes: Array<Node>, firstAttempt: number, announce: boolean): Effect.Effect<RoundResult> {
+    const self = this
+    return Effect.gen(function*() {
+      let attempt = firstAttempt
+      let redirects = 0
+      let error: MqttError.MqttError | undefined
+      for (let i = 0; i < nodes.length; i++, attempt++) {
+        const node = nodes[i]
+        if (i > 0 || announce) yield* SubscriptionRef.set(self.status, connecting(attempt, node))
+        const exit = yield* Effect.exit(open(self.env, node, self.env.driver.session.cleanStart))
+        if (Exit.isSuccess(exit)) return { _tag: "Connected", connection: exit.value } as const
+        const failure = exit.cause.reasons.find(Cause.isFailReason)
+        if (failure === undefined) return yield* Effect.failCause(exit.cause as Cause.Cause<never>)
+        self.metrics.failedAttempts++
+        error = failure.error
+        const target = yield* self.redirect(error, node, redirects >= MAX_REDIRECTS_PER_ROUND)
+        if (target !== undefined) {
+          redirects++
+          nodes.splice(i + 1, 0, target)
+        } else if (isFinal(error)) {
+          return { _tag: "Failed", error, final: true, attempt: attempt + 1 } as const
+        }
+        const next = nodes[i + 1]
+        if (next !== undefined) {
+          yield* self.log("Warn", `${error.message}; trying ${next.broker ?? "the next broker"} now`, node)
+          yield* SubscriptionRef.set(self.status, { _tag: "Disconnected", cause: error, retryIn: Duration.zero })
+        }
+      }
+      return { _tag: "Failed", error: error!, final: false, attempt } as const
+    })
+  }
+
+  /**
+   * Tries to connect again on the schedule until it succeeds (the connection) or gives up (the last error): a
+   * round of every node after each delay, beginning with `redirect`, where a Server Reference led. Even the
+   * first round waits its delay, so that many clients that lost the same broker spread out.
+   */
+  private reconnect(
+    step: ScheduleStep,
+    cause: MqttError.MqttError,
+    firstAttempt: number,
+    redirect: Node | undefined
+  ): Effect.Effect<Connection, MqttError.MqttError> {
     const self = this
     return Effect.gen(function*() {
       const clock = yield* Clock.Clock
       let error = cause
-      for (let attempt = 1;; attempt++) {
+      let attempt = firstAttempt
+      let first = redirect
+      while (true) {
         const next = yield* Effect.exit(step(clock.currentTimeMillisUnsafe(), error))
         if (Exit.isFailure(next)) return yield* Effect.fail(error)
         const delay = next.value[1]
@@ -170,19 +277,17 @@ export class Supervisor {
         yield* self.log("Warn", `${error.message}; next attempt in ${Duration.format(millis)} (attempt ${attempt})`)
         yield* SubscriptionRef.set(self.status, { _tag: "Disconnected", cause: error, retryIn: delay })
         yield* Effect.sleep(delay)
-        yield* SubscriptionRef.set(self.status, { _tag: "Connecting", attempt })
-        const exit = yield* Effect.exit(open(self.env, self.env.driver.session.cleanStart))
-        if (Exit.isSuccess(exit)) return exit.value
-        self.metrics.failedAttempts++
-        const failure = exit.cause.reasons.find(Cause.isFailReason)
-        if (failure === undefined) return yield* Effect.failCause(exit.cause)
-        error = failure.error
-        if (isFinal(error)) return yield* Effect.fail(error)
+        const result = yield* self.round(self.nodes.round(first), attempt, true)
+        first = undefined
+        if (result._tag === "Connected") return result.connection
+        error = result.error
+        attempt = result.attempt
+        if (result.final) return yield* Effect.fail(error)
       }
     })
   }
 
-  /** Watches the current connection; when it ends, reconnects or shuts the client down. */
+  /** Watches the current connection; when it ends, reconnects (or follows a Server Reference) or shuts down. */
   private supervise(first: Connection): Effect.Effect<void> {
     const self = this
     return Effect.gen(function*() {
@@ -192,9 +297,12 @@ export class Supervisor {
       let connectedAt = clock.currentTimeMillisUnsafe()
       let step: ScheduleStep | undefined
       while (true) {
-        const error = Broker.annotate(yield* Effect.flip(Deferred.await(c.lost)), self.env.broker, "connected")
+        const error = Broker.annotate(yield* Effect.flip(Deferred.await(c.lost)), c.node.broker, "connected")
         if (self.env.driver.session.closed !== undefined) return
-        if (schedule === undefined || isFinal(error)) return yield* self.shutdown(error, disconnectReasonOf(error))
+        const redirect = schedule === undefined ? undefined : yield* self.redirect(error, c.node)
+        if (schedule === undefined || (redirect === undefined && isFinal(error))) {
+          return yield* self.shutdown(error, disconnectReasonOf(error))
+        }
         yield* self.detach(c, error)
         const since = clock.currentTimeMillisUnsafe()
         // the backoff starts afresh only after a connection that lasted a second: a broker that accepts and
@@ -203,7 +311,7 @@ export class Supervisor {
         if (step === undefined || since - connectedAt >= STABLE_CONNECTION_MILLIS) {
           step = yield* Schedule.toStep(schedule)
         }
-        const exit = yield* Effect.exit(self.reconnect(step, error))
+        const exit = yield* Effect.exit(self.reconnect(step, error, 1, redirect))
         if (Exit.isFailure(exit)) {
           const failure = exit.cause.reasons.find(Cause.isFailReason)
           return yield* self.shutdown(failure?.error ?? error)

@@ -153,6 +153,10 @@ export const parseUrl = (url: string): Effect.Effect<Endpoint, MqttError.Invalid
       : Effect.succeed({ _tag: "Tls", scheme, host, port, ...credentials })
   })
 
+/** Whether an endpoint is encrypted: TLS, or WebSocket over TLS. */
+export const isEncrypted = (endpoint: Endpoint): boolean =>
+  endpoint._tag === "Tls" || (endpoint._tag === "WebSocket" && endpoint.scheme === "wss")
+
 // `new URL` turns both `ws://host` and `ws://host/` into the path "/": look at what was written
 const hasExplicitPath = (url: string): boolean => /^[^:]+:[/\\]{2}[^/\\?#]*[/\\]/.test(url.trim())
 
@@ -177,7 +181,7 @@ export const makeSocket = (
       if (!Socket.isSocket(socket)) return yield* invalid("transport", "expected an effect/socket/Socket")
       return explained(socket, "custom")
     }
-    const encrypted = endpoint._tag === "Tls" || endpoint.scheme === "wss"
+    const encrypted = isEncrypted(endpoint)
     if (tlsGiven && !encrypted) {
       return yield* invalid(
         "tls",

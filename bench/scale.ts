@@ -1,0 +1,739 @@
+/**
+ * Scale: how the client's cost grows with the work, side by side with MQTT.js in one run, on a private
+ * Mosquitto (no in-flight limit, queues that never drop during a run). Five sections:
+ *
+ * - routing: 1, 100 and 10,000 subscription filters (distinct wildcards, `route/<i>/+/v`) on one MQTT 3.1.1
+ *   subscriber; each message matches one of them. effect-mqtt with one `subscription()` stream per filter (each
+ *   message routed to its stream through the topic trie), effect-mqtt with the filters on `messages` (no
+ *   routing), MQTT.js (one `message` handler: no routing; the application would have to find the filter itself).
+ *   The same raw publisher (pre-encoded packets on a plain socket) feeds both clients, so the CPU per message is
+ *   the subscriber's (plus a small, equal share for the publisher);
+ * - clients: 1,000 idle clients connected from one process (a child process of its own per library, measured
+ *   after `gc()`): memory per client, time to connect them all (100 at a time);
+ * - payload: 64 B, 16 KB and 1 MB messages at QoS 0, one publisher and one subscriber: MB/s, against the broker's
+ *   own limit measured with framing-only clients (raw sockets, pre-encoded packets);
+ * - latency: publish-to-receive p50/p99/p99.9 at 1,000, 5,000 and 20,000 messages/s, QoS 0 and 1 (publisher and
+ *   subscriber in this process; the publish time travels in the payload);
+ * - group: 1, 2 and 4 consumer processes sharing `$share/<group>/...` (effect-mqtt: `ConsumerGroup.run`,
+ *   prefetch 10; MQTT.js: a shared subscription with Receive Maximum 10), 30,000 QoS 1 messages: total messages/s
+ *   and what each process got.
+ *
+ * Run: `node --conditions=effect-mqtt-source --expose-gc bench/scale.ts` (about 5 to 10 minutes). Environment:
+ * BENCH_SCALE (sections, default "routing,clients,payload,latency,group"). Always exits with 0: it is a report.
+ */
+import { ConsumerGroup, MqttClient } from "effect-mqtt"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as mqtt from "mqtt"
+import * as MqttPacket from "mqtt-packet"
+import { Buffer } from "node:buffer"
+import { type ChildProcess, fork } from "node:child_process"
+import * as Fs from "node:fs"
+import { createRequire } from "node:module"
+import * as Net from "node:net"
+import * as Os from "node:os"
+import { performance } from "node:perf_hooks"
+import { fileURLToPath } from "node:url"
+import { type Broker, startBroker } from "./broker.ts"
+
+const SECTIONS = (process.env.BENCH_SCALE ?? "routing,clients,payload,latency,group").split(",").map((s) => s.trim())
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
+const gc = () => (globalThis as { gc?: () => void }).gc?.()
+const fmt = (n: number, digits = 0) =>
+  Number.isFinite(n) ? n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "-"
+
+const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>): string => {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
+  const line = (cells: ReadonlyArray<string>) => "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |"
+  return [line(header), "| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |", ...rows.map(line)].join("\n")
+}
+
+/** CPU seconds (user + system) of a process, from /proc. */
+const procCpu = (pid: number): number => {
+  try {
+    const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return 0
+  }
+}
+
+const cpuNow = () => {
+  const u = process.cpuUsage()
+  return (u.user + u.system) / 1e6
+}
+
+/** Polls until `done()` or the deadline; true when done. */
+const waitFor = async (done: () => boolean, ms: number): Promise<boolean> => {
+  const deadline = performance.now() + ms
+  while (!done()) {
+    if (performance.now() > deadline) return false
+    await sleep(5)
+  }
+  return true
+}
+
+let topicSeq = 0
+const fresh = (tag: string) => `${tag}${process.pid}x${Date.now().toString(36)}x${topicSeq++}`
+
+// ---------------------------------------------------------------------------------------------------------
+// raw framing-only peers: pre-encoded packets on plain sockets
+// ---------------------------------------------------------------------------------------------------------
+
+const connectPacket = (clientId: string) =>
+  MqttPacket.generate({
+    cmd: "connect",
+    protocolId: "MQTT",
+    protocolVersion: 4,
+    clean: true,
+    clientId,
+    keepalive: 0
+  })
+
+/** A raw MQTT 3.1.1 connection: CONNECT sent and CONNACK read. */
+const rawConnect = (port: number): Promise<Net.Socket> =>
+  new Promise((resolve, reject) => {
+    const socket = Net.connect({ host: "127.0.0.1", port, noDelay: true })
+    socket.once("error", reject)
+    socket.once("connect", () => socket.write(connectPacket(fresh("raw"))))
+    socket.once("data", () => resolve(socket))
+  })
+
+/** Writes the packets in chunks of `chunk`, waiting for the socket to drain. */
+const rawWrite = async (socket: Net.Socket, packets: ReadonlyArray<Buffer>, chunk = 256): Promise<void> => {
+  for (let i = 0; i < packets.length; i += chunk) {
+    const ok = socket.write(Buffer.concat(packets.slice(i, i + chunk)))
+    if (!ok) await new Promise<void>((resolve) => socket.once("drain", () => resolve()))
+  }
+}
+
+const publishPacket = (topic: string, payload: Buffer) =>
+  MqttPacket.generate({ cmd: "publish", topic, payload, qos: 0, retain: false, dup: false })
+
+// ---------------------------------------------------------------------------------------------------------
+// routing
+// ---------------------------------------------------------------------------------------------------------
+
+const ROUTING_MESSAGES = 30_000
+
+interface Rate {
+  readonly rate: number
+  readonly cpuMicros: number
+  readonly setupMs: number
+  readonly received: number
+}
+
+const measureReceive = async (
+  broker: Broker,
+  packets: ReadonlyArray<Buffer>,
+  count: () => number
+): Promise<Omit<Rate, "setupMs">> => {
+  const raw = await rawConnect(broker.port)
+  try {
+    const before = count()
+    const cpu = cpuNow()
+    const start = performance.now()
+    await rawWrite(raw, packets)
+    await waitFor(() => count() - before >= packets.length, 60_000)
+    const ms = performance.now() - start
+    const received = count() - before
+    return { rate: (received / ms) * 1000, cpuMicros: ((cpuNow() - cpu) / received) * 1e6, received }
+  } finally {
+    raw.destroy()
+  }
+}
+
+const routingEffect = (broker: Broker, n: number, packets: ReadonlyArray<Buffer>, streams: boolean) =>
+  Effect.scoped(Effect.gen(function*() {
+    const client = yield* MqttClient.make({ url: broker.url })
+    let received = 0
+    const counter = (messages: ReadonlyArray<unknown>) => Effect.sync(() => void (received += messages.length))
+    const setup = performance.now()
+    const filters = Array.from({ length: n }, (_, i) => `route/${i}/+/v`)
+    if (streams) {
+      yield* Effect.forEach(
+        filters,
+        (filter) =>
+          Effect.flatMap(
+            client.subscription(filter),
+            (stream) => Effect.forkScoped(Stream.runForEachArray(stream, counter))
+          ),
+        { concurrency: 200, discard: true }
+      )
+    } else {
+      for (let i = 0; i < n; i += 500) yield* client.subscribe(filters.slice(i, i + 500))
+      yield* Effect.forkScoped(Stream.runForEachArray(client.messages, counter))
+    }
+    const setupMs = performance.now() - setup
+    const result = yield* Effect.promise(() => measureReceive(broker, packets, () => received))
+    return { ...result, setupMs }
+  })).pipe(Effect.runPromise)
+
+const routingMqttJs = async (broker: Broker, n: number, packets: ReadonlyArray<Buffer>): Promise<Rate> => {
+  const client = await mqtt.connectAsync(broker.url, { reconnectPeriod: 0 })
+  try {
+    let received = 0
+    client.on("message", () => {
+      received++
+    })
+    const setup = performance.now()
+    const filters = Array.from({ length: n }, (_, i) => `route/${i}/+/v`)
+    for (let i = 0; i < n; i += 500) await client.subscribeAsync(filters.slice(i, i + 500), { qos: 0 })
+    const setupMs = performance.now() - setup
+    return { ...(await measureReceive(broker, packets, () => received)), setupMs }
+  } finally {
+    client.end(true)
+  }
+}
+
+const routing = async (broker: Broker) => {
+  const rows: Array<Array<string>> = []
+  const payload = Buffer.alloc(64, "x")
+  // JIT warm-up of the three, unmeasured
+  const warm = Array.from({ length: 5000 }, () => publishPacket("route/0/a/v", payload))
+  await routingEffect(broker, 1, warm, true)
+  await routingEffect(broker, 1, warm, false)
+  await routingMqttJs(broker, 1, warm)
+  for (const n of [1, 100, 10_000]) {
+    process.stderr.write(`  routing: ${n} filters\n`)
+    const spread = Array.from({ length: ROUTING_MESSAGES }, (_, j) => publishPacket(`route/${j % n}/a/v`, payload))
+    const one = Array.from({ length: ROUTING_MESSAGES }, () => publishPacket(`route/${n - 1}/a/v`, payload))
+    const runs: ReadonlyArray<readonly [string, () => Promise<Rate>]> = [
+      [
+        "effect-mqtt: a subscription() stream per filter, messages spread over them",
+        () => routingEffect(broker, n, spread, true)
+      ],
+      [
+        "effect-mqtt: a subscription() stream per filter, messages all to the last one",
+        () => routingEffect(broker, n, one, true)
+      ],
+      ["effect-mqtt: the filters on `messages` (no routing)", () => routingEffect(broker, n, spread, false)],
+      ["MQTT.js: one `message` handler (no routing)", () => routingMqttJs(broker, n, spread)]
+    ]
+    for (const [label, run] of runs) {
+      gc()
+      const r = await run()
+      rows.push([fmt(n), label, fmt(r.rate), fmt(r.cpuMicros, 1), `${fmt(r.setupMs / 1000, 1)} s`])
+    }
+  }
+  return `## Routing: subscription filters on one client (MQTT 3.1.1, QoS 0, ${
+    fmt(ROUTING_MESSAGES)
+  } messages of 64 B, each matching one filter \`route/<i>/+/v\`)\n\n` +
+    table(["filters", "subscriber", "msg/s", "CPU µs/msg", "subscribing"], rows) +
+    "\n\nCPU per message: this process (the subscriber and the raw publisher, the same for all) over the messages " +
+    "received. The topic trie finds a message's stream in time that grows with the topic's levels, not with the " +
+    "number of filters; a stream per filter also means a consumer woken per message instead of per batch.\n"
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// many clients (a child process per library)
+// ---------------------------------------------------------------------------------------------------------
+
+const CLIENTS = 1000
+
+interface ClientsResult {
+  readonly connectMs: number
+  readonly heapPerClient: number
+  readonly rssPerClient: number
+  readonly error?: string
+}
+
+const memory = () => {
+  gc()
+  gc()
+  const m = process.memoryUsage()
+  return { heap: m.heapUsed + m.external, rss: m.rss }
+}
+
+const clientsChild = async (kind: string, url: string, n: number): Promise<ClientsResult> => {
+  await sleep(200)
+  const base = memory()
+  const start = performance.now()
+  if (kind === "effect") {
+    const scope = Effect.runSync(Scope.make())
+    await Effect.runPromise(
+      Effect.forEach(
+        Array.from({ length: n }, (_, i) => i),
+        () => Scope.provide(MqttClient.make({ url, keepAlive: 600 }), scope),
+        { concurrency: 100, discard: true }
+      )
+    )
+    const connectMs = performance.now() - start
+    await sleep(1000)
+    const after = memory()
+    const result = {
+      connectMs,
+      heapPerClient: (after.heap - base.heap) / n,
+      rssPerClient: (after.rss - base.rss) / n
+    }
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    return result
+  }
+  const clients: Array<mqtt.MqttClient> = []
+  let next = 0
+  await Promise.all(Array.from({ length: 100 }, async () => {
+    while (next < n) {
+      next++
+      clients.push(await mqtt.connectAsync(url, { reconnectPeriod: 0, keepalive: 600 }))
+    }
+  }))
+  const connectMs = performance.now() - start
+  await sleep(1000)
+  const after = memory()
+  for (const c of clients) c.end(true)
+  return { connectMs, heapPerClient: (after.heap - base.heap) / n, rssPerClient: (after.rss - base.rss) / n }
+}
+
+const runChild = <A>(args: ReadonlyArray<string>, timeoutMs: number): Promise<A | { error: string }> =>
+  new Promise((resolve) => {
+    const child = fork(fileURLToPath(import.meta.url), [...args], {
+      execArgv: [...process.execArgv.filter((a) => a !== "--expose-gc"), "--expose-gc"],
+      stdio: ["ignore", "ignore", "inherit", "ipc"]
+    })
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL")
+      resolve({ error: "timed out" })
+    }, timeoutMs)
+    child.once("message", (message) => {
+      clearTimeout(timer)
+      resolve(message as A)
+      setTimeout(() => child.kill("SIGKILL"), 2000).unref()
+    })
+    child.once("exit", (code) => {
+      clearTimeout(timer)
+      resolve({ error: `exited with ${code}` })
+    })
+  })
+
+const clients = async (broker: Broker) => {
+  const rows: Array<Array<string>> = []
+  for (const [kind, label] of [["effect", "effect-mqtt"], ["mqttjs", "MQTT.js"]] as const) {
+    process.stderr.write(`  clients: ${label}\n`)
+    const r = await runChild<ClientsResult>(["clients", kind, broker.url, String(CLIENTS)], 120_000)
+    rows.push(
+      "error" in r && r.error !== undefined
+        ? [label, r.error, "", ""]
+        : [
+          label,
+          `${fmt((r as ClientsResult).connectMs / 1000, 2)} s`,
+          `${fmt((r as ClientsResult).heapPerClient / 1024, 1)} KB`,
+          `${fmt((r as ClientsResult).rssPerClient / 1024, 1)} KB`
+        ]
+    )
+  }
+  return `## Many clients: ${fmt(CLIENTS)} idle clients in one process (MQTT 3.1.1, connected 100 at a time)\n\n` +
+    table(["library", "time to connect all", "heap + external per client", "RSS per client"], rows) +
+    "\n\nMemory after `gc()`, one second after the last CONNACK, less the process's own before the first.\n"
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// payload sizes
+// ---------------------------------------------------------------------------------------------------------
+
+const PAYLOADS: ReadonlyArray<readonly [string, number, number]> = [
+  ["64 B", 64, 50_000],
+  ["16 KB", 16 * 1024, 5_000],
+  ["1 MB", 1024 * 1024, 100]
+]
+
+/** The broker's limit: a raw publisher and a raw subscriber that only frame. */
+const payloadRaw = async (broker: Broker, size: number, n: number): Promise<number> => {
+  const topic = fresh("size/raw")
+  const sub = await rawConnect(broker.port)
+  const pub = await rawConnect(broker.port)
+  try {
+    const subscribed = new Promise<void>((resolve) => sub.once("data", () => resolve()))
+    sub.write(MqttPacket.generate({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 0 }] }))
+    await subscribed
+    const packet = publishPacket(topic, Buffer.alloc(size, "x"))
+    let bytes = 0
+    sub.on("data", (chunk: Buffer) => {
+      bytes += chunk.length
+    })
+    const start = performance.now()
+    await rawWrite(pub, Array.from({ length: n }, () => packet), size > 100_000 ? 1 : 64)
+    await waitFor(() => bytes >= packet.length * n, 60_000)
+    return (bytes / (performance.now() - start)) * 1000
+  } finally {
+    sub.destroy()
+    pub.destroy()
+  }
+}
+
+const payloadEffect = (broker: Broker, size: number, n: number): Promise<number> =>
+  Effect.scoped(Effect.gen(function*() {
+    const topic = fresh("size/effect")
+    const sub = yield* MqttClient.make({ url: broker.url })
+    const pub = yield* MqttClient.make({ url: broker.url })
+    yield* sub.subscribe(topic)
+    let bytes = 0
+    yield* Effect.forkScoped(Stream.runForEachArray(sub.messages, (messages) =>
+      Effect.sync(() => {
+        for (const m of messages) bytes += m.payload.length
+      })))
+    const payload = Buffer.alloc(size, "x")
+    const start = performance.now()
+    const batch = Math.max(1, Math.min(1000, Math.floor(1_000_000 / size)))
+    for (let i = 0; i < n; i += batch) {
+      yield* Effect.forEach(Array.from({ length: Math.min(batch, n - i) }), () => pub.publish(topic, payload), {
+        discard: true
+      })
+      yield* Effect.promise(nextTurn)
+    }
+    yield* Effect.promise(() => waitFor(() => bytes >= size * n, 60_000))
+    return (bytes / (performance.now() - start)) * 1000
+  })).pipe(Effect.runPromise)
+
+const payloadMqttJs = async (broker: Broker, size: number, n: number): Promise<number> => {
+  const topic = fresh("size/mqttjs")
+  const sub = await mqtt.connectAsync(broker.url, { reconnectPeriod: 0 })
+  const pub = await mqtt.connectAsync(broker.url, { reconnectPeriod: 0 })
+  try {
+    await sub.subscribeAsync(topic, { qos: 0 })
+    let bytes = 0
+    sub.on("message", (_t, payload) => {
+      bytes += payload.length
+    })
+    const payload = Buffer.alloc(size, "x")
+    const start = performance.now()
+    const batch = Math.max(1, Math.min(1000, Math.floor(1_000_000 / size)))
+    let done = 0
+    for (let i = 0; i < n; i += batch) {
+      const end = Math.min(n, i + batch)
+      for (let j = i; j < end; j++) pub.publish(topic, payload, { qos: 0 }, () => done++)
+      await nextTurn()
+      while (done < end) await nextTurn()
+    }
+    await waitFor(() => bytes >= size * n, 60_000)
+    return (bytes / (performance.now() - start)) * 1000
+  } finally {
+    sub.end(true)
+    pub.end(true)
+  }
+}
+
+const payloads = async (broker: Broker) => {
+  const rows: Array<Array<string>> = []
+  const mb = (bytesPerSecond: number) => `${fmt(bytesPerSecond / 1e6, 1)} MB/s`
+  for (const [label, size, n] of PAYLOADS) {
+    process.stderr.write(`  payload: ${label}\n`)
+    const raw = await payloadRaw(broker, size, n)
+    gc()
+    const effect = await payloadEffect(broker, size, n)
+    gc()
+    const js = await payloadMqttJs(broker, size, n)
+    rows.push([
+      label,
+      fmt(n),
+      mb(raw),
+      `${mb(effect)} (${fmt((100 * effect) / raw)}%)`,
+      `${mb(js)} (${fmt((100 * js) / raw)}%)`
+    ])
+  }
+  return `## Payload size (MQTT 3.1.1, QoS 0, one publisher and one subscriber)\n\n` +
+    table(["payload", "messages", "broker limit (framing only)", "effect-mqtt", "MQTT.js"], rows) +
+    "\n\nMB/s of payload received, from the first publish to the last byte; in brackets, of the broker's limit.\n"
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// latency
+// ---------------------------------------------------------------------------------------------------------
+
+const LATENCY_SECONDS = 4
+const LATENCY_WARMUP_MS = 500
+
+interface Latency {
+  readonly p50: number
+  readonly p99: number
+  readonly p999: number
+  readonly achieved: number
+  readonly received: number
+}
+
+const percentiles = (samples: Array<number>, seconds: number): Latency => {
+  const sorted = samples.sort((a, b) => a - b)
+  const at = (p: number) =>
+    sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]
+  return { p50: at(0.5), p99: at(0.99), p999: at(0.999), achieved: sorted.length / seconds, received: sorted.length }
+}
+
+/**
+ * Publishes at `rate` messages/s for the duration: every millisecond, the messages due so far, handed to `send` as
+ * one batch; each payload carries the time it was made.
+ */
+const paced = async (rate: number, ms: number, send: (payloads: ReadonlyArray<Buffer>) => void): Promise<void> => {
+  const start = performance.now()
+  let issued = 0
+  while (true) {
+    const elapsed = performance.now() - start
+    if (elapsed >= ms) return
+    const target = Math.floor((elapsed * rate) / 1000)
+    const batch: Array<Buffer> = []
+    for (; issued < target; issued++) {
+      const payload = Buffer.alloc(64)
+      payload.writeDoubleLE(performance.now(), 0)
+      batch.push(payload)
+    }
+    if (batch.length > 0) send(batch)
+    await sleep(1)
+  }
+}
+
+const latencyEffect = (broker: Broker, rate: number, qos: 0 | 1): Promise<Latency> =>
+  Effect.scoped(Effect.gen(function*() {
+    const topic = fresh("lat/effect")
+    const sub = yield* MqttClient.make({ url: broker.url })
+    const pub = yield* MqttClient.make({ url: broker.url, maxInflight: 1000 })
+    yield* sub.subscribe(topic, { qos })
+    const samples: Array<number> = []
+    let measuring = false
+    yield* Effect.forkScoped(Stream.runForEachArray(sub.messages, (messages) =>
+      Effect.sync(() => {
+        const now = performance.now()
+        if (!measuring) return
+        for (const m of messages) samples.push(now - Buffer.from(m.payload).readDoubleLE(0))
+      })))
+    // one fiber per batch, a publish per message in it, not waited for
+    const publish = (payloads: ReadonlyArray<Buffer>) =>
+      Effect.runFork(
+        Effect.forEach(payloads, (payload) => pub.publish(topic, payload, { qos }), {
+          concurrency: "unbounded",
+          discard: true
+        })
+      )
+    yield* Effect.promise(() => paced(rate, LATENCY_WARMUP_MS, publish))
+    measuring = true
+    yield* Effect.promise(() => paced(rate, LATENCY_SECONDS * 1000, publish))
+    yield* Effect.promise(() => sleep(300))
+    measuring = false
+    return percentiles(samples, LATENCY_SECONDS)
+  })).pipe(Effect.runPromise)
+
+const latencyMqttJs = async (broker: Broker, rate: number, qos: 0 | 1): Promise<Latency> => {
+  const topic = fresh("lat/mqttjs")
+  const sub = await mqtt.connectAsync(broker.url, { reconnectPeriod: 0 })
+  const pub = await mqtt.connectAsync(broker.url, { reconnectPeriod: 0 })
+  try {
+    await sub.subscribeAsync(topic, { qos })
+    const samples: Array<number> = []
+    let measuring = false
+    sub.on("message", (_t, payload) => {
+      if (measuring) samples.push(performance.now() - payload.readDoubleLE(0))
+    })
+    const publish = (payloads: ReadonlyArray<Buffer>) => {
+      for (const payload of payloads) pub.publish(topic, payload, { qos })
+    }
+    await paced(rate, LATENCY_WARMUP_MS, publish)
+    measuring = true
+    await paced(rate, LATENCY_SECONDS * 1000, publish)
+    await sleep(300)
+    measuring = false
+    return percentiles(samples, LATENCY_SECONDS)
+  } finally {
+    sub.end(true)
+    pub.end(true)
+  }
+}
+
+const latency = async (broker: Broker) => {
+  const rows: Array<Array<string>> = []
+  const ms = (x: number) => fmt(x, 2)
+  for (const qos of [0, 1] as const) {
+    for (const rate of [1000, 5000, 20_000]) {
+      process.stderr.write(`  latency: QoS ${qos} at ${rate}/s\n`)
+      gc()
+      const e = await latencyEffect(broker, rate, qos)
+      gc()
+      const j = await latencyMqttJs(broker, rate, qos)
+      rows.push([
+        String(qos),
+        fmt(rate),
+        `${ms(e.p50)} / ${ms(e.p99)} / ${ms(e.p999)}`,
+        `${ms(j.p50)} / ${ms(j.p99)} / ${ms(j.p999)}`,
+        `${fmt(e.achieved)} / ${fmt(j.achieved)}`
+      ])
+    }
+  }
+  return `## Latency: publish to receive (MQTT 3.1.1, 64 B, ${LATENCY_SECONDS} s per point)\n\n` +
+    table(
+      ["QoS", "msg/s asked", "effect-mqtt p50 / p99 / p99.9 ms", "MQTT.js p50 / p99 / p99.9 ms", "received/s"],
+      rows
+    ) +
+    "\n\nPublisher and subscriber of one library in this process; the publisher is paced every millisecond.\n"
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// consumer group (child processes)
+// ---------------------------------------------------------------------------------------------------------
+
+const GROUP_MESSAGES = 30_000
+
+type MemberMessage = { readonly type: "count"; readonly count: number }
+
+const memberChild = async (kind: string, url: string, group: string, filter: string, member: string) => {
+  let count = 0
+  setInterval(() => process.send?.({ type: "count", count } satisfies MemberMessage), 50)
+  process.on("disconnect", () => process.exit(0))
+  if (kind === "effect") {
+    await Effect.runPromise(
+      ConsumerGroup.run({ client: { url }, group, filter, member, prefetch: 10 }, () =>
+        Effect.sync(() => {
+          count++
+        }))
+    )
+  } else {
+    const client = await mqtt.connectAsync(url, {
+      reconnectPeriod: 0,
+      protocolVersion: 5,
+      clientId: member,
+      properties: { receiveMaximum: 10 }
+    })
+    client.on("message", () => {
+      count++
+    })
+    await client.subscribeAsync(`$share/${group}/${filter}`, { qos: 1 })
+  }
+}
+
+const groupRun = async (broker: Broker, kind: string, members: number) => {
+  const run = fresh("g")
+  const filter = `grp/${run}/#`
+  const counts = new Array<number>(members).fill(0)
+  const children: Array<ChildProcess> = []
+  for (let i = 0; i < members; i++) {
+    const child = fork(fileURLToPath(import.meta.url), ["member", kind, broker.url, run, filter, `${run}-${i}`], {
+      execArgv: process.execArgv,
+      stdio: ["ignore", "ignore", "inherit", "ipc"]
+    })
+    child.on("message", (message) => {
+      counts[i] = (message as MemberMessage).count
+    })
+    children.push(child)
+  }
+  try {
+    return await Effect.scoped(Effect.gen(function*() {
+      const pub = yield* MqttClient.make({ url: broker.url, protocolVersion: 5, maxInflight: 1000 })
+      // warm-up: until every member has had a message (the round robin reaches each once all have subscribed)
+      for (let k = 0; counts.some((c) => c === 0); k++) {
+        if (k > 400) return { error: "members did not subscribe" }
+        yield* pub.publish(`grp/${run}/warm`, "w", { qos: 1 })
+        yield* Effect.promise(() => sleep(25))
+      }
+      yield* Effect.promise(() => sleep(300))
+      const base = [...counts]
+      const total = () => counts.reduce((a, c) => a + c, 0) - base.reduce((a, c) => a + c, 0)
+      const start = performance.now()
+      yield* Effect.forEach(
+        Array.from({ length: GROUP_MESSAGES }, (_, i) => i),
+        (i) => pub.publish(`grp/${run}/work`, String(i), { qos: 1 }),
+        { concurrency: 1000, discard: true }
+      )
+      const done = yield* Effect.promise(() => waitFor(() => total() >= GROUP_MESSAGES, 120_000))
+      const ms = performance.now() - start
+      return {
+        rate: (total() / ms) * 1000,
+        each: counts.map((c, i) => c - base[i]),
+        ...(done ? {} : { error: `${total()} of ${GROUP_MESSAGES} received` })
+      }
+    })).pipe(Effect.runPromise)
+  } finally {
+    for (const child of children) child.kill("SIGKILL")
+  }
+}
+
+const groups = async (broker: Broker) => {
+  const rows: Array<Array<string>> = []
+  for (const members of [1, 2, 4]) {
+    for (const [kind, label] of [["effect", "effect-mqtt ConsumerGroup"], ["mqttjs", "MQTT.js"]] as const) {
+      process.stderr.write(`  group: ${members} ${label}\n`)
+      const r = await groupRun(broker, kind, members)
+      rows.push([
+        String(members),
+        label,
+        "rate" in r ? fmt(r.rate) : "-",
+        "each" in r ? r.each.map((c) => fmt(c)).join(" / ") : "",
+        r.error ?? ""
+      ])
+    }
+  }
+  return `## Consumer group: ${fmt(GROUP_MESSAGES)} QoS 1 messages on one $share group (MQTT 5, prefetch 10)\n\n` +
+    table(["processes", "consumers", "total msg/s", "messages each got", "note"], rows) +
+    `\n\nOne process per consumer, the publisher in this process; ${Os.cpus().length} cores for all of them and ` +
+    "the broker.\n"
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// main
+// ---------------------------------------------------------------------------------------------------------
+
+const mqttVersion = () => {
+  try {
+    return (createRequire(import.meta.url)("mqtt/package.json") as { version: string }).version
+  } catch {
+    return "?"
+  }
+}
+
+const main = async () => {
+  const watchdog = setTimeout(() => {
+    console.log("\nscale: watchdog fired (20 min): giving up")
+    process.exit(0)
+  }, 20 * 60 * 1000)
+  watchdog.unref()
+  const broker = await startBroker()
+  const started = performance.now()
+  console.log(
+    `# Scale: effect-mqtt vs MQTT.js ${mqttVersion()}\n\nnode ${process.version}, Mosquitto on 127.0.0.1:${broker.port}, ` +
+      `${Os.cpus().length} cores (shared with the broker and, on a shared machine, with whatever else runs: ` +
+      `compare the libraries within one run).\n`
+  )
+  const sections: Record<string, (b: Broker) => Promise<string>> = {
+    routing,
+    clients,
+    payload: payloads,
+    latency,
+    group: groups
+  }
+  try {
+    for (const name of SECTIONS) {
+      const section = sections[name]
+      if (section === undefined) continue
+      const brokerCpu = procCpu(broker.pid)
+      const t = performance.now()
+      try {
+        console.log(await section(broker))
+      } catch (error) {
+        console.log(`## ${name}: failed: ${String(error)}\n`)
+      }
+      process.stderr.write(
+        `  ${name}: ${fmt((performance.now() - t) / 1000, 1)} s, broker CPU ${
+          fmt(procCpu(broker.pid) - brokerCpu, 1)
+        } s\n`
+      )
+    }
+  } finally {
+    await broker.stop()
+  }
+  console.log(`(${fmt((performance.now() - started) / 1000)} s in all)`)
+  process.exit(0)
+}
+
+const [role, ...args] = process.argv.slice(2)
+if (role === "clients") {
+  clientsChild(args[0], args[1], Number(args[2])).then(
+    (result) => process.send?.(result),
+    (error) => process.send?.({ error: String(error) })
+  )
+} else if (role === "member") {
+  memberChild(args[0], args[1], args[2], args[3], args[4]).catch((error) => {
+    process.stderr.write(`member failed: ${String(error)}\n`)
+    process.exit(1)
+  })
+} else {
+  void main()
+}

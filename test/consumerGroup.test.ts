@@ -1,0 +1,233 @@
+/**
+ * Consumer groups on a private Mosquitto (MQTT 5 shared subscriptions): three member processes share
+ * `$share/work/work/#`; 30,000 QoS 1 and 10,000 QoS 2 messages are published while one member is killed
+ * (SIGKILL) midway. Every message is handled at least once by the group; a QoS 2 message is handled twice only
+ * if the killed member had handled it and its PUBREC had not left (at most its prefetch); what the killed member
+ * held, and what Mosquitto went on dealing its session, is adopted and handled by the others.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Cause, Effect, Exit, Fiber, Stream } from "effect"
+import { ConsumerGroup, MqttClient, MqttError, type MqttMessage } from "effect-mqtt"
+import { type ChildProcess, spawn } from "node:child_process"
+import * as Path from "node:path"
+import { mosquitto } from "./support/Mosquitto.ts"
+import { SOURCE_CONDITION } from "./support/peers.ts"
+
+const MEMBER = Path.join(import.meta.dirname, "fixtures", "group-member.ts")
+
+const sleepReal = (ms: number) => Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, ms)))
+
+/** Polls a condition every 20 ms; dies with `what` after `seconds` (a guard against a hang, not a timing claim). */
+const until = (what: string, condition: () => boolean, seconds = 120, diagnose: () => string = () => "") =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + seconds * 1000
+    while (!condition()) {
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`${what}: not within ${seconds} s${diagnose()}`))
+      yield* sleepReal(20)
+    }
+  })
+
+interface Member {
+  readonly name: string
+  readonly child: ChildProcess
+  /** `topic payload` of each message handled, in order */
+  readonly handled: Array<string>
+  /** members it adopted, with how many messages each */
+  readonly adopted: Array<readonly [string, number]>
+  readonly output: () => string
+}
+
+const member = (options: ConsumerGroup.Options) =>
+  Effect.acquireRelease(
+    Effect.sync((): Member => {
+      const child = spawn(process.execPath, [SOURCE_CONDITION, MEMBER, JSON.stringify(options)], { stdio: "pipe" })
+      const handled: Array<string> = []
+      const adopted: Array<readonly [string, number]> = []
+      let partial = ""
+      let stderr = ""
+      child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+        const lines = (partial + chunk).split("\n")
+        partial = lines.pop() ?? ""
+        for (const line of lines) {
+          if (line.startsWith("msg ")) handled.push(line.slice(4))
+          const adoption = /adopted (\S+) \((\d+)\)/.exec(line)
+          if (adoption !== null) adopted.push([adoption[1], Number(adoption[2])])
+        }
+      })
+      child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
+      return { name: options.member, child, handled, adopted, output: () => stderr }
+    }),
+    (m) => Effect.sync(() => m.child.kill("SIGKILL"))
+  )
+
+describe("a consumer group across three processes on Mosquitto", () => {
+  it.live(
+    "30,000 QoS 1 and 10,000 QoS 2 messages, one member killed midway: QoS 1 handled at least once, QoS 2 once (but what the dead member had handled), its messages adopted by the others",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({ protocolConfig: "max_queued_messages 0\nlog_type subscribe" })
+        const group = { client: { url: broker.url }, group: "work", filter: "work/#", qos: 2, prefetch: 10 } as const
+        const members = [
+          yield* member({ ...group, member: "member-1" }),
+          yield* member({ ...group, member: "member-2" }),
+          yield* member({ ...group, member: "member-3" })
+        ]
+        // each member subscribes to the work and to the group's notices
+        yield* until(
+          "three members subscribed",
+          () => broker.logs().split("\n").filter((line) => line.includes("$share/work/work/#")).length >= 3,
+          60
+        )
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        const qos1 = 30_000
+        const qos2 = 10_000
+        const plan = Array.from({ length: qos1 + qos2 }, (_, i) => i % 4 === 3 ? 2 : 1)
+        let published = 0
+        const victim = members[1]
+        let handledBeforeKill = -1
+        yield* Effect.forEach(
+          plan,
+          (qos, i) =>
+            Effect.gen(function*() {
+              yield* publisher.publish(`work/q${qos}`, String(i), { qos })
+              published++
+              if (published === Math.floor(plan.length * 0.4)) {
+                victim.child.kill("SIGKILL")
+                handledBeforeKill = victim.handled.length
+              }
+            }),
+          { concurrency: 100, discard: true }
+        )
+        const expected = plan.map((qos, i) => `work/q${qos} ${i}`)
+        const counts = new Map<string, number>()
+        let counted = 0
+        const count = () => {
+          counts.clear()
+          counted = 0
+          for (const m of members) {
+            for (const key of m.handled) {
+              counts.set(key, (counts.get(key) ?? 0) + 1)
+              counted++
+            }
+          }
+          return expected.every((key) => counts.has(key))
+        }
+        yield* until("every message handled by the group", count, 120, () => {
+          const missing = expected.filter((key) => !counts.has(key))
+          return `\n${missing.length} missing, first ${JSON.stringify(missing.slice(0, 10))}; per member ${
+            JSON.stringify(members.map((m) => [m.handled.length, m.adopted, m.output().slice(-2000)]))
+          }`
+        })
+        const victimHandled = new Set(victim.handled)
+        const duplicatesQos2 = [...counts].filter(([key, n]) => key.startsWith("work/q2 ") && n > 1).map(([key]) => key)
+        const adoptions = members.flatMap((m) => m.adopted)
+        console.log(
+          `consumer group: ${expected.length} published, ${counted} handled; per member ${
+            JSON.stringify(members.map((m) => m.handled.length))
+          } (member-2 killed after ${handledBeforeKill}); adoptions ${JSON.stringify(adoptions)}; ` +
+            `${[...counts.values()].filter((n) => n > 1).length} handled twice, ${duplicatesQos2.length} of them QoS 2`
+        )
+        // QoS 2 twice only for what the killed member had handled, at most its prefetch
+        expect(duplicatesQos2.filter((key) => !victimHandled.has(key))).toEqual([])
+        expect(duplicatesQos2.length).toBeLessThanOrEqual(group.prefetch)
+        // the killed member's session was adopted by another member, which handled what it held
+        const adopted = adoptions.filter(([name]) => name === "member-2")
+        expect(adopted.length).toBe(1)
+        expect(adopted[0][1]).toBeGreaterThan(0)
+        // nobody adopted a member that was alive
+        expect(adoptions.length).toBe(1)
+      }),
+    300_000
+  )
+})
+
+describe("prefetch: Receive Maximum on MQTT 5", () => {
+  it.live(
+    "a member that does not acknowledge holds no more than its prefetch; Mosquitto keeps the rest of its round-robin share until it does, while the other member goes on",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({ protocolConfig: "max_queued_messages 0\nlog_type subscribe" })
+        const group = { client: { url: broker.url }, group: "prefetch", filter: "jobs/#", prefetch: 10 } as const
+        let fast = 0
+        const fastMember = yield* Effect.forkChild(
+          ConsumerGroup.run({ ...group, member: "fast" }, () => Effect.sync(() => fast++))
+        )
+        // the slow member: the same client options, a consumer that takes messages and does not acknowledge them
+        const slow = yield* MqttClient.make(ConsumerGroup.memberOptions({ ...group, member: "slow" }))
+        yield* slow.subscribe("$share/prefetch/jobs/#", { qos: 1 })
+        const held: Array<MqttMessage.MqttMessage> = []
+        yield* Effect.forkChild(Stream.runForEach(slow.messages, (message) =>
+          Effect.sync(() => {
+            held.push(message)
+          })))
+        yield* until(
+          "the fast member subscribed",
+          () => broker.logs().split("\n").some((l) => l.includes(" fast ") && l.includes("$share/prefetch/jobs/#")),
+          30
+        )
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        for (let i = 0; i < 100; i++) yield* publisher.publish("jobs/x", String(i), { qos: 1 })
+        yield* until("the fast member handled its share", () => fast === 50, 30)
+        // the broker dealt the slow member 50, but sent it only 10: nothing more without an acknowledgement
+        yield* sleepReal(500)
+        expect(held.length).toBe(10)
+        expect(fast).toBe(50)
+        // each acknowledgement lets one more through, until the slow member had its whole share
+        while (held.length < 50) {
+          const before = held.length
+          yield* Effect.forEach(held.slice(0), (message) => message.ack, { discard: true })
+          yield* until("more came after the acknowledgements", () => held.length > before || held.length === 50, 30)
+        }
+        expect(held.length + fast).toBe(100)
+        yield* Fiber.interrupt(fastMember)
+      }),
+    120_000
+  )
+})
+
+const assertOption = <A>(exit: Exit.Exit<A, MqttError.MqttError>, option: string) => {
+  const failure = Exit.isFailure(exit) ? exit.cause.reasons.find(Cause.isFailReason) : undefined
+  expect(failure?.error).toBeInstanceOf(MqttError.InvalidOptionError)
+  expect((failure?.error as MqttError.InvalidOptionError).option).toBe(option)
+}
+
+describe("ConsumerGroup options", () => {
+  const invalid: ReadonlyArray<readonly [string, Partial<ConsumerGroup.Options>, string]> = [
+    ["a group name with a slash", { group: "a/b" }, "group"],
+    ["an empty member name", { member: "" }, "member"],
+    ["a shared filter (the group adds $share itself)", { filter: "$share/x/jobs/#" }, "filter"],
+    ["an invalid filter", { filter: "jobs/#/more" }, "filter"],
+    ["a prefetch of 0", { prefetch: 0 }, "prefetch"],
+    ["a concurrency of 0", { concurrency: 0 }, "concurrency"]
+  ]
+  for (const [name, override, option] of invalid) {
+    it.effect(`${name} is an InvalidOptionError naming ${option}, before connecting`, () =>
+      Effect.gen(function*() {
+        const options = { group: "g", filter: "jobs/#", member: "m", ...override }
+        assertOption(yield* Effect.exit(ConsumerGroup.run(options, () => Effect.void)), option)
+        assertOption(yield* Effect.exit(ConsumerGroup.adopt(options, "other", () => Effect.void)), option)
+      }))
+  }
+
+  it("memberOptions: MQTT 5, the member as client identifier, a persistent session, prefetch as Receive Maximum, manual acknowledgement, the will that names it, DISCONNECT 0x04", () => {
+    const options = ConsumerGroup.memberOptions({
+      client: { url: "mqtt://broker:1883", keepAlive: 30 },
+      group: "orders",
+      filter: "orders/#",
+      member: "worker-7",
+      prefetch: 5
+    })
+    expect(options).toMatchObject({
+      url: "mqtt://broker:1883",
+      keepAlive: 30,
+      protocolVersion: 5,
+      clientId: "worker-7",
+      cleanStart: false,
+      sessionExpiryInterval: 3600,
+      receiveMaximum: 5,
+      acknowledgement: "manual",
+      will: { topic: "effect-mqtt/groups/orders/left", payload: "worker-7", qos: 1 },
+      disconnect: { reasonCode: 4 }
+    })
+  })
+})

@@ -1,0 +1,587 @@
+/**
+ * Failover across the nodes of a `url` list and MQTT 5 Server References, against scripted fake brokers (one per
+ * node): the order of attempts (the next node, the lost one last), one schedule delay per full round (on
+ * TestClock), which node `connection.broker` and `statusChanges` name, what the session carries to the next node
+ * (Session Present 0: restore and resend as new; Session Present 1: resend with DUP), errors that name the node,
+ * and `followServerReference`: followed only to the hosts it allows, never from TLS to plaintext.
+ */
+import { assert, describe, expect, it } from "@effect/vitest"
+import { Cause, Duration, Effect, Exit, Fiber, Logger, Schedule, Stream } from "effect"
+import { MqttClient, MqttError } from "effect-mqtt"
+import { TestClock } from "effect/testing"
+import * as Net from "node:net"
+import * as Tls from "node:tls"
+import { makeCerts } from "./support/certs.ts"
+import * as FakeBroker from "./support/FakeBroker.ts"
+
+/** Lets real I/O happen (the fake brokers and the client talk over real sockets, even on TestClock). */
+const settle = Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 30)))
+const sleepReal = (ms: number) => Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, ms)))
+
+const fast = Schedule.spaced("10 millis")
+
+/** Every status the client reports from now on (the current one first). */
+const record = (client: MqttClient.Client) =>
+  Effect.gen(function*() {
+    const seen: Array<MqttClient.ConnectionStatus> = []
+    yield* Effect.forkChild(
+      Stream.runForEach(client.statusChanges, (status) => Effect.sync(() => seen.push(status))),
+      { startImmediately: true }
+    )
+    yield* Effect.yieldNow
+    return seen
+  })
+
+/** Waits (real time, at most 10 s) until the last status is the one described. */
+const awaitLast = (statuses: ReadonlyArray<MqttClient.ConnectionStatus>, described: string) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + 10_000
+    while (statuses.length === 0 || brief(statuses.at(-1)!) !== described) {
+      if (Date.now() > deadline) {
+        return yield* Effect.die(new Error(`never "${described}": ${JSON.stringify(statuses.map(brief))}`))
+      }
+      yield* sleepReal(10)
+    }
+  })
+
+/** Waits (real time) until the client is connected to `broker`. */
+const awaitConnectedTo = (client: MqttClient.Client, broker: string) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + 10_000
+    while (client.connection.broker !== broker || (yield* client.status)._tag !== "Connected") {
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`never connected to ${broker}`))
+      yield* sleepReal(10)
+    }
+  })
+
+/** A status in a few words, for comparing sequences. */
+const brief = (s: MqttClient.ConnectionStatus): string =>
+  s._tag === "Connecting"
+    ? `Connecting ${s.attempt} ${s.broker}`
+    : s._tag === "Connected"
+    ? `Connected ${s.info.broker}${s.movedFrom === undefined ? "" : ` from ${s.movedFrom}`}`
+    : s._tag === "Disconnected"
+    ? `Disconnected ${s.retryIn === undefined ? "-" : Duration.toMillis(s.retryIn)} ms`
+    : `Closed ${s.cause?._tag ?? ""}`
+
+/** The typed failure of an exit; fails the test on a success or a defect. */
+const errorOf = <A, E>(exit: Exit.Exit<A, E>): E => {
+  if (Exit.isSuccess(exit)) return assert.fail("expected a failure, got a success")
+  const failure = exit.cause.reasons.find(Cause.isFailReason)
+  if (failure === undefined) return assert.fail(`expected a typed failure, got ${Cause.pretty(exit.cause)}`)
+  return failure.error
+}
+
+/** Runs an effect with a logger that keeps every line. */
+const logged = <A, E, R>(effect: Effect.Effect<A, E, R>, lines: Array<string>) =>
+  Effect.provide(
+    effect,
+    Logger.layer([Logger.make((options) => lines.push(`${options.logLevel} ${String(options.message)}`))])
+  )
+
+const fakes = (n: number, protocolVersion: 4 | 5 = 4) =>
+  Effect.all(Array.from({ length: n }, () => FakeBroker.make({ protocolVersion })))
+
+const text = (packet: { readonly payload: Buffer | string | Uint8Array }) => Buffer.from(packet.payload).toString()
+
+/** A port nothing listens on. */
+const closedPort = Effect.promise(() =>
+  new Promise<number>((resolve) => {
+    const server = Net.createServer()
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as Net.AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
+)
+
+// ---------------------------------------------------------------------------------------------------------------
+// the list of nodes
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("a list of brokers", () => {
+  it.live("the first connection tries the nodes in order: a node that is down is skipped", () =>
+    Effect.gen(function*() {
+      const [b] = yield* fakes(1)
+      const down = `mqtt://127.0.0.1:${yield* closedPort}`
+      const lines: Array<string> = []
+      const fiber = yield* Effect.forkChild(logged(MqttClient.make({ url: [down, b.url], reconnect: fast }), lines))
+      yield* b.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      expect(client.connection.broker).toBe(b.url)
+      const status = yield* client.status
+      assert(status._tag === "Connected")
+      expect(status.info.broker).toBe(b.url)
+      expect(status.movedFrom).toBeUndefined()
+      // the skipped node is named in a warning that says where the client goes next
+      expect(lines.filter((l) => l.startsWith("Warn"))).toEqual([
+        expect.stringMatching(new RegExp(`^Warn Could not connect to the broker at ${down}: .*; trying ${b.url} now$`))
+      ])
+    }))
+
+  it.live("when every node is down, the first connection fails with the last node's error, naming it", () =>
+    Effect.gen(function*() {
+      const urls = [`mqtt://127.0.0.1:${yield* closedPort}`, `mqtt://127.0.0.1:${yield* closedPort}`]
+      const error = errorOf(yield* Effect.exit(MqttClient.make({ url: urls })))
+      assert(error instanceof MqttError.ConnectionLostError, String(error))
+      expect([error.broker, error.phase]).toEqual([urls[1], "connecting"])
+      expect(error.message).toContain(`Could not connect to the broker at ${urls[1]}`)
+    }))
+
+  it.effect(
+    "a lost connection goes to the next node, then the others, the lost one last; one schedule delay per full round",
+    () =>
+      Effect.gen(function*() {
+        const [a, b, c] = yield* fakes(3)
+        const fiber = yield* Effect.forkChild(
+          MqttClient.make({ url: [a.url, b.url, c.url], keepAlive: 0, reconnect: Schedule.exponential("100 millis") })
+        )
+        const first = yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        const statuses = yield* record(client)
+        yield* first.connection.destroy
+        yield* awaitLast(statuses, "Disconnected 100 ms")
+        // the first round waits the schedule's first delay, then tries B, C and A one after the other
+        expect(b.connections.length).toBe(0)
+        yield* TestClock.adjust("99 millis")
+        yield* settle
+        expect(b.connections.length).toBe(0)
+        yield* TestClock.adjust("1 millis")
+        for (const node of [b, c, a]) {
+          const refused = yield* node.accept
+          yield* refused.expect("connect")
+          yield* refused.connack({ returnCode: 3 })
+          yield* refused.closed
+        }
+        // the second round waits the second delay (200 ms), then begins again with B, which accepts
+        yield* awaitLast(statuses, "Disconnected 200 ms")
+        expect(b.connections.length).toBe(1)
+        yield* TestClock.adjust("199 millis")
+        yield* settle
+        expect(b.connections.length).toBe(1)
+        yield* TestClock.adjust("1 millis")
+        yield* b.acceptAndConnack()
+        yield* awaitLast(statuses, `Connected ${b.url} from ${a.url}`)
+        expect(statuses.map(brief)).toEqual([
+          `Connected ${a.url}`,
+          "Disconnected 100 ms",
+          `Connecting 1 ${b.url}`,
+          "Disconnected 0 ms",
+          `Connecting 2 ${c.url}`,
+          "Disconnected 0 ms",
+          `Connecting 3 ${a.url}`,
+          "Disconnected 200 ms",
+          `Connecting 4 ${b.url}`,
+          `Connected ${b.url} from ${a.url}`
+        ])
+        // each failed attempt's error names its own node
+        const causes = statuses.flatMap((s) => s._tag === "Disconnected" ? [s.cause] : [])
+        expect(causes.map((e) => "broker" in e ? e.broker : undefined)).toEqual([a.url, b.url, c.url, a.url])
+        expect(client.connection.broker).toBe(b.url)
+        // and the next loss, on B, goes to C first (the backoff goes on: the connection lasted less than a second)
+        yield* b.connections[1].destroy
+        yield* awaitLast(statuses, "Disconnected 400 ms")
+        yield* TestClock.adjust("400 millis")
+        yield* c.acceptAndConnack()
+        yield* awaitLast(statuses, `Connected ${c.url} from ${b.url}`)
+      })
+  )
+
+  it.live("a single URL in a list behaves as the URL: the client comes back to it, and no move is reported", () =>
+    Effect.gen(function*() {
+      const [a] = yield* fakes(1)
+      const fiber = yield* Effect.forkChild(MqttClient.make({ url: [a.url], reconnect: fast }))
+      const first = yield* a.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      const statuses = yield* record(client)
+      yield* first.connection.destroy
+      yield* a.acceptAndConnack()
+      yield* awaitLast(statuses, `Connected ${a.url}`)
+      expect(statuses.map(brief)).toEqual([
+        `Connected ${a.url}`,
+        "Disconnected 10 ms",
+        `Connecting 1 ${a.url}`,
+        `Connected ${a.url}`
+      ])
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// the session goes along
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("the session moves with the client", () => {
+  it.live(
+    "Session Present 0 on the next node: subscriptions are restored there and the unacknowledged QoS 1 publish is sent again, before new ones",
+    () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2)
+        const fiber = yield* Effect.forkChild(MqttClient.make({ url: [a.url, b.url], reconnect: fast }))
+        const onA = yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        const subscribed = yield* Effect.forkChild(client.subscribe("sensors/#", { qos: 1 }))
+        const subscribe = yield* onA.connection.expect("subscribe")
+        yield* onA.connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
+        yield* Fiber.join(subscribed)
+        const pending = yield* Effect.forkChild(client.publish("out", "in flight", { qos: 1 }))
+        const first = yield* onA.connection.expect("publish")
+        yield* onA.connection.destroy
+        const onB = yield* b.accept
+        const connect = yield* onB.expect("connect")
+        expect(connect.clean).toBe(true)
+        yield* onB.connack({ sessionPresent: false })
+        const restore = yield* onB.expect("subscribe")
+        expect(restore.subscriptions.map((s) => [s.topic, s.qos])).toEqual([["sensors/#", 1]])
+        yield* onB.send({ cmd: "suback", messageId: restore.messageId!, granted: [1] })
+        const resent = yield* onB.expect("publish")
+        expect([resent.topic, text(resent), resent.qos]).toEqual(["out", "in flight", 1])
+        expect(text(first)).toBe("in flight")
+        yield* onB.send({ cmd: "puback", messageId: resent.messageId! })
+        yield* Fiber.join(pending)
+        expect(client.connection.broker).toBe(b.url)
+      })
+  )
+
+  it.live(
+    "Session Present 1 on the next node (a cluster that shares sessions): the publish is resent with DUP and its identifier, nothing is resubscribed",
+    () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const fiber = yield* Effect.forkChild(
+          MqttClient.make({
+            url: [a.url, b.url],
+            protocolVersion: 5,
+            clientId: "shared-session",
+            cleanStart: false,
+            sessionExpiryInterval: 600,
+            reconnect: fast
+          })
+        )
+        const onA = yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        const subscribed = yield* Effect.forkChild(client.subscribe("sensors/#", { qos: 1 }))
+        const subscribe = yield* onA.connection.expect("subscribe")
+        yield* onA.connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
+        yield* Fiber.join(subscribed)
+        const pending = yield* Effect.forkChild(client.publish("out", "in flight", { qos: 1 }))
+        const first = yield* onA.connection.expect("publish")
+        yield* onA.connection.destroy
+        const onB = yield* b.accept
+        const connect = yield* onB.expect("connect")
+        expect([connect.clean, connect.clientId]).toEqual([false, "shared-session"])
+        yield* onB.connack({ sessionPresent: true })
+        const resent = yield* onB.expect("publish")
+        expect([resent.messageId, resent.dup, text(resent)]).toEqual([first.messageId, true, "in flight"])
+        yield* onB.send({ cmd: "puback", messageId: resent.messageId!, reasonCode: 0 })
+        yield* Fiber.join(pending)
+        yield* onB.expectSilence(200)
+        expect(client.connection.sessionPresent).toBe(true)
+      })
+  )
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// Server Reference
+// ---------------------------------------------------------------------------------------------------------------
+
+/** A v5 client on `a` that follows what `follow` allows, connected; and the status changes from then on. */
+const connectedV5 = (
+  a: FakeBroker.FakeBroker,
+  options: Partial<MqttClient.Options> = {}
+) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.forkChild(
+      MqttClient.make({ url: a.url, protocolVersion: 5, reconnect: fast, ...options })
+    )
+    const { connection } = yield* a.acceptAndConnack()
+    const client = yield* Fiber.join(fiber)
+    const statuses = yield* record(client)
+    return { client, connection, statuses }
+  })
+
+const disconnectTo = (connection: FakeBroker.FakeConnection, reasonCode: number, serverReference: string) =>
+  connection.send({ cmd: "disconnect", reasonCode, properties: { serverReference } })
+
+describe("followServerReference", () => {
+  for (const code of [0x9c, 0x9d]) {
+    it.live(`DISCONNECT 0x${code.toString(16)} to an allowed host:port: the client connects there next`, () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const { client, connection, statuses } = yield* connectedV5(a, { followServerReference: ["127.0.0.1"] })
+        yield* disconnectTo(connection, code, `127.0.0.1:${b.port}`)
+        yield* b.acceptAndConnack()
+        yield* awaitConnectedTo(client, b.url)
+        const last = statuses.at(-1)
+        assert(last?._tag === "Connected")
+        expect(last.movedFrom).toBe(a.url)
+        const disconnected = statuses.find((s) => s._tag === "Disconnected")
+        assert(disconnected?._tag === "Disconnected")
+        assert(disconnected.cause instanceof MqttError.ConnectionLostError)
+        expect([disconnected.cause.reasonCode, disconnected.cause.serverReference]).toEqual([
+          code,
+          `127.0.0.1:${b.port}`
+        ])
+        // the broker that sent the client away gets no attempt in between
+        expect(a.connections.length).toBe(1)
+      }))
+  }
+
+  it.live("CONNACK 0x9C on the first connection is followed at once; the layer is built on the referenced server", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2, 5)
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: a.url, protocolVersion: 5, followServerReference: [`127.0.0.1:${b.port}`] })
+      )
+      const onA = yield* a.accept
+      yield* onA.expect("connect")
+      yield* onA.connack({ reasonCode: 0x9c, properties: { serverReference: `127.0.0.1:${b.port}` } })
+      yield* b.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      expect(client.connection.broker).toBe(b.url)
+    }))
+
+  it.live("when the connection on the referenced server is lost, the client goes back to its own list", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2, 5)
+      const { client, connection } = yield* connectedV5(a, { followServerReference: ["127.0.0.1"] })
+      yield* disconnectTo(connection, 0x9c, `127.0.0.1:${b.port}`)
+      const onB = yield* b.acceptAndConnack()
+      yield* onB.connection.destroy
+      yield* a.acceptAndConnack()
+      yield* awaitConnectedTo(client, a.url)
+      expect(b.connections.length).toBe(1)
+    }))
+
+  it.live("a predicate sees the target and decides: refused, then allowed", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2, 5)
+      const seen: Array<MqttClient.ServerReferenceTarget> = []
+      let allow = false
+      const { client, connection } = yield* connectedV5(a, {
+        followServerReference: (target) => {
+          seen.push(target)
+          return allow
+        }
+      })
+      yield* disconnectTo(connection, 0x9c, `127.0.0.1:${b.port}`)
+      // refused: 0x9C is retried on the list, that is on A
+      const second = yield* a.acceptAndConnack()
+      expect(b.connections.length).toBe(0)
+      allow = true
+      yield* disconnectTo(second.connection, 0x9d, `127.0.0.1:${b.port}`)
+      yield* b.acceptAndConnack()
+      yield* awaitConnectedTo(client, b.url)
+      expect(seen).toEqual([
+        { url: b.url, host: "127.0.0.1", port: b.port, reasonCode: 0x9c, from: a.url },
+        { url: b.url, host: "127.0.0.1", port: b.port, reasonCode: 0x9d, from: a.url }
+      ])
+    }))
+
+  it.live("a list of references is followed to its first allowed entry", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2, 5)
+      const { client, connection } = yield* connectedV5(a, { followServerReference: [`127.0.0.1:${b.port}`] })
+      yield* disconnectTo(connection, 0x9c, `elsewhere.invalid:1883 127.0.0.1:${b.port}`)
+      yield* b.acceptAndConnack()
+      yield* awaitConnectedTo(client, b.url)
+    }))
+
+  const refusals: ReadonlyArray<
+    readonly [string, (b: FakeBroker.FakeBroker) => string, MqttClient.Options["followServerReference"], string]
+  > = [
+    ["without followServerReference", (b) => `127.0.0.1:${b.port}`, undefined, "followServerReference is not set"],
+    [
+      "to a host the list does not name",
+      (b) => `localhost:${b.port}`,
+      ["127.0.0.1"],
+      "followServerReference does not allow it"
+    ],
+    [
+      "to another port than the list pins",
+      (b) => `127.0.0.1:${b.port}`,
+      ["127.0.0.1:1"],
+      "followServerReference does not allow it"
+    ],
+    [
+      "with credentials in the reference",
+      (b) => `mqtt://user:pass@127.0.0.1:${b.port}`,
+      ["127.0.0.1"],
+      "it carries credentials, which are only taken from the client's options"
+    ],
+    [
+      "to a Unix socket",
+      () => "unix:///tmp/broker.sock",
+      () => true,
+      "a Server Reference cannot lead to a Unix socket"
+    ],
+    ["that is not an address", () => "not/an-address", () => true, "not a host, host:port or URL"],
+    ["when the predicate throws", (b) => `127.0.0.1:${b.port}`, () => {
+      throw new Error("boom")
+    }, "followServerReference does not allow it"]
+  ]
+  for (const [name, reference, follow, reason] of refusals) {
+    it.live(`DISCONNECT 0x9D ${name}: not followed, the client stops with the reference, and a warning says why`, () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const lines: Array<string> = []
+        const { client, connection, statuses } = yield* logged(
+          connectedV5(a, follow === undefined ? {} : { followServerReference: follow }),
+          lines
+        )
+        const ref = reference(b)
+        yield* logged(disconnectTo(connection, 0x9d, ref), lines)
+        const error = errorOf(yield* Effect.exit(client.awaitClose))
+        assert(error instanceof MqttError.ConnectionLostError, String(error))
+        expect([error.reasonCode, error.serverReference, error.broker]).toEqual([0x9d, ref, a.url])
+        yield* sleepReal(100)
+        expect(b.connections.length).toBe(0)
+        expect(a.connections.length).toBe(1)
+        expect(statuses.at(-1)?._tag).toBe("Closed")
+        expect(lines).toContain(`Warn MQTT not following the server reference "${ref}" of ${a.url}: ${reason}`)
+      }))
+  }
+
+  it.live("DISCONNECT 0x9C not followed: the client reconnects to its list as before", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2, 5)
+      const { client, connection } = yield* connectedV5(a, { followServerReference: ["10.0.0.1"] })
+      yield* disconnectTo(connection, 0x9c, `127.0.0.1:${b.port}`)
+      yield* a.acceptAndConnack()
+      yield* awaitConnectedTo(client, a.url)
+      expect(b.connections.length).toBe(0)
+    }))
+
+  it.live("two brokers that refer the client to each other: at most 3 references are followed per round", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2, 5)
+      const refuseTo = (broker: FakeBroker.FakeBroker, other: FakeBroker.FakeBroker) =>
+        Effect.gen(function*() {
+          const connection = yield* broker.accept
+          yield* connection.expect("connect")
+          yield* connection.connack({ reasonCode: 0x9c, properties: { serverReference: `127.0.0.1:${other.port}` } })
+        })
+      const fiber = yield* Effect.forkChild(
+        Effect.exit(MqttClient.make({ url: a.url, protocolVersion: 5, followServerReference: ["127.0.0.1"] }))
+      )
+      yield* refuseTo(a, b)
+      yield* refuseTo(b, a)
+      yield* refuseTo(a, b)
+      yield* refuseTo(b, a)
+      const error = errorOf(yield* Fiber.join(fiber))
+      assert(error instanceof MqttError.ConnectRefusedError, String(error))
+      expect([error.reasonCode, error.broker]).toEqual([0x9c, b.url])
+      yield* sleepReal(100)
+      expect([a.connections.length, b.connections.length]).toEqual([2, 2])
+    }))
+
+  it.live("MQTT 3.1.1 has no Server Reference: a CONNACK refusal is reported as before", () =>
+    Effect.gen(function*() {
+      const [a] = yield* fakes(1)
+      const fiber = yield* Effect.forkChild(
+        Effect.exit(MqttClient.make({ url: a.url, followServerReference: () => true }))
+      )
+      const onA = yield* a.accept
+      yield* onA.expect("connect")
+      yield* onA.connack({ returnCode: 5 })
+      const error = errorOf(yield* Fiber.join(fiber))
+      assert(error instanceof MqttError.ConnectRefusedError)
+      expect(error.reasonCode).toBe(5)
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// Server Reference and TLS
+// ---------------------------------------------------------------------------------------------------------------
+
+/** A TLS listener for `localhost` in front of a fake broker: the client speaks TLS, the fake broker plaintext. */
+const tlsFront = (broker: FakeBroker.FakeBroker, key: string, cert: string) =>
+  Effect.acquireRelease(
+    Effect.promise(() =>
+      new Promise<Tls.Server>((resolve) => {
+        const server = Tls.createServer({ key, cert }, (secure) => {
+          const plain = Net.connect({ host: "127.0.0.1", port: broker.port })
+          secure.pipe(plain).pipe(secure)
+          const end = () => {
+            secure.destroy()
+            plain.destroy()
+          }
+          secure.on("error", end).on("close", end)
+          plain.on("error", end).on("close", end)
+        })
+        server.listen(0, "127.0.0.1", () => resolve(server))
+      })
+    ),
+    (server) => Effect.promise(() => new Promise<void>((resolve) => server.close(() => resolve())))
+  ).pipe(Effect.map((server) => (server.address() as Net.AddressInfo).port))
+
+describe("followServerReference never leaves TLS", () => {
+  it.live(
+    "from mqtts://, a reference to an mqtt:// URL is refused even when its host is allowed, and one to host:port stays on TLS",
+    () =>
+      Effect.gen(function*() {
+        const certs = makeCerts()
+        yield* Effect.addFinalizer(() => Effect.sync(() => certs.dispose()))
+        const [a, plain, b] = yield* fakes(3, 5)
+        const key = certs.read(certs.server.key)
+        const cert = certs.read(certs.server.cert)
+        const aPort = yield* tlsFront(a, key, cert)
+        const bPort = yield* tlsFront(b, key, cert)
+        const lines: Array<string> = []
+        const fiber = yield* Effect.forkChild(logged(
+          MqttClient.make({
+            url: `mqtts://localhost:${aPort}`,
+            tls: { ca: certs.read(certs.ca.cert) },
+            protocolVersion: 5,
+            reconnect: fast,
+            followServerReference: ["localhost", "127.0.0.1"]
+          }),
+          lines
+        ))
+        const first = yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        // to plaintext: refused, so 0x9C is retried on the list (A, over TLS again)
+        const downgrade = `mqtt://127.0.0.1:${plain.port}`
+        yield* logged(disconnectTo(first.connection, 0x9c, downgrade), lines)
+        const second = yield* a.acceptAndConnack()
+        yield* sleepReal(100)
+        expect(plain.connections.length).toBe(0)
+        expect(lines).toContain(
+          `Warn MQTT not following the server reference "${downgrade}" of mqtts://localhost:${aPort}: it leads from TLS to a plaintext connection`
+        )
+        // to host:port: the scheme is the node's own, mqtts; the certificate of localhost is verified
+        yield* disconnectTo(second.connection, 0x9d, `localhost:${bPort}`)
+        yield* b.acceptAndConnack()
+        yield* awaitConnectedTo(client, `mqtts://localhost:${bPort}`)
+      })
+  )
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// options
+// ---------------------------------------------------------------------------------------------------------------
+
+describe("failover options", () => {
+  const invalid: ReadonlyArray<readonly [string, MqttClient.Options, string]> = [
+    ["an empty list", { url: [] }, "url"],
+    ["a list mixing TLS and plaintext", { url: ["mqtts://a:8883", "mqtt://b:1883"] }, "url"],
+    ["a malformed URL in a list, named by its position", { url: ["mqtt://a:1883", "http://b"] }, "url[1]"],
+    ["a list with a custom transport", {
+      url: ["mqtt://a:1883", "mqtt://b:1883"],
+      transport: Effect.die("unused")
+    }, "url"],
+    [
+      "followServerReference that is neither a list nor a function",
+      { followServerReference: "host" as unknown as ReadonlyArray<string> },
+      "followServerReference"
+    ],
+    ["followServerReference with an empty host", { followServerReference: [""] }, "followServerReference"]
+  ]
+  for (const [name, options, option] of invalid) {
+    it.effect(`${name} is an InvalidOptionError naming ${option}, before any connection`, () =>
+      Effect.gen(function*() {
+        const error = errorOf(yield* Effect.exit(MqttClient.make(options)))
+        assert(error instanceof MqttError.InvalidOptionError, String(error))
+        expect(error.option).toBe(option)
+      }))
+  }
+})
