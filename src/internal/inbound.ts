@@ -22,12 +22,13 @@ export class Inbound {
   /** records in arrival order, not yet acknowledged */
   private line: Array<InboundRecord> = []
   private head = 0
-  private readonly byId: Array<InboundRecord | undefined> = new Array(65536)
+  // maps and sets, not 65,536-entry tables: a client holds a few of them, and an idle client costs little
+  private readonly byId = new Map<number, InboundRecord>()
   /** QoS 2 identifiers whose PUBREC was sent: a resent PUBLISH is answered, not delivered, until PUBREL */
-  private readonly awaitingRelease = new Uint8Array(65536)
+  private readonly awaitingRelease = new Set<number>()
   private releasing = 0
   /** QoS 1 identifiers acknowledged right after a reconnect: the broker's resend may cross the PUBACK */
-  private readonly ackedOnResume = new Uint8Array(65536)
+  private readonly ackedOnResume = new Set<number>()
   private epoch = 0
   private unacknowledged = 0
   /** topic aliases the broker set on this connection */
@@ -95,7 +96,7 @@ export class Inbound {
    */
   admit(packet: Packets.Publish, out: Output): InboundRecord | typeof DUPLICATE | undefined {
     const id = packet.id
-    const held = this.byId[id]
+    const held = this.byId.get(id)
     if (held !== undefined) {
       // the same identifier while the client still holds the message: a resend (DUP set [MQTT-3.3.1-1]) is not
       // delivered again; a QoS 2 one never is before PUBREL [MQTT-4.3.3]. A QoS 1 PUBLISH without DUP is a new
@@ -107,12 +108,11 @@ export class Inbound {
         out.warnings.push(`the broker reused packet identifier ${id} while its message was unacknowledged`)
       }
     }
-    if (packet.qos === 2 && this.awaitingRelease[id] === 1) {
+    if (packet.qos === 2 && this.awaitingRelease.has(id)) {
       out.acks.push(Codec.PUBREC, id)
       return DUPLICATE
     }
-    if (this.ackedOnResume[id] === 1) {
-      this.ackedOnResume[id] = 0
+    if (this.ackedOnResume.delete(id)) {
       if (packet.dup && packet.qos === 1) {
         out.acks.push(Codec.PUBACK, id)
         return DUPLICATE
@@ -133,7 +133,7 @@ export class Inbound {
       }
     }
     const record = new InboundRecord(id, packet.qos as 1 | 2, this.epoch)
-    this.byId[id] = record
+    this.byId.set(id, record)
     this.line.push(record)
     this.unacknowledged++
     return record
@@ -153,17 +153,17 @@ export class Inbound {
       const record = this.line[this.head]
       if (record.pending > 0) break
       this.head++
-      this.byId[record.id] = undefined
+      this.byId.delete(record.id)
       this.unacknowledged--
       if (record.qos === 1) {
         out.acks.push(Codec.PUBACK, record.id)
-        if (resuming) this.ackedOnResume[record.id] = 1
+        if (resuming) this.ackedOnResume.add(record.id)
       } else {
         // a durable session records the identifier before the PUBREC is written: after a restart, a resent
         // PUBLISH is still answered, not delivered again
         out.journal?.push({ t: "a", id: record.id })
         out.acks.push(Codec.PUBREC, record.id)
-        this.awaitingRelease[record.id] = 1
+        this.awaitingRelease.add(record.id)
         this.releasing++
       }
     }
@@ -179,12 +179,12 @@ export class Inbound {
   /** PUBREL: the QoS 2 flow ends with PUBCOMP; an unknown identifier is answered too (our PUBCOMP may be lost). */
   onPubrel(ack: Packets.Ack, out: Output): void {
     const id = ack.id
-    if (this.awaitingRelease[id] === 1) {
-      this.awaitingRelease[id] = 0
+    if (this.awaitingRelease.has(id)) {
+      this.awaitingRelease.delete(id)
       this.releasing--
       out.journal?.push({ t: "x", id })
       out.acks.push(Codec.PUBCOMP, id)
-    } else if (this.byId[id] !== undefined) {
+    } else if (this.byId.has(id)) {
       out.fail(violation(this.version, `a PUBREL for packet ${id} before its PUBREC was sent`, 0x82))
     } else if (this.version === 5) {
       out.acks.pushWithReason(Codec.PUBCOMP, id, 0x92)
@@ -204,9 +204,9 @@ export class Inbound {
       this.epoch++
       this.line = []
       this.head = 0
-      this.byId.fill(undefined)
-      this.awaitingRelease.fill(0)
-      this.ackedOnResume.fill(0)
+      this.byId.clear()
+      this.awaitingRelease.clear()
+      this.ackedOnResume.clear()
       this.releasing = 0
       this.unacknowledged = 0
       return
@@ -217,8 +217,8 @@ export class Inbound {
   /** Puts back the QoS 2 identifiers of a stored session that await PUBREL. */
   restore(awaitingRelease: Iterable<number>): void {
     for (const id of awaitingRelease) {
-      if (this.awaitingRelease[id] === 0) this.releasing++
-      this.awaitingRelease[id] = 1
+      if (!this.awaitingRelease.has(id)) this.releasing++
+      this.awaitingRelease.add(id)
     }
   }
 

@@ -3,7 +3,8 @@
  * flow that holds one is unfinished. Plain state: callers that find none free wait in the session's own lines.
  */
 export class PacketIds {
-  private readonly used = new Uint8Array(65536)
+  /** one bit per identifier (8 KiB, not 64) */
+  private readonly used = new Uint32Array(2048)
   private next = 1
   private count = 0
 
@@ -16,8 +17,8 @@ export class PacketIds {
   acquire(): number {
     if (this.count >= 65535) return 0
     let id = this.next
-    while (this.used[id] === 1) id = id === 65535 ? 1 : id + 1
-    this.used[id] = 1
+    while (this.has(id)) id = id === 65535 ? 1 : id + 1
+    this.used[id >>> 5] |= 1 << (id & 31)
     this.count++
     this.next = id === 65535 ? 1 : id + 1
     return id
@@ -25,21 +26,21 @@ export class PacketIds {
 
   /** Marks an identifier in use (a stored session restored with its identifiers). */
   claim(id: number): void {
-    if (this.used[id] === 1) return
-    this.used[id] = 1
+    if (this.has(id)) return
+    this.used[id >>> 5] |= 1 << (id & 31)
     this.count++
   }
 
   /** Frees an identifier; freeing one not in use does nothing. */
   release(id: number): void {
-    if (this.used[id] === 0) return
-    this.used[id] = 0
+    if (!this.has(id)) return
+    this.used[id >>> 5] &= ~(1 << (id & 31))
     this.count--
   }
 
   /** Whether an identifier is in use. */
   has(id: number): boolean {
-    return this.used[id] === 1
+    return (this.used[id >>> 5] & (1 << (id & 31))) !== 0
   }
 }
 

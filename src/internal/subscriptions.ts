@@ -294,8 +294,13 @@ export class Subscriptions {
       } else if (request.changes !== undefined) {
         this.revert(request.changes, spec.filter)
       } else if (kind === "Subscribe") {
-        this.broker.delete(spec.filter)
-        out.warnings.push(`the broker refused to restore the subscription to "${spec.filter}" (${hex(codes[i])})`)
+        // a restore the broker refused (NATS does while it elects a leader): callers were told the client holds
+        // it, so it stays held and is asked for again on the next connection
+        this.uncertain.add(spec.filter)
+        out.warnings.push(
+          `the broker refused to restore the subscription to "${spec.filter}" (${hex(codes[i])}); it is asked for ` +
+            `again on the next connection`
+        )
       }
     })
     this.store(out)
