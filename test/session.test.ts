@@ -344,6 +344,27 @@ describe("session: subscriptions", () => {
     expect((h.take() as Array<any>).map((p) => p.subscriptions.map((s: any) => s.topic))).toEqual([["plant/b/status"]])
   })
 
+  it("a restore the broker refuses is asked for again on the next connection: callers were told the client holds it", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    const s = h.subscribe(MESSAGES, [spec("a/#")])
+    h.receive({ _tag: "Suback", id: s.id, codes: [1] })
+    h.take()
+    h.lose(lost)
+    h.connect(false)
+    const [restore] = h.take() as Array<any>
+    h.receive({ _tag: "Suback", id: restore.messageId, codes: [0x80] })
+    expect(h.warnings.some((w) => w.includes("refused to restore"))).toBe(true)
+    for (const present of [true, false]) {
+      h.lose(lost)
+      h.connect(present)
+      const [again] = h.take() as Array<any>
+      expect([again.cmd, again.subscriptions[0].topic]).toEqual(["subscribe", "a/#"])
+      h.receive({ _tag: "Suback", id: again.messageId, codes: [1] })
+    }
+    expect([...h.session.subscriptions.brokerFilters().keys()]).toEqual(["a/#"])
+  })
+
   it("a SUBSCRIBE at a new QoS in flight when the session is lost is sent again, not restored at the old QoS", () => {
     const h = new Harness({ protocolVersion: 4, cleanStart: false })
     h.connect()

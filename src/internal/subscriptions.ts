@@ -296,6 +296,7 @@ export class Subscriptions {
       } else if (kind === "Subscribe") {
         // a restore the broker refused (NATS does while it elects a leader): callers were told the client holds
         // it, so it stays held and is asked for again on the next connection
+        this.broker.set(spec.filter, { spec, identifier: request.identifier })
         this.uncertain.add(spec.filter)
         out.warnings.push(
           `the broker refused to restore the subscription to "${spec.filter}" (${hex(codes[i])}); it is asked for ` +
