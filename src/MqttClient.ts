@@ -25,7 +25,6 @@
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
-import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -39,6 +38,8 @@ import type * as Stream from "effect/Stream"
 import type * as IncomingQueue from "./IncomingQueue.ts"
 import * as Broker from "./internal/broker.ts"
 import * as internal from "./internal/client.ts"
+import { MqttClient } from "./internal/service.ts"
+import * as Transport from "./internal/transport.ts"
 import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
 import type * as MqttSessionStore from "./MqttSessionStore.ts"
@@ -671,13 +672,16 @@ export interface Client {
  */
 export const defaultReconnect: Schedule.Schedule<Duration.Duration> = internal.defaultReconnect
 
-/**
- * The client service tag.
- *
- * @since 0.1.0
- * @category services
- */
-export class MqttClient extends Context.Service<MqttClient, Client>()("effect-mqtt/MqttClient") {}
+export {
+  /**
+   * The client service tag. It is the same service on every platform: the layers of `effect-mqtt` (Node.js)
+   * and of `effect-mqtt/browser` both provide it.
+   *
+   * @since 0.1.0
+   * @category services
+   */
+  MqttClient
+}
 
 /**
  * Connects and returns a client that lives as long as the enclosing scope. Most applications use
@@ -686,7 +690,8 @@ export class MqttClient extends Context.Service<MqttClient, Client>()("effect-mq
  * @since 0.1.0
  * @category constructors
  */
-export const make: (options?: Options) => Effect.Effect<Client, MqttError.MqttError, Scope.Scope> = internal.make
+export const make = (options: Options = {}): Effect.Effect<Client, MqttError.MqttError, Scope.Scope> =>
+  internal.make(options, Transport.platform)
 
 /**
  * A layer that connects when built (waiting for CONNACK) and disconnects when released: DISCONNECT is sent,
@@ -701,7 +706,7 @@ export const make: (options?: Options) => Effect.Effect<Client, MqttError.MqttEr
  * @category layers
  */
 export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.MqttError> =>
-  Layer.effect(MqttClient, internal.make(options))
+  Layer.effect(MqttClient, make(options))
 
 /**
  * The options read from the environment through Effect `Config`:
@@ -784,7 +789,7 @@ export const layerConfig = (
         ? { ...fromConfig, ...overrides }
         : { ...fromConfig, ...overrides, tls: { ...fromConfig.tls, ...overrides.tls } }
       const refused = tlsWithPlaintext(fromConfig, merged, options === config)
-      return refused === undefined ? internal.make(merged) : Effect.fail(refused)
+      return refused === undefined ? make(merged) : Effect.fail(refused)
     })
   )
 

@@ -16,12 +16,12 @@ import { Deliveries } from "./delivery.ts"
 import { Driver } from "./driver.ts"
 import * as Operations from "./operations.ts"
 import { invalid, resolveOptions } from "./options.ts"
+import type { Platform } from "./platform.ts"
 import * as RequestResponse from "./requestResponse.ts"
 import { Session } from "./session.ts"
 import { clear, JournalWriter, load, prefixOf, type SessionStore } from "./store.ts"
 import { closedByClient, Supervisor } from "./supervisor.ts"
 import { ClientMetrics, receiveSpan } from "./telemetry.ts"
-import * as Transport from "./transport.ts"
 
 export { defaultReconnect } from "./options.ts"
 
@@ -64,9 +64,13 @@ const filtersOf = (
   (Array.isArray(filters) ? filters : [filters as string | MqttClient.Subscription])
     .map((f) => typeof f === "string" ? f : f.filter).join(",")
 
-/** Connects and returns the client; releasing the scope disconnects. */
+/**
+ * Connects and returns the client; releasing the scope disconnects. The platform's transports make the socket
+ * (Node's entry passes transport.ts, the browser's browserTransport.ts).
+ */
 export const make = (
-  options: MqttClient.Options = {}
+  options: MqttClient.Options,
+  platform: Platform
 ): Effect.Effect<MqttClient.Client, MqttError.MqttError, Scope.Scope> =>
   Effect.gen(function*() {
     const o = yield* resolveOptions(options)
@@ -96,7 +100,7 @@ export const make = (
       metrics
     )
     driver = new Driver(session, deliveries, metrics, (warning) => Effect.runFork(Effect.logWarning(warning)))
-    const socket = yield* Transport.makeSocket(o.endpoint, options)
+    const socket = yield* platform.makeSocket(o.endpoint, options)
     const writer = yield* socket.writer
     // the parent of every connection's scope, made before the finalizer that sends DISCONNECT, so that on
     // release it closes after it: the connection is still open when the DISCONNECT is written

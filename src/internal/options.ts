@@ -4,24 +4,24 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Base64Url from "effect/encoding/Base64Url"
 import * as LogLevel from "effect/LogLevel"
 import * as Random from "effect/Random"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
-import { Buffer } from "node:buffer"
-import * as Crypto from "node:crypto"
 import * as IncomingQueue from "../IncomingQueue.ts"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import type { QoS } from "../MqttMessage.ts"
+import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
 import { capacityOf } from "./queue.ts"
 import type { SessionStore } from "./store.ts"
 import { nameProblem } from "./topic.ts"
-import * as Transport from "./transport.ts"
+import * as Url from "./url.ts"
 
 export interface Resolved {
-  readonly endpoint: Transport.Endpoint
+  readonly endpoint: Url.Endpoint
   readonly clientId: string
   readonly protocolVersion: 3 | 4 | 5
   readonly keepAlive: number
@@ -85,7 +85,7 @@ export const isUint = (n: unknown, max: number): n is number =>
 
 export const isQoS = (n: unknown): n is QoS => n === 0 || n === 1 || n === 2
 
-const randomClientId = (): string => "effect-mqtt-" + Crypto.randomBytes(8).toString("base64url").slice(0, 10)
+const randomClientId = (): string => "effect-mqtt-" + Base64Url.encode(Bytes.random(8)).slice(0, 10)
 
 export const decodeDuration = (option: string, input: Duration.Input | undefined, fallback: Duration.Duration) => {
   if (input === undefined) return Effect.succeed(fallback)
@@ -96,7 +96,7 @@ export const decodeDuration = (option: string, input: Duration.Input | undefined
 }
 
 export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
-  const endpoint = yield* Transport.parseUrl(options.url ?? "mqtt://localhost:1883")
+  const endpoint = yield* Url.parseUrl(options.url ?? "mqtt://localhost:1883")
   const protocolVersion = options.protocolVersion ?? 4
   if (protocolVersion !== 3 && protocolVersion !== 4 && protocolVersion !== 5) {
     return yield* invalid("protocolVersion", "expected 3 (MQTT 3.1), 4 (MQTT 3.1.1) or 5 (MQTT 5.0)")
@@ -258,10 +258,10 @@ export const encodeConnect = (o: Resolved, clientId: string, clean: boolean) =>
       clean,
       keepAlive: o.keepAlive,
       username: o.username,
-      password: o.password === undefined ? undefined : Buffer.from(Redacted.value(o.password)),
+      password: o.password === undefined ? undefined : Bytes.utf8(Redacted.value(o.password)),
       will: o.will === undefined ? undefined : {
         topic: o.will.topic,
-        payload: typeof o.will.payload === "string" ? Buffer.from(o.will.payload) : o.will.payload,
+        payload: typeof o.will.payload === "string" ? Bytes.utf8(o.will.payload) : o.will.payload,
         qos: o.will.qos ?? 0,
         retain: o.will.retain ?? false,
         properties: o.will.properties
