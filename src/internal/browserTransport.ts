@@ -88,14 +88,15 @@ const makeWebSocket = (
 /**
  * Refuses text frames: MQTT over WebSocket is carried in binary frames only [MQTT-6.0.0-1]. The read fails with
  * a `ProtocolError`, and closing the connection's scope closes the WebSocket (a browser may only close with
- * 1000 or 3000-4999, so not with 1003 as on Node).
+ * 1000 or 3000-4999, so not with 1003 as on Node). A browser's error events say nothing of their cause: the
+ * failure then says what it may be.
  */
 const binaryOnly = (socket: Socket.Socket): Socket.Socket =>
   Socket.make({
     writer: socket.writer,
-    reader: Effect.map(socket.reader, (reader) => ({
+    reader: Effect.map(Effect.mapError(socket.reader, explained), (reader) => ({
       pull: Effect.flatMap(
-        reader.pull,
+        Effect.mapError(reader.pull, explained),
         (chunks): Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError> => {
           for (let i = 0; i < chunks.length; i++) {
             if (typeof chunks[i] === "string") return Effect.fail(textFrame())
@@ -115,3 +116,27 @@ const textFrame = () =>
       })
     })
   })
+
+/** A socket error whose cause is a browser's error event, with a cause that says what it may be. */
+const explained = (error: Socket.SocketError): Socket.SocketError => {
+  const reason = error.reason
+  if (!("cause" in reason) || reason.cause instanceof Error || MqttError.isMqttError(reason.cause)) return error
+  switch (reason._tag) {
+    case "SocketOpenError":
+      return reason.kind === "Timeout" ? error : new Socket.SocketError({
+        reason: new Socket.SocketOpenError({
+          kind: "Unknown",
+          cause: new Error(
+            "the browser could not open the WebSocket and does not say why (no broker at this address, a server " +
+              "that refuses the subprotocol mqtt, or a certificate the browser does not trust)"
+          )
+        })
+      })
+    case "SocketReadError":
+      return new Socket.SocketError({
+        reason: new Socket.SocketReadError({ cause: new Error("the WebSocket failed (the browser does not say why)") })
+      })
+    default:
+      return error
+  }
+}
