@@ -15,7 +15,8 @@
  * `BENCH_BASE=/path/to/checkout` names the other tree (its `src/internal/*.ts` are imported); without it only
  * this tree is measured. Each row runs `BENCH_ROUNDS` (default 7) rounds of `BENCH_ITERATIONS` (default
  * 1,000,000) operations per tree, alternating which goes first, after a warm-up, and prints the median
- * nanoseconds per operation, the range, and this/base (below 1 is faster).
+ * nanoseconds per operation, the range, and this/base (below 1 is faster) of the medians and of the minimums (on a
+ * busy machine the minimum, the round least disturbed, is the steadier figure).
  *
  * Run with `npm exec -- node bench/codec.ts`. Always exits with 0: it is a report.
  */
@@ -184,7 +185,7 @@ console.log(
 console.log(
   `${"row".padEnd(44)} ${"this ns".padStart(7)} ${"range".padStart(13)} ${"base ns".padStart(7)} ${
     "range".padStart(13)
-  }  this/base`
+  }  this/base (median, min)`
 )
 for (const row of rows) {
   const other = row.currentOnly === true ? undefined : base
@@ -206,7 +207,8 @@ for (const row of rows) {
   if (theirs.length === 0) console.log(line)
   else {
     const t = median(theirs)
-    console.log(`${line} ${fmt(t)} ${range(theirs)}  ${(m / t).toFixed(2)}`)
+    const ratio = `${(m / t).toFixed(2)}, ${(Math.min(...mine) / Math.min(...theirs)).toFixed(2)}`
+    console.log(`${line} ${fmt(t)} ${range(theirs)}  ${ratio}`)
   }
 }
 if (sink === 0.5) console.log(sink)

@@ -152,7 +152,7 @@ const peer = async () => {
 }
 
 interface Harness {
-  connect(options: object): Promise<void>
+  connect(options: object, durable?: boolean): Promise<void>
   connectError(options: object): Promise<{ tag: string; option?: string; message: string } | "ok">
   subscribe(filter: string, qos: 0 | 1 | 2): Promise<Array<number>>
   publish(topic: string, payload: string | Array<number>, qos: 0 | 1 | 2): Promise<void>
@@ -162,6 +162,7 @@ interface Harness {
   status(): Promise<string>
   close(): Promise<void>
   nodeGlobals(): Array<string>
+  storageKeys(): Array<string>
 }
 declare const harness: Harness
 /** The little of the DOM that the example page's checks read (the tests are type-checked without the DOM). */
@@ -302,6 +303,24 @@ describe("in Chromium", () => {
     await page.close()
   })
 
+  it("a durable session keeps its journal in the page's localStorage (KeyValueStore.layerStorage)", async () => {
+    const page = await openPage("/")
+    await waitUntil(page, () => "harness" in globalThis, "the page loaded")
+    const url = `ws://127.0.0.1:${broker.port}/mqtt`
+    const options = { url, clientId: "browser-durable", cleanStart: false }
+    await page.evaluate((options) => harness.connect(options, true), options)
+    assert.deepStrictEqual(await page.evaluate(() => harness.subscribe("durable/#", 1)), [1])
+    await page.evaluate(() => harness.publish("durable/a", "kept", 1))
+    await waitUntil(page, () => harness.received().some((m) => m.text === "kept"), "the QoS 1 message back")
+    await page.evaluate(() => harness.close())
+    const keys = await page.evaluate(() => harness.storageKeys())
+    assert.isTrue(
+      keys.some((key) => key.startsWith("effect-mqtt/v1/") && key.includes("browser-durable")),
+      String(keys)
+    )
+    await page.close()
+  })
+
   it("the example page (examples/browser) connects, shows what MQTT.js publishes, and publishes what is typed", async () => {
     const page = await openPage(`/example/?url=ws://127.0.0.1:${broker.port}/mqtt`)
     await waitUntil(page, () => document.getElementById("status")?.textContent === "connected", "connected")
@@ -326,5 +345,13 @@ describe("in Chromium", () => {
       await other.endAsync(true)
     }
     await page.close()
+  })
+})
+
+describe("the documentation", () => {
+  it("docs/browsers.md shows the example page's main.ts as it is, the code these tests run", () => {
+    const doc = Fs.readFileSync(Path.join(root, "docs/browsers.md"), "utf8")
+    const main = Fs.readFileSync(Path.join(root, "examples/browser/main.ts"), "utf8")
+    assert.include(doc, "```ts\n" + main + "```")
   })
 })

@@ -5,6 +5,7 @@
  */
 import { Effect, Exit, Scope, Stream } from "effect"
 import { MqttClient } from "effect-mqtt/browser"
+import * as KeyValueStore from "effect/persistence/KeyValueStore"
 
 export interface Received {
   readonly topic: string
@@ -38,11 +39,20 @@ const the = (): MqttClient.Client => {
 }
 
 const harness = {
-  /** Connects; what arrives on `messages` and every status change are recorded from then on. */
-  connect: (options: MqttClient.Options): Promise<void> =>
+  /**
+   * Connects; what arrives on `messages` and every status change are recorded from then on. With `durable`, the
+   * session is kept in the page's `localStorage` through Effect's `KeyValueStore.layerStorage`.
+   */
+  connect: (options: MqttClient.Options, durable = false): Promise<void> =>
     run(Effect.gen(function*() {
       const s = yield* Scope.make()
-      const c = yield* MqttClient.make(options).pipe(Scope.provide(s))
+      const store = durable
+        ? yield* Effect.service(KeyValueStore.KeyValueStore).pipe(
+          Effect.provide(KeyValueStore.layerStorage(() => (globalThis as { localStorage?: any }).localStorage)),
+          Effect.map((kv) => ({ store: kv }))
+        )
+        : {}
+      const c = yield* MqttClient.make({ ...options, ...store }).pipe(Scope.provide(s))
       scope = s
       client = c
       yield* c.messages.pipe(
@@ -83,6 +93,8 @@ const harness = {
   errors: (): Array<string> => errors,
   status: (): Promise<string> => run(Effect.map(the().status, (s) => s._tag)),
   close: (): Promise<void> => scope === undefined ? Promise.resolve() : run(Scope.close(scope, Exit.void)),
+  /** The keys of the page's `localStorage`. */
+  storageKeys: (): Array<string> => Object.keys((globalThis as { localStorage?: object }).localStorage ?? {}),
   /** What the page's global scope has of Node.js: nothing, in a browser. */
   nodeGlobals: (): Array<string> => ["Buffer", "process", "require"].filter((name) => name in globalThis)
 }
