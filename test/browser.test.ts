@@ -18,13 +18,13 @@ import * as esbuild from "esbuild"
 import * as mqtt from "mqtt"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
-import { builtinModules } from "node:module"
 import type * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { type BrowserContext, chromium, type Page } from "playwright-core"
 import { bundle as bundleExample } from "../examples/browser/build.ts"
 import type { Received } from "./browser/harness.ts"
+import { namesBuffer, noNodeBuiltins, packagesOf } from "./support/browserBundle.ts"
 import { type AedesWsHandle, startAedesWs } from "./support/wsBroker.ts"
 
 const root = Path.resolve(import.meta.dirname, "..")
@@ -43,21 +43,7 @@ const FLAGS = [
 // the bundle
 // ---------------------------------------------------------------------------------------------------------------
 
-const builtins = new Set(builtinModules)
-
-/** Whether an import names a Node.js built-in module: `node:*`, `buffer`, `fs/promises`... */
-const isBuiltin = (path: string): boolean => path.startsWith("node:") || builtins.has(path.split("/")[0])
-
-/** Fails the build on any import of a Node.js built-in, naming it and its importer. */
-const noNodeBuiltins: esbuild.Plugin = {
-  name: "no-node-builtins",
-  setup(build) {
-    build.onResolve({ filter: /.*/ }, (args) =>
-      isBuiltin(args.path)
-        ? { errors: [{ text: `Node.js built-in "${args.path}" imported by ${Path.relative(root, args.importer)}` }] }
-        : undefined)
-  }
-}
+const noNode = noNodeBuiltins(root)
 
 const forBrowsers: esbuild.BuildOptions = {
   bundle: true,
@@ -67,7 +53,7 @@ const forBrowsers: esbuild.BuildOptions = {
   write: false,
   metafile: true,
   conditions: ["effect-mqtt-source"],
-  plugins: [noNodeBuiltins],
+  plugins: [noNode],
   logLevel: "silent"
 }
 
@@ -78,20 +64,12 @@ const bundleImport = async (specifier: string) => {
       ...forBrowsers,
       stdin: { contents: `export * from "${specifier}"`, resolveDir: root, loader: "ts" }
     })
-    const packages = new Set(
-      Object.keys(result.metafile!.inputs).flatMap((input) => {
-        const match = /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(input)
-        return match === null ? [] : [match[1]]
-      })
-    )
+    const packages = packagesOf(result.metafile!)
     return { _tag: "Built" as const, text: result.outputFiles![0].text, packages, inputs: result.metafile!.inputs }
   } catch (error) {
     return { _tag: "Failed" as const, errors: (error as esbuild.BuildFailure).errors.map((e) => e.text) }
   }
 }
-
-/** `Buffer` as an identifier of its own (not `ArrayBuffer`, not `AckBuffer`). */
-const namesBuffer = /(?<![\w$])Buffer(?![\w$])/
 
 describe("the browser bundle", () => {
   it("effect-mqtt/browser bundles for browsers with no Node.js built-in, no Buffer, and no package but effect", async () => {
@@ -173,7 +151,7 @@ describe("in Chromium", () => {
     if (!Fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`)
     broker = await startAedesWs()
     const harness = await esbuild.build({ ...forBrowsers, entryPoints: [Path.join(root, "test/browser/harness.ts")] })
-    const example = await bundleExample([noNodeBuiltins])
+    const example = await bundleExample([noNode])
     const files: Record<string, { readonly type: string; readonly body: string }> = {
       "/": { type: "text/html", body: `<!doctype html><script type="module" src="/harness.js"></script>` },
       "/harness.js": { type: "text/javascript", body: harness.outputFiles![0].text },
