@@ -38,7 +38,7 @@ import type * as Stream from "effect/Stream"
 import type * as IncomingQueue from "./IncomingQueue.ts"
 import * as Broker from "./internal/broker.ts"
 import * as internal from "./internal/client.ts"
-import { MqttClient } from "./internal/service.ts"
+import * as Service from "./internal/service.ts"
 import * as Transport from "./internal/transport.ts"
 import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
@@ -672,16 +672,22 @@ export interface Client {
  */
 export const defaultReconnect: Schedule.Schedule<Duration.Duration> = internal.defaultReconnect
 
-export {
-  /**
-   * The client service tag. It is the same service on every platform: the layers of `effect-mqtt` (Node.js)
-   * and of `effect-mqtt/browser` both provide it.
-   *
-   * @since 0.1.0
-   * @category services
-   */
-  MqttClient
-}
+/**
+ * The client service tag. It is the same service on every platform: the layers of `effect-mqtt` (Node.js)
+ * and of `effect-mqtt/browser` both provide it.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export const MqttClient: typeof Service.MqttClient = Service.MqttClient
+
+/**
+ * The client service, as a type: the same on every platform.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export type MqttClient = Service.MqttClient
 
 /**
  * Connects and returns a client that lives as long as the enclosing scope. Most applications use

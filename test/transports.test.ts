@@ -96,6 +96,8 @@ const roundTrip = (options: MqttClient.Options) =>
       [`${topic}/1`, "payload at QoS 1", 1],
       [`${topic}/2`, "payload at QoS 2", 2]
     ])
+    // on Node.js payloads are Buffers over every built-in transport, WebSocket included, as they always were
+    assert.isTrue(messages.every((m) => Buffer.isBuffer(m.payload)))
     return client.connection
   }))
 

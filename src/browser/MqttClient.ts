@@ -36,7 +36,7 @@ import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as BrowserTransport from "../internal/browserTransport.ts"
 import * as internal from "../internal/client.ts"
-import { MqttClient } from "../internal/service.ts"
+import * as Service from "../internal/service.ts"
 import type { Client, Options } from "../MqttClient.ts"
 import type * as MqttError from "../MqttError.ts"
 
@@ -48,16 +48,22 @@ import type * as MqttError from "../MqttError.ts"
  */
 export type * from "../MqttClient.ts"
 
-export {
-  /**
-   * The client service tag: the same service as `effect-mqtt`'s, so code written against `MqttClient.MqttClient`
-   * runs with either layer.
-   *
-   * @since 0.2.0
-   * @category services
-   */
-  MqttClient
-}
+/**
+ * The client service tag: the same service as `effect-mqtt`'s, so code written against `MqttClient.MqttClient`
+ * runs with either layer.
+ *
+ * @since 0.2.0
+ * @category services
+ */
+export const MqttClient: typeof Service.MqttClient = Service.MqttClient
+
+/**
+ * The client service, as a type: the same as `effect-mqtt`'s.
+ *
+ * @since 0.2.0
+ * @category services
+ */
+export type MqttClient = Service.MqttClient
 
 /**
  * The default `reconnect` schedule, as on Node: 100 ms, doubling each attempt, capped at 30 s, each delay drawn

@@ -452,7 +452,7 @@ const makeWebSocket = (
       // the client's connect timeout bounds the whole connection attempt; this only replaces the default 10 s
       { openTimeout }
     )
-    return explained(socket, "websocket", (chunks) => {
+    return explained(asBuffers(socket), "websocket", (chunks) => {
       for (let i = 0; i < chunks.length; i++) {
         if (typeof chunks[i] === "string") {
           // MQTT-6.0.0-1: data in anything but a binary frame closes the connection (1003: unsupported data)
@@ -464,4 +464,27 @@ const makeWebSocket = (
       }
       return undefined
     })
+  })
+
+/**
+ * Frames as Node `Buffer`s (views, not copies): Effect's WebSocket reads give plain `Uint8Array`s, and on Node the
+ * client hands on payloads as `Buffer`s, as over TCP, and reads their text through `Buffer`'s own fast paths.
+ */
+const asBuffers = (socket: Socket.Socket): Socket.Socket =>
+  Socket.make({
+    writer: socket.writer,
+    reader: Effect.map(socket.reader, (reader) => ({
+      pull: Effect.map(reader.pull, (chunks) => {
+        for (let i = 0; i < chunks.length; i++) {
+          const chunk = chunks[i]
+          if (typeof chunk !== "string" && !Buffer.isBuffer(chunk)) {
+            return chunks.map((c) =>
+              typeof c === "string" || Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength)
+            ) as unknown as Arr.NonEmptyReadonlyArray<Uint8Array | string>
+          }
+        }
+        return chunks
+      }),
+      upgrade: reader.upgrade
+    }))
   })
