@@ -130,7 +130,7 @@ const peer = async () => {
 }
 
 interface Harness {
-  connect(options: object, durable?: boolean): Promise<void>
+  connect(options: object, how?: { readonly durable?: boolean; readonly webSocketService?: boolean }): Promise<void>
   connectError(options: object): Promise<{ tag: string; option?: string; message: string } | "ok">
   subscribe(filter: string, qos: 0 | 1 | 2): Promise<Array<number>>
   publish(topic: string, payload: string | Array<number>, qos: 0 | 1 | 2): Promise<void>
@@ -141,6 +141,7 @@ interface Harness {
   close(): Promise<void>
   nodeGlobals(): Array<string>
   storageKeys(): Array<string>
+  constructed(): Array<string>
 }
 declare const harness: Harness
 /** The little of the DOM that the example page's checks read (the tests are type-checked without the DOM). */
@@ -286,7 +287,7 @@ describe("in Chromium", () => {
     await waitUntil(page, () => "harness" in globalThis, "the page loaded")
     const url = `ws://127.0.0.1:${broker.port}/mqtt`
     const options = { url, clientId: "browser-durable", cleanStart: false }
-    await page.evaluate((options) => harness.connect(options, true), options)
+    await page.evaluate((options) => harness.connect(options, { durable: true }), options)
     assert.deepStrictEqual(await page.evaluate(() => harness.subscribe("durable/#", 1)), [1])
     await page.evaluate(() => harness.publish("durable/a", "kept", 1))
     await waitUntil(page, () => harness.received().some((m) => m.text === "kept"), "the QoS 1 message back")

@@ -6,6 +6,7 @@
 import { Effect, Exit, Scope, Stream } from "effect"
 import { MqttClient } from "effect-mqtt/browser"
 import * as KeyValueStore from "effect/persistence/KeyValueStore"
+import * as Socket from "effect/socket/Socket"
 
 export interface Received {
   readonly topic: string
@@ -20,6 +21,8 @@ let client: MqttClient.Client | undefined
 const received: Array<Received> = []
 const statuses: Array<string> = []
 const errors: Array<string> = []
+/** the URLs given to the WebSocket constructor provided as a service, when one is */
+const constructed: Array<string> = []
 
 const describe = (error: unknown): string =>
   typeof error === "object" && error !== null && "_tag" in error
@@ -41,9 +44,14 @@ const the = (): MqttClient.Client => {
 const harness = {
   /**
    * Connects; what arrives on `messages` and every status change are recorded from then on. With `durable`, the
-   * session is kept in the page's `localStorage` through Effect's `KeyValueStore.layerStorage`.
+   * session is kept in the page's `localStorage` through Effect's `KeyValueStore.layerStorage`; with
+   * `webSocketService`, the WebSocket is made by a `Socket.WebSocketConstructor` service that records its URLs.
    */
-  connect: (options: MqttClient.Options, durable = false): Promise<void> =>
+  connect: (
+    options: MqttClient.Options,
+    { durable = false, webSocketService = false }: { readonly durable?: boolean; readonly webSocketService?: boolean } =
+      {}
+  ): Promise<void> =>
     run(Effect.gen(function*() {
       const s = yield* Scope.make()
       const store = durable
@@ -52,7 +60,14 @@ const harness = {
           Effect.map((kv) => ({ store: kv }))
         )
         : {}
-      const c = yield* MqttClient.make({ ...options, ...store }).pipe(Scope.provide(s))
+      const make = MqttClient.make({ ...options, ...store }).pipe(Scope.provide(s))
+      const c = yield* webSocketService
+        ? Effect.provideService(make, Socket.WebSocketConstructor, (url, protocols) => {
+          constructed.push(url)
+          const WebSocket = (globalThis as { WebSocket?: any }).WebSocket
+          return new WebSocket(url, protocols)
+        })
+        : make
       scope = s
       client = c
       yield* c.messages.pipe(
@@ -93,6 +108,7 @@ const harness = {
   errors: (): Array<string> => errors,
   status: (): Promise<string> => run(Effect.map(the().status, (s) => s._tag)),
   close: (): Promise<void> => scope === undefined ? Promise.resolve() : run(Scope.close(scope, Exit.void)),
+  constructed: (): Array<string> => constructed,
   /** The keys of the page's `localStorage`. */
   storageKeys: (): Array<string> => Object.keys((globalThis as { localStorage?: object }).localStorage ?? {}),
   /** What the page's global scope has of Node.js: nothing, in a browser. */
