@@ -12,6 +12,7 @@
  * The inputs are Node `Buffer`s, as Node's sockets give. The rows marked "Uint8Array" give the same bytes as
  * plain `Uint8Array`s, as a browser's WebSocket does (this tree only: the other may not accept them).
  *
+ * `BENCH_ONLY=text` keeps the rows whose name contains the text.
  * `BENCH_BASE=/path/to/checkout` names the other tree (its `src/internal/*.ts` are imported); without it only
  * this tree is measured. Each row runs `BENCH_ROUNDS` (default 7) rounds of `BENCH_ITERATIONS` (default
  * 1,000,000) operations per tree, alternating which goes first, after a warm-up, and prints the median
@@ -36,6 +37,7 @@ const envInt = (name: string, fallback: number): number => {
 const ROUNDS = envInt("BENCH_ROUNDS", 7)
 const ITERATIONS = envInt("BENCH_ITERATIONS", 1_000_000)
 const BASE = process.env.BENCH_BASE
+const ONLY = process.env.BENCH_ONLY
 
 interface Tree {
   readonly codec: typeof Codec
@@ -188,6 +190,7 @@ console.log(
   }  this/base (median, min)`
 )
 for (const row of rows) {
+  if (ONLY !== undefined && !row.name.includes(ONLY)) continue
   const other = row.currentOnly === true ? undefined : base
   row.run(current)
   if (other !== undefined) row.run(other)

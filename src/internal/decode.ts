@@ -32,8 +32,8 @@
  * properties by name (the order across names is lost, integer-like names first, and an empty value can be
  * lost), does not check reason codes, and its length checks depend on how the bytes were split into reads. Its
  * events fire synchronously and a parse error poisons its buffer. So nothing on the decode side stays on
- * mqtt-packet: each packet type is a few lines here, and one module holds every rule. mqtt-packet stays for
- * generating the packets the client has no own encoder for.
+ * mqtt-packet: each packet type is a few lines here, and one module holds every rule. The client encodes its
+ * packets itself too (codec.ts): mqtt-packet, which needs Node's `Buffer`, is left to the test broker.
  *
  * It is about 900 lines, over the project's usual 600, on purpose: every rule about bytes from the broker is in
  * this one module (the issue that asked for it: "kept in one module, not spread through the client"), and
