@@ -28,7 +28,6 @@
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
-import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -42,7 +41,9 @@ import type * as Stream from "effect/Stream"
 import type * as IncomingQueue from "./IncomingQueue.ts"
 import * as Broker from "./internal/broker.ts"
 import * as internal from "./internal/client.ts"
+import * as Service from "./internal/service.ts"
 import * as Telemetry from "./internal/telemetry.ts"
+import * as Transport from "./internal/transport.ts"
 import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
 import type * as MqttSessionStore from "./MqttSessionStore.ts"
@@ -745,12 +746,21 @@ export const defaultReconnect: Schedule.Schedule<Duration.Duration> = internal.d
 export const telemetry = Telemetry.metrics
 
 /**
- * The client service tag.
+ * The client service tag. It is the same service on every platform: the layers of `effect-mqtt` (Node.js)
+ * and of `effect-mqtt/browser` both provide it.
  *
  * @since 0.1.0
  * @category services
  */
-export class MqttClient extends Context.Service<MqttClient, Client>()("effect-mqtt/MqttClient") {}
+export const MqttClient: typeof Service.MqttClient = Service.MqttClient
+
+/**
+ * The client service, as a type: the same on every platform.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export type MqttClient = Service.MqttClient
 
 /**
  * Connects and returns a client that lives as long as the enclosing scope. Most applications use
@@ -759,7 +769,8 @@ export class MqttClient extends Context.Service<MqttClient, Client>()("effect-mq
  * @since 0.1.0
  * @category constructors
  */
-export const make: (options?: Options) => Effect.Effect<Client, MqttError.MqttError, Scope.Scope> = internal.make
+export const make = (options: Options = {}): Effect.Effect<Client, MqttError.MqttError, Scope.Scope> =>
+  internal.make(options, Transport.platform)
 
 /**
  * A layer that connects when built (waiting for CONNACK) and disconnects when released: DISCONNECT is sent,
@@ -774,7 +785,7 @@ export const make: (options?: Options) => Effect.Effect<Client, MqttError.MqttEr
  * @category layers
  */
 export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.MqttError> =>
-  Layer.effect(MqttClient, internal.make(options))
+  Layer.effect(MqttClient, make(options))
 
 /**
  * The options read from the environment through Effect `Config`:
@@ -857,7 +868,7 @@ export const layerConfig = (
         ? { ...fromConfig, ...overrides }
         : { ...fromConfig, ...overrides, tls: { ...fromConfig.tls, ...overrides.tls } }
       const refused = tlsWithPlaintext(fromConfig, merged, options === config)
-      return refused === undefined ? internal.make(merged) : Effect.fail(refused)
+      return refused === undefined ? make(merged) : Effect.fail(refused)
     })
   )
 

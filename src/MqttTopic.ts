@@ -53,9 +53,10 @@ import type * as SchemaIssue from "effect/SchemaIssue"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Types from "effect/Types"
+import { MqttClient as MqttClientService } from "./internal/service.ts"
 import * as Codecs from "./internal/topicCodec.ts"
 import * as Pattern from "./internal/topicPattern.ts"
-import * as MqttClient from "./MqttClient.ts"
+import type * as MqttClient from "./MqttClient.ts"
 import type * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
 
@@ -722,7 +723,7 @@ export const publish: {
 } = function(this: unknown, ...args: Array<any>): any {
   return isMqttTopic(args[0])
     ? Effect.flatMap(
-      Effect.service(MqttClient.MqttClient),
+      Effect.service(MqttClientService),
       (client) => publishWith(client, args[0], args[1], args[2], args[3])
     )
     : publishWith(args[0], args[1], args[2], args[3], args[4])
@@ -927,7 +928,7 @@ export const subscribe: {
   >
 } = function(this: unknown, ...args: Array<any>): any {
   return isMqttTopic(args[0])
-    ? Effect.flatMap(Effect.service(MqttClient.MqttClient), (client) => subscribeWith(client, args[0], args[1]))
+    ? Effect.flatMap(Effect.service(MqttClientService), (client) => subscribeWith(client, args[0], args[1]))
     : subscribeWith(args[0], args[1], args[2])
 }
 
@@ -1033,7 +1034,7 @@ export const request: {
 } = function(this: unknown, ...args: Array<any>): any {
   return isMqttTopic(args[0])
     ? Effect.flatMap(
-      Effect.service(MqttClient.MqttClient),
+      Effect.service(MqttClientService),
       (client) => requestWith(client, args[0], args[1], args[2], args[3])
     )
     : requestWith(args[0], args[1], args[2], args[3], args[4])
@@ -1146,6 +1147,6 @@ export const respond: {
   >
 } = function(this: unknown, ...args: Array<any>): any {
   return isMqttTopic(args[0])
-    ? Effect.flatMap(Effect.service(MqttClient.MqttClient), (client) => respondWith(client, args[0], args[1], args[2]))
+    ? Effect.flatMap(Effect.service(MqttClientService), (client) => respondWith(client, args[0], args[1], args[2]))
     : respondWith(args[0], args[1], args[2], args[3])
 }

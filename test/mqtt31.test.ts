@@ -54,7 +54,7 @@ const open = async (version: Packets.ProtocolVersion, port = broker.port) => {
   return { socket, next, close: () => socket.destroy() }
 }
 
-const connect = (clientId: string, clean: boolean, protocolVersion: 3 | 5 = 3): Buffer =>
+const connect = (clientId: string, clean: boolean, protocolVersion: 3 | 5 = 3): Uint8Array =>
   Codec.encodeConnect({
     protocolVersion,
     clientId,

@@ -9,7 +9,8 @@
  * - `tsc` type-checking a consumer with `moduleResolution` `nodenext` and `bundler`, `strict`,
  *   `exactOptionalPropertyTypes`, `noUncheckedIndexedAccess` and no `skipLibCheck`;
  * - esbuild bundling an ESM entry for Node.js, the bundle run from a directory with no node_modules, and
- *   `sideEffects: false` letting a bundle of `Topic` alone leave the client out;
+ *   `sideEffects: false` letting a bundle of `Topic` alone leave the client out; esbuild bundling
+ *   `effect-mqtt/browser` for browsers with no Node.js built-in;
  * - `npm publish --dry-run` with no warning but the one about not being logged in.
  */
 import { afterAll, assert, beforeAll, describe, expect, it } from "@effect/vitest"
@@ -19,6 +20,7 @@ import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { namesBuffer, noNodeBuiltins, packagesOf } from "./support/browserBundle.ts"
 import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
 
 const root = Path.resolve(import.meta.dirname, "..")
@@ -419,6 +421,23 @@ describe("the installed package", () => {
       inputs.filter((input) => /mqtt-packet|effect-mqtt\/dist\/(MqttClient|internal\/(client|transport))/.test(input)),
       []
     )
+  })
+
+  it("esbuild bundles effect-mqtt/browser from the tarball for browsers: no Node.js built-in, no Buffer", async () => {
+    const result = await Esbuild.build({
+      stdin: { contents: "export * from \"effect-mqtt/browser\"\n", resolveDir: consumer },
+      bundle: true,
+      platform: "browser",
+      format: "esm",
+      write: false,
+      metafile: true,
+      absWorkingDir: consumer,
+      plugins: [noNodeBuiltins(consumer)],
+      logLevel: "silent"
+    })
+    assert.isFalse(namesBuffer.test(result.outputFiles[0].text))
+    assert.deepStrictEqual([...packagesOf(result.metafile)].sort(), ["effect", "effect-mqtt"])
+    expect(Object.keys(result.metafile.inputs)).toContain("node_modules/effect-mqtt/dist/browser.js")
   })
 
   it("npm publish --dry-run warns of nothing but not being logged in", async () => {

@@ -35,7 +35,7 @@ import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as Tls from "node:tls"
-import * as Transport from "../src/internal/transport.ts"
+import * as Url from "../src/internal/url.ts"
 import { type Certs, makeCerts } from "./support/certs.ts"
 import { freePort, type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
 import { type AedesWsHandle, startAedesWs, startFakeWs } from "./support/wsBroker.ts"
@@ -96,6 +96,8 @@ const roundTrip = (options: MqttClient.Options) =>
       [`${topic}/1`, "payload at QoS 1", 1],
       [`${topic}/2`, "payload at QoS 2", 2]
     ])
+    // on Node.js payloads are Buffers over every built-in transport, WebSocket included, as they always were
+    assert.isTrue(messages.every((m) => Buffer.isBuffer(m.payload)))
     return client.connection
   }))
 
@@ -251,7 +253,7 @@ const tlsServer = (options?: Tls.TlsOptions) =>
 // ---------------------------------------------------------------------------------------------------------------
 
 describe("the broker URL", () => {
-  const parse = (url: string) => Effect.runSync(Effect.exit(Transport.parseUrl(url)))
+  const parse = (url: string) => Effect.runSync(Effect.exit(Url.parseUrl(url)))
   const ok = (url: string) => {
     const exit = parse(url)
     if (Exit.isFailure(exit)) return assert.fail(`${url}: ${Cause.pretty(exit.cause)}`)

@@ -4,7 +4,6 @@
  */
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import { Buffer } from "node:buffer"
 import * as MqttError from "../MqttError.ts"
 import * as Codec from "./codec.ts"
 import type { Connection } from "./connection.ts"
@@ -40,14 +39,7 @@ const answerOne = (
     return Effect.flatMap(
       auth.onChallenge({ data: packet.authenticationData, reasonString: packet.reasonString }),
       (data) => {
-        const bytes = Codec.generate({
-          cmd: "auth",
-          reasonCode: 0x18,
-          properties: {
-            authenticationMethod: auth.method,
-            ...(data === undefined ? {} : { authenticationData: Buffer.from(data) })
-          }
-        }, 5)
+        const bytes = Codec.tryEncode(() => Codec.encodeAuth(0x18, auth.method, data))
         if (!(bytes instanceof Uint8Array)) {
           return Effect.fail(new MqttError.InvalidOptionError({ option: "auth", reason: bytes.error }))
         }
@@ -73,14 +65,7 @@ export const reauthenticate = (
   Effect.suspend(() => {
     const auth = o.auth!
     if (c.reauthentication !== undefined) return Deferred.await(c.reauthentication)
-    const bytes = Codec.generate({
-      cmd: "auth",
-      reasonCode: 0x19,
-      properties: {
-        authenticationMethod: auth.method,
-        ...(data === undefined ? {} : { authenticationData: Buffer.from(data) })
-      }
-    }, 5)
+    const bytes = Codec.tryEncode(() => Codec.encodeAuth(0x19, auth.method, data))
     if (!(bytes instanceof Uint8Array)) {
       return Effect.fail(new MqttError.InvalidOptionError({ option: "auth", reason: bytes.error }))
     }

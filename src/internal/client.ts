@@ -18,12 +18,13 @@ import { Driver } from "./driver.ts"
 import * as Failover from "./failover.ts"
 import * as Operations from "./operations.ts"
 import { invalid, resolveOptions } from "./options.ts"
+import type { Platform } from "./platform.ts"
 import * as RequestResponse from "./requestResponse.ts"
 import { Session } from "./session.ts"
 import { clear, JournalWriter, load, prefixOf, type SessionStore } from "./store.ts"
 import { closedByClient, Supervisor } from "./supervisor.ts"
 import { ClientMetrics, receiveSpan } from "./telemetry.ts"
-import * as Transport from "./transport.ts"
+import type { Endpoint } from "./url.ts"
 
 export { defaultReconnect } from "./options.ts"
 
@@ -69,11 +70,12 @@ const filtersOf = (
 /** The socket and writer to one broker, for the life of the scope. */
 const makeNode = (
   options: MqttClient.Options,
-  endpoint: Transport.Endpoint,
+  platform: Platform,
+  endpoint: Endpoint,
   node: Pick<Failover.Node, "broker" | "username" | "password" | "index">
 ): Effect.Effect<Failover.Node, MqttError.MqttError, Scope.Scope> =>
   Effect.gen(function*() {
-    const socket = yield* Transport.makeSocket(endpoint, options)
+    const socket = yield* platform.makeSocket(endpoint, options)
     const writer = yield* socket.writer
     return {
       ...node,
@@ -83,9 +85,13 @@ const makeNode = (
     }
   })
 
-/** Connects and returns the client; releasing the scope disconnects. */
+/**
+ * Connects and returns the client; releasing the scope disconnects. The platform's transports make the socket
+ * (Node's entry passes transport.ts, the browser's browserTransport.ts).
+ */
 export const make = (
-  options: MqttClient.Options = {}
+  options: MqttClient.Options,
+  platform: Platform
 ): Effect.Effect<MqttClient.Client, MqttError.MqttError, Scope.Scope> =>
   Effect.gen(function*() {
     const o = yield* resolveOptions(options)
@@ -120,7 +126,7 @@ export const make = (
     for (let index = 0; index < o.nodes.length; index++) {
       const { url, endpoint, username, password } = o.nodes[index]
       const broker = options.transport === undefined ? Broker.display(url) : undefined
-      configured.push(yield* makeNode(options, endpoint, { broker, username, password, index }))
+      configured.push(yield* makeNode(options, platform, endpoint, { broker, username, password, index }))
     }
     // the parent of every connection's scope, made before the finalizer that sends DISCONNECT, so that on
     // release it closes after it: the connection is still open when the DISCONNECT is written
@@ -131,7 +137,7 @@ export const make = (
       // a place a Server Reference led to: its socket lives as long as the connections
       (endpoint, broker, from) =>
         Scope.provide(
-          makeNode(options, endpoint, {
+          makeNode(options, platform, endpoint, {
             broker,
             username: from.username,
             password: from.password,

@@ -1,6 +1,5 @@
-import * as MqttPacket from "mqtt-packet"
-import { Buffer, isUtf8 } from "node:buffer"
 import type * as MqttMessage from "../MqttMessage.ts"
+import * as Bytes from "./bytes.ts"
 
 /** The fixed-header bytes of the acknowledgements, with their flags. */
 export const PUBACK = 0x40
@@ -15,13 +14,8 @@ export const pingreq: Uint8Array = Uint8Array.of(0xc0, 0x00)
 export const disconnect = (protocolVersion: number, reasonCode = 0, sessionExpiry?: number): Uint8Array => {
   if (protocolVersion !== 5) return Uint8Array.of(0xe0, 0x00)
   if (sessionExpiry !== undefined) {
-    const out = Buffer.alloc(9)
-    out[0] = 0xe0
-    out[1] = 7
-    out[2] = reasonCode
-    out[3] = 5
-    out[4] = 0x11
-    out.writeUInt32BE(sessionExpiry, 5)
+    const out = Uint8Array.of(0xe0, 7, reasonCode, 5, 0x11, 0, 0, 0, 0)
+    Bytes.writeUint32(out, 5, sessionExpiry)
     return out
   }
   return reasonCode !== 0 ? Uint8Array.of(0xe0, 0x01, reasonCode) : Uint8Array.of(0xe0, 0x00)
@@ -57,8 +51,7 @@ export class AckBuffer {
   /** Pushes an MQTT 5 acknowledgement with a reason code. */
   pushWithReason(type: number, id: number, reasonCode: number): void {
     if (reasonCode === 0) return this.push(type, id)
-    const extra = Buffer.of(type, 3, id >> 8, id & 0xff, reasonCode)
-    this.pushBytes(extra)
+    this.pushBytes(Uint8Array.of(type, 3, id >> 8, id & 0xff, reasonCode))
   }
 
   pushBytes(bytes: Uint8Array): void {
@@ -73,7 +66,8 @@ export class AckBuffer {
 
   /** Takes the bytes written so far and empties the buffer. */
   take(): Uint8Array {
-    const out = Buffer.from(this.bytes.subarray(0, this.length))
+    const out = Bytes.allocate(this.length)
+    out.set(this.bytes.subarray(0, this.length))
     this.length = 0
     return out
   }
@@ -81,14 +75,14 @@ export class AckBuffer {
 
 /** An encoded PUBLISH and where its packet identifier sits, so it can be set once one is allocated. */
 export interface EncodedPublish {
-  readonly bytes: Buffer
+  readonly bytes: Uint8Array
   readonly idOffset: number
 }
 
 const varintLength = (n: number): number => n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4
 
 /**
- * Encodes a PUBLISH, written byte by byte (the hot path; and mqtt-packet would reorder user properties).
+ * Encodes a PUBLISH, written byte by byte (the hot path).
  * `alias` replaces the topic by an MQTT 5 Topic Alias (`omitTopic`) or sets one up. Throws an `Error` whose
  * message says what is wrong when a property cannot be encoded: callers validate first and catch.
  */
@@ -102,12 +96,12 @@ export const encodePublish = (
   alias?: { readonly alias: number; readonly omitTopic: boolean }
 ): EncodedPublish => {
   const sentTopic = alias?.omitTopic === true ? "" : topic
-  const topicLength = Buffer.byteLength(sentTopic)
+  const topicLength = Bytes.utf8Length(sentTopic)
   const idLength = qos > 0 ? 2 : 0
-  let props: Buffer | undefined
+  let props: Uint8Array | undefined
   if (protocolVersion === 5) {
-    props = properties === undefined && alias === undefined ? noBytes : encodeProperties(properties, alias?.alias)
-    if (properties?.payloadFormatIndicator === true && !isUtf8(payload)) {
+    props = properties === undefined && alias === undefined ? Bytes.empty : encodeProperties(properties, alias?.alias)
+    if (properties?.payloadFormatIndicator === true && !Bytes.isUtf8(payload)) {
       throw new Error("the payload is marked UTF-8 (payloadFormatIndicator) but is not valid UTF-8")
     }
   }
@@ -115,12 +109,12 @@ export const encodePublish = (
   const remaining = 2 + topicLength + idLength + propsLength + payload.byteLength
   if (remaining > 268_435_455) throw new Error("the packet is larger than MQTT allows (256 MB)")
   const header = 1 + varintLength(remaining)
-  const bytes = Buffer.allocUnsafe(header + remaining)
+  const bytes = Bytes.allocate(header + remaining)
   bytes[0] = 0x30 | (qos << 1) | (retain ? 1 : 0)
   let i = writeVarint(bytes, 1, remaining)
   bytes[i++] = topicLength >> 8
   bytes[i++] = topicLength & 0xff
-  i += bytes.write(sentTopic, i, "utf8")
+  i = Bytes.writeUtf8(bytes, i, sentTopic)
   const idOffset = i
   if (qos > 0) {
     bytes[i++] = 0
@@ -128,16 +122,14 @@ export const encodePublish = (
   }
   if (props !== undefined) {
     i = writeVarint(bytes, i, props.length)
-    props.copy(bytes, i)
+    bytes.set(props, i)
     i += props.length
   }
   bytes.set(payload, i)
   return { bytes, idOffset }
 }
 
-const noBytes = Buffer.alloc(0)
-
-const writeVarint = (bytes: Buffer, offset: number, value: number): number => {
+const writeVarint = (bytes: Uint8Array, offset: number, value: number): number => {
   let i = offset
   let n = value
   do {
@@ -150,64 +142,73 @@ const writeVarint = (bytes: Buffer, offset: number, value: number): number => {
 }
 
 /** Encodes the properties of a PUBLISH (or a will), user properties in the order given. */
-export const encodeProperties = (p: MqttMessage.PublishProperties | undefined, topicAlias?: number): Buffer => {
-  const parts: Array<Buffer> = []
-  const string = (name: string, value: unknown): Buffer => {
+export const encodeProperties = (p: MqttMessage.PublishProperties | undefined, topicAlias?: number): Uint8Array => {
+  const parts: Array<Uint8Array> = []
+  const string = (name: string, value: unknown): Uint8Array => {
     if (typeof value !== "string") throw new Error(`${name} must be a string`)
     if (value.includes("\u0000")) throw new Error(`${name} must not contain U+0000`)
-    const encoded = Buffer.from(value, "utf8")
-    if (encoded.length > 65535) throw new Error(`${name} is longer than 65,535 bytes`)
-    if (!isUtf8(encoded)) throw new Error(`${name} is not well-formed UTF-16 (lone surrogate)`)
-    const out = Buffer.allocUnsafe(2 + encoded.length)
-    out.writeUInt16BE(encoded.length, 0)
-    encoded.copy(out, 2)
+    if (!Bytes.isWellFormed(value)) throw new Error(`${name} is not well-formed UTF-16 (lone surrogate)`)
+    const length = Bytes.utf8Length(value)
+    if (length > 65535) throw new Error(`${name} is longer than 65,535 bytes`)
+    const out = Bytes.allocate(2 + length)
+    out[0] = length >> 8
+    out[1] = length & 0xff
+    Bytes.writeUtf8(out, 2, value)
     return out
   }
   if (p !== undefined) {
     if (p.payloadFormatIndicator !== undefined) {
-      parts.push(Buffer.of(0x01, p.payloadFormatIndicator ? 1 : 0))
+      parts.push(Uint8Array.of(0x01, p.payloadFormatIndicator ? 1 : 0))
     }
     if (p.messageExpiryInterval !== undefined) {
       const v = p.messageExpiryInterval
       if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) {
         throw new Error("messageExpiryInterval must be whole seconds from 0 to 4294967295")
       }
-      const out = Buffer.allocUnsafe(5)
+      const out = Bytes.allocate(5)
       out[0] = 0x02
-      out.writeUInt32BE(v, 1)
+      Bytes.writeUint32(out, 1, v)
       parts.push(out)
     }
-    if (p.contentType !== undefined) parts.push(Buffer.of(0x03), string("contentType", p.contentType))
+    if (p.contentType !== undefined) parts.push(Uint8Array.of(0x03), string("contentType", p.contentType))
     if (p.responseTopic !== undefined) {
       if (/[+#]/.test(p.responseTopic) || p.responseTopic === "") {
         throw new Error("responseTopic must be a topic name, without wildcards")
       }
-      parts.push(Buffer.of(0x08), string("responseTopic", p.responseTopic))
+      parts.push(Uint8Array.of(0x08), string("responseTopic", p.responseTopic))
     }
     if (p.correlationData !== undefined) {
       if (!(p.correlationData instanceof Uint8Array)) throw new Error("correlationData must be a Uint8Array")
       if (p.correlationData.length > 65535) throw new Error("correlationData is longer than 65,535 bytes")
-      const out = Buffer.allocUnsafe(3 + p.correlationData.length)
+      const out = Bytes.allocate(3 + p.correlationData.length)
       out[0] = 0x09
-      out.writeUInt16BE(p.correlationData.length, 1)
+      out[1] = p.correlationData.length >> 8
+      out[2] = p.correlationData.length & 0xff
       out.set(p.correlationData, 3)
       parts.push(out)
     }
     if (p.userProperties !== undefined) {
       for (const pair of p.userProperties) {
         if (!Array.isArray(pair) || pair.length !== 2) throw new Error("userProperties must be [name, value] pairs")
-        parts.push(Buffer.of(0x26), string("a user property name", pair[0]), string("a user property value", pair[1]))
+        parts.push(
+          Uint8Array.of(0x26),
+          string("a user property name", pair[0]),
+          string("a user property value", pair[1])
+        )
       }
     }
   }
   if (topicAlias !== undefined) {
-    parts.push(Buffer.of(0x23, topicAlias >> 8, topicAlias & 0xff))
+    parts.push(Uint8Array.of(0x23, topicAlias >> 8, topicAlias & 0xff))
   }
-  return parts.length === 0 ? noBytes : Buffer.concat(parts)
+  if (parts.length === 0) return Bytes.empty
+  let total = 0
+  for (const part of parts) total += part.length
+  return Bytes.concat(parts, total)
 }
 
 /** Sets the packet identifier of an encoded PUBLISH; with `dup`, also sets the DUP flag. */
-export const setPublishId = (encoded: EncodedPublish, id: number, dup = false): Buffer => {
+export const setPublishId = (encoded: EncodedPublish, id: number, dup = false): Uint8Array => {
   const bytes = encoded.bytes
   bytes[encoded.idOffset] = id >> 8
   bytes[encoded.idOffset + 1] = id & 0xff
@@ -215,41 +216,15 @@ export const setPublishId = (encoded: EncodedPublish, id: number, dup = false): 
   return bytes
 }
 
-/** Converts mqtt-packet's user properties to a list of pairs. */
-export const fromPacketUserProperties = (
-  props: MqttPacket.UserProperties | undefined
-): ReadonlyArray<MqttMessage.UserProperty> | undefined => {
-  if (props === undefined) return undefined
-  const out: Array<MqttMessage.UserProperty> = []
-  for (const name of Object.keys(props)) {
-    const value = props[name]
-    if (typeof value === "string") out.push([name, value])
-    else for (const v of value) out.push([name, v])
-  }
-  return out
-}
-
-/** Generates a packet, turning mqtt-packet's exception into a value. */
-export const generate = (
-  packet: MqttPacket.Packet,
-  protocolVersion: number
-): Buffer | { readonly error: string } => {
-  try {
-    return MqttPacket.generate(packet, { protocolVersion })
-  } catch (e) {
-    return { error: e instanceof Error ? e.message : String(e) }
-  }
-}
-
 /** A PUBREL for a packet identifier. */
 export const pubrel = (id: number): Uint8Array => Uint8Array.of(PUBREL, 2, id >> 8, id & 0xff)
 
 /**
- * Writes packets field by field. Used for CONNECT, SUBSCRIBE and UNSUBSCRIBE, whose user properties must keep
- * their order (mqtt-packet groups them by name). Throws an `Error` saying what cannot be encoded.
+ * Writes packets field by field: CONNECT, SUBSCRIBE, UNSUBSCRIBE and AUTH, user properties in the order given.
+ * Throws an `Error` saying what cannot be encoded.
  */
 class PacketWriter {
-  private readonly parts: Array<Buffer> = []
+  private readonly parts: Array<Uint8Array> = []
   private size = 0
 
   get length(): number {
@@ -257,9 +232,8 @@ class PacketWriter {
   }
 
   bytes(value: Uint8Array): this {
-    const part = Buffer.from(value.buffer, value.byteOffset, value.byteLength)
-    this.parts.push(part)
-    this.size += part.length
+    this.parts.push(value)
+    this.size += value.length
     return this
   }
 
@@ -272,21 +246,20 @@ class PacketWriter {
   }
 
   u32(value: number): this {
-    const out = Buffer.allocUnsafe(4)
-    out.writeUInt32BE(value, 0)
+    const out = new Uint8Array(4)
+    Bytes.writeUint32(out, 0, value)
     return this.bytes(out)
   }
 
   varint(value: number): this {
-    const out = Buffer.allocUnsafe(4)
+    const out = new Uint8Array(4)
     return this.bytes(out.subarray(0, writeVarint(out, 0, value)))
   }
 
   string(name: string, value: string): this {
     if (value.includes("\u0000")) throw new Error(`${name} must not contain U+0000`)
-    const encoded = Buffer.from(value, "utf8")
-    if (!isUtf8(encoded)) throw new Error(`${name} is not well-formed UTF-16 (lone surrogate)`)
-    return this.binary(name, encoded)
+    if (!Bytes.isWellFormed(value)) throw new Error(`${name} is not well-formed UTF-16 (lone surrogate)`)
+    return this.binary(name, Bytes.utf8(value))
   }
 
   binary(name: string, value: Uint8Array): this {
@@ -308,17 +281,17 @@ class PacketWriter {
     return this.varint(inner.length).bytes(inner.concat())
   }
 
-  concat(): Buffer {
-    return Buffer.concat(this.parts, this.size)
+  concat(): Uint8Array {
+    return Bytes.concat(this.parts, this.size)
   }
 
   /** The packet: fixed header byte, remaining length, then what was written. */
-  packet(header: number): Buffer {
+  packet(header: number): Uint8Array {
     if (this.size > 268_435_455) throw new Error("the packet is larger than MQTT allows (256 MB)")
-    const head = Buffer.allocUnsafe(5)
+    const head = new Uint8Array(5)
     head[0] = header
     const end = writeVarint(head, 1, this.size)
-    return Buffer.concat([head.subarray(0, end), ...this.parts], end + this.size)
+    return Bytes.concat([head.subarray(0, end), ...this.parts], end + this.size)
   }
 }
 
@@ -355,7 +328,7 @@ export interface ConnectFields {
  * and payload fields are laid out the same. Check the fields with `clientIdProblem` and `credentialsProblem`
  * first.
  */
-export const encodeConnect = (c: ConnectFields): Buffer => {
+export const encodeConnect = (c: ConnectFields): Uint8Array => {
   const w = new PacketWriter()
   const will = c.will
   const flags = (c.username !== undefined ? 0x80 : 0) | (c.password !== undefined ? 0x40 : 0) |
@@ -381,7 +354,7 @@ export const encodeConnect = (c: ConnectFields): Buffer => {
         if (willDelayInterval !== undefined) p.byte(0x18).u32(willDelayInterval)
         p.bytes(encodeProperties(rest))
       })
-      if (will.properties?.payloadFormatIndicator === true && !isUtf8(will.payload)) {
+      if (will.properties?.payloadFormatIndicator === true && !Bytes.isUtf8(will.payload)) {
         throw new Error("the will payload is marked UTF-8 (payloadFormatIndicator) but is not valid UTF-8")
       }
     }
@@ -402,7 +375,7 @@ export const encodeConnect = (c: ConnectFields): Buffer => {
  * - MQTT 3.1.1: an empty identifier needs a clean session [MQTT-3.1.3-7].
  */
 export const clientIdProblem = (protocolVersion: 3 | 4 | 5, clientId: string, clean: boolean): string | undefined => {
-  const length = Buffer.byteLength(clientId)
+  const length = Bytes.utf8Length(clientId)
   if (length > 65535 || clientId.includes("\u0000")) {
     return "expected a string of at most 65,535 UTF-8 bytes without U+0000"
   }
@@ -445,7 +418,7 @@ export const encodeSubscribe = (
   filters: ReadonlyArray<SubscribeFilter>,
   identifier: number,
   userProperties: ReadonlyArray<MqttMessage.UserProperty> | undefined
-): Buffer => {
+): Uint8Array => {
   const w = new PacketWriter().u16(messageId)
   if (protocolVersion === 5) {
     w.properties((p) => {
@@ -466,7 +439,7 @@ export const encodeUnsubscribe = (
   messageId: number,
   filters: ReadonlyArray<string>,
   userProperties: ReadonlyArray<MqttMessage.UserProperty> | undefined
-): Buffer => {
+): Uint8Array => {
   const w = new PacketWriter().u16(messageId)
   if (protocolVersion === 5) w.properties((p) => p.userProperties(userProperties))
   for (const filter of filters) w.string("a topic filter", filter)
@@ -474,10 +447,20 @@ export const encodeUnsubscribe = (
 }
 
 /** Runs an encoder, turning its exception into a value. */
-export const tryEncode = (encode: () => Buffer): Buffer | { readonly error: string } => {
+export const tryEncode = (encode: () => Uint8Array): Uint8Array | { readonly error: string } => {
   try {
     return encode()
   } catch (e) {
     return { error: e instanceof Error ? e.message : String(e) }
   }
 }
+
+/**
+ * Encodes an MQTT 5 AUTH (section 3.15): a reason code (0x18 Continue Authentication, 0x19 Re-authenticate),
+ * the Authentication Method and, when given, the Authentication Data.
+ */
+export const encodeAuth = (reasonCode: number, method: string, data: Uint8Array | undefined): Uint8Array =>
+  new PacketWriter().byte(reasonCode).properties((p) => {
+    p.byte(0x15).string("auth.method", method)
+    if (data !== undefined) p.byte(0x16).binary("auth.data", data)
+  }).packet(0xf0)

@@ -15,11 +15,11 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
-import { Buffer } from "node:buffer"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { answerAuth } from "./auth.ts"
 import * as Broker from "./broker.ts"
+import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
 import { checkFirstByte, decode } from "./decode.ts"
 import type { Driver } from "./driver.ts"
@@ -189,7 +189,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   let connected = false
   let firstByteSeen = false
 
-  const onFrame = (header: number, body: Buffer): void => {
+  const onFrame = (header: number, body: Uint8Array): void => {
     if (out.error !== undefined) return
     const packet = decode(header, body, version)
     if (packet._tag === "Violation") {
@@ -230,7 +230,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
       // whatever the broker sends becomes a typed protocol error, never a defect
       try {
         for (let i = 0; i < chunks.length && out.error === undefined; i++) {
-          const error = framer.push(toBuffer(chunks[i]), onFrame)
+          const error = framer.push(toBytes(chunks[i]), onFrame)
           if (error !== undefined) out.fail(violation(version, error.reason, error.reasonCode))
         }
       } catch (e) {
@@ -290,9 +290,4 @@ const firstByteOf = (chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>): nu
   return undefined
 }
 
-const toBuffer = (chunk: Uint8Array | string): Buffer =>
-  typeof chunk === "string"
-    ? Buffer.from(chunk)
-    : Buffer.isBuffer(chunk)
-    ? chunk
-    : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+const toBytes = (chunk: Uint8Array | string): Uint8Array => typeof chunk === "string" ? Bytes.utf8(chunk) : chunk

@@ -10,7 +10,7 @@ import type * as Socket from "effect/socket/Socket"
 import type * as MqttClient from "../MqttClient.ts"
 import type * as MqttError from "../MqttError.ts"
 import * as Broker from "./broker.ts"
-import * as Transport from "./transport.ts"
+import * as Url from "./url.ts"
 
 /** One place the client can connect to. */
 export interface Node {
@@ -22,7 +22,7 @@ export interface Node {
   readonly username: string | undefined
   readonly password: Redacted.Redacted<string> | undefined
   /** where the transport goes; undefined for a custom transport */
-  readonly endpoint: Transport.Endpoint | undefined
+  readonly endpoint: Url.Endpoint | undefined
   /** the position in the `url` list; -1 for a place a Server Reference led to */
   readonly index: number
 }
@@ -54,7 +54,7 @@ const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^:[\]/\s@?#]+)(?::(\d{1,5}))?$/
  * is given. The format of a Server Reference is not specified by MQTT 5 [MQTT-4.11]: these are the forms its
  * examples and the brokers use.
  */
-const referenceUrl = (reference: string, from: Transport.Endpoint): string | { readonly refused: string } => {
+const referenceUrl = (reference: string, from: Url.Endpoint): string | { readonly refused: string } => {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(reference)) return reference
   if (from._tag === "Unix") return { refused: "a host cannot be reached from a Unix socket connection" }
   const match = HOST_PORT.exec(reference)
@@ -77,7 +77,7 @@ export class Nodes {
   private readonly policy: MqttClient.Options["followServerReference"]
   private readonly encrypted: boolean
   private readonly make: (
-    endpoint: Transport.Endpoint,
+    endpoint: Url.Endpoint,
     broker: string,
     from: Node
   ) => Effect.Effect<Node, MqttError.MqttError>
@@ -85,12 +85,12 @@ export class Nodes {
   constructor(
     configured: Arr.NonEmptyReadonlyArray<Node>,
     policy: MqttClient.Options["followServerReference"],
-    make: (endpoint: Transport.Endpoint, broker: string, from: Node) => Effect.Effect<Node, MqttError.MqttError>
+    make: (endpoint: Url.Endpoint, broker: string, from: Node) => Effect.Effect<Node, MqttError.MqttError>
   ) {
     this.configured = configured
     this.policy = policy
     this.make = make
-    this.encrypted = configured.some((node) => node.endpoint !== undefined && Transport.isEncrypted(node.endpoint))
+    this.encrypted = configured.some((node) => node.endpoint !== undefined && Url.isEncrypted(node.endpoint))
   }
 
   /** The node tried first when the client starts. */
@@ -141,14 +141,14 @@ export class Nodes {
     return Effect.gen(function*() {
       const url = referenceUrl(reference, from.endpoint!)
       if (typeof url !== "string") return refuse(reference, url.refused)
-      const parsed = yield* Effect.result(Transport.parseUrl(url))
+      const parsed = yield* Effect.result(Url.parseUrl(url))
       if (parsed._tag === "Failure") return refuse(reference, parsed.failure.reason)
       const endpoint = parsed.success
       if (endpoint._tag === "Unix") return refuse(reference, "a Server Reference cannot lead to a Unix socket")
       if (endpoint.username !== undefined || endpoint.password !== undefined) {
         return refuse(reference, "it carries credentials, which are only taken from the client's options")
       }
-      if (self.encrypted && !Transport.isEncrypted(endpoint)) {
+      if (self.encrypted && !Url.isEncrypted(endpoint)) {
         return refuse(reference, "it leads from TLS to a plaintext connection")
       }
       const broker = Broker.display(url)!

@@ -4,9 +4,10 @@
  * subscriptions to restore, the client identifier. The session writes changes as journal entries; a store keeps
  * them as segments (one per batch) and a snapshot. Pure: encoding, decoding (checked with Schema) and replay.
  */
+import * as Base64 from "effect/encoding/Base64"
 import * as Exit from "effect/Exit"
+import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
-import { Buffer } from "node:buffer"
 import type { PublishProperties, QoS } from "../MqttMessage.ts"
 import type { FilterSpec } from "./subscriptions.ts"
 
@@ -116,19 +117,22 @@ export const apply = (image: Image, entries: ReadonlyArray<Entry>): void => {
 // the stored form: JSON, binary as base64, checked with Schema when read
 // ---------------------------------------------------------------------------------------------------------
 
+/** Bytes stored as Base64 text. */
+const Base64Text = Schema.String.check(Schema.isBase64())
+
 const Properties = Schema.Struct({
   payloadFormatIndicator: Schema.optionalKey(Schema.Boolean),
   messageExpiryInterval: Schema.optionalKey(Schema.Number),
   contentType: Schema.optionalKey(Schema.String),
   responseTopic: Schema.optionalKey(Schema.String),
-  correlationData: Schema.optionalKey(Schema.String),
+  correlationData: Schema.optionalKey(Base64Text),
   userProperties: Schema.optionalKey(Schema.Array(Schema.Tuple([Schema.String, Schema.String])))
 })
 
 const Publish = Schema.Struct({
   key: Schema.Int,
   topic: Schema.String,
-  payload: Schema.String,
+  payload: Base64Text,
   qos: Schema.Literals([1, 2]),
   retain: Schema.Boolean,
   properties: Schema.optionalKey(Properties),
@@ -168,8 +172,9 @@ const Snapshot = Schema.Struct({
   subscriptions: Schema.Array(Subscription)
 })
 
-const toBase64 = (bytes: Uint8Array) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64")
-const fromBase64 = (text: string) => new Uint8Array(Buffer.from(text, "base64"))
+const toBase64 = (bytes: Uint8Array): string => Base64.encode(bytes)
+// the text was checked as Base64 by the schema that read it
+const fromBase64 = (text: string): Uint8Array => Result.getOrElse(Base64.decode(text), () => new Uint8Array(0))
 
 const encodeProperties = (p: PublishProperties | undefined) => {
   if (p === undefined) return undefined

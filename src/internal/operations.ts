@@ -6,10 +6,10 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { Buffer } from "node:buffer"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import type { MqttMessage, QoS } from "../MqttMessage.ts"
+import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
 import type { Deliveries } from "./delivery.ts"
 import type { Driver } from "./driver.ts"
@@ -66,7 +66,7 @@ export const publish = (ctx: Context) =>
         "messaging.operation.type": "send",
         "messaging.destination.name": topic,
         "messaging.client.id": ctx.session.clientId,
-        "messaging.message.body.size": typeof payload === "string" ? Buffer.byteLength(payload) : payload.byteLength,
+        "messaging.message.body.size": typeof payload === "string" ? Bytes.utf8Length(payload) : payload.byteLength,
         "mqtt.qos": options?.qos ?? 0
       }
     })
@@ -109,7 +109,7 @@ const publishNow = (
   }
   if (!isQoS(qos)) return Effect.fail(invalid("qos", "expected 0, 1 or 2"))
   if (typeof retain !== "boolean") return Effect.fail(invalid("retain", "expected a boolean"))
-  const bytes = typeof payload === "string" ? Buffer.from(payload) : payload
+  const bytes = typeof payload === "string" ? Bytes.utf8(payload) : payload
   if (!(bytes instanceof Uint8Array)) return Effect.fail(invalid("payload", "expected a Uint8Array or a string"))
   let encoded: Codec.EncodedPublish
   try {

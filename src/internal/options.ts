@@ -5,33 +5,33 @@
 import type * as Arr from "effect/Array"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Base64Url from "effect/encoding/Base64Url"
 import * as LogLevel from "effect/LogLevel"
 import * as Random from "effect/Random"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
-import { Buffer } from "node:buffer"
-import * as Crypto from "node:crypto"
 import * as IncomingQueue from "../IncomingQueue.ts"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import type { QoS } from "../MqttMessage.ts"
+import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
 import { capacityOf } from "./queue.ts"
 import type { SessionStore } from "./store.ts"
 import { nameProblem } from "./topic.ts"
-import * as Transport from "./transport.ts"
+import * as Url from "./url.ts"
 
 /** One node of `url`, with the credentials CONNECT carries to it. */
 export interface ResolvedNode {
   readonly url: string
-  readonly endpoint: Transport.Endpoint
+  readonly endpoint: Url.Endpoint
   readonly username: string | undefined
   readonly password: Redacted.Redacted<string> | undefined
 }
 
 export interface Resolved {
   /** the first node's endpoint */
-  readonly endpoint: Transport.Endpoint
+  readonly endpoint: Url.Endpoint
   /** every node of `url`, in order (one for a single URL) */
   readonly nodes: Arr.NonEmptyReadonlyArray<ResolvedNode>
   readonly followServerReference: MqttClient.Options["followServerReference"]
@@ -99,7 +99,7 @@ export const isUint = (n: unknown, max: number): n is number =>
 
 export const isQoS = (n: unknown): n is QoS => n === 0 || n === 1 || n === 2
 
-const randomClientId = (): string => "effect-mqtt-" + Crypto.randomBytes(8).toString("base64url").slice(0, 10)
+const randomClientId = (): string => "effect-mqtt-" + Base64Url.encode(Bytes.random(8)).slice(0, 10)
 
 export const decodeDuration = (option: string, input: Duration.Input | undefined, fallback: Duration.Duration) => {
   if (input === undefined) return Effect.succeed(fallback)
@@ -129,10 +129,10 @@ const checkFollow = (follow: MqttClient.Options["followServerReference"]) =>
 
 export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
   const urls = yield* urlsOf(options.url)
-  const endpoints: Array<Transport.Endpoint> = []
+  const endpoints: Array<Url.Endpoint> = []
   for (let i = 0; i < urls.length; i++) {
     const parsed = yield* Effect.mapError(
-      Transport.parseUrl(urls[i]),
+      Url.parseUrl(urls[i]),
       (error) => urls.length === 1 ? error : invalid(`url[${i}]`, error.reason)
     )
     endpoints.push(parsed)
@@ -142,7 +142,7 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     if (options.transport !== undefined) {
       return yield* invalid("url", "a custom transport connects to one place: give one URL with it")
     }
-    if (new Set(endpoints.map(Transport.isEncrypted)).size > 1) {
+    if (new Set(endpoints.map(Url.isEncrypted)).size > 1) {
       return yield* invalid(
         "url",
         "the brokers of a list are either all encrypted (mqtts://, wss://) or all plaintext: a failover must not " +
@@ -332,10 +332,10 @@ export const encodeConnect = (o: Resolved, clientId: string, clean: boolean) =>
       clean,
       keepAlive: o.keepAlive,
       username: o.username,
-      password: o.password === undefined ? undefined : Buffer.from(Redacted.value(o.password)),
+      password: o.password === undefined ? undefined : Bytes.utf8(Redacted.value(o.password)),
       will: o.will === undefined ? undefined : {
         topic: o.will.topic,
-        payload: typeof o.will.payload === "string" ? Buffer.from(o.will.payload) : o.will.payload,
+        payload: typeof o.will.payload === "string" ? Bytes.utf8(o.will.payload) : o.will.payload,
         qos: o.will.qos ?? 0,
         retain: o.will.retain ?? false,
         properties: o.will.properties

@@ -12,9 +12,9 @@
  *   counted with the topic alias); what does not is refused with its reason code, unsent, when it would be written.
  * - Every accepted publish ends exactly once (`Output.end`), unless its caller withdrew it before it was sent.
  */
-import { Buffer } from "node:buffer"
 import * as MqttError from "../MqttError.ts"
 import type { PublishProperties, QoS } from "../MqttMessage.ts"
+import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
 import type { Operation, Output } from "./output.ts"
 import { Line, type PacketIds, type Queued } from "./packetIds.ts"
@@ -306,7 +306,7 @@ export class Outgoing {
     }
     if (m.qos === 0) return m.encoded.bytes
     // a resend is a copy: the bytes of the first sending may still sit in the socket's buffer
-    return Codec.setPublishId(dup ? { ...m.encoded, bytes: Buffer.from(m.encoded.bytes) } : m.encoded, id, dup)
+    return Codec.setPublishId(dup ? { ...m.encoded, bytes: Bytes.copy(m.encoded.bytes) } : m.encoded, id, dup)
   }
 
   /** PUBACK: a QoS 1 publish ends. */

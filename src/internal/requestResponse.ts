@@ -6,12 +6,12 @@
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Hex from "effect/encoding/Hex"
 import * as Stream from "effect/Stream"
-import { Buffer } from "node:buffer"
-import * as Crypto from "node:crypto"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import type { MqttMessage } from "../MqttMessage.ts"
+import * as Bytes from "./bytes.ts"
 import { type Context, publish, subscribeAs, subscription } from "./operations.ts"
 import { decodeDuration, invalid } from "./options.ts"
 import * as Telemetry from "./telemetry.ts"
@@ -29,7 +29,7 @@ export const make = (ctx: Context) => {
   const onResponse = (message: MqttMessage) => {
     const correlation = message.properties.correlationData
     if (correlation === undefined) return
-    const key = Buffer.from(correlation).toString("hex")
+    const key = Hex.encode(correlation)
     const deferred = waiting.get(key)
     if (deferred === undefined) return
     waiting.delete(key)
@@ -66,8 +66,8 @@ export const make = (ctx: Context) => {
       }
       const timeout = yield* decodeDuration("timeout", options?.timeout, Duration.seconds(30))
       const replyTo = yield* ensureResponseTopic
-      const correlationData = Crypto.randomBytes(16)
-      const key = correlationData.toString("hex")
+      const correlationData = Bytes.random(16)
+      const key = Hex.encode(correlationData)
       const deferred = Deferred.makeUnsafe<MqttMessage, MqttError.MqttError>()
       waiting.set(key, deferred)
       return yield* Effect.andThen(

@@ -1,7 +1,7 @@
 /**
- * The transports: how bytes reach the broker. The URL chooses one (TCP, TLS, WebSocket, Unix socket), or the
- * caller supplies an Effect `Socket` of their own; either way the client above only sees a socket whose
- * reader acquisition opens a connection.
+ * Node's transports: how bytes reach the broker. The URL chooses one (TCP, TLS, WebSocket, Unix socket), or
+ * the caller supplies an Effect `Socket` of their own; either way the client above only sees a socket whose
+ * reader acquisition opens a connection. (The browser's are in browserTransport.ts.)
  *
  * Failures the transport recognises are explained with a typed error carried as the `cause` of the
  * `SocketError` (the reason's `cause`): a `TlsError` when TLS fails (while the reader is acquired, or on the
@@ -26,139 +26,8 @@ import type { Duplex } from "node:stream"
 import * as Tls from "node:tls"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
-
-// ---------------------------------------------------------------------------------------------------------
-// the URL
-// ---------------------------------------------------------------------------------------------------------
-
-interface Credentials {
-  /** user info from the URL, decoded; the client uses it when `username`/`password` are not given */
-  readonly username: string | undefined
-  readonly password: string | undefined
-}
-
-/** `mqtt://` or `tcp://`: plain TCP. */
-export interface TcpEndpoint extends Credentials {
-  readonly _tag: "Tcp"
-  readonly scheme: "mqtt" | "tcp"
-  readonly host: string
-  readonly port: number
-}
-
-/** `mqtts://`, `tls://` or `ssl://`: TLS over TCP. */
-export interface TlsEndpoint extends Credentials {
-  readonly _tag: "Tls"
-  readonly scheme: "mqtts" | "tls" | "ssl"
-  readonly host: string
-  readonly port: number
-}
-
-/** `ws://` or `wss://`: MQTT in binary WebSocket frames, subprotocol `mqtt`. */
-export interface WebSocketEndpoint extends Credentials {
-  readonly _tag: "WebSocket"
-  readonly scheme: "ws" | "wss"
-  readonly host: string
-  readonly port: number
-  /** the path and query string of the HTTP request */
-  readonly path: string
-}
-
-/** `unix:///path/to/socket`: a Unix domain socket. */
-export interface UnixEndpoint extends Credentials {
-  readonly _tag: "Unix"
-  readonly scheme: "unix"
-  readonly path: string
-}
-
-/**
- * Where and how to reach the broker, from the `url` option. The transport decides how bytes travel; the
- * client above it only sees an Effect `Socket`.
- */
-export type Endpoint = TcpEndpoint | TlsEndpoint | WebSocketEndpoint | UnixEndpoint
-
-const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
-const invalidUrl = (reason: string) => invalid("url", reason)
-
-const defaultPorts = { mqtt: 1883, tcp: 1883, mqtts: 8883, tls: 8883, ssl: 8883, ws: 80, wss: 443 } as const
-
-type Scheme = keyof typeof defaultPorts | "unix"
-
-/** The path a WebSocket URL without one uses: where EMQX, HiveMQ, VerneMQ and AWS IoT serve MQTT. */
-export const defaultWebSocketPath = "/mqtt"
-
-const isScheme = (s: string): s is Scheme => s === "unix" || Object.hasOwn(defaultPorts, s)
-
-const decode = (s: string): string | undefined => {
-  if (s === "") return undefined
-  try {
-    return decodeURIComponent(s)
-  } catch {
-    return undefined
-  }
-}
-
-/**
- * Parses the broker URL. A malformed or unsupported URL is an `InvalidOptionError` naming the problem; it
- * never repeats the URL or a part of it that could hold a secret (user info, path, query).
- */
-export const parseUrl = (url: string): Effect.Effect<Endpoint, MqttError.InvalidOptionError> =>
-  Effect.suspend((): Effect.Effect<Endpoint, MqttError.InvalidOptionError> => {
-    if (typeof url !== "string") return Effect.fail(invalidUrl("expected a string"))
-    let parsed: URL
-    try {
-      parsed = new URL(url)
-    } catch {
-      return Effect.fail(invalidUrl("not a valid URL (expected for example mqtt://host:1883)"))
-    }
-    const scheme = parsed.protocol.slice(0, -1)
-    if (!isScheme(scheme)) {
-      return Effect.fail(
-        invalidUrl(
-          `unsupported scheme "${scheme}:" (expected mqtt:, tcp:, mqtts:, tls:, ssl:, ws:, wss: or unix:)`
-        )
-      )
-    }
-    if (parsed.hash !== "") return Effect.fail(invalidUrl("the URL has a fragment (#...), which is not used"))
-    if (
-      (parsed.username !== "" && decode(parsed.username) === undefined) ||
-      (parsed.password !== "" && decode(parsed.password) === undefined)
-    ) {
-      return Effect.fail(invalidUrl("the user info is not valid percent-encoding"))
-    }
-    const credentials: Credentials = { username: decode(parsed.username), password: decode(parsed.password) }
-    if (scheme === "unix") {
-      if (parsed.hostname !== "" && parsed.hostname !== "localhost") {
-        return Effect.fail(invalidUrl("a unix: URL has no host: write unix:///absolute/path/to/socket"))
-      }
-      if (parsed.port !== "") return Effect.fail(invalidUrl("a unix: URL has no port"))
-      if (parsed.search !== "") return Effect.fail(invalidUrl("a unix: URL has no query (?...)"))
-      const path = decode(parsed.pathname)
-      if (path === undefined || path === "/") return Effect.fail(invalidUrl("the URL has no socket path"))
-      return Effect.succeed({ _tag: "Unix", scheme, path, ...credentials })
-    }
-    if (parsed.hostname === "") return Effect.fail(invalidUrl("the URL has no host"))
-    const host = parsed.hostname.startsWith("[") ? parsed.hostname.slice(1, -1) : parsed.hostname
-    const port = parsed.port === "" ? defaultPorts[scheme] : Number(parsed.port)
-    if (!(port > 0 && port <= 65535)) return Effect.fail(invalidUrl("the port must be from 1 to 65535"))
-    if (scheme === "ws" || scheme === "wss") {
-      const path = parsed.pathname === "/" && !hasExplicitPath(url) ? defaultWebSocketPath : parsed.pathname
-      return Effect.succeed({ _tag: "WebSocket", scheme, host, port, path: path + parsed.search, ...credentials })
-    }
-    if (parsed.pathname !== "" && parsed.pathname !== "/") {
-      return Effect.fail(invalidUrl(`a ${scheme}: URL has no path (only ws: and wss: URLs have one)`))
-    }
-    if (parsed.search !== "") return Effect.fail(invalidUrl(`a ${scheme}: URL has no query (?...)`))
-    return scheme === "mqtt" || scheme === "tcp"
-      ? Effect.succeed({ _tag: "Tcp", scheme, host, port, ...credentials })
-      : Effect.succeed({ _tag: "Tls", scheme, host, port, ...credentials })
-  })
-
-/** Whether an endpoint is encrypted: TLS, or WebSocket over TLS. */
-export const isEncrypted = (endpoint: Endpoint): boolean =>
-  endpoint._tag === "Tls" || (endpoint._tag === "WebSocket" && endpoint.scheme === "wss")
-
-// `new URL` turns both `ws://host` and `ws://host/` into the path "/": look at what was written
-const hasExplicitPath = (url: string): boolean => /^[^:]+:[/\\]{2}[^/\\?#]*[/\\]/.test(url.trim())
+import { customTransport, invalid, type Platform, tlsGiven } from "./platform.ts"
+import { type Endpoint, isEncrypted, type TlsEndpoint, type WebSocketEndpoint } from "./url.ts"
 
 // ---------------------------------------------------------------------------------------------------------
 // the socket
@@ -170,19 +39,11 @@ export const makeSocket = (
   options: MqttClient.Options
 ): Effect.Effect<Socket.Socket, MqttError.MqttError> =>
   Effect.gen(function*() {
+    const custom = yield* customTransport(options)
+    if (custom !== undefined) return explained(custom, "custom")
     const tls = options.tls
-    const tlsGiven = tls !== undefined && Object.values(tls).some((value) => value !== undefined)
-    if (options.transport !== undefined) {
-      if (tlsGiven) {
-        return yield* invalid("tls", "a custom transport does its own TLS: give the TLS settings to its socket")
-      }
-      const transport = options.transport
-      const socket = Socket.isSocket(transport) ? transport : yield* transport
-      if (!Socket.isSocket(socket)) return yield* invalid("transport", "expected an effect/socket/Socket")
-      return explained(socket, "custom")
-    }
     const encrypted = isEncrypted(endpoint)
-    if (tlsGiven && !encrypted) {
+    if (tlsGiven(options) && !encrypted) {
       return yield* invalid(
         "tls",
         `TLS settings were given but a ${endpoint.scheme}: URL is not encrypted (use mqtts: or wss:)`
@@ -206,6 +67,9 @@ export const makeSocket = (
         )
     }
   })
+
+/** Node.js: TCP, TLS, WebSocket (the `ws` package, with TLS settings) and Unix sockets. */
+export const platform: Platform = { makeSocket }
 
 // ---------------------------------------------------------------------------------------------------------
 // TLS
@@ -588,7 +452,7 @@ const makeWebSocket = (
       // the client's connect timeout bounds the whole connection attempt; this only replaces the default 10 s
       { openTimeout }
     )
-    return explained(socket, "websocket", (chunks) => {
+    return explained(asBuffers(socket), "websocket", (chunks) => {
       for (let i = 0; i < chunks.length; i++) {
         if (typeof chunks[i] === "string") {
           // MQTT-6.0.0-1: data in anything but a binary frame closes the connection (1003: unsupported data)
@@ -600,4 +464,27 @@ const makeWebSocket = (
       }
       return undefined
     })
+  })
+
+/**
+ * Frames as Node `Buffer`s (views, not copies): Effect's WebSocket reads give plain `Uint8Array`s, and on Node the
+ * client hands on payloads as `Buffer`s, as over TCP, and reads their text through `Buffer`'s own fast paths.
+ */
+const asBuffers = (socket: Socket.Socket): Socket.Socket =>
+  Socket.make({
+    writer: socket.writer,
+    reader: Effect.map(socket.reader, (reader) => ({
+      pull: Effect.map(reader.pull, (chunks) => {
+        for (let i = 0; i < chunks.length; i++) {
+          const chunk = chunks[i]
+          if (typeof chunk !== "string" && !Buffer.isBuffer(chunk)) {
+            return chunks.map((c) =>
+              typeof c === "string" || Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength)
+            ) as unknown as Arr.NonEmptyReadonlyArray<Uint8Array | string>
+          }
+        }
+        return chunks
+      }),
+      upgrade: reader.upgrade
+    }))
   })

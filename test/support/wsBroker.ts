@@ -28,6 +28,8 @@ export interface WsServerOptions {
   readonly tls?: { readonly cert: string; readonly key: string }
   /** Accept the `mqtt` subprotocol (the default). `false` answers without a subprotocol. */
   readonly acceptMqttSubprotocol?: boolean
+  /** Listen on this port (a broker restarted where its clients will look for it); a free one otherwise. */
+  readonly port?: number
 }
 
 interface Listening {
@@ -64,7 +66,7 @@ const listen = async (
   })
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => resolve())
+    server.listen(options?.port ?? 0, "127.0.0.1", () => resolve())
   })
   const address = server.address()
   const port = typeof address === "object" && address !== null ? address.port : 0

@@ -1,0 +1,47 @@
+/**
+ * What a platform gives the client: the socket to the broker. `make` (client.ts) is the same everywhere; Node's
+ * entry passes transport.ts (TCP, TLS, WebSocket, Unix sockets), the browser's entry browserTransport.ts
+ * (WebSocket only). Nothing here may import a Node.js module: the browser's entry reaches it.
+ */
+import * as Effect from "effect/Effect"
+import * as Socket from "effect/socket/Socket"
+import type * as MqttClient from "../MqttClient.ts"
+import * as MqttError from "../MqttError.ts"
+import type { Endpoint } from "./url.ts"
+
+/** A platform's transports. */
+export interface Platform {
+  /**
+   * The socket to the broker: the `transport` option's, or one for the URL's endpoint. Acquiring its reader
+   * opens a connection; each acquisition opens a new one. Options the platform cannot honour (a scheme, TLS
+   * settings) fail with an `InvalidOptionError` that says why.
+   */
+  readonly makeSocket: (
+    endpoint: Endpoint,
+    options: MqttClient.Options
+  ) => Effect.Effect<Socket.Socket, MqttError.MqttError>
+}
+
+export const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
+
+/** Whether any TLS setting was given. */
+export const tlsGiven = (options: MqttClient.Options): boolean =>
+  options.tls !== undefined && Object.values(options.tls).some((value) => value !== undefined)
+
+/**
+ * The `transport` option's socket, checked, or `undefined` when there is none and the URL chooses the
+ * transport.
+ */
+export const customTransport = (
+  options: MqttClient.Options
+): Effect.Effect<Socket.Socket | undefined, MqttError.MqttError> =>
+  Effect.gen(function*() {
+    const transport = options.transport
+    if (transport === undefined) return undefined
+    if (tlsGiven(options)) {
+      return yield* invalid("tls", "a custom transport does its own TLS: give the TLS settings to its socket")
+    }
+    const socket = Socket.isSocket(transport) ? transport : yield* transport
+    if (!Socket.isSocket(socket)) return yield* invalid("transport", "expected an effect/socket/Socket")
+    return socket
+  })
