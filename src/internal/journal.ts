@@ -9,7 +9,7 @@ import * as Exit from "effect/Exit"
 import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
 import type { PublishProperties, QoS } from "../MqttMessage.ts"
-import type { FilterSpec } from "./subscriptions.ts"
+import type { FilterSpec } from "./packets.ts"
 
 /** A QoS 1/2 publish of the session, as stored. */
 export interface StoredPublish {

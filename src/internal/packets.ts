@@ -3,9 +3,19 @@
  * against the MQTT rules of the connection's protocol version. Nothing here does I/O.
  *
  * The decoder (`decode.ts`) turns bytes into these; the session (`session.ts`) consumes them. Properties are
- * MQTT 5 only: on MQTT 3.1 and 3.1.1 they are absent, and reason codes are 0 for success.
+ * MQTT 5 only: on MQTT 3.1 and 3.1.1 they are absent, and reason codes are 0 for success. `FilterSpec`, the one
+ * shape the client sends that the session keeps (and the journal stores), is here too.
  */
 import type { MessageProperties, QoS, UserProperty } from "../MqttMessage.ts"
+
+/** One filter of a SUBSCRIBE with its options (MQTT 5 section 3.8.3.1). */
+export interface FilterSpec {
+  readonly filter: string
+  readonly qos: QoS
+  readonly noLocal: boolean
+  readonly retainAsPublished: boolean
+  readonly retainHandling: 0 | 1 | 2
+}
 
 /** 3: MQTT 3.1 (protocol name `MQIsdp`), 4: MQTT 3.1.1, 5: MQTT 5.0. */
 export type ProtocolVersion = 3 | 4 | 5

@@ -16,22 +16,16 @@
  *   Mosquitto sends over MQTT 5) reaches only its subscription's owners.
  * - A message no owner claims goes to `messages`: nothing that arrives is dropped by routing.
  */
-import type { QoS, UserProperty } from "../MqttMessage.ts"
+import type { UserProperty } from "../MqttMessage.ts"
 import * as Codec from "./codec.ts"
 import { type Operation, type Output, violation } from "./output.ts"
 import { Line, type PacketIds, type Queued } from "./packetIds.ts"
 import type * as Packets from "./packets.ts"
+import type { FilterSpec } from "./packets.ts"
 import { matches } from "./topic.ts"
 import { TopicTrie } from "./topicTrie.ts"
 
-/** One filter of a SUBSCRIBE with its options (MQTT 5 section 3.8.3.1). */
-export interface FilterSpec {
-  readonly filter: string
-  readonly qos: QoS
-  readonly noLocal: boolean
-  readonly retainAsPublished: boolean
-  readonly retainHandling: 0 | 1 | 2
-}
+export type { FilterSpec } from "./packets.ts"
 
 /** The owner of `messages`: the filters of `subscribe`, and whatever no other owner claims. */
 export const MESSAGES = 0
