@@ -576,6 +576,73 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
 // ---------------------------------------------------------------------------------------------------------------
 
 describe("acknowledgements on the wire (fake broker)", () => {
+  // what the writer has been handed (or is about to be) when release begins is written before the DISCONNECT:
+  // an acknowledgement queued by the last take, a QoS 0 publish that completed when buffered, a PUBREC. Each is
+  // released at once after it is queued, twenty times, so the writer and the release race every way they can.
+  const lastBeforeRelease: ReadonlyArray<{
+    readonly name: string
+    readonly version: Version
+    readonly step: (
+      client: MqttClient.Client,
+      connection: FakeBroker.FakeConnection
+    ) => Effect.Effect<string, MqttError.MqttError>
+  }> = [
+    {
+      name: "the PUBACK of a QoS 1 message taken",
+      version: 4,
+      step: (client, connection) =>
+        Effect.gen(function*() {
+          yield* connection.send(publishPacket("t", "1", 1, 7))
+          yield* take(client.messages, 1)
+          return "PUBACK 7"
+        })
+    },
+    {
+      name: "the PUBACKs of three QoS 1 messages taken",
+      version: 4,
+      step: (client, connection) =>
+        Effect.gen(function*() {
+          yield* connection.sendMany([1, 2, 3].map((id) => publishPacket("t", String(id), 1, id)))
+          yield* eventually("three queued", Effect.map(client.queuedMessages, (n) => n === 3))
+          yield* take(client.messages, 3)
+          return "PUBACK 3"
+        })
+    },
+    {
+      name: "the PUBREC of a QoS 2 message taken",
+      version: 5,
+      step: (client, connection) =>
+        Effect.gen(function*() {
+          yield* connection.send(publishPacket("t", "1", 2, 9))
+          yield* take(client.messages, 1)
+          return "PUBREC 9"
+        })
+    },
+    {
+      name: "a QoS 0 publish",
+      version: 4,
+      step: (client) => Effect.as(client.publish("last", "bye", { qos: 0 }), "publish last")
+    }
+  ]
+  for (const { name, step, version } of lastBeforeRelease) {
+    it.live(`released at once after ${name}: it is written, then the DISCONNECT (20 times)`, () =>
+      Effect.gen(function*() {
+        for (let i = 0; i < 20; i++) {
+          const broker = yield* FakeBroker.make({ protocolVersion: version, autoPingresp: true })
+          const scope = yield* Scope.make()
+          const made = yield* Effect.forkChild(
+            MqttClient.make({ url: broker.url, protocolVersion: version, reconnect: false }).pipe(Scope.provide(scope))
+          )
+          const { connection } = yield* broker.acceptAndConnack()
+          const client = yield* Fiber.join(made)
+          const expected = yield* step(client, connection)
+          yield* within("release", Scope.close(scope, Exit.void))
+          const sent = yield* packetsUntil(connection, (p) => p.cmd === "disconnect")
+          assert.deepStrictEqual(sent.slice(-2), [expected, "disconnect"], `round ${i + 1}`)
+        }
+      }))
+  }
+
   it.live(
     "a priority queue hands out 5, 4, 3, 2, 1: nothing is acknowledged until 1 is taken, then PUBACK/PUBREC 1 to 5 in arrival order",
     () =>
