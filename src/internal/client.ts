@@ -95,6 +95,7 @@ export const make = (
     const client: MqttClient.Client = {
       // publish is the hot path: a span per message would cost more than the rest of the publish
       publish: Operations.publish(ctx),
+      publishAccepted: Operations.publishAccepted(ctx),
       subscribe: Effect.fn("MqttClient.subscribe")(function*(filters, options) {
         return yield* subscribe(filters, options)
       }),

@@ -14,6 +14,7 @@ import * as Codec from "./codec.ts"
 import type { Deliveries } from "./delivery.ts"
 import type { Driver } from "./driver.ts"
 import { invalid, isQoS, isUint, type Resolved } from "./options.ts"
+import type { OutgoingMessage } from "./outgoing.ts"
 import type { Operation } from "./output.ts"
 import { OFFLINE_FULL, type Session } from "./session.ts"
 import { type FilterSpec, MESSAGES, type Request } from "./subscriptions.ts"
@@ -59,54 +60,60 @@ export const publish = (ctx: Context) =>
   // each run encodes afresh: the same publish effect may run several times, even at once
   Effect.suspend(() => publishNow(ctx, topic, payload, options))
 
+/** A publish checked and encoded for the session, or why it is refused before anything is sent. */
+const prepare = (
+  ctx: Context,
+  topic: string,
+  payload: Uint8Array | string,
+  options: MqttClient.PublishOptions | undefined
+): OutgoingMessage | MqttError.MqttError => {
+  const qos = options?.qos ?? 0
+  const retain = options?.retain ?? false
+  const problem = nameProblem(topic)
+  if (problem !== undefined) return new MqttError.InvalidTopicError({ topic, kind: "name", reason: problem })
+  if (!isQoS(qos)) return invalid("qos", "expected 0, 1 or 2")
+  if (typeof retain !== "boolean") return invalid("retain", "expected a boolean")
+  const bytes = typeof payload === "string" ? Buffer.from(payload) : payload
+  if (!(bytes instanceof Uint8Array)) return invalid("payload", "expected a Uint8Array or a string")
+  let encoded: Codec.EncodedPublish
+  try {
+    encoded = Codec.encodePublish(ctx.options.protocolVersion, topic, bytes, qos, retain, options?.properties)
+  } catch (e) {
+    return invalid("properties", e instanceof Error ? e.message : String(e))
+  }
+  if (qos > 0 && ctx.driver.journal?.failing === true) {
+    // nothing is accepted that cannot be stored: the caller learns it now
+    return new MqttError.StoreError({
+      store: ctx.options.store!.name,
+      operation: "write",
+      reason: "the store cannot be written at the moment"
+    })
+  }
+  return { topic, payload: bytes, qos, retain, properties: options?.properties, encoded }
+}
+
+const offlineFull = (ctx: Context) =>
+  new MqttError.OfflineError({
+    operation: "publish",
+    reason: `the offline buffer is full (${ctx.options.offlineCapacity} publishes)`
+  })
+
 const publishNow = (
   ctx: Context,
   topic: string,
   payload: Uint8Array | string,
   options: MqttClient.PublishOptions | undefined
 ): Effect.Effect<void, MqttError.MqttError> => {
-  const qos = options?.qos ?? 0
-  const retain = options?.retain ?? false
-  const problem = nameProblem(topic)
-  if (problem !== undefined) {
-    return Effect.fail(new MqttError.InvalidTopicError({ topic, kind: "name", reason: problem }))
-  }
-  if (!isQoS(qos)) return Effect.fail(invalid("qos", "expected 0, 1 or 2"))
-  if (typeof retain !== "boolean") return Effect.fail(invalid("retain", "expected a boolean"))
-  const bytes = typeof payload === "string" ? Buffer.from(payload) : payload
-  if (!(bytes instanceof Uint8Array)) return Effect.fail(invalid("payload", "expected a Uint8Array or a string"))
-  let encoded: Codec.EncodedPublish
-  try {
-    encoded = Codec.encodePublish(ctx.options.protocolVersion, topic, bytes, qos, retain, options?.properties)
-  } catch (e) {
-    return Effect.fail(invalid("properties", e instanceof Error ? e.message : String(e)))
-  }
+  const message = prepare(ctx, topic, payload, options)
+  if (MqttError.isMqttError(message)) return Effect.fail(message)
   const { driver, session } = ctx
-  if (qos > 0 && driver.journal?.failing === true) {
-    // nothing is accepted that cannot be stored: the caller learns it now
-    return Effect.fail(
-      new MqttError.StoreError({
-        store: ctx.options.store!.name,
-        operation: "write",
-        reason: "the store cannot be written at the moment"
-      })
-    )
-  }
-  const result = session.publish(
-    { topic, payload: bytes, qos, retain, properties: options?.properties, encoded },
-    driver.out
-  )
+  const result = session.publish(message, driver.out)
   driver.drain()
   if (result === undefined) return driver.outbox?.backPressure ?? Effect.void
   if (result === OFFLINE_FULL) {
     return ctx.options.offlineOverflow === "wait"
       ? Effect.andThen(ctx.supervisor.awaitConnected, Effect.suspend(() => publishNow(ctx, topic, payload, options)))
-      : Effect.fail(
-        new MqttError.OfflineError({
-          operation: "publish",
-          reason: `the offline buffer is full (${ctx.options.offlineCapacity} publishes)`
-        })
-      )
+      : Effect.fail(offlineFull(ctx))
   }
   if (MqttError.isMqttError(result)) return Effect.fail(result)
   if (result.done) return result.error === undefined ? Effect.void : Effect.fail(result.error)
@@ -114,6 +121,65 @@ const publishNow = (
     session.outgoing.withdraw(entry, driver.out)
     driver.drain()
   }))
+}
+
+export const publishAccepted = (ctx: Context) =>
+(
+  topic: string,
+  payload: Uint8Array | string,
+  options?: MqttClient.PublishOptions
+): Effect.Effect<Effect.Effect<void, MqttError.MqttError>, MqttError.MqttError> =>
+  Effect.suspend(() => publishAcceptedNow(ctx, topic, payload, options))
+
+/**
+ * Accepts a publish into the session and, with a store, waits until it is stored; returns the wait for its
+ * acknowledgement. Giving up before it is accepted withdraws it (when it was not written yet); giving up the
+ * returned wait does not: an accepted publish belongs to the session.
+ */
+const publishAcceptedNow = (
+  ctx: Context,
+  topic: string,
+  payload: Uint8Array | string,
+  options: MqttClient.PublishOptions | undefined
+): Effect.Effect<Effect.Effect<void, MqttError.MqttError>, MqttError.MqttError> => {
+  const message = prepare(ctx, topic, payload, options)
+  if (MqttError.isMqttError(message)) return Effect.fail(message)
+  const { driver, session } = ctx
+  const result = session.publish(message, driver.out)
+  driver.drain()
+  if (result === undefined) return Effect.as(driver.outbox?.backPressure ?? Effect.void, Effect.void)
+  if (result === OFFLINE_FULL) {
+    return ctx.options.offlineOverflow === "wait"
+      ? Effect.andThen(
+        ctx.supervisor.awaitConnected,
+        Effect.suspend(() => publishAcceptedNow(ctx, topic, payload, options))
+      )
+      : Effect.fail(offlineFull(ctx))
+  }
+  if (MqttError.isMqttError(result)) return Effect.fail(result)
+  if (result.done && result.error !== undefined) return Effect.fail(result.error)
+  const acknowledged = result.done ? Effect.void : Effect.asVoid(awaitOperation(result, noWithdraw))
+  const journal = driver.journal
+  if (journal === undefined) return Effect.succeed(acknowledged)
+  return journal.stored.pipe(
+    Effect.onInterrupt(() =>
+      Effect.sync(() => {
+        session.outgoing.withdraw(result, driver.out)
+        driver.drain()
+      })
+    ),
+    Effect.flatMap((stored) =>
+      stored
+        ? Effect.succeed(acknowledged)
+        : Effect.fail(
+          result.error ?? new MqttError.StoreError({
+            store: ctx.options.store!.name,
+            operation: "write",
+            reason: "the client closed before the publish was stored"
+          })
+        )
+    )
+  )
 }
 
 /** The filters of a subscribe call with their options, checked. */
