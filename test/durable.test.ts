@@ -426,6 +426,44 @@ describe("durable sessions", () => {
       expect((yield* connection.expect("pubrec")).messageId).toBe(9)
     }).pipe(Effect.scoped))
 
+  it.live("a durable client that is closing does not answer the broker's PUBREC: the next client resends, and the broker does not see the flow completed twice", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 4 })
+      const { close, open, store } = yield* gatedStore
+      const options = { url: broker.url, clientId: "durable-10", store, cleanStart: false, reconnect: false as const }
+      const first = yield* clientIn(options)
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(first.fiber)
+      yield* Effect.forkChild(client.publish("t", "once", { qos: 2 }))
+      const publish = yield* connection.expect("publish")
+      // the client closes while a store write is slow (another publish's), so the connection is still open when
+      // the PUBREC comes
+      yield* close
+      yield* Effect.forkChild(client.publish("t", "pending", { qos: 1 }))
+      const closing = yield* Effect.forkChild(Scope.close(first.scope, Exit.void))
+      yield* connection.send({ cmd: "pubrec", messageId: publish.messageId! })
+      yield* Effect.sleep("100 millis")
+      yield* open
+      yield* Fiber.join(closing)
+      // no PUBREL before the DISCONNECT: it would let the broker complete the flow, and the next client, whose store
+      // says the PUBLISH was sent and not received, would send it again: a new message for the broker
+      const before: Array<string> = []
+      for (;;) {
+        const packet = yield* connection.receive
+        if (packet.cmd === "disconnect") break
+        before.push(packet.cmd)
+      }
+      expect(before.filter((cmd) => cmd === "pubrel")).toEqual([])
+      const second = yield* clientIn(options)
+      const next = yield* broker.accept
+      yield* next.expect("connect")
+      yield* next.connack({ sessionPresent: true })
+      const resent = yield* next.expect("publish")
+      expect([text(resent), resent.messageId, resent.dup]).toEqual(["once", publish.messageId, true])
+      yield* Fiber.join(second.fiber)
+      yield* Scope.close(second.scope, Exit.void)
+    }))
+
   it.live("a store needs a fixed client identifier", () =>
     Effect.gen(function*() {
       const store = yield* MqttSessionStore.memory
