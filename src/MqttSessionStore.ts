@@ -7,7 +7,7 @@
  * | store | survives SIGKILL | survives power loss |
  * | --- | --- | --- |
  * | {@link memory} | no (the process's memory) | no |
- * | {@link fileSystem} | yes: each write is in the file system before the packets that depend on it go out | only with `sync: true` (each write is fsynced, then renamed into place) |
+ * | {@link fileSystem} | yes: each write is a temporary file renamed into place (never torn) before the packets that depend on it go out | only with `sync: true` (the file, then the directory, fsynced before the packets go out) |
  * | {@link redis} | yes | as the Redis server's own persistence (AOF with `appendfsync always` for every write) |
  *
  * Give it to the client with the `store` option (and a fixed `clientId`, a persistent session: `cleanStart: false`
@@ -41,17 +41,19 @@ import * as Path from "effect/Path"
 import * as KeyValueStore from "effect/persistence/KeyValueStore"
 import * as Redis from "effect/persistence/Redis"
 import type { PlatformError } from "effect/PlatformError"
-import type { SessionStore } from "./internal/store.ts"
 
-export type {
-  /**
-   * A store for durable sessions: a `KeyValueStore` and the name that errors and log lines give it.
-   *
-   * @since 0.2.0
-   * @category models
-   */
-  SessionStore
-} from "./internal/store.ts"
+/**
+ * A store for durable sessions: a `KeyValueStore` and the name that errors and log lines give it.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface SessionStore {
+  /** How errors and log lines name the store: `"file:/var/lib/app/mqtt"`, `"redis"`, `"memory"`... */
+  readonly name: string
+  /** Where the session is kept: one key per journal segment and one for the snapshot, under the client's prefix. */
+  readonly kv: KeyValueStore.KeyValueStore
+}
 
 const service = Effect.gen(function*() {
   return yield* KeyValueStore.KeyValueStore
