@@ -633,6 +633,43 @@ export interface Client {
   ) => Effect.Effect<void, MqttError.MqttError>
 
   /**
+   * Publishes a message in two steps: the outer effect completes once the client has accepted the message, and
+   * returns the effect that waits for its acknowledgement (what `publish` waits for: PUBACK for QoS 1, PUBCOMP
+   * for QoS 2; QoS 0 has none, it is done once accepted).
+   *
+   * Accepted means that the client is responsible for the message: with a `store`, a QoS 1/2 publish is accepted
+   * once it is stored, so that it is sent, by this client or by the next one started with the same store and
+   * client identifier, even if this process is killed right after; without a store, once it is in the session
+   * (it survives reconnects, not the process). Use it to tell a producer that it may let go of a message before
+   * the broker acknowledged it, or to keep many publishes in flight from one fiber.
+   *
+   * The outer effect fails as `publish` does before anything is sent (invalid input, `OfflineError`,
+   * `StoreError` while the store cannot be written); it waits while the store is being written (also while a
+   * failed write is retried). Interrupting it before it completes withdraws the publish when it was not written
+   * yet. Interrupting the returned wait does not: the accepted publish is still sent and acknowledged.
+   *
+   * @example
+   * ```ts
+   * import { Effect } from "effect"
+   * import { MqttClient } from "effect-mqtt"
+   *
+   * const program = Effect.gen(function*() {
+   *   const client = yield* MqttClient.MqttClient
+   *   const acknowledged = yield* client.publishAccepted("orders/created", "{\"id\":42}", { qos: 1 })
+   *   // stored: safe to tell the producer; the broker's PUBACK comes later
+   *   yield* acknowledged
+   * })
+   * ```
+   *
+   * @since 0.2.0
+   */
+  readonly publishAccepted: (
+    topic: string,
+    payload: Uint8Array | string,
+    options?: PublishOptions
+  ) => Effect.Effect<Effect.Effect<void, MqttError.MqttError>, MqttError.MqttError>
+
+  /**
    * Subscribes to one or more topic filters with one SUBSCRIBE. A string filter uses `options`; a
    * `Subscription` carries its own. Returns what the broker granted for each filter, in order. Fails with
    * `SubscribeError` naming the first filter the broker refused.

@@ -124,7 +124,7 @@ export class MqttMessage {
    * @since 0.2.0
    * @internal
    */
-  [ReceiptKey]: { readonly acknowledge: () => void } | undefined = undefined
+  [ReceiptKey]: { readonly acknowledge: () => Effect.Effect<void> | undefined } | undefined = undefined
 
   /**
    * Makes a message. The client makes them; applications only need this in tests.
@@ -164,10 +164,16 @@ export class MqttMessage {
    * messages still unacknowledged. A message never acknowledged is sent again by the broker on the next
    * connection of a persistent session (at-least-once processing). Idempotent; does nothing for QoS 0.
    *
+   * With a durable session (the client's `store` option), it completes once the acknowledgement it sends is
+   * stored: a QoS 2 message whose `ack` completed is never delivered again, not even to the next process started
+   * with the same store after a crash (its identifier is stored before the PUBREC is written). An
+   * acknowledgement that waits behind an earlier unacknowledged message is not waited for: acknowledge in
+   * arrival order to rely on this.
+   *
    * @since 0.2.0
    */
   get ack(): Effect.Effect<void> {
-    return Effect.sync(() => this[ReceiptKey]?.acknowledge())
+    return Effect.suspend(() => this[ReceiptKey]?.acknowledge() ?? Effect.void)
   }
 
   /**

@@ -7,7 +7,7 @@
  * | store | survives SIGKILL | survives power loss |
  * | --- | --- | --- |
  * | {@link memory} | no (the process's memory) | no |
- * | {@link fileSystem} | yes: each write is in the file system before the packets that depend on it go out | only with `sync: true` (each write is fsynced, then renamed into place) |
+ * | {@link fileSystem} | yes: each write is a temporary file renamed into place (never torn) before the packets that depend on it go out | only with `sync: true` (the file, then the directory, fsynced before the packets go out) |
  * | {@link redis} | yes | as the Redis server's own persistence (AOF with `appendfsync always` for every write) |
  *
  * Give it to the client with the `store` option (and a fixed `clientId`, a persistent session: `cleanStart: false`
@@ -81,10 +81,14 @@ export const memory: Effect.Effect<SessionStore> = Effect.map(
 /**
  * A session store in a directory, one file per key (the directory is created; do not share it with other data).
  *
- * Each write is complete in the file system before the packets that depend on it are sent, so a process killed
- * at any moment (SIGKILL) loses nothing it accepted. With `sync: true` every write goes to a temporary file that
- * is fsynced and then renamed into place, so that it also survives a power loss, at the cost of an fsync per
- * batch of writes (default `false`).
+ * Each write goes to a temporary file that is then renamed over the key's file, so a file is always whole: a
+ * process killed at any moment (SIGKILL), even in the middle of a write, leaves the previous version or the new
+ * one, never a torn one; and each write is complete before the packets that depend on it are sent, so nothing the
+ * client accepted is lost. With `sync: true` the temporary file and then the directory are also fsynced, so
+ * that a write survives a power loss (or a kernel crash) too, at the cost of two fsyncs per batch of writes;
+ * without it, the last writes before a power loss may be lost (default `false`).
+ *
+ * Temporary files left by a killed process are removed when the store is made.
  *
  * Needs Effect's `FileSystem` and `Path` (on Node.js: `NodeFileSystem.layer` and `NodePath.layer`).
  *
@@ -94,13 +98,13 @@ export const memory: Effect.Effect<SessionStore> = Effect.map(
 export const fileSystem = (
   directory: string,
   options?: { readonly sync?: boolean | undefined }
-): Effect.Effect<SessionStore, PlatformError, FileSystem.FileSystem | Path.Path> =>
-  options?.sync === true
-    ? Effect.map(syncedFileSystem(directory), (kv) => ({ name: `file:${directory} (fsync)`, kv }))
-    : Effect.map(
-      Effect.provide(service, KeyValueStore.layerFileSystem(directory)),
-      (kv) => ({ name: `file:${directory}`, kv })
-    )
+): Effect.Effect<SessionStore, PlatformError, FileSystem.FileSystem | Path.Path> => {
+  const sync = options?.sync === true
+  return Effect.map(
+    atomicFileSystem(directory, sync),
+    (kv) => ({ name: sync ? `file:${directory} (fsync)` : `file:${directory}`, kv })
+  )
+}
 
 const kvError = (method: string, key: string | undefined, cause: unknown) =>
   new KeyValueStore.KeyValueStoreError({
@@ -110,31 +114,61 @@ const kvError = (method: string, key: string | undefined, cause: unknown) =>
     cause
   })
 
-/** A file-per-key store whose writes are fsynced and renamed into place. */
-const syncedFileSystem = (directory: string) =>
+const TEMPORARY = /\.(\d+)\.\d+\.tmp$/
+
+/** Whether the process `pid` is still running (a temporary file of a running process is not removed). */
+const isRunning = (pid: number): boolean => {
+  if (pid === process.pid) return true
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (e) {
+    return (e as { code?: string }).code === "EPERM"
+  }
+}
+
+/**
+ * A file-per-key store whose writes are atomic (a temporary file renamed into place), fsynced with the directory
+ * when `sync` is set.
+ */
+const atomicFileSystem = (directory: string, sync: boolean) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
     yield* fs.makeDirectory(directory, { recursive: true })
+    for (const name of yield* fs.readDirectory(directory)) {
+      const match = TEMPORARY.exec(name)
+      if (match !== null && !isRunning(Number(match[1]))) {
+        yield* Effect.ignore(fs.remove(path.join(directory, name)))
+      }
+    }
     const file = (key: string) => path.join(directory, encodeURIComponent(key))
     let temporary = 0
     const read = (key: string) =>
       Effect.catch(fs.readFileString(file(key)), (cause) =>
         cause.reason._tag === "NotFound" ? Effect.undefined : Effect.fail(kvError("get", key, cause)))
+    const stage = (staged: string, value: string) =>
+      sync
+        ? Effect.scoped(Effect.gen(function*() {
+          const handle = yield* fs.open(staged, { flag: "w" })
+          yield* handle.writeAll(new TextEncoder().encode(value))
+          yield* handle.sync
+        }))
+        : fs.writeFileString(staged, value)
+    // the rename itself is durable once the directory is
+    const syncDirectory = Effect.scoped(Effect.flatMap(fs.open(directory, { flag: "r" }), (dir) =>
+      dir.sync))
     const write = (key: string, value: string) =>
-      Effect.scoped(Effect.gen(function*() {
+      Effect.suspend(() => {
         const target = file(key)
         const staged = `${target}.${process.pid}.${temporary++}.tmp`
-        const handle = yield* fs.open(staged, { flag: "w" })
-        yield* handle.writeAll(new TextEncoder().encode(value))
-        yield* handle.sync
-        yield* fs.rename(staged, target)
-        // the rename itself is durable once the directory is
-        const dir = yield* fs.open(directory, { flag: "r" })
-        yield* Effect.ignore(dir.sync)
-      })).pipe(Effect.mapError((cause) =>
-        kvError("set", key, cause)
-      ))
+        return stage(staged, value).pipe(
+          Effect.andThen(fs.rename(staged, target)),
+          Effect.andThen(sync ? Effect.ignore(syncDirectory) : Effect.void),
+          Effect.tapError(() => Effect.ignore(fs.remove(staged))),
+          Effect.mapError((cause) => kvError("set", key, cause))
+        )
+      })
     const keys = Effect.map(
       Effect.mapError(fs.readDirectory(directory), (cause) => kvError("keys", undefined, cause)),
       (names) => names.filter((name) => !name.endsWith(".tmp")).map(decodeURIComponent)
@@ -150,7 +184,8 @@ const syncedFileSystem = (directory: string) =>
         (cause) =>
           kvError("clear", undefined, cause)
       ),
-      size: Effect.map(keys, (all) => all.length),
+      size: Effect.map(keys, (all) =>
+        all.length),
       keys
     })
   })

@@ -781,7 +781,13 @@ describe("MqttMessage.ackAfter", () => {
   /** A message as the client hands it over, with a receipt that counts its acknowledgements. */
   const received = () => {
     const message = new MqttMessage.MqttMessage("jobs", new TextEncoder().encode("job"), 1, false, false)
-    const receipt = { count: 0, acknowledge: () => receipt.count++ }
+    const receipt = {
+      count: 0,
+      acknowledge: () => {
+        receipt.count++
+        return undefined
+      }
+    }
     message[MqttMessage.ReceiptKey] = receipt
     return { message, receipt }
   }

@@ -5,7 +5,7 @@
  * durable.crash.test.ts.)
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Scope, Stream } from "effect"
+import { Deferred, Effect, Exit, Fiber, Scope, Stream } from "effect"
 import { MqttClient, MqttError, MqttSessionStore } from "effect-mqtt"
 import * as KeyValueStore from "effect/persistence/KeyValueStore"
 import { Buffer } from "node:buffer"
@@ -34,6 +34,36 @@ const flakyStore = Effect.gen(function*() {
     keys: inner.kv.keys
   })
   return { store: MqttSessionStore.fromKeyValueStore(kv, "flaky"), state, inner }
+})
+
+/** A memory store whose writes wait, while `closed`, until the gate opens: a slow store, under the test's control. */
+const gatedStore = Effect.gen(function*() {
+  const inner = yield* MqttSessionStore.memory
+  const gate = { open: yield* Deferred.make<void>(), closed: false, waiting: 0 }
+  const kv = KeyValueStore.make({
+    get: inner.kv.get,
+    getUint8Array: inner.kv.getUint8Array,
+    set: (key, value) =>
+      Effect.suspend(() => {
+        if (!gate.closed) return inner.kv.set(key, value)
+        gate.waiting++
+        return Effect.andThen(Deferred.await(gate.open), inner.kv.set(key, value))
+      }),
+    remove: inner.kv.remove,
+    clear: inner.kv.clear,
+    size: inner.kv.size,
+    keys: inner.kv.keys
+  })
+  const close = Effect.sync(() => {
+    gate.closed = true
+  })
+  const open = Effect.andThen(
+    Effect.sync(() => {
+      gate.closed = false
+    }),
+    Deferred.succeed(gate.open, undefined)
+  )
+  return { store: MqttSessionStore.fromKeyValueStore(kv, "gated"), gate, close, open }
 })
 
 /** A client in a scope of its own: closing the scope stands for the process going away. */
@@ -258,6 +288,181 @@ describe("durable sessions", () => {
       yield* connection.send({ cmd: "puback", messageId: next.messageId! })
       yield* Fiber.join(after)
     }).pipe(Effect.scoped))
+
+  it.live("publishAccepted completes once the publish is stored, before it is sent; the wait it returns ends on PUBACK", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const { close, gate, open, store } = yield* gatedStore
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({
+          url: broker.url,
+          protocolVersion: 5,
+          clientId: "durable-6",
+          store,
+          sessionExpiryInterval: 60,
+          reconnect: false
+        })
+      )
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      yield* close
+      const accepting = yield* Effect.forkChild(client.publishAccepted("t", "stored first", { qos: 1 }))
+      // not stored: neither accepted nor sent
+      yield* connection.expectSilence(200)
+      expect(gate.waiting).toBeGreaterThan(0)
+      expect(accepting.pollUnsafe()).toBeUndefined()
+      yield* open
+      const acknowledged = yield* Fiber.join(accepting)
+      const publish = yield* connection.expect("publish")
+      expect(text(publish)).toBe("stored first")
+      const waiting = yield* Effect.forkChild(acknowledged)
+      yield* connection.expectSilence(100)
+      expect(waiting.pollUnsafe()).toBeUndefined()
+      yield* connection.send({ cmd: "puback", messageId: publish.messageId! })
+      yield* Fiber.join(waiting)
+    }).pipe(Effect.scoped))
+
+  it.live("an accepted publish whose wait is interrupted is still sent and stays in the store until acknowledged", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 4 })
+      const store = yield* MqttSessionStore.memory
+      const options = { url: broker.url, clientId: "durable-7", store, cleanStart: false, reconnect: false as const }
+      const first = yield* clientIn(options)
+      // Receive Maximum 1 (from the broker's CONNACK is MQTT 5 only): hold the line with an unanswered publish
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(first.fiber)
+      const acknowledged = yield* client.publishAccepted("t", "accepted", { qos: 2 })
+      const waiting = yield* Effect.forkChild(acknowledged)
+      yield* Fiber.interrupt(waiting)
+      const publish = yield* connection.expect("publish")
+      expect(text(publish)).toBe("accepted")
+      yield* Scope.close(first.scope, Exit.void)
+      const second = yield* clientIn(options)
+      const next = yield* broker.accept
+      yield* next.expect("connect")
+      yield* next.connack({ sessionPresent: true })
+      const resent = yield* next.expect("publish")
+      expect([text(resent), resent.messageId, resent.dup]).toEqual(["accepted", publish.messageId, true])
+      yield* Fiber.join(second.fiber)
+      yield* Scope.close(second.scope, Exit.void)
+    }))
+
+  it.live("without a store, publishAccepted completes at once and returns the wait for PUBACK", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 4 })
+      const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, reconnect: false }))
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      const acknowledged = yield* client.publishAccepted("t", "in memory", { qos: 1 })
+      const publish = yield* connection.expect("publish")
+      const waiting = yield* Effect.forkChild(acknowledged)
+      yield* connection.expectSilence(100)
+      expect(waiting.pollUnsafe()).toBeUndefined()
+      yield* connection.send({ cmd: "puback", messageId: publish.messageId! })
+      yield* Fiber.join(waiting)
+      const invalid = yield* Effect.flip(client.publishAccepted("bad/#", "x", { qos: 1 }))
+      expect(invalid._tag).toBe("InvalidTopicError")
+    }).pipe(Effect.scoped))
+
+  it.live("while the store cannot be written, publishAccepted fails with StoreError", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 4 })
+      const { state, store } = yield* flakyStore
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, clientId: "durable-8", store, reconnect: false, logLevel: "None" })
+      )
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      state.failing = true
+      // the first is accepted into the session and waits, unstored, until the store is back; it is not sent
+      const held = yield* Effect.forkChild(client.publishAccepted("t", "held", { qos: 1 }))
+      yield* connection.expectSilence(300)
+      expect(held.pollUnsafe()).toBeUndefined()
+      const refused = yield* Effect.flip(client.publishAccepted("t", "refused", { qos: 2 }))
+      assert(refused instanceof MqttError.StoreError, String(refused))
+      state.failing = false
+      const acknowledged = yield* Fiber.join(held)
+      const publish = yield* connection.expect("publish")
+      expect(text(publish)).toBe("held")
+      yield* connection.send({ cmd: "puback", messageId: publish.messageId! })
+      yield* acknowledged
+    }).pipe(Effect.scoped))
+
+  it.live("with a store, message.ack of a QoS 2 message completes once its identifier is stored, before PUBREC", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const { close, open, store } = yield* gatedStore
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({
+          url: broker.url,
+          protocolVersion: 5,
+          clientId: "durable-9",
+          store,
+          sessionExpiryInterval: 60,
+          acknowledgement: "manual",
+          reconnect: false
+        })
+      )
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      yield* connection.send({
+        cmd: "publish",
+        topic: "in",
+        payload: Buffer.from("exactly once"),
+        qos: 2,
+        messageId: 9,
+        retain: false,
+        dup: false
+      })
+      const [message] = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
+      // not acknowledged yet: no PUBREC
+      yield* connection.expectSilence(100)
+      yield* close
+      const acking = yield* Effect.forkChild(message.ack)
+      yield* connection.expectSilence(200)
+      expect(acking.pollUnsafe()).toBeUndefined()
+      yield* open
+      yield* Fiber.join(acking)
+      expect((yield* connection.expect("pubrec")).messageId).toBe(9)
+    }).pipe(Effect.scoped))
+
+  it.live("a durable client that is closing does not answer the broker's PUBREC: the next client resends, and the broker does not see the flow completed twice", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 4 })
+      const { close, open, store } = yield* gatedStore
+      const options = { url: broker.url, clientId: "durable-10", store, cleanStart: false, reconnect: false as const }
+      const first = yield* clientIn(options)
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(first.fiber)
+      yield* Effect.forkChild(client.publish("t", "once", { qos: 2 }))
+      const publish = yield* connection.expect("publish")
+      // the client closes while a store write is slow (another publish's), so the connection is still open when
+      // the PUBREC comes
+      yield* close
+      yield* Effect.forkChild(client.publish("t", "pending", { qos: 1 }))
+      const closing = yield* Effect.forkChild(Scope.close(first.scope, Exit.void))
+      yield* connection.send({ cmd: "pubrec", messageId: publish.messageId! })
+      yield* Effect.sleep("100 millis")
+      yield* open
+      yield* Fiber.join(closing)
+      // no PUBREL before the DISCONNECT: it would let the broker complete the flow, and the next client, whose store
+      // says the PUBLISH was sent and not received, would send it again: a new message for the broker
+      const before: Array<string> = []
+      for (;;) {
+        const packet = yield* connection.receive
+        if (packet.cmd === "disconnect") break
+        before.push(packet.cmd)
+      }
+      expect(before.filter((cmd) => cmd === "pubrel")).toEqual([])
+      const second = yield* clientIn(options)
+      const next = yield* broker.accept
+      yield* next.expect("connect")
+      yield* next.connack({ sessionPresent: true })
+      const resent = yield* next.expect("publish")
+      expect([text(resent), resent.messageId, resent.dup]).toEqual(["once", publish.messageId, true])
+      yield* Fiber.join(second.fiber)
+      yield* Scope.close(second.scope, Exit.void)
+    }))
 
   it.live("a store needs a fixed client identifier", () =>
     Effect.gen(function*() {

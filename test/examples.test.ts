@@ -247,6 +247,23 @@ for (const broker of brokers) {
       },
       EXAMPLE_TIMEOUT_MS
     )
+
+    it(
+      "12-durable-session: the orders stored by the first client arrive once, the unfinished ones sent by the next",
+      async () => {
+        const run = await runOk("12-durable-session.ts", broker.url())
+        assert.deepStrictEqual(run.lines, [
+          "stored: order 1",
+          "stored: order 2",
+          "stored: order 3",
+          "the first client stopped; what it did not finish is in the store",
+          "received: orders/1 order 1",
+          "received: orders/2 order 2",
+          "received: orders/3 order 3"
+        ])
+      },
+      EXAMPLE_TIMEOUT_MS
+    )
   })
 }
 

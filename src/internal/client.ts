@@ -169,6 +169,7 @@ export const make = (
     const client: MqttClient.Client = {
       // publish is the hot path: a span per message would cost more than the rest of the publish
       publish: Operations.publish(ctx),
+      publishAccepted: Operations.publishAccepted(ctx),
       subscribe: (filters, options) =>
         Effect.withSpan(subscribe(filters, options), "MqttClient.subscribe", span("subscribe", filtersOf(filters))),
       unsubscribe: (filters, options) =>

@@ -24,23 +24,28 @@ interface Owner {
   readonly manual: boolean
 }
 
+/** Where a copy's acknowledgement goes; returns what to wait for until it is stored (durable sessions). */
+type Sink = (record: InboundRecord) => Effect.Effect<void> | undefined
+
 /** One copy's acknowledgement: reported once, when taken, acknowledged, or dropped. */
 class Receipt {
   private done = false
   private readonly record: InboundRecord
-  private readonly sink: (record: InboundRecord) => void
-  constructor(record: InboundRecord, sink: (record: InboundRecord) => void) {
+  private readonly sink: Sink
+  constructor(record: InboundRecord, sink: Sink) {
     this.record = record
     this.sink = sink
   }
-  acknowledge(): void {
-    if (this.done) return
+  acknowledge(): Effect.Effect<void> | undefined {
+    if (this.done) return undefined
     this.done = true
-    this.sink(this.record)
+    return this.sink(this.record)
   }
 }
 
-const acknowledge = (message: MqttMessage) => message[ReceiptKey]?.acknowledge()
+const acknowledge = (message: MqttMessage): void => {
+  message[ReceiptKey]?.acknowledge()
+}
 
 export class Deliveries {
   private readonly owners = new Map<number, Owner>()
@@ -49,7 +54,7 @@ export class Deliveries {
   readonly messages: Queue
   private readonly strategy: IncomingQueue.Strategy
   /** where a copy's acknowledgement goes: the session, through the driver */
-  private readonly sink: (record: InboundRecord) => void
+  private readonly sink: Sink
   /** messages dropped by the queues of owners that are gone */
   private droppedByGone = 0
 
@@ -60,7 +65,7 @@ export class Deliveries {
   constructor(
     strategy: IncomingQueue.Strategy,
     manual: boolean,
-    sink: (record: InboundRecord) => void,
+    sink: Sink,
     metrics: ClientMetrics
   ) {
     this.strategy = strategy

@@ -76,9 +76,15 @@ export class Driver {
     return wait
   }
 
-  /** A copy of a received message was taken (or acknowledged): its acknowledgement may go. */
-  readonly settled = (record: InboundRecord): void => {
+  /**
+   * A copy of a received message was taken (or acknowledged): its acknowledgement may go. With a durable
+   * session, returns the wait until what this step released (the PUBREC and its stored identifier) is stored.
+   */
+  readonly settled = (record: InboundRecord): Effect.Effect<void> | undefined => {
+    const journal = this.journal
+    const before = journal?.appendedCount ?? 0
     this.session.settled(record, this.out)
     this.drain()
+    return journal === undefined || journal.appendedCount === before ? undefined : Effect.asVoid(journal.stored)
   }
 }

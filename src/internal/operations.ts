@@ -14,6 +14,7 @@ import * as Codec from "./codec.ts"
 import type { Deliveries } from "./delivery.ts"
 import type { Driver } from "./driver.ts"
 import { invalid, isQoS, isUint, type Resolved } from "./options.ts"
+import type { OutgoingMessage } from "./outgoing.ts"
 import type { Operation } from "./output.ts"
 import { OFFLINE_FULL, type Session } from "./session.ts"
 import { type FilterSpec, MESSAGES, type Request } from "./subscriptions.ts"
@@ -56,44 +57,88 @@ export const publish = (ctx: Context) =>
   topic: string,
   payload: Uint8Array | string,
   options?: MqttClient.PublishOptions
-): Effect.Effect<void, MqttError.MqttError> =>
-  ctx.options.tracing.messages
-    ? Effect.withSpan(traced(ctx, topic, payload, options), "mqtt publish", {
-      kind: "producer",
-      attributes: {
-        "messaging.system": "mqtt",
-        "messaging.operation.name": "publish",
-        "messaging.operation.type": "send",
-        "messaging.destination.name": topic,
-        "messaging.client.id": ctx.session.clientId,
-        "messaging.message.body.size": typeof payload === "string" ? Bytes.utf8Length(payload) : payload.byteLength,
-        "mqtt.qos": options?.qos ?? 0
-      }
-    })
-    : traced(ctx, topic, payload, options)
+): Effect.Effect<void, MqttError.MqttError> => traced(ctx, topic, payload, options, publishNow)
 
 /**
- * A publish with the trace context: on MQTT 5, one made inside a span carries its W3C `traceparent` (unless
- * `tracing.propagate` is false). Each run encodes afresh: the same publish effect may run several times, even at
- * once.
+ * A publish run with its span (`tracing.messages`) and its trace context: on MQTT 5, one made inside a span
+ * carries its W3C `traceparent` (unless `tracing.propagate` is false). Each run encodes afresh: the same publish
+ * effect may run several times, even at once.
  */
-const traced = (
+const traced = <A>(
   ctx: Context,
   topic: string,
   payload: Uint8Array | string,
-  options: MqttClient.PublishOptions | undefined
-): Effect.Effect<void, MqttError.MqttError> =>
-  ctx.options.protocolVersion === 5 && ctx.options.tracing.propagate
+  options: MqttClient.PublishOptions | undefined,
+  run: (
+    ctx: Context,
+    topic: string,
+    payload: Uint8Array | string,
+    options: MqttClient.PublishOptions | undefined
+  ) => Effect.Effect<A, MqttError.MqttError>
+): Effect.Effect<A, MqttError.MqttError> => {
+  const withContext = ctx.options.protocolVersion === 5 && ctx.options.tracing.propagate
     ? Effect.withFiber((fiber) => {
       const span = Telemetry.currentSpan(fiber.context)
-      if (span === undefined) return publishNow(ctx, topic, payload, options)
+      if (span === undefined) return run(ctx, topic, payload, options)
       const properties = {
         ...options?.properties,
         userProperties: Telemetry.withTraceparent(options?.properties?.userProperties, span)
       }
-      return publishNow(ctx, topic, payload, { ...options, properties })
+      return run(ctx, topic, payload, { ...options, properties })
     })
-    : Effect.suspend(() => publishNow(ctx, topic, payload, options))
+    : Effect.suspend(() => run(ctx, topic, payload, options))
+  if (!ctx.options.tracing.messages) return withContext
+  return Effect.withSpan(withContext, "mqtt publish", {
+    kind: "producer",
+    attributes: {
+      "messaging.system": "mqtt",
+      "messaging.operation.name": "publish",
+      "messaging.operation.type": "send",
+      "messaging.destination.name": topic,
+      "messaging.client.id": ctx.session.clientId,
+      "messaging.message.body.size": typeof payload === "string" ? Bytes.utf8Length(payload) : payload.byteLength,
+      "mqtt.qos": options?.qos ?? 0
+    }
+  })
+}
+
+/** A publish checked and encoded for the session, or why it is refused before anything is sent. */
+const prepare = (
+  ctx: Context,
+  topic: string,
+  payload: Uint8Array | string,
+  options: MqttClient.PublishOptions | undefined
+): OutgoingMessage | MqttError.MqttError => {
+  const qos = options?.qos ?? 0
+  const retain = options?.retain ?? false
+  const problem = nameProblem(topic)
+  if (problem !== undefined) return new MqttError.InvalidTopicError({ topic, kind: "name", reason: problem })
+  if (!isQoS(qos)) return invalid("qos", "expected 0, 1 or 2")
+  if (typeof retain !== "boolean") return invalid("retain", "expected a boolean")
+  const bytes = typeof payload === "string" ? Bytes.utf8(payload) : payload
+  if (!(bytes instanceof Uint8Array)) return invalid("payload", "expected a Uint8Array or a string")
+  let encoded: Codec.EncodedPublish
+  try {
+    encoded = Codec.encodePublish(ctx.options.protocolVersion, topic, bytes, qos, retain, options?.properties)
+  } catch (e) {
+    return invalid("properties", e instanceof Error ? e.message : String(e))
+  }
+  if (qos > 0 && ctx.driver.journal?.failing === true) {
+    // nothing is accepted that cannot be stored: the caller learns it now
+    return new MqttError.StoreError({
+      store: ctx.options.store!.name,
+      operation: "write",
+      reason: "the store cannot be written at the moment"
+    })
+  }
+  return { topic, payload: bytes, qos, retain, properties: options?.properties, encoded }
+}
+
+const offlineFull = (ctx: Context) =>
+  new MqttError.OfflineError({
+    operation: "publish",
+    reason: `the offline buffer is full (${ctx.options.offlineCapacity} publishes)`
+  })
 
 const publishNow = (
   ctx: Context,
@@ -101,49 +146,19 @@ const publishNow = (
   payload: Uint8Array | string,
   options: MqttClient.PublishOptions | undefined
 ): Effect.Effect<void, MqttError.MqttError> => {
-  const qos = options?.qos ?? 0
-  const retain = options?.retain ?? false
-  const problem = nameProblem(topic)
-  if (problem !== undefined) {
-    return Effect.fail(new MqttError.InvalidTopicError({ topic, kind: "name", reason: problem }))
-  }
-  if (!isQoS(qos)) return Effect.fail(invalid("qos", "expected 0, 1 or 2"))
-  if (typeof retain !== "boolean") return Effect.fail(invalid("retain", "expected a boolean"))
-  const bytes = typeof payload === "string" ? Bytes.utf8(payload) : payload
-  if (!(bytes instanceof Uint8Array)) return Effect.fail(invalid("payload", "expected a Uint8Array or a string"))
-  let encoded: Codec.EncodedPublish
-  try {
-    encoded = Codec.encodePublish(ctx.options.protocolVersion, topic, bytes, qos, retain, options?.properties)
-  } catch (e) {
-    return Effect.fail(invalid("properties", e instanceof Error ? e.message : String(e)))
-  }
+  const message = prepare(ctx, topic, payload, options)
+  if (MqttError.isMqttError(message)) return Effect.fail(message)
   const { driver, session } = ctx
-  if (qos > 0 && driver.journal?.failing === true) {
-    // nothing is accepted that cannot be stored: the caller learns it now
-    return Effect.fail(
-      new MqttError.StoreError({
-        store: ctx.options.store!.name,
-        operation: "write",
-        reason: "the store cannot be written at the moment"
-      })
-    )
+  const result = session.publish(message, driver.out)
+  if (result !== OFFLINE_FULL && !MqttError.isMqttError(result)) {
+    driver.metrics.sent(message.qos, message.payload.byteLength)
   }
-  ctx.driver.metrics.sent(qos, bytes.byteLength)
-  const result = session.publish(
-    { topic, payload: bytes, qos, retain, properties: options?.properties, encoded },
-    driver.out
-  )
   driver.drain()
   if (result === undefined) return driver.outbox?.backPressure ?? Effect.void
   if (result === OFFLINE_FULL) {
     return ctx.options.offlineOverflow === "wait"
       ? Effect.andThen(ctx.supervisor.awaitConnected, Effect.suspend(() => publishNow(ctx, topic, payload, options)))
-      : Effect.fail(
-        new MqttError.OfflineError({
-          operation: "publish",
-          reason: `the offline buffer is full (${ctx.options.offlineCapacity} publishes)`
-        })
-      )
+      : Effect.fail(offlineFull(ctx))
   }
   if (MqttError.isMqttError(result)) return Effect.fail(result)
   if (result.done) return result.error === undefined ? Effect.void : Effect.fail(result.error)
@@ -151,6 +166,68 @@ const publishNow = (
     session.outgoing.withdraw(entry, driver.out)
     driver.drain()
   }))
+}
+
+export const publishAccepted = (ctx: Context) =>
+(
+  topic: string,
+  payload: Uint8Array | string,
+  options?: MqttClient.PublishOptions
+): Effect.Effect<Effect.Effect<void, MqttError.MqttError>, MqttError.MqttError> =>
+  traced(ctx, topic, payload, options, publishAcceptedNow)
+
+/**
+ * Accepts a publish into the session and, with a store, waits until it is stored; returns the wait for its
+ * acknowledgement. Giving up before it is accepted withdraws it (when it was not written yet); giving up the
+ * returned wait does not: an accepted publish belongs to the session.
+ */
+const publishAcceptedNow = (
+  ctx: Context,
+  topic: string,
+  payload: Uint8Array | string,
+  options: MqttClient.PublishOptions | undefined
+): Effect.Effect<Effect.Effect<void, MqttError.MqttError>, MqttError.MqttError> => {
+  const message = prepare(ctx, topic, payload, options)
+  if (MqttError.isMqttError(message)) return Effect.fail(message)
+  const { driver, session } = ctx
+  const result = session.publish(message, driver.out)
+  if (result !== OFFLINE_FULL && !MqttError.isMqttError(result)) {
+    driver.metrics.sent(message.qos, message.payload.byteLength)
+  }
+  driver.drain()
+  if (result === undefined) return Effect.as(driver.outbox?.backPressure ?? Effect.void, Effect.void)
+  if (result === OFFLINE_FULL) {
+    return ctx.options.offlineOverflow === "wait"
+      ? Effect.andThen(
+        ctx.supervisor.awaitConnected,
+        Effect.suspend(() => publishAcceptedNow(ctx, topic, payload, options))
+      )
+      : Effect.fail(offlineFull(ctx))
+  }
+  if (MqttError.isMqttError(result)) return Effect.fail(result)
+  if (result.done && result.error !== undefined) return Effect.fail(result.error)
+  const acknowledged = result.done ? Effect.void : Effect.asVoid(awaitOperation(result, noWithdraw))
+  const journal = driver.journal
+  if (journal === undefined) return Effect.succeed(acknowledged)
+  return journal.stored.pipe(
+    Effect.onInterrupt(() =>
+      Effect.sync(() => {
+        session.outgoing.withdraw(result, driver.out)
+        driver.drain()
+      })
+    ),
+    Effect.flatMap((stored) =>
+      stored
+        ? Effect.succeed(acknowledged)
+        : Effect.fail(
+          result.error ?? new MqttError.StoreError({
+            store: ctx.options.store!.name,
+            operation: "write",
+            reason: "the client closed before the publish was stored"
+          })
+        )
+    )
+  )
 }
 
 /** The filters of a subscribe call with their options, checked. */

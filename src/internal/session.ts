@@ -208,8 +208,13 @@ export class Session {
     this.subscriptions.restore(image.subscriptions)
   }
 
-  /** A packet from the broker, after its CONNACK. */
+  /**
+   * A packet from the broker, after its CONNACK. Once the client closed, none is acted on: the session's flows
+   * are over for this client (a durable session's continue in the next client, from the store, which an answer
+   * now, a PUBREL to a PUBREC the store does not know of, would contradict).
+   */
   onPacket(packet: Packets.Packet, out: Output): void {
+    if (this.closed !== undefined) return
     switch (packet._tag) {
       case "Publish":
         return this.onPublish(packet, out)

@@ -107,6 +107,12 @@ export class JournalWriter {
   private writing = false
   private wake: (() => void) | undefined = undefined
   private idle: Array<() => void> = []
+  /** groups appended so far, and groups stored and handed on: `stored` waits for the first to reach the second */
+  private appended = 0
+  private completed = 0
+  private waiters: Array<{ readonly target: number; readonly resume: (stored: boolean) => void }> = []
+  /** the writer fiber ended (the client closed): what was not stored by then never will be */
+  private stopped = false
   /** the last write failed: the store cannot be written now */
   failing = false
   private readonly store: SessionStore
@@ -141,6 +147,7 @@ export class JournalWriter {
   /** Queues a step's entries and the packets that wait for them. */
   append(entries: ReadonlyArray<Journal.Entry>, packets: ReadonlyArray<Uint8Array>, outbox: Outbox | undefined): void {
     this.groups.push({ entries, packets, outbox })
+    this.appended++
     const wake = this.wake
     this.wake = undefined
     wake?.()
@@ -152,6 +159,29 @@ export class JournalWriter {
     this.idle.push(() => resume(Effect.void))
   })
 
+  /** How many steps were appended so far: a step that appended nothing leaves it as it was. */
+  get appendedCount(): number {
+    return this.appended
+  }
+
+  /**
+   * Waits until everything appended so far is stored (and its packets handed on), however much is appended
+   * meanwhile: what a caller that must know its change is durable waits on (unlike `flushed`, which waits for
+   * the writer to be idle). Waits while the store cannot be written. `false`: the writer stopped first (the
+   * client closed), so it may or may not have been stored.
+   */
+  readonly stored: Effect.Effect<boolean> = Effect.callback<boolean>((resume) => {
+    const target = this.appended
+    if (this.completed >= target) return resume(Effect.succeed(true))
+    if (this.stopped) return resume(Effect.succeed(false))
+    const waiter = { target, resume: (stored: boolean) => resume(Effect.succeed(stored)) }
+    this.waiters.push(waiter)
+    return Effect.sync(() => {
+      const i = this.waiters.indexOf(waiter)
+      if (i >= 0) this.waiters.splice(i, 1)
+    })
+  })
+
   /** The writer fiber: runs for the life of the client. */
   readonly run: Effect.Effect<never> = Effect.forever(
     Effect.flatMap(
@@ -161,7 +191,10 @@ export class JournalWriter {
       }),
       () => this.writeBatch()
     )
-  )
+  ).pipe(Effect.ensuring(Effect.sync(() => {
+    this.stopped = true
+    for (const waiter of this.waiters.splice(0)) waiter.resume(false)
+  })))
 
   private writeBatch(): Effect.Effect<void> {
     return Effect.suspend(() => {
@@ -176,6 +209,12 @@ export class JournalWriter {
           const outbox = this.current()
           for (const group of batch) if (group.outbox === outbox && outbox !== undefined) outbox.pushAll(group.packets)
           this.writing = false
+          this.completed += batch.length
+          if (this.waiters.length > 0 && this.waiters[0].target <= this.completed) {
+            const ready = this.waiters.filter((w) => w.target <= this.completed)
+            this.waiters = this.waiters.filter((w) => w.target > this.completed)
+            for (const waiter of ready) waiter.resume(true)
+          }
           if (!this.holding) { for (const done of this.idle.splice(0)) done() }
         })
       )
