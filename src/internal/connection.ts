@@ -32,7 +32,7 @@ import { keepalive } from "./pinger.ts"
 
 /** Bytes waiting to be written beyond which publishers wait for the socket. */
 const OUTBOX_HIGH_WATER_MARK = 256 * 1024
-/** How long closing waits for the last bytes to be taken by the socket. */
+/** How long closing waits for the last bytes to be written (and, when the client closes, for the broker to close). */
 const SHUTDOWN_WRITE_TIMEOUT = Duration.seconds(2)
 
 export interface Connection {
@@ -42,6 +42,8 @@ export interface Connection {
   readonly outbox: Outbox
   /** completed by the first error: the connection is over */
   readonly lost: Deferred.Deferred<never, MqttError.MqttError>
+  /** completed when the reader stops: the broker closed the connection, or it failed */
+  readonly readerEnded: Deferred.Deferred<void>
   /** whether CONNECT asked for a new session */
   readonly cleanStart: boolean
   info: MqttClient.ConnectionInfo | undefined
@@ -116,6 +118,7 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
         c.lastSent = clock.currentTimeMillisUnsafe()
       }),
       lost: Deferred.makeUnsafe(),
+      readerEnded: Deferred.makeUnsafe(),
       cleanStart,
       info: undefined,
       lastSent: now,
@@ -130,7 +133,8 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       yield* Effect.mapError(node.writer([connectBytes]), socketLost)
       c.lastSent = clock.currentTimeMillisUnsafe()
       // the writer starts now: what the CONNACK's handling queues (resends) goes out after CONNECT
-      yield* Effect.forkIn(guard(c, writeLoop(c)), scope)
+      c.outbox.attach()
+      yield* Effect.forkIn(guard(c, writeLoop(c)).pipe(Effect.ensuring(Effect.sync(() => c.outbox.detach()))), scope)
       while (!reader.connected()) yield* reader.step(pull)
       return pull
     })
@@ -144,7 +148,10 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       }),
       Effect.tapError((error) => close(env, c, error, disconnectReasonOf(error)))
     )
-    yield* Effect.forkIn(guard(c, Effect.forever(reader.step(pull))), scope)
+    yield* Effect.forkIn(
+      guard(c, Effect.forever(reader.step(pull))).pipe(Effect.ensuring(Deferred.done(c.readerEnded, Exit.void))),
+      scope
+    )
     const keepAlive = c.info!.keepAlive
     if (keepAlive > 0) yield* Effect.forkIn(guard(c, keepalive(c, env.driver, keepAlive, o.pingTimeout)), scope)
     return c
@@ -258,28 +265,32 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
 }
 
 /**
- * Ends a connection: writes what is still queued and, when given, a DISCONNECT (within 2 seconds), then
- * closes the socket and the connection's fibers.
+ * Ends a connection. The writer writes what is still queued and, when `disconnectReason` is given, a DISCONNECT
+ * behind it; with `graceful` (the client closes), the connection then waits for the broker to close its end, which
+ * it does once it has read everything before the DISCONNECT [MQTT-3.14.4-1]: a client that connects again with the
+ * same identifier at once cannot overtake the last acknowledgements (a broker that takes the session over drops
+ * what the old connection still had unread). All of it within 2 seconds; then the socket and the connection's
+ * fibers are closed. A reader stalled on a full queue cannot see the broker's close: then only the writes are
+ * waited for.
  */
 export const close = (
   env: Environment,
   c: Connection,
   error: MqttError.MqttError,
   disconnectReason?: number,
-  sessionExpiry?: number
+  sessionExpiry?: number,
+  graceful = false
 ): Effect.Effect<void> =>
   Effect.suspend(() => {
     if (env.driver.outbox === c.outbox) env.driver.outbox = undefined
-    const rest: Array<Uint8Array> = [...c.outbox.close(error)]
     const version = env.options.protocolVersion
-    if (disconnectReason !== undefined) rest.push(Codec.disconnect(version, disconnectReason, sessionExpiry))
-    const goodbye = rest.length > 0
-      ? c.node.writer(rest as unknown as Arr.NonEmptyReadonlyArray<Uint8Array>).pipe(
-        Effect.timeoutOption(SHUTDOWN_WRITE_TIMEOUT),
-        Effect.ignore
-      )
-      : Effect.void
+    const last = disconnectReason === undefined ? undefined : Codec.disconnect(version, disconnectReason, sessionExpiry)
+    c.outbox.close(error, last)
     Deferred.doneUnsafe(c.lost, Effect.fail(error))
+    const brokerClosed = graceful && last !== undefined && !c.stalled
+      ? Effect.andThen(c.outbox.flushed, Deferred.await(c.readerEnded))
+      : c.outbox.flushed
+    const goodbye = brokerClosed.pipe(Effect.timeoutOption(SHUTDOWN_WRITE_TIMEOUT), Effect.ignore)
     return Effect.andThen(goodbye, Scope.close(c.scope, Exit.void))
   })
 

@@ -8,6 +8,10 @@ import type * as MqttError from "../MqttError.ts"
  *
  * Callers that push past the high-water mark wait for room, all on one shared signal: thousands of waiting
  * publishers cost one listener, not one each.
+ *
+ * Closing does not take the packets away from the writer: they stay queued, the last packet (a DISCONNECT) goes
+ * behind them, and `flushed` says when the writer has written them all. The writer is the only one that writes,
+ * so nothing it was handed is lost or overtaken when the connection closes.
  */
 export class Outbox {
   private queue: Array<Uint8Array> = []
@@ -16,6 +20,9 @@ export class Outbox {
   private writer: ((effect: Effect.Effect<ReadonlyArray<Uint8Array>>) => void) | undefined = undefined
   private room: Deferred.Deferred<void, MqttError.MqttError> | undefined = undefined
   private closed: MqttError.MqttError | undefined = undefined
+  /** whether a writer fiber takes from this outbox: `attach` before it is forked, `detach` when it ends */
+  private attached = false
+  private flush: Deferred.Deferred<void> | undefined = undefined
   private readonly highWaterMark: number
   /** called on every push: the keepalive counts from the last packet sent */
   private readonly onPush: () => void
@@ -30,8 +37,9 @@ export class Outbox {
     return this.closed !== undefined
   }
 
-  /** Queues bytes without waiting (acknowledgements, PINGREQ). */
+  /** Queues bytes without waiting (acknowledgements, PINGREQ). Nothing is queued once closed. */
   push(bytes: Uint8Array): void {
+    if (this.closed !== undefined) return
     this.queue.push(bytes)
     this.queued += bytes.byteLength
     this.onPush()
@@ -44,6 +52,7 @@ export class Outbox {
 
   /** Queues packets in order, then wakes the writer once. */
   pushAll(packets: ReadonlyArray<Uint8Array>): void {
+    if (this.closed !== undefined) return
     for (let i = 0; i < packets.length; i++) {
       this.queue.push(packets[i])
       this.queued += packets[i].byteLength
@@ -89,17 +98,43 @@ export class Outbox {
       this.room = undefined
       Deferred.doneUnsafe(room, Effect.void)
     }
+    if (this.queue.length === 0) this.flushDone()
   }
 
-  /** Takes what is still queued (to write it directly while closing) and fails callers waiting for room. */
-  close(error: MqttError.MqttError): ReadonlyArray<Uint8Array> {
+  /** A writer fiber is about to be forked for this outbox. */
+  attach(): void {
+    this.attached = true
+  }
+
+  /** The writer fiber ended (the socket failed, or the connection closed): nothing more will be written. */
+  detach(): void {
+    this.attached = false
+    this.flushDone()
+  }
+
+  /**
+   * Closes the outbox: callers waiting for room fail with `error`, later pushes are dropped, and `last` (when
+   * given) is queued behind what is still waiting, for the writer to write.
+   */
+  close(error: MqttError.MqttError, last?: Uint8Array): void {
+    if (last !== undefined) this.push(last)
     this.closed = error
     if (this.room !== undefined) Deferred.doneUnsafe(this.room, Effect.fail(error))
     this.room = undefined
-    const rest = this.queue
-    this.queue = []
-    this.queued = 0
-    return rest
+  }
+
+  /** Waits until the writer has written everything queued, or is gone. */
+  get flushed(): Effect.Effect<void> {
+    if (!this.attached || (this.queue.length === 0 && this.writing === 0)) return Effect.void
+    this.flush ??= Deferred.makeUnsafe<void>()
+    return Deferred.await(this.flush)
+  }
+
+  private flushDone(): void {
+    const flush = this.flush
+    if (flush === undefined) return
+    this.flush = undefined
+    Deferred.doneUnsafe(flush, Effect.void)
   }
 
   private takeAll(): ReadonlyArray<Uint8Array> {

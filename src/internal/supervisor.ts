@@ -350,7 +350,9 @@ export class Supervisor {
         ? Effect.void
         : Effect.ignore(Effect.timeoutOption(driver.journal.flushed, "2 seconds"))
       return flushed.pipe(
-        Effect.andThen(c === undefined ? Effect.void : close(this.env, c, error, disconnectReason, sessionExpiry)),
+        Effect.andThen(
+          c === undefined ? Effect.void : close(this.env, c, error, disconnectReason, sessionExpiry, byClient)
+        ),
         Effect.andThen(gaveUp),
         Effect.andThen(Effect.sync(() => driver.deliveries.close(byClient ? undefined : error))),
         Effect.andThen(SubscriptionRef.set(this.status, { _tag: "Closed", cause: byClient ? undefined : error })),

@@ -279,6 +279,8 @@ const makeConnection = (
       return
     }
     mailbox.offer(packet)
+    // as a server must [MQTT-3.14.4-1]: it closes the connection on DISCONNECT (the client waits for that close)
+    if (packet.cmd === "disconnect") socket.end()
   }
 
   socket.on("data", (chunk: Buffer) => {
