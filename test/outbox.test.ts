@@ -1,0 +1,83 @@
+/**
+ * The outbox (src/internal/outbox.ts) when its connection closes: what was queued before the close is written,
+ * the DISCONNECT goes behind it, nothing queued later goes out, and `flushed` waits for the writer (or for its
+ * end). The end-to-end form of the same rules is in test/delivery.test.ts ("released at once after ...").
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import { Outbox } from "../src/internal/outbox.ts"
+import * as MqttError from "../src/MqttError.ts"
+
+const lost = new MqttError.ConnectionLostError({ reason: "closed by the test" })
+const packet = (n: number) => Uint8Array.of(n)
+const DISCONNECT = Uint8Array.of(0xe0, 0)
+
+/** The bytes of the writer's batches, first bytes only. */
+const firstBytes = (batches: ReadonlyArray<ReadonlyArray<Uint8Array>>) => batches.flat().map((bytes) => bytes[0])
+
+describe("Outbox", () => {
+  it.effect("close queues the DISCONNECT behind what was queued, and drops what is pushed afterwards", () =>
+    Effect.gen(function*() {
+      const outbox = new Outbox(1024, () => {})
+      outbox.attach()
+      outbox.push(packet(1))
+      outbox.pushAll([packet(2), packet(3)])
+      outbox.close(lost, DISCONNECT)
+      outbox.push(packet(4))
+      outbox.pushAll([packet(5)])
+      outbox.close(lost, DISCONNECT)
+      const batch = yield* outbox.take
+      assert.deepStrictEqual(firstBytes([batch]), [1, 2, 3, 0xe0])
+      assert.isTrue(outbox.isClosed)
+    }))
+
+  it.effect("flushed waits until the writer has written the last batch", () =>
+    Effect.gen(function*() {
+      const outbox = new Outbox(1024, () => {})
+      outbox.attach()
+      outbox.push(packet(1))
+      const batch = yield* outbox.take
+      outbox.close(lost, DISCONNECT)
+      const flushed = yield* Effect.forkChild(outbox.flushed)
+      yield* Effect.yieldNow
+      assert.isUndefined(flushed.pollUnsafe(), "flushed before the first batch was written")
+      outbox.written()
+      yield* Effect.yieldNow
+      assert.isUndefined(flushed.pollUnsafe(), "flushed with the DISCONNECT still queued")
+      const last = yield* outbox.take
+      assert.deepStrictEqual(firstBytes([batch, last]), [1, 0xe0])
+      outbox.written()
+      yield* Fiber.join(flushed)
+    }))
+
+  it.effect("flushed does not wait for a writer that is gone, or was never there", () =>
+    Effect.gen(function*() {
+      const unattached = new Outbox(1024, () => {})
+      unattached.push(packet(1))
+      unattached.close(lost, DISCONNECT)
+      yield* unattached.flushed
+
+      const outbox = new Outbox(1024, () => {})
+      outbox.attach()
+      outbox.push(packet(1))
+      outbox.close(lost, DISCONNECT)
+      const flushed = yield* Effect.forkChild(outbox.flushed)
+      yield* Effect.yieldNow
+      assert.isUndefined(flushed.pollUnsafe())
+      outbox.detach()
+      yield* Fiber.join(flushed)
+    }))
+
+  it.effect("callers waiting for room fail with the close's error; a write after the close fails at once", () =>
+    Effect.gen(function*() {
+      const outbox = new Outbox(4, () => {})
+      outbox.attach()
+      const waiting = yield* Effect.forkChild(Effect.flip(outbox.write(new Uint8Array(8))))
+      yield* Effect.yieldNow
+      outbox.close(lost)
+      assert.strictEqual(yield* Fiber.join(waiting), lost)
+      assert.strictEqual(yield* Effect.flip(outbox.write(packet(1))), lost)
+      assert.isUndefined(outbox.backPressure)
+    }))
+})
