@@ -457,7 +457,9 @@ const parseMessageLine = (line: string): MosquittoSubMessage | undefined => {
 /**
  * Runs `mosquitto_sub` with `args` (give `-p <port>` and `-t <filter>`s, optionally `-q`, `-V mqttv5`, `-i`, `-c`;
  * do not give `-F`, `-v`, `-d`, `-C`, `-W`: the helper sets them). It exits after `expectedMessages` messages
- * (`-C`) or after `timeoutMs` (`-W`, default 10 s, exit code 27), whichever comes first.
+ * (`-C`) or after `timeoutMs` (`-W`, default 30 s, exit code 27), whichever comes first. The default only bounds a
+ * failing test: a test that publishes with several child processes (each a Node.js start, seconds on a loaded
+ * machine) must not lose its subscriber before the last one has run.
  *
  * Await `ready` before publishing: it resolves on the SUBACK, not after a guessed delay.
  */
@@ -466,7 +468,7 @@ export const mosquittoSub = (
   options?: { readonly expectedMessages?: number; readonly timeoutMs?: number }
 ): MosquittoSubscriber => {
   requireMosquittoClients()
-  const timeoutMs = options?.timeoutMs ?? 10_000
+  const timeoutMs = options?.timeoutMs ?? 30_000
   const fullArgs = [
     ...withHost(args),
     "-d",
