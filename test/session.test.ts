@@ -5,7 +5,7 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Buffer } from "node:buffer"
 import { PublishEntry } from "../src/internal/outgoing.ts"
-import { MESSAGES } from "../src/internal/subscriptions.ts"
+import { MESSAGES, RETIRED_KEPT } from "../src/internal/subscriptions.ts"
 import * as MqttError from "../src/MqttError.ts"
 import { ack, Harness, message, OFFLINE_FULL, publish, spec } from "./support/sessionHarness.ts"
 
@@ -263,6 +263,44 @@ describe("session: inbound messages", () => {
     expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 3], ["puback", 4]])
   })
 
+  it("taken while offline: acknowledged on the resumed session, and again for the broker's resend that crossed it, not delivered twice", () => {
+    // the model test's counterexample (MQTT 3.1.1): the broker resends whatever it holds unacknowledged as soon as
+    // the session resumes [MQTT-4.4.0-1], so the resend and the client's PUBACK/PUBREC cross; the resend is a
+    // PUBLISH the client must answer [MQTT-4.3.2-2, MQTT-4.3.3]
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    h.receive(publish("a/b", "one", 1, 1))
+    h.receive(publish("a/b", "two", 2, 2))
+    h.lose(lost)
+    h.takeAll()
+    expect(h.take()).toEqual([])
+    h.connect(true)
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 1], ["pubrec", 2]])
+    h.receive(publish("a/b", "one", 1, 1, { dup: true }))
+    h.receive(publish("a/b", "two", 2, 2, { dup: true }))
+    expect(h.delivered).toEqual([])
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 1], ["pubrec", 2]])
+    // the broker answers both PUBRECs: the second PUBREL finds the flow complete, and is answered all the same
+    h.receive(ack("Pubrel", 2))
+    h.receive(ack("Pubrel", 2))
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubcomp", 2], ["pubcomp", 2]])
+    expect(h.errors).toEqual([])
+  })
+
+  it("taken while offline and the broker lost the session: nothing is acknowledged on the new connection", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    h.receive(publish("a/b", "one", 1, 1))
+    h.receive(publish("a/b", "two", 2, 2))
+    h.lose(lost)
+    h.takeAll()
+    h.connect(false)
+    expect(h.take()).toEqual([])
+    // the same identifiers on the new session are new messages
+    h.receive(publish("a/b", "three", 2, 2))
+    expect(h.delivered.map((d) => d.message.text)).toEqual(["three"])
+  })
+
   it("a QoS 1 PUBLISH reusing an identifier the client still holds, without DUP, is a new message: delivered, both acknowledged", () => {
     const h = new Harness({ protocolVersion: 4 })
     h.connect()
@@ -472,6 +510,56 @@ describe("session: subscriptions", () => {
     expect(h.delivered.map((d) => d.message.properties.subscriptionIdentifiers)).toEqual([[7]])
     h.receive(publish("a", "x", 0, 0, { properties: { subscriptionIdentifiers: [8] } }))
     expect(h.errors.map((e) => (e as MqttError.ProtocolError).reasonCode)).toEqual([0x82])
+  })
+
+  it("MQTT 5: a message naming the identifier of a subscription since replaced or removed is routed by its filter", () => {
+    // the model test's counterexample: the broker keeps the identifiers a message matched when it took it, in its
+    // queue and in a resend on a resumed session [MQTT-4.4.0-1], after the client replaced the subscription
+    const h = new Harness({ protocolVersion: 5, cleanStart: false })
+    h.connect()
+    const first = h.subscribe(1, [spec("a/+", 2)])
+    h.receive({ _tag: "Suback", id: first.id, codes: [2] })
+    const old = (h.take() as Array<any>)[0].properties.subscriptionIdentifier
+    h.receive(publish("a/b", "in flight", 2, 5, { properties: { subscriptionIdentifiers: [old] } }))
+    const again = h.subscribe(1, [spec("a/+", 1)])
+    h.receive({ _tag: "Suback", id: again.id, codes: [1] })
+    h.lose(lost)
+    h.connect(true)
+    h.receive(publish("a/b", "in flight", 2, 5, { dup: true, properties: { subscriptionIdentifiers: [old] } }))
+    h.receive(publish("a/b", "queued", 1, 6, { properties: { subscriptionIdentifiers: [old] } }))
+    expect(h.errors).toEqual([])
+    // the resend is not delivered twice; both reach the owner, without the client's own identifier
+    expect(h.delivered.map((d) => [d.message.text, d.owners, d.message.properties.subscriptionIdentifiers])).toEqual([
+      ["in flight", [1], undefined],
+      ["queued", [1], undefined]
+    ])
+    // removed: what it names goes to `messages`
+    expect(h.unsubscribe(1, ["a/+"])).toBeDefined()
+    h.receive({ _tag: "Unsuback", id: 1, codes: [0] })
+    h.receive(publish("a/b", "late", 1, 7, { properties: { subscriptionIdentifiers: [old] } }))
+    expect(h.errors).toEqual([])
+    expect(h.delivered.slice(2).map((d) => [d.message.text, d.owners])).toEqual([["late", [MESSAGES]]])
+  })
+
+  it(`MQTT 5: past ${RETIRED_KEPT} retired identifiers the oldest are forgotten: one the client does not know is routed by topic`, () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    const identifiers: Array<number> = []
+    for (let i = 0; i <= RETIRED_KEPT; i++) {
+      const s = h.subscribe(1, [spec("a/+")])
+      identifiers.push((h.take() as Array<any>)[0].properties.subscriptionIdentifier)
+      h.receive({ _tag: "Suback", id: s.id, codes: [1] })
+      const u = h.unsubscribe(1, ["a/+"])!
+      h.receive({ _tag: "Unsuback", id: u.id, codes: [0] })
+      h.take()
+    }
+    h.subscribe(2, [spec("a/b")])
+    h.receive({ _tag: "Suback", id: 1, codes: [1] })
+    h.receive(publish("a/b", "oldest", 0, 0, { properties: { subscriptionIdentifiers: [identifiers[0]] } }))
+    h.receive(publish("a/b", "newest", 0, 0, { properties: { subscriptionIdentifiers: [identifiers.at(-1)!] } }))
+    expect(h.errors).toEqual([])
+    // the oldest: by topic (owner 2 holds a/b); the newest: by its filter a/+, which no one holds any more
+    expect(h.delivered.map((d) => [d.message.text, d.owners])).toEqual([["oldest", [2]], ["newest", [MESSAGES]]])
   })
 
   it("Session Present 1 in answer to Clean Start is a violation and nothing of the CONNACK takes effect", () => {

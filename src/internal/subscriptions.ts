@@ -13,7 +13,8 @@
  *   that failed with its connection is reconciled on a resumed session.
  * - Each owner whose filter a message matches receives it once: MQTT 5 routes by the Subscription Identifiers the
  *   broker names (every SUBSCRIBE gets one when the broker supports them), so a copy per subscription (as
- *   Mosquitto sends over MQTT 5) reaches only its subscription's owners.
+ *   Mosquitto sends over MQTT 5) reaches only its subscription's owners. An identifier retired (its subscription
+ *   replaced or removed) still routes by its filters: a message the broker queued or resends keeps it.
  * - A message no owner claims goes to `messages`: nothing that arrives is dropped by routing.
  */
 import type { UserProperty } from "../MqttMessage.ts"
@@ -32,6 +33,9 @@ export const MESSAGES = 0
 
 /** Subscription identifiers the client gives by itself start here, away from the small ones users pick. */
 export const AUTOMATIC_IDENTIFIERS_FROM = 200_000_000
+
+/** How many retired Subscription Identifiers are still routed (see `Subscriptions.retired`). */
+export const RETIRED_KEPT = 1024
 
 const onlyMessages: ReadonlyArray<number> = [MESSAGES]
 
@@ -84,6 +88,15 @@ export class Subscriptions {
   private readonly broker = new Map<string, { readonly spec: FilterSpec; readonly identifier: number }>()
   /** subscription identifier → the filters of the SUBSCRIBE that carried it */
   private readonly byIdentifier = new Map<number, ReadonlyArray<string>>()
+  /**
+   * Identifiers no subscription carries any more (replaced or unsubscribed), with their filters, oldest first,
+   * while the broker keeps the session: a message keeps the identifiers of the subscriptions it matched when the
+   * broker took it, so one queued then, or unacknowledged and resent on a resumed session [MQTT-4.4.0-1], still
+   * names them. Routed by their filters, never taken for a broken protocol; past `RETIRED_KEPT` the oldest are
+   * forgotten, and from then on an identifier the client does not know is routed by topic.
+   */
+  private readonly retired = new Map<number, ReadonlyArray<string>>()
+  private forgotRetired = false
   /**
    * The identifiers the client chose itself: every SUBSCRIBE gets one (MQTT 5), so that each copy the broker
    * sends names the subscriptions it stands for; they are taken out of the messages the application sees.
@@ -151,11 +164,15 @@ export class Subscriptions {
     })
     let chosen = identifier
     if (chosen === 0 && this.identifiers) {
-      while (this.byIdentifier.has(this.nextIdentifier)) this.nextIdentifier++
+      while (this.byIdentifier.has(this.nextIdentifier) || this.retired.has(this.nextIdentifier)) this.nextIdentifier++
       chosen = this.nextIdentifier++
       this.automatic.add(chosen)
     }
-    if (chosen !== 0) this.byIdentifier.set(chosen, filters.map((f) => f.filter))
+    if (chosen !== 0) {
+      // a caller's own identifier that the client once chose is the caller's now: visible to the application
+      if (this.retired.delete(chosen) && chosen === identifier) this.automatic.delete(chosen)
+      this.byIdentifier.set(chosen, filters.map((f) => f.filter))
+    }
     const request = new Request("Subscribe", filters, chosen, userProperties, changes)
     this.enqueue(request, out)
     return request
@@ -327,14 +344,32 @@ export class Subscriptions {
     for (const [identifier, filters] of byIdentifier) this.byIdentifier.set(identifier, filters)
   }
 
-  /** Forgets an identifier no held subscription and no request uses: the broker sends it no more. */
+  /**
+   * Retires an identifier no held subscription and no request uses: no new message will name it, but one the
+   * broker already took may (see `retired`).
+   */
   private retire(identifier: number): void {
     if (identifier === 0) return
     for (const held of this.broker.values()) if (held.identifier === identifier) return
     for (const request of this.sent.values()) if (request.identifier === identifier) return
     for (const request of this.line.items()) if (request.identifier === identifier) return
+    const filters = this.byIdentifier.get(identifier)
+    if (filters === undefined) return
     this.byIdentifier.delete(identifier)
-    this.automatic.delete(identifier)
+    this.retired.set(identifier, filters)
+    if (this.retired.size > RETIRED_KEPT) {
+      const [oldest] = this.retired.keys()
+      this.retired.delete(oldest)
+      this.automatic.delete(oldest)
+      this.forgotRetired = true
+    }
+  }
+
+  /** The broker forgot the session: no message it holds names an identifier retired before. */
+  private forgetRetired(): void {
+    for (const identifier of this.retired.keys()) this.automatic.delete(identifier)
+    this.retired.clear()
+    this.forgotRetired = false
   }
 
   /** The identifiers of a message as the application sees them: without the client's own. */
@@ -362,9 +397,9 @@ export class Subscriptions {
     let attributed = false
     if (identifiers !== undefined) {
       for (const identifier of identifiers) {
-        const filters = this.byIdentifier.get(identifier)
+        const filters = this.byIdentifier.get(identifier) ?? this.retired.get(identifier)
         if (filters === undefined) {
-          if (this.complete) {
+          if (this.complete && !this.forgotRetired) {
             out.fail(
               violation(
                 this.version,
@@ -424,6 +459,7 @@ export class Subscriptions {
     const own: Array<Request> = []
     if (!sessionPresent) {
       this.complete = true
+      this.forgetRetired()
       const touched = new Set<string>()
       for (const request of waiting) for (const f of request.filters) touched.add(f.filter)
       const groups = new Map<number, Array<FilterSpec>>()
