@@ -18,7 +18,7 @@
  * a line a process printed, a line in the broker's log, a packet); the timeouts only guard against a hang.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Cause, Deferred, Duration, Effect, Exit, Fiber, Option, Scope, Stream } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
 import { IncomingQueue, MqttClient, MqttError, MqttMessage } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import type { Packet } from "mqtt-packet"
@@ -773,6 +773,71 @@ describe("acknowledgements on the wire (fake broker)", () => {
           ["PUBACK 1", "PUBACK 2", "PUBACK 3"]
         )
         yield* release
+      })
+  )
+})
+
+describe("a resumed session's backlog in the same read as the CONNACK, more than the queue holds (fake broker)", () => {
+  // Mosquitto sends a resumed session's backlog right behind the CONNACK: a client slow to read its socket (a
+  // loaded machine) gets both in one read. The reader then waits for room in the queue, which only the
+  // application empties: the connection must not wait for it, or the CONNACK is never seen to arrive.
+  const backlog = (connection: FakeBroker.FakeConnection) =>
+    connection.sendMany([
+      { cmd: "connack", sessionPresent: true, returnCode: 0 },
+      ...numbered(10).map((text, i) => publishPacket("jobs", text, 1, i + 1))
+    ])
+
+  it.live(
+    "first connection, queue of 4, 10 QoS 1 messages: make returns (not MqttTimeoutError), then all 10 arrive in order and are acknowledged in order",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* FakeBroker.make({ protocolVersion: 4, autoPingresp: true })
+        const made = yield* Effect.forkChild(MqttClient.make({
+          url: broker.url,
+          protocolVersion: 4,
+          clientId: unique("resumed"),
+          cleanStart: false,
+          reconnect: false,
+          queue: IncomingQueue.bounded(4),
+          // a hang guard: before the fix, the connection waited for the queue until this timeout
+          connectTimeout: Duration.millis(HANG_GUARD_MILLIS)
+        }))
+        const connection = yield* broker.accept
+        yield* connection.expect("connect")
+        yield* backlog(connection)
+        const client = yield* Fiber.join(made)
+        assert.isTrue(client.connection.sessionPresent)
+        assert.deepStrictEqual(texts(yield* take(client.messages, 10)), TEN)
+        assert.deepStrictEqual(
+          yield* packetsUntil(connection, (packet) => packet.cmd === "puback" && packet.messageId === 10),
+          TEN.map((n) => `PUBACK ${n}`)
+        )
+      })
+  )
+
+  it.live(
+    "reconnect, queue of 4, nobody taking: the connection is made (the application takes at its own pace), then all 10 arrive in order",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* FakeBroker.make({ protocolVersion: 4, autoPingresp: true })
+        const made = yield* Effect.forkChild(MqttClient.make({
+          url: broker.url,
+          protocolVersion: 4,
+          clientId: unique("resumed"),
+          cleanStart: false,
+          reconnect: Schedule.spaced("10 millis"),
+          queue: IncomingQueue.bounded(4)
+        }))
+        const { connection: first } = yield* broker.acceptAndConnack()
+        const client = yield* Fiber.join(made)
+        yield* first.destroy
+        const second = yield* broker.accept
+        yield* second.expect("connect")
+        yield* backlog(second)
+        // nobody takes from `messages` yet: the queue stays full, and the client is connected all the same
+        yield* eventually("reconnected", Effect.map(client.metrics, (m) => m.reconnects === 1))
+        assert.strictEqual(yield* client.queuedMessages, 4)
+        assert.deepStrictEqual(texts(yield* take(client.messages, 10)), TEN)
       })
   )
 })

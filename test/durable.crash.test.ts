@@ -24,7 +24,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import type { StoreSpec } from "./fixtures/durable-store.ts"
-import { startFixture, until } from "./support/lineChild.ts"
+import { type LineChild, startFixture, until } from "./support/lineChild.ts"
 import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
 import { type RedisHandle, startRedis } from "./support/Redis.ts"
 
@@ -54,6 +54,15 @@ const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i].length)))
   const line = (row: ReadonlyArray<string>) => "| " + row.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |"
   return [line(header), "| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |", ...cells.map(line)].join("\n")
+}
+
+/** How the child ended, once every line it printed was handled; rejects if it has not within the hang guard. */
+const ended = (child: LineChild, name: string) => {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const guard = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${name} did not end:\n${child.stderr()}`)), STEP_TIMEOUT_MS)
+  })
+  return Promise.race([child.exited, guard]).finally(() => clearTimeout(timer))
 }
 
 /** An MQTT.js client that counts what it receives on `filter`, by payload. */
@@ -174,12 +183,7 @@ const crashPublisher = async (
         await until(() => marker, STEP_TIMEOUT_MS, () => "no acknowledgement of the marker")
         child.send("quit")
       }
-      const exit = await Promise.race([
-        child.exited,
-        new Promise<never>((_, reject) =>
-          setTimeout(() => reject(new Error(`publisher ${r} did not end:\n${child.stderr()}`)), STEP_TIMEOUT_MS)
-        )
-      ])
+      const exit = await ended(child, `publisher ${r}`)
       assert.deepStrictEqual(
         exit,
         last ? { code: 0, signal: null } : { code: null, signal: "SIGKILL" },
@@ -394,7 +398,10 @@ const crashSubscriber = async (broker: MosquittoHandle, store: StoreSpec): Promi
         await until(() => flushed, STEP_TIMEOUT_MS, () => "the subscriber did not acknowledge everything")
         child.kill()
       }
-      await child.exited
+      const exit = await ended(child, `subscriber ${r}`)
+      // each process ends by the test's kill, never by itself (a failed connection would only show later as a
+      // missing Session Present or a message never seen)
+      assert.deepStrictEqual(exit, { code: null, signal: "SIGKILL" }, `subscriber ${r}: ${child.stderr()}`)
       if (!last) {
         // every line it printed was handled: what it saw and had not acknowledged is owed by the broker
         for (const e of seen.values()) {

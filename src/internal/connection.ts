@@ -148,8 +148,11 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       }),
       Effect.tapError((error) => close(env, c, error, disconnectReasonOf(error)))
     )
+    // the read loop first waits for room for what came with the CONNACK: the handshake never waits on a consumer
     yield* Effect.forkIn(
-      guard(c, Effect.forever(reader.step(pull))).pipe(Effect.ensuring(Deferred.done(c.readerEnded, Exit.void))),
+      guard(c, Effect.andThen(reader.carried, Effect.forever(reader.step(pull)))).pipe(
+        Effect.ensuring(Deferred.done(c.readerEnded, Exit.void))
+      ),
       scope
     )
     const keepAlive = c.info!.keepAlive
@@ -195,6 +198,13 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   const framer = new Framer(o.maximumPacketSize)
   let connected = false
   let firstByteSeen = false
+  /**
+   * The wait for queue room of the read that carried the CONNACK: a resumed session's backlog may come in the same
+   * read, more than the queue holds. It is the read loop's, not the handshake's: the application can take
+   * messages only once `make` has returned (or, on a reconnect, at its own pace, which `connectTimeout` must not
+   * bound).
+   */
+  let stallAfterConnack: Effect.Effect<void> | undefined
 
   const onFrame = (header: number, body: Uint8Array): void => {
     if (out.error !== undefined) return
@@ -223,6 +233,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   ): Effect.Effect<void, MqttError.MqttError> =>
     Effect.flatMap(Effect.mapError(pull, socketLost), (chunks) => {
       c.lastReceived = clock.currentTimeMillisUnsafe()
+      const handshake = !connected
       if (!firstByteSeen) {
         firstByteSeen = true
         const first = firstByteOf(chunks)
@@ -252,7 +263,9 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
       if (wait !== undefined) {
         c.stalled = true
         c.stalls++
-        effect = Effect.ensuring(wait, Effect.sync(() => c.stalled = false))
+        const stall = Effect.ensuring(wait, Effect.sync(() => c.stalled = false))
+        if (handshake) stallAfterConnack = stall
+        else effect = stall
       }
       if (challenges !== undefined && error === undefined) {
         effect = Effect.andThen(effect, answerAuth(o, version, c, challenges, connected))
@@ -261,7 +274,14 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
       return effect
     })
 
-  return { step, connected: () => connected }
+  /** What the read loop does first: wait for room for what came with the CONNACK, if it did not fit. */
+  const carried = Effect.suspend(() => {
+    const stall = stallAfterConnack
+    stallAfterConnack = undefined
+    return stall ?? Effect.void
+  })
+
+  return { step, carried, connected: () => connected }
 }
 
 /**
