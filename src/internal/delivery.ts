@@ -161,16 +161,13 @@ export class Deliveries {
       }
     }
     this.metrics.received(counts, bytes)
-    let wait: Effect.Effect<void> | undefined
+    let waiting: Array<readonly [Queue, Array<MqttMessage>, Progress]> | undefined
     for (const [queue, batch] of batches) {
       const progress: Progress = { accepted: 0 }
       queue.offerUnsafe(batch, progress)
-      if (progress.accepted < batch.length && !queue.isClosed) {
-        const rest = queue.offerAll(batch, progress)
-        wait = wait === undefined ? rest : Effect.andThen(wait, rest)
-      }
+      if (progress.accepted < batch.length && !queue.isClosed) (waiting ??= []).push([queue, batch, progress])
     }
-    return wait
+    return waiting === undefined ? undefined : waitForRoom(waiting)
   }
 
   /** The client stopped: every stream ends (`error` undefined) or fails with the error once drained. */
@@ -182,5 +179,22 @@ export class Deliveries {
     }
   }
 }
+
+/**
+ * Offers what did not fit, queue by queue, waiting for room. The messages of a read were taken in by the session
+ * (it holds their records, and takes the broker's resend of one for a duplicate): when the wait is cut (the
+ * connection is lost), what is left goes into the queues beyond their capacity rather than be lost (by at most
+ * one read, once per connection).
+ */
+const waitForRoom = (waiting: ReadonlyArray<readonly [Queue, Array<MqttMessage>, Progress]>): Effect.Effect<void> =>
+  Effect.forEach(waiting, ([queue, batch, progress]) => queue.offerAll(batch, progress), { discard: true }).pipe(
+    Effect.onInterrupt(() =>
+      Effect.sync(() => {
+        for (const [queue, batch, progress] of waiting) {
+          if (progress.accepted < batch.length) queue.offerMovedUnsafe(batch.slice(progress.accepted))
+        }
+      })
+    )
+  )
 
 const copyOf = (m: MqttMessage) => new MqttMessage(m.topic, m.payload, m.qos, m.retain, m.dup, m.properties)
