@@ -148,15 +148,12 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       }),
       Effect.tapError((error) => close(env, c, error, disconnectReasonOf(error)))
     )
-    // the read loop first waits for room for what came with the CONNACK: the handshake never waits on a consumer.
-    // It starts at once, so that the wait is under way (and gives its messages to the queue if cut) before any
-    // close of the connection can interrupt it
+    // the read loop first waits for room for what came with the CONNACK: the handshake never waits on a consumer
     yield* Effect.forkIn(
       guard(c, Effect.andThen(reader.carried, Effect.forever(reader.step(pull)))).pipe(
         Effect.ensuring(Deferred.done(c.readerEnded, Exit.void))
       ),
-      scope,
-      { startImmediately: true }
+      scope
     )
     const keepAlive = c.info!.keepAlive
     if (keepAlive > 0) yield* Effect.forkIn(guard(c, keepalive(c, env.driver, keepAlive, o.pingTimeout)), scope)
