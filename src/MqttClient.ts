@@ -625,6 +625,10 @@ export interface Client {
    *
    * Interrupting a QoS 1/2 publish after it was sent does not abandon it: its acknowledgement is still
    * received and answered.
+   *
+   * The payload's bytes are not copied when they are many (4 KB or more: they are written to the socket as they
+   * are, as Node's `socket.write` does), and a QoS 1/2 payload is kept for resends: do not change the bytes of a
+   * payload handed to `publish` (for QoS 0 they may be written after `publish` completed).
    */
   readonly publish: (
     topic: string,

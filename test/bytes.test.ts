@@ -140,6 +140,36 @@ describe("the decoder and the framer on plain Uint8Arrays, as in a browser", () 
     )
   })
 
+  it("a PUBLISH with a payload left separate (from SEPARATE_PAYLOAD bytes) decodes as one written in one piece", () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom(4 as const, 5 as const),
+        fc.integer({ min: Codec.SEPARATE_PAYLOAD - 2, max: Codec.SEPARATE_PAYLOAD * 40 }),
+        fc.constantFrom(0, 1, 2),
+        (version, length, qos) => {
+          const payload = new Uint8Array(length).map((_, i) => i * 7)
+          const publish = Codec.encodePublish(version, "a/b", payload, qos, false, undefined)
+          if (qos > 0) Codec.setPublishId(publish, 300)
+          const chunks: Array<Uint8Array> = []
+          Codec.pushPublish(chunks, publish)
+          expect(chunks.length).toBe(length >= Codec.SEPARATE_PAYLOAD ? 2 : 1)
+          expect(chunks.at(-1) === payload).toBe(length >= Codec.SEPARATE_PAYLOAD)
+          const whole = Codec.publishPacket(publish)
+          expect(whole.length).toBe(publish.size)
+          expect(Buffer.concat(chunks).equals(Buffer.from(whole))).toBe(true)
+          const packets: Array<{ readonly header: number; readonly body: Uint8Array }> = []
+          new Framer(1 << 24).push(Buffer.from(whole), (header, body) => packets.push({ header, body }))
+          expect(packets.length).toBe(1)
+          const decoded = decode(packets[0].header, packets[0].body, version)
+          if (decoded._tag !== "Publish") return expect(decoded._tag).toBe("Publish")
+          expect([decoded.topic, decoded.qos, decoded.id, Buffer.from(decoded.payload).equals(payload)])
+            .toEqual(["a/b", qos, qos > 0 ? 300 : 0, true])
+        }
+      ),
+      { numRuns: 100 }
+    )
+  })
+
   it("the framer gives the same packets however the bytes are split, and of the kind of the reads", () => {
     const packets = Array.from(
       { length: 30 },

@@ -1,9 +1,10 @@
 /**
  * The outbox (src/internal/outbox.ts) when its connection closes: what was queued before the close is written,
  * the DISCONNECT goes behind it, nothing queued later goes out, and `flushed` waits for the writer (or for its
- * end). The end-to-end form of the same rules is in test/delivery.test.ts ("released at once after ...").
+ * end). The end-to-end form of the same rules is in test/delivery.test.ts ("released at once after ..."). And
+ * what one synchronous run pushes goes out as one batch.
  */
-import { assert, describe, it } from "@effect/vitest"
+import { assert, describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import { Outbox } from "../src/internal/outbox.ts"
@@ -79,5 +80,49 @@ describe("Outbox", () => {
       assert.strictEqual(yield* Fiber.join(waiting), lost)
       assert.strictEqual(yield* Effect.flip(outbox.write(packet(1))), lost)
       assert.isUndefined(outbox.backPressure)
+    }))
+})
+
+/** A writer fiber that records its batches, as connection.ts's write loop does (without a socket). */
+const recordingWriter = (outbox: Outbox, batches: Array<ReadonlyArray<number>>) =>
+  Effect.forever(Effect.map(outbox.take, (batch) => {
+    batches.push(batch.map((bytes) => bytes[0]))
+    outbox.written()
+  }))
+
+describe("Outbox: batching", () => {
+  it.effect("packets pushed in one synchronous run wake an idle writer once: one batch, in order", () =>
+    Effect.gen(function*() {
+      const outbox = new Outbox(1 << 20, () => {})
+      const batches: Array<ReadonlyArray<number>> = []
+      outbox.attach()
+      const writer = yield* Effect.forkChild(recordingWriter(outbox, batches))
+      yield* Effect.yieldNow
+      outbox.push(Uint8Array.of(1))
+      outbox.pushAll([Uint8Array.of(2), Uint8Array.of(3)])
+      outbox.push(Uint8Array.of(4))
+      // nothing is written within the run that pushed
+      expect(batches).toEqual([])
+      yield* outbox.flushed
+      expect(batches).toEqual([[1, 2, 3, 4]])
+      outbox.push(Uint8Array.of(5))
+      yield* outbox.flushed
+      expect(batches).toEqual([[1, 2, 3, 4], [5]])
+      yield* Fiber.interrupt(writer)
+    }))
+
+  it.effect("closing queues the DISCONNECT behind what waits, drops later pushes, and the writer still writes them", () =>
+    Effect.gen(function*() {
+      const outbox = new Outbox(1 << 20, () => {})
+      const batches: Array<ReadonlyArray<number>> = []
+      outbox.attach()
+      const writer = yield* Effect.forkChild(recordingWriter(outbox, batches))
+      yield* Effect.yieldNow
+      outbox.push(Uint8Array.of(1))
+      outbox.close(new MqttError.ConnectionLostError({ reason: "test" }), Uint8Array.of(0xe0))
+      outbox.push(Uint8Array.of(2))
+      yield* outbox.flushed
+      expect(batches.flat()).toEqual([1, 0xe0])
+      yield* Fiber.interrupt(writer)
     }))
 })

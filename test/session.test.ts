@@ -4,10 +4,11 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Buffer } from "node:buffer"
+import { SEPARATE_PAYLOAD } from "../src/internal/codec.ts"
 import { PublishEntry } from "../src/internal/outgoing.ts"
 import { MESSAGES, RETIRED_KEPT } from "../src/internal/subscriptions.ts"
 import * as MqttError from "../src/MqttError.ts"
-import { ack, Harness, message, OFFLINE_FULL, publish, spec } from "./support/sessionHarness.ts"
+import { ack, connack, Harness, message, OFFLINE_FULL, publish, spec } from "./support/sessionHarness.ts"
 
 const lost = new MqttError.ConnectionLostError({ reason: "test" })
 
@@ -139,6 +140,57 @@ describe("session: outgoing publishes", () => {
     const [set, used] = h.take() as Array<any>
     expect([set.topic, set.properties?.topicAlias]).toEqual([topic, 1])
     expect([used.topic, used.properties?.topicAlias]).toEqual(["", 1])
+  })
+
+  it("a large payload goes uncopied behind its header; a resend with DUP copies the header only; the size check counts the whole packet", () => {
+    const h = new Harness({ protocolVersion: 5, cleanStart: false })
+    const payload = new Uint8Array(SEPARATE_PAYLOAD).fill(7)
+    const m = message("big/topic", payload, 1)
+    const size = m.encoded.size
+    const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex")
+    h.connect(false, { maximumPacketSize: size })
+    const e = entry(h.session.publish(m, h.out))
+    const first = h.out.send.slice()
+    expect(first.length).toBe(2)
+    expect(first[1]).toBe(payload)
+    expect(first[0].length + payload.length).toBe(size)
+    const firstHeader = hex(first[0])
+    h.drain()
+    const [sent] = h.take() as Array<any>
+    expect([sent.messageId, sent.dup, hex(sent.payload)]).toEqual([e.id, false, hex(payload)])
+    h.lose(lost)
+    h.session.onConnack(connack(true, { maximumPacketSize: size }), false, h.out)
+    const again = h.out.send.slice()
+    expect(again[1]).toBe(payload)
+    // the first sending's header may still wait in the socket's buffer: it is left as it was
+    expect(hex(first[0])).toBe(firstHeader)
+    h.drain()
+    const [resent] = h.take() as Array<any>
+    expect([resent.messageId, resent.dup, hex(resent.payload)]).toEqual([e.id, true, hex(payload)])
+    // one byte more than the broker accepts: refused with 0x95, unsent
+    h.lose(lost)
+    h.connect(true, { maximumPacketSize: size - 1 })
+    expect(h.take()).toEqual([])
+    expect([e.error?._tag, (e.error as any)?.reasonCode]).toEqual(["PublishError", 0x95])
+  })
+
+  it("a large payload with topic aliases: the alias is set, then used alone, the payload uncopied each time", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect(false, { topicAliasMaximum: 4 })
+    const payloads = [1, 2].map((n) => new Uint8Array(SEPARATE_PAYLOAD * 2).fill(n))
+    const chunks: Array<Uint8Array> = []
+    for (const payload of payloads) {
+      h.session.publish(message("long/topic/name", payload, 0), h.out)
+      chunks.push(...h.out.send)
+      h.drain()
+    }
+    expect([chunks[1], chunks[3]]).toEqual(payloads)
+    expect(chunks[1]).toBe(payloads[0])
+    const packets = h.take() as Array<any>
+    expect(packets.map((p) => [p.topic, p.properties?.topicAlias, p.payload[0], p.payload.length])).toEqual([
+      ["long/topic/name", 1, 1, SEPARATE_PAYLOAD * 2],
+      ["", 1, 2, SEPARATE_PAYLOAD * 2]
+    ])
   })
 
   it("topic aliases belong to one connection: the first resend after a reconnect names its topic again", () => {

@@ -172,4 +172,26 @@ describe("metrics", () => {
       expect(yield* metricValue("mqtt.client.reconnects", id)).toBe(1)
       expect(yield* metricValue("mqtt.client.connected", id)).toBe(1)
     }))
+
+  it.effect("two clients in one process, publishing at two QoS levels: each series counts its own, the same series as MqttClient.telemetry names", () =>
+    Effect.gen(function*() {
+      const testBroker = yield* MqttTestBroker.make()
+      const ids = [`metrics-a-${process.pid}`, `metrics-b-${process.pid}`]
+      const clients = yield* Effect.forEach(ids, (clientId) => testBroker.makeClient({ clientId, logLevel: "None" }))
+      // interleaved, so that one client's updates follow the other's and QoS 0 follows QoS 1
+      for (let i = 0; i < 5; i++) {
+        yield* clients[0].publish("m/a", "123", { qos: 1 })
+        yield* clients[1].publish("m/b", "1234567", { qos: 0 })
+        if (i % 2 === 0) yield* clients[0].publish("m/a", "1", { qos: 0 })
+      }
+      expect(yield* metricValue("mqtt.client.messages.sent", ids[0], 1)).toBe(5)
+      expect(yield* metricValue("mqtt.client.messages.sent", ids[0], 0)).toBe(3)
+      expect(yield* metricValue("mqtt.client.messages.sent", ids[1], 0)).toBe(5)
+      expect(yield* metricValue("mqtt.client.bytes.sent", ids[0])).toBe(18)
+      expect(yield* metricValue("mqtt.client.bytes.sent", ids[1])).toBe(35)
+      const family = MqttClient.telemetry.messagesSent.pipe(
+        Metric.withAttributes({ "messaging.system": "mqtt", "messaging.client.id": ids[0], "mqtt.qos": "1" })
+      )
+      expect((yield* Metric.value(family)).count).toBe(5)
+    }))
 })

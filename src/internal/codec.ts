@@ -73,11 +73,27 @@ export class AckBuffer {
   }
 }
 
-/** An encoded PUBLISH and where its packet identifier sits, so it can be set once one is allocated. */
+/**
+ * An encoded PUBLISH and where its packet identifier sits, so it can be set once one is allocated. A payload of
+ * `SEPARATE_PAYLOAD` bytes or more is not copied: `bytes` is then the packet up to the payload, and `payload`
+ * the caller's bytes, written after it as they are (one batched socket write, as MQTT.js does).
+ */
 export interface EncodedPublish {
+  /** the whole packet, or its fixed and variable header when `payload` is given */
   readonly bytes: Uint8Array
   readonly idOffset: number
+  /** the payload, written after `bytes`, when it is not in `bytes` */
+  readonly payload: Uint8Array | undefined
+  /** the size of the whole packet, in bytes */
+  readonly size: number
 }
+
+/**
+ * From this payload size on, a PUBLISH is written as its header and the caller's payload, uncopied: copying
+ * costs more than a second chunk in the socket's batched write (and the packet would not fit the allocator's
+ * pool anyway).
+ */
+export const SEPARATE_PAYLOAD = 4096
 
 const varintLength = (n: number): number => n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4
 
@@ -106,10 +122,12 @@ export const encodePublish = (
     }
   }
   const propsLength = props === undefined ? 0 : varintLength(props.length) + props.length
-  const remaining = 2 + topicLength + idLength + propsLength + payload.byteLength
+  const payloadLength = payload.byteLength
+  const remaining = 2 + topicLength + idLength + propsLength + payloadLength
   if (remaining > 268_435_455) throw new Error("the packet is larger than MQTT allows (256 MB)")
   const header = 1 + varintLength(remaining)
-  const bytes = Bytes.allocate(header + remaining)
+  const separate = payloadLength >= SEPARATE_PAYLOAD
+  const bytes = Bytes.allocate(header + remaining - (separate ? payloadLength : 0))
   bytes[0] = 0x30 | (qos << 1) | (retain ? 1 : 0)
   let i = writeVarint(bytes, 1, remaining)
   bytes[i++] = topicLength >> 8
@@ -125,9 +143,19 @@ export const encodePublish = (
     bytes.set(props, i)
     i += props.length
   }
-  bytes.set(payload, i)
-  return { bytes, idOffset }
+  if (!separate) bytes.set(payload, i)
+  return { bytes, idOffset, payload: separate ? payload : undefined, size: header + remaining }
 }
+
+/** Appends the chunks of an encoded PUBLISH to `send`: the packet, or its header and then its payload. */
+export const pushPublish = (send: Array<Uint8Array>, encoded: EncodedPublish): void => {
+  send.push(encoded.bytes)
+  if (encoded.payload !== undefined) send.push(encoded.payload)
+}
+
+/** The whole packet in one array (a copy when the payload is separate): for tests and tools, not the hot path. */
+export const publishPacket = (encoded: EncodedPublish): Uint8Array =>
+  encoded.payload === undefined ? encoded.bytes : Bytes.concat([encoded.bytes, encoded.payload], encoded.size)
 
 const writeVarint = (bytes: Uint8Array, offset: number, value: number): number => {
   let i = offset
@@ -207,7 +235,10 @@ export const encodeProperties = (p: MqttMessage.PublishProperties | undefined, t
   return Bytes.concat(parts, total)
 }
 
-/** Sets the packet identifier of an encoded PUBLISH; with `dup`, also sets the DUP flag. */
+/**
+ * Sets the packet identifier of an encoded PUBLISH; with `dup`, also sets the DUP flag. Returns `bytes` (with a
+ * separate payload, only the header: the payload follows it).
+ */
 export const setPublishId = (encoded: EncodedPublish, id: number, dup = false): Uint8Array => {
   const bytes = encoded.bytes
   bytes[encoded.idOffset] = id >> 8

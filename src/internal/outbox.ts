@@ -12,12 +12,18 @@ import type * as MqttError from "../MqttError.ts"
  * Closing does not take the packets away from the writer: they stay queued, the last packet (a DISCONNECT) goes
  * behind them, and `flushed` says when the writer has written them all. The writer is the only one that writes,
  * so nothing it was handed is lost or overtaken when the connection closes.
+ *
+ * An idle writer is woken in a microtask, not at once: what the same synchronous run pushes (the publishes of
+ * fibers run in one scheduler turn, the acknowledgements of one socket read) goes out in one write instead of a
+ * write (a system call) each, the first of them waiting only for the run to end.
  */
 export class Outbox {
   private queue: Array<Uint8Array> = []
   private queued = 0
   private writing = 0
   private writer: ((effect: Effect.Effect<ReadonlyArray<Uint8Array>>) => void) | undefined = undefined
+  /** a wake-up of the writer is scheduled (a microtask) */
+  private waking = false
   private room: Deferred.Deferred<void, MqttError.MqttError> | undefined = undefined
   private closed: MqttError.MqttError | undefined = undefined
   /** whether a writer fiber takes from this outbox: `attach` before it is forked, `detach` when it ends */
@@ -43,11 +49,7 @@ export class Outbox {
     this.queue.push(bytes)
     this.queued += bytes.byteLength
     this.onPush()
-    const writer = this.writer
-    if (writer !== undefined) {
-      this.writer = undefined
-      writer(Effect.succeed(this.takeAll()))
-    }
+    this.wakeWriter()
   }
 
   /** Queues packets in order, then wakes the writer once. */
@@ -58,11 +60,23 @@ export class Outbox {
       this.queued += packets[i].byteLength
     }
     this.onPush()
+    this.wakeWriter()
+  }
+
+  /** Wakes a waiting writer in a microtask (once for all the pushes until then). */
+  private wakeWriter(): void {
+    if (this.writer === undefined || this.waking) return
+    this.waking = true
+    queueMicrotask(this.wake)
+  }
+
+  private readonly wake = (): void => {
+    this.waking = false
     const writer = this.writer
-    if (writer !== undefined) {
-      this.writer = undefined
-      writer(Effect.succeed(this.takeAll()))
-    }
+    // the writer may have been interrupted meanwhile; it takes what is queued when it asks again
+    if (writer === undefined || this.queue.length === 0) return
+    this.writer = undefined
+    writer(Effect.succeed(this.takeAll()))
   }
 
   /** Queues bytes, then waits while more than the high-water mark is waiting to be written. */

@@ -118,13 +118,13 @@ export class Outgoing {
     const limits = this.limits
     if (limits !== undefined && this.line.size === 0) {
       if (message.qos === 0) {
-        const bytes = this.encode(message, 0, false, limits)
-        if (bytes instanceof Uint8Array) {
-          out.send.push(bytes)
+        const packet = this.encode(message, 0, false, limits)
+        if (!(packet instanceof MqttError.PublishError)) {
+          Codec.pushPublish(out.send, packet)
           return undefined
         }
         const entry = new PublishEntry(message, false)
-        out.end(entry, bytes)
+        out.end(entry, packet)
         return entry
       }
       if (this.used < limits.quota) {
@@ -236,9 +236,9 @@ export class Outgoing {
       this.count(entry)
       return
     }
-    const bytes = this.encode(entry.message, entry.id, entry.dup, limits)
-    if (!(bytes instanceof Uint8Array)) return this.refuse(entry, bytes, out)
-    out.send.push(bytes)
+    const packet = this.encode(entry.message, entry.id, entry.dup, limits)
+    if (packet instanceof MqttError.PublishError) return this.refuse(entry, packet, out)
+    Codec.pushPublish(out.send, packet)
     entry.written = true
     if (entry.message.qos === 0) return out.end(entry, undefined)
     // a durable session knows the identifier before the PUBLISH is written: a resend after a restart keeps it
@@ -267,11 +267,17 @@ export class Outgoing {
   }
 
   /**
-   * The bytes of a PUBLISH for the current connection, or why the connection cannot take it. In MQTT 5, topics
-   * get aliases within the broker's Topic Alias Maximum (least recently used replaced); the alias is committed
-   * only when the packet fits, so the broker's view of the aliases never differs from the client's.
+   * The PUBLISH for the current connection (its identifier set), or why the connection cannot take it. In MQTT 5,
+   * topics get aliases within the broker's Topic Alias Maximum (least recently used replaced); the alias is
+   * committed only when the packet fits, so the broker's view of the aliases never differs from the client's.
+   * The size checked is the whole packet's, with a separate payload too.
    */
-  private encode(m: OutgoingMessage, id: number, dup: boolean, limits: Limits): Uint8Array | MqttError.PublishError {
+  private encode(
+    m: OutgoingMessage,
+    id: number,
+    dup: boolean,
+    limits: Limits
+  ): Codec.EncodedPublish | MqttError.PublishError {
     if (this.version === 5) {
       if (m.qos > limits.maximumQoS) {
         return refused(m.topic, 0x9b, `the broker accepts QoS ${limits.maximumQoS} at most`)
@@ -290,23 +296,23 @@ export class Outgoing {
         alias,
         omitTopic: known !== undefined
       })
-      if (max === undefined || aliased.bytes.byteLength <= max) {
+      if (max === undefined || aliased.size <= max) {
         if (known !== undefined) aliases.delete(m.topic)
         else if (aliases.size >= limits.topicAliasMaximum) aliases.delete(aliases.keys().next().value!)
         aliases.set(m.topic, alias)
-        return m.qos === 0 ? aliased.bytes : Codec.setPublishId(aliased, id, dup)
+        if (m.qos > 0) Codec.setPublishId(aliased, id, dup)
+        return aliased
       }
     }
-    if (max !== undefined && m.encoded.bytes.byteLength > max) {
-      return refused(
-        m.topic,
-        0x95,
-        `the packet is ${m.encoded.bytes.byteLength} bytes, the broker accepts ${max} at most`
-      )
+    if (max !== undefined && m.encoded.size > max) {
+      return refused(m.topic, 0x95, `the packet is ${m.encoded.size} bytes, the broker accepts ${max} at most`)
     }
-    if (m.qos === 0) return m.encoded.bytes
-    // a resend is a copy: the bytes of the first sending may still sit in the socket's buffer
-    return Codec.setPublishId(dup ? { ...m.encoded, bytes: Bytes.copy(m.encoded.bytes) } : m.encoded, id, dup)
+    if (m.qos === 0) return m.encoded
+    // a resend is a copy (of the header only, when the payload is separate): the bytes of the first sending may
+    // still sit in the socket's buffer
+    const encoded = dup ? { ...m.encoded, bytes: Bytes.copy(m.encoded.bytes) } : m.encoded
+    Codec.setPublishId(encoded, id, dup)
+    return encoded
   }
 
   /** PUBACK: a QoS 1 publish ends. */

@@ -12,42 +12,45 @@ import * as Metric from "effect/Metric"
 import * as Tracer from "effect/Tracer"
 import type { MessageProperties, MqttMessage, QoS, UserProperty } from "../MqttMessage.ts"
 
+const counter = (name: string, description: string) => () => Metric.counter(name, { description, incremental: true })
+const gauge = (name: string, description: string) => () => Metric.gauge(name, { description })
+
+/** How to make each metric: `metrics` holds one of each, and each series of a client gets its own (see below). */
+const families = {
+  messagesSent: counter("mqtt.client.messages.sent", "Messages published by the client, by QoS"),
+  bytesSent: counter("mqtt.client.bytes.sent", "Payload bytes published by the client, by QoS"),
+  messagesReceived: counter("mqtt.client.messages.received", "Messages received by the client, by QoS"),
+  bytesReceived: counter("mqtt.client.bytes.received", "Payload bytes received by the client, by QoS"),
+  inFlight: gauge("mqtt.client.publishes.inflight", "QoS 1/2 publishes of the client holding a packet identifier"),
+  queued: gauge("mqtt.client.queue.depth", "Messages waiting in the `messages` queue"),
+  dropped: counter("mqtt.client.messages.dropped", "Messages dropped by sliding or dropping queues"),
+  reconnects: counter("mqtt.client.reconnects", "Connections made again after one was lost"),
+  connected: gauge("mqtt.client.connected", "1 while connected, 0 otherwise")
+} as const
+
 /** The client's metrics: one family each, a series per client identifier (and QoS where it applies). */
 export const metrics = {
-  messagesSent: Metric.counter("mqtt.client.messages.sent", {
-    description: "Messages published by the client, by QoS",
-    incremental: true
-  }),
-  bytesSent: Metric.counter("mqtt.client.bytes.sent", {
-    description: "Payload bytes published by the client, by QoS",
-    incremental: true
-  }),
-  messagesReceived: Metric.counter("mqtt.client.messages.received", {
-    description: "Messages received by the client, by QoS",
-    incremental: true
-  }),
-  bytesReceived: Metric.counter("mqtt.client.bytes.received", {
-    description: "Payload bytes received by the client, by QoS",
-    incremental: true
-  }),
-  inFlight: Metric.gauge("mqtt.client.publishes.inflight", {
-    description: "QoS 1/2 publishes of the client holding a packet identifier"
-  }),
-  queued: Metric.gauge("mqtt.client.queue.depth", { description: "Messages waiting in the `messages` queue" }),
-  dropped: Metric.counter("mqtt.client.messages.dropped", {
-    description: "Messages dropped by sliding or dropping queues",
-    incremental: true
-  }),
-  reconnects: Metric.counter("mqtt.client.reconnects", {
-    description: "Connections made again after one was lost",
-    incremental: true
-  }),
-  connected: Metric.gauge("mqtt.client.connected", { description: "1 while connected, 0 otherwise" })
+  messagesSent: families.messagesSent(),
+  bytesSent: families.bytesSent(),
+  messagesReceived: families.messagesReceived(),
+  bytesReceived: families.bytesReceived(),
+  inFlight: families.inFlight(),
+  queued: families.queued(),
+  dropped: families.dropped(),
+  reconnects: families.reconnects(),
+  connected: families.connected()
 } as const
 
 type Counter = Metric.Metric<number, unknown>
 
-/** Synchronous updates of one client's metrics, bound to the context the client was made in. */
+/**
+ * Synchronous updates of one client's metrics, bound to the context the client was made in.
+ *
+ * Each series (client, QoS) is a metric object of its own, of the same name, description and attributes as
+ * `Metric.withAttributes(metrics.<family>, ...)`, so the same series in the registry: a metric object caches the
+ * key of the last attribute set it was updated with, so one shared by several series (two clients in a process,
+ * or QoS 0 and 1 publishes) would rebuild its key (`JSON.stringify`) on every update, several µs each.
+ */
 export class ClientMetrics {
   private readonly context: Context.Context<never>
   private readonly byQos: Record<
@@ -59,21 +62,21 @@ export class ClientMetrics {
   constructor(clientId: string, context: Context.Context<never>) {
     this.context = context
     const client = { "messaging.system": "mqtt", "messaging.client.id": clientId }
-    const qos = (metric: Counter) =>
-      [0, 1, 2].map((q) => Metric.withAttributes(metric, { ...client, "mqtt.qos": String(q) }) as Counter)
+    const qos = (family: () => Counter) =>
+      [0, 1, 2].map((q) => Metric.withAttributes(family(), { ...client, "mqtt.qos": String(q) }) as Counter)
     this.byQos = {
-      messagesSent: qos(metrics.messagesSent),
-      bytesSent: qos(metrics.bytesSent),
-      messagesReceived: qos(metrics.messagesReceived),
-      bytesReceived: qos(metrics.bytesReceived)
+      messagesSent: qos(families.messagesSent),
+      bytesSent: qos(families.bytesSent),
+      messagesReceived: qos(families.messagesReceived),
+      bytesReceived: qos(families.bytesReceived)
     }
-    const bind = (metric: Counter) => Metric.withAttributes(metric, client) as Counter
+    const bind = (family: () => Counter) => Metric.withAttributes(family(), client) as Counter
     this.plain = {
-      inFlight: bind(metrics.inFlight),
-      queued: bind(metrics.queued),
-      dropped: bind(metrics.dropped),
-      reconnects: bind(metrics.reconnects),
-      connected: bind(metrics.connected)
+      inFlight: bind(families.inFlight),
+      queued: bind(families.queued),
+      dropped: bind(families.dropped),
+      reconnects: bind(families.reconnects),
+      connected: bind(families.connected)
     }
   }
 
