@@ -33,27 +33,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import { performance } from "node:perf_hooks"
 import { startBroker } from "./broker.ts"
-
-// ---------------------------------------------------------------------------------------------------------
-// the shared bench helpers: the same names as bench/support.ts on the bench branch, which gathers them; once it
-// is merged, this section becomes `import { envInt, envList, fmt, median, sleep, table } from "./support.ts"`
-// ---------------------------------------------------------------------------------------------------------
-
-const envInt = (name: string, fallback: number): number => {
-  const value = Number(process.env[name])
-  return Number.isFinite(value) && value > 0 ? Math.floor(value) : fallback
-}
-const envList = (name: string, fallback: string): Array<string> =>
-  (process.env[name] ?? fallback).split(",").map((s) => s.trim())
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-const fmt = (n: number) => Math.round(n).toLocaleString("en-US")
-const median = (values: ReadonlyArray<number>): number =>
-  [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]
-const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>): string => {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
-  const line = (cells: ReadonlyArray<string>) => "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |"
-  return [line(header), "| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |", ...rows.map(line)].join("\n")
-}
+import { awaitReceived, envInt, envList, fmt, median, sleep, table } from "./support.ts"
 
 // ---------------------------------------------------------------------------------------------------------
 // settings
@@ -68,7 +48,6 @@ const CONFIGS = ["none", "memory", "file", "file-fsync", "redis", "mqttjs"] as c
 type Config = typeof CONFIGS[number]
 const CHOSEN = envList("BENCH_CLIENTS", CONFIGS.join(",")).filter((c): c is Config => CONFIGS.includes(c as Config))
 const PAYLOAD = Buffer.alloc(64, "x")
-const QUIET_MS = 2000
 
 const label: Record<Config, string> = {
   none: "effect-mqtt, no store (in memory)",
@@ -99,28 +78,6 @@ const rateOf = (r: Result) => r.ms > 0 ? (r.received / r.ms) * 1000 : 0
 
 let topicSeq = 0
 const freshTopic = (tag: string) => `bench-durable/${process.pid}/${tag}/${topicSeq++}`
-
-/** Waits until `n` were received, or nothing came for `QUIET_MS` once publishing is done, or the deadline. */
-const awaitReceived = async (
-  counter: { count: number; last: number },
-  n: number,
-  isPublished: () => boolean,
-  deadline: number
-): Promise<boolean> => {
-  let quietSince = performance.now()
-  let seen = counter.count
-  for (;;) {
-    if (counter.count >= n) return true
-    const now = performance.now()
-    if (now > deadline) return false
-    if (counter.count !== seen) {
-      seen = counter.count
-      quietSince = now
-    }
-    if (isPublished() && now - quietSince > QUIET_MS) return false
-    await sleep(10)
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // stores
@@ -237,7 +194,7 @@ const effectRun = (url: string, config: Config, qos: 1 | 2, n: number, redisUrl:
       ...(store === undefined ? {} : { store, clientId: `bench-${config}-${storeSeq}`, cleanStart: false })
     })
     yield* sub.subscribe(topic, { qos })
-    const counter = { count: 0, last: 0 }
+    const counter = { count: 0, bad: 0, last: 0 }
     yield* Effect.forkScoped(
       Stream.runForEachArray(sub.messages, (messages) =>
         Effect.sync(() => {
@@ -289,7 +246,7 @@ const mqttjsRun = async (url: string, qos: 1 | 2, n: number): Promise<Result> =>
   const pub = await mqtt.connectAsync(url, options)
   try {
     await sub.subscribeAsync(topic, { qos })
-    const counter = { count: 0, last: 0 }
+    const counter = { count: 0, bad: 0, last: 0 }
     sub.on("message", () => {
       counter.count++
       counter.last = performance.now()
