@@ -672,11 +672,26 @@ const storeFailure = async (broker: MosquittoHandle, redis: RedisHandle): Promis
         })
       )
     })
-    // ten publishers at a time, until told to stop
-    const worker = Effect.gen(function*() {
-      while (!stop) yield* publishOne
+    // up to 50 publishes at a time, until told to stop. Each runs in a fiber of its own, so that publishes held
+    // by a write that failed when Redis went away (retried until it is back: they may have been stored) do not
+    // hold the new ones back: those are refused at once while Redis is down
+    let outstanding = 0
+    const issuer = Effect.gen(function*() {
+      const running: Array<Fiber.Fiber<void>> = []
+      while (!stop) {
+        if (outstanding >= 50) {
+          yield* Effect.sleep("2 millis")
+          continue
+        }
+        outstanding++
+        running.push(
+          yield* Effect.forkChild(Effect.ensuring(Effect.asVoid(publishOne), Effect.sync(() => outstanding--)))
+        )
+        yield* Effect.yieldNow
+      }
+      yield* Fiber.joinAll(running)
     })
-    const workers = yield* Effect.forkChild(Effect.all(Array.from({ length: 10 }, () => worker), { concurrency: 10 }))
+    const workers = yield* Effect.forkChild(issuer)
     yield* Effect.promise(async () => {
       await until(() => count((o) => o.completedIn === "before") >= 500, STEP_TIMEOUT_MS, () => "no progress")
       phase = "stopping"
