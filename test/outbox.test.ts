@@ -90,14 +90,20 @@ const recordingWriter = (outbox: Outbox, batches: Array<ReadonlyArray<number>>) 
     outbox.written()
   }))
 
+/** An attached outbox whose recording writer is running and waiting for packets. */
+const withRecordingWriter = Effect.gen(function*() {
+  const outbox = new Outbox(1 << 20, () => {})
+  const batches: Array<ReadonlyArray<number>> = []
+  outbox.attach()
+  const writer = yield* Effect.forkChild(recordingWriter(outbox, batches))
+  yield* Effect.yieldNow
+  return { batches, outbox, writer }
+})
+
 describe("Outbox: batching", () => {
   it.effect("packets pushed in one synchronous run wake an idle writer once: one batch, in order", () =>
     Effect.gen(function*() {
-      const outbox = new Outbox(1 << 20, () => {})
-      const batches: Array<ReadonlyArray<number>> = []
-      outbox.attach()
-      const writer = yield* Effect.forkChild(recordingWriter(outbox, batches))
-      yield* Effect.yieldNow
+      const { batches, outbox, writer } = yield* withRecordingWriter
       outbox.push(Uint8Array.of(1))
       outbox.pushAll([Uint8Array.of(2), Uint8Array.of(3)])
       outbox.push(Uint8Array.of(4))
@@ -113,13 +119,9 @@ describe("Outbox: batching", () => {
 
   it.effect("closing queues the DISCONNECT behind what waits, drops later pushes, and the writer still writes them", () =>
     Effect.gen(function*() {
-      const outbox = new Outbox(1 << 20, () => {})
-      const batches: Array<ReadonlyArray<number>> = []
-      outbox.attach()
-      const writer = yield* Effect.forkChild(recordingWriter(outbox, batches))
-      yield* Effect.yieldNow
+      const { batches, outbox, writer } = yield* withRecordingWriter
       outbox.push(Uint8Array.of(1))
-      outbox.close(new MqttError.ConnectionLostError({ reason: "test" }), Uint8Array.of(0xe0))
+      outbox.close(lost, Uint8Array.of(0xe0))
       outbox.push(Uint8Array.of(2))
       yield* outbox.flushed
       expect(batches.flat()).toEqual([1, 0xe0])
