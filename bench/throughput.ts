@@ -110,7 +110,13 @@ const describe = (r: Result, n: number): string => {
 const brokerBusy = (r: Result) =>
   r.cpu === undefined || r.cpu.wall === 0 ? "-" : `${Math.round((100 * r.cpu.broker) / r.cpu.wall)}%`
 
-const cpuOf = (r: Result) => r.cpu === undefined ? "-" : `${r.cpu.node.toFixed(1)} / ${r.cpu.broker.toFixed(1)}`
+/** The client's CPU seconds (and µs per message received) / the broker's CPU seconds. */
+const cpuOf = (r: Result) =>
+  r.cpu === undefined ?
+    "-" :
+    `${r.cpu.node.toFixed(2)} (${r.received === 0 ? "-" : (1e6 * r.cpu.node / r.received).toFixed(1)} µs/msg) / ${
+      r.cpu.broker.toFixed(1)
+    }`
 
 const measure = (broker: Broker, protocolVersion: 4 | 5, qos: Bench.QoS) =>
   Bench.sideBySide(

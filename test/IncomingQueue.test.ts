@@ -19,6 +19,33 @@ describe("IncomingQueue", () => {
       expect(yield* queue.dropped).toBe(0)
     }))
 
+  it.effect("a waiting producer is woken once the queue is down to half its capacity, not for every free place", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.bounded(8))
+      const items = Array.from({ length: 16 }, (_, i) => i)
+      const progress = { accepted: 0 }
+      const producer = yield* Effect.forkChild(queue.offerAll(items, progress))
+      yield* Effect.yieldNow
+      expect(progress.accepted).toBe(8)
+      // one message at a time, as a stream's pulls take them
+      const takeOne = Stream.runHead(queue.stream)
+      for (let taken = 1; taken <= 3; taken++) {
+        yield* takeOne
+        yield* Effect.yieldNow
+        // 7, 6, 5 left: the producer waits on
+        expect(progress.accepted).toBe(8)
+        expect(yield* queue.size).toBe(8 - taken)
+      }
+      yield* takeOne
+      yield* Effect.yieldNow
+      // 4 left (half of 8): the producer fills the queue again in one go
+      expect(progress.accepted).toBe(12)
+      expect(yield* queue.size).toBe(8)
+      const consumer = yield* Effect.forkChild(Stream.runCollect(Stream.take(queue.stream, 12)))
+      yield* Fiber.join(producer)
+      expect(yield* Fiber.join(consumer)).toEqual(items.slice(4))
+    }))
+
   it.effect("sliding drops the oldest messages and counts them", () =>
     Effect.gen(function*() {
       const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.sliding(3))

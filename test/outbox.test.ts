@@ -20,7 +20,7 @@ const firstBytes = (batches: ReadonlyArray<ReadonlyArray<Uint8Array>>) => batche
 describe("Outbox", () => {
   it.effect("close queues the DISCONNECT behind what was queued, and drops what is pushed afterwards", () =>
     Effect.gen(function*() {
-      const outbox = new Outbox(1024, () => {})
+      const outbox = new Outbox(1024)
       outbox.attach()
       outbox.push(packet(1))
       outbox.pushAll([packet(2), packet(3)])
@@ -35,7 +35,7 @@ describe("Outbox", () => {
 
   it.effect("flushed waits until the writer has written the last batch", () =>
     Effect.gen(function*() {
-      const outbox = new Outbox(1024, () => {})
+      const outbox = new Outbox(1024)
       outbox.attach()
       outbox.push(packet(1))
       const batch = yield* outbox.take
@@ -54,12 +54,12 @@ describe("Outbox", () => {
 
   it.effect("flushed does not wait for a writer that is gone, or was never there", () =>
     Effect.gen(function*() {
-      const unattached = new Outbox(1024, () => {})
+      const unattached = new Outbox(1024)
       unattached.push(packet(1))
       unattached.close(lost, DISCONNECT)
       yield* unattached.flushed
 
-      const outbox = new Outbox(1024, () => {})
+      const outbox = new Outbox(1024)
       outbox.attach()
       outbox.push(packet(1))
       outbox.close(lost, DISCONNECT)
@@ -72,7 +72,7 @@ describe("Outbox", () => {
 
   it.effect("callers waiting for room fail with the close's error; a write after the close fails at once", () =>
     Effect.gen(function*() {
-      const outbox = new Outbox(4, () => {})
+      const outbox = new Outbox(4)
       outbox.attach()
       const waiting = yield* Effect.forkChild(Effect.flip(outbox.write(new Uint8Array(8))))
       yield* Effect.yieldNow
@@ -92,7 +92,7 @@ const recordingWriter = (outbox: Outbox, batches: Array<ReadonlyArray<number>>) 
 
 /** An attached outbox whose recording writer is running and waiting for packets. */
 const withRecordingWriter = Effect.gen(function*() {
-  const outbox = new Outbox(1 << 20, () => {})
+  const outbox = new Outbox(1 << 20)
   const batches: Array<ReadonlyArray<number>> = []
   outbox.attach()
   const writer = yield* Effect.forkChild(recordingWriter(outbox, batches))

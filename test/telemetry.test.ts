@@ -194,4 +194,40 @@ describe("metrics", () => {
       )
       expect((yield* Metric.value(family)).count).toBe(5)
     }))
+
+  it.effect("a client's series outlive it, and the next client of the same identifier counts on from them; two at once count into one series", () =>
+    Effect.gen(function*() {
+      const testBroker = yield* MqttTestBroker.make()
+      const id = `metrics-life-${process.pid}`
+      const sent = () => metricValue("mqtt.client.messages.sent", id, 0)
+      yield* Effect.scoped(Effect.gen(function*() {
+        const client = yield* testBroker.makeClient({ clientId: id, logLevel: "None" })
+        for (let i = 0; i < 3; i++) yield* client.publish("m/life", "x")
+        expect(yield* sent()).toBe(3)
+      }))
+      // the client is gone: its series stay, with the values they had, and it is no longer connected
+      expect(yield* sent()).toBe(3)
+      expect(yield* metricValue("mqtt.client.connected", id)).toBe(0)
+      yield* Effect.scoped(Effect.gen(function*() {
+        const a = yield* testBroker.makeClient({ clientId: id, logLevel: "None", cleanStart: true })
+        yield* a.publish("m/life", "x")
+        expect(yield* sent()).toBe(4)
+        yield* Effect.scoped(Effect.gen(function*() {
+          const b = yield* testBroker.makeClient({ clientId: id, logLevel: "None" })
+          yield* b.publish("m/life", "x")
+          yield* a.publish("m/life", "x")
+          expect(yield* sent()).toBe(6)
+        }))
+        // b is gone, a still counts into the same series
+        yield* a.publish("m/life", "x")
+        expect(yield* sent()).toBe(7)
+      }))
+      expect(yield* sent()).toBe(7)
+      // one series per identifier and QoS in the registry, never two
+      const series = (yield* Metric.snapshot).filter((s) =>
+        s.id === "mqtt.client.messages.sent" && s.attributes?.["messaging.client.id"] === id &&
+        s.attributes?.["mqtt.qos"] === "0"
+      )
+      expect(series.length).toBe(1)
+    }))
 })

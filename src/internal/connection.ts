@@ -114,9 +114,7 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
     const c: Connection = {
       node,
       scope,
-      outbox: new Outbox(OUTBOX_HIGH_WATER_MARK, () => {
-        c.lastSent = clock.currentTimeMillisUnsafe()
-      }),
+      outbox: new Outbox(OUTBOX_HIGH_WATER_MARK),
       lost: Deferred.makeUnsafe(),
       readerEnded: Deferred.makeUnsafe(),
       cleanStart,
@@ -134,7 +132,10 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       c.lastSent = clock.currentTimeMillisUnsafe()
       // the writer starts now: what the CONNACK's handling queues (resends) goes out after CONNECT
       c.outbox.attach()
-      yield* Effect.forkIn(guard(c, writeLoop(c)).pipe(Effect.ensuring(Effect.sync(() => c.outbox.detach()))), scope)
+      yield* Effect.forkIn(
+        guard(c, writeLoop(c, clock)).pipe(Effect.ensuring(Effect.sync(() => c.outbox.detach()))),
+        scope
+      )
       while (!reader.connected()) yield* reader.step(pull)
       return pull
     })
@@ -164,15 +165,17 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
 export const disconnectReasonOf = (error: MqttError.MqttError): number | undefined =>
   error._tag === "ProtocolError" ? error.reasonCode : undefined
 
-const writeLoop = (c: Connection): Effect.Effect<never, MqttError.MqttError> =>
-  Effect.forever(Effect.flatMap(c.outbox.take, (batch) =>
+/** Writes the outbox's batches; the keepalive counts from the last one written (once per batch, not per packet). */
+const writeLoop = (c: Connection, clock: Clock.Clock): Effect.Effect<never, MqttError.MqttError> =>
+  Effect.forever(Effect.flatMap(c.outbox.take, (batch) => {
     // empty only when the connection closed between the wake-up and the take
-    batch.length > 0
-      ? Effect.map(
-        Effect.mapError(c.node.writer(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
-        () => c.outbox.written()
-      )
-      : Effect.void))
+    if (batch.length === 0) return Effect.void
+    c.lastSent = clock.currentTimeMillisUnsafe()
+    return Effect.map(
+      Effect.mapError(c.node.writer(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
+      () => c.outbox.written()
+    )
+  }))
 
 /** Runs a loop of the connection: its first failure, or a defect (a bug of this client), ends the connection. */
 const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>): Effect.Effect<void> =>

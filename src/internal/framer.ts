@@ -22,7 +22,7 @@ export class Framer {
    */
   push(
     chunk: Uint8Array,
-    onPacket: (header: number, body: Uint8Array, packet: Uint8Array) => void
+    onPacket: (header: number, body: Uint8Array) => void
   ): FrameError | undefined {
     let offset = 0
     if (this.buffered > 0) {
@@ -38,7 +38,7 @@ export class Framer {
       const packet = Bytes.concatLike(chunk, this.parts, needed)
       this.parts = []
       this.buffered = 0
-      onPacket(packet[0], packet.subarray(headerLengthOf(packet)), packet)
+      onPacket(packet[0], packet.subarray(headerLengthOf(packet)))
     }
     const data = chunk
     while (offset < data.length) {
@@ -48,8 +48,8 @@ export class Framer {
       const total = this.check(header)
       if (typeof total !== "number") return total
       if (offset + total > data.length) break
-      const packet = data.subarray(offset, offset + total)
-      onPacket(data[offset], packet.subarray(header.headerLength), packet)
+      // one view per packet (of a Node read, each view is a Buffer, made at some cost): the body only
+      onPacket(data[offset], data.subarray(offset + header.headerLength, offset + total))
       offset += total
     }
     if (offset < data.length) {

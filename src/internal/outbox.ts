@@ -30,12 +30,9 @@ export class Outbox {
   private attached = false
   private flush: Deferred.Deferred<void> | undefined = undefined
   private readonly highWaterMark: number
-  /** called on every push: the keepalive counts from the last packet sent */
-  private readonly onPush: () => void
 
-  constructor(highWaterMark: number, onPush: () => void) {
+  constructor(highWaterMark: number) {
     this.highWaterMark = highWaterMark
-    this.onPush = onPush
   }
 
   /** Whether the connection it belongs to is closed. */
@@ -48,7 +45,6 @@ export class Outbox {
     if (this.closed !== undefined) return
     this.queue.push(bytes)
     this.queued += bytes.byteLength
-    this.onPush()
     this.wakeWriter()
   }
 
@@ -59,7 +55,6 @@ export class Outbox {
       this.queue.push(packets[i])
       this.queued += packets[i].byteLength
     }
-    this.onPush()
     this.wakeWriter()
   }
 

@@ -167,6 +167,12 @@ export type Kind<A> =
 export class MessageQueue<A, E> {
   private readonly store: Store<A>
   private readonly capacity: number
+  /**
+   * A waiting producer is woken once the queue is down to this many messages (half its capacity), not after
+   * every take: woken for one free place, a reader would take in one message per wake-up, at the cost of two
+   * fiber switches each, and a consumer slower than the broker would keep both there for good.
+   */
+  private readonly lowWater: number
   private readonly overflow: Overflow
   private takers: Array<Wake> = []
   private putters: Array<Wake> = []
@@ -180,6 +186,7 @@ export class MessageQueue<A, E> {
   constructor(kind: Kind<A>, capacity: number, overflow: Overflow) {
     this.store = kind._tag === "Priority" ? new Heap(kind.order) : new Deque(kind._tag === "Lifo")
     this.capacity = capacity
+    this.lowWater = Math.floor(capacity / 2)
     this.overflow = overflow
   }
 
@@ -247,7 +254,7 @@ export class MessageQueue<A, E> {
   poll(): A | undefined {
     const item = this.store.take()
     if (item === undefined) return undefined
-    if (this.putters.length > 0) this.wakePutters()
+    if (this.putters.length > 0 && this.store.size <= this.lowWater) this.wakePutters()
     this.onTaken?.(item)
     return item
   }

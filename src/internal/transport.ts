@@ -357,6 +357,41 @@ const tlsError = (cause: unknown, phase: "handshake" | "open" | "read"): MqttErr
 
 type Kind = "plaintext" | "unix" | "tls" | "websocket" | "custom"
 
+/** Packets of this size or more are written as they are: copying them costs more than an iovec of their own. */
+const COALESCE_BELOW = 4096
+
+/**
+ * A batch as a Node.js socket takes it cheapest: each run of small packets as one `Buffer`. Handed one by one,
+ * each `Uint8Array` (the codec's packets are not `Buffer`s) is wrapped in a `Buffer` by the stream and written as
+ * an iovec of its own; a large payload (the codec leaves payloads of 4 KB and more uncopied) stays uncopied.
+ */
+const coalesce = (
+  chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>
+): Arr.NonEmptyReadonlyArray<Uint8Array | string> => {
+  if (chunks.length === 1) return chunks
+  const out: Array<Uint8Array | string> = []
+  let run: Array<Uint8Array> = []
+  let runBytes = 0
+  const flush = () => {
+    if (run.length === 1) out.push(run[0])
+    else if (run.length > 1) out.push(Buffer.concat(run, runBytes))
+    run = []
+    runBytes = 0
+  }
+  for (let i = 0; i < chunks.length; i++) {
+    const chunk = chunks[i]
+    if (typeof chunk === "string" || chunk.byteLength >= COALESCE_BELOW) {
+      flush()
+      out.push(chunk)
+    } else {
+      run.push(chunk)
+      runBytes += chunk.byteLength
+    }
+  }
+  flush()
+  return out as unknown as Arr.NonEmptyReadonlyArray<Uint8Array | string>
+}
+
 const causeOf = (error: Socket.SocketError): unknown => "cause" in error.reason ? error.reason.cause : undefined
 
 /**
@@ -370,7 +405,12 @@ const explained = (
   inspect?: (chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>) => MqttError.MqttError | undefined
 ): Socket.Socket =>
   Socket.make({
-    writer: socket.writer,
+    writer: kind === "custom" || kind === "websocket"
+      ? socket.writer
+      : Effect.map(socket.writer, (writer) => ({
+        ...writer,
+        writeAll: (chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>) => writer.writeAll(coalesce(chunks))
+      })),
     reader: Effect.gen(function*() {
       const reader = yield* Effect.mapError(socket.reader, (error) => {
         const cause = causeOf(error)

@@ -1,0 +1,154 @@
+/**
+ * The peer of bench/cpu.ts, run in a process of its own so that its CPU is not the client's: a minimal MQTT
+ * server on a free port of 127.0.0.1 that is never the bottleneck, as a broker would be.
+ *
+ * - Answers CONNECT (CONNACK, Session Present 0), SUBSCRIBE (SUBACK granting the QoS asked), PINGREQ.
+ * - `send` mode: reads the client's PUBLISHes, acknowledges QoS 1 (PUBACK), and tells the parent (IPC) when
+ *   `n` have arrived.
+ * - `receive` mode: once subscribed, writes `n` PUBLISHes of 64 bytes on `bench/cpu` (QoS of the subscription,
+ *   identifiers 1..65,535 in turn), encoded beforehand and written in 64 KB writes as fast as the socket takes
+ *   them; QoS 1 identifiers are reused only after the client's PUBACK, at most 1,000 in flight.
+ *
+ * Parent → peer: `{ mode, n, version }` before each connection; peer → parent: `{ port }` once listening,
+ * `{ ready }` once it has the job, `{ received }` in send mode.
+ */
+import * as Net from "node:net"
+
+interface Job {
+  readonly mode: "send" | "receive"
+  readonly n: number
+  readonly version: 4 | 5
+}
+
+let job: Job = { mode: "send", n: 0, version: 4 }
+process.on("message", (message) => {
+  job = message as Job
+  process.send!({ ready: 1 })
+})
+
+const TOPIC = Buffer.from("bench/cpu")
+const PAYLOAD = Buffer.alloc(64, "x")
+const WINDOW = 1000
+
+/** The remaining length as MQTT's variable byte integer. */
+const varint = (n: number): Array<number> => {
+  const out: Array<number> = []
+  do {
+    let b = n % 128
+    n = Math.floor(n / 128)
+    if (n > 0) b |= 0x80
+    out.push(b)
+  } while (n > 0)
+  return out
+}
+
+const publishPacket = (qos: number, id: number, version: 4 | 5): Buffer => {
+  const props = version === 5 ? 1 : 0
+  const body = 2 + TOPIC.length + (qos > 0 ? 2 : 0) + props + PAYLOAD.length
+  const head = [0x30 | (qos << 1), ...varint(body), TOPIC.length >> 8, TOPIC.length & 0xff]
+  const parts = [Buffer.from(head), TOPIC]
+  if (qos > 0) parts.push(Buffer.from([id >> 8, id & 0xff]))
+  if (props) parts.push(Buffer.from([0]))
+  parts.push(PAYLOAD)
+  return Buffer.concat(parts)
+}
+
+const serve = (socket: Net.Socket) => {
+  const current = job
+  socket.setNoDelay(true)
+  let buffered: Buffer = Buffer.alloc(0)
+  let received = 0
+  let qos = 0
+  let sent = 0
+  let acked = 0
+  let writing = false
+
+  const pump = () => {
+    if (writing) return
+    writing = true
+    const chunk: Array<Buffer> = []
+    let size = 0
+    while (sent < current.n && (qos === 0 || sent - acked < WINDOW) && size < 65536) {
+      const packet = publishPacket(qos, (sent % 65535) + 1, current.version)
+      chunk.push(packet)
+      size += packet.length
+      sent++
+    }
+    if (chunk.length === 0) {
+      writing = false
+      return
+    }
+    const more = socket.write(Buffer.concat(chunk))
+    writing = false
+    if (more) setImmediate(pump)
+    else socket.once("drain", pump)
+  }
+
+  const onPacket = (type: number, body: Buffer) => {
+    switch (type >> 4) {
+      case 1: // CONNECT
+        socket.write(current.version === 5 ? Buffer.from([0x20, 3, 0, 0, 0]) : Buffer.from([0x20, 2, 0, 0]))
+        break
+      case 8: { // SUBSCRIBE: identifier, (properties), filter, options
+        let i = 2
+        if (current.version === 5) i += 1 + body[2]
+        const length = body.readUInt16BE(i)
+        qos = body[i + 2 + length] & 3
+        const ack = current.version === 5 ? [0x90, 4, body[0], body[1], 0, qos] : [0x90, 3, body[0], body[1], qos]
+        socket.write(Buffer.from(ack))
+        if (current.mode === "receive") setImmediate(pump)
+        break
+      }
+      case 3: { // PUBLISH
+        const pubQos = (type >> 1) & 3
+        if (pubQos > 0) {
+          const length = body.readUInt16BE(0)
+          socket.write(Buffer.from([0x40, 2, body[2 + length], body[3 + length]]))
+        }
+        if (++received === current.n) process.send!({ received })
+        break
+      }
+      case 4: // PUBACK
+        acked++
+        if (!writing) pump()
+        break
+      case 12: // PINGREQ
+        socket.write(Buffer.from([0xd0, 0]))
+        break
+      case 14: // DISCONNECT
+        socket.end()
+        break
+    }
+  }
+
+  socket.on("data", (data: Buffer) => {
+    buffered = buffered.length === 0 ? data : Buffer.concat([buffered, data])
+    let offset = 0
+    while (offset + 2 <= buffered.length) {
+      let length = 0
+      let multiplier = 1
+      let i = offset + 1
+      let complete = false
+      while (i < buffered.length) {
+        const b = buffered[i++]
+        length += (b & 0x7f) * multiplier
+        multiplier *= 128
+        if ((b & 0x80) === 0) {
+          complete = true
+          break
+        }
+      }
+      if (!complete || i + length > buffered.length) break
+      onPacket(buffered[offset], buffered.subarray(i, i + length))
+      offset = i + length
+    }
+    buffered = buffered.subarray(offset)
+  })
+  socket.on("error", () => {})
+}
+
+const server = Net.createServer(serve)
+server.listen(0, "127.0.0.1", () => {
+  const address = server.address() as Net.AddressInfo
+  process.send!({ port: address.port })
+})
