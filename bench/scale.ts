@@ -19,7 +19,8 @@
  *   and what each process got.
  *
  * Run: `node --conditions=effect-mqtt-source --expose-gc bench/scale.ts` (about 5 to 10 minutes). Environment:
- * BENCH_SCALE (sections, default "routing,clients,payload,latency,group"). Always exits with 0: it is a report.
+ * BENCH_SCALE (sections, default "routing,clients,payload,latency,group"), BENCH_LATENCY_RUNS (default 3). Always
+ * exits with 0: it is a report.
  */
 import { ConsumerGroup, MqttClient } from "effect-mqtt"
 import * as Effect from "effect/Effect"
@@ -30,38 +31,18 @@ import * as mqtt from "mqtt"
 import * as MqttPacket from "mqtt-packet"
 import { Buffer } from "node:buffer"
 import { type ChildProcess, fork } from "node:child_process"
-import * as Fs from "node:fs"
 import { createRequire } from "node:module"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import { type Broker, startBroker } from "./broker.ts"
+import { gc, median, nextTurn, procCpu, sleep, table } from "./support.ts"
 
 const SECTIONS = (process.env.BENCH_SCALE ?? "routing,clients,payload,latency,group").split(",").map((s) => s.trim())
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
-const gc = () => (globalThis as { gc?: () => void }).gc?.()
 const fmt = (n: number, digits = 0) =>
   Number.isFinite(n) ? n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "-"
-
-const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>): string => {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
-  const line = (cells: ReadonlyArray<string>) => "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |"
-  return [line(header), "| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |", ...rows.map(line)].join("\n")
-}
-
-/** CPU seconds (user + system) of a process, from /proc. */
-const procCpu = (pid: number): number => {
-  try {
-    const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return (Number(fields[11]) + Number(fields[12])) / 100
-  } catch {
-    return 0
-  }
-}
 
 const cpuNow = () => {
   const u = process.cpuUsage()
@@ -484,6 +465,10 @@ const paced = async (rate: number, ms: number, send: (payloads: ReadonlyArray<Bu
   }
 }
 
+/** The time a payload was made, from its first 8 bytes (a Node read's payloads are `Buffer`s: read in place). */
+const sentAt = (payload: Uint8Array): number =>
+  Buffer.isBuffer(payload) ? payload.readDoubleLE(0) : Buffer.from(payload).readDoubleLE(0)
+
 const latencyEffect = (broker: Broker, rate: number, qos: 0 | 1): Promise<Latency> =>
   Effect.scoped(Effect.gen(function*() {
     const topic = fresh("lat/effect")
@@ -496,16 +481,14 @@ const latencyEffect = (broker: Broker, rate: number, qos: 0 | 1): Promise<Latenc
       Effect.sync(() => {
         const now = performance.now()
         if (!measuring) return
-        for (const m of messages) samples.push(now - Buffer.from(m.payload).readDoubleLE(0))
+        for (const m of messages) samples.push(now - sentAt(m.payload))
       })))
-    // one fiber per batch, a publish per message in it, not waited for
+    // one fiber per batch, its publishes made one after the other, as MQTT.js's `publish` (which returns at once):
+    // `publishAccepted` returns once the publish is in the session; the wait for its PUBACK is left alone
     const publish = (payloads: ReadonlyArray<Buffer>) =>
-      Effect.runFork(
-        Effect.forEach(payloads, (payload) => pub.publish(topic, payload, { qos }), {
-          concurrency: "unbounded",
-          discard: true
-        })
-      )
+      Effect.runFork(Effect.forEach(payloads, (payload) => pub.publishAccepted(topic, payload, { qos }), {
+        discard: true
+      }))
     yield* Effect.promise(() => paced(rate, LATENCY_WARMUP_MS, publish))
     measuring = true
     yield* Effect.promise(() => paced(rate, LATENCY_SECONDS * 1000, publish))
@@ -540,31 +523,57 @@ const latencyMqttJs = async (broker: Broker, rate: number, qos: 0 | 1): Promise<
   }
 }
 
+/** Runs of each latency point (alternating the clients): a p99 of one run moves by a millisecond between runs. */
+const LATENCY_RUNS = Math.max(1, Number(process.env.BENCH_LATENCY_RUNS ?? 3) || 3)
+
+/** The median of each percentile over the runs. */
+const medianLatency = (runs: ReadonlyArray<Latency>): Latency => ({
+  p50: median(runs.map((r) => r.p50)),
+  p99: median(runs.map((r) => r.p99)),
+  p999: median(runs.map((r) => r.p999)),
+  achieved: median(runs.map((r) => r.achieved)),
+  received: median(runs.map((r) => r.received))
+})
+
 const latency = async (broker: Broker) => {
   const rows: Array<Array<string>> = []
   const ms = (x: number) => fmt(x, 2)
   for (const qos of [0, 1] as const) {
     for (const rate of [1000, 5000, 20_000]) {
       process.stderr.write(`  latency: QoS ${qos} at ${rate}/s\n`)
-      gc()
-      const e = await latencyEffect(broker, rate, qos)
-      gc()
-      const j = await latencyMqttJs(broker, rate, qos)
+      const effect: Array<Latency> = []
+      const mqttjs: Array<Latency> = []
+      for (let run = 0; run < LATENCY_RUNS; run++) {
+        gc()
+        effect.push(await latencyEffect(broker, rate, qos))
+        gc()
+        mqttjs.push(await latencyMqttJs(broker, rate, qos))
+      }
+      const e = medianLatency(effect)
+      const j = medianLatency(mqttjs)
       rows.push([
         String(qos),
         fmt(rate),
         `${ms(e.p50)} / ${ms(e.p99)} / ${ms(e.p999)}`,
         `${ms(j.p50)} / ${ms(j.p99)} / ${ms(j.p999)}`,
+        (e.p99 / j.p99).toFixed(2),
         `${fmt(e.achieved)} / ${fmt(j.achieved)}`
       ])
     }
   }
-  return `## Latency: publish to receive (MQTT 3.1.1, 64 B, ${LATENCY_SECONDS} s per point)\n\n` +
+  return `## Latency: publish to receive (MQTT 3.1.1, 64 B, ${LATENCY_SECONDS} s per run, median of ${LATENCY_RUNS} runs)\n\n` +
     table(
-      ["QoS", "msg/s asked", "effect-mqtt p50 / p99 / p99.9 ms", "MQTT.js p50 / p99 / p99.9 ms", "received/s"],
+      [
+        "QoS",
+        "msg/s asked",
+        "effect-mqtt p50 / p99 / p99.9 ms",
+        "MQTT.js p50 / p99 / p99.9 ms",
+        "p99 effect-mqtt / MQTT.js",
+        "received/s"
+      ],
       rows
     ) +
-    "\n\nPublisher and subscriber of one library in this process; the publisher is paced every millisecond.\n"
+    "\n\nPublisher and subscriber of one library in this process; the publisher is paced every millisecond. Each percentile is the median over the runs; the runs alternate between the libraries.\n"
 }
 
 // ---------------------------------------------------------------------------------------------------------
