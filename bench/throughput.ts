@@ -15,6 +15,12 @@
  * MQTT 5 clients, so `BENCH_PROTOCOLS=5 BENCH_BROKER_MAX_INFLIGHT=1000` shows a burst under a broker-set quota),
  * BENCH_BROKER_NODELAY=1 (mosquitto's set_tcp_nodelay; Debian's default, false, is used otherwise).
  *
+ * The CPU column (this process: the publisher and the subscriber) swings between runs of the same code: a client
+ * that keeps up with Mosquitto reads one message per socket read (Mosquitto writes each packet with a system call
+ * of its own), one that falls a little behind reads hundreds per read, at a fifth of the cost per message; MQTT.js
+ * stays in the first mode. bench/cpu.ts measures the client's own cost per message against a peer that is never
+ * the bottleneck.
+ *
  * Always exits with 0: it is a report.
  */
 import { performance } from "node:perf_hooks"
