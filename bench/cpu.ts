@@ -13,7 +13,8 @@
  * peer has them all; `receive` subscribes and takes them from the message stream. CPU is this process's (user
  * and system), from the first message to the last; the median of `BENCH_RUNS` (default 5) runs after one
  * warm-up run. Environment: BENCH_MESSAGES, BENCH_RUNS, BENCH_QOS (default "0,1"), BENCH_PROTOCOLS (default
- * "4"), BENCH_CLIENTS (default "effect,mqttjs"), BENCH_DIRECTIONS (default "send,receive").
+ * "4"), BENCH_CLIENTS (default "effect,mqttjs"), BENCH_DIRECTIONS (default "send,receive"), BENCH_ROUTING (the
+ * numbers of filters of the routing table, default "1,100,10000"; "" for none).
  *
  * Always exits with 0: it is a report.
  */
@@ -29,6 +30,7 @@ const RUNS = envInt("BENCH_RUNS", 5)
 const QOS_LEVELS = envList("BENCH_QOS", "0,1").map(Number).filter((q): q is 0 | 1 => q === 0 || q === 1)
 const PROTOCOLS = envList("BENCH_PROTOCOLS", "4").map(Number).filter((v): v is 4 | 5 => v === 4 || v === 5)
 const CLIENTS = envList("BENCH_CLIENTS", "effect,mqttjs")
+const DIRECTIONS = envList("BENCH_DIRECTIONS", "send,receive").filter((d): d is Mode => d === "send" || d === "receive")
 const PAYLOAD = Buffer.alloc(64, "x")
 const BATCH = 1000
 const WINDOW = 1000
@@ -38,6 +40,8 @@ interface Job {
   readonly mode: Mode
   readonly n: number
   readonly version: 4 | 5
+  /** routing: the number of filters `route/<i>/+/v` subscribed; the messages spread over them */
+  readonly filters?: number
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -73,6 +77,8 @@ const startPeer = async () => {
     },
     /** resolves once the peer has received `n` publishes (send mode) */
     received: () => next("received"),
+    /** starts a routing job's messages */
+    go: () => child.send({ go: 1 }),
     stop: () => child.kill()
   }
 }
@@ -169,6 +175,106 @@ const mqttjsRun = (peer: Peer, job: Job, qos: 0 | 1): Promise<number> =>
   })
 
 // ---------------------------------------------------------------------------------------------------------
+// routing: the cost of the number of filters
+// ---------------------------------------------------------------------------------------------------------
+
+type Subscriber = "effect-streams" | "effect-messages" | "mqttjs"
+
+const filtersOf = (n: number) => Array.from({ length: n }, (_, i) => `route/${i}/+/v`)
+
+/** effect-mqtt: a `subscription()` stream per filter (each message routed to its stream), or all on `messages`. */
+const effectRouting = (peer: Peer, job: Job, streams: boolean): Promise<number> =>
+  cpuOf((start) =>
+    Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      const client = yield* MqttClient.make({ url: peer.url, protocolVersion: job.version })
+      let resolve = () => {}
+      const done = new Promise<void>((r) => (resolve = r))
+      let count = 0
+      const counter = (messages: ReadonlyArray<unknown>) =>
+        Effect.sync(() => {
+          count += messages.length
+          if (count >= job.n) resolve()
+        })
+      const filters = filtersOf(job.filters!)
+      if (streams) {
+        yield* Effect.forEach(
+          filters,
+          (filter) =>
+            Effect.flatMap(client.subscription(filter), (stream) =>
+              Effect.forkScoped(Stream.runForEachArray(stream, counter))),
+          { concurrency: 200, discard: true }
+        )
+      } else {
+        for (let i = 0; i < filters.length; i += 500) {
+          yield* client.subscribe(filters.slice(i, i + 500))
+        }
+        yield* Effect.forkScoped(Stream.runForEachArray(client.messages, counter))
+      }
+      start()
+      peer.go()
+      yield* Effect.promise(() =>
+        done
+      )
+    })))
+  )
+
+/** MQTT.js: one `message` handler for all filters (no routing: the application would find the filter itself). */
+const mqttjsRouting = (peer: Peer, job: Job): Promise<number> =>
+  cpuOf(async (start) => {
+    const client = mqtt.connect(peer.url, { protocolVersion: job.version, reconnectPeriod: 0 })
+    await new Promise<void>((resolve, reject) => {
+      client.once("connect", () => resolve())
+      client.once("error", reject)
+    })
+    const filters = filtersOf(job.filters!)
+    for (let i = 0; i < filters.length; i += 500) await client.subscribeAsync(filters.slice(i, i + 500), { qos: 0 })
+    await new Promise<void>((resolve) => {
+      let count = 0
+      client.on("message", () => {
+        if (++count === job.n) resolve()
+      })
+      start()
+      peer.go()
+    })
+    await client.endAsync()
+  })
+
+const measureRouting = async (peer: Peer, subscriber: Subscriber, job: Job): Promise<Array<number>> => {
+  const perMessage: Array<number> = []
+  for (let i = 0; i <= RUNS; i++) {
+    await peer.prepare(job)
+    const seconds = subscriber === "mqttjs"
+      ? await mqttjsRouting(peer, job)
+      : await effectRouting(peer, job, subscriber === "effect-streams")
+    if (i > 0) perMessage.push((1e6 * seconds) / job.n)
+  }
+  return perMessage
+}
+
+const ROUTING = envList("BENCH_ROUTING", "1,100,10000").map(Number).filter((n) => Number.isSafeInteger(n) && n > 0)
+
+const routing = async (peer: Peer, show: (values: Array<number>) => string) => {
+  const rows: Array<string> = []
+  for (const filters of ROUTING) {
+    const job: Job = { mode: "receive", n: N, version: 4, filters }
+    const cells: Array<string> = []
+    for (const subscriber of ["effect-streams", "effect-messages", "mqttjs"] as const) {
+      process.stderr.write(`  routing: ${subscriber}, ${filters} filters...\n`)
+      cells.push(show(await measureRouting(peer, subscriber, job)))
+    }
+    rows.push(`| ${filters.toLocaleString("en-US")} | ${cells.join(" | ")} |`)
+  }
+  return [
+    "\n## Routing: receive, QoS 0, the messages spread over N filters `route/<i>/+/v` (MQTT 3.1.1)\n",
+    "| filters | effect-mqtt, a subscription() stream per filter | effect-mqtt, the filters on `messages` | MQTT.js, one handler (no routing) |",
+    "| ------- | ----------------------------------------------- | -------------------------------------- | --------------------------------- |",
+    ...rows,
+    "\nµs of CPU per message as above. A stream per filter routes each message to its stream through the topic " +
+    "trie, whose lookup grows with the topic's levels, not with the number of filters."
+  ].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // the report
 // ---------------------------------------------------------------------------------------------------------
 
@@ -183,6 +289,11 @@ const measure = async (peer: Peer, client: string, job: Job, qos: 0 | 1): Promis
   return perMessage
 }
 
+const show = (values: Array<number> | undefined) =>
+  values === undefined ?
+    "-" :
+    `${median(values).toFixed(2)} (${Math.min(...values).toFixed(2)}–${Math.max(...values).toFixed(2)})`
+
 const main = async () => {
   const peer = await startPeer()
   console.log("# Client CPU per message: effect-mqtt vs MQTT.js\n")
@@ -193,7 +304,7 @@ const main = async () => {
   )
   const rows: Array<string> = []
   for (const version of PROTOCOLS) {
-    for (const mode of envList("BENCH_DIRECTIONS", "send,receive") as Array<Mode>) {
+    for (const mode of DIRECTIONS) {
       for (const qos of QOS_LEVELS) {
         const job: Job = { mode, n: N, version }
         const cells: Record<string, Array<number>> = {}
@@ -201,10 +312,6 @@ const main = async () => {
           process.stderr.write(`  ${client} ${mode} QoS ${qos} (MQTT ${version === 5 ? "5" : "3.1.1"})...\n`)
           cells[client] = await measure(peer, client, job, qos)
         }
-        const show = (values: Array<number> | undefined) =>
-          values === undefined ?
-            "-" :
-            `${median(values).toFixed(2)} (${Math.min(...values).toFixed(2)}–${Math.max(...values).toFixed(2)})`
         const ratio = cells.effect !== undefined && cells.mqttjs !== undefined
           ? (median(cells.effect) / median(cells.mqttjs)).toFixed(2) + "x"
           : "-"
@@ -219,6 +326,7 @@ const main = async () => {
   console.log("| MQTT | direction | QoS | effect-mqtt µs/msg | MQTT.js µs/msg | effect-mqtt / MQTT.js |")
   console.log("| ---- | --------- | --- | ------------------ | -------------- | --------------------- |")
   for (const row of rows) console.log(row)
+  if (ROUTING.length > 0) console.log(await routing(peer, show))
   peer.stop()
 }
 

@@ -2,7 +2,7 @@
  * The peer of bench/cpu.ts, run in a process of its own so that its CPU is not the client's: a minimal MQTT
  * server on a free port of 127.0.0.1 that is never the bottleneck, as a broker would be.
  *
- * - Answers CONNECT (CONNACK, Session Present 0), SUBSCRIBE (SUBACK granting the QoS asked), PINGREQ.
+ * - Answers CONNECT (CONNACK, Session Present 0), SUBSCRIBE (SUBACK granting the QoS asked), UNSUBSCRIBE, PINGREQ.
  * - `send` mode: reads the client's PUBLISHes, acknowledges QoS 1 (PUBACK), and tells the parent (IPC) when
  *   `n` have arrived.
  * - `receive` mode: once subscribed, writes `n` PUBLISHes of 64 bytes on `bench/cpu` (QoS of the subscription,
@@ -10,7 +10,8 @@
  *   them; QoS 1 identifiers are reused only after the client's PUBACK, at most 1,000 in flight.
  *
  * Parent → peer: `{ mode, n, version }` before each connection; peer → parent: `{ port }` once listening,
- * `{ ready }` once it has the job, `{ received }` in send mode.
+ * `{ ready }` once it has the job, `{ received }` in send mode; parent → peer `{ go }` starts a routing job's
+ * messages.
  */
 import * as Net from "node:net"
 
@@ -18,10 +19,20 @@ interface Job {
   readonly mode: "send" | "receive"
   readonly n: number
   readonly version: 4 | 5
+  /**
+   * receive mode: the messages go to `route/<i>/x/v`, i from 0 to `filters` - 1 in turn, once that many filters
+   * are subscribed and the parent says go
+   */
+  readonly filters?: number
 }
 
 let job: Job = { mode: "send", n: 0, version: 4 }
+/** What a `{ go }` message starts: the pump of a routing job's connection, once its filters are subscribed. */
+let onGo: (() => void) | undefined
 process.on("message", (message) => {
+  if ("go" in (message as object)) {
+    return onGo?.()
+  }
   job = message as Job
   process.send!({ ready: 1 })
 })
@@ -42,11 +53,11 @@ const varint = (n: number): Array<number> => {
   return out
 }
 
-const publishPacket = (qos: number, id: number, version: 4 | 5): Buffer => {
+const publishPacket = (qos: number, id: number, version: 4 | 5, topic = TOPIC): Buffer => {
   const props = version === 5 ? 1 : 0
-  const body = 2 + TOPIC.length + (qos > 0 ? 2 : 0) + props + PAYLOAD.length
-  const head = [0x30 | (qos << 1), ...varint(body), TOPIC.length >> 8, TOPIC.length & 0xff]
-  const parts = [Buffer.from(head), TOPIC]
+  const body = 2 + topic.length + (qos > 0 ? 2 : 0) + props + PAYLOAD.length
+  const head = [0x30 | (qos << 1), ...varint(body), topic.length >> 8, topic.length & 0xff]
+  const parts = [Buffer.from(head), topic]
   if (qos > 0) parts.push(Buffer.from([id >> 8, id & 0xff]))
   if (props) parts.push(Buffer.from([0]))
   parts.push(PAYLOAD)
@@ -62,6 +73,11 @@ const serve = (socket: Net.Socket) => {
   let sent = 0
   let acked = 0
   let writing = false
+  let subscribed = 0
+  let started = false
+  const routes = current.filters === undefined
+    ? undefined
+    : Array.from({ length: current.filters }, (_, i) => Buffer.from(`route/${i}/x/v`))
 
   const pump = () => {
     if (writing) return
@@ -69,7 +85,8 @@ const serve = (socket: Net.Socket) => {
     const chunk: Array<Buffer> = []
     let size = 0
     while (sent < current.n && (qos === 0 || sent - acked < WINDOW) && size < 65536) {
-      const packet = publishPacket(qos, (sent % 65535) + 1, current.version)
+      const topic = routes === undefined ? TOPIC : routes[sent % routes.length]
+      const packet = publishPacket(qos, (sent % 65535) + 1, current.version, topic)
       chunk.push(packet)
       size += packet.length
       sent++
@@ -89,14 +106,25 @@ const serve = (socket: Net.Socket) => {
       case 1: // CONNECT
         socket.write(current.version === 5 ? Buffer.from([0x20, 3, 0, 0, 0]) : Buffer.from([0x20, 2, 0, 0]))
         break
-      case 8: { // SUBSCRIBE: identifier, (properties), filter, options
+      case 8: { // SUBSCRIBE: identifier, (properties), then filters, each with its options
         let i = 2
         if (current.version === 5) i += 1 + body[2]
-        const length = body.readUInt16BE(i)
-        qos = body[i + 2 + length] & 3
-        const ack = current.version === 5 ? [0x90, 4, body[0], body[1], 0, qos] : [0x90, 3, body[0], body[1], qos]
-        socket.write(Buffer.from(ack))
-        if (current.mode === "receive") setImmediate(pump)
+        const codes: Array<number> = []
+        while (i + 2 < body.length) {
+          const length = body.readUInt16BE(i)
+          qos = body[i + 2 + length] & 3
+          codes.push(qos)
+          i += 3 + length
+        }
+        const rest = [body[0], body[1], ...(current.version === 5 ? [0] : []), ...codes]
+        socket.write(Buffer.from([0x90, ...varint(rest.length), ...rest]))
+        subscribed += codes.length
+        if (current.mode === "receive" && !started && subscribed >= (current.filters ?? 1)) {
+          started = true
+          // a routing job waits for the parent's go (its CPU is measured from then, not while it subscribes)
+          if (current.filters === undefined) setImmediate(pump)
+          else onGo = pump
+        }
         break
       }
       case 3: { // PUBLISH
@@ -112,6 +140,21 @@ const serve = (socket: Net.Socket) => {
         acked++
         if (!writing) pump()
         break
+      case 10: { // UNSUBSCRIBE: UNSUBACK (in MQTT 5 with a reason code per filter)
+        if (current.version !== 5) {
+          socket.write(Buffer.from([0xb0, 2, body[0], body[1]]))
+          break
+        }
+        let i = 3 + body[2]
+        const codes: Array<number> = []
+        while (i + 2 <= body.length) {
+          i += 2 + body.readUInt16BE(i)
+          codes.push(0)
+        }
+        const rest = [body[0], body[1], 0, ...codes]
+        socket.write(Buffer.from([0xb0, ...varint(rest.length), ...rest]))
+        break
+      }
       case 12: // PINGREQ
         socket.write(Buffer.from([0xd0, 0]))
         break
