@@ -26,6 +26,7 @@ import type { Duplex } from "node:stream"
 import * as Tls from "node:tls"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
+import { SEPARATE_PAYLOAD } from "./codec.ts"
 import { customTransport, invalid, type Platform, tlsGiven } from "./platform.ts"
 import { type Endpoint, isEncrypted, type TlsEndpoint, type WebSocketEndpoint } from "./url.ts"
 
@@ -357,13 +358,11 @@ const tlsError = (cause: unknown, phase: "handshake" | "open" | "read"): MqttErr
 
 type Kind = "plaintext" | "unix" | "tls" | "websocket" | "custom"
 
-/** Packets of this size or more are written as they are: copying them costs more than an iovec of their own. */
-const COALESCE_BELOW = 4096
-
 /**
  * A batch as a Node.js socket takes it cheapest: each run of small packets as one `Buffer`. Handed one by one,
  * each `Uint8Array` (the codec's packets are not `Buffer`s) is wrapped in a `Buffer` by the stream and written as
- * an iovec of its own; a large payload (the codec leaves payloads of 4 KB and more uncopied) stays uncopied.
+ * an iovec of its own; a chunk of `SEPARATE_PAYLOAD` bytes or more (the codec leaves such payloads uncopied) stays
+ * uncopied.
  */
 const coalesce = (
   chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>
@@ -380,7 +379,7 @@ const coalesce = (
   }
   for (let i = 0; i < chunks.length; i++) {
     const chunk = chunks[i]
-    if (typeof chunk === "string" || chunk.byteLength >= COALESCE_BELOW) {
+    if (typeof chunk === "string" || chunk.byteLength >= SEPARATE_PAYLOAD) {
       flush()
       out.push(chunk)
     } else {
