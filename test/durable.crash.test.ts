@@ -636,16 +636,7 @@ const storeFailure = async (broker: MosquittoHandle, redis: RedisHandle): Promis
       logLevel: "None"
     })
     let n = 0
-    // publishes issued and not yet accepted or refused: the issuer keeps at most 50 of them. One accepted holds no
-    // place while it waits for its acknowledgement (with Redis down, the accepted ones wait until it is back: had
-    // they kept their places, no new publish would be issued, and so none refused)
-    let outstanding = 0
     const publishOne = Effect.suspend(() => {
-      let holding = true
-      const release = () => {
-        if (holding) outstanding--
-        holding = false
-      }
       const qos = n % 2 === 0 ? 1 : 2
       const outcome: Outcome = {
         key: `${qos}:${n++}`,
@@ -663,7 +654,6 @@ const storeFailure = async (broker: MosquittoHandle, redis: RedisHandle): Promis
           Effect.sync(() => {
             outcome.acceptedIn = phase
             outcome.acceptedAt = ++events
-            release()
           })
         ),
         Effect.flatten,
@@ -679,13 +669,13 @@ const storeFailure = async (broker: MosquittoHandle, redis: RedisHandle): Promis
               // a refusal is immediate: do not spin
               Effect.sleep("5 millis")
             )
-        }),
-        Effect.ensuring(Effect.sync(release))
+        })
       )
     })
-    // up to 50 publishes waiting to be accepted, until told to stop. Each runs in a fiber of its own, so that
-    // publishes held by a write that failed when Redis went away (retried until it is back: they may have been
-    // stored) do not hold the new ones back: those are refused at once while Redis is down
+    // up to 50 publishes at a time, until told to stop. Each runs in a fiber of its own, so that publishes held
+    // by a write that failed when Redis went away (retried until it is back: they may have been stored) do not
+    // hold the new ones back: those are refused at once while Redis is down
+    let outstanding = 0
     const issuer = Effect.gen(function*() {
       const running: Array<Fiber.Fiber<void>> = []
       while (!stop) {
@@ -695,7 +685,7 @@ const storeFailure = async (broker: MosquittoHandle, redis: RedisHandle): Promis
         }
         outstanding++
         running.push(
-          yield* Effect.forkChild(Effect.asVoid(publishOne))
+          yield* Effect.forkChild(Effect.ensuring(Effect.asVoid(publishOne), Effect.sync(() => outstanding--)))
         )
         yield* Effect.yieldNow
       }
