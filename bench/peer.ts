@@ -1,5 +1,5 @@
 /**
- * The peer of bench/cpu.ts, run in a process of its own so that its CPU is not the client's: a minimal MQTT
+ * The peer of bench/cpu.ts and of bench/scale.ts's routing section, run in a process of its own so that its CPU is not the client's: a minimal MQTT
  * server on a free port of 127.0.0.1 that is never the bottleneck, as a broker would be.
  *
  * - Answers CONNECT (CONNACK, Session Present 0), SUBSCRIBE (SUBACK granting the QoS asked), UNSUBSCRIBE, PINGREQ.
@@ -7,24 +7,16 @@
  *   `n` have arrived.
  * - `receive` mode: once subscribed, writes `n` PUBLISHes of 64 bytes on `bench/cpu` (QoS of the subscription,
  *   identifiers 1..65,535 in turn), encoded beforehand and written in 64 KB writes as fast as the socket takes
- *   them; QoS 1 identifiers are reused only after the client's PUBACK, at most 1,000 in flight.
+ *   them; QoS 1 identifiers are reused only after the client's PUBACK, at most 1,000 in flight. A routing job
+ *   (`filters`) waits for that many filters and the parent's go, then writes to `route/<i>/x/v`, each filter in
+ *   turn or all to the last one (`spread`).
  *
  * Parent → peer: `{ mode, n, version }` before each connection; peer → parent: `{ port }` once listening,
  * `{ ready }` once it has the job, `{ received }` in send mode; parent → peer `{ go }` starts a routing job's
  * messages.
  */
 import * as Net from "node:net"
-
-interface Job {
-  readonly mode: "send" | "receive"
-  readonly n: number
-  readonly version: 4 | 5
-  /**
-   * receive mode: the messages go to `route/<i>/x/v`, i from 0 to `filters` - 1 in turn, once that many filters
-   * are subscribed and the parent says go
-   */
-  readonly filters?: number
-}
+import type { Job } from "./peerControl.ts"
 
 let job: Job = { mode: "send", n: 0, version: 4 }
 /** What a `{ go }` message starts: the pump of a routing job's connection, once its filters are subscribed. */
@@ -77,6 +69,8 @@ const serve = (socket: Net.Socket) => {
   let started = false
   const routes = current.filters === undefined
     ? undefined
+    : current.spread === "last"
+    ? [Buffer.from(`route/${current.filters - 1}/x/v`)]
     : Array.from({ length: current.filters }, (_, i) => Buffer.from(`route/${i}/x/v`))
 
   const pump = () => {
