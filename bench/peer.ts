@@ -1,6 +1,7 @@
 /**
- * The peer of bench/cpu.ts and of bench/scale.ts's routing section, run in a process of its own so that its CPU is not the client's: a minimal MQTT
- * server on a free port of 127.0.0.1 that is never the bottleneck, as a broker would be.
+ * The peer of bench/cpu.ts and of bench/scale.ts's routing section, run in a process of its own so that its CPU
+ * is not the client's: a minimal MQTT server on a free port of 127.0.0.1 that is never the bottleneck, as a
+ * broker would be.
  *
  * - Answers CONNECT (CONNACK, Session Present 0), SUBSCRIBE (SUBACK granting the QoS asked), UNSUBSCRIBE, PINGREQ.
  * - `send` mode: reads the client's PUBLISHes, acknowledges QoS 1 (PUBACK), and tells the parent (IPC) when

@@ -455,7 +455,7 @@ const payloads = async (broker: Broker) => {
 // ---------------------------------------------------------------------------------------------------------
 
 const LATENCY_SECONDS = 4
-const LATENCY_WARMUP_MS = 500
+const LATENCY_WARMUP_MS = 3000
 
 interface Latency {
   readonly p50: number
@@ -498,19 +498,49 @@ const paced = async (rate: number, ms: number, send: (payloads: ReadonlyArray<Bu
 const sentAt = (payload: Uint8Array): number =>
   Buffer.isBuffer(payload) ? payload.readDoubleLE(0) : Buffer.from(payload).readDoubleLE(0)
 
-const latencyEffect = (url: string, rate: number, qos: 0 | 1): Promise<Latency> =>
+/** The rates measured, in this order, by one process of each library after its warm-up. */
+const LATENCY_RATES = [1000, 5000, 20_000] as const
+
+/** What a library's subscriber records: the latency of each message received while `measuring`. */
+interface Recorder {
+  samples: Array<number>
+  measuring: boolean
+}
+
+/**
+ * Warms up (LATENCY_WARMUP_MS at the first rate: the JIT compiles each library's publish and receive paths), then
+ * measures each rate in turn for LATENCY_SECONDS, with 300 ms after each for the last messages to arrive.
+ */
+const latencySeries = async (
+  publish: (payloads: ReadonlyArray<Buffer>) => void,
+  recorder: Recorder
+): Promise<Array<Latency>> => {
+  await paced(LATENCY_RATES[0], LATENCY_WARMUP_MS, publish)
+  await sleep(300)
+  const out: Array<Latency> = []
+  for (const rate of LATENCY_RATES) {
+    recorder.samples = []
+    recorder.measuring = true
+    await paced(rate, LATENCY_SECONDS * 1000, publish)
+    await sleep(300)
+    recorder.measuring = false
+    out.push(percentiles(recorder.samples, LATENCY_SECONDS))
+  }
+  return out
+}
+
+const latencyEffect = (url: string, qos: 0 | 1): Promise<Array<Latency>> =>
   Effect.scoped(Effect.gen(function*() {
     const topic = fresh("lat/effect")
-    const sub = yield* MqttClient.make({ url: url })
-    const pub = yield* MqttClient.make({ url: url, maxInflight: 1000 })
+    const sub = yield* MqttClient.make({ url })
+    const pub = yield* MqttClient.make({ url, maxInflight: 1000 })
     yield* sub.subscribe(topic, { qos })
-    const samples: Array<number> = []
-    let measuring = false
+    const recorder: Recorder = { samples: [], measuring: false }
     yield* Effect.forkScoped(Stream.runForEachArray(sub.messages, (messages) =>
       Effect.sync(() => {
         const now = performance.now()
-        if (!measuring) return
-        for (const m of messages) samples.push(now - sentAt(m.payload))
+        if (!recorder.measuring) return
+        for (const m of messages) recorder.samples.push(now - sentAt(m.payload))
       })))
     // one fiber per batch, its publishes made one after the other, as MQTT.js's `publish` (which returns at once):
     // `publishAccepted` returns once the publish is in the session; the wait for its PUBACK is left alone
@@ -518,34 +548,23 @@ const latencyEffect = (url: string, rate: number, qos: 0 | 1): Promise<Latency> 
       Effect.runFork(Effect.forEach(payloads, (payload) => pub.publishAccepted(topic, payload, { qos }), {
         discard: true
       }))
-    yield* Effect.promise(() => paced(rate, LATENCY_WARMUP_MS, publish))
-    measuring = true
-    yield* Effect.promise(() => paced(rate, LATENCY_SECONDS * 1000, publish))
-    yield* Effect.promise(() => sleep(300))
-    measuring = false
-    return percentiles(samples, LATENCY_SECONDS)
+    return yield* Effect.promise(() => latencySeries(publish, recorder))
   })).pipe(Effect.runPromise)
 
-const latencyMqttJs = async (url: string, rate: number, qos: 0 | 1): Promise<Latency> => {
+const latencyMqttJs = async (url: string, qos: 0 | 1): Promise<Array<Latency>> => {
   const topic = fresh("lat/mqttjs")
   const sub = await mqtt.connectAsync(url, { reconnectPeriod: 0 })
   const pub = await mqtt.connectAsync(url, { reconnectPeriod: 0 })
   try {
     await sub.subscribeAsync(topic, { qos })
-    const samples: Array<number> = []
-    let measuring = false
+    const recorder: Recorder = { samples: [], measuring: false }
     sub.on("message", (_t, payload) => {
-      if (measuring) samples.push(performance.now() - payload.readDoubleLE(0))
+      if (recorder.measuring) recorder.samples.push(performance.now() - payload.readDoubleLE(0))
     })
     const publish = (payloads: ReadonlyArray<Buffer>) => {
       for (const payload of payloads) pub.publish(topic, payload, { qos })
     }
-    await paced(rate, LATENCY_WARMUP_MS, publish)
-    measuring = true
-    await paced(rate, LATENCY_SECONDS * 1000, publish)
-    await sleep(300)
-    measuring = false
-    return percentiles(samples, LATENCY_SECONDS)
+    return await latencySeries(publish, recorder)
   } finally {
     sub.end(true)
     pub.end(true)
@@ -568,34 +587,38 @@ const medianLatency = (runs: ReadonlyArray<Latency>): Latency => ({
  * One latency run in a child process of its own: a fresh heap for each run, so that neither library's figures
  * carry what an earlier run or section left to collect.
  */
-const latencyRun = (kind: "effect" | "mqttjs", url: string, rate: number, qos: 0 | 1): Promise<Latency> =>
+const latencyRun = (kind: "effect" | "mqttjs", url: string, qos: 0 | 1): Promise<Array<Latency>> =>
   new Promise((resolve, reject) => {
-    const child = fork(fileURLToPath(import.meta.url), ["latency", kind, url, String(rate), String(qos)], {
+    const child = fork(fileURLToPath(import.meta.url), ["latency", kind, url, String(qos)], {
       execArgv: process.execArgv,
       stdio: ["ignore", "ignore", "inherit", "ipc"]
     })
     child.once("message", (message) => {
-      resolve(message as Latency)
+      resolve(message as Array<Latency>)
       child.kill()
     })
     child.once("exit", (code) => reject(new Error(`the latency run exited with ${code}`)))
   })
 
-const latencyChild = async (kind: string, url: string, rate: number, qos: 0 | 1): Promise<Latency> =>
-  kind === "effect" ? latencyEffect(url, rate, qos) : latencyMqttJs(url, rate, qos)
+const latencyChild = (kind: string, url: string, qos: 0 | 1): Promise<Array<Latency>> =>
+  kind === "effect" ? latencyEffect(url, qos) : latencyMqttJs(url, qos)
 
 const latencyTable = async (broker: Broker, label: string): Promise<string> => {
   const rows: Array<Array<string>> = []
   const ms = (x: number) => fmt(x, 2)
   for (const qos of [0, 1] as const) {
-    for (const rate of [1000, 5000, 20_000]) {
-      process.stderr.write(`  latency (${label}): QoS ${qos} at ${rate}/s\n`)
-      const effect: Array<Latency> = []
-      const mqttjs: Array<Latency> = []
-      for (let run = 0; run < LATENCY_RUNS; run++) {
-        effect.push(await latencyRun("effect", broker.url, rate, qos))
-        mqttjs.push(await latencyRun("mqttjs", broker.url, rate, qos))
-      }
+    process.stderr.write(`  latency (${label}): QoS ${qos}\n`)
+    // runs[k][i]: run k's figures at the i-th rate
+    const effectRuns: Array<Array<Latency>> = []
+    const mqttjsRuns: Array<Array<Latency>> = []
+    for (let run = 0; run < LATENCY_RUNS; run++) {
+      effectRuns.push(await latencyRun("effect", broker.url, qos))
+      mqttjsRuns.push(await latencyRun("mqttjs", broker.url, qos))
+    }
+    for (let i = 0; i < LATENCY_RATES.length; i++) {
+      const rate = LATENCY_RATES[i]
+      const effect = effectRuns.map((runs) => runs[i])
+      const mqttjs = mqttjsRuns.map((runs) => runs[i])
       const e = medianLatency(effect)
       const j = medianLatency(mqttjs)
       const below = effect.filter((r, i) => r.p99 <= mqttjs[i].p99).length
@@ -629,14 +652,17 @@ const latency = async (broker: Broker) => {
   try {
     const nagle = await latencyTable(broker, "Mosquitto as Debian ships it (`set_tcp_nodelay false`)")
     const direct = await latencyTable(noDelay, "Mosquitto with `set_tcp_nodelay true`")
-    return `## Latency: publish to receive (MQTT 3.1.1, 64 B, ${LATENCY_SECONDS} s per run, median of ${LATENCY_RUNS} runs)\n\n` +
+    return `## Latency: publish to receive (MQTT 3.1.1, 64 B, ${LATENCY_SECONDS} s per rate, median of ${LATENCY_RUNS} runs)\n\n` +
       nagle + "\n\n" + direct +
-      "\n\nPublisher and subscriber of one library in one process, a fresh process for each run; the publisher is " +
-      "paced every millisecond. Each percentile is the median over the runs; the runs alternate between the " +
-      "libraries, and the next-to-last column counts the runs in which effect-mqtt's p99 was at or below that of " +
-      "the MQTT.js run that followed it. Without `set_tcp_nodelay`, Mosquitto holds a small packet back while an " +
-      "earlier one is unacknowledged (Nagle's algorithm), and a subscriber that only reads (QoS 0) acknowledges " +
-      "late: whole runs of either library then wait 10 to 40 ms a message.\n"
+      "\n\nPublisher and subscriber of one library in one process, a fresh process for each run and QoS: " +
+      `${LATENCY_WARMUP_MS / 1000} s of warm-up at 1,000/s (the JIT compiles both libraries' paths: effect-mqtt ` +
+      "has more code to compile, and without it its p99 at 1,000/s shows the compilations), then each rate in " +
+      "turn. The publisher is paced every millisecond. Each percentile is the median over the runs; the runs " +
+      "alternate between the libraries, and the next-to-last column counts the runs in which effect-mqtt's p99 " +
+      "was at or below that of the MQTT.js run that followed it. Without `set_tcp_nodelay`, Mosquitto holds a " +
+      "small packet back while an earlier one is unacknowledged (Nagle's algorithm) and a subscriber that only " +
+      "reads (QoS 0) acknowledges late; MQTT.js's own socket does the same (it does not set `noDelay`, " +
+      "effect-mqtt does): whole runs then wait 10 to 40 ms a message.\n"
   } finally {
     await noDelay.stop()
   }
@@ -805,7 +831,7 @@ if (role === "clients") {
     (error) => process.send?.({ error: String(error) })
   )
 } else if (role === "latency") {
-  latencyChild(args[0], args[1], Number(args[2]), Number(args[3]) as 0 | 1).then(
+  latencyChild(args[0], args[1], Number(args[2]) as 0 | 1).then(
     (result) => process.send?.(result),
     (error) => {
       process.stderr.write(`latency run failed: ${String(error)}\n`)
