@@ -173,15 +173,18 @@ export const disconnectReasonOf = (error: MqttError.MqttError): number | undefin
  * scheduler turn per write (about a quarter of the CPU of a QoS 1 publish).
  */
 const writeLoop = (c: Connection, clock: Clock.Clock): Effect.Effect<never, MqttError.MqttError> =>
-  Effect.forever(Effect.flatMap(c.outbox.take, (batch) => {
-    // empty only when the connection closed between the wake-up and the take
-    if (batch.length === 0) return Effect.void
-    c.lastSent = clock.currentTimeMillisUnsafe()
-    return Effect.map(
-      Effect.mapError(c.node.writer(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
-      () => c.outbox.written()
-    )
-  }), { disableYield: true })
+  Effect.forever(
+    Effect.flatMap(c.outbox.take, (batch) => {
+      // empty only when the connection closed between the wake-up and the take
+      if (batch.length === 0) return Effect.void
+      c.lastSent = clock.currentTimeMillisUnsafe()
+      return Effect.map(
+        Effect.mapError(c.node.writer(batch as Arr.NonEmptyReadonlyArray<Uint8Array>), socketLost),
+        () => c.outbox.written()
+      )
+    }),
+    { disableYield: true }
+  )
 
 /** Runs a loop of the connection: its first failure, or a defect (a bug of this client), ends the connection. */
 const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>): Effect.Effect<void> =>
