@@ -150,10 +150,9 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       Effect.tapError((error) => close(env, c, error, disconnectReasonOf(error)))
     )
     // the read loop first waits for room for what came with the CONNACK: the handshake never waits on a consumer.
-    // It does not yield between reads (each read that finds nothing suspends anyway, and the fiber's operation
-    // budget still yields under a flood): a yield per read was a scheduler turn per read
+    // It yields to the scheduler after each read: other connections' readers and the consumers run between reads
     yield* Effect.forkIn(
-      guard(c, Effect.andThen(reader.carried, Effect.forever(reader.step(pull), { disableYield: true }))).pipe(
+      guard(c, Effect.andThen(reader.carried, Effect.forever(reader.step(pull)))).pipe(
         Effect.ensuring(Deferred.done(c.readerEnded, Exit.void))
       ),
       scope

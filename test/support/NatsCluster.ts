@@ -125,6 +125,17 @@ const mqttAccepts = (port: number): Promise<boolean> =>
  * streams exist). Rejects with the logs when it does not come up within 30 s.
  */
 export const startNatsCluster = async (options?: NatsClusterOptions): Promise<NatsCluster> => {
+  // Ports picked by us can be taken by someone else between `freePort` and a node's bind: start again on others
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await startOnce(options)
+    } catch (error) {
+      if (!String(error).includes("address already in use") || attempt >= 3) throw error
+    }
+  }
+}
+
+const startOnce = async (options?: NatsClusterOptions): Promise<NatsCluster> => {
   const bin = requireNatsServer()
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-mqtt-nats-"))
   const mqttPorts = [await freePort(), await freePort(), await freePort()]

@@ -86,7 +86,7 @@ export interface RedisHandle {
 export const startRedis = async (): Promise<RedisHandle> => {
   const bin = findRedisServer()
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-mqtt-redis-"))
-  const port = await freePort()
+  let port = await freePort()
   let log = ""
   let child: ChildProcess | undefined
   let exited: Promise<void> = Promise.resolve()
@@ -121,7 +121,18 @@ export const startRedis = async (): Promise<RedisHandle> => {
     await exited
   }
 
-  await start()
+  // A port picked by us can be taken by someone else between `freePort` and redis-server's bind: pick another
+  // (only for the first start: a restart keeps the port its clients know)
+  for (let attempt = 1;; attempt++) {
+    try {
+      await start()
+      break
+    } catch (error) {
+      if (!log.includes("Address already in use") || attempt >= 3) throw error
+      log += `[port ${port} was taken, retrying on another port]\n`
+      port = await freePort()
+    }
+  }
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
