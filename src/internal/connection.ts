@@ -168,8 +168,9 @@ export const disconnectReasonOf = (error: MqttError.MqttError): number | undefin
 
 /**
  * Writes the outbox's batches; the keepalive counts from the last one written (once per batch, not per packet).
- * No yield between batches: the writer suspends in `take` when the outbox is empty, and a yield per batch was a
- * scheduler turn per write (about a quarter of the CPU of a QoS 1 publish).
+ * No yield between batches: the writer suspends in `take` when the outbox is empty (and its operation budget still
+ * yields under a flood); a yield per batch was a scheduler turn per write, up to a third of the CPU of a QoS 1
+ * publish (bench/cpu.ts).
  */
 const writeLoop = (c: Connection, clock: Clock.Clock): Effect.Effect<never, MqttError.MqttError> =>
   Effect.forever(
