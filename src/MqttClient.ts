@@ -28,6 +28,7 @@
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
+import type * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -414,6 +415,13 @@ export interface RespondOptions {
   readonly qos?: QoS | undefined
   /** How many requests are handled at once. Default 1. */
   readonly concurrency?: number | "unbounded" | undefined
+  /**
+   * Completed once the responder's subscription is in place (the broker's SUBACK granted it): a request
+   * published after that reaches the responder. Failed with the error when the subscription fails, interrupted
+   * when the responder is interrupted first. A request published before the SUBACK may find no subscriber (a
+   * broker drops a message no subscription matches). Default: none.
+   */
+  readonly subscribed?: Deferred.Deferred<void, MqttError.MqttError> | undefined
 }
 
 /**
@@ -747,7 +755,24 @@ export interface Client {
   /**
    * MQTT 5, the responder's side: handles the requests on `filter` and publishes each reply to the request's
    * response topic with its correlation data. Runs until interrupted (fork it), `concurrency` requests at a
-   * time (default 1). A message without a response topic is skipped.
+   * time (default 1). A message without a response topic is skipped. To know when requests reach it (its
+   * subscription is in place), pass a `Deferred` as `subscribed` and await it.
+   *
+   * @example
+   * ```ts
+   * import { Deferred, Effect } from "effect"
+   * import { MqttClient, type MqttError } from "effect-mqtt"
+   *
+   * const program = Effect.gen(function*() {
+   *   const client = yield* MqttClient.MqttClient
+   *   const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
+   *   yield* client.respond("services/add", (request) => Effect.succeed(String(Number(request.text) + 1)), {
+   *     subscribed
+   *   }).pipe(Effect.forkScoped)
+   *   // from here on, a request reaches the responder
+   *   yield* Deferred.await(subscribed)
+   * })
+   * ```
    */
   readonly respond: <E, R>(
     filter: string | ReadonlyArray<string>,

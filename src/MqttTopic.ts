@@ -41,7 +41,9 @@
  * @since 0.2.0
  */
 import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import { identity } from "effect/Function"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -1062,6 +1064,12 @@ export interface RespondOptions<E = never, R = never> {
   readonly share?: string | undefined
   /** What to do with a request that does not decode; it gets no reply. Default `"fail"`. */
   readonly onDecodeError?: DecodeErrorPolicy<E, R> | undefined
+  /**
+   * Completed once the responder's subscription is in place (the broker's SUBACK granted it): a request
+   * published after that reaches the responder. Failed with the error when the subscription fails (or the
+   * topic's parameters do not make a filter), interrupted when the responder is interrupted first. Default: none.
+   */
+  readonly subscribed?: Deferred.Deferred<void, MqttError.MqttError | TopicParamsError> | undefined
 }
 
 const respondWith = <T extends AnyRequest, E, R, E2 = never, R2 = never>(
@@ -1076,11 +1084,14 @@ const respondWith = <T extends AnyRequest, E, R, E2 = never, R2 = never>(
 > =>
   Effect.scoped(Effect.gen(function*() {
     const qos = options?.qos ?? 1
+    const subscribed = options?.subscribed
     const requests = yield* subscribeWith(client, topic, {
       qos,
       share: options?.share,
       onDecodeError: options?.onDecodeError ?? "fail"
-    })
+    }).pipe(
+      Effect.onExit((exit) => subscribed === undefined ? Effect.void : Deferred.done(subscribed, Exit.asVoid(exit)))
+    )
     yield* requests.pipe(
       Stream.mapEffect((received) => {
         const replyTo = received.message.properties.responseTopic

@@ -6,8 +6,8 @@
  * typed request/respond over MQTT 5.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Metric, Option, Schema, SchemaGetter, Stream } from "effect"
-import { IncomingQueue, MqttClient, MqttMessage, MqttTestBroker, MqttTopic } from "effect-mqtt"
+import { Deferred, Effect, Exit, Fiber, Metric, Option, Schema, SchemaGetter, Stream } from "effect"
+import { IncomingQueue, MqttClient, type MqttError, MqttMessage, MqttTestBroker, MqttTopic } from "effect-mqtt"
 import * as Crypto from "node:crypto"
 import { type Backend, type BrokerUnderTest, mosquittoBackend, testBrokerBackend } from "./support/brokers.ts"
 import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
@@ -440,6 +440,32 @@ const suite = (backend: Backend) => {
           ], { concurrency: "unbounded" })
           assert.deepStrictEqual(answers, [{ celsius: 3.25 }, { celsius: 3 }])
           assert.includeMembers(seen, ["exact", "rounded"])
+        })))
+
+    it.live("respond's `subscribed`: once it completes, the first request is answered without a retry; a pattern that makes no filter fails it", () =>
+      withClients(5, ({ connect }) =>
+        Effect.gen(function*() {
+          const topic = Add(unique("rpcready"))
+          const responder = yield* connect()
+          const requester = yield* connect()
+          const subscribed = yield* Deferred.make<void, MqttError.MqttError | MqttTopic.TopicParamsError>()
+          yield* Effect.forkScoped(
+            MqttTopic.respond(responder, topic, ({ payload: [a, b] }) => Effect.succeed({ celsius: a + b }), {
+              subscribed
+            })
+          )
+          yield* Deferred.await(subscribed)
+          const answer = yield* guard(
+            MqttTopic.request(requester, topic, { precision: "exact" }, [1, 2], { timeout: "5 seconds" })
+          )
+          assert.deepStrictEqual(answer, { celsius: 3 })
+          // a pattern that makes no filter: the responder fails before subscribing, and so does `subscribed`
+          const invalid = MqttTopic.make("a/{x}/{x}", Celsius, { reply: Celsius })
+          const never = yield* Deferred.make<void, MqttError.MqttError | MqttTopic.TopicParamsError>()
+          yield* Effect.exit(MqttTopic.respond(responder, invalid, () => Effect.succeed({ celsius: 1 }), {
+            subscribed: never
+          }))
+          assert.strictEqual((yield* Effect.flip(Deferred.await(never)))._tag, "TopicParamsError")
         })))
 
     it.live("a request that does not decode gets no reply and goes to the dead letter handler; the responder goes on", () =>

@@ -3,7 +3,7 @@
  * broker cannot be made to produce (withheld acknowledgements, malformed packets, exact packet order).
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Fiber, Option, Redacted, Schedule, Scope, Stream } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Option, Redacted, Schedule, Scope, Stream } from "effect"
 import { IncomingQueue, MqttClient, MqttError } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import * as fc from "fast-check"
@@ -634,6 +634,65 @@ describe("subscribing", () => {
       const error = yield* Fiber.join(fiber)
       assert(error instanceof MqttError.SubscribeError)
       expect(error.reasonCode).toBe(0x80)
+    }))
+
+  it.live("respond's `subscribed` completes when the SUBACK grants the responder's subscription, not before", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
+      yield* Effect.forkChild(client.respond("rpc/add", (request) => Effect.succeed(request.text), { subscribed }))
+      const subscribe = yield* connection.expect("subscribe")
+      expect(subscribe.subscriptions.map((s) => s.topic)).toEqual(["rpc/add"])
+      yield* settle
+      // the SUBSCRIBE is on its way but not granted: a request now may find no subscriber
+      expect(yield* Deferred.isDone(subscribed)).toBe(false)
+      yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
+      yield* Deferred.await(subscribed)
+      // and the responder answers what comes after it
+      yield* connection.send(
+        publishPacket("rpc/add", "41", 0, undefined, {
+          properties: { responseTopic: "replies/1", correlationData: Buffer.from("c1") }
+        })
+      )
+      const reply = yield* connection.expect("publish")
+      expect([reply.topic, reply.payload.toString(), reply.properties?.correlationData?.toString()]).toEqual([
+        "replies/1",
+        "41",
+        "c1"
+      ])
+    }))
+
+  it.live("respond's `subscribed` fails with the SubscribeError when the SUBACK refuses the subscription", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
+      const responder = yield* Effect.forkChild(
+        Effect.flip(client.respond("rpc/denied", (request) => Effect.succeed(request.text), { subscribed }))
+      )
+      const subscribe = yield* connection.expect("subscribe")
+      yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [0x87] })
+      const error = yield* Effect.flip(Deferred.await(subscribed))
+      assert(error instanceof MqttError.SubscribeError)
+      expect([error.filter, error.reasonCode]).toEqual(["rpc/denied", 0x87])
+      // the responder itself fails with the same error
+      expect(yield* Fiber.join(responder)).toBe(error)
+    }))
+
+  it.live("respond's `subscribed` is interrupted when the responder is interrupted before the SUBACK", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5 })
+      const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
+      const responder = yield* Effect.forkChild(
+        client.respond("rpc/slow", (request) => Effect.succeed(request.text), { subscribed })
+      )
+      yield* connection.expect("subscribe")
+      // letting go of the filter sends UNSUBSCRIBE and waits for the UNSUBACK: answer it
+      const interrupted = yield* Effect.forkChild(Fiber.interrupt(responder))
+      const unsubscribe = yield* connection.expect("unsubscribe")
+      yield* connection.send({ cmd: "unsuback", messageId: unsubscribe.messageId!, granted: [0] })
+      yield* Fiber.join(interrupted)
+      const exit = yield* Effect.exit(Deferred.await(subscribed))
+      assert(Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))
     }))
 
   it.live("unsubscribe waits for UNSUBACK; v5 refusals fail with UnsubscribeError, 0x11 is a success", () =>

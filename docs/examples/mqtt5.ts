@@ -1,6 +1,6 @@
 import { NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Stream } from "effect"
-import { MqttClient } from "effect-mqtt"
+import { Console, Deferred, Effect, Stream } from "effect"
+import { MqttClient, type MqttError } from "effect-mqtt"
 import { Broker, withBroker } from "./_broker.ts"
 
 const program = Effect.gen(function*() {
@@ -27,11 +27,13 @@ const program = Effect.gen(function*() {
   // topic aliases: on by default, within what the broker allows
   yield* Console.log(`topic aliases allowed by the broker: ${client.connection.topicAliasMaximum > 0}`)
 
-  // request/response: the other client answers requests on docs/mqtt5/add
+  // request/response: the other client answers requests on docs/mqtt5/add, once its subscription is in place
+  const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
   yield* other.respond("docs/mqtt5/add", (request) => {
     const [a, b] = request.json as [number, number]
     return Effect.succeed(String(a + b))
-  }).pipe(Effect.forkScoped)
+  }, { subscribed }).pipe(Effect.forkScoped)
+  yield* Deferred.await(subscribed)
   const reply = yield* client.request("docs/mqtt5/add", "[1, 2]", { timeout: "5 seconds" })
   yield* Console.log(`1 + 2 = ${reply.text}`)
 

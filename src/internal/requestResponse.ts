@@ -7,6 +7,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Hex from "effect/encoding/Hex"
+import * as Exit from "effect/Exit"
 import * as Stream from "effect/Stream"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
@@ -92,9 +93,12 @@ export const make = (ctx: Context) => {
     options?: MqttClient.RespondOptions
   ): Effect.Effect<void, MqttError.MqttError | E, R> =>
     Effect.scoped(Effect.gen(function*() {
+      const subscribed = options?.subscribed
       const requests = yield* subscription(ctx)(typeof filter === "string" ? filter : [...filter], {
         qos: options?.qos ?? 1
-      })
+      }).pipe(
+        Effect.onExit((exit) => subscribed === undefined ? Effect.void : Deferred.done(subscribed, Exit.asVoid(exit)))
+      )
       yield* requests.pipe(
         Stream.mapEffect((message) => {
           const replyTo = message.properties.responseTopic
