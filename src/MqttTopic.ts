@@ -41,9 +41,8 @@
  * @since 0.2.0
  */
 import * as Data from "effect/Data"
-import * as Deferred from "effect/Deferred"
+import type * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import { identity } from "effect/Function"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -55,6 +54,7 @@ import type * as SchemaIssue from "effect/SchemaIssue"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Types from "effect/Types"
+import { reportSubscribed } from "./internal/requestResponse.ts"
 import { MqttClient as MqttClientService } from "./internal/service.ts"
 import * as Codecs from "./internal/topicCodec.ts"
 import * as Pattern from "./internal/topicPattern.ts"
@@ -1084,14 +1084,11 @@ const respondWith = <T extends AnyRequest, E, R, E2 = never, R2 = never>(
 > =>
   Effect.scoped(Effect.gen(function*() {
     const qos = options?.qos ?? 1
-    const subscribed = options?.subscribed
     const requests = yield* subscribeWith(client, topic, {
       qos,
       share: options?.share,
       onDecodeError: options?.onDecodeError ?? "fail"
-    }).pipe(
-      Effect.onExit((exit) => subscribed === undefined ? Effect.void : Deferred.done(subscribed, Exit.asVoid(exit)))
-    )
+    }).pipe(reportSubscribed(options?.subscribed))
     yield* requests.pipe(
       Stream.mapEffect((received) => {
         const replyTo = received.message.properties.responseTopic

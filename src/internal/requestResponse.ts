@@ -93,12 +93,9 @@ export const make = (ctx: Context) => {
     options?: MqttClient.RespondOptions
   ): Effect.Effect<void, MqttError.MqttError | E, R> =>
     Effect.scoped(Effect.gen(function*() {
-      const subscribed = options?.subscribed
       const requests = yield* subscription(ctx)(typeof filter === "string" ? filter : [...filter], {
         qos: options?.qos ?? 1
-      }).pipe(
-        Effect.onExit((exit) => subscribed === undefined ? Effect.void : Deferred.done(subscribed, Exit.asVoid(exit)))
-      )
+      }).pipe(reportSubscribed(options?.subscribed))
       yield* requests.pipe(
         Stream.mapEffect((message) => {
           const replyTo = message.properties.responseTopic
@@ -136,3 +133,12 @@ export const make = (ctx: Context) => {
 
   return { request, respond }
 }
+
+/**
+ * A responder's subscription, reporting its outcome to `respond`'s `subscribed` option: done when the SUBACK
+ * granted it, failed with the error, interrupted with the responder.
+ */
+export const reportSubscribed =
+  <E>(subscribed: Deferred.Deferred<void, E> | undefined) =>
+  <A, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    subscribed === undefined ? self : Effect.onExit(self, (exit) => Deferred.done(subscribed, Exit.asVoid(exit)))
