@@ -18,12 +18,17 @@ import { natsCluster } from "./support/NatsCluster.ts"
 
 const sleepReal = (ms: number) => Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, ms)))
 
-/** Polls a condition every 20 ms; dies with `what` after `seconds` (a guard against a hang, not a timing claim). */
-const until = (what: string, condition: () => boolean, seconds = 90) =>
+/**
+ * Polls a condition every 20 ms; dies with `what` after `seconds` (a guard against a hang, not a timing claim).
+ * `what` may be a function, read at the deadline, to say what had happened by then.
+ */
+const until = (what: string | (() => string), condition: () => boolean, seconds = 90) =>
   Effect.gen(function*() {
     const deadline = Date.now() + seconds * 1000
     while (!condition()) {
-      if (Date.now() > deadline) return yield* Effect.die(new Error(`${what}: not within ${seconds} s`))
+      if (Date.now() > deadline) {
+        return yield* Effect.die(new Error(`${typeof what === "string" ? what : what()}: not within ${seconds} s`))
+      }
       yield* sleepReal(20)
     }
   })
@@ -188,7 +193,7 @@ describe("a NATS JetStream cluster", () => {
               )
             }
             yield* publisher.publish("held/x", "newer", { qos: 1 })
-            yield* until("both arrived", () => got.length >= 2)
+            yield* until(() => `both arrived at ${resume} (got ${JSON.stringify(got)})`, () => got.length >= 2)
             return got
           })
         expect(yield* resumeWith("effect-mqtt", "nats-held-1")).toEqual(["newer dup=false", "unacknowledged dup=true"])
