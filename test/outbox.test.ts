@@ -128,3 +128,129 @@ describe("Outbox: batching", () => {
       yield* Fiber.interrupt(writer)
     }))
 })
+
+/**
+ * A socket written without a fiber (platform.ts's WriteNow), recording its batches; `full` makes it report a
+ * full buffer, and `drain()` then calls what the outbox gave it, as Node's `drain` event would.
+ */
+const directSocket = () => {
+  const batches: Array<ReadonlyArray<number>> = []
+  let pending: (() => void) | undefined
+  const socket = {
+    batches,
+    full: false,
+    write: (batch: ReadonlyArray<Uint8Array>, drained: () => void): boolean => {
+      batches.push(batch.map((bytes) => bytes[0]))
+      if (!socket.full) return true
+      pending = drained
+      return false
+    },
+    waiting: () => pending !== undefined,
+    drain: () => {
+      const drained = pending
+      pending = undefined
+      drained?.()
+    }
+  }
+  return socket
+}
+
+/** Lets the outbox's microtask run. */
+const microtask = Effect.promise(() => Promise.resolve())
+
+describe("Outbox: written without a fiber (writeDirectly)", () => {
+  it.effect("what one synchronous run pushes is one batch, written in a microtask, in order", () =>
+    Effect.gen(function*() {
+      const socket = directSocket()
+      const outbox = new Outbox(1 << 20)
+      outbox.attach()
+      outbox.writeDirectly(socket.write)
+      outbox.push(packet(1))
+      outbox.pushAll([packet(2), packet(3)])
+      expect(socket.batches).toEqual([])
+      yield* microtask
+      expect(socket.batches).toEqual([[1, 2, 3]])
+      outbox.push(packet(4))
+      yield* outbox.flushed
+      expect(socket.batches).toEqual([[1, 2, 3], [4]])
+    }))
+
+  it.effect("what was queued before writeDirectly (behind CONNECT) goes out first", () =>
+    Effect.gen(function*() {
+      const socket = directSocket()
+      const outbox = new Outbox(1 << 20)
+      outbox.attach()
+      outbox.push(packet(1))
+      outbox.writeDirectly(socket.write)
+      outbox.push(packet(2))
+      yield* outbox.flushed
+      expect(socket.batches.flat()).toEqual([1, 2])
+    }))
+
+  it.effect("a full socket holds the next batch back until it drains; flushed and callers waiting for room wait too", () =>
+    Effect.gen(function*() {
+      const socket = directSocket()
+      const outbox = new Outbox(4)
+      outbox.attach()
+      outbox.writeDirectly(socket.write)
+      socket.full = true
+      outbox.push(new Uint8Array(8).fill(1))
+      yield* microtask
+      expect(socket.batches).toEqual([[1]])
+      assert.isTrue(socket.waiting())
+      // the socket has not taken the batch yet: over the high-water mark, a writer waits for room
+      const waiting = yield* Effect.forkChild(outbox.write(packet(2)))
+      const flushed = yield* Effect.forkChild(outbox.flushed)
+      yield* microtask
+      yield* Effect.yieldNow
+      expect(socket.batches).toEqual([[1]])
+      assert.isUndefined(waiting.pollUnsafe(), "room before the socket drained")
+      assert.isUndefined(flushed.pollUnsafe(), "flushed before the socket drained")
+      socket.full = false
+      socket.drain()
+      yield* Fiber.join(waiting)
+      yield* Fiber.join(flushed)
+      expect(socket.batches).toEqual([[1], [2]])
+    }))
+
+  it.effect("closing queues the DISCONNECT behind what waits, and it is written; nothing after detach is", () =>
+    Effect.gen(function*() {
+      const socket = directSocket()
+      const outbox = new Outbox(1 << 20)
+      outbox.attach()
+      outbox.writeDirectly(socket.write)
+      outbox.push(packet(1))
+      outbox.close(lost, DISCONNECT)
+      outbox.push(packet(2))
+      yield* outbox.flushed
+      expect(socket.batches.flat()).toEqual([1, 0xe0])
+
+      const detached = directSocket()
+      const other = new Outbox(1 << 20)
+      other.attach()
+      other.writeDirectly(detached.write)
+      other.push(packet(1))
+      other.detach()
+      yield* microtask
+      yield* other.flushed
+      expect(detached.batches).toEqual([])
+    }))
+
+  it.effect("a socket that drains while detached does not write: the connection is gone", () =>
+    Effect.gen(function*() {
+      const socket = directSocket()
+      const outbox = new Outbox(1 << 20)
+      outbox.attach()
+      outbox.writeDirectly(socket.write)
+      socket.full = true
+      outbox.push(packet(1))
+      yield* microtask
+      outbox.push(packet(2))
+      outbox.detach()
+      yield* outbox.flushed
+      socket.full = false
+      socket.drain()
+      yield* microtask
+      expect(socket.batches).toEqual([[1]])
+    }))
+})

@@ -483,6 +483,67 @@ describe("the same round trip over every transport (subscribe, publish at QoS 0,
     }))
 })
 
+describe("a socket whose buffer fills (the broker frozen while 20 MB are published)", () => {
+  const MESSAGES = 80
+  const SIZE = 256 * 1024
+  const payload = (i: number) => {
+    const bytes = new Uint8Array(SIZE).fill(i % 251)
+    new DataView(bytes.buffer).setUint32(0, i)
+    return bytes
+  }
+  // TCP, TLS and Unix sockets are written without a fiber (the outbox holds the next batch until the socket
+  // drains); a custom transport through its writer fiber (which waits for `drain` in Effect's socket). QoS 0: a QoS 0
+  // publish waits for room in the outbox (QoS 1 ones wait in the session for their turn in flight)
+  const cases: ReadonlyArray<{ readonly name: string; readonly options: () => MqttClient.Options }> = [
+    { name: "TCP", options: () => ({ url: `mqtt://127.0.0.1:${broker.port}` }) },
+    { name: "TLS", options: () => ({ url: tlsUrl(), tls: goodTls() }) },
+    { name: "a Unix socket", options: () => ({ url: `unix://${socketPath}` }) },
+    {
+      name: "a custom transport",
+      options: () => ({ transport: NodeSocket.makeNet({ host: "127.0.0.1", port: broker.port }) })
+    }
+  ]
+  for (const c of cases) {
+    it.live(`${c.name}: publishers wait for room while it is full; after the thaw every message arrives, in order`, () =>
+      Effect.scoped(Effect.gen(function*() {
+        const topic = uniqueTopic("full-socket")
+        const sub = yield* guard(MqttClient.make({ reconnect: false, ...c.options() }))
+        yield* guard(sub.subscribe(topic, { qos: 1 }))
+        const pub = yield* guard(MqttClient.make({ reconnect: false, ...c.options() }))
+        const received = yield* Effect.forkScoped(Stream.runCollect(Stream.take(sub.messages, MESSAGES)))
+        // thawed in any case when the test ends
+        yield* Effect.acquireRelease(
+          Effect.sync(() => broker.kill("SIGSTOP")),
+          () => Effect.sync(() => broker.kill("SIGCONT"))
+        )
+        let accepted = 0
+        const publisher = yield* Effect.forkScoped(Effect.forEach(
+          Array.from({ length: MESSAGES }, (_, i) => i),
+          (i) => Effect.map(pub.publish(topic, payload(i), { qos: 0 }), () => accepted++),
+          { discard: true }
+        ))
+        // the socket's and the kernel's buffers fill, then the outbox: the publisher stops being accepted
+        let seen = -1
+        while (seen !== accepted) {
+          seen = accepted
+          yield* Effect.sleep("300 millis")
+        }
+        assert.isBelow(accepted, MESSAGES, "every publish was accepted while the broker was frozen")
+        assert.isUndefined(publisher.pollUnsafe())
+        broker.kill("SIGCONT")
+        const messages = yield* guard(Fiber.join(received).pipe(Effect.timeout("60 seconds")))
+        assert.strictEqual(accepted, MESSAGES)
+        expect(messages.map((m) => new DataView(m.payload.buffer, m.payload.byteOffset).getUint32(0))).toEqual(
+          Array.from({ length: MESSAGES }, (_, i) => i)
+        )
+        for (const m of messages) {
+          const i = new DataView(m.payload.buffer, m.payload.byteOffset).getUint32(0)
+          assert.isTrue(Buffer.from(m.payload).subarray(4).equals(Buffer.from(payload(i)).subarray(4)))
+        }
+      })).pipe(Effect.timeout("120 seconds")))
+  }
+})
+
 // ---------------------------------------------------------------------------------------------------------------
 // TLS
 // ---------------------------------------------------------------------------------------------------------------

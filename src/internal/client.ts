@@ -81,7 +81,8 @@ const makeNode = (
       ...node,
       endpoint: options.transport === undefined ? endpoint : undefined,
       socket,
-      writer: writer.writeAll
+      writer: writer.writeAll,
+      writeNow: socket.writeNow
     }
   })
 

@@ -4,7 +4,8 @@
  * opens the next one.
  *
  * Data path in: socket read → framer (whole packets) → decoder → session → driver.drain (outbox, queues,
- * completions). Out: session → outbox → writer fiber (one `writeAll` per batch) → socket.
+ * completions). Out: session → outbox → one write per batch: in the outbox's microtask for a socket that can be
+ * written without a fiber (Node's TCP, TLS, Unix), else by the writer fiber (one `writeAll`) → socket.
  */
 import type * as Arr from "effect/Array"
 import * as Cause from "effect/Cause"
@@ -132,10 +133,20 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       c.lastSent = clock.currentTimeMillisUnsafe()
       // the writer starts now: what the CONNACK's handling queues (resends) goes out after CONNECT
       c.outbox.attach()
-      yield* Effect.forkIn(
-        guard(c, writeLoop(c, clock)).pipe(Effect.ensuring(Effect.sync(() => c.outbox.detach()))),
-        scope
-      )
+      const writeNow = node.writeNow
+      if (writeNow !== undefined) {
+        // no writer fiber: the outbox writes each batch in the microtask that would have woken it
+        yield* Scope.addFinalizer(scope, Effect.sync(() => c.outbox.detach()))
+        c.outbox.writeDirectly((batch, drained) => {
+          c.lastSent = clock.currentTimeMillisUnsafe()
+          return writeNow(batch, drained)
+        })
+      } else {
+        yield* Effect.forkIn(
+          guard(c, writeLoop(c, clock)).pipe(Effect.ensuring(Effect.sync(() => c.outbox.detach()))),
+          scope
+        )
+      }
       while (!reader.connected()) yield* reader.step(pull)
       return pull
     })

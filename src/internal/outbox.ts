@@ -1,6 +1,7 @@
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import type * as MqttError from "../MqttError.ts"
+import type { WriteNow } from "./platform.ts"
 
 /**
  * The packets waiting to be written, drained by one writer fiber in batches (one `writeAll`, so one socket
@@ -16,6 +17,10 @@ import type * as MqttError from "../MqttError.ts"
  * An idle writer is woken in a microtask, not at once: what the same synchronous run pushes (the publishes of
  * fibers run in one scheduler turn, the acknowledgements of one socket read) goes out in one write instead of a
  * write (a system call) each, the first of them waiting only for the run to end.
+ *
+ * A socket that can be written without a fiber (`writeDirectly`, Node's TCP, TLS and Unix sockets) is written in
+ * that microtask itself: no writer fiber is resumed, and a full socket buffer holds the next batch back until the
+ * socket drains.
  */
 export class Outbox {
   private queue: Array<Uint8Array> = []
@@ -29,6 +34,10 @@ export class Outbox {
   /** whether a writer fiber takes from this outbox: `attach` before it is forked, `detach` when it ends */
   private attached = false
   private flush: Deferred.Deferred<void> | undefined = undefined
+  /** the write without a fiber, when the socket has one */
+  private direct: WriteNow | undefined = undefined
+  /** a direct write filled the socket's buffer: nothing more is written until it drains */
+  private draining = false
   private readonly highWaterMark: number
 
   constructor(highWaterMark: number) {
@@ -58,20 +67,42 @@ export class Outbox {
     this.wakeWriter()
   }
 
-  /** Wakes a waiting writer in a microtask (once for all the pushes until then). */
+  /** Wakes a waiting writer, or writes directly, in a microtask (once for all the pushes until then). */
   private wakeWriter(): void {
-    if (this.writer === undefined || this.waking) return
+    if ((this.writer === undefined && this.direct === undefined) || this.waking) return
     this.waking = true
     queueMicrotask(this.wake)
   }
 
   private readonly wake = (): void => {
     this.waking = false
+    if (this.direct !== undefined) return this.writeNow(this.direct)
     const writer = this.writer
     // the writer may have been interrupted meanwhile; it takes what is queued when it asks again
     if (writer === undefined || this.queue.length === 0) return
     this.writer = undefined
     writer(Effect.succeed(this.takeAll()))
+  }
+
+  private writeNow(direct: WriteNow): void {
+    if (this.draining || !this.attached || this.queue.length === 0) return
+    if (direct(this.takeAll(), this.drained)) this.written()
+    else this.draining = true
+  }
+
+  private readonly drained = (): void => {
+    this.draining = false
+    this.written()
+    if (this.queue.length > 0) this.wakeWriter()
+  }
+
+  /**
+   * Writes with `direct` from now on, in the microtask that would wake a writer fiber, instead of a writer fiber
+   * (none is forked). Call `attach` first and `detach` when the connection closes.
+   */
+  writeDirectly(direct: WriteNow): void {
+    this.direct = direct
+    this.wakeWriter()
   }
 
   /** Queues bytes, then waits while more than the high-water mark is waiting to be written. */
@@ -115,7 +146,10 @@ export class Outbox {
     this.attached = true
   }
 
-  /** The writer fiber ended (the socket failed, or the connection closed): nothing more will be written. */
+  /**
+   * The writer fiber ended, or the connection of a direct writer closed (the socket failed, or the connection
+   * closed): nothing more will be written.
+   */
   detach(): void {
     this.attached = false
     this.flushDone()

@@ -19,8 +19,22 @@ export interface Platform {
   readonly makeSocket: (
     endpoint: Endpoint,
     options: MqttClient.Options
-  ) => Effect.Effect<Socket.Socket, MqttError.MqttError>
+  ) => Effect.Effect<PlatformSocket, MqttError.MqttError>
 }
+
+/**
+ * A socket, and for those that can be written without a fiber (Node's TCP, TLS and Unix sockets), `writeNow`:
+ * the outbox then writes each batch in the microtask that would have woken the writer fiber.
+ */
+export type PlatformSocket = Socket.Socket & { readonly writeNow?: WriteNow | undefined }
+
+/**
+ * Hands `batch` to the open connection of the socket at once, in order. Returns true when the socket takes more
+ * now; false when its buffer is full, and then calls `drained` once, when it takes more again or is closed. Never
+ * throws: a write that fails destroys the connection, which its reader reports; to a closed connection nothing
+ * is written (its reader reports the close).
+ */
+export type WriteNow = (batch: ReadonlyArray<Uint8Array>, drained: () => void) => boolean
 
 export const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
 

@@ -27,7 +27,7 @@ import * as Tls from "node:tls"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { SEPARATE_PAYLOAD } from "./codec.ts"
-import { customTransport, invalid, type Platform, tlsGiven } from "./platform.ts"
+import { customTransport, invalid, type Platform, type PlatformSocket, tlsGiven, type WriteNow } from "./platform.ts"
 import { type Endpoint, isEncrypted, type TlsEndpoint, type WebSocketEndpoint } from "./url.ts"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ import { type Endpoint, isEncrypted, type TlsEndpoint, type WebSocketEndpoint } 
 export const makeSocket = (
   endpoint: Endpoint,
   options: MqttClient.Options
-): Effect.Effect<Socket.Socket, MqttError.MqttError> =>
+): Effect.Effect<PlatformSocket, MqttError.MqttError> =>
   Effect.gen(function*() {
     const custom = yield* customTransport(options)
     if (custom !== undefined) return explained(custom, "custom")
@@ -52,14 +52,11 @@ export const makeSocket = (
     }
     switch (endpoint._tag) {
       case "Tcp":
-        return explained(
-          yield* NodeSocket.makeNet({ host: endpoint.host, port: endpoint.port, noDelay: true }),
-          "plaintext"
-        )
+        return yield* direct(makeNet({ host: endpoint.host, port: endpoint.port, noDelay: true }), "plaintext")
       case "Unix":
-        return explained(yield* NodeSocket.makeNet({ path: endpoint.path }), "unix")
+        return yield* direct(makeNet({ path: endpoint.path }), "unix")
       case "Tls":
-        return explained(yield* makeTls(endpoint, yield* tlsSettings(tls)), "tls")
+        return yield* direct(makeTls(endpoint, yield* tlsSettings(tls)), "tls")
       case "WebSocket":
         return yield* makeWebSocket(
           endpoint,
@@ -71,6 +68,104 @@ export const makeSocket = (
 
 /** Node.js: TCP, TLS, WebSocket (the `ws` package, with TLS settings) and Unix sockets. */
 export const platform: Platform = { makeSocket }
+
+/**
+ * How a Node.js stream socket makes a connection (once per acquisition of the reader, for
+ * `NodeSocket.fromDuplex`), telling `track` when it is open and when it closes.
+ */
+interface Opened {
+  readonly open: (track: Track) => Effect.Effect<Duplex, Socket.SocketError, Scope.Scope>
+}
+
+interface Track {
+  readonly opened: (conn: Duplex) => void
+  readonly closed: (conn: Duplex | undefined) => void
+}
+
+/** The socket of `opened`, explained, with `writeNow` on its open connection. */
+const direct = (opened: Opened, kind: Kind): Effect.Effect<PlatformSocket> => {
+  let current: Duplex | undefined
+  const track: Track = {
+    opened: (conn) => current = conn,
+    closed: (conn) => {
+      if (current === conn) current = undefined
+    }
+  }
+  return Effect.map(
+    NodeSocket.fromDuplex(opened.open(track)),
+    (socket) => Object.assign(explained(socket, kind), { writeNow: writeNow(() => current) })
+  )
+}
+
+/**
+ * A batch written at once to the open connection, as the Effect socket's `writeAll` does (small packets as one
+ * `Buffer`, corked around the batch), without a fiber.
+ */
+const writeNow = (current: () => Duplex | undefined): WriteNow => (batch, drained) => {
+  const conn = current()
+  // closed: its reader reports it, and the connection ends
+  if (conn === undefined || conn.destroyed || !conn.writable || batch.length === 0) return true
+  let more = true
+  try {
+    const chunks = coalesce(batch as Arr.NonEmptyReadonlyArray<Uint8Array>)
+    if (chunks.length === 1) {
+      more = conn.write(chunks[0])
+    } else {
+      conn.cork()
+      try {
+        for (let i = 0; i < chunks.length; i++) more = conn.write(chunks[i]) && more
+      } finally {
+        conn.uncork()
+      }
+    }
+  } catch (cause) {
+    // the reader fails with it, and the connection ends
+    conn.destroy(cause instanceof Error ? cause : new Error(String(cause)))
+    return true
+  }
+  if (!more) {
+    const done = () => {
+      conn.off("drain", done)
+      conn.off("close", done)
+      drained()
+    }
+    conn.on("drain", done)
+    conn.on("close", done)
+  }
+  return more
+}
+
+/** A TCP or Unix socket connection, as `NodeSocket.makeNet` makes it. */
+const makeNet = (options: Net.NetConnectOpts): Opened => ({
+  open: (track) =>
+    Effect.contextWith((context: Context.Context<Scope.Scope>) => {
+      let conn: Net.Socket | undefined
+      let isOpen = false
+      return Effect.flatMap(
+        Scope.addFinalizer(
+          Context.get(context, Scope.Scope),
+          Effect.sync(() => {
+            track.closed(conn)
+            if (conn === undefined || conn.closed) return
+            if (isOpen) conn.destroySoon()
+            else conn.destroy()
+          })
+        ),
+        () =>
+          Effect.callback<Duplex, Socket.SocketError>((resume) => {
+            const socket = Net.createConnection(options)
+            conn = socket
+            socket.once("connect", () => {
+              isOpen = true
+              track.opened(socket)
+              resume(Effect.succeed(socket))
+            })
+            // kept for the life of the socket: an error event without a listener would crash the process
+            socket.on("error", (cause) => resume(Effect.fail(openError(cause))))
+          })
+      )
+    })
+})
 
 // ---------------------------------------------------------------------------------------------------------
 // TLS
@@ -217,8 +312,8 @@ const tlsReason = (error: unknown): string => {
  * A TLS connection: TCP first (with Nagle off), then the handshake over it, so a failure after the TCP
  * connection was made is known to be a TLS failure.
  */
-const makeTls = (endpoint: TlsEndpoint, settings: TlsSettings): Effect.Effect<Socket.Socket> =>
-  NodeSocket.fromDuplex(
+const makeTls = (endpoint: TlsEndpoint, settings: TlsSettings): Opened => ({
+  open: (track) =>
     Effect.contextWith((context: Context.Context<Scope.Scope>) => {
       let raw: Net.Socket | undefined
       let secure: Tls.TLSSocket | undefined
@@ -227,6 +322,7 @@ const makeTls = (endpoint: TlsEndpoint, settings: TlsSettings): Effect.Effect<So
         Scope.addFinalizer(
           Context.get(context, Scope.Scope),
           Effect.sync(() => {
+            track.closed(secure)
             if (secure !== undefined && isOpen && !secure.destroyed) {
               secure.destroySoon()
             } else {
@@ -258,6 +354,7 @@ const makeTls = (endpoint: TlsEndpoint, settings: TlsSettings): Effect.Effect<So
               secure = tls
               tls.once("secureConnect", () => {
                 isOpen = true
+                track.opened(tls)
                 resume(Effect.succeed(tls))
               })
               tls.on("error", (cause) => resume(Effect.fail(openError(tlsError(cause, "handshake") ?? cause))))
@@ -265,7 +362,7 @@ const makeTls = (endpoint: TlsEndpoint, settings: TlsSettings): Effect.Effect<So
           })
       )
     })
-  )
+})
 
 const openError = (cause: unknown) =>
   new Socket.SocketError({ reason: new Socket.SocketOpenError({ kind: "Unknown", cause }) })
