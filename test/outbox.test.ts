@@ -131,7 +131,8 @@ describe("Outbox: batching", () => {
 
 /**
  * A socket written without a fiber (platform.ts's WriteNow), recording its batches; `full` makes it report a
- * full buffer, and `drain()` then calls what the outbox gave it, as Node's `drain` event would.
+ * full buffer, and `drain()` then calls what the outbox gave it, as Node's `drain` event would; `cancelled` counts
+ * the waits for `drain` that the outbox cancelled.
  */
 const directSocket = () => {
   const batches: Array<ReadonlyArray<number>> = []
@@ -139,11 +140,15 @@ const directSocket = () => {
   const socket = {
     batches,
     full: false,
-    write: (batch: ReadonlyArray<Uint8Array>, drained: () => void): boolean => {
+    cancelled: 0,
+    write: (batch: ReadonlyArray<Uint8Array>, drained: () => void): (() => void) | undefined => {
       batches.push(batch.map((bytes) => bytes[0]))
-      if (!socket.full) return true
+      if (!socket.full) return undefined
       pending = drained
-      return false
+      return () => {
+        pending = undefined
+        socket.cancelled++
+      }
     },
     waiting: () => pending !== undefined,
     drain: () => {
@@ -155,6 +160,10 @@ const directSocket = () => {
   return socket
 }
 
+const noFailure = (cause: unknown) => {
+  throw new Error(`unexpected failure: ${String(cause)}`)
+}
+
 /** Lets the outbox's microtask run. */
 const microtask = Effect.promise(() => Promise.resolve())
 
@@ -164,7 +173,7 @@ describe("Outbox: written without a fiber (writeDirectly)", () => {
       const socket = directSocket()
       const outbox = new Outbox(1 << 20)
       outbox.attach()
-      outbox.writeDirectly(socket.write)
+      outbox.writeDirectly(socket.write, noFailure)
       outbox.push(packet(1))
       outbox.pushAll([packet(2), packet(3)])
       expect(socket.batches).toEqual([])
@@ -175,16 +184,19 @@ describe("Outbox: written without a fiber (writeDirectly)", () => {
       expect(socket.batches).toEqual([[1, 2, 3], [4]])
     }))
 
-  it.effect("what was queued before writeDirectly (behind CONNECT) goes out first", () =>
+  it.effect("nothing is written before writeDirectly; then what was queued goes out first, in order", () =>
     Effect.gen(function*() {
       const socket = directSocket()
       const outbox = new Outbox(1 << 20)
       outbox.attach()
       outbox.push(packet(1))
-      outbox.writeDirectly(socket.write)
+      yield* microtask
+      outbox.writeDirectly(socket.write, noFailure)
       outbox.push(packet(2))
+      yield* microtask
+      outbox.push(packet(3))
       yield* outbox.flushed
-      expect(socket.batches.flat()).toEqual([1, 2])
+      expect(socket.batches).toEqual([[1, 2], [3]])
     }))
 
   it.effect("a full socket holds the next batch back until it drains; flushed and callers waiting for room wait too", () =>
@@ -192,7 +204,7 @@ describe("Outbox: written without a fiber (writeDirectly)", () => {
       const socket = directSocket()
       const outbox = new Outbox(4)
       outbox.attach()
-      outbox.writeDirectly(socket.write)
+      outbox.writeDirectly(socket.write, noFailure)
       socket.full = true
       outbox.push(new Uint8Array(8).fill(1))
       yield* microtask
@@ -218,7 +230,7 @@ describe("Outbox: written without a fiber (writeDirectly)", () => {
       const socket = directSocket()
       const outbox = new Outbox(1 << 20)
       outbox.attach()
-      outbox.writeDirectly(socket.write)
+      outbox.writeDirectly(socket.write, noFailure)
       outbox.push(packet(1))
       outbox.close(lost, DISCONNECT)
       outbox.push(packet(2))
@@ -228,7 +240,7 @@ describe("Outbox: written without a fiber (writeDirectly)", () => {
       const detached = directSocket()
       const other = new Outbox(1 << 20)
       other.attach()
-      other.writeDirectly(detached.write)
+      other.writeDirectly(detached.write, noFailure)
       other.push(packet(1))
       other.detach()
       yield* microtask
@@ -236,20 +248,21 @@ describe("Outbox: written without a fiber (writeDirectly)", () => {
       expect(detached.batches).toEqual([])
     }))
 
-  it.effect("a socket that drains while detached does not write: the connection is gone", () =>
+  it.effect("detaching while the socket is full cancels the wait for its drain; nothing more is written", () =>
     Effect.gen(function*() {
       const socket = directSocket()
       const outbox = new Outbox(1 << 20)
       outbox.attach()
-      outbox.writeDirectly(socket.write)
+      outbox.writeDirectly(socket.write, noFailure)
       socket.full = true
       outbox.push(packet(1))
       yield* microtask
       outbox.push(packet(2))
+      assert.isTrue(socket.waiting())
       outbox.detach()
       yield* outbox.flushed
-      socket.full = false
-      socket.drain()
+      assert.strictEqual(socket.cancelled, 1)
+      assert.isFalse(socket.waiting())
       yield* microtask
       expect(socket.batches).toEqual([[1]])
     }))

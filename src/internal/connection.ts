@@ -132,16 +132,21 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       yield* Effect.mapError(node.writer([connectBytes]), socketLost)
       c.lastSent = clock.currentTimeMillisUnsafe()
       // the writer starts now: what the CONNACK's handling queues (resends) goes out after CONNECT
-      c.outbox.attach()
       const writeNow = node.writeNow
       if (writeNow !== undefined) {
         // no writer fiber: the outbox writes each batch in the microtask that would have woken it
         yield* Scope.addFinalizer(scope, Effect.sync(() => c.outbox.detach()))
-        c.outbox.writeDirectly((batch, drained) => {
-          c.lastSent = clock.currentTimeMillisUnsafe()
-          return writeNow(batch, drained)
-        })
+        c.outbox.attach()
+        c.outbox.writeDirectly(
+          (batch, drained, failed) => {
+            c.lastSent = clock.currentTimeMillisUnsafe()
+            return writeNow(batch, drained, failed)
+          },
+          // as a failed write of the writer fiber: the connection ends, even while the reader waits for a consumer
+          (cause) => Deferred.doneUnsafe(c.lost, Effect.fail(lost(`socket error: ${describe(cause)}`, cause)))
+        )
       } else {
+        c.outbox.attach()
         yield* Effect.forkIn(
           guard(c, writeLoop(c, clock)).pipe(Effect.ensuring(Effect.sync(() => c.outbox.detach()))),
           scope

@@ -36,8 +36,10 @@ export class Outbox {
   private flush: Deferred.Deferred<void> | undefined = undefined
   /** the write without a fiber, when the socket has one */
   private direct: WriteNow | undefined = undefined
-  /** a direct write filled the socket's buffer: nothing more is written until it drains */
-  private draining = false
+  /** a direct write filled the socket's buffer: nothing more is written until it drains (this cancels the wait) */
+  private draining: (() => void) | undefined = undefined
+  /** tells the connection that its socket cannot be written */
+  private failed: (cause: unknown) => void = () => {}
   private readonly highWaterMark: number
 
   constructor(highWaterMark: number) {
@@ -85,23 +87,31 @@ export class Outbox {
   }
 
   private writeNow(direct: WriteNow): void {
-    if (this.draining || !this.attached || this.queue.length === 0) return
-    if (direct(this.takeAll(), this.drained)) this.written()
-    else this.draining = true
+    if (this.draining !== undefined || !this.attached || this.queue.length === 0) return
+    const draining = direct(this.takeAll(), this.drained, this.failed)
+    if (draining === undefined) this.written()
+    else this.draining = draining
   }
 
   private readonly drained = (): void => {
-    this.draining = false
-    this.written()
-    if (this.queue.length > 0) this.wakeWriter()
+    this.draining = undefined
+    try {
+      this.written()
+      if (this.queue.length > 0) this.wakeWriter()
+    } catch (cause) {
+      // called from the socket's event: a bug here ends the connection rather than the process
+      this.failed(cause)
+    }
   }
 
   /**
    * Writes with `direct` from now on, in the microtask that would wake a writer fiber, instead of a writer fiber
-   * (none is forked). Call `attach` first and `detach` when the connection closes.
+   * (none is forked); `failed` is told when the socket cannot be written. Call `attach` first and `detach` when the
+   * connection closes.
    */
-  writeDirectly(direct: WriteNow): void {
+  writeDirectly(direct: WriteNow, failed: (cause: unknown) => void): void {
     this.direct = direct
+    this.failed = failed
     this.wakeWriter()
   }
 
@@ -152,6 +162,9 @@ export class Outbox {
    */
   detach(): void {
     this.attached = false
+    const draining = this.draining
+    this.draining = undefined
+    draining?.()
     this.flushDone()
   }
 

@@ -29,12 +29,17 @@ export interface Platform {
 export type PlatformSocket = Socket.Socket & { readonly writeNow?: WriteNow | undefined }
 
 /**
- * Hands `batch` to the open connection of the socket at once, in order. Returns true when the socket takes more
- * now; false when its buffer is full, and then calls `drained` once, when it takes more again or is closed. Never
- * throws: a write that fails destroys the connection, which its reader reports; to a closed connection nothing
- * is written (its reader reports the close).
+ * Hands `batch` to the open connection of the socket at once, in order. Returns undefined when the socket takes
+ * more now. When its buffer is full, returns a function that cancels the wait, and calls `drained` once, when the
+ * socket takes more again (or is closed). Never throws: `failed` is told when the connection cannot be written (a
+ * write that throws, a connection closed or failing, also while its buffer is full), so that the connection ends
+ * even when its reader is not reading.
  */
-export type WriteNow = (batch: ReadonlyArray<Uint8Array>, drained: () => void) => boolean
+export type WriteNow = (
+  batch: ReadonlyArray<Uint8Array>,
+  drained: () => void,
+  failed: (cause: unknown) => void
+) => (() => void) | undefined
 
 export const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
 

@@ -101,10 +101,13 @@ const direct = (opened: Opened, kind: Kind): Effect.Effect<PlatformSocket> => {
  * A batch written at once to the open connection, as the Effect socket's `writeAll` does (small packets as one
  * `Buffer`, corked around the batch), without a fiber.
  */
-const writeNow = (current: () => Duplex | undefined): WriteNow => (batch, drained) => {
+const writeNow = (current: () => Duplex | undefined): WriteNow => (batch, drained, failed) => {
   const conn = current()
-  // closed: its reader reports it, and the connection ends
-  if (conn === undefined || conn.destroyed || !conn.writable || batch.length === 0) return true
+  if (conn === undefined || conn.destroyed || !conn.writable) {
+    failed(new Error("the connection is closed"))
+    return undefined
+  }
+  if (batch.length === 0) return undefined
   let more = true
   try {
     const chunks = coalesce(batch as Arr.NonEmptyReadonlyArray<Uint8Array>)
@@ -119,20 +122,38 @@ const writeNow = (current: () => Duplex | undefined): WriteNow => (batch, draine
       }
     }
   } catch (cause) {
-    // the reader fails with it, and the connection ends
-    conn.destroy(cause instanceof Error ? cause : new Error(String(cause)))
-    return true
+    failed(cause)
+    conn.destroy()
+    return undefined
   }
-  if (!more) {
-    const done = () => {
-      conn.off("drain", done)
-      conn.off("close", done)
-      drained()
-    }
-    conn.on("drain", done)
-    conn.on("close", done)
+  return more ? undefined : awaitDrain(conn, drained, failed)
+}
+
+/** Calls `drained` on the connection's `drain` or `close` (after `failed`, for a close or an error). */
+const awaitDrain = (conn: Duplex, drained: () => void, failed: (cause: unknown) => void): () => void => {
+  const cancel = () => {
+    conn.off("drain", onDrain)
+    conn.off("close", onClose)
+    conn.off("error", onError)
   }
-  return more
+  const onDrain = () => {
+    cancel()
+    drained()
+  }
+  const onClose = () => {
+    cancel()
+    failed(new Error("the connection closed while writing"))
+    drained()
+  }
+  const onError = (cause: Error) => {
+    cancel()
+    failed(cause)
+    drained()
+  }
+  conn.on("drain", onDrain)
+  conn.on("close", onClose)
+  conn.on("error", onError)
+  return cancel
 }
 
 /** A TCP or Unix socket connection, as `NodeSocket.makeNet` makes it. */
