@@ -20,7 +20,7 @@
  *   prefetch 10; MQTT.js: a shared subscription with Receive Maximum 10), 30,000 QoS 1 messages: total messages/s
  *   and what each process got.
  *
- * Run: `node --conditions=effect-mqtt-source --expose-gc bench/scale.ts` (about 25 minutes, 15 of them latency).
+ * Run: `node --conditions=effect-mqtt-source --expose-gc bench/scale.ts` (about 18 minutes, 14 of them latency).
  * Environment: BENCH_SCALE (sections, default "routing,clients,payload,latency,group"), BENCH_LATENCY_RUNS
  * (default 5). Always exits with 0: it is a report.
  */
