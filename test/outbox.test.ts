@@ -164,16 +164,22 @@ const noFailure = (cause: unknown) => {
   throw new Error(`unexpected failure: ${String(cause)}`)
 }
 
+/** An attached outbox that writes a `directSocket` without a fiber. */
+const directOutbox = (highWaterMark: number) => {
+  const socket = directSocket()
+  const outbox = new Outbox(highWaterMark)
+  outbox.attach()
+  outbox.writeDirectly(socket.write, noFailure)
+  return { outbox, socket }
+}
+
 /** Lets the outbox's microtask run. */
 const microtask = Effect.promise(() => Promise.resolve())
 
 describe("Outbox: written without a fiber (writeDirectly)", () => {
   it.effect("what one synchronous run pushes is one batch, written in a microtask, in order", () =>
     Effect.gen(function*() {
-      const socket = directSocket()
-      const outbox = new Outbox(1 << 20)
-      outbox.attach()
-      outbox.writeDirectly(socket.write, noFailure)
+      const { outbox, socket } = directOutbox(1 << 20)
       outbox.push(packet(1))
       outbox.pushAll([packet(2), packet(3)])
       expect(socket.batches).toEqual([])
@@ -201,10 +207,7 @@ describe("Outbox: written without a fiber (writeDirectly)", () => {
 
   it.effect("a full socket holds the next batch back until it drains; flushed and callers waiting for room wait too", () =>
     Effect.gen(function*() {
-      const socket = directSocket()
-      const outbox = new Outbox(4)
-      outbox.attach()
-      outbox.writeDirectly(socket.write, noFailure)
+      const { outbox, socket } = directOutbox(4)
       socket.full = true
       outbox.push(new Uint8Array(8).fill(1))
       yield* microtask
@@ -227,10 +230,7 @@ describe("Outbox: written without a fiber (writeDirectly)", () => {
 
   it.effect("closing queues the DISCONNECT behind what waits, and it is written; nothing after detach is", () =>
     Effect.gen(function*() {
-      const socket = directSocket()
-      const outbox = new Outbox(1 << 20)
-      outbox.attach()
-      outbox.writeDirectly(socket.write, noFailure)
+      const { outbox, socket } = directOutbox(1 << 20)
       outbox.push(packet(1))
       outbox.close(lost, DISCONNECT)
       outbox.push(packet(2))
@@ -250,10 +250,7 @@ describe("Outbox: written without a fiber (writeDirectly)", () => {
 
   it.effect("detaching while the socket is full cancels the wait for its drain; nothing more is written", () =>
     Effect.gen(function*() {
-      const socket = directSocket()
-      const outbox = new Outbox(1 << 20)
-      outbox.attach()
-      outbox.writeDirectly(socket.write, noFailure)
+      const { outbox, socket } = directOutbox(1 << 20)
       socket.full = true
       outbox.push(packet(1))
       yield* microtask

@@ -500,6 +500,16 @@ const filling = (size: number): number => {
   return Math.ceil((largest("tcp_wmem") + largest("tcp_rmem") + (8 << 20)) / size)
 }
 
+/** Waits until `count` stops changing (for 300 ms): a publisher that the client has stopped accepting. */
+const untilSteady = (count: () => number) =>
+  Effect.gen(function*() {
+    let seen = -1
+    while (seen !== count()) {
+      seen = count()
+      yield* Effect.sleep("300 millis")
+    }
+  })
+
 describe("a socket whose buffer fills (the broker frozen while more is published than the kernel buffers)", () => {
   const SIZE = 256 * 1024
   const MESSAGES = filling(SIZE)
@@ -540,11 +550,7 @@ describe("a socket whose buffer fills (the broker frozen while more is published
           { discard: true }
         ))
         // the socket's and the kernel's buffers fill, then the outbox: the publisher stops being accepted
-        let seen = -1
-        while (seen !== accepted) {
-          seen = accepted
-          yield* Effect.sleep("300 millis")
-        }
+        yield* untilSteady(() => accepted)
         assert.isBelow(accepted, MESSAGES, "every publish was accepted while the broker was frozen")
         assert.isUndefined(publisher.pollUnsafe())
         broker.kill("SIGCONT")
@@ -603,11 +609,7 @@ describe("the writer", () => {
           () => Effect.map(client.publish(`${topic}/out`, new Uint8Array(256 * 1024)), () => accepted++),
           { discard: true }
         ))
-        let seen = -1
-        while (seen !== accepted) {
-          seen = accepted
-          yield* Effect.sleep("300 millis")
-        }
+        yield* untilSteady(() => accepted)
         assert.isBelow(accepted, count, "every publish was accepted while the broker was frozen")
         // the broker dies: its connections are reset; only the writer can see it, since the reader does not read
         own.kill("SIGKILL")
