@@ -34,12 +34,12 @@ import * as MqttPacket from "mqtt-packet"
 import { Buffer } from "node:buffer"
 import { type ChildProcess, fork } from "node:child_process"
 import { createRequire } from "node:module"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import { type Broker, startBroker } from "./broker.ts"
 import { type Job, type Peer, startPeer, type Usage, usageOf } from "./peerControl.ts"
+import { publishPacket, rawConnect, rawPair, rawWrite } from "./raw.ts"
 import { gc, median, nextTurn, procCpu, sleep, table } from "./support.ts"
 
 const SECTIONS = (process.env.BENCH_SCALE ?? "routing,clients,payload,latency,group").split(",").map((s) => s.trim())
@@ -59,40 +59,6 @@ const waitFor = async (done: () => boolean, ms: number): Promise<boolean> => {
 
 let topicSeq = 0
 const fresh = (tag: string) => `${tag}${process.pid}x${Date.now().toString(36)}x${topicSeq++}`
-
-// ---------------------------------------------------------------------------------------------------------
-// raw framing-only peers: pre-encoded packets on plain sockets
-// ---------------------------------------------------------------------------------------------------------
-
-const connectPacket = (clientId: string) =>
-  MqttPacket.generate({
-    cmd: "connect",
-    protocolId: "MQTT",
-    protocolVersion: 4,
-    clean: true,
-    clientId,
-    keepalive: 0
-  })
-
-/** A raw MQTT 3.1.1 connection: CONNECT sent and CONNACK read. */
-const rawConnect = (port: number): Promise<Net.Socket> =>
-  new Promise((resolve, reject) => {
-    const socket = Net.connect({ host: "127.0.0.1", port, noDelay: true })
-    socket.once("error", reject)
-    socket.once("connect", () => socket.write(connectPacket(fresh("raw"))))
-    socket.once("data", () => resolve(socket))
-  })
-
-/** Writes the packets in chunks of `chunk`, waiting for the socket to drain. */
-const rawWrite = async (socket: Net.Socket, packets: ReadonlyArray<Buffer>, chunk = 256): Promise<void> => {
-  for (let i = 0; i < packets.length; i += chunk) {
-    const ok = socket.write(Buffer.concat(packets.slice(i, i + chunk)))
-    if (!ok) await new Promise<void>((resolve) => socket.once("drain", () => resolve()))
-  }
-}
-
-const publishPacket = (topic: string, payload: Buffer) =>
-  MqttPacket.generate({ cmd: "publish", topic, payload, qos: 0, retain: false, dup: false })
 
 // ---------------------------------------------------------------------------------------------------------
 // routing (against bench/peer.ts, not the broker)
@@ -343,8 +309,8 @@ const PAYLOADS: ReadonlyArray<readonly [string, number, number]> = [
 /** The broker's limit: a raw publisher and a raw subscriber that only frame. */
 const payloadRaw = async (broker: Broker, size: number, n: number): Promise<number> => {
   const topic = fresh("size/raw")
-  const sub = await rawConnect(broker.port)
-  const pub = await rawConnect(broker.port)
+  const sub = await rawConnect(broker.port, fresh("raw"))
+  const pub = await rawConnect(broker.port, fresh("raw"))
   try {
     const subscribed = new Promise<void>((resolve) => sub.once("data", () => resolve()))
     sub.write(MqttPacket.generate({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 0 }] }))
@@ -586,6 +552,23 @@ const latencyMqttJs = async (url: string, qos: 0 | 1): Promise<Array<Latency>> =
   }
 }
 
+/**
+ * The floor: a publisher and a subscriber on raw sockets that only frame (bench/raw.ts), each PUBLISH written at
+ * once: what no client goes below on this machine and broker.
+ */
+const latencyRaw = async (url: string, qos: 0 | 1): Promise<Array<Latency>> => {
+  const recorder: Recorder = { samples: [], measuring: false }
+  const now = () => performance.now()
+  const pair = await rawPair(Number(new URL(url).port), fresh("raw"), fresh("lat/raw"), qos, (payload) => {
+    if (recorder.measuring) recorder.samples.push(now() - payload.readDoubleLE(0))
+  })
+  try {
+    return await latencySeries(pair.publish, recorder)
+  } finally {
+    pair.close()
+  }
+}
+
 /** Runs of each latency point (alternating the clients): a p99 of one run moves by a fraction of a millisecond. */
 const LATENCY_RUNS = Math.max(1, Number(process.env.BENCH_LATENCY_RUNS ?? 5) || 5)
 
@@ -602,7 +585,7 @@ const medianLatency = (runs: ReadonlyArray<Latency>): Latency => ({
  * One latency run in a child process of its own: a fresh heap for each run, so that neither library's figures
  * carry what an earlier run or section left to collect.
  */
-const latencyRun = (kind: "effect" | "mqttjs", url: string, qos: 0 | 1): Promise<Array<Latency>> =>
+const latencyRun = (kind: "effect" | "mqttjs" | "raw", url: string, qos: 0 | 1): Promise<Array<Latency>> =>
   new Promise((resolve, reject) => {
     const child = fork(fileURLToPath(import.meta.url), ["latency", kind, url, String(qos)], {
       execArgv: process.execArgv,
@@ -616,7 +599,7 @@ const latencyRun = (kind: "effect" | "mqttjs", url: string, qos: 0 | 1): Promise
   })
 
 const latencyChild = (kind: string, url: string, qos: 0 | 1): Promise<Array<Latency>> =>
-  kind === "effect" ? latencyEffect(url, qos) : latencyMqttJs(url, qos)
+  kind === "effect" ? latencyEffect(url, qos) : kind === "raw" ? latencyRaw(url, qos) : latencyMqttJs(url, qos)
 
 const latencyTable = async (broker: Broker, label: string): Promise<string> => {
   const rows: Array<Array<string>> = []
@@ -626,21 +609,25 @@ const latencyTable = async (broker: Broker, label: string): Promise<string> => {
     // runs[k][i]: run k's figures at the i-th rate
     const effectRuns: Array<Array<Latency>> = []
     const mqttjsRuns: Array<Array<Latency>> = []
+    const rawRuns: Array<Array<Latency>> = []
     for (let run = 0; run < LATENCY_RUNS; run++) {
       effectRuns.push(await latencyRun("effect", broker.url, qos))
       mqttjsRuns.push(await latencyRun("mqttjs", broker.url, qos))
+      rawRuns.push(await latencyRun("raw", broker.url, qos))
     }
     for (let i = 0; i < LATENCY_RATES.length; i++) {
       const effect = effectRuns.map((runs) => runs[i])
       const mqttjs = mqttjsRuns.map((runs) => runs[i])
       const e = medianLatency(effect)
       const j = medianLatency(mqttjs)
+      const r = medianLatency(rawRuns.map((runs) => runs[i]))
       const below = effect.filter((r, i) => r.p99 <= mqttjs[i].p99).length
       rows.push([
         String(qos),
         latencyPoint(i),
         `${ms(e.p50)} / ${ms(e.p99)} / ${ms(e.p999)}`,
         `${ms(j.p50)} / ${ms(j.p99)} / ${ms(j.p999)}`,
+        `${ms(r.p50)} / ${ms(r.p99)} / ${ms(r.p999)}`,
         (e.p99 / j.p99).toFixed(2),
         `${below} of ${LATENCY_RUNS}`,
         `${fmt(e.achieved)} / ${fmt(j.achieved)}`
@@ -653,6 +640,7 @@ const latencyTable = async (broker: Broker, label: string): Promise<string> => {
       "msg/s asked",
       "effect-mqtt p50 / p99 / p99.9 ms",
       "MQTT.js p50 / p99 / p99.9 ms",
+      "floor: raw sockets p50 / p99 / p99.9 ms",
       "p99 effect-mqtt / MQTT.js",
       "runs with effect-mqtt's p99 at or below",
       "received/s"

@@ -8,13 +8,16 @@
  * - when the subscriber's socket reads it (`Socket#push`),
  * - when the consumer gets it (effect-mqtt: `Stream.runForEachArray` on `messages`; MQTT.js: its `message` event).
  *
+ * A third row, the floor, does the same with raw sockets that only frame (bench/raw.ts): the broker's and the
+ * machine's share, with no client library in the way.
+ *
  * For each run: the percentiles p50/p90/p99/p99.9 in µs of "publish" (made → written), "read → consumer" and
  * "end to end", the mean of each stage over the messages in the 98.5th to 99.5th percentile of end to end (the slow
  * ones around the p99: which stage made them slow), and the process's CPU per message. A diagnostic, not a figure of
  * the README's tables: it patches Node's socket methods to stamp.
  *
  * Run: `node --conditions=effect-mqtt-source bench/stages.ts`. Environment: BENCH_STAGES_RUNS (default 3 per
- * library, alternating), BENCH_STAGES_RATE (default 1000 msg/s), BENCH_STAGES_QOS (default 0),
+ * library and floor, alternating), BENCH_STAGES_RATE (default 1000 msg/s), BENCH_STAGES_QOS (default 0),
  * BENCH_STAGES_WARMUP_MS (default 15000: V8 still compiles both libraries' paths for ~10 s at 1,000/s),
  * BENCH_STAGES_MS (default 6000 measured).
  */
@@ -28,6 +31,7 @@ import * as Net from "node:net"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import { startBroker } from "./broker.ts"
+import { rawPair } from "./raw.ts"
 import { envInt, sleep } from "./support.ts"
 
 const RATE = envInt("BENCH_STAGES_RATE", 1000)
@@ -37,6 +41,12 @@ const MEASURED_MS = envInt("BENCH_STAGES_MS", 6000)
 const RUNS = envInt("BENCH_STAGES_RUNS", 3)
 /** Marks the payloads of this bench (byte 8), so that other packets are not taken for them. */
 const MARK = 0xab
+
+const LABELS: Record<string, string> = {
+  effect: "effect-mqtt",
+  mqttjs: "MQTT.js",
+  raw: "floor: raw sockets"
+}
 
 /** One message's stamps, in ms (performance.now()). */
 interface Stamps {
@@ -165,6 +175,11 @@ const child = async (kind: string, url: string) => {
         }))
       yield* Effect.promise(() => series(publish))
     })))
+  } else if (kind === "raw") {
+    nextIsSubscriber = true
+    const pair = await rawPair(Number(new URL(url).port), `stages${process.pid}`, topic, QOS, consumed)
+    await series(pair.publish)
+    pair.close()
   } else {
     nextIsSubscriber = true
     const sub = await mqtt.connectAsync(url, { reconnectPeriod: 0 })
@@ -187,7 +202,7 @@ const child = async (kind: string, url: string) => {
   const slow = byEndToEnd.slice(Math.floor(0.985 * rows.length), Math.floor(0.995 * rows.length))
   const mean = (k: number) => (slow.reduce((sum, r) => sum + r[k], 0) / slow.length * 1000).toFixed(0)
   console.log(
-    `| ${kind === "effect" ? "effect-mqtt" : "MQTT.js"} | ${rows.length} | ${percentiles(1)} | ${percentiles(3)} | ` +
+    `| ${LABELS[kind] ?? kind} | ${rows.length} | ${percentiles(1)} | ${percentiles(3)} | ` +
       `${percentiles(0)} | ${mean(0)} = ${mean(1)} + ${mean(2)} + ${mean(3)} | ${(cpu / rows.length).toFixed(1)} |`
   )
   process.exit(0)
@@ -206,7 +221,7 @@ const main = async () => {
     )
     console.log("| --- | --- | --- | --- | --- | --- | --- |")
     for (let run = 0; run < RUNS; run++) {
-      for (const kind of ["effect", "mqttjs"]) {
+      for (const kind of ["effect", "mqttjs", "raw"]) {
         const out = execFileSync(process.execPath, [
           ...process.execArgv,
           fileURLToPath(import.meta.url),
