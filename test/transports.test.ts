@@ -33,6 +33,7 @@ import * as MqttPacket from "mqtt-packet"
 import { execFileSync } from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
 import * as Path from "node:path"
 import * as Tls from "node:tls"
 import { platform } from "../src/internal/transport.ts"
@@ -567,24 +568,111 @@ describe("a socket whose buffer fills (the broker frozen while more is published
   }
 })
 
-describe("the writer", () => {
-  it.live("Node's TCP, TLS and Unix sockets are written without a fiber; WebSocket and custom transports by one", () =>
+describe("reading without a fiber (readNow)", () => {
+  /** A plain TCP server's first connection, and the client's socket to it with its reader acquired. */
+  const tcpPair = Effect.gen(function*() {
+    const server = Net.createServer()
+    const accepted = new Promise<Net.Socket>((resolve) => server.once("connection", resolve))
+    yield* Effect.promise(() => new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve())))
+    yield* Effect.addFinalizer(() => Effect.sync(() => server.close()))
+    const url = `mqtt://127.0.0.1:${(server.address() as Net.AddressInfo).port}`
+    const socket = yield* Effect.flatMap(Url.parseUrl(url), (endpoint) => platform.makeSocket(endpoint, { url }))
+    const reader = yield* socket.reader
+    const peer = yield* Effect.promise(() => accepted)
+    yield* Effect.addFinalizer(() => Effect.sync(() => peer.destroy()))
+    return { readNow: socket.readNow!, pull: reader.pull, peer }
+  })
+  const bytes = (from: number, to: number) => Buffer.from(Array.from({ length: to - from }, (_, i) => from + i))
+  const until = (done: () => boolean) =>
+    Effect.repeat(Effect.sleep("5 millis"), { until: done }).pipe(Effect.timeout("10 seconds"))
+
+  it.live("reads in order, stops when told (the rest stays buffered) and reports the end once, after the data", () =>
     Effect.scoped(Effect.gen(function*() {
-      const direct = (url: string, options: Partial<MqttClient.Options> = {}) =>
-        Effect.map(
-          Effect.flatMap(Url.parseUrl(url), (endpoint) => platform.makeSocket(endpoint, { url, ...options })),
-          (socket) => socket.writeNow !== undefined
-        )
-      assert.isTrue(yield* direct(`mqtt://127.0.0.1:${broker.port}`))
-      assert.isTrue(yield* direct(tlsUrl(), { tls: goodTls() }))
-      assert.isTrue(yield* direct(`unix://${socketPath}`))
-      assert.isFalse(yield* direct(`ws://127.0.0.1:${aedesWs.port}`))
-      assert.isFalse(
-        yield* direct(`mqtt://127.0.0.1:${broker.port}`, {
-          transport: NodeSocket.makeNet({ host: "127.0.0.1", port: broker.port })
-        })
-      )
+      const { peer, pull, readNow } = yield* tcpPair
+      const got: Array<number> = []
+      let ended = 0
+      // stops after its first chunk
+      const first = readNow((chunk) => {
+        got.push(...chunk)
+        return false
+      }, () => ended++)!
+      first.start()
+      peer.write(bytes(0, 100))
+      yield* until(() => got.length > 0)
+      const seen = got.length
+      peer.write(bytes(100, 200))
+      yield* Effect.sleep("200 millis")
+      // nothing was read while stopped (with a read, more would have come by now)
+      assert.strictEqual(got.length, seen)
+      const second = readNow((chunk) => {
+        got.push(...chunk)
+        return true
+      }, () => ended++)!
+      second.start()
+      yield* until(() => got.length === 200)
+      expect(got).toEqual([...bytes(0, 200)])
+      peer.end()
+      yield* until(() => ended === 1)
+      yield* Effect.sleep("50 millis")
+      assert.strictEqual(ended, 1)
+      assert.isUndefined(readNow(() => true, () => ended++))
+      // the socket's reader tells how it ended
+      const exit = yield* Effect.exit(pull)
+      assert.isTrue(Exit.isFailure(exit) && Socket.isSocketError(Cause.squash(exit.cause)))
     })))
+
+  it.live("a connection reset while read directly is reported once; stop() ends the reading first", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const { peer, pull, readNow } = yield* tcpPair
+      const got: Array<number> = []
+      let ended = 0
+      const reading = readNow((chunk) => {
+        got.push(...chunk)
+        return true
+      }, () => ended++)!
+      reading.start()
+      peer.write(bytes(0, 10))
+      yield* until(() => got.length === 10)
+      reading.stop()
+      peer.write(bytes(10, 20))
+      yield* Effect.sleep("200 millis")
+      assert.strictEqual(got.length, 10)
+      const again = readNow((chunk) => {
+        got.push(...chunk)
+        return true
+      }, () => ended++)!
+      again.start()
+      yield* until(() => got.length === 20)
+      peer.resetAndDestroy()
+      yield* until(() => ended === 1)
+      expect(got).toEqual([...bytes(0, 20)])
+      const exit = yield* Effect.exit(pull)
+      assert.isTrue(Exit.isFailure(exit) && Socket.isSocketError(Cause.squash(exit.cause)))
+    })))
+})
+
+describe("the writer and the reader", () => {
+  it.live(
+    "Node's TCP, TLS and Unix sockets are written and read without a fiber; WebSocket and custom transports by fibers",
+    () =>
+      Effect.scoped(Effect.gen(function*() {
+        const direct = (url: string, options: Partial<MqttClient.Options> = {}) =>
+          Effect.map(
+            Effect.flatMap(Url.parseUrl(url), (endpoint) => platform.makeSocket(endpoint, { url, ...options })),
+            (socket) => [socket.writeNow !== undefined, socket.readNow !== undefined]
+          )
+        assert.deepStrictEqual(yield* direct(`mqtt://127.0.0.1:${broker.port}`), [true, true])
+        assert.deepStrictEqual(yield* direct(tlsUrl(), { tls: goodTls() }), [true, true])
+        assert.deepStrictEqual(yield* direct(`unix://${socketPath}`), [true, true])
+        assert.deepStrictEqual(yield* direct(`ws://127.0.0.1:${aedesWs.port}`), [false, false])
+        assert.deepStrictEqual(
+          yield* direct(`mqtt://127.0.0.1:${broker.port}`, {
+            transport: NodeSocket.makeNet({ host: "127.0.0.1", port: broker.port })
+          }),
+          [false, false]
+        )
+      }))
+  )
 
   it.live(
     "a connection that fails while its socket is full is lost, even while its reader waits for a consumer",

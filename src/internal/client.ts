@@ -82,7 +82,8 @@ const makeNode = (
       endpoint: options.transport === undefined ? endpoint : undefined,
       socket,
       writer: writer.writeAll,
-      writeNow: socket.writeNow
+      writeNow: socket.writeNow,
+      readNow: socket.readNow
     }
   })
 

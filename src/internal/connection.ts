@@ -3,9 +3,10 @@
  * the writer fiber, and the keepalive. A connection only carries the session; when it ends, the supervisor
  * opens the next one.
  *
- * Data path in: socket read → framer (whole packets) → decoder → session → driver.drain (outbox, queues,
- * completions). Out: session → outbox → one write per batch: in the outbox's microtask for a socket that can be
- * written without a fiber (Node's TCP, TLS, Unix), else by the writer fiber (one `writeAll`) → socket.
+ * Data path in: socket read (in the socket's own `readable` event for a socket that can be read without a fiber:
+ * Node's TCP, TLS, Unix; else a step of the read loop's fiber) → framer (whole packets) → decoder → session →
+ * driver.drain (outbox, queues, completions). Out: session → outbox → one write per batch: in the outbox's
+ * microtask for a socket that can be written without a fiber, else by the writer fiber (one `writeAll`) → socket.
  */
 import type * as Arr from "effect/Array"
 import * as Cause from "effect/Cause"
@@ -30,6 +31,7 @@ import { encodeConnect, type Resolved } from "./options.ts"
 import { Outbox } from "./outbox.ts"
 import { violation } from "./output.ts"
 import { keepalive } from "./pinger.ts"
+import type { ReadNow } from "./platform.ts"
 
 /** Bytes waiting to be written beyond which publishers wait for the socket. */
 const OUTBOX_HIGH_WATER_MARK = 256 * 1024
@@ -165,10 +167,9 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       }),
       Effect.tapError((error) => close(env, c, error, disconnectReasonOf(error)))
     )
-    // the read loop first waits for room for what came with the CONNACK: the handshake never waits on a consumer.
-    // It yields to the scheduler after each read: other connections' readers and the consumers run between reads
+    // the read loop first waits for room for what came with the CONNACK: the handshake never waits on a consumer
     yield* Effect.forkIn(
-      guard(c, Effect.andThen(reader.carried, Effect.forever(reader.step(pull)))).pipe(
+      guard(c, Effect.andThen(reader.carried, reader.loop(pull, node.readNow))).pipe(
         Effect.ensuring(Deferred.done(c.readerEnded, Exit.void))
       ),
       scope
@@ -256,51 +257,94 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     connected = true
   }
 
+  /**
+   * One socket read, synchronously: framed, decoded, handed to the session, drained once. Returns what must be
+   * done before the next read (wait for queue room, answer an AUTH, fail), or undefined when nothing must.
+   */
+  const handle = (
+    chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>
+  ): Effect.Effect<void, MqttError.MqttError> | undefined => {
+    c.lastReceived = clock.currentTimeMillisUnsafe()
+    const handshake = !connected
+    if (!firstByteSeen) {
+      firstByteSeen = true
+      const first = firstByteOf(chunks)
+      const wrong = first === undefined ? undefined : checkFirstByte(first, version)
+      // something that is not MQTT (an HTTP server's answer) is refused at its first byte, not at the timeout
+      if (wrong !== undefined) {
+        return Effect.fail(
+          violation(version, wrong.reason, wrong.reasonCode, { packet: wrong.packet, rule: wrong.rule })
+        )
+      }
+    }
+    // whatever the broker sends becomes a typed protocol error, never a defect
+    try {
+      for (let i = 0; i < chunks.length && out.error === undefined; i++) {
+        const error = framer.push(toBytes(chunks[i]), onFrame)
+        if (error !== undefined) out.fail(violation(version, error.reason, error.reasonCode))
+      }
+    } catch (e) {
+      out.fail(violation(version, `malformed packet: ${describe(e)}`, 0x81))
+    }
+    const wait = driver.drain()
+    driver.metrics.gauges(session.outgoing.inFlight, driver.deliveries.messages.size)
+    const challenges = out.auth.length > 0 ? out.auth.splice(0) : undefined
+    const error = out.error
+    out.error = undefined
+    let effect: Effect.Effect<void, MqttError.MqttError> | undefined
+    const then = (next: Effect.Effect<void, MqttError.MqttError>) =>
+      effect = effect === undefined ? next : Effect.andThen(effect, next)
+    if (wait !== undefined) {
+      c.stalled = true
+      c.stalls++
+      const stall = Effect.ensuring(wait, Effect.sync(() => c.stalled = false))
+      if (handshake) stallAfterConnack = stall
+      else then(stall)
+    }
+    if (challenges !== undefined && error === undefined) then(answerAuth(o, version, c, challenges, connected))
+    if (error !== undefined) then(Effect.fail(error))
+    return effect
+  }
+
+  /** Pulls one read from the socket and handles it. */
   const step = (
     pull: Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>
   ): Effect.Effect<void, MqttError.MqttError> =>
-    Effect.flatMap(Effect.mapError(pull, socketLost), (chunks) => {
-      c.lastReceived = clock.currentTimeMillisUnsafe()
-      const handshake = !connected
-      if (!firstByteSeen) {
-        firstByteSeen = true
-        const first = firstByteOf(chunks)
-        const wrong = first === undefined ? undefined : checkFirstByte(first, version)
-        // something that is not MQTT (an HTTP server's answer) is refused at its first byte, not at the timeout
-        if (wrong !== undefined) {
-          return Effect.fail(
-            violation(version, wrong.reason, wrong.reasonCode, { packet: wrong.packet, rule: wrong.rule })
-          )
-        }
-      }
-      // whatever the broker sends becomes a typed protocol error, never a defect
-      try {
-        for (let i = 0; i < chunks.length && out.error === undefined; i++) {
-          const error = framer.push(toBytes(chunks[i]), onFrame)
-          if (error !== undefined) out.fail(violation(version, error.reason, error.reasonCode))
-        }
-      } catch (e) {
-        out.fail(violation(version, `malformed packet: ${describe(e)}`, 0x81))
-      }
-      const wait = driver.drain()
-      driver.metrics.gauges(session.outgoing.inFlight, driver.deliveries.messages.size)
-      const challenges = out.auth.length > 0 ? out.auth.splice(0) : undefined
-      const error = out.error
-      out.error = undefined
-      let effect: Effect.Effect<void, MqttError.MqttError> = Effect.void
-      if (wait !== undefined) {
-        c.stalled = true
-        c.stalls++
-        const stall = Effect.ensuring(wait, Effect.sync(() => c.stalled = false))
-        if (handshake) stallAfterConnack = stall
-        else effect = stall
-      }
-      if (challenges !== undefined && error === undefined) {
-        effect = Effect.andThen(effect, answerAuth(o, version, c, challenges, connected))
-      }
-      if (error !== undefined) effect = Effect.andThen(effect, Effect.fail(error))
-      return effect
+    Effect.flatMap(Effect.mapError(pull, socketLost), (chunks) => handle(chunks) ?? Effect.void)
+
+  /**
+   * Reads in the socket's own `readable` events (platform.ts `ReadNow`) for as long as each read leaves nothing
+   * to do: no fiber is resumed per read. The read loop's fiber waits meanwhile; it takes over what a read leaves
+   * (a wait for queue room, during which nothing is read; an AUTH to answer; a failure), then reads directly
+   * again. Succeeds with true once the connection has ended: the socket's `pull` then tells how.
+   */
+  const direct = (readNow: ReadNow): Effect.Effect<boolean, MqttError.MqttError> =>
+    Effect.callback((resume) => {
+      const reading = readNow((chunk) => {
+        const next = handle([chunk])
+        if (next === undefined) return true
+        // stopped before the fiber runs on: it may read directly again at once
+        reading!.stop()
+        resume(Effect.as(next, false))
+        return false
+      }, () => resume(Effect.succeed(true)))
+      if (reading === undefined) return resume(Effect.succeed(true))
+      reading.start()
+      return Effect.sync(reading.stop)
     })
+
+  /**
+   * The read loop after the handshake: direct reads where the socket has them, each socket read a step of the
+   * fiber otherwise (which yields to the scheduler after each read: other connections' readers and the consumers
+   * run between reads; an in-memory socket hands a read over inside the sender's call).
+   */
+  const loop = (
+    pull: Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>,
+    readNow: ReadNow | undefined
+  ): Effect.Effect<never, MqttError.MqttError> =>
+    readNow === undefined
+      ? Effect.forever(step(pull))
+      : Effect.forever(Effect.flatMap(direct(readNow), (ended) => ended ? step(pull) : Effect.void))
 
   /** What the read loop does first: wait for room for what came with the CONNACK, if it did not fit. */
   const carried = Effect.suspend(() => {
@@ -309,7 +353,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     return stall ?? Effect.void
   })
 
-  return { step, carried, connected: () => connected }
+  return { step, loop, carried, connected: () => connected }
 }
 
 /**

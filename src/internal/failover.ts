@@ -10,7 +10,7 @@ import type * as Socket from "effect/socket/Socket"
 import type * as MqttClient from "../MqttClient.ts"
 import type * as MqttError from "../MqttError.ts"
 import * as Broker from "./broker.ts"
-import type { WriteNow } from "./platform.ts"
+import type { ReadNow, WriteNow } from "./platform.ts"
 import * as Url from "./url.ts"
 
 /** One place the client can connect to. */
@@ -21,6 +21,8 @@ export interface Node {
   readonly writer: (chunks: Arr.NonEmptyReadonlyArray<Uint8Array>) => Effect.Effect<void, Socket.SocketError>
   /** the socket's write without a fiber (platform.ts), when it has one */
   readonly writeNow: WriteNow | undefined
+  /** the socket's read without a fiber (platform.ts), when it has one */
+  readonly readNow: ReadNow | undefined
   /** the credentials CONNECT carries to this node */
   readonly username: string | undefined
   readonly password: Redacted.Redacted<string> | undefined

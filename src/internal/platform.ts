@@ -23,10 +23,26 @@ export interface Platform {
 }
 
 /**
- * A socket, and for those that can be written without a fiber (Node's TCP, TLS and Unix sockets), `writeNow`:
- * the outbox then writes each batch in the microtask that would have woken the writer fiber.
+ * A socket, and for those that can be written and read without a fiber (Node's TCP, TLS and Unix sockets),
+ * `writeNow` and `readNow`: the outbox then writes each batch in the microtask that would have woken the writer
+ * fiber, and the connection reads in the socket's own `readable` events.
  */
-export type PlatformSocket = Socket.Socket & { readonly writeNow?: WriteNow | undefined }
+export type PlatformSocket = Socket.Socket & {
+  readonly writeNow?: WriteNow | undefined
+  readonly readNow?: ReadNow | undefined
+}
+
+/**
+ * Prepares to read the open connection in its own events, without a fiber: once started, each chunk read goes to
+ * `onChunk` at once, in order, until `onChunk` returns false or `stop` is called (the chunks not read stay
+ * buffered: with the socket's buffer full the kernel's window closes, and the broker waits). `ended` is called
+ * once, after the reading stopped, when the connection ends, closes or fails: the socket's reader then tells how
+ * (its `pull` fails). Undefined when no connection is open or it has ended.
+ */
+export type ReadNow = (
+  onChunk: (chunk: Uint8Array) => boolean,
+  ended: () => void
+) => { readonly start: () => void; readonly stop: () => void } | undefined
 
 /**
  * Hands `batch` to the open connection of the socket at once, in order. Returns undefined when the socket takes

@@ -27,7 +27,15 @@ import * as Tls from "node:tls"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { SEPARATE_PAYLOAD } from "./codec.ts"
-import { customTransport, invalid, type Platform, type PlatformSocket, tlsGiven, type WriteNow } from "./platform.ts"
+import {
+  customTransport,
+  invalid,
+  type Platform,
+  type PlatformSocket,
+  type ReadNow,
+  tlsGiven,
+  type WriteNow
+} from "./platform.ts"
 import { type Endpoint, isEncrypted, type TlsEndpoint, type WebSocketEndpoint } from "./url.ts"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -82,7 +90,7 @@ interface Track {
   readonly closed: (conn: Duplex | undefined) => void
 }
 
-/** The socket of `opened`, explained, with `writeNow` on its open connection. */
+/** The socket of `opened`, explained, with `writeNow` and `readNow` on its open connection. */
 const direct = (opened: Opened, kind: Kind): Effect.Effect<PlatformSocket> => {
   let current: Duplex | undefined
   const track: Track = {
@@ -93,8 +101,55 @@ const direct = (opened: Opened, kind: Kind): Effect.Effect<PlatformSocket> => {
   }
   return Effect.map(
     NodeSocket.fromDuplex(opened.open(track)),
-    (socket) => Object.assign(explained(socket, kind), { writeNow: writeNow(() => current) })
+    (socket) =>
+      Object.assign(explained(socket, kind), { writeNow: writeNow(() => current), readNow: readNow(() => current) })
   )
+}
+
+/**
+ * Reads the open connection in its `readable` events, beside the Effect socket's reader (whose own listener reads
+ * only while a `pull` waits, which none does meanwhile; its `end`, `close` and `error` listeners come first, so
+ * that a `pull` after `ended` fails as it would have).
+ */
+const readNow = (current: () => Duplex | undefined): ReadNow => (onChunk, ended) => {
+  const conn = current()
+  if (conn === undefined || conn.destroyed || conn.readableEnded) return undefined
+  let active = false
+  const read = () => {
+    while (active) {
+      const chunk = conn.read() as Uint8Array | string | null
+      if (chunk === null) return
+      if (!onChunk(typeof chunk === "string" ? Buffer.from(chunk) : chunk)) return stop()
+    }
+  }
+  const stop = () => {
+    if (!active) return
+    active = false
+    conn.off("readable", read)
+    conn.off("end", finish)
+    conn.off("close", finish)
+    conn.off("error", finish)
+  }
+  const finish = () => {
+    if (!active) return
+    stop()
+    ended()
+  }
+  return {
+    start: () => {
+      if (active) return
+      active = true
+      conn.on("readable", read)
+      conn.on("end", finish)
+      conn.on("close", finish)
+      conn.on("error", finish)
+      // what is buffered already; with nothing, `read()` asks for the next `readable`
+      read()
+      // ended while it was not read: `end` and `close` came and went
+      if (active && (conn.destroyed || conn.readableEnded)) finish()
+    },
+    stop
+  }
 }
 
 /**
