@@ -592,8 +592,8 @@ describe("reading without a fiber (readNow)", () => {
       const got: Array<number> = []
       let ended = 0
       // stops after its first chunk
-      const first = readNow((chunk) => {
-        got.push(...chunk)
+      const first = readNow((chunks) => {
+        for (const chunk of chunks) got.push(...chunk)
         return false
       }, () => ended++)!
       first.start()
@@ -604,8 +604,8 @@ describe("reading without a fiber (readNow)", () => {
       yield* Effect.sleep("200 millis")
       // nothing was read while stopped (with a read, more would have come by now)
       assert.strictEqual(got.length, seen)
-      const second = readNow((chunk) => {
-        got.push(...chunk)
+      const second = readNow((chunks) => {
+        for (const chunk of chunks) got.push(...chunk)
         return true
       }, () => ended++)!
       second.start()
@@ -626,8 +626,8 @@ describe("reading without a fiber (readNow)", () => {
       const { peer, pull, readNow } = yield* tcpPair
       const got: Array<number> = []
       let ended = 0
-      const reading = readNow((chunk) => {
-        got.push(...chunk)
+      const reading = readNow((chunks) => {
+        for (const chunk of chunks) got.push(...chunk)
         return true
       }, () => ended++)!
       reading.start()
@@ -637,14 +637,16 @@ describe("reading without a fiber (readNow)", () => {
       peer.write(bytes(10, 20))
       yield* Effect.sleep("200 millis")
       assert.strictEqual(got.length, 10)
-      const again = readNow((chunk) => {
-        got.push(...chunk)
+      const again = readNow((chunks) => {
+        for (const chunk of chunks) got.push(...chunk)
         return true
       }, () => ended++)!
       again.start()
       yield* until(() => got.length === 20)
       peer.resetAndDestroy()
       yield* until(() => ended === 1)
+      yield* Effect.sleep("50 millis")
+      assert.strictEqual(ended, 1)
       expect(got).toEqual([...bytes(0, 20)])
       const exit = yield* Effect.exit(pull)
       assert.isTrue(Exit.isFailure(exit) && Socket.isSocketError(Cause.squash(exit.cause)))

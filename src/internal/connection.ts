@@ -320,8 +320,15 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
    */
   const direct = (readNow: ReadNow): Effect.Effect<boolean, MqttError.MqttError> =>
     Effect.callback((resume) => {
-      const reading = readNow((chunk) => {
-        const next = handle([chunk])
+      const reading = readNow((chunks) => {
+        let next: Effect.Effect<void, MqttError.MqttError> | undefined
+        try {
+          next = handle(chunks)
+        } catch (e) {
+          // a bug of this client: a defect of the read loop (the connection ends), never a throw from the socket's
+          // event, which would end the process
+          next = Effect.die(e)
+        }
         if (next === undefined) return true
         // stopped before the fiber runs on: it may read directly again at once
         reading!.stop()

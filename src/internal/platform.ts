@@ -3,6 +3,7 @@
  * entry passes transport.ts (TCP, TLS, WebSocket, Unix sockets), the browser's entry browserTransport.ts
  * (WebSocket only). Nothing here may import a Node.js module: the browser's entry reaches it.
  */
+import type { NonEmptyReadonlyArray } from "effect/Array"
 import * as Effect from "effect/Effect"
 import * as Socket from "effect/socket/Socket"
 import type * as MqttClient from "../MqttClient.ts"
@@ -33,14 +34,15 @@ export type PlatformSocket = Socket.Socket & {
 }
 
 /**
- * Prepares to read the open connection in its own events, without a fiber: once started, each chunk read goes to
- * `onChunk` at once, in order, until `onChunk` returns false or `stop` is called (the chunks not read stay
- * buffered: with the socket's buffer full the kernel's window closes, and the broker waits). `ended` is called
- * once, after the reading stopped, when the connection ends, closes or fails: the socket's reader then tells how
- * (its `pull` fails). Undefined when no connection is open or it has ended.
+ * Prepares to read the open connection in its own events, without a fiber: once started, what each `readable`
+ * event finds buffered goes to `onChunks` at once (all of it, as one batch of chunks), in order, until `onChunks`
+ * returns false or `stop` is called (what is not read stays buffered: with the socket's buffer full the kernel's
+ * window closes, and the broker waits). `ended` is called once, after the reading stopped, when the connection
+ * ends, closes or fails: the socket's reader then tells how (its `pull` fails). Undefined when no connection is
+ * open or it has ended.
  */
 export type ReadNow = (
-  onChunk: (chunk: Uint8Array) => boolean,
+  onChunks: (chunks: NonEmptyReadonlyArray<Uint8Array>) => boolean,
   ended: () => void
 ) => { readonly start: () => void; readonly stop: () => void } | undefined
 

@@ -106,20 +106,26 @@ const direct = (opened: Opened, kind: Kind): Effect.Effect<PlatformSocket> => {
   )
 }
 
+const chunkBytes = (chunk: Uint8Array | string): Uint8Array => typeof chunk === "string" ? Buffer.from(chunk) : chunk
+
 /**
  * Reads the open connection in its `readable` events, beside the Effect socket's reader (whose own listener reads
  * only while a `pull` waits, which none does meanwhile; its `end`, `close` and `error` listeners come first, so
  * that a `pull` after `ended` fails as it would have).
  */
-const readNow = (current: () => Duplex | undefined): ReadNow => (onChunk, ended) => {
+const readNow = (current: () => Duplex | undefined): ReadNow => (onChunks, ended) => {
   const conn = current()
   if (conn === undefined || conn.destroyed || conn.readableEnded) return undefined
   let active = false
   const read = () => {
     while (active) {
-      const chunk = conn.read() as Uint8Array | string | null
-      if (chunk === null) return
-      if (!onChunk(typeof chunk === "string" ? Buffer.from(chunk) : chunk)) return stop()
+      const first = conn.read() as Uint8Array | string | null
+      if (first === null) return
+      // all that is buffered (on Node 26+ `read()` gives the buffered chunks one by one): one batch
+      const chunks: [Uint8Array, ...Array<Uint8Array>] = [chunkBytes(first)]
+      let next: Uint8Array | string | null
+      while ((next = conn.read() as Uint8Array | string | null) !== null) chunks.push(chunkBytes(next))
+      if (!onChunks(chunks)) return stop()
     }
   }
   const stop = () => {
@@ -143,10 +149,8 @@ const readNow = (current: () => Duplex | undefined): ReadNow => (onChunk, ended)
       conn.on("end", finish)
       conn.on("close", finish)
       conn.on("error", finish)
-      // what is buffered already; with nothing, `read()` asks for the next `readable`
+      // what is buffered already; with nothing, `read()` asks for the next `readable` (or, at the end, `end`)
       read()
-      // ended while it was not read: `end` and `close` came and went
-      if (active && (conn.destroyed || conn.readableEnded)) finish()
     },
     stop
   }
