@@ -13,14 +13,14 @@
  * - payload: 64 B, 16 KB and 1 MB messages at QoS 0, one publisher and one subscriber: MB/s, against the broker's
  *   own limit measured with framing-only clients (raw sockets, pre-encoded packets);
  * - latency: publish-to-receive p50/p99/p99.9 at 1,000, 5,000, 20,000 and again 1,000 messages/s (from 16 s, the JIT
- *   done), QoS 0 and 1 (publisher and
+ *   done), QoS 0 and 1, beside a floor of raw sockets that only frame (publisher and
  *   subscriber in one child process per run; the publish time travels in the payload), against Mosquitto as
  *   Debian ships it and against a second Mosquitto with `set_tcp_nodelay true`;
  * - group: 1, 2 and 4 consumer processes sharing `$share/<group>/...` (effect-mqtt: `ConsumerGroup.run`,
  *   prefetch 10; MQTT.js: a shared subscription with Receive Maximum 10), 30,000 QoS 1 messages: total messages/s
  *   and what each process got.
  *
- * Run: `node --conditions=effect-mqtt-source --expose-gc bench/scale.ts` (about 18 minutes, 14 of them latency).
+ * Run: `node --conditions=effect-mqtt-source --expose-gc bench/scale.ts` (about 26 minutes, 22 of them latency).
  * Environment: BENCH_SCALE (sections, default "routing,clients,payload,latency,group"), BENCH_LATENCY_RUNS
  * (default 5). Always exits with 0: it is a report.
  */
@@ -661,8 +661,10 @@ const latency = async (broker: Broker) => {
       "end: at 1,000/s V8 still compiles and recompiles effect-mqtt's and Effect's functions 10 s after the start " +
       "(`--trace-opt`), and the first 1,000/s row shows it; the last one is the client of a process that has run " +
       "16 s. The publisher is paced every millisecond. Each percentile is the median over the runs; the runs " +
-      "alternate between the libraries, and the next-to-last column counts the runs in which effect-mqtt's p99 " +
-      "was at or below that of the MQTT.js run that followed it. Without `set_tcp_nodelay`, Mosquitto holds a " +
+      "alternate between the libraries and the floor, and the next-to-last column counts the runs in which " +
+      "effect-mqtt's p99 was at or below that of the MQTT.js run that followed it. The floor is a publisher and a " +
+      "subscriber on raw sockets that only frame (bench/raw.ts): what the broker and the machine give with no client " +
+      "library in the way. Without `set_tcp_nodelay`, Mosquitto holds a " +
       "small packet back while an earlier one is unacknowledged (Nagle's algorithm) and a subscriber that only " +
       "reads (QoS 0) acknowledges late; MQTT.js's own socket does the same (it does not set `noDelay`, " +
       "effect-mqtt does): whole runs then wait 10 to 40 ms a message.\n"
