@@ -19,6 +19,7 @@ import * as Path from "node:path"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { startBroker } from "./broker.ts"
+import { stampedPublishes } from "./raw.ts"
 import { envInt, sleep } from "./support.ts"
 
 const WARMUP_MS = envInt("BENCH_AB_WARMUP_MS", 10_000)
@@ -40,25 +41,7 @@ const child = async (url: string, first: string, second: string) => {
   proto.push = function(this: unknown, chunk, ...rest) {
     if (measuring && chunk instanceof Uint8Array) {
       const now = performance.now()
-      const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
-      let offset = 0
-      while (offset < bytes.length) {
-        const type = bytes[offset] >> 4
-        let length = 0
-        let multiplier = 1
-        let i = offset + 1
-        while (i < bytes.length) {
-          const digit = bytes[i++]
-          length += (digit & 127) * multiplier
-          multiplier *= 128
-          if ((digit & 128) === 0) break
-        }
-        const end = i + length
-        if (type === 3 && end <= bytes.length && length >= 64 && bytes[end - 56] === MARK) {
-          reads.set(bytes.readDoubleLE(end - 64), now)
-        }
-        offset = end
-      }
+      stampedPublishes(chunk, MARK, (made) => reads.set(made, now))
     }
     return push.call(this, chunk, ...rest)
   }

@@ -113,3 +113,30 @@ export const rawPair = async (
     }
   }
 }
+
+/**
+ * The made-at time of each PUBLISH in `chunk` (whole packets) whose 64-byte-or-longer payload ends with a bench
+ * stamp: the time (a double) in its first 8 bytes and `mark` in its 9th, the payload being the packet's last 64
+ * bytes. For the benches that stamp a message's stages by patching Node's socket methods.
+ */
+export const stampedPublishes = (chunk: Uint8Array, mark: number, each: (made: number) => void): void => {
+  const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+  let offset = 0
+  while (offset < bytes.length) {
+    const type = bytes[offset] >> 4
+    let length = 0
+    let multiplier = 1
+    let i = offset + 1
+    while (i < bytes.length) {
+      const digit = bytes[i++]
+      length += (digit & 127) * multiplier
+      multiplier *= 128
+      if ((digit & 128) === 0) break
+    }
+    const end = i + length
+    if (type === 3 && end <= bytes.length && length >= 64 && bytes[end - 56] === mark) {
+      each(bytes.readDoubleLE(end - 64))
+    }
+    offset = end
+  }
+}

@@ -31,7 +31,7 @@ import * as Net from "node:net"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import { startBroker } from "./broker.ts"
-import { rawPair } from "./raw.ts"
+import { rawPair, stampedPublishes } from "./raw.ts"
 import { envInt, sleep } from "./support.ts"
 
 const RATE = envInt("BENCH_STAGES_RATE", 1000)
@@ -62,27 +62,9 @@ const child = async (kind: string, url: string) => {
 
   /** The made-at time of each of this bench's PUBLISH packets in a chunk (whole packets, or a bare payload). */
   const madeAt = (chunk: Uint8Array, each: (made: number) => void) => {
-    const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
     // MQTT.js writes a packet's payload as a chunk of its own
-    if (bytes.length === 64) return bytes[8] === MARK ? each(bytes.readDoubleLE(0)) : undefined
-    let offset = 0
-    while (offset < bytes.length) {
-      const type = bytes[offset] >> 4
-      let length = 0
-      let multiplier = 1
-      let i = offset + 1
-      while (i < bytes.length) {
-        const digit = bytes[i++]
-        length += (digit & 127) * multiplier
-        multiplier *= 128
-        if ((digit & 128) === 0) break
-      }
-      const end = i + length
-      if (type === 3 && end <= bytes.length && length >= 64 && bytes[end - 56] === MARK) {
-        each(bytes.readDoubleLE(end - 64))
-      }
-      offset = end
-    }
+    if (chunk.length === 64) return chunk[8] === MARK ? each(Buffer.from(chunk).readDoubleLE(0)) : undefined
+    stampedPublishes(chunk, MARK, each)
   }
   const stampOf = (made: number) => {
     let s = stamps.get(made)
