@@ -583,7 +583,19 @@ describe("reading without a fiber (readNow)", () => {
     const reader = yield* socket.reader
     const peer = yield* Effect.promise(() => accepted)
     yield* Effect.addFinalizer(() => Effect.sync(() => peer.destroy()))
-    return { readNow: socket.readNow!, pull: reader.pull, peer }
+    const readNow = socket.readNow!
+    /** what the readings read, in order, and how many ends they reported */
+    const log = { got: [] as Array<number>, ended: 0 }
+    /** Starts a reading into `log`; with `more` false it stops after its first read. */
+    const read = (more: boolean) => {
+      const reading = readNow((chunks) => {
+        for (const chunk of chunks) log.got.push(...chunk)
+        return more
+      }, () => log.ended++)!
+      reading.start()
+      return reading
+    }
+    return { readNow, pull: reader.pull, peer, log, read }
   })
   const bytes = (from: number, to: number) => Buffer.from(Array.from({ length: to - from }, (_, i) => from + i))
   const until = (done: () => boolean) =>
@@ -591,34 +603,24 @@ describe("reading without a fiber (readNow)", () => {
 
   it.live("reads in order, stops when told (the rest stays buffered) and reports the end once, after the data", () =>
     Effect.scoped(Effect.gen(function*() {
-      const { peer, pull, readNow } = yield* tcpPair
-      const got: Array<number> = []
-      let ended = 0
-      // stops after its first chunk
-      const first = readNow((chunks) => {
-        for (const chunk of chunks) got.push(...chunk)
-        return false
-      }, () => ended++)!
-      first.start()
+      const { log, peer, pull, read, readNow } = yield* tcpPair
+      // stops after its first read
+      read(false)
       peer.write(bytes(0, 100))
-      yield* until(() => got.length > 0)
-      const seen = got.length
+      yield* until(() => log.got.length > 0)
+      const seen = log.got.length
       peer.write(bytes(100, 200))
       yield* Effect.sleep("200 millis")
       // nothing was read while stopped (with a read, more would have come by now)
-      assert.strictEqual(got.length, seen)
-      const second = readNow((chunks) => {
-        for (const chunk of chunks) got.push(...chunk)
-        return true
-      }, () => ended++)!
-      second.start()
-      yield* until(() => got.length === 200)
-      expect(got).toEqual([...bytes(0, 200)])
+      assert.strictEqual(log.got.length, seen)
+      read(true)
+      yield* until(() => log.got.length === 200)
+      expect(log.got).toEqual([...bytes(0, 200)])
       peer.end()
-      yield* until(() => ended === 1)
+      yield* until(() => log.ended === 1)
       yield* Effect.sleep("50 millis")
-      assert.strictEqual(ended, 1)
-      assert.isUndefined(readNow(() => true, () => ended++))
+      assert.strictEqual(log.ended, 1)
+      assert.isUndefined(readNow(() => true, () => log.ended++))
       // the socket's reader tells how it ended
       const exit = yield* Effect.exit(pull)
       assert.isTrue(Exit.isFailure(exit) && Socket.isSocketError(Cause.squash(exit.cause)))
@@ -626,31 +628,21 @@ describe("reading without a fiber (readNow)", () => {
 
   it.live("a connection reset while read directly is reported once; stop() ends the reading first", () =>
     Effect.scoped(Effect.gen(function*() {
-      const { peer, pull, readNow } = yield* tcpPair
-      const got: Array<number> = []
-      let ended = 0
-      const reading = readNow((chunks) => {
-        for (const chunk of chunks) got.push(...chunk)
-        return true
-      }, () => ended++)!
-      reading.start()
+      const { log, peer, pull, read } = yield* tcpPair
+      const reading = read(true)
       peer.write(bytes(0, 10))
-      yield* until(() => got.length === 10)
+      yield* until(() => log.got.length === 10)
       reading.stop()
       peer.write(bytes(10, 20))
       yield* Effect.sleep("200 millis")
-      assert.strictEqual(got.length, 10)
-      const again = readNow((chunks) => {
-        for (const chunk of chunks) got.push(...chunk)
-        return true
-      }, () => ended++)!
-      again.start()
-      yield* until(() => got.length === 20)
+      assert.strictEqual(log.got.length, 10)
+      read(true)
+      yield* until(() => log.got.length === 20)
       peer.resetAndDestroy()
-      yield* until(() => ended === 1)
+      yield* until(() => log.ended === 1)
       yield* Effect.sleep("50 millis")
-      assert.strictEqual(ended, 1)
-      expect(got).toEqual([...bytes(0, 20)])
+      assert.strictEqual(log.ended, 1)
+      expect(log.got).toEqual([...bytes(0, 20)])
       const exit = yield* Effect.exit(pull)
       assert.isTrue(Exit.isFailure(exit) && Socket.isSocketError(Cause.squash(exit.cause)))
     })))

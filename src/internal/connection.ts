@@ -291,18 +291,24 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     const challenges = out.auth.length > 0 ? out.auth.splice(0) : undefined
     const error = out.error
     out.error = undefined
+    // nothing allocated on the common path (no wait, no AUTH, no error)
     let effect: Effect.Effect<void, MqttError.MqttError> | undefined
-    const then = (next: Effect.Effect<void, MqttError.MqttError>) =>
-      effect = effect === undefined ? next : Effect.andThen(effect, next)
     if (wait !== undefined) {
       c.stalled = true
       c.stalls++
       const stall = Effect.ensuring(wait, Effect.sync(() => c.stalled = false))
       if (handshake) stallAfterConnack = stall
-      else then(stall)
+      else effect = stall
     }
-    if (challenges !== undefined && error === undefined) then(answerAuth(o, version, c, challenges, connected))
-    if (error !== undefined) then(Effect.fail(error))
+    if (challenges !== undefined && error === undefined) {
+      const auth = answerAuth(o, version, c, challenges, connected)
+      effect = effect === undefined ? auth : Effect.andThen(effect, auth)
+    }
+    if (error !== undefined) {
+      effect = effect === undefined
+        ? Effect.fail(error)
+        : Effect.andThen(effect, Effect.fail(error))
+    }
     return effect
   }
 
