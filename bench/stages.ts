@@ -19,7 +19,8 @@
  * Run: `node --conditions=effect-mqtt-source bench/stages.ts`. Environment: BENCH_STAGES_RUNS (default 3 per
  * library and floor, alternating), BENCH_STAGES_RATE (default 1000 msg/s), BENCH_STAGES_QOS (default 0),
  * BENCH_STAGES_WARMUP_MS (default 15000: V8 still compiles both libraries' paths for ~10 s at 1,000/s),
- * BENCH_STAGES_MS (default 6000 measured).
+ * BENCH_STAGES_MS (default 6000 measured), BENCH_STAGES_FLOOD (msg/s of a 4 s flood between the warm-up and the
+ * measured window, as before bench/scale.ts's last latency row; default 0: none).
  */
 import { MqttClient } from "effect-mqtt"
 import * as Effect from "effect/Effect"
@@ -39,6 +40,8 @@ const QOS = envInt("BENCH_STAGES_QOS", 0, true) === 1 ? 1 : 0
 const WARMUP_MS = envInt("BENCH_STAGES_WARMUP_MS", 15_000)
 const MEASURED_MS = envInt("BENCH_STAGES_MS", 6000)
 const RUNS = envInt("BENCH_STAGES_RUNS", 3)
+const FLOOD = envInt("BENCH_STAGES_FLOOD", 0, true)
+const FLOOD_MS = 4000
 /** Marks the payloads of this bench (byte 8), so that other packets are not taken for them. */
 const MARK = 0xab
 
@@ -112,11 +115,11 @@ const child = async (kind: string, url: string) => {
     }
   }
 
-  const paced = async (ms: number, send: (payloads: ReadonlyArray<Buffer>) => void) => {
+  const paced = async (ms: number, send: (payloads: ReadonlyArray<Buffer>) => void, rate = RATE) => {
     const start = performance.now()
     let issued = 0
     while (performance.now() - start < ms) {
-      const target = Math.floor(((performance.now() - start) * RATE) / 1000)
+      const target = Math.floor(((performance.now() - start) * rate) / 1000)
       const batch: Array<Buffer> = []
       for (; issued < target; issued++) {
         const payload = Buffer.alloc(64)
@@ -131,6 +134,11 @@ const child = async (kind: string, url: string) => {
   let cpu = 0
   const series = async (publish: (payloads: ReadonlyArray<Buffer>) => void) => {
     await paced(WARMUP_MS, publish)
+    if (FLOOD > 0) {
+      // as bench/scale.ts's last latency row: the measured rate after a flood
+      await paced(FLOOD_MS, publish, FLOOD)
+      await sleep(300)
+    }
     measuring = true
     const before = process.cpuUsage()
     await paced(MEASURED_MS, publish)
@@ -195,7 +203,9 @@ const main = async () => {
   try {
     console.log(
       `# Stages: ${RATE.toLocaleString("en-US")} msg/s, QoS ${QOS}, measured ${MEASURED_MS / 1000} s after ` +
-        `${WARMUP_MS / 1000} s, Mosquitto with set_tcp_nodelay true\n`
+        `${WARMUP_MS / 1000} s${
+          FLOOD > 0 ? ` and ${FLOOD_MS / 1000} s at ${FLOOD.toLocaleString("en-US")} msg/s` : ""
+        }, Mosquitto with set_tcp_nodelay true\n`
     )
     console.log(
       "| library | messages | publish p50 / p90 / p99 / p99.9 µs | read → consumer µs | end to end µs | " +
