@@ -619,76 +619,39 @@ const latencyChild = (kind: string, url: string, qos: 0 | 1, rates: ReadonlyArra
     ? latencyRaw(url, qos, rates)
     : latencyMqttJs(url, qos, rates)
 
-const latencyTable = async (broker: Broker, label: string): Promise<string> => {
+/**
+ * One latency table for each QoS: LATENCY_RUNS runs of each library and of the floor, one after the other; or,
+ * `paired`, the 1,000/s comparison with the two libraries at the same moments: each run starts an effect-mqtt
+ * process and an MQTT.js process together (their own topics, the same broker), so that both meet whatever else the
+ * machine does at the same time. Between runs one after the other, the machine's load moves the p99 at 1,000/s by
+ * more than the libraries differ (the floor's p99 moves as much).
+ */
+const latencyTable = async (broker: Broker, label: string, paired = false): Promise<string> => {
+  const rates = paired ? PAIRED_RATES : LATENCY_RATES
   const rows: Array<Array<string>> = []
   const ms = (x: number) => fmt(x, 2)
+  const figures = (l: Latency) => `${ms(l.p50)} / ${ms(l.p99)} / ${ms(l.p999)}`
   for (const qos of [0, 1] as const) {
-    process.stderr.write(`  latency (${label}): QoS ${qos}\n`)
+    process.stderr.write(`  latency${paired ? ", paired" : ""} (${label}): QoS ${qos}\n`)
     // runs[k][i]: run k's figures at the i-th rate
     const effectRuns: Array<Array<Latency>> = []
     const mqttjsRuns: Array<Array<Latency>> = []
     const rawRuns: Array<Array<Latency>> = []
     for (let run = 0; run < LATENCY_RUNS; run++) {
-      effectRuns.push(await latencyRun("effect", broker.url, qos))
-      mqttjsRuns.push(await latencyRun("mqttjs", broker.url, qos))
-      rawRuns.push(await latencyRun("raw", broker.url, qos))
+      if (paired) {
+        const [e, j] = await Promise.all([
+          latencyRun("effect", broker.url, qos, rates),
+          latencyRun("mqttjs", broker.url, qos, rates)
+        ])
+        effectRuns.push(e)
+        mqttjsRuns.push(j)
+      } else {
+        effectRuns.push(await latencyRun("effect", broker.url, qos, rates))
+        mqttjsRuns.push(await latencyRun("mqttjs", broker.url, qos, rates))
+        rawRuns.push(await latencyRun("raw", broker.url, qos, rates))
+      }
     }
-    for (let i = 0; i < LATENCY_RATES.length; i++) {
-      const effect = effectRuns.map((runs) => runs[i])
-      const mqttjs = mqttjsRuns.map((runs) => runs[i])
-      const e = medianLatency(effect)
-      const j = medianLatency(mqttjs)
-      const r = medianLatency(rawRuns.map((runs) => runs[i]))
-      const below = effect.filter((r, i) => r.p99 <= mqttjs[i].p99).length
-      rows.push([
-        String(qos),
-        latencyPoint(LATENCY_RATES, i),
-        `${ms(e.p50)} / ${ms(e.p99)} / ${ms(e.p999)}`,
-        `${ms(j.p50)} / ${ms(j.p99)} / ${ms(j.p999)}`,
-        `${ms(r.p50)} / ${ms(r.p99)} / ${ms(r.p999)}`,
-        (e.p99 / j.p99).toFixed(2),
-        `${below} of ${LATENCY_RUNS}`,
-        `${fmt(e.achieved)} / ${fmt(j.achieved)}`
-      ])
-    }
-  }
-  return `### ${label}\n\n` + table(
-    [
-      "QoS",
-      "msg/s asked",
-      "effect-mqtt p50 / p99 / p99.9 ms",
-      "MQTT.js p50 / p99 / p99.9 ms",
-      "floor: raw sockets p50 / p99 / p99.9 ms",
-      "p99 effect-mqtt / MQTT.js",
-      "runs with effect-mqtt's p99 at or below",
-      "received/s"
-    ],
-    rows
-  )
-}
-
-/**
- * The 1,000/s comparison with the two libraries at the same moments: each run starts an effect-mqtt process and an
- * MQTT.js process together (their own topics, the same broker), so that both meet whatever else the machine does
- * at the same time. Between runs one after the other, the machine's load moves the p99 at 1,000/s by more than
- * the libraries differ (the floor's p99 moves as much).
- */
-const pairedTable = async (broker: Broker, label: string): Promise<string> => {
-  const rows: Array<Array<string>> = []
-  const ms = (x: number) => fmt(x, 2)
-  for (const qos of [0, 1] as const) {
-    process.stderr.write(`  latency, paired (${label}): QoS ${qos}\n`)
-    const effectRuns: Array<Array<Latency>> = []
-    const mqttjsRuns: Array<Array<Latency>> = []
-    for (let run = 0; run < LATENCY_RUNS; run++) {
-      const [e, j] = await Promise.all([
-        latencyRun("effect", broker.url, qos, PAIRED_RATES),
-        latencyRun("mqttjs", broker.url, qos, PAIRED_RATES)
-      ])
-      effectRuns.push(e)
-      mqttjsRuns.push(j)
-    }
-    for (let i = 0; i < PAIRED_RATES.length; i++) {
+    for (let i = 0; i < rates.length; i++) {
       const effect = effectRuns.map((runs) => runs[i])
       const mqttjs = mqttjsRuns.map((runs) => runs[i])
       const e = medianLatency(effect)
@@ -696,21 +659,23 @@ const pairedTable = async (broker: Broker, label: string): Promise<string> => {
       const below = effect.filter((r, i) => r.p99 <= mqttjs[i].p99).length
       rows.push([
         String(qos),
-        latencyPoint(PAIRED_RATES, i),
-        `${ms(e.p50)} / ${ms(e.p99)} / ${ms(e.p999)}`,
-        `${ms(j.p50)} / ${ms(j.p99)} / ${ms(j.p999)}`,
+        latencyPoint(rates, i),
+        figures(e),
+        figures(j),
+        ...(paired ? [] : [figures(medianLatency(rawRuns.map((runs) => runs[i])))]),
         (e.p99 / j.p99).toFixed(2),
         `${below} of ${LATENCY_RUNS}`,
         `${fmt(e.achieved)} / ${fmt(j.achieved)}`
       ])
     }
   }
-  return `### Paired: both libraries at the same moments, ${label}\n\n` + table(
+  return `### ${paired ? `Paired: both libraries at the same moments, ${label}` : label}\n\n` + table(
     [
       "QoS",
       "msg/s asked",
       "effect-mqtt p50 / p99 / p99.9 ms",
       "MQTT.js p50 / p99 / p99.9 ms",
+      ...(paired ? [] : ["floor: raw sockets p50 / p99 / p99.9 ms"]),
       "p99 effect-mqtt / MQTT.js",
       "runs with effect-mqtt's p99 at or below",
       "received/s"
@@ -724,8 +689,8 @@ const latency = async (broker: Broker) => {
   try {
     const nagle = await latencyTable(broker, "Mosquitto as Debian ships it (`set_tcp_nodelay false`)")
     const direct = await latencyTable(noDelay, "Mosquitto with `set_tcp_nodelay true`")
-    const pairedNagle = await pairedTable(broker, "Mosquitto as Debian ships it")
-    const pairedDirect = await pairedTable(noDelay, "Mosquitto with `set_tcp_nodelay true`")
+    const pairedNagle = await latencyTable(broker, "Mosquitto as Debian ships it", true)
+    const pairedDirect = await latencyTable(noDelay, "Mosquitto with `set_tcp_nodelay true`", true)
     return `## Latency: publish to receive (MQTT 3.1.1, 64 B, ${LATENCY_SECONDS} s per rate, median of ${LATENCY_RUNS} runs)\n\n` +
       nagle + "\n\n" + direct + "\n\n" + pairedNagle + "\n\n" + pairedDirect +
       "\n\nPublisher and subscriber of one library in one process, a fresh process for each run and QoS: " +
