@@ -152,7 +152,11 @@ export interface Options {
    * Session Present 1) it resumes; elsewhere the client subscribes again and resends its unacknowledged
    * publishes, as after any reconnect. `connection.broker` names the node in use. The URLs of a list are all
    * encrypted (`mqtts://`, `wss://`) or all plaintext: a failover never leaves TLS. Each node's user info
-   * applies to that node when `username` and `password` are not given. A list cannot go with `transport`. */
+   * applies to that node when `username` and `password` are not given. A list cannot go with `transport`, nor
+   * name one broker twice (`mqtt://` and `tcp://`, `mqtts://`, `tls://` and `ssl://` are the same transport; a
+   * port left out is the scheme's default): an `InvalidOptionError` naming `url[i]`. A node that refuses the
+   * client for good (CONNACK: bad credentials, not authorized, banned; a certificate TLS rejects) does not end a
+   * round: the next node is tried. The client gives up only when every node of a round refused it for good. */
   readonly url?: string | ReadonlyArray<string> | undefined
   /**
    * MQTT 5: follow a broker's Server Reference (CONNACK or DISCONNECT with reason code 0x9C, use another server,
@@ -161,8 +165,13 @@ export interface Options {
    * attempt (after a DISCONNECT, the first of the next round, after the schedule's delay); when that connection
    * ends, the client goes back to its `url` list. A reference is `host`, `host:port` (the scheme, and for
    * WebSocket the path, of the node that sent it; its port when none is given), a URL, or several of these
-   * separated by spaces (the first allowed one is followed). Never followed: from TLS to plaintext, to a Unix
-   * socket, a reference with credentials, more than 3 redirects in a row without an accepted connection.
+   * separated by spaces (the first allowed one is followed). A reference to a node of `url` leads to that node,
+   * with its own user info. A referenced server that refuses the client, even for good, sends it back to its
+   * list. Never followed: from TLS (the list's, or the server's that sent the reference) to plaintext, to a Unix
+   * socket, a reference with credentials, more than 3 redirects in a row without an accepted connection, a
+   * DISCONNECT's reference when `reconnect` is `false` (a CONNACK's is: it is part of connecting). The list takes
+   * host names or IP addresses, each with or without `:port`, and no scheme: anything else is an
+   * `InvalidOptionError`. A predicate that throws allows nothing (the log line says it threw).
    *
    * Not set (the default), or a reference it does not allow: the reference is reported as before in the error's
    * `serverReference`, and a log line (at `"Warn"`) says why it was not followed; a DISCONNECT 0x9D then stops

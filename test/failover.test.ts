@@ -11,6 +11,8 @@ import { MqttClient, MqttError } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
+import * as Failover from "../src/internal/failover.ts"
+import * as Url from "../src/internal/url.ts"
 import { makeCerts } from "./support/certs.ts"
 import * as FakeBroker from "./support/FakeBroker.ts"
 
@@ -186,6 +188,55 @@ describe("a list of brokers", () => {
         yield* awaitLast(statuses, `Connected ${c.url} from ${b.url}`)
       })
   )
+
+  it.live("a node that refuses the client for good does not end the round: the next node is tried", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2)
+      const lines: Array<string> = []
+      const fiber = yield* Effect.forkChild(logged(MqttClient.make({ url: [a.url, b.url], reconnect: fast }), lines))
+      const onA = yield* a.accept
+      yield* onA.expect("connect")
+      yield* onA.connack({ returnCode: 5 })
+      const onB = yield* b.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      expect(client.connection.broker).toBe(b.url)
+      expect(lines.some((line) => line.startsWith("Warn") && line.includes(`trying ${b.url} now`))).toBe(true)
+      // and after a loss: the round goes on past a node that refuses for good
+      const statuses = yield* record(client)
+      yield* onB.connection.destroy
+      const again = yield* a.accept
+      yield* again.expect("connect")
+      yield* again.connack({ returnCode: 4 })
+      yield* b.acceptAndConnack()
+      yield* awaitLast(statuses, `Connected ${b.url}`)
+    }))
+
+  it.live("every node of a round refuses the client for good: it gives up with the last refusal", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2)
+      const refuse = (broker: FakeBroker.FakeBroker, returnCode: number) =>
+        Effect.gen(function*() {
+          const connection = yield* broker.accept
+          yield* connection.expect("connect")
+          yield* connection.connack({ returnCode })
+        })
+      const first = yield* Effect.forkChild(Effect.exit(MqttClient.make({ url: [a.url, b.url], reconnect: fast })))
+      yield* refuse(a, 5)
+      yield* refuse(b, 4)
+      const error = errorOf(yield* Fiber.join(first))
+      assert(error instanceof MqttError.ConnectRefusedError, String(error))
+      expect([error.reasonCode, error.broker]).toEqual([4, b.url])
+      // after a loss: B, then A, both for good: the client stops
+      const fiber = yield* Effect.forkChild(MqttClient.make({ url: [a.url, b.url], reconnect: fast }))
+      const onA = yield* a.acceptAndConnack()
+      const client = yield* Fiber.join(fiber)
+      yield* onA.connection.destroy
+      yield* refuse(b, 5)
+      yield* refuse(a, 5)
+      const closed = errorOf(yield* Effect.exit(client.awaitClose))
+      assert(closed instanceof MqttError.ConnectRefusedError, String(closed))
+      expect([closed.reasonCode, closed.broker]).toEqual([5, a.url])
+    }))
 
   it.live("a single URL in a list behaves as the URL: the client comes back to it, and no move is reported", () =>
     Effect.gen(function*() {
@@ -386,6 +437,68 @@ describe("followServerReference", () => {
       yield* awaitConnectedTo(client, b.url)
     }))
 
+  it.live("a referenced server that refuses the client for good sends it back to its list", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2, 5)
+      const { client, connection } = yield* connectedV5(a, { followServerReference: ["127.0.0.1"] })
+      yield* disconnectTo(connection, 0x9c, `127.0.0.1:${b.port}`)
+      const onB = yield* b.accept
+      yield* onB.expect("connect")
+      yield* onB.connack({ reasonCode: 0x87 })
+      yield* a.acceptAndConnack()
+      yield* awaitConnectedTo(client, a.url)
+      expect((yield* client.status)._tag).toBe("Connected")
+    }))
+
+  it.live(
+    "a reference to a node of the list leads to that node: its own credentials, and the next round goes on from it",
+    () =>
+      Effect.gen(function*() {
+        const [a, b, c] = yield* fakes(3, 5)
+        const withUser = (broker: FakeBroker.FakeBroker, user: string) =>
+          `mqtt://${user}:${user}-secret@127.0.0.1:${broker.port}`
+        const fiber = yield* Effect.forkChild(MqttClient.make({
+          url: [withUser(a, "alice"), withUser(b, "bob"), withUser(c, "carol")],
+          protocolVersion: 5,
+          reconnect: fast,
+          followServerReference: ["127.0.0.1"]
+        }))
+        const onA = yield* a.acceptAndConnack()
+        expect(onA.connect.username).toBe("alice")
+        const client = yield* Fiber.join(fiber)
+        yield* disconnectTo(onA.connection, 0x9c, `127.0.0.1:${b.port}`)
+        const onB = yield* b.acceptAndConnack()
+        expect([onB.connect.username, Buffer.from(onB.connect.password!).toString()]).toEqual(["bob", "bob-secret"])
+        yield* awaitConnectedTo(client, b.url)
+        // B is lost: the node after B comes first, B last
+        yield* onB.connection.destroy
+        const onC = yield* c.acceptAndConnack()
+        expect(onC.connect.username).toBe("carol")
+        yield* awaitConnectedTo(client, c.url)
+        expect([a.connections.length, b.connections.length]).toEqual([1, 1])
+      })
+  )
+
+  it.live("reconnect: false: a DISCONNECT's Server Reference is not followed, and a log line says so", () =>
+    Effect.gen(function*() {
+      const [a, b] = yield* fakes(2, 5)
+      const lines: Array<string> = []
+      const { client, connection } = yield* logged(
+        connectedV5(a, { followServerReference: ["127.0.0.1"], reconnect: false }),
+        lines
+      )
+      const reference = `127.0.0.1:${b.port}`
+      yield* logged(disconnectTo(connection, 0x9c, reference), lines)
+      const error = errorOf(yield* Effect.exit(client.awaitClose))
+      assert(error instanceof MqttError.ConnectionLostError, String(error))
+      expect(error.serverReference).toBe(reference)
+      yield* sleepReal(100)
+      expect(b.connections.length).toBe(0)
+      expect(lines).toContain(
+        `Warn MQTT not following the server reference "${reference}" of ${a.url}: reconnect is off`
+      )
+    }))
+
   const refusals: ReadonlyArray<
     readonly [string, (b: FakeBroker.FakeBroker) => string, MqttClient.Options["followServerReference"], string]
   > = [
@@ -417,7 +530,7 @@ describe("followServerReference", () => {
     ["that is not an address", () => "not/an-address", () => true, "not a host, host:port or URL"],
     ["when the predicate throws", (b) => `127.0.0.1:${b.port}`, () => {
       throw new Error("boom")
-    }, "followServerReference does not allow it"]
+    }, "the followServerReference predicate threw: boom"]
   ]
   for (const [name, reference, follow, reason] of refusals) {
     it.live(`DISCONNECT 0x9D ${name}: not followed, the client stops with the reference, and a warning says why`, () =>
@@ -556,6 +669,47 @@ describe("followServerReference never leaves TLS", () => {
   )
 })
 
+describe("followServerReference never leaves TLS: the server's that sent the reference either (Nodes.redirect)", () => {
+  /** A node as the redirect sees it: its endpoint and place (no socket: nothing connects here). */
+  const node = (url: string, index: number) =>
+    Effect.map(
+      Url.parseUrl(url),
+      (endpoint) =>
+        ({ broker: url, endpoint, index, username: undefined, password: undefined }) as unknown as Failover.Node
+    )
+  const lostWith = (serverReference: string) =>
+    new MqttError.ConnectionLostError({ reason: "moved", reasonCode: 0x9c, serverReference })
+  const decide = (nodes: Failover.Nodes, reference: string, from: Failover.Node) =>
+    Effect.map(nodes.redirect(lostWith(reference), from), (redirect) =>
+      redirect === undefined
+        ? "none"
+        : redirect._tag === "Follow"
+        ? `follow ${redirect.node.broker}`
+        : `refuse: ${redirect.reason}`)
+
+  it.effect("a plaintext list referred to mqtts:// is not referred on from there to mqtt://", () =>
+    Effect.gen(function*() {
+      const a = yield* node("mqtt://127.0.0.1:1001", 0)
+      const nodes = new Failover.Nodes(
+        [a],
+        () => true,
+        (endpoint, broker) => node(broker, -1).pipe(Effect.map((n) => ({ ...n, endpoint })))
+      )
+      expect(yield* decide(nodes, "mqtts://localhost:1002", a)).toBe("follow mqtts://localhost:1002")
+      const tls = yield* node("mqtts://localhost:1002", -1)
+      expect(yield* decide(nodes, "mqtt://127.0.0.1:1003", tls)).toBe(
+        "refuse: it leads from TLS to a plaintext connection"
+      )
+      expect(yield* decide(nodes, "ws://127.0.0.1:1003", tls)).toBe(
+        "refuse: it leads from TLS to a plaintext connection"
+      )
+      // host:port keeps the sending server's scheme: TLS
+      expect(yield* decide(nodes, "127.0.0.1:1003", tls)).toBe("follow mqtts://127.0.0.1:1003")
+      // and from the plaintext node itself, plaintext is allowed
+      expect(yield* decide(nodes, "mqtt://127.0.0.1:1003", a)).toBe("follow mqtt://127.0.0.1:1003")
+    }))
+})
+
 // ---------------------------------------------------------------------------------------------------------------
 // options
 // ---------------------------------------------------------------------------------------------------------------
@@ -574,8 +728,37 @@ describe("failover options", () => {
       { followServerReference: "host" as unknown as ReadonlyArray<string> },
       "followServerReference"
     ],
-    ["followServerReference with an empty host", { followServerReference: [""] }, "followServerReference"]
+    ["followServerReference with an empty host", { followServerReference: [""] }, "followServerReference"],
+    [
+      "followServerReference with a URL (it takes hosts)",
+      { followServerReference: ["mqtt://b:1883"] },
+      "followServerReference"
+    ],
+    ["a list naming one broker twice", { url: ["mqtt://a:1883", "mqtt://b:1883", "mqtt://a:1883"] }, "url[2]"],
+    ["a list naming one broker twice, spelled differently", { url: ["mqtt://A", "tcp://a:1883/"] }, "url[1]"],
+    ["a list naming one WebSocket broker twice", { url: ["ws://a/mqtt", "ws://a:80"] }, "url[1]"],
+    [
+      "a password without a user name in the user info of a node of a list",
+      { url: ["mqtt://u:p@a:1883", "mqtt://:p@b:1883"] },
+      "url[1]"
+    ]
   ]
+  it.live("a list may name one host on two ports, two WebSocket paths of one host, or one port by two transports", () =>
+    Effect.gen(function*() {
+      const [p, q] = [yield* closedPort, yield* closedPort]
+      const lists = [
+        [`mqtt://127.0.0.1:${p}`, `mqtt://127.0.0.1:${q}`],
+        [`ws://127.0.0.1:${p}/mqtt`, `ws://127.0.0.1:${p}/other`],
+        [`mqtt://127.0.0.1:${p}`, `ws://127.0.0.1:${p}/mqtt`]
+      ]
+      for (const url of lists) {
+        // nothing listens: the client tried both nodes and failed with the last one's error, not the options'
+        const error = errorOf(yield* Effect.exit(MqttClient.make({ url })))
+        expect(error._tag, `${url}: ${String(error)}`).toBe("ConnectionLostError")
+        expect((error as MqttError.ConnectionLostError).broker).toBe(url[1])
+      }
+    }))
+
   for (const [name, options, option] of invalid) {
     it.effect(`${name} is an InvalidOptionError naming ${option}, before any connection`, () =>
       Effect.gen(function*() {

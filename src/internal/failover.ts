@@ -51,8 +51,6 @@ export const referenceOf = (
   return { reference: serverReference, reasonCode }
 }
 
-const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^:[\]/\s@?#]+)(?::(\d{1,5}))?$/
-
 /**
  * One reference as a URL. A reference with a scheme is a URL of its own; `host`, `host:port` or `[v6]:port`
  * keeps the scheme (and for WebSocket the path, not the query) of the node that sent it, and its port when none
@@ -62,7 +60,7 @@ const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^:[\]/\s@?#]+)(?::(\d{1,5}))?$/
 const referenceUrl = (reference: string, from: Url.Endpoint): string | { readonly refused: string } => {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(reference)) return reference
   if (from._tag === "Unix") return { refused: "a host cannot be reached from a Unix socket connection" }
-  const match = HOST_PORT.exec(reference)
+  const match = Url.HOST_PORT.exec(reference)
   if (match === null) return { refused: "not a host, host:port or URL" }
   const port = match[2] ?? String(from.port)
   const path = from._tag === "WebSocket" ? from.path.replace(/\?.*$/, "") : ""
@@ -119,8 +117,9 @@ export class Nodes {
   /**
    * Where the Server Reference of `error` leads: `Follow` a node (made on first use) when `followServerReference`
    * allows one of the references, `Refuse` with the reason otherwise, undefined when the error asks for no other
-   * server. A reference list ("a b") is followed to its first allowed entry. A reference never leads from TLS to
-   * plaintext, to a Unix socket, or with credentials of its own.
+   * server. A reference list ("a b") is followed to its first allowed entry. A reference never leads from TLS (the
+   * list's, or the sending node's) to plaintext, to a Unix socket, or with credentials of its own. A reference to a
+   * node of the list leads to that node (its credentials, its place in the round).
    */
   redirect(error: MqttError.MqttError, from: Node): Effect.Effect<Redirect | undefined> {
     const found = referenceOf(error)
@@ -153,7 +152,8 @@ export class Nodes {
       if (endpoint.username !== undefined || endpoint.password !== undefined) {
         return refuse(reference, "it carries credentials, which are only taken from the client's options")
       }
-      if (self.encrypted && !Url.isEncrypted(endpoint)) {
+      // from TLS: the list's (a failover never leaves TLS) or the node's that sent it (a reference led there)
+      if ((self.encrypted || Url.isEncrypted(from.endpoint!)) && !Url.isEncrypted(endpoint)) {
         return refuse(reference, "it leads from TLS to a plaintext connection")
       }
       const broker = Broker.display(url)!
@@ -164,12 +164,19 @@ export class Nodes {
         reasonCode,
         from: from.broker
       }
-      if (!allows(self.policy!, target)) return refuse(reference, "followServerReference does not allow it")
-      const known = self.referenced.get(broker)
+      const refused = disallowed(self.policy!, target)
+      if (refused !== undefined) return refuse(reference, refused)
+      // a node of the list is that node: its own credentials, and the round goes on from its position
+      const key = Url.brokerKey(endpoint)
+      const listed = self.configured.find((node) => node.endpoint !== undefined && Url.brokerKey(node.endpoint) === key)
+      if (listed !== undefined) return { _tag: "Follow", node: listed } as const
+      // elsewhere: the credentials of the node that sent the client there, so one place per sender
+      const place = `${from.index} ${key}`
+      const known = self.referenced.get(place)
       if (known !== undefined) return { _tag: "Follow", node: known } as const
       const made = yield* Effect.result(self.make(endpoint, broker, from))
       if (made._tag === "Failure") return refuse(reference, made.failure.message)
-      self.referenced.set(broker, made.success)
+      self.referenced.set(place, made.success)
       return { _tag: "Follow", node: made.success } as const
     })
   }
@@ -177,22 +184,26 @@ export class Nodes {
 
 const refuse = (reference: string, reason: string): Redirect => ({ _tag: "Refuse", reference, reason })
 
-/** Whether `followServerReference` allows a target: a host, or `host:port`, of the list; or the predicate. */
-const allows = (
+/**
+ * Why `followServerReference` does not allow a target, or undefined when it does: a host, or `host:port`, of the
+ * list; or the predicate (one that throws allows nothing, and the reason says so).
+ */
+const disallowed = (
   policy: NonNullable<MqttClient.Options["followServerReference"]>,
   target: MqttClient.ServerReferenceTarget
-): boolean => {
+): string | undefined => {
   if (typeof policy === "function") {
     try {
-      return policy(target) === true
-    } catch {
-      return false
+      return policy(target) === true ? undefined : "followServerReference does not allow it"
+    } catch (error) {
+      return `the followServerReference predicate threw: ${error instanceof Error ? error.message : String(error)}`
     }
   }
   const host = target.host.toLowerCase()
   const hostPort = `${host.includes(":") ? `[${host}]` : host}:${target.port}`
-  return policy.some((entry) => {
-    const e = entry.toLowerCase()
+  const allowed = policy.some((entry) => {
+    const e = entry.trim().toLowerCase()
     return e === host || e === hostPort || e === `[${host}]`
   })
+  return allowed ? undefined : "followServerReference does not allow it"
 }

@@ -123,9 +123,14 @@ const urlsOf = (
 /** `followServerReference`: a list of host names (or `host:port`), or a predicate. */
 const checkFollow = (follow: MqttClient.Options["followServerReference"]) =>
   follow === undefined || typeof follow === "function" ||
-    (Array.isArray(follow) && follow.every((host) => typeof host === "string" && host.trim() !== ""))
+    (Array.isArray(follow) && follow.every((host) => typeof host === "string" && Url.isHostEntry(host.trim())))
     ? Effect.succeed(follow)
-    : Effect.fail(invalid("followServerReference", "expected a list of host names (or host:port) or a function"))
+    : Effect.fail(
+      invalid(
+        "followServerReference",
+        "expected a list of hosts (a name or an IP address, or host:port; no scheme) or a function"
+      )
+    )
 
 export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
   const urls = yield* urlsOf(options.url)
@@ -135,6 +140,8 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
       Url.parseUrl(urls[i]),
       (error) => urls.length === 1 ? error : invalid(`url[${i}]`, error.reason)
     )
+    const same = endpoints.findIndex((other) => Url.brokerKey(other) === Url.brokerKey(parsed))
+    if (same >= 0) return yield* invalid(`url[${i}]`, `the same broker as url[${same}]`)
     endpoints.push(parsed)
   }
   const endpoint = endpoints[0]
@@ -176,7 +183,11 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     const username = options.username ?? e.username
     const password = options.password ?? (e.password === undefined ? undefined : Redacted.make(e.password))
     const credentialsProblem = Codec.credentialsProblem(protocolVersion, username, password)
-    if (credentialsProblem !== undefined) return yield* invalid("password", credentialsProblem)
+    if (credentialsProblem !== undefined) {
+      // in a list, a password from a node's user info is named by the node's position
+      const from = options.password === undefined && endpoints.length > 1 ? `url[${i}]` : "password"
+      return yield* invalid(from, credentialsProblem)
+    }
     nodes.push({ url: urls[i], endpoint: e, username, password })
   }
   const { username, password } = nodes[0]

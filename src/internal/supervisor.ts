@@ -217,8 +217,10 @@ export class Supervisor {
 
   /**
    * One round of attempts: each node in turn, at once, until one accepts. A Server Reference that the options
-   * allow is the next attempt. Ends with the connection, or with the last error (final when the client must
-   * give up: a refusal another attempt cannot change).
+   * allow is the next attempt. Ends with the connection, or with the last error, final when the client must give
+   * up: every attempt on a node of the list ended with an error another attempt cannot change (a refusal of the
+   * credentials, a certificate). A node that refuses for good does not end the round (another node of a cluster
+   * may take the client: its own credentials, its own certificate), nor does a place a Server Reference led to.
    */
   private round(nodes: Array<Node>, firstAttempt: number, announce: boolean): Effect.Effect<RoundResult> {
     const self = this
@@ -226,6 +228,8 @@ export class Supervisor {
       let attempt = firstAttempt
       let redirects = 0
       let error: MqttError.MqttError | undefined
+      let listed = 0
+      let finals = 0
       for (let i = 0; i < nodes.length; i++, attempt++) {
         const node = nodes[i]
         if (i > 0 || announce) yield* SubscriptionRef.set(self.status, connecting(attempt, node))
@@ -236,11 +240,12 @@ export class Supervisor {
         self.metrics.failedAttempts++
         error = failure.error
         const target = yield* self.redirect(error, node, redirects >= MAX_REDIRECTS_PER_ROUND)
+        if (node.index >= 0) listed++
         if (target !== undefined) {
           redirects++
           nodes.splice(i + 1, 0, target)
-        } else if (isFinal(error)) {
-          return { _tag: "Failed", error, final: true, attempt: attempt + 1 } as const
+        } else if (node.index >= 0 && isFinal(error)) {
+          finals++
         }
         const next = nodes[i + 1]
         if (next !== undefined) {
@@ -248,7 +253,7 @@ export class Supervisor {
           yield* SubscriptionRef.set(self.status, { _tag: "Disconnected", cause: error, retryIn: Duration.zero })
         }
       }
-      return { _tag: "Failed", error: error!, final: false, attempt } as const
+      return { _tag: "Failed", error: error!, final: listed > 0 && finals === listed, attempt } as const
     })
   }
 
@@ -299,6 +304,16 @@ export class Supervisor {
       while (true) {
         const error = Broker.annotate(yield* Effect.flip(Deferred.await(c.lost)), c.node.broker, "connected")
         if (self.env.driver.session.closed !== undefined) return
+        if (schedule === undefined && Failover.referenceOf(error) !== undefined) {
+          yield* self.log(
+            "Warn",
+            `MQTT not following the server reference "${
+              Failover.referenceOf(error)!.reference
+            }" of ${c.node.broker}: ` +
+              "reconnect is off",
+            c.node
+          )
+        }
         const redirect = schedule === undefined ? undefined : yield* self.redirect(error, c.node)
         if (schedule === undefined || (redirect === undefined && isFinal(error))) {
           return yield* self.shutdown(error, disconnectReasonOf(error))

@@ -131,5 +131,23 @@ export const parseUrl = (url: string): Effect.Effect<Endpoint, MqttError.Invalid
 export const isEncrypted = (endpoint: Endpoint): boolean =>
   endpoint._tag === "Tls" || (endpoint._tag === "WebSocket" && endpoint.scheme === "wss")
 
+/** `host`, `host:port`, `[v6]` or `[v6]:port` (a host name, an IPv4 address, or an IPv6 address in brackets). */
+export const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^:[\]/\s@?#]+)(?::(\d{1,5}))?$/
+
+/** Whether `s` names a host the way `followServerReference` lists them: `HOST_PORT`, or a bare IPv6 address. */
+export const isHostEntry = (s: string): boolean => HOST_PORT.test(s) || /^[0-9a-fA-F:.]*:[0-9a-fA-F:.]*$/.test(s)
+
+/**
+ * What names one broker whatever the spelling of its URL: the transport (`mqtt:` and `tcp:` are one, so are
+ * `mqtts:`, `tls:` and `ssl:`), the host without case, the port (the scheme's default when none is written) and,
+ * for WebSocket, the path. Credentials are not part of it.
+ */
+export const brokerKey = (endpoint: Endpoint): string =>
+  endpoint._tag === "Unix"
+    ? `unix:${endpoint.path}`
+    : `${
+      endpoint._tag === "WebSocket" ? endpoint.scheme : endpoint._tag
+    }://${endpoint.host.toLowerCase()}:${endpoint.port}${endpoint._tag === "WebSocket" ? endpoint.path : ""}`
+
 // `new URL` turns both `ws://host` and `ws://host/` into the path "/": look at what was written
 const hasExplicitPath = (url: string): boolean => /^[^:]+:[/\\]{2}[^/\\?#]*[/\\]/.test(url.trim())
