@@ -3,10 +3,19 @@
  * `$share/<group>/<filter>`, each message going to one member of the group.
  *
  * A member acknowledges a message (PUBACK, PUBREC) only once its handler has succeeded, and announces a small
- * Receive Maximum (`prefetch`, default 10): the broker never has more than that many unacknowledged messages out
- * to one member, so a member whose handler is slow stops receiving while the others go on. A message whose
- * handler never finished, because the member failed, stopped or was killed, is not lost: it stays in the member's
- * session, and another member adopts that session (below).
+ * Receive Maximum (`prefetch`, default 10): a broker that keeps to it never has more than that many
+ * unacknowledged messages out to one member, so a member whose handler is slow stops receiving while the others go
+ * on. (Mosquitto 2.0 still deals a slow member its round-robin share, which waits in its session until the member
+ * catches up, and under load sends more than a small Receive Maximum.) A message whose handler never finished,
+ * because the member failed, stopped or was killed, is not lost: it stays in the member's session, and another
+ * member adopts that session (below).
+ *
+ * **The group's topics.** Notices, records and markers live under `effect-mqtt/groups/<group>/`; a message on a
+ * topic under `effect-mqtt/groups/` is never handed to a handler, even when the filter (`#`) matches it. Each
+ * member keeps a retained record of its filters (`effect-mqtt/groups/<group>/filters/<member>`): a member
+ * restarted with other filters takes the shares of the filters it dropped out of its session (else the group would
+ * go on dealing it their messages), and hands its handler the last ones the broker had already sent it; an
+ * adopter takes every share the record names out of the adopted session, and deletes the record.
  *
  * **Adoption.** Brokers differ in what they do with the messages of a member that goes away: Mosquitto 2.0 keeps
  * them in the member's session and goes on dealing that session its share of new messages, even while nobody is
@@ -18,10 +27,16 @@
  * handles with its own handler what the session still held (sent again by the broker) until a marker it published
  * to itself comes back; the emptied session then expires. An adopter that dies meanwhile leaves a will naming the
  * member again, and one whose handler fails says so itself, for another member to take over. A member restarting
- * under the same name while it is adopted takes its session back (the adoption then stops; nothing is lost).
+ * under the same name while it is adopted takes its session back: the adoption stops (the broker closes the
+ * adopter's connection, or sends DISCONNECT 0x8E) without handling what it had queued, and the adopter goes on as a
+ * member; nothing is lost. An adoption whose connection fails before it starts is announced again 2 seconds later.
  *
  * Delivery: at least once for QoS 1; for QoS 2, exactly once except a message whose handler had finished when its
- * member died and whose PUBREC had not yet left (at most `prefetch` of them): it is handled again by the adopter.
+ * member died and whose PUBREC had not yet left (at most `prefetch` of them): it is handled again by the adopter
+ * (and, when the member takes its session back, what the adopter was handling then: at most `concurrency`). Filters
+ * that overlap are refused: each is a shared subscription of its own, so a message matching two would reach the
+ * group twice. A handler that fails on every try of a message fails each member that is dealt it in turn: catch
+ * what should not stop a member in the handler.
  *
  * @example
  * ```ts
@@ -47,6 +62,7 @@
 import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
+import { filtersOverlap } from "./internal/topic.ts"
 import * as MqttClient from "./MqttClient.ts"
 import * as MqttError from "./MqttError.ts"
 import type { MqttMessage } from "./MqttMessage.ts"
@@ -59,17 +75,21 @@ import * as Topic from "./Topic.ts"
  * @category models
  */
 export interface Options {
-  /** How to reach the broker: `url`, credentials, `tls`... The group sets `protocolVersion` (5), `clientId`,
-   * `cleanStart`, `sessionExpiryInterval`, `receiveMaximum`, `acknowledgement`, `will` and `disconnect`. */
+  /** How to reach the broker: `url`, credentials, `tls`... The group sets `protocolVersion` (5, whatever is
+   * given: shared subscriptions with acknowledgement on hand-over need MQTT 5), `clientId`, `cleanStart`,
+   * `sessionExpiryInterval`, `receiveMaximum`, `acknowledgement`, `will` and `disconnect`. A `store` is refused
+   * (`InvalidOptionError`): a member's session is kept by the broker, for the other members to adopt. */
   readonly client?: MqttClient.Options | undefined
   /** The group's name: the `<group>` of `$share/<group>/<filter>` (no `/`, `+` or `#`). */
   readonly group: string
-  /** The topic filter(s) the group shares. */
+  /** The topic filter(s) the group shares, none of them `$share/...`, no two matching a topic in common
+   * (`InvalidOptionError`). */
   readonly filter: string | ReadonlyArray<string>
   /** This member's name, also its client identifier: the same after a restart, different from the other
-   * members' (for example the host name, or a slot number). */
+   * members' (for example the host name, or a slot number). A topic level of the group's topics: no `/`, `+`, `#`
+   * or NUL (`InvalidOptionError`). */
   readonly member: string
-  /** The QoS of the subscription: 1 (at least once, the default) or 2. */
+  /** The QoS of the subscription: 1 (at least once, the default) or 2; anything else is an `InvalidOptionError`. */
   readonly qos?: 1 | 2 | undefined
   /** How many messages the broker may send this member before it acknowledges them (MQTT 5 Receive Maximum).
    * Default 10. */
@@ -77,7 +97,8 @@ export interface Options {
   /** How many messages the handler handles at once. Default 1. Acknowledgements leave in arrival order. */
   readonly concurrency?: number | undefined
   /** Seconds the broker keeps the session (and its unacknowledged messages) of a member that went away, for
-   * it or another member to take up. Default 3,600. */
+   * it or another member to take up. Default 3,600; at least 10 (`InvalidOptionError`): the notice comes 2
+   * seconds after a member went away, and another member must connect as it before its session expires. */
   readonly sessionExpiryInterval?: number | undefined
 }
 
@@ -95,19 +116,101 @@ const invalid = (option: string, reason: string) => new MqttError.InvalidOptionE
 const filtersOf = (options: Options): ReadonlyArray<string> =>
   typeof options.filter === "string" ? [options.filter] : options.filter
 
+/** The group's own topics (notices that a member left, markers of an adoption): never handed to a handler. */
+const GROUP_TOPICS = "effect-mqtt/groups/"
+
+const isGroupTopic = (topic: string): boolean => topic.startsWith(GROUP_TOPICS)
+
+/** The topic of a member's record: its filters, retained, for its next run and for the member adopting it. */
+const recordTopic = (group: string, member: string) => `${GROUP_TOPICS}${group}/filters/${member}`
+
+/**
+ * The filters a member recorded in its last run (none when it has no record). Read on `client`, a connection of
+ * its own with a clean session (a member's session may hold a full window of messages, which would keep the
+ * marker back), by subscribing to the record and to a marker that this client then publishes: the broker sends a
+ * retained message on the subscription, before the marker comes back.
+ */
+const recordedFilters = (
+  client: MqttClient.Client,
+  group: string,
+  member: string
+): Effect.Effect<ReadonlyArray<string>, MqttError.MqttError> =>
+  Effect.scoped(Effect.gen(function*() {
+    const record = recordTopic(group, member)
+    const marker = `${GROUP_TOPICS}${group}/marker/${member}/${Date.now().toString(36)}`
+    const stream = yield* client.subscription([record, marker], { qos: 1 })
+    yield* client.publish(marker, "", { qos: 1 })
+    const got = yield* Stream.runCollect(stream.pipe(Stream.takeUntil((message) => message.topic === marker)))
+    const text = got.find((message) => message.topic === record)?.text
+    if (text === undefined || text === "") return []
+    try {
+      const filters: unknown = JSON.parse(text)
+      return Array.isArray(filters) ? filters.filter((f): f is string => typeof f === "string") : []
+    } catch {
+      return []
+    }
+  }))
+
+/** The options of a member's connection for the group's notices and records: a session that ends with it. */
+const plainOptions = (options: Options): MqttClient.Options => ({
+  ...options.client,
+  protocolVersion: 5,
+  clientId: undefined,
+  cleanStart: true,
+  sessionExpiryInterval: 0,
+  acknowledgement: "auto",
+  will: undefined,
+  disconnect: undefined,
+  store: undefined
+})
+
+/** `$share/<group>/<filter>` of each filter. */
+const shares = (group: string, filters: ReadonlyArray<string>) => filters.map((filter) => `$share/${group}/${filter}`)
+
+/** The shortest `sessionExpiryInterval`: the notice comes 2 s after a member went away, then another connects. */
+const MIN_SESSION_EXPIRY = 10
+
+const checkFilters = (filter: unknown): MqttError.InvalidOptionError | undefined => {
+  const filters = typeof filter === "string" ? [filter] : filter
+  if (!Array.isArray(filters) || filters.some((f) => typeof f !== "string")) {
+    return invalid("filter", "expected a topic filter or a list of them")
+  }
+  if (filters.length === 0) return invalid("filter", "expected at least one topic filter")
+  for (const f of filters) {
+    if (!Topic.isValidFilter(f) || Topic.isShared(f)) {
+      return invalid("filter", `"${f}" is not a topic filter (the group adds $share/<group>/)`)
+    }
+  }
+  for (let i = 0; i < filters.length; i++) {
+    for (let j = i + 1; j < filters.length; j++) {
+      if (filtersOverlap(filters[i], filters[j])) {
+        return invalid(
+          "filter",
+          `"${filters[i]}" and "${filters[j]}" overlap: each is a shared subscription of its own, so a message ` +
+            "matching both would reach the group twice"
+        )
+      }
+    }
+  }
+  return undefined
+}
+
 const check = (options: Options): Effect.Effect<void, MqttError.MqttError> => {
   if (typeof options.group !== "string" || options.group === "" || /[/+#]/.test(options.group)) {
     return Effect.fail(invalid("group", "expected a non-empty name without /, + or #"))
   }
-  if (typeof options.member !== "string" || options.member === "") {
-    return Effect.fail(invalid("member", "expected a non-empty name"))
+  const { member } = options
+  if (
+    typeof member !== "string" || member === "" || /[/+#]/.test(member) ||
+    !Topic.isValidName(`${GROUP_TOPICS}${options.group}/drained/${member}`)
+  ) {
+    // the member's name is also a level of the group's topics
+    return Effect.fail(invalid("member", "expected a non-empty name without /, + or # (a valid topic level)"))
   }
-  const filters = filtersOf(options)
-  if (filters.length === 0) return Effect.fail(invalid("filter", "expected at least one topic filter"))
-  for (const filter of filters) {
-    if (!Topic.isValidFilter(filter) || Topic.isShared(filter)) {
-      return Effect.fail(invalid("filter", `"${filter}" is not a topic filter (the group adds $share/<group>/)`))
-    }
+  const filterProblem = checkFilters(options.filter)
+  if (filterProblem !== undefined) return Effect.fail(filterProblem)
+  if (options.qos !== undefined && options.qos !== 1 && options.qos !== 2) {
+    return Effect.fail(invalid("qos", "expected 1 or 2 (QoS 0 has no acknowledgement to hand a message over with)"))
   }
   const prefetch = options.prefetch ?? 10
   if (!Number.isInteger(prefetch) || prefetch < 1 || prefetch > 65535) {
@@ -116,6 +219,21 @@ const check = (options: Options): Effect.Effect<void, MqttError.MqttError> => {
   const concurrency = options.concurrency ?? 1
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     return Effect.fail(invalid("concurrency", "expected a positive whole number"))
+  }
+  const expiry = options.sessionExpiryInterval
+  if (expiry !== undefined && !(Number.isInteger(expiry) && expiry >= MIN_SESSION_EXPIRY && expiry <= 0xffffffff)) {
+    return Effect.fail(
+      invalid(
+        "sessionExpiryInterval",
+        `expected whole seconds from ${MIN_SESSION_EXPIRY} to 4294967295: a shorter session can expire before ` +
+          "another member adopts it, and its messages with it"
+      )
+    )
+  }
+  if (options.client?.store !== undefined) {
+    return Effect.fail(
+      invalid("client.store", "a member's session is kept by the broker, for the others to adopt: no store")
+    )
   }
   return Effect.void
 }
@@ -189,27 +307,39 @@ export const adopt = <E, R>(
       disconnect: { reasonCode: 0 },
       reconnect: false
     })
-    const shared = filtersOf(options).map((filter) => `$share/${options.group}/${filter}`)
     const qos = options.qos ?? 1
     let handled = 0
     const drain = Effect.gen(function*() {
-      // replace the member's subscription by one of this client's, then remove it: the group deals it no more
+      // the member's filters, as it recorded them (another configuration's, in a rolling change), and ours
+      const recorded = yield* Effect.scoped(
+        Effect.flatMap(
+          MqttClient.make(plainOptions(options)),
+          (reader) => recordedFilters(reader, options.group, member)
+        )
+      )
+      const shared = shares(options.group, [...new Set([...filtersOf(options), ...recorded])])
+      // replace the member's subscriptions by this client's, then remove them: the group deals it no more
       yield* orphan.subscribe(shared, { qos })
       yield* orphan.unsubscribe(shared)
       // the broker sends a client's messages in order: the marker comes after everything the session held
       const marker = `effect-mqtt/groups/${options.group}/drained/${member}/${Date.now().toString(36)}`
       yield* orphan.subscribe(marker, { qos: 1 })
       yield* orphan.publish(marker, "", { qos: 1 })
-      const matches = (topic: string) => filtersOf(options).some((filter) => Topic.matches(topic, filter))
       yield* handleAll(
-        orphan.messages.pipe(Stream.takeUntil((message) => message.topic === marker)),
+        // what is still queued when the connection ends is not handled: its acknowledgement could not leave, and
+        // the session (taken back by its member, or adopted by another) has it sent again
+        orphan.messages.pipe(
+          Stream.takeUntil((message) => message.topic === marker),
+          Stream.interruptWhen(orphan.awaitClose)
+        ),
         options.concurrency ?? 1,
+        // what the group dealt the member, whatever its filters were: the group's own topics excepted
         (message) =>
-          message.topic !== marker && matches(message.topic)
-            ? Effect.tap(handler(message), () => Effect.sync(() => handled++))
-            : Effect.void
+          isGroupTopic(message.topic) ? Effect.void : Effect.tap(handler(message), () => Effect.sync(() => handled++))
       )
       yield* orphan.unsubscribe(marker)
+      // the session is empty and goes: so does its record (an empty retained message deletes it)
+      yield* orphan.publish(recordTopic(options.group, member), "", { qos: 1, retain: true })
     })
     // an adoption that fails leaves the rest of the session to another member: it says so, as the will would
     yield* Effect.tapError(drain, () =>
@@ -242,40 +372,74 @@ export const run = <E, R>(
     const orphans = yield* Queue.unbounded<string>()
     // the notices come on a connection of their own, with a session that ends with it: a persistent session
     // would stay in the notices' group after its member died, and be dealt the notice of its own death
-    const listener = yield* MqttClient.make({
-      ...options.client,
-      protocolVersion: 5,
-      clientId: undefined,
-      cleanStart: true,
-      sessionExpiryInterval: 0,
-      will: undefined
-    })
+    const listener = yield* MqttClient.make(plainOptions(options))
     const noticeStream = yield* listener.subscription(`$share/${options.group}/${notices}`, { qos: 1 })
     const offerOrphan = (left: string) =>
       left === options.member || left === "" ? Effect.void : Effect.asVoid(Queue.offer(orphans, left))
     const listening = Stream.runForEach(noticeStream, (notice) => offerOrphan(notice.text))
+    // the shares of a filter this member took in its last run and takes no more leave its session (else the
+    // group would go on dealing it that filter's messages); then the record says what it takes now
+    const stale = (yield* recordedFilters(listener, options.group, options.member)).filter((f) => !filters.includes(f))
+    if (stale.length > 0) {
+      yield* client.unsubscribe(shares(options.group, stale))
+      yield* Effect.logInfo(`effect-mqtt group ${options.group}: ${options.member} no longer takes ${stale.join(" ")}`)
+    }
+    yield* client.publish(recordTopic(options.group, options.member), JSON.stringify(filters), {
+      qos: 1,
+      retain: true
+    })
     // one stream for all the work: after a restart the broker resends what the last process left unacknowledged,
     // under that process's subscription identifiers, which no subscription of this one claims
-    yield* client.subscribe(filters.map((filter) => `$share/${options.group}/${filter}`), { qos: options.qos ?? 1 })
+    yield* client.subscribe(shares(options.group, filters), { qos: options.qos ?? 1 })
     const adoptions = Effect.forever(Effect.flatMap(Queue.take(orphans), (left) =>
       adopt(options, left, handler).pipe(
         Effect.tap((handled) => Effect.logInfo(`effect-mqtt group ${options.group}: adopted ${left} (${handled})`)),
-        // taken back by the member itself: nothing was lost
         Effect.catchIf(
-          (error): error is MqttError.MqttError => MqttError.isMqttError(error) && isLostSession(error),
-          (error) =>
-            Effect.logWarning(`effect-mqtt group ${options.group}: adoption of ${left} ended: ${error.message}`)
+          (error): error is MqttError.MqttError => MqttError.isMqttError(error) && isConnectionError(error),
+          (error) => adoptionCut(options, client, left, error)
         )
       )))
-    const inGroup = (topic: string) => filters.some((filter) => Topic.matches(topic, filter))
-    const work = handleAll(client.messages, options.concurrency ?? 1, (message) => {
-      // a message of a subscription this member no longer has (an earlier configuration) is let go
-      return inGroup(message.topic) ? handler(message) : Effect.void
-    })
+    // every message the group dealt this member goes to the handler, also the last ones of a filter it took in
+    // its last run (dealt before the unsubscribe): the group's own topics excepted
+    const work = handleAll(
+      client.messages,
+      options.concurrency ?? 1,
+      (message) => isGroupTopic(message.topic) ? Effect.void : handler(message)
+    )
     yield* Effect.all([work, adoptions, listening], { concurrency: 3, discard: true })
     return yield* new MqttError.ConnectionLostError({ reason: "the client was closed" })
   }))
 
-/** The adoption met the member coming back (session taken over) or a session that is gone. */
-const isLostSession = (error: MqttError.MqttError): boolean =>
-  error._tag === "ConnectionLostError" && error.reasonCode === 0x8e
+/** An error of the adoption's connection, not of the handler's or the options'. */
+const isConnectionError = (error: MqttError.MqttError): boolean =>
+  error._tag === "ConnectionLostError" || error._tag === "ConnectRefusedError" || error._tag === "TlsError" ||
+  error._tag === "MqttTimeoutError"
+
+/**
+ * The adoption's connection ended or never came. Once connected, nothing is left undone: the member took its
+ * session back (Mosquitto closes the adopter's connection, another broker sends DISCONNECT 0x8E), or the adopter's
+ * will names the member again for another adoption. Never connected, the notice is given again after its delay,
+ * unless the broker refused for good (then the session waits for its member, or expires: said in an error line).
+ */
+const adoptionCut = (
+  options: Options,
+  client: MqttClient.Client,
+  left: string,
+  error: MqttError.MqttError
+): Effect.Effect<void> => {
+  const group = options.group
+  if (error._tag === "ConnectionLostError" && error.phase === "connected") {
+    return Effect.logWarning(`effect-mqtt group ${group}: adoption of ${left} ended: ${error.message}`)
+  }
+  if (error._tag === "ConnectRefusedError" || error._tag === "TlsError") {
+    return Effect.logError(`effect-mqtt group ${group}: cannot adopt ${left}: ${error.message}`)
+  }
+  return Effect.logWarning(`effect-mqtt group ${group}: adoption of ${left} did not start: ${error.message}`).pipe(
+    Effect.andThen(Effect.sleep(`${NOTICE_DELAY} seconds`)),
+    Effect.andThen(client.publish(leftTopic(group), left, {
+      qos: 1,
+      properties: { messageExpiryInterval: NOTICE_EXPIRY }
+    })),
+    Effect.ignore
+  )
+}

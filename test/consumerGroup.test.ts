@@ -34,14 +34,20 @@ interface Member {
   readonly handled: Array<string>
   /** members it adopted, with how many messages each */
   readonly adopted: Array<readonly [string, number]>
+  /** every line it printed that is not a message (the group's log lines) */
+  readonly log: Array<string>
   readonly output: () => string
 }
 
-const member = (options: ConsumerGroup.Options) =>
+/** A member process; `millis` makes each message take that long. */
+const member = (options: ConsumerGroup.Options, millis = 0) =>
   Effect.acquireRelease(
     Effect.sync((): Member => {
-      const child = spawn(process.execPath, [SOURCE_CONDITION, MEMBER, JSON.stringify(options)], { stdio: "pipe" })
+      const child = spawn(process.execPath, [SOURCE_CONDITION, MEMBER, JSON.stringify(options), String(millis)], {
+        stdio: "pipe"
+      })
       const handled: Array<string> = []
+      const log: Array<string> = []
       const adopted: Array<readonly [string, number]> = []
       let partial = ""
       let stderr = ""
@@ -50,12 +56,13 @@ const member = (options: ConsumerGroup.Options) =>
         partial = lines.pop() ?? ""
         for (const line of lines) {
           if (line.startsWith("msg ")) handled.push(line.slice(4))
+          else log.push(line)
           const adoption = /adopted (\S+) \((\d+)\)/.exec(line)
           if (adoption !== null) adopted.push([adoption[1], Number(adoption[2])])
         }
       })
       child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
-      return { name: options.member, child, handled, adopted, output: () => stderr }
+      return { name: options.member, child, handled, adopted, log, output: () => stderr }
     }),
     (m) => Effect.sync(() => m.child.kill("SIGKILL"))
   )
@@ -150,6 +157,113 @@ describe("a consumer group across three processes on Mosquitto", () => {
   )
 })
 
+describe("a member that comes back while another adopts its session", () => {
+  it.live(
+    "takes its session back: the adopter goes on, nothing is lost, QoS 2 is handled twice at most for the dead member's window, and the group's own topics never reach a handler (filter #)",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({ protocolConfig: "max_queued_messages 0\nlog_type subscribe" })
+        const group = { client: { url: broker.url }, group: "back", filter: "#", qos: 2, prefetch: 10 } as const
+        // slow members: the dead member's session holds a backlog, and its adoption takes seconds
+        const adopter = yield* member({ ...group, member: "member-1" }, 20)
+        const first = yield* member({ ...group, member: "member-2" }, 50)
+        yield* until(
+          "two members subscribed",
+          () => broker.logs().split("\n").filter((line) => line.includes("$share/back/#")).length >= 2,
+          60
+        )
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        const expected = Array.from({ length: 1000 }, (_, i) => `work/x ${i}`)
+        yield* Effect.forEach(expected, (_, i) => publisher.publish("work/x", String(i), { qos: 2 }), {
+          concurrency: 20,
+          discard: true
+        })
+        first.child.kill("SIGKILL")
+        // the notice comes 2 s after; member-1 connects as member-2 and subscribes as it (to take its
+        // subscription out of the group), then handles its backlog, 20 ms a message: member-2 comes back then
+        yield* until(
+          "the adoption under way",
+          () =>
+            broker.logs().split("\n").filter((line) => line.includes(" member-2 ") && line.includes("$share/back/#"))
+              .length >= 2,
+          60
+        )
+        const back = yield* member({ ...group, member: "member-2" }, 0)
+        const all = [adopter, first, back]
+        const counts = new Map<string, number>()
+        const count = () => {
+          counts.clear()
+          for (const m of all) for (const key of m.handled) counts.set(key, (counts.get(key) ?? 0) + 1)
+          return expected.every((key) => counts.has(key))
+        }
+        yield* until("every message handled by the group", count, 120, () =>
+          `\n${
+            expected.filter((key) => !counts.has(key)).length
+          } missing; ${JSON.stringify(all.map((m) => [m.handled.length, m.log.slice(-5), m.output().slice(-1000)]))}`)
+        yield* sleepReal(500)
+        count()
+        const twice = [...counts].filter(([, n]) =>
+          n > 1
+        ).map(([key]) =>
+          key
+        )
+        console.log(
+          `takeback: handled ${JSON.stringify(all.map((m) => m.handled.length))}, ${twice.length} twice; ` +
+            `member-1: ${JSON.stringify(adopter.log.filter((line) => line.includes("member-2")))}`
+        )
+        // the adoption was under way when member-2 came back, and ended without failing the adopter
+        expect(adopter.log.some((line) => line.includes("adoption of member-2 ended"))).toBe(true)
+        expect(adopter.child.exitCode).toBe(null)
+        expect(adopter.output()).not.toContain("group-member failed")
+        // twice: what member-2 had handled when killed (its window), and what the adopter was handling when cut
+        expect(twice.length).toBeLessThanOrEqual(group.prefetch + 1)
+        // the notices and markers on effect-mqtt/groups/... match "#" but are the group's own
+        expect(all.flatMap((m) => m.handled).filter((key) => key.startsWith("effect-mqtt/"))).toEqual([])
+      }),
+    300_000
+  )
+})
+
+describe("a member restarted with other filters", () => {
+  it.live(
+    "leaves the shares it no longer takes: the group goes on receiving all of the old filter's messages",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({ protocolConfig: "max_queued_messages 0\nlog_type subscribe" })
+        const group = { client: { url: broker.url }, group: "change", qos: 1, prefetch: 10 } as const
+        // member-2 takes a/# and dies alone (no member to adopt it): its session keeps $share/change/a/#
+        const before = yield* member({ ...group, filter: "a/#", member: "member-2" })
+        const subscribed = (filter: string) =>
+          broker.logs().split("\n").filter((line) => line.includes(`$share/change/${filter}`)).length
+        yield* until("member-2 subscribed", () => subscribed("a/#") >= 1, 60)
+        before.child.kill("SIGKILL")
+        yield* sleepReal(3000)
+        // now member-1 takes a/#, and member-2 comes back taking b/# only
+        const other = yield* member({ ...group, filter: "a/#", member: "member-1" })
+        const after = yield* member({ ...group, filter: "b/#", member: "member-2" })
+        yield* until("both subscribed", () => subscribed("a/#") >= 2 && subscribed("b/#") >= 1, 60)
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        const expected = Array.from({ length: 200 }, (_, i) => `a/x ${i}`)
+        yield* Effect.forEach(expected, (_, i) => publisher.publish("a/x", String(i), { qos: 1 }), {
+          concurrency: 10,
+          discard: true
+        })
+        const handled = () => new Set([...other.handled, ...after.handled])
+        yield* until(
+          "every a/x message handled",
+          () => expected.every((key) => handled().has(key)),
+          60,
+          () =>
+            `\n${expected.filter((key) => !handled().has(key)).length} missing; member-1 ${other.handled.length}, ` +
+            `member-2 ${after.handled.length}; member-2: ${JSON.stringify(after.log.slice(-5))}`
+        )
+        expect(after.log.some((line) => line.includes("member-2 no longer takes a/#"))).toBe(true)
+        expect(after.handled.filter((key) => key.startsWith("a/"))).toEqual([])
+      }),
+    120_000
+  )
+})
+
 describe("prefetch: Receive Maximum on MQTT 5", () => {
   it.live(
     "a member that does not acknowledge holds no more than its prefetch; Mosquitto keeps the rest of its round-robin share until it does, while the other member goes on",
@@ -207,7 +321,21 @@ describe("ConsumerGroup options", () => {
     ["a shared filter (the group adds $share itself)", { filter: "$share/x/jobs/#" }, "filter"],
     ["an invalid filter", { filter: "jobs/#/more" }, "filter"],
     ["a prefetch of 0", { prefetch: 0 }, "prefetch"],
-    ["a concurrency of 0", { concurrency: 0 }, "concurrency"]
+    ["a concurrency of 0", { concurrency: 0 }, "concurrency"],
+    ["a member name with +", { member: "worker+1" }, "member"],
+    ["a member name with #", { member: "#" }, "member"],
+    ["a member name with /", { member: "host/1" }, "member"],
+    ["a member name with NUL", { member: "a\u0000b" }, "member"],
+    ["no filter (plain JavaScript)", { filter: undefined as unknown as string }, "filter"],
+    ["a filter that is a number (plain JavaScript)", { filter: 5 as unknown as string }, "filter"],
+    ["a filter list with a number", { filter: ["jobs/#", 5 as unknown as string] }, "filter"],
+    ["overlapping filters (a message on both would reach the group twice)", { filter: ["work/#", "work/+"] }, "filter"],
+    ["overlapping filters with + on both sides", { filter: ["a/+/c", "a/b/+"] }, "filter"],
+    ["QoS 0 (no acknowledgement to hand over with)", { qos: 0 as 1 }, "qos"],
+    ["QoS 3", { qos: 3 as 1 }, "qos"],
+    ["a session expiry shorter than an adoption needs", { sessionExpiryInterval: 1 }, "sessionExpiryInterval"],
+    ["a session expiry of 0", { sessionExpiryInterval: 0 }, "sessionExpiryInterval"],
+    ["a store (the broker keeps a member's session)", { client: { store: {} as never } }, "client.store"]
   ]
   for (const [name, override, option] of invalid) {
     it.effect(`${name} is an InvalidOptionError naming ${option}, before connecting`, () =>
@@ -217,6 +345,21 @@ describe("ConsumerGroup options", () => {
         assertOption(yield* Effect.exit(ConsumerGroup.adopt(options, "other", () => Effect.void)), option)
       }))
   }
+
+  it.live("filters that share no topic are one group's, and so are names with other characters", () =>
+    Effect.gen(function*() {
+      const lists = [["a/+", "a/b/c"], ["a/b/#", "a/c/#"], ["#", "$SYS/x"], ["work/q1", "work/q2"]]
+      for (const filter of lists) {
+        // nothing listens on port 1: the options passed, and the connection failed
+        const exit = yield* Effect.exit(ConsumerGroup.adopt(
+          { client: { url: "mqtt://127.0.0.1:1", reconnect: false }, group: "g", filter, member: "m-1.x" },
+          "other",
+          () => Effect.void
+        ))
+        const failure = Exit.isFailure(exit) ? exit.cause.reasons.find(Cause.isFailReason) : undefined
+        expect(failure?.error._tag, JSON.stringify(filter)).toBe("ConnectionLostError")
+      }
+    }))
 
   it("memberOptions: MQTT 5, the member as client identifier, a persistent session, prefetch as Receive Maximum, manual acknowledgement, the will that names it, DISCONNECT 0x04", () => {
     const options = ConsumerGroup.memberOptions({

@@ -189,6 +189,26 @@ export const matches = (topic: string, filter: string): boolean => {
   }
 }
 
+/**
+ * Whether two valid, non-shared filters match a topic in common: then a client subscribed to both receives such a
+ * message twice, once per subscription. Level by level: `#` matches what remains (also nothing, [MQTT-4.7.1-2]),
+ * `+` any one level, other levels only themselves; a filter starting with a wildcard matches no `$` topic
+ * [MQTT-4.7.2-1].
+ *
+ * @internal
+ */
+export const filtersOverlap = (a: string, b: string): boolean => {
+  const x = a.split("/")
+  const y = b.split("/")
+  const wild = (level: string) => level === "+" || level === "#"
+  if ((wild(x[0]) && y[0].startsWith("$")) || (wild(y[0]) && x[0].startsWith("$"))) return false
+  for (let i = 0;; i++) {
+    if (x[i] === "#" || y[i] === "#") return true
+    if (i === x.length || i === y.length) return x.length === y.length || x[i] === "#" || y[i] === "#"
+    if (x[i] !== "+" && y[i] !== "+" && x[i] !== y[i]) return false
+  }
+}
+
 /** @internal */
 export const parseShared = (filter: string): { readonly group: string; readonly filter: string } | undefined => {
   const inner = sharedFilterStart(filter)
