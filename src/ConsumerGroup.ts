@@ -33,7 +33,8 @@
  *
  * Delivery: at least once for QoS 1; for QoS 2, exactly once except a message whose handler had finished when its
  * member died and whose PUBREC had not yet left (at most `prefetch` of them): it is handled again by the adopter
- * (and, when the member takes its session back, what the adopter was handling then: at most `concurrency`). Filters
+ * (and, when the member takes its session back, what the adopter had received and handled before it saw its
+ * connection close: about `prefetch` more, as many as the broker sent past Receive Maximum). Filters
  * that overlap are refused: each is a shared subscription of its own, so a message matching two would reach the
  * group twice. A handler that fails on every try of a message fails each member that is dealt it in turn: catch
  * what should not stop a member in the handler.
@@ -102,8 +103,11 @@ export interface Options {
   readonly sessionExpiryInterval?: number | undefined
 }
 
+/** The group's own topics (notices that a member left, records, markers): never handed to a handler. */
+const GROUP_TOPICS = "effect-mqtt/groups/"
+
 /** The topic of the group's notices that a member left (its will). */
-const leftTopic = (group: string) => `effect-mqtt/groups/${group}/left`
+const leftTopic = (group: string) => `${GROUP_TOPICS}${group}/left`
 
 /** How long a notice that a member left stays valid in the broker's queues, in seconds. */
 const NOTICE_EXPIRY = 60
@@ -116,10 +120,10 @@ const invalid = (option: string, reason: string) => new MqttError.InvalidOptionE
 const filtersOf = (options: Options): ReadonlyArray<string> =>
   typeof options.filter === "string" ? [options.filter] : options.filter
 
-/** The group's own topics (notices that a member left, markers of an adoption): never handed to a handler. */
-const GROUP_TOPICS = "effect-mqtt/groups/"
-
 const isGroupTopic = (topic: string): boolean => topic.startsWith(GROUP_TOPICS)
+
+/** How long a member waits for its record (in fact for the marker after it) before it goes on without. */
+const RECORD_WAIT = "10 seconds"
 
 /** The topic of a member's record: its filters, retained, for its next run and for the member adopting it. */
 const recordTopic = (group: string, member: string) => `${GROUP_TOPICS}${group}/filters/${member}`
@@ -140,7 +144,11 @@ const recordedFilters = (
     const marker = `${GROUP_TOPICS}${group}/marker/${member}/${Date.now().toString(36)}`
     const stream = yield* client.subscription([record, marker], { qos: 1 })
     yield* client.publish(marker, "", { qos: 1 })
-    const got = yield* Stream.runCollect(stream.pipe(Stream.takeUntil((message) => message.topic === marker)))
+    // a broker that never sends the marker back: no record rather than no member (bounded, not a hang)
+    const got = yield* Stream.runCollect(stream.pipe(
+      Stream.takeUntil((message) => message.topic === marker),
+      Stream.interruptWhen(Effect.sleep(RECORD_WAIT))
+    ))
     const text = got.find((message) => message.topic === record)?.text
     if (text === undefined || text === "") return []
     try {
@@ -195,18 +203,19 @@ const checkFilters = (filter: unknown): MqttError.InvalidOptionError | undefined
   return undefined
 }
 
+/** A member's name is also a level of the group's topics: non-empty, no `/`, `+`, `#` or NUL, valid UTF-16. */
+const memberProblem = (group: string, member: unknown): MqttError.InvalidOptionError | undefined =>
+  typeof member !== "string" || member === "" || /[/+#]/.test(member) ||
+    !Topic.isValidName(`${GROUP_TOPICS}${group}/drained/${member}`)
+    ? invalid("member", "expected a non-empty name without /, + or # (a valid topic level)")
+    : undefined
+
 const check = (options: Options): Effect.Effect<void, MqttError.MqttError> => {
   if (typeof options.group !== "string" || options.group === "" || /[/+#]/.test(options.group)) {
     return Effect.fail(invalid("group", "expected a non-empty name without /, + or #"))
   }
-  const { member } = options
-  if (
-    typeof member !== "string" || member === "" || /[/+#]/.test(member) ||
-    !Topic.isValidName(`${GROUP_TOPICS}${options.group}/drained/${member}`)
-  ) {
-    // the member's name is also a level of the group's topics
-    return Effect.fail(invalid("member", "expected a non-empty name without /, + or # (a valid topic level)"))
-  }
+  const problem = memberProblem(options.group, options.member)
+  if (problem !== undefined) return Effect.fail(problem)
   const filterProblem = checkFilters(options.filter)
   if (filterProblem !== undefined) return Effect.fail(filterProblem)
   if (options.qos !== undefined && options.qos !== 1 && options.qos !== 2) {
@@ -290,8 +299,29 @@ export const adopt = <E, R>(
   member: string,
   handler: (message: MqttMessage) => Effect.Effect<void, E, R>
 ): Effect.Effect<number, MqttError.MqttError | E, R> =>
+  Effect.mapError(adoption(options, member, handler), (error) => error instanceof NotStarted ? error.error : error)
+
+/** An adoption that failed before it connected as the member: nothing of the session was touched. */
+class NotStarted {
+  readonly error: MqttError.MqttError
+  constructor(error: MqttError.MqttError) {
+    this.error = error
+  }
+}
+
+const adoption = <E, R>(
+  options: Options,
+  member: string,
+  handler: (message: MqttMessage) => Effect.Effect<void, E, R>
+): Effect.Effect<number, MqttError.MqttError | NotStarted | E, R> =>
   Effect.scoped(Effect.gen(function*() {
     yield* check(options)
+    const problem = memberProblem(options.group, member)
+    if (problem !== undefined) return yield* Effect.fail(problem)
+    // the member's filters, as it recorded them (another configuration's, in a rolling change), and ours
+    const recorded = yield* Effect.scoped(
+      Effect.flatMap(MqttClient.make(plainOptions(options)), (reader) => recordedFilters(reader, options.group, member))
+    ).pipe(Effect.mapError((error) => new NotStarted(error)))
     const orphan = yield* MqttClient.make({
       ...memberOptions(options),
       clientId: member,
@@ -306,28 +336,21 @@ export const adopt = <E, R>(
       // a graceful end discards the will; the session, emptied of its subscriptions, expires by itself
       disconnect: { reasonCode: 0 },
       reconnect: false
-    })
+    }).pipe(Effect.mapError((error) => new NotStarted(error)))
     const qos = options.qos ?? 1
     let handled = 0
     const drain = Effect.gen(function*() {
-      // the member's filters, as it recorded them (another configuration's, in a rolling change), and ours
-      const recorded = yield* Effect.scoped(
-        Effect.flatMap(
-          MqttClient.make(plainOptions(options)),
-          (reader) => recordedFilters(reader, options.group, member)
-        )
-      )
       const shared = shares(options.group, [...new Set([...filtersOf(options), ...recorded])])
       // replace the member's subscriptions by this client's, then remove them: the group deals it no more
       yield* orphan.subscribe(shared, { qos })
       yield* orphan.unsubscribe(shared)
       // the broker sends a client's messages in order: the marker comes after everything the session held
-      const marker = `effect-mqtt/groups/${options.group}/drained/${member}/${Date.now().toString(36)}`
+      const marker = `${GROUP_TOPICS}${options.group}/drained/${member}/${Date.now().toString(36)}`
       yield* orphan.subscribe(marker, { qos: 1 })
       yield* orphan.publish(marker, "", { qos: 1 })
       yield* handleAll(
-        // what is still queued when the connection ends is not handled: its acknowledgement could not leave, and
-        // the session (taken back by its member, or adopted by another) has it sent again
+        // once the connection ends, what is still queued is not handled: its acknowledgement could not leave,
+        // and the session (taken back by its member, or adopted by another) has it sent again
         orphan.messages.pipe(
           Stream.takeUntil((message) => message.topic === marker),
           Stream.interruptWhen(orphan.awaitClose)
@@ -341,7 +364,8 @@ export const adopt = <E, R>(
       // the session is empty and goes: so does its record (an empty retained message deletes it)
       yield* orphan.publish(recordTopic(options.group, member), "", { qos: 1, retain: true })
     })
-    // an adoption that fails leaves the rest of the session to another member: it says so, as the will would
+    // an adoption that fails leaves the rest of the session to another member: it says so, as its will would
+    // (when its connection is gone, this publish fails and the will, or the member's return, does it)
     yield* Effect.tapError(drain, () =>
       orphan.publish(leftTopic(options.group), member, {
         qos: 1,
@@ -375,7 +399,11 @@ export const run = <E, R>(
     const listener = yield* MqttClient.make(plainOptions(options))
     const noticeStream = yield* listener.subscription(`$share/${options.group}/${notices}`, { qos: 1 })
     const offerOrphan = (left: string) =>
-      left === options.member || left === "" ? Effect.void : Effect.asVoid(Queue.offer(orphans, left))
+      left === options.member
+        ? Effect.void
+        : memberProblem(options.group, left) !== undefined
+        ? Effect.logWarning(`effect-mqtt group ${options.group}: a notice names no member: "${left}", ignored`)
+        : Effect.asVoid(Queue.offer(orphans, left))
     const listening = Stream.runForEach(noticeStream, (notice) => offerOrphan(notice.text))
     // the shares of a filter this member took in its last run and takes no more leave its session (else the
     // group would go on dealing it that filter's messages); then the record says what it takes now
@@ -392,10 +420,11 @@ export const run = <E, R>(
     // under that process's subscription identifiers, which no subscription of this one claims
     yield* client.subscribe(shares(options.group, filters), { qos: options.qos ?? 1 })
     const adoptions = Effect.forever(Effect.flatMap(Queue.take(orphans), (left) =>
-      adopt(options, left, handler).pipe(
+      adoption(options, left, handler).pipe(
         Effect.tap((handled) => Effect.logInfo(`effect-mqtt group ${options.group}: adopted ${left} (${handled})`)),
         Effect.catchIf(
-          (error): error is MqttError.MqttError => MqttError.isMqttError(error) && isConnectionError(error),
+          (error): error is MqttError.MqttError | NotStarted =>
+            error instanceof NotStarted || (MqttError.isMqttError(error) && isConnectionError(error)),
           (error) => adoptionCut(options, client, left, error)
         )
       )))
@@ -413,24 +442,26 @@ export const run = <E, R>(
 /** An error of the adoption's connection, not of the handler's or the options'. */
 const isConnectionError = (error: MqttError.MqttError): boolean =>
   error._tag === "ConnectionLostError" || error._tag === "ConnectRefusedError" || error._tag === "TlsError" ||
-  error._tag === "MqttTimeoutError"
+  error._tag === "MqttTimeoutError" || error._tag === "ProtocolError"
 
 /**
- * The adoption's connection ended or never came. Once connected, nothing is left undone: the member took its
- * session back (Mosquitto closes the adopter's connection, another broker sends DISCONNECT 0x8E), or the adopter's
- * will names the member again for another adoption. Never connected, the notice is given again after its delay,
- * unless the broker refused for good (then the session waits for its member, or expires: said in an error line).
+ * The adoption's connection ended, or never came. Once connected as the member, nothing is left undone: the member
+ * took its session back (Mosquitto closes the adopter's connection, another broker sends DISCONNECT 0x8E), or the
+ * connection died and the adopter's will names the member again for another adoption. Never connected, the notice
+ * is given again after its delay, unless the broker refused for good (then the session waits for its member, or
+ * expires: said in an error line).
  */
 const adoptionCut = (
   options: Options,
   client: MqttClient.Client,
   left: string,
-  error: MqttError.MqttError
+  cut: MqttError.MqttError | NotStarted
 ): Effect.Effect<void> => {
   const group = options.group
-  if (error._tag === "ConnectionLostError" && error.phase === "connected") {
-    return Effect.logWarning(`effect-mqtt group ${group}: adoption of ${left} ended: ${error.message}`)
+  if (!(cut instanceof NotStarted)) {
+    return Effect.logWarning(`effect-mqtt group ${group}: adoption of ${left} ended: ${cut.message}`)
   }
+  const error = cut.error
   if (error._tag === "ConnectRefusedError" || error._tag === "TlsError") {
     return Effect.logError(`effect-mqtt group ${group}: cannot adopt ${left}: ${error.message}`)
   }

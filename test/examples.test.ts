@@ -264,8 +264,38 @@ for (const broker of brokers) {
       },
       EXAMPLE_TIMEOUT_MS
     )
+
+    it(
+      "13-consumer-group: every job handled, the stopped member's session adopted (MQTT 5: without MQTT_URL, on the in-memory test broker)",
+      async () => {
+        const run = await runOk("13-consumer-group.ts", broker.url())
+        assert.deepStrictEqual(run.lines, [
+          "3 members share jobs/#",
+          "worker-2 stopped while it held unacknowledged jobs",
+          "30 of 30 jobs handled",
+          "worker-2's session was adopted by another member"
+        ])
+      },
+      EXAMPLE_TIMEOUT_MS
+    )
   })
 }
+
+describe("the failover example (two brokers of its own, whatever MQTT_URL says)", () => {
+  it(
+    "14-failover: the client moves from node 1 to node 2 when node 1 stops, and its subscription comes along",
+    async () => {
+      const run = await runOk("14-failover.ts", undefined)
+      assert.deepStrictEqual(run.lines, [
+        "connected to node 1",
+        "node 1 stopped",
+        "moved from node 1 to node 2",
+        "received on node 2: alerts/smoke kitchen"
+      ])
+    },
+    EXAMPLE_TIMEOUT_MS
+  )
+})
 
 describe("the example of the test broker (its own broker, whatever MQTT_URL says)", () => {
   it(

@@ -479,6 +479,30 @@ describe("followServerReference", () => {
       })
   )
 
+  it.live("a node of the list that a reference leads to is not tried again later in the same round", () =>
+    Effect.gen(function*() {
+      const [a, b, c] = yield* fakes(3, 5)
+      const refuse = (broker: FakeBroker.FakeBroker, properties: Record<string, unknown>, reasonCode: number) =>
+        Effect.gen(function*() {
+          const connection = yield* broker.accept
+          yield* connection.expect("connect")
+          yield* connection.connack({ reasonCode, properties })
+        })
+      const fiber = yield* Effect.forkChild(Effect.exit(MqttClient.make({
+        url: [a.url, b.url, c.url],
+        protocolVersion: 5,
+        followServerReference: ["127.0.0.1"]
+      })))
+      yield* refuse(a, { serverReference: `127.0.0.1:${c.port}` }, 0x9c)
+      yield* refuse(c, {}, 0x87)
+      yield* refuse(b, {}, 0x87)
+      const error = errorOf(yield* Fiber.join(fiber))
+      assert(error instanceof MqttError.ConnectRefusedError, String(error))
+      expect([error.reasonCode, error.broker]).toEqual([0x87, b.url])
+      yield* sleepReal(100)
+      expect([a.connections.length, b.connections.length, c.connections.length]).toEqual([1, 1, 1])
+    }))
+
   it.live("reconnect: false: a DISCONNECT's Server Reference is not followed, and a log line says so", () =>
     Effect.gen(function*() {
       const [a, b] = yield* fakes(2, 5)
@@ -675,7 +699,14 @@ describe("followServerReference never leaves TLS: the server's that sent the ref
     Effect.map(
       Url.parseUrl(url),
       (endpoint) =>
-        ({ broker: url, endpoint, index, username: undefined, password: undefined }) as unknown as Failover.Node
+        ({
+          broker: url,
+          endpoint,
+          index,
+          origin: index,
+          username: undefined,
+          password: undefined
+        }) as unknown as Failover.Node
     )
   const lostWith = (serverReference: string) =>
     new MqttError.ConnectionLostError({ reason: "moved", reasonCode: 0x9c, serverReference })
@@ -686,6 +717,39 @@ describe("followServerReference never leaves TLS: the server's that sent the ref
         : redirect._tag === "Follow"
         ? `follow ${redirect.node.broker}`
         : `refuse: ${redirect.reason}`)
+
+  it.effect(
+    "a reference to a node of the list is that node, whatever the spelling (its query, IPv6 forms); elsewhere, one place per list node whose credentials it carries",
+    () =>
+      Effect.gen(function*() {
+        const a = yield* node("ws://127.0.0.1:1001/mqtt?token=a", 0)
+        const b = yield* node("ws://127.0.0.1:1002/mqtt?token=b", 1)
+        const made: Array<string> = []
+        const nodes = new Failover.Nodes(
+          [a, b],
+          ["127.0.0.1", "0:0:0:0:0:0:0:1"],
+          (endpoint, broker, from) =>
+            Effect.sync(() => {
+              made.push(`${broker} for ${from.origin}`)
+              return { broker, endpoint, index: -1, origin: from.origin } as unknown as Failover.Node
+            })
+        )
+        const follow = (reference: string, from: Failover.Node) =>
+          Effect.map(nodes.redirect(lostWith(reference), from), (r) => r?._tag === "Follow" ? r.node : r)
+        // the list node itself (the reference keeps the sender's path, not its query)
+        expect(yield* follow("127.0.0.1:1002", a)).toBe(b)
+        expect(yield* follow("ws://127.0.0.1:1002/mqtt", a)).toBe(b)
+        // elsewhere: made once per list node the client came from
+        const x1 = yield* follow("127.0.0.1:1003", a)
+        const x2 = yield* follow("127.0.0.1:1003", b)
+        const x3 = yield* follow("127.0.0.1:1003", x2 as Failover.Node)
+        expect(x1).not.toBe(x2)
+        expect(x3).toBe(x2)
+        expect(made).toEqual(["ws://127.0.0.1:1003/mqtt for 0", "ws://127.0.0.1:1003/mqtt for 1"])
+        // an IPv6 entry written in full allows the compressed address
+        expect(((yield* follow("[::1]:1004", a)) as Failover.Node).broker).toBe("ws://[::1]:1004/mqtt")
+      })
+  )
 
   it.effect("a plaintext list referred to mqtts:// is not referred on from there to mqtt://", () =>
     Effect.gen(function*() {
@@ -745,7 +809,9 @@ describe("failover options", () => {
   ]
   it.live("a list may name one host on two ports, two WebSocket paths of one host, or one port by two transports", () =>
     Effect.gen(function*() {
-      const [p, q] = [yield* closedPort, yield* closedPort]
+      const p = yield* closedPort
+      let q = yield* closedPort
+      while (q === p) q = yield* closedPort
       const lists = [
         [`mqtt://127.0.0.1:${p}`, `mqtt://127.0.0.1:${q}`],
         [`ws://127.0.0.1:${p}/mqtt`, `ws://127.0.0.1:${p}/other`],

@@ -4,13 +4,14 @@
  * ever contains a password, whether it came from the options or from the URL.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Effect, Logger, Redacted, References, Schedule } from "effect"
+import { Effect, Fiber, Logger, Redacted, References, Schedule } from "effect"
 import { MqttClient } from "effect-mqtt"
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as FakeBroker from "./support/FakeBroker.ts"
 import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
 
 const password = "s3cr3t-Passw0rd-Never-Logged"
@@ -54,6 +55,35 @@ const closedPort = () =>
   })
 
 describe("log lines", () => {
+  it.live(
+    "what the session warns of (a stray UNSUBACK) goes through the application's logger at Warn, naming the broker, and logLevel filters it",
+    () =>
+      Effect.gen(function*() {
+        const strayUnsuback = (logLevel: MqttClient.Options["logLevel"]) =>
+          captured(Effect.scoped(Effect.gen(function*() {
+            const broker = yield* FakeBroker.make()
+            const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, logLevel }))
+            const { connection } = yield* broker.acceptAndConnack()
+            const client = yield* Fiber.join(fiber)
+            yield* connection.send({ cmd: "unsuback", messageId: 5 } as never)
+            // a publish answered: the UNSUBACK before it has been read
+            const pending = yield* Effect.forkChild(client.publish("p", "x", { qos: 1 }))
+            const publish = yield* connection.expect("publish")
+            yield* connection.send({ cmd: "puback", messageId: publish.messageId! })
+            yield* Fiber.join(pending)
+            yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20)))
+            return broker.url
+          })))
+        const warned = yield* strayUnsuback("Warn")
+        const lines = warned.lines.filter((line) => line.includes("not in flight"))
+        assert.strictEqual(lines.length, 1, warned.lines.join("\n"))
+        assert.match(lines[0], /^Warn /)
+        assert.include(lines[0], `"broker":"${(warned.exit as { value: string }).value}"`)
+        const quiet = yield* strayUnsuback("Error")
+        assert.deepStrictEqual(quiet.lines.filter((line) => line.includes("not in flight")), [])
+      })
+  )
+
   it.live("connected is logged at Info when logLevel is Info, naming the broker, and not at the default Warn", () =>
     Effect.gen(function*() {
       const url = secured.url.replace("mqtt://", "mqtt://alice:" + password + "@")

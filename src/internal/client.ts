@@ -72,7 +72,7 @@ const makeNode = (
   options: MqttClient.Options,
   platform: Platform,
   endpoint: Endpoint,
-  node: Pick<Failover.Node, "broker" | "username" | "password" | "index">
+  node: Pick<Failover.Node, "broker" | "username" | "password" | "index" | "origin">
 ): Effect.Effect<Failover.Node, MqttError.MqttError, Scope.Scope> =>
   Effect.gen(function*() {
     const socket = yield* platform.makeSocket(endpoint, options)
@@ -125,12 +125,20 @@ export const make = (
       (record) => driver.settled(record),
       metrics
     )
-    driver = new Driver(session, deliveries, metrics, (warning) => Effect.runFork(Effect.logWarning(warning)))
+    // the session's warnings are the client's log lines: through the application's logger (the services of
+    // `make`), filtered by `logLevel`, annotated with the broker
+    const context = yield* Effect.context<never>()
+    let supervisor: Supervisor | undefined
+    driver = new Driver(session, deliveries, metrics, (warning) => {
+      if (supervisor !== undefined) Effect.runForkWith(context)(supervisor.log("Warn", warning))
+    })
     const configured: Array<Failover.Node> = []
     for (let index = 0; index < o.nodes.length; index++) {
       const { url, endpoint, username, password } = o.nodes[index]
       const broker = options.transport === undefined ? Broker.display(url) : undefined
-      configured.push(yield* makeNode(options, platform, endpoint, { broker, username, password, index }))
+      configured.push(
+        yield* makeNode(options, platform, endpoint, { broker, username, password, index, origin: index })
+      )
     }
     // the parent of every connection's scope, made before the finalizer that sends DISCONNECT, so that on
     // release it closes after it: the connection is still open when the DISCONNECT is written
@@ -145,7 +153,8 @@ export const make = (
             broker,
             username: from.username,
             password: from.password,
-            index: -1
+            index: -1,
+            origin: from.origin
           }),
           parent
         )
@@ -155,7 +164,7 @@ export const make = (
       attempt: 1,
       ...(nodes.first.broker === undefined ? {} : { broker: nodes.first.broker })
     })
-    const supervisor = new Supervisor({ options: o, parent, driver }, nodes, status)
+    supervisor = new Supervisor({ options: o, parent, driver }, nodes, status)
     // a durable session is kept per broker (the first of a cluster's list) and client identifier
     if (o.store !== undefined) {
       yield* durable(o.store, o.clearStore, nodes.first.broker, session, driver, supervisor, scope)

@@ -30,6 +30,8 @@ export interface Node {
   readonly endpoint: Url.Endpoint | undefined
   /** the position in the `url` list; -1 for a place a Server Reference led to */
   readonly index: number
+  /** the position in the `url` list of the node whose credentials this one carries (its own, for a list node) */
+  readonly origin: number
 }
 
 /** What becomes of the Server Reference an error carries. */
@@ -105,7 +107,10 @@ export class Nodes {
   round(first?: Node): Array<Node> {
     const n = this.configured.length
     const nodes: Array<Node> = first === undefined ? [] : [first]
-    for (let k = 1; k <= n; k++) nodes.push(this.configured[(this.position + k + n) % n])
+    for (let k = 1; k <= n; k++) {
+      const node = this.configured[(this.position + k + n) % n]
+      if (node !== first) nodes.push(node)
+    }
     return nodes
   }
 
@@ -166,12 +171,12 @@ export class Nodes {
       }
       const refused = disallowed(self.policy!, target)
       if (refused !== undefined) return refuse(reference, refused)
-      // a node of the list is that node: its own credentials, and the round goes on from its position
+      // a node of the list is that node: its own credentials; once connected, the next round goes on from it
       const key = Url.brokerKey(endpoint)
       const listed = self.configured.find((node) => node.endpoint !== undefined && Url.brokerKey(node.endpoint) === key)
       if (listed !== undefined) return { _tag: "Follow", node: listed } as const
-      // elsewhere: the credentials of the node that sent the client there, so one place per sender
-      const place = `${from.index} ${key}`
+      // elsewhere: the credentials of the list node the client came from, so one place per such node
+      const place = `${from.origin} ${key}`
       const known = self.referenced.get(place)
       if (known !== undefined) return { _tag: "Follow", node: known } as const
       const made = yield* Effect.result(self.make(endpoint, broker, from))
@@ -200,10 +205,9 @@ const disallowed = (
     }
   }
   const host = target.host.toLowerCase()
-  const hostPort = `${host.includes(":") ? `[${host}]` : host}:${target.port}`
   const allowed = policy.some((entry) => {
-    const e = entry.trim().toLowerCase()
-    return e === host || e === hostPort || e === `[${host}]`
+    const e = Url.hostEntry(entry)
+    return e !== undefined && e.host === host && (e.port === undefined || e.port === target.port)
   })
   return allowed ? undefined : "followServerReference does not allow it"
 }

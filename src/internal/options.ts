@@ -123,7 +123,7 @@ const urlsOf = (
 /** `followServerReference`: a list of host names (or `host:port`), or a predicate. */
 const checkFollow = (follow: MqttClient.Options["followServerReference"]) =>
   follow === undefined || typeof follow === "function" ||
-    (Array.isArray(follow) && follow.every((host) => typeof host === "string" && Url.isHostEntry(host.trim())))
+    (Array.isArray(follow) && follow.every((host) => typeof host === "string" && Url.hostEntry(host) !== undefined))
     ? Effect.succeed(follow)
     : Effect.fail(
       invalid(

@@ -243,6 +243,9 @@ export class Supervisor {
         if (node.index >= 0) listed++
         if (target !== undefined) {
           redirects++
+          // next; a node of the list that a reference names is not tried again later in the round
+          const later = nodes.indexOf(target, i + 1)
+          if (later >= 0) nodes.splice(later, 1)
           nodes.splice(i + 1, 0, target)
         } else if (node.index >= 0 && isFinal(error)) {
           finals++
@@ -253,7 +256,7 @@ export class Supervisor {
           yield* SubscriptionRef.set(self.status, { _tag: "Disconnected", cause: error, retryIn: Duration.zero })
         }
       }
-      return { _tag: "Failed", error: error!, final: listed > 0 && finals === listed, attempt } as const
+      return { _tag: "Failed", error: error!, final: finals === listed, attempt } as const
     })
   }
 
@@ -304,13 +307,12 @@ export class Supervisor {
       while (true) {
         const error = Broker.annotate(yield* Effect.flip(Deferred.await(c.lost)), c.node.broker, "connected")
         if (self.env.driver.session.closed !== undefined) return
-        if (schedule === undefined && Failover.referenceOf(error) !== undefined) {
+        const reference = schedule === undefined ? Failover.referenceOf(error) : undefined
+        if (reference !== undefined) {
+          const from = c.node.broker
           yield* self.log(
             "Warn",
-            `MQTT not following the server reference "${
-              Failover.referenceOf(error)!.reference
-            }" of ${c.node.broker}: ` +
-              "reconnect is off",
+            `MQTT not following the server reference "${reference.reference}" of ${from}: reconnect is off`,
             c.node
           )
         }

@@ -204,7 +204,7 @@ export const filtersOverlap = (a: string, b: string): boolean => {
   if ((wild(x[0]) && y[0].startsWith("$")) || (wild(y[0]) && x[0].startsWith("$"))) return false
   for (let i = 0;; i++) {
     if (x[i] === "#" || y[i] === "#") return true
-    if (i === x.length || i === y.length) return x.length === y.length || x[i] === "#" || y[i] === "#"
+    if (i === x.length || i === y.length) return x.length === y.length
     if (x[i] !== "+" && y[i] !== "+" && x[i] !== y[i]) return false
   }
 }

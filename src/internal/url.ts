@@ -134,20 +134,40 @@ export const isEncrypted = (endpoint: Endpoint): boolean =>
 /** `host`, `host:port`, `[v6]` or `[v6]:port` (a host name, an IPv4 address, or an IPv6 address in brackets). */
 export const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^:[\]/\s@?#]+)(?::(\d{1,5}))?$/
 
-/** Whether `s` names a host the way `followServerReference` lists them: `HOST_PORT`, or a bare IPv6 address. */
-export const isHostEntry = (s: string): boolean => HOST_PORT.test(s) || /^[0-9a-fA-F:.]*:[0-9a-fA-F:.]*$/.test(s)
+/**
+ * A host as `followServerReference` lists them (`host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address),
+ * normalised as URLs normalise hosts (lower case; IPv6 compressed, without brackets); undefined when it is none.
+ */
+export const hostEntry = (entry: string): { readonly host: string; readonly port: number | undefined } | undefined => {
+  const s = entry.trim()
+  const match = HOST_PORT.exec(s)
+  const [host, port] = match !== null ? [match[1], match[2]] : s.includes(":") ? [`[${s}]`, undefined] : []
+  if (host === undefined) return undefined
+  let parsed: URL
+  try {
+    parsed = new URL(`mqtt://${host}`)
+  } catch {
+    return undefined
+  }
+  const name = parsed.hostname.toLowerCase()
+  const number = port === undefined ? undefined : Number(port)
+  if (name === "" || (number !== undefined && !(number > 0 && number <= 65535))) return undefined
+  return { host: name.startsWith("[") ? name.slice(1, -1) : name, port: number }
+}
 
 /**
  * What names one broker whatever the spelling of its URL: the transport (`mqtt:` and `tcp:` are one, so are
  * `mqtts:`, `tls:` and `ssl:`), the host without case, the port (the scheme's default when none is written) and,
- * for WebSocket, the path. Credentials are not part of it.
+ * for WebSocket, the path (not its query). Credentials are not part of it.
  */
 export const brokerKey = (endpoint: Endpoint): string =>
   endpoint._tag === "Unix"
     ? `unix:${endpoint.path}`
     : `${
       endpoint._tag === "WebSocket" ? endpoint.scheme : endpoint._tag
-    }://${endpoint.host.toLowerCase()}:${endpoint.port}${endpoint._tag === "WebSocket" ? endpoint.path : ""}`
+    }://${endpoint.host.toLowerCase()}:${endpoint.port}${
+      endpoint._tag === "WebSocket" ? endpoint.path.replace(/\?.*$/, "") : ""
+    }`
 
 // `new URL` turns both `ws://host` and `ws://host/` into the path "/": look at what was written
 const hasExplicitPath = (url: string): boolean => /^[^:]+:[/\\]{2}[^/\\?#]*[/\\]/.test(url.trim())
