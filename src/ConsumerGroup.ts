@@ -63,7 +63,6 @@
 import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
-import { filtersOverlap } from "./internal/topic.ts"
 import * as MqttClient from "./MqttClient.ts"
 import * as MqttError from "./MqttError.ts"
 import type { MqttMessage } from "./MqttMessage.ts"
@@ -191,7 +190,7 @@ const checkFilters = (filter: unknown): MqttError.InvalidOptionError | undefined
   }
   for (let i = 0; i < filters.length; i++) {
     for (let j = i + 1; j < filters.length; j++) {
-      if (filtersOverlap(filters[i], filters[j])) {
+      if (Topic.overlaps(filters[i], filters[j])) {
         return invalid(
           "filter",
           `"${filters[i]}" and "${filters[j]}" overlap: each is a shared subscription of its own, so a message ` +

@@ -187,3 +187,24 @@ export const parseShared: (filter: string) => { readonly group: string; readonly
  * @category guards
  */
 export const isShared: (filter: string) => boolean = internal.isShared
+
+/**
+ * Whether two valid, non-shared topic filters match some topic in common: a client subscribed to both receives
+ * such a message twice on MQTT 5 (once per subscription), and a consumer group on both would get it twice. Level by
+ * level: `#` matches what remains, the parent level included [MQTT-4.7.1-2]; `+` matches any one level; a filter
+ * starting with a wildcard matches no topic starting with `$` [MQTT-4.7.2-1]. Give valid filters
+ * ({@link isValidFilter}): the answer for others is not specified.
+ *
+ * @example
+ * ```ts
+ * import { Topic } from "effect-mqtt"
+ *
+ * assert.strictEqual(Topic.overlaps("sensors/#", "sensors/+/temperature"), true)
+ * assert.strictEqual(Topic.overlaps("sensors/+", "sensors/a/b"), false)
+ * assert.strictEqual(Topic.overlaps("#", "$SYS/broker/uptime"), false)
+ * ```
+ *
+ * @since 0.2.0
+ * @category guards
+ */
+export const overlaps: (a: string, b: string) => boolean = internal.filtersOverlap

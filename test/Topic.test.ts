@@ -425,3 +425,51 @@ describe("Topic properties", () => {
     )
   })
 })
+
+describe("Topic.overlaps", () => {
+  it("examples: # takes the parent level, + one level, wildcards no $ topic", () => {
+    const cases: ReadonlyArray<readonly [string, string, boolean]> = [
+      ["a/#", "a", true],
+      ["a/#", "a/b/c", true],
+      ["a/+", "a/b", true],
+      ["a/+", "a", false],
+      ["+/b", "a/+", true],
+      ["a/+/c", "a/b/+", true],
+      ["a/b/#", "a/c/#", false],
+      ["#", "$SYS/x", false],
+      ["$SYS/#", "$SYS/a", true],
+      ["a/", "a/+", true],
+      ["a/", "a", false]
+    ]
+    for (const [a, b, expected] of cases) {
+      expect([a, b, Topic.overlaps(a, b), Topic.overlaps(b, a)]).toEqual([a, b, expected, expected])
+    }
+  })
+
+  // every topic of up to 4 levels from a small alphabet: enough to hold a topic in common of any two filters of
+  // up to 3 levels and a `#`, when there is one
+  const levels = ["a", "b", "$x", ""]
+  const topics: Array<string> = []
+  const grow = (prefix: Array<string>) => {
+    if (prefix.length > 0) topics.push(prefix.join("/"))
+    if (prefix.length < 4) { for (const level of levels) grow([...prefix, level]) }
+  }
+  grow([])
+  const filter = fc.tuple(
+    fc.array(fc.constantFrom("a", "b", "$x", "", "+"), { minLength: 1, maxLength: 3 }),
+    fc.boolean()
+  )
+    .map(([parts, hash]) => [...parts, ...(hash ? ["#"] : [])].join("/"))
+    .filter(Topic.isValidFilter)
+
+  it("two filters overlap exactly when some topic matches both", () => {
+    fc.assert(
+      fc.property(
+        filter,
+        filter,
+        (a, b) => Topic.overlaps(a, b) === topics.some((topic) => Topic.matches(topic, a) && Topic.matches(topic, b))
+      ),
+      { numRuns: 3_000 }
+    )
+  })
+})
