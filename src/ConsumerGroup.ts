@@ -30,6 +30,8 @@
  * under the same name while it is adopted takes its session back: the adoption stops (the broker closes the
  * adopter's connection, or sends DISCONNECT 0x8E) without handling what it had queued, and the adopter goes on as a
  * member; nothing is lost. An adoption whose connection fails before it starts is announced again 2 seconds later.
+ * At every connection a member subscribes its shares again and rewrites its record: one that comes back after an
+ * adopter emptied its session rejoins the group.
  *
  * Delivery: at least once for QoS 1; for QoS 2, exactly once except a message whose handler had finished when its
  * member died and whose PUBREC had not yet left (at most `prefetch` of them): it is handled again by the adopter
@@ -152,7 +154,10 @@ const recordedFilters = (
     if (text === undefined || text === "") return []
     try {
       const filters: unknown = JSON.parse(text)
-      return Array.isArray(filters) ? filters.filter((f): f is string => typeof f === "string") : []
+      // a record is data from the broker: only what is a filter of a group counts
+      return Array.isArray(filters)
+        ? filters.filter((f): f is string => typeof f === "string" && Topic.isValidFilter(f) && !Topic.isShared(f))
+        : []
     } catch {
       return []
     }
@@ -210,15 +215,16 @@ const memberProblem = (group: string, member: unknown): MqttError.InvalidOptionE
     : undefined
 
 const check = (options: Options): Effect.Effect<void, MqttError.MqttError> => {
-  if (typeof options.group !== "string" || options.group === "" || /[/+#]/.test(options.group)) {
-    return Effect.fail(invalid("group", "expected a non-empty name without /, + or #"))
+  const { group } = options
+  if (typeof group !== "string" || group === "" || /[/+#]/.test(group) || !Topic.isValidName(leftTopic(group))) {
+    return Effect.fail(invalid("group", "expected a non-empty name without /, + or # (a valid topic level)"))
   }
   const problem = memberProblem(options.group, options.member)
   if (problem !== undefined) return Effect.fail(problem)
   const filterProblem = checkFilters(options.filter)
   if (filterProblem !== undefined) return Effect.fail(filterProblem)
   if (options.qos !== undefined && options.qos !== 1 && options.qos !== 2) {
-    return Effect.fail(invalid("qos", "expected 1 or 2 (QoS 0 has no acknowledgement to hand a message over with)"))
+    return Effect.fail(invalid("qos", "expected 1 or 2 (a member hands a message over with its acknowledgement)"))
   }
   const prefetch = options.prefetch ?? 10
   if (!Number.isInteger(prefetch) || prefetch < 1 || prefetch > 65535) {
@@ -411,10 +417,8 @@ export const run = <E, R>(
       yield* client.unsubscribe(shares(options.group, stale))
       yield* Effect.logInfo(`effect-mqtt group ${options.group}: ${options.member} no longer takes ${stale.join(" ")}`)
     }
-    yield* client.publish(recordTopic(options.group, options.member), JSON.stringify(filters), {
-      qos: 1,
-      retain: true
-    })
+    const record = recordTopic(options.group, options.member)
+    yield* client.publish(record, JSON.stringify(filters), { qos: 1, retain: true })
     // one stream for all the work: after a restart the broker resends what the last process left unacknowledged,
     // under that process's subscription identifiers, which no subscription of this one claims
     yield* client.subscribe(shares(options.group, filters), { qos: options.qos ?? 1 })
@@ -434,7 +438,20 @@ export const run = <E, R>(
       options.concurrency ?? 1,
       (message) => isGroupTopic(message.topic) ? Effect.void : handler(message)
     )
-    yield* Effect.all([work, adoptions, listening], { concurrency: 3, discard: true })
+    // at every connection, the shares and the record again: a session the broker kept may have lost them (an
+    // adopter that took it while this member was briefly away empties it of its shares and deletes its record)
+    const rejoin = Stream.runForEach(
+      Stream.filter(client.statusChanges, (status) => status._tag === "Connected"),
+      () =>
+        client.subscribe(shares(options.group, filters), { qos: options.qos ?? 1 }).pipe(
+          Effect.andThen(client.publish(record, JSON.stringify(filters), { qos: 1, retain: true })),
+          // lost again meanwhile: the next connection does it
+          Effect.catch((error) =>
+            Effect.logWarning(`effect-mqtt group ${options.group}: rejoining failed: ${error.message}`)
+          )
+        )
+    )
+    yield* Effect.all([work, adoptions, listening, rejoin], { concurrency: 4, discard: true })
     return yield* new MqttError.ConnectionLostError({ reason: "the client was closed" })
   }))
 

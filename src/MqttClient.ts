@@ -156,7 +156,8 @@ export interface Options {
    * name one broker twice (`mqtt://` and `tcp://`, `mqtts://`, `tls://` and `ssl://` are the same transport; a
    * port left out is the scheme's default): an `InvalidOptionError` naming `url[i]`. A node that refuses the
    * client for good (CONNACK: bad credentials, not authorized, banned; a certificate TLS rejects) does not end a
-   * round: the next node is tried. The client gives up only when every node of a round refused it for good. */
+   * round: the next node is tried. The client gives up only when every node of a round refused it for good
+   * (sending it for good, CONNACK 0x9D, to a place that refuses it for good counts as refusing). */
   readonly url?: string | ReadonlyArray<string> | undefined
   /**
    * MQTT 5: follow a broker's Server Reference (CONNACK or DISCONNECT with reason code 0x9C, use another server,

@@ -6,7 +6,7 @@
  * held, and what Mosquitto went on dealing its session, is adopted and handled by the others.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Fiber, Stream } from "effect"
+import { Cause, Effect, Exit, Fiber, Logger, Schedule, Stream } from "effect"
 import { ConsumerGroup, MqttClient, MqttError, type MqttMessage } from "effect-mqtt"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Path from "node:path"
@@ -270,6 +270,85 @@ describe("a member restarted with other filters", () => {
         expect([other.child.exitCode, after.child.exitCode]).toEqual([null, null])
       }),
     120_000
+  )
+})
+
+describe("members in one process", () => {
+  it.live(
+    "a record that is not a list of filters is no list of filters: the member runs and records its own",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({})
+        const group = { client: { url: broker.url }, group: "garbage", filter: "jobs/#" } as const
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        const record = "effect-mqtt/groups/garbage/filters/m1"
+        yield* publisher.publish(record, JSON.stringify(["a/#/b", "", "$share/x/y", 5, "jobs/#"]), {
+          qos: 1,
+          retain: true
+        })
+        let handled = 0
+        yield* Effect.forkChild(ConsumerGroup.run({ ...group, member: "m1" }, () => Effect.sync(() => handled++)))
+        // its record says what it takes now: the group's filter, not the garbage
+        const reader = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        const recorded = () =>
+          Effect.scoped(Effect.gen(function*() {
+            const stream = yield* reader.subscription(record, { qos: 1 })
+            const [message] = yield* Stream.runCollect(Stream.take(stream, 1))
+            return message.text
+          }))
+        let text = ""
+        for (let i = 0; i < 200 && text !== `["jobs/#"]`; i++) {
+          text = yield* recorded()
+          if (text !== `["jobs/#"]`) yield* sleepReal(50)
+        }
+        expect(text).toBe(`["jobs/#"]`)
+        for (let i = 0; i < 10; i++) yield* publisher.publish("jobs/x", String(i), { qos: 1 })
+        yield* until("the jobs handled", () => handled === 10, 30)
+      }),
+    60_000
+  )
+
+  it.live(
+    "a member whose session another member took (a notice naming it while it lives) rejoins the group when it reconnects",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({ protocolConfig: "max_queued_messages 0" })
+        const group = { client: { url: broker.url }, group: "rejoin", filter: "jobs/#", prefetch: 10 } as const
+        const handled = { m1: 0, m2: 0 }
+        // m1 reconnects a second after losing its connection: by then the adoption is over
+        const slowBack = { ...group, client: { ...group.client, reconnect: Schedule.spaced("1 second") } }
+        const lines: Array<string> = []
+        const logged = <A, E>(effect: Effect.Effect<A, E>) =>
+          Effect.provide(effect, Logger.layer([Logger.make((options) => lines.push(String(options.message)))]))
+        yield* Effect.forkChild(
+          logged(ConsumerGroup.run({ ...slowBack, member: "m1" }, () => Effect.sync(() => handled.m1++)))
+        )
+        yield* Effect.forkChild(
+          logged(ConsumerGroup.run({ ...group, member: "m2" }, () => Effect.sync(() => handled.m2++)))
+        )
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        // both members in the group: each has handled a job
+        let sent = 0
+        const publishUntil = (what: string, done: () => boolean) =>
+          Effect.gen(function*() {
+            for (let i = 0; i < 400 && !done(); i++) {
+              yield* publisher.publish("jobs/x", String(sent++), { qos: 1 })
+              yield* sleepReal(50)
+            }
+            if (!done()) return yield* Effect.die(new Error(`${what}: not within 20 s (${JSON.stringify(handled)})`))
+          })
+        yield* publishUntil("both members working", () => handled.m1 > 0 && handled.m2 > 0)
+        // a notice naming m1, which is alive: m2 adopts m1's session (taking m1's connection from it, taking its
+        // shares out of the session), then m1's client reconnects to its session
+        // (the notices go round the members' listeners: m1's ignores one naming itself, so two are sent)
+        yield* publisher.publish("effect-mqtt/groups/rejoin/left", "m1", { qos: 1 })
+        yield* publisher.publish("effect-mqtt/groups/rejoin/left", "m1", { qos: 1 })
+        yield* until("m2 adopted m1", () => lines.some((line) => line.includes("adopted m1")), 30)
+        yield* sleepReal(2000)
+        const before = handled.m1
+        yield* publishUntil("m1 working again", () => handled.m1 > before)
+      }),
+    60_000
   )
 })
 

@@ -479,6 +479,45 @@ describe("followServerReference", () => {
       })
   )
 
+  it.live(
+    "CONNACK 0x9D (server moved) to a place that refuses for good: the node refused for good, the client gives up; 0x9C (for now) is tried again",
+    () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const refuse = (broker: FakeBroker.FakeBroker, reasonCode: number, serverReference?: string) =>
+          Effect.gen(function*() {
+            const connection = yield* broker.accept
+            yield* connection.expect("connect")
+            yield* connection.connack({
+              reasonCode,
+              properties: serverReference === undefined ? {} : { serverReference }
+            })
+          })
+        const options = {
+          url: a.url,
+          protocolVersion: 5,
+          followServerReference: ["127.0.0.1"],
+          retryFirstConnect: true,
+          reconnect: fast
+        } as const
+        const moved = yield* Effect.forkChild(Effect.exit(MqttClient.make(options)))
+        yield* refuse(a, 0x9d, `127.0.0.1:${b.port}`)
+        yield* refuse(b, 0x87)
+        const error = errorOf(yield* Fiber.join(moved))
+        assert(error instanceof MqttError.ConnectRefusedError, String(error))
+        expect([error.reasonCode, error.broker]).toEqual([0x87, b.url])
+        yield* sleepReal(100)
+        expect([a.connections.length, b.connections.length]).toEqual([1, 1])
+        // "use another server" for now: the next round tries A again, which takes the client
+        const forNow = yield* Effect.forkChild(MqttClient.make(options))
+        yield* refuse(a, 0x9c, `127.0.0.1:${b.port}`)
+        yield* refuse(b, 0x87)
+        yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(forNow)
+        expect(client.connection.broker).toBe(a.url)
+      })
+  )
+
   it.live("a node of the list that a reference leads to is not tried again later in the same round", () =>
     Effect.gen(function*() {
       const [a, b, c] = yield* fakes(3, 5)

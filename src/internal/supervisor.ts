@@ -57,7 +57,23 @@ const MAX_REDIRECTS_PER_ROUND = 3
 /** How one round of attempts ended: connected, or failed with the last error (final: the client gives up). */
 type RoundResult =
   | { readonly _tag: "Connected"; readonly connection: Connection }
-  | { readonly _tag: "Failed"; readonly error: MqttError.MqttError; readonly final: boolean; readonly attempt: number }
+  | {
+    readonly _tag: "Failed"
+    readonly error: MqttError.MqttError
+    readonly final: boolean
+    readonly attempt: number
+    /** the node of the last attempt */
+    readonly node: Node
+  }
+
+/** One failed attempt of a round, and the attempt whose Server Reference led to it. */
+interface Attempt {
+  readonly node: Node
+  readonly error: MqttError.MqttError
+  /** refused for good: directly, or by a reference (0x9D) to a place that refused for good */
+  final: boolean
+  readonly by: Attempt | undefined
+}
 
 const connecting = (attempt: number, node: Node): MqttClient.ConnectionStatus =>
   node.broker === undefined
@@ -134,7 +150,7 @@ export class Supervisor {
         return yield* Effect.fail(first.error)
       } else {
         connection = yield* Effect.tapError(
-          self.reconnect(yield* Schedule.toStep(o.reconnect), first.error, first.attempt, undefined),
+          self.reconnect(yield* Schedule.toStep(o.reconnect), first.error, first.node, first.attempt, undefined),
           (error) => self.log("Error", `MQTT client gave up: ${error.message}`)
         )
       }
@@ -218,9 +234,10 @@ export class Supervisor {
   /**
    * One round of attempts: each node in turn, at once, until one accepts. A Server Reference that the options
    * allow is the next attempt. Ends with the connection, or with the last error, final when the client must give
-   * up: every attempt on a node of the list ended with an error another attempt cannot change (a refusal of the
-   * credentials, a certificate). A node that refuses for good does not end the round (another node of a cluster
-   * may take the client: its own credentials, its own certificate), nor does a place a Server Reference led to.
+   * up: every attempt on a node of the list was refused for good (the credentials, a certificate), directly or
+   * by sending the client, for good (0x9D, server moved), to a place that refused it for good. A node that refuses
+   * for good does not end the round (another node of a cluster may take the client: its own credentials, its own
+   * certificate), nor does a place a Server Reference led to.
    */
   private round(nodes: Array<Node>, firstAttempt: number, announce: boolean): Effect.Effect<RoundResult> {
     const self = this
@@ -228,8 +245,9 @@ export class Supervisor {
       let attempt = firstAttempt
       let redirects = 0
       let error: MqttError.MqttError | undefined
-      let listed = 0
-      let finals = 0
+      const attempts: Array<Attempt> = []
+      // the attempt whose Server Reference led to a node about to be tried
+      const referredBy = new Map<Node, Attempt>()
       for (let i = 0; i < nodes.length; i++, attempt++) {
         const node = nodes[i]
         if (i > 0 || announce) yield* SubscriptionRef.set(self.status, connecting(attempt, node))
@@ -239,16 +257,22 @@ export class Supervisor {
         if (failure === undefined) return yield* Effect.failCause(exit.cause as Cause.Cause<never>)
         self.metrics.failedAttempts++
         error = failure.error
+        const tried: Attempt = { node, error, final: false, by: referredBy.get(node) }
+        referredBy.delete(node)
+        attempts.push(tried)
         const target = yield* self.redirect(error, node, redirects >= MAX_REDIRECTS_PER_ROUND)
-        if (node.index >= 0) listed++
         if (target !== undefined) {
           redirects++
           // next; a node of the list that a reference names is not tried again later in the round
           const later = nodes.indexOf(target, i + 1)
           if (later >= 0) nodes.splice(later, 1)
           nodes.splice(i + 1, 0, target)
-        } else if (node.index >= 0 && isFinal(error)) {
-          finals++
+          referredBy.set(target, tried)
+        } else if (isFinal(error)) {
+          // refused for good, and so were the attempts that sent the client here for good
+          for (let a: Attempt | undefined = tried; a !== undefined && !a.final && isFinal(a.error); a = a.by) {
+            a.final = true
+          }
         }
         const next = nodes[i + 1]
         if (next !== undefined) {
@@ -256,7 +280,8 @@ export class Supervisor {
           yield* SubscriptionRef.set(self.status, { _tag: "Disconnected", cause: error, retryIn: Duration.zero })
         }
       }
-      return { _tag: "Failed", error: error!, final: finals === listed, attempt } as const
+      const final = attempts.every((a) => a.node.index < 0 || a.final)
+      return { _tag: "Failed", error: error!, final, attempt, node: nodes.at(-1)! } as const
     })
   }
 
@@ -268,6 +293,8 @@ export class Supervisor {
   private reconnect(
     step: ScheduleStep,
     cause: MqttError.MqttError,
+    /** the node of the connection or attempt that ended with `cause` */
+    causeNode: Node,
     firstAttempt: number,
     redirect: Node | undefined
   ): Effect.Effect<Connection, MqttError.MqttError> {
@@ -275,6 +302,7 @@ export class Supervisor {
     return Effect.gen(function*() {
       const clock = yield* Clock.Clock
       let error = cause
+      let errorNode = causeNode
       let attempt = firstAttempt
       let first = redirect
       while (true) {
@@ -282,13 +310,18 @@ export class Supervisor {
         if (Exit.isFailure(next)) return yield* Effect.fail(error)
         const delay = next.value[1]
         const millis = Duration.millis(Math.round(Duration.toMillis(delay)))
-        yield* self.log("Warn", `${error.message}; next attempt in ${Duration.format(millis)} (attempt ${attempt})`)
+        yield* self.log(
+          "Warn",
+          `${error.message}; next attempt in ${Duration.format(millis)} (attempt ${attempt})`,
+          errorNode
+        )
         yield* SubscriptionRef.set(self.status, { _tag: "Disconnected", cause: error, retryIn: delay })
         yield* Effect.sleep(delay)
         const result = yield* self.round(self.nodes.round(first), attempt, true)
         first = undefined
         if (result._tag === "Connected") return result.connection
         error = result.error
+        errorNode = result.node
         attempt = result.attempt
         if (result.final) return yield* Effect.fail(error)
       }
@@ -328,7 +361,7 @@ export class Supervisor {
         if (step === undefined || since - connectedAt >= STABLE_CONNECTION_MILLIS) {
           step = yield* Schedule.toStep(schedule)
         }
-        const exit = yield* Effect.exit(self.reconnect(step, error, 1, redirect))
+        const exit = yield* Effect.exit(self.reconnect(step, error, c.node, 1, redirect))
         if (Exit.isFailure(exit)) {
           const failure = exit.cause.reasons.find(Cause.isFailReason)
           return yield* self.shutdown(failure?.error ?? error)
