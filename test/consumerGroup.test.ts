@@ -82,7 +82,12 @@ describe("a consumer group across three processes on Mosquitto", () => {
         // each member subscribes to the work and to the group's notices
         yield* until(
           "three members subscribed",
-          () => broker.logs().split("\n").filter((line) => line.includes("$share/work/work/#")).length >= 3,
+          () =>
+            ["member-1", "member-2", "member-3"].every((name) =>
+              broker.logs().split("\n").some((line) =>
+                line.includes(` ${name} `) && line.includes("$share/work/work/#")
+              )
+            ),
           60
         )
         const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
@@ -178,16 +183,14 @@ describe("a member that comes back while another adopts its session", () => {
           concurrency: 20,
           discard: true
         })
+        const subscribedAsMember2 = () =>
+          broker.logs().split("\n").filter((line) => line.includes(" member-2 ") && line.includes("$share/back/#"))
+            .length
+        const before = subscribedAsMember2()
         first.child.kill("SIGKILL")
         // the notice comes 2 s after; member-1 connects as member-2 and subscribes as it (to take its
         // subscription out of the group), then handles its backlog, 40 ms a message: member-2 comes back then
-        yield* until(
-          "the adoption under way",
-          () =>
-            broker.logs().split("\n").filter((line) => line.includes(" member-2 ") && line.includes("$share/back/#"))
-              .length >= 2,
-          60
-        )
+        yield* until("the adoption under way", () => subscribedAsMember2() > before, 60)
         const back = yield* member({ ...group, member: "member-2" }, 0)
         const all = [adopter, first, back]
         const counts = new Map<string, number>()
@@ -233,15 +236,23 @@ describe("a member restarted with other filters", () => {
         const group = { client: { url: broker.url }, group: "change", qos: 1, prefetch: 10 } as const
         // member-2 takes a/# and dies alone (no member to adopt it): its session keeps $share/change/a/#
         const before = yield* member({ ...group, filter: "a/#", member: "member-2" })
-        const subscribed = (filter: string) =>
-          broker.logs().split("\n").filter((line) => line.includes(`$share/change/${filter}`)).length
-        yield* until("member-2 subscribed", () => subscribed("a/#") >= 1, 60)
+        // the subscriptions logged since `from` (a line of the broker's log), by `name`
+        const subscribed = (name: string, filter: string, from = 0) =>
+          broker.logs().split("\n").slice(from).some((line) =>
+            line.includes(` ${name} `) && line.includes(`$share/change/${filter}`)
+          )
+        yield* until("member-2 subscribed", () => subscribed("member-2", "a/#"), 60)
         before.child.kill("SIGKILL")
         yield* sleepReal(3000)
         // now member-1 takes a/#, and member-2 comes back taking b/# only
+        const restartedAt = broker.logs().split("\n").length - 1
         const other = yield* member({ ...group, filter: "a/#", member: "member-1" })
         const after = yield* member({ ...group, filter: "b/#", member: "member-2" })
-        yield* until("both subscribed", () => subscribed("a/#") >= 2 && subscribed("b/#") >= 1, 60)
+        yield* until(
+          "both subscribed",
+          () => subscribed("member-1", "a/#", restartedAt) && subscribed("member-2", "b/#", restartedAt),
+          60
+        )
         const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
         const expected = Array.from({ length: 200 }, (_, i) => `a/x ${i}`)
         yield* Effect.forEach(expected, (_, i) => publisher.publish("a/x", String(i), { qos: 1 }), {
