@@ -46,9 +46,22 @@ const record = (client: MqttClient.Client) =>
   })
 
 /** An MQTT.js client, ended with the scope. */
-const mqttJs = (url: string, options: mqtt.IClientOptions) =>
+/**
+ * An MQTT.js client, connected. `onMessage` is attached before the CONNACK: a message of a resumed session that
+ * comes with it (NATS sends what is due at once) is not missed.
+ */
+const mqttJs = (
+  url: string,
+  options: mqtt.IClientOptions,
+  onMessage?: (topic: string, payload: Buffer, packet: mqtt.IPublishPacket) => void
+) =>
   Effect.acquireRelease(
-    Effect.promise(() => mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 10_000, ...options })),
+    Effect.callback<mqtt.MqttClient, Error>((resume) => {
+      const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 10_000, ...options })
+      if (onMessage !== undefined) client.on("message", onMessage)
+      client.once("connect", () => resume(Effect.succeed(client)))
+      client.once("error", (error) => resume(Effect.fail(error)))
+    }).pipe(Effect.orDie),
     (client) => Effect.promise(() => client.endAsync(true))
   )
 
@@ -158,7 +171,8 @@ describe("a NATS JetStream cluster", () => {
     "an unacknowledged QoS 1 message is sent again only when NATS's ack wait runs out, after newer messages, not when the session resumes [MQTT-4.4.0-1]: MQTT.js sees the same",
     () =>
       Effect.gen(function*() {
-        const cluster = yield* natsCluster({ ackWait: "5s" })
+        // an ack wait long enough that the session surely resumes, and the newer message goes, before it runs out
+        const cluster = yield* natsCluster({ ackWait: "15s" })
         const [n1, n2, n3] = cluster.urls
         const publisher = yield* MqttClient.make({ ...natsOptions, url: n3 })
         const resumeWith = (resume: "effect-mqtt" | "MQTT.js", clientId: string) =>
@@ -183,8 +197,11 @@ describe("a NATS JetStream cluster", () => {
             // the session resumes on another node; a newer message is published after it resumed
             const got: Array<string> = []
             if (resume === "MQTT.js") {
-              const client = yield* mqttJs(n2, { clientId, clean: false })
-              client.on("message", (_topic, payload, packet) => got.push(`${payload} dup=${packet.dup}`))
+              yield* mqttJs(
+                n2,
+                { clientId, clean: false },
+                (_topic, payload, packet) => got.push(`${payload} dup=${packet.dup}`)
+              )
             } else {
               const client = yield* MqttClient.make({ ...natsOptions, url: n2, clientId, cleanSession: false })
               expect(client.connection.sessionPresent).toBe(true)
