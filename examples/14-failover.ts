@@ -10,27 +10,13 @@
  * Run: `npm run example examples/14-failover.ts`.
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Aedes } from "aedes"
 import { Console, Deferred, Effect, Stream } from "effect"
 import { MqttClient } from "effect-mqtt"
-import * as Net from "node:net"
-
-/** An aedes broker on a free port of 127.0.0.1, and how to stop it (its clients disconnected, the port closed). */
-const node = Effect.acquireRelease(
-  Effect.promise(async () => {
-    const aedes = await Aedes.createBroker()
-    const server = Net.createServer(aedes.handle)
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-    const { port } = server.address() as Net.AddressInfo
-    const stop = Effect.promise(() => new Promise<void>((resolve) => aedes.close(() => server.close(() => resolve()))))
-    return { url: `mqtt://127.0.0.1:${port}`, stop }
-  }),
-  ({ stop }) => Effect.ignore(stop)
-)
+import { embeddedBroker } from "./_broker.ts"
 
 const program = Effect.gen(function*() {
-  const first = yield* node
-  const second = yield* node
+  const first = yield* embeddedBroker
+  const second = yield* embeddedBroker
   const name = (broker: string | undefined) => broker === first.url ? "node 1" : broker === second.url ? "node 2" : "?"
 
   // (the client's own Warn line about the lost connection is left out here: statusChanges tells the move below)

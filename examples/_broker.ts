@@ -27,19 +27,22 @@ export class Broker extends Context.Service<
 >()("examples/Broker") {}
 
 /**
- * An aedes broker listening on a free port of 127.0.0.1. Releasing it disconnects its clients and closes the
- * listening socket, so the example's process can exit.
+ * An aedes broker listening on a free port of 127.0.0.1, and `stop`, which disconnects its clients and closes the
+ * listening socket (once; later calls do nothing). Releasing it stops it, so the example's process can exit.
  */
-const embeddedBroker = Effect.acquireRelease(
+export const embeddedBroker = Effect.acquireRelease(
   Effect.promise(async () => {
     const aedes = await Aedes.createBroker()
     const server = Net.createServer(aedes.handle)
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
     const { port } = server.address() as Net.AddressInfo
-    return { aedes, server, url: `mqtt://127.0.0.1:${port}` }
+    let stopped: Promise<void> | undefined
+    const stop = Effect.promise(() =>
+      stopped ??= new Promise<void>((resolve) => aedes.close(() => server.close(() => resolve())))
+    )
+    return { url: `mqtt://127.0.0.1:${port}`, stop }
   }),
-  ({ aedes, server }) =>
-    Effect.promise(() => new Promise<void>((resolve) => aedes.close(() => server.close(() => resolve()))))
+  ({ stop }) => stop
 )
 
 /**
