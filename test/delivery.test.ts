@@ -379,6 +379,52 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
     )
   }
 
+  for (const version of versions) {
+    it.live(
+      `${
+        label(version)
+      }: released while its queue is full, just after a consumer took messages: the broker reads their acknowledgements and the DISCONNECT (25 rounds: none taken comes again, the will is not published)`,
+      () =>
+        Effect.gen(function*() {
+          const publisher = yield* publisherFor(version)
+          const topic = unique("release-full")
+          const willTopic = unique("will")
+          const clientId = unique("release-full-client")
+          const wills = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          yield* wills.subscribe(willTopic, { qos: 1 })
+          const options: MqttClient.Options = {
+            url: broker.url,
+            protocolVersion: version,
+            clientId,
+            cleanStart: false,
+            ...(version === 5 ? { sessionExpiryInterval: 300 } : {}),
+            queue: IncomingQueue.bounded(10),
+            will: { topic: willTopic, payload: "gone", qos: 1 },
+            logLevel: "None"
+          }
+          yield* Effect.scoped(Effect.flatMap(MqttClient.make(options), (c) => c.subscribe(topic, { qos: 1 })))
+          yield* publishAll(publisher, topic, numbered(600))
+          const taken = new Map<string, number>()
+          for (let round = 0; round < 25; round++) {
+            yield* Effect.scoped(Effect.gen(function*() {
+              const client = yield* MqttClient.make(options)
+              // the reader waits for room: the socket holds what the broker sent on
+              yield* eventually("the queue full", Effect.map(client.queuedMessages, (n) => n >= 10))
+              for (const message of yield* take(client.messages, 5)) {
+                taken.set(message.text, (taken.get(message.text) ?? 0) + 1)
+              }
+              // released at once: the acknowledgements of the five are queued, not yet written
+            }))
+          }
+          const again = [...taken].filter(([, n]) => n > 1).map(([text]) => text)
+          assert.deepStrictEqual(again, [], "taken, acknowledged, and delivered again after a release")
+          assert.strictEqual(taken.size, 125)
+          yield* realSleep(300)
+          assert.strictEqual(yield* wills.queuedMessages, 0, "a will published after a clean release")
+        })
+    )
+  }
+
   describe("MQTT 5, respond(): a handler that stops leaves the requests it did not take queued on `messages`", () => {
     /**
      * A responder whose handler answers "1" and "2", and never finishes "3"; ten requests "1" to "10" published

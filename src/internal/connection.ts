@@ -54,6 +54,11 @@ export interface Connection {
   lastReceived: number
   /** the reader waits for room in a queue, so the socket is not read (a PINGRESP cannot be seen) */
   stalled: boolean
+  /**
+   * completed when the client closes (DISCONNECT queued): the reader stops waiting for room, if it was, and reads
+   * on to the broker's close, throwing away what it reads (see `close`)
+   */
+  readonly discarding: Deferred.Deferred<void>
   /** how many times the reader has stalled */
   stalls: number
   /** an MQTT 5 re-authentication in progress */
@@ -125,6 +130,7 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       lastSent: now,
       lastReceived: now,
       stalled: false,
+      discarding: Deferred.makeUnsafe(),
       stalls: 0,
       reauthentication: undefined
     }
@@ -265,6 +271,8 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>
   ): Effect.Effect<void, MqttError.MqttError> | undefined => {
     c.lastReceived = clock.currentTimeMillisUnsafe()
+    // after the DISCONNECT of a close: read only to see the broker's close
+    if (connected && Deferred.isDoneUnsafe(c.discarding)) return undefined
     const handshake = !connected
     if (!firstByteSeen) {
       firstByteSeen = true
@@ -296,7 +304,11 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     if (wait !== undefined) {
       c.stalled = true
       c.stalls++
-      const stall = Effect.ensuring(wait, Effect.sync(() => c.stalled = false))
+      // a close cuts the wait (what did not fit then goes into the queues beyond their capacity: delivery.ts)
+      const stall = Effect.ensuring(
+        Effect.raceFirst(wait, Deferred.await(c.discarding)),
+        Effect.sync(() => c.stalled = false)
+      )
       if (handshake) stallAfterConnack = stall
       else effect = stall
     }
@@ -375,8 +387,10 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
  * it does once it has read everything before the DISCONNECT [MQTT-3.14.4-1]: a client that connects again with the
  * same identifier at once cannot overtake the last acknowledgements (a broker that takes the session over drops
  * what the old connection still had unread). All of it within 2 seconds; then the socket and the connection's
- * fibers are closed. A reader stalled on a full queue cannot see the broker's close: then only the writes are
- * waited for.
+ * fibers are closed. Meanwhile the reader throws away what it reads: nothing can be acknowledged after the
+ * DISCONNECT, so a message handed on then would come again. And it reads on even when it was waiting for room in a
+ * full queue: closing the socket with bytes left unread makes the kernel reset the connection (RST), which throws
+ * away what the broker had not read yet (the last acknowledgements, the DISCONNECT: the will would be published).
  */
 export const close = (
   env: Environment,
@@ -392,7 +406,9 @@ export const close = (
     const last = disconnectReason === undefined ? undefined : Codec.disconnect(version, disconnectReason, sessionExpiry)
     c.outbox.close(error, last)
     Deferred.doneUnsafe(c.lost, Effect.fail(error))
-    const brokerClosed = graceful && last !== undefined && !c.stalled
+    const awaitBroker = graceful && last !== undefined
+    if (awaitBroker) Deferred.doneUnsafe(c.discarding, Exit.void)
+    const brokerClosed = awaitBroker
       ? Effect.andThen(c.outbox.flushed, Deferred.await(c.readerEnded))
       : c.outbox.flushed
     const goodbye = brokerClosed.pipe(Effect.timeoutOption(SHUTDOWN_WRITE_TIMEOUT), Effect.ignore)
