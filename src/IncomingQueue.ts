@@ -147,7 +147,12 @@ export const priority = <A = MqttMessage>(
 ): Strategy<A> => ({
   _tag: "Priority",
   capacity: options.capacity,
-  order: "order" in options ? options.order : Order.mapInput(Order.Number, options.priority)
+  // neither an order nor a priority function: `make` refuses the strategy (InvalidOptionError)
+  order: "order" in options
+    ? options.order
+    : typeof options.priority === "function"
+    ? Order.mapInput(Order.Number, options.priority)
+    : (undefined as unknown as Order.Order<A>)
 })
 
 /**

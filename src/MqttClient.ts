@@ -694,7 +694,10 @@ export interface Client {
   /**
    * Subscribes to one or more topic filters with one SUBSCRIBE. A string filter uses `options`; a
    * `Subscription` carries its own. Returns what the broker granted for each filter, in order. Fails with
-   * `SubscribeError` naming the first filter the broker refused.
+   * `SubscribeError` naming the first filter the broker refused. A SUBSCRIBE that the connection it would go out
+   * on cannot take, by its MQTT 5 CONNACK, is not sent and fails with `SubscribeError` (reason string "not sent:
+   * ..."): 0xA2 for a wildcard filter under Wildcard Subscription Available 0, 0x9E for a `$share/` filter under
+   * Shared Subscription Available 0, 0x95 for a packet over the broker's Maximum Packet Size.
    */
   readonly subscribe: (
     filters: string | Subscription | ReadonlyArray<string | Subscription>,
@@ -703,7 +706,8 @@ export interface Client {
 
   /**
    * Removes one or more subscriptions with one UNSUBSCRIBE, waiting for UNSUBACK. In MQTT 5, fails with
-   * `UnsubscribeError` when the broker refuses (a subscription that did not exist is not an error).
+   * `UnsubscribeError` when the broker refuses (a subscription that did not exist is not an error). An
+   * UNSUBSCRIBE over the broker's Maximum Packet Size is not sent: `UnsubscribeError` 0x95, the filters stay.
    */
   readonly unsubscribe: (
     filters: string | ReadonlyArray<string>,
@@ -743,7 +747,9 @@ export interface Client {
    * enclosing scope (then it unsubscribes). Its messages go to this stream instead of `messages`; it has
    * a queue of its own, of the client's `queue` kind. In MQTT 5 the client gives the subscription an
    * identifier (unless `subscriptionIdentifier` is given), so that messages are routed by what the broker
-   * says they matched; otherwise by topic filter.
+   * says they matched; otherwise by topic filter. Fails as `subscribe` does. When a later connection cannot
+   * take the subscription (it restores it on a broker, or another node of `url`, whose CONNACK rules it out),
+   * the stream fails with that `SubscribeError` once its waiting messages are taken.
    */
   readonly subscription: (
     filters: string | Subscription | ReadonlyArray<string | Subscription>,
@@ -768,6 +774,20 @@ export interface Client {
    * time (default 1). A message without a response topic is skipped. To know when requests reach it (its
    * subscription is in place), pass a `Deferred` as `subscribed` and await it.
    *
+   * What goes wrong with one request is that request's own: it gets no reply, a warning among the client's log
+   * lines (at `logLevel` `"Warn"`) names its topic, its response topic and why, and the responder goes on with
+   * the next. So it is when the handler fails (its typed failure), when its reply is not a payload, and when the
+   * reply cannot be published: the broker refuses it (a response topic this client may not publish to: 0x87),
+   * it is larger than the broker's Maximum Packet Size, the requester's response topic is not a valid topic
+   * name, a property of the reply is invalid, the client is offline and cannot keep it (`offline` options), the
+   * session store cannot be written. A requester cannot stop the responder.
+   *
+   * The responder ends, failing with the error, only for what ends every request: its arguments are invalid
+   * (checked before anything is sent, as is the client's protocol: MQTT 5 only), its subscription is refused
+   * (also through `subscribed`), or the client stops for good (closed, or its connection lost and not
+   * reconnected). A defect of the handler (a thrown exception, `Effect.die`) ends it too; a handler that wants
+   * a failure to end the responder can turn it into one (`Effect.orDie`).
+   *
    * @example
    * ```ts
    * import { Deferred, Effect } from "effect"
@@ -788,7 +808,7 @@ export interface Client {
     filter: string | ReadonlyArray<string>,
     handler: (request: MqttMessage.MqttMessage) => Effect.Effect<Reply, E, R>,
     options?: RespondOptions
-  ) => Effect.Effect<void, MqttError.MqttError | E, R>
+  ) => Effect.Effect<void, MqttError.MqttError, R>
 
   /** MQTT 5: starts a re-authentication (AUTH 0x19 with `data`) and waits until the broker accepts it; the
    * broker's challenges are answered by `auth.onChallenge`. A refusal ends the connection (DISCONNECT). */

@@ -331,7 +331,7 @@ export const make = (options?: Options): Effect.Effect<Broker, never, Scope.Scop
         Effect.suspend(() => {
           const reason = Topic.nameProblem(topic)
           if (reason !== undefined) {
-            return Effect.fail(new MqttError.InvalidTopicError({ topic, kind: "name", reason }))
+            return Effect.fail(new MqttError.InvalidTopicError({ topic: String(topic), kind: "name", reason }))
           }
           const properties = Packets.fromPublishProperties(publishOptions?.properties)
           const expiry = properties.messageExpiryInterval

@@ -41,7 +41,7 @@
  * @since 0.2.0
  */
 import * as Data from "effect/Data"
-import type * as Deferred from "effect/Deferred"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import { identity } from "effect/Function"
 import * as Metric from "effect/Metric"
@@ -50,16 +50,17 @@ import { type Pipeable, pipeArguments } from "effect/Pipeable"
 import * as Predicate from "effect/Predicate"
 import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
-import type * as SchemaIssue from "effect/SchemaIssue"
+import * as SchemaIssue from "effect/SchemaIssue"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Types from "effect/Types"
-import { reportSubscribed } from "./internal/requestResponse.ts"
+import { EndResponder, NoReply } from "./internal/requestResponse.ts"
 import { MqttClient as MqttClientService } from "./internal/service.ts"
+import { shareNameProblem } from "./internal/topic.ts"
 import * as Codecs from "./internal/topicCodec.ts"
 import * as Pattern from "./internal/topicPattern.ts"
 import type * as MqttClient from "./MqttClient.ts"
-import type * as MqttError from "./MqttError.ts"
+import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
 
 const TypeId = "~effect-mqtt/MqttTopic"
@@ -148,7 +149,10 @@ export interface MqttTopic<
   readonly reply: R
   /** How replies are written as bytes; default: the topic's {@link MqttTopic.codec}. */
   readonly replyCodec: Codec
-  /** Why the pattern is invalid (then every operation fails with {@link TopicParamsError}), or `undefined`. */
+  /**
+   * Why the topic is invalid (then every operation fails with {@link TopicParamsError}), or `undefined`: its
+   * pattern, or (from untyped code) a pattern, Schema, codec or options of the wrong type.
+   */
   readonly problem: string | undefined
   /** The payload Schema composed with the codec: from the payload bytes to the value. */
   readonly payloadSchema: Schema.Codec<S["Type"], Uint8Array, S["DecodingServices"], S["EncodingServices"]>
@@ -443,7 +447,10 @@ export const isMqttTopic = (u: unknown): u is Any => Predicate.hasProperty(u, Ty
  * The pattern may not start with `$share/`: shared subscriptions are the `share` option of {@link subscribe}.
  *
  * `make` never throws: an invalid pattern makes a topic whose `problem` says why, and whose every operation
- * fails with {@link TopicParamsError} before anything is sent.
+ * fails with {@link TopicParamsError} before anything is sent. So does, from untyped code, a pattern that is
+ * not a string, a `schema` or `reply` that is not a Schema, an unknown codec, or options that are not an
+ * object (then {@link encode} and {@link decode} fail too, with {@link TopicEncodeError} and
+ * {@link TopicDecodeError}).
  *
  * With `reply`, the topic is a request topic for {@link request} and {@link respond} (MQTT 5); the reply is
  * encoded with `replyCodec` (default: the topic's codec).
@@ -499,29 +506,62 @@ export const make: {
   schema: Schema.Top,
   options?: { readonly codec?: Codec | undefined; readonly reply?: Schema.Top; readonly replyCodec?: Codec | undefined }
 ): any => {
-  const parsed = Pattern.parse(pattern)
-  const codec = options?.codec ?? "json"
-  const reply = options?.reply
-  const replyCodec = options?.replyCodec ?? codec
+  const declared = Pattern.parse(pattern)
+  const isObject = typeof options === "object" && options !== null
+  const codec = (isObject ? options.codec : undefined) ?? "json"
+  const reply = isObject ? options.reply : undefined
+  const replyCodec = (isObject ? options.replyCodec : undefined) ?? codec
+  // what untyped code can get wrong besides the pattern: each makes a topic that is invalid, as a bad pattern does
+  const payloadProblem = !Schema.isSchema(schema)
+    ? "the payload schema is not a Schema"
+    : !isCodec(codec)
+    ? `the codec must be "json", "text" or "bytes", not ${show(codec)}`
+    : undefined
+  const replyProblem = reply !== undefined && !Schema.isSchema(reply)
+    ? "the reply is not a Schema"
+    : reply !== undefined && !isCodec(replyCodec)
+    ? `the reply codec must be "json", "text" or "bytes", not ${show(replyCodec)}`
+    : undefined
+  const optionsProblem = options !== undefined && !isObject ? "the options of make must be an object" : undefined
+  const problem = declared.problem ?? optionsProblem ?? payloadProblem ?? replyProblem
+  const parsed = problem === declared.problem ? declared : { ...declared, problem }
+  const payloadSchema = payloadProblem === undefined
+    ? Codecs.payloadSchema(schema, codec)
+    : Schema.Never as unknown as Schema.Codec<unknown, Uint8Array>
   const self = Object.create(Proto)
   Object.assign(self, {
-    pattern,
+    pattern: show(pattern),
     filter: parsed.filter,
     params: parsed.names,
     schema,
     codec,
     reply,
     replyCodec,
-    problem: parsed.problem,
-    payloadSchema: Codecs.payloadSchema(schema, codec)
+    problem,
+    payloadSchema
   })
+  const refuse = () => Effect.fail(new Schema.SchemaError(new SchemaIssue.InvalidValue({ message: payloadProblem })))
   internals.set(self, {
     parsed,
-    decodePayload: Schema.decodeUnknownEffect(self.payloadSchema),
-    encodePayload: Schema.encodeUnknownEffect(self.payloadSchema),
-    replySchema: reply === undefined ? undefined : Codecs.payloadSchema(reply, replyCodec)
+    decodePayload: payloadProblem === undefined ? Schema.decodeUnknownEffect(payloadSchema) : refuse,
+    encodePayload: payloadProblem === undefined ? Schema.encodeUnknownEffect(payloadSchema) : refuse,
+    replySchema: reply === undefined || replyProblem !== undefined
+      ? undefined
+      : Codecs.payloadSchema(reply as Schema.Top, replyCodec)
   })
   return self
+}
+
+const isCodec = (codec: unknown): codec is Codec => codec === "json" || codec === "text" || codec === "bytes"
+
+/** A value of any type as a string, for an error's message (`String` throws for an object without prototype). */
+const show = (value: unknown): string => {
+  if (typeof value === "string") return value
+  try {
+    return String(value)
+  } catch {
+    return Object.prototype.toString.call(value)
+  }
 }
 
 interface Internals {
@@ -532,7 +572,58 @@ interface Internals {
 }
 
 const internals = new WeakMap<object, Internals>()
-const internalsOf = (topic: Any): Internals => internals.get(topic)!
+/** What `make` keeps of a topic; `undefined` for a value that `make` did not make (from untyped code). */
+const internalsOf = (topic: unknown): Internals | undefined => internals.get(topic as object)
+
+/** The pattern of a topic for an error, also of a value that is not a topic. */
+const patternOf = (topic: unknown): string => internalsOf(topic) === undefined ? show(topic) : (topic as Any).pattern
+
+const NOT_A_TOPIC = "is not a typed topic (made by MqttTopic.make)"
+
+/** Why `topic` cannot be used (it is no typed topic, or an invalid one), or `undefined`. */
+const topicProblem = (topic: unknown): TopicParamsError | undefined => {
+  if (internalsOf(topic) === undefined) {
+    return new TopicParamsError({ pattern: show(topic), param: "", reason: NOT_A_TOPIC })
+  }
+  const problem = (topic as Any).problem
+  return problem === undefined
+    ? undefined
+    : new TopicParamsError({ pattern: patternOf(topic), param: "", reason: problem })
+}
+
+/** Why `client` is not a client with `operation` (from untyped code), or `undefined`. */
+const clientProblem = (client: unknown, operation: "publish" | "subscription" | "request" | "respond") =>
+  typeof (client as Record<string, unknown> | null | undefined)?.[operation] === "function"
+    ? undefined
+    : new MqttError.InvalidOptionError({ option: "client", reason: "expected an MqttClient" })
+
+/** Why `options` are not an object, when given, or `undefined`. */
+const optionsProblem = (options: unknown) =>
+  options === undefined || (typeof options === "object" && options !== null)
+    ? undefined
+    : new MqttError.InvalidOptionError({ option: "options", reason: "expected an object" })
+
+/** Why `policy` is no {@link DecodeErrorPolicy}, or `undefined`. */
+const policyProblem = (policy: unknown) =>
+  policy === undefined || policy === "fail" || policy === "skip" ||
+    (typeof policy === "object" && policy !== null &&
+      typeof (policy as { readonly deadLetter?: unknown }).deadLetter === "function")
+    ? undefined
+    : new MqttError.InvalidOptionError({
+      option: "onDecodeError",
+      reason: `expected "fail", "skip" or { deadLetter: (error) => Effect }`
+    })
+
+/** Why a request topic cannot be used for a request or a response, or `undefined`. */
+const requestTopicProblem = (topic: unknown): TopicParamsError | undefined =>
+  topicProblem(topic) ??
+    (internalsOf(topic)!.replySchema === undefined
+      ? new TopicParamsError({
+        pattern: patternOf(topic),
+        param: "",
+        reason: "is not a request topic: it has no reply Schema (the reply option of MqttTopic.make)"
+      })
+      : undefined)
 
 // ---------------------------------------------------------------------------------------------------------------
 // topic names
@@ -556,7 +647,11 @@ const internalsOf = (topic: Any): Internals => internals.get(topic)!
  * @category topic names
  */
 export const format = <T extends Any>(topic: T, params: Params<T>): Effect.Effect<string, TopicParamsError> => {
-  const result = Pattern.format(internalsOf(topic).parsed, params as Pattern.Params)
+  const self = internalsOf(topic)
+  if (self === undefined) {
+    return Effect.fail(new TopicParamsError({ pattern: show(topic), param: "", reason: NOT_A_TOPIC }))
+  }
+  const result = Pattern.format(self.parsed, params as Pattern.Params)
   return typeof result === "string"
     ? Effect.succeed(result)
     : Effect.fail(new TopicParamsError({ pattern: topic.pattern, param: result.param, reason: result.reason }))
@@ -581,8 +676,12 @@ export const format = <T extends Any>(topic: T, params: Params<T>): Effect.Effec
  * @since 0.2.0
  * @category topic names
  */
-export const match = <T extends Any>(topic: T, name: string): Option.Option<Params<T>> =>
-  Option.fromUndefinedOr(Pattern.match(internalsOf(topic).parsed, name) as Params<T> | undefined)
+export const match = <T extends Any>(topic: T, name: string): Option.Option<Params<T>> => {
+  const self = internalsOf(topic)
+  return self === undefined
+    ? Option.none()
+    : Option.fromUndefinedOr(Pattern.match(self.parsed, name) as Params<T> | undefined)
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // payloads
@@ -606,11 +705,21 @@ export const match = <T extends Any>(topic: T, name: string): Option.Option<Para
 export const encode = <T extends Any>(
   topic: T,
   value: Type<T>
-): Effect.Effect<Uint8Array, TopicEncodeError, T["schema"]["EncodingServices"]> =>
-  Effect.mapError(
-    internalsOf(topic).encodePayload(value) as Effect.Effect<Uint8Array, Schema.SchemaError>,
+): Effect.Effect<Uint8Array, TopicEncodeError, T["schema"]["EncodingServices"]> => {
+  const self = internalsOf(topic)
+  if (self === undefined) {
+    return Effect.fail(
+      new TopicEncodeError({
+        pattern: show(topic),
+        issue: new SchemaIssue.InvalidValue({ message: NOT_A_TOPIC })
+      })
+    )
+  }
+  return Effect.mapError(
+    self.encodePayload(value) as Effect.Effect<Uint8Array, Schema.SchemaError>,
     (error) => new TopicEncodeError({ pattern: topic.pattern, issue: error.issue })
   )
+}
 
 /**
  * Decodes a received message with the topic: its parameters from the topic name and its payload with the
@@ -634,12 +743,14 @@ export const decode = <T extends Any>(
   message: MqttMessage.MqttMessage
 ): Effect.Effect<ReceivedOf<T>, TopicDecodeError, T["schema"]["DecodingServices"]> => {
   const self = internalsOf(topic)
-  const params = Pattern.match(self.parsed, message.topic)
-  if (params === undefined) {
+  const name: unknown = typeof message === "object" && message !== null ? message.topic : undefined
+  // no typed topic, or no message (untyped code): a topic that does not match
+  const params = self === undefined ? undefined : Pattern.match(self.parsed, name as string)
+  if (self === undefined || params === undefined) {
     return Effect.fail(
       new TopicDecodeError({
-        pattern: topic.pattern,
-        topic: message.topic,
+        pattern: patternOf(topic),
+        topic: show(name),
         reason: "topic",
         issue: undefined,
         mqttMessage: message
@@ -674,10 +785,14 @@ const publishWith = <T extends Any>(
   MqttError.MqttError | TopicParamsError | TopicEncodeError,
   T["schema"]["EncodingServices"]
 > =>
-  Effect.flatMap(
-    Effect.zip(format(topic, params), encode(topic, value)),
-    ([name, payload]) => client.publish(name, payload, options)
-  )
+  Effect.suspend(() => {
+    const problem = clientProblem(client, "publish")
+    if (problem !== undefined) return Effect.fail(problem)
+    return Effect.flatMap(
+      Effect.zip(format(topic, params), encode(topic, value)),
+      ([name, payload]) => client.publish(name, payload, options)
+    )
+  })
 
 /**
  * Publishes a value to the topic name made from `params`. The parameters are checked and the value encoded
@@ -784,7 +899,8 @@ export type DecodeErrorPolicy<E = never, R = never> =
  */
 export interface SubscribeOptions<E = never, R = never> extends MqttClient.SubscribeOptions {
   /** MQTT 5 shared subscription: subscribe with `$share/{share}/{filter}`, so that each message goes to one
-   * member of the group. */
+   * member of the group. The share name is one topic level: non-empty, without `/`, `+` or `#` (else
+   * `InvalidOptionError`, before anything is sent). */
   readonly share?: string | undefined
   /** What to do with a message that does not decode. Default `"fail"`. */
   readonly onDecodeError?: DecodeErrorPolicy<E, R> | undefined
@@ -832,7 +948,11 @@ export const decodeFailures: Metric.Counter<number> = Metric.counter("mqtt_topic
 export const decodeFailureCount = (
   topic: Any,
   policy: "fail" | "skip" | "deadLetter" = "skip"
-): Effect.Effect<number> => Effect.map(Metric.value(failureSeries(topic.pattern, policy)), (state) => state.count)
+): Effect.Effect<number> =>
+  // a value that is no typed topic (untyped code) counted nothing
+  internalsOf(topic) === undefined
+    ? Effect.succeed(0)
+    : Effect.map(Metric.value(failureSeries(topic.pattern, show(policy))), (state) => state.count)
 
 const failureSeries = (pattern: string, policy: string) =>
   Metric.withAttributes(decodeFailures, { "mqtt.topic.pattern": pattern, policy })
@@ -858,10 +978,23 @@ const decodeWithPolicy = <T extends Any, E, R>(topic: T, policy: DecodeErrorPoli
     })
 }
 
-const filterOf = (topic: Any, share: string | undefined): Effect.Effect<string, TopicParamsError> =>
-  topic.problem !== undefined
-    ? Effect.fail(new TopicParamsError({ pattern: topic.pattern, param: "", reason: topic.problem }))
-    : Effect.succeed(share === undefined ? topic.filter : `$share/${share}/${topic.filter}`)
+/**
+ * The filter to subscribe to: the topic's, or `$share/{share}/{filter}`. A share name is one topic level: with a
+ * `/` the broker would take its first level for the group and the rest for the filter, and subscribe silently to
+ * another filter; so it is refused (`InvalidOptionError`), as `+`, `#` and an empty one are, before anything is sent.
+ */
+const filterOf = (
+  topic: Any,
+  share: string | undefined
+): Effect.Effect<string, TopicParamsError | MqttError.InvalidOptionError> => {
+  const problem = topicProblem(topic)
+  if (problem !== undefined) return Effect.fail(problem)
+  if (share === undefined) return Effect.succeed(topic.filter)
+  const shareProblem = shareNameProblem(share)
+  return shareProblem === undefined
+    ? Effect.succeed(`$share/${share}/${topic.filter}`)
+    : Effect.fail(new MqttError.InvalidOptionError({ option: "share", reason: shareProblem }))
+}
 
 const subscribeWith = <T extends Any, E = never, R = never>(
   client: MqttClient.Client,
@@ -873,6 +1006,9 @@ const subscribeWith = <T extends Any, E = never, R = never>(
   Scope.Scope
 > =>
   Effect.gen(function*() {
+    const problem = clientProblem(client, "subscription") ?? optionsProblem(options) ??
+      policyProblem(options?.onDecodeError)
+    if (problem !== undefined) return yield* problem
     const filter = yield* filterOf(topic, options?.share)
     const { onDecodeError: _, share: __, ...subscribeOptions } = options ?? {}
     const messages = yield* client.subscription(filter, subscribeOptions)
@@ -943,7 +1079,7 @@ const decodeReply = <T extends AnyRequest>(
   message: MqttMessage.MqttMessage
 ): Effect.Effect<ReplyType<T>, TopicDecodeError, T["reply"]["DecodingServices"]> =>
   Effect.mapError(
-    Schema.decodeUnknownEffect(internalsOf(topic).replySchema!)(message.payload) as Effect.Effect<
+    Schema.decodeUnknownEffect(internalsOf(topic)!.replySchema!)(message.payload) as Effect.Effect<
       ReplyType<T>,
       Schema.SchemaError
     >,
@@ -962,7 +1098,7 @@ const encodeReply = <T extends AnyRequest>(
   value: ReplyType<T>
 ): Effect.Effect<Uint8Array, TopicEncodeError, T["reply"]["EncodingServices"]> =>
   Effect.mapError(
-    Schema.encodeUnknownEffect(internalsOf(topic).replySchema!)(value) as Effect.Effect<
+    Schema.encodeUnknownEffect(internalsOf(topic)!.replySchema!)(value) as Effect.Effect<
       Uint8Array,
       Schema.SchemaError
     >,
@@ -981,6 +1117,9 @@ const requestWith = <T extends AnyRequest>(
   T["schema"]["EncodingServices"] | T["reply"]["DecodingServices"]
 > =>
   Effect.gen(function*() {
+    // a topic without a reply Schema (untyped code) is refused before the request is sent
+    const problem = requestTopicProblem(topic) ?? clientProblem(client, "request")
+    if (problem !== undefined) return yield* problem
     const name = yield* format(topic, params)
     const payload = yield* encode(topic, value)
     const response = yield* client.request(name, payload, options)
@@ -1060,16 +1199,41 @@ export interface RespondOptions<E = never, R = never> {
   readonly qos?: MqttClient.QoS | undefined
   /** How many requests are handled at once. Default 1. */
   readonly concurrency?: number | "unbounded" | undefined
-  /** Share the requests with the other responders of this group (`$share/{share}/{filter}`). */
+  /** Share the requests with the other responders of this group (`$share/{share}/{filter}`). The share name is
+   * one topic level: non-empty, without `/`, `+` or `#` (else `InvalidOptionError`, before anything is sent). */
   readonly share?: string | undefined
-  /** What to do with a request that does not decode; it gets no reply. Default `"fail"`. */
+  /**
+   * What to do with a request that does not decode; it gets no reply. Default `"skip"` (counted, and a
+   * warning among the client's log lines): a requester's bad payload is that request's own. `"fail"` ends the
+   * responder with the {@link TopicDecodeError}, so that any client that can publish to the topic can stop it;
+   * a dead letter handler's failure ends it too.
+   */
   readonly onDecodeError?: DecodeErrorPolicy<E, R> | undefined
   /**
    * Completed once the responder's subscription is in place (the broker's SUBACK granted it): a request
    * published after that reaches the responder. Failed with the error when the subscription fails (or the
-   * topic's parameters do not make a filter), interrupted when the responder is interrupted first. Default: none.
+   * topic's parameters do not make a filter, or the share name is invalid), interrupted when the responder is
+   * interrupted first. Default: none.
    */
   readonly subscribed?: Deferred.Deferred<void, MqttError.MqttError | TopicParamsError> | undefined
+}
+
+/**
+ * The arguments of a typed responder that `client.respond` does not check itself (it checks the QoS, the
+ * concurrency and `subscribed`): untyped code may give values of any type.
+ */
+const checkResponder = (
+  client: unknown,
+  topic: unknown,
+  handler: unknown,
+  options: RespondOptions<unknown, unknown> | undefined
+): Effect.Effect<void, TopicParamsError | MqttError.InvalidOptionError> => {
+  const problem = requestTopicProblem(topic) ?? clientProblem(client, "respond") ??
+    (typeof handler === "function"
+      ? undefined
+      : new MqttError.InvalidOptionError({ option: "handler", reason: "expected a function" })) ??
+    optionsProblem(options) ?? policyProblem(options?.onDecodeError)
+  return problem === undefined ? Effect.void : Effect.fail(problem)
 }
 
 const respondWith = <T extends AnyRequest, E, R, E2 = never, R2 = never>(
@@ -1079,42 +1243,64 @@ const respondWith = <T extends AnyRequest, E, R, E2 = never, R2 = never>(
   options?: RespondOptions<E2, R2>
 ): Effect.Effect<
   void,
-  MqttError.MqttError | TopicParamsError | TopicDecodeError | TopicEncodeError | E | E2,
+  MqttError.MqttError | TopicParamsError | TopicDecodeError | E2,
   R | R2 | T["schema"]["DecodingServices"] | T["reply"]["EncodingServices"]
 > =>
-  Effect.scoped(Effect.gen(function*() {
-    const qos = options?.qos ?? 1
-    const requests = yield* subscribeWith(client, topic, {
-      qos,
-      share: options?.share,
-      onDecodeError: options?.onDecodeError ?? "fail"
-    }).pipe(reportSubscribed(options?.subscribed))
-    yield* requests.pipe(
-      Stream.mapEffect((received) => {
-        const replyTo = received.message.properties.responseTopic
-        // a request without a response topic asks for no reply
-        if (replyTo === undefined) return Effect.void
-        const correlationData = received.message.properties.correlationData
-        return handler(received).pipe(
-          Effect.flatMap((reply) => encodeReply(topic, reply)),
-          Effect.flatMap((payload) =>
-            client.publish(replyTo, payload, {
-              qos,
-              properties: correlationData === undefined ? undefined : { correlationData }
-            })
-          )
-        )
-      }, { concurrency: options?.concurrency ?? 1 }),
-      Stream.runDrain
+  Effect.gen(function*() {
+    // the typed checks fail `subscribed` too; its success is the client's, once the SUBACK granted the filter
+    const filter = yield* checkResponder(client, topic, handler, options as RespondOptions<unknown, unknown>).pipe(
+      Effect.andThen(filterOf(topic, options?.share)),
+      Effect.tapError((error) =>
+        Deferred.isDeferred(options?.subscribed) ? Deferred.fail(options.subscribed, error) : Effect.void
+      )
     )
-  }))
+    // a request that does not decode is the requester's mistake: by default it is skipped (a warning), and only
+    // an explicit `"fail"` (or a failing dead letter handler) ends the responder
+    const policy = options?.onDecodeError ?? "skip"
+    const counter = failureSeries(topic.pattern, typeof policy === "string" ? policy : "deadLetter")
+    const serve = (message: MqttMessage.MqttMessage) =>
+      Effect.matchEffect(decode(topic, message), {
+        onFailure: (error) => {
+          const handled: Effect.Effect<NoReply, EndResponder<TopicDecodeError | E2>, R2> = policy === "fail"
+            ? Effect.fail(new EndResponder(error))
+            : policy === "skip"
+            ? Effect.succeed(new NoReply(error.message))
+            : Effect.as(Effect.mapError(policy.deadLetter(error), (e) => new EndResponder(e)), new NoReply(undefined))
+          return Effect.andThen(Metric.update(counter, 1), handled)
+        },
+        // the handler's failure and a reply that does not encode are this request's own: no reply, a warning
+        onSuccess: (received) => Effect.flatMap(handler(received), (reply) => encodeReply(topic, reply))
+      })
+    return yield* client.respond(
+      filter,
+      serve as (message: MqttMessage.MqttMessage) => Effect.Effect<Uint8Array, unknown, any>,
+      {
+        qos: options?.qos ?? 1,
+        concurrency: options?.concurrency ?? 1,
+        subscribed: options?.subscribed as Deferred.Deferred<void, MqttError.MqttError> | undefined
+      }
+    ) as Effect.Effect<
+      void,
+      MqttError.MqttError | TopicDecodeError | E2,
+      R | R2 | T["schema"]["DecodingServices"] | T["reply"]["EncodingServices"]
+    >
+  })
 
 /**
  * MQTT 5, the responder's side of {@link request}: handles the requests published to the topic's filter, each
  * decoded with the topic's Schema, and publishes each reply, encoded with the reply Schema, to the request's
- * response topic with its correlation data. Runs until interrupted (fork it) or until a failure: of the
- * handler, of a reply that does not encode ({@link TopicEncodeError}), or of a request that does not decode
- * under the `"fail"` policy. A request without a response topic is handled but gets no reply.
+ * response topic with its correlation data. Runs until interrupted (fork it). A request without a response
+ * topic gets no reply (the handler does not see it). Built on `MqttClient.respond`, with its rules:
+ *
+ * - What goes wrong with one request is that request's own: it gets no reply, a warning among the client's log
+ *   lines names its topic, its response topic and why, and the responder goes on. So it is for a request that
+ *   does not decode (under the default `onDecodeError: "skip"`), a failure of the handler, a reply that does not
+ *   encode ({@link TopicEncodeError}), and a reply that cannot be published (refused by the broker, larger than
+ *   its Maximum Packet Size, an invalid response topic...).
+ * - The responder ends with the error when its topic's parameters do not make a filter ({@link TopicParamsError})
+ *   or an option is invalid (both before anything is sent), when its subscription is refused, when the client
+ *   stops for good, under `onDecodeError: "fail"` ({@link TopicDecodeError}) or when a dead letter handler
+ *   fails; also on a defect of the handler.
  *
  * Give the client first, or leave it out to use the `MqttClient` service.
  *
@@ -1140,7 +1326,7 @@ export const respond: {
     options?: RespondOptions<E2, R2>
   ): Effect.Effect<
     void,
-    MqttError.MqttError | TopicParamsError | TopicDecodeError | TopicEncodeError | E | E2,
+    MqttError.MqttError | TopicParamsError | TopicDecodeError | E2,
     MqttClient.MqttClient | R | R2 | T["schema"]["DecodingServices"] | T["reply"]["EncodingServices"]
   >
   <T extends AnyRequest, E, R, E2 = never, R2 = never>(
@@ -1150,7 +1336,7 @@ export const respond: {
     options?: RespondOptions<E2, R2>
   ): Effect.Effect<
     void,
-    MqttError.MqttError | TopicParamsError | TopicDecodeError | TopicEncodeError | E | E2,
+    MqttError.MqttError | TopicParamsError | TopicDecodeError | E2,
     R | R2 | T["schema"]["DecodingServices"] | T["reply"]["EncodingServices"]
   >
 } = function(this: unknown, ...args: Array<any>): any {

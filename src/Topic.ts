@@ -92,7 +92,7 @@ export const validateName = (topic: string): Effect.Effect<string, MqttError.Inv
   const reason = internal.nameProblem(topic)
   return reason === undefined
     ? Effect.succeed(topic)
-    : Effect.fail(new MqttError.InvalidTopicError({ topic, kind: "name", reason }))
+    : Effect.fail(new MqttError.InvalidTopicError({ topic: String(topic), kind: "name", reason }))
 }
 
 /**
@@ -106,7 +106,7 @@ export const validateFilter = (filter: string): Effect.Effect<string, MqttError.
   const reason = internal.filterProblem(filter)
   return reason === undefined
     ? Effect.succeed(filter)
-    : Effect.fail(new MqttError.InvalidTopicError({ topic: filter, kind: "filter", reason }))
+    : Effect.fail(new MqttError.InvalidTopicError({ topic: String(filter), kind: "filter", reason }))
 }
 
 /**

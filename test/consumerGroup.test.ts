@@ -172,11 +172,11 @@ describe("a member that comes back while another adopts its session", () => {
         // slow members: the dead member's session holds a backlog, and its adoption takes about 20 s
         const adopter = yield* member({ ...group, member: "member-1" }, 40)
         const first = yield* member({ ...group, member: "member-2" }, 50)
-        yield* until(
-          "two members subscribed",
-          () => broker.logs().split("\n").filter((line) => line.includes("$share/back/#")).length >= 2,
-          60
-        )
+        // each member's own SUBSCRIBE (a member subscribes again at each connection: counting lines is not enough)
+        yield* until("both members subscribed", () => {
+          const lines = broker.logs().split("\n").filter((line) => line.includes("$share/back/#"))
+          return ["member-1", "member-2"].every((name) => lines.some((line) => line.includes(` ${name} `)))
+        }, 60)
         const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
         const expected = Array.from({ length: 1000 }, (_, i) => `work/x ${i}`)
         yield* Effect.forEach(expected, (_, i) => publisher.publish("work/x", String(i), { qos: 2 }), {

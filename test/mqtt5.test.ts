@@ -1142,6 +1142,33 @@ describe("refusals against Mosquitto with max_qos 1, max_packet_size 300, retain
       yield* stillUsable(client, topic, "x".repeat(200))
     }))
 
+  it.live("a SUBSCRIBE or UNSUBSCRIBE larger than max_packet_size is a typed error 0x95 before sending: no disconnect, no reconnect loop, a later subscribe works", () =>
+    Effect.gen(function*() {
+      const t = yield* tap(broker)
+      // reconnecting, as in an application: a SUBSCRIBE that Mosquitto disconnects for would be sent on each connection
+      const client = yield* connect(t.url, { reconnect: fast })
+      const filter = `open/${runId}/${"long-level/".repeat(30)}#`
+      const subscribe = errorOf(yield* Effect.exit(guard(client.subscribe(filter, { qos: 1 }))))
+      assert.deepStrictEqual([subscribe._tag, (subscribe as MqttError.SubscribeError).reasonCode], [
+        "SubscribeError",
+        0x95
+      ])
+      assert.match(subscribe.message, /not sent: .*300/)
+      const stream = errorOf(yield* Effect.exit(guard(Effect.scoped(client.subscription(filter)))))
+      assert.deepStrictEqual([stream._tag, (stream as MqttError.SubscribeError).reasonCode], ["SubscribeError", 0x95])
+      const unsubscribe = errorOf(yield* Effect.exit(guard(client.unsubscribe(filter))))
+      assert.deepStrictEqual([unsubscribe._tag, (unsubscribe as MqttError.UnsubscribeError).reasonCode], [
+        "UnsubscribeError",
+        0x95
+      ])
+      assert.deepStrictEqual(packetsOf(t, "subscribe", "up"), [], "nothing was sent")
+      assert.deepStrictEqual(packetsOf(t, "unsubscribe", "up"), [], "nothing was sent")
+      yield* stillUsable(client, `open/${runId}/after-too-large`, "still subscribed")
+      assert.strictEqual(t.connections(), 1, "one connection: never disconnected")
+      assert.deepStrictEqual(packetsOf(t, "disconnect", "down"), [])
+      assert.strictEqual((yield* client.metrics).reconnects, 0)
+    }))
+
   it.live("a QoS 2 publish under max_qos 1 is a PublishError 0x9B before sending; QoS 1 goes through", () =>
     Effect.gen(function*() {
       const t = yield* tap(broker)

@@ -1024,6 +1024,28 @@ describe("MQTT 5 enhanced authentication", () => {
       yield* Fiber.join(reauth)
     }))
 
+  it.live("an AUTH larger than the broker's Maximum Packet Size is refused before it is written; the connection stays", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, auth })
+      )
+      const { connection } = yield* broker.acceptAndConnack({
+        properties: { authenticationMethod: "TEST-SCRAM", maximumPacketSize: 100 }
+      })
+      const client = yield* Fiber.join(fiber)
+      const error = yield* Effect.flip(client.reauthenticate(new Uint8Array(200)))
+      assert(error instanceof MqttError.InvalidOptionError, String(error))
+      expect(error.reason).toMatch(/Maximum Packet Size \(100\)/)
+      yield* connection.expectSilence(100)
+      // a small one goes out
+      const reauth = yield* Effect.forkChild(client.reauthenticate(Buffer.from("again")))
+      expect((yield* connection.expect("auth")).reasonCode).toBe(0x19)
+      yield* connection.send({ cmd: "auth", reasonCode: 0x00, properties: { authenticationMethod: "TEST-SCRAM" } })
+      yield* Fiber.join(reauth)
+      expect((yield* client.status)._tag).toBe("Connected")
+    }))
+
   it.live("an AUTH for another method is a protocol error", () =>
     Effect.gen(function*() {
       const broker = yield* FakeBroker.make({ protocolVersion: 5 })

@@ -12,13 +12,15 @@ import { PublishEntry } from "../src/internal/outgoing.ts"
 import type { Operation } from "../src/internal/output.ts"
 import type * as Packets from "../src/internal/packets.ts"
 import { MESSAGES, type Request } from "../src/internal/subscriptions.ts"
-import { matches } from "../src/internal/topic.ts"
+import { isShared, matches } from "../src/internal/topic.ts"
 import * as MqttError from "../src/MqttError.ts"
 import type { QoS } from "../src/MqttMessage.ts"
 import { connack, Harness, message, publish, spec } from "./support/sessionHarness.ts"
 
-const FILTERS = ["a/+", "a/b", "#", "c/#"] as const
-const TOPICS = ["a/b", "a/c", "c/d", "e"] as const
+/** a long filter: too large for a SUBSCRIBE (and its UNSUBSCRIBE) under the smallest Maximum Packet Size */
+const LONG = `e/${"x".repeat(20)}`
+const FILTERS = ["a/+", "a/b", "#", "c/#", "$share/g/a/b", LONG] as const
+const TOPICS = ["a/b", "a/c", "c/d", "e", LONG] as const
 const OWNERS = [MESSAGES, 1, 2] as const
 
 type Action =
@@ -35,6 +37,9 @@ type Action =
     readonly maxQoS: 1 | 2
     readonly maxSize: number
     readonly retain: boolean
+    /** Wildcard and Shared Subscription Available (MQTT 5) */
+    readonly wildcard?: boolean
+    readonly shared?: boolean
   }
 
 const action: fc.Arbitrary<Action> = fc.oneof(
@@ -84,8 +89,10 @@ const action: fc.Arbitrary<Action> = fc.oneof(
       _tag: fc.constant("Connect" as const),
       rm: fc.integer({ min: 1, max: 4 }),
       maxQoS: fc.constantFrom<1 | 2>(1, 2),
-      maxSize: fc.constantFrom(60, 10_000),
-      retain: fc.boolean()
+      maxSize: fc.constantFrom(24, 60, 10_000),
+      retain: fc.boolean(),
+      wildcard: fc.boolean(),
+      shared: fc.boolean()
     })
   }
 )
@@ -103,7 +110,7 @@ class Model {
   flows = new Map<number, string>()
   /** QoS 1/2 publishes on the wire of this connection without PUBACK/PUBCOMP */
   inFlight = new Set<number>()
-  limits = { rm: 65535, maxQoS: 2 as QoS, maxSize: Infinity, retain: true }
+  limits = { rm: 65535, maxQoS: 2 as QoS, maxSize: Infinity, retain: true, wildcard: true, shared: true }
   /** call order of publishes, by payload seq; seqs written on this connection */
   seq = 0
   lastSeqOnConnection = -1
@@ -190,6 +197,15 @@ class Model {
           break
         case "subscribe":
         case "unsubscribe": {
+          assert.isTrue(this.connected, "nothing is written while disconnected")
+          const size = 1 + (p.length < 128 ? 1 : p.length < 16_384 ? 2 : 3) + p.length
+          assert.isTrue(size <= this.limits.maxSize, `a ${packet.cmd} fits the Maximum Packet Size (${size})`)
+          if (packet.cmd === "subscribe" && this.version === 5) {
+            for (const { topic } of p.subscriptions) {
+              assert.isTrue(this.limits.wildcard || !/[+#]/.test(topic), `no wildcard SUBSCRIBE (${topic})`)
+              assert.isTrue(this.limits.shared || !isShared(topic), `no shared SUBSCRIBE (${topic})`)
+            }
+          }
           const flow = this.flows.get(p.messageId)
           assert.isUndefined(flow, `identifier ${p.messageId} is not reused while in flight`)
           this.flows.set(p.messageId, "request")
@@ -223,6 +239,10 @@ class Model {
       }
     }
     for (const op of this.h.ended.splice(0)) this.settled(op)
+    // a subscription the session gave up (a restore the connection cannot take): the owner no longer holds it
+    for (const { error, owner } of this.h.failed.splice(0)) {
+      this.tell(this.calls++, owner, (error as MqttError.SubscribeError).filter, false)
+    }
   }
 
   private settled(op: Operation): void {
@@ -306,7 +326,15 @@ class Model {
       case "Connect": {
         if (this.connected) break
         this.connected = true
-        this.limits = { rm: a.rm, maxQoS: a.maxQoS, maxSize: a.maxSize, retain: a.retain }
+        const v5 = this.version === 5
+        this.limits = {
+          rm: a.rm,
+          maxQoS: a.maxQoS,
+          maxSize: a.maxSize,
+          retain: a.retain,
+          wildcard: !v5 || a.wildcard !== false,
+          shared: !v5 || a.shared !== false
+        }
         this.lastSeqOnConnection = -1
         const present = this.everConnected && !this.sessionLost
         if (!present) {
@@ -321,7 +349,14 @@ class Model {
         h.session.onConnack(
           connack(present, {
             receiveMaximum: a.rm,
-            ...(this.version === 5 ? { maximumQoS: a.maxQoS === 2 ? undefined : 1, retainAvailable: a.retain } : {}),
+            ...(v5
+              ? {
+                maximumQoS: a.maxQoS === 2 ? undefined : 1,
+                retainAvailable: a.retain,
+                wildcardSubscriptionAvailable: this.limits.wildcard,
+                sharedSubscriptionAvailable: this.limits.shared
+              }
+              : {}),
             maximumPacketSize: a.maxSize
           } as Packets.ConnackProperties),
           h.session.cleanStart,
@@ -441,6 +476,11 @@ class Model {
 
   /** Connected, every request answered, every message taken: the broker holds what callers were told. */
   quiesce(): void {
+    // an UNSUBSCRIBE no packet of a connection can carry waits for a resumed one that can: quiesce on one
+    const { maxSize, shared, wildcard } = this.limits
+    if (this.connected && (maxSize < 1_000 || !wildcard || !shared)) {
+      this.step({ _tag: "Lose", brokerKeepsSession: true })
+    }
     if (!this.connected) this.step({ _tag: "Connect", rm: 65535, maxQoS: 2, maxSize: 1_000_000, retain: true })
     for (let round = 0; round < 50 && (this.pending.length > 0 || this.h.delivered.length > 0); round++) {
       this.step({ _tag: "BrokerProcess", n: 100 })

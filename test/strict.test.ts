@@ -1020,7 +1020,7 @@ describe("MQTT 5 properties where the API shows them", () => {
 describe("the packet and the rule of a violation", () => {
   // the decoder's packet and rule reach the caller through both phases (`open` and the supervisor add the broker)
   const connack = connackRows.find((row) => row.version === 5 && row.rule === "MQTT-3.2.2-6")!
-  const publish = otherRows.find((row) => row.version === 5 && row.rule === "MQTT-3.3.2-14")!
+  const publish = otherRows.find((row) => row.version === 5 && row.rule === "MQTT-3.3.2-8")!
 
   it.live(`reach the error of a refused CONNACK (${connack.hex})`, () =>
     Effect.gen(function*() {
@@ -1043,6 +1043,6 @@ describe("the packet and the rule of a violation", () => {
       yield* connection.sendRaw(Buffer.from(publish.hex, "hex"))
       const error = yield* within(10, "awaitClose")(Effect.flip(client.awaitClose))
       assert(error instanceof MqttError.ProtocolError, String(error))
-      expect({ packet: error.packet, rule: error.rule }).toEqual({ packet: "PUBLISH", rule: "MQTT-3.3.2-14" })
+      expect({ packet: error.packet, rule: error.rule }).toEqual({ packet: "PUBLISH", rule: "MQTT-3.3.2-8" })
     }))
 })

@@ -11,6 +11,28 @@ import type { Resolved } from "./options.ts"
 import { violation } from "./output.ts"
 import type * as Packets from "./packets.ts"
 
+/**
+ * An AUTH packet, or why it cannot be sent: data that does not encode, or a packet larger than the broker's
+ * Maximum Packet Size (known once connected) [MQTT-3.1.2-24]: refused before it is written.
+ */
+const authPacket = (
+  c: Connection,
+  reasonCode: number,
+  method: string,
+  data: Uint8Array | undefined
+): Uint8Array | MqttError.InvalidOptionError => {
+  const bytes = Codec.tryEncode(() => Codec.encodeAuth(reasonCode, method, data))
+  if (!(bytes instanceof Uint8Array)) return new MqttError.InvalidOptionError({ option: "auth", reason: bytes.error })
+  const maximum = c.info?.maximumPacketSize
+  if (maximum !== undefined && bytes.byteLength > maximum) {
+    return new MqttError.InvalidOptionError({
+      option: "auth.data",
+      reason: `the AUTH packet is ${bytes.byteLength} bytes, more than the broker's Maximum Packet Size (${maximum})`
+    })
+  }
+  return bytes
+}
+
 /** Handles the AUTH packets of one socket read, in order. */
 export const answerAuth = (
   o: Resolved,
@@ -39,10 +61,8 @@ const answerOne = (
     return Effect.flatMap(
       auth.onChallenge({ data: packet.authenticationData, reasonString: packet.reasonString }),
       (data) => {
-        const bytes = Codec.tryEncode(() => Codec.encodeAuth(0x18, auth.method, data))
-        if (!(bytes instanceof Uint8Array)) {
-          return Effect.fail(new MqttError.InvalidOptionError({ option: "auth", reason: bytes.error }))
-        }
+        const bytes = authPacket(c, 0x18, auth.method, data)
+        if (!(bytes instanceof Uint8Array)) return Effect.fail(bytes)
         c.outbox.push(bytes)
         return Effect.void
       }
@@ -65,10 +85,8 @@ export const reauthenticate = (
   Effect.suspend(() => {
     const auth = o.auth!
     if (c.reauthentication !== undefined) return Deferred.await(c.reauthentication)
-    const bytes = Codec.tryEncode(() => Codec.encodeAuth(0x19, auth.method, data))
-    if (!(bytes instanceof Uint8Array)) {
-      return Effect.fail(new MqttError.InvalidOptionError({ option: "auth", reason: bytes.error }))
-    }
+    const bytes = authPacket(c, 0x19, auth.method, data)
+    if (!(bytes instanceof Uint8Array)) return Effect.fail(bytes)
     const done = Deferred.makeUnsafe<void, MqttError.MqttError>()
     c.reauthentication = done
     c.outbox.push(bytes)

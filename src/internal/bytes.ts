@@ -29,6 +29,9 @@ let poolOffset = 0
  * larger ones get their own memory.
  */
 export const allocate = (size: number): Uint8Array => {
+  // a size that is not a whole number (NaN from a caller's value of the wrong type) would hand out the pool's
+  // end and move its offset back to 0, over blocks still in use: refuse it (the encoders turn it into an error)
+  if (!(size >= 0 && size === Math.floor(size))) throw new RangeError(`cannot allocate ${size} bytes`)
   if (size >= POOL_SIZE >>> 1) return new Uint8Array(size)
   if (poolOffset + size > POOL_SIZE) {
     pool = new ArrayBuffer(POOL_SIZE)
@@ -121,18 +124,25 @@ export const writeUtf8 = (target: Uint8Array, offset: number, s: string): number
   return offset + length
 }
 
-/** A string as UTF-8 bytes. */
+/** A string as UTF-8 bytes. Throws a `TypeError` for a value that is not a string. */
 export const utf8 = (s: string): Uint8Array => {
+  if (typeof s !== "string") throw new TypeError(`expected a string, got ${typeof s}`)
   const out = allocate(utf8Length(s))
   writeUtf8(out, 0, s)
   return out
 }
+
+/** `String.prototype.isWellFormed` (ES2024: Node 20, current browsers), where there is one. */
+const nativeIsWellFormed: ((this: string) => boolean) | undefined = (String.prototype as {
+  readonly isWellFormed?: (this: string) => boolean
+}).isWellFormed
 
 /**
  * Whether a string is well-formed UTF-16 (no lone surrogate), so that its UTF-8 form says what it says. MQTT
  * strings must be well-formed UTF-8 [MQTT-1.5.4-1]; `TextEncoder` would silently write U+FFFD instead.
  */
 export const isWellFormed = (s: string): boolean => {
+  if (nativeIsWellFormed !== undefined) return nativeIsWellFormed.call(s)
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i)
     if (c < 0xd800 || c > 0xdfff) continue

@@ -65,7 +65,7 @@ const filtersOf = (
   filters: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>
 ): string =>
   (Array.isArray(filters) ? filters : [filters as string | MqttClient.Subscription])
-    .map((f) => typeof f === "string" ? f : f.filter).join(",")
+    .map((f) => typeof f === "object" && f !== null ? String(f.filter) : String(f)).join(",")
 
 /** The socket and writer to one broker, for the life of the scope. */
 const makeNode = (

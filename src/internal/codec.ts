@@ -186,6 +186,7 @@ export const encodeProperties = (p: MqttMessage.PublishProperties | undefined, t
   }
   if (p !== undefined) {
     if (p.payloadFormatIndicator !== undefined) {
+      if (typeof p.payloadFormatIndicator !== "boolean") throw new Error("payloadFormatIndicator must be a boolean")
       parts.push(Uint8Array.of(0x01, p.payloadFormatIndicator ? 1 : 0))
     }
     if (p.messageExpiryInterval !== undefined) {
@@ -216,6 +217,7 @@ export const encodeProperties = (p: MqttMessage.PublishProperties | undefined, t
       parts.push(out)
     }
     if (p.userProperties !== undefined) {
+      if (!Array.isArray(p.userProperties)) throw new Error("userProperties must be a list of [name, value] pairs")
       for (const pair of p.userProperties) {
         if (!Array.isArray(pair) || pair.length !== 2) throw new Error("userProperties must be [name, value] pairs")
         parts.push(
@@ -276,7 +278,11 @@ class PacketWriter {
     return this.bytes(Uint8Array.of(value >> 8, value & 0xff))
   }
 
-  u32(value: number): this {
+  /** A Four Byte Integer; `name` says which, for the error when `value` is not a whole number that fits. */
+  u32(value: number, name = "a four-byte integer"): this {
+    if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
+      throw new Error(`${name} must be a whole number from 0 to 4294967295`)
+    }
     const out = new Uint8Array(4)
     Bytes.writeUint32(out, 0, value)
     return this.bytes(out)
@@ -288,18 +294,25 @@ class PacketWriter {
   }
 
   string(name: string, value: string): this {
+    if (typeof value !== "string") throw new Error(`${name} must be a string`)
     if (value.includes("\u0000")) throw new Error(`${name} must not contain U+0000`)
     if (!Bytes.isWellFormed(value)) throw new Error(`${name} is not well-formed UTF-16 (lone surrogate)`)
     return this.binary(name, Bytes.utf8(value))
   }
 
   binary(name: string, value: Uint8Array): this {
+    if (!(value instanceof Uint8Array)) throw new Error(`${name} must be a Uint8Array`)
     if (value.length > 65535) throw new Error(`${name} is longer than 65,535 bytes`)
     return this.u16(value.length).bytes(value)
   }
 
   userProperties(list: ReadonlyArray<MqttMessage.UserProperty> | undefined): this {
-    for (const [name, value] of list ?? []) {
+    if (list !== undefined && !Array.isArray(list)) {
+      throw new Error("userProperties must be a list of [name, value] pairs")
+    }
+    for (const pair of list ?? []) {
+      if (!Array.isArray(pair) || pair.length !== 2) throw new Error("userProperties must be [name, value] pairs")
+      const [name, value] = pair
       this.byte(0x26).string("a user property name", name).string("a user property value", value)
     }
     return this
@@ -368,7 +381,7 @@ export const encodeConnect = (c: ConnectFields): Uint8Array => {
     .u16(c.keepAlive)
   if (c.protocolVersion === 5) {
     w.properties((p) => {
-      if (c.sessionExpiryInterval !== undefined) p.byte(0x11).u32(c.sessionExpiryInterval)
+      if (c.sessionExpiryInterval !== undefined) p.byte(0x11).u32(c.sessionExpiryInterval, "sessionExpiryInterval")
       if (c.receiveMaximum !== undefined) p.byte(0x21).u16(c.receiveMaximum)
       if (c.maximumPacketSize !== undefined) p.byte(0x27).u32(c.maximumPacketSize)
       if (c.topicAliasMaximum !== undefined) p.byte(0x22).u16(c.topicAliasMaximum)
@@ -382,7 +395,7 @@ export const encodeConnect = (c: ConnectFields): Uint8Array => {
     if (c.protocolVersion === 5) {
       const { willDelayInterval, ...rest } = will.properties ?? {}
       w.properties((p) => {
-        if (willDelayInterval !== undefined) p.byte(0x18).u32(willDelayInterval)
+        if (willDelayInterval !== undefined) p.byte(0x18).u32(willDelayInterval, "will.properties.willDelayInterval")
         p.bytes(encodeProperties(rest))
       })
       if (will.properties?.payloadFormatIndicator === true && !Bytes.isUtf8(will.payload)) {

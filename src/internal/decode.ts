@@ -335,14 +335,6 @@ interface PropertyRule {
   readonly check?: (value: number | string, type: number) => Refusal | undefined
 }
 
-/** A Response Topic is a topic name: at least one character [MQTT-4.7.3-1], no wildcard [MQTT-3.3.2-14]. */
-const responseTopicProblem = (value: string): Refusal | undefined =>
-  value === ""
-    ? { reason: "an empty Response Topic", reasonCode: PROTOCOL_ERROR, rule: "MQTT-4.7.3-1" }
-    : value.includes("+") || value.includes("#")
-    ? { reason: `a Response Topic with a wildcard ("${value}")`, reasonCode: PROTOCOL_ERROR, rule: "MQTT-3.3.2-14" }
-    : undefined
-
 const nonZero = (name: string) => (value: number | string): Refusal | undefined =>
   value === 0 ? { reason: `${name} 0`, reasonCode: PROTOCOL_ERROR } : undefined
 
@@ -366,9 +358,10 @@ const FLAG = { flag: true } as const
 property(0x01, "Payload Format Indicator", "payloadFormatIndicator", BYTE, PUBLISH, FLAG)
 property(0x02, "Message Expiry Interval", "messageExpiryInterval", FOUR_BYTES, PUBLISH)
 property(0x03, "Content Type", "contentType", STRING, PUBLISH)
-property(0x08, "Response Topic", "responseTopic", STRING, PUBLISH, {
-  check: (value) => responseTopicProblem(value as string)
-})
+// not checked for wildcards or emptiness [MQTT-3.3.2-14, MQTT-4.7.3-1]: the Response Topic is the publisher's, and a
+// broker forwards it as it came (Mosquitto 2.0.11 does): refusing it would let any client close the connection of
+// every subscriber, again at each redelivery. It reaches the application as sent; a reply to it fails there
+property(0x08, "Response Topic", "responseTopic", STRING, PUBLISH)
 property(0x09, "Correlation Data", "correlationData", BINARY, PUBLISH)
 property(0x0b, "Subscription Identifier", "subscriptionIdentifiers", VARINT, PUBLISH, {
   repeats: PUBLISH,

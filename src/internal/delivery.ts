@@ -119,6 +119,15 @@ export class Deliveries {
     if (rest.length > 0) this.messages.offerMovedUnsafe(rest)
   }
 
+  /**
+   * An owner's subscription ended (the session gave it up): its stream fails with `error` once the messages it
+   * holds are taken. Later messages of the owner's other filters go to `messages` until its scope lets go of them
+   * (`remove`, which also moves what the stream still holds). A handler (`request`'s) has no stream to fail.
+   */
+  fail(owner: number, error: MqttError.MqttError): void {
+    if (owner !== MESSAGES) this.owners.get(owner)?.queue?.fail(error)
+  }
+
   /** Messages dropped so far by every queue: `messages`, the subscription streams, and those that are gone. */
   get dropped(): number {
     let dropped = this.droppedByGone
@@ -145,10 +154,22 @@ export class Deliveries {
       const { message, owners, record } = deliveries[i]
       counts[message.qos]++
       bytes[message.qos] += message.payload.byteLength
+      // whether `messages` takes this message already: one copy is enough there
+      let toMessages = owners.includes(MESSAGES)
       for (let j = 0; j < owners.length; j++) {
         const copy = j === 0 ? message : copyOf(message)
         if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink)
-        const owner = this.owners.get(owners[j]) ?? this.owners.get(MESSAGES)!
+        let owner = this.owners.get(owners[j])
+        // an owner that is gone, or whose stream failed, takes nothing more: its copy goes to `messages`, unless
+        // `messages` has one (it is then acknowledged, as every copy must be for the message to be)
+        if (owner === undefined || owner.queue?.isClosed === true) {
+          if (toMessages) {
+            acknowledge(copy)
+            continue
+          }
+          toMessages = true
+          owner = this.owners.get(MESSAGES)!
+        }
         if (owner.handle !== undefined) {
           owner.handle(copy)
           acknowledge(copy)

@@ -1,7 +1,8 @@
 /**
  * Runs what the session produces: the one place where the session's Output meets I/O. Every call into the
  * session is followed by `drain`, which writes the packets to the current connection, hands the messages to
- * their owners and completes the operations that ended, in that order.
+ * their owners, fails the streams of owners whose subscriptions ended and completes the operations that ended, in
+ * that order.
  */
 import * as Effect from "effect/Effect"
 import type { Deliveries } from "./delivery.ts"
@@ -62,6 +63,9 @@ export class Driver {
     let wait: Effect.Effect<void> | undefined
     // taken out first: handing a message over may acknowledge it, which drains again (re-entrantly)
     if (out.deliver.length > 0) wait = this.deliveries.deliver(out.deliver.splice(0))
+    if (out.failed.length > 0) {
+      for (const { error, owner } of out.failed.splice(0)) this.deliveries.fail(owner, error)
+    }
     if (out.settle.length > 0) {
       const ended = out.settle.splice(0)
       for (let i = 0; i < ended.length; i++) ended[i].listener?.()

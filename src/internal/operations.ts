@@ -13,7 +13,7 @@ import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
 import type { Deliveries } from "./delivery.ts"
 import type { Driver } from "./driver.ts"
-import { invalid, isQoS, isUint, type Resolved } from "./options.ts"
+import { invalid, isQoS, isUint, type Resolved, stringPayloadProblem } from "./options.ts"
 import type { OutgoingMessage } from "./outgoing.ts"
 import type { Operation } from "./output.ts"
 import { OFFLINE_FULL, type Session } from "./session.ts"
@@ -96,7 +96,11 @@ const traced = <A>(
       "messaging.operation.type": "send",
       "messaging.destination.name": topic,
       "messaging.client.id": ctx.session.clientId,
-      "messaging.message.body.size": typeof payload === "string" ? Bytes.utf8Length(payload) : payload.byteLength,
+      "messaging.message.body.size": typeof payload === "string"
+        ? Bytes.utf8Length(payload)
+        : payload instanceof Uint8Array
+        ? payload.byteLength
+        : 0,
       "mqtt.qos": options?.qos ?? 0
     }
   })
@@ -112,11 +116,22 @@ const prepare = (
   const qos = options?.qos ?? 0
   const retain = options?.retain ?? false
   const problem = nameProblem(topic)
-  if (problem !== undefined) return new MqttError.InvalidTopicError({ topic, kind: "name", reason: problem })
+  if (problem !== undefined) {
+    return new MqttError.InvalidTopicError({ topic: String(topic), kind: "name", reason: problem })
+  }
   if (!isQoS(qos)) return invalid("qos", "expected 0, 1 or 2")
   if (typeof retain !== "boolean") return invalid("retain", "expected a boolean")
+  if (typeof payload === "string") {
+    const payloadProblem = stringPayloadProblem(payload)
+    if (payloadProblem !== undefined) return invalid("payload", payloadProblem)
+  } else if (!(payload instanceof Uint8Array)) return invalid("payload", "expected a Uint8Array or a string")
+  if (options !== undefined && (typeof options !== "object" || options === null)) {
+    return invalid("options", "expected an object")
+  }
+  if (options?.properties !== undefined && (typeof options.properties !== "object" || options.properties === null)) {
+    return invalid("properties", "expected an object")
+  }
   const bytes = typeof payload === "string" ? Bytes.utf8(payload) : payload
-  if (!(bytes instanceof Uint8Array)) return invalid("payload", "expected a Uint8Array or a string")
   let encoded: Codec.EncodedPublish
   try {
     encoded = Codec.encodePublish(ctx.options.protocolVersion, topic, bytes, qos, retain, options?.properties)
@@ -132,6 +147,20 @@ const prepare = (
     })
   }
   return { topic, payload: bytes, qos, retain, properties: options?.properties, encoded }
+}
+
+/**
+ * Why a publish would be refused before anything is sent, or `undefined`: the checks of `publish`, run without
+ * handing anything to the session (for an operation that must check a publish before its own first packet).
+ */
+export const publishProblem = (
+  ctx: Context,
+  topic: string,
+  payload: Uint8Array | string,
+  options: MqttClient.PublishOptions | undefined
+): MqttError.MqttError | undefined => {
+  const message = prepare(ctx, topic, payload, options)
+  return MqttError.isMqttError(message) ? message : undefined
 }
 
 const offlineFull = (ctx: Context) =>
@@ -242,6 +271,9 @@ const specsOf = (
   const specs: Array<FilterSpec> = []
   for (const item of list) {
     const sub: MqttClient.Subscription = typeof item === "string" ? { ...options, filter: item } : item
+    if (typeof sub !== "object" || sub === null) {
+      return new MqttError.InvalidTopicError({ topic: String(sub), kind: "filter", reason: "expected a string" })
+    }
     const problem = typeof sub.filter === "string" ? filterProblem(sub.filter) : "expected a string"
     if (problem !== undefined) {
       return new MqttError.InvalidTopicError({ topic: String(sub.filter), kind: "filter", reason: problem })
@@ -251,6 +283,10 @@ const specsOf = (
     const v5Only = sub.noLocal !== undefined || sub.retainAsPublished !== undefined || sub.retainHandling !== undefined
     if (v5Only && version !== 5) {
       return invalid("subscribe", "noLocal, retainAsPublished and retainHandling need MQTT 5")
+    }
+    if (sub.noLocal !== undefined && typeof sub.noLocal !== "boolean") return invalid("noLocal", "expected a boolean")
+    if (sub.retainAsPublished !== undefined && typeof sub.retainAsPublished !== "boolean") {
+      return invalid("retainAsPublished", "expected a boolean")
     }
     if (sub.retainHandling !== undefined && !isQoS(sub.retainHandling)) {
       return invalid("retainHandling", "expected 0, 1 or 2")
@@ -336,7 +372,7 @@ export const unsubscribeAs = (
   options: MqttClient.UnsubscribeOptions | undefined
 ): Effect.Effect<void, MqttError.MqttError> =>
   Effect.suspend(() => {
-    const list: ReadonlyArray<string> = typeof input === "string" ? [input] : input
+    const list: ReadonlyArray<string> = Array.isArray(input) ? input : [input as string]
     if (list.length === 0) return Effect.fail(invalid("filters", "at least one filter is needed"))
     for (const filter of list) {
       const problem = typeof filter === "string" ? filterProblem(filter) : "expected a string"
@@ -387,7 +423,11 @@ export const subscription = (ctx: Context) =>
   options?: MqttClient.SubscriptionOptions
 ): Effect.Effect<Stream.Stream<MqttMessage, MqttError.MqttError>, MqttError.MqttError, Scope.Scope> =>
   Effect.gen(function*() {
-    const manual = (options?.acknowledgement ?? ctx.options.acknowledgement) === "manual"
+    const acknowledgement = options?.acknowledgement ?? ctx.options.acknowledgement
+    if (acknowledgement !== "auto" && acknowledgement !== "manual") {
+      return yield* invalid("acknowledgement", "expected \"auto\" or \"manual\"")
+    }
+    const manual = acknowledgement === "manual"
     const { owner, queue } = ctx.deliveries.addQueue(manual)
     yield* Effect.addFinalizer(() => release(ctx, owner))
     yield* subscribeAs(ctx, owner, input, options)

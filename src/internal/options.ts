@@ -132,7 +132,92 @@ const checkFollow = (follow: MqttClient.Options["followServerReference"]) =>
       )
     )
 
+const isObject = (value: unknown): value is object => typeof value === "object" && value !== null
+
+/** The booleans among the options, and the option objects: a value of another type is refused. */
+const BOOLEANS = [
+  "cleanStart",
+  "cleanSession",
+  "retryFirstConnect",
+  "topicAliases",
+  "strictReceiveMaximum",
+  "clearStore"
+] as const
+const OBJECTS = ["will", "offline", "tracing", "disconnect", "auth"] as const
+
+/** Why a string payload cannot be sent as it is (`undefined` when it can): UTF-8 has no lone surrogate. */
+export const stringPayloadProblem = (payload: string): string | undefined =>
+  Bytes.isWellFormed(payload)
+    ? undefined
+    : "a string payload must be well-formed UTF-16: a lone surrogate would be sent as U+FFFD"
+
+/**
+ * The checks of the options' types that the rest of `resolveOptions` takes for granted: a value of the wrong
+ * type (from a JSON configuration, or an `as any`) is an `InvalidOptionError`, never a defect or bytes sent.
+ */
+const checkShapes = (options: MqttClient.Options): MqttError.InvalidOptionError | undefined => {
+  if (!isObject(options)) return invalid("options", "expected an object")
+  for (const name of BOOLEANS) {
+    if (options[name] !== undefined && typeof options[name] !== "boolean") return invalid(name, "expected a boolean")
+  }
+  for (const name of OBJECTS) {
+    if (options[name] !== undefined && !isObject(options[name])) return invalid(name, "expected an object")
+  }
+  if (options.tls !== undefined && !isObject(options.tls)) return invalid("tls", "expected an object")
+  const password = options.password
+  if (password !== undefined && !(Redacted.isRedacted(password) && typeof Redacted.value(password) === "string")) {
+    return invalid("password", "expected a Redacted string (Redacted.make(password))")
+  }
+  if (options.username !== undefined && typeof options.username !== "string") {
+    return invalid("username", "expected a string")
+  }
+  const will = options.will
+  if (will !== undefined) {
+    if (will.retain !== undefined && typeof will.retain !== "boolean") {
+      return invalid("will.retain", "expected a boolean")
+    }
+    if (will.properties !== undefined && !isObject(will.properties)) {
+      return invalid("will.properties", "expected an object")
+    }
+    if (typeof will.payload === "string" && stringPayloadProblem(will.payload) !== undefined) {
+      return invalid("will.payload", stringPayloadProblem(will.payload)!)
+    }
+  }
+  if (options.auth?.data !== undefined && !(options.auth.data instanceof Uint8Array)) {
+    return invalid("auth.data", "expected a Uint8Array")
+  }
+  if (options.responseTopicPrefix !== undefined && typeof options.responseTopicPrefix !== "string") {
+    return invalid("responseTopicPrefix", "expected a string")
+  }
+  const userProperties = options.userProperties
+  if (
+    userProperties !== undefined &&
+    !(Array.isArray(userProperties) &&
+      userProperties.every((p) => Array.isArray(p) && p.length === 2 && p.every((s) => typeof s === "string")))
+  ) {
+    return invalid("userProperties", "expected a list of [name, value] pairs of strings")
+  }
+  return queueProblem(options.queue)
+}
+
+/** Why `queue` is not a strategy of `IncomingQueue`, or `undefined`. */
+const queueProblem = (queue: MqttClient.Options["queue"]): MqttError.InvalidOptionError | undefined => {
+  if (queue === undefined) return undefined
+  if (!isObject(queue) || !["Bounded", "Sliding", "Dropping", "Unbounded", "Lifo", "Priority"].includes(queue._tag)) {
+    return invalid("queue", "expected a strategy of IncomingQueue (bounded, sliding, dropping, lifo, priority...)")
+  }
+  if (queue._tag === "Lifo" && !["suspend", "sliding", "dropping"].includes(queue.overflow)) {
+    return invalid("queue", `the overflow of a LIFO queue is "suspend", "sliding" or "dropping"`)
+  }
+  if (queue._tag === "Priority" && typeof queue.order !== "function") {
+    return invalid("queue", "a priority queue needs an order (IncomingQueue.priority)")
+  }
+  return undefined
+}
+
 export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
+  const shapeProblem = checkShapes(options)
+  if (shapeProblem !== undefined) return yield* shapeProblem
   const urls = yield* urlsOf(options.url)
   const endpoints: Array<Url.Endpoint> = []
   for (let i = 0; i < urls.length; i++) {

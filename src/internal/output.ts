@@ -54,6 +54,12 @@ export class Output {
   readonly acks = new AckBuffer()
   readonly deliver: Array<Delivery> = []
   readonly settle: Array<Operation> = []
+  /**
+   * Owners whose subscriptions the session gave up (a restore the connection cannot take), one entry per owner and
+   * filter (the error names the filter): their streams fail with the error, after the messages of the same step;
+   * `messages` (owner 0) only lets go of the filter, its queue never fails
+   */
+  readonly failed: Array<{ readonly owner: number; readonly error: MqttError.MqttError }> = []
   /** AUTH packets for the enhanced-authentication handler */
   readonly auth: Array<Packets.Auth> = []
   /** a PINGRESP arrived */
@@ -76,6 +82,11 @@ export class Output {
     this.settle.push(operation)
   }
 
+  /** An owner's stream fails with `error` (see `failed`). */
+  failOwner(owner: number, error: MqttError.MqttError): void {
+    this.failed.push({ owner, error })
+  }
+
   /** Records the first violation of a step. */
   fail(error: MqttError.MqttError): void {
     this.error ??= error
@@ -83,7 +94,8 @@ export class Output {
 
   get isEmpty(): boolean {
     return this.send.length === 0 && this.acks.isEmpty && this.deliver.length === 0 && this.settle.length === 0 &&
-      this.auth.length === 0 && !this.pong && this.error === undefined && this.warnings.length === 0
+      this.failed.length === 0 && this.auth.length === 0 && !this.pong && this.error === undefined &&
+      this.warnings.length === 0
   }
 }
 

@@ -66,6 +66,14 @@ export class Line<A extends Queued> {
     this.live++
   }
 
+  /** Puts an item at the front of the line: the next `peek` or `shift` returns it. */
+  unshift(item: A): void {
+    item.queued = true
+    if (this.head > 0) this.items_[--this.head] = item
+    else this.items_.unshift(item)
+    this.live++
+  }
+
   /** Takes an item out of the line before its turn. */
   remove(item: A): void {
     if (!item.queued) return

@@ -78,7 +78,11 @@ export const customTransport = (
     if (tlsGiven(options)) {
       return yield* invalid("tls", "a custom transport does its own TLS: give the TLS settings to its socket")
     }
-    const socket = Socket.isSocket(transport) ? transport : yield* transport
+    const socket = Socket.isSocket(transport)
+      ? transport
+      : Effect.isEffect(transport)
+      ? yield* transport
+      : undefined
     if (!Socket.isSocket(socket)) return yield* invalid("transport", "expected an effect/socket/Socket")
     return socket
   })

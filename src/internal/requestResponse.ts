@@ -2,6 +2,9 @@
  * MQTT 5 request/response (section 4.10) on top of publish and subscriptions: `request` publishes with a
  * response topic (this client's, subscribed once, on first use) and fresh correlation data, and waits for the
  * response; `respond` serves requests on a subscription stream and publishes each reply to its response topic.
+ * Both check their arguments before their first packet. What goes wrong with one request (the handler's failure,
+ * a reply that is refused, too large, or invalid) is a warning and that request's own: a requester cannot stop
+ * a responder; only the client's end, a refused subscription or a defect ends it.
  */
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -13,8 +16,8 @@ import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import type { MqttMessage } from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
-import { type Context, publish, subscribeAs, subscription } from "./operations.ts"
-import { decodeDuration, invalid } from "./options.ts"
+import { type Context, publish, publishProblem, subscribeAs, subscription } from "./operations.ts"
+import { decodeDuration, invalid, isQoS } from "./options.ts"
 import * as Telemetry from "./telemetry.ts"
 
 export const make = (ctx: Context) => {
@@ -66,16 +69,17 @@ export const make = (ctx: Context) => {
         return yield* invalid("request", "request/response needs MQTT 5 (response topic and correlation data)")
       }
       const timeout = yield* decodeDuration("timeout", options?.timeout, Duration.seconds(30))
+      // the whole request is checked before the response topic's SUBSCRIBE, the first packet it may send: by the
+      // checks of its publish, with a response topic and correlation data in place of those it will carry
+      const problem = publishProblem(ctx, topic, payload, publishOptions(options, "r", Bytes.empty))
+      if (problem !== undefined) return yield* Effect.fail(problem)
       const replyTo = yield* ensureResponseTopic
       const correlationData = Bytes.random(16)
       const key = Hex.encode(correlationData)
       const deferred = Deferred.makeUnsafe<MqttMessage, MqttError.MqttError>()
       waiting.set(key, deferred)
       return yield* Effect.andThen(
-        send(topic, payload, {
-          qos: options?.qos ?? 1,
-          properties: { ...options?.properties, responseTopic: replyTo, correlationData }
-        }),
+        send(topic, payload, publishOptions(options, replyTo, correlationData)),
         Deferred.await(deferred)
       ).pipe(
         Effect.timeoutOrElse({
@@ -87,49 +91,90 @@ export const make = (ctx: Context) => {
       )
     })
 
+  /**
+   * A request that could not be served: a warning, through the client's log lines; the responder goes on. The
+   * topics are the sender's, and so may be the reason (a decode error, a handler's failure): they are escaped, so
+   * that a sender cannot write a log line of its own.
+   */
+  const unanswered = (message: MqttMessage, replyTo: string, reason: string) =>
+    ctx.supervisor.log(
+      "Warn",
+      `MQTT respond: no reply to the request on ${quote(message.topic)} (response topic ${quote(replyTo)}): ` +
+        escapeControls(reason)
+    )
+
   const respond = <E, R>(
     filter: string | ReadonlyArray<string>,
     handler: (request: MqttMessage) => Effect.Effect<MqttClient.Reply, E, R>,
     options?: MqttClient.RespondOptions
-  ): Effect.Effect<void, MqttError.MqttError | E, R> =>
-    Effect.scoped(Effect.gen(function*() {
-      const requests = yield* subscription(ctx)(typeof filter === "string" ? filter : [...filter], {
-        qos: options?.qos ?? 1
-      }).pipe(reportSubscribed(options?.subscribed))
-      yield* requests.pipe(
-        Stream.mapEffect((message) => {
-          const replyTo = message.properties.responseTopic
-          // a message without a response topic asks for no response
-          if (replyTo === undefined) return Effect.void
-          // each request is a span of its own, its parent the requester's span when the request carries one
-          const parent = Telemetry.remoteSpanOf(message.properties)
-          return Effect.withSpan(
-            Effect.flatMap(handler(message), (reply) => {
-              const { payload, properties } = typeof reply === "string" || reply instanceof Uint8Array
-                ? { payload: reply, properties: undefined }
-                : reply
-              const correlationData = message.properties.correlationData
-              return send(replyTo, payload, {
-                qos: options?.qos ?? 1,
-                properties: { ...properties, ...(correlationData === undefined ? {} : { correlationData }) }
-              })
-            }),
-            `mqtt respond ${message.topic}`,
-            {
-              kind: "server",
-              ...(parent === undefined ? {} : { parent }),
-              attributes: {
-                "messaging.system": "mqtt",
-                "messaging.operation.name": "respond",
-                "messaging.destination.name": message.topic,
-                "messaging.client.id": ctx.session.clientId
-              }
+  ): Effect.Effect<void, MqttError.MqttError, R> =>
+    Effect.suspend(() => {
+      // every argument is checked before the SUBSCRIBE
+      const problem = respondProblem(ctx.options.protocolVersion, filter, handler, options)
+      if (problem !== undefined) return reportSubscribed(options?.subscribed)(Effect.fail(problem))
+      const qos = options?.qos ?? 1
+      const serve = (message: MqttMessage): Effect.Effect<void, MqttError.MqttError, R> => {
+        const replyTo = message.properties.responseTopic
+        // a message without a response topic asks for no response
+        if (replyTo === undefined) return Effect.void
+        const served: Effect.Effect<NoReply | undefined, HandlerFailed | MqttError.MqttError, R> = Effect.flatMap(
+          Effect.mapError(Effect.suspend(() => handler(message)), (error) => new HandlerFailed(error)),
+          (reply): Effect.Effect<NoReply | undefined, MqttError.MqttError> => {
+            if (reply instanceof NoReply) return Effect.succeed(reply)
+            const parts = replyParts(reply)
+            if (parts === undefined) {
+              return Effect.fail(
+                invalid("reply", "expected a payload (a string or a Uint8Array) or { payload, properties }")
+              )
             }
-          )
-        }, { concurrency: options?.concurrency ?? 1 }),
-        Stream.runDrain
-      )
-    }))
+            const correlationData = message.properties.correlationData
+            return Effect.as(
+              send(replyTo, parts.payload as Uint8Array | string, {
+                qos,
+                properties: { ...parts.properties, ...(correlationData === undefined ? {} : { correlationData }) }
+              }),
+              undefined
+            )
+          }
+        )
+        // each request is a span of its own, its parent the requester's span when the request carries one
+        const parent = Telemetry.remoteSpanOf(message.properties)
+        return Effect.withSpan(served, `mqtt respond ${message.topic}`, {
+          kind: "server",
+          ...(parent === undefined ? {} : { parent }),
+          attributes: {
+            "messaging.system": "mqtt",
+            "messaging.operation.name": "respond",
+            "messaging.destination.name": message.topic,
+            "messaging.client.id": ctx.session.clientId
+          }
+        }).pipe(
+          Effect.matchEffect({
+            onSuccess: (result) =>
+              result?.reason === undefined ? Effect.void : unanswered(message, replyTo, result.reason),
+            onFailure: (failure) => {
+              if (failure instanceof HandlerFailed) {
+                // the typed topics' failures that end the responder (their `onDecodeError: "fail"`)
+                if (failure.error instanceof EndResponder) {
+                  return Effect.fail(failure.error.error as MqttError.MqttError)
+                }
+                return unanswered(message, replyTo, `the handler failed: ${describe(failure.error)}`)
+              }
+              // the reply was not published: the end of the client ends the responder, anything else is this
+              // request's own (refused by the broker, too large for it, an invalid response topic or property)
+              if (ctx.session.closed !== undefined) return Effect.fail(failure)
+              return unanswered(message, replyTo, failure.message)
+            }
+          })
+        )
+      }
+      return Effect.scoped(Effect.gen(function*() {
+        const requests = yield* subscription(ctx)(typeof filter === "string" ? filter : [...filter], { qos }).pipe(
+          reportSubscribed(options?.subscribed)
+        )
+        yield* requests.pipe(Stream.mapEffect(serve, { concurrency: options?.concurrency ?? 1 }), Stream.runDrain)
+      }))
+    })
 
   return { request, respond }
 }
@@ -141,4 +186,118 @@ export const make = (ctx: Context) => {
 export const reportSubscribed =
   <E>(subscribed: Deferred.Deferred<void, E> | undefined) =>
   <A, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-    subscribed === undefined ? self : Effect.onExit(self, (exit) => Deferred.done(subscribed, Exit.asVoid(exit)))
+    // a `subscribed` that is not a Deferred (untyped code) is refused by the checks; nothing is reported to it
+    !Deferred.isDeferred(subscribed)
+      ? self
+      : Effect.onExit(self, (exit) => Deferred.done(subscribed, Exit.asVoid(exit)))
+
+/**
+ * The publish options of a request: the caller's QoS (default 1) and properties, with this client's response
+ * topic and correlation data in place of the caller's. Options or properties of the wrong type (untyped code)
+ * are passed on as they are, for the publish's checks to refuse.
+ */
+const publishOptions = (
+  options: MqttClient.RequestOptions | undefined,
+  responseTopic: string,
+  correlationData: Uint8Array
+): MqttClient.PublishOptions => {
+  if (options === undefined) return { qos: 1, properties: { responseTopic, correlationData } }
+  if (typeof options !== "object" || options === null) return options
+  const properties = options.properties
+  return {
+    qos: options.qos ?? 1,
+    properties: properties === undefined
+      ? { responseTopic, correlationData }
+      : typeof properties === "object" && properties !== null
+      ? { ...properties, responseTopic, correlationData }
+      : properties
+  }
+}
+
+/** A string as a JSON string literal, its line and paragraph separators escaped too: one line, quoted. */
+const quote = (text: string): string => escapeControls(JSON.stringify(text))
+
+/** Control characters (line breaks among them) as `\uXXXX` escapes. */
+const escapeControls = (text: string): string =>
+  text.replace(
+    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`
+  )
+
+/**
+ * What a `respond` handler answers for a request that gets no reply (a typed request that did not decode, under
+ * the typed topics' `"skip"` policy); `reason`, when given, is logged as a warning.
+ *
+ * @internal
+ */
+export class NoReply {
+  readonly reason: string | undefined
+  constructor(reason: string | undefined) {
+    this.reason = reason
+  }
+}
+
+/**
+ * A failure of a `respond` handler that ends the responder with `error` (the typed topics' `onDecodeError:
+ * "fail"`, a dead letter handler's failure); every other failure of a handler is the request's own.
+ *
+ * @internal
+ */
+export class EndResponder<E> {
+  readonly error: E
+  constructor(error: E) {
+    this.error = error
+  }
+}
+
+/** A handler's failure, apart from the failures of the reply's publish. */
+class HandlerFailed {
+  readonly error: unknown
+  constructor(error: unknown) {
+    this.error = error
+  }
+}
+
+/** A handler's failure in words: an error's message, a tagged value's tag, anything else as a string. */
+const describe = (error: unknown): string => {
+  if (error instanceof Error) return error.message === "" ? error.name : error.message
+  if (typeof error === "object" && error !== null && "_tag" in error) return String(error._tag)
+  return String(error)
+}
+
+const replyParts = (
+  reply: unknown
+): { readonly payload: unknown; readonly properties?: MqttMessage["properties"] | undefined } | undefined =>
+  typeof reply === "string" || reply instanceof Uint8Array
+    ? { payload: reply }
+    : typeof reply === "object" && reply !== null && "payload" in reply
+    ? reply as { readonly payload: unknown }
+    : undefined
+
+/** What is wrong with the arguments of `respond`, found before its SUBSCRIBE. */
+const respondProblem = (
+  protocolVersion: number,
+  filter: unknown,
+  handler: unknown,
+  options: MqttClient.RespondOptions | undefined
+): MqttError.MqttError | undefined => {
+  if (protocolVersion !== 5) {
+    return invalid("respond", "request/response needs MQTT 5 (response topic and correlation data)")
+  }
+  if (typeof filter !== "string" && !(Array.isArray(filter) && filter.every((f) => typeof f === "string"))) {
+    return invalid("filter", "expected a topic filter or a list of them")
+  }
+  if (typeof handler !== "function") return invalid("handler", "expected a function")
+  if (options !== undefined && (typeof options !== "object" || options === null)) {
+    return invalid("options", "expected an object")
+  }
+  const concurrency = options?.concurrency ?? 1
+  if (concurrency !== "unbounded" && !(Number.isSafeInteger(concurrency) && concurrency >= 1)) {
+    return invalid("concurrency", "expected a positive whole number or \"unbounded\"")
+  }
+  if (!isQoS(options?.qos ?? 1)) return invalid("qos", "expected 0, 1 or 2")
+  if (options?.subscribed !== undefined && !Deferred.isDeferred(options.subscribed)) {
+    return invalid("subscribed", "expected a Deferred")
+  }
+  return undefined
+}

@@ -67,6 +67,8 @@ export class Session {
   closed: MqttError.MqttError | undefined = undefined
   private hasConnected = false
   private startedClean = false
+  /** an Assigned Client Identifier was ignored (warned once per client) */
+  private assignedIgnored = false
 
   readonly config: SessionConfig
   constructor(config: SessionConfig) {
@@ -123,8 +125,19 @@ export class Session {
     }
     const p = connack.properties
     if (p.assignedClientIdentifier !== undefined && p.assignedClientIdentifier !== this.clientId) {
-      this.clientId = p.assignedClientIdentifier
-      out.journal?.push({ t: "c", c: this.clientId })
+      // a server assigns one only for a CONNECT with an empty Client Identifier [MQTT 5 3.2.2.3.7]: the CONNECT
+      // carried `this.clientId`, so a client that sent its own keeps it
+      if (this.clientId === "") {
+        this.clientId = p.assignedClientIdentifier
+        out.journal?.push({ t: "c", c: this.clientId })
+      } else if (!this.assignedIgnored) {
+        this.assignedIgnored = true
+        out.warnings.push(
+          `the broker assigned the client identifier "${p.assignedClientIdentifier}" to a client that sent its ` +
+            `own, "${this.clientId}", which it keeps: a server assigns one only when the CONNECT's is empty ` +
+            `[MQTT 5 3.2.2.3.7]`
+        )
+      }
     }
     const sessionExpiryInterval = p.sessionExpiryInterval ?? this.config.sessionExpiryInterval
     if (version === 5) this.persistent = (sessionExpiryInterval ?? 0) > 0
@@ -152,7 +165,17 @@ export class Session {
     this.connected = true
     this.info = info
     const present = connack.sessionPresent
-    this.subscriptions.resume(present, info.subscriptionIdentifiersAvailable, this.startedClean, out)
+    this.subscriptions.resume(
+      present,
+      {
+        maximumPacketSize: info.maximumPacketSize,
+        subscriptionIdentifiersAvailable: info.subscriptionIdentifiersAvailable,
+        wildcardSubscriptionAvailable: info.wildcardSubscriptionAvailable,
+        sharedSubscriptionAvailable: info.sharedSubscriptionAvailable
+      },
+      this.startedClean,
+      out
+    )
     this.outgoing.connected(
       {
         maximumQoS: info.maximumQoS,

@@ -16,14 +16,20 @@
  *   Mosquitto sends over MQTT 5) reaches only its subscription's owners. An identifier retired (its subscription
  *   replaced or removed) still routes by its filters: a message the broker queued or resends keeps it.
  * - A message no owner claims goes to `messages`: nothing that arrives is dropped by routing.
+ * - Nothing is written that breaks the current CONNACK (Maximum Packet Size, Wildcard and Shared Subscription
+ *   Available), checked when a request is written, on the connection it goes out on: a caller's request ends with
+ *   the reason code the broker would give, unsent; a restore too large for one packet is split, and a filter the
+ *   connection cannot take at all is given up (its owners' streams fail), so that no reconnect sends it again.
  */
+import * as MqttError from "../MqttError.ts"
 import type { UserProperty } from "../MqttMessage.ts"
+import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
 import { type Operation, type Output, violation } from "./output.ts"
 import { Line, type PacketIds, type Queued } from "./packetIds.ts"
 import type * as Packets from "./packets.ts"
 import type { FilterSpec } from "./packets.ts"
-import { matches } from "./topic.ts"
+import { isShared, matches } from "./topic.ts"
 import { TopicTrie } from "./topicTrie.ts"
 
 export type { FilterSpec } from "./packets.ts"
@@ -38,6 +44,29 @@ export const AUTOMATIC_IDENTIFIERS_FROM = 200_000_000
 export const RETIRED_KEPT = 1024
 
 const onlyMessages: ReadonlyArray<number> = [MESSAGES]
+
+/** What the current connection's CONNACK allows a SUBSCRIBE or UNSUBSCRIBE to be (MQTT 5; no limit on 3.1.1). */
+export interface RequestLimits {
+  /** the broker's Maximum Packet Size; undefined: no limit */
+  readonly maximumPacketSize: number | undefined
+  readonly subscriptionIdentifiersAvailable: boolean
+  readonly wildcardSubscriptionAvailable: boolean
+  readonly sharedSubscriptionAvailable: boolean
+}
+
+const NO_LIMITS: RequestLimits = {
+  maximumPacketSize: undefined,
+  subscriptionIdentifiersAvailable: true,
+  wildcardSubscriptionAvailable: true,
+  sharedSubscriptionAvailable: true
+}
+
+/** Why the current connection cannot take a request: the reason code the broker would answer with. */
+interface Refusal {
+  readonly filter: string
+  readonly reasonCode: number
+  readonly reason: string
+}
 
 /** A change of one owner's claim on a filter, kept to undo it when its request fails. */
 interface Change {
@@ -57,6 +86,12 @@ export class Request implements Queued, Operation {
   /** the SUBACK or UNSUBACK reason codes, one per filter */
   codes: ReadonlyArray<number> = []
   reasonString: string | undefined = undefined
+  /** written on some connection: a session the broker kept may hold its effect */
+  written = false
+  /** the client's own, already fitted to the current connection's limits (see `Subscriptions.fit`) */
+  fitted = false
+  /** a Subscription Identifier the caller gave: refused (0xA1) on a connection without them, never dropped */
+  explicit = false
   readonly kind: "Subscribe" | "Unsubscribe"
   readonly filters: ReadonlyArray<FilterSpec>
   readonly identifier: number
@@ -108,7 +143,9 @@ export class Subscriptions {
   /** filters of requests that failed with their connection: on a resumed session, the broker's view is unknown */
   private readonly uncertain = new Set<string>()
   private connected = false
-  private identifiersAvailable = true
+  /** the current connection resumed the broker's session (Session Present) */
+  private resumed = false
+  private limits: RequestLimits = NO_LIMITS
   private nextIdentifier = AUTOMATIC_IDENTIFIERS_FROM
   /** every subscription the broker holds was made by this client (the session started clean) */
   private complete = false
@@ -144,7 +181,7 @@ export class Subscriptions {
 
   /** Whether the client may give SUBSCRIBE packets a Subscription Identifier (MQTT 5, unless the broker said no). */
   get identifiers(): boolean {
-    return this.version === 5 && this.identifiersAvailable
+    return this.version === 5 && this.limits.subscriptionIdentifiersAvailable
   }
 
   /** An owner claims filters; one SUBSCRIBE (with a fresh identifier unless `identifier` is given) asks the broker. */
@@ -162,20 +199,38 @@ export class Subscriptions {
       for (const other of this.claims.get(spec.filter)!.values()) if (other.qos > qos) qos = other.qos
       return qos === spec.qos ? spec : { ...spec, qos }
     })
-    let chosen = identifier
-    if (chosen === 0 && this.identifiers) {
-      while (this.byIdentifier.has(this.nextIdentifier) || this.retired.has(this.nextIdentifier)) this.nextIdentifier++
-      chosen = this.nextIdentifier++
-      this.automatic.add(chosen)
-    }
+    const chosen = identifier === 0 ? this.automaticIdentifier() : identifier
     if (chosen !== 0) {
       // a caller's own identifier that the client once chose is the caller's now: visible to the application
       if (this.retired.delete(chosen) && chosen === identifier) this.automatic.delete(chosen)
       this.byIdentifier.set(chosen, filters.map((f) => f.filter))
     }
     const request = new Request("Subscribe", filters, chosen, userProperties, changes)
+    request.explicit = identifier !== 0
     this.enqueue(request, out)
     return request
+  }
+
+  /** A fresh identifier of the client's own (MQTT 5, when the broker takes them), or 0. */
+  private automaticIdentifier(): number {
+    if (!this.identifiers) return 0
+    while (this.byIdentifier.has(this.nextIdentifier) || this.retired.has(this.nextIdentifier)) this.nextIdentifier++
+    const chosen = this.nextIdentifier++
+    this.automatic.add(chosen)
+    return chosen
+  }
+
+  /** What the broker should hold for `filter` by the owners' claims: the highest QoS, the latest owner's options. */
+  private wanted(filter: string): FilterSpec | undefined {
+    const owners = this.claims.get(filter)
+    if (owners === undefined) return undefined
+    let qos = 0
+    let last: FilterSpec | undefined
+    for (const spec of owners.values()) {
+      if (spec.qos > qos) qos = spec.qos
+      last = spec
+    }
+    return last === undefined ? undefined : { ...last, filter, qos: qos as FilterSpec["qos"] }
   }
 
   /**
@@ -238,43 +293,287 @@ export class Subscriptions {
   }
 
   private enqueue(request: Request, out: Output): void {
-    if (this.connected && this.line.size === 0 && this.write(request, out)) return
+    if (this.connected && this.line.size === 0 && this.send(request, out)) {
+      // refused, it may have put a restore or a reconcile in line
+      if (this.line.size > 0) this.pump(out)
+      return
+    }
     this.line.push(request)
   }
 
   /** Writes the requests that wait, while identifiers are free. */
   pump(out: Output): void {
     if (!this.connected) return
-    for (let request = this.line.peek(); request !== undefined; request = this.line.peek()) {
-      if (!this.write(request, out)) return
-      this.line.shift()
+    for (let request = this.line.shift(); request !== undefined; request = this.line.shift()) {
+      if (!this.send(request, out)) {
+        this.line.unshift(request)
+        return
+      }
     }
   }
 
-  private write(request: Request, out: Output): boolean {
+  /**
+   * Writes a request on the current connection, or ends it unsent when the connection cannot take it (see
+   * `refuse`). Returns false, leaving it to wait, when no packet identifier is free.
+   */
+  private send(request: Request, out: Output): boolean {
+    if (request.kind === "Subscribe") {
+      if (request.explicit && this.version === 5 && !this.limits.subscriptionIdentifiersAvailable) {
+        this.refuse(request, {
+          filter: request.filters[0].filter,
+          reasonCode: 0xa1,
+          reason: `the broker does not support subscription identifiers (${request.identifier} was given)`
+        }, out)
+        return true
+      }
+      for (const spec of request.filters) {
+        const refusal = this.filterRefusal(spec.filter)
+        if (refusal !== undefined) {
+          this.refuse(request, refusal, out)
+          return true
+        }
+      }
+    }
     const id = this.ids.acquire()
     if (id === 0) return false
+    const packet = this.encode(request, id)
+    const max = this.limits.maximumPacketSize
+    if (max !== undefined && packet.length > max) {
+      this.ids.release(id)
+      this.refuse(request, {
+        filter: request.filters[0].filter,
+        reasonCode: 0x95,
+        reason: `the ${request.kind.toUpperCase()} packet is ${packet.length} bytes, the broker accepts ${max} at most`
+      }, out)
+      return true
+    }
     request.id = id
+    request.written = true
     this.sent.set(id, request)
-    const filters = request.filters
-    out.send.push(
-      request.kind === "Subscribe"
-        ? Codec.encodeSubscribe(
-          this.version,
-          id,
-          filters.map((f) => ({
-            topic: f.filter,
-            qos: f.qos,
-            nl: f.noLocal,
-            rap: f.retainAsPublished,
-            rh: f.retainHandling
-          })),
-          this.identifiers ? request.identifier : 0,
-          request.userProperties
-        )
-        : Codec.encodeUnsubscribe(this.version, id, filters.map((f) => f.filter), request.userProperties)
-    )
+    out.send.push(packet)
     return true
+  }
+
+  private encode(request: Request, id: number): Uint8Array {
+    const filters = request.filters
+    return request.kind === "Subscribe"
+      ? Codec.encodeSubscribe(
+        this.version,
+        id,
+        filters.map((f) => ({
+          topic: f.filter,
+          qos: f.qos,
+          nl: f.noLocal,
+          rap: f.retainAsPublished,
+          rh: f.retainHandling
+        })),
+        this.identifiers ? request.identifier : 0,
+        request.userProperties
+      )
+      : Codec.encodeUnsubscribe(this.version, id, filters.map((f) => f.filter), request.userProperties)
+  }
+
+  /** Why the current connection cannot take a subscription to `filter` whatever the packet, or undefined. */
+  private filterRefusal(filter: string): Refusal | undefined {
+    const limits = this.limits
+    if (!limits.wildcardSubscriptionAvailable && (filter.includes("+") || filter.includes("#"))) {
+      return { filter, reasonCode: 0xa2, reason: "the broker does not support wildcard subscriptions" }
+    }
+    if (!limits.sharedSubscriptionAvailable && isShared(filter)) {
+      return { filter, reasonCode: 0x9e, reason: "the broker does not support shared subscriptions" }
+    }
+    return undefined
+  }
+
+  /**
+   * A request the current connection cannot take, unsent. A caller's ends with the reason code the broker would
+   * give, as if the broker had refused it (its claims undone). The client's own (restore, reconcile) are fitted
+   * to the connection: split into packets that fit, the filters that fit in none given up (`giveUp`).
+   */
+  private refuse(request: Request, refusal: Refusal, out: Output): void {
+    if (request.changes === undefined) return this.fit(request, refusal, out)
+    this.revert(request.changes)
+    const reasonString = `not sent: ${refusal.reason}`
+    const error = request.kind === "Subscribe"
+      ? new MqttError.SubscribeError({ filter: refusal.filter, reasonCode: refusal.reasonCode, reasonString })
+      : new MqttError.UnsubscribeError({ filter: refusal.filter, reasonCode: refusal.reasonCode, reasonString })
+    out.end(request, error)
+    if (request.kind === "Subscribe") this.retire(request.identifier)
+    this.setBack(request)
+  }
+
+  /**
+   * After a caller's request was refused unsent and its claims put back: the broker is set, next in line, to
+   * what the claims say. Written on an earlier connection of the session this one resumed, the request may have
+   * taken effect there: its filters are reconciled now. Otherwise a filter still claimed that the broker does not
+   * hold on this connection (a restore after Session Present 0 skipped it for this request) is restored, unless a
+   * SUBSCRIBE in flight or in line sets it anyway.
+   */
+  private setBack(request: Request): void {
+    const again: Array<Request> = []
+    if (this.resumed && request.written) {
+      again.push(...this.reconcile(request.filters.map((f) => f.filter)))
+    } else {
+      let setting: Set<string> | undefined
+      const restore: Array<FilterSpec> = []
+      const drop: Array<FilterSpec> = []
+      for (const spec of request.filters) {
+        const filter = spec.filter
+        const wanted = this.wanted(filter)
+        if ((wanted !== undefined) === this.broker.has(filter)) continue
+        setting ??= this.pendingFilters()
+        if (setting.has(filter)) continue
+        setting.add(filter)
+        // claimed and not held: restored; held and claimed by no one (an owner let go of it while this request
+        // kept it claimed, so no UNSUBSCRIBE went out): dropped
+        if (wanted !== undefined) restore.push(wanted)
+        else drop.push({ ...spec, qos: 0 })
+      }
+      if (restore.length > 0) {
+        const identifier = this.automaticIdentifier()
+        if (identifier !== 0) this.byIdentifier.set(identifier, restore.map((f) => f.filter))
+        again.push(new Request("Subscribe", restore, identifier, undefined, undefined))
+      }
+      if (drop.length > 0) again.push(new Request("Unsubscribe", drop, 0, undefined, undefined))
+    }
+    for (let i = again.length - 1; i >= 0; i--) this.line.unshift(again[i])
+  }
+
+  /** The filters of the requests in flight and in line: those set the broker anyway. */
+  private pendingFilters(): Set<string> {
+    const filters = new Set<string>()
+    for (const requests of [this.sent.values(), this.line.items()]) {
+      for (const request of requests) for (const f of request.filters) filters.add(f.filter)
+    }
+    return filters
+  }
+
+  /**
+   * The client's own requests that set `filters` on a resumed session to what callers were told (the owners'
+   * claims): a SUBSCRIBE per identifier of those claimed (the one the broker acknowledged last, or a fresh one), one
+   * UNSUBSCRIBE of the others (fitted to the connection in turn).
+   */
+  private reconcile(filters: Iterable<string>): Array<Request> {
+    const groups = new Map<number, Array<FilterSpec>>()
+    const drop: Array<FilterSpec> = []
+    let fresh: number | undefined
+    for (const filter of filters) {
+      const wanted = this.wanted(filter)
+      if (wanted === undefined) {
+        drop.push({ filter, qos: 0, noLocal: false, retainAsPublished: false, retainHandling: 0 })
+        continue
+      }
+      const identifier = this.broker.get(filter)?.identifier ?? (fresh ??= this.automaticIdentifier())
+      const group = groups.get(identifier)
+      if (group === undefined) groups.set(identifier, [wanted])
+      else group.push(wanted)
+    }
+    const requests: Array<Request> = []
+    for (const [identifier, specs] of groups) {
+      if (identifier === fresh && identifier !== 0) this.byIdentifier.set(identifier, specs.map((f) => f.filter))
+      requests.push(new Request("Subscribe", specs, identifier, undefined, undefined))
+    }
+    if (drop.length > 0) requests.push(new Request("Unsubscribe", drop, 0, undefined, undefined))
+    return requests
+  }
+
+  /**
+   * The client's own request, fitted to the current connection: the filters it can take, in packets under the
+   * Maximum Packet Size, go next in line; the others are given up. Nothing is left that the next connection would
+   * send again only to be refused again.
+   */
+  private fit(request: Request, refusal: Refusal, out: Output): void {
+    const givenUp: Array<Refusal> = []
+    if (request.fitted) {
+      // fitted on this connection already: it is not fitted again (that could go on for ever)
+      for (const spec of request.filters) givenUp.push({ ...refusal, filter: spec.filter })
+      return this.giveUp(request, givenUp, out)
+    }
+    const max = this.limits.maximumPacketSize
+    const base = this.encode(new Request(request.kind, [], request.identifier, undefined, undefined), 1).length - 2
+    const chunks: Array<Array<FilterSpec>> = []
+    let chunk: Array<FilterSpec> = []
+    let body = base
+    for (const spec of request.filters) {
+      const bytes = 2 + Bytes.utf8Length(spec.filter) + (request.kind === "Subscribe" ? 1 : 0)
+      if (max !== undefined && packetSize(base + bytes) > max) {
+        givenUp.push({
+          filter: spec.filter,
+          reasonCode: 0x95,
+          reason: `the ${request.kind.toUpperCase()} packet for it alone is ${
+            packetSize(base + bytes)
+          } bytes, the broker accepts ${max} at most`
+        })
+        continue
+      }
+      const refusal = request.kind === "Subscribe" ? this.filterRefusal(spec.filter) : undefined
+      if (refusal !== undefined) {
+        givenUp.push(refusal)
+        continue
+      }
+      if (chunk.length > 0 && max !== undefined && packetSize(body + bytes) > max) {
+        chunks.push(chunk)
+        chunk = []
+        body = base
+      }
+      chunk.push(spec)
+      body += bytes
+    }
+    if (chunk.length > 0) chunks.push(chunk)
+    for (let i = chunks.length - 1; i >= 0; i--) {
+      const part = new Request(request.kind, chunks[i], request.identifier, undefined, undefined)
+      part.fitted = true
+      this.line.unshift(part)
+    }
+    this.giveUp(request, givenUp, out)
+  }
+
+  /**
+   * The filters of the client's own request that the current connection cannot take, all at once (stored and
+   * told once). A restore or a reconcile of a subscription: the subscription ends; every owner lets go of the
+   * filter and each `subscription()` stream holding it fails with the SubscribeError (`messages` only lets go).
+   * On a resumed session the broker may hold it: an UNSUBSCRIBE goes next in line (never refused for a wildcard
+   * or a shared filter; fitted to the packet size in turn). An UNSUBSCRIBE to reconcile that no packet of this
+   * connection can carry stays for the next resumed connection.
+   */
+  private giveUp(request: Request, givenUp: ReadonlyArray<Refusal>, out: Output): void {
+    if (request.kind === "Subscribe") this.retire(request.identifier)
+    if (givenUp.length === 0) return
+    const listed = givenUp.slice(0, 10).map((r) => `"${r.filter}" (${hex(r.reasonCode)}: ${r.reason})`).join(", ") +
+      (givenUp.length > 10 ? ` and ${givenUp.length - 10} more` : "")
+    if (request.kind === "Unsubscribe") {
+      for (const { filter } of givenUp) this.uncertain.add(filter)
+      out.warnings.push(
+        `the UNSUBSCRIBE from ${listed} cannot be sent on this connection; it is sent on the next connection ` +
+          `that resumes the session`
+      )
+      return
+    }
+    let stored = false
+    const drop: Array<FilterSpec> = []
+    for (const refusal of givenUp) {
+      const filter = refusal.filter
+      const error = new MqttError.SubscribeError({
+        filter,
+        reasonCode: refusal.reasonCode,
+        reasonString: `not sent: ${refusal.reason}`
+      })
+      const owners = this.claims.get(filter)
+      if (owners !== undefined) {
+        for (const owner of [...owners.keys()]) {
+          this.claim(filter, owner, undefined)
+          out.failOwner(owner, error)
+        }
+      }
+      if (this.broker.delete(filter)) stored = true
+      if (this.resumed) drop.push({ filter, qos: 0, noLocal: false, retainAsPublished: false, retainHandling: 0 })
+    }
+    if (stored) this.store(out)
+    if (drop.length > 0) this.line.unshift(new Request("Unsubscribe", drop, 0, undefined, undefined))
+    out.warnings.push(
+      `the ${givenUp.length === 1 ? "subscription" : "subscriptions"} to ${listed} cannot be restored on this ` +
+        `connection; ${givenUp.length === 1 ? "it ends" : "they end"}`
+    )
   }
 
   /** SUBACK or UNSUBACK: what the broker now holds. Returns "unknown" for an identifier no request holds. */
@@ -452,9 +751,10 @@ export class Subscriptions {
    * what callers were told, except what a waiting request sets anyway, before the waiting requests. On a resumed
    * session, the filters of requests that failed with the last connection are set again to what callers were told.
    */
-  resume(sessionPresent: boolean, identifiersAvailable: boolean, startedClean: boolean, out: Output): void {
+  resume(sessionPresent: boolean, limits: RequestLimits, startedClean: boolean, out: Output): void {
     this.connected = true
-    this.identifiersAvailable = identifiersAvailable
+    this.resumed = sessionPresent
+    this.limits = limits
     const waiting = this.line.drain()
     const own: Array<Request> = []
     if (!sessionPresent) {
@@ -477,20 +777,7 @@ export class Subscriptions {
       }
     } else {
       if (startedClean) this.complete = true
-      for (const filter of this.uncertain) {
-        const held = this.broker.get(filter)
-        own.push(
-          held !== undefined
-            ? new Request("Subscribe", [held.spec], held.identifier, undefined, undefined)
-            : new Request(
-              "Unsubscribe",
-              [{ filter, qos: 0, noLocal: false, retainAsPublished: false, retainHandling: 0 }],
-              0,
-              undefined,
-              undefined
-            )
-        )
-      }
+      own.push(...this.reconcile(this.uncertain))
       this.uncertain.clear()
     }
     for (const request of own) this.line.push(request)
@@ -509,6 +796,7 @@ export class Subscriptions {
     this.sent.clear()
     for (const request of again) {
       request.id = 0
+      request.fitted = false
       if (this.offlineRequests === "fail" && request.changes !== undefined) {
         this.revert(request.changes)
         for (const f of request.filters) this.uncertain.add(f.filter)
@@ -528,6 +816,9 @@ export class Subscriptions {
 }
 
 const hex = (code: number) => `0x${code.toString(16).padStart(2, "0")}`
+
+/** The size of a packet whose Remaining Length is `body`: the fixed header's byte, the length's, the body. */
+const packetSize = (body: number): number => 1 + (body < 128 ? 1 : body < 16_384 ? 2 : body < 2_097_152 ? 3 : 4) + body
 
 const equalBytes = (a: Uint8Array, b: Uint8Array): boolean => {
   if (a.length !== b.length) return false

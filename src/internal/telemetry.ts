@@ -200,14 +200,18 @@ export const currentSpan = (context: Context.Context<never>): Tracer.AnySpan | u
 export const traceparentOf = (span: Tracer.AnySpan): string =>
   `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
 
-/** User properties with the span's `traceparent` added (an earlier one replaced). */
+/**
+ * User properties with the span's `traceparent` added (an earlier one replaced). What is not a list is returned
+ * as it is, for the encoder to refuse.
+ */
 export const withTraceparent = (
   userProperties: ReadonlyArray<UserProperty> | undefined,
   span: Tracer.AnySpan
-): ReadonlyArray<UserProperty> => [
-  ...(userProperties ?? []).filter(([name]) => name !== "traceparent"),
-  ["traceparent", traceparentOf(span)]
-]
+): ReadonlyArray<UserProperty> =>
+  userProperties !== undefined && !Array.isArray(userProperties) ? userProperties : [
+    ...(userProperties ?? []).filter((pair) => !(Array.isArray(pair) && pair[0] === "traceparent")),
+    ["traceparent", traceparentOf(span)]
+  ]
 
 const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
 

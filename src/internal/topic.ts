@@ -17,6 +17,7 @@ const SHARE_PREFIX = "$share/"
 const SHARE_PREFIX_LENGTH = SHARE_PREFIX.length
 
 const EMPTY = "must not be empty"
+const NOT_A_STRING = "must be a string"
 const NUL_CHARACTER = "must not contain the null character U+0000"
 const LONE_SURROGATE = "must not contain a lone UTF-16 surrogate, which cannot be encoded as UTF-8"
 const WILDCARD_IN_NAME = "must not contain the wildcard characters '+' or '#'"
@@ -38,7 +39,7 @@ const isLowSurrogate = (c: number): boolean => c >= 0xdc00 && c <= 0xdfff
  * shape (no prefix, an empty share name, or nothing after the share name).
  */
 const sharedFilterStart = (filter: string): number => {
-  if (filter.charCodeAt(0) !== DOLLAR || !filter.startsWith(SHARE_PREFIX)) return -1
+  if (typeof filter !== "string" || filter.charCodeAt(0) !== DOLLAR || !filter.startsWith(SHARE_PREFIX)) return -1
   const slash = filter.indexOf("/", SHARE_PREFIX_LENGTH)
   if (slash <= SHARE_PREFIX_LENGTH || slash + 1 >= filter.length) return -1
   return slash + 1
@@ -46,6 +47,7 @@ const sharedFilterStart = (filter: string): number => {
 
 /** @internal */
 export const nameProblem = (topic: string): string | undefined => {
+  if (typeof topic !== "string") return NOT_A_STRING
   const length = topic.length
   if (length === 0) return EMPTY
   // Every UTF-16 code unit takes at least one UTF-8 byte.
@@ -73,6 +75,7 @@ export const nameProblem = (topic: string): string | undefined => {
 
 /** @internal */
 export const filterProblem = (filter: string): string | undefined => {
+  if (typeof filter !== "string") return NOT_A_STRING
   const length = filter.length
   if (length === 0) return EMPTY
   if (length > MAX_BYTES) return tooLong(utf8Length(filter))
@@ -147,6 +150,8 @@ const utf8Length = (s: string): number => {
  * @internal
  */
 export const matches = (topic: string, filter: string): boolean => {
+  // a value of another type (from untyped code) matches nothing, rather than throw
+  if (typeof topic !== "string" || typeof filter !== "string") return false
   const topicLength = topic.length
   const filterLength = filter.length
   let f = 0
@@ -198,6 +203,7 @@ export const matches = (topic: string, filter: string): boolean => {
  * @internal
  */
 export const filtersOverlap = (a: string, b: string): boolean => {
+  if (typeof a !== "string" || typeof b !== "string") return false
   const x = a.split("/")
   const y = b.split("/")
   const wild = (level: string) => level === "+" || level === "#"
@@ -220,3 +226,18 @@ export const parseShared = (filter: string): { readonly group: string; readonly 
 
 /** @internal */
 export const isShared = (filter: string): boolean => sharedFilterStart(filter) !== -1
+
+/**
+ * What is wrong with a share name given apart from its filter (the `share` option of the typed topics), or
+ * undefined: it is one topic level, non-empty, without `/`, `+` or `#` [MQTT 5 4.8.2]. A `/` would not be
+ * refused by the broker: `$share/g/x/{filter}` is the group `g` with the filter `x/{filter}`.
+ *
+ * @internal
+ */
+export const shareNameProblem = (share: unknown): string | undefined => {
+  if (typeof share !== "string") return "expected a string"
+  if (share.length === 0) return "a share name must not be empty"
+  if (share.includes("/")) return "a share name is one topic level: it must not contain '/'"
+  const problem = nameProblem(share)
+  return problem === undefined ? undefined : `a share name ${problem}`
+}

@@ -48,6 +48,11 @@ const parseSegment = (level: string, last: boolean): Segment | string => {
 
 /** Parses a pattern; never throws: an invalid pattern carries its `problem`. */
 export const parse = (source: string): Pattern => {
+  if (typeof source !== "string") {
+    // a value of another type (from untyped code) is an invalid pattern too, never a throw
+    const kind = source === null ? "null" : Array.isArray(source) ? "an array" : `of type ${typeof source}`
+    return { source: "", segments: [], filter: "", names: [], problem: `a pattern must be a string, not ${kind}` }
+  }
   const invalid = (problem: string): Pattern => ({ source, segments: [], filter: source, names: [], problem })
   if (source.length === 0) return invalid("a pattern must not be empty")
   if (source.startsWith("$share/")) {

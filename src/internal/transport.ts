@@ -277,6 +277,8 @@ const pemText = (value: string | Buffer): string => typeof value === "string" ? 
 const toBuffer = (value: string | Uint8Array): string | Buffer =>
   typeof value === "string" ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength)
 
+const isPem = (value: unknown): value is string | Uint8Array => typeof value === "string" || value instanceof Uint8Array
+
 const certificateBlock = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g
 
 /** Checks that PEM text holds certificates that parse: Node would silently ignore anything else. */
@@ -297,7 +299,22 @@ const checkCertificates = (option: string, values: ReadonlyArray<string | Buffer
   })
 
 const tlsSettings = Effect.fnUntraced(function*(options: MqttClient.TlsOptions | undefined) {
+  if (options !== undefined && (typeof options !== "object" || options === null)) {
+    return yield* invalid("tls", "expected an object")
+  }
   const t = options ?? {}
+  if (t.ca !== undefined && !isPem(t.ca) && !(Array.isArray(t.ca) && t.ca.every(isPem))) {
+    return yield* invalid("tls.ca", "expected PEM text or bytes, or a list of them")
+  }
+  if (t.cert !== undefined && !isPem(t.cert)) return yield* invalid("tls.cert", "expected PEM text or bytes")
+  for (const file of ["caFile", "certFile", "keyFile"] as const) {
+    if (t[file] !== undefined && (typeof t[file] !== "string" || t[file] === "")) {
+      return yield* invalid(`tls.${file}`, "expected a file path")
+    }
+  }
+  if (t.insecureSkipVerify !== undefined && typeof t.insecureSkipVerify !== "boolean") {
+    return yield* invalid("tls.insecureSkipVerify", "expected a boolean")
+  }
   for (const [content, file] of [["ca", "caFile"], ["cert", "certFile"], ["key", "keyFile"]] as const) {
     if (t[content] !== undefined && t[file] !== undefined) {
       return yield* invalid(`tls.${file}`, `give tls.${content} or tls.${file}, not both`)
@@ -322,7 +339,7 @@ const tlsSettings = Effect.fnUntraced(function*(options: MqttClient.TlsOptions |
     ? yield* readPem("tls.keyFile", t.keyFile)
     : t.key === undefined
     ? undefined
-    : Redacted.isRedacted(t.key)
+    : Redacted.isRedacted(t.key) && isPem(Redacted.value(t.key))
     ? toBuffer(Redacted.value(t.key))
     : yield* invalid("tls.key", "expected a Redacted private key (Redacted.make(pem))")
   if (cert !== undefined && key === undefined) {
@@ -331,7 +348,10 @@ const tlsSettings = Effect.fnUntraced(function*(options: MqttClient.TlsOptions |
   if (key !== undefined && cert === undefined) {
     return yield* invalid("tls.cert", "a private key needs its client certificate (tls.cert or tls.certFile)")
   }
-  if (t.passphrase !== undefined && !Redacted.isRedacted(t.passphrase)) {
+  if (
+    t.passphrase !== undefined &&
+    !(Redacted.isRedacted(t.passphrase) && typeof Redacted.value(t.passphrase) === "string")
+  ) {
     return yield* invalid("tls.passphrase", "expected a Redacted passphrase (Redacted.make(passphrase))")
   }
   const minVersion = t.minVersion ?? "TLSv1.2"

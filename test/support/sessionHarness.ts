@@ -97,6 +97,8 @@ export class Harness {
   readonly delivered: Array<Delivery> = []
   readonly ended: Array<Operation> = []
   readonly warnings: Array<string> = []
+  /** owners whose streams the session failed */
+  readonly failed: Array<{ readonly owner: number; readonly error: MqttError.MqttError }> = []
   errors: Array<MqttError.MqttError> = []
   private readonly parser: MqttPacket.Parser
 
@@ -118,6 +120,7 @@ export class Harness {
     this.delivered.push(...out.deliver.splice(0))
     this.ended.push(...out.settle.splice(0))
     this.warnings.push(...out.warnings.splice(0))
+    this.failed.push(...out.failed.splice(0))
     out.auth.length = 0
     out.pong = false
     if (out.error !== undefined) {

@@ -1,0 +1,405 @@
+/**
+ * The session never writes a SUBSCRIBE or UNSUBSCRIBE that breaks the limits the broker announced in its CONNACK
+ * (Maximum Packet Size, Wildcard Subscription Available, Shared Subscription Available), checked when the request
+ * is written, on the connection it goes out on. No socket: the session core only.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import * as IncomingQueue from "../src/IncomingQueue.ts"
+import * as Codec from "../src/internal/codec.ts"
+import { Deliveries } from "../src/internal/delivery.ts"
+import { MESSAGES, Request } from "../src/internal/subscriptions.ts"
+import { ClientMetrics } from "../src/internal/telemetry.ts"
+import * as MqttError from "../src/MqttError.ts"
+import { MqttMessage } from "../src/MqttMessage.ts"
+import { connack, Harness, spec } from "./support/sessionHarness.ts"
+
+const lost = new MqttError.ConnectionLostError({ reason: "test" })
+
+const long = (n: number) => `t/${"x".repeat(n)}`
+
+/** The error an operation ended with, as [tag, filter, reason code]. */
+const failure = (request: Request | undefined) => {
+  expect(request?.done).toBe(true)
+  const error = request?.error as MqttError.SubscribeError | MqttError.UnsubscribeError | undefined
+  return [error?._tag, error?.filter, error?.reasonCode]
+}
+
+const topics = (packet: any): Array<string> =>
+  packet.cmd === "subscribe" ? packet.subscriptions.map((s: any) => s.topic) : packet.unsubscriptions
+
+describe("session: SUBSCRIBE and UNSUBSCRIBE within the broker's limits", () => {
+  it("a SUBSCRIBE over the Maximum Packet Size ends with SubscribeError 0x95, unsent; the connection stays and a later one goes out", () => {
+    const h = new Harness()
+    h.connect(false, { maximumPacketSize: 100 })
+    const big = h.subscribe(MESSAGES, [spec(long(120))])
+    expect(failure(big)).toEqual(["SubscribeError", long(120), 0x95])
+    expect((big.error as MqttError.SubscribeError).reasonString).toMatch(/not sent: .* bytes, the broker accepts 100/)
+    expect(h.take()).toEqual([])
+    expect(h.errors).toEqual([])
+    expect(h.session.connected).toBe(true)
+    // the caller was told it holds nothing: nothing is restored or routed for it
+    expect(h.session.subscriptions.filtersOf(MESSAGES)).toEqual([])
+    expect(h.session.subscriptions.pending).toBe(0)
+    const small = h.subscribe(MESSAGES, [spec("t/ok")])
+    expect(h.take().map(topics)).toEqual([["t/ok"]])
+    h.receive({ _tag: "Suback", id: small.id, codes: [1] })
+    expect(small.done && small.error === undefined).toBe(true)
+  })
+
+  it("the size counted is the whole packet's, user properties and Subscription Identifier included: one byte over is refused", () => {
+    const h = new Harness()
+    const filter = long(40)
+    // the packet this SUBSCRIBE would be (with the first automatic identifier, 200000000: 4 bytes)
+    const size = Codec.encodeSubscribe(5, 1, [{ topic: filter, qos: 1 }], 200_000_000, [["k", "v"]])
+      .length
+    h.connect(false, { maximumPacketSize: size - 1 })
+    const refused = h.session.subscribe(MESSAGES, [spec(filter)], 0, [["k", "v"]], h.out) as Request
+    h.drain()
+    expect(failure(refused)[2]).toBe(0x95)
+    expect(h.take()).toEqual([])
+    h.lose(lost)
+    h.connect(false, { maximumPacketSize: size })
+    const fits = h.session.subscribe(MESSAGES, [spec(filter)], 0, [["k", "v"]], h.out) as Request
+    h.drain()
+    expect(fits.done).toBe(false)
+    expect(h.take().map(topics)).toEqual([[filter]])
+  })
+
+  it("an UNSUBSCRIBE over the Maximum Packet Size ends with UnsubscribeError 0x95, unsent; the filters stay held", () => {
+    const h = new Harness()
+    h.connect(false, { maximumPacketSize: 100 })
+    const filters = ["a", "b", "c", "d"].map((l) => `${l}/${"y".repeat(30)}`)
+    for (const filter of filters) {
+      const s = h.subscribe(MESSAGES, [spec(filter)])
+      h.receive({ _tag: "Suback", id: s.id, codes: [1] })
+    }
+    h.take()
+    const unsubscribe = h.unsubscribe(MESSAGES, filters)
+    expect(failure(unsubscribe)).toEqual(["UnsubscribeError", filters[0], 0x95])
+    expect(h.take()).toEqual([])
+    expect([...h.session.subscriptions.filtersOf(MESSAGES)].sort()).toEqual(filters)
+    // one at a time fits
+    const one = h.unsubscribe(MESSAGES, [filters[0]])!
+    expect(h.take().map(topics)).toEqual([[filters[0]]])
+    h.receive({ _tag: "Unsuback", id: one.id, codes: [0] })
+    expect(one.error).toBeUndefined()
+  })
+
+  it("a wildcard filter under Wildcard Subscription Available 0 ends with SubscribeError 0xA2, unsent, with every filter of its SUBSCRIBE", () => {
+    const h = new Harness()
+    h.connect(false, { wildcardSubscriptionAvailable: false })
+    expect(h.session.info?.wildcardSubscriptionAvailable).toBe(false)
+    for (const filter of ["a/#", "a/+/c", "#", "$share/g/a/+"]) {
+      expect(failure(h.subscribe(MESSAGES, [spec(filter)]))).toEqual(["SubscribeError", filter, 0xa2])
+    }
+    expect(failure(h.subscribe(MESSAGES, [spec("a/b"), spec("c/+")]))).toEqual(["SubscribeError", "c/+", 0xa2])
+    expect(h.take()).toEqual([])
+    expect(h.session.subscriptions.filtersOf(MESSAGES)).toEqual([])
+    h.subscribe(MESSAGES, [spec("a/b")])
+    expect(h.take().map(topics)).toEqual([["a/b"]])
+    expect(h.errors).toEqual([])
+  })
+
+  it("a shared subscription under Shared Subscription Available 0 ends with SubscribeError 0x9E, unsent", () => {
+    const h = new Harness()
+    h.connect(false, { sharedSubscriptionAvailable: false })
+    expect(failure(h.subscribe(1, [spec("$share/workers/jobs")]))).toEqual([
+      "SubscribeError",
+      "$share/workers/jobs",
+      0x9e
+    ])
+    expect(h.take()).toEqual([])
+    expect(h.session.subscriptions.filtersOf(1)).toEqual([])
+    // a filter that only starts like one is not shared
+    h.subscribe(1, [spec("$shared/jobs")])
+    expect(h.take().map(topics)).toEqual([["$shared/jobs"]])
+  })
+
+  it("MQTT 3.1.1 announces no limits: nothing is refused", () => {
+    const h = new Harness({ protocolVersion: 4 })
+    h.connect()
+    h.subscribe(MESSAGES, [spec("a/#"), spec("$share/g/b"), spec(long(500))])
+    expect(h.take().map(topics)).toEqual([["a/#", "$share/g/b", long(500)]])
+  })
+
+  it("requests queued while offline are checked against the connection they go out on; the others are written", () => {
+    const h = new Harness()
+    const wildcard = h.subscribe(MESSAGES, [spec("a/#")])
+    const big = h.subscribe(MESSAGES, [spec(long(200))])
+    const fine = h.subscribe(MESSAGES, [spec("a/b")])
+    expect(h.take()).toEqual([])
+    h.connect(false, { wildcardSubscriptionAvailable: false, maximumPacketSize: 128 })
+    expect(failure(wildcard)).toEqual(["SubscribeError", "a/#", 0xa2])
+    expect(failure(big)).toEqual(["SubscribeError", long(200), 0x95])
+    expect(fine.done).toBe(false)
+    expect(h.take().map(topics)).toEqual([["a/b"]])
+    expect(h.session.subscriptions.filtersOf(MESSAGES)).toEqual(["a/b"])
+  })
+
+  it("a SUBSCRIBE resent after a reconnect that breaks the new connection's limits ends there, unsent; nothing loops, and the resumed session is set back at once", () => {
+    const h = new Harness()
+    h.connect()
+    const s = h.subscribe(MESSAGES, [spec("a/#")])
+    expect(h.take().map(topics)).toEqual([["a/#"]])
+    h.lose(lost)
+    // another node of the cluster, which resumes the session but takes no wildcards
+    h.connect(true, { wildcardSubscriptionAvailable: false })
+    expect(failure(s)).toEqual(["SubscribeError", "a/#", 0xa2])
+    // the session may hold it (the SUBSCRIBE went out on the first connection) while callers were told it is not
+    // held: it is dropped on this connection, once
+    const [reconcile] = h.take() as Array<any>
+    expect([reconcile.cmd, topics(reconcile)]).toEqual(["unsubscribe", ["a/#"]])
+    h.receive({ _tag: "Unsuback", id: reconcile.messageId, codes: [0x11] })
+    for (let i = 0; i < 3; i++) {
+      h.lose(lost)
+      h.connect(true, { wildcardSubscriptionAvailable: false })
+    }
+    expect(h.take()).toEqual([])
+    expect(h.session.subscriptions.filtersOf(MESSAGES)).toEqual([])
+  })
+
+  it("a restore the new connection cannot take: the subscription ends (its stream fails), the rest is restored, and no reconnect sends it again", () => {
+    const h = new Harness()
+    h.connect()
+    for (const [owner, filter] of [[1, "a/#"], [MESSAGES, "a/#"], [2, "b/c"], [3, "$share/g/d"]] as const) {
+      const s = h.subscribe(owner, [spec(filter)])
+      h.receive({ _tag: "Suback", id: s.id, codes: [1] })
+    }
+    h.take()
+    h.lose(lost)
+    // a node that lost the session and takes neither wildcards nor shared subscriptions
+    h.connect(false, { wildcardSubscriptionAvailable: false, sharedSubscriptionAvailable: false })
+    expect(h.take().map(topics)).toEqual([["b/c"]])
+    expect(h.errors).toEqual([])
+    expect(h.failed.map(({ error, owner }) => [owner, (error as MqttError.SubscribeError).reasonCode])).toEqual([
+      [1, 0xa2],
+      [MESSAGES, 0xa2],
+      [3, 0x9e]
+    ])
+    // told once per restore packet (each subscription had its own identifier)
+    expect(h.warnings.filter((w) => w.includes("cannot be restored")).length).toBe(2)
+    expect(h.session.subscriptions.filtersOf(MESSAGES)).toEqual([])
+    expect(h.session.subscriptions.filtersOf(1)).toEqual([])
+    expect(h.session.subscriptions.filtersOf(2)).toEqual(["b/c"])
+    for (const properties of [{ wildcardSubscriptionAvailable: false }, {}]) {
+      h.lose(lost)
+      h.connect(false, properties)
+      expect(h.take().map(topics)).toEqual([["b/c"]])
+    }
+  })
+
+  it("a restore larger than the Maximum Packet Size is split into SUBSCRIBE packets that fit; a filter too large alone ends", () => {
+    const h = new Harness()
+    h.connect(false, { subscriptionIdentifiersAvailable: false })
+    const filters = Array.from({ length: 10 }, (_, i) => `f/0${i}`)
+    const s = h.subscribe(MESSAGES, [...filters, long(60)].map((f) => spec(f)))
+    h.receive({ _tag: "Suback", id: s.id, codes: filters.map(() => 1).concat(1) })
+    h.take()
+    h.lose(lost)
+    // each filter takes 2 + 4 + 1 bytes; the body starts with 3 (identifier, no properties): 3 filters make 26
+    const max = 2 + 3 + 3 * 7
+    h.session.onConnack(
+      connack(false, { subscriptionIdentifiersAvailable: false, maximumPacketSize: max }),
+      false,
+      h.out
+    )
+    const sizes = h.out.send.map((bytes) => bytes.length)
+    h.drain()
+    expect(sizes).toEqual([max, max, max, max - 2 * 7])
+    const restored = h.take()
+    expect(restored.flatMap(topics)).toEqual(filters)
+    // `messages` lets go of it (its queue never fails)
+    expect(h.failed.map(({ owner }) => owner)).toEqual([MESSAGES])
+    expect(h.warnings.some((w) => w.includes(long(60)) && w.includes("0x95"))).toBe(true)
+    for (const p of restored as Array<any>) {
+      h.receive({
+        _tag: "Suback",
+        id: p.messageId,
+        codes: topics(p).map(() => 1)
+      })
+    }
+    expect([...h.session.subscriptions.brokerFilters().keys()]).toEqual(filters)
+    expect(h.session.subscriptions.pending).toBe(0)
+  })
+
+  it("a restore split on one connection and lost before its SUBACKs is fitted again to the next connection's limits", () => {
+    const h = new Harness()
+    h.connect(false, { subscriptionIdentifiersAvailable: false })
+    const filters = Array.from({ length: 6 }, (_, i) => `f/0${i}`)
+    const s = h.subscribe(MESSAGES, filters.map((f) => spec(f)))
+    h.receive({ _tag: "Suback", id: s.id, codes: filters.map(() => 1) })
+    h.take()
+    h.lose(lost)
+    h.connect(false, { subscriptionIdentifiersAvailable: false, maximumPacketSize: 2 + 3 + 3 * 7 })
+    expect(h.take().map(topics)).toEqual([filters.slice(0, 3), filters.slice(3)])
+    h.lose(lost)
+    h.connect(false, { subscriptionIdentifiersAvailable: false, maximumPacketSize: 2 + 3 + 2 * 7 })
+    // each earlier part is fitted on its own, in order
+    expect(h.take().map(topics)).toEqual([["f/00", "f/01"], ["f/02"], ["f/03", "f/04"], ["f/05"]])
+    expect(h.failed).toEqual([])
+    expect(h.session.subscriptions.filtersOf(MESSAGES)).toEqual(filters)
+  })
+
+  it("a restore split while packet identifiers run out waits in line, in order", () => {
+    const h = new Harness()
+    h.connect(false, { subscriptionIdentifiersAvailable: false })
+    const filters = ["f/00", "f/01", "f/02", "f/03"]
+    const s = h.subscribe(MESSAGES, filters.map((f) => spec(f)))
+    h.receive({ _tag: "Suback", id: s.id, codes: [1, 1, 1, 1] })
+    h.take()
+    h.lose(lost)
+    // all identifiers but one in use
+    const held: Array<number> = []
+    while (h.session.ids.size < 65534) held.push(h.session.ids.acquire())
+    const late = h.subscribe(MESSAGES, [spec("z")])
+    h.connect(false, { subscriptionIdentifiersAvailable: false, maximumPacketSize: 2 + 3 + 2 * 7 })
+    expect(h.take().map(topics)).toEqual([["f/00", "f/01"]])
+    for (const id of held) h.session.ids.release(id)
+    h.session.pump(h.out)
+    h.drain()
+    expect(h.take().map(topics)).toEqual([["f/02", "f/03"], ["z"]])
+    expect(late.done).toBe(false)
+  })
+})
+
+describe("session: refusals keep the broker and the claims in step", () => {
+  const hold = (h: Harness, owner: number, filters: ReadonlyArray<string>, qos: 0 | 1 | 2 = 1) => {
+    const s = h.subscribe(owner, filters.map((f) => spec(f, qos)))
+    h.receive({ _tag: "Suback", id: s.id, codes: filters.map(() => qos) })
+    h.take()
+    return s
+  }
+  const big: ReadonlyArray<readonly [string, string]> = [["k", "x".repeat(200)]]
+
+  it("Session Present 0: a waiting SUBSCRIBE that the connection refuses does not leave its filter unrestored", () => {
+    const h = new Harness()
+    h.connect()
+    hold(h, 1, ["a/b"])
+    h.lose(lost)
+    // waiting: the restore skips "a/b" for it, then the connection refuses it (too large with its properties)
+    const upgrade = h.session.subscribe(1, [spec("a/b", 2)], 0, big, h.out) as Request
+    h.drain()
+    h.connect(false, { maximumPacketSize: 100 })
+    expect(failure(upgrade)).toEqual(["SubscribeError", "a/b", 0x95])
+    // the owner still holds "a/b" at QoS 1: the broker is asked for it, now
+    const [restore] = h.take() as Array<any>
+    expect([restore.cmd, restore.subscriptions.map((s: any) => [s.topic, s.qos])]).toEqual([
+      "subscribe",
+      [["a/b", 1]]
+    ])
+    h.receive({ _tag: "Suback", id: restore.messageId, codes: [1] })
+    expect([...h.session.subscriptions.brokerFilters().keys()]).toEqual(["a/b"])
+    expect(h.session.subscriptions.filtersOf(1)).toEqual(["a/b"])
+  })
+
+  it("Session Present 0: a waiting UNSUBSCRIBE refused (0x95) leaves the filters held, and the broker is asked for them again", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect(false, { subscriptionIdentifiersAvailable: false })
+    const filters = ["a", "b", "c", "d"].map((l) => `${l}/${"y".repeat(30)}`)
+    hold(h, MESSAGES, filters)
+    h.lose(lost)
+    const unsubscribe = h.unsubscribe(MESSAGES, filters)
+    h.connect(false, { subscriptionIdentifiersAvailable: false, maximumPacketSize: 100 })
+    expect(failure(unsubscribe)).toEqual(["UnsubscribeError", filters[0], 0x95])
+    const restored = h.take() as Array<any>
+    expect(restored.map((p) => p.cmd)).toEqual(restored.map(() => "subscribe"))
+    expect(restored.flatMap(topics)).toEqual(filters)
+    for (const p of restored) h.receive({ _tag: "Suback", id: p.messageId, codes: topics(p).map(() => 1) })
+    expect([...h.session.subscriptions.brokerFilters().keys()].sort()).toEqual(filters)
+    expect(h.failed).toEqual([])
+  })
+
+  it("a request written before a reconnect and refused on a connection that did not resume the session is not reconciled later", () => {
+    const h = new Harness()
+    h.connect()
+    hold(h, 1, ["a/b"])
+    h.session.subscribe(1, [spec("a/b", 2)], 0, big, h.out)
+    h.drain()
+    expect(h.take().map(topics)).toEqual([["a/b"]])
+    h.lose(lost)
+    h.connect(false, { maximumPacketSize: 100 })
+    const [restore] = h.take() as Array<any>
+    h.receive({ _tag: "Suback", id: restore.messageId, codes: [1] })
+    // the broker that lost the session holds what it was just given: nothing to set again on a resumed session
+    h.lose(lost)
+    h.connect(true, { maximumPacketSize: 100 })
+    expect(h.take()).toEqual([])
+  })
+
+  it("a restore given up on a resumed session: the broker is asked to drop it on that connection", () => {
+    const h = new Harness({ offlineRequests: "fail" })
+    h.connect()
+    hold(h, 1, ["a/#"])
+    // an upgrade that fails with its connection: on a resumed session "a/#" is set back to QoS 1
+    const upgrade = h.subscribe(1, [spec("a/#", 2)])
+    h.take()
+    h.lose(lost)
+    expect(upgrade.error?._tag).toBe("ConnectionLostError")
+    h.connect(true, { wildcardSubscriptionAvailable: false })
+    expect(h.failed.map(({ owner, error }) => [owner, (error as MqttError.SubscribeError).reasonCode])).toEqual([
+      [1, 0xa2]
+    ])
+    // the broker may still hold it, and would keep sending it: UNSUBSCRIBE now, not on a later connection
+    const [drop] = h.take() as Array<any>
+    expect([drop.cmd, topics(drop)]).toEqual(["unsubscribe", ["a/#"]])
+    h.receive({ _tag: "Unsuback", id: drop.messageId, codes: [0] })
+    expect(h.session.subscriptions.pending).toBe(0)
+    h.lose(lost)
+    h.connect(true, { wildcardSubscriptionAvailable: false })
+    expect(h.take()).toEqual([])
+  })
+
+  it("a large restore given up is stored once and told in one warning", () => {
+    const h = new Harness({ offlineRequests: "fail" })
+    h.out.journal = []
+    h.connect()
+    const filters = Array.from({ length: 300 }, (_, i) => `w/${i}/#`)
+    hold(h, MESSAGES, filters)
+    h.subscribe(MESSAGES, filters.map((f) => spec(f, 2)))
+    h.take()
+    h.lose(lost)
+    h.out.journal.length = 0
+    h.connect(true, { wildcardSubscriptionAvailable: false })
+    expect(h.out.journal.filter((e) => e.t === "S").length).toBe(1)
+    const told = h.warnings.filter((w) => w.includes("cannot be restored"))
+    expect(told.length).toBe(1)
+    expect(told[0]).toContain("and 290 more")
+    expect(h.session.subscriptions.filtersOf(MESSAGES)).toEqual([])
+    expect(h.take().flatMap(topics)).toEqual(filters)
+  })
+
+  it("a caller's Subscription Identifier written on a connection without them ends with SubscribeError 0xA1, unsent", () => {
+    const h = new Harness()
+    const s = h.subscribe(1, [spec("a/b")], 7)
+    h.connect(false, { subscriptionIdentifiersAvailable: false })
+    expect(failure(s)).toEqual(["SubscribeError", "a/b", 0xa1])
+    expect(h.take()).toEqual([])
+    expect(h.session.subscriptions.filtersOf(1)).toEqual([])
+    // without one, the same filter goes out
+    h.subscribe(1, [spec("a/b")])
+    expect(h.take().map(topics)).toEqual([["a/b"]])
+  })
+})
+
+describe("delivery: a failed owner's copy", () => {
+  const deliveries = () => {
+    const context = Effect.runSync(Effect.context<never>())
+    return new Deliveries(IncomingQueue.unbounded, false, () => undefined, new ClientMetrics("c", context))
+  }
+  const error = new MqttError.SubscribeError({ filter: "a/#", reasonCode: 0xa2, reasonString: "test" })
+
+  it("goes to `messages` once, and not at all when `messages` takes the message already", () => {
+    const d = deliveries()
+    const one = d.addQueue(false)
+    const two = d.addQueue(false)
+    d.fail(one.owner, error)
+    d.fail(two.owner, error)
+    const message = (text: string) => new MqttMessage("a/b", new TextEncoder().encode(text), 0, false, false, undefined)
+    d.deliver([
+      { message: message("both"), owners: [one.owner, MESSAGES], record: undefined },
+      { message: message("two failed"), owners: [one.owner, two.owner], record: undefined }
+    ])
+    expect(d.messages.size).toBe(2)
+  })
+})
