@@ -349,7 +349,12 @@ export interface ServerReferenceTarget {
  * @category models
  */
 export interface OfflineOptions {
-  /** How many publishes are kept while disconnected, sent in order once connected. Default 10,000. */
+  /**
+   * How many publishes are kept while disconnected, sent in order once connected. Default 10,000. While
+   * connected, the same number bounds the publishes waiting behind `maxInflight` (for a packet identifier and the
+   * broker's Receive Maximum): a publish, or `publishAccepted`, that finds that line full waits until
+   * acknowledgements make room (whatever `overflow` says: room comes without a reconnection).
+   */
   readonly capacity?: number | undefined
   /** When the buffer is full: `"fail"` with `OfflineError` (the default) or `"wait"` for the connection. */
   readonly overflow?: "fail" | "wait" | undefined
@@ -667,7 +672,8 @@ export interface Client {
    *
    * The outer effect fails as `publish` does before anything is sent (invalid input, `OfflineError`,
    * `StoreError` while the store cannot be written); it waits while the store is being written (also while a
-   * failed write is retried). Interrupting it before it completes withdraws the publish when it was not written
+   * failed write is retried), and while the line of publishes waiting behind `maxInflight` is full
+   * (`offline.capacity`, default 10,000), until acknowledgements make room. Interrupting it before it completes withdraws the publish when it was not written
    * yet. Interrupting the returned wait does not: the accepted publish is still sent and acknowledged.
    *
    * @example

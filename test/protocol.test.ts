@@ -426,6 +426,30 @@ describe("publishing", () => {
     }))
 
   it.live(
+    "connected, publishAccepted waits while the waiting line behind maxInflight holds offline.capacity publishes; a PUBACK makes room",
+    () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({ maxInflight: 2, offline: { capacity: 3 } })
+        // 2 in flight, 3 waiting: accepted at once
+        for (let i = 1; i <= 5; i++) yield* client.publishAccepted("t", String(i), { qos: 1 })
+        const sixth = yield* Effect.forkChild(client.publishAccepted("t", "6", { qos: 1 }))
+        const first = yield* connection.expect("publish")
+        yield* connection.expect("publish")
+        yield* settle
+        expect(sixth.pollUnsafe()).toBeUndefined()
+        yield* connection.send({ cmd: "puback", messageId: first.messageId! })
+        yield* Fiber.join(sixth)
+        const rest: Array<string> = []
+        for (let i = 0; i < 4; i++) {
+          const publish = yield* connection.expect("publish")
+          rest.push(Buffer.from(publish.payload).toString())
+          yield* connection.send({ cmd: "puback", messageId: publish.messageId! })
+        }
+        expect(rest).toEqual(["3", "4", "5", "6"])
+      })
+  )
+
+  it.live(
     "packet identifiers are never reused while in flight; the 65,536th QoS 1 publish waits for a free one",
     () =>
       Effect.gen(function*() {

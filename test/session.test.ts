@@ -8,7 +8,7 @@ import { SEPARATE_PAYLOAD } from "../src/internal/codec.ts"
 import { PublishEntry } from "../src/internal/outgoing.ts"
 import { MESSAGES, RETIRED_KEPT } from "../src/internal/subscriptions.ts"
 import * as MqttError from "../src/MqttError.ts"
-import { ack, connack, Harness, message, OFFLINE_FULL, publish, spec } from "./support/sessionHarness.ts"
+import { ack, connack, Harness, LINE_FULL, message, OFFLINE_FULL, publish, spec } from "./support/sessionHarness.ts"
 
 const lost = new MqttError.ConnectionLostError({ reason: "test" })
 
@@ -247,6 +247,31 @@ describe("session: outgoing publishes", () => {
     const written = entry(h.publish(message("t", "sent", 1)))
     expect(h.session.outgoing.withdraw(written, h.out)).toBe(false)
     expect(texts(h.take())).toEqual(["sent"])
+  })
+
+  it("connected, the waiting line behind maxInflight holds at most offlineCapacity publishes: one more is LINE_FULL until an acknowledgement makes room", () => {
+    const h = new Harness({ protocolVersion: 5, maxInflight: 1, offlineCapacity: 2 })
+    h.connect()
+    const first = entry(h.publish(message("t", "1", 1)))
+    entry(h.publish(message("t", "2", 1)))
+    entry(h.publish(message("t", "3", 0)))
+    expect(h.session.lineHasRoom).toBe(false)
+    expect(h.publish(message("t", "4", 1))).toBe(LINE_FULL)
+    expect(h.publish(message("t", "5", 0))).toBe(LINE_FULL)
+    expect(texts(h.take())).toEqual(["1"])
+    h.receive(ack("Puback", first.id))
+    // "2" took the free identifier and "3" (QoS 0) went behind it: the line is empty
+    expect(texts(h.take())).toEqual(["2", "3"])
+    expect(h.session.lineHasRoom).toBe(true)
+    entry(h.publish(message("t", "4", 1)))
+  })
+
+  it("offlineCapacity 0: while connected one publish still fits in the line (no deadlock)", () => {
+    const h = new Harness({ protocolVersion: 5, maxInflight: 1, offlineCapacity: 0 })
+    h.connect()
+    entry(h.publish(message("t", "1", 1)))
+    entry(h.publish(message("t", "2", 1)))
+    expect(h.publish(message("t", "3", 1))).toBe(LINE_FULL)
   })
 
   it("offline capacity: publishes beyond it are refused as full; QoS 0 can be refused while offline", () => {

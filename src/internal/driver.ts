@@ -4,7 +4,9 @@
  * their owners, fails the streams of owners whose subscriptions ended and completes the operations that ended, in
  * that order.
  */
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import type { Deliveries } from "./delivery.ts"
 import type { Outbox } from "./outbox.ts"
 import type { InboundRecord } from "./output.ts"
@@ -21,6 +23,8 @@ export class Driver {
   journal: JournalWriter | undefined = undefined
   /** what a PINGRESP wakes */
   onPong: (() => void) | undefined = undefined
+  /** publishes waiting for room in the session's waiting line (see `awaitLineRoom`) */
+  private lineRoom: Deferred.Deferred<void> | undefined = undefined
   readonly session: Session
   readonly deliveries: Deliveries
   readonly metrics: ClientMetrics
@@ -77,7 +81,22 @@ export class Driver {
     if (out.warnings.length > 0) {
       for (const warning of out.warnings.splice(0)) this.warn(warning)
     }
+    if (this.lineRoom !== undefined && this.session.lineHasRoom) {
+      const room = this.lineRoom
+      this.lineRoom = undefined
+      Deferred.doneUnsafe(room, Exit.void)
+    }
     return wait
+  }
+
+  /**
+   * Waits until the session's waiting line has room again (or the session closed): for a publish the session
+   * answered with `LINE_FULL`, which then tries again.
+   */
+  get awaitLineRoom(): Effect.Effect<void> {
+    if (this.session.lineHasRoom) return Effect.void
+    this.lineRoom ??= Deferred.makeUnsafe<void>()
+    return Deferred.await(this.lineRoom)
   }
 
   /**

@@ -16,7 +16,7 @@ import type { Driver } from "./driver.ts"
 import { invalid, isQoS, isUint, type Resolved, stringPayloadProblem } from "./options.ts"
 import type { OutgoingMessage } from "./outgoing.ts"
 import type { Operation } from "./output.ts"
-import { OFFLINE_FULL, type Session } from "./session.ts"
+import { LINE_FULL, OFFLINE_FULL, type Session } from "./session.ts"
 import { type FilterSpec, MESSAGES, type Request } from "./subscriptions.ts"
 import type { Supervisor } from "./supervisor.ts"
 import * as Telemetry from "./telemetry.ts"
@@ -179,6 +179,9 @@ const publishNow = (
   if (MqttError.isMqttError(message)) return Effect.fail(message)
   const { driver, session } = ctx
   const result = session.publish(message, driver.out)
+  if (result === LINE_FULL) {
+    return Effect.andThen(driver.awaitLineRoom, Effect.suspend(() => publishNow(ctx, topic, payload, options)))
+  }
   if (result !== OFFLINE_FULL && !MqttError.isMqttError(result)) {
     driver.metrics.sent(message.qos, message.payload.byteLength)
   }
@@ -220,6 +223,9 @@ const publishAcceptedNow = (
   if (MqttError.isMqttError(message)) return Effect.fail(message)
   const { driver, session } = ctx
   const result = session.publish(message, driver.out)
+  if (result === LINE_FULL) {
+    return Effect.andThen(driver.awaitLineRoom, Effect.suspend(() => publishAcceptedNow(ctx, topic, payload, options)))
+  }
   if (result !== OFFLINE_FULL && !MqttError.isMqttError(result)) {
     driver.metrics.sent(message.qos, message.payload.byteLength)
   }

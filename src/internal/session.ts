@@ -52,6 +52,12 @@ export interface SessionConfig {
 /** What `publish` returns besides an entry to wait for: the client is full while offline. */
 export const OFFLINE_FULL = "full"
 
+/**
+ * What `publish` returns while connected when the waiting line (the publishes behind `maxInflight`) holds
+ * `offlineCapacity` of them: the caller waits until it is shorter (acknowledgements make room) and tries again.
+ */
+export const LINE_FULL = "line full"
+
 export class Session {
   readonly ids = new PacketIds()
   readonly outgoing: Outgoing
@@ -330,17 +336,31 @@ export class Session {
 
   /**
    * Accepts a publish: undefined when it was written and is done (QoS 0), an entry that ends through the
-   * Output, `OFFLINE_FULL` when disconnected with the offline buffer full, or an error at once.
+   * Output, `OFFLINE_FULL` when disconnected with the offline buffer full, `LINE_FULL` when connected with the
+   * waiting line full (`lineHasRoom` tells when to try again), or an error at once.
    */
-  publish(message: OutgoingMessage, out: Output): PublishEntry | undefined | MqttError.MqttError | typeof OFFLINE_FULL {
+  publish(
+    message: OutgoingMessage,
+    out: Output
+  ): PublishEntry | undefined | MqttError.MqttError | typeof OFFLINE_FULL | typeof LINE_FULL {
     if (this.closed !== undefined) return this.closed
-    if (!this.connected) {
+    if (this.connected) {
+      if (!this.lineHasRoom) return LINE_FULL
+    } else {
       if (message.qos === 0 && this.config.offlineQos0 === "fail") {
         return new MqttError.OfflineError({ operation: "publish", reason: "QoS 0 is not buffered while offline" })
       }
       if (this.outgoing.offline >= this.config.offlineCapacity) return OFFLINE_FULL
     }
     return this.outgoing.publish(message, out)
+  }
+
+  /**
+   * Whether the waiting line takes one more publish while connected: it holds fewer than `offlineCapacity` (at
+   * least one always fits), or the session is closed (the publish then fails at once).
+   */
+  get lineHasRoom(): boolean {
+    return this.closed !== undefined || this.outgoing.waiting < Math.max(1, this.config.offlineCapacity)
   }
 
   /** An owner claims filters with one SUBSCRIBE. */

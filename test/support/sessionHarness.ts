@@ -8,7 +8,7 @@ import * as Codec from "../../src/internal/codec.ts"
 import type { OutgoingMessage, PublishEntry } from "../../src/internal/outgoing.ts"
 import { type Delivery, type Operation, Output } from "../../src/internal/output.ts"
 import type * as Packets from "../../src/internal/packets.ts"
-import { OFFLINE_FULL, Session, type SessionConfig } from "../../src/internal/session.ts"
+import { LINE_FULL, OFFLINE_FULL, Session, type SessionConfig } from "../../src/internal/session.ts"
 import { type FilterSpec, Request } from "../../src/internal/subscriptions.ts"
 import type * as MqttError from "../../src/MqttError.ts"
 import type { QoS } from "../../src/MqttMessage.ts"
@@ -150,7 +150,7 @@ export class Harness {
     this.drain()
   }
 
-  publish(m: OutgoingMessage): PublishEntry | undefined | MqttError.MqttError | typeof OFFLINE_FULL {
+  publish(m: OutgoingMessage): PublishEntry | undefined | MqttError.MqttError | typeof OFFLINE_FULL | typeof LINE_FULL {
     const result = this.session.publish(m, this.out)
     this.drain()
     return result
@@ -182,4 +182,4 @@ export class Harness {
   }
 }
 
-export { OFFLINE_FULL }
+export { LINE_FULL, OFFLINE_FULL }
