@@ -369,6 +369,163 @@ describe("session: refusals keep the broker and the claims in step", () => {
     expect(h.take().flatMap(topics)).toEqual(filters)
   })
 
+  describe("an unsubscribe and a subscribe again of one filter, both refused: the owner holds it as before", () => {
+    const filter = long(40)
+    const told = (unsubscribe: Request | undefined, subscribe: Request) => {
+      expect(unsubscribe?.done && unsubscribe.error !== undefined).toBe(true)
+      expect(subscribe.done && subscribe.error !== undefined).toBe(true)
+    }
+
+    it("refused when written (Maximum Packet Size, Session Present 1): nothing to send, the claim stays", () => {
+      const h = new Harness()
+      h.connect()
+      hold(h, 1, [filter])
+      h.lose(lost)
+      const unsubscribe = h.unsubscribe(1, [filter])
+      const subscribe = h.subscribe(1, [spec(filter, 2)])
+      h.connect(true, { maximumPacketSize: 30 })
+      told(unsubscribe, subscribe)
+      expect(h.session.subscriptions.filtersOf(1)).toEqual([filter])
+      expect([...h.session.subscriptions.brokerFilters().keys()]).toEqual([filter])
+      expect(h.take()).toEqual([])
+    })
+
+    it("refused when written after Session Present 0: the claim stays, and a restore the connection cannot take ends it", () => {
+      const h = new Harness()
+      h.connect()
+      hold(h, 1, [filter])
+      h.lose(lost)
+      const unsubscribe = h.unsubscribe(1, [filter])
+      const subscribe = h.subscribe(1, [spec(filter, 2)])
+      h.connect(false, { maximumPacketSize: 30 })
+      told(unsubscribe, subscribe)
+      // the owner held it, and no packet of this connection can carry it: its stream is told it ends
+      expect(h.failed.map(({ owner, error }) => [owner, (error as MqttError.SubscribeError).filter])).toEqual([
+        [1, filter]
+      ])
+      expect(h.session.subscriptions.filtersOf(1)).toEqual([])
+      expect(h.take()).toEqual([])
+    })
+
+    it("refused by the broker (UNSUBACK and SUBACK 0x80)", () => {
+      const h = new Harness()
+      h.connect()
+      hold(h, 1, [filter])
+      const unsubscribe = h.unsubscribe(1, [filter])
+      const subscribe = h.subscribe(1, [spec(filter, 2)])
+      expect(h.take().map(topics)).toEqual([[filter], [filter]])
+      h.receive({ _tag: "Unsuback", id: unsubscribe!.id, codes: [0x80] })
+      h.receive({ _tag: "Suback", id: subscribe.id, codes: [0x80] })
+      expect(unsubscribe!.codes).toEqual([0x80])
+      expect(subscribe.codes).toEqual([0x80])
+      expect(h.session.subscriptions.filtersOf(1)).toEqual([filter])
+    })
+
+    it("the subscribe refused by the broker first, then the unsubscribe", () => {
+      const h = new Harness()
+      h.connect()
+      hold(h, 1, [filter])
+      const unsubscribe = h.unsubscribe(1, [filter])
+      const subscribe = h.subscribe(1, [spec(filter, 2)])
+      h.take()
+      h.receive({ _tag: "Suback", id: subscribe.id, codes: [0x80] })
+      h.receive({ _tag: "Unsuback", id: unsubscribe!.id, codes: [0x80] })
+      expect(h.session.subscriptions.filtersOf(1)).toEqual([filter])
+    })
+
+    it("the unsubscribe refused, the subscribe acknowledged: held at the QoS of the subscribe", () => {
+      const h = new Harness()
+      h.connect()
+      hold(h, 1, [filter])
+      const unsubscribe = h.unsubscribe(1, [filter])
+      const subscribe = h.subscribe(1, [spec(filter, 2)])
+      h.take()
+      h.receive({ _tag: "Unsuback", id: unsubscribe!.id, codes: [0x80] })
+      h.receive({ _tag: "Suback", id: subscribe.id, codes: [2] })
+      expect(h.session.subscriptions.filtersOf(1)).toEqual([filter])
+      expect(h.session.subscriptions.brokerFilters().get(filter)?.spec.qos).toBe(2)
+    })
+
+    it("the subscribe acknowledged first: the unsubscribe refused later changes nothing", () => {
+      const h = new Harness()
+      h.connect()
+      hold(h, 1, [filter])
+      const unsubscribe = h.unsubscribe(1, [filter])
+      const subscribe = h.subscribe(1, [spec(filter, 2)])
+      const again = h.unsubscribe(1, [filter])
+      h.take()
+      h.receive({ _tag: "Suback", id: subscribe.id, codes: [2] })
+      h.receive({ _tag: "Unsuback", id: unsubscribe!.id, codes: [0x80] })
+      expect(h.session.subscriptions.filtersOf(1)).toEqual([])
+      // the last unsubscribe refused: back to what the subscribe set
+      h.receive({ _tag: "Unsuback", id: again!.id, codes: [0x80] })
+      expect(h.session.subscriptions.filtersOf(1)).toEqual([filter])
+    })
+
+    it("both fail with their connection (offline.requests \"fail\"): a resumed session is set back to the filter", () => {
+      const h = new Harness({ offlineRequests: "fail" })
+      h.connect()
+      hold(h, 1, [filter])
+      const unsubscribe = h.unsubscribe(1, [filter])
+      const subscribe = h.subscribe(1, [spec(filter, 2)])
+      h.take()
+      h.lose(lost)
+      told(unsubscribe, subscribe)
+      expect(h.session.subscriptions.filtersOf(1)).toEqual([filter])
+      h.connect(true)
+      const [again] = h.take() as Array<any>
+      expect([again.cmd, topics(again), again.subscriptions[0].qos]).toEqual(["subscribe", [filter], 1])
+    })
+  })
+
+  it("a filter let go of whose UNSUBSCRIBE no packet of the connection can carry is not restored after Session Present 0", () => {
+    const h = new Harness()
+    const filter = long(40)
+    h.connect()
+    hold(h, MESSAGES, [filter])
+    // another owner's subscribe, written; `messages` lets go at once (the other owner holds it)
+    h.subscribe(1, [spec(filter)])
+    expect(h.unsubscribe(MESSAGES, [filter])).toBeUndefined()
+    h.take()
+    h.lose(lost)
+    // the resent SUBSCRIBE is refused: no owner holds the filter, and its UNSUBSCRIBE waits for a resumed session
+    h.connect(true, { maximumPacketSize: 30 })
+    expect(h.take()).toEqual([])
+    expect(h.warnings.some((w) => w.startsWith(`the UNSUBSCRIBE from "${filter}"`))).toBe(true)
+    h.lose(lost)
+    // the broker lost the session: it holds nothing, and nothing is restored
+    h.connect(false)
+    expect(h.take()).toEqual([])
+    expect([...h.session.subscriptions.brokerFilters().keys()]).toEqual([])
+  })
+
+  for (const sessionPresent of [false, true]) {
+    it(
+      `offline.requests "fail": a restore waiting since a lost connection leaves out a filter callers let go of (Session Present ${
+        sessionPresent ? 1 : 0
+      })`,
+      () => {
+        const h = new Harness({ offlineRequests: "fail" })
+        h.connect()
+        hold(h, 2, ["c/#"])
+        h.lose(lost)
+        h.connect(false)
+        expect(h.take().map(topics)).toEqual([["c/#"]])
+        // the restore is not acknowledged; `messages` claims the filter, then owner 2 lets go of it at once
+        const subscribe = h.subscribe(MESSAGES, [spec("c/#")])
+        expect(h.unsubscribe(2, ["c/#"])).toBeUndefined()
+        h.take()
+        h.lose(lost)
+        expect(subscribe.error?._tag).toBe("ConnectionLostError")
+        expect(h.session.subscriptions.filtersOf(MESSAGES)).toEqual([])
+        h.connect(sessionPresent)
+        // nothing restored; a resumed session (which may hold it from the restore) is asked to drop it
+        const written = h.take() as Array<any>
+        expect(written.map((p) => [p.cmd, topics(p)])).toEqual(sessionPresent ? [["unsubscribe", ["c/#"]]] : [])
+      }
+    )
+  }
+
   it("a caller's Subscription Identifier written on a connection without them ends with SubscribeError 0xA1, unsent", () => {
     const h = new Harness()
     const s = h.subscribe(1, [spec("a/b")], 7)

@@ -68,12 +68,23 @@ interface Refusal {
   readonly reason: string
 }
 
-/** A change of one owner's claim on a filter, kept to undo it when its request fails. */
+/** A change of one owner's claim on a filter by a caller's request, kept to undo it when the request fails. */
 interface Change {
   readonly filter: string
   readonly owner: number
-  readonly before: FilterSpec | undefined
   readonly after: FilterSpec | undefined
+}
+
+/**
+ * The changes of one owner's claim on one filter by requests not yet ended, in call order, and the claim beneath
+ * them: what it was before the first, or what the last request that took effect set. The claim is the last
+ * change's, or the base. A request that fails takes its change out: the claim is then what the changes left say,
+ * so that a later change that replaced it undoes to the state before the failed one, not to the failed one's.
+ * A request that takes effect makes its change the base, and the earlier changes no longer undo anything.
+ */
+interface Unsettled {
+  base: FilterSpec | undefined
+  readonly changes: Array<Change>
 }
 
 /** A SUBSCRIBE or UNSUBSCRIBE, from its call to its acknowledgement. */
@@ -96,7 +107,7 @@ export class Request implements Queued, Operation {
   readonly filters: ReadonlyArray<FilterSpec>
   readonly identifier: number
   readonly userProperties: ReadonlyArray<UserProperty> | undefined
-  /** the claims it changed; undefined for the client's own requests (restore, reconcile) */
+  /** the claims it changed (see `Unsettled`); undefined for the client's own requests (restore, reconcile) */
   readonly changes: ReadonlyArray<Change> | undefined
   constructor(
     kind: "Subscribe" | "Unsubscribe",
@@ -117,6 +128,8 @@ export class Subscriptions {
   /** filter → owner → what the owner asked for */
   private readonly claims = new TopicTrie<Map<number, FilterSpec>>()
   private readonly byOwner = new Map<number, Set<string>>()
+  /** owner and filter (`${owner} ${filter}`) → the changes of the requests not yet ended */
+  private readonly unsettled = new Map<string, Unsettled>()
   /** claims by owners other than `messages`: none means every message goes to `messages` */
   private routed = 0
   /** what the broker acknowledged holding: filter → options and subscription identifier */
@@ -194,7 +207,7 @@ export class Subscriptions {
   ): Request {
     const changes: Array<Change> = []
     const filters = specs.map((spec) => {
-      changes.push(this.claim(spec.filter, owner, spec))
+      changes.push(this.change(spec.filter, owner, spec))
       let qos = spec.qos
       for (const other of this.claims.get(spec.filter)!.values()) if (other.qos > qos) qos = other.qos
       return qos === spec.qos ? spec : { ...spec, qos }
@@ -246,12 +259,18 @@ export class Subscriptions {
     const changes: Array<Change> = []
     const toBroker: Array<FilterSpec> = []
     for (const filter of filters) {
-      if (this.claims.get(filter)?.has(owner) === true) changes.push(this.claim(filter, owner, undefined))
+      // also where a request still waiting let go of it: should that one fail, this call's letting go stands
+      if (this.claims.get(filter)?.has(owner) === true || this.unsettled.has(`${owner} ${filter}`)) {
+        changes.push(this.change(filter, owner, undefined))
+      }
       if (this.claims.get(filter) === undefined && !toBroker.some((f) => f.filter === filter)) {
         toBroker.push({ filter, qos: 0, noLocal: false, retainAsPublished: false, retainHandling: 0 })
       }
     }
-    if (toBroker.length === 0) return undefined
+    if (toBroker.length === 0) {
+      this.settle(changes, undefined)
+      return undefined
+    }
     const request = new Request("Unsubscribe", toBroker, 0, userProperties, changes)
     this.enqueue(request, out)
     return request
@@ -263,7 +282,8 @@ export class Subscriptions {
     return filters.length === 0 ? undefined : this.unsubscribe(owner, filters, undefined, out)
   }
 
-  private claim(filter: string, owner: number, spec: FilterSpec | undefined): Change {
+  /** Sets an owner's claim on a filter (undefined: lets go of it); returns what it was. */
+  private claim(filter: string, owner: number, spec: FilterSpec | undefined): FilterSpec | undefined {
     let owners = this.claims.get(filter)
     const before = owners?.get(owner)
     if (spec !== undefined) {
@@ -279,17 +299,47 @@ export class Subscriptions {
       this.byOwner.get(owner)?.delete(filter)
       if (owner !== MESSAGES) this.routed--
     }
-    return { filter, owner, before, after: spec }
+    return before
   }
 
-  /** Undoes the claim changes of a request that did not take effect, where no later change replaced them. */
-  private revert(changes: ReadonlyArray<Change>, filter?: string): void {
-    for (let i = changes.length - 1; i >= 0; i--) {
-      const change = changes[i]
-      if (filter !== undefined && change.filter !== filter) continue
-      if (this.claims.get(change.filter)?.get(change.owner) !== change.after) continue
-      this.claim(change.filter, change.owner, change.before)
+  /** A caller's request changes an owner's claim on a filter: kept until the request ends (see `Unsettled`). */
+  private change(filter: string, owner: number, spec: FilterSpec | undefined): Change {
+    const before = this.claim(filter, owner, spec)
+    const change: Change = { filter, owner, after: spec }
+    const key = `${owner} ${filter}`
+    const unsettled = this.unsettled.get(key)
+    if (unsettled === undefined) this.unsettled.set(key, { base: before, changes: [change] })
+    else unsettled.changes.push(change)
+    return change
+  }
+
+  /**
+   * A caller's request ended: its changes of the filters `failed` names are undone, the others took effect (see
+   * `Unsettled`; `failed` undefined: all took effect). A change already superseded (a later request took effect,
+   * or the filter was given up) does nothing either way.
+   */
+  private settle(changes: ReadonlyArray<Change>, failed: ((filter: string) => boolean) | undefined): void {
+    for (const change of changes) {
+      const key = `${change.owner} ${change.filter}`
+      const unsettled = this.unsettled.get(key)
+      const i = unsettled === undefined ? -1 : unsettled.changes.indexOf(change)
+      if (i < 0) continue
+      const line = unsettled!.changes
+      if (failed?.(change.filter) === true) {
+        line.splice(i, 1)
+        // the last change undone: the claim is what the one before it set, or the base
+        if (i === line.length) this.claim(change.filter, change.owner, i > 0 ? line[i - 1].after : unsettled!.base)
+      } else {
+        unsettled!.base = change.after
+        line.splice(0, i + 1)
+      }
+      if (line.length === 0) this.unsettled.delete(key)
     }
+  }
+
+  /** Undoes the claim changes of a request that did not take effect (see `Unsettled`). */
+  private revert(changes: ReadonlyArray<Change>): void {
+    this.settle(changes, () => true)
   }
 
   private enqueue(request: Request, out: Output): void {
@@ -562,6 +612,8 @@ export class Subscriptions {
       if (owners !== undefined) {
         for (const owner of [...owners.keys()]) {
           this.claim(filter, owner, undefined)
+          // no request still waiting puts it back when it fails
+          this.unsettled.delete(`${owner} ${filter}`)
           out.failOwner(owner, error)
         }
       }
@@ -594,6 +646,7 @@ export class Subscriptions {
     this.sent.delete(ack.id)
     this.ids.release(ack.id)
     const retired = new Set<number>()
+    const refusedFilters = new Set<string>()
     request.filters.forEach((spec, i) => {
       const refused = codes[i] >= 0x80
       const held = this.broker.get(spec.filter)
@@ -602,7 +655,7 @@ export class Subscriptions {
         if (kind === "Subscribe") this.broker.set(spec.filter, { spec, identifier: request.identifier })
         else this.broker.delete(spec.filter)
       } else if (request.changes !== undefined) {
-        this.revert(request.changes, spec.filter)
+        refusedFilters.add(spec.filter)
       } else if (kind === "Subscribe") {
         // a restore the broker refused (NATS does while it elects a leader): callers were told the client holds
         // it, so it stays held and is asked for again on the next connection
@@ -614,6 +667,7 @@ export class Subscriptions {
         )
       }
     })
+    if (request.changes !== undefined) this.settle(request.changes, (filter) => refusedFilters.has(filter))
     this.store(out)
     if (kind === "Subscribe" && codes.every((code) => code >= 0x80)) retired.add(request.identifier)
     for (const identifier of retired) this.retire(identifier)
@@ -755,7 +809,8 @@ export class Subscriptions {
     this.connected = true
     this.resumed = sessionPresent
     this.limits = limits
-    const waiting = this.line.drain()
+    const dropped: Array<number> = []
+    const waiting = this.withoutReleased(this.line.drain(), dropped)
     const own: Array<Request> = []
     if (!sessionPresent) {
       this.complete = true
@@ -765,6 +820,9 @@ export class Subscriptions {
       const groups = new Map<number, Array<FilterSpec>>()
       for (const [filter, held] of this.broker) {
         if (touched.has(filter)) continue
+        // uncertain and claimed by no owner (an UNSUBSCRIBE no packet of the last connection could carry, see
+        // `giveUp`): callers were told it is gone, as a resumed session's reconcile would drop it
+        if (this.uncertain.has(filter) && this.wanted(filter) === undefined) continue
         const group = groups.get(held.identifier)
         if (group === undefined) groups.set(held.identifier, [held.spec])
         else group.push(held.spec)
@@ -782,7 +840,32 @@ export class Subscriptions {
     }
     for (const request of own) this.line.push(request)
     for (const request of waiting) this.line.push(request)
+    for (const identifier of dropped) this.retire(identifier)
     this.pump(out)
+  }
+
+  /**
+   * Requests waiting from an earlier connection, without the filters of the client's own SUBSCRIBE (a restore)
+   * that no owner claims any more since a caller's request failed with that connection (`uncertain`): callers
+   * were told they are gone. The identifiers of the SUBSCRIBE requests dropped whole go to `dropped`.
+   */
+  private withoutReleased(requests: ReadonlyArray<Request>, dropped: Array<number>): ReadonlyArray<Request> {
+    if (this.uncertain.size === 0) return requests
+    const kept: Array<Request> = []
+    for (const request of requests) {
+      if (request.changes !== undefined || request.kind !== "Subscribe") {
+        kept.push(request)
+        continue
+      }
+      const filters = request.filters.filter((f) =>
+        !this.uncertain.has(f.filter) || this.wanted(f.filter) !== undefined
+      )
+      if (filters.length === request.filters.length) kept.push(request)
+      else if (filters.length > 0) {
+        kept.push(new Request("Subscribe", filters, request.identifier, undefined, undefined))
+      } else dropped.push(request.identifier)
+    }
+    return kept
   }
 
   /**
@@ -809,6 +892,7 @@ export class Subscriptions {
 
   /** The client stops: every request fails with `error`. */
   close(error: Operation["error"], out: Output): void {
+    this.unsettled.clear()
     for (const request of this.sent.values()) out.end(request, error)
     for (const request of this.line.drain()) out.end(request, error)
     this.sent.clear()
