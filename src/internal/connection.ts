@@ -221,6 +221,16 @@ const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>)
   })
 
 /**
+ * The reader's wait for room in a full queue (nothing is read meanwhile). A close cuts it: what did not fit then
+ * goes into the queues beyond their capacity (delivery.ts), and the reader reads on to the broker's close.
+ */
+const stallOn = (c: Connection, wait: Effect.Effect<void>): Effect.Effect<void> => {
+  c.stalled = true
+  c.stalls++
+  return Effect.ensuring(Effect.raceFirst(wait, Deferred.await(c.discarding)), Effect.sync(() => c.stalled = false))
+}
+
+/**
  * Reads one connection: each socket read is framed, decoded and handed to the session in one synchronous step,
  * then drained once (one write, one offer per queue).
  */
@@ -302,13 +312,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     // nothing allocated on the common path (no wait, no AUTH, no error)
     let effect: Effect.Effect<void, MqttError.MqttError> | undefined
     if (wait !== undefined) {
-      c.stalled = true
-      c.stalls++
-      // a close cuts the wait (what did not fit then goes into the queues beyond their capacity: delivery.ts)
-      const stall = Effect.ensuring(
-        Effect.raceFirst(wait, Deferred.await(c.discarding)),
-        Effect.sync(() => c.stalled = false)
-      )
+      const stall = stallOn(c, wait)
       if (handshake) stallAfterConnack = stall
       else effect = stall
     }

@@ -14,7 +14,7 @@ import * as Exit from "effect/Exit"
 import * as Stream from "effect/Stream"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
-import type { MqttMessage } from "../MqttMessage.ts"
+import type { MqttMessage, QoS } from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
 import { type Context, publish, publishProblem, subscribeAs, subscription } from "./operations.ts"
 import { decodeDuration, invalid, isQoS } from "./options.ts"
@@ -113,61 +113,7 @@ export const make = (ctx: Context) => {
       const problem = respondProblem(ctx.options.protocolVersion, filter, handler, options)
       if (problem !== undefined) return reportSubscribed(options?.subscribed)(Effect.fail(problem))
       const qos = options?.qos ?? 1
-      const serve = (message: MqttMessage): Effect.Effect<void, MqttError.MqttError, R> => {
-        const replyTo = message.properties.responseTopic
-        // a message without a response topic asks for no response
-        if (replyTo === undefined) return Effect.void
-        const served: Effect.Effect<NoReply | undefined, HandlerFailed | MqttError.MqttError, R> = Effect.flatMap(
-          Effect.mapError(Effect.suspend(() => handler(message)), (error) => new HandlerFailed(error)),
-          (reply): Effect.Effect<NoReply | undefined, MqttError.MqttError> => {
-            if (reply instanceof NoReply) return Effect.succeed(reply)
-            const parts = replyParts(reply)
-            if (parts === undefined) {
-              return Effect.fail(
-                invalid("reply", "expected a payload (a string or a Uint8Array) or { payload, properties }")
-              )
-            }
-            const correlationData = message.properties.correlationData
-            return Effect.as(
-              send(replyTo, parts.payload as Uint8Array | string, {
-                qos,
-                properties: { ...parts.properties, ...(correlationData === undefined ? {} : { correlationData }) }
-              }),
-              undefined
-            )
-          }
-        )
-        // each request is a span of its own, its parent the requester's span when the request carries one
-        const parent = Telemetry.remoteSpanOf(message.properties)
-        return Effect.withSpan(served, `mqtt respond ${message.topic}`, {
-          kind: "server",
-          ...(parent === undefined ? {} : { parent }),
-          attributes: {
-            "messaging.system": "mqtt",
-            "messaging.operation.name": "respond",
-            "messaging.destination.name": message.topic,
-            "messaging.client.id": ctx.session.clientId
-          }
-        }).pipe(
-          Effect.matchEffect({
-            onSuccess: (result) =>
-              result?.reason === undefined ? Effect.void : unanswered(message, replyTo, result.reason),
-            onFailure: (failure) => {
-              if (failure instanceof HandlerFailed) {
-                // the typed topics' failures that end the responder (their `onDecodeError: "fail"`)
-                if (failure.error instanceof EndResponder) {
-                  return Effect.fail(failure.error.error as MqttError.MqttError)
-                }
-                return unanswered(message, replyTo, `the handler failed: ${describe(failure.error)}`)
-              }
-              // the reply was not published: the end of the client ends the responder, anything else is this
-              // request's own (refused by the broker, too large for it, an invalid response topic or property)
-              if (ctx.session.closed !== undefined) return Effect.fail(failure)
-              return unanswered(message, replyTo, failure.message)
-            }
-          })
-        )
-      }
+      const serve = serveRequest(ctx, send, handler, qos, unanswered)
       return Effect.scoped(Effect.gen(function*() {
         const requests = yield* subscription(ctx)(typeof filter === "string" ? filter : [...filter], { qos }).pipe(
           reportSubscribed(options?.subscribed)
@@ -177,6 +123,73 @@ export const make = (ctx: Context) => {
     })
 
   return { request, respond }
+}
+
+/**
+ * Serves one request of `respond`: the handler's reply goes to the request's response topic with its correlation
+ * data. What goes wrong is the request's own (`unanswered`: a warning), unless the client ended (the responder
+ * then fails) or a typed topic's `onDecodeError: "fail"` ends the responder.
+ */
+const serveRequest = <E, R>(
+  ctx: Context,
+  send: ReturnType<typeof publish>,
+  handler: (request: MqttMessage) => Effect.Effect<MqttClient.Reply, E, R>,
+  qos: QoS,
+  unanswered: (message: MqttMessage, replyTo: string, reason: string) => Effect.Effect<void>
+) =>
+(message: MqttMessage): Effect.Effect<void, MqttError.MqttError, R> => {
+  const replyTo = message.properties.responseTopic
+  // a message without a response topic asks for no response
+  if (replyTo === undefined) return Effect.void
+  const served: Effect.Effect<NoReply | undefined, HandlerFailed | MqttError.MqttError, R> = Effect.flatMap(
+    Effect.mapError(Effect.suspend(() => handler(message)), (error) => new HandlerFailed(error)),
+    (reply): Effect.Effect<NoReply | undefined, MqttError.MqttError> => {
+      if (reply instanceof NoReply) return Effect.succeed(reply)
+      const parts = replyParts(reply)
+      if (parts === undefined) {
+        return Effect.fail(
+          invalid("reply", "expected a payload (a string or a Uint8Array) or { payload, properties }")
+        )
+      }
+      const correlationData = message.properties.correlationData
+      return Effect.as(
+        send(replyTo, parts.payload as Uint8Array | string, {
+          qos,
+          properties: { ...parts.properties, ...(correlationData === undefined ? {} : { correlationData }) }
+        }),
+        undefined
+      )
+    }
+  )
+  // each request is a span of its own, its parent the requester's span when the request carries one
+  const parent = Telemetry.remoteSpanOf(message.properties)
+  return Effect.withSpan(served, `mqtt respond ${message.topic}`, {
+    kind: "server",
+    ...(parent === undefined ? {} : { parent }),
+    attributes: {
+      "messaging.system": "mqtt",
+      "messaging.operation.name": "respond",
+      "messaging.destination.name": message.topic,
+      "messaging.client.id": ctx.session.clientId
+    }
+  }).pipe(
+    Effect.matchEffect({
+      onSuccess: (result) => result?.reason === undefined ? Effect.void : unanswered(message, replyTo, result.reason),
+      onFailure: (failure) => {
+        if (failure instanceof HandlerFailed) {
+          // the typed topics' failures that end the responder (their `onDecodeError: "fail"`)
+          if (failure.error instanceof EndResponder) {
+            return Effect.fail(failure.error.error as MqttError.MqttError)
+          }
+          return unanswered(message, replyTo, `the handler failed: ${describe(failure.error)}`)
+        }
+        // the reply was not published: the end of the client ends the responder, anything else is this
+        // request's own (refused by the broker, too large for it, an invalid response topic or property)
+        if (ctx.session.closed !== undefined) return Effect.fail(failure)
+        return unanswered(message, replyTo, failure.message)
+      }
+    })
+  )
 }
 
 /**
