@@ -1014,6 +1014,43 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
   })
   afterAll(() => broker?.dispose())
 
+  for (const version of versions) {
+    it.live(
+      `${
+        label(version)
+      }: 20,000 QoS 1 publishes forked at once through a line of offline.capacity 100 all complete, in order (waiters are woken one by one, not all at each PUBACK)`,
+      () =>
+        Effect.gen(function*() {
+          const topic = unique("line")
+          const subscriber = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          const received: Array<string> = []
+          const done = yield* Deferred.make<void>()
+          yield* subscriber.subscribe(topic, { qos: 1 })
+          yield* Effect.forkScoped(Stream.runForEach(subscriber.messages, (m) =>
+            Effect.sync(() => {
+              received.push(m.text)
+              if (received.length === 20_000) Deferred.doneUnsafe(done, Exit.void)
+            })))
+          const publisher = yield* MqttClient.make({
+            url: broker.url,
+            protocolVersion: version,
+            maxInflight: 20,
+            offline: { capacity: 100 }
+          })
+          yield* within(
+            "20,000 publishes through the line",
+            Effect.forEach(numbered(20_000), (text) => publisher.publish(topic, text, { qos: 1 }), {
+              concurrency: "unbounded",
+              discard: true
+            }),
+            60
+          )
+          yield* within("all received", Deferred.await(done), 60)
+          assert.deepStrictEqual(received, numbered(20_000))
+        })
+    )
+  }
+
   /** An MQTT 5 client with Receive Maximum 10 whose `messages` holds 10 of 100 QoS 1 messages, unacknowledged. */
   const stalledAtReceiveMaximum = Effect.gen(function*() {
     const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })

@@ -4,9 +4,7 @@
  * their owners, fails the streams of owners whose subscriptions ended and completes the operations that ended, in
  * that order.
  */
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import type { Deliveries } from "./delivery.ts"
 import type { Outbox } from "./outbox.ts"
 import type { InboundRecord } from "./output.ts"
@@ -23,8 +21,15 @@ export class Driver {
   journal: JournalWriter | undefined = undefined
   /** what a PINGRESP wakes */
   onPong: (() => void) | undefined = undefined
-  /** publishes waiting for room in the session's waiting line (see `awaitLineRoom`) */
-  private lineRoom: Deferred.Deferred<void> | undefined = undefined
+  /** the publishes waiting for room in the session's waiting line, first come first woken (see `awaitLineRoom`) */
+  private lineWaiters: Array<(() => void) | undefined> = []
+  /** the first waiter not yet woken in `lineWaiters` (taken from the front without moving the array) */
+  private lineHead = 0
+  /** waiters woken whose publish has not been tried again yet: room already promised to them */
+  private lineWoken = 0
+  private wakingLine = false
+  /** how many places were dropped from the front of `lineWaiters` so far (a waiter's place is its index plus this) */
+  private lineOffset = 0
   readonly session: Session
   readonly deliveries: Deliveries
   readonly metrics: ClientMetrics
@@ -81,22 +86,60 @@ export class Driver {
     if (out.warnings.length > 0) {
       for (const warning of out.warnings.splice(0)) this.warn(warning)
     }
-    if (this.lineRoom !== undefined && this.session.lineHasRoom) {
-      const room = this.lineRoom
-      this.lineRoom = undefined
-      Deferred.doneUnsafe(room, Exit.void)
-    }
+    if (this.lineHead < this.lineWaiters.length) this.wakeLineWaiters()
     return wait
   }
 
   /**
-   * Waits until the session's waiting line has room again (or the session closed): for a publish the session
-   * answered with `LINE_FULL`, which then tries again.
+   * Waits until the session's waiting line has room for this publish (or the session closed): for a publish the
+   * session answered with `LINE_FULL`, which then tries again at once. Waiters are woken in order, as many as
+   * there is room (each wake-up promises a place until its publish is tried again), so that n waiting publishes
+   * cost O(n), not a retry of each at every acknowledgement.
    */
   get awaitLineRoom(): Effect.Effect<void> {
-    if (this.session.lineHasRoom) return Effect.void
-    this.lineRoom ??= Deferred.makeUnsafe<void>()
-    return Deferred.await(this.lineRoom)
+    let woken = false
+    const waiting = Effect.callback<void>((resume) => {
+      const wake = () => {
+        woken = true
+        this.lineWoken++
+        resume(Effect.void)
+      }
+      const at = this.lineWaiters.push(wake) - 1 + this.lineOffset
+      this.wakeLineWaiters()
+      // an interrupted waiter leaves an empty place, skipped when its turn comes
+      return Effect.sync(() => {
+        const i = at - this.lineOffset
+        if (i >= this.lineHead && this.lineWaiters[i] === wake) this.lineWaiters[i] = undefined
+      })
+    })
+    // the promised place is given back as the publish is tried again (or when the waiter is interrupted)
+    return Effect.ensuring(waiting, Effect.sync(() => woken && this.lineWoken--))
+  }
+
+  private wakeLineWaiters(): void {
+    // a woken publish is tried again at once, inside `wake` (a fiber resumes synchronously), and drains: the loop
+    // that woke it goes on instead of a nested one (no recursion as deep as the room), reading the room again
+    if (this.wakingLine) return
+    this.wakingLine = true
+    try {
+      while (this.lineHead < this.lineWaiters.length && this.session.lineRoom - this.lineWoken > 0) {
+        const wake = this.lineWaiters[this.lineHead]
+        this.lineWaiters[this.lineHead++] = undefined
+        wake?.()
+      }
+      // the woken places are dropped from the front now and then, not at each wake-up (Array.shift moves them all)
+      if (this.lineHead === this.lineWaiters.length) {
+        this.lineOffset += this.lineHead
+        this.lineWaiters = []
+        this.lineHead = 0
+      } else if (this.lineHead > 1024 && this.lineHead * 2 > this.lineWaiters.length) {
+        this.lineOffset += this.lineHead
+        this.lineWaiters = this.lineWaiters.slice(this.lineHead)
+        this.lineHead = 0
+      }
+    } finally {
+      this.wakingLine = false
+    }
   }
 
   /**

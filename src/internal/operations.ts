@@ -125,7 +125,7 @@ const prepare = (
     const payloadProblem = stringPayloadProblem(payload)
     if (payloadProblem !== undefined) return invalid("payload", payloadProblem)
   } else if (!(payload instanceof Uint8Array)) return invalid("payload", "expected a Uint8Array or a string")
-  if (options !== undefined && (typeof options !== "object" || options === null)) {
+  if (options !== undefined && (typeof options !== "object" || options === null || Array.isArray(options))) {
     return invalid("options", "expected an object")
   }
   if (options?.properties !== undefined && (typeof options.properties !== "object" || options.properties === null)) {
@@ -177,10 +177,15 @@ const publishNow = (
 ): Effect.Effect<void, MqttError.MqttError> => {
   const message = prepare(ctx, topic, payload, options)
   if (MqttError.isMqttError(message)) return Effect.fail(message)
+  return publishPrepared(ctx, message)
+}
+
+/** `publish` of a checked and encoded message (again after a wait for room in the line). */
+const publishPrepared = (ctx: Context, message: OutgoingMessage): Effect.Effect<void, MqttError.MqttError> => {
   const { driver, session } = ctx
   const result = session.publish(message, driver.out)
   if (result === LINE_FULL) {
-    return Effect.andThen(driver.awaitLineRoom, Effect.suspend(() => publishNow(ctx, topic, payload, options)))
+    return Effect.andThen(driver.awaitLineRoom, Effect.suspend(() => publishPrepared(ctx, message)))
   }
   if (result !== OFFLINE_FULL && !MqttError.isMqttError(result)) {
     driver.metrics.sent(message.qos, message.payload.byteLength)
@@ -189,7 +194,7 @@ const publishNow = (
   if (result === undefined) return driver.outbox?.backPressure ?? Effect.void
   if (result === OFFLINE_FULL) {
     return ctx.options.offlineOverflow === "wait"
-      ? Effect.andThen(ctx.supervisor.awaitConnected, Effect.suspend(() => publishNow(ctx, topic, payload, options)))
+      ? Effect.andThen(ctx.supervisor.awaitConnected, Effect.suspend(() => publishPrepared(ctx, message)))
       : Effect.fail(offlineFull(ctx))
   }
   if (MqttError.isMqttError(result)) return Effect.fail(result)
@@ -221,10 +226,18 @@ const publishAcceptedNow = (
 ): Effect.Effect<Effect.Effect<void, MqttError.MqttError>, MqttError.MqttError> => {
   const message = prepare(ctx, topic, payload, options)
   if (MqttError.isMqttError(message)) return Effect.fail(message)
+  return acceptPrepared(ctx, message)
+}
+
+/** `publishAccepted` of a checked and encoded message (again after a wait for room in the line). */
+const acceptPrepared = (
+  ctx: Context,
+  message: OutgoingMessage
+): Effect.Effect<Effect.Effect<void, MqttError.MqttError>, MqttError.MqttError> => {
   const { driver, session } = ctx
   const result = session.publish(message, driver.out)
   if (result === LINE_FULL) {
-    return Effect.andThen(driver.awaitLineRoom, Effect.suspend(() => publishAcceptedNow(ctx, topic, payload, options)))
+    return Effect.andThen(driver.awaitLineRoom, Effect.suspend(() => acceptPrepared(ctx, message)))
   }
   if (result !== OFFLINE_FULL && !MqttError.isMqttError(result)) {
     driver.metrics.sent(message.qos, message.payload.byteLength)
@@ -235,7 +248,7 @@ const publishAcceptedNow = (
     return ctx.options.offlineOverflow === "wait"
       ? Effect.andThen(
         ctx.supervisor.awaitConnected,
-        Effect.suspend(() => publishAcceptedNow(ctx, topic, payload, options))
+        Effect.suspend(() => acceptPrepared(ctx, message))
       )
       : Effect.fail(offlineFull(ctx))
   }
@@ -271,6 +284,10 @@ const specsOf = (
   input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
   options: MqttClient.SubscribeOptions | undefined
 ): ReadonlyArray<FilterSpec> | MqttError.MqttError => {
+  // options of the wrong type (a number, a string, a list) would be ignored: QoS 0 without a word
+  if (options !== undefined && (typeof options !== "object" || options === null || Array.isArray(options))) {
+    return invalid("options", "expected an object")
+  }
   const version = ctx.options.protocolVersion
   const list = Array.isArray(input) ? input : [input as string | MqttClient.Subscription]
   if (list.length === 0) return invalid("filters", "at least one filter is needed")
@@ -378,6 +395,9 @@ export const unsubscribeAs = (
   options: MqttClient.UnsubscribeOptions | undefined
 ): Effect.Effect<void, MqttError.MqttError> =>
   Effect.suspend(() => {
+    if (options !== undefined && (typeof options !== "object" || options === null || Array.isArray(options))) {
+      return Effect.fail(invalid("options", "expected an object"))
+    }
     const list: ReadonlyArray<string> = Array.isArray(input) ? input : [input as string]
     if (list.length === 0) return Effect.fail(invalid("filters", "at least one filter is needed"))
     for (const filter of list) {
@@ -429,6 +449,9 @@ export const subscription = (ctx: Context) =>
   options?: MqttClient.SubscriptionOptions
 ): Effect.Effect<Stream.Stream<MqttMessage, MqttError.MqttError>, MqttError.MqttError, Scope.Scope> =>
   Effect.gen(function*() {
+    if (options !== undefined && (typeof options !== "object" || options === null || Array.isArray(options))) {
+      return yield* invalid("options", "expected an object")
+    }
     const acknowledgement = options?.acknowledgement ?? ctx.options.acknowledgement
     if (acknowledgement !== "auto" && acknowledgement !== "manual") {
       return yield* invalid("acknowledgement", "expected \"auto\" or \"manual\"")

@@ -360,7 +360,12 @@ export class Session {
    * least one always fits), or the session is closed (the publish then fails at once).
    */
   get lineHasRoom(): boolean {
-    return this.closed !== undefined || this.outgoing.waiting < Math.max(1, this.config.offlineCapacity)
+    return this.lineRoom > 0
+  }
+
+  /** How many more publishes the waiting line takes while connected (`Infinity` once closed). */
+  get lineRoom(): number {
+    return this.closed !== undefined ? Infinity : Math.max(1, this.config.offlineCapacity) - this.outgoing.waiting
   }
 
   /** An owner claims filters with one SUBSCRIBE. */
