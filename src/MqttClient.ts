@@ -778,15 +778,20 @@ export interface Client {
    * MQTT 5, the responder's side: handles the requests on `filter` and publishes each reply to the request's
    * response topic with its correlation data. Runs until interrupted (fork it), `concurrency` requests at a
    * time (default 1). A message without a response topic is skipped. To know when requests reach it (its
-   * subscription is in place), pass a `Deferred` as `subscribed` and await it.
+   * subscription is in place), pass a `Deferred` as `subscribed` and await it. A request is done once its reply
+   * is accepted, as by `publishAccepted`: the responder takes the next one without waiting for the broker's
+   * acknowledgement of the reply (which it waits for in a fiber of its own), so requests queued beyond the
+   * client's `queue` cannot stall it. Accepting a reply may wait for room in the line of publishes behind
+   * `maxInflight` (`offline.capacity`).
    *
    * What goes wrong with one request is that request's own: it gets no reply, a warning among the client's log
    * lines (at `logLevel` `"Warn"`) names its topic, its response topic and why, and the responder goes on with
-   * the next. So it is when the handler fails (its typed failure), when its reply is not a payload, and when the
-   * reply cannot be published: the broker refuses it (a response topic this client may not publish to: 0x87),
-   * it is larger than the broker's Maximum Packet Size, the requester's response topic is not a valid topic
-   * name, a property of the reply is invalid, the client is offline and cannot keep it (`offline` options), the
-   * session store cannot be written. A requester cannot stop the responder.
+   * the next. So it is when the requester's response topic is not a valid topic name (empty, a wildcard:
+   * checked before the handler, which does not run), when the handler fails (its typed failure), when its reply
+   * is not a payload, and when the reply cannot be published: the broker refuses it (a response topic this
+   * client may not publish to: 0x87, warned when the refusal comes), it is larger than the broker's Maximum
+   * Packet Size, a property of the reply is invalid, the client is offline and cannot keep it (`offline`
+   * options), the session store cannot be written. A requester cannot stop the responder.
    *
    * The responder ends, failing with the error, only for what ends every request: its arguments are invalid
    * (checked before anything is sent, as is the client's protocol: MQTT 5 only), its subscription is refused

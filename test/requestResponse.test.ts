@@ -6,13 +6,16 @@
  *   Mosquitto whose ACL forbids the response topic), a reply over the broker's Maximum Packet Size (both), a
  *   failing handler, a reply that is not a payload, an invalid property, a request that does not decode; it ends
  *   when the client stops for good.
+ * - `respond` never waits for a reply's acknowledgement before it takes the next request: 500 requests queued
+ *   beyond a queue of 16 (Mosquitto sends past the Receive Maximum) are all answered, one at a time.
+ * - A request whose Response Topic is no topic name (a wildcard) is not handed to the handler.
  * - `request` and `respond` check their arguments before the first packet (the response topic's SUBSCRIBE, the
  *   responder's SUBSCRIBE); typed topics check the share name (one topic level) before subscribing.
  * - An MQTT 5 CONNACK's Assigned Client Identifier is taken only when the CONNECT's was empty [MQTT-3.2.2.3.7].
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Cause, Deferred, Effect, Exit, Fiber, Logger, Option, Schema } from "effect"
-import { MqttClient, type MqttError, MqttTopic } from "effect-mqtt"
+import { IncomingQueue, MqttClient, type MqttError, MqttTopic } from "effect-mqtt"
 import { connectAsync as connectMqttJs } from "mqtt"
 import type { Packet } from "mqtt-packet"
 import * as Crypto from "node:crypto"
@@ -555,8 +558,12 @@ describe("respond on Mosquitto", () => {
       const responder = yield* connect()
       const requester = yield* connect()
       const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
+      const handled: Array<string> = []
       const fiber = yield* Effect.forkScoped(
-        responder.respond(service, (request) => Effect.succeed(`re ${request.text}`), { subscribed })
+        responder.respond(service, (request) => {
+          handled.push(request.text)
+          return Effect.succeed(`re ${request.text}`)
+        }, { subscribed })
       )
       yield* guard(Deferred.await(subscribed))
       const peer = yield* Effect.acquireRelease(
@@ -568,11 +575,63 @@ describe("respond on Mosquitto", () => {
           peer.publishAsync(service, "1", { qos: 1, properties: { responseTopic, correlationData: Buffer.of(1) } })
         )
         yield* until(() => lines.some((line) => line.includes(responseTopic)))
+        assert.include(lines.find((line) => line.includes(responseTopic))!, "wildcard")
       }
       const reply = yield* guard(requester.request(service, "2", { timeout: "5 seconds" }))
       assert.strictEqual(reply.text, "re 2")
+      // the response topics were checked before the handler: it saw only the request it could answer
+      assert.deepStrictEqual(handled, ["2"])
       yield* stillRunning(fiber)
       assert.strictEqual((yield* responder.status)._tag, "Connected")
     })).pipe(Effect.provide(layer))
   })
+
+  it.live("a responder with concurrency 1 answers 500 requests queued beyond its queue of 16: it takes the next request without waiting for a reply's PUBACK", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const count = 500
+      const service = `rr/${run}/flood`
+      const replies = `rr/${run}/flood-replies`
+      const responder = yield* MqttClient.make({
+        url: broker.url,
+        protocolVersion: 5,
+        reconnect: false,
+        queue: IncomingQueue.bounded(16)
+      })
+      const peer = yield* Effect.acquireRelease(
+        Effect.promise(() => connectMqttJs(broker.url, { protocolVersion: 5, reconnectPeriod: 0 })),
+        (client) => Effect.promise(() => client.endAsync(true))
+      )
+      const answered = new Set<string>()
+      peer.on("message", (topic) => {
+        if (topic.startsWith(`${replies}/`)) answered.add(topic)
+      })
+      yield* Effect.promise(() => peer.subscribeAsync(`${replies}/#`, { qos: 1 }))
+      // the responder holds its first request until every request is at the broker, which sends them on past
+      // the responder's queue: the socket reader waits for room, with the PUBACKs of the replies behind
+      const gate = yield* Deferred.make<void>()
+      const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
+      yield* Effect.forkScoped(
+        responder.respond(
+          service,
+          (request) => Effect.as(Deferred.await(gate), `re ${request.text}`),
+          { subscribed }
+        )
+      )
+      yield* guard(Deferred.await(subscribed))
+      yield* Effect.promise(() =>
+        Promise.all(Array.from({ length: count }, (_, i) =>
+          peer.publishAsync(service, String(i), {
+            qos: 1,
+            properties: { responseTopic: `${replies}/${i}`, correlationData: Buffer.from(String(i)) }
+          })))
+      )
+      yield* Deferred.succeed(gate, undefined)
+      yield* until(() => answered.size === count).pipe(
+        Effect.timeoutOrElse({
+          duration: "15 seconds",
+          orElse: () => Effect.sync(() => assert.fail(`${answered.size} of ${count} requests answered in 15 s`))
+        })
+      )
+      assert.strictEqual((yield* responder.status)._tag, "Connected")
+    })))
 })

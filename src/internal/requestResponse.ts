@@ -11,20 +11,23 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Hex from "effect/encoding/Hex"
 import * as Exit from "effect/Exit"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import type { MqttMessage, QoS } from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
-import { type Context, publish, publishProblem, subscribeAs, subscription } from "./operations.ts"
+import { type Context, publish, publishAccepted, publishProblem, subscribeAs, subscription } from "./operations.ts"
 import { decodeDuration, invalid, isQoS } from "./options.ts"
 import * as Telemetry from "./telemetry.ts"
+import { nameProblem } from "./topic.ts"
 
 export const make = (ctx: Context) => {
   /** responses waiting for their request, by correlation data (hex) */
   const waiting = new Map<string, Deferred.Deferred<MqttMessage, MqttError.MqttError>>()
   let responseTopic: Deferred.Deferred<string, MqttError.MqttError> | undefined
   const send = publish(ctx)
+  const accept = publishAccepted(ctx)
   ctx.supervisor.onClose.push((error) => {
     for (const deferred of waiting.values()) Deferred.doneUnsafe(deferred, Effect.fail(error))
     waiting.clear()
@@ -113,8 +116,9 @@ export const make = (ctx: Context) => {
       const problem = respondProblem(ctx.options.protocolVersion, filter, handler, options)
       if (problem !== undefined) return reportSubscribed(options?.subscribed)(Effect.fail(problem))
       const qos = options?.qos ?? 1
-      const serve = serveRequest(ctx, send, handler, qos, unanswered)
       return Effect.scoped(Effect.gen(function*() {
+        // the waits for the replies' acknowledgements run in this scope: they end with the responder
+        const serve = serveRequest(ctx, accept, yield* Effect.scope, handler, qos, unanswered)
         const requests = yield* subscription(ctx)(typeof filter === "string" ? filter : [...filter], { qos }).pipe(
           reportSubscribed(options?.subscribed)
         )
@@ -129,10 +133,17 @@ export const make = (ctx: Context) => {
  * Serves one request of `respond`: the handler's reply goes to the request's response topic with its correlation
  * data. What goes wrong is the request's own (`unanswered`: a warning), unless the client ended (the responder
  * then fails) or a typed topic's `onDecodeError: "fail"` ends the responder.
+ *
+ * A request is served once its reply is accepted into the session; the wait for the broker's acknowledgement is
+ * a fiber of its own, in the responder's `scope`, which warns when the broker refuses the reply. The responder
+ * never waits for an acknowledgement before it takes the next request: that acknowledgement may sit behind
+ * requests that the socket reader cannot hand over until the responder takes one (a full queue), and waiting
+ * for it would stop both for good.
  */
 const serveRequest = <E, R>(
   ctx: Context,
-  send: ReturnType<typeof publish>,
+  accept: ReturnType<typeof publishAccepted>,
+  scope: Scope.Scope,
   handler: (request: MqttMessage) => Effect.Effect<MqttClient.Reply, E, R>,
   qos: QoS,
   unanswered: (message: MqttMessage, replyTo: string, reason: string) => Effect.Effect<void>
@@ -141,6 +152,20 @@ const serveRequest = <E, R>(
   const replyTo = message.properties.responseTopic
   // a message without a response topic asks for no response
   if (replyTo === undefined) return Effect.void
+  // a response topic that no reply can go to (empty, a wildcard, which Mosquitto forwards) spares the handler
+  const topicProblem = nameProblem(replyTo)
+  if (topicProblem !== undefined) {
+    const error = new MqttError.InvalidTopicError({ topic: String(replyTo), kind: "name", reason: topicProblem })
+    return unanswered(message, replyTo, error.message)
+  }
+  // the broker's refusal of an accepted reply (a PUBACK/PUBREC of 0x80 or more); the client's end is not the
+  // request's own, and ends the responder through its subscription
+  const acknowledgement = (acknowledged: Effect.Effect<void, MqttError.MqttError>) =>
+    Effect.matchEffect(acknowledged, {
+      onFailure: (error) =>
+        ctx.session.closed !== undefined ? Effect.void : unanswered(message, replyTo, error.message),
+      onSuccess: () => Effect.void
+    })
   const served: Effect.Effect<NoReply | undefined, HandlerFailed | MqttError.MqttError, R> = Effect.flatMap(
     Effect.mapError(Effect.suspend(() => handler(message)), (error) => new HandlerFailed(error)),
     (reply): Effect.Effect<NoReply | undefined, MqttError.MqttError> => {
@@ -152,12 +177,12 @@ const serveRequest = <E, R>(
         )
       }
       const correlationData = message.properties.correlationData
-      return Effect.as(
-        send(replyTo, parts.payload as Uint8Array | string, {
-          qos,
-          properties: { ...parts.properties, ...(correlationData === undefined ? {} : { correlationData }) }
-        }),
-        undefined
+      return accept(replyTo, parts.payload as Uint8Array | string, {
+        qos,
+        properties: { ...parts.properties, ...(correlationData === undefined ? {} : { correlationData }) }
+      }).pipe(
+        Effect.flatMap((acknowledged) => Effect.forkIn(acknowledgement(acknowledged), scope)),
+        Effect.as(undefined)
       )
     }
   )
@@ -183,8 +208,8 @@ const serveRequest = <E, R>(
           }
           return unanswered(message, replyTo, `the handler failed: ${describe(failure.error)}`)
         }
-        // the reply was not published: the end of the client ends the responder, anything else is this
-        // request's own (refused by the broker, too large for it, an invalid response topic or property)
+        // the reply was not accepted: the end of the client ends the responder, anything else is this request's
+        // own (too large for the broker, an invalid property, offline and not kept, the store not written)
         if (ctx.session.closed !== undefined) return Effect.fail(failure)
         return unanswered(message, replyTo, failure.message)
       }
