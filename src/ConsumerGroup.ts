@@ -214,42 +214,51 @@ const memberProblem = (group: string, member: unknown): MqttError.InvalidOptionE
     ? invalid("member", "expected a non-empty name without /, + or # (a valid topic level)")
     : undefined
 
-const check = (options: Options): Effect.Effect<void, MqttError.MqttError> => {
+const isObject = (value: unknown): value is object => typeof value === "object" && value !== null
+
+/** Why `options` cannot make a member (from untyped code too), or `undefined`. */
+const optionsProblem = (options: Options): MqttError.InvalidOptionError | undefined => {
+  if (!isObject(options) || Array.isArray(options)) return invalid("options", "expected an object")
+  // a client that is no object would be spread as nothing: the default URL, another broker than meant
+  if (options.client !== undefined && (!isObject(options.client) || Array.isArray(options.client))) {
+    return invalid("client", "expected the options of MqttClient.make (an object)")
+  }
   const { group } = options
   if (typeof group !== "string" || group === "" || /[/+#]/.test(group) || !Topic.isValidName(leftTopic(group))) {
-    return Effect.fail(invalid("group", "expected a non-empty name without /, + or # (a valid topic level)"))
+    return invalid("group", "expected a non-empty name without /, + or # (a valid topic level)")
   }
   const problem = memberProblem(options.group, options.member)
-  if (problem !== undefined) return Effect.fail(problem)
+  if (problem !== undefined) return problem
   const filterProblem = checkFilters(options.filter)
-  if (filterProblem !== undefined) return Effect.fail(filterProblem)
+  if (filterProblem !== undefined) return filterProblem
   if (options.qos !== undefined && options.qos !== 1 && options.qos !== 2) {
-    return Effect.fail(invalid("qos", "expected 1 or 2 (a member hands a message over with its acknowledgement)"))
+    return invalid("qos", "expected 1 or 2 (a member hands a message over with its acknowledgement)")
   }
   const prefetch = options.prefetch ?? 10
   if (!Number.isInteger(prefetch) || prefetch < 1 || prefetch > 65535) {
-    return Effect.fail(invalid("prefetch", "expected a whole number from 1 to 65535"))
+    return invalid("prefetch", "expected a whole number from 1 to 65535")
   }
   const concurrency = options.concurrency ?? 1
   if (!Number.isInteger(concurrency) || concurrency < 1) {
-    return Effect.fail(invalid("concurrency", "expected a positive whole number"))
+    return invalid("concurrency", "expected a positive whole number")
   }
   const expiry = options.sessionExpiryInterval
   if (expiry !== undefined && !(Number.isInteger(expiry) && expiry >= MIN_SESSION_EXPIRY && expiry <= 0xffffffff)) {
-    return Effect.fail(
-      invalid(
-        "sessionExpiryInterval",
-        `expected whole seconds from ${MIN_SESSION_EXPIRY} to 4294967295: a shorter session can expire before ` +
-          "another member adopts it, and its messages with it"
-      )
+    return invalid(
+      "sessionExpiryInterval",
+      `expected whole seconds from ${MIN_SESSION_EXPIRY} to 4294967295: a shorter session can expire before ` +
+        "another member adopts it, and its messages with it"
     )
   }
   if (options.client?.store !== undefined) {
-    return Effect.fail(
-      invalid("client.store", "a member's session is kept by the broker, for the others to adopt: no store")
-    )
+    return invalid("client.store", "a member's session is kept by the broker, for the others to adopt: no store")
   }
-  return Effect.void
+  return undefined
+}
+
+const check = (options: Options): Effect.Effect<void, MqttError.MqttError> => {
+  const problem = optionsProblem(options)
+  return problem === undefined ? Effect.void : Effect.fail(problem)
 }
 
 /**
@@ -261,7 +270,14 @@ const check = (options: Options): Effect.Effect<void, MqttError.MqttError> => {
  * @since 0.2.0
  * @category constructors
  */
-export const memberOptions = (options: Options): MqttClient.Options => ({
+export const memberOptions = (options: Options): MqttClient.Options =>
+  // options that `run` refuses (also of the wrong type, from untyped code) give no options, which MqttClient.make
+  // refuses (InvalidOptionError "options"): never a throw, nor the options of a member of another group
+  optionsProblem(options) !== undefined
+    ? (null as unknown as MqttClient.Options)
+    : memberOptionsOf(options)
+
+const memberOptionsOf = (options: Options): MqttClient.Options => ({
   ...options.client,
   protocolVersion: 5,
   clientId: options.member,
@@ -304,7 +320,9 @@ export const adopt = <E, R>(
   member: string,
   handler: (message: MqttMessage) => Effect.Effect<void, E, R>
 ): Effect.Effect<number, MqttError.MqttError | E, R> =>
-  Effect.mapError(adoption(options, member, handler), (error) => error instanceof NotStarted ? error.error : error)
+  typeof handler !== "function"
+    ? Effect.fail(invalid("handler", "expected a function from a message to an Effect"))
+    : Effect.mapError(adoption(options, member, handler), (error) => error instanceof NotStarted ? error.error : error)
 
 /** An adoption that failed before it connected as the member: nothing of the session was touched. */
 class NotStarted {
@@ -328,7 +346,7 @@ const adoption = <E, R>(
       Effect.flatMap(MqttClient.make(plainOptions(options)), (reader) => recordedFilters(reader, options.group, member))
     ).pipe(Effect.mapError((error) => new NotStarted(error)))
     const orphan = yield* MqttClient.make({
-      ...memberOptions(options),
+      ...memberOptionsOf(options),
       clientId: member,
       // should this adopter die before the end, the session stays and another member takes it up (a member
       // that comes back to its session within the delay cancels this will [MQTT-3.1.3-9])
@@ -395,7 +413,10 @@ export const run = <E, R>(
 ): Effect.Effect<never, MqttError.MqttError | E, R> =>
   Effect.scoped(Effect.gen(function*() {
     yield* check(options)
-    const client = yield* MqttClient.make(memberOptions(options))
+    if (typeof handler !== "function") {
+      return yield* invalid("handler", "expected a function from a message to an Effect")
+    }
+    const client = yield* MqttClient.make(memberOptionsOf(options))
     const notices = leftTopic(options.group)
     const filters = filtersOf(options)
     const orphans = yield* Queue.unbounded<string>()

@@ -21,7 +21,8 @@
 import * as Effect from "effect/Effect"
 import * as Order from "effect/Order"
 import type * as Stream from "effect/Stream"
-import { fromStrategy } from "./internal/queue.ts"
+import { fromStrategy, strategyProblem } from "./internal/queue.ts"
+import * as MqttError from "./MqttError.ts"
 import type { MqttMessage } from "./MqttMessage.ts"
 
 /**
@@ -227,21 +228,31 @@ export interface Progress {
 }
 
 /**
- * Makes a queue with the given strategy.
+ * Makes a queue with the given strategy. A strategy that `MqttClient.make` would refuse (from untyped code, or a
+ * capacity that is not a positive whole number, as `bounded(-1)`) fails with `InvalidOptionError` (option
+ * `"queue"`).
  *
  * @since 0.1.0
  * @category constructors
  */
-export const make = <A, E>(strategy: Strategy<A>): Effect.Effect<IncomingQueue<A, E>> =>
-  Effect.sync(() => {
-    const queue = fromStrategy<A, E>(strategy)
-    return {
-      offerAll: (messages, progress) => queue.offerAll(messages, progress),
-      offerAllUnsafe: (messages, progress) => queue.offerUnsafe(messages, progress),
-      stream: queue.stream,
-      end: Effect.sync(() => queue.end()),
-      fail: (error) => Effect.sync(() => queue.fail(error)),
-      dropped: Effect.sync(() => queue.dropped),
-      size: Effect.sync(() => queue.size)
+export const make = <A, E>(
+  strategy: Strategy<A>
+): Effect.Effect<IncomingQueue<A, E>, MqttError.InvalidOptionError> =>
+  Effect.suspend(() => {
+    const problem = strategyProblem(strategy)
+    if (problem !== undefined) {
+      return Effect.fail(new MqttError.InvalidOptionError({ option: "queue", reason: problem }))
     }
+    const queue = fromStrategy<A, E>(strategy)
+    return Effect.succeed(
+      {
+        offerAll: (messages, progress) => queue.offerAll(messages, progress),
+        offerAllUnsafe: (messages, progress) => queue.offerUnsafe(messages, progress),
+        stream: queue.stream,
+        end: Effect.sync(() => queue.end()),
+        fail: (error) => Effect.sync(() => queue.fail(error)),
+        dropped: Effect.sync(() => queue.dropped),
+        size: Effect.sync(() => queue.size)
+      } satisfies IncomingQueue<A, E>
+    )
   })

@@ -50,10 +50,12 @@ import { type Pipeable, pipeArguments } from "effect/Pipeable"
 import * as Predicate from "effect/Predicate"
 import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
+import * as SchemaGetter from "effect/SchemaGetter"
 import * as SchemaIssue from "effect/SchemaIssue"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Types from "effect/Types"
+import { isWellFormed } from "./internal/bytes.ts"
 import { EndResponder, NoReply } from "./internal/requestResponse.ts"
 import { MqttClient as MqttClientService } from "./internal/service.ts"
 import { shareNameProblem } from "./internal/topic.ts"
@@ -526,7 +528,7 @@ export const make: {
   const problem = declared.problem ?? optionsProblem ?? payloadProblem ?? replyProblem
   const parsed = problem === declared.problem ? declared : { ...declared, problem }
   const payloadSchema = payloadProblem === undefined
-    ? Codecs.payloadSchema(schema, codec)
+    ? strictPayloadSchema(schema, codec)
     : Schema.Never as unknown as Schema.Codec<unknown, Uint8Array>
   const self = Object.create(Proto)
   Object.assign(self, {
@@ -547,9 +549,74 @@ export const make: {
     encodePayload: payloadProblem === undefined ? Schema.encodeUnknownEffect(payloadSchema) : refuse,
     replySchema: reply === undefined || replyProblem !== undefined
       ? undefined
-      : Codecs.payloadSchema(reply as Schema.Top, replyCodec)
+      : strictPayloadSchema(reply as Schema.Top, replyCodec)
   })
   return self
+}
+
+/**
+ * The payload Schema with its codec, refusing on encode what would not be sent as it is: text with a lone
+ * surrogate (UTF-8 would write U+FFFD in its place, as `MqttClient.publish` refuses too) and, for JSON, a number
+ * that is not finite (`JSON.stringify` writes `null`, which does not decode back). Decoding is unchanged.
+ */
+const strictPayloadSchema = <S extends Schema.Top>(schema: S, codec: Codec) => {
+  const any = schema as unknown as Schema.Codec<unknown, unknown, unknown, unknown>
+  switch (codec) {
+    case "bytes":
+      return Codecs.payloadSchema(schema, codec)
+    case "text":
+      return StrictUtf8.pipe(Schema.decodeTo(any as Schema.Codec<unknown, string, unknown, unknown>)) as never
+    case "json":
+      return StrictUtf8.pipe(Schema.decodeTo(Schema.fromJsonString(FiniteJson.pipe(Schema.decodeTo(any))))) as never
+  }
+}
+
+/** Text to and from UTF-8, refusing a string with a lone surrogate on encode. */
+const StrictUtf8 = Codecs.Utf8.pipe(Schema.decodeTo(Schema.String, {
+  decode: SchemaGetter.passthrough(),
+  encode: SchemaGetter.transformEffect((text: string, options) =>
+    isWellFormed(text)
+      ? Effect.succeed(text)
+      : Effect.fail(
+        new SchemaIssue.InvalidValue(
+          {
+            message: "the text has a lone surrogate, which UTF-8 cannot carry (it would be sent as U+FFFD)"
+          },
+          text,
+          options
+        )
+      )
+  )
+}))
+
+/** A JSON value, refusing on encode a number that is not finite (NaN, Infinity): JSON has no form for it. */
+const FiniteJson = Schema.Unknown.pipe(Schema.decodeTo(Schema.Unknown, {
+  decode: SchemaGetter.passthrough(),
+  encode: SchemaGetter.transformEffect((value: unknown, options) =>
+    hasNonFinite(value, new Set())
+      ? Effect.fail(
+        new SchemaIssue.InvalidValue(
+          {
+            message: "a number that is not finite (NaN, Infinity) has no JSON form: it would be sent as null"
+          },
+          value,
+          options
+        )
+      )
+      : Effect.succeed(value)
+  )
+}))
+
+/** Whether a value that `JSON.stringify` is about to write holds a number that is not finite. */
+const hasNonFinite = (value: unknown, seen: Set<object>): boolean => {
+  if (typeof value === "number") return !Number.isFinite(value)
+  if (typeof value !== "object" || value === null || seen.has(value)) return false
+  seen.add(value)
+  const json = typeof (value as { readonly toJSON?: unknown }).toJSON === "function"
+    ? (value as { readonly toJSON: () => unknown }).toJSON()
+    : value
+  if (json !== value) return hasNonFinite(json, seen)
+  return Object.values(value).some((item) => hasNonFinite(item, seen))
 }
 
 const isCodec = (codec: unknown): codec is Codec => codec === "json" || codec === "text" || codec === "bytes"
@@ -599,7 +666,7 @@ const clientProblem = (client: unknown, operation: "publish" | "subscription" | 
 
 /** Why `options` are not an object, when given, or `undefined`. */
 const optionsProblem = (options: unknown) =>
-  options === undefined || (typeof options === "object" && options !== null)
+  options === undefined || (typeof options === "object" && options !== null && !Array.isArray(options))
     ? undefined
     : new MqttError.InvalidOptionError({ option: "options", reason: "expected an object" })
 

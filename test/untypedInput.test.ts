@@ -6,7 +6,7 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Cause, Effect, Exit, Fiber, Option, Redacted, Schema } from "effect"
-import { IncomingQueue, MqttClient, MqttError, MqttMessage, MqttTopic, Topic } from "effect-mqtt"
+import { ConsumerGroup, IncomingQueue, MqttClient, MqttError, MqttMessage, MqttTopic, Topic } from "effect-mqtt"
 import * as fc from "fast-check"
 import * as Bytes from "../src/internal/bytes.ts"
 import * as FakeBroker from "./support/FakeBroker.ts"
@@ -138,6 +138,7 @@ describe("operations given values of the wrong type", () => {
           ["publish an object payload", () => client.publish("t", {} as never)],
           ["publish a string with a lone surrogate", () => client.publish("t", "a\udc00b")],
           ["publish with options a number", () => client.publish("t", "x", 5 as never)],
+          ["publish with options a list", () => client.publish("t", "x", [1] as never)],
           ["publishAccepted to a number", () => client.publishAccepted(5 as never, "x", { qos: 1 })],
           ["subscribe null", () => client.subscribe(null as never)],
           ["subscribe undefined", () => client.subscribe(undefined as never)],
@@ -382,4 +383,115 @@ describe("typed topics given values of the wrong type", () => {
       }
       yield* connection.expectSilence(100)
     }))
+})
+
+describe("values the other entry points would send changed, ignore, or throw at", () => {
+  const tagOf = (failure: unknown) =>
+    typeof failure === "object" && failure !== null && "_tag" in failure ? failure._tag : String(failure)
+
+  it.live("typed topics refuse on encode a lone surrogate (text) and a number that is not finite (JSON)", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ protocolVersion: 5, reconnect: false })
+      const Text = MqttTopic.make("dev/{id}/text", Schema.String, { codec: "text" })
+      const Reading = MqttTopic.make("dev/{id}/t", Schema.Struct({ c: Schema.Number }))
+      const Values = MqttTopic.make("dev/{id}/v", Schema.Array(Schema.Number))
+      const calls: Array<[string, () => Effect.Effect<unknown, unknown, never>]> = [
+        ["publish text with a lone surrogate", () => MqttTopic.publish(client, Text, { id: "a" }, "x\ud800")],
+        ["encode text with a lone surrogate", () => MqttTopic.encode(Text, "\udc00x")],
+        ["publish JSON with NaN", () => MqttTopic.publish(client, Reading, { id: "a" }, { c: Number.NaN })],
+        ["encode JSON with Infinity", () => MqttTopic.encode(Reading, { c: Number.POSITIVE_INFINITY })],
+        ["publish JSON with -Infinity in a list", () => MqttTopic.publish(client, Values, { id: "a" }, [1, -Infinity])]
+      ]
+      for (const [label, call] of calls) {
+        expect(tagOf(typedFailure(yield* exitOf(call))), label).toBe("TopicEncodeError")
+      }
+      yield* connection.expectSilence(100)
+      // JSON text escapes a lone surrogate (valid JSON that decodes back to the same string): sent as it is
+      const Json = MqttTopic.make("dev/{id}/j", Schema.String)
+      const bytes = yield* MqttTopic.encode(Json, "a\ud800")
+      expect(new TextDecoder().decode(bytes)).toBe(JSON.stringify("a\ud800"))
+      const decoded = yield* MqttTopic.decode(Json, messageOn("dev/1/j", bytes))
+      expect(decoded.payload).toBe("a\ud800")
+    }))
+
+  const messageOn = (topic: string, payload: Uint8Array) => new MqttMessage.MqttMessage(topic, payload, 0, false, false)
+
+  it.live("ConsumerGroup: options, client and handler of the wrong type are InvalidOptionError, nothing connects", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const base = { client: { url: broker.url, reconnect: false as const }, group: "g", filter: "a/#", member: "m1" }
+      const handler = () => Effect.void
+      const untyped = ConsumerGroup as unknown as Record<
+        "run" | "adopt",
+        (...args: ReadonlyArray<unknown>) => Effect.Effect<unknown, unknown>
+      >
+      // a pure function: it cannot fail, so it gives options that MqttClient.make refuses, and never throws
+      // (first: a client of the wrong type would be made with the default URL, another broker than this test's)
+      for (const options of [null, 5, { ...base, group: 5 }, { ...base, client: null }, { ...base, client: 5 }]) {
+        let memberOptions: MqttClient.Options | undefined
+        expect(() => {
+          memberOptions = ConsumerGroup.memberOptions(options as never)
+        }).not.toThrow()
+        const label = `memberOptions(${JSON.stringify(options)})`
+        assert(typeof memberOptions !== "object" || memberOptions === null, `${label}: options to connect with`)
+        const made = yield* exitOf(() => Effect.scoped(MqttClient.make(memberOptions!)))
+        expectInvalid(label, typedFailure(made), "options")
+      }
+      const calls: Array<[string, () => Effect.Effect<unknown, unknown>, string]> = [
+        ["run with options null", () => untyped.run(null, handler), "options"],
+        ["run with options a number", () => untyped.run(5, handler), "options"],
+        ["run with a client null (the default URL)", () => untyped.run({ ...base, client: null }, handler), "client"],
+        ["run with a client a number", () => untyped.run({ ...base, client: 5 }, handler), "client"],
+        ["run with a handler null", () => untyped.run(base, null), "handler"],
+        ["run with a handler a string", () => untyped.run(base, "h"), "handler"],
+        ["adopt with options null", () => untyped.adopt(null, "m2", handler), "options"],
+        ["adopt with a handler a number", () => untyped.adopt(base, "m2", 5), "handler"]
+      ]
+      for (const [label, call, option] of calls) {
+        expectInvalid(label, typedFailure(yield* exitOf(() => Effect.timeout(call(), "1 second"))), option)
+      }
+      expect(broker.connections.length).toBe(0)
+    }))
+
+  it.effect("IncomingQueue.make refuses what MqttClient.make refuses as a queue", () =>
+    Effect.gen(function*() {
+      const cases: Array<[string, unknown]> = [
+        ["null", null],
+        ["a number", 5],
+        ["bounded(-1)", IncomingQueue.bounded(-1)],
+        ["bounded(NaN)", IncomingQueue.bounded(Number.NaN)],
+        ["sliding(1.5)", IncomingQueue.sliding(1.5)],
+        ["dropping(0)", IncomingQueue.dropping(0)],
+        ["lifo with an unknown overflow", IncomingQueue.lifo(3, { overflow: "x" as never })],
+        ["priority without an order", IncomingQueue.priority({ capacity: 3, priority: 5 as never })],
+        ["no strategy", { _tag: "Fancy", capacity: 3 }]
+      ]
+      for (const [label, strategy] of cases) {
+        expectInvalid(label, typedFailure(yield* exitOf(() => IncomingQueue.make(strategy as never))), "queue")
+      }
+      const queue = yield* IncomingQueue.make<number, never>(IncomingQueue.unbounded)
+      expect(yield* queue.size).toBe(0)
+    }))
+
+  for (const protocolVersion of [4, 5] as const) {
+    it.live(`subscribe, subscription and unsubscribe refuse options that are no object (MQTT ${protocolVersion})`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({ protocolVersion, reconnect: false })
+        const calls: Array<[string, () => Effect.Effect<unknown, unknown, never>]> = []
+        for (const options of [5, "x", true, [1], null]) {
+          const label = JSON.stringify(options)
+          calls.push(
+            [`subscribe("a", ${label})`, () => client.subscribe("a", options as never)],
+            [`subscribe(["a", "b"], ${label})`, () => client.subscribe(["a", "b"], options as never)],
+            [`subscription("a", ${label})`, () => Effect.scoped(client.subscription("a", options as never))],
+            [`unsubscribe("a", ${label})`, () => client.unsubscribe("a", options as never)]
+          )
+        }
+        for (const [label, call] of calls) {
+          // the fake broker never answers a SUBSCRIBE: a call that sends one times out
+          expectInvalid(label, typedFailure(yield* exitOf(() => Effect.timeout(call(), "1 second"))), "options")
+        }
+        yield* connection.expectSilence(100)
+      }))
+  }
 })

@@ -16,7 +16,7 @@ import * as MqttError from "../MqttError.ts"
 import type { QoS } from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
-import { capacityOf } from "./queue.ts"
+import { capacityOf, strategyProblem } from "./queue.ts"
 import type { SessionStore } from "./store.ts"
 import { nameProblem } from "./topic.ts"
 import * as Url from "./url.ts"
@@ -197,22 +197,8 @@ const checkShapes = (options: MqttClient.Options): MqttError.InvalidOptionError 
   ) {
     return invalid("userProperties", "expected a list of [name, value] pairs of strings")
   }
-  return queueProblem(options.queue)
-}
-
-/** Why `queue` is not a strategy of `IncomingQueue`, or `undefined`. */
-const queueProblem = (queue: MqttClient.Options["queue"]): MqttError.InvalidOptionError | undefined => {
-  if (queue === undefined) return undefined
-  if (!isObject(queue) || !["Bounded", "Sliding", "Dropping", "Unbounded", "Lifo", "Priority"].includes(queue._tag)) {
-    return invalid("queue", "expected a strategy of IncomingQueue (bounded, sliding, dropping, lifo, priority...)")
-  }
-  if (queue._tag === "Lifo" && !["suspend", "sliding", "dropping"].includes(queue.overflow)) {
-    return invalid("queue", `the overflow of a LIFO queue is "suspend", "sliding" or "dropping"`)
-  }
-  if (queue._tag === "Priority" && typeof queue.order !== "function") {
-    return invalid("queue", "a priority queue needs an order (IncomingQueue.priority)")
-  }
-  return undefined
+  const queueProblem = options.queue === undefined ? undefined : strategyProblem(options.queue)
+  return queueProblem === undefined ? undefined : invalid("queue", queueProblem)
 }
 
 export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
@@ -287,9 +273,6 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     ? undefined
     : yield* decodeDuration("pingTimeout", options.pingTimeout, Duration.seconds(30))
   const queue = options.queue ?? IncomingQueue.defaultStrategy
-  if (queue._tag !== "Unbounded" && !(Number.isInteger(queue.capacity) && queue.capacity > 0)) {
-    return yield* invalid("queue", "the capacity must be a positive integer")
-  }
   const offline = options.offline ?? {}
   const offlineCapacity = offline.capacity ?? 10_000
   if (!isUint(offlineCapacity, Number.MAX_SAFE_INTEGER)) {

@@ -337,6 +337,30 @@ export type StrategyShape<A> =
   | { readonly _tag: "Lifo"; readonly capacity: number; readonly overflow: Overflow }
   | { readonly _tag: "Priority"; readonly capacity: number; readonly order: Order.Order<A> }
 
+/**
+ * Why `strategy` is not a strategy a queue can be made of (from untyped code, or a capacity that is not a positive
+ * whole number), or `undefined`. `MqttClient.make` (option `queue`) and `IncomingQueue.make` refuse the same.
+ */
+export const strategyProblem = (strategy: unknown): string | undefined => {
+  const shape = strategy as Partial<Record<"_tag" | "capacity" | "overflow" | "order", unknown>> | null
+  if (
+    typeof strategy !== "object" || shape === null ||
+    !["Bounded", "Sliding", "Dropping", "Unbounded", "Lifo", "Priority"].includes(shape._tag as string)
+  ) {
+    return "expected a strategy of IncomingQueue (bounded, sliding, dropping, lifo, priority...)"
+  }
+  if (shape._tag === "Lifo" && !["suspend", "sliding", "dropping"].includes(shape.overflow as string)) {
+    return `the overflow of a LIFO queue is "suspend", "sliding" or "dropping"`
+  }
+  if (shape._tag === "Priority" && typeof shape.order !== "function") {
+    return "a priority queue needs an order (IncomingQueue.priority)"
+  }
+  if (shape._tag !== "Unbounded" && !(Number.isInteger(shape.capacity) && (shape.capacity as number) > 0)) {
+    return "the capacity must be a positive integer"
+  }
+  return undefined
+}
+
 export const fromStrategy = <A, E>(strategy: StrategyShape<A>): MessageQueue<A, E> => {
   switch (strategy._tag) {
     case "Bounded":
