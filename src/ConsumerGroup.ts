@@ -265,16 +265,18 @@ const check = (options: Options): Effect.Effect<void, MqttError.MqttError> => {
  * The client options of a member: MQTT 5, the member's name as client identifier, a persistent session, Receive
  * Maximum `prefetch` (a broker that sends more is accepted, as by every client unless `strictReceiveMaximum`), manual
  * acknowledgement, and the will that tells the group when it leaves (also sent on
- * release: DISCONNECT 0x04).
+ * release: DISCONNECT 0x04). Options that `run` refuses give `{ clientId: false }`, which `MqttClient.make`
+ * refuses with `InvalidOptionError` (also spread into other options): `run` says what is wrong with them.
  *
  * @since 0.2.0
  * @category constructors
  */
 export const memberOptions = (options: Options): MqttClient.Options =>
-  // options that `run` refuses (also of the wrong type, from untyped code) give no options, which MqttClient.make
-  // refuses (InvalidOptionError "options"): never a throw, nor the options of a member of another group
+  // options that `run` refuses (also of the wrong type, from untyped code) give options that MqttClient.make
+  // refuses, also when spread into others (a client identifier that is no string: InvalidOptionError "clientId"):
+  // never a throw, nor a plain client, nor the options of a member of another group
   optionsProblem(options) !== undefined
-    ? (null as unknown as MqttClient.Options)
+    ? { clientId: false as unknown as string }
     : memberOptionsOf(options)
 
 const memberOptionsOf = (options: Options): MqttClient.Options => ({

@@ -353,7 +353,8 @@ export interface OfflineOptions {
    * How many publishes are kept while disconnected, sent in order once connected. Default 10,000. While
    * connected, the same number bounds the publishes waiting behind `maxInflight` (for a packet identifier and the
    * broker's Receive Maximum): a publish, or `publishAccepted`, that finds that line full waits until
-   * acknowledgements make room (whatever `overflow` says: room comes without a reconnection).
+   * acknowledgements make room (whatever `overflow` says: room comes without a reconnection). Not while the client
+   * waits for room in a full incoming queue: it then reads no acknowledgement, so nothing could make room.
    */
   readonly capacity?: number | undefined
   /** When the buffer is full: `"fail"` with `OfflineError` (the default) or `"wait"` for the connection. */

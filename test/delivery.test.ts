@@ -1051,6 +1051,36 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
     )
   }
 
+  it.live(
+    "a handler that publishes with publishAccepted from a full queue never waits for good, even with a line of one (the line is not bounded while the reader waits for room)",
+    () =>
+      Effect.gen(function*() {
+        const topic = unique("stalled-handler")
+        const out = unique("handler-out")
+        const publisher = yield* MqttClient.make({ url: broker.url })
+        const client = yield* MqttClient.make({
+          url: broker.url,
+          queue: IncomingQueue.bounded(8),
+          maxInflight: 1,
+          offline: { capacity: 1 }
+        })
+        yield* client.subscribe(topic, { qos: 0 })
+        yield* publishAll(publisher, topic, numbered(300))
+        yield* eventually("the queue full", Effect.map(client.queuedMessages, (n) => n === 8))
+        let handled = 0
+        yield* within(
+          "300 messages handled, each publishing",
+          client.messages.pipe(
+            Stream.take(300),
+            Stream.runForEach((m) =>
+              Effect.andThen(client.publishAccepted(out, m.text, { qos: 1 }), Effect.sync(() => handled++))
+            )
+          )
+        )
+        assert.strictEqual(handled, 300)
+      })
+  )
+
   /** An MQTT 5 client with Receive Maximum 10 whose `messages` holds 10 of 100 QoS 1 messages, unacknowledged. */
   const stalledAtReceiveMaximum = Effect.gen(function*() {
     const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })

@@ -26,7 +26,8 @@ const setup = (waiters: number) => {
       Effect.sync(() => {
         woken.push(i)
         // the woken publish is tried again at once, as the client's publish does
-        expect(h.publish(message("t", String(i + 2), 1))).not.toBe(LINE_FULL)
+        expect(h.session.publish(message("t", String(i + 2), 1), h.out, driver.readerStalled)).not.toBe(LINE_FULL)
+        h.drain()
       })
     )))
   return { h, driver, woken, fibers }
@@ -63,6 +64,12 @@ describe("driver: waiting for room in the line of publishes", () => {
       driver.drain()
       expect(woken).toEqual([1, 2])
     }).pipe(Effect.runPromise))
+
+  it("while the socket's reader waits for room in a full queue, no publish waits: only the reader could read the acknowledgements that make room", () => {
+    const { driver, woken } = setup(5)
+    driver.stalled(true)
+    expect(woken).toEqual([0, 1, 2, 3, 4])
+  })
 
   it("a closed session wakes every waiter (their publishes then fail with the session's error)", () => {
     const { h, driver, woken } = setup(5)

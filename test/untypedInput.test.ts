@@ -433,9 +433,11 @@ describe("values the other entry points would send changed, ignore, or throw at"
           memberOptions = ConsumerGroup.memberOptions(options as never)
         }).not.toThrow()
         const label = `memberOptions(${JSON.stringify(options)})`
-        assert(typeof memberOptions !== "object" || memberOptions === null, `${label}: options to connect with`)
-        const made = yield* exitOf(() => Effect.scoped(MqttClient.make(memberOptions!)))
-        expectInvalid(label, typedFailure(made), "options")
+        // refused also when spread into other options (with a URL): never a plain client
+        const made = yield* exitOf(() =>
+          Effect.scoped(MqttClient.make({ ...memberOptions!, url: "mqtt://127.0.0.1:1", reconnect: false }))
+        )
+        expectInvalid(label, typedFailure(made), "clientId")
       }
       const calls: Array<[string, () => Effect.Effect<unknown, unknown>, string]> = [
         ["run with options null", () => untyped.run(null, handler), "options"],

@@ -112,6 +112,8 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
     const o = env.options
     const clock = yield* Clock.Clock
     const scope = yield* Scope.fork(env.parent)
+    // a reader of an earlier connection may have ended while it waited for room
+    env.driver.stalled(false)
     const credentials = { ...o, username: node.username, password: node.password }
     const connectBytes = encodeConnect(credentials, env.driver.session.clientId, cleanStart)
     if (!(connectBytes instanceof Uint8Array)) {
@@ -224,10 +226,17 @@ const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>)
  * The reader's wait for room in a full queue (nothing is read meanwhile). A close cuts it: what did not fit then
  * goes into the queues beyond their capacity (delivery.ts), and the reader reads on to the broker's close.
  */
-const stallOn = (c: Connection, wait: Effect.Effect<void>): Effect.Effect<void> => {
+const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effect.Effect<void> => {
   c.stalled = true
   c.stalls++
-  return Effect.ensuring(Effect.raceFirst(wait, Deferred.await(c.discarding)), Effect.sync(() => c.stalled = false))
+  driver.stalled(true)
+  return Effect.ensuring(
+    Effect.raceFirst(wait, Deferred.await(c.discarding)),
+    Effect.sync(() => {
+      c.stalled = false
+      driver.stalled(false)
+    })
+  )
 }
 
 /**
@@ -312,7 +321,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     // nothing allocated on the common path (no wait, no AUTH, no error)
     let effect: Effect.Effect<void, MqttError.MqttError> | undefined
     if (wait !== undefined) {
-      const stall = stallOn(c, wait)
+      const stall = stallOn(c, driver, wait)
       if (handshake) stallAfterConnack = stall
       else effect = stall
     }

@@ -13,6 +13,12 @@ import type { Session } from "./session.ts"
 import type { JournalWriter } from "./store.ts"
 import type { ClientMetrics } from "./telemetry.ts"
 
+/** A publish waiting for room in the session's line (see `Driver.awaitLineRoom`). */
+interface LineWaiter {
+  readonly wake: () => void
+  cancelled: boolean
+}
+
 export class Driver {
   readonly out = new Output()
   /** the outbox of the connection that carries the session; undefined between connections */
@@ -22,14 +28,16 @@ export class Driver {
   /** what a PINGRESP wakes */
   onPong: (() => void) | undefined = undefined
   /** the publishes waiting for room in the session's waiting line, first come first woken (see `awaitLineRoom`) */
-  private lineWaiters: Array<(() => void) | undefined> = []
+  private lineWaiters: Array<LineWaiter> = []
   /** the first waiter not yet woken in `lineWaiters` (taken from the front without moving the array) */
   private lineHead = 0
+  /** interrupted waiters still in `lineWaiters` after `lineHead` */
+  private lineCancelled = 0
+  /** the socket's reader waits for room in a full queue: nothing is read meanwhile */
+  readerStalled = false
   /** waiters woken whose publish has not been tried again yet: room already promised to them */
   private lineWoken = 0
   private wakingLine = false
-  /** how many places were dropped from the front of `lineWaiters` so far (a waiter's place is its index plus this) */
-  private lineOffset = 0
   readonly session: Session
   readonly deliveries: Deliveries
   readonly metrics: ClientMetrics
@@ -99,21 +107,44 @@ export class Driver {
   get awaitLineRoom(): Effect.Effect<void> {
     let woken = false
     const waiting = Effect.callback<void>((resume) => {
-      const wake = () => {
-        woken = true
-        this.lineWoken++
-        resume(Effect.void)
+      const waiter: LineWaiter = {
+        cancelled: false,
+        wake: () => {
+          woken = true
+          this.lineWoken++
+          resume(Effect.void)
+        }
       }
-      const at = this.lineWaiters.push(wake) - 1 + this.lineOffset
+      this.lineWaiters.push(waiter)
       this.wakeLineWaiters()
-      // an interrupted waiter leaves an empty place, skipped when its turn comes
+      // an interrupted waiter is skipped when its turn comes; many of them are dropped at once
       return Effect.sync(() => {
-        const i = at - this.lineOffset
-        if (i >= this.lineHead && this.lineWaiters[i] === wake) this.lineWaiters[i] = undefined
+        if (woken || waiter.cancelled) return
+        waiter.cancelled = true
+        if (++this.lineCancelled > 64 && this.lineCancelled * 2 > this.lineWaiters.length - this.lineHead) {
+          this.lineWaiters = this.lineWaiters.slice(this.lineHead).filter((w) => !w.cancelled)
+          this.lineHead = 0
+          this.lineCancelled = 0
+        }
       })
     })
     // the promised place is given back as the publish is tried again (or when the waiter is interrupted)
     return Effect.ensuring(waiting, Effect.sync(() => woken && this.lineWoken--))
+  }
+
+  /**
+   * The room in the line for waiting publishes: none is kept waiting while the socket's reader waits for room in a
+   * full queue (`readerStalled`), since only the reader can read the acknowledgements that make room: a handler
+   * that publishes from a full queue would wait for good.
+   */
+  private get lineRoom(): number {
+    return this.readerStalled ? Infinity : this.session.lineRoom - this.lineWoken
+  }
+
+  /** The reader waits for room in a queue (true), or reads again (false): see `lineRoom`. */
+  stalled(stalled: boolean): void {
+    this.readerStalled = stalled
+    if (stalled && this.lineHead < this.lineWaiters.length) this.wakeLineWaiters()
   }
 
   private wakeLineWaiters(): void {
@@ -122,18 +153,16 @@ export class Driver {
     if (this.wakingLine) return
     this.wakingLine = true
     try {
-      while (this.lineHead < this.lineWaiters.length && this.session.lineRoom - this.lineWoken > 0) {
-        const wake = this.lineWaiters[this.lineHead]
-        this.lineWaiters[this.lineHead++] = undefined
-        wake?.()
+      while (this.lineHead < this.lineWaiters.length && this.lineRoom > 0) {
+        const waiter = this.lineWaiters[this.lineHead++]
+        if (waiter.cancelled) this.lineCancelled--
+        else waiter.wake()
       }
       // the woken places are dropped from the front now and then, not at each wake-up (Array.shift moves them all)
       if (this.lineHead === this.lineWaiters.length) {
-        this.lineOffset += this.lineHead
         this.lineWaiters = []
         this.lineHead = 0
       } else if (this.lineHead > 1024 && this.lineHead * 2 > this.lineWaiters.length) {
-        this.lineOffset += this.lineHead
         this.lineWaiters = this.lineWaiters.slice(this.lineHead)
         this.lineHead = 0
       }

@@ -138,16 +138,22 @@ const prepare = (
   } catch (e) {
     return invalid("properties", e instanceof Error ? e.message : String(e))
   }
-  if (qos > 0 && ctx.driver.journal?.failing === true) {
-    // nothing is accepted that cannot be stored: the caller learns it now
-    return new MqttError.StoreError({
+  const message = { topic, payload: bytes, qos, retain, properties: options?.properties, encoded }
+  return storeRefusal(ctx, message) ?? message
+}
+
+/**
+ * Nothing is accepted that cannot be stored: a QoS 1/2 publish while the store cannot be written fails at once
+ * (checked again when a publish that waited is tried again).
+ */
+const storeRefusal = (ctx: Context, message: OutgoingMessage): MqttError.StoreError | undefined =>
+  message.qos > 0 && ctx.driver.journal?.failing === true
+    ? new MqttError.StoreError({
       store: ctx.options.store!.name,
       operation: "write",
       reason: "the store cannot be written at the moment"
     })
-  }
-  return { topic, payload: bytes, qos, retain, properties: options?.properties, encoded }
-}
+    : undefined
 
 /**
  * Why a publish would be refused before anything is sent, or `undefined`: the checks of `publish`, run without
@@ -183,7 +189,9 @@ const publishNow = (
 /** `publish` of a checked and encoded message (again after a wait for room in the line). */
 const publishPrepared = (ctx: Context, message: OutgoingMessage): Effect.Effect<void, MqttError.MqttError> => {
   const { driver, session } = ctx
-  const result = session.publish(message, driver.out)
+  const refused = storeRefusal(ctx, message)
+  if (refused !== undefined) return Effect.fail(refused)
+  const result = session.publish(message, driver.out, driver.readerStalled)
   if (result === LINE_FULL) {
     return Effect.andThen(driver.awaitLineRoom, Effect.suspend(() => publishPrepared(ctx, message)))
   }
@@ -235,7 +243,9 @@ const acceptPrepared = (
   message: OutgoingMessage
 ): Effect.Effect<Effect.Effect<void, MqttError.MqttError>, MqttError.MqttError> => {
   const { driver, session } = ctx
-  const result = session.publish(message, driver.out)
+  const refused = storeRefusal(ctx, message)
+  if (refused !== undefined) return Effect.fail(refused)
+  const result = session.publish(message, driver.out, driver.readerStalled)
   if (result === LINE_FULL) {
     return Effect.andThen(driver.awaitLineRoom, Effect.suspend(() => acceptPrepared(ctx, message)))
   }

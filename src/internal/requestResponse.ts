@@ -181,7 +181,8 @@ const serveRequest = <E, R>(
         qos,
         properties: { ...parts.properties, ...(correlationData === undefined ? {} : { correlationData }) }
       }).pipe(
-        Effect.flatMap((acknowledged) => Effect.forkIn(acknowledgement(acknowledged), scope)),
+        // QoS 0 has no acknowledgement to wait for
+        Effect.flatMap((acknowledged) => qos === 0 ? Effect.void : Effect.forkIn(acknowledgement(acknowledged), scope)),
         Effect.as(undefined)
       )
     }

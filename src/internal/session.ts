@@ -337,15 +337,16 @@ export class Session {
   /**
    * Accepts a publish: undefined when it was written and is done (QoS 0), an entry that ends through the
    * Output, `OFFLINE_FULL` when disconnected with the offline buffer full, `LINE_FULL` when connected with the
-   * waiting line full (`lineHasRoom` tells when to try again), or an error at once.
+   * waiting line full (`lineHasRoom` tells when to try again; not with `lineUnbounded`), or an error at once.
    */
   publish(
     message: OutgoingMessage,
-    out: Output
+    out: Output,
+    lineUnbounded = false
   ): PublishEntry | undefined | MqttError.MqttError | typeof OFFLINE_FULL | typeof LINE_FULL {
     if (this.closed !== undefined) return this.closed
     if (this.connected) {
-      if (!this.lineHasRoom) return LINE_FULL
+      if (!lineUnbounded && !this.lineHasRoom) return LINE_FULL
     } else {
       if (message.qos === 0 && this.config.offlineQos0 === "fail") {
         return new MqttError.OfflineError({ operation: "publish", reason: "QoS 0 is not buffered while offline" })
