@@ -170,6 +170,23 @@ const writeVarint = (bytes: Uint8Array, offset: number, value: number): number =
 }
 
 /** Encodes the properties of a PUBLISH (or a will), user properties in the order given. */
+/**
+ * Why a value is not a list of user properties (`[name, value]` pairs of strings), or `undefined` (the strings'
+ * contents are checked as they are written).
+ */
+export const userPropertiesProblem = (list: unknown): string | undefined =>
+  Array.isArray(list) &&
+    list.every((pair) =>
+      Array.isArray(pair) && pair.length === 2 && typeof pair[0] === "string" && typeof pair[1] === "string"
+    )
+    ? undefined
+    : "userProperties must be a list of [name, value] pairs of strings"
+
+const checkUserProperties = (list: unknown): void => {
+  const problem = userPropertiesProblem(list)
+  if (problem !== undefined) throw new Error(problem)
+}
+
 export const encodeProperties = (p: MqttMessage.PublishProperties | undefined, topicAlias?: number): Uint8Array => {
   const parts: Array<Uint8Array> = []
   const string = (name: string, value: unknown): Uint8Array => {
@@ -217,9 +234,8 @@ export const encodeProperties = (p: MqttMessage.PublishProperties | undefined, t
       parts.push(out)
     }
     if (p.userProperties !== undefined) {
-      if (!Array.isArray(p.userProperties)) throw new Error("userProperties must be a list of [name, value] pairs")
+      checkUserProperties(p.userProperties)
       for (const pair of p.userProperties) {
-        if (!Array.isArray(pair) || pair.length !== 2) throw new Error("userProperties must be [name, value] pairs")
         parts.push(
           Uint8Array.of(0x26),
           string("a user property name", pair[0]),
@@ -307,12 +323,9 @@ class PacketWriter {
   }
 
   userProperties(list: ReadonlyArray<MqttMessage.UserProperty> | undefined): this {
-    if (list !== undefined && !Array.isArray(list)) {
-      throw new Error("userProperties must be a list of [name, value] pairs")
-    }
-    for (const pair of list ?? []) {
-      if (!Array.isArray(pair) || pair.length !== 2) throw new Error("userProperties must be [name, value] pairs")
-      const [name, value] = pair
+    if (list === undefined) return this
+    checkUserProperties(list)
+    for (const [name, value] of list) {
       this.byte(0x26).string("a user property name", name).string("a user property value", value)
     }
     return this

@@ -9,14 +9,14 @@ import type { Deliveries } from "./delivery.ts"
 import type { Outbox } from "./outbox.ts"
 import type { InboundRecord } from "./output.ts"
 import { Output } from "./output.ts"
+import { Line, type Queued } from "./packetIds.ts"
 import type { Session } from "./session.ts"
 import type { JournalWriter } from "./store.ts"
 import type { ClientMetrics } from "./telemetry.ts"
 
 /** A publish waiting for room in the session's line (see `Driver.awaitLineRoom`). */
-interface LineWaiter {
+interface LineWaiter extends Queued {
   readonly wake: () => void
-  cancelled: boolean
 }
 
 export class Driver {
@@ -28,11 +28,7 @@ export class Driver {
   /** what a PINGRESP wakes */
   onPong: (() => void) | undefined = undefined
   /** the publishes waiting for room in the session's waiting line, first come first woken (see `awaitLineRoom`) */
-  private lineWaiters: Array<LineWaiter> = []
-  /** the first waiter not yet woken in `lineWaiters` (taken from the front without moving the array) */
-  private lineHead = 0
-  /** interrupted waiters still in `lineWaiters` after `lineHead` */
-  private lineCancelled = 0
+  private readonly lineWaiters = new Line<LineWaiter>()
   /** the socket's reader waits for room in a full queue: nothing is read meanwhile */
   readerStalled = false
   /** waiters woken whose publish has not been tried again yet: room already promised to them */
@@ -94,7 +90,7 @@ export class Driver {
     if (out.warnings.length > 0) {
       for (const warning of out.warnings.splice(0)) this.warn(warning)
     }
-    if (this.lineHead < this.lineWaiters.length) this.wakeLineWaiters()
+    if (this.lineWaiters.size > 0) this.wakeLineWaiters()
     return wait
   }
 
@@ -108,7 +104,7 @@ export class Driver {
     let woken = false
     const waiting = Effect.callback<void>((resume) => {
       const waiter: LineWaiter = {
-        cancelled: false,
+        queued: false,
         wake: () => {
           woken = true
           this.lineWoken++
@@ -117,16 +113,8 @@ export class Driver {
       }
       this.lineWaiters.push(waiter)
       this.wakeLineWaiters()
-      // an interrupted waiter is skipped when its turn comes; many of them are dropped at once
-      return Effect.sync(() => {
-        if (woken || waiter.cancelled) return
-        waiter.cancelled = true
-        if (++this.lineCancelled > 64 && this.lineCancelled * 2 > this.lineWaiters.length - this.lineHead) {
-          this.lineWaiters = this.lineWaiters.slice(this.lineHead).filter((w) => !w.cancelled)
-          this.lineHead = 0
-          this.lineCancelled = 0
-        }
-      })
+      // an interrupted waiter leaves the line
+      return Effect.sync(() => this.lineWaiters.remove(waiter))
     })
     // the promised place is given back as the publish is tried again (or when the waiter is interrupted)
     return Effect.ensuring(waiting, Effect.sync(() => woken && this.lineWoken--))
@@ -144,7 +132,7 @@ export class Driver {
   /** The reader waits for room in a queue (true), or reads again (false): see `lineRoom`. */
   stalled(stalled: boolean): void {
     this.readerStalled = stalled
-    if (stalled && this.lineHead < this.lineWaiters.length) this.wakeLineWaiters()
+    if (stalled && this.lineWaiters.size > 0) this.wakeLineWaiters()
   }
 
   private wakeLineWaiters(): void {
@@ -153,19 +141,7 @@ export class Driver {
     if (this.wakingLine) return
     this.wakingLine = true
     try {
-      while (this.lineHead < this.lineWaiters.length && this.lineRoom > 0) {
-        const waiter = this.lineWaiters[this.lineHead++]
-        if (waiter.cancelled) this.lineCancelled--
-        else waiter.wake()
-      }
-      // the woken places are dropped from the front now and then, not at each wake-up (Array.shift moves them all)
-      if (this.lineHead === this.lineWaiters.length) {
-        this.lineWaiters = []
-        this.lineHead = 0
-      } else if (this.lineHead > 1024 && this.lineHead * 2 > this.lineWaiters.length) {
-        this.lineWaiters = this.lineWaiters.slice(this.lineHead)
-        this.lineHead = 0
-      }
+      while (this.lineWaiters.size > 0 && this.lineRoom > 0) this.lineWaiters.shift()!.wake()
     } finally {
       this.wakingLine = false
     }

@@ -138,8 +138,7 @@ const prepare = (
   } catch (e) {
     return invalid("properties", e instanceof Error ? e.message : String(e))
   }
-  const message = { topic, payload: bytes, qos, retain, properties: options?.properties, encoded }
-  return storeRefusal(ctx, message) ?? message
+  return { topic, payload: bytes, qos, retain, properties: options?.properties, encoded }
 }
 
 /**
@@ -166,7 +165,7 @@ export const publishProblem = (
   options: MqttClient.PublishOptions | undefined
 ): MqttError.MqttError | undefined => {
   const message = prepare(ctx, topic, payload, options)
-  return MqttError.isMqttError(message) ? message : undefined
+  return MqttError.isMqttError(message) ? message : storeRefusal(ctx, message)
 }
 
 const offlineFull = (ctx: Context) =>

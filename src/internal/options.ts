@@ -189,14 +189,10 @@ const checkShapes = (options: MqttClient.Options): MqttError.InvalidOptionError 
   if (options.responseTopicPrefix !== undefined && typeof options.responseTopicPrefix !== "string") {
     return invalid("responseTopicPrefix", "expected a string")
   }
-  const userProperties = options.userProperties
-  if (
-    userProperties !== undefined &&
-    !(Array.isArray(userProperties) &&
-      userProperties.every((p) => Array.isArray(p) && p.length === 2 && p.every((s) => typeof s === "string")))
-  ) {
-    return invalid("userProperties", "expected a list of [name, value] pairs of strings")
-  }
+  const userPropertiesProblem = options.userProperties === undefined
+    ? undefined
+    : Codec.userPropertiesProblem(options.userProperties)
+  if (userPropertiesProblem !== undefined) return invalid("userProperties", userPropertiesProblem)
   const queueProblem = options.queue === undefined ? undefined : strategyProblem(options.queue)
   return queueProblem === undefined ? undefined : invalid("queue", queueProblem)
 }

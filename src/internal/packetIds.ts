@@ -74,11 +74,19 @@ export class Line<A extends Queued> {
     this.live++
   }
 
-  /** Takes an item out of the line before its turn. */
+  /**
+   * Takes an item out of the line before its turn. Its place is skipped when reached; when such places outnumber
+   * the items still in line, they are dropped at once (a line that does not move cannot fill with them).
+   */
   remove(item: A): void {
     if (!item.queued) return
     item.queued = false
     this.live--
+    const places = this.items_.length - this.head
+    if (places > 64 && this.live * 2 < places) {
+      this.items_ = this.items_.slice(this.head).filter((i) => i.queued)
+      this.head = 0
+    }
   }
 
   /** The first item still in line, left in place. */
