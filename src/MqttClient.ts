@@ -848,6 +848,10 @@ export const defaultReconnect: Schedule.Schedule<Duration.Duration> = internal.d
  * `bytesReceived`, `inFlight` (QoS 1/2 publishes holding a packet identifier), `queued` (messages waiting in
  * the `messages` queue), `dropped`, `reconnects`, `connected` (1 or 0).
  *
+ * A client's series live while a client of its identifier runs: when the last one's scope closes they leave the
+ * registry (a later client of the identifier counts from 0), so that clients made one after another do not grow
+ * it without bound.
+ *
  * @since 0.2.0
  * @category metrics
  */

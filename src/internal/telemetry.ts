@@ -49,28 +49,20 @@ type Counter = Metric.Metric<number, unknown>
  * registry lookup per update (about a tenth of the client's CPU per QoS 0 message).
  */
 class Series {
-  /** counters: what the series held when the client came (an earlier client of the same identifier) */
-  private base = 0
   value = 0
   private readonly registration: Metric.Registration
-  private readonly metric: Counter
-  private readonly counter: boolean
 
   constructor(metric: Counter, counter: boolean, context: Context.Context<never>) {
-    this.metric = metric
-    this.counter = counter
-    if (counter) this.base = (metric.valueUnsafe(context) as Metric.CounterState<number>).count
     this.registration = Metric.registerUnsafe(metric, context, {
-      get: counter ? () => ({ count: this.base + this.value, incremental: true }) : () => ({ value: this.value }),
+      get: counter ? () => ({ count: this.value, incremental: true }) : () => ({ value: this.value }),
       update: () => {},
       modify: () => {}
     })
   }
 
-  /** The series becomes an ordinary one of the registry again, holding the value it has now. */
-  release(context: Context.Context<never>): void {
+  /** The series leaves the registry. */
+  release(): void {
     this.registration.remove()
-    this.metric.updateUnsafe(this.counter ? this.base + this.value : this.value, context)
   }
 }
 
@@ -106,9 +98,9 @@ class Cell {
     }
   }
 
-  release(context: Context.Context<never>): void {
-    for (const series of Object.values(this.byQos)) for (const one of series) one.release(context)
-    for (const one of Object.values(this.plain)) one.release(context)
+  release(): void {
+    for (const series of Object.values(this.byQos)) for (const one of series) one.release()
+    for (const one of Object.values(this.plain)) one.release()
   }
 }
 
@@ -121,19 +113,19 @@ const cells = new WeakMap<object, Map<string, Cell>>()
  * Each series (client identifier, and QoS where it applies) has the name, description and attributes of
  * `Metric.withAttributes(metrics.<family>, ...)`, so it is the same series in the registry: read with
  * `Metric.value` or `Metric.snapshot`, exported by Effect's OTLP and Prometheus modules. While a client runs, its
- * series are registered with hooks that read its counts (`Metric.registerUnsafe`); `release` (when the client's
- * scope closes) turns them into ordinary series holding their last values. Clients of the same identifier in
- * one registry count into the same series, as updates of one metric would.
+ * series are registered with hooks that read its counts (`Metric.registerUnsafe`). Clients of the same identifier
+ * running at once in one registry count into the same series; when the last of them goes (its scope closes), the
+ * series leave the registry, so that clients made and released one after another (each with a generated
+ * identifier, say) do not grow it without bound. A later client of that identifier counts from 0 again: a counter
+ * reset, as after a restart of the process.
  */
 export class ClientMetrics {
-  private readonly context: Context.Context<never>
   private readonly cell: Cell
   private readonly clientId: string
   private readonly registry: Map<string, Cell>
   private released = false
 
   constructor(clientId: string, context: Context.Context<never>) {
-    this.context = context
     this.clientId = clientId
     const registry = Context.get(context, Metric.MetricRegistry)
     let byId = cells.get(registry)
@@ -175,8 +167,8 @@ export class ClientMetrics {
   }
 
   /**
-   * The client is gone: once no client of its identifier is left, its series hold their last values as ordinary
-   * series. Later counts are not recorded.
+   * The client is gone: once no client of its identifier is left, its series leave the registry. Later counts
+   * are not recorded.
    */
   release(): void {
     if (this.released) return
@@ -184,7 +176,7 @@ export class ClientMetrics {
     const cell = this.cell
     if (--cell.users > 0) return
     if (this.registry.get(this.clientId) === cell) this.registry.delete(this.clientId)
-    cell.release(this.context)
+    cell.release()
   }
 }
 
