@@ -296,7 +296,9 @@ export class Subscriptions {
     } else if (owners !== undefined && before !== undefined) {
       owners.delete(owner)
       if (owners.size === 0) this.claims.delete(filter)
-      this.byOwner.get(owner)?.delete(filter)
+      const mine = this.byOwner.get(owner)
+      // an owner holding nothing is forgotten: owners come and go with each subscription() stream
+      if (mine !== undefined && mine.delete(filter) && mine.size === 0) this.byOwner.delete(owner)
       if (owner !== MESSAGES) this.routed--
     }
     return before
