@@ -201,6 +201,40 @@ describe("the decoder and the framer on plain Uint8Arrays, as in a browser", () 
       { numRuns: 500 }
     )
   })
+
+  it("a packet arriving in many reads is copied once, whatever its first read holds (1 to 5 bytes of its header, or more)", () => {
+    // 1 MB in reads of 1,460 bytes (a TCP segment): a header read apart from the body used to copy everything
+    // buffered at every read, 360 MB for this packet
+    const packet = Codec.publishPacket(
+      Codec.encodePublish(4, "big/one", new Uint8Array(1 << 20).fill(7), 0, false, undefined)
+    )
+    const set = Uint8Array.prototype.set
+    for (const first of [1, 2, 3, 4, 5, 6, 1460]) {
+      let copied = 0
+      Uint8Array.prototype.set = function(this: Uint8Array, array: ArrayLike<number>, offset?: number) {
+        copied += array.length
+        return set.call(this, array, offset)
+      }
+      const seen: Array<Uint8Array> = []
+      try {
+        const framer = new Framer(1 << 24)
+        const cuts = [0, first]
+        while (cuts[cuts.length - 1] < packet.length) cuts.push(Math.min(packet.length, cuts[cuts.length - 1] + 1460))
+        for (let i = 0; i + 1 < cuts.length; i++) {
+          expect(framer.push(packet.subarray(cuts[i], cuts[i + 1]), (_header, body) => seen.push(body))).toBeUndefined()
+        }
+      } finally {
+        Uint8Array.prototype.set = set
+      }
+      expect(seen.length).toBe(1)
+      // the fixed header: the first byte and a Remaining Length of 3 bytes
+      expect(seen[0].length).toBe(packet.length - 4)
+      // after the topic, the payload
+      expect(seen[0].subarray(2 + "big/one".length).every((b) => b === 7)).toBe(true)
+      // the packet once, and at most the 5 bytes of its header
+      expect(copied).toBeLessThanOrEqual(packet.length + 5)
+    }
+  })
 })
 
 describe("the encoder's strings", () => {

@@ -260,9 +260,10 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
    */
   let stallAfterConnack: Effect.Effect<void> | undefined
 
-  const onFrame = (header: number, body: Uint8Array): void => {
+  const onFrame = (bytes: Uint8Array, start: number, bodyStart: number, end: number): void => {
     if (out.error !== undefined) return
-    const packet = decode(header, body, version)
+    // one view per packet (of a Node read, each view is a Buffer, made at some cost): the body only
+    const packet = decode(bytes[start], bytes.subarray(bodyStart, end), version)
     if (packet._tag === "Violation") {
       return out.fail(
         violation(version, packet.reason, packet.reasonCode, { packet: packet.packet, rule: packet.rule })
@@ -307,7 +308,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     // whatever the broker sends becomes a typed protocol error, never a defect
     try {
       for (let i = 0; i < chunks.length && out.error === undefined; i++) {
-        const error = framer.push(toBytes(chunks[i]), onFrame)
+        const error = framer.frame(toBytes(chunks[i]), onFrame)
         if (error !== undefined) out.fail(violation(version, error.reason, error.reasonCode))
       }
     } catch (e) {

@@ -10,6 +10,8 @@ import * as Bytes from "./bytes.ts"
 export class Framer {
   private parts: Array<Uint8Array> = []
   private buffered = 0
+  /** the buffered packet's whole size once its fixed header has arrived (0 until then) */
+  private total = 0
   private readonly maximumPacketSize: number
 
   constructor(maximumPacketSize: number) {
@@ -20,9 +22,18 @@ export class Framer {
    * Adds bytes and calls `onPacket` with each complete packet (its first byte and its body). Returns an
    * error instead when the bytes cannot be a packet or a packet is too large.
    */
-  push(
+  push(chunk: Uint8Array, onPacket: (header: number, body: Uint8Array) => void): FrameError | undefined {
+    return this.frame(chunk, (bytes, start, bodyStart, end) => onPacket(bytes[start], bytes.subarray(bodyStart, end)))
+  }
+
+  /**
+   * Adds bytes and calls `onPacket` with each complete packet, as where it lies: `bytes[start]` is its first byte,
+   * `bodyStart` where its body starts, `end` where it ends (no view is made: the caller makes the one it needs).
+   * Returns an error instead when the bytes cannot be a packet or a packet is too large.
+   */
+  frame(
     chunk: Uint8Array,
-    onPacket: (header: number, body: Uint8Array) => void
+    onPacket: (bytes: Uint8Array, start: number, bodyStart: number, end: number) => void
   ): FrameError | undefined {
     let offset = 0
     if (this.buffered > 0) {
@@ -38,7 +49,8 @@ export class Framer {
       const packet = Bytes.concatLike(chunk, this.parts, needed)
       this.parts = []
       this.buffered = 0
-      onPacket(packet[0], packet.subarray(headerLengthOf(packet)))
+      this.total = 0
+      onPacket(packet, 0, headerLengthOf(packet), needed)
     }
     const data = chunk
     while (offset < data.length) {
@@ -48,12 +60,12 @@ export class Framer {
       const total = this.check(header)
       if (typeof total !== "number") return total
       if (offset + total > data.length) break
-      // one view per packet (of a Node read, each view is a Buffer, made at some cost): the body only
-      onPacket(data[offset], data.subarray(offset + header.headerLength, offset + total))
+      onPacket(data, offset, offset + header.headerLength, offset + total)
       offset += total
     }
     if (offset < data.length) {
       this.parts = [data.subarray(offset)]
+      this.total = 0
       this.buffered = data.length - offset
       const needed = this.needed()
       if (typeof needed !== "number") return needed
@@ -61,14 +73,33 @@ export class Framer {
     return undefined
   }
 
-  /** The bytes the buffered packet needs in all, once its header is known. */
+  /**
+   * The bytes the buffered packet needs in all, once its header is known: read once, from at most its first 5
+   * bytes, so that a packet arriving in many reads costs time in proportion to its size (a header split from its
+   * body used to copy everything buffered at each read).
+   */
   private needed(): number | FrameError {
-    const first = this.parts[0]
-    const head = first.length >= 5 || this.parts.length === 1 ? first : Bytes.concat(this.parts, this.buffered)
-    const header = readHeader(head, 0)
+    if (this.total > 0) return this.total
+    const header = readHeader(this.head(), 0)
     if (header === undefined) return Number.MAX_SAFE_INTEGER
     if (typeof header === "string") return { reason: header, reasonCode: 0x81 }
-    return this.check(header)
+    const total = this.check(header)
+    if (typeof total === "number") this.total = total
+    return total
+  }
+
+  /** The first bytes buffered, up to the longest fixed header (5 bytes), in one array. */
+  private head(): Uint8Array {
+    const first = this.parts[0]
+    if (first.length >= 5 || this.parts.length === 1) return first
+    const head = new Uint8Array(Math.min(5, this.buffered))
+    let filled = 0
+    for (let i = 0; filled < head.length; i++) {
+      const part = this.parts[i].subarray(0, head.length - filled)
+      head.set(part, filled)
+      filled += part.length
+    }
+    return head
   }
 
   /** The whole size of a packet from its header, or why it is refused. */

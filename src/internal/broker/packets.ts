@@ -7,6 +7,7 @@
 import * as MqttPacket from "mqtt-packet"
 import { Buffer } from "node:buffer"
 import type * as MqttMessage from "../../MqttMessage.ts"
+import { Framer } from "../framer.ts"
 
 /** The MQTT 5 properties of a PUBLISH, in mqtt-packet's shape. */
 export type PublishPacketProperties = NonNullable<MqttPacket.IPublishPacket["properties"]>
@@ -23,46 +24,6 @@ export const generate = (packet: Packet, protocolVersion: 4 | 5): Uint8Array | u
 }
 
 /**
- * Splits a connection's bytes into whole packets: the fixed header's remaining length says where each ends.
- * Returns the packets complete so far and keeps the rest; a malformed remaining length is an error.
- */
-class Framer {
-  private pending: Buffer = Buffer.alloc(0)
-
-  push(chunk: Uint8Array): Array<Buffer> | "malformed" {
-    const data = this.pending.length === 0
-      ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
-      : Buffer.concat([this.pending, chunk])
-    const packets: Array<Buffer> = []
-    let offset = 0
-    while (offset + 1 < data.length) {
-      let length = 0
-      let multiplier = 1
-      let i = offset + 1
-      let complete = false
-      for (; i < data.length && i < offset + 5; i++) {
-        length += (data[i] & 0x7f) * multiplier
-        multiplier *= 128
-        if ((data[i] & 0x80) === 0) {
-          complete = true
-          break
-        }
-      }
-      if (!complete) {
-        if (i >= offset + 5) return "malformed"
-        break
-      }
-      const end = i + 1 + length
-      if (end > data.length) break
-      packets.push(data.subarray(offset, end))
-      offset = end
-    }
-    this.pending = Buffer.from(data.subarray(offset))
-    return packets
-  }
-}
-
-/**
  * A parser that reports each packet, and its first error; after an error it must not be used again.
  *
  * mqtt-packet is given one whole packet at a time: some of its MQTT 5 checks look at the bytes buffered rather
@@ -72,7 +33,8 @@ class Framer {
 export const parser = (onPacket: (packet: Packet) => void, onError: () => void) => {
   // The parser reads only `protocolVersion` from its settings; a CONNECT of version 5 switches it to 5.
   const p = MqttPacket.parser({ protocolVersion: 4 })
-  const framer = new Framer()
+  // the client's framer, with no limit but MQTT's own: 268,435,455 bytes after a fixed header of at most 5
+  const framer = new Framer(268_435_460)
   let failed = false
   p.on("packet", (packet: Packet) => {
     if (packet.cmd === "connect" && packet.protocolVersion === 5) {
@@ -89,8 +51,11 @@ export const parser = (onPacket: (packet: Packet) => void, onError: () => void) 
   const waiting: Array<Uint8Array> = []
   let parsing = false
   const parseOne = (chunk: Uint8Array): void => {
-    const packets = framer.push(chunk)
-    if (packets === "malformed") return onError()
+    const packets: Array<Buffer> = []
+    const error = framer.frame(chunk, (bytes, start, _bodyStart, end) => {
+      packets.push(Buffer.from(bytes.buffer, bytes.byteOffset + start, end - start))
+    })
+    if (error !== undefined) return onError()
     for (const packet of packets) {
       if (failed) return
       p.parse(packet)
