@@ -848,9 +848,10 @@ export const defaultReconnect: Schedule.Schedule<Duration.Duration> = internal.d
  * `bytesReceived`, `inFlight` (QoS 1/2 publishes holding a packet identifier), `queued` (messages waiting in
  * the `messages` queue), `dropped`, `reconnects`, `connected` (1 or 0).
  *
- * A client's series live while a client of its identifier runs: when the last one's scope closes they leave the
- * registry (a later client of the identifier counts from 0), so that clients made one after another do not grow
- * it without bound.
+ * A client's series live while a client of its identifier runs (two at once count into the same series). When the
+ * last one's scope closes, each series is read once more with its last values, then leaves the registry (at most
+ * 256 identifiers wait for that read), so that clients made one after another do not grow it without bound; a
+ * later client of the identifier counts from 0.
  *
  * @since 0.2.0
  * @category metrics

@@ -224,7 +224,8 @@ describe("the decoder and the framer on plain Uint8Arrays, as in a browser", () 
           expect(framer.push(packet.subarray(cuts[i], cuts[i + 1]), (_header, body) => seen.push(body))).toBeUndefined()
         }
       } finally {
-        Uint8Array.prototype.set = set
+        // the spy was an own property of Uint8Array.prototype: the inherited `set` again
+        delete (Uint8Array.prototype as { set?: unknown }).set
       }
       expect(seen.length).toBe(1)
       // the fixed header: the first byte and a Remaining Length of 3 bytes

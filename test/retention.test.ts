@@ -9,8 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Stream } from "effect"
 import { MqttClient } from "effect-mqtt"
-import * as V8 from "node:v8"
-import * as Vm from "node:vm"
+import { heapUsed } from "./support/heap.ts"
 import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
 
 let broker: MosquittoHandle
@@ -18,21 +17,6 @@ beforeAll(async () => {
   broker = await startMosquitto()
 })
 afterAll(() => broker?.dispose())
-
-/**
- * The heap's objects after two full collections (V8's collector, without `--expose-gc` on the command line): the
- * code spaces left out, where the JIT goes on compiling and recompiling long after a warm-up.
- */
-const heapUsed = (() => {
-  V8.setFlagsFromString("--expose-gc")
-  const gc = Vm.runInNewContext("gc") as () => void
-  return () => {
-    gc()
-    gc()
-    return V8.getHeapSpaceStatistics().filter((space) => !space.space_name.startsWith("code"))
-      .reduce((sum, space) => sum + space.space_used_size, 0)
-  }
-})()
 
 describe("a long-lived client keeps nothing of ended work", () => {
   for (const protocolVersion of [4, 5] as const) {

@@ -6,8 +6,7 @@ import { afterAll, assert, beforeAll, describe, expect, it } from "@effect/vites
 import { Effect, Metric, Stream, Tracer } from "effect"
 import { IncomingQueue, MqttClient, MqttMessage, MqttTestBroker } from "effect-mqtt"
 import { TestClock } from "effect/testing"
-import * as V8 from "node:v8"
-import * as Vm from "node:vm"
+import { heapUsed } from "./support/heap.ts"
 import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
 
 let broker: MosquittoHandle
@@ -127,12 +126,6 @@ describe("trace context across the broker", () => {
     }))
 })
 
-/** V8's garbage collector, run on demand (without `--expose-gc` on the command line). */
-const collector = (): () => void => {
-  V8.setFlagsFromString("--expose-gc")
-  return Vm.runInNewContext("gc") as () => void
-}
-
 /** The value of one of the client's metrics, for one client (and QoS). */
 const metricValue = (name: string, clientId: string, qos?: number) =>
   Effect.map(Metric.snapshot, (snapshots) => {
@@ -203,7 +196,7 @@ describe("metrics", () => {
       expect((yield* Metric.value(family)).count).toBe(5)
     }))
 
-  it.effect("a client's series live while a client of its identifier runs: two at once count into one series, and when the last goes they leave the registry; a later client counts from 0", () =>
+  it.effect("a client's series live while a client of its identifier runs: two at once count into one series; when the last goes each series is read once more with its last values, then leaves; a later client counts from 0", () =>
     Effect.gen(function*() {
       const testBroker = yield* MqttTestBroker.make()
       const id = `metrics-life-${process.pid}`
@@ -217,7 +210,8 @@ describe("metrics", () => {
         // 4 counters by QoS (3 each), 5 more
         expect(yield* seriesOf()).toBe(17)
       }))
-      // the client is gone: so are its series
+      // the client is gone: its series are read once more, with their last values, then they are gone
+      expect(yield* sent()).toBe(3)
       expect(yield* seriesOf()).toBe(0)
       yield* Effect.scoped(Effect.gen(function*() {
         const a = yield* testBroker.makeClient({ clientId: id, logLevel: "None", cleanStart: true })
@@ -239,15 +233,62 @@ describe("metrics", () => {
         )
         expect(series.length).toBe(1)
       }))
+      // a client of the identifier made before the last read of the gone one's series replaces them
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* testBroker.makeClient({ clientId: id, logLevel: "None", cleanStart: true })
+        yield* c.publish("m/life", "x")
+        expect(yield* sent()).toBe(1)
+      }))
+      expect(yield* sent()).toBe(1)
       expect(yield* seriesOf()).toBe(0)
     }))
 
+  it.effect("an exporter's last export, in a finalizer that runs after the client is released (the telemetry layer beneath the client's), sees the client's last counts", () =>
+    Effect.gen(function*() {
+      const testBroker = yield* MqttTestBroker.make()
+      const id = `metrics-flush-${process.pid}`
+      let lastExport: number | undefined
+      yield* Effect.scoped(Effect.gen(function*() {
+        // added first, so run last: as OtlpMetrics' final export when the client's layer is provided by it
+        yield* Effect.addFinalizer(() =>
+          Effect.map(metricValue("mqtt.client.messages.sent", id, 1), (sent) => {
+            lastExport = sent
+          })
+        )
+        const client = yield* testBroker.makeClient({ clientId: id, logLevel: "None" })
+        for (let i = 0; i < 3; i++) yield* client.publish("m/flush", "x", { qos: 1 })
+      }))
+      expect(lastExport).toBe(3)
+      expect(yield* metricValue("mqtt.client.messages.sent", id, 1)).toBe(0)
+    }))
+
+  it.effect("two clients of one identifier (on two brokers): their gauges are the sum, and connected while either is", () =>
+    Effect.gen(function*() {
+      const first = yield* MqttTestBroker.make()
+      const second = yield* MqttTestBroker.make()
+      const id = `metrics-gauges-${process.pid}`
+      const b = yield* second.makeClient({ clientId: id, logLevel: "None", queue: IncomingQueue.bounded(16) })
+      yield* b.subscribe("g/#")
+      yield* Effect.scoped(Effect.gen(function*() {
+        const a = yield* first.makeClient({ clientId: id, logLevel: "None", queue: IncomingQueue.bounded(16) })
+        yield* a.subscribe("g/#")
+        for (let i = 0; i < 2; i++) yield* first.publish("g/a", "x")
+        for (let i = 0; i < 3; i++) yield* second.publish("g/b", "x")
+        // each client counts its queue after each read from its broker
+        for (let i = 0; i < 100 && (yield* metricValue("mqtt.client.queue.depth", id)) < 5; i++) yield* Effect.yieldNow
+        expect(yield* metricValue("mqtt.client.queue.depth", id)).toBe(5)
+        expect(yield* metricValue("mqtt.client.connected", id)).toBe(1)
+      }))
+      // a is gone (its shutdown wrote connected 0 into the shared series before): b is still connected
+      expect(yield* metricValue("mqtt.client.connected", id)).toBe(1)
+      expect(yield* metricValue("mqtt.client.queue.depth", id)).toBe(3)
+    }))
+
   it.effect(
-    "clients made and released one after another leave nothing behind: the registry and the heap stay as they were",
+    "clients made and released one after another leave nothing behind once the registry is read, and at most 256 identifiers wait for that read",
     () =>
       Effect.gen(function*() {
         const testBroker = yield* MqttTestBroker.make()
-        const gc = collector()
         const churn = (n: number, named: boolean) =>
           Effect.forEach(
             Array.from({ length: n }, (_, i) => i),
@@ -262,20 +303,22 @@ describe("metrics", () => {
               })),
             { discard: true }
           )
-        const heap = () => {
-          gc()
-          gc()
-          return process.memoryUsage().heapUsed
-        }
+        const read = Effect.map(Metric.snapshot, (all) => all.length)
         // warm up: code compiled, pools and caches filled
         yield* churn(200, false)
-        const series = (yield* Metric.snapshot).length
-        const before = heap()
+        // the last read of the series of the clients gone so far (these 200, and earlier tests')
+        const lastRead = yield* read
+        const series = yield* read
+        expect(lastRead).toBeGreaterThanOrEqual(series + 200 * 17)
+        expect(yield* read).toBe(series)
+        const before = heapUsed()
         yield* churn(300, false)
         yield* churn(300, true)
-        expect((yield* Metric.snapshot).length).toBe(series)
-        // each client held about 17 KB in the registry for good before its series were removed (10 MB for these 600)
-        const perClient = (heap() - before) / 600
+        // with no read in between, the last 256 identifiers' series wait for it
+        expect(yield* read).toBe(series + 256 * 17)
+        expect(yield* read).toBe(series)
+        // each client held about 17 KB in the registry for good before (10 MB for these 600)
+        const perClient = (heapUsed() - before) / 600
         expect(perClient).toBeLessThan(3 * 1024)
       }),
     60_000

@@ -116,7 +116,7 @@ export const make = (
       strictReceiveMaximum: o.strictReceiveMaximum
     })
     const metrics = new ClientMetrics(o.clientId, yield* Effect.context<never>())
-    // added before the shutdown's finalizer, so run after it: the last updates (connected 0) are kept
+    // added before the shutdown's finalizer, so run after it: the series' last read sees its last updates
     yield* Scope.addFinalizer(scope, Effect.sync(() => metrics.release()))
     let driver: Driver
     const deliveries = new Deliveries(

@@ -44,68 +44,116 @@ export const metrics = {
 type Counter = Metric.Metric<number, unknown>
 
 /**
- * One series of one client identifier: a metric object bound to its attributes, and its value, kept in a plain
- * number. The registry reads it when it is read (`Metric.registerUnsafe`): counting costs an addition, not a
+ * How many identifiers whose clients have all gone keep their series until the registry is next read (an
+ * exporter's last export, at shutdown, runs after the clients are released); past it, the oldest leave at once.
+ */
+export const RELEASED_KEPT = 256
+
+/**
+ * One series of one client identifier: a metric object bound to its attributes, whose state the registry reads
+ * from the client's plain numbers when it is read (`Metric.registerUnsafe`): counting costs an addition, not a
  * registry lookup per update (about a tenth of the client's CPU per QoS 0 message).
  */
 class Series {
-  value = 0
   private readonly registration: Metric.Registration
+  /** no client of the identifier is left: the next read of the series is its last */
+  private last = false
+  private gone = false
+  private readonly onGone: () => void
 
-  constructor(metric: Counter, counter: boolean, context: Context.Context<never>) {
+  constructor(
+    metric: Counter,
+    state: () => Metric.CounterState<number> | Metric.GaugeState<number>,
+    context: Context.Context<never>,
+    onGone: () => void
+  ) {
+    this.onGone = onGone
     this.registration = Metric.registerUnsafe(metric, context, {
-      get: counter ? () => ({ count: this.value, incremental: true }) : () => ({ value: this.value }),
+      get: () => {
+        const now = state()
+        if (this.last) this.remove()
+        return now
+      },
       update: () => {},
       modify: () => {}
     })
   }
 
-  /** The series leaves the registry. */
-  release(): void {
+  /** Read once more, then gone. */
+  readOnceMore(): void {
+    this.last = true
+  }
+
+  remove(): void {
+    if (this.gone) return
+    this.gone = true
     this.registration.remove()
+    this.onGone()
   }
 }
+
+const COUNTERS = ["messagesSent", "bytesSent", "messagesReceived", "bytesReceived"] as const
+type ByQos = (typeof COUNTERS)[number]
 
 /** The series of one client identifier in one registry: shared by the clients of that identifier in a process. */
 class Cell {
-  users = 0
-  readonly byQos: Record<
-    "messagesSent" | "bytesSent" | "messagesReceived" | "bytesReceived",
-    ReadonlyArray<Series>
-  >
-  readonly plain: Record<"inFlight" | "queued" | "dropped" | "reconnects" | "connected", Series>
+  /** the clients of the identifier running in this registry */
+  readonly users = new Set<ClientMetrics>()
+  /** counts by QoS, and the counters that are not */
+  readonly byQos: Record<ByQos, [number, number, number]> = {
+    messagesSent: [0, 0, 0],
+    bytesSent: [0, 0, 0],
+    messagesReceived: [0, 0, 0],
+    bytesReceived: [0, 0, 0]
+  }
+  dropped = 0
+  reconnects = 0
+  private readonly series: Array<Series> = []
+  private left: number
 
-  constructor(clientId: string, context: Context.Context<never>) {
+  constructor(clientId: string, context: Context.Context<never>, onGone: (cell: Cell) => void) {
     const client = { "messaging.system": "mqtt", "messaging.client.id": clientId }
-    const qos = (family: () => Counter) =>
-      [0, 1, 2].map((q) =>
-        new Series(Metric.withAttributes(family(), { ...client, "mqtt.qos": String(q) }) as Counter, true, context)
-      )
-    this.byQos = {
-      messagesSent: qos(families.messagesSent),
-      bytesSent: qos(families.bytesSent),
-      messagesReceived: qos(families.messagesReceived),
-      bytesReceived: qos(families.bytesReceived)
+    const gone = () => {
+      if (--this.left === 0) onGone(this)
     }
-    const bind = (family: () => Counter, counter: boolean) =>
-      new Series(Metric.withAttributes(family(), client) as Counter, counter, context)
-    this.plain = {
-      inFlight: bind(families.inFlight, false),
-      queued: bind(families.queued, false),
-      dropped: bind(families.dropped, true),
-      reconnects: bind(families.reconnects, true),
-      connected: bind(families.connected, false)
+    const add = (
+      family: () => Counter,
+      attributes: Record<string, string>,
+      state: () => Metric.CounterState<number> | Metric.GaugeState<number>
+    ) => this.series.push(new Series(Metric.withAttributes(family(), attributes) as Counter, state, context, gone))
+    const count = (read: () => number) => () => ({ count: read(), incremental: true })
+    // a gauge of several clients of one identifier: their sum (in flight, queued), or whether any is (connected)
+    const gauge = (read: (user: ClientMetrics) => number, any = false) => () => {
+      let value = 0
+      for (const user of this.users) value = any ? Math.max(value, read(user)) : value + read(user)
+      return { value }
     }
+    for (const name of COUNTERS) {
+      for (const q of [0, 1, 2] as const) {
+        add(families[name], { ...client, "mqtt.qos": String(q) }, count(() => this.byQos[name][q]))
+      }
+    }
+    add(families.inFlight, client, gauge((user) => user.inFlight))
+    add(families.queued, client, gauge((user) => user.queued))
+    add(families.dropped, client, count(() => this.dropped))
+    add(families.reconnects, client, count(() => this.reconnects))
+    add(families.connected, client, gauge((user) => user.connected, true))
+    this.left = this.series.length
   }
 
+  /** No client of the identifier is left: each series is read once more (its last values), then leaves. */
   release(): void {
-    for (const series of Object.values(this.byQos)) for (const one of series) one.release()
-    for (const one of Object.values(this.plain)) one.release()
+    for (const one of this.series) one.readOnceMore()
+  }
+
+  /** The series leave the registry now. */
+  remove(): void {
+    for (const one of this.series) one.remove()
   }
 }
 
-/** The cells of each registry, by client identifier. */
-const cells = new WeakMap<object, Map<string, Cell>>()
+/** The cells of each registry: of running clients, and of identifiers whose clients are gone (oldest first). */
+const cells = new WeakMap<object, { readonly running: Map<string, Cell>; readonly released: Map<string, Cell> }>()
 
 /**
  * One client's metrics, in the registry of the context the client was made in (Effect's `MetricRegistry`).
@@ -114,69 +162,90 @@ const cells = new WeakMap<object, Map<string, Cell>>()
  * `Metric.withAttributes(metrics.<family>, ...)`, so it is the same series in the registry: read with
  * `Metric.value` or `Metric.snapshot`, exported by Effect's OTLP and Prometheus modules. While a client runs, its
  * series are registered with hooks that read its counts (`Metric.registerUnsafe`). Clients of the same identifier
- * running at once in one registry count into the same series; when the last of them goes (its scope closes), the
- * series leave the registry, so that clients made and released one after another (each with a generated
- * identifier, say) do not grow it without bound. A later client of that identifier counts from 0 again: a counter
- * reset, as after a restart of the process.
+ * running at once in one registry count into the same series (the gauges: their sum, and whether any is
+ * connected).
+ *
+ * When the last of them goes (its scope closes), each series is read once more, with its last values (an
+ * exporter's final export runs after the clients are released), and then leaves the registry; at most
+ * `RELEASED_KEPT` identifiers wait for that read, the oldest leaving first. So clients made and released one after
+ * another (each with a generated identifier, say) do not grow the registry without bound. A later client of the
+ * identifier counts from 0: a counter reset, as after a restart of the process.
  */
 export class ClientMetrics {
   private readonly cell: Cell
   private readonly clientId: string
-  private readonly registry: Map<string, Cell>
+  private readonly registry: { readonly running: Map<string, Cell>; readonly released: Map<string, Cell> }
   private released = false
+  inFlight = 0
+  queued = 0
+  connected = 0
 
   constructor(clientId: string, context: Context.Context<never>) {
     this.clientId = clientId
     const registry = Context.get(context, Metric.MetricRegistry)
     let byId = cells.get(registry)
-    if (byId === undefined) cells.set(registry, byId = new Map())
+    if (byId === undefined) cells.set(registry, byId = { running: new Map(), released: new Map() })
     this.registry = byId
-    let cell = byId.get(clientId)
-    if (cell === undefined) byId.set(clientId, cell = new Cell(clientId, context))
-    cell.users++
+    let cell = byId.running.get(clientId)
+    if (cell === undefined) {
+      // the series of a client of this identifier that is gone are replaced (and its last counts, if unread)
+      byId.released.get(clientId)?.remove()
+      const released = byId.released
+      byId.running.set(
+        clientId,
+        cell = new Cell(clientId, context, (gone) => {
+          if (released.get(clientId) === gone) released.delete(clientId)
+        })
+      )
+    }
+    cell.users.add(this)
     this.cell = cell
   }
 
   sent(qos: QoS, bytes: number): void {
     const byQos = this.cell.byQos
-    byQos.messagesSent[qos].value++
-    byQos.bytesSent[qos].value += bytes
+    byQos.messagesSent[qos]++
+    byQos.bytesSent[qos] += bytes
   }
 
   /** Counts received messages by QoS: `counts[qos]` messages and `bytes[qos]` payload bytes. */
   received(counts: ReadonlyArray<number>, bytes: ReadonlyArray<number>): void {
     const byQos = this.cell.byQos
     for (let q = 0; q < 3; q++) {
-      byQos.messagesReceived[q].value += counts[q]
-      byQos.bytesReceived[q].value += bytes[q]
+      byQos.messagesReceived[q] += counts[q]
+      byQos.bytesReceived[q] += bytes[q]
     }
   }
 
   gauges(inFlight: number, queued: number): void {
-    this.cell.plain.inFlight.value = inFlight
-    this.cell.plain.queued.value = queued
+    this.inFlight = inFlight
+    this.queued = queued
   }
 
   dropped(): void {
-    this.cell.plain.dropped.value++
+    this.cell.dropped++
   }
 
   connection(connected: boolean, reconnected: boolean): void {
-    this.cell.plain.connected.value = connected ? 1 : 0
-    if (reconnected) this.cell.plain.reconnects.value++
+    this.connected = connected ? 1 : 0
+    if (reconnected) this.cell.reconnects++
   }
 
   /**
-   * The client is gone: once no client of its identifier is left, its series leave the registry. Later counts
-   * are not recorded.
+   * The client is gone: once no client of its identifier is left, its series are read once more, then leave the
+   * registry. Later counts are not recorded.
    */
   release(): void {
     if (this.released) return
     this.released = true
     const cell = this.cell
-    if (--cell.users > 0) return
-    if (this.registry.get(this.clientId) === cell) this.registry.delete(this.clientId)
+    cell.users.delete(this)
+    if (cell.users.size > 0) return
+    const { released, running } = this.registry
+    if (running.get(this.clientId) === cell) running.delete(this.clientId)
     cell.release()
+    released.set(this.clientId, cell)
+    if (released.size > RELEASED_KEPT) released.values().next().value!.remove()
   }
 }
 
