@@ -770,7 +770,8 @@ describe("followServerReference never leaves TLS: the server's that sent the ref
           (endpoint, broker, from) =>
             Effect.sync(() => {
               made.push(`${broker} for ${from.origin}`)
-              return { broker, endpoint, index: -1, origin: from.origin } as unknown as Failover.Node
+              const node = { broker, endpoint, index: -1, origin: from.origin } as unknown as Failover.Node
+              return { node, release: Effect.void }
             })
         )
         const follow = (reference: string, from: Failover.Node) =>
@@ -790,13 +791,45 @@ describe("followServerReference never leaves TLS: the server's that sent the ref
       })
   )
 
+  it.effect(`places Server References led to: at most ${Failover.REFERENCED_KEPT} kept, the least recently followed let go (its socket writer released), never the one of the last connection`, () =>
+    Effect.gen(function*() {
+      const a = yield* node("mqtt://127.0.0.1:1001", 0)
+      const released: Array<string> = []
+      let made = 0
+      const nodes = new Failover.Nodes([a], () => true, (endpoint, broker) =>
+        Effect.sync(() => {
+          made++
+          const node = { broker, endpoint, index: -1, origin: 0 } as unknown as Failover.Node
+          return { node, release: Effect.sync(() => released.push(broker)) }
+        }))
+      const follow = (port: number) =>
+        Effect.map(nodes.redirect(lostWith(`127.0.0.1:${port}`), a), (r) => r?._tag === "Follow" ? r.node : undefined)
+      // the client connects to the first place, then is sent to a new address at each attempt (pod addresses)
+      const first = (yield* follow(2000))!
+      nodes.connected(first)
+      for (let port = 2001; port < 2100; port++) yield* follow(port)
+      expect(made).toBe(100)
+      // 99 made after the first; all but the last 15 of them let go, the first kept (the last connection's)
+      expect(released.length).toBe(100 - Failover.REFERENCED_KEPT)
+      expect(released).not.toContain("mqtt://127.0.0.1:2000")
+      expect(released[0]).toBe("mqtt://127.0.0.1:2001")
+      // a place followed again is the same node, made once, and counts as recently followed
+      const kept = yield* follow(2099)
+      expect(kept?.broker).toBe("mqtt://127.0.0.1:2099")
+      expect(made).toBe(100)
+      yield* follow(2100)
+      expect(released).not.toContain("mqtt://127.0.0.1:2099")
+      expect(released.at(-1)).toBe("mqtt://127.0.0.1:2085")
+    }))
+
   it.effect("a plaintext list referred to mqtts:// is not referred on from there to mqtt://", () =>
     Effect.gen(function*() {
       const a = yield* node("mqtt://127.0.0.1:1001", 0)
       const nodes = new Failover.Nodes(
         [a],
         () => true,
-        (endpoint, broker) => node(broker, -1).pipe(Effect.map((n) => ({ ...n, endpoint })))
+        (endpoint, broker) =>
+          node(broker, -1).pipe(Effect.map((n) => ({ node: { ...n, endpoint }, release: Effect.void })))
       )
       expect(yield* decide(nodes, "mqtts://localhost:1002", a)).toBe("follow mqtts://localhost:1002")
       const tls = yield* node("mqtts://localhost:1002", -1)

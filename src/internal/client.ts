@@ -6,6 +6,7 @@
 import type * as Arr from "effect/Array"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
@@ -146,18 +147,23 @@ export const make = (
     const nodes = new Failover.Nodes(
       configured as unknown as Arr.NonEmptyReadonlyArray<Failover.Node>,
       o.followServerReference,
-      // a place a Server Reference led to: its socket lives as long as the connections
+      // a place a Server Reference led to: its socket writer lives in a scope of its own under the connections',
+      // closed when the place is let go
       (endpoint, broker, from) =>
-        Scope.provide(
-          makeNode(options, platform, endpoint, {
-            broker,
-            username: from.username,
-            password: from.password,
-            index: -1,
-            origin: from.origin
-          }),
-          parent
-        )
+        Effect.gen(function*() {
+          const own = yield* Scope.fork(parent)
+          const node = yield* Scope.provide(
+            makeNode(options, platform, endpoint, {
+              broker,
+              username: from.username,
+              password: from.password,
+              index: -1,
+              origin: from.origin
+            }),
+            own
+          ).pipe(Effect.onError(() => Scope.close(own, Exit.void)))
+          return { node, release: Scope.close(own, Exit.void) }
+        })
     )
     const status = yield* SubscriptionRef.make<MqttClient.ConnectionStatus>({
       _tag: "Connecting",

@@ -70,6 +70,19 @@ const referenceUrl = (reference: string, from: Url.Endpoint): string | { readonl
 }
 
 /**
+ * How many places Server References led to are kept, each with its socket writer (a cluster behind a balancer may
+ * send the client to a new address each time); past it, the least recently followed one is let go, unless the
+ * client's last connection was to it.
+ */
+export const REFERENCED_KEPT = 16
+
+/** A place a Server Reference led to: its node, and what lets its socket writer go. */
+export interface Place {
+  readonly node: Node
+  readonly release: Effect.Effect<void>
+}
+
+/**
  * The nodes of one client and its position among them. A round of attempts begins with the node after the one
  * of the last connection and ends with that one, so that a lost node is tried last; a place a Server Reference
  * led to is tried first, once.
@@ -78,19 +91,22 @@ export class Nodes {
   readonly configured: Arr.NonEmptyReadonlyArray<Node>
   /** the position in `configured` of the last connection's node */
   private position = -1
-  private readonly referenced = new Map<string, Node>()
+  /** the node of the last connection */
+  private current: Node | undefined
+  /** the places Server References led to, the least recently followed first */
+  private readonly referenced = new Map<string, Place>()
   private readonly policy: MqttClient.Options["followServerReference"]
   private readonly encrypted: boolean
   private readonly make: (
     endpoint: Url.Endpoint,
     broker: string,
     from: Node
-  ) => Effect.Effect<Node, MqttError.MqttError>
+  ) => Effect.Effect<Place, MqttError.MqttError>
 
   constructor(
     configured: Arr.NonEmptyReadonlyArray<Node>,
     policy: MqttClient.Options["followServerReference"],
-    make: (endpoint: Url.Endpoint, broker: string, from: Node) => Effect.Effect<Node, MqttError.MqttError>
+    make: (endpoint: Url.Endpoint, broker: string, from: Node) => Effect.Effect<Place, MqttError.MqttError>
   ) {
     this.configured = configured
     this.policy = policy
@@ -116,6 +132,7 @@ export class Nodes {
 
   /** A connection to `node` was accepted. */
   connected(node: Node): void {
+    this.current = node
     if (node.index >= 0) this.position = node.index
   }
 
@@ -178,12 +195,29 @@ export class Nodes {
       // elsewhere: the credentials of the list node the client came from, so one place per such node
       const place = `${from.origin} ${key}`
       const known = self.referenced.get(place)
-      if (known !== undefined) return { _tag: "Follow", node: known } as const
+      if (known !== undefined) {
+        self.referenced.delete(place)
+        self.referenced.set(place, known)
+        return { _tag: "Follow", node: known.node } as const
+      }
       const made = yield* Effect.result(self.make(endpoint, broker, from))
       if (made._tag === "Failure") return refuse(reference, made.failure.message)
       self.referenced.set(place, made.success)
-      return { _tag: "Follow", node: made.success } as const
+      yield* self.letGo()
+      return { _tag: "Follow", node: made.success.node } as const
     })
+  }
+
+  /** Lets the least recently followed places go while more than `REFERENCED_KEPT` are kept. */
+  private letGo(): Effect.Effect<void> {
+    const gone: Array<Place> = []
+    for (const [key, place] of this.referenced) {
+      if (this.referenced.size <= REFERENCED_KEPT) break
+      if (place.node === this.current) continue
+      this.referenced.delete(key)
+      gone.push(place)
+    }
+    return Effect.forEach(gone, (place) => place.release, { discard: true })
   }
 }
 
