@@ -730,7 +730,10 @@ export interface Client {
    */
   readonly messages: Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>
 
-  /** The number of messages a sliding or dropping queue has dropped so far. */
+  /**
+   * The number of messages dropped so far: by a sliding or dropping queue, and those a released `subscription()`
+   * stream left while nothing reads `messages` (acknowledged unread).
+   */
   readonly droppedMessages: Effect.Effect<number>
 
   /** The number of received messages waiting in the queue for a consumer of `messages`. */
@@ -757,6 +760,12 @@ export interface Client {
    * says they matched; otherwise by topic filter. Fails as `subscribe` does. When a later connection cannot
    * take the subscription (it restores it on a broker, or another node of `url`, whose CONNACK rules it out),
    * the stream fails with that `SubscribeError` once its waiting messages are taken.
+   *
+   * When the scope closes, the messages its queue still holds (and those that arrive for it before the broker's
+   * UNSUBACK) go to `messages` if the application reads `messages` (it subscribed through `subscribe`, or ran
+   * the stream); otherwise they are acknowledged unread, counted in `droppedMessages`, and logged at Warn: left
+   * in a queue nobody reads, a QoS 1/2 message would hold back every later acknowledgement [MQTT-4.6.0-2], and
+   * so every later QoS 1/2 delivery.
    */
   readonly subscription: (
     filters: string | Subscription | ReadonlyArray<string | Subscription>,

@@ -425,6 +425,46 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
     )
   }
 
+  for (const version of versions) {
+    it.live(
+      `${
+        label(version)
+      }: a client that never reads \`messages\`: what its released subscription() streams leave is acknowledged unread and counted, and QoS 1 delivery goes on`,
+      () =>
+        Effect.gen(function*() {
+          const publisher = yield* publisherFor(version)
+          const client = yield* MqttClient.make({
+            url: broker.url,
+            protocolVersion: version,
+            // MQTT 5: the broker's window of unacknowledged QoS 1/2 messages, as Mosquitto's 20 on MQTT 3.1.1
+            receiveMaximum: 20,
+            logLevel: "None"
+          })
+          const liveTopic = unique("live")
+          const live = yield* client.subscription(`${liveTopic}/#`, { qos: 1 })
+          // five "first answer wins" streams: ten QoS 1 messages each, one taken, nine left at release; the nine
+          // went to `messages`, which nobody reads: unacknowledged, they held back every later acknowledgement
+          for (let round = 0; round < 5; round++) {
+            const once = unique("once")
+            yield* Effect.scoped(Effect.gen(function*() {
+              const stream = yield* client.subscription(once, { qos: 1 })
+              yield* publishAll(publisher, once, TEN)
+              // behind the ten from the same publisher: once it is on the live stream, the ten are in this one
+              yield* publisher.publish(`${liveTopic}/marker`, `marker ${round}`, { qos: 1 })
+              assert.deepStrictEqual(texts(yield* within("the marker", take(live, 1))), [`marker ${round}`])
+              yield* take(stream, 1)
+            }))
+          }
+          assert.strictEqual(yield* client.queuedMessages, 0)
+          assert.strictEqual(yield* client.droppedMessages, 45)
+          const later = numbered(300)
+          yield* publishAll(publisher, `${liveTopic}/a`, later)
+          // before, 19 (MQTT 3.1.1, Mosquitto's 20 in flight) or none (MQTT 5) of them arrived
+          assert.deepStrictEqual(texts(yield* within("300 on the live stream", take(live, 300))), later)
+        })
+    )
+  }
+
   describe("MQTT 5, respond(): a handler that stops leaves the requests it did not take queued on `messages`", () => {
     /**
      * A responder whose handler answers "1" and "2", and never finishes "3"; ten requests "1" to "10" published

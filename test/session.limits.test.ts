@@ -4,10 +4,11 @@
  * is written, on the connection it goes out on. No socket: the session core only.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Stream } from "effect"
 import * as IncomingQueue from "../src/IncomingQueue.ts"
 import * as Codec from "../src/internal/codec.ts"
 import { Deliveries } from "../src/internal/delivery.ts"
+import { InboundRecord } from "../src/internal/output.ts"
 import { MESSAGES, Request } from "../src/internal/subscriptions.ts"
 import { ClientMetrics } from "../src/internal/telemetry.ts"
 import * as MqttError from "../src/MqttError.ts"
@@ -542,12 +543,14 @@ describe("session: refusals keep the broker and the claims in step", () => {
 describe("delivery: a failed owner's copy", () => {
   const deliveries = () => {
     const context = Effect.runSync(Effect.context<never>())
-    return new Deliveries(IncomingQueue.unbounded, false, () => undefined, new ClientMetrics("c", context))
+    return new Deliveries(IncomingQueue.unbounded, false, () => undefined, new ClientMetrics("c", context), () => {})
   }
   const error = new MqttError.SubscribeError({ filter: "a/#", reasonCode: 0xa2, reasonString: "test" })
 
   it("goes to `messages` once, and not at all when `messages` takes the message already", () => {
     const d = deliveries()
+    // the application reads `messages`
+    d.subscribed()
     const one = d.addQueue(false)
     const two = d.addQueue(false)
     d.fail(one.owner, error)
@@ -558,5 +561,62 @@ describe("delivery: a failed owner's copy", () => {
       { message: message("two failed"), owners: [one.owner, two.owner], record: undefined }
     ])
     expect(d.messages.size).toBe(2)
+  })
+
+  it("is acknowledged unread and counted as dropped, with one warning, when the application does not read `messages`", () => {
+    const warnings: Array<string> = []
+    const acknowledged: Array<number> = []
+    const context = Effect.runSync(Effect.context<never>())
+    const d = new Deliveries(
+      IncomingQueue.unbounded,
+      false,
+      (record) => {
+        acknowledged.push(record.id)
+        return undefined
+      },
+      new ClientMetrics("c", context),
+      (warning) => warnings.push(warning)
+    )
+    const one = d.addQueue(false)
+    d.fail(one.owner, error)
+    const message = (text: string) => new MqttMessage("a/b", new TextEncoder().encode(text), 1, false, false, undefined)
+    d.deliver([1, 2].map((id) => ({
+      message: message(`m${id}`),
+      owners: [one.owner],
+      record: new InboundRecord(id, 1, 0)
+    })))
+    expect(d.messages.size).toBe(0)
+    expect(acknowledged).toEqual([1, 2])
+    expect(d.dropped).toBe(2)
+    expect(warnings.length).toBe(1)
+  })
+
+  it("what a released stream leaves goes to `messages` once the application has run `messages`, and is given up before", () => {
+    const warnings: Array<string> = []
+    const context = Effect.runSync(Effect.context<never>())
+    const d = new Deliveries(
+      IncomingQueue.bounded(10),
+      false,
+      () => undefined,
+      new ClientMetrics("c", context),
+      (warning) => warnings.push(warning)
+    )
+    const leave = (texts: ReadonlyArray<string>) => {
+      const { owner } = d.addQueue(false)
+      d.deliver(texts.map((text) => ({
+        message: new MqttMessage("a/b", new TextEncoder().encode(text), 0, false, false, undefined),
+        owners: [owner],
+        record: undefined
+      })))
+      d.remove(owner)
+    }
+    leave(["before"])
+    expect([d.messages.size, d.dropped, warnings.length]).toEqual([0, 1, 1])
+    // a consumer of `messages`: it waits for one message
+    const taken: Array<string> = []
+    Effect.runFork(Stream.runForEach(Stream.take(d.messages.stream, 1), (m) => Effect.sync(() => taken.push(m.text))))
+    leave(["after 1", "after 2"])
+    expect(d.dropped).toBe(1)
+    expect([...taken, ...d.messages.drainUnsafe().map((m) => m.text)]).toEqual(["after 1", "after 2"])
   })
 })

@@ -119,20 +119,22 @@ export const make = (
     const metrics = new ClientMetrics(o.clientId, yield* Effect.context<never>())
     // added before the shutdown's finalizer, so run after it: the series' last read sees its last updates
     yield* Scope.addFinalizer(scope, Effect.sync(() => metrics.release()))
+    // the session's and the deliveries' warnings are the client's log lines: through the application's logger
+    // (the services of `make`), filtered by `logLevel`, annotated with the broker
+    const context = yield* Effect.context<never>()
+    let supervisor: Supervisor | undefined
+    const warn = (warning: string) => {
+      if (supervisor !== undefined) Effect.runForkWith(context)(supervisor.log("Warn", warning))
+    }
     let driver: Driver
     const deliveries = new Deliveries(
       o.queue,
       o.acknowledgement === "manual",
       (record) => driver.settled(record),
-      metrics
+      metrics,
+      warn
     )
-    // the session's warnings are the client's log lines: through the application's logger (the services of
-    // `make`), filtered by `logLevel`, annotated with the broker
-    const context = yield* Effect.context<never>()
-    let supervisor: Supervisor | undefined
-    driver = new Driver(session, deliveries, metrics, (warning) => {
-      if (supervisor !== undefined) Effect.runForkWith(context)(supervisor.log("Warn", warning))
-    })
+    driver = new Driver(session, deliveries, metrics, warn)
     const configured: Array<Failover.Node> = []
     for (let index = 0; index < o.nodes.length; index++) {
       const { url, endpoint, username, password } = o.nodes[index]

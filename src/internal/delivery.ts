@@ -58,7 +58,12 @@ export class Deliveries {
   /** messages dropped by the queues of owners that are gone */
   private droppedByGone = 0
 
+  /** the application subscribed through `subscribe` (the filters of `messages`) */
+  private messagesSubscribed = false
+  private warnedGoneCopies = false
+
   private readonly metrics: ClientMetrics
+  private readonly warn: (warning: string) => void
   private readonly counts = [0, 0, 0]
   private readonly bytes = [0, 0, 0]
 
@@ -66,11 +71,13 @@ export class Deliveries {
     strategy: IncomingQueue.Strategy,
     manual: boolean,
     sink: Sink,
-    metrics: ClientMetrics
+    metrics: ClientMetrics,
+    warn: (warning: string) => void
   ) {
     this.strategy = strategy
     this.sink = sink
     this.metrics = metrics
+    this.warn = warn
     this.messages = this.makeQueue(manual)
     this.owners.set(MESSAGES, { queue: this.messages, handle: undefined, manual })
   }
@@ -103,9 +110,33 @@ export class Deliveries {
     return owner
   }
 
+  /** The application subscribes through `subscribe`: `messages` is read (see `takesLeftovers`). */
+  subscribed(): void {
+    this.messagesSubscribed = true
+  }
+
+  /**
+   * Whether `messages` takes what released subscription streams leave: only when the application reads it (it
+   * subscribed through `subscribe`, or ran the stream). Left in a queue nobody reads, a QoS 1/2 message would
+   * hold back every later acknowledgement [MQTT-4.6.0-2], and with them every later QoS 1/2 delivery.
+   */
+  private get takesLeftovers(): boolean {
+    return this.messagesSubscribed || this.messages.consumed
+  }
+
+  /**
+   * A message nobody will take: acknowledged unread (the application let its subscription go), and counted as
+   * dropped.
+   */
+  private giveUp(message: MqttMessage): void {
+    this.droppedByGone++
+    this.onDropped(message)
+  }
+
   /**
    * An owner goes away. What its queue still holds was never handed to anyone: it goes to `messages`, the next
-   * consumer, rather than being lost.
+   * consumer, rather than being lost; or, when the application does not read `messages`, it is given up
+   * (acknowledged unread, counted as dropped, and logged).
    */
   remove(owner: number): void {
     const removed = this.owners.get(owner)
@@ -116,7 +147,13 @@ export class Deliveries {
     this.droppedByGone += queue.dropped
     const rest = queue.drainUnsafe()
     queue.end()
-    if (rest.length > 0) this.messages.offerMovedUnsafe(rest)
+    if (rest.length === 0) return
+    if (this.takesLeftovers) return this.messages.offerMovedUnsafe(rest)
+    for (const message of rest) this.giveUp(message)
+    this.warn(
+      `${rest.length} message(s) left in a released subscription() stream were acknowledged unread: ` +
+        "nothing reads `messages` (subscribe through `subscribe`, or run `messages`, to take them there)"
+    )
   }
 
   /**
@@ -167,6 +204,10 @@ export class Deliveries {
             acknowledge(copy)
             continue
           }
+          if (!this.takesLeftovers) {
+            this.giveUpCopy(copy)
+            continue
+          }
           toMessages = true
           owner = this.owners.get(MESSAGES)!
         }
@@ -189,6 +230,17 @@ export class Deliveries {
       if (progress.accepted < batch.length && !queue.isClosed) (waiting ??= []).push([queue, batch, progress])
     }
     return waiting === undefined ? undefined : waitForRoom(waiting)
+  }
+
+  /** A copy for a released (or failed) subscription stream that nobody else takes: given up, warned once. */
+  private giveUpCopy(copy: MqttMessage): void {
+    this.giveUp(copy)
+    if (this.warnedGoneCopies) return
+    this.warnedGoneCopies = true
+    this.warn(
+      "a message for a released subscription() stream was acknowledged unread, and so will be any later one: " +
+        "nothing reads `messages` (subscribe through `subscribe`, or run `messages`, to take them there)"
+    )
   }
 
   /** The client stopped: every stream ends (`error` undefined) or fails with the error once drained. */

@@ -440,7 +440,11 @@ export const subscribe = (ctx: Context) =>
 (
   input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
   options?: MqttClient.SubscribeOptions
-) => subscribeAs(ctx, MESSAGES, input, options)
+) =>
+  Effect.suspend(() => {
+    ctx.deliveries.subscribed()
+    return subscribeAs(ctx, MESSAGES, input, options)
+  })
 
 export const unsubscribe =
   (ctx: Context) => (input: string | ReadonlyArray<string>, options?: MqttClient.UnsubscribeOptions) =>
@@ -450,7 +454,7 @@ export const unsubscribe =
  * A subscription with a stream of its own for the life of a scope. The owner and its queue exist before the
  * SUBSCRIBE, so that retained messages sent with the SUBACK are not missed. Closing the scope lets go of the
  * filters (UNSUBSCRIBE for those no other owner holds, waiting at most 5 seconds for UNSUBACK); messages its
- * queue still holds go to `messages`.
+ * queue still holds go to `messages`, or are acknowledged unread when the application does not read `messages`.
  */
 export const subscription = (ctx: Context) =>
 (

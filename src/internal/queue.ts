@@ -178,6 +178,8 @@ export class MessageQueue<A, E> {
   private putters: Array<Wake> = []
   private closed: { readonly error: E } | { readonly error?: undefined } | undefined = undefined
   dropped = 0
+  /** a consumer has run the stream (whether it took anything) */
+  consumed = false
   /** called when a consumer takes a message */
   onTaken: ((a: A) => void) | undefined = undefined
   /** called when the queue drops a message (sliding, dropping) */
@@ -275,7 +277,10 @@ export class MessageQueue<A, E> {
   })
 
   /** The messages as a stream shared by its consumers: one message per pull, so none is lost when one stops. */
-  readonly stream: Stream.Stream<A, E> = Stream.fromPull(Effect.succeed(this.pull))
+  readonly stream: Stream.Stream<A, E> = Stream.fromPull(Effect.sync(() => {
+    this.consumed = true
+    return this.pull
+  }))
 
   /** Removes and returns every message waiting (not counted as taken). */
   drainUnsafe(): Array<A> {
