@@ -262,7 +262,6 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
 
   const onFrame = (bytes: Uint8Array, start: number, bodyStart: number, end: number): void => {
     if (out.error !== undefined) return
-    // one view per packet (of a Node read, each view is a Buffer, made at some cost): the body only
     const packet = decode(bytes[start], bytes.subarray(bodyStart, end), version)
     if (packet._tag === "Violation") {
       return out.fail(
