@@ -541,14 +541,27 @@ describe("session: refusals keep the broker and the claims in step", () => {
 })
 
 describe("delivery: a failed owner's copy", () => {
-  const deliveries = () => {
+  /** Deliveries whose acknowledgements (record ids) and warnings are recorded. */
+  const deliveries = (strategy: IncomingQueue.Strategy = IncomingQueue.unbounded) => {
     const context = Effect.runSync(Effect.context<never>())
-    return new Deliveries(IncomingQueue.unbounded, false, () => undefined, new ClientMetrics("c", context), () => {})
+    const acknowledged: Array<number> = []
+    const warnings: Array<string> = []
+    const d = new Deliveries(
+      strategy,
+      false,
+      (record) => {
+        acknowledged.push(record.id)
+        return undefined
+      },
+      new ClientMetrics("c", context),
+      (warning) => warnings.push(warning)
+    )
+    return { d, acknowledged, warnings }
   }
   const error = new MqttError.SubscribeError({ filter: "a/#", reasonCode: 0xa2, reasonString: "test" })
 
   it("goes to `messages` once, and not at all when `messages` takes the message already", () => {
-    const d = deliveries()
+    const { d } = deliveries()
     // the application reads `messages`
     d.subscribed()
     const one = d.addQueue(false)
@@ -564,19 +577,7 @@ describe("delivery: a failed owner's copy", () => {
   })
 
   it("is acknowledged unread and counted as dropped, with one warning, when the application does not read `messages`", () => {
-    const warnings: Array<string> = []
-    const acknowledged: Array<number> = []
-    const context = Effect.runSync(Effect.context<never>())
-    const d = new Deliveries(
-      IncomingQueue.unbounded,
-      false,
-      (record) => {
-        acknowledged.push(record.id)
-        return undefined
-      },
-      new ClientMetrics("c", context),
-      (warning) => warnings.push(warning)
-    )
+    const { acknowledged, d, warnings } = deliveries()
     const one = d.addQueue(false)
     d.fail(one.owner, error)
     const message = (text: string) => new MqttMessage("a/b", new TextEncoder().encode(text), 1, false, false, undefined)
@@ -592,15 +593,7 @@ describe("delivery: a failed owner's copy", () => {
   })
 
   it("what a released stream leaves goes to `messages` once the application has run `messages`, and is given up before", () => {
-    const warnings: Array<string> = []
-    const context = Effect.runSync(Effect.context<never>())
-    const d = new Deliveries(
-      IncomingQueue.bounded(10),
-      false,
-      () => undefined,
-      new ClientMetrics("c", context),
-      (warning) => warnings.push(warning)
-    )
+    const { d, warnings } = deliveries(IncomingQueue.bounded(10))
     const leave = (texts: ReadonlyArray<string>) => {
       const { owner } = d.addQueue(false)
       d.deliver(texts.map((text) => ({
