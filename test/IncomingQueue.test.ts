@@ -150,4 +150,31 @@ describe("IncomingQueue", () => {
       yield* Fiber.joinAll(consumers)
       expect([...seen[0], ...seen[1]].sort((a, b) => a - b)).toEqual(items)
     }))
+
+  it.effect("interrupted consumers leave the line; the rest get the messages, one each, in the order they came", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.bounded(16))
+      const takeOne = Stream.runHead(queue.stream)
+      const consumers = yield* Effect.forEach(Array.from({ length: 6 }), () => Effect.forkChild(takeOne))
+      yield* Effect.yieldNow
+      // the first, the last and one in the middle stop waiting
+      yield* Fiber.interruptAll([consumers[0], consumers[3], consumers[5]])
+      yield* queue.offerAll([10, 20, 30, 40])
+      const got = yield* Effect.forEach([consumers[1], consumers[2], consumers[4]], (fiber) => Fiber.join(fiber))
+      expect(got.map((head) => head._tag === "Some" ? head.value : undefined)).toEqual([10, 20, 30])
+      expect(yield* queue.size).toBe(1)
+    }))
+
+  it.effect("an interrupted producer leaves the line; a producer waiting behind it still gets its turn", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.bounded(2))
+      yield* queue.offerAll([1, 2])
+      const first = yield* Effect.forkChild(queue.offerAll([3]))
+      const second = yield* Effect.forkChild(queue.offerAll([4]))
+      yield* Effect.yieldNow
+      yield* Fiber.interrupt(first)
+      const consumer = yield* Effect.forkChild(Stream.runCollect(Stream.take(queue.stream, 3)))
+      yield* Fiber.join(second)
+      expect(yield* Fiber.join(consumer)).toEqual([1, 2, 4])
+    }))
 })

@@ -174,8 +174,9 @@ export class MessageQueue<A, E> {
    */
   private readonly lowWater: number
   private readonly overflow: Overflow
-  private takers: Array<Wake> = []
-  private putters: Array<Wake> = []
+  /** waiting consumers and producers, in the order they came (a Set: an interrupted one leaves at once) */
+  private takers = new Set<Wake>()
+  private putters = new Set<Wake>()
   private closed: { readonly error: E } | { readonly error?: undefined } | undefined = undefined
   dropped = 0
   /** a consumer has run the stream (whether it took anything) */
@@ -219,7 +220,7 @@ export class MessageQueue<A, E> {
       }
     }
     progress.accepted = i
-    if (this.takers.length > 0 && store.size > 0) this.wakeTakers()
+    if (this.takers.size > 0 && store.size > 0) this.wakeTakers()
   }
 
   /**
@@ -232,7 +233,7 @@ export class MessageQueue<A, E> {
     this.offerUnsafe(items, progress)
     if (this.closed !== undefined || progress.accepted >= items.length) return
     for (let i = progress.accepted; i < items.length; i++) this.store.push(items[i])
-    if (this.takers.length > 0) this.wakeTakers()
+    if (this.takers.size > 0) this.wakeTakers()
   }
 
   /** Adds messages in order, waiting for room while a suspending queue is full. */
@@ -256,7 +257,7 @@ export class MessageQueue<A, E> {
   poll(): A | undefined {
     const item = this.store.take()
     if (item === undefined) return undefined
-    if (this.putters.length > 0 && this.store.size <= this.lowWater) this.wakePutters()
+    if (this.putters.size > 0 && this.store.size <= this.lowWater) this.wakePutters()
     this.onTaken?.(item)
     return item
   }
@@ -285,7 +286,7 @@ export class MessageQueue<A, E> {
   /** Removes and returns every message waiting (not counted as taken). */
   drainUnsafe(): Array<A> {
     const rest = this.store.drain()
-    if (this.putters.length > 0) this.wakePutters()
+    if (this.putters.size > 0) this.wakePutters()
     return rest
   }
 
@@ -310,23 +311,22 @@ export class MessageQueue<A, E> {
   private waitFor(line: "takers" | "putters"): Effect.Effect<void> {
     return Effect.callback<void>((resume) => {
       const wake = () => resume(Effect.void)
-      this[line].push(wake)
+      this[line].add(wake)
       return Effect.sync(() => {
-        const i = this[line].indexOf(wake)
-        if (i >= 0) this[line].splice(i, 1)
+        this[line].delete(wake)
       })
     })
   }
 
   private wakeTakers(): void {
     const takers = this.takers
-    this.takers = []
+    this.takers = new Set()
     for (const wake of takers) wake()
   }
 
   private wakePutters(): void {
     const putters = this.putters
-    this.putters = []
+    this.putters = new Set()
     for (const wake of putters) wake()
   }
 }

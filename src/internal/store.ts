@@ -110,7 +110,8 @@ export class JournalWriter {
   /** groups appended so far, and groups stored and handed on: `stored` waits for the first to reach the second */
   private appended = 0
   private completed = 0
-  private waiters: Array<{ readonly target: number; readonly resume: (stored: boolean) => void }> = []
+  /** callers of `stored`, in the order they came, so with targets that never decrease (a Set: an interrupted one leaves at once) */
+  private waiters = new Set<{ readonly target: number; readonly resume: (stored: boolean) => void }>()
   /** the writer fiber ended (the client closed): what was not stored by then never will be */
   private stopped = false
   /** the last write failed: the store cannot be written now */
@@ -175,10 +176,9 @@ export class JournalWriter {
     if (this.completed >= target) return resume(Effect.succeed(true))
     if (this.stopped) return resume(Effect.succeed(false))
     const waiter = { target, resume: (stored: boolean) => resume(Effect.succeed(stored)) }
-    this.waiters.push(waiter)
+    this.waiters.add(waiter)
     return Effect.sync(() => {
-      const i = this.waiters.indexOf(waiter)
-      if (i >= 0) this.waiters.splice(i, 1)
+      this.waiters.delete(waiter)
     })
   })
 
@@ -193,7 +193,9 @@ export class JournalWriter {
     )
   ).pipe(Effect.ensuring(Effect.sync(() => {
     this.stopped = true
-    for (const waiter of this.waiters.splice(0)) waiter.resume(false)
+    const waiters = this.waiters
+    this.waiters = new Set()
+    for (const waiter of waiters) waiter.resume(false)
   })))
 
   private writeBatch(): Effect.Effect<void> {
@@ -210,11 +212,13 @@ export class JournalWriter {
           for (const group of batch) if (group.outbox === outbox && outbox !== undefined) outbox.pushAll(group.packets)
           this.writing = false
           this.completed += batch.length
-          if (this.waiters.length > 0 && this.waiters[0].target <= this.completed) {
-            const ready = this.waiters.filter((w) => w.target <= this.completed)
-            this.waiters = this.waiters.filter((w) => w.target > this.completed)
-            for (const waiter of ready) waiter.resume(true)
+          const ready: Array<{ readonly resume: (stored: boolean) => void }> = []
+          for (const waiter of this.waiters) {
+            if (waiter.target > this.completed) break
+            this.waiters.delete(waiter)
+            ready.push(waiter)
           }
+          for (const waiter of ready) waiter.resume(true)
           if (!this.holding) { for (const done of this.idle.splice(0)) done() }
         })
       )
