@@ -150,7 +150,9 @@ export interface Options {
    * after it, the lost node last, and waits the `reconnect` schedule's delay before each full round (not
    * between the nodes of a round). The session state goes along: where the cluster shares the session (CONNACK
    * Session Present 1) it resumes; elsewhere the client subscribes again and resends its unacknowledged
-   * publishes, as after any reconnect. `connection.broker` names the node in use. The URLs of a list are all
+   * publishes, as after any reconnect. Session Present 1 from another node than the one that carried the session
+   * last may be an older form of it (independent brokers): the client then makes its subscriptions again.
+   * `connection.broker` names the node in use. The URLs of a list are all
    * encrypted (`mqtts://`, `wss://`) or all plaintext: a failover never leaves TLS. Each node's user info
    * applies to that node when `username` and `password` are not given. A list cannot go with `transport`, nor
    * name one broker twice (`mqtt://` and `tcp://`, `mqtts://`, `tls://` and `ssl://` are the same transport; a

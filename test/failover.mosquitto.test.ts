@@ -192,3 +192,56 @@ describe("failover across Mosquitto processes", () => {
     )
   }
 })
+
+describe("failover to a node that holds an older session (Mosquitto nodes share none)", () => {
+  it.live(
+    "MQTT 5: back on a node that answers Session Present 1 with the session it kept, the subscriptions made elsewhere meanwhile are made there too",
+    () =>
+      Effect.gen(function*() {
+        const n1 = yield* mosquitto()
+        const n2 = yield* mosquitto()
+        const sub = yield* MqttClient.make({
+          url: [n1.url, n2.url],
+          protocolVersion: 5,
+          clientId: `older-session-${process.pid}`,
+          cleanStart: false,
+          sessionExpiryInterval: 300,
+          keepAlive: 2,
+          connectTimeout: "2 seconds",
+          reconnect: Schedule.spaced("100 millis")
+        })
+        const statuses = yield* record(sub)
+        const topics: Array<string> = []
+        yield* Effect.forkChild(Stream.runForEach(sub.messages, (m) => Effect.sync(() => topics.push(m.topic))))
+        yield* sub.subscribe("a/#", { qos: 1 })
+        // n1 freezes: the client moves to n2, which holds no session (restored there), and subscribes b/# there only
+        n1.kill("SIGSTOP")
+        yield* until("on n2", () => connectedTo(statuses).some(([broker]) => broker === n2.url))
+        yield* sub.subscribe("b/#", { qos: 1 })
+        // n1 comes back and n2 dies: n1 resumes the session it kept (Session Present 1), made before b/# was
+        n1.kill("SIGCONT")
+        n2.kill("SIGKILL")
+        yield* until("back on n1", () =>
+          connectedTo(statuses).some(([broker, , present]) => broker === n1.url && present))
+        const pub = yield* MqttClient.make({ url: n1.url, protocolVersion: 5 })
+        // a probe on each filter until both arrive (the SUBSCRIBE on n1 is on its way when Connected is told)
+        let probes = 0
+        yield* until("a/x and b/x arrive through n1", () =>
+          topics.includes("a/x") && topics.includes("b/x"), 20).pipe(
+            Effect.raceFirst(Effect.forever(Effect.gen(function*() {
+              probes++
+              yield* pub.publish("a/x", "probe", { qos: 1 })
+              yield* pub.publish("b/x", "probe", { qos: 1 })
+              yield* sleepReal(200)
+            })))
+          )
+        expect(probes).toBeGreaterThan(0)
+        expect(connectedTo(statuses)).toEqual([[n1.url, undefined, false], [n2.url, n1.url, false], [
+          n1.url,
+          n2.url,
+          true
+        ]])
+      }).pipe(Effect.scoped),
+    120_000
+  )
+})

@@ -320,6 +320,76 @@ describe("session: inbound messages", () => {
     expect(h.delivered.map((d) => d.message.text)).toEqual(["second"])
   })
 
+  for (const version of [4, 5] as const) {
+    it(`v${version}: a QoS 2 PUBLISH without DUP under an identifier awaiting PUBREL is a new message: delivered, not lost as a resend`, () => {
+      const h = new Harness({ protocolVersion: version })
+      h.connect()
+      h.receive(publish("t", "first", 2, 7))
+      h.takeAll()
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 7]])
+      expect(h.session.inbound.inFlight).toBe(1)
+      // a resend (DUP) is still answered, not delivered
+      h.receive(publish("t", "first", 2, 7, { dup: true }))
+      expect(h.delivered).toEqual([])
+      expect((h.take() as Array<any>).map((p) => p.cmd)).toEqual(["pubrec"])
+      // without DUP: the broker ended the old flow (another node after a failover, one that lost its state)
+      h.receive(publish("t", "second", 2, 7))
+      expect(h.delivered.map((d) => d.message.text)).toEqual(["second"])
+      expect(h.warnings.some((w) => w.includes("reused packet identifier 7 while its PUBREL was awaited"))).toBe(true)
+      h.takeAll()
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 7]])
+      h.receive(ack("Pubrel", 7))
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubcomp", 7]])
+      // nothing left over: the old flow does not count against the Receive Maximum
+      expect(h.session.inbound.inFlight).toBe(0)
+      expect(h.errors).toEqual([])
+    })
+
+    it(`v${version}: a QoS 2 PUBLISH without DUP under an identifier the client still holds is a new message; each is answered in turn`, () => {
+      const h = new Harness({ protocolVersion: version })
+      h.connect()
+      h.receive(publish("t", "first", 2, 9))
+      h.receive(publish("t", "first", 2, 9, { dup: true }))
+      h.receive(publish("t", "second", 2, 9))
+      expect(h.delivered.map((d) => d.message.text)).toEqual(["first", "second"])
+      const [first, second] = h.delivered.splice(0)
+      // the second's resend is still a resend
+      h.receive(publish("t", "second", 2, 9, { dup: true }))
+      expect(h.delivered).toEqual([])
+      h.session.settled(first.record!, h.out)
+      h.drain()
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 9]])
+      h.receive(ack("Pubrel", 9))
+      h.session.settled(second.record!, h.out)
+      h.drain()
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubcomp", 9], ["pubrec", 9]])
+      h.receive(ack("Pubrel", 9))
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubcomp", 9]])
+      expect(h.session.inbound.inFlight).toBe(0)
+      expect(h.errors).toEqual([])
+    })
+  }
+
+  it("a failover to a node that resumes an older session: its new QoS 2 messages under identifiers awaiting PUBREL are delivered", () => {
+    const h = new Harness({ protocolVersion: 5, cleanStart: false, sessionExpiryInterval: 300 })
+    h.connect()
+    for (const id of [1, 2, 3]) h.receive(publish("b", `on the node that went away ${id}`, 2, id))
+    h.takeAll()
+    h.take()
+    h.lose(lost)
+    // another node, Session Present 1 (the older session it holds): it numbers its messages from 2
+    h.connect(true)
+    for (const id of [2, 3, 4]) h.receive(publish("a", `new ${id}`, 2, id))
+    expect(h.delivered.map((d) => d.message.text)).toEqual(["new 2", "new 3", "new 4"])
+    h.takeAll()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 2], ["pubrec", 3], [
+      "pubrec",
+      4
+    ]])
+    // the PUBREL of identifier 1 never comes (that node is gone): it is held, as the MQTT flow says
+    expect(h.session.inbound.inFlight).toBe(4)
+  })
+
   it("a resumed session keeps what the consumer has not taken: the broker's resend is not delivered twice", () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()
@@ -435,6 +505,42 @@ describe("session: inbound messages", () => {
 })
 
 describe("session: subscriptions", () => {
+  it("Session Present from another broker of the list: the subscriptions are made again (that node may hold an older session); from the same one they are not", () => {
+    const h = new Harness({ protocolVersion: 5, cleanStart: false, sessionExpiryInterval: 300 })
+    const topics = (packets: ReadonlyArray<any>) =>
+      packets.map((p) => [p.cmd, p.subscriptions.map((s: any) => s.topic)])
+    h.connect(false, {}, "mqtt://n1:1883")
+    const a = h.subscribe(MESSAGES, [spec("a/#", 2)])
+    h.receive({ _tag: "Suback", id: a.id, codes: [2] })
+    h.take()
+    h.lose(lost)
+    // n2 holds no session: restored
+    h.connect(false, {}, "mqtt://n2:1883")
+    const restore = h.take() as Array<any>
+    expect(topics(restore)).toEqual([["subscribe", ["a/#"]]])
+    h.receive({ _tag: "Suback", id: restore[0].messageId, codes: [2] })
+    const b = h.subscribe(MESSAGES, [spec("b/#", 2)])
+    h.receive({ _tag: "Suback", id: b.id, codes: [2] })
+    h.take()
+    h.lose(lost)
+    // back on n1, which resumes the session it holds: made before b/# was
+    h.connect(true, {}, "mqtt://n1:1883")
+    const again = h.take() as Array<any>
+    expect(again.every((p) => p.cmd === "subscribe")).toBe(true)
+    expect(again.flatMap((p) => p.subscriptions.map((s: any) => s.topic)).sort()).toEqual(["a/#", "b/#"])
+    // Retain Handling 1: the retained messages come only where the node did not hold the subscription
+    expect(again.flatMap((p) => p.subscriptions.map((s: any) => s.rh))).toEqual([1, 1])
+    for (const p of again) {
+      h.receive({ _tag: "Suback", id: p.messageId, codes: p.subscriptions.map(() => 2) })
+    }
+    expect([...h.session.subscriptions.brokerFilters().keys()].sort()).toEqual(["a/#", "b/#"])
+    // the same node again: Session Present is trusted
+    h.lose(lost)
+    h.connect(true, {}, "mqtt://n1:1883")
+    expect(h.take()).toEqual([])
+    expect(h.errors).toEqual([])
+  })
+
   it("an UNSUBSCRIBE in flight when the session is lost: the restore skips its filter, so the broker ends as callers were told", () => {
     const h = new Harness({ protocolVersion: 4, cleanStart: false })
     h.connect()

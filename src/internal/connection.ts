@@ -273,7 +273,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     if (packet._tag !== "Connack") return out.fail(violation(version, `a ${packet._tag.toUpperCase()} before CONNACK`))
     // the session resumes on this connection now: what it writes goes to this connection's outbox
     driver.outbox = c.outbox
-    const info = session.onConnack(packet, c.cleanStart, out)
+    const info = session.onConnack(packet, c.cleanStart, out, c.node.broker)
     if (info === undefined) {
       driver.outbox = undefined
       return

@@ -99,18 +99,22 @@ export class Inbound {
     const held = this.byId.get(id)
     if (held !== undefined) {
       // the same identifier while the client still holds the message: a resend (DUP set [MQTT-3.3.1-1]) is not
-      // delivered again; a QoS 2 one never is before PUBREL [MQTT-4.3.3]. A QoS 1 PUBLISH without DUP is a new
-      // message from a broker that reused an identifier still unacknowledged (Mosquitto does, past 65,535
-      // messages in flight): delivered, not lost
-      if (packet.dup || packet.qos === 2 || held.qos === 2) return DUPLICATE
-      if (!this.reused) {
-        this.reused = true
-        out.warnings.push(`the broker reused packet identifier ${id} while its message was unacknowledged`)
-      }
+      // delivered again. A PUBLISH without DUP is not a resend: a new message from a broker that reused an
+      // identifier still unacknowledged (Mosquitto does, past 65,535 messages in flight; a broker that lost the
+      // flow does, such as another node after a failover): delivered, not lost, each acknowledged in turn
+      if (packet.dup) return DUPLICATE
+      this.warnReused(id, "while its message was unacknowledged", out)
     }
     if (packet.qos === 2 && this.awaitingRelease.has(id)) {
-      out.acks.push(Codec.PUBREC, id)
-      return DUPLICATE
+      if (packet.dup) {
+        out.acks.push(Codec.PUBREC, id)
+        return DUPLICATE
+      }
+      // without DUP, not a resend of the message released by the PUBREC [MQTT-3.3.1-1]: the broker reuses an
+      // identifier only once its flow ended [MQTT-2.2.1-3], so it holds that flow no more (another node after a
+      // failover, one that lost its state): the flow ends here and the message is new, not lost as a duplicate
+      this.release(id, out)
+      this.warnReused(id, "while its PUBREL was awaited", out)
     }
     if (this.ackedOnResume.delete(id)) {
       if (packet.dup && packet.qos === 1) {
@@ -139,6 +143,19 @@ export class Inbound {
     return record
   }
 
+  private warnReused(id: number, when: string, out: Output): void {
+    if (this.reused) return
+    this.reused = true
+    out.warnings.push(`the broker reused packet identifier ${id} ${when}: taken as a new message`)
+  }
+
+  /** Ends the QoS 2 flow of an identifier awaiting PUBREL. */
+  private release(id: number, out: Output): void {
+    this.awaitingRelease.delete(id)
+    this.releasing--
+    out.journal?.push({ t: "x", id })
+  }
+
   /** A copy of a record's message was taken or acknowledged. */
   settled(record: InboundRecord, out: Output): void {
     if (record.epoch !== this.epoch || record.pending === 0) return
@@ -153,7 +170,8 @@ export class Inbound {
       const record = this.line[this.head]
       if (record.pending > 0) break
       this.head++
-      this.byId.delete(record.id)
+      // a later message under the same identifier (reused, see `admit`) keeps its entry
+      if (this.byId.get(record.id) === record) this.byId.delete(record.id)
       this.unacknowledged--
       if (record.qos === 1) {
         out.acks.push(Codec.PUBACK, record.id)
@@ -163,8 +181,10 @@ export class Inbound {
         // PUBLISH is still answered, not delivered again
         out.journal?.push({ t: "a", id: record.id })
         out.acks.push(Codec.PUBREC, record.id)
-        this.awaitingRelease.add(record.id)
-        this.releasing++
+        if (!this.awaitingRelease.has(record.id)) {
+          this.awaitingRelease.add(record.id)
+          this.releasing++
+        }
       }
     }
     if (this.head === this.line.length) {
@@ -180,9 +200,7 @@ export class Inbound {
   onPubrel(ack: Packets.Ack, out: Output): void {
     const id = ack.id
     if (this.awaitingRelease.has(id)) {
-      this.awaitingRelease.delete(id)
-      this.releasing--
-      out.journal?.push({ t: "x", id })
+      this.release(id, out)
       out.acks.push(Codec.PUBCOMP, id)
     } else if (this.byId.has(id)) {
       out.fail(violation(this.version, `a PUBREL for packet ${id} before its PUBREC was sent`, 0x82))

@@ -73,6 +73,8 @@ export class Session {
   closed: MqttError.MqttError | undefined = undefined
   private hasConnected = false
   private startedClean = false
+  /** the broker (`scheme://host:port`) the session was last carried by; undefined before, or after a restore */
+  private sessionBroker: string | undefined = undefined
   /** an Assigned Client Identifier was ignored (warned once per client) */
   private assignedIgnored = false
 
@@ -102,11 +104,21 @@ export class Session {
   }
 
   /**
-   * A CONNACK arrived for a CONNECT with `cleanStart`. Accepted: the session resumes on the connection (the
-   * restore, the resends and the waiting publishes are in `out`) and its information is returned. Refused or
-   * unacceptable: `out.error` says why and nothing of it takes effect.
+   * A CONNACK arrived for a CONNECT with `cleanStart`, from `broker` (`scheme://host:port`; undefined for a custom
+   * transport). Accepted: the session resumes on the connection (the restore, the resends and the waiting
+   * publishes are in `out`) and its information is returned. Refused or unacceptable: `out.error` says why and
+   * nothing of it takes effect.
+   *
+   * Session Present from another broker than the one that carried the session last (failover across `url`): that
+   * node may hold an older session of this client (brokers that do not share sessions, a node that missed the
+   * last changes), so the client makes its subscriptions again, as callers were told them.
    */
-  onConnack(connack: Packets.Connack, cleanStart: boolean, out: Output): MqttClient.ConnectionInfo | undefined {
+  onConnack(
+    connack: Packets.Connack,
+    cleanStart: boolean,
+    out: Output,
+    broker?: string
+  ): MqttClient.ConnectionInfo | undefined {
     const version = this.version
     if (connack.reasonCode !== 0) {
       const reasonString = connack.legacyReturnCode !== undefined
@@ -171,6 +183,9 @@ export class Session {
     this.connected = true
     this.info = info
     const present = connack.sessionPresent
+    const elsewhere = present && broker !== undefined && this.sessionBroker !== undefined &&
+      broker !== this.sessionBroker
+    this.sessionBroker = broker
     this.subscriptions.resume(
       present,
       {
@@ -180,7 +195,8 @@ export class Session {
         sharedSubscriptionAvailable: info.sharedSubscriptionAvailable
       },
       this.startedClean,
-      out
+      out,
+      elsewhere
     )
     this.outgoing.connected(
       {

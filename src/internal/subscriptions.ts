@@ -505,16 +505,19 @@ export class Subscriptions {
    * claims): a SUBSCRIBE per identifier of those claimed (the one the broker acknowledged last, or a fresh one), one
    * UNSUBSCRIBE of the others (fitted to the connection in turn).
    */
-  private reconcile(filters: Iterable<string>): Array<Request> {
+  private reconcile(filters: Iterable<string>, elsewhere = false): Array<Request> {
     const groups = new Map<number, Array<FilterSpec>>()
     const drop: Array<FilterSpec> = []
     let fresh: number | undefined
     for (const filter of filters) {
-      const wanted = this.wanted(filter)
+      let wanted = this.wanted(filter)
       if (wanted === undefined) {
         drop.push({ filter, qos: 0, noLocal: false, retainAsPublished: false, retainHandling: 0 })
         continue
       }
+      // made again on another broker, which may hold it already (a cluster that shares the session): MQTT 5 sends
+      // the retained messages only where it did not (Retain Handling 1), as for a first SUBSCRIBE
+      if (elsewhere && this.version === 5 && wanted.retainHandling === 0) wanted = { ...wanted, retainHandling: 1 }
       const identifier = this.broker.get(filter)?.identifier ?? (fresh ??= this.automaticIdentifier())
       const group = groups.get(identifier)
       if (group === undefined) groups.set(identifier, [wanted])
@@ -805,9 +808,16 @@ export class Subscriptions {
   /**
    * A connection carries the session. Without Session Present the broker holds nothing: the client restores
    * what callers were told, except what a waiting request sets anyway, before the waiting requests. On a resumed
-   * session, the filters of requests that failed with the last connection are set again to what callers were told.
+   * session, the filters of requests that failed with the last connection are set again to what callers were told;
+   * all of them are, `elsewhere` (a session resumed on another broker, which may hold an older form of it).
    */
-  resume(sessionPresent: boolean, limits: RequestLimits, startedClean: boolean, out: Output): void {
+  resume(
+    sessionPresent: boolean,
+    limits: RequestLimits,
+    startedClean: boolean,
+    out: Output,
+    elsewhere = false
+  ): void {
     this.connected = true
     this.resumed = sessionPresent
     this.limits = limits
@@ -837,7 +847,11 @@ export class Subscriptions {
       }
     } else {
       if (startedClean) this.complete = true
-      own.push(...this.reconcile(this.uncertain))
+      own.push(
+        ...(elsewhere
+          ? this.reconcile(new Set([...this.broker.keys(), ...this.uncertain]), true)
+          : this.reconcile(this.uncertain))
+      )
       this.uncertain.clear()
     }
     for (const request of own) this.line.push(request)

@@ -134,8 +134,14 @@ export class Harness {
     return this.written.splice(0)
   }
 
-  connect(sessionPresent = false, properties: Packets.ConnackProperties = {}) {
-    const info = this.session.onConnack(connack(sessionPresent, properties), this.session.cleanStart, this.out)
+  /** A CONNACK, from `broker` when given (the node of a failover list that answered). */
+  connect(sessionPresent = false, properties: Packets.ConnackProperties = {}, broker?: string) {
+    const info = this.session.onConnack(
+      connack(sessionPresent, properties),
+      this.session.cleanStart,
+      this.out,
+      broker
+    )
     this.drain()
     return info
   }
