@@ -171,7 +171,8 @@ export interface Options {
    * separated by spaces (the first allowed one is followed). A reference to a node of `url` leads to that node,
    * with its own user info. A referenced server that refuses the client, even for good, sends it back to its
    * list. Never followed: from TLS (the list's, or the server's that sent the reference) to plaintext, to a Unix
-   * socket, a reference with credentials, more than 3 references in one round of attempts, a
+   * socket, a reference with credentials, more than 3 references in one round of attempts, more than 3
+   * DISCONNECTs' references in a row (until a connection lasts a minute, or ends without one), a
    * DISCONNECT's reference when `reconnect` is `false` (a CONNACK's is: it is part of connecting). The list takes
    * host names or IP addresses, each with or without `:port`, and no scheme: anything else is an
    * `InvalidOptionError`. A predicate that throws allows nothing (the log line says it threw).

@@ -51,8 +51,14 @@ export const isFinal = (error: MqttError.MqttError): boolean =>
     ? error.kind !== "HandshakeFailed" // a certificate problem does not go away by itself
     : error._tag === "InvalidOptionError"
 
-/** How many Server References one round of attempts follows, so that two brokers cannot bounce a client forever. */
+/**
+ * How many Server References one round of attempts follows, and how many DISCONNECTs with a reference in a row
+ * (each connection shorter than REDIRECT_RESET_MILLIS), so that two brokers cannot bounce a client forever.
+ */
 const MAX_REDIRECTS_PER_ROUND = 3
+
+/** A connection that lasted this long (ms) ends a run of DISCONNECT references: the next one is followed again. */
+const REDIRECT_RESET_MILLIS = 60_000
 
 /** How one round of attempts ended: connected, or failed with the last error (final: the client gives up). */
 type RoundResult =
@@ -202,13 +208,17 @@ export class Supervisor {
    * Where the Server Reference of an error leads, when `followServerReference` allows it; a reference that is
    * not followed is said in a log line.
    */
-  private redirect(error: MqttError.MqttError, from: Node, exhausted = false): Effect.Effect<Node | undefined> {
-    const decided = exhausted
+  private redirect(
+    error: MqttError.MqttError,
+    from: Node,
+    exhausted: string | undefined = undefined
+  ): Effect.Effect<Node | undefined> {
+    const decided = exhausted !== undefined
       ? Effect.succeed(
         Failover.referenceOf(error) === undefined ? undefined : {
           _tag: "Refuse" as const,
           reference: Failover.referenceOf(error)!.reference,
-          reason: `${MAX_REDIRECTS_PER_ROUND} Server References were followed in this round already`
+          reason: `${MAX_REDIRECTS_PER_ROUND} Server References were followed ${exhausted} already`
         }
       )
       : this.nodes.redirect(error, from)
@@ -260,7 +270,11 @@ export class Supervisor {
         const tried: Attempt = { node, error, final: false, by: referredBy.get(node) }
         referredBy.delete(node)
         attempts.push(tried)
-        const target = yield* self.redirect(error, node, redirects >= MAX_REDIRECTS_PER_ROUND)
+        const target = yield* self.redirect(
+          error,
+          node,
+          redirects >= MAX_REDIRECTS_PER_ROUND ? "in this round" : undefined
+        )
         if (target !== undefined) {
           redirects++
           // next; a node of the list that a reference names is not tried again later in the round
@@ -337,6 +351,8 @@ export class Supervisor {
       let c = first
       let connectedAt = clock.currentTimeMillisUnsafe()
       let step: ScheduleStep | undefined
+      // DISCONNECTs with a Server Reference followed in a row, each connection shorter than REDIRECT_RESET_MILLIS
+      let redirects = 0
       while (true) {
         const error = Broker.annotate(yield* Effect.flip(Deferred.await(c.lost)), c.node.broker, "connected")
         if (self.env.driver.session.closed !== undefined) return
@@ -349,7 +365,14 @@ export class Supervisor {
             c.node
           )
         }
-        const redirect = schedule === undefined ? undefined : yield* self.redirect(error, c.node)
+        if (clock.currentTimeMillisUnsafe() - connectedAt >= REDIRECT_RESET_MILLIS) redirects = 0
+        const redirect = schedule === undefined ? undefined : yield* self.redirect(
+          error,
+          c.node,
+          redirects >= MAX_REDIRECTS_PER_ROUND ? "in a row (each connection shorter than a minute)" : undefined
+        )
+        if (Failover.referenceOf(error) === undefined) redirects = 0
+        else if (redirect !== undefined) redirects++
         if (schedule === undefined || (redirect === undefined && isFinal(error))) {
           return yield* self.shutdown(error, disconnectReasonOf(error))
         }
