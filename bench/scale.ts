@@ -17,13 +17,12 @@
  *   subscriber in one child process per run; the publish time travels in the payload), against Mosquitto as
  *   Debian ships it and against a second Mosquitto with `set_tcp_nodelay true`; then 1,000/s only with both
  *   libraries at the same moments (an effect-mqtt process and an MQTT.js process started together in each run),
- *   against each Mosquitto; and where the time goes at 1,000/s (QoS 0): each library's publish and receive
- *   stages, and the kernel's and the broker's in between (section `stages` runs this table alone);
+ *   against each Mosquitto;
  * - group: 1, 2 and 4 consumer processes sharing `$share/<group>/...` (effect-mqtt: `ConsumerGroup.run`,
  *   prefetch 10; MQTT.js: a shared subscription with Receive Maximum 10), 30,000 QoS 1 messages: total messages/s
  *   and what each process got.
  *
- * Run: `node --conditions=effect-mqtt-source --expose-gc bench/scale.ts` (about 38 minutes, 32 of them latency).
+ * Run: `node --conditions=effect-mqtt-source --expose-gc bench/scale.ts` (about 35 minutes, 29 of them latency).
  * Environment: BENCH_SCALE (sections, default "routing,clients,payload,latency,group"), BENCH_LATENCY_RUNS
  * (default 5). Always exits with 0: it is a report.
  */
@@ -37,7 +36,6 @@ import * as MqttPacket from "mqtt-packet"
 import { Buffer } from "node:buffer"
 import { type ChildProcess, fork } from "node:child_process"
 import { createRequire } from "node:module"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
@@ -436,97 +434,6 @@ interface Latency {
   readonly p999: number
   readonly achieved: number
   readonly received: number
-  /** where the time went (a `stages` run only) */
-  readonly stages?: StageFigures | undefined
-}
-
-/** p50 / p99 / p99.9 of each stage, ms. */
-interface StageFigures {
-  /** payload made → the PUBLISH handed to the publisher's socket (`write`) */
-  readonly publish: readonly [number, number, number]
-  /** → the subscriber's socket has it to read (its `readable` or `data` event): the kernel and the broker */
-  readonly transit: readonly [number, number, number]
-  /** → the subscriber's handler has it */
-  readonly receive: readonly [number, number, number]
-  /** messages whose three stages were all seen */
-  readonly matched: number
-}
-
-/**
- * Times each message at the sockets of the process (QoS 0 runs only: the publisher's socket then reads nothing, so
- * every socket read is the subscriber's): when the publisher's socket is handed the PUBLISH, and when the subscriber's
- * socket last had something to read before the handler got it. Node's `Socket#write` and `Socket#emit` are wrapped
- * for this, in the run's own process, for both libraries alike (each writes with `write`, and reads in its socket's
- * `readable` or `data` events).
- */
-class Stages {
-  private readonly written = new Map<number, number>()
-  private lastRead = 0
-  private publish: Array<number> = []
-  private transit: Array<number> = []
-  private receive: Array<number> = []
-
-  install(): void {
-    const stages = this
-    const write = Net.Socket.prototype.write
-    Net.Socket.prototype.write = function(this: Net.Socket, chunk: unknown, ...rest: Array<unknown>) {
-      if (chunk instanceof Uint8Array) stages.wrote(chunk, performance.now())
-      return (write as (...args: Array<unknown>) => boolean).call(this, chunk, ...rest)
-    } as typeof write
-    const emit = Net.Socket.prototype.emit
-    Net.Socket.prototype.emit = function(this: Net.Socket, event: string | symbol, ...rest: Array<unknown>) {
-      if (event === "readable" || event === "data") stages.lastRead = performance.now()
-      return (emit as (...args: Array<unknown>) => boolean).call(this, event, ...rest)
-    } as typeof emit
-  }
-
-  /** The payloads' times, by the time each was made (its first 8 bytes): whole PUBLISH packets, or a payload alone. */
-  private wrote(chunk: Uint8Array, now: number): void {
-    const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
-    // MQTT.js writes a packet in pieces, its 64-byte payload one of them; effect-mqtt writes whole packets
-    if (bytes.length === 64) return void this.written.set(bytes.readDoubleLE(0), now)
-    let at = 0
-    while (at + 2 <= bytes.length) {
-      let length = 0
-      let i = at + 1
-      for (let shift = 0; i < bytes.length && shift <= 21; shift += 7) {
-        length += (bytes[i] & 0x7f) << shift
-        if ((bytes[i++] & 0x80) === 0) break
-      }
-      const end = i + length
-      if (end > bytes.length) return
-      if (bytes[at] >> 4 === 3 && end - 64 >= i) this.written.set(bytes.readDoubleLE(end - 64), now)
-      at = end
-    }
-  }
-
-  reset(): void {
-    this.publish = []
-    this.transit = []
-    this.receive = []
-  }
-
-  record(sent: number, now: number): void {
-    const written = this.written.get(sent)
-    if (written === undefined) return
-    this.written.delete(sent)
-    this.publish.push(written - sent)
-    this.transit.push(this.lastRead - written)
-    this.receive.push(now - this.lastRead)
-  }
-
-  figures(): StageFigures {
-    const of = (samples: Array<number>) => {
-      const l = percentiles(samples, 1)
-      return [l.p50, l.p99, l.p999] as const
-    }
-    return {
-      publish: of(this.publish),
-      transit: of(this.transit),
-      receive: of(this.receive),
-      matched: this.publish.length
-    }
-  }
 }
 
 const percentiles = (samples: Array<number>, seconds: number): Latency => {
@@ -587,14 +494,6 @@ const latencyPoint = (rates: ReadonlyArray<number>, i: number): string => {
 interface Recorder {
   samples: Array<number>
   measuring: boolean
-  /** set for a `stages` run */
-  readonly stages?: Stages | undefined
-}
-
-/** Records a message received at `now` that was made at `sent`. */
-const record = (recorder: Recorder, sent: number, now: number): void => {
-  recorder.samples.push(now - sent)
-  recorder.stages?.record(sent, now)
 }
 
 /**
@@ -611,33 +510,27 @@ const latencySeries = async (
   const out: Array<Latency> = []
   for (const rate of rates) {
     recorder.samples = []
-    recorder.stages?.reset()
     recorder.measuring = true
     await paced(rate, LATENCY_SECONDS * 1000, publish)
     await sleep(LATENCY_SETTLE_MS)
     recorder.measuring = false
-    out.push({ ...percentiles(recorder.samples, LATENCY_SECONDS), stages: recorder.stages?.figures() })
+    out.push(percentiles(recorder.samples, LATENCY_SECONDS))
   }
   return out
 }
 
-const latencyEffect = (
-  url: string,
-  qos: 0 | 1,
-  rates: ReadonlyArray<number>,
-  stages?: Stages
-): Promise<Array<Latency>> =>
+const latencyEffect = (url: string, qos: 0 | 1, rates: ReadonlyArray<number>): Promise<Array<Latency>> =>
   Effect.scoped(Effect.gen(function*() {
     const topic = fresh("lat/effect")
     const sub = yield* MqttClient.make({ url })
     const pub = yield* MqttClient.make({ url, maxInflight: 1000 })
     yield* sub.subscribe(topic, { qos })
-    const recorder: Recorder = { samples: [], measuring: false, stages }
+    const recorder: Recorder = { samples: [], measuring: false }
     yield* Effect.forkScoped(Stream.runForEachArray(sub.messages, (messages) =>
       Effect.sync(() => {
         const now = performance.now()
         if (!recorder.measuring) return
-        for (const m of messages) record(recorder, sentAt(m.payload), now)
+        for (const m of messages) recorder.samples.push(now - sentAt(m.payload))
       })))
     // one fiber per batch, its publishes made one after the other, as MQTT.js's `publish` (which returns at once):
     // `publishAccepted` returns once the publish is in the session; the wait for its PUBACK is left alone
@@ -648,20 +541,15 @@ const latencyEffect = (
     return yield* Effect.promise(() => latencySeries(rates, publish, recorder))
   })).pipe(Effect.runPromise)
 
-const latencyMqttJs = async (
-  url: string,
-  qos: 0 | 1,
-  rates: ReadonlyArray<number>,
-  stages?: Stages
-): Promise<Array<Latency>> => {
+const latencyMqttJs = async (url: string, qos: 0 | 1, rates: ReadonlyArray<number>): Promise<Array<Latency>> => {
   const topic = fresh("lat/mqttjs")
   const sub = await mqtt.connectAsync(url, { reconnectPeriod: 0 })
   const pub = await mqtt.connectAsync(url, { reconnectPeriod: 0 })
   try {
     await sub.subscribeAsync(topic, { qos })
-    const recorder: Recorder = { samples: [], measuring: false, stages }
+    const recorder: Recorder = { samples: [], measuring: false }
     sub.on("message", (_t, payload) => {
-      if (recorder.measuring) record(recorder, payload.readDoubleLE(0), performance.now())
+      if (recorder.measuring) recorder.samples.push(performance.now() - payload.readDoubleLE(0))
     })
     const publish = (payloads: ReadonlyArray<Buffer>) => {
       for (const payload of payloads) pub.publish(topic, payload, { qos })
@@ -707,7 +595,7 @@ const medianLatency = (runs: ReadonlyArray<Latency>): Latency => ({
  * carry what an earlier run or section left to collect.
  */
 const latencyRun = (
-  kind: "effect" | "mqttjs" | "raw" | "stages-effect" | "stages-mqttjs",
+  kind: "effect" | "mqttjs" | "raw",
   url: string,
   qos: 0 | 1,
   rates: ReadonlyArray<number> = LATENCY_RATES
@@ -724,18 +612,12 @@ const latencyRun = (
     child.once("exit", (code) => reject(new Error(`the latency run exited with ${code}`)))
   })
 
-const latencyChild = (kind: string, url: string, qos: 0 | 1, rates: ReadonlyArray<number>): Promise<Array<Latency>> => {
-  if (kind === "stages-effect" || kind === "stages-mqttjs") {
-    const stages = new Stages()
-    stages.install()
-    return kind === "stages-effect" ? latencyEffect(url, qos, rates, stages) : latencyMqttJs(url, qos, rates, stages)
-  }
-  return kind === "effect"
+const latencyChild = (kind: string, url: string, qos: 0 | 1, rates: ReadonlyArray<number>): Promise<Array<Latency>> =>
+  kind === "effect"
     ? latencyEffect(url, qos, rates)
     : kind === "raw"
     ? latencyRaw(url, qos, rates)
     : latencyMqttJs(url, qos, rates)
-}
 
 /**
  * One latency table for each QoS: LATENCY_RUNS runs of each library and of the floor, one after the other; or,
@@ -805,59 +687,6 @@ const latencyTable = async (broker: Broker, label: string, paired = false): Prom
   )
 }
 
-/** The rates of a stages run: 1,000/s three times, the figures of the last (from about 12 s: the JIT warm). */
-const STAGE_RATES: ReadonlyArray<number> = [1000, 1000, 1000]
-
-/**
- * Where the time of publish → receive goes at 1,000/s (QoS 0), for each library: its own share (the publish call
- * until its socket is handed the PUBLISH; the subscriber's socket read until the handler has the message), and the
- * kernel's and the broker's in between. LATENCY_RUNS runs of each library, one after the other, in fresh processes.
- */
-const stagesTable = async (broker: Broker): Promise<string> => {
-  process.stderr.write(`  latency stages: QoS 0\n`)
-  const runs: Record<"effect" | "mqttjs", Array<Latency>> = { effect: [], mqttjs: [] }
-  for (let run = 0; run < LATENCY_RUNS; run++) {
-    for (const kind of run % 2 === 0 ? (["effect", "mqttjs"] as const) : (["mqttjs", "effect"] as const)) {
-      const points = await latencyRun(`stages-${kind}`, broker.url, 0, STAGE_RATES)
-      runs[kind].push(points[points.length - 1])
-    }
-  }
-  const ms = (x: number) => fmt(x * 1000, 0)
-  const stage = (all: Array<Latency>, pick: (s: StageFigures) => readonly [number, number, number]) => {
-    const figures = all.map((l) => pick(l.stages!))
-    return [0, 1, 2].map((i) => ms(median(figures.map((f) => f[i])))).join(" / ")
-  }
-  const rows = (["effect", "mqttjs"] as const).map((kind) => {
-    const all = runs[kind]
-    const total = medianLatency(all)
-    return [
-      kind === "effect" ? "effect-mqtt" : "MQTT.js",
-      stage(all, (s) => s.publish),
-      stage(all, (s) => s.transit),
-      stage(all, (s) => s.receive),
-      `${ms(total.p50)} / ${ms(total.p99)} / ${ms(total.p999)}`,
-      `${fmt(median(all.map((l) => l.stages!.matched)))} of ${fmt(median(all.map((l) => l.received)))}`
-    ]
-  })
-  return `### Where the time goes at 1,000/s (QoS 0, Mosquitto as Debian ships it, from about 12 s; µs, median of ${LATENCY_RUNS} runs)\n\n` +
-    table(
-      [
-        "library",
-        "publish: made → socket write, p50 / p99 / p99.9",
-        "kernel and broker: → subscriber's socket readable",
-        "receive: → handler",
-        "publish → receive",
-        "messages timed"
-      ],
-      rows
-    ) +
-    "\n\nThe sockets' `write` and `emit` of each run's process are wrapped to time each message (bench/scale.ts " +
-    "`Stages`), for both libraries alike. The first two stages end when the library hands the PUBLISH to its " +
-    "socket: MQTT.js does not set `noDelay`, so the kernel may then hold it (Nagle's algorithm), which counts in " +
-    "the middle stage. A message of effect-mqtt written in one buffer with others before it is timed at that " +
-    "write; one whose write was not seen (a batch written as several chunks) is left out (the last column).\n"
-}
-
 const latency = async (broker: Broker) => {
   const noDelay = await startBroker({ tcpNoDelay: true })
   try {
@@ -865,7 +694,6 @@ const latency = async (broker: Broker) => {
     const direct = await latencyTable(noDelay, "Mosquitto with `set_tcp_nodelay true`")
     const pairedNagle = await latencyTable(broker, "Mosquitto as Debian ships it", true)
     const pairedDirect = await latencyTable(noDelay, "Mosquitto with `set_tcp_nodelay true`", true)
-    const stages = await stagesTable(broker)
     return `## Latency: publish to receive (MQTT 3.1.1, 64 B, ${LATENCY_SECONDS} s per rate, median of ${LATENCY_RUNS} runs)\n\n` +
       nagle + "\n\n" + direct + "\n\n" + pairedNagle + "\n\n" + pairedDirect +
       "\n\nPublisher and subscriber of one library in one process, a fresh process for each run and QoS: " +
@@ -882,8 +710,7 @@ const latency = async (broker: Broker) => {
       "reads (QoS 0) acknowledges late; MQTT.js's own socket does the same (it does not set `noDelay`, " +
       "effect-mqtt does): whole runs then wait 10 to 40 ms a message. The paired tables run 1,000/s only, an " +
       "effect-mqtt process and an MQTT.js process started together in each run (the same warm-up and points; " +
-      "each library started first in every other run), and count the runs in which effect-mqtt's p99 was at or below that of the MQTT.js process beside it.\n\n" +
-      stages
+      "each library started first in every other run), and count the runs in which effect-mqtt's p99 was at or below that of the MQTT.js process beside it.\n"
   } finally {
     await noDelay.stop()
   }
@@ -1019,8 +846,6 @@ const main = async () => {
     clients,
     payload: payloads,
     latency,
-    // the last table of `latency`, on its own
-    stages: stagesTable,
     group: groups
   }
   try {
