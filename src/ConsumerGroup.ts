@@ -4,9 +4,10 @@
  *
  * A member acknowledges a message (PUBACK, PUBREC) only once its handler has succeeded, and announces a small
  * Receive Maximum (`prefetch`, default 10): a broker that keeps to it never has more than that many
- * unacknowledged messages out to one member, so a member whose handler is slow stops receiving while the others go
- * on. (Mosquitto 2.0 still deals a slow member its round-robin share, which waits in its session until the member
- * catches up, and under load sends more than a small Receive Maximum.) A message whose handler never finished,
+ * unacknowledged messages out to one member. Whether a slow member's share then goes to the others is the broker's
+ * dealing policy: a broker that deals to members with room lets the others go on; Mosquitto 2.0 and
+ * `MqttTestBroker` deal round-robin regardless, so a slow member's share waits in its session until it catches up
+ * (and Mosquitto, under load, sends more than a small Receive Maximum). A message whose handler never finished,
  * because the member failed, stopped or was killed, is not lost: it stays in the member's session, and another
  * member adopts that session (below).
  *
