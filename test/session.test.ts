@@ -390,6 +390,31 @@ describe("session: inbound messages", () => {
     expect(h.session.inbound.inFlight).toBe(4)
   })
 
+  it("manual acknowledgement: a resend of a message the application was handed and never acknowledged is delivered again; one still queued is not", () => {
+    const h = new Harness({ protocolVersion: 5, cleanStart: false, sessionExpiryInterval: 300 })
+    h.connect()
+    h.receive(publish("t", "failed", 1, 1))
+    h.receive(publish("t", "queued", 1, 2))
+    const [failed, queued] = h.delivered.splice(0)
+    // the application took "failed" (out of its queue, as Deliveries reports it) and its handler failed: no ack
+    failed.record!.queued--
+    h.lose(lost)
+    h.connect(true)
+    h.receive(publish("t", "failed", 1, 1, { dup: true }))
+    h.receive(publish("t", "queued", 1, 2, { dup: true }))
+    expect(h.delivered.map((d) => d.message.text)).toEqual(["failed"])
+    // the old copy's late acknowledgement does nothing; the resend arrived after "queued", so is answered after it
+    h.session.settled(failed.record!, h.out)
+    h.drain()
+    expect(h.take()).toEqual([])
+    h.session.settled(queued.record!, h.out)
+    h.drain()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 2]])
+    h.takeAll()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 1]])
+    expect(h.session.inbound.inFlight).toBe(0)
+  })
+
   it("a resumed session keeps what the consumer has not taken: the broker's resend is not delivered twice", () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()

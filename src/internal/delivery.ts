@@ -27,24 +27,48 @@ interface Owner {
 /** Where a copy's acknowledgement goes; returns what to wait for until it is stored (durable sessions). */
 type Sink = (record: InboundRecord) => Effect.Effect<void> | undefined
 
-/** One copy's acknowledgement: reported once, when taken, acknowledged, or dropped. */
+/**
+ * One copy's acknowledgement: reported once, when taken, acknowledged, or dropped. It also keeps its record's count
+ * of copies still in a queue (`InboundRecord.queued`): a resent message whose every copy the application was
+ * handed, under manual acknowledgement, is delivered again (see `Inbound.admit`).
+ */
 class Receipt {
   private done = false
+  private inQueue = false
   private readonly record: InboundRecord
   private readonly sink: Sink
   constructor(record: InboundRecord, sink: Sink) {
     this.record = record
     this.sink = sink
   }
+  /** The copy waits in a queue. */
+  queued(): void {
+    this.inQueue = true
+    this.record.queued++
+  }
+  /** The copy left its queue: handed to the application, or given up. */
+  handed(): void {
+    if (!this.inQueue) return
+    this.inQueue = false
+    this.record.queued--
+  }
   acknowledge(): Effect.Effect<void> | undefined {
     if (this.done) return undefined
     this.done = true
+    this.handed()
     return this.sink(this.record)
   }
 }
 
+const receiptOf = (message: MqttMessage): Receipt | undefined => message[ReceiptKey] as Receipt | undefined
+
 const acknowledge = (message: MqttMessage): void => {
   message[ReceiptKey]?.acknowledge()
+}
+
+/** A copy handed to an application that acknowledges it itself (manual acknowledgement). */
+const handed = (message: MqttMessage): void => {
+  receiptOf(message)?.handed()
 }
 
 export class Deliveries {
@@ -84,7 +108,7 @@ export class Deliveries {
 
   private makeQueue(manual: boolean): Queue {
     const queue = fromStrategy<MqttMessage, MqttError.MqttError>(this.strategy)
-    if (!manual) queue.onTaken = acknowledge
+    queue.onTaken = manual ? handed : acknowledge
     // a dropped message is given up by the application's choice of queue: it is acknowledged, and counted
     queue.onDropped = this.onDropped
     return queue
@@ -217,6 +241,7 @@ export class Deliveries {
           continue
         }
         const queue = owner.queue!
+        receiptOf(copy)?.queued()
         const batch = batches.get(queue)
         if (batch === undefined) batches.set(queue, [copy])
         else batch.push(copy)

@@ -99,11 +99,18 @@ export class Inbound {
     const held = this.byId.get(id)
     if (held !== undefined) {
       // the same identifier while the client still holds the message: a resend (DUP set [MQTT-3.3.1-1]) is not
-      // delivered again. A PUBLISH without DUP is not a resend: a new message from a broker that reused an
-      // identifier still unacknowledged (Mosquitto does, past 65,535 messages in flight; a broker that lost the
-      // flow does, such as another node after a failover): delivered, not lost, each acknowledged in turn
-      if (packet.dup) return DUPLICATE
-      this.warnReused(id, "while its message was unacknowledged", out)
+      // delivered again while a copy still waits in a queue. One whose every copy the application was handed and
+      // has not acknowledged (manual acknowledgement: its handler failed, or still runs) is delivered again, as
+      // the broker asks: else a failed message would hold back every later acknowledgement for good. A PUBLISH
+      // without DUP is not a resend: a new message from a broker that reused an identifier still unacknowledged
+      // (Mosquitto does, past 65,535 messages in flight; a broker that lost the flow does, such as another node
+      // after a failover): delivered, not lost, each acknowledged in turn
+      if (packet.dup) {
+        if (held.queued > 0 || held.pending === 0) return DUPLICATE
+        this.forget(held)
+      } else {
+        this.warnReused(id, "while its message was unacknowledged", out)
+      }
     }
     if (packet.qos === 2 && this.awaitingRelease.has(id)) {
       if (packet.dup) {
@@ -141,6 +148,18 @@ export class Inbound {
     this.line.push(record)
     this.unacknowledged++
     return record
+  }
+
+  /**
+   * Lets go of a held record the broker sends again: its copies' acknowledgements (late, from a handler still
+   * running) do nothing any more; the resend's record takes its place in the line, at the end.
+   */
+  private forget(record: InboundRecord): void {
+    const at = this.line.indexOf(record, this.head)
+    if (at >= 0) this.line.splice(at, 1)
+    if (this.byId.get(record.id) === record) this.byId.delete(record.id)
+    record.pending = 0
+    this.unacknowledged--
   }
 
   private warnReused(id: number, when: string, out: Output): void {

@@ -28,6 +28,8 @@ export interface Delivery {
 export class InboundRecord {
   /** copies not yet taken or acknowledged */
   pending = 0
+  /** copies still waiting in a queue: not yet handed to the application */
+  queued = 0
   readonly id: number
   readonly qos: 1 | 2
   /** the broker session it belongs to: a record of a session the broker lost is never acknowledged */
