@@ -735,7 +735,7 @@ export interface Client {
 
   /**
    * The number of messages dropped so far: by a sliding or dropping queue, and those a released `subscription()`
-   * stream left while nothing reads `messages` (acknowledged unread).
+   * stream left while nothing reads `messages` (given up: acknowledged unread unless the client closes first).
    */
   readonly droppedMessages: Effect.Effect<number>
 
@@ -766,9 +766,12 @@ export interface Client {
    *
    * When the scope closes, the messages its queue still holds (and those that arrive for it before the broker's
    * UNSUBACK) go to `messages` if the application reads `messages` (it subscribed through `subscribe`, or ran
-   * the stream); otherwise they are acknowledged unread, counted in `droppedMessages`, and logged at Warn: left
-   * in a queue nobody reads, a QoS 1/2 message would hold back every later acknowledgement [MQTT-4.6.0-2], and
-   * so every later QoS 1/2 delivery.
+   * the stream); otherwise they are given up, counted in `droppedMessages`, and logged at Warn: left in a queue
+   * nobody reads, a QoS 1/2 message would hold back every later acknowledgement [MQTT-4.6.0-2], and so every
+   * later QoS 1/2 delivery. They are acknowledged unread at the client's next arrival or acknowledgement (or
+   * after a second of neither), never when the client closes first: a program that stops leaves them to its
+   * persistent session. When the application does not read `messages`, a new stream first takes the messages
+   * waiting there that match its filters (a resumed session's backlog, sent before it subscribed again).
    */
   readonly subscription: (
     filters: string | Subscription | ReadonlyArray<string | Subscription>,

@@ -465,6 +465,37 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
     )
   }
 
+  for (const version of versions) {
+    it.live(
+      `${
+        label(version)
+      }: a program that reads only subscription() streams stops (its scope closes): what a stream leaves stays unacknowledged, and the next client of the persistent session gets it`,
+      () =>
+        Effect.gen(function*() {
+          const publisher = yield* publisherFor(version)
+          const topic = unique("jobs")
+          const options = { url: broker.url, ...persistent(version, unique("worker")), logLevel: "None" as const }
+          // the first program: takes 3 of 10, then ends (its client and stream released together)
+          const first = yield* Effect.scoped(Effect.gen(function*() {
+            const client = yield* MqttClient.make(options)
+            const jobs = yield* client.subscription(topic, { qos: 1 })
+            yield* publishAll(publisher, topic, TEN)
+            return texts(yield* take(jobs, 3))
+          }))
+          assert.deepStrictEqual(first, ["1", "2", "3"])
+          // the next program on the same session: the seven the first one never handled
+          const rest = yield* Effect.scoped(Effect.gen(function*() {
+            const client = yield* MqttClient.make(options)
+            // the broker sends the seven again as soon as the session resumes, before this stream exists: they
+            // wait on `messages`, which this program does not read, and the stream takes them first
+            const jobs = yield* client.subscription(topic, { qos: 1 })
+            return texts(yield* take(jobs, 7))
+          }))
+          assert.deepStrictEqual(rest, TEN.slice(3))
+        })
+    )
+  }
+
   describe("MQTT 5, respond(): a handler that stops leaves the requests it did not take queued on `messages`", () => {
     /**
      * A responder whose handler answers "1" and "2", and never finishes "3"; ten requests "1" to "10" published

@@ -576,7 +576,7 @@ describe("delivery: a failed owner's copy", () => {
     expect(d.messages.size).toBe(2)
   })
 
-  it("is acknowledged unread and counted as dropped, with one warning, when the application does not read `messages`", () => {
+  it("is given up, counted as dropped, with one warning, when the application does not read `messages`: acknowledged unread at the next arrival", () => {
     const { acknowledged, d, warnings } = deliveries()
     const one = d.addQueue(false)
     d.fail(one.owner, error)
@@ -587,10 +587,58 @@ describe("delivery: a failed owner's copy", () => {
       record: new InboundRecord(id, 1, 0)
     })))
     expect(d.messages.size).toBe(0)
-    expect(acknowledged).toEqual([1, 2])
     expect(d.dropped).toBe(2)
     expect(warnings.length).toBe(1)
+    // not yet acknowledged: a client about to close leaves them to the session
+    expect(acknowledged).toEqual([])
+    d.deliver([{ message: message("m3"), owners: [MESSAGES], record: new InboundRecord(3, 1, 0) }])
+    expect(acknowledged).toEqual([1, 2])
   })
+
+  it("a new subscription stream takes, first, what waits unclaimed on `messages` and matches its filters, when the application does not read `messages`", () => {
+    const { d } = deliveries()
+    const unclaimed = (topic: string) => ({
+      message: new MqttMessage(topic, new TextEncoder().encode(topic), 1, false, true, undefined),
+      owners: [MESSAGES],
+      record: undefined
+    })
+    // a resumed session's backlog, before the application subscribed again
+    d.deliver(["jobs/1", "other/1", "jobs/2"].map(unclaimed))
+    const { owner, queue } = d.addQueue(false)
+    d.claimBacklog(owner, ["jobs/+"])
+    expect(queue.drainUnsafe().map((m) => m.topic)).toEqual(["jobs/1", "jobs/2"])
+    expect(d.messages.drainUnsafe().map((m) => m.topic)).toEqual(["other/1"])
+    // once the application reads `messages`, what waits there is its
+    d.deliver(["jobs/3"].map(unclaimed))
+    d.subscribed()
+    const later = d.addQueue(false)
+    d.claimBacklog(later.owner, ["jobs/+"])
+    expect(later.queue.size).toBe(0)
+    expect(d.messages.size).toBe(1)
+  })
+
+  it("what was given up unread and not acknowledged yet stays unacknowledged when the client closes; otherwise it is acknowledged after a grace period", () =>
+    Effect.gen(function*() {
+      const leave = (d: Deliveries, id: number) => {
+        const { owner } = d.addQueue(false)
+        d.deliver([{
+          message: new MqttMessage("a/b", new TextEncoder().encode("left"), 1, false, false, undefined),
+          owners: [owner],
+          record: new InboundRecord(id, 1, 0)
+        }])
+        d.remove(owner)
+      }
+      const closing = deliveries()
+      leave(closing.d, 1)
+      closing.d.close(undefined)
+      const staying = deliveries()
+      leave(staying.d, 2)
+      // nothing else happens: the grace period lets it go (a guard against a hang, not a timing claim)
+      for (let i = 0; i < 100 && staying.acknowledged.length === 0; i++) yield* Effect.sleep("50 millis")
+      expect(staying.acknowledged).toEqual([2])
+      expect(closing.acknowledged).toEqual([])
+      expect([closing.d.dropped, staying.d.dropped]).toEqual([1, 1])
+    }).pipe(Effect.runPromise))
 
   it("what a released stream leaves goes to `messages` once the application has run `messages`, and is given up before", () => {
     const { d, warnings } = deliveries(IncomingQueue.bounded(10))

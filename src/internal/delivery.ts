@@ -14,6 +14,7 @@ import type { Delivery, InboundRecord } from "./output.ts"
 import { fromStrategy, type MessageQueue, type Progress } from "./queue.ts"
 import { MESSAGES } from "./subscriptions.ts"
 import type { ClientMetrics } from "./telemetry.ts"
+import * as Topic from "./topic.ts"
 
 type Queue = MessageQueue<MqttMessage, MqttError.MqttError>
 
@@ -66,6 +67,12 @@ const acknowledge = (message: MqttMessage): void => {
   message[ReceiptKey]?.acknowledge()
 }
 
+/**
+ * How long (ms) messages given up unread (a released subscription stream's, when nothing reads `messages`) wait
+ * for their acknowledgement when nothing else happens: a client that closes meanwhile leaves them unacknowledged.
+ */
+export const GIVEN_UP_GRACE_MS = 1000
+
 /** A copy handed to an application that acknowledges it itself (manual acknowledgement). */
 const handed = (message: MqttMessage): void => {
   receiptOf(message)?.handed()
@@ -81,6 +88,13 @@ export class Deliveries {
   private readonly sink: Sink
   /** messages dropped by the queues of owners that are gone */
   private droppedByGone = 0
+  /**
+   * Messages given up unread, not acknowledged yet: at the next arrival or acknowledgement, or after
+   * GIVEN_UP_GRACE_MS, whichever comes first; never when the client closes before (a persistent session then has
+   * them sent again, to the next process).
+   */
+  private givenUp: Array<MqttMessage> = []
+  private givenUpTimer: ReturnType<typeof setTimeout> | undefined = undefined
 
   /** the application subscribed through `subscribe` (the filters of `messages`) */
   private messagesSubscribed = false
@@ -99,7 +113,11 @@ export class Deliveries {
     warn: (warning: string) => void
   ) {
     this.strategy = strategy
-    this.sink = sink
+    // an acknowledgement lets those given up unread go first (they hold back every later one [MQTT-4.6.0-2])
+    this.sink = (record) => {
+      this.releaseGivenUp()
+      return sink(record)
+    }
     this.metrics = metrics
     this.warn = warn
     this.messages = this.makeQueue(manual)
@@ -134,6 +152,25 @@ export class Deliveries {
     return owner
   }
 
+  /**
+   * A new subscription stream (`owner`) of `filters` takes the messages waiting on `messages` that match them, in
+   * their order, when the application does not read `messages`: all `messages` holds then came with no owner,
+   * such as a resumed session's backlog, sent (and resent) before the application subscribed again. Left there,
+   * nobody would take them, and they would hold back every later acknowledgement.
+   */
+  claimBacklog(owner: number, filters: ReadonlyArray<string>): void {
+    if (this.takesLeftovers || this.messages.size === 0) return
+    const queue = this.owners.get(owner)?.queue
+    if (queue === undefined) return
+    const mine: Array<MqttMessage> = []
+    const rest: Array<MqttMessage> = []
+    for (const message of this.messages.drainUnsafe()) {
+      ;(filters.some((filter) => Topic.matches(message.topic, filter)) ? mine : rest).push(message)
+    }
+    if (rest.length > 0) this.messages.offerMovedUnsafe(rest)
+    if (mine.length > 0) queue.offerMovedUnsafe(mine)
+  }
+
   /** The application subscribes through `subscribe`: `messages` is read (see `takesLeftovers`). */
   subscribed(): void {
     this.messagesSubscribed = true
@@ -149,18 +186,33 @@ export class Deliveries {
   }
 
   /**
-   * A message nobody will take: acknowledged unread (the application let its subscription go), and counted as
-   * dropped.
+   * A message nobody will take (the application let its subscription go): counted as dropped, and acknowledged
+   * unread once something else happens (see `givenUp`), so that a client about to close leaves it to the session.
    */
   private giveUp(message: MqttMessage): void {
     this.droppedByGone++
-    this.onDropped(message)
+    this.metrics.dropped()
+    receiptOf(message)?.handed()
+    this.givenUp.push(message)
+    this.givenUpTimer ??= setTimeout(this.releaseGivenUp, GIVEN_UP_GRACE_MS)
+    // a timer of its own must not keep the process alive
+    this.givenUpTimer.unref?.()
+  }
+
+  /** Acknowledges what was given up unread. */
+  private readonly releaseGivenUp = (): void => {
+    if (this.givenUpTimer !== undefined) clearTimeout(this.givenUpTimer)
+    this.givenUpTimer = undefined
+    if (this.givenUp.length === 0) return
+    const givenUp = this.givenUp
+    this.givenUp = []
+    for (const message of givenUp) acknowledge(message)
   }
 
   /**
    * An owner goes away. What its queue still holds was never handed to anyone: it goes to `messages`, the next
    * consumer, rather than being lost; or, when the application does not read `messages`, it is given up
-   * (acknowledged unread, counted as dropped, and logged).
+   * (counted as dropped, logged, and acknowledged unread unless the client closes first: see `givenUp`).
    */
   remove(owner: number): void {
     const removed = this.owners.get(owner)
@@ -175,8 +227,9 @@ export class Deliveries {
     if (this.takesLeftovers) return this.messages.offerMovedUnsafe(rest)
     for (const message of rest) this.giveUp(message)
     this.warn(
-      `${rest.length} message(s) left in a released subscription() stream were acknowledged unread: ` +
-        "nothing reads `messages` (subscribe through `subscribe`, or run `messages`, to take them there)"
+      `${rest.length} message(s) left in a released subscription() stream are given up, acknowledged unread ` +
+        "unless the client closes first: nothing reads `messages` (subscribe through `subscribe`, or run " +
+        "`messages`, to take them there)"
     )
   }
 
@@ -201,6 +254,7 @@ export class Deliveries {
    * queue is full (the reader then stops reading the socket), or undefined when all were taken in.
    */
   deliver(deliveries: ReadonlyArray<Delivery>): Effect.Effect<void> | undefined {
+    this.releaseGivenUp()
     const batches = new Map<Queue, Array<MqttMessage>>()
     const counts = this.counts
     const bytes = this.bytes
@@ -263,13 +317,20 @@ export class Deliveries {
     if (this.warnedGoneCopies) return
     this.warnedGoneCopies = true
     this.warn(
-      "a message for a released subscription() stream was acknowledged unread, and so will be any later one: " +
+      "a message for a released subscription() stream was given up (acknowledged unread unless the client " +
+        "closes first), and so will be any later one: " +
         "nothing reads `messages` (subscribe through `subscribe`, or run `messages`, to take them there)"
     )
   }
 
-  /** The client stopped: every stream ends (`error` undefined) or fails with the error once drained. */
+  /**
+   * The client stopped: every stream ends (`error` undefined) or fails with the error once drained. What was
+   * given up unread and not acknowledged yet stays unacknowledged.
+   */
   close(error: MqttError.MqttError | undefined): void {
+    if (this.givenUpTimer !== undefined) clearTimeout(this.givenUpTimer)
+    this.givenUpTimer = undefined
+    this.givenUp = []
     for (const owner of this.owners.values()) {
       if (owner.queue === undefined) continue
       if (error === undefined) owner.queue.end()

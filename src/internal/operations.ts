@@ -355,7 +355,9 @@ export const subscribeAs = (
   ctx: Context,
   owner: number,
   input: string | MqttClient.Subscription | ReadonlyArray<string | MqttClient.Subscription>,
-  options: MqttClient.SubscribeOptions | undefined
+  options: MqttClient.SubscribeOptions | undefined,
+  /** called with the checked filters just before the session takes them (in the same synchronous step) */
+  beforeSubscribe?: (filters: ReadonlyArray<string>) => void
 ): Effect.Effect<ReadonlyArray<MqttClient.Granted>, MqttError.MqttError> =>
   Effect.suspend(() => {
     const specs = specsOf(ctx, input, options)
@@ -372,6 +374,7 @@ export const subscribeAs = (
       )
     )
     if (!(probe instanceof Uint8Array)) return Effect.fail(invalid("subscribe", probe.error))
+    beforeSubscribe?.(specs.map((spec) => spec.filter))
     const request = ctx.session.subscribe(owner, specs, identifier, options?.userProperties, ctx.driver.out)
     ctx.driver.drain()
     if (MqttError.isMqttError(request)) return Effect.fail(request)
@@ -454,7 +457,9 @@ export const unsubscribe =
  * A subscription with a stream of its own for the life of a scope. The owner and its queue exist before the
  * SUBSCRIBE, so that retained messages sent with the SUBACK are not missed. Closing the scope lets go of the
  * filters (UNSUBSCRIBE for those no other owner holds, waiting at most 5 seconds for UNSUBACK); messages its
- * queue still holds go to `messages`, or are acknowledged unread when the application does not read `messages`.
+ * queue still holds go to `messages`, or are given up when the application does not read `messages`. When the
+ * application does not read `messages`, the new stream first takes the messages waiting there that match its filters
+ * (a resumed session's backlog, sent before the application subscribed again).
  */
 export const subscription = (ctx: Context) =>
 (
@@ -472,7 +477,9 @@ export const subscription = (ctx: Context) =>
     const manual = acknowledgement === "manual"
     const { owner, queue } = ctx.deliveries.addQueue(manual)
     yield* Effect.addFinalizer(() => release(ctx, owner))
-    yield* subscribeAs(ctx, owner, input, options)
+    // what waits unclaimed on `messages` and matches (a resumed session's backlog, when nothing reads `messages`)
+    // comes first on this stream
+    yield* subscribeAs(ctx, owner, input, options, (filters) => ctx.deliveries.claimBacklog(owner, filters))
     return ctx.options.tracing.messages ? Stream.tap(queue.stream, Telemetry.receiveSpan) : queue.stream
   })
 
