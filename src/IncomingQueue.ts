@@ -125,7 +125,8 @@ export const unbounded: FifoStrategy = { _tag: "Unbounded" }
 /**
  * A bounded queue (back-pressure when full, as {@link bounded}) whose next message is the first by an order,
  * ties in arrival order. Give either `order` (an `Order` on messages: smaller comes out first) or `priority`
- * (a number per message: lower comes out first, as in Python's `heapq`).
+ * (a number per message: lower comes out first, as in Python's `heapq`). An order or priority function that throws
+ * loses nothing: the messages it compared keep their arrival order, and the client's queue logs a Warn line (once).
  *
  * @example
  * ```ts

@@ -177,4 +177,20 @@ describe("IncomingQueue", () => {
       yield* Fiber.join(second)
       expect(yield* Fiber.join(consumer)).toEqual([1, 2, 4])
     }))
+
+  it.effect("a priority function that throws loses nothing and wakes the consumer: the messages it compared keep their arrival order", () =>
+    Effect.gen(function*() {
+      const queue = yield* IncomingQueue.make<number, string>(IncomingQueue.priority({
+        capacity: 10,
+        priority: (n: number) => {
+          if (n === 3) throw new Error("bad priority")
+          return -n
+        }
+      }))
+      const consumer = yield* Effect.forkChild(Stream.runCollect(Stream.take(queue.stream, 6)))
+      yield* Effect.yieldNow
+      yield* queue.offerAll([1, 2, 3, 4, 5, 6])
+      const got = yield* Fiber.join(consumer)
+      expect([...got].sort((a, b) => a - b)).toEqual([1, 2, 3, 4, 5, 6])
+    }))
 })

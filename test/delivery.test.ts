@@ -19,7 +19,7 @@
  */
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Cause, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, Fiber, Logger, Option, Schedule, Scope, Stream } from "effect"
 import { IncomingQueue, MqttClient, MqttError, MqttMessage } from "effect-mqtt"
 import * as Socket from "effect/socket/Socket"
 import { TestClock } from "effect/testing"
@@ -1084,6 +1084,35 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
     broker = await startMosquitto({ protocolConfig: "max_queued_messages 10000" })
   })
   afterAll(() => broker?.dispose())
+
+  it.live("a priority queue whose priority function throws: every message is delivered, the connection stays, and a warning says so", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const topic = unique("prio")
+      const publisher = yield* MqttClient.make({ url: broker.url })
+      const client = yield* MqttClient.make({
+        url: broker.url,
+        queue: IncomingQueue.priority({
+          capacity: 10,
+          priority: (message) => {
+            if (message.text === "3") throw new Error("bad priority")
+            return 0
+          }
+        })
+      }).pipe(
+        Effect.provide(
+          Logger.layer([Logger.make((options) => lines.push(`${options.logLevel} ${String(options.message)}`))])
+        )
+      )
+      yield* client.subscribe(topic, { qos: 1 })
+      // the queue fills while nobody reads, so that the heap compares
+      yield* publishAll(publisher, topic, numbered(6))
+      yield* eventually("six queued", Effect.map(client.queuedMessages, (n) => n === 6))
+      const got = texts(yield* take(client.messages, 6))
+      assert.deepStrictEqual([...got].sort(), numbered(6))
+      assert.strictEqual((yield* client.metrics).reconnects, 0)
+      assert.isTrue(lines.some((line) => line.startsWith("Warn") && line.includes("bad priority")), lines.join("\n"))
+    }))
 
   for (const version of versions) {
     it.live(

@@ -127,6 +127,12 @@ export class Deliveries {
   private makeQueue(manual: boolean): Queue {
     const queue = fromStrategy<MqttMessage, MqttError.MqttError>(this.strategy)
     queue.onTaken = manual ? handed : acknowledge
+    queue.onOrderError = (cause) =>
+      this.warn(
+        `the priority queue's order threw (${
+          cause instanceof Error ? cause.message : String(cause)
+        }): the messages it compared keep their arrival order`
+      )
     // a dropped message is given up by the application's choice of queue: it is acknowledged, and counted
     queue.onDropped = this.onDropped
     return queue

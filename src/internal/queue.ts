@@ -84,6 +84,9 @@ class Heap<A> implements Store<A> {
   private readonly heap: Array<{ readonly value: A; readonly seq: number }> = []
   private seq = 0
   private readonly order: Order.Order<A>
+  private orderFailed = false
+  /** told the first time the order throws */
+  onOrderError: ((cause: unknown) => void) | undefined = undefined
   constructor(order: Order.Order<A>) {
     this.order = order
   }
@@ -151,7 +154,18 @@ class Heap<A> implements Store<A> {
   private before(i: number, j: number): boolean {
     const a = this.heap[i]
     const b = this.heap[j]
-    const c = this.order(a.value, b.value)
+    let c: number
+    try {
+      c = this.order(a.value, b.value)
+    } catch (cause) {
+      // the application's order (or priority function) threw: those two keep their arrival order, the heap stays
+      // whole, and the application is told (once per queue)
+      c = 0
+      if (!this.orderFailed) {
+        this.orderFailed = true
+        this.onOrderError?.(cause)
+      }
+    }
     return c < 0 || (c === 0 && a.seq < b.seq)
   }
 }
@@ -195,6 +209,11 @@ export class MessageQueue<A, E> {
 
   get size(): number {
     return this.store.size
+  }
+
+  /** Told the first time a priority queue's order throws (the messages it compared keep their arrival order). */
+  set onOrderError(f: (cause: unknown) => void) {
+    if (this.store instanceof Heap) this.store.onOrderError = f
   }
 
   get isClosed(): boolean {
