@@ -497,7 +497,10 @@ export interface Metrics {
   readonly disconnectedMillis: number
   /** The longest such time. */
   readonly longestDisconnectMillis: number
-  /** Messages dropped by a sliding or dropping incoming queue. */
+  /**
+   * Messages dropped by a sliding or dropping incoming queue, and those a released `subscription()` stream left
+   * while nothing reads `messages` (as `MqttClient.droppedMessages`).
+   */
   readonly droppedMessages: number
 }
 

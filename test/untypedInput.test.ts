@@ -65,6 +65,8 @@ describe("options of the wrong type", () => {
         ["will.retain a string", { will: { ...will, retain: "yes" } }, "will.retain"],
         ["will.properties null", { protocolVersion: 5, will: { ...will, properties: null } }, "will.properties"],
         ["will.payload with a lone surrogate", { will: { ...will, payload: "a\ud800" } }, "will.payload"],
+        ["will.payload a number", { will: { ...will, payload: 5 } }, "will.payload"],
+        ["will.payload missing", { will: { topic: "w" } }, "will.payload"],
         ["password a Redacted number", { username: "u", password: Redacted.make(123456) }, "password"],
         ["password a plain string", { username: "u", password: "pw" }, "password"],
         ["username a number", { username: 5 }, "username"],
@@ -178,6 +180,15 @@ describe("operations given values of the wrong type", () => {
         yield* connection.expectSilence(100)
       }))
   }
+
+  it.live("a payload larger than MQTT allows (256 MB) is an InvalidOptionError naming the payload, unsent", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect({ reconnect: false })
+      // a view that says it holds 300 MB: the encoder refuses it by its length, before reading a byte
+      const huge = Object.defineProperty(new Uint8Array(1), "byteLength", { value: 300_000_000 })
+      expectInvalid("300 MB payload", typedFailure(yield* exitOf(() => client.publish("t", huge))), "payload")
+      yield* connection.expectSilence(50)
+    }))
 
   it.live("with tracing, a null payload is a typed error, not a defect of the span", () =>
     Effect.gen(function*() {

@@ -136,7 +136,9 @@ const prepare = (
   try {
     encoded = Codec.encodePublish(ctx.options.protocolVersion, topic, bytes, qos, retain, options?.properties)
   } catch (e) {
-    return invalid("properties", e instanceof Error ? e.message : String(e))
+    const reason = e instanceof Error ? e.message : String(e)
+    // too large for MQTT is the payload's doing (with the topic); everything else the encoder refuses, the properties'
+    return invalid(reason.startsWith("the packet is larger") ? "payload" : "properties", reason)
   }
   return { topic, payload: bytes, qos, retain, properties: options?.properties, encoded }
 }

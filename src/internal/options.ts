@@ -179,6 +179,9 @@ const checkShapes = (options: MqttClient.Options): MqttError.InvalidOptionError 
     if (will.properties !== undefined && !isObject(will.properties)) {
       return invalid("will.properties", "expected an object")
     }
+    if (typeof will.payload !== "string" && !(will.payload instanceof Uint8Array)) {
+      return invalid("will.payload", "expected a Uint8Array or a string")
+    }
     if (typeof will.payload === "string" && stringPayloadProblem(will.payload) !== undefined) {
       return invalid("will.payload", stringPayloadProblem(will.payload)!)
     }

@@ -23,7 +23,10 @@ const families = {
   bytesReceived: counter("mqtt.client.bytes.received", "Payload bytes received by the client, by QoS"),
   inFlight: gauge("mqtt.client.publishes.inflight", "QoS 1/2 publishes of the client holding a packet identifier"),
   queued: gauge("mqtt.client.queue.depth", "Messages waiting in the `messages` queue"),
-  dropped: counter("mqtt.client.messages.dropped", "Messages dropped by sliding or dropping queues"),
+  dropped: counter(
+    "mqtt.client.messages.dropped",
+    "Messages dropped by sliding or dropping queues, and given up unread after a released subscription stream"
+  ),
   reconnects: counter("mqtt.client.reconnects", "Connections made again after one was lost"),
   connected: gauge("mqtt.client.connected", "1 while connected, 0 otherwise")
 } as const
