@@ -294,7 +294,9 @@ export interface Options {
   readonly offline?: OfflineOptions | undefined
   /** The largest packet the client accepts, in bytes: a larger one closes the connection as soon as its
    * header arrives, before it is buffered (MQTT 5: DISCONNECT 0x95; announced to the broker in CONNECT, so
-   * that it does not send one). Default 32 MiB. */
+   * that it does not send one). MQTT 3.1.1 cannot tell the broker: a larger QoS 1/2 message of a persistent
+   * session comes again on every reconnect, and the client never gets past it, so keep the limit above what
+   * the broker may send (the broker's own limit, Mosquitto's `max_packet_size`). Default 32 MiB. */
   readonly maximumPacketSize?: number | undefined
   /** MQTT 5: how many QoS 1/2 messages the broker may send before they are acknowledged; announced in CONNECT.
    * A broker that sends more is reported (a warning) and its messages taken: Mosquitto 2.0.11 goes over it
