@@ -773,8 +773,8 @@ export interface Client {
    * UNSUBACK) go to `messages` if the application reads `messages` (it subscribed through `subscribe`, or ran
    * the stream); otherwise they are given up, counted in `droppedMessages`, and logged at Warn: left in a queue
    * nobody reads, a QoS 1/2 message would hold back every later acknowledgement [MQTT-4.6.0-2], and so every
-   * later QoS 1/2 delivery. They are acknowledged unread at the client's next arrival or acknowledgement (or
-   * after a second of neither), never when the client closes first: a program that stops leaves them to its
+   * later QoS 1/2 delivery. They are acknowledged unread at the client's next acknowledgement of another message (or
+   * after a second without one), never when the client closes first: a program that stops leaves them to its
    * persistent session. When the application does not read `messages`, a new stream first takes the messages
    * waiting there that match its filters (a resumed session's backlog, sent before it subscribed again).
    */

@@ -655,31 +655,33 @@ describe("followServerReference", () => {
       expect([a.connections.length, b.connections.length]).toEqual([2, 2])
     }))
 
-  it.live("two brokers that send the client to each other with DISCONNECT: at most 3 in a row are followed, then its own list", () =>
-    Effect.gen(function*() {
-      const [a, b] = yield* fakes(2, 5)
-      const lines: Array<string> = []
-      const { client, connection } = yield* logged(connectedV5(a, { followServerReference: ["127.0.0.1"] }), lines)
-      const to = (broker: FakeBroker.FakeBroker) => `127.0.0.1:${broker.port}`
-      /** the client connected on `broker`, then sent on with a DISCONNECT to `next` */
-      const connectedThenSent = (broker: FakeBroker.FakeBroker, next: FakeBroker.FakeBroker) =>
-        Effect.gen(function*() {
-          const { connection } = yield* broker.acceptAndConnack()
-          yield* awaitConnectedTo(client, broker.url)
-          yield* disconnectTo(connection, 0x9c, to(next))
-        })
-      // a → b → a → b: three in a row, followed
-      yield* disconnectTo(connection, 0x9c, to(b))
-      yield* connectedThenSent(b, a)
-      yield* connectedThenSent(a, b)
-      // the fourth in a row is not followed: the client goes back to its own list (a), and so on
-      yield* connectedThenSent(b, a)
-      yield* connectedThenSent(a, b)
-      yield* a.acceptAndConnack()
-      yield* awaitConnectedTo(client, a.url)
-      expect([a.connections.length, b.connections.length]).toEqual([4, 2])
-      expect(lines.filter((l) => l.includes("Server References were followed in a row")).length).toBe(2)
-    }))
+  for (const code of [0x9c, 0x9d]) {
+    it.live(`two brokers that send the client to each other with DISCONNECT 0x${code.toString(16)}: at most 3 in a row are followed, then its own list`, () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const lines: Array<string> = []
+        const { client, connection } = yield* logged(connectedV5(a, { followServerReference: ["127.0.0.1"] }), lines)
+        const to = (broker: FakeBroker.FakeBroker) => `127.0.0.1:${broker.port}`
+        /** the client connected on `broker`, then sent on with a DISCONNECT to `next` */
+        const connectedThenSent = (broker: FakeBroker.FakeBroker, next: FakeBroker.FakeBroker) =>
+          Effect.gen(function*() {
+            const { connection } = yield* broker.acceptAndConnack()
+            yield* awaitConnectedTo(client, broker.url)
+            yield* disconnectTo(connection, code, to(next))
+          })
+        // a → b → a → b: three in a row, followed
+        yield* disconnectTo(connection, code, to(b))
+        yield* connectedThenSent(b, a)
+        yield* connectedThenSent(a, b)
+        // the fourth in a row is not followed: the client goes back to its own list (a), and so on
+        yield* connectedThenSent(b, a)
+        yield* connectedThenSent(a, b)
+        yield* a.acceptAndConnack()
+        yield* awaitConnectedTo(client, a.url)
+        expect([a.connections.length, b.connections.length]).toEqual([4, 2])
+        expect(lines.filter((l) => l.includes("Server References were followed in a row")).length).toBe(2)
+      }))
+  }
 
   it.live("MQTT 3.1.1 has no Server Reference: a CONNACK refusal is reported as before", () =>
     Effect.gen(function*() {

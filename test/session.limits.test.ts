@@ -576,7 +576,7 @@ describe("delivery: a failed owner's copy", () => {
     expect(d.messages.size).toBe(2)
   })
 
-  it("is given up, counted as dropped, with one warning, when the application does not read `messages`: acknowledged unread at the next arrival", () => {
+  it("is given up, counted as dropped, with one warning, when the application does not read `messages`: acknowledged unread before the next acknowledgement", () => {
     const { acknowledged, d, warnings } = deliveries()
     const one = d.addQueue(false)
     d.fail(one.owner, error)
@@ -591,8 +591,12 @@ describe("delivery: a failed owner's copy", () => {
     expect(warnings.length).toBe(1)
     // not yet acknowledged: a client about to close leaves them to the session
     expect(acknowledged).toEqual([])
+    // an arrival does not let them go (a program that stops may still receive while it waits for its UNSUBACK)
     d.deliver([{ message: message("m3"), owners: [MESSAGES], record: new InboundRecord(3, 1, 0) }])
-    expect(acknowledged).toEqual([1, 2])
+    expect(acknowledged).toEqual([])
+    // the next acknowledgement does: they would hold it back
+    d.messages.poll()
+    expect(acknowledged).toEqual([1, 2, 3])
   })
 
   it("a new subscription stream takes, first, what waits unclaimed on `messages` and matches its filters, when the application does not read `messages`", () => {
@@ -608,6 +612,14 @@ describe("delivery: a failed owner's copy", () => {
     d.claimBacklog(owner, ["jobs/+"])
     expect(queue.drainUnsafe().map((m) => m.topic)).toEqual(["jobs/1", "jobs/2"])
     expect(d.messages.drainUnsafe().map((m) => m.topic)).toEqual(["other/1"])
+    // a subscription that is not made (its SUBACK refused it, it was interrupted) hands its claim back
+    d.deliver(["jobs/4"].map(unclaimed))
+    const failed = d.addQueue(false)
+    d.claimBacklog(failed.owner, ["jobs/+"])
+    expect(failed.queue.size).toBe(1)
+    d.remove(failed.owner)
+    expect(d.messages.drainUnsafe().map((m) => m.topic)).toEqual(["jobs/4"])
+    expect(d.dropped).toBe(0)
     // once the application reads `messages`, what waits there is its
     d.deliver(["jobs/3"].map(unclaimed))
     d.subscribed()

@@ -345,7 +345,7 @@ describe("session: inbound messages", () => {
       expect(h.errors).toEqual([])
     })
 
-    it(`v${version}: a QoS 2 PUBLISH without DUP under an identifier the client still holds is a new message; each is answered in turn`, () => {
+    it(`v${version}: a QoS 2 PUBLISH without DUP under an identifier the client still holds is a new message; the held one is let go unanswered`, () => {
       const h = new Harness({ protocolVersion: version })
       h.connect()
       h.receive(publish("t", "first", 2, 9))
@@ -356,13 +356,13 @@ describe("session: inbound messages", () => {
       // the second's resend is still a resend
       h.receive(publish("t", "second", 2, 9, { dup: true }))
       expect(h.delivered).toEqual([])
+      // the broker holds one flow per identifier: the first's PUBREC would answer the second before it is taken
       h.session.settled(first.record!, h.out)
       h.drain()
-      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 9]])
-      h.receive(ack("Pubrel", 9))
+      expect(h.take()).toEqual([])
       h.session.settled(second.record!, h.out)
       h.drain()
-      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubcomp", 9], ["pubrec", 9]])
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 9]])
       h.receive(ack("Pubrel", 9))
       expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubcomp", 9]])
       expect(h.session.inbound.inFlight).toBe(0)

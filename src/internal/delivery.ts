@@ -35,17 +35,13 @@ type Sink = (record: InboundRecord) => Effect.Effect<void> | undefined
  */
 class Receipt {
   private done = false
-  private inQueue = false
+  /** counted in its record's `queued` (the session counts every copy when it makes the record) */
+  private inQueue = true
   private readonly record: InboundRecord
   private readonly sink: Sink
   constructor(record: InboundRecord, sink: Sink) {
     this.record = record
     this.sink = sink
-  }
-  /** The copy waits in a queue. */
-  queued(): void {
-    this.inQueue = true
-    this.record.queued++
   }
   /** The copy left its queue: handed to the application, or given up. */
   handed(): void {
@@ -89,11 +85,14 @@ export class Deliveries {
   /** messages dropped by the queues of owners that are gone */
   private droppedByGone = 0
   /**
-   * Messages given up unread, not acknowledged yet: at the next arrival or acknowledgement, or after
-   * GIVEN_UP_GRACE_MS, whichever comes first; never when the client closes before (a persistent session then has
-   * them sent again, to the next process).
+   * Messages given up unread, not acknowledged yet: at the next acknowledgement of another message (which they
+   * would hold back), or after GIVEN_UP_GRACE_MS, whichever comes first; never when the client closes before (a
+   * persistent session then has them sent again, to the next process). Not at an arrival: a program that stops
+   * may still receive, while it waits for its UNSUBACK.
    */
   private givenUp: Array<MqttMessage> = []
+  /** owners that claimed a backlog from `messages` and whose subscription is not made yet: it goes back there */
+  private readonly unconfirmed = new Set<number>()
   private givenUpTimer: ReturnType<typeof setTimeout> | undefined = undefined
 
   /** the application subscribed through `subscribe` (the filters of `messages`) */
@@ -166,6 +165,7 @@ export class Deliveries {
    */
   claimBacklog(owner: number, filters: ReadonlyArray<string>): void {
     if (this.takesLeftovers || this.messages.size === 0) return
+    this.unconfirmed.add(owner)
     const queue = this.owners.get(owner)?.queue
     if (queue === undefined) return
     const mine: Array<MqttMessage> = []
@@ -175,6 +175,11 @@ export class Deliveries {
     }
     if (rest.length > 0) this.messages.offerMovedUnsafe(rest)
     if (mine.length > 0) queue.offerMovedUnsafe(mine)
+  }
+
+  /** The subscription of an owner that claimed a backlog was made: from now on, what it leaves is its own. */
+  confirm(owner: number): void {
+    this.unconfirmed.delete(owner)
   }
 
   /** The application subscribes through `subscribe`: `messages` is read (see `takesLeftovers`). */
@@ -229,8 +234,10 @@ export class Deliveries {
     this.droppedByGone += queue.dropped
     const rest = queue.drainUnsafe()
     queue.end()
+    // a subscription that failed hands what it claimed (and anything since) back to `messages`, where it waited
+    const unconfirmed = this.unconfirmed.delete(owner)
     if (rest.length === 0) return
-    if (this.takesLeftovers) return this.messages.offerMovedUnsafe(rest)
+    if (this.takesLeftovers || unconfirmed) return this.messages.offerMovedUnsafe(rest)
     for (const message of rest) this.giveUp(message)
     this.warn(
       `${rest.length} message(s) left in a released subscription() stream are given up, acknowledged unread ` +
@@ -260,7 +267,6 @@ export class Deliveries {
    * queue is full (the reader then stops reading the socket), or undefined when all were taken in.
    */
   deliver(deliveries: ReadonlyArray<Delivery>): Effect.Effect<void> | undefined {
-    this.releaseGivenUp()
     const batches = new Map<Queue, Array<MqttMessage>>()
     const counts = this.counts
     const bytes = this.bytes
@@ -301,7 +307,6 @@ export class Deliveries {
           continue
         }
         const queue = owner.queue!
-        receiptOf(copy)?.queued()
         const batch = batches.get(queue)
         if (batch === undefined) batches.set(queue, [copy])
         else batch.push(copy)

@@ -110,6 +110,10 @@ export class Inbound {
         this.forget(held)
       } else {
         this.warnReused(id, "while its message was unacknowledged", out)
+        // QoS 2: the held message's PUBREC would answer the new one before it is taken (the broker holds one flow
+        // per identifier), so the held one is let go, unacknowledged; QoS 1 keeps both (Mosquitto, past 65,535
+        // in flight, holds both flows, and each PUBACK ends one)
+        if (packet.qos === 2 || held.qos === 2) this.forget(held)
       }
     }
     if (packet.qos === 2 && this.awaitingRelease.has(id)) {
@@ -151,14 +155,15 @@ export class Inbound {
   }
 
   /**
-   * Lets go of a held record the broker sends again: its copies' acknowledgements (late, from a handler still
-   * running) do nothing any more; the resend's record takes its place in the line, at the end.
+   * Lets go of a held record: the broker sends it again (its copies' late acknowledgements then do nothing), or
+   * reused its identifier for a new QoS 2 message. It is never acknowledged; the new record goes to the end of the
+   * line.
    */
   private forget(record: InboundRecord): void {
-    const at = this.line.indexOf(record, this.head)
-    if (at >= 0) this.line.splice(at, 1)
-    if (this.byId.get(record.id) === record) this.byId.delete(record.id)
+    // it stays in the line, skipped there without an acknowledgement (`flush`): no search, no splice
+    record.forgotten = true
     record.pending = 0
+    if (this.byId.get(record.id) === record) this.byId.delete(record.id)
     this.unacknowledged--
   }
 
@@ -189,6 +194,7 @@ export class Inbound {
       const record = this.line[this.head]
       if (record.pending > 0) break
       this.head++
+      if (record.forgotten) continue
       // a later message under the same identifier (reused, see `admit`) keeps its entry
       if (this.byId.get(record.id) === record) this.byId.delete(record.id)
       this.unacknowledged--

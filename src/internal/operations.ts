@@ -482,6 +482,7 @@ export const subscription = (ctx: Context) =>
     // what waits unclaimed on `messages` and matches (a resumed session's backlog, when nothing reads `messages`)
     // comes first on this stream
     yield* subscribeAs(ctx, owner, input, options, (filters) => ctx.deliveries.claimBacklog(owner, filters))
+    ctx.deliveries.confirm(owner)
     return ctx.options.tracing.messages ? Stream.tap(queue.stream, Telemetry.receiveSpan) : queue.stream
   })
 

@@ -28,8 +28,10 @@ export interface Delivery {
 export class InboundRecord {
   /** copies not yet taken or acknowledged */
   pending = 0
-  /** copies still waiting in a queue: not yet handed to the application */
+  /** copies not yet handed to the application (still in a queue, or on their way to one) */
   queued = 0
+  /** let go of (see `Inbound.forget`): done, and never acknowledged */
+  forgotten = false
   readonly id: number
   readonly qos: 1 | 2
   /** the broker session it belongs to: a record of a session the broker lost is never acknowledged */

@@ -325,6 +325,8 @@ export class Session {
       if (admitted === undefined || admitted === DUPLICATE) return
       record = admitted
       record.pending = owners.length
+      // every copy starts out waiting for the application (Deliveries counts each one down as it is handed out)
+      record.queued = owners.length
     }
     let properties = packet.properties
     const identifiers = properties?.subscriptionIdentifiers

@@ -366,14 +366,17 @@ export class Supervisor {
           )
         }
         if (clock.currentTimeMillisUnsafe() - connectedAt >= REDIRECT_RESET_MILLIS) redirects = 0
+        const exhausted = redirects >= MAX_REDIRECTS_PER_ROUND && Failover.referenceOf(error) !== undefined
         const redirect = schedule === undefined ? undefined : yield* self.redirect(
           error,
           c.node,
-          redirects >= MAX_REDIRECTS_PER_ROUND ? "in a row (each connection shorter than a minute)" : undefined
+          exhausted ? "in a row (each connection shorter than a minute)" : undefined
         )
         if (Failover.referenceOf(error) === undefined) redirects = 0
         else if (redirect !== undefined) redirects++
-        if (schedule === undefined || (redirect === undefined && isFinal(error))) {
+        // a reference not followed for that count only (0x9D, server moved, included) sends the client back to its
+        // own list rather than stopping it
+        if (schedule === undefined || (redirect === undefined && isFinal(error) && !exhausted)) {
           return yield* self.shutdown(error, disconnectReasonOf(error))
         }
         yield* self.detach(c, error)

@@ -117,10 +117,6 @@ export class Harness {
     const out = this.out
     for (const bytes of out.send.splice(0)) this.parser.parse(Buffer.from(bytes))
     if (!out.acks.isEmpty) this.parser.parse(Buffer.from(out.acks.take()))
-    for (const d of out.deliver) {
-      // each copy waits for its consumer, as in a queue (acknowledgement on hand-over: taking it settles it)
-      if (d.record !== undefined) d.record.queued += d.owners.length
-    }
     this.delivered.push(...out.deliver.splice(0))
     this.ended.push(...out.settle.splice(0))
     this.warnings.push(...out.warnings.splice(0))
