@@ -4,7 +4,7 @@
  * is written, on the connection it goes out on. No socket: the session core only.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Stream } from "effect"
+import { Effect, Fiber, Stream } from "effect"
 import * as IncomingQueue from "../src/IncomingQueue.ts"
 import * as Codec from "../src/internal/codec.ts"
 import { Deliveries } from "../src/internal/delivery.ts"
@@ -628,6 +628,29 @@ describe("delivery: a failed owner's copy", () => {
     expect(later.queue.size).toBe(0)
     expect(d.messages.size).toBe(1)
   })
+
+  it("messages waiting to enter a stream's full queue when the stream is released are given up with the rest, not lost unanswered", () =>
+    Effect.gen(function*() {
+      const { acknowledged, d } = deliveries(IncomingQueue.bounded(2))
+      const { owner } = d.addQueue(false)
+      const records = [1, 2, 3, 4].map((id) => Object.assign(new InboundRecord(id, 1, 0), { pending: 1, queued: 1 }))
+      const waiting = d.deliver(records.map((record) => ({
+        message: new MqttMessage("a/b", new TextEncoder().encode(String(record.id)), 1, false, false, undefined),
+        owners: [owner],
+        record
+      })))
+      expect(waiting).toBeDefined()
+      const reader = Effect.runFork(waiting!)
+      yield* Effect.yieldNow
+      d.remove(owner)
+      yield* Fiber.join(reader)
+      expect(d.dropped).toBe(4)
+      expect(records.map((r) => r.queued)).toEqual([0, 0, 0, 0])
+      // given up: acknowledged after the grace period (a guard against a hang, not a timing claim); the session
+      // puts the acknowledgements on the wire in arrival order, whatever order they are reported in
+      for (let i = 0; i < 100 && acknowledged.length < 4; i++) yield* Effect.sleep("50 millis")
+      expect([...acknowledged].sort()).toEqual([1, 2, 3, 4])
+    }).pipe(Effect.runPromise))
 
   it("what was given up unread and not acknowledged yet stays unacknowledged when the client closes; otherwise it is acknowledged after a grace period", () =>
     Effect.gen(function*() {

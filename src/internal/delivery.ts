@@ -168,13 +168,15 @@ export class Deliveries {
     this.unconfirmed.add(owner)
     const queue = this.owners.get(owner)?.queue
     if (queue === undefined) return
-    const mine: Array<MqttMessage> = []
-    const rest: Array<MqttMessage> = []
-    for (const message of this.messages.drainUnsafe()) {
-      ;(filters.some((filter) => Topic.matches(message.topic, filter)) ? mine : rest).push(message)
-    }
-    if (rest.length > 0) this.messages.offerMovedUnsafe(rest)
-    if (mine.length > 0) queue.offerMovedUnsafe(mine)
+    this.messages.sortUnsafe((waiting) => {
+      const mine: Array<MqttMessage> = []
+      const rest: Array<MqttMessage> = []
+      for (const message of waiting) {
+        ;(filters.some((filter) => Topic.matches(message.topic, filter)) ? mine : rest).push(message)
+      }
+      if (rest.length > 0) this.messages.offerMovedUnsafe(rest)
+      if (mine.length > 0) queue.offerMovedUnsafe(mine)
+    })
   }
 
   /** The subscription of an owner that claimed a backlog was made: from now on, what it leaves is its own. */
@@ -232,8 +234,10 @@ export class Deliveries {
     const queue = removed.queue
     if (queue === undefined) return
     this.droppedByGone += queue.dropped
-    const rest = queue.drainUnsafe()
+    // ended first: a producer waiting for room that the drain wakes finds it closed (see `leftOver`), rather than
+    // fill it again behind the drain
     queue.end()
+    const rest = queue.drainUnsafe()
     // a subscription that failed hands what it claimed (and anything since) back to `messages`, where it waited
     const unconfirmed = this.unconfirmed.delete(owner)
     if (rest.length === 0) return
@@ -319,7 +323,7 @@ export class Deliveries {
       queue.offerUnsafe(batch, progress)
       if (progress.accepted < batch.length && !queue.isClosed) (waiting ??= []).push([queue, batch, progress])
     }
-    return waiting === undefined ? undefined : waitForRoom(waiting)
+    return waiting === undefined ? undefined : waitForRoom(waiting, this.leftOver)
   }
 
   /** A copy for a released (or failed) subscription stream that nobody else takes: given up, warned once. */
@@ -332,6 +336,15 @@ export class Deliveries {
         "closes first), and so will be any later one: " +
         "nothing reads `messages` (subscribe through `subscribe`, or run `messages`, to take them there)"
     )
+  }
+
+  /**
+   * Messages that were on their way into a queue that closed meanwhile (its stream released, or failed): they go
+   * where a released stream's queue goes (`remove`), to `messages` or given up, rather than be lost unanswered.
+   */
+  private readonly leftOver = (messages: ReadonlyArray<MqttMessage>): void => {
+    if (this.takesLeftovers) return this.messages.offerMovedUnsafe(messages)
+    for (const message of messages) this.giveUp(message)
   }
 
   /**
@@ -354,17 +367,31 @@ export class Deliveries {
  * Offers what did not fit, queue by queue, waiting for room. The messages of a read were taken in by the session
  * (it holds their records, and takes the broker's resend of one for a duplicate): when the wait is cut (the
  * connection is lost), what is left goes into the queues beyond their capacity rather than be lost (by at most
- * one read, once per connection).
+ * one read, once per connection); what a queue that closed meanwhile did not take goes to `leftOver`.
  */
-const waitForRoom = (waiting: ReadonlyArray<readonly [Queue, Array<MqttMessage>, Progress]>): Effect.Effect<void> =>
-  Effect.forEach(waiting, ([queue, batch, progress]) => queue.offerAll(batch, progress), { discard: true }).pipe(
+const waitForRoom = (
+  waiting: ReadonlyArray<readonly [Queue, Array<MqttMessage>, Progress]>,
+  leftOver: (messages: ReadonlyArray<MqttMessage>) => void
+): Effect.Effect<void> => {
+  const rest = (queue: Queue, batch: Array<MqttMessage>, progress: Progress, cut: boolean) => {
+    if (progress.accepted >= batch.length) return
+    const left = batch.slice(progress.accepted)
+    progress.accepted = batch.length
+    if (queue.isClosed) leftOver(left)
+    else if (cut) queue.offerMovedUnsafe(left)
+  }
+  return Effect.forEach(
+    waiting,
+    ([queue, batch, progress]) =>
+      Effect.andThen(queue.offerAll(batch, progress), Effect.sync(() => rest(queue, batch, progress, false))),
+    { discard: true }
+  ).pipe(
     Effect.onInterrupt(() =>
       Effect.sync(() => {
-        for (const [queue, batch, progress] of waiting) {
-          if (progress.accepted < batch.length) queue.offerMovedUnsafe(batch.slice(progress.accepted))
-        }
+        for (const [queue, batch, progress] of waiting) rest(queue, batch, progress, true)
       })
     )
   )
+}
 
 const copyOf = (m: MqttMessage) => new MqttMessage(m.topic, m.payload, m.qos, m.retain, m.dup, m.properties)

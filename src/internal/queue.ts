@@ -309,6 +309,15 @@ export class MessageQueue<A, E> {
     return rest
   }
 
+  /**
+   * Removes every message waiting and hands them to `sort`, before a waiting producer is woken: what `sort` puts
+   * back (`offerMovedUnsafe`) stays ahead of what the producer then adds.
+   */
+  sortUnsafe(sort: (messages: Array<A>) => void): void {
+    sort(this.store.drain())
+    if (this.putters.size > 0 && this.store.size <= this.lowWater) this.wakePutters()
+  }
+
   /** Ends the stream once the waiting messages are taken. */
   end(): void {
     this.close({})
