@@ -114,7 +114,7 @@ export class Deliveries {
     this.strategy = strategy
     // an acknowledgement lets those given up unread go first (they hold back every later one [MQTT-4.6.0-2])
     this.sink = (record) => {
-      this.releaseGivenUp()
+      if (this.givenUp.length > 0) this.releaseGivenUp()
       return sink(record)
     }
     this.metrics = metrics
@@ -165,9 +165,9 @@ export class Deliveries {
    */
   claimBacklog(owner: number, filters: ReadonlyArray<string>): void {
     if (this.takesLeftovers || this.messages.size === 0) return
-    this.unconfirmed.add(owner)
     const queue = this.owners.get(owner)?.queue
     if (queue === undefined) return
+    this.unconfirmed.add(owner)
     this.messages.sortUnsafe((waiting) => {
       const mine: Array<MqttMessage> = []
       const rest: Array<MqttMessage> = []
