@@ -292,11 +292,15 @@ export interface Options {
   readonly strictReceiveMaximum?: boolean | undefined
   /** What publish, subscribe and unsubscribe do while the client is reconnecting. */
   readonly offline?: OfflineOptions | undefined
-  /** The largest packet the client accepts, in bytes: a larger one closes the connection as soon as its
-   * header arrives, before it is buffered (MQTT 5: DISCONNECT 0x95; announced to the broker in CONNECT, so
-   * that it does not send one). MQTT 3.1.1 cannot tell the broker: a larger QoS 1/2 message of a persistent
-   * session comes again on every reconnect, and the client never gets past it, so keep the limit above what
-   * the broker may send (the broker's own limit, Mosquitto's `max_packet_size`). Default 32 MiB. */
+  /** The largest packet the client accepts, in bytes, from 16 to 268,435,460. Default 32 MiB.
+   * - MQTT 5: announced to the broker in CONNECT, so that it does not send a larger packet (it discards such a
+   *   message for this client [MQTT-3.1.2-25]); one that does gets DISCONNECT 0x95 as soon as the packet's
+   *   header arrives, before it is buffered.
+   * - MQTT 3.1/3.1.1 cannot tell the broker. A larger PUBLISH is dropped unread, as an MQTT 5 broker would drop
+   *   it: only its headers (the topic and packet identifier) are kept while its bytes go by; it is counted in
+   *   `droppedMessages`, logged at Warn, and a QoS 1/2 one is acknowledged in its turn, so that a persistent
+   *   session does not send it again after every reconnect. A larger packet of another kind closes the
+   *   connection (`ProtocolError`). */
   readonly maximumPacketSize?: number | undefined
   /** MQTT 5: how many QoS 1/2 messages the broker may send before they are acknowledged; announced in CONNECT.
    * A broker that sends more is reported (a warning) and its messages taken: Mosquitto 2.0.11 goes over it
@@ -500,8 +504,9 @@ export interface Metrics {
   /** The longest such time. */
   readonly longestDisconnectMillis: number
   /**
-   * Messages dropped by a sliding or dropping incoming queue, and those a released `subscription()` stream left
-   * while nothing reads `messages` (as `MqttClient.droppedMessages`).
+   * Messages dropped by a sliding or dropping incoming queue, those a released `subscription()` stream left
+   * while nothing reads `messages`, and on MQTT 3.1.1 those over `maximumPacketSize` (as
+   * `MqttClient.droppedMessages`).
    */
   readonly droppedMessages: number
 }
@@ -739,8 +744,9 @@ export interface Client {
   readonly messages: Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>
 
   /**
-   * The number of messages dropped so far: by a sliding or dropping queue, and those a released `subscription()`
-   * stream left while nothing reads `messages` (given up: acknowledged unread unless the client closes first).
+   * The number of messages dropped so far: by a sliding or dropping queue, those a released `subscription()`
+   * stream left while nothing reads `messages` (given up: acknowledged unread unless the client closes first),
+   * and on MQTT 3.1.1 those over `maximumPacketSize` (dropped unread, acknowledged in their turn).
    */
   readonly droppedMessages: Effect.Effect<number>
 

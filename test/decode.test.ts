@@ -633,6 +633,103 @@ describe("the framer", () => {
   })
 })
 
+describe("the framer passing over an oversized PUBLISH (MQTT 3.1.1)", () => {
+  const MAX = 256
+  /** A PUBLISH of MQTT 3.1.1: topic, QoS, identifier, payload size. */
+  const publish = (topic: string, qos: 0 | 1 | 2, id: number, size: number, dup = false) => {
+    const name = Buffer.from(topic)
+    const fields = Buffer.concat([
+      Buffer.from([name.length >> 8, name.length & 0xff]),
+      name,
+      qos > 0 ? Buffer.from([id >> 8, id & 0xff]) : Buffer.alloc(0),
+      Buffer.alloc(size, 0x61)
+    ])
+    return frame(0x30 | (dup ? 8 : 0) | (qos << 1), fields)
+  }
+  /** Frames `chunks` with a framer that passes over, returning what it saw, in order. */
+  const run = (chunks: ReadonlyArray<Uint8Array>) => {
+    const seen: Array<string> = []
+    const framer = new Framer(MAX, (head, headerLength, total) => {
+      const packet = decode(head[0], head.subarray(headerLength), 4)
+      seen.push(
+        packet._tag === "Publish"
+          ? `over ${packet.topic} q${packet.qos} #${packet.id} ${total} payload ${packet.payload.length}`
+          : `over ${packet._tag}`
+      )
+    })
+    for (const chunk of chunks) {
+      const error = framer.push(chunk, (header, body) => {
+        const packet = decode(header, body, 4)
+        seen.push(packet._tag === "Publish" ? `packet ${packet.topic} ${packet.payload.length}` : packet._tag)
+      })
+      if (error !== undefined) seen.push(`error ${error.reasonCode}`)
+    }
+    return seen
+  }
+  const longTopic = "t/" + "x".repeat(300)
+  const stream = Buffer.concat([
+    publish("a", 1, 1, 10),
+    publish("big", 1, 2, 5000),
+    Buffer.from([0xd0, 0]),
+    publish("big0", 0, 0, 300, false),
+    publish(longTopic, 2, 3, 0),
+    publish("dup", 2, 4, 1000, true),
+    publish("z", 0, 0, 3)
+  ])
+  const expected = [
+    "packet a 10",
+    `over big q1 #2 ${publish("big", 1, 2, 5000).length} payload 0`,
+    "Pingresp",
+    `over big0 q0 #0 ${publish("big0", 0, 0, 300).length} payload 0`,
+    `over ${longTopic} q2 #3 ${publish(longTopic, 2, 3, 0).length} payload 0`,
+    `over dup q2 #4 ${publish("dup", 2, 4, 1000, true).length} payload 0`,
+    "packet z 3"
+  ]
+
+  it("hands on the packets around it and its headers once it has gone by, in one read or byte by byte", () => {
+    expect(run([stream])).toEqual(expected)
+    expect(run(Array.from(stream, (byte) => Uint8Array.of(byte)))).toEqual(expected)
+  })
+
+  it("whatever the reads' boundaries", () => {
+    fc.assert(fc.property(fc.uniqueArray(fc.integer({ min: 1, max: stream.length - 1 }), { maxLength: 12 }), (cuts) => {
+      const points = [0, ...cuts.sort((a, b) => a - b), stream.length]
+      const chunks = points.slice(1).map((end, i) => stream.subarray(points[i], end))
+      expect(run(chunks)).toEqual(expected)
+    }))
+  })
+
+  it("keeps no more than its headers: a PUBLISH of 256 MB declared and trickled in costs no buffer", () => {
+    const total = 268_435_455
+    const head = Buffer.concat([Buffer.from([0x32, 0xff, 0xff, 0xff, 0x7f, 0, 1, 0x62, 0, 9])])
+    const chunk = Buffer.alloc(1 << 20)
+    const seen: Array<number> = []
+    const framer = new Framer(MAX, (kept, _headerLength, size) => seen.push(kept.length, size))
+    expect(framer.push(head, () => {})).toBeUndefined()
+    let left = total + 5 - head.length
+    while (left > 0) {
+      const n = Math.min(left, chunk.length)
+      expect(framer.push(chunk.subarray(0, n), () => {})).toBeUndefined()
+      left -= n
+    }
+    expect(seen).toEqual([head.length, total + 5])
+  })
+
+  it("without the handler (MQTT 5) an oversized PUBLISH is refused with 0x95, as before", () => {
+    expect(new Framer(MAX).push(publish("big", 1, 2, 5000), () => {})).toMatchObject({ reasonCode: 0x95 })
+  })
+
+  it("an oversized packet of another kind is still refused", () => {
+    const framer = new Framer(MAX, () => expect.unreachable())
+    expect(framer.push(frame(0x90, Buffer.alloc(400)), () => {})).toMatchObject({ reasonCode: 0x95 })
+  })
+
+  it("a topic length past the packet's end is kept as far as the packet goes, and its decoding fails", () => {
+    const bad = frame(0x32, Buffer.concat([Buffer.from([0xff, 0xff]), Buffer.alloc(300)]))
+    expect(run([bad])).toEqual(["over Violation"])
+  })
+})
+
 describe("stray acknowledgements (identifier not in flight)", () => {
   it("PUBREC is answered with PUBREL 0x92 in MQTT 5 and a plain PUBREL before; PUBREL with PUBCOMP", () => {
     expect(Array.from(strayAnswer({ _tag: "Pubrec", id: 0x0102, reasonCode: 0 }, 5)!)).toEqual([0x62, 3, 1, 2, 0x92])

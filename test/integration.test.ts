@@ -667,6 +667,43 @@ describe("effect-mqtt against a private Mosquitto", () => {
         yield* publisher.publish(topic, "", { qos: 1, retain: true })
       }))
   })
+
+  describe("MQTT 3.1.1: a message over the client's maximumPacketSize (the broker cannot be told the limit)", () => {
+    for (const qos of qosLevels) {
+      it.live(`QoS ${qos}: dropped unread, counted, acknowledged; the connection stays up and a persistent session does not send it again`, () =>
+        Effect.gen(function*() {
+          const topic = uniqueTopic(`oversized-v4-q${qos}`)
+          const clientId = `it-${runId}-oversized-${qos}`
+          const options = { protocolVersion: 4, clientId, cleanStart: false, maximumPacketSize: 1024 } as const
+          const first = yield* Effect.gen(function*() {
+            const subscriber = yield* connect(broker, options)
+            yield* subscriber.subscribe(topic, { qos: 2 })
+            const pub = (message: string) =>
+              mosquittoPub([...cliTarget(broker, 4, topic), "-q", String(qos), "-m", message])
+            yield* fromPromise(() => pub("x".repeat(5000)))
+            yield* fromPromise(() => pub("fits"))
+            const [message] = yield* take(subscriber, 1)
+            const metrics = yield* subscriber.metrics
+            return {
+              text: message.text,
+              dropped: yield* subscriber.droppedMessages,
+              reconnects: metrics.reconnects,
+              status: (yield* subscriber.status)._tag
+            }
+          }).pipe(Effect.scoped)
+          assert.deepStrictEqual(first, { text: "fits", dropped: 1, reconnects: 0, status: "Connected" })
+          // the same session again: the broker holds nothing unacknowledged, so the next message comes first
+          const again = yield* Effect.gen(function*() {
+            const subscriber = yield* connect(broker, options)
+            assert.strictEqual(subscriber.connection.sessionPresent, true)
+            yield* fromPromise(() => mosquittoPub([...cliTarget(broker, 4, topic), "-q", String(qos), "-m", "after"]))
+            const [message] = yield* take(subscriber, 1)
+            return { text: message.text, dropped: yield* subscriber.droppedMessages }
+          }).pipe(Effect.scoped)
+          assert.deepStrictEqual(again, { text: "after", dropped: 0 })
+        }))
+    }
+  })
 })
 
 // ---------------------------------------------------------------------------------------------------------------

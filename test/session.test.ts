@@ -6,6 +6,7 @@ import { assert, describe, expect, it } from "@effect/vitest"
 import { Buffer } from "node:buffer"
 import { SEPARATE_PAYLOAD } from "../src/internal/codec.ts"
 import { PublishEntry } from "../src/internal/outgoing.ts"
+import type * as Packets from "../src/internal/packets.ts"
 import { MESSAGES, RETIRED_KEPT } from "../src/internal/subscriptions.ts"
 import * as MqttError from "../src/MqttError.ts"
 import { ack, connack, Harness, LINE_FULL, message, OFFLINE_FULL, publish, spec } from "./support/sessionHarness.ts"
@@ -433,6 +434,33 @@ describe("session: inbound messages", () => {
     h.session.settled(held.record!, h.out)
     h.drain()
     expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 3], ["puback", 4]])
+  })
+
+  it("MQTT 3.1.1: a PUBLISH over the client's Maximum Packet Size is dropped, counted once, and acknowledged in its turn; a resend is answered", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    const oversized = (packet: Packets.Publish) => {
+      h.session.onOversizedPublish(packet, 5000, 1024, h.out)
+      h.drain()
+    }
+    h.receive(publish("t", "held", 1, 1))
+    oversized(publish("big/1", "", 1, 2))
+    oversized(publish("big/2", "", 2, 3))
+    oversized(publish("big/0", "", 0))
+    // behind the message the consumer has not taken [MQTT-4.6.0-2]
+    expect(h.take()).toEqual([])
+    expect([h.dropped, h.delivered.length, h.warnings.length]).toEqual([3, 1, 3])
+    expect(h.warnings[0]).toContain(`5000 bytes on "big/1", over the client's Maximum Packet Size of 1024`)
+    h.takeAll()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 1], ["puback", 2], [
+      "pubrec",
+      3
+    ]])
+    // the QoS 2 one's resend before PUBREL is answered, not dropped (nor counted) again; PUBREL ends it
+    oversized(publish("big/2", "", 2, 3, { dup: true }))
+    h.receive(ack("Pubrel", 3))
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 3], ["pubcomp", 3]])
+    expect([h.dropped, h.delivered.length, h.errors]).toEqual([3, 0, []])
   })
 
   it("taken while offline: acknowledged on the resumed session, and again for the broker's resend that crossed it, not delivered twice", () => {

@@ -249,9 +249,23 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   const driver = env.driver
   const session = driver.session
   const out = driver.out
-  const framer = new Framer(o.maximumPacketSize)
   let connected = false
   let firstByteSeen = false
+  // MQTT 3.1/3.1.1 cannot tell the broker the limit: a PUBLISH over it is passed over, not a broken connection
+  const framer = new Framer(
+    o.maximumPacketSize,
+    version === 5 ? undefined : (head, headerLength, total) => {
+      if (out.error !== undefined) return
+      const packet = decode(head[0], head.subarray(headerLength), version)
+      if (packet._tag === "Violation") {
+        return out.fail(
+          violation(version, packet.reason, packet.reasonCode, { packet: packet.packet, rule: packet.rule })
+        )
+      }
+      if (!connected || packet._tag !== "Publish") return out.fail(violation(version, "a PUBLISH before CONNACK"))
+      session.onOversizedPublish(packet, total, o.maximumPacketSize, out)
+    }
+  )
   /**
    * The wait for queue room of the read that carried the CONNACK: a resumed session's backlog may come in the same
    * read, more than the queue holds. It is the read loop's, not the handshake's: the application can take

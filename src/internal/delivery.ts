@@ -198,6 +198,12 @@ export class Deliveries {
     return this.messagesSubscribed || this.messages.consumed
   }
 
+  /** Messages the session dropped before any queue (a PUBLISH over the client's Maximum Packet Size): counted. */
+  droppedUnread(count: number): void {
+    this.droppedByGone += count
+    for (let i = 0; i < count; i++) this.metrics.dropped()
+  }
+
   /**
    * A message nobody will take (the application let its subscription go): counted as dropped, and acknowledged
    * unread once something else happens (see `givenUp`), so that a client about to close leaves it to the session.

@@ -73,6 +73,11 @@ export class Driver {
       const acks = out.acks.take()
       outbox?.push(acks)
     }
+    // counted before the step's messages are handed over, which may run their consumers at once
+    if (out.dropped > 0) {
+      this.deliveries.droppedUnread(out.dropped)
+      out.dropped = 0
+    }
     let wait: Effect.Effect<void> | undefined
     // taken out first: handing a message over may acknowledge it, which drains again (re-entrantly)
     if (out.deliver.length > 0) wait = this.deliveries.deliver(out.deliver.splice(0))

@@ -155,6 +155,18 @@ export class Inbound {
   }
 
   /**
+   * Admits a QoS 1/2 message the client drops unread (a PUBLISH over its Maximum Packet Size on MQTT 3.1.1): it is
+   * acknowledged in its turn, as if taken, so that the broker does not send it again. Returns whether it was new
+   * (not a resend the client answered, nor a violation).
+   */
+  pass(packet: Packets.Publish, out: Output): boolean {
+    const record = this.admit(packet, out)
+    if (record === undefined || record === DUPLICATE) return false
+    this.flush(out, false)
+    return true
+  }
+
+  /**
    * Lets go of a held record: the broker sends it again (its copies' late acknowledgements then do nothing), or
    * reused its identifier for a new QoS 2 message. It is never acknowledged; the new record goes to the end of the
    * line.

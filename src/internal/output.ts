@@ -72,6 +72,8 @@ export class Output {
   error: MqttError.MqttError | undefined = undefined
   /** things worth a log line that do not end anything */
   readonly warnings: Array<string> = []
+  /** messages the session dropped unread (counted in `droppedMessages`) */
+  dropped = 0
   /**
    * Changes of the session to store (durable sessions only; undefined otherwise): the packets of the same step
    * are written only once these are durable (write-ahead).
@@ -99,7 +101,7 @@ export class Output {
   get isEmpty(): boolean {
     return this.send.length === 0 && this.acks.isEmpty && this.deliver.length === 0 && this.settle.length === 0 &&
       this.failed.length === 0 && this.auth.length === 0 && !this.pong && this.error === undefined &&
-      this.warnings.length === 0
+      this.warnings.length === 0 && this.dropped === 0
   }
 }
 

@@ -341,6 +341,24 @@ export class Session {
     out.deliver.push({ message, owners, record })
   }
 
+  /**
+   * A PUBLISH over the client's Maximum Packet Size on MQTT 3.1/3.1.1, which cannot tell the broker the limit:
+   * `packet` is its headers (no payload), `size` its size in bytes. It is dropped unread, as an MQTT 5 broker
+   * discards what is over the client's limit [MQTT-3.1.2-25], counted and reported, and a QoS 1/2 one is
+   * acknowledged in its turn: a persistent session would otherwise send it again after every reconnect, for good.
+   */
+  onOversizedPublish(packet: Packets.Publish, size: number, maximum: number, out: Output): void {
+    if (this.closed !== undefined) return
+    // a resend of one dropped before is answered again (in `pass`), not counted again
+    if (packet.qos > 0 && !this.inbound.pass(packet, out)) return
+    out.dropped++
+    out.warnings.push(
+      `dropped a PUBLISH of ${size} bytes on "${packet.topic}", over the client's Maximum Packet Size of ${maximum}` +
+        (packet.qos === 0 ? "" : `, and acknowledged it (QoS ${packet.qos})`) +
+        ": MQTT 3.1.1 cannot tell the broker the limit"
+    )
+  }
+
   /** Writes what waits for identifiers: requests first (never held back by publishes), then publishes. */
   pump(out: Output): void {
     this.subscriptions.pump(out)

@@ -25,7 +25,8 @@ const families = {
   queued: gauge("mqtt.client.queue.depth", "Messages waiting in the `messages` queue"),
   dropped: counter(
     "mqtt.client.messages.dropped",
-    "Messages dropped by sliding or dropping queues, and given up unread after a released subscription stream"
+    "Messages dropped by sliding or dropping queues, given up unread after a released subscription stream, or " +
+      "over the client's Maximum Packet Size (MQTT 3.1.1)"
   ),
   reconnects: counter("mqtt.client.reconnects", "Connections made again after one was lost"),
   connected: gauge("mqtt.client.connected", "1 while connected, 0 otherwise")

@@ -100,6 +100,8 @@ export class Harness {
   /** owners whose streams the session failed */
   readonly failed: Array<{ readonly owner: number; readonly error: MqttError.MqttError }> = []
   errors: Array<MqttError.MqttError> = []
+  /** messages the session dropped unread */
+  dropped = 0
   private readonly parser: MqttPacket.Parser
 
   constructor(overrides: Partial<SessionConfig> = {}) {
@@ -121,6 +123,8 @@ export class Harness {
     this.ended.push(...out.settle.splice(0))
     this.warnings.push(...out.warnings.splice(0))
     this.failed.push(...out.failed.splice(0))
+    this.dropped += out.dropped
+    out.dropped = 0
     out.auth.length = 0
     out.pong = false
     if (out.error !== undefined) {
