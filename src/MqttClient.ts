@@ -302,6 +302,13 @@ export interface Options {
    *   session does not send it again after every reconnect. A larger packet of another kind closes the
    *   connection (`ProtocolError`). */
   readonly maximumPacketSize?: number | undefined
+  /** The largest packet the client sends, in bytes, from 16 to 268,435,460; by default the broker's Maximum Packet
+   * Size (MQTT 5), or no limit (MQTT 3.1.1, whose broker cannot say its limit). A publish, SUBSCRIBE or
+   * UNSUBSCRIBE over it (or over the broker's, when that is lower) fails with `PublishError` / `SubscribeError`
+   * reason code 0x95 before it is sent, checked when it is written, on every connection. On MQTT 3.1.1 set it to
+   * the broker's limit (Mosquitto's `max_packet_size`): a broker closes the connection on a larger packet, and a
+   * QoS 1/2 publish it never acknowledged is sent again on every connection, holding back the ones behind it. */
+  readonly sendMaximumPacketSize?: number | undefined
   /** MQTT 5: how many QoS 1/2 messages the broker may send before they are acknowledged; announced in CONNECT.
    * A broker that sends more is reported (a warning) and its messages taken: Mosquitto 2.0.11 goes over it
    * while it holds a backlog for the client, and a DISCONNECT would lose what a clean session held; with

@@ -755,6 +755,51 @@ describe("MQTT 5 against Mosquitto's limits (max_inflight_messages 1, max_keepal
     }))
 })
 
+describe("a broker with max_packet_size 1000, and the client's sendMaximumPacketSize", () => {
+  let small: MosquittoHandle
+  beforeAll(async () => {
+    small = await startMosquitto({ protocolConfig: "max_packet_size 1000" })
+  })
+  afterAll(() => small?.dispose())
+
+  for (const version of versions) {
+    it.live(`${label(version)}: a publish over sendMaximumPacketSize fails with PublishError 0x95 before sending; the connection stays up and the next one arrives`, () =>
+      Effect.gen(function*() {
+        const topic = uniqueTopic(`send-maximum-${version}`)
+        const subscriber = yield* connect(small, { protocolVersion: version })
+        yield* subscriber.subscribe(topic, { qos: 1 })
+        const publisher = yield* connect(small, { protocolVersion: version, sendMaximumPacketSize: 900 })
+        const error = errorOf(yield* Effect.exit(publisher.publish(topic, "x".repeat(5000), { qos: 1 })))
+        assert.strictEqual(error._tag, "PublishError")
+        assert.strictEqual(error._tag === "PublishError" && error.reasonCode, 0x95)
+        assert.include(error.message, "sendMaximumPacketSize allows 900 at most")
+        yield* publisher.publish(topic, "fits", { qos: 1 })
+        assert.deepStrictEqual((yield* take(subscriber, 1)).map((m) => m.text), ["fits"])
+        assert.strictEqual((yield* publisher.metrics).reconnects, 0)
+      }))
+  }
+
+  it.live("MQTT 3.1.1 without it: the broker closes the connection on the larger publish (what the option is for)", () =>
+    Effect.gen(function*() {
+      const topic = uniqueTopic("send-maximum-none")
+      const publisher = yield* connect(small, { protocolVersion: 4 })
+      const changes = yield* Effect.forkChild(
+        Stream.runHead(Stream.filter(publisher.statusChanges, (status) => status._tag === "Disconnected"))
+      )
+      yield* publisher.publish(topic, "x".repeat(5000))
+      const disconnected = yield* guard(Fiber.join(changes))
+      assert.isTrue(Option.isSome(disconnected))
+    }))
+
+  it.live("MQTT 5: the broker's own limit (1000) is kept when sendMaximumPacketSize is higher, and named", () =>
+    Effect.gen(function*() {
+      const publisher = yield* connect(small, { protocolVersion: 5, sendMaximumPacketSize: 100_000 })
+      assert.strictEqual(publisher.connection.maximumPacketSize, 1000)
+      const error = errorOf(yield* Effect.exit(publisher.publish(uniqueTopic("broker-max"), "x".repeat(5000))))
+      assert.include(error.message, "the broker accepts 1000 at most")
+    }))
+})
+
 describe("a broker that requires a username and password", () => {
   const password = `right-${Crypto.randomBytes(6).toString("hex")}`
   let secured: MosquittoHandle

@@ -146,7 +146,11 @@ describe("CONNECT and CONNACK", () => {
         [{ connectTimeout: -5 }, "connectTimeout"],
         [{ queue: IncomingQueue.bounded(0) }, "queue"],
         [{ will: { topic: "a/#", payload: "x" } }, "will.topic"],
-        [{ will: { topic: "a", payload: "x", qos: 3 as 0 } }, "will.qos"]
+        [{ will: { topic: "a", payload: "x", qos: 3 as 0 } }, "will.qos"],
+        [{ maximumPacketSize: 15 }, "maximumPacketSize"],
+        [{ sendMaximumPacketSize: 15 }, "sendMaximumPacketSize"],
+        [{ sendMaximumPacketSize: 1.5 }, "sendMaximumPacketSize"],
+        [{ sendMaximumPacketSize: "1000" as unknown as number }, "sendMaximumPacketSize"]
       ]
       for (const [options, option] of cases) {
         const error = yield* Effect.flip(MqttClient.make({ url: "mqtt://127.0.0.1:1", ...options }))

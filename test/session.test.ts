@@ -436,6 +436,20 @@ describe("session: inbound messages", () => {
     expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 3], ["puback", 4]])
   })
 
+  it("sendMaximumPacketSize holds on every connection: a publish and a SUBSCRIBE queued offline over it fail with 0x95 at CONNACK, unsent", () => {
+    const h = new Harness({ protocolVersion: 4, sendMaximumPacketSize: 100 })
+    const big = h.publish(message("t", "x".repeat(200), 1, 4))
+    const small = h.publish(message("t", "ok", 1, 4))
+    const request = h.subscribe(1, [spec("a/" + "b".repeat(200))])
+    expect([big instanceof PublishEntry, small instanceof PublishEntry]).toEqual([true, true])
+    h.connect()
+    const written = h.take() as Array<any>
+    expect(written.map((p) => [p.cmd, p.payload?.toString()])).toEqual([["publish", "ok"]])
+    const failed = [(big as PublishEntry).error, request.error]
+    expect(failed.map((e: any) => [e?._tag, e?.reasonCode])).toEqual([["PublishError", 0x95], ["SubscribeError", 0x95]])
+    expect(String((big as PublishEntry).error?.message)).toContain("sendMaximumPacketSize allows 100 at most")
+  })
+
   it("MQTT 3.1.1: a PUBLISH over the client's Maximum Packet Size is dropped, counted once, and acknowledged in its turn; a resend is answered", () => {
     const h = new Harness({ protocolVersion: 4, cleanStart: false })
     h.connect()

@@ -106,6 +106,7 @@ export const make = (
       sessionExpiryInterval: o.sessionExpiryInterval,
       keepAlive: o.keepAlive,
       maxInflight: o.maxInflight,
+      sendMaximumPacketSize: o.sendMaximumPacketSize,
       // announced in CONNECT is `o.receiveMaximum`; the session disconnects beyond what it enforces
       receiveMaximum: o.receiveMaximum,
       topicAliasMaximum: o.topicAliasMaximum,

@@ -50,6 +50,7 @@ export interface Resolved {
   readonly reconnect: Schedule.Schedule<unknown, MqttError.MqttError> | undefined
   readonly retryFirstConnect: boolean
   readonly maximumPacketSize: number
+  readonly sendMaximumPacketSize: number | undefined
   readonly receiveMaximum: number
   /** what the session enforces: `receiveMaximum`, or 65535 when the client accepts a broker's excess */
   readonly topicAliasMaximum: number
@@ -288,6 +289,13 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   if (!isUint(maximumPacketSize, 268_435_460) || maximumPacketSize < 16) {
     return yield* invalid("maximumPacketSize", "expected a whole number of bytes from 16 to 268435460")
   }
+  const sendMaximumPacketSize = options.sendMaximumPacketSize
+  if (
+    sendMaximumPacketSize !== undefined &&
+    (!isUint(sendMaximumPacketSize, 268_435_460) || sendMaximumPacketSize < 16)
+  ) {
+    return yield* invalid("sendMaximumPacketSize", "expected a whole number of bytes from 16 to 268435460")
+  }
   // with acknowledgement on hand-over, a queue at least as large as the Receive Maximum never fills with QoS 1/2
   // messages, so the reader never has to stop reading the socket for them
   const receiveMaximum = options.receiveMaximum ?? Math.min(65535, capacityOf(queue))
@@ -305,6 +313,7 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     reconnect,
     retryFirstConnect: options.retryFirstConnect ?? false,
     maximumPacketSize,
+    sendMaximumPacketSize,
     receiveMaximum,
     topicAliases: options.topicAliases ?? true,
     maxInflight,

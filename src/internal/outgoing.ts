@@ -67,6 +67,8 @@ export interface Limits {
   readonly maximumQoS: QoS
   readonly retainAvailable: boolean
   readonly maximumPacketSize: number | undefined
+  /** whose limit `maximumPacketSize` is, for the error: "the broker accepts" or "sendMaximumPacketSize allows" */
+  readonly maximumPacketSizeBy: string
   /** topic aliases the client may use on this connection (0: none) */
   readonly topicAliasMaximum: number
   /** QoS 1/2 publishes in flight at most: the broker's Receive Maximum, capped by `maxInflight` */
@@ -305,7 +307,11 @@ export class Outgoing {
       }
     }
     if (max !== undefined && m.encoded.size > max) {
-      return refused(m.topic, 0x95, `the packet is ${m.encoded.size} bytes, the broker accepts ${max} at most`)
+      return refused(
+        m.topic,
+        0x95,
+        `the packet is ${m.encoded.size} bytes, ${limits.maximumPacketSizeBy} ${max} at most`
+      )
     }
     if (m.qos === 0) return m.encoded
     // a resend is a copy (of the header only, when the payload is separate): the bytes of the first sending may

@@ -34,6 +34,8 @@ export interface SessionConfig {
   readonly keepAlive: number
   /** the client's own cap on QoS 1/2 publishes in flight */
   readonly maxInflight: number
+  /** the client's own cap on the packets it sends, below the broker's Maximum Packet Size (undefined: none) */
+  readonly sendMaximumPacketSize?: number | undefined
   /** the client's Receive Maximum, announced in CONNECT (MQTT 5) */
   readonly receiveMaximum: number
   /** the client's Topic Alias Maximum, announced in CONNECT (MQTT 5) */
@@ -186,10 +188,16 @@ export class Session {
     const elsewhere = present && broker !== undefined && this.sessionBroker !== undefined &&
       broker !== this.sessionBroker
     this.sessionBroker = broker
+    // the client's own cap, where it is below the broker's (the only one on MQTT 3.1.1)
+    const own = this.config.sendMaximumPacketSize
+    const ownLower = own !== undefined && (info.maximumPacketSize === undefined || own < info.maximumPacketSize)
+    const maximumPacketSize = ownLower ? own : info.maximumPacketSize
+    const maximumPacketSizeBy = ownLower ? "sendMaximumPacketSize allows" : "the broker accepts"
     this.subscriptions.resume(
       present,
       {
-        maximumPacketSize: info.maximumPacketSize,
+        maximumPacketSize,
+        maximumPacketSizeBy,
         subscriptionIdentifiersAvailable: info.subscriptionIdentifiersAvailable,
         wildcardSubscriptionAvailable: info.wildcardSubscriptionAvailable,
         sharedSubscriptionAvailable: info.sharedSubscriptionAvailable
@@ -202,7 +210,8 @@ export class Session {
       {
         maximumQoS: info.maximumQoS,
         retainAvailable: info.retainAvailable,
-        maximumPacketSize: info.maximumPacketSize,
+        maximumPacketSize,
+        maximumPacketSizeBy,
         topicAliasMaximum: info.topicAliasMaximum,
         // the client's own cap: a broker with thousands of messages in flight for one client slows down for all
         // of them (Mosquitto scans its in-flight list for each packet)

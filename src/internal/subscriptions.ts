@@ -47,8 +47,10 @@ const onlyMessages: ReadonlyArray<number> = [MESSAGES]
 
 /** What the current connection's CONNACK allows a SUBSCRIBE or UNSUBSCRIBE to be (MQTT 5; no limit on 3.1.1). */
 export interface RequestLimits {
-  /** the broker's Maximum Packet Size; undefined: no limit */
+  /** the broker's Maximum Packet Size, or the client's `sendMaximumPacketSize` when lower; undefined: no limit */
   readonly maximumPacketSize: number | undefined
+  /** whose limit `maximumPacketSize` is, for the error: "the broker accepts" or "sendMaximumPacketSize allows" */
+  readonly maximumPacketSizeBy: string
   readonly subscriptionIdentifiersAvailable: boolean
   readonly wildcardSubscriptionAvailable: boolean
   readonly sharedSubscriptionAvailable: boolean
@@ -56,6 +58,7 @@ export interface RequestLimits {
 
 const NO_LIMITS: RequestLimits = {
   maximumPacketSize: undefined,
+  maximumPacketSizeBy: "the broker accepts",
   subscriptionIdentifiersAvailable: true,
   wildcardSubscriptionAvailable: true,
   sharedSubscriptionAvailable: true
@@ -395,7 +398,8 @@ export class Subscriptions {
       this.refuse(request, {
         filter: request.filters[0].filter,
         reasonCode: 0x95,
-        reason: `the ${request.kind.toUpperCase()} packet is ${packet.length} bytes, the broker accepts ${max} at most`
+        reason:
+          `the ${request.kind.toUpperCase()} packet is ${packet.length} bytes, ${this.limits.maximumPacketSizeBy} ${max} at most`
       }, out)
       return true
     }
@@ -557,7 +561,7 @@ export class Subscriptions {
           reasonCode: 0x95,
           reason: `the ${request.kind.toUpperCase()} packet for it alone is ${
             packetSize(base + bytes)
-          } bytes, the broker accepts ${max} at most`
+          } bytes, ${this.limits.maximumPacketSizeBy} ${max} at most`
         })
         continue
       }
