@@ -629,6 +629,41 @@ describe("delivery: a failed owner's copy", () => {
     expect(d.messages.size).toBe(1)
   })
 
+  it("LIFO and priority queues: what is moved (a released stream's leftovers, a claimed backlog, the rest put back) keeps its queue's order there", () => {
+    const text = (m: MqttMessage) => new TextDecoder().decode(m.payload)
+    const unclaimed = (topic: string, payload: string) => ({
+      message: new MqttMessage(topic, new TextEncoder().encode(payload), 0, false, false, undefined),
+      owners: [MESSAGES],
+      record: undefined
+    })
+    const takeAll = (queue: { poll(): MqttMessage | undefined }) => {
+      const out: Array<string> = []
+      for (let m = queue.poll(); m !== undefined; m = queue.poll()) out.push(text(m))
+      return out
+    }
+    // LIFO: a claimed backlog, and what stays on `messages`, still come out newest first
+    const lifo = deliveries(IncomingQueue.lifo(100)).d
+    lifo.deliver(["jobs/1", "other/1", "jobs/2", "other/2", "jobs/3"].map((t) => unclaimed(t, t)))
+    const claimer = lifo.addQueue(false)
+    lifo.claimBacklog(claimer.owner, ["jobs/+"])
+    expect(takeAll(claimer.queue)).toEqual(["jobs/3", "jobs/2", "jobs/1"])
+    expect(takeAll(lifo.messages)).toEqual(["other/2", "other/1"])
+    // LIFO: a released stream's leftovers go to `messages` (read by the application) newest first
+    lifo.subscribed()
+    const released = lifo.addQueue(false)
+    lifo.deliver(["a", "b", "c"].map((p) => ({ ...unclaimed("t", p), owners: [released.owner] })))
+    lifo.remove(released.owner)
+    expect(takeAll(lifo.messages)).toEqual(["c", "b", "a"])
+    // priority (lower first): by priority, ties in arrival order, after the move too
+    const byPriority =
+      deliveries(IncomingQueue.priority({ capacity: 100, priority: (m) => Number(text(m).split(":")[0]) })).d
+    byPriority.subscribed()
+    const stream = byPriority.addQueue(false)
+    byPriority.deliver(["1:a", "2:b", "1:c", "3:d"].map((p) => ({ ...unclaimed("t", p), owners: [stream.owner] })))
+    byPriority.remove(stream.owner)
+    expect(takeAll(byPriority.messages)).toEqual(["1:a", "1:c", "2:b", "3:d"])
+  })
+
   it("messages waiting to enter a stream's full queue when the stream is released are given up with the rest, not lost unanswered", () =>
     Effect.gen(function*() {
       const { acknowledged, d } = deliveries(IncomingQueue.bounded(2))

@@ -29,7 +29,10 @@ interface Store<A> {
   take(): A | undefined
   /** the message the queue would give up first to make room (the oldest), removed */
   evict(): A | undefined
-  /** everything, in the order it would come out */
+  /**
+   * everything, removed, in the order it arrived: what is moved to another queue (a released stream's leftovers,
+   * a claimed backlog, what is put back) comes out there in that queue's own order
+   */
   drain(): Array<A>
 }
 
@@ -68,7 +71,7 @@ class Deque<A> implements Store<A> {
   }
   drain(): Array<A> {
     const out: Array<A> = []
-    for (let a = this.take(); a !== undefined; a = this.take()) out.push(a)
+    for (let a = this.evict(); a !== undefined; a = this.evict()) out.push(a)
     return out
   }
   private grow(): void {
@@ -147,9 +150,9 @@ class Heap<A> implements Store<A> {
     }
   }
   drain(): Array<A> {
-    const out: Array<A> = []
-    for (let a = this.take(); a !== undefined; a = this.take()) out.push(a)
-    return out
+    const entries = this.heap.splice(0)
+    entries.sort((a, b) => a.seq - b.seq)
+    return entries.map((entry) => entry.value)
   }
   private before(i: number, j: number): boolean {
     const a = this.heap[i]
@@ -302,7 +305,7 @@ export class MessageQueue<A, E> {
     return this.pull
   }))
 
-  /** Removes and returns every message waiting (not counted as taken). */
+  /** Removes and returns every message waiting, in the order they arrived (not counted as taken). */
   drainUnsafe(): Array<A> {
     const rest = this.store.drain()
     if (this.putters.size > 0) this.wakePutters()
