@@ -629,6 +629,31 @@ describe("delivery: a failed owner's copy", () => {
     expect(d.messages.size).toBe(1)
   })
 
+  it("a backlog the reader still held (waiting for room in a full `messages`) when the subscription claimed is claimed too, once the subscription is made", () =>
+    Effect.gen(function*() {
+      const { d } = deliveries(IncomingQueue.bounded(2))
+      const unclaimed = (topic: string) => ({
+        message: new MqttMessage(topic, new TextEncoder().encode(topic), 0, false, false, undefined),
+        owners: [MESSAGES],
+        record: undefined
+      })
+      // a resumed session's backlog, more than `messages` holds: the reader waits for room with the rest
+      const waiting = d.deliver(["jobs/1", "jobs/2", "jobs/3", "other/1"].map(unclaimed))
+      expect(waiting).toBeDefined()
+      const reader = yield* Effect.forkChild(waiting!, { startImmediately: true })
+      const { owner, queue } = d.addQueue(false)
+      d.claimBacklog(owner, ["jobs/+"])
+      // the room made lets the reader go on: the rest enters `messages` after the claim
+      yield* Fiber.join(reader)
+      expect(d.messages.size).toBe(2)
+      // the SUBACK: claimed again
+      d.confirm(owner)
+      const taken: Array<string> = []
+      for (let m = queue.poll(); m !== undefined; m = queue.poll()) taken.push(m.topic)
+      expect(taken).toEqual(["jobs/1", "jobs/2", "jobs/3"])
+      expect(d.messages.drainUnsafe().map((m) => m.topic)).toEqual(["other/1"])
+    }).pipe(Effect.runPromise))
+
   it("LIFO and priority queues: what is moved (a released stream's leftovers, a claimed backlog, the rest put back) keeps its queue's order there", () => {
     const text = (m: MqttMessage) => new TextDecoder().decode(m.payload)
     const unclaimed = (topic: string, payload: string) => ({

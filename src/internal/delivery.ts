@@ -91,8 +91,11 @@ export class Deliveries {
    * may still receive, while it waits for its UNSUBACK.
    */
   private givenUp: Array<MqttMessage> = []
-  /** owners that claimed a backlog from `messages` and whose subscription is not made yet: it goes back there */
-  private readonly unconfirmed = new Set<number>()
+  /**
+   * owners that claimed a backlog from `messages` and whose subscription is not made yet, with their filters: a
+   * failed subscription hands the claim back there; a made one claims once more (see `confirm`)
+   */
+  private readonly unconfirmed = new Map<number, ReadonlyArray<string>>()
   private givenUpTimer: ReturnType<typeof setTimeout> | undefined = undefined
 
   /** the application subscribed through `subscribe` (the filters of `messages`) */
@@ -165,9 +168,27 @@ export class Deliveries {
    */
   claimBacklog(owner: number, filters: ReadonlyArray<string>): void {
     if (this.takesLeftovers || this.messages.size === 0) return
+    this.unconfirmed.set(owner, filters)
+    this.claim(owner, filters)
+  }
+
+  /**
+   * The subscription of an owner that claimed a backlog was made: from now on, what it leaves is its own. It claims
+   * once more: what the reader still held when the claim was made (waiting for room in a full `messages`) went
+   * there after, before the SUBACK could be read.
+   */
+  confirm(owner: number): void {
+    const filters = this.unconfirmed.get(owner)
+    if (filters === undefined) return
+    this.unconfirmed.delete(owner)
+    this.claim(owner, filters)
+  }
+
+  /** Moves what waits on `messages` and matches `filters` to the owner's queue, in order. */
+  private claim(owner: number, filters: ReadonlyArray<string>): void {
+    if (this.takesLeftovers || this.messages.size === 0) return
     const queue = this.owners.get(owner)?.queue
     if (queue === undefined) return
-    this.unconfirmed.add(owner)
     this.messages.sortUnsafe((waiting) => {
       const mine: Array<MqttMessage> = []
       const rest: Array<MqttMessage> = []
@@ -177,11 +198,6 @@ export class Deliveries {
       if (rest.length > 0) this.messages.offerMovedUnsafe(rest)
       if (mine.length > 0) queue.offerMovedUnsafe(mine)
     })
-  }
-
-  /** The subscription of an owner that claimed a backlog was made: from now on, what it leaves is its own. */
-  confirm(owner: number): void {
-    this.unconfirmed.delete(owner)
   }
 
   /** The application subscribes through `subscribe`: `messages` is read (see `takesLeftovers`). */
