@@ -7,7 +7,7 @@
  * a line in the broker's log); the timeouts only guard against a hang. No assertion is about time.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Cause, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Scope, Stream } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Schedule, Scope, Stream } from "effect"
 import { IncomingQueue, MqttClient, type MqttMessage } from "effect-mqtt"
 import { connect as connectMqttJs, type IClientOptions } from "mqtt"
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
@@ -16,6 +16,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Util from "node:util"
+import { CLOSED_ON_LIMIT } from "../src/internal/outgoing.ts"
 import {
   mosquitto,
   type MosquittoHandle,
@@ -755,10 +756,10 @@ describe("MQTT 5 against Mosquitto's limits (max_inflight_messages 1, max_keepal
     }))
 })
 
-describe("a broker with max_packet_size 1000, and the client's sendMaximumPacketSize", () => {
+describe("a broker with max_packet_size 1000 and max_qos 1; the client's sendMaximumPacketSize", () => {
   let small: MosquittoHandle
   beforeAll(async () => {
-    small = await startMosquitto({ protocolConfig: "max_packet_size 1000" })
+    small = await startMosquitto({ protocolConfig: "max_packet_size 1000\nmax_qos 1" })
   })
   afterAll(() => small?.dispose())
 
@@ -790,6 +791,37 @@ describe("a broker with max_packet_size 1000, and the client's sendMaximumPacket
       const disconnected = yield* guard(Fiber.join(changes))
       assert.isTrue(Option.isSome(disconnected))
     }))
+
+  for (
+    const [what, qos, payload] of [
+      ["a QoS 2 publish (over max_qos 1)", 2, "over"],
+      ["a QoS 1 publish of 5,000 bytes (over max_packet_size)", 1, "x".repeat(5000)]
+    ] as const
+  ) {
+    it.live(`MQTT 3.1.1: ${what}, on which the broker closes every connection, fails after ${CLOSED_ON_LIMIT} connections; the publishes behind it go out`, () =>
+      Effect.gen(function*() {
+        const topic = uniqueTopic(`closed-on-${qos}`)
+        const subscriber = yield* connect(small, { protocolVersion: 4 })
+        yield* subscriber.subscribe(topic, { qos: 1 })
+        const publisher = yield* connect(small, {
+          protocolVersion: 4,
+          reconnect: Schedule.spaced("50 millis"),
+          logLevel: "None"
+        })
+        const poisoned = yield* Effect.forkChild(Effect.exit(publisher.publish(topic, payload, { qos })), {
+          startImmediately: true
+        })
+        const behind = yield* Effect.forkChild(publisher.publish(topic, "behind", { qos: 1 }), {
+          startImmediately: true
+        })
+        const error = errorOf(yield* guard(Fiber.join(poisoned)))
+        assert.strictEqual(error._tag, "PublishError")
+        assert.include(error.message, `closed the connection each of the last ${CLOSED_ON_LIMIT} times`)
+        yield* guard(Fiber.join(behind))
+        assert.deepStrictEqual((yield* take(subscriber, 1)).map((m) => m.text), ["behind"])
+        assert.strictEqual((yield* publisher.metrics).reconnects, CLOSED_ON_LIMIT)
+      }))
+  }
 
   it.live("MQTT 5: the broker's own limit (1000) is kept when sendMaximumPacketSize is higher, and named", () =>
     Effect.gen(function*() {

@@ -5,7 +5,7 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Buffer } from "node:buffer"
 import { SEPARATE_PAYLOAD } from "../src/internal/codec.ts"
-import { PublishEntry } from "../src/internal/outgoing.ts"
+import { CLOSED_ON_LIMIT, PublishEntry } from "../src/internal/outgoing.ts"
 import type * as Packets from "../src/internal/packets.ts"
 import { MESSAGES, RETIRED_KEPT } from "../src/internal/subscriptions.ts"
 import * as MqttError from "../src/MqttError.ts"
@@ -434,6 +434,56 @@ describe("session: inbound messages", () => {
     h.session.settled(held.record!, h.out)
     h.drain()
     expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 3], ["puback", 4]])
+  })
+
+  it(`a publish the broker closes ${CLOSED_ON_LIMIT} connections in a row on (nothing acknowledged after it) fails at the next CONNACK, unsent; the ones behind it go out`, () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    const poison = h.publish(message("p", "poison", 2, 4)) as PublishEntry
+    const behind = h.publish(message("b", "behind", 1, 4)) as PublishEntry
+    h.take()
+    // written on the first connection, then resent on the next ones: each closed before any acknowledgement
+    for (let i = 1; i < CLOSED_ON_LIMIT; i++) {
+      h.lose(lost)
+      expect(poison.done).toBe(false)
+      h.connect(true)
+      // resent, in order, each time
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.topic, p.dup])).toEqual([
+        ["publish", "p", true],
+        ["publish", "b", true]
+      ])
+    }
+    h.lose(lost)
+    h.connect(true)
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.topic])).toEqual([["publish", "b"]])
+    const error = poison.error as MqttError.PublishError
+    expect([poison.done, error?._tag, error?.reasonCode]).toEqual([true, "PublishError", 0x80])
+    expect(h.warnings.some((w) => w.includes(`each of the last ${CLOSED_ON_LIMIT} times`))).toBe(true)
+    h.receive(ack("Puback", behind.id))
+    expect([behind.done, behind.error]).toEqual([true, undefined])
+  })
+
+  it("a connection lost after something sent later was acknowledged, or before anything was resent, does not count against a publish", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    const first = h.publish(message("a", "first", 1, 4)) as PublishEntry
+    const second = h.publish(message("b", "second", 1, 4)) as PublishEntry
+    for (let i = 0; i < CLOSED_ON_LIMIT * 3; i++) {
+      // a broker that goes down now and then: the second is acknowledged before each loss, the first never
+      h.receive(ack("Puback", second.id))
+      const again = h.publish(message("b", `second ${i}`, 1, 4)) as PublishEntry
+      Object.assign(second, { id: again.id })
+      h.lose(lost)
+      h.connect(true)
+    }
+    expect(first.done).toBe(false)
+    // lost before its CONNACK every time: nothing was written, nothing counts
+    for (let i = 0; i < CLOSED_ON_LIMIT * 3; i++) h.lose(lost)
+    h.connect(true)
+    expect(first.done).toBe(false)
+    h.take()
+    h.receive(ack("Puback", first.id))
+    expect([first.done, first.error]).toEqual([true, undefined])
   })
 
   it("sendMaximumPacketSize holds on every connection: a publish and a SUBSCRIBE queued offline over it fail with 0x95 at CONNACK, unsent", () => {

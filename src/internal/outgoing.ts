@@ -50,6 +50,13 @@ export class PublishEntry implements Queued, Operation {
   written = false
   /** holds a unit of the send quota on the current connection */
   counted = false
+  /** acknowledgements the connection had received when this PUBLISH was written on it; -1: not written on it */
+  ackMark = -1
+  /**
+   * connections in a row that ended when this was the oldest PUBLISH written on them and nothing was acknowledged
+   * after it: the broker may be closing each connection on it (see `CLOSED_ON_LIMIT`)
+   */
+  closedOn = 0
   error: MqttError.MqttError | undefined = undefined
   done = false
   listener: (() => void) | undefined = undefined
@@ -87,6 +94,8 @@ export class Outgoing {
   private aliases: Map<string, number> | undefined = undefined
   /** publishes accepted while disconnected and not written yet */
   offline = 0
+  /** PUBACK, PUBREC and PUBCOMP packets of known publishes received on the current connection */
+  private acks = 0
   /** the next journal key of a publish */
   private nextKey = 1
 
@@ -242,6 +251,7 @@ export class Outgoing {
     if (packet instanceof MqttError.PublishError) return this.refuse(entry, packet, out)
     Codec.pushPublish(out.send, packet)
     entry.written = true
+    entry.ackMark = this.acks
     if (entry.message.qos === 0) return out.end(entry, undefined)
     // a durable session knows the identifier before the PUBLISH is written: a resend after a restart keeps it
     if (entry.state === NEW) out.journal?.push({ t: "s", k: entry.key, id: entry.id })
@@ -325,6 +335,7 @@ export class Outgoing {
   onPuback(ack: Packets.Ack, out: Output): "unknown" | undefined {
     const entry = this.inflight.get(ack.id)
     if (entry === undefined || entry.state !== SENT) return "unknown"
+    this.acks++
     if (entry.message.qos !== 1) {
       // RabbitMQ answers QoS 2 with PUBACK: the flow ends here with an error, so that it is never sent again
       return this.settle(entry, wrongAck(entry, "PUBACK"), out)
@@ -336,6 +347,7 @@ export class Outgoing {
   onPubrec(ack: Packets.Ack, out: Output): "unknown" | undefined {
     const entry = this.inflight.get(ack.id)
     if (entry === undefined || entry.state === NEW) return "unknown"
+    this.acks++
     if (entry.message.qos !== 2) return this.settle(entry, wrongAck(entry, "PUBREC"), out)
     if (ack.reasonCode >= 0x80) return this.settle(entry, brokerRefusal(entry, ack), out)
     if (entry.state !== RELEASED) out.journal?.push({ t: "r", k: entry.key })
@@ -349,6 +361,7 @@ export class Outgoing {
     const entry = this.inflight.get(ack.id)
     if (entry === undefined) return "unknown"
     if (entry.state !== RELEASED) return "early"
+    this.acks++
     return this.settle(entry, undefined, out)
   }
 
@@ -369,7 +382,14 @@ export class Outgoing {
     this.limits = limits
     this.used = 0
     this.aliases = aliases && limits.topicAliasMaximum > 0 ? new Map() : undefined
+    this.acks = 0
     const fresh = this.line.drain().filter((entry) => entry.id === 0)
+    for (const entry of this.inflight.values()) {
+      if (entry.state !== SENT || entry.closedOn < CLOSED_ON_LIMIT) continue
+      const error = closedOnIt(entry)
+      out.warnings.push(`a QoS ${entry.message.qos} publish to "${entry.message.topic}" ${error.reasonString}`)
+      this.refuse(entry, error, out)
+    }
     const unfinished = [...this.inflight.values()]
     if (!sessionPresent) {
       // the broker has no session: identifiers start afresh; a QoS 2 publish past PUBREC was taken over by the
@@ -402,9 +422,17 @@ export class Outgoing {
     this.limits = undefined
     this.aliases = undefined
     this.used = 0
+    // the oldest PUBLISH written on this connection, when nothing was acknowledged after it was written: the broker
+    // may have closed the connection on it (MQTT 3.1.1 says no reason; an MQTT 5 broker may not either)
+    let oldest = true
     for (const entry of this.inflight.values()) {
+      if (oldest && entry.state === SENT && entry.ackMark >= 0) {
+        oldest = false
+        entry.closedOn = entry.ackMark === this.acks ? entry.closedOn + 1 : 0
+      }
       if (entry.state === SENT) entry.dup = true
       entry.counted = false
+      entry.ackMark = -1
     }
   }
 
@@ -416,6 +444,24 @@ export class Outgoing {
     this.offline = 0
   }
 }
+
+/**
+ * Connections in a row that the broker may close on the same publish before it is no longer sent: a broker closes
+ * the connection on a PUBLISH it cannot take (MQTT 3.1.1 has no other answer: a QoS above its maximum, a packet
+ * over its size limit), and without a limit the client would send it again on every connection, for good, holding
+ * back every publish behind it. A healthy broker answers a PUBLISH within milliseconds: three connections in a row
+ * that each end between a resend and any acknowledgement after it are the broker's refusal.
+ */
+export const CLOSED_ON_LIMIT = 3
+
+const closedOnIt = (entry: PublishEntry) =>
+  new MqttError.PublishError({
+    topic: entry.message.topic,
+    reasonCode: 0x80,
+    reasonString: `not sent again: the broker closed the connection each of the last ${CLOSED_ON_LIMIT} times it ` +
+      "was sent, before acknowledging anything sent after it (a broker that cannot take a PUBLISH closes the " +
+      "connection: a QoS above its maximum, a packet over its size limit, a topic it refuses)"
+  })
 
 const refused = (topic: string, reasonCode: number, reason: string) =>
   new MqttError.PublishError({ topic, reasonCode, reasonString: `not sent: ${reason}` })
