@@ -767,7 +767,7 @@ export interface Client {
   readonly status: Effect.Effect<ConnectionStatus>
 
   /** The current state, then every change: connecting, connected (with the CONNACK), disconnected (with
-   * the cause), closed. */
+   * the cause), closed. The stream ends after `Closed`, the last state (at once, for a client already closed). */
   readonly statusChanges: Stream.Stream<ConnectionStatus>
 
   /** Connection counters: connects, reconnects, time spent disconnected. */

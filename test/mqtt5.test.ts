@@ -593,6 +593,18 @@ describe("MQTT 5 against a private Mosquitto", () => {
   })
 
   describe("subscription identifiers", () => {
+    it.live("subscriptionIdentifier 0 is an InvalidOptionError before sending (a Subscription Identifier of 0 is a Protocol Error, MQTT 5 3.8.2.1.2)", () =>
+      Effect.gen(function*() {
+        const client = yield* connect(broker.url)
+        for (const identifier of [0, -1, 1.5, 268_435_456]) {
+          const error = yield* Effect.flip(
+            client.subscribe(uniqueTopic("identifier-zero"), { subscriptionIdentifier: identifier })
+          )
+          assert.strictEqual(error._tag, "InvalidOptionError", String(identifier))
+          assert.strictEqual((error as MqttError.InvalidOptionError).option, "subscriptionIdentifier")
+        }
+      }))
+
     it.live("subscriptionIdentifier 7: its messages carry subscriptionIdentifiers [7]; a subscription without one gives none", () =>
       Effect.gen(function*() {
         const base = uniqueTopic("subscription-identifier")

@@ -10,6 +10,7 @@ import { MqttClient, MqttError, MqttTestBroker } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import type { Packet } from "mqtt-packet"
 import * as FakeBroker from "./support/FakeBroker.ts"
+import { mosquitto } from "./support/Mosquitto.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
@@ -1078,6 +1079,21 @@ describe("status and metrics", () => {
       expect([metrics.connects, metrics.reconnects, metrics.failedAttempts]).toEqual([2, 1, 0])
       expect(metrics.longestDisconnectMillis).toBeGreaterThanOrEqual(10)
       expect(metrics.disconnectedMillis).toBe(metrics.longestDisconnectMillis)
+    }))
+})
+
+describe("statusChanges ends with Closed", () => {
+  it.live("a consumer outside the client's scope sees Connected then Closed, and its stream ends; on a closed client, at once", () =>
+    Effect.gen(function*() {
+      const broker = yield* mosquitto()
+      const scope = yield* Scope.make()
+      const client = yield* Scope.provide(MqttClient.make({ url: broker.url }), scope)
+      const seen = yield* Effect.forkChild(Stream.runCollect(client.statusChanges), { startImmediately: true })
+      yield* Scope.close(scope, Exit.void)
+      const statuses = yield* Effect.timeout(Fiber.join(seen), "10 seconds")
+      expect(statuses.map((s) => s._tag)).toEqual(["Connected", "Closed"])
+      const again = yield* Effect.timeout(Stream.runCollect(client.statusChanges), "10 seconds")
+      expect(again.map((s) => s._tag)).toEqual(["Closed"])
     }))
 })
 

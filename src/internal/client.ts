@@ -207,7 +207,11 @@ export const make = (
         return supervisor.info ?? session.info!
       },
       status: SubscriptionRef.get(status),
-      statusChanges: SubscriptionRef.changes(status) as Stream.Stream<MqttClient.ConnectionStatus>,
+      // `Closed` is the last state: the stream ends with it (a consumer outside the client's scope is not left waiting)
+      statusChanges: Stream.takeUntil(
+        SubscriptionRef.changes(status) as Stream.Stream<MqttClient.ConnectionStatus>,
+        (s) => s._tag === "Closed"
+      ),
       metrics: Effect.sync(() => ({ ...supervisor.metrics, droppedMessages: deliveries.dropped })),
       awaitClose: Deferred.await(supervisor.closedSignal),
       subscription: Operations.subscription(ctx),

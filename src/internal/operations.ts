@@ -340,10 +340,10 @@ const specsOf = (
 }
 
 const identifierOf = (ctx: Context, options: MqttClient.SubscribeOptions | undefined): number | MqttError.MqttError => {
-  const identifier = options?.subscriptionIdentifier ?? 0
-  if (identifier === 0) return 0
+  const identifier = options?.subscriptionIdentifier
+  if (identifier === undefined) return 0
   if (ctx.options.protocolVersion !== 5) return invalid("subscriptionIdentifier", "needs MQTT 5")
-  if (!isUint(identifier, 268_435_455)) {
+  if (!isUint(identifier, 268_435_455) || identifier === 0) {
     return invalid("subscriptionIdentifier", "expected a whole number from 1 to 268435455")
   }
   if (ctx.session.info !== undefined && !ctx.session.info.subscriptionIdentifiersAvailable) {
