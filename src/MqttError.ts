@@ -28,9 +28,39 @@ const optionalNumber = Schema.optionalKey(Schema.Number)
 
 const hex = (code: number): string => `0x${code.toString(16).padStart(2, "0")}`
 
-const withReason = (text: string, reasonCode: number | undefined, reasonString: string | undefined): string =>
-  text + (reasonCode === undefined ? "" : ` (reason code ${hex(reasonCode)}`) +
-  (reasonCode === undefined ? "" : reasonString === undefined ? ")" : `: ${reasonString})`)
+const withReason = (
+  text: string,
+  reasonCode: number | undefined,
+  reasonString: string | undefined,
+  names?: Record<number, string>
+): string => {
+  if (reasonCode === undefined) return text
+  const name = names?.[reasonCode]
+  return `${text} (reason code ${hex(reasonCode)}${name === undefined ? "" : `, ${name}`}` +
+    (reasonString === undefined ? ")" : `: ${reasonString})`)
+}
+
+/**
+ * The names of the reason codes that refuse a publish, a subscription or an unsubscription: the broker's
+ * (MQTT 5 sections 3.4.2.1, 3.5.2.1, 3.9.3 and 3.11.3; 0x80 is also MQTT 3.1.1's SUBACK failure) and the client's
+ * own, for what the connection's limits rule out before sending.
+ */
+const refusalReasons: Record<number, string> = {
+  0x80: "unspecified error",
+  0x83: "implementation specific error",
+  0x87: "not authorized",
+  0x8f: "topic filter invalid",
+  0x90: "topic name invalid",
+  0x91: "packet identifier in use",
+  0x95: "packet too large",
+  0x97: "quota exceeded",
+  0x99: "payload format invalid",
+  0x9a: "retain not supported",
+  0x9b: "QoS not supported",
+  0x9e: "shared subscriptions not supported",
+  0xa1: "subscription identifiers not supported",
+  0xa2: "wildcard subscriptions not supported"
+}
 
 /** " at mqtt://host:port", or nothing when the broker is not known. */
 const at = (broker: string | undefined): string => broker === undefined ? "" : ` at ${broker}`
@@ -350,12 +380,17 @@ export class SubscribeError extends Schema.TaggedError<SubscribeError>()("Subscr
    */
   readonly [TypeId] = TypeId
   /**
-   * `The broker refused the subscription to "<filter>" (reason code 0x..)`.
+   * `The broker refused the subscription to "<filter>" (reason code 0x.., <its name>: <reason string>)`.
    *
    * @since 0.1.0
    */
   override get message(): string {
-    return withReason(`The broker refused the subscription to "${this.filter}"`, this.reasonCode, this.reasonString)
+    return withReason(
+      `The broker refused the subscription to "${this.filter}"`,
+      this.reasonCode,
+      this.reasonString,
+      refusalReasons
+    )
   }
 }
 
@@ -378,12 +413,17 @@ export class UnsubscribeError extends Schema.TaggedError<UnsubscribeError>()("Un
    */
   readonly [TypeId] = TypeId
   /**
-   * `The broker refused to unsubscribe "<filter>" (reason code 0x..)`.
+   * `The broker refused to unsubscribe "<filter>" (reason code 0x.., <its name>: <reason string>)`.
    *
    * @since 0.1.0
    */
   override get message(): string {
-    return withReason(`The broker refused to unsubscribe "${this.filter}"`, this.reasonCode, this.reasonString)
+    return withReason(
+      `The broker refused to unsubscribe "${this.filter}"`,
+      this.reasonCode,
+      this.reasonString,
+      refusalReasons
+    )
   }
 }
 
@@ -408,12 +448,17 @@ export class PublishError extends Schema.TaggedError<PublishError>()("PublishErr
    */
   readonly [TypeId] = TypeId
   /**
-   * `The broker refused the publish to "<topic>" (reason code 0x..)`.
+   * `The broker refused the publish to "<topic>" (reason code 0x.., <its name>: <reason string>)`.
    *
    * @since 0.1.0
    */
   override get message(): string {
-    return withReason(`The broker refused the publish to "${this.topic}"`, this.reasonCode, this.reasonString)
+    return withReason(
+      `The broker refused the publish to "${this.topic}"`,
+      this.reasonCode,
+      this.reasonString,
+      refusalReasons
+    )
   }
 }
 

@@ -139,6 +139,22 @@ describe("ConnectRefusedError", () => {
   })
 })
 
+describe("PublishError, SubscribeError, UnsubscribeError", () => {
+  it("name the reason code (MQTT 5 sections 3.4.2.1, 3.9.3, 3.11.3), with the broker's reason string when it sent one", () => {
+    expect(new MqttError.PublishError({ topic: "secret/a", reasonCode: 0x87 }).message).toBe(
+      "The broker refused the publish to \"secret/a\" (reason code 0x87, not authorized)"
+    )
+    expect(new MqttError.SubscribeError({ filter: "a/#", reasonCode: 0xa2, reasonString: "no" }).message).toBe(
+      "The broker refused the subscription to \"a/#\" (reason code 0xa2, wildcard subscriptions not supported: no)"
+    )
+    expect(new MqttError.UnsubscribeError({ filter: "a", reasonCode: 0x8f }).message).toContain(
+      "(reason code 0x8f, topic filter invalid)"
+    )
+    // a code with no name is given as it is
+    expect(new MqttError.PublishError({ topic: "t", reasonCode: 0xff }).message).toContain("(reason code 0xff)")
+  })
+})
+
 describe("ConnectionLostError", () => {
   it.live("a connection that was never established says it could not connect, names the broker and a hint", () =>
     Effect.gen(function*() {
