@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Order, Stream } from "effect"
 import { IncomingQueue } from "effect-mqtt"
+import { strategyProblem } from "../src/internal/queue.ts"
 
 const drain = <A>(queue: IncomingQueue.IncomingQueue<A, string>) =>
   Effect.andThen(queue.end, Stream.runCollect(queue.stream))
@@ -193,4 +194,12 @@ describe("IncomingQueue", () => {
       const got = yield* Fiber.join(consumer)
       expect([...got].sort((a, b) => a - b)).toEqual([1, 2, 3, 4, 5, 6])
     }))
+})
+
+describe("a priority strategy without its function", () => {
+  it("is refused, naming both options it may take", () => {
+    expect(strategyProblem(IncomingQueue.priority({ capacity: 3 } as never))).toBe(
+      "a priority queue needs a `priority` function or an `order` (IncomingQueue.priority)"
+    )
+  })
 })

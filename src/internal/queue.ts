@@ -389,7 +389,7 @@ export const strategyProblem = (strategy: unknown): string | undefined => {
     return `the overflow of a LIFO queue is "suspend", "sliding" or "dropping"`
   }
   if (shape._tag === "Priority" && typeof shape.order !== "function") {
-    return "a priority queue needs an order (IncomingQueue.priority)"
+    return "a priority queue needs a `priority` function or an `order` (IncomingQueue.priority)"
   }
   if (shape._tag !== "Unbounded" && !(Number.isInteger(shape.capacity) && (shape.capacity as number) > 0)) {
     return "the capacity must be a positive integer"
