@@ -383,6 +383,55 @@ for (const version of versions) {
 // the offline buffer against Mosquitto's default limits
 // ---------------------------------------------------------------------------------------------------------------
 
+describe("a clean session lost while QoS 2 publishes are in flight (broker frozen past the keepalive)", () => {
+  for (const version of versions) {
+    it.live(
+      `${label(version)}: no publish succeeds that the subscriber did not get; the others fail, none hangs`,
+      () =>
+        Effect.gen(function*() {
+          const broker = yield* mosquitto()
+          const topic = `res-${runId}/clean-qos2/${version}`
+          const received = new Set<string>()
+          const subscriber = yield* MqttClient.make({ url: broker.url, protocolVersion: version, keepAlive: 60 })
+          yield* subscriber.subscribe(topic, { qos: 2 })
+          yield* Effect.forkChild(
+            Stream.runForEach(subscriber.messages, (m) => Effect.sync(() => received.add(m.text)))
+          )
+          // Clean Start 1 (the default): the reconnection after the freeze gets Session Present 0
+          const publisher = yield* MqttClient.make({
+            url: broker.url,
+            protocolVersion: version,
+            keepAlive: 2,
+            logLevel: "None"
+          })
+          const succeeded: Array<string> = []
+          const failed: Array<string> = []
+          const publishes = yield* Effect.forkChild(
+            Effect.forEach(range(2000), (i) =>
+              publisher.publish(topic, `m${i}`, { qos: 2 }).pipe(
+                Effect.exit,
+                Effect.map((exit) => (Exit.isSuccess(exit) ? succeeded : failed).push(`m${i}`))
+              ), { concurrency: "unbounded", discard: true })
+          )
+          yield* Effect.sleep("150 millis")
+          broker.kill("SIGSTOP")
+          // past the keepalive (2 s) and its PINGRESP wait: the publisher drops the connection
+          yield* Effect.sleep("6 seconds")
+          broker.kill("SIGCONT")
+          yield* within(60, "every publish ends", Fiber.join(publishes))
+          assert.strictEqual(publisher.connection.sessionPresent, false)
+          // what succeeded arrived: the subscriber (never disconnected) gets it by a last marker
+          yield* publisher.publish(topic, "end", { qos: 2 })
+          yield* within(20, "the marker", until(() => received.has("end")))
+          const lost = succeeded.filter((text) => !received.has(text))
+          assert.deepStrictEqual(lost, [], "succeeded, never delivered")
+          assert.strictEqual(succeeded.length + failed.length, 2000)
+        }).pipe(Effect.scoped),
+      90_000
+    )
+  }
+})
+
 describe("MQTT 3.1.1 against Mosquitto's default limits", () => {
   it.live(
     "the offline buffer sent after a restart loses nothing (Mosquitto's max_inflight_messages 20)",

@@ -80,7 +80,7 @@ describe("session: outgoing publishes", () => {
     ])
   })
 
-  it("Session Present 0: unacknowledged publishes go again as new messages; a QoS 2 past PUBREC completes", () => {
+  it("Session Present 0: unacknowledged publishes go again as new messages; a QoS 2 past PUBREC fails (delivery unknown), unsent", () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()
     const a = entry(h.publish(message("t", "a", 1)))
@@ -89,7 +89,8 @@ describe("session: outgoing publishes", () => {
     h.take()
     h.lose(lost)
     h.connect(false)
-    expect(b.done && b.error === undefined).toBe(true)
+    expect([b.done, b.error?._tag]).toEqual([true, "ConnectionLostError"])
+    expect(b.error?.message).toContain("whether it was delivered is not known")
     const again = h.take()
     expect(again.map((p: any) => [p.cmd, Buffer.from(p.payload ?? "").toString(), p.dup])).toEqual([[
       "publish",

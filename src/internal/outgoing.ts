@@ -392,8 +392,10 @@ export class Outgoing {
     }
     const unfinished = [...this.inflight.values()]
     if (!sessionPresent) {
-      // the broker has no session: identifiers start afresh; a QoS 2 publish past PUBREC was taken over by the
-      // broker before it lost the session, so it ends; the others are sent again as new messages
+      // the broker has no session: identifiers start afresh; the publishes it had not acknowledged are sent again as
+      // new messages. A QoS 2 publish past PUBREC ends with an error: the broker may have sent it on at its PUBLISH
+      // (sending it again would deliver it twice) or kept it for the PUBREL (Mosquitto does: it is gone), so
+      // whether it was delivered is not known [MQTT-4.3.3]
       for (const id of this.retired) this.ids.release(id)
       this.retired = []
       this.inflight.clear()
@@ -401,7 +403,7 @@ export class Outgoing {
         this.ids.release(entry.id)
         if (entry.state === RELEASED) {
           out.journal?.push({ t: "d", k: entry.key })
-          out.end(entry, undefined)
+          out.end(entry, releaseLost(entry))
           continue
         }
         out.journal?.push({ t: "n", k: entry.key })
@@ -461,6 +463,14 @@ const closedOnIt = (entry: PublishEntry) =>
     reasonString: `not sent again: the broker closed the connection each of the last ${CLOSED_ON_LIMIT} times it ` +
       "was sent, before acknowledging anything sent after it (a broker that cannot take a PUBLISH closes the " +
       "connection: a QoS above its maximum, a packet over its size limit, a topic it refuses)"
+  })
+
+const releaseLost = (entry: PublishEntry) =>
+  new MqttError.ConnectionLostError({
+    reason: `the broker's session ended (Session Present 0) after it had received the QoS 2 publish to ` +
+      `"${entry.message.topic}" (PUBREC) and before it released it (PUBCOMP): whether it was delivered is not ` +
+      "known, and it is not sent again (that could deliver it twice)",
+    phase: "connected"
   })
 
 const refused = (topic: string, reasonCode: number, reason: string) =>
