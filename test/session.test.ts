@@ -487,6 +487,35 @@ describe("session: inbound messages", () => {
     expect([first.done, first.error]).toEqual([true, undefined])
   })
 
+  it("connections the client ended (keepalive, a violation) or the broker closed for its own reason (DISCONNECT 0x8B, 0x8E) do not count against a publish", () => {
+    for (
+      const error of [
+        new MqttError.MqttTimeoutError({ operation: "ping", millis: 30_000 }),
+        new MqttError.ProtocolError({ reason: "a violation" }),
+        new MqttError.ConnectionLostError({ reason: "the broker sent DISCONNECT", reasonCode: 0x8b }),
+        new MqttError.ConnectionLostError({ reason: "the broker sent DISCONNECT", reasonCode: 0x8e })
+      ]
+    ) {
+      const h = new Harness({ protocolVersion: 5, cleanStart: false })
+      h.connect()
+      const healthy = h.publish(message("t", "healthy", 1)) as PublishEntry
+      for (let i = 0; i < CLOSED_ON_LIMIT * 2; i++) {
+        h.lose(error)
+        h.connect(true)
+      }
+      expect([error._tag, healthy.done]).toEqual([error._tag, false])
+    }
+    // a DISCONNECT about a publish (0x95 packet too large) counts
+    const h = new Harness({ protocolVersion: 5, cleanStart: false })
+    h.connect()
+    const big = h.publish(message("t", "big", 1)) as PublishEntry
+    for (let i = 0; i < CLOSED_ON_LIMIT; i++) {
+      h.lose(new MqttError.ConnectionLostError({ reason: "the broker sent DISCONNECT", reasonCode: 0x95 }))
+      h.connect(true)
+    }
+    expect(big.done).toBe(true)
+  })
+
   it("sendMaximumPacketSize holds on every connection: a publish and a SUBSCRIBE queued offline over it fail with 0x95 at CONNACK, unsent", () => {
     const h = new Harness({ protocolVersion: 4, sendMaximumPacketSize: 100 })
     const big = h.publish(message("t", "x".repeat(200), 1, 4))

@@ -419,8 +419,11 @@ export class Outgoing {
     this.pump(out)
   }
 
-  /** The connection ended: what was written is resent with DUP on the next one (when the session is resumed). */
-  lost(): void {
+  /**
+   * The connection ended: what was written is resent with DUP on the next one (when the session is resumed).
+   * `byBroker`: the broker closed it, as it does on a PUBLISH it cannot take (see `closedByBroker`).
+   */
+  lost(byBroker: boolean): void {
     this.limits = undefined
     this.aliases = undefined
     this.used = 0
@@ -430,7 +433,10 @@ export class Outgoing {
     for (const entry of this.inflight.values()) {
       if (oldest && entry.state === SENT && entry.ackMark >= 0) {
         oldest = false
-        entry.closedOn = entry.ackMark === this.acks ? entry.closedOn + 1 : 0
+        // a connection the client ended (a keepalive timeout, a violation of the broker's), or one the broker
+        // closed for a reason of its own, says nothing of the publish: its count stays
+        if (entry.ackMark !== this.acks) entry.closedOn = 0
+        else if (byBroker) entry.closedOn++
       }
       if (entry.state === SENT) entry.dup = true
       entry.counted = false
@@ -455,6 +461,19 @@ export class Outgoing {
  * that each end between a resend and any acknowledgement after it are the broker's refusal.
  */
 export const CLOSED_ON_LIMIT = 3
+
+/** MQTT 5 DISCONNECT reason codes a broker may close the connection with over a PUBLISH (section 3.14.2.1). */
+const PUBLISH_DISCONNECTS = new Set([0x80, 0x81, 0x82, 0x83, 0x87, 0x90, 0x93, 0x94, 0x95, 0x97, 0x99, 0x9a, 0x9b])
+
+/**
+ * Whether the broker closed the connection in a way a PUBLISH it cannot take may explain: the socket closed or
+ * reset with no reason (MQTT 3.1.1 has none), or an MQTT 5 DISCONNECT with a reason code about a publish. Not a
+ * keepalive timeout, a violation the client found, or a DISCONNECT such as 0x8B (server shutting down), 0x89
+ * (server busy), 0x8E (session taken over) or 0x9C (use another server).
+ */
+export const closedByBroker = (error: MqttError.MqttError): boolean =>
+  error._tag === "ConnectionLostError" &&
+  (error.reasonCode === undefined || PUBLISH_DISCONNECTS.has(error.reasonCode))
 
 const closedOnIt = (entry: PublishEntry) =>
   new MqttError.PublishError({

@@ -16,7 +16,7 @@ import { MqttMessage, type QoS, type UserProperty } from "../MqttMessage.ts"
 import * as Codec from "./codec.ts"
 import { DUPLICATE, Inbound } from "./inbound.ts"
 import type * as Journal from "./journal.ts"
-import { Outgoing, type OutgoingMessage, PublishEntry } from "./outgoing.ts"
+import { closedByBroker, Outgoing, type OutgoingMessage, PublishEntry } from "./outgoing.ts"
 import { type InboundRecord, type Output, violation } from "./output.ts"
 import { PacketIds } from "./packetIds.ts"
 import type * as Packets from "./packets.ts"
@@ -448,7 +448,7 @@ export class Session {
   /** The connection ended; the session waits for the next one. */
   lost(error: MqttError.MqttError, out: Output): void {
     this.connected = false
-    this.outgoing.lost()
+    this.outgoing.lost(closedByBroker(error))
     this.inbound.lost()
     this.subscriptions.lost(error, out)
   }
