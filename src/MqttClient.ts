@@ -414,7 +414,10 @@ export interface Authentication {
 export interface RequestOptions {
   /** The QoS of the request. Default 1. */
   readonly qos?: QoS | undefined
-  /** How long to wait for the response. Default 30 seconds. */
+  /** How long to wait for the response, from the call: the first request's wait for its response topic's SUBACK
+   * (while the client reconnects, too) counts in it. Past it, `MqttTimeoutError` (operation `"request"`). A
+   * request that times out or is interrupted leaves that SUBSCRIBE to complete for the next requests. Default 30
+   * seconds. */
   readonly timeout?: Duration.Input | undefined
   /** More properties of the request (the response topic and correlation data are set by the client). */
   readonly properties?: MqttMessage.PublishProperties | undefined

@@ -23,7 +23,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as FakeBroker from "./support/FakeBroker.ts"
-import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
+import { mosquitto, type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
 import { guard } from "./support/peers.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -633,5 +633,48 @@ describe("respond on Mosquitto", () => {
         })
       )
       assert.strictEqual((yield* responder.status)._tag, "Connected")
+    })))
+})
+
+describe("request: the response topic's SUBSCRIBE is the client's, within each request's timeout (Mosquitto)", () => {
+  const run = Crypto.randomBytes(3).toString("hex")
+  const pair = (url: string) =>
+    Effect.gen(function*() {
+      const responder = yield* MqttClient.make({ url, protocolVersion: 5 })
+      const requester = yield* MqttClient.make({ url, protocolVersion: 5, logLevel: "None" })
+      const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
+      yield* Effect.forkScoped(
+        responder.respond(`rq/${run}/echo`, (request) => Effect.succeed(`re ${request.text}`), { subscribed })
+      )
+      yield* guard(Deferred.await(subscribed))
+      return requester
+    })
+
+  it.live("a first request interrupted while its SUBSCRIBE is in flight leaves request working: the next ones are answered", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const broker = yield* mosquitto()
+      const requester = yield* pair(broker.url)
+      const first = yield* Effect.exit(
+        requester.request(`rq/${run}/echo`, "first", { timeout: "5 seconds" }).pipe(Effect.timeout("1 millis"))
+      )
+      assert.isTrue(Exit.isFailure(first))
+      for (const text of ["second", "third"]) {
+        const reply = yield* guard(requester.request(`rq/${run}/echo`, text, { timeout: "5 seconds" }))
+        assert.strictEqual(reply.text, `re ${text}`)
+      }
+    })))
+
+  it.live("the timeout covers the wait for the SUBACK (broker frozen): MqttTimeoutError in time; after the thaw the next request is answered", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const broker = yield* mosquitto()
+      const requester = yield* pair(broker.url)
+      broker.kill("SIGSTOP")
+      const timedOut = yield* guard(
+        Effect.exit(requester.request(`rq/${run}/echo`, "frozen", { timeout: "1 second" }))
+      ).pipe(Effect.ensuring(Effect.sync(() => broker.kill("SIGCONT"))))
+      const error = errorOf(timedOut)
+      assert.strictEqual(error._tag, "MqttTimeoutError")
+      const reply = yield* guard(requester.request(`rq/${run}/echo`, "thawed", { timeout: "10 seconds" }))
+      assert.strictEqual(reply.text, "re thawed")
     })))
 })

@@ -43,23 +43,31 @@ export const make = (ctx: Context) => {
     Deferred.doneUnsafe(deferred, Effect.succeed(message))
   }
 
-  /** Subscribes once to this client's response topic; its messages complete the waiting requests. */
+  /**
+   * Subscribes once to this client's response topic; its messages complete the waiting requests. The SUBSCRIBE is
+   * the client's, not the first requester's: it runs in a fiber of its own, so that a requester that gives up
+   * (its timeout, an interruption) leaves it to complete for the next ones. A refused one is tried again by the
+   * next request.
+   */
   const ensureResponseTopic: Effect.Effect<string, MqttError.MqttError> = Effect.suspend(() => {
     if (responseTopic !== undefined) return Deferred.await(responseTopic)
     const ready = Deferred.makeUnsafe<string, MqttError.MqttError>()
     responseTopic = ready
     const topic = `${ctx.options.responseTopicPrefix}/${ctx.session.clientId.replace(/[+#/\u0000]/g, "_")}`
     const owner = ctx.deliveries.addHandler(onResponse)
-    return subscribeAs(ctx, owner, topic, { qos: 1 }).pipe(
-      Effect.matchEffect({
-        onFailure: (error) => {
-          responseTopic = undefined
-          ctx.deliveries.remove(owner)
-          return Effect.andThen(Deferred.fail(ready, error), Effect.fail(error))
-        },
-        onSuccess: () => Effect.andThen(Deferred.succeed(ready, topic), Effect.succeed(topic))
-      })
+    const subscribing = subscribeAs(ctx, owner, topic, { qos: 1 }).pipe(
+      Effect.exit,
+      Effect.flatMap((exit) =>
+        Effect.sync(() => {
+          if (Exit.isFailure(exit)) {
+            responseTopic = undefined
+            ctx.deliveries.remove(owner)
+          }
+          Deferred.doneUnsafe(ready, Exit.map(exit, () => topic))
+        })
+      )
     )
+    return Effect.andThen(Effect.forkDetach(subscribing), Deferred.await(ready))
   })
 
   const request = (
@@ -76,14 +84,18 @@ export const make = (ctx: Context) => {
       // checks of its publish, with a response topic and correlation data in place of those it will carry
       const problem = publishProblem(ctx, topic, payload, publishOptions(options, "r", Bytes.empty))
       if (problem !== undefined) return yield* Effect.fail(problem)
-      const replyTo = yield* ensureResponseTopic
       const correlationData = Bytes.random(16)
       const key = Hex.encode(correlationData)
       const deferred = Deferred.makeUnsafe<MqttMessage, MqttError.MqttError>()
       waiting.set(key, deferred)
-      return yield* Effect.andThen(
-        send(topic, payload, publishOptions(options, replyTo, correlationData)),
-        Deferred.await(deferred)
+      // the timeout covers the response topic's SUBSCRIBE too (the first request's, or one it waits for)
+      return yield* Effect.flatMap(
+        ensureResponseTopic,
+        (replyTo) =>
+          Effect.andThen(
+            send(topic, payload, publishOptions(options, replyTo, correlationData)),
+            Deferred.await(deferred)
+          )
       ).pipe(
         Effect.timeoutOrElse({
           duration: timeout,
