@@ -112,6 +112,18 @@ describe("session: outgoing publishes", () => {
     expect((qos2.error as any)?.reasonCode).toBe(0x9b)
     expect((retained.error as any)?.reasonCode).toBe(0x9a)
     expect(h.errors).toEqual([])
+    // nobody waits for these (as for `publishAccepted`, or a durable session's publish restored after a restart):
+    // each refusal is a warning
+    expect(h.warnings.filter((w) => w.includes("accepted earlier was not sent")).length).toBe(3)
+  })
+
+  it("a refused publish whose caller waits for it is its caller's error, not a warning", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    const waited = entry(h.publish(message("t", "q2", 2)))
+    waited.listener = () => {}
+    h.connect(false, { maximumQoS: 1 })
+    expect((waited.error as any)?.reasonCode).toBe(0x9b)
+    expect(h.warnings.filter((w) => w.includes("was not sent"))).toEqual([])
   })
 
   it("an in-flight resend on a resumed session that breaks the new limits is refused, unsent, and frees its turn", () => {

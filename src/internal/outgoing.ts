@@ -267,6 +267,10 @@ export class Outgoing {
   /** A publish the current connection cannot take ends with the broker's reason code, unsent. */
   private refuse(entry: PublishEntry, error: MqttError.PublishError, out: Output): void {
     if (entry.done) out.warnings.push(`a QoS 0 publish accepted while offline was not sent: ${error.message}`)
+    // nobody waits for it (`publishAccepted`, a durable session's publish restored after a restart): said here
+    else if (entry.listener === undefined) {
+      out.warnings.push(`a QoS ${entry.message.qos} publish accepted earlier was not sent: ${error.message}`)
+    }
     if (entry.key !== 0) out.journal?.push({ t: "d", k: entry.key })
     if (entry.id !== 0) {
       this.inflight.delete(entry.id)
@@ -385,10 +389,7 @@ export class Outgoing {
     this.acks = 0
     const fresh = this.line.drain().filter((entry) => entry.id === 0)
     for (const entry of this.inflight.values()) {
-      if (entry.state !== SENT || entry.closedOn < CLOSED_ON_LIMIT) continue
-      const error = closedOnIt(entry)
-      out.warnings.push(`a QoS ${entry.message.qos} publish to "${entry.message.topic}" ${error.reasonString}`)
-      this.refuse(entry, error, out)
+      if (entry.state === SENT && entry.closedOn >= CLOSED_ON_LIMIT) this.refuse(entry, closedOnIt(entry), out)
     }
     const unfinished = [...this.inflight.values()]
     if (!sessionPresent) {
