@@ -494,6 +494,42 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
           assert.deepStrictEqual(rest, TEN.slice(3))
         })
     )
+
+    for (const how of ["subscribe", "subscription"] as const) {
+      it.live(
+        `${
+          label(version)
+        }: a resumed session's backlog larger than the queue: ${how}() before consuming returns (the SUBACK is read), and the whole backlog arrives in order`,
+        () =>
+          Effect.gen(function*() {
+            const publisher = yield* publisherFor(version)
+            const topic = unique(`backlog-${how}`)
+            const options = {
+              url: broker.url,
+              ...persistent(version, unique("backlog")),
+              queue: IncomingQueue.bounded(10),
+              // MQTT 5: a Receive Maximum above the queue's capacity, as MQTT 3.1.1 has none (the broker's window
+              // alone, 20 for Mosquitto): the backlog fills the queue before the application subscribes
+              ...(version === 5 ? { receiveMaximum: 100 } : {}),
+              logLevel: "None" as const
+            }
+            yield* Effect.scoped(Effect.andThen(MqttClient.make(options), (c) => c.subscribe(topic, { qos: 1 })))
+            const backlog = numbered(300)
+            yield* publishAll(publisher, topic, backlog)
+            const received = yield* Effect.scoped(Effect.gen(function*() {
+              const client = yield* MqttClient.make(options)
+              assert.isTrue(client.connection.sessionPresent)
+              // the backlog arrives as the session resumes: far more than the queue holds, before this call
+              yield* eventually("the queue is full", Effect.map(client.queuedMessages, (n) => n >= 10))
+              const stream = how === "subscribe"
+                ? Effect.as(within("subscribe", client.subscribe(topic, { qos: 1 })), client.messages)
+                : within("subscription", client.subscription(topic, { qos: 1 }))
+              return texts(yield* take(yield* stream, 300))
+            }))
+            assert.deepStrictEqual(received, backlog)
+          })
+      )
+    }
   }
 
   describe("MQTT 5, respond(): a handler that stops leaves the requests it did not take queued on `messages`", () => {

@@ -654,6 +654,37 @@ describe("delivery: a failed owner's copy", () => {
       expect(d.messages.drainUnsafe().map((m) => m.topic)).toEqual(["other/1"])
     }).pipe(Effect.runPromise))
 
+  it("claimed again at the SUBACK, what the reader held comes after what the first claim took and before what the subscription brought since (FIFO and LIFO)", () =>
+    Effect.gen(function*() {
+      for (
+        const [strategy, expected] of [
+          [IncomingQueue.bounded(4), ["jobs/1", "jobs/2", "jobs/3", "jobs/4"]],
+          [IncomingQueue.lifo(4), ["jobs/4", "jobs/3", "jobs/2", "jobs/1"]]
+        ] as const
+      ) {
+        const { d } = deliveries(strategy)
+        const message = (topic: string) =>
+          new MqttMessage(topic, new TextEncoder().encode(topic), 0, false, false, undefined)
+        const waiting = d.deliver(
+          ["jobs/1", "other/1", "other/2", "jobs/2", "jobs/3", "other/3"].map((t) => ({
+            message: message(t),
+            owners: [MESSAGES],
+            record: undefined
+          }))
+        )
+        const reader = yield* Effect.forkChild(waiting!, { startImmediately: true })
+        const { owner, queue } = d.addQueue(false)
+        d.claimBacklog(owner, ["jobs/+"])
+        yield* Fiber.join(reader)
+        // routed to the new subscription before its SUBACK was handled
+        d.deliver([{ message: message("jobs/4"), owners: [owner], record: undefined }])
+        d.confirm(owner)
+        const taken: Array<string> = []
+        for (let m = queue.poll(); m !== undefined; m = queue.poll()) taken.push(m.topic)
+        expect(taken).toEqual(expected)
+      }
+    }).pipe(Effect.runPromise))
+
   it("LIFO and priority queues: what is moved (a released stream's leftovers, a claimed backlog, the rest put back) keeps its queue's order there", () => {
     const text = (m: MqttMessage) => new TextDecoder().decode(m.payload)
     const unclaimed = (topic: string, payload: string) => ({

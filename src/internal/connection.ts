@@ -223,15 +223,16 @@ const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>)
   })
 
 /**
- * The reader's wait for room in a full queue (nothing is read meanwhile). A close cuts it: what did not fit then
- * goes into the queues beyond their capacity (delivery.ts), and the reader reads on to the broker's close.
+ * The reader's wait for room in a full queue (nothing is read meanwhile). A close cuts it, and so does a SUBSCRIBE
+ * or UNSUBSCRIBE waiting for its acknowledgement (`Driver.requestAwaitsAck`): what did not fit then goes into the
+ * queues beyond their capacity (delivery.ts), and the reader reads on (to the broker's close, to the SUBACK).
  */
 const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effect.Effect<void> => {
   c.stalled = true
   c.stalls++
   driver.stalled(true)
   return Effect.ensuring(
-    Effect.raceFirst(wait, Deferred.await(c.discarding)),
+    Effect.raceFirst(Effect.raceFirst(wait, Deferred.await(c.discarding)), driver.requestAwaitsAck),
     Effect.sync(() => {
       c.stalled = false
       driver.stalled(false)

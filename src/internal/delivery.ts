@@ -95,7 +95,7 @@ export class Deliveries {
    * owners that claimed a backlog from `messages` and whose subscription is not made yet, with their filters: a
    * failed subscription hands the claim back there; a made one claims once more (see `confirm`)
    */
-  private readonly unconfirmed = new Map<number, ReadonlyArray<string>>()
+  private readonly unconfirmed = new Map<number, { readonly filters: ReadonlyArray<string>; claimed: number }>()
   private givenUpTimer: ReturnType<typeof setTimeout> | undefined = undefined
 
   /** the application subscribed through `subscribe` (the filters of `messages`) */
@@ -168,27 +168,39 @@ export class Deliveries {
    */
   claimBacklog(owner: number, filters: ReadonlyArray<string>): void {
     if (this.takesLeftovers || this.messages.size === 0) return
-    this.unconfirmed.set(owner, filters)
-    this.claim(owner, filters)
+    const queue = this.owners.get(owner)?.queue
+    if (queue === undefined) return
+    this.claim(filters, (claimed) => {
+      this.unconfirmed.set(owner, { filters, claimed: claimed.length })
+      if (claimed.length > 0) queue.offerMovedUnsafe(claimed)
+    })
   }
 
   /**
    * The subscription of an owner that claimed a backlog was made: from now on, what it leaves is its own. It claims
    * once more: what the reader still held when the claim was made (waiting for room in a full `messages`) went
-   * there after, before the SUBACK could be read.
+   * there after. Those come after what the first claim took and before what the subscription brought since: the
+   * stream is handed out only now, so its queue holds just those two, in that order.
    */
   confirm(owner: number): void {
-    const filters = this.unconfirmed.get(owner)
-    if (filters === undefined) return
+    const unconfirmed = this.unconfirmed.get(owner)
+    if (unconfirmed === undefined) return
     this.unconfirmed.delete(owner)
-    this.claim(owner, filters)
+    const queue = this.owners.get(owner)?.queue
+    if (queue === undefined || this.takesLeftovers || this.messages.size === 0) return
+    this.claim(unconfirmed.filters, (held) => {
+      if (held.length === 0) return
+      const since = queue.drainUnsafe()
+      const first = since.splice(0, unconfirmed.claimed)
+      queue.offerMovedUnsafe([...first, ...held, ...since])
+    })
   }
 
-  /** Moves what waits on `messages` and matches `filters` to the owner's queue, in order. */
-  private claim(owner: number, filters: ReadonlyArray<string>): void {
-    if (this.takesLeftovers || this.messages.size === 0) return
-    const queue = this.owners.get(owner)?.queue
-    if (queue === undefined) return
+  /**
+   * Takes what waits on `messages` and matches `filters` and hands it to `take`, in arrival order, before a reader
+   * waiting for room there is woken; the rest stays, in its order.
+   */
+  private claim(filters: ReadonlyArray<string>, take: (mine: Array<MqttMessage>) => void): void {
     this.messages.sortUnsafe((waiting) => {
       const mine: Array<MqttMessage> = []
       const rest: Array<MqttMessage> = []
@@ -196,7 +208,7 @@ export class Deliveries {
         ;(filters.some((filter) => Topic.matches(message.topic, filter)) ? mine : rest).push(message)
       }
       if (rest.length > 0) this.messages.offerMovedUnsafe(rest)
-      if (mine.length > 0) queue.offerMovedUnsafe(mine)
+      take(mine)
     })
   }
 

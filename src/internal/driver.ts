@@ -4,7 +4,9 @@
  * their owners, fails the streams of owners whose subscriptions ended and completes the operations that ended, in
  * that order.
  */
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import type { Deliveries } from "./delivery.ts"
 import type { Outbox } from "./outbox.ts"
 import type { InboundRecord } from "./output.ts"
@@ -31,6 +33,8 @@ export class Driver {
   private readonly lineWaiters = new Line<LineWaiter>()
   /** the socket's reader waits for room in a full queue: nothing is read meanwhile */
   readerStalled = false
+  /** told when a SUBSCRIBE or UNSUBSCRIBE waits for its acknowledgement (see `requestAwaitsAck`) */
+  private requestWritten: Deferred.Deferred<void> | undefined = undefined
   /** waiters woken whose publish has not been tried again yet: room already promised to them */
   private lineWoken = 0
   private wakingLine = false
@@ -96,6 +100,10 @@ export class Driver {
       for (const warning of out.warnings.splice(0)) this.warn(warning)
     }
     if (this.lineWaiters.size > 0) this.wakeLineWaiters()
+    if (this.requestWritten !== undefined && this.session.subscriptions.awaitingAck > 0) {
+      Deferred.doneUnsafe(this.requestWritten, Exit.void)
+      this.requestWritten = undefined
+    }
     return wait
   }
 
@@ -135,6 +143,19 @@ export class Driver {
   }
 
   /** The reader waits for room in a queue (true), or reads again (false): see `lineRoom`. */
+  /**
+   * Completes when a SUBSCRIBE or UNSUBSCRIBE waits for its acknowledgement (at once when one does): the reader's
+   * wait for room in a full queue ends then, and what did not fit goes in beyond the queue's capacity. Only the
+   * reader can read the SUBACK, and the application may take nothing before it has it (a `subscription()` stream
+   * is handed out once it is made; a program subscribes before it consumes): waiting for room would wait for good.
+   * The bound gives way only while the acknowledgement is awaited: by what the broker sends before it.
+   */
+  get requestAwaitsAck(): Effect.Effect<void> {
+    if (this.session.subscriptions.awaitingAck > 0) return Effect.void
+    this.requestWritten ??= Deferred.makeUnsafe<void>()
+    return Deferred.await(this.requestWritten)
+  }
+
   stalled(stalled: boolean): void {
     this.readerStalled = stalled
     if (stalled && this.lineWaiters.size > 0) this.wakeLineWaiters()

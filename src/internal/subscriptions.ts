@@ -185,6 +185,11 @@ export class Subscriptions {
     return this.line.size + this.sent.size
   }
 
+  /** SUBSCRIBE and UNSUBSCRIBE written and waiting for their acknowledgement. */
+  get awaitingAck(): number {
+    return this.sent.size
+  }
+
   /** The filters the broker acknowledged holding. */
   brokerFilters(): ReadonlyMap<string, { readonly spec: FilterSpec; readonly identifier: number }> {
     return this.broker
