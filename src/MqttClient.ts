@@ -664,11 +664,15 @@ export interface ConnectionInfo {
  */
 export interface Client {
   /**
-   * Publishes a message. QoS 0 completes when the packet is written, QoS 1 on PUBACK, QoS 2 on PUBCOMP.
+   * Publishes a message. QoS 0 completes when the packet is written (while the client reconnects: when the
+   * offline buffer takes it, `offline.qos0: "buffer"`; should the next connection's limits rule it out then, a
+   * Warn line says so), QoS 1 on PUBACK, QoS 2 on PUBCOMP.
    *
    * Fails with `InvalidTopicError` or `InvalidOptionError` before sending anything when the topic or an
    * option is invalid, with `PublishError` when the broker refuses the message (MQTT 5 reason code at or
-   * above 0x80), and with a connection error when the connection ends before the acknowledgement.
+   * above 0x80) or a connection's limits rule it out, and with a connection error when the connection ends
+   * before the acknowledgement and the client stops, or when the broker's session ends after the PUBREC of a QoS 2
+   * publish and before its PUBCOMP (delivery unknown).
    *
    * Interrupting a QoS 1/2 publish after it was sent does not abandon it: its acknowledgement is still
    * received and answered.
