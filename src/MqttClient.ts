@@ -208,7 +208,8 @@ export interface Options {
   readonly cleanStart?: boolean | undefined
   /** The MQTT 3.1.1 name of `cleanStart`. When both are given, `cleanStart` wins. */
   readonly cleanSession?: boolean | undefined
-  /** MQTT 5: seconds the broker keeps the session after the connection closes (0: none, the default). */
+  /** MQTT 5: seconds the broker keeps the session after the connection closes (0: none, the default). Over 0 on
+   * MQTT 3.1.1 it is an `InvalidOptionError` (3.1.1 has no Session Expiry: `cleanSession: false` keeps the session). */
   readonly sessionExpiryInterval?: number | undefined
   /** The user name sent in CONNECT. Default: the user info of `url`, when it has one. */
   readonly username?: string | undefined

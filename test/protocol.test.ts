@@ -150,7 +150,10 @@ describe("CONNECT and CONNACK", () => {
         [{ maximumPacketSize: 15 }, "maximumPacketSize"],
         [{ sendMaximumPacketSize: 15 }, "sendMaximumPacketSize"],
         [{ sendMaximumPacketSize: 1.5 }, "sendMaximumPacketSize"],
-        [{ sendMaximumPacketSize: "1000" as unknown as number }, "sendMaximumPacketSize"]
+        [{ sendMaximumPacketSize: "1000" as unknown as number }, "sendMaximumPacketSize"],
+        // MQTT 3.1.1 (the default) has no Session Expiry
+        [{ sessionExpiryInterval: 3600, cleanStart: false }, "sessionExpiryInterval"],
+        [{ protocolVersion: 3, sessionExpiryInterval: 60 }, "sessionExpiryInterval"]
       ]
       for (const [options, option] of cases) {
         const error = yield* Effect.flip(MqttClient.make({ url: "mqtt://127.0.0.1:1", ...options }))

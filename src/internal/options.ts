@@ -248,6 +248,14 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   if (sessionExpiryInterval !== undefined && !isUint(sessionExpiryInterval, 0xffffffff)) {
     return yield* invalid("sessionExpiryInterval", "expected whole seconds from 0 to 4294967295")
   }
+  // MQTT 3.1.1 has no Session Expiry: a caller who sets one believes the session is kept for that long
+  if (protocolVersion !== 5 && (sessionExpiryInterval ?? 0) > 0) {
+    return yield* invalid(
+      "sessionExpiryInterval",
+      "needs MQTT 5 (protocolVersion: 5); on MQTT 3.1.1, cleanSession: false keeps the session (for as long as the " +
+        "broker keeps sessions)"
+    )
+  }
   const nodes: Array<ResolvedNode> = []
   for (let i = 0; i < endpoints.length; i++) {
     const e = endpoints[i]
