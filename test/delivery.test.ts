@@ -1121,6 +1121,37 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
   })
   afterAll(() => broker?.dispose())
 
+  for (const qos of [0, 1] as const) {
+    it.live(`a SUBSCRIBE while a read queue is full under a QoS ${qos} flood: the queue keeps its bound (only queues nothing consumed yet give way)`, () =>
+      Effect.gen(function*() {
+        const topic = unique(`flood-${qos}`)
+        const capacity = 50
+        const client = yield* MqttClient.make({
+          url: broker.url,
+          // MQTT 5 with a Receive Maximum far above the queue's capacity: the broker sends 1,000 unacknowledged
+          protocolVersion: 5,
+          receiveMaximum: 1000,
+          queue: IncomingQueue.bounded(capacity),
+          logLevel: "None"
+        })
+        yield* client.subscribe(`${topic}/#`, { qos })
+        // a slow consumer: the queue stays full while the flood lasts
+        yield* Effect.forkScoped(Stream.runForEach(client.messages, () => Effect.sleep("5 millis")))
+        const publisher = yield* MqttClient.make({ url: broker.url })
+        const flood = yield* Effect.forkScoped(Effect.forever(publisher.publish(`${topic}/a`, "x".repeat(64), { qos })))
+        yield* eventually("the queue is full", Effect.map(client.queuedMessages, (n) => n >= capacity))
+        // the SUBACK may come late or not at all (Mosquitto drops it while it drops messages for the client)
+        yield* Effect.forkScoped(client.subscribe(unique("other")))
+        let largest = 0
+        for (let i = 0; i < 100; i++) {
+          largest = Math.max(largest, yield* client.queuedMessages)
+          yield* realSleep(20)
+        }
+        yield* Fiber.interrupt(flood)
+        assert.isAtMost(largest, capacity)
+      }))
+  }
+
   it.live("a priority queue whose priority function throws: every message is delivered, the connection stays, and a warning says so", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []

@@ -685,6 +685,47 @@ describe("delivery: a failed owner's copy", () => {
       }
     }).pipe(Effect.runPromise))
 
+  it("claimed again at the SUBACK into a sliding queue that let some of the first claim go: the held ones still come before what was routed since", () => {
+    const { d } = deliveries(IncomingQueue.sliding(4))
+    const message = (topic: string) =>
+      new MqttMessage(topic, new TextEncoder().encode(topic), 0, false, false, undefined)
+    d.deliver(["c/1", "c/2", "c/3", "c/4"].map((t) => ({ message: message(t), owners: [MESSAGES], record: undefined })))
+    const { owner, queue } = d.addQueue(false)
+    d.claimBacklog(owner, ["c/+"])
+    // held by the reader, then on `messages` (an MQTT 5 backlog under the old subscription identifier goes there too)
+    d.deliver([{ message: message("c/h"), owners: [MESSAGES], record: undefined }])
+    d.deliver(["c/s1", "c/s2"].map((t) => ({ message: message(t), owners: [owner], record: undefined })))
+    d.confirm(owner)
+    const taken: Array<string> = []
+    for (let m = queue.poll(); m !== undefined; m = queue.poll()) taken.push(m.topic)
+    expect(taken).toEqual(["c/4", "c/h", "c/s1", "c/s2"])
+  })
+
+  it("a cut wait (a SUBSCRIBE awaits its SUBACK behind queues nothing consumed yet): QoS 1/2 leftovers go in beyond the capacity, QoS 0 ones are dropped and counted", () =>
+    Effect.gen(function*() {
+      const { d, warnings } = deliveries(IncomingQueue.bounded(2))
+      const message = (text: string, qos: 0 | 1) =>
+        new MqttMessage("t", new TextEncoder().encode(text), qos, false, false, undefined)
+      const waiting = d.deliver(
+        [message("a", 1), message("b", 0), message("c", 1), message("d", 0), message("e", 1)].map((m) => ({
+          message: m,
+          owners: [MESSAGES],
+          record: undefined
+        }))
+      )
+      expect([waiting !== undefined, d.stalledUnread]).toEqual([true, true])
+      const reader = yield* Effect.forkChild(waiting!, { startImmediately: true })
+      d.cutStall()
+      yield* Fiber.interrupt(reader)
+      const taken: Array<string> = []
+      for (let m = d.messages.poll(); m !== undefined; m = d.messages.poll()) {
+        taken.push(new TextDecoder().decode(m.payload))
+      }
+      expect(taken).toEqual(["a", "b", "c", "e"])
+      expect(d.dropped).toBe(1)
+      expect(warnings.some((w) => w.includes("QoS 0 message(s) dropped"))).toBe(true)
+    }).pipe(Effect.runPromise))
+
   it("LIFO and priority queues: what is moved (a released stream's leftovers, a claimed backlog, the rest put back) keeps its queue's order there", () => {
     const text = (m: MqttMessage) => new TextDecoder().decode(m.payload)
     const unclaimed = (topic: string, payload: string) => ({

@@ -223,16 +223,23 @@ const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>)
   })
 
 /**
- * The reader's wait for room in a full queue (nothing is read meanwhile). A close cuts it, and so does a SUBSCRIBE
- * or UNSUBSCRIBE waiting for its acknowledgement (`Driver.requestAwaitsAck`): what did not fit then goes into the
- * queues beyond their capacity (delivery.ts), and the reader reads on (to the broker's close, to the SUBACK).
+ * The reader's wait for room in a full queue (nothing is read meanwhile). A close cuts it: what did not fit then
+ * goes into the queues beyond their capacity (delivery.ts), and the reader reads on to the broker's close. So does a
+ * SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement (`Driver.requestAwaitsAck`), when the full queues are ones
+ * nothing has consumed yet (the application may wait for the SUBACK before it consumes): their QoS 1/2 leftovers
+ * go in, their QoS 0 ones are dropped (`Deliveries.cutStall`), and the reader reads on to the SUBACK.
  */
 const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effect.Effect<void> => {
   c.stalled = true
   c.stalls++
   driver.stalled(true)
   return Effect.ensuring(
-    Effect.raceFirst(Effect.raceFirst(wait, Deferred.await(c.discarding)), driver.requestAwaitsAck),
+    driver.deliveries.stalledUnread
+      ? Effect.raceFirst(
+        Effect.raceFirst(wait, Deferred.await(c.discarding)),
+        Effect.tap(driver.requestAwaitsAck, () => Effect.sync(() => driver.deliveries.cutStall()))
+      )
+      : Effect.raceFirst(wait, Deferred.await(c.discarding)),
     Effect.sync(() => {
       c.stalled = false
       driver.stalled(false)

@@ -95,7 +95,10 @@ export class Deliveries {
    * owners that claimed a backlog from `messages` and whose subscription is not made yet, with their filters: a
    * failed subscription hands the claim back there; a made one claims once more (see `confirm`)
    */
-  private readonly unconfirmed = new Map<number, { readonly filters: ReadonlyArray<string>; claimed: number }>()
+  private readonly unconfirmed = new Map<
+    number,
+    { readonly filters: ReadonlyArray<string>; readonly claimed: ReadonlySet<MqttMessage> }
+  >()
   private givenUpTimer: ReturnType<typeof setTimeout> | undefined = undefined
 
   /** the application subscribed through `subscribe` (the filters of `messages`) */
@@ -171,7 +174,7 @@ export class Deliveries {
     const queue = this.owners.get(owner)?.queue
     if (queue === undefined) return
     this.claim(filters, (claimed) => {
-      this.unconfirmed.set(owner, { filters, claimed: claimed.length })
+      this.unconfirmed.set(owner, { filters, claimed: new Set(claimed) })
       if (claimed.length > 0) queue.offerMovedUnsafe(claimed)
     })
   }
@@ -190,9 +193,14 @@ export class Deliveries {
     if (queue === undefined || this.takesLeftovers || this.messages.size === 0) return
     this.claim(unconfirmed.filters, (held) => {
       if (held.length === 0) return
-      const since = queue.drainUnsafe()
-      const first = since.splice(0, unconfirmed.claimed)
-      queue.offerMovedUnsafe([...first, ...held, ...since])
+      // what the first claim took (a sliding or dropping queue may have let some of it go since), then the held
+      const waiting = queue.drainUnsafe()
+      const claimed = unconfirmed.claimed
+      queue.offerMovedUnsafe([
+        ...waiting.filter((message) => claimed.has(message)),
+        ...held,
+        ...waiting.filter((message) => !claimed.has(message))
+      ])
     })
   }
 
@@ -357,8 +365,63 @@ export class Deliveries {
       queue.offerUnsafe(batch, progress)
       if (progress.accepted < batch.length && !queue.isClosed) (waiting ??= []).push([queue, batch, progress])
     }
-    return waiting === undefined ? undefined : waitForRoom(waiting, this.leftOver)
+    if (waiting === undefined) return undefined
+    this.stalledUnread = waiting.every(([queue]) => !queue.consumed)
+    this.waiting = waiting
+    return Effect.ensuring(
+      waitForRoom(waiting, this.leftOver),
+      Effect.sync(() => {
+        if (this.waiting === waiting) this.waiting = undefined
+      })
+    )
   }
+
+  /** What the reader's current wait for room still has to put in (see `cutStall`). */
+  private waiting: ReadonlyArray<readonly [Queue, Array<MqttMessage>, Progress]> | undefined = undefined
+
+  /**
+   * Ends the reader's wait for room because a SUBSCRIBE or UNSUBSCRIBE awaits its acknowledgement behind it: what
+   * did not fit goes in beyond the capacity, but for QoS 0 messages, which are dropped (counted): the QoS 1/2 ones
+   * are as many as the broker sends unacknowledged (its window, at most 65,535), the QoS 0 ones unbounded.
+   */
+  cutStall(): void {
+    const waiting = this.waiting
+    this.waiting = undefined
+    if (waiting === undefined) return
+    for (const [queue, batch, progress] of waiting) {
+      if (progress.accepted >= batch.length) continue
+      const left = batch.slice(progress.accepted)
+      progress.accepted = batch.length
+      if (queue.isClosed) this.leftOver(left)
+      else this.cutForRequest(queue, left)
+    }
+  }
+
+  /**
+   * Whether the reader's wait for room is on queues no consumer has pulled from yet (`messages` before the
+   * application reads it, a `subscription()` stream before it is handed out): the application may be waiting for a
+   * SUBACK before it consumes, and only the reader can read it (see `Driver.requestAwaitsAck`).
+   */
+  stalledUnread = false
+
+  /** Puts what a cut wait left into `queue` beyond its capacity, but for QoS 0 messages: dropped (see `cutStall`). */
+  private cutForRequest(queue: Queue, left: ReadonlyArray<MqttMessage>): void {
+    const kept = left.filter((message) => message.qos > 0)
+    const dropped = left.length - kept.length
+    if (dropped > 0) {
+      this.droppedByGone += dropped
+      for (let i = 0; i < dropped; i++) this.metrics.dropped()
+      if (!this.warnedCut) {
+        this.warnedCut = true
+        this.warn(
+          `${dropped} QoS 0 message(s) dropped: the queue was full while a SUBSCRIBE or UNSUBSCRIBE waited for its ` +
+            "acknowledgement, before anything consumed the queue (consume before subscribing, or give the queue room)"
+        )
+      }
+    }
+    if (kept.length > 0) queue.offerMovedUnsafe(kept)
+  }
+  private warnedCut = false
 
   /** A copy for a released (or failed) subscription stream that nobody else takes: given up, warned once. */
   private giveUpCopy(copy: MqttMessage): void {

@@ -145,10 +145,9 @@ export class Driver {
   /** The reader waits for room in a queue (true), or reads again (false): see `lineRoom`. */
   /**
    * Completes when a SUBSCRIBE or UNSUBSCRIBE waits for its acknowledgement (at once when one does): the reader's
-   * wait for room in a full queue ends then, and what did not fit goes in beyond the queue's capacity. Only the
+   * wait for room in a full queue that nothing has consumed yet ends then (see `stallOn` in connection.ts). Only the
    * reader can read the SUBACK, and the application may take nothing before it has it (a `subscription()` stream
    * is handed out once it is made; a program subscribes before it consumes): waiting for room would wait for good.
-   * The bound gives way only while the acknowledgement is awaited: by what the broker sends before it.
    */
   get requestAwaitsAck(): Effect.Effect<void> {
     if (this.session.subscriptions.awaitingAck > 0) return Effect.void
