@@ -26,10 +26,11 @@ import * as Codec from "./codec.ts"
 import { checkFirstByte, decode } from "./decode.ts"
 import type { Driver } from "./driver.ts"
 import type { Node } from "./failover.ts"
-import { Framer } from "./framer.ts"
+import { Framer, type OversizedHandler } from "./framer.ts"
 import { encodeConnect, type Resolved } from "./options.ts"
 import { Outbox } from "./outbox.ts"
 import { violation } from "./output.ts"
+import type * as Packets from "./packets.ts"
 import { keepalive } from "./pinger.ts"
 import type { ReadNow } from "./platform.ts"
 
@@ -247,6 +248,28 @@ const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effe
   )
 }
 
+/** The error of bytes from the broker that `decode` refused. */
+const brokerViolation = (version: Packets.ProtocolVersion, v: Packets.Violation) =>
+  violation(version, v.reason, v.reasonCode, { packet: v.packet, rule: v.rule })
+
+/**
+ * What the reader does with a PUBLISH over the client's Maximum Packet Size on MQTT 3.1/3.1.1, once the framer has
+ * passed it over: its headers decoded (a violation there ends the connection, as for any packet), then dropped by
+ * the session (`Session.onOversizedPublish`).
+ */
+const passOver = (env: Environment, connected: () => boolean): OversizedHandler => {
+  const { driver, options } = env
+  const out = driver.out
+  const version = options.protocolVersion
+  return (head, headerLength, total) => {
+    if (out.error !== undefined) return
+    const packet = decode(head[0], head.subarray(headerLength), version)
+    if (packet._tag === "Violation") return out.fail(brokerViolation(version, packet))
+    if (!connected() || packet._tag !== "Publish") return out.fail(violation(version, "a PUBLISH before CONNACK"))
+    driver.session.onOversizedPublish(packet, total, options.maximumPacketSize, out)
+  }
+}
+
 /**
  * Reads one connection: each socket read is framed, decoded and handed to the session in one synchronous step,
  * then drained once (one write, one offer per queue).
@@ -260,20 +283,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   let connected = false
   let firstByteSeen = false
   // MQTT 3.1/3.1.1 cannot tell the broker the limit: a PUBLISH over it is passed over, not a broken connection
-  const framer = new Framer(
-    o.maximumPacketSize,
-    version === 5 ? undefined : (head, headerLength, total) => {
-      if (out.error !== undefined) return
-      const packet = decode(head[0], head.subarray(headerLength), version)
-      if (packet._tag === "Violation") {
-        return out.fail(
-          violation(version, packet.reason, packet.reasonCode, { packet: packet.packet, rule: packet.rule })
-        )
-      }
-      if (!connected || packet._tag !== "Publish") return out.fail(violation(version, "a PUBLISH before CONNACK"))
-      session.onOversizedPublish(packet, total, o.maximumPacketSize, out)
-    }
-  )
+  const framer = new Framer(o.maximumPacketSize, version === 5 ? undefined : passOver(env, () => connected))
   /**
    * The wait for queue room of the read that carried the CONNACK: a resumed session's backlog may come in the same
    * read, more than the queue holds. It is the read loop's, not the handshake's: the application can take
@@ -285,11 +295,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   const onFrame = (bytes: Uint8Array, start: number, bodyStart: number, end: number): void => {
     if (out.error !== undefined) return
     const packet = decode(bytes[start], bytes.subarray(bodyStart, end), version)
-    if (packet._tag === "Violation") {
-      return out.fail(
-        violation(version, packet.reason, packet.reasonCode, { packet: packet.packet, rule: packet.rule })
-      )
-    }
+    if (packet._tag === "Violation") return out.fail(brokerViolation(version, packet))
     if (connected) return session.onPacket(packet, out)
     if (packet._tag === "Auth") return void out.auth.push(packet)
     if (packet._tag !== "Connack") return out.fail(violation(version, `a ${packet._tag.toUpperCase()} before CONNACK`))
@@ -320,11 +326,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
       const first = firstByteOf(chunks)
       const wrong = first === undefined ? undefined : checkFirstByte(first, version)
       // something that is not MQTT (an HTTP server's answer) is refused at its first byte, not at the timeout
-      if (wrong !== undefined) {
-        return Effect.fail(
-          violation(version, wrong.reason, wrong.reasonCode, { packet: wrong.packet, rule: wrong.rule })
-        )
-      }
+      if (wrong !== undefined) return Effect.fail(brokerViolation(version, wrong))
     }
     // whatever the broker sends becomes a typed protocol error, never a defect
     try {
