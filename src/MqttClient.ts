@@ -516,8 +516,8 @@ export interface Metrics {
   readonly longestDisconnectMillis: number
   /**
    * Messages dropped by a sliding or dropping incoming queue, those a released `subscription()` stream left
-   * while nothing reads `messages`, and on MQTT 3.1.1 those over `maximumPacketSize` (as
-   * `MqttClient.droppedMessages`).
+   * while nothing reads `messages`, on MQTT 3.1.1 those over `maximumPacketSize`, and QoS 0 ones behind a pending
+   * SUBSCRIBE (as `MqttClient.droppedMessages`).
    */
   readonly droppedMessages: number
 }
@@ -761,7 +761,8 @@ export interface Client {
   /**
    * The number of messages dropped so far: by a sliding or dropping queue, those a released `subscription()`
    * stream left while nothing reads `messages` (given up: acknowledged unread unless the client closes first),
-   * and on MQTT 3.1.1 those over `maximumPacketSize` (dropped unread, acknowledged in their turn).
+   * on MQTT 3.1.1 those over `maximumPacketSize` (dropped unread, acknowledged in their turn), and QoS 0 ones that
+   * came while a SUBSCRIBE or UNSUBSCRIBE awaited its acknowledgement behind a full queue nothing had consumed yet.
    */
   readonly droppedMessages: Effect.Effect<number>
 
