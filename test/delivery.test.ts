@@ -495,6 +495,38 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
         })
     )
 
+    it.live(
+      `${
+        label(version)
+      }: a released subscription() stream whose filter overlaps one of \`messages\`: \`messages\` gets each message once, not the stream's copy too`,
+      () =>
+        Effect.gen(function*() {
+          const publisher = yield* publisherFor(version)
+          const base = unique("overlap")
+          const client = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          yield* client.subscribe(`${base}/#`, { qos: 2 })
+          yield* Effect.scoped(Effect.gen(function*() {
+            const stream = yield* client.subscription(`${base}/+`, { qos: 2 })
+            yield* publisher.publish(`${base}/a`, "hello", { qos: 2 })
+            // `messages` has its copy; the stream's comes in the same PUBLISH (3.1.1) or the next one (5): it is
+            // released unread
+            yield* eventually("the copy on `messages`", Effect.map(client.queuedMessages, (n) => n >= 1))
+            yield* realSleep(300)
+            return stream
+          }))
+          yield* publisher.publish(`${base}/end`, "end", { qos: 2 })
+          const received: Array<string> = []
+          yield* within(
+            "up to the end marker",
+            Stream.runForEach(
+              Stream.takeUntil(client.messages, (m) => m.text === "end"),
+              (m) => Effect.sync(() => received.push(m.text))
+            )
+          )
+          assert.deepStrictEqual(received, ["hello", "end"])
+        })
+    )
+
     for (const how of ["subscribe", "subscription"] as const) {
       it.live(
         `${

@@ -163,6 +163,24 @@ export class Deliveries {
     return owner
   }
 
+  /** The filters `messages` holds by itself (those of `subscribe`): set by the client, which knows the session. */
+  messagesFilters: () => ReadonlyArray<string> = () => []
+
+  /**
+   * Of a released stream's leftovers, those `messages` does not take by a filter of its own: a copy of a message
+   * that `messages` matches is there already (MQTT 3.1.1 hands one PUBLISH to every owner that matches; an MQTT 5
+   * broker sends a PUBLISH per subscription), so it is acknowledged as handed, not handed to `messages` twice.
+   */
+  private notOnMessages(leftovers: ReadonlyArray<MqttMessage>): ReadonlyArray<MqttMessage> {
+    const own = this.messagesFilters()
+    if (own.length === 0) return leftovers
+    return leftovers.filter((message) => {
+      if (!own.some((filter) => Topic.matches(message.topic, filter))) return true
+      acknowledge(message)
+      return false
+    })
+  }
+
   /**
    * A new subscription stream (`owner`) of `filters` takes the messages waiting on `messages` that match them, in
    * their order, when the application does not read `messages`: all `messages` holds then came with no owner,
@@ -283,7 +301,8 @@ export class Deliveries {
     // a subscription that failed hands what it claimed (and anything since) back to `messages`, where it waited
     const unconfirmed = this.unconfirmed.delete(owner)
     if (rest.length === 0) return
-    if (this.takesLeftovers || unconfirmed) return this.messages.offerMovedUnsafe(rest)
+    if (unconfirmed) return this.messages.offerMovedUnsafe(rest)
+    if (this.takesLeftovers) return this.messages.offerMovedUnsafe(this.notOnMessages(rest))
     for (const message of rest) this.giveUp(message)
     this.warn(
       `${rest.length} message(s) left in a released subscription() stream are given up, acknowledged unread ` +
@@ -440,7 +459,7 @@ export class Deliveries {
    * where a released stream's queue goes (`remove`), to `messages` or given up, rather than be lost unanswered.
    */
   private readonly leftOver = (messages: ReadonlyArray<MqttMessage>): void => {
-    if (this.takesLeftovers) return this.messages.offerMovedUnsafe(messages)
+    if (this.takesLeftovers) return this.messages.offerMovedUnsafe(this.notOnMessages(messages))
     for (const message of messages) this.giveUp(message)
   }
 
