@@ -926,6 +926,10 @@ export const publish: {
  * - `{ deadLetter }`: the error, which carries the raw message, is handed to `deadLetter`; the stream goes on
  *   (a failure of `deadLetter` fails the stream).
  *
+ * With manual acknowledgement (`acknowledgement: "manual"`), a skipped message is acknowledged as it is skipped,
+ * and a dead letter once `deadLetter` succeeded: the application never sees them to acknowledge them, and an
+ * unacknowledged message would hold back every later acknowledgement.
+ *
  * Every decode failure is counted in {@link decodeFailures}, whatever the policy.
  *
  * @example
@@ -1036,11 +1040,14 @@ const decodeWithPolicy = <T extends Any, E, R>(topic: T, policy: DecodeErrorPoli
       onFailure: (error) =>
         Effect.andThen(
           Metric.update(counter, 1),
+          // a message the policy takes out of the stream is acknowledged (with manual acknowledgement the
+          // application never sees it to do so: it would hold back every later acknowledgement for good);
+          // `deadLetter`'s once the handler succeeded
           policy === "fail"
             ? Effect.fail<TopicDecodeError | E>(error)
             : policy === "skip"
-            ? Effect.succeed(Result.failVoid)
-            : Effect.as(policy.deadLetter(error), Result.failVoid)
+            ? Effect.as(error.mqttMessage.ack, Result.failVoid)
+            : Effect.as(Effect.andThen(policy.deadLetter(error), error.mqttMessage.ack), Result.failVoid)
         ) as Effect.Effect<Result.Result<ReceivedOf<T>, void>, TopicDecodeError | E, R>
     })
 }

@@ -241,6 +241,38 @@ const suite = (backend: Backend) => {
             ])
           })))
 
+      it.live("manual acknowledgement: a message onDecodeError skips is acknowledged (it holds back no later one), so a resumed session does not send it again", () =>
+        withClients(version, ({ connect }) =>
+          Effect.gen(function*() {
+            const p = unique("manual-skip")
+            const Count = MqttTopic.make(`${p}/{id}`, Schema.Struct({ n: Schema.Number }))
+            const options: MqttClient.Options = {
+              clientId: p.replace(/\W/g, "").slice(-20),
+              cleanStart: false,
+              ...(version === 5 ? { sessionExpiryInterval: 60 } : {}),
+              acknowledgement: "manual"
+            }
+            const publisher = yield* connect()
+            const first = yield* Effect.scoped(Effect.gen(function*() {
+              const client = yield* connect(options)
+              const counts = yield* MqttTopic.subscribe(client, Count, { qos: 1, onDecodeError: "skip" })
+              for (const payload of [`{"n":1}`, "not json", `{"n":2}`]) {
+                yield* publisher.publish(`${p}/a`, payload, { qos: 1 })
+              }
+              const taken = yield* take(counts, 2)
+              for (const received of taken) yield* received.message.ack
+              return taken.map((r) => r.payload.n)
+            }))
+            assert.deepStrictEqual(first, [1, 2])
+            const next = yield* Effect.scoped(Effect.gen(function*() {
+              const client = yield* connect(options)
+              const counts = yield* MqttTopic.subscribe(client, Count, { qos: 1, onDecodeError: "skip" })
+              yield* publisher.publish(`${p}/a`, `{"n":3}`, { qos: 1 })
+              return (yield* take(counts, 1)).map((r) => r.payload.n)
+            }))
+            assert.deepStrictEqual(next, [3])
+          })))
+
       it.live("bytes round trip: every byte value, and an empty payload, arrive intact", () =>
         withClients(version, ({ connect }) =>
           Effect.gen(function*() {
