@@ -701,6 +701,27 @@ describe("delivery: a failed owner's copy", () => {
     expect(taken).toEqual(["c/4", "c/h", "c/s1", "c/s2"])
   })
 
+  it("a queue released by a consumer that the same delivery woke takes nothing: its copy goes to `messages`, not lost unanswered", () =>
+    Effect.gen(function*() {
+      const { acknowledged, d } = deliveries()
+      d.subscribed()
+      const a = d.addQueue(false)
+      const b = d.addQueue(false)
+      // A's consumer, woken by the delivery, releases B's stream at once (as a finished subscription scope does)
+      const consumer = yield* Effect.forkChild(
+        Effect.flatMap(a.queue.take, () => Effect.sync(() => d.remove(b.owner))),
+        { startImmediately: true }
+      )
+      const record = Object.assign(new InboundRecord(1, 1, 0), { pending: 2, queued: 2 })
+      const message = new MqttMessage("t", new TextEncoder().encode("m"), 1, false, false, undefined)
+      d.deliver([{ message, owners: [a.owner, b.owner], record }])
+      yield* Fiber.join(consumer)
+      expect(d.messages.size).toBe(1)
+      d.messages.poll()
+      // both copies answered: the one A took, the one taken from `messages`
+      expect(acknowledged).toEqual([1, 1])
+    }).pipe(Effect.runPromise))
+
   it("a cut wait (a SUBSCRIBE awaits its SUBACK behind queues nothing consumed yet): QoS 1/2 leftovers go in beyond the capacity, QoS 0 ones are dropped and counted", () =>
     Effect.gen(function*() {
       const { d, warnings } = deliveries(IncomingQueue.bounded(2))

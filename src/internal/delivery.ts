@@ -382,7 +382,11 @@ export class Deliveries {
     for (const [queue, batch] of batches) {
       const progress: Progress = { accepted: 0 }
       queue.offerUnsafe(batch, progress)
-      if (progress.accepted < batch.length && !queue.isClosed) (waiting ??= []).push([queue, batch, progress])
+      if (progress.accepted >= batch.length) continue
+      // offering to a queue wakes its consumer, which may run at once and release its stream: a queue closed by
+      // then takes nothing, and its messages go where a released stream's go, rather than be lost unanswered
+      if (queue.isClosed) this.leftOver(batch.slice(progress.accepted))
+      else (waiting ??= []).push([queue, batch, progress])
     }
     if (waiting === undefined) return undefined
     this.stalledUnread = waiting.every(([queue]) => !queue.consumed)
