@@ -182,6 +182,41 @@ describe("pub -> mosquitto_sub", () => {
   })
 })
 
+describe("pub -l across a broker restart", () => {
+  it("reconnects: the lines written while the broker was down go out once it is back; the command ends with its input", async () => {
+    const broker = await startMosquitto({ persistence: true })
+    try {
+      const topic = uniqueTopic("lines-restart")
+      // a persistent subscriber: the broker keeps its subscription and the QoS 1 messages across the restart
+      const sub = mosquittoSub(
+        ["-p", String(broker.port), "-t", topic, "-q", "1", "-c", "-i", `cli-sub-${runId}`],
+        { expectedMessages: 3, timeoutMs: 40_000 }
+      )
+      await sub.ready
+      const pub = spawnCli(["pub", "--url", broker.url, "-t", topic, "-l", "-q", "1", "-d"], {
+        keepStdinOpen: true,
+        timeoutMs: 40_000
+      })
+      await pub.waitForStderr(/connected as/)
+      pub.child.stdin.write("before\n")
+      // "before" reached the subscriber before the broker goes down
+      for (let i = 0; i < 400 && !/Sending PUBLISH to cli-sub/.test(broker.logs()); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+      await broker.stop()
+      pub.child.stdin.write("during\n")
+      await broker.restart()
+      pub.child.stdin.end("after\n")
+      const result = await pub.done
+      assert.strictEqual(result.code, 0, result.stderr)
+      const { messages } = await sub.done
+      assert.deepStrictEqual(messages.map((m) => m.text), ["before", "during", "after"])
+    } finally {
+      await broker.dispose()
+    }
+  })
+})
+
 describe("mosquitto_pub -> sub", () => {
   for (const qos of qosLevels) {
     it(`QoS ${qos}: sub --format json shows the message at QoS ${qos}`, async () => {

@@ -193,8 +193,11 @@ const run = Effect.fnUntraced(function*(flags: PubFlags) {
     ? Stream.splitLines(Stream.decodeText(stdin))
     : yield* Effect.map(source.payload, (payload) => Stream.map(Stream.range(1, flags.count), () => payload))
   yield* Effect.scoped(Effect.gen(function*() {
-    // a publish tool must end: a lost connection fails it (exit code 1) instead of waiting for the broker
-    const client = yield* connect(flags.connection, { ...options, reconnect: false })
+    // a publish tool must end: a lost connection fails it (exit code 1) instead of waiting for the broker; but
+    // -l publishes what comes on standard input for as long as it comes (`tail -f`): it reconnects, and the lines
+    // that come meanwhile wait for the connection (the client's offline buffer)
+    const lines = source._tag === "Lines"
+    const client = yield* connect(flags.connection, lines ? options : { ...options, reconnect: false })
     let published = 0
     const publish = (payload: Uint8Array | string) =>
       client.publish(topic, payload, { qos: flags.qos, retain: flags.retain, properties }).pipe(
@@ -203,12 +206,14 @@ const run = Effect.fnUntraced(function*(flags: PubFlags) {
         }))
       )
     const delay = Duration.seconds(flags.interval)
-    yield* flags.interval > 0
+    const publishing = flags.interval > 0
       ? Stream.runDrain(Stream.mapEffect(
         payloads,
         (payload, i) => i === 0 ? publish(payload) : Effect.andThen(Effect.sleep(delay), publish(payload))
       ))
       : Stream.runDrain(Stream.mapEffect(payloads, publish, { concurrency: WINDOW }))
+    // a client that stops for good ends the command at once, not at the next line of standard input
+    yield* Effect.raceFirst(publishing, Effect.andThen(client.awaitClose, Effect.never))
     yield* debug(flags.connection, `published ${published} message${published === 1 ? "" : "s"} to ${topic}`)
   }))
 })

@@ -28,6 +28,8 @@ export interface CliOptions {
   readonly env?: Record<string, string>
   /** Written to standard input, which is then closed. Default: closed at once. */
   readonly stdin?: string | Uint8Array
+  /** Leave standard input open (`child.stdin`), for the test to write to and close. */
+  readonly keepStdinOpen?: boolean
   /** Killed with SIGKILL after this long (a hang guard, not an assertion). Default 30 s. */
   readonly timeoutMs?: number
 }
@@ -66,7 +68,7 @@ export const spawnCli = (args: ReadonlyArray<string>, options?: CliOptions): Cli
     for (const listener of stderrListeners) listener()
   })
   if (options?.stdin !== undefined) child.stdin.end(options.stdin)
-  else child.stdin.end()
+  else if (options?.keepStdinOpen !== true) child.stdin.end()
   const guard = setTimeout(() => child.kill("SIGKILL"), options?.timeoutMs ?? 30_000)
   const done = new Promise<CliResult>((resolve, reject) => {
     child.once("error", (error) => {
