@@ -1027,6 +1027,26 @@ describe("WebSocket", () => {
 
   const promise = <A>(evaluate: () => Promise<A>) => guard(Effect.promise(evaluate))
 
+  it.live("a server that takes the TCP connection and never answers the upgrade: MqttTimeoutError after connectTimeout, as over TCP", () =>
+    Effect.gen(function*() {
+      const taken = new Set<Net.Socket>()
+      const silent = Net.createServer((socket) => void taken.add(socket))
+      yield* Effect.acquireRelease(
+        Effect.promise(() => new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve))),
+        () =>
+          Effect.sync(() => {
+            for (const socket of taken) socket.destroy()
+            silent.close()
+          })
+      )
+      const port = (silent.address() as Net.AddressInfo).port
+      for (const url of [`ws://127.0.0.1:${port}/mqtt`, `mqtt://127.0.0.1:${port}`]) {
+        const error = yield* connectFailure({ url, connectTimeout: "500 millis" })
+        assert.strictEqual(error._tag, "MqttTimeoutError", `${url}: ${String(error)}`)
+        assert.strictEqual((error as MqttError.MqttTimeoutError).operation, "connect")
+      }
+    }).pipe(Effect.scoped))
+
   it.live("offers the subprotocol mqtt, asks for /mqtt, and sends the URL's credentials in CONNECT only", () =>
     Effect.gen(function*() {
       const server = yield* fakeWs()

@@ -5,6 +5,7 @@
  * imported from here: test/browser.test.ts bundles the browser's entry and fails on any.
  */
 import type * as Arr from "effect/Array"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Socket from "effect/socket/Socket"
@@ -56,7 +57,8 @@ export const makeSocket = (
         "this environment has no WebSocket: provide one with Socket.WebSocketConstructor (effect/socket/Socket)"
       )
     }
-    return yield* makeWebSocket(endpoint, construct, options.connectTimeout ?? "30 seconds")
+    // a second past the client's connect timeout, which bounds the whole attempt (see transport.ts)
+    return yield* makeWebSocket(endpoint, construct, Duration.toMillis(options.connectTimeout ?? "30 seconds") + 1000)
   })
 
 /** The browser's transport. */

@@ -13,7 +13,7 @@ import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import type * as NodeWS from "@effect/platform-node/NodeWS"
 import type * as Arr from "effect/Array"
 import * as Context from "effect/Context"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
@@ -69,7 +69,9 @@ export const makeSocket = (
         return yield* makeWebSocket(
           endpoint,
           encrypted ? yield* tlsSettings(tls) : undefined,
-          options.connectTimeout ?? "30 seconds"
+          // a second past the client's connect timeout, which bounds the whole attempt (the WebSocket's opening
+          // too): a broker that accepts the TCP connection and never answers is an MqttTimeoutError, as over TCP
+          Duration.toMillis(options.connectTimeout ?? "30 seconds") + 1000
         )
     }
   })
