@@ -1027,6 +1027,15 @@ describe("WebSocket", () => {
 
   const promise = <A>(evaluate: () => Promise<A>) => guard(Effect.promise(evaluate))
 
+  it.live("wss:// to a plain WebSocket port is a TlsError HandshakeFailed that asks whether the port is a TLS listener, as mqtts:// gives", () =>
+    Effect.gen(function*() {
+      const server = yield* fakeWs()
+      const error = yield* connectFailure({ url: `wss://127.0.0.1:${server.port}/mqtt` })
+      expectTlsError(error, "HandshakeFailed")
+      assert.include(error.message, "is the port a TLS listener?")
+      assert.notInclude(error.message, "../deps/openssl")
+    }).pipe(Effect.scoped))
+
   it.live("a server that takes the TCP connection and never answers the upgrade: MqttTimeoutError after connectTimeout, as over TCP", () =>
     Effect.gen(function*() {
       const taken = new Set<Net.Socket>()

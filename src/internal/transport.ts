@@ -542,6 +542,9 @@ const tlsError = (cause: unknown, phase: "handshake" | "open" | "read"): MqttErr
   if (code === "ERR_TLS_CERT_ALTNAME_INVALID") return make("HostnameMismatch")
   if (code !== undefined && verificationCodes.has(code)) return make("ServerCertificateUntrusted")
   if (code !== undefined && code.startsWith("ERR_SSL_")) return make("HandshakeFailed")
+  // an OpenSSL failure that a write met (the `ws` package's TLS socket reports it so): EPROTO with OpenSSL's text
+  const openssl = code === "EPROTO" ? opensslReason(error.message) : undefined
+  if (openssl !== undefined) return make("HandshakeFailed", openssl)
   if (phase === "handshake") {
     return make(
       "HandshakeFailed",
@@ -549,6 +552,22 @@ const tlsError = (cause: unknown, phase: "handshake" | "open" | "read"): MqttErr
     )
   }
   return undefined
+}
+
+/**
+ * The reason in an OpenSSL error text (`...:SSL routines:<function>:<reason>:<file>:<line>:...`), with what to check
+ * for the common ones; undefined when the text is not OpenSSL's.
+ */
+const opensslReason = (message: string): string | undefined => {
+  const parts = message.split(":")
+  const at = parts.indexOf("SSL routines")
+  if (at < 0 || at + 2 >= parts.length) return undefined
+  const reason = parts[at + 2].trim()
+  if (reason.includes("wrong version number")) return `${reason}: is the port a TLS listener?`
+  if (reason.includes("no application protocol")) {
+    return `${reason}: the server takes none of the protocols of tls.alpnProtocols`
+  }
+  return reason
 }
 
 // ---------------------------------------------------------------------------------------------------------
