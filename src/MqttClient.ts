@@ -836,6 +836,10 @@ export interface Client {
    * Packet Size, a property of the reply is invalid, the client is offline and cannot keep it (`offline`
    * options), the session store cannot be written. A requester cannot stop the responder.
    *
+   * On a client with `acknowledgement: "manual"`, each request is acknowledged once it is served (answered, or its
+   * failure warned), so a request whose responder ended first comes again to the next session; otherwise it was
+   * acknowledged when taken.
+   *
    * The responder ends, failing with the error, only for what ends every request: its arguments are invalid
    * (checked before anything is sent, as is the client's protocol: MQTT 5 only), its subscription is refused
    * (also through `subscribed`), or the client stops for good (closed, or its connection lost and not

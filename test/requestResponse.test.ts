@@ -650,6 +650,31 @@ describe("request: the response topic's SUBSCRIBE is the client's, within each r
       return requester
     })
 
+  it.live("a responder on a client with manual acknowledgement acknowledges each request it served: 50 requests through a Receive Maximum of 5 are all answered", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const broker = yield* mosquitto()
+      const responder = yield* MqttClient.make({
+        url: broker.url,
+        protocolVersion: 5,
+        acknowledgement: "manual",
+        receiveMaximum: 5
+      })
+      const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
+      yield* Effect.forkScoped(
+        responder.respond(`rq/${run}/manual`, (request) => Effect.succeed(`re ${request.text}`), { subscribed })
+      )
+      yield* guard(Deferred.await(subscribed))
+      const requester = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+      const replies = yield* guard(
+        Effect.forEach(
+          Array.from({ length: 50 }, (_, i) => String(i)),
+          (text) => Effect.map(requester.request(`rq/${run}/manual`, text, { timeout: "10 seconds" }), (r) => r.text),
+          { concurrency: 10 }
+        )
+      )
+      assert.deepStrictEqual(replies, Array.from({ length: 50 }, (_, i) => `re ${i}`))
+    })))
+
   it.live("a first request interrupted while its SUBSCRIBE is in flight leaves request working: the next ones are answered", () =>
     Effect.scoped(Effect.gen(function*() {
       const broker = yield* mosquitto()

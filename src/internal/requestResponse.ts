@@ -134,7 +134,10 @@ export const make = (ctx: Context) => {
         const requests = yield* subscription(ctx)(typeof filter === "string" ? filter : [...filter], { qos }).pipe(
           reportSubscribed(options?.subscribed)
         )
-        yield* requests.pipe(Stream.mapEffect(serve, { concurrency: options?.concurrency ?? 1 }), Stream.runDrain)
+        // a served request is acknowledged (under the client's manual acknowledgement; done when taken otherwise):
+        // one that ends the responder is not, and comes again to the next session
+        const served = (message: MqttMessage) => Effect.andThen(serve(message), message.ack)
+        yield* requests.pipe(Stream.mapEffect(served, { concurrency: options?.concurrency ?? 1 }), Stream.runDrain)
       }))
     })
 
