@@ -3,9 +3,10 @@
  * exit code each failure gets. The command line itself is tested as a process in cli.test.ts.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit } from "effect"
+import { Duration, Effect, Exit } from "effect"
 import { MqttError, MqttMessage } from "effect-mqtt"
 import * as CliError from "effect/cli/CliError"
+import { describeStatus } from "../src/cli/connection.ts"
 import { ExitCode, exitCodeOf, TimedOutError, UsageError } from "../src/cli/errors.ts"
 import { render, toJson } from "../src/cli/output.ts"
 import { parseUserProperty } from "../src/cli/pub.ts"
@@ -117,5 +118,19 @@ describe("exitCodeOf", () => {
 
   it("sub -C -W out of time: 3", () => {
     assert.strictEqual(exitCodeOf(new TimedOutError({ seconds: 1, received: 0, expected: 1 })), ExitCode.timedOut)
+  })
+})
+
+describe("--debug's connection lines", () => {
+  it("give the delay before the next attempt to the millisecond", () => {
+    const cause = new MqttError.ConnectionLostError({ reason: "the connection was reset" })
+    const line = describeStatus({ _tag: "Disconnected", cause, retryIn: Duration.nanos(1_268_037_152n) })
+    assert.match(line, /; retrying in 1s 268ms$/)
+    assert.strictEqual(
+      describeStatus({ _tag: "Disconnected", cause, retryIn: Duration.nanos(80_219_129n) }).endsWith(
+        "retrying in 80ms"
+      ),
+      true
+    )
   })
 })

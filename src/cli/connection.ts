@@ -257,7 +257,13 @@ export const connect = Effect.fnUntraced(function*(flags: ConnectionFlags, optio
   return client
 })
 
-const describeStatus = (status: MqttClient.ConnectionStatus): string => {
+/**
+ * The line `--debug` writes for a change of the connection's state (a delay to the millisecond).
+ *
+ * @since 0.2.0
+ * @category debugging
+ */
+export const describeStatus = (status: MqttClient.ConnectionStatus): string => {
   switch (status._tag) {
     case "Connecting":
       return `connecting (attempt ${status.attempt})`
@@ -266,7 +272,9 @@ const describeStatus = (status: MqttClient.ConnectionStatus): string => {
         `keepalive ${status.info.keepAlive} s, session present: ${status.info.sessionPresent ? "yes" : "no"})`
     case "Disconnected":
       return `connection lost: ${status.cause.message}` +
-        (status.retryIn === undefined ? "" : `; retrying in ${Duration.format(status.retryIn)}`)
+        (status.retryIn === undefined
+          ? ""
+          : `; retrying in ${Duration.format(Duration.millis(Math.round(Duration.toMillis(status.retryIn))))}`)
     case "Closed":
       return status.cause === undefined ? "closed" : `closed: ${status.cause.message}`
   }
