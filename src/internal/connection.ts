@@ -234,13 +234,14 @@ const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effe
   c.stalled = true
   c.stalls++
   driver.stalled(true)
+  const waitOrClose = Effect.raceFirst(wait, Deferred.await(c.discarding))
   return Effect.ensuring(
     driver.deliveries.stalledUnread
       ? Effect.raceFirst(
-        Effect.raceFirst(wait, Deferred.await(c.discarding)),
+        waitOrClose,
         Effect.tap(driver.requestAwaitsAck, () => Effect.sync(() => driver.deliveries.cutStall()))
       )
-      : Effect.raceFirst(wait, Deferred.await(c.discarding)),
+      : waitOrClose,
     Effect.sync(() => {
       c.stalled = false
       driver.stalled(false)

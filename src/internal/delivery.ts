@@ -432,8 +432,7 @@ export class Deliveries {
     const kept = left.filter((message) => message.qos > 0)
     const dropped = left.length - kept.length
     if (dropped > 0) {
-      this.droppedByGone += dropped
-      for (let i = 0; i < dropped; i++) this.metrics.dropped()
+      this.droppedUnread(dropped)
       if (!this.warnedCut) {
         this.warnedCut = true
         this.warn(
