@@ -584,9 +584,11 @@ describe("reconnect storm", () => {
           expect(delay).toBeLessThanOrEqual(100)
         }
         // spread over the range, not in step: at least 40% of the 50 ms range, and no 5 ms of it holds more than
-        // 20% of the clients (an even spread puts 10% in each; without jitter all 100% draw the same delay)
+        // 25% of the clients (an even spread puts 10% in each; without jitter all 100% draw the same delay). The
+        // densest of the sliding 5 ms windows of 200 uniform draws goes over 20% about once in a thousand runs (one
+        // CI run read 41 of 200), over 25% never in 20,000 simulated runs
         expect(drawn.at(-1)! - drawn[0]).toBeGreaterThanOrEqual(20)
-        expect(densest(drawn, 5)).toBeLessThanOrEqual(CLIENTS * 0.2)
+        expect(densest(drawn, 5)).toBeLessThanOrEqual(CLIENTS * 0.25)
         // that each client waits its own delay before its attempt is a matter of the clock, not of this machine's
         // load: test/reconnect.test.ts proves it on TestClock ("100 clients that lose the same broker each attempt at
         // their own jittered delay, never before it");
