@@ -3,8 +3,13 @@
  * flow that holds one is unfinished. Plain state: callers that find none free wait in the session's own lines.
  */
 export class PacketIds {
-  /** one bit per identifier (8 KiB, not 64) */
-  private readonly used = new Uint32Array(2048)
+  /**
+   * One bit per identifier, in pages of 1,024 identifiers (128 bytes each) made when one of theirs is taken and
+   * dropped when the last is freed: an idle client holds none, one with every identifier in use 8 KiB.
+   */
+  private readonly pages: Array<Uint32Array | undefined> = new Array<Uint32Array | undefined>(PAGES).fill(undefined)
+  /** how many identifiers of each page are in use */
+  private readonly inPage: Array<number> = new Array<number>(PAGES).fill(0)
   private next = 1
   private count = 0
 
@@ -18,31 +23,46 @@ export class PacketIds {
     if (this.count >= 65535) return 0
     let id = this.next
     while (this.has(id)) id = id === 65535 ? 1 : id + 1
-    this.used[id >>> 5] |= 1 << (id & 31)
-    this.count++
+    this.mark(id)
     this.next = id === 65535 ? 1 : id + 1
     return id
   }
 
   /** Marks an identifier in use (a stored session restored with its identifiers). */
   claim(id: number): void {
-    if (this.has(id)) return
-    this.used[id >>> 5] |= 1 << (id & 31)
-    this.count++
+    if (!this.has(id)) this.mark(id)
   }
 
   /** Frees an identifier; freeing one not in use does nothing. */
   release(id: number): void {
     if (!this.has(id)) return
-    this.used[id >>> 5] &= ~(1 << (id & 31))
+    const p = id >>> PAGE_SHIFT
+    this.pages[p]![(id >>> 5) & WORD_MASK] &= ~(1 << (id & 31))
+    if (--this.inPage[p] === 0) this.pages[p] = undefined
     this.count--
   }
 
   /** Whether an identifier is in use. */
   has(id: number): boolean {
-    return (this.used[id >>> 5] & (1 << (id & 31))) !== 0
+    const page = this.pages[id >>> PAGE_SHIFT]
+    return page !== undefined && (page[(id >>> 5) & WORD_MASK] & (1 << (id & 31))) !== 0
+  }
+
+  private mark(id: number): void {
+    const p = id >>> PAGE_SHIFT
+    const page = this.pages[p] ??= new Uint32Array(WORD_MASK + 1)
+    page[(id >>> 5) & WORD_MASK] |= 1 << (id & 31)
+    this.inPage[p]++
+    this.count++
   }
 }
+
+/** log2 of the identifiers a page of {@link PacketIds} holds (1,024) */
+const PAGE_SHIFT = 10
+/** the pages of 1,024 identifiers that cover 0 to 65,535 */
+const PAGES = 65536 >>> PAGE_SHIFT
+/** a page's 32-bit words: 32, the last index 31 */
+const WORD_MASK = (1 << (PAGE_SHIFT - 5)) - 1
 
 /** Something that can leave a {@link Line} before its turn: `queued` is true exactly while it is in line. */
 export interface Queued {
