@@ -20,6 +20,7 @@
  */
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
+import { tlsFailure, tlsHints } from "./internal/tlsText.ts"
 
 const TypeId = "~effect-mqtt/MqttError"
 
@@ -293,33 +294,8 @@ export class TlsError extends Schema.TaggedError<TlsError>()("TlsError", {
    * @since 0.1.0
    */
   override get message(): string {
-    return hinted(
-      `TLS with the broker${at(this.broker)} failed (${tlsKinds[this.kind]}): ${this.reason}` +
-        (this.code === undefined ? "" : ` [${this.code}]`),
-      tlsHints[this.kind]
-    )
+    return hinted(tlsFailure(this), tlsHints[this.kind])
   }
-}
-
-const tlsKinds: Record<TlsError["kind"], string> = {
-  ServerCertificateUntrusted: "the broker's certificate is not trusted",
-  HostnameMismatch: "the broker's certificate is not valid for this host name",
-  ClientCertificateRequired: "the broker requires a client certificate",
-  ClientCertificateRejected: "the broker rejected the client certificate",
-  HandshakeFailed: "handshake failed"
-}
-
-const tlsHints: Record<TlsError["kind"], string> = {
-  ServerCertificateUntrusted: "If the broker's certificate is signed by your own certificate authority, give " +
-    "that authority's certificate in tls.ca or tls.caFile (MQTT_CA_FILE); also check the certificate's dates",
-  HostnameMismatch: "Connect with a host name the certificate names, or set tls.servername (MQTT_TLS_SERVERNAME) " +
-    "to one of them",
-  ClientCertificateRequired: "Give a client certificate and its key: tls.cert or tls.certFile (MQTT_CERT_FILE) " +
-    "and tls.key or tls.keyFile (MQTT_KEY_FILE)",
-  ClientCertificateRejected: "Check that the client certificate is signed by an authority the broker trusts, " +
-    "and that it has not expired",
-  HandshakeFailed: "Check that the port is a TLS listener (a plaintext one needs mqtt://) and that the broker " +
-    "accepts tls.minVersion"
 }
 
 /**

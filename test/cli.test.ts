@@ -415,9 +415,14 @@ describe("TLS files", () => {
     const untrusted = await runCli([...target, "--cafile", certs.otherCa.cert])
     assert.strictEqual(untrusted.code, 1, untrusted.stderr)
     assertOneErrorLine(untrusted, /TLS with the broker at \S+ failed \(the broker's certificate is not trusted\)/)
+    // what to check, in the command line's flags, not the library's option names
+    assert.match(untrusted.stderr, /with --cafile \(or \$MQTT_CA_FILE\)/)
+    assert.notMatch(untrusted.stderr, /tls\./)
     const noClientCertificate = await runCli([...target, "--cafile", certs.ca.cert])
     assert.strictEqual(noClientCertificate.code, 1, noClientCertificate.stderr)
     assertOneErrorLine(noClientCertificate, /TLS with the broker at \S+ failed/)
+    assert.match(noClientCertificate.stderr, /--cert and --key/)
+    assert.notMatch(noClientCertificate.stderr, /tls\./)
   })
 
   it("--insecure connects to an untrusted broker and warns on standard error, not standard output", async () => {
@@ -520,10 +525,12 @@ describe("exit codes", () => {
       [["pub", "-t", "t", "-f", "/nonexistent/file"], /--file: "\/nonexistent\/file"\. Expected: Path does not exist/],
       [["sub", "-t", "t", "-C", "0"], /-C must be at least 1/],
       [["sub", "-t", "t", "--url", "foo://host"], /Invalid option "url"/],
-      [["sbu", "-t", "t"], /unknown command "sbu" \(did you mean sub\?\)/]
+      [["sbu", "-t", "t"], /unknown command "sbu" \(did you mean sub\?\)/],
+      [["sub", "-t", "t", "-p", "99999"], /--port 99999: a TCP port is 1 to 65535/],
+      [["pub", "-t", "t", "-m", "x", "-h", "localhost", "-p", "0"], /--port 0: a TCP port is 1 to 65535/]
     ]
     for (const [args, pattern] of cases) {
-      const result = await runCli(args.includes("--url") ? args : [...args, "--url", url()])
+      const result = await runCli(args.includes("--url") || args.includes("-p") ? args : [...args, "--url", url()])
       assert.strictEqual(result.code, 2, `${args.join(" ")}: ${result.stderr}`)
       assertOneErrorLine(result, pattern)
       assert.strictEqual(result.stdout, "", args.join(" "))

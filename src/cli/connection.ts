@@ -203,6 +203,9 @@ const brokerUrl = (
       : Effect.fail(new UsageError({ message: "--url and --host/--port exclude each other" }))
   }
   if (host === undefined && port === undefined && envUrl !== undefined) return Effect.succeed(envUrl)
+  if (port !== undefined && !(port >= 1 && port <= 65535)) {
+    return Effect.fail(new UsageError({ message: `--port ${port}: a TCP port is 1 to 65535` }))
+  }
   const name = host ?? "localhost"
   return Effect.succeed(
     `${withTls ? "mqtts" : "mqtt"}://${name.includes(":") ? `[${name}]` : name}:${port ?? (withTls ? 8883 : 1883)}`

@@ -18,6 +18,7 @@ import * as Console from "effect/Console"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import { tlsFailure } from "../internal/tlsText.ts"
 import * as MqttError from "../MqttError.ts"
 
 /**
@@ -88,6 +89,21 @@ export const exitCodeOf = (error: unknown): number => {
   return ExitCode.connection
 }
 
+/** What to check after a TLS failure, in the command line's flags and the variables it reads. */
+const tlsHints: Record<MqttError.TlsError["kind"], string> = {
+  ServerCertificateUntrusted: "If the broker's certificate is signed by your own certificate authority, give " +
+    "that authority's certificate with --cafile (or $MQTT_CA_FILE); also check the certificate's dates " +
+    "(--insecure skips the check: for tests only)",
+  HostnameMismatch: "Connect with a host name the certificate names (--host or --url), or set " +
+    "$MQTT_TLS_SERVERNAME to one of them",
+  ClientCertificateRequired: "Give a client certificate and its key: --cert and --key (or $MQTT_CERT_FILE and " +
+    "$MQTT_KEY_FILE)",
+  ClientCertificateRejected: "Check that the client certificate (--cert) is signed by an authority the broker " +
+    "trusts, and that it has not expired",
+  HandshakeFailed: "Check that the port is a TLS listener (a plaintext one needs mqtt:// and no --cafile, --cert " +
+    "or --key) and that the broker accepts $MQTT_TLS_MIN_VERSION"
+}
+
 const isConfigError = (error: unknown): boolean =>
   typeof error === "object" && error !== null && "_tag" in error && error._tag === "ConfigError"
 
@@ -102,6 +118,7 @@ const oneLine = (text: string): string => text.replace(/\s*\n\s*/g, " ").replace
  */
 export const describe = (error: unknown): string => {
   if (CliError.isCliError(error)) return describeCliError(error)
+  if (error instanceof MqttError.TlsError) return oneLine(`${tlsFailure(error)}. ${tlsHints[error.kind]}`)
   if (isConfigError(error)) {
     const { cause, message } = error as { readonly cause?: { readonly message?: unknown }; readonly message: unknown }
     return `invalid environment variable: ${oneLine(String(cause?.message ?? message))}`
