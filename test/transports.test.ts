@@ -33,6 +33,7 @@ import * as MqttPacket from "mqtt-packet"
 import { execFileSync } from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
+import * as Http from "node:http"
 import * as Net from "node:net"
 import * as Path from "node:path"
 import * as Tls from "node:tls"
@@ -1034,6 +1035,41 @@ describe("WebSocket", () => {
       expectTlsError(error, "HandshakeFailed")
       assert.include(error.message, "is the port a TLS listener?")
       assert.notInclude(error.message, "../deps/openssl")
+    }).pipe(Effect.scoped))
+
+  it.live("an HTTP server that refuses the upgrade (404, 401, 200) or takes it without the subprotocol mqtt: the error says which and what to check", () =>
+    Effect.gen(function*() {
+      const listen = (server: Http.Server) =>
+        Effect.acquireRelease(
+          Effect.promise(() =>
+            new Promise<number>((resolve) =>
+              server.listen(0, "127.0.0.1", () => resolve((server.address() as Net.AddressInfo).port))
+            )
+          ),
+          () => Effect.sync(() => server.close())
+        )
+      const answering = (status: number) =>
+        listen(Http.createServer((_, response) => {
+          response.writeHead(status)
+          response.end()
+        }))
+      const cases: ReadonlyArray<readonly [number, RegExp]> = [
+        [yield* answering(404), /refused with HTTP 404: no WebSocket endpoint at this path: check the URL's path/],
+        [yield* answering(401), /refused with HTTP 401: .*HTTP authentication/],
+        [yield* answering(200), /refused with HTTP 200: an HTTP server answered without upgrading/],
+        [yield* answering(502), /refused with HTTP 502: .*is this port the broker's WebSocket listener/]
+      ]
+      // a WebSocket server that selects no subprotocol (not an MQTT endpoint)
+      const { WebSocketServer } = yield* Effect.promise(() => import("ws"))
+      const plain = Http.createServer()
+      const wss = new WebSocketServer({ server: plain, handleProtocols: () => false })
+      yield* Effect.addFinalizer(() => Effect.sync(() => wss.close()))
+      const noSubprotocol = yield* listen(plain)
+      for (const [port, pattern] of [...cases, [noSubprotocol, /without the subprotocol mqtt/] as const]) {
+        const error = yield* connectFailure({ url: `ws://127.0.0.1:${port}/mqtt` })
+        assert.strictEqual(error._tag, "ConnectionLostError", String(error))
+        assert.match(error.message, pattern)
+      }
     }).pipe(Effect.scoped))
 
   it.live("a server that takes the TCP connection and never answers the upgrade: MqttTimeoutError after connectTimeout, as over TCP", () =>

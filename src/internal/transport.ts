@@ -636,6 +636,8 @@ const explained = (
         if (tls !== undefined) return openError(tls)
         // a WebSocket error event is not an Error: pass on the Error inside it, so that messages read well
         const inner = nodeError(cause)
+        const refused = kind === "websocket" && inner !== undefined ? webSocketRefusal(inner) : undefined
+        if (refused !== undefined) return openError(refused)
         return inner !== undefined && inner !== cause ? openError(inner) : error
       })
       let received = false
@@ -672,6 +674,33 @@ const explained = (
 // ---------------------------------------------------------------------------------------------------------
 // WebSocket
 // ---------------------------------------------------------------------------------------------------------
+
+/**
+ * An HTTP server's refusal of the WebSocket upgrade (as the `ws` package reports it), with what to check; undefined
+ * for other failures.
+ */
+const webSocketRefusal = (error: Error): Error | undefined => {
+  const status = /^Unexpected server response: (\d+)/.exec(error.message)?.[1]
+  if (status !== undefined) {
+    const hint = status === "401" || status === "403"
+      ? "the server, or a proxy before it, wants HTTP authentication or forbids the path (MQTT's username and " +
+        "password go in CONNECT, not in the upgrade)"
+      : status === "404"
+      ? "no WebSocket endpoint at this path: check the URL's path (often /mqtt)"
+      : status.startsWith("2")
+      ? "an HTTP server answered without upgrading: is this port the broker's WebSocket listener?"
+      : "the server did not upgrade the connection to a WebSocket: is this port the broker's WebSocket listener?"
+    return new Error(`the WebSocket upgrade was refused with HTTP ${status}: ${hint}`, { cause: error })
+  }
+  if (error.message === "Server sent no subprotocol" || error.message === "Server sent an invalid subprotocol") {
+    return new Error(
+      `the server took the WebSocket without the subprotocol mqtt (${error.message}): it is not an MQTT over ` +
+        "WebSocket endpoint, or a proxy before it drops the Sec-WebSocket-Protocol header",
+      { cause: error }
+    )
+  }
+  return undefined
+}
 
 const loadWs = Effect.promise(() => import("@effect/platform-node/NodeWS"))
 
