@@ -1184,6 +1184,36 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
       }))
   }
 
+  for (const version of [4, 5] as const) {
+    it.live(`${label(version)}: a SUBSCRIBE made after a slow consumer started on a full queue of QoS 0 messages drops none (the reader's wait is cut only on queues nothing consumed)`, () =>
+      Effect.gen(function*() {
+        const topic = unique("consumed-since")
+        const client = yield* MqttClient.make({
+          url: broker.url,
+          protocolVersion: version,
+          queue: IncomingQueue.bounded(4),
+          logLevel: "None"
+        })
+        yield* client.subscribe(topic)
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+        for (let i = 1; i <= 20; i++) yield* publisher.publish(topic, String(i))
+        // 4 queued, the rest held by the reader, which waits for room
+        yield* eventually("the queue is full", Effect.map(client.queuedMessages, (n) => n >= 4))
+        const received: Array<string> = []
+        const consumer = yield* Effect.forkScoped(
+          Stream.runForEach(
+            Stream.take(client.messages, 20),
+            (m) => Effect.andThen(Effect.sync(() => received.push(m.text)), realSleep(50))
+          )
+        )
+        yield* eventually("the consumer started", Effect.sync(() => received.length >= 1))
+        yield* client.subscribe(unique("other"))
+        yield* within("the 20 messages", Fiber.join(consumer))
+        assert.deepStrictEqual(received, Array.from({ length: 20 }, (_, i) => String(i + 1)))
+        assert.strictEqual(yield* client.droppedMessages, 0)
+      }))
+  }
+
   it.live("a priority queue whose priority function throws: every message is delivered, the connection stays, and a warning says so", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []

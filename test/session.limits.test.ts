@@ -4,7 +4,7 @@
  * is written, on the connection it goes out on. No socket: the session core only.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Stream } from "effect"
+import { Deferred, Effect, Fiber, Stream } from "effect"
 import * as IncomingQueue from "../src/IncomingQueue.ts"
 import * as Codec from "../src/internal/codec.ts"
 import { Deliveries } from "../src/internal/delivery.ts"
@@ -745,6 +745,42 @@ describe("delivery: a failed owner's copy", () => {
       expect(taken).toEqual(["a", "b", "c", "e"])
       expect(d.dropped).toBe(1)
       expect(warnings.some((w) => w.includes("QoS 0 message(s) dropped"))).toBe(true)
+    }).pipe(Effect.runPromise))
+
+  it("a wait on queues nothing consumed when it began, whose consumer started since: not cut when a SUBSCRIBE awaits its SUBACK (nothing dropped; the consumer makes the room)", () =>
+    Effect.gen(function*() {
+      const { d, warnings } = deliveries(IncomingQueue.bounded(2))
+      const waiting = d.deliver(
+        ["a", "b", "c", "d"].map((text) => ({
+          message: new MqttMessage("t", new TextEncoder().encode(text), 0, false, false, undefined),
+          owners: [MESSAGES],
+          record: undefined
+        }))
+      )
+      expect([waiting !== undefined, d.stalledUnread]).toEqual([true, true])
+      const reader = yield* Effect.forkChild(waiting!, { startImmediately: true })
+      // a consumer starts reading `messages` while the reader waits, and is slow with its first message
+      const taken: Array<string> = []
+      const slow = yield* Deferred.make<void>()
+      const consumer = yield* d.messages.stream.pipe(
+        Stream.take(4),
+        Stream.runForEach((m) =>
+          Effect.flatMap(
+            Effect.sync(() => taken.push(new TextDecoder().decode(m.payload))),
+            (count) => count === 1 ? Deferred.await(slow) : Effect.void
+          )
+        ),
+        Effect.forkChild({ startImmediately: true })
+      )
+      expect(taken).toEqual(["a"])
+      // the SUBSCRIBE's cut comes while the reader still waits for room for "d"
+      d.cutStall()
+      expect(d.dropped).toBe(0)
+      yield* Deferred.succeed(slow, undefined)
+      yield* Fiber.join(consumer)
+      yield* Fiber.join(reader)
+      expect(taken).toEqual(["a", "b", "c", "d"])
+      expect(warnings).toEqual([])
     }).pipe(Effect.runPromise))
 
   it("LIFO and priority queues: what is moved (a released stream's leftovers, a claimed backlog, the rest put back) keeps its queue's order there", () => {

@@ -239,7 +239,8 @@ const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effe
     driver.deliveries.stalledUnread
       ? Effect.raceFirst(
         waitOrClose,
-        Effect.tap(driver.requestAwaitsAck, () => Effect.sync(() => driver.deliveries.cutStall()))
+        // not cut (a consumer started meanwhile): the wait goes on, ended by the room the consumer makes
+        Effect.flatMap(driver.requestAwaitsAck, () => driver.deliveries.cutStall() ? Effect.void : Effect.never)
       )
       : waitOrClose,
     Effect.sync(() => {

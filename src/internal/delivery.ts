@@ -405,12 +405,14 @@ export class Deliveries {
   /**
    * Ends the reader's wait for room because a SUBSCRIBE or UNSUBSCRIBE awaits its acknowledgement behind it: what
    * did not fit goes in beyond the capacity, but for QoS 0 messages, which are dropped (counted): the QoS 1/2 ones
-   * are as many as the broker sends unacknowledged (its window, at most 65,535), the QoS 0 ones unbounded.
+   * are as many as the broker sends unacknowledged (its window, at most 65,535), the QoS 0 ones unbounded. Only
+   * while nothing consumed the full queues yet (decided now, not when the wait began): returns whether it cut.
    */
-  cutStall(): void {
+  cutStall(): boolean {
     const waiting = this.waiting
+    // a consumer that started meanwhile makes the room the wait needs: the wait stays
+    if (waiting === undefined || waiting.some(([queue]) => queue.consumed)) return false
     this.waiting = undefined
-    if (waiting === undefined) return
     for (const [queue, batch, progress] of waiting) {
       if (progress.accepted >= batch.length) continue
       const left = batch.slice(progress.accepted)
@@ -418,6 +420,7 @@ export class Deliveries {
       if (queue.isClosed) this.leftOver(left)
       else this.cutForRequest(queue, left)
     }
+    return true
   }
 
   /**
