@@ -527,6 +527,41 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
         })
     )
 
+    it.live(
+      `${
+        label(version)
+      }: a released subscription() stream's unread message that \`messages\` never had a copy of (its overlapping filter came later${
+        version === 5 ? "; or it excludes the client's own messages with No Local" : ""
+      }) goes to \`messages\`, not acknowledged unread`,
+      () =>
+        Effect.gen(function*() {
+          const publisher = yield* publisherFor(version)
+          const base = unique("late-overlap")
+          const client = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          if (version === 5) yield* client.subscribe({ filter: `${base}/own`, qos: 1, noLocal: true })
+          yield* Effect.scoped(Effect.gen(function*() {
+            const stream = yield* client.subscription(`${base}/#`, { qos: 1 })
+            yield* publisher.publish(`${base}/a`, "M", { qos: 1 })
+            // the client's own message: a No Local filter of `messages` matches it, the broker sends it to the stream
+            if (version === 5) yield* client.publish(`${base}/own`, "own", { qos: 1 })
+            yield* realSleep(300)
+            // only now `messages` takes a filter that matches M: the broker will not send M again
+            yield* client.subscribe(`${base}/a`, { qos: 1 })
+            return stream // released unread
+          }))
+          yield* publisher.publish(`${base}/a`, "end", { qos: 1 })
+          const received: Array<string> = []
+          yield* within(
+            "up to the end marker",
+            Stream.runForEach(
+              Stream.takeUntil(client.messages, (m) => m.text === "end"),
+              (m) => Effect.sync(() => received.push(m.text))
+            )
+          )
+          assert.deepStrictEqual(received, version === 5 ? ["M", "own", "end"] : ["M", "end"])
+        })
+    )
+
     for (const how of ["subscribe", "subscription"] as const) {
       it.live(
         `${

@@ -576,6 +576,52 @@ describe("delivery: a failed owner's copy", () => {
     expect(d.messages.size).toBe(2)
   })
 
+  it("a released stream's leftovers: acknowledged when `messages` had a copy of its own (the same PUBLISH, or the one right before or after with the same topic and payload), else handed to `messages`", () => {
+    const { d } = deliveries()
+    d.subscribed()
+    const text = (m: MqttMessage) => new TextDecoder().decode(m.payload)
+    const message = (topic: string, payload: string) =>
+      new MqttMessage(topic, new TextEncoder().encode(payload), 0, false, false, undefined)
+    const stream = d.addQueue(false)
+    const to = (owners: ReadonlyArray<number>, topic: string, payload: string) => ({
+      message: message(topic, payload),
+      owners,
+      record: undefined
+    })
+    d.deliver([
+      // one PUBLISH for both (MQTT 3.1.1)
+      to([stream.owner, MESSAGES], "t/1", "same publish"),
+      // a PUBLISH per subscription (MQTT 5), the stream's first, then the other way round
+      to([stream.owner], "t/2", "stream first"),
+      to([MESSAGES], "t/2", "stream first"),
+      to([MESSAGES], "t/3", "messages first"),
+      to([stream.owner], "t/3", "messages first"),
+      // `messages` never had these: another payload, another topic, a filter of `messages` that came later
+      to([MESSAGES], "t/4", "one payload"),
+      to([stream.owner], "t/4", "another payload"),
+      to([MESSAGES], "t/5", "x"),
+      to([stream.owner], "t/6", "x"),
+      to([stream.owner], "t/7", "alone")
+    ])
+    // a pair is not chained: the next identical message to the stream is a message of its own
+    d.deliver([to([MESSAGES], "t/8", "p"), to([stream.owner], "t/8", "p")])
+    d.deliver([to([stream.owner], "t/8", "p")])
+    const before: Array<string> = []
+    for (let m = d.messages.poll(); m !== undefined; m = d.messages.poll()) before.push(`${m.topic} ${text(m)}`)
+    d.remove(stream.owner)
+    const handed: Array<string> = []
+    for (let m = d.messages.poll(); m !== undefined; m = d.messages.poll()) handed.push(`${m.topic} ${text(m)}`)
+    expect(before).toEqual([
+      "t/1 same publish",
+      "t/2 stream first",
+      "t/3 messages first",
+      "t/4 one payload",
+      "t/5 x",
+      "t/8 p"
+    ])
+    expect(handed).toEqual(["t/4 another payload", "t/6 x", "t/7 alone", "t/8 p"])
+  })
+
   it("is given up, counted as dropped, with one warning, when the application does not read `messages`: acknowledged unread before the next acknowledgement", () => {
     const { acknowledged, d, warnings } = deliveries()
     const one = d.addQueue(false)

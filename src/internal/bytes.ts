@@ -46,6 +46,14 @@ export const allocate = (size: number): Uint8Array => {
 /** A copy of `bytes` in memory of its own (never the pool: a copy is usually kept). */
 export const copy = (bytes: Uint8Array): Uint8Array => Uint8Array.prototype.slice.call(bytes)
 
+/** Whether two byte arrays hold the same bytes. */
+export const equal = (a: Uint8Array, b: Uint8Array): boolean => {
+  if (a === b) return true
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
+}
+
 /** `total` bytes made of `parts`, one after the other. */
 export const concat = (parts: ReadonlyArray<Uint8Array>, total: number): Uint8Array => {
   const out = new Uint8Array(total)

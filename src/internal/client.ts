@@ -23,7 +23,6 @@ import type { Platform } from "./platform.ts"
 import * as RequestResponse from "./requestResponse.ts"
 import { Session } from "./session.ts"
 import { clear, JournalWriter, load, prefixOf, type SessionStore } from "./store.ts"
-import { MESSAGES } from "./subscriptions.ts"
 import { closedByClient, Supervisor } from "./supervisor.ts"
 import { ClientMetrics, receiveSpan } from "./telemetry.ts"
 import type { Endpoint } from "./url.ts"
@@ -136,7 +135,6 @@ export const make = (
       metrics,
       warn
     )
-    deliveries.messagesFilters = () => session.subscriptions.filtersOf(MESSAGES)
     driver = new Driver(session, deliveries, metrics, warn)
     const configured: Array<Failover.Node> = []
     for (let index = 0; index < o.nodes.length; index++) {

@@ -10,6 +10,7 @@ import * as Effect from "effect/Effect"
 import type * as IncomingQueue from "../IncomingQueue.ts"
 import type * as MqttError from "../MqttError.ts"
 import { MqttMessage, ReceiptKey } from "../MqttMessage.ts"
+import * as Bytes from "./bytes.ts"
 import type { Delivery, InboundRecord } from "./output.ts"
 import { fromStrategy, type MessageQueue, type Progress } from "./queue.ts"
 import { MESSAGES } from "./subscriptions.ts"
@@ -163,19 +164,38 @@ export class Deliveries {
     return owner
   }
 
-  /** The filters `messages` holds by itself (those of `subscribe`): set by the client, which knows the session. */
-  messagesFilters: () => ReadonlyArray<string> = () => []
-
   /**
-   * Of a released stream's leftovers, those `messages` does not take by a filter of its own: a copy of a message
-   * that `messages` matches is there already (MQTT 3.1.1 hands one PUBLISH to every owner that matches; an MQTT 5
-   * broker sends a PUBLISH per subscription), so it is acknowledged as handed, not handed to `messages` twice.
+   * Copies for subscription streams of messages that `messages` has a copy of its own of: from the same PUBLISH
+   * (MQTT 3.1.1 hands one PUBLISH to every owner that matches), or from the PUBLISH right before or after it with
+   * the same topic and payload, routed to `messages` (an MQTT 5 broker sends a PUBLISH per matching subscription,
+   * one after the other). A released stream's leftover among them is acknowledged, not handed to `messages` twice;
+   * any other goes to `messages`, which has not had it (its filter came later, or excludes the client's own
+   * messages with No Local): a duplicate there is possible, a loss is not.
    */
+  private readonly onMessagesToo = new WeakSet<MqttMessage>()
+  /** the last message delivered, whether `messages` had a copy of it, and the copies for other owners */
+  private lastTopic: string | undefined = undefined
+  private lastPayload: Uint8Array = Bytes.empty
+  private lastToMessages = false
+  private lastCopies: Array<MqttMessage> = []
+
+  /** Records what `onMessagesToo` needs of one delivered message (`copies`: those for owners but `messages`). */
+  private pair(message: MqttMessage, toMessages: boolean, copies: Array<MqttMessage>): void {
+    const sibling = this.lastTopic === message.topic && this.lastToMessages !== toMessages &&
+      Bytes.equal(this.lastPayload, message.payload)
+    if (toMessages || sibling) { for (const copy of copies) this.onMessagesToo.add(copy) }
+    if (sibling && toMessages) { for (const copy of this.lastCopies) this.onMessagesToo.add(copy) }
+    // a pair is not chained into a third: the next message pairs only with a copy that has no sibling yet
+    this.lastTopic = sibling ? undefined : message.topic
+    this.lastPayload = message.payload
+    this.lastToMessages = toMessages
+    this.lastCopies = copies
+  }
+
+  /** Of a released stream's leftovers, those `messages` has no copy of (see `onMessagesToo`); the rest acknowledged. */
   private notOnMessages(leftovers: ReadonlyArray<MqttMessage>): ReadonlyArray<MqttMessage> {
-    const own = this.messagesFilters()
-    if (own.length === 0) return leftovers
     return leftovers.filter((message) => {
-      if (!own.some((filter) => Topic.matches(message.topic, filter))) return true
+      if (!this.onMessagesToo.has(message)) return true
       acknowledge(message)
       return false
     })
@@ -348,9 +368,11 @@ export class Deliveries {
       bytes[message.qos] += message.payload.byteLength
       // whether `messages` takes this message already: one copy is enough there
       let toMessages = owners.includes(MESSAGES)
+      const streamCopies = toMessages && owners.length === 1 ? NO_COPIES : []
       for (let j = 0; j < owners.length; j++) {
         const copy = j === 0 ? message : copyOf(message)
         if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink)
+        if (owners[j] !== MESSAGES) streamCopies.push(copy)
         let owner = this.owners.get(owners[j])
         // an owner that is gone, or whose stream failed, takes nothing more: its copy goes to `messages`, unless
         // `messages` has one (it is then acknowledged, as every copy must be for the message to be)
@@ -376,6 +398,7 @@ export class Deliveries {
         if (batch === undefined) batches.set(queue, [copy])
         else batch.push(copy)
       }
+      this.pair(message, owners.includes(MESSAGES), streamCopies)
     }
     this.metrics.received(counts, bytes)
     let waiting: Array<readonly [Queue, Array<MqttMessage>, Progress]> | undefined
@@ -515,5 +538,8 @@ const waitForRoom = (
     )
   )
 }
+
+/** The stream copies of a message only `messages` takes: none (never added to). */
+const NO_COPIES: Array<MqttMessage> = []
 
 const copyOf = (m: MqttMessage) => new MqttMessage(m.topic, m.payload, m.qos, m.retain, m.dup, m.properties)

@@ -805,7 +805,7 @@ export class Subscriptions {
       return matching.forEach(add)
     }
     const run = this.runs.get(topic)
-    if (run !== undefined && run.next < matching.length && equalBytes(run.payload, payload)) {
+    if (run !== undefined && run.next < matching.length && Bytes.equal(run.payload, payload)) {
       add(matching[run.next++])
       if (run.next === matching.length) this.runs.delete(topic)
       return
@@ -928,9 +928,3 @@ const hex = (code: number) => `0x${code.toString(16).padStart(2, "0")}`
 
 /** The size of a packet whose Remaining Length is `body`: the fixed header's byte, the length's, the body. */
 const packetSize = (body: number): number => 1 + (body < 128 ? 1 : body < 16_384 ? 2 : body < 2_097_152 ? 3 : 4) + body
-
-const equalBytes = (a: Uint8Array, b: Uint8Array): boolean => {
-  if (a.length !== b.length) return false
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
-  return true
-}
