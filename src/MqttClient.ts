@@ -791,6 +791,10 @@ export interface Client {
    * take the subscription (it restores it on a broker, or another node of `url`, whose CONNACK rules it out),
    * the stream fails with that `SubscribeError` once its waiting messages are taken.
    *
+   * Closing the scope sends UNSUBSCRIBE (for the filters no other owner holds) and waits at most 5 seconds for the
+   * UNSUBACK, and not at all while the client is offline, or once the connection drops: the UNSUBSCRIBE then goes
+   * out at the next connection (or, when the broker kept no session, the filters are not restored).
+   *
    * When the scope closes, the messages its queue still holds (and those that arrive for it before the broker's
    * UNSUBACK) go to `messages` if the application reads `messages` (it subscribed through `subscribe`, or ran
    * the stream); otherwise they are given up, counted in `droppedMessages`, and logged at Warn: left in a queue

@@ -548,6 +548,36 @@ describe("the helpers", () => {
       })
     ))
 
+  for (const kept of [true, false]) {
+    it.effect(`a subscription() released while the client is offline ends without the clock moving; the UNSUBSCRIBE goes out at the next connection (${kept ? "the broker kept the session" : "a clean session"})`, () =>
+      withBroker((broker) =>
+        Effect.gen(function*() {
+          const client = yield* broker.makeClient({ clientId: "leaving", cleanStart: !kept })
+          yield* client.subscribe("kept/#", { qos: 1 })
+          const released = Effect.scoped(Effect.gen(function*() {
+            const stream = yield* client.subscription("gone/#", { qos: 1 })
+            yield* Effect.forkScoped(Stream.runDrain(stream))
+            assert.isTrue(yield* broker.disconnect("leaving"))
+          }))
+          // nothing moves the test clock while the scope closes: the release must not wait on it
+          const guard = Effect.andThen(
+            Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 10_000).unref())),
+            Effect.fail("the release waited for an UNSUBACK that cannot come while offline")
+          )
+          yield* Effect.raceFirst(released, guard)
+          yield* TestClock.adjust("1 minute")
+          yield* broker.awaitClient("leaving")
+          yield* broker.awaitSubscription("kept/#")
+          const subscriptions = Effect.map(
+            broker.clients,
+            (clients) => clients.find((c) => c.clientId === "leaving")?.subscriptions
+          )
+          for (let i = 0; i < 100 && (yield* subscriptions)?.length !== 1; i++) yield* TestClock.adjust("10 millis")
+          assert.deepStrictEqual(yield* subscriptions, ["kept/#"])
+        })
+      ))
+  }
+
   it.effect("disconnect with an MQTT 5 reason code sends DISCONNECT with it", () =>
     withBroker((broker) =>
       Effect.gen(function*() {

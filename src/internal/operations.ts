@@ -486,7 +486,11 @@ export const subscription = (ctx: Context) =>
     return ctx.options.tracing.messages ? Stream.tap(queue.stream, Telemetry.receiveSpan) : queue.stream
   })
 
-/** An owner goes away: its filters are let go, within a bounded wait. */
+/**
+ * An owner goes away: its filters are let go, within a bounded wait. The wait for the UNSUBACK ends with the
+ * connection: offline, the UNSUBSCRIBE waits in the session for the next connection (or, when the broker kept no
+ * session, the filters are not restored), and nothing can come back before it.
+ */
 export const release = (ctx: Context, owner: number): Effect.Effect<void> =>
   Effect.suspend(() => {
     ctx.deliveries.remove(owner)
@@ -494,5 +498,8 @@ export const release = (ctx: Context, owner: number): Effect.Effect<void> =>
     const request = ctx.session.subscriptions.removeOwner(owner, ctx.driver.out)
     ctx.driver.drain()
     if (request === undefined) return Effect.void
-    return awaitOperation(request, noWithdraw).pipe(Effect.timeoutOption(RELEASE_TIMEOUT), Effect.ignore)
+    return Effect.raceFirst(
+      Effect.ignore(awaitOperation(request, noWithdraw)),
+      ctx.supervisor.awaitOffline
+    ).pipe(Effect.timeoutOption(RELEASE_TIMEOUT), Effect.asVoid)
   })

@@ -101,6 +101,8 @@ export class Supervisor {
   readonly closedSignal = Deferred.makeUnsafe<void, MqttError.MqttError>()
   /** completed at each connection; callers waiting for one await it */
   private connected = Deferred.makeUnsafe<void, MqttError.MqttError>()
+  /** completed when the current connection ends (made afresh at each connection; see `awaitOffline`) */
+  private offline = Deferred.makeUnsafe<void>()
   current: Connection | undefined = undefined
   /** what the CONNACK of the current (or last) connection said, with the broker it came from */
   info: MqttClient.ConnectionInfo | undefined = undefined
@@ -140,6 +142,14 @@ export class Supervisor {
   })
 
   /**
+   * Completes when the client is not connected: at once while it is offline (reconnecting, or stopped), else when
+   * the current connection ends.
+   */
+  readonly awaitOffline: Effect.Effect<void> = Effect.suspend(() =>
+    this.env.driver.session.connected ? Deferred.await(this.offline) : Effect.void
+  )
+
+  /**
    * Connects for the first time, trying the nodes of `url` in order (then retrying on the schedule when
    * `retryFirstConnect` is set), then supervises.
    */
@@ -175,6 +185,7 @@ export class Supervisor {
       const info = c.info!
       this.info = info
       Deferred.doneUnsafe(this.connected, Effect.void)
+      this.offline = Deferred.makeUnsafe()
       const moved = previous !== undefined && info.broker !== undefined && previous !== info.broker
       return Effect.andThen(
         this.log(
@@ -196,6 +207,7 @@ export class Supervisor {
     return Effect.suspend(() => {
       if (this.current === c) this.current = undefined
       this.connected = Deferred.makeUnsafe()
+      Deferred.doneUnsafe(this.offline, Effect.void)
       this.env.driver.metrics.connection(false, false)
       const driver = this.env.driver
       driver.session.lost(error, driver.out)
@@ -417,6 +429,7 @@ export class Supervisor {
       driver.metrics.connection(false, false)
       for (const f of this.onClose) f(error)
       Deferred.doneUnsafe(this.connected, Effect.fail(error))
+      Deferred.doneUnsafe(this.offline, Effect.void)
       const c = this.current
       this.current = undefined
       const byClient = error === closedByClient
