@@ -675,6 +675,30 @@ describe("delivery: a failed owner's copy", () => {
     expect(d.messages.size).toBe(1)
   })
 
+  it("a subscription that fails hands its claim back to the front of `messages`: before what came there since, so each topic keeps its order; what came for it meanwhile goes last", () => {
+    const { d } = deliveries()
+    const to = (owners: ReadonlyArray<number>) => (topic: string) => ({
+      message: new MqttMessage(topic, new TextEncoder().encode(topic), 1, false, false, undefined),
+      owners,
+      record: undefined
+    })
+    d.deliver(["jobs/1", "other/1", "jobs/2"].map(to([MESSAGES])))
+    const failed = d.addQueue(false)
+    d.claimBacklog(failed.owner, ["jobs/+"])
+    // while its SUBSCRIBE waits: a later message of a claimed topic on `messages`, one routed to the new stream
+    d.deliver(["jobs/1-later", "other/2"].map(to([MESSAGES])))
+    d.deliver(["jobs/5"].map(to([failed.owner])))
+    d.remove(failed.owner)
+    expect(d.messages.drainUnsafe().map((m) => m.topic)).toEqual([
+      "jobs/1",
+      "jobs/2",
+      "other/1",
+      "jobs/1-later",
+      "other/2",
+      "jobs/5"
+    ])
+  })
+
   it("a backlog the reader still held (waiting for room in a full `messages`) when the subscription claimed is claimed too, once the subscription is made", () =>
     Effect.gen(function*() {
       const { d } = deliveries(IncomingQueue.bounded(2))

@@ -258,6 +258,20 @@ export class Deliveries {
     })
   }
 
+  /**
+   * A subscription that failed before it was confirmed hands what it claimed back to `messages`, where it waited:
+   * before what `messages` took since (the claimed messages came earlier, and per topic the order stays), then
+   * what came for the subscription meanwhile.
+   */
+  private handBack(claimed: ReadonlySet<MqttMessage>, rest: ReadonlyArray<MqttMessage>): void {
+    const waiting = this.messages.drainUnsafe()
+    this.messages.offerMovedUnsafe([
+      ...rest.filter((message) => claimed.has(message)),
+      ...waiting,
+      ...rest.filter((message) => !claimed.has(message))
+    ])
+  }
+
   /** The application subscribes through `subscribe`: `messages` is read (see `takesLeftovers`). */
   subscribed(): void {
     this.messagesSubscribed = true
@@ -318,10 +332,10 @@ export class Deliveries {
     // fill it again behind the drain
     queue.end()
     const rest = queue.drainUnsafe()
-    // a subscription that failed hands what it claimed (and anything since) back to `messages`, where it waited
-    const unconfirmed = this.unconfirmed.delete(owner)
+    const unconfirmed = this.unconfirmed.get(owner)
+    this.unconfirmed.delete(owner)
     if (rest.length === 0) return
-    if (unconfirmed) return this.messages.offerMovedUnsafe(rest)
+    if (unconfirmed !== undefined) return this.handBack(unconfirmed.claimed, rest)
     if (this.takesLeftovers) return this.messages.offerMovedUnsafe(this.notOnMessages(rest))
     for (const message of rest) this.giveUp(message)
     this.warn(
