@@ -177,19 +177,25 @@ export class Deliveries {
   private lastTopic: string | undefined = undefined
   private lastPayload: Uint8Array = Bytes.empty
   private lastToMessages = false
-  private lastCopies: Array<MqttMessage> = []
+  private lastCopies: Copies = undefined
 
   /** Records what `onMessagesToo` needs of one delivered message (`copies`: those for owners but `messages`). */
-  private pair(message: MqttMessage, toMessages: boolean, copies: Array<MqttMessage>): void {
+  private pair(message: MqttMessage, toMessages: boolean, copies: Copies): void {
     const sibling = this.lastTopic === message.topic && this.lastToMessages !== toMessages &&
       Bytes.equal(this.lastPayload, message.payload)
-    if (toMessages || sibling) { for (const copy of copies) this.onMessagesToo.add(copy) }
-    if (sibling && toMessages) { for (const copy of this.lastCopies) this.onMessagesToo.add(copy) }
+    if (toMessages || sibling) this.markOnMessagesToo(copies)
+    if (sibling && toMessages) this.markOnMessagesToo(this.lastCopies)
     // a pair is not chained into a third: the next message pairs only with a copy that has no sibling yet
     this.lastTopic = sibling ? undefined : message.topic
     this.lastPayload = message.payload
     this.lastToMessages = toMessages
     this.lastCopies = copies
+  }
+
+  private markOnMessagesToo(copies: Copies): void {
+    if (copies === undefined) return
+    if (!Array.isArray(copies)) this.onMessagesToo.add(copies)
+    else for (const copy of copies) this.onMessagesToo.add(copy)
   }
 
   /** Of a released stream's leftovers, those `messages` has no copy of (see `onMessagesToo`); the rest acknowledged. */
@@ -376,17 +382,25 @@ export class Deliveries {
       bytes[1] =
       bytes[2] =
         0
+    // which messages `messages` has a copy of matters only for the leftovers of streams it would take
+    const pairing = this.owners.size > 1 && this.takesLeftovers
+    if (!pairing) this.lastTopic = undefined
     for (let i = 0; i < deliveries.length; i++) {
       const { message, owners, record } = deliveries[i]
       counts[message.qos]++
       bytes[message.qos] += message.payload.byteLength
       // whether `messages` takes this message already: one copy is enough there
       let toMessages = owners.includes(MESSAGES)
-      const streamCopies = toMessages && owners.length === 1 ? NO_COPIES : []
+      // the copies for owners but `messages`: none, the message itself (one owner), or a list
+      const streamCopies: Copies = !pairing
+        ? undefined
+        : owners.length === 1
+        ? (toMessages ? undefined : message)
+        : []
       for (let j = 0; j < owners.length; j++) {
         const copy = j === 0 ? message : copyOf(message)
         if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink)
-        if (owners[j] !== MESSAGES) streamCopies.push(copy)
+        if (Array.isArray(streamCopies) && owners[j] !== MESSAGES) streamCopies.push(copy)
         let owner = this.owners.get(owners[j])
         // an owner that is gone, or whose stream failed, takes nothing more: its copy goes to `messages`, unless
         // `messages` has one (it is then acknowledged, as every copy must be for the message to be)
@@ -412,7 +426,7 @@ export class Deliveries {
         if (batch === undefined) batches.set(queue, [copy])
         else batch.push(copy)
       }
-      this.pair(message, owners.includes(MESSAGES), streamCopies)
+      if (pairing) this.pair(message, owners.includes(MESSAGES), streamCopies)
     }
     this.metrics.received(counts, bytes)
     let waiting: Array<readonly [Queue, Array<MqttMessage>, Progress]> | undefined
@@ -553,7 +567,7 @@ const waitForRoom = (
   )
 }
 
-/** The stream copies of a message only `messages` takes: none (never added to). */
-const NO_COPIES: Array<MqttMessage> = []
+/** The copies of a message for owners other than `messages`: none, one, or several. */
+type Copies = MqttMessage | Array<MqttMessage> | undefined
 
 const copyOf = (m: MqttMessage) => new MqttMessage(m.topic, m.payload, m.qos, m.retain, m.dup, m.properties)
