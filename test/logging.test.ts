@@ -146,6 +146,22 @@ describe("log lines", () => {
       for (const line of lines) assert.notInclude(line, password)
     }))
 
+  it.live("with reconnect off, a lost connection stops the client with a Warn line, not the Error line of a client that gave up", () =>
+    Effect.gen(function*() {
+      const { lines } = yield* captured(Effect.scoped(Effect.gen(function*() {
+        const broker = yield* FakeBroker.make()
+        const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, reconnect: false }))
+        const { connection } = yield* broker.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        yield* connection.close
+        return yield* Effect.exit(client.awaitClose)
+      })))
+      const stopped = lines.filter((line) => line.includes("reconnect is off"))
+      assert.strictEqual(stopped.length, 1, lines.join("\n"))
+      assert.match(stopped[0], /^Warn /)
+      assert.isFalse(lines.some((line) => line.startsWith("Error")), lines.join("\n"))
+    }))
+
   it.live("logLevel None writes nothing, even when the client gives up", () =>
     Effect.gen(function*() {
       const port = yield* Effect.promise(closedPort)

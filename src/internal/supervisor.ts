@@ -433,7 +433,13 @@ export class Supervisor {
       const c = this.current
       this.current = undefined
       const byClient = error === closedByClient
-      const gaveUp = byClient ? Effect.void : this.log("Error", `MQTT client gave up: ${error.message}`)
+      // with reconnect off, stopping at a lost connection is what the application asked for (a Warn line; the error
+      // reaches it, typed, through awaitClose and its streams); otherwise the client gave up (an Error line)
+      const gaveUp = byClient
+        ? Effect.void
+        : this.env.options.reconnect === undefined
+        ? this.log("Warn", `MQTT client stopped, reconnect is off: ${error.message}`)
+        : this.log("Error", `MQTT client gave up: ${error.message}`)
       // a durable session stores what is pending before the connection goes (within the same bound)
       const flushed = driver.journal === undefined
         ? Effect.void
