@@ -954,6 +954,19 @@ export const make = (options: Options = {}): Effect.Effect<Client, MqttError.Mqt
 export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.MqttError> =>
   Layer.effect(MqttClient, make(options))
 
+/** The names `MQTT_PROTOCOL_VERSION` takes: the protocol level, the version, or mosquitto_pub's `-V` names. */
+const protocolVersions: Record<string, 3 | 4 | 5> = {
+  "3": 3,
+  "4": 4,
+  "5": 5,
+  "3.1": 3,
+  "3.1.1": 4,
+  "5.0": 5,
+  mqttv31: 3,
+  mqttv311: 4,
+  mqttv5: 5
+}
+
 /**
  * The options read from the environment through Effect `Config`:
  *
@@ -963,7 +976,7 @@ export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.Mqtt
  * | `MQTT_CLIENT_ID` | `clientId` |
  * | `MQTT_USERNAME` | `username` |
  * | `MQTT_PASSWORD` | `password` (redacted) |
- * | `MQTT_PROTOCOL_VERSION` | `protocolVersion` (3, 4 or 5) |
+ * | `MQTT_PROTOCOL_VERSION` | `protocolVersion`: 3 (also `3.1`, `mqttv31`), 4 (`3.1.1`, `mqttv311`) or 5 (`5.0`, `mqttv5`) |
  * | `MQTT_KEEPALIVE` | `keepAlive` (seconds) |
  * | `MQTT_CONNECT_TIMEOUT` | `connectTimeout` (a duration: `10 seconds`, `500 millis`) |
  * | `MQTT_CA_FILE` | `tls.caFile` |
@@ -986,7 +999,10 @@ export const config: Config.Config<Options> = Config.all({
   clientId: Config.String("MQTT_CLIENT_ID").pipe(Config.withDefault(undefined)),
   username: Config.String("MQTT_USERNAME").pipe(Config.withDefault(undefined)),
   password: Config.Redacted("MQTT_PASSWORD").pipe(Config.withDefault(undefined)),
-  protocolVersion: Config.Literals([3, 4, 5], "MQTT_PROTOCOL_VERSION").pipe(Config.withDefault(undefined)),
+  protocolVersion: Config.Literals(Object.keys(protocolVersions), "MQTT_PROTOCOL_VERSION").pipe(
+    Config.map((name) => protocolVersions[name]),
+    Config.withDefault(undefined)
+  ),
   keepAlive: Config.Int("MQTT_KEEPALIVE").pipe(Config.withDefault(undefined)),
   connectTimeout: Config.Duration("MQTT_CONNECT_TIMEOUT").pipe(Config.withDefault(undefined)),
   tls: Config.all({

@@ -46,6 +46,37 @@ describe("layerConfig", () => {
       expect(connect.protocolVersion).toBe(4)
     }))
 
+  it.effect("MQTT_PROTOCOL_VERSION takes the protocol level, the version, or mosquitto_pub's -V names", () =>
+    Effect.gen(function*() {
+      const cases = [
+        ["3", 3],
+        ["3.1", 3],
+        ["mqttv31", 3],
+        ["4", 4],
+        ["3.1.1", 4],
+        ["mqttv311", 4],
+        ["5", 5],
+        ["5.0", 5],
+        ["mqttv5", 5]
+      ] as const
+      for (const [value, version] of cases) {
+        const options = yield* Effect.provide(
+          Effect.gen(function*() {
+            return yield* MqttClient.config
+          }),
+          ConfigProvider.layer(ConfigProvider.fromEnv({ env: { MQTT_PROTOCOL_VERSION: value } }))
+        )
+        expect([value, options.protocolVersion]).toEqual([value, version])
+      }
+      const unknown = yield* Effect.exit(Effect.provide(
+        Effect.gen(function*() {
+          return yield* MqttClient.config
+        }),
+        ConfigProvider.layer(ConfigProvider.fromEnv({ env: { MQTT_PROTOCOL_VERSION: "3.11" } }))
+      ))
+      assert(Exit.isFailure(unknown))
+    }))
+
   it.live("an invalid variable is a ConfigError naming it, and the password never shows in it", () =>
     Effect.gen(function*() {
       const layer = MqttClient.layerConfig().pipe(
