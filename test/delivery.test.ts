@@ -338,6 +338,15 @@ const kinds: ReadonlyArray<Kind> = [
   }
 ]
 
+/** The texts of the messages `messages` hands out, up to and with the one whose text is "end". */
+const textsUntilEnd = (client: MqttClient.Client) =>
+  within(
+    "up to the end marker",
+    Stream.runCollect(Stream.takeUntil(client.messages, (m) => m.text === "end")).pipe(
+      Effect.map((messages) => Array.from(messages, (m) => m.text))
+    )
+  )
+
 describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
   let broker: MosquittoHandle
   beforeAll(async () => {
@@ -515,14 +524,7 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
             return stream
           }))
           yield* publisher.publish(`${base}/end`, "end", { qos: 2 })
-          const received: Array<string> = []
-          yield* within(
-            "up to the end marker",
-            Stream.runForEach(
-              Stream.takeUntil(client.messages, (m) => m.text === "end"),
-              (m) => Effect.sync(() => received.push(m.text))
-            )
-          )
+          const received = yield* textsUntilEnd(client)
           assert.deepStrictEqual(received, ["hello", "end"])
         })
     )
@@ -550,14 +552,7 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
             return stream // released unread
           }))
           yield* publisher.publish(`${base}/a`, "end", { qos: 1 })
-          const received: Array<string> = []
-          yield* within(
-            "up to the end marker",
-            Stream.runForEach(
-              Stream.takeUntil(client.messages, (m) => m.text === "end"),
-              (m) => Effect.sync(() => received.push(m.text))
-            )
-          )
+          const received = yield* textsUntilEnd(client)
           assert.deepStrictEqual(received, version === 5 ? ["M", "own", "end"] : ["M", "end"])
         })
     )
