@@ -898,10 +898,6 @@ export const defaultReconnect: Schedule.Schedule<Duration.Duration> = internal.d
  * `bytesReceived`, `inFlight` (QoS 1/2 publishes holding a packet identifier), `queued` (messages waiting in
  * the `messages` queue), `dropped`, `reconnects`, `connected` (1 or 0).
  *
- * The series by QoS of a direction (`messagesSent` and `bytesSent` with `mqtt.qos` "1", say) enter the registry
- * with the first message they count, as an OpenTelemetry SDK's attribute sets do: before it, `Metric.value`
- * reads 0 and `Metric.snapshot` does not list them.
- *
  * A client's series live while a client of its identifier runs (two at once count into the same series). When the
  * last one's scope closes, each series is read once more with its last values, then leaves the registry (at most
  * 256 identifiers wait for that read), so that clients made one after another do not grow it without bound; a

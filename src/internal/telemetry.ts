@@ -96,19 +96,10 @@ class Series {
   }
 }
 
-const SENT = ["messagesSent", "bytesSent"] as const
-const RECEIVED = ["messagesReceived", "bytesReceived"] as const
-type ByQos = (typeof SENT)[number] | (typeof RECEIVED)[number]
+const COUNTERS = ["messagesSent", "bytesSent", "messagesReceived", "bytesReceived"] as const
+type ByQos = (typeof COUNTERS)[number]
 
-/** The directions whose counters (messages and bytes) are counted by QoS. */
-type Direction = "sent" | "received"
-
-/**
- * The series of one client identifier in one registry: shared by the clients of that identifier in a process.
- * The series by QoS of a direction (`mqtt.client.messages.sent` and `mqtt.client.bytes.sent` with `mqtt.qos`
- * "1", say) enter the registry with the first message they count, as an OpenTelemetry SDK's attribute sets do:
- * an idle client holds 5 series, not 17 (about half a kilobyte each: the registry's key, the metric, the hooks).
- */
+/** The series of one client identifier in one registry: shared by the clients of that identifier in a process. */
 class Cell {
   /** the clients of the identifier running in this registry */
   readonly users = new Set<ClientMetrics>()
@@ -122,19 +113,18 @@ class Cell {
   dropped = 0
   reconnects = 0
   private readonly series: Array<Series> = []
-  private readonly client: Record<string, string>
-  private readonly context: Context.Context<never>
-  private readonly gone: () => void
-  /** the series of the cell that are still in the registry */
-  private left = 0
-  private released = false
+  private left: number
 
   constructor(clientId: string, context: Context.Context<never>, onGone: (cell: Cell) => void) {
-    this.client = { "messaging.system": "mqtt", "messaging.client.id": clientId }
-    this.context = context
-    this.gone = () => {
+    const client = { "messaging.system": "mqtt", "messaging.client.id": clientId }
+    const gone = () => {
       if (--this.left === 0) onGone(this)
     }
+    const add = (
+      family: () => Counter,
+      attributes: Record<string, string>,
+      state: () => Metric.CounterState<number> | Metric.GaugeState<number>
+    ) => this.series.push(new Series(Metric.withAttributes(family(), attributes) as Counter, state, context, gone))
     const count = (read: () => number) => () => ({ count: read(), incremental: true })
     // a gauge of several clients of one identifier: their sum (in flight, queued), or whether any is (connected)
     const gauge = (read: (user: ClientMetrics) => number, any = false) => () => {
@@ -142,47 +132,27 @@ class Cell {
       for (const user of this.users) value = any ? Math.max(value, read(user)) : value + read(user)
       return { value }
     }
-    this.add(families.inFlight, this.client, gauge((user) => user.inFlight))
-    this.add(families.queued, this.client, gauge((user) => user.queued))
-    this.add(families.dropped, this.client, count(() => this.dropped))
-    this.add(families.reconnects, this.client, count(() => this.reconnects))
-    this.add(families.connected, this.client, gauge((user) => user.connected, true))
-  }
-
-  /**
-   * The series of a direction's counters at one QoS enter the registry: called when the first message of that
-   * direction and QoS is counted (not after the cell is released: later counts are not recorded).
-   */
-  appear(direction: Direction, qos: QoS): void {
-    if (this.released) return
-    const attributes = { ...this.client, "mqtt.qos": String(qos) }
-    for (const name of direction === "sent" ? SENT : RECEIVED) {
-      const counts = this.byQos[name]
-      this.add(families[name], attributes, () => ({ count: counts[qos], incremental: true }))
+    for (const name of COUNTERS) {
+      for (const q of [0, 1, 2] as const) {
+        add(families[name], { ...client, "mqtt.qos": String(q) }, count(() => this.byQos[name][q]))
+      }
     }
+    add(families.inFlight, client, gauge((user) => user.inFlight))
+    add(families.queued, client, gauge((user) => user.queued))
+    add(families.dropped, client, count(() => this.dropped))
+    add(families.reconnects, client, count(() => this.reconnects))
+    add(families.connected, client, gauge((user) => user.connected, true))
+    this.left = this.series.length
   }
 
   /** No client of the identifier is left: each series is read once more (its last values), then leaves. */
   release(): void {
-    this.released = true
     for (const one of this.series) one.readOnceMore()
   }
 
   /** The series leave the registry now. */
   remove(): void {
-    this.released = true
     for (const one of this.series) one.remove()
-  }
-
-  private add(
-    family: () => Counter,
-    attributes: Record<string, string>,
-    state: () => Metric.CounterState<number> | Metric.GaugeState<number>
-  ): void {
-    this.left++
-    this.series.push(
-      new Series(Metric.withAttributes(family(), attributes) as Counter, state, this.context, this.gone)
-    )
   }
 }
 
@@ -238,7 +208,7 @@ export class ClientMetrics {
 
   sent(qos: QoS, bytes: number): void {
     const byQos = this.cell.byQos
-    if (byQos.messagesSent[qos]++ === 0) this.cell.appear("sent", qos)
+    byQos.messagesSent[qos]++
     byQos.bytesSent[qos] += bytes
   }
 
@@ -246,8 +216,6 @@ export class ClientMetrics {
   received(counts: ReadonlyArray<number>, bytes: ReadonlyArray<number>): void {
     const byQos = this.cell.byQos
     for (let q = 0; q < 3; q++) {
-      if (counts[q] === 0) continue
-      if (byQos.messagesReceived[q] === 0) this.cell.appear("received", q as QoS)
       byQos.messagesReceived[q] += counts[q]
       byQos.bytesReceived[q] += bytes[q]
     }
