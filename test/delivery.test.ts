@@ -1244,6 +1244,52 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
       }))
   }
 
+  for (const [version, how] of [[4, "publish"], [5, "publish"], [4, "subscribe"], [5, "subscribe"]] as const) {
+    it.live(
+      `${label(version)}: a handler that waits for the acknowledgement of its own ${
+        how === "publish" ? "QoS 1 publish" : "SUBSCRIBE"
+      } while a QoS 0 flood fills the queue goes on (the acknowledgement is read; QoS 0 messages dropped meanwhile are counted)`,
+      () =>
+        Effect.gen(function*() {
+          const topic = unique("handler-publishes")
+          const flood = 3000
+          const client = yield* MqttClient.make({
+            url: broker.url,
+            protocolVersion: version,
+            queue: IncomingQueue.bounded(16),
+            logLevel: "None"
+          })
+          yield* client.subscribe(`${topic}/#`, { qos: 1 })
+          const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          let received = 0
+          let published = 0
+          const consumer = yield* Effect.forkScoped(
+            client.messages.pipe(
+              Stream.takeUntil((m) => m.text === "end"),
+              Stream.runForEach((m) =>
+                Effect.gen(function*() {
+                  if (m.text === "end") return
+                  received++
+                  // the handler publishes (or subscribes), and waits for the acknowledgement, every 50 messages
+                  if (received % 50 === 1) {
+                    if (how === "publish") yield* client.publish(`${topic}-out`, String(received), { qos: 1 })
+                    else yield* client.subscribe(`${topic}-more/${received}`)
+                    published++
+                  }
+                })
+              )
+            )
+          )
+          for (let i = 0; i < flood; i++) yield* publisher.publish(`${topic}/data`, String(i))
+          yield* publisher.publish(`${topic}/end`, "end", { qos: 1 })
+          yield* within("the handler and its publishes", Fiber.join(consumer))
+          // every QoS 0 message is either received or counted as dropped
+          assert.strictEqual(received + (yield* client.droppedMessages), flood)
+          assert.isAtLeast(published, 1)
+        })
+    )
+  }
+
   it.live("a priority queue whose priority function throws: every message is delivered, the connection stays, and a warning says so", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []

@@ -806,7 +806,7 @@ describe("delivery: a failed owner's copy", () => {
       )
       expect([waiting !== undefined, d.stalledUnread]).toEqual([true, true])
       const reader = yield* Effect.forkChild(waiting!, { startImmediately: true })
-      d.cutStall()
+      d.cutStall("unread")
       yield* Fiber.interrupt(reader)
       const taken: Array<string> = []
       for (let m = d.messages.poll(); m !== undefined; m = d.messages.poll()) {
@@ -844,13 +844,45 @@ describe("delivery: a failed owner's copy", () => {
       )
       expect(taken).toEqual(["a"])
       // the SUBSCRIBE's cut comes while the reader still waits for room for "d"
-      d.cutStall()
+      d.cutStall("unread")
       expect(d.dropped).toBe(0)
       yield* Deferred.succeed(slow, undefined)
       yield* Fiber.join(consumer)
       yield* Fiber.join(reader)
       expect(taken).toEqual(["a", "b", "c", "d"])
       expect(warnings).toEqual([])
+    }).pipe(Effect.runPromise))
+
+  it("a stuck wait (consumers took nothing while the client's own request awaits its acknowledgement) is cut on a consumed queue too: QoS 1/2 go in, QoS 0 are dropped and counted; until something is taken, the next wait is cut at once", () =>
+    Effect.gen(function*() {
+      const { d, warnings } = deliveries(IncomingQueue.bounded(2))
+      const message = (text: string, qos: 0 | 1) =>
+        new MqttMessage("t", new TextEncoder().encode(text), qos, false, false, undefined)
+      const deliver = (messages: ReadonlyArray<MqttMessage>) =>
+        d.deliver(messages.map((m) => ({ message: m, owners: [MESSAGES], record: undefined })))
+      // a consumer took one message, then waits (for its publish's PUBACK, behind the reader's wait)
+      d.messages.consumed = true
+      expect(deliver([message("a", 1)])).toBeUndefined()
+      d.messages.poll()
+      const waiting = deliver([message("b", 0), message("c", 1), message("d", 0), message("e", 1)])
+      expect(waiting).toBeDefined()
+      const reader = yield* Effect.forkChild(waiting!, { startImmediately: true })
+      expect(d.stillStuck).toBe(false)
+      // the cut for an unread queue does not apply: it was consumed
+      expect(d.cutStall("unread")).toBe(false)
+      expect(d.cutStall("stuck")).toBe(true)
+      // the reader's race ends its wait
+      yield* Fiber.interrupt(reader)
+      expect(d.dropped).toBe(1)
+      expect(warnings.filter((w) => w.includes("nothing took from it for a second")).length).toBe(1)
+      expect(d.stillStuck).toBe(true)
+      const taken: Array<string> = []
+      for (let m = d.messages.poll(); m !== undefined; m = d.messages.poll()) {
+        taken.push(new TextDecoder().decode(m.payload))
+      }
+      expect(taken).toEqual(["b", "c", "e"])
+      // something was taken: the next wait gets its grace again
+      expect(d.stillStuck).toBe(false)
     }).pipe(Effect.runPromise))
 
   it("LIFO and priority queues: what is moved (a released stream's leftovers, a claimed backlog, the rest put back) keeps its queue's order there", () => {

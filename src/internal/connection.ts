@@ -227,28 +227,58 @@ const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>)
  * The reader's wait for room in a full queue (nothing is read meanwhile). A close cuts it: what did not fit then
  * goes into the queues beyond their capacity (delivery.ts), and the reader reads on to the broker's close. So does a
  * SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement (`Driver.requestAwaitsAck`), when the full queues are ones
- * nothing has consumed yet (the application may wait for the SUBACK before it consumes): their QoS 1/2 leftovers
- * go in, their QoS 0 ones are dropped (`Deliveries.cutStall`), and the reader reads on to the SUBACK.
+ * nothing has consumed yet (the application may wait for the SUBACK before it consumes), and any request of the
+ * client waiting for its acknowledgement (`Driver.ackAwaited`) while the consumers take nothing for `STUCK_MILLIS`
+ * (a handler that waits for its own publish's PUBACK takes nothing more): their QoS 1/2 leftovers go in, their
+ * QoS 0 ones are dropped (`Deliveries.cutStall`), and the reader reads on to the acknowledgement.
  */
 const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effect.Effect<void> => {
   c.stalled = true
   c.stalls++
   driver.stalled(true)
-  const waitOrClose = Effect.raceFirst(wait, Deferred.await(c.discarding))
+  const deliveries = driver.deliveries
+  // a cut that does not happen (a consumer started meanwhile) leaves the wait to go on
+  const cut = (why: "unread" | "stuck") => deliveries.cutStall(why) ? Effect.void : Effect.never
+  const cuts = [
+    wait,
+    Deferred.await(c.discarding),
+    Effect.flatMap(driver.ackAwaited, () => stuck(driver, () => cut("stuck")))
+  ]
+  if (deliveries.stalledUnread) cuts.push(Effect.flatMap(driver.requestAwaitsAck, () => cut("unread")))
   return Effect.ensuring(
-    driver.deliveries.stalledUnread
-      ? Effect.raceFirst(
-        waitOrClose,
-        // not cut (a consumer started meanwhile): the wait goes on, ended by the room the consumer makes
-        Effect.flatMap(driver.requestAwaitsAck, () => driver.deliveries.cutStall() ? Effect.void : Effect.never)
-      )
-      : waitOrClose,
+    Effect.raceAllFirst(cuts),
     Effect.sync(() => {
       c.stalled = false
       driver.stalled(false)
     })
   )
 }
+
+/** How long the consumers may take nothing while a request of the client awaits its acknowledgement (see `stallOn`). */
+const STUCK_MILLIS = 1000
+
+/**
+ * Runs `cut` once the consumers took nothing for `STUCK_MILLIS` (of real time: a test's clock does not move while a
+ * consumer waits) with a request of the client awaiting its acknowledgement, or at once when they took nothing since
+ * the last such cut.
+ */
+const stuck = (driver: Driver, cut: () => Effect.Effect<void>): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (driver.deliveries.stillStuck) return cut()
+    const before = driver.deliveries.takenTotal
+    return Effect.flatMap(realSleep(STUCK_MILLIS), () => {
+      if (!driver.awaitingAck) return Effect.flatMap(driver.ackAwaited, () => stuck(driver, cut))
+      return driver.deliveries.takenTotal === before ? cut() : stuck(driver, cut)
+    })
+  })
+
+/** Sleeps on a timer of its own, not Effect's clock (which a test holds still); the timer keeps no process alive. */
+const realSleep = (millis: number): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => {
+    const timer = setTimeout(() => resume(Effect.void), millis)
+    timer.unref?.()
+    return Effect.sync(() => clearTimeout(timer))
+  })
 
 /** The error of bytes from the broker that `decode` refused. */
 const brokerViolation = (version: Packets.ProtocolVersion, v: Packets.Violation) =>

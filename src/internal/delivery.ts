@@ -454,24 +454,45 @@ export class Deliveries {
   private waiting: ReadonlyArray<readonly [Queue, Array<MqttMessage>, Progress]> | undefined = undefined
 
   /**
-   * Ends the reader's wait for room because a SUBSCRIBE or UNSUBSCRIBE awaits its acknowledgement behind it: what
+   * Ends the reader's wait for room because the client's own request awaits its acknowledgement behind it: what
    * did not fit goes in beyond the capacity, but for QoS 0 messages, which are dropped (counted): the QoS 1/2 ones
-   * are as many as the broker sends unacknowledged (its window, at most 65,535), the QoS 0 ones unbounded. Only
-   * while nothing consumed the full queues yet (decided now, not when the wait began): returns whether it cut.
+   * are as many as the broker sends unacknowledged (its window, at most 65,535), the QoS 0 ones unbounded. Returns
+   * whether it cut.
+   *
+   * - `"unread"`: a SUBSCRIBE or UNSUBSCRIBE awaits its acknowledgement, and nothing consumed the full queues yet
+   *   (decided now, not when the wait began: a consumer that started meanwhile makes the room the wait needs);
+   * - `"stuck"`: a request awaits its acknowledgement and the consumers took nothing for a while (see `stallOn` in
+   *   connection.ts): a consumer that waits for that acknowledgement (a handler that publishes with `publish`)
+   *   would wait for good. Until they take again, the next wait is cut at once (`stillStuck`).
    */
-  cutStall(): boolean {
+  cutStall(why: "unread" | "stuck"): boolean {
     const waiting = this.waiting
-    // a consumer that started meanwhile makes the room the wait needs: the wait stays
-    if (waiting === undefined || waiting.some(([queue]) => queue.consumed)) return false
+    if (waiting === undefined || (why === "unread" && waiting.some(([queue]) => queue.consumed))) return false
     this.waiting = undefined
+    if (why === "stuck") this.stuckAt = this.takenTotal
     for (const [queue, batch, progress] of waiting) {
       if (progress.accepted >= batch.length) continue
       const left = batch.slice(progress.accepted)
       progress.accepted = batch.length
       if (queue.isClosed) this.leftOver(left)
-      else this.cutForRequest(queue, left)
+      else this.cutForRequest(queue, left, why)
     }
     return true
+  }
+
+  /** The messages consumers took so far, from `messages` and the streams there are. */
+  get takenTotal(): number {
+    let taken = 0
+    for (const owner of this.owners.values()) taken += owner.queue?.taken ?? 0
+    return taken
+  }
+
+  /** What `takenTotal` was at the last cut of a stuck wait (see `cutStall`). */
+  private stuckAt: number | undefined = undefined
+
+  /** Whether nothing was taken since the last cut of a stuck wait: the consumers still wait. */
+  get stillStuck(): boolean {
+    return this.stuckAt === this.takenTotal
   }
 
   /**
@@ -482,22 +503,28 @@ export class Deliveries {
   stalledUnread = false
 
   /** Puts what a cut wait left into `queue` beyond its capacity, but for QoS 0 messages: dropped (see `cutStall`). */
-  private cutForRequest(queue: Queue, left: ReadonlyArray<MqttMessage>): void {
+  private cutForRequest(queue: Queue, left: ReadonlyArray<MqttMessage>, why: "unread" | "stuck"): void {
     const kept = left.filter((message) => message.qos > 0)
     const dropped = left.length - kept.length
     if (dropped > 0) {
       this.droppedUnread(dropped)
-      if (!this.warnedCut) {
-        this.warnedCut = true
+      if (!this.warnedCut[why]) {
+        this.warnedCut[why] = true
         this.warn(
-          `${dropped} QoS 0 message(s) dropped: the queue was full while a SUBSCRIBE or UNSUBSCRIBE waited for its ` +
-            "acknowledgement, before anything consumed the queue (consume before subscribing, or give the queue room)"
+          why === "unread"
+            ? `${dropped} QoS 0 message(s) dropped: the queue was full while a SUBSCRIBE or UNSUBSCRIBE waited for ` +
+              "its acknowledgement, before anything consumed the queue (consume before subscribing, or give the " +
+              "queue room)"
+            : `${dropped} QoS 0 message(s) dropped, and more will be while this lasts: the queue was full and ` +
+              "nothing took from it for a second while the client's own publish, SUBSCRIBE or UNSUBSCRIBE waited " +
+              "for its acknowledgement behind the unread messages (a handler that waits for its publish's " +
+              "acknowledgement: publish with publishAccepted, or give the queue room)"
         )
       }
     }
     if (kept.length > 0) queue.offerMovedUnsafe(kept)
   }
-  private warnedCut = false
+  private readonly warnedCut = { unread: false, stuck: false }
 
   /** A copy for a released (or failed) subscription stream that nobody else takes: given up, warned once. */
   private giveUpCopy(copy: MqttMessage): void {

@@ -35,6 +35,8 @@ export class Driver {
   readerStalled = false
   /** told when a SUBSCRIBE or UNSUBSCRIBE waits for its acknowledgement (see `requestAwaitsAck`) */
   private requestWritten: Deferred.Deferred<void> | undefined = undefined
+  /** told when any request of the client waits for its acknowledgement (see `ackAwaited`) */
+  private identifierTaken: Deferred.Deferred<void> | undefined = undefined
   /** waiters woken whose publish has not been tried again yet: room already promised to them */
   private lineWoken = 0
   private wakingLine = false
@@ -104,6 +106,10 @@ export class Driver {
       Deferred.doneUnsafe(this.requestWritten, Exit.void)
       this.requestWritten = undefined
     }
+    if (this.identifierTaken !== undefined && this.session.ids.size > 0) {
+      Deferred.doneUnsafe(this.identifierTaken, Exit.void)
+      this.identifierTaken = undefined
+    }
     return wait
   }
 
@@ -153,6 +159,24 @@ export class Driver {
     if (this.session.subscriptions.awaitingAck > 0) return Effect.void
     this.requestWritten ??= Deferred.makeUnsafe<void>()
     return Deferred.await(this.requestWritten)
+  }
+
+  /**
+   * Completes when a request of the client waits for its acknowledgement (at once when one does): a QoS 1/2
+   * publish, a SUBSCRIBE or an UNSUBSCRIBE, each holding a packet identifier until it is acknowledged. While the
+   * reader waits for room in a full queue, that acknowledgement is behind the unread messages: a consumer that waits
+   * for it (a handler that publishes with `publish`) takes nothing more, and the wait would last for good (see
+   * `stallOn` in connection.ts).
+   */
+  get ackAwaited(): Effect.Effect<void> {
+    if (this.session.ids.size > 0) return Effect.void
+    this.identifierTaken ??= Deferred.makeUnsafe<void>()
+    return Deferred.await(this.identifierTaken)
+  }
+
+  /** Whether a request of the client still waits for its acknowledgement (see `ackAwaited`). */
+  get awaitingAck(): boolean {
+    return this.session.ids.size > 0
   }
 
   stalled(stalled: boolean): void {

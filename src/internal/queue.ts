@@ -196,6 +196,8 @@ export class MessageQueue<A, E> {
   private putters = new Set<Wake>()
   private closed: { readonly error: E } | { readonly error?: undefined } | undefined = undefined
   dropped = 0
+  /** messages consumers took (a wait for room sees from it whether they still take) */
+  taken = 0
   /** a consumer has run the stream (whether it took anything) */
   consumed = false
   /** called when a consumer takes a message */
@@ -279,6 +281,7 @@ export class MessageQueue<A, E> {
   poll(): A | undefined {
     const item = this.store.take()
     if (item === undefined) return undefined
+    this.taken++
     if (this.putters.size > 0 && this.store.size <= this.lowWater) this.wakePutters()
     this.onTaken?.(item)
     return item
