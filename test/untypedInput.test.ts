@@ -99,7 +99,12 @@ describe("options of the wrong type", () => {
         ["tls.ca a list with a number", { url: "mqtts://127.0.0.1:1", tls: { ca: ["x", 5] } }, "tls.ca"],
         ["tls.key a Redacted number", { url: "mqtts://127.0.0.1:1", tls: { key: Redacted.make(5) } }, "tls.key"],
         ["transport a number", { transport: 5 }, "transport"],
-        ["transport null", { transport: null }, "transport"]
+        ["transport null", { transport: null }, "transport"],
+        // names that are no option (MQTT.js's, a typo) would be ignored: a session thought persistent would not be
+        ["MQTT.js's clean", { clean: false }, "clean"],
+        ["MQTT.js's keepalive", { keepalive: 5 }, "keepalive"],
+        ["MQTT.js's properties", { protocolVersion: 5, properties: { sessionExpiryInterval: 60 } }, "properties"],
+        ["a typo", { sessionExpiry: 60 }, "sessionExpiry"]
       ]
       for (const [label, options, option] of cases) {
         const merged = typeof options === "object" && options !== null
@@ -108,6 +113,23 @@ describe("options of the wrong type", () => {
         const result = yield* exitOf(() => MqttClient.make(merged as MqttClient.Options).pipe(Effect.scoped))
         expectInvalid(label, typedFailure(result), option)
       }
+      // the message says what the option is called here
+      const clean = typedFailure(
+        yield* exitOf(() =>
+          MqttClient.make({ url: "mqtt://127.0.0.1:1", reconnect: false, clean: false } as MqttClient.Options).pipe(
+            Effect.scoped
+          )
+        )
+      )
+      assert.include(String((clean as Error).message), "cleanStart")
+      // a name present with the value undefined (a spread of a wider configuration) is let through
+      const spread = typedFailure(
+        yield* exitOf(() =>
+          MqttClient.make({ url: "mqtt://127.0.0.1:1", reconnect: false, extra: undefined } as MqttClient.Options)
+            .pipe(Effect.scoped)
+        )
+      )
+      assert.notStrictEqual((spread as { _tag?: string })._tag, "InvalidOptionError")
     }))
 
   it.live("a value the CONNECT cannot carry (Will Delay Interval out of range) fails before the CONNECT is sent", () =>

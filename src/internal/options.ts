@@ -146,6 +146,77 @@ const BOOLEANS = [
 ] as const
 const OBJECTS = ["will", "offline", "tracing", "disconnect", "auth"] as const
 
+/** The names of `MqttClient.Options`: another name (from an untyped configuration, an MQTT.js habit) is refused. */
+const OPTION_NAMES: Record<keyof MqttClient.Options, true> = {
+  url: true,
+  followServerReference: true,
+  tls: true,
+  transport: true,
+  clientId: true,
+  protocolVersion: true,
+  keepAlive: true,
+  pingTimeout: true,
+  cleanStart: true,
+  cleanSession: true,
+  sessionExpiryInterval: true,
+  username: true,
+  password: true,
+  will: true,
+  connectTimeout: true,
+  queue: true,
+  userProperties: true,
+  reconnect: true,
+  retryFirstConnect: true,
+  acknowledgement: true,
+  logLevel: true,
+  overlapping: true,
+  store: true,
+  clearStore: true,
+  tracing: true,
+  strictReceiveMaximum: true,
+  offline: true,
+  maximumPacketSize: true,
+  sendMaximumPacketSize: true,
+  receiveMaximum: true,
+  topicAliasMaximum: true,
+  topicAliases: true,
+  auth: true,
+  maxInflight: true,
+  responseTopicPrefix: true,
+  disconnect: true
+}
+
+/** What MQTT.js's option names are here. */
+const MQTTJS_NAMES: Record<string, string> = {
+  clean: "cleanStart",
+  keepalive: "keepAlive",
+  reconnectPeriod: "reconnect (a Schedule, or false)",
+  properties:
+    "the MQTT 5 CONNECT properties are options of their own: sessionExpiryInterval, receiveMaximum, maximumPacketSize, topicAliasMaximum, userProperties",
+  servers: "url (a list of URLs)",
+  host: "url",
+  hostname: "url",
+  port: "url",
+  protocol: "url",
+  path: "url",
+  ca: "tls.ca",
+  cert: "tls.cert",
+  key: "tls.key",
+  rejectUnauthorized: "tls.insecureSkipVerify",
+  queueQoSZero: "offline.qos0",
+  resubscribe: "nothing: subscriptions are always restored",
+  incomingStore: "store",
+  outgoingStore: "store",
+  customHandleAcks: "acknowledgement: \"manual\""
+}
+
+const unknownOption = (name: string): string => {
+  const instead = MQTTJS_NAMES[name]
+  return instead === undefined
+    ? "not an option of MqttClient.Options"
+    : `not an option of MqttClient.Options (MQTT.js's; here: ${instead})`
+}
+
 /** Why a string payload cannot be sent as it is (`undefined` when it can): UTF-8 has no lone surrogate. */
 export const stringPayloadProblem = (payload: string): string | undefined =>
   Bytes.isWellFormed(payload)
@@ -158,6 +229,9 @@ export const stringPayloadProblem = (payload: string): string | undefined =>
  */
 const checkShapes = (options: MqttClient.Options): MqttError.InvalidOptionError | undefined => {
   if (!isObject(options)) return invalid("options", "expected an object")
+  for (const [name, value] of Object.entries(options)) {
+    if (value !== undefined && !Object.hasOwn(OPTION_NAMES, name)) return invalid(name, unknownOption(name))
+  }
   for (const name of BOOLEANS) {
     if (options[name] !== undefined && typeof options[name] !== "boolean") return invalid(name, "expected a boolean")
   }
