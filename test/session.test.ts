@@ -776,6 +776,29 @@ describe("session: subscriptions", () => {
     ])
   })
 
+  it("offline.requests fail: a released stream's UNSUBSCRIBE lost with its connection goes out again on the resumed session; the gone owner never holds its filter again", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false, offlineRequests: "fail" })
+    h.connect()
+    const subscribed = h.subscribe(1, [spec("gone/#")])
+    h.receive({ _tag: "Suback", id: subscribed.id, codes: [1] })
+    h.take()
+    const release = h.session.subscriptions.removeOwner(1, h.out)!
+    h.drain()
+    expect((h.take() as Array<any>).map((p) => p.cmd)).toEqual(["unsubscribe"])
+    h.lose(lost)
+    // nobody waits for it: it is the client's own, not failed
+    expect(release.error).toBeUndefined()
+    expect(h.session.subscriptions.filtersOf(1)).toEqual([])
+    h.connect(true)
+    const sent = h.take() as Array<any>
+    expect(sent.map((p) => [p.cmd, p.unsubscriptions?.[0]])).toEqual([["unsubscribe", "gone/#"]])
+    h.receive({ _tag: "Unsuback", id: sent[0].messageId, codes: undefined })
+    expect(release.done).toBe(true)
+    // a message the broker still sent for it goes to `messages`
+    h.receive(publish("gone/x", "x", 0))
+    expect(h.delivered.splice(0).map((d) => [...d.owners])).toEqual([[MESSAGES]])
+  })
+
   it("several owners of one filter: each receives its messages; UNSUBSCRIBE only when the last lets go", () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()

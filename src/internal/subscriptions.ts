@@ -262,7 +262,8 @@ export class Subscriptions {
     owner: number,
     filters: ReadonlyArray<string>,
     userProperties: ReadonlyArray<UserProperty> | undefined,
-    out: Output
+    out: Output,
+    forGood = false
   ): Request | undefined {
     const changes: Array<Change> = []
     const toBroker: Array<FilterSpec> = []
@@ -275,19 +276,21 @@ export class Subscriptions {
         toBroker.push({ filter, qos: 0, noLocal: false, retainAsPublished: false, retainHandling: 0 })
       }
     }
-    if (toBroker.length === 0) {
-      this.settle(changes, undefined)
-      return undefined
-    }
-    const request = new Request("Unsubscribe", toBroker, 0, userProperties, changes)
+    if (toBroker.length === 0 || forGood) this.settle(changes, undefined)
+    if (toBroker.length === 0) return undefined
+    const request = new Request("Unsubscribe", toBroker, 0, userProperties, forGood ? undefined : changes)
     this.enqueue(request, out)
     return request
   }
 
-  /** An owner goes away (its stream's scope closed): it lets go of every filter it holds. */
+  /**
+   * An owner goes away (its stream's scope closed): it lets go of every filter it holds, for good, whatever becomes
+   * of the UNSUBSCRIBE: no caller is told of it, so it is the client's own, sent again after a lost connection (also
+   * with `offline.requests: "fail"`, which would give the filters back to the gone owner and leave them subscribed).
+   */
   removeOwner(owner: number, out: Output): Request | undefined {
     const filters = this.filtersOf(owner)
-    return filters.length === 0 ? undefined : this.unsubscribe(owner, filters, undefined, out)
+    return filters.length === 0 ? undefined : this.unsubscribe(owner, filters, undefined, out, true)
   }
 
   /** Sets an owner's claim on a filter (undefined: lets go of it); returns what it was. */
