@@ -507,27 +507,59 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
     it.live(
       `${
         label(version)
-      }: a released subscription() stream whose filter overlaps one of \`messages\`: \`messages\` gets each message once, not the stream's copy too`,
+      }: released subscription() streams whose filters overlap one of \`messages\` (one stream, two): \`messages\` gets each message once, not the streams' copies too`,
       () =>
         Effect.gen(function*() {
-          const publisher = yield* publisherFor(version)
-          const base = unique("overlap")
-          const client = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
-          yield* client.subscribe(`${base}/#`, { qos: 2 })
-          yield* Effect.scoped(Effect.gen(function*() {
-            const stream = yield* client.subscription(`${base}/+`, { qos: 2 })
-            yield* publisher.publish(`${base}/a`, "hello", { qos: 2 })
-            // `messages` has its copy; the stream's comes in the same PUBLISH (3.1.1) or the next one (5): it is
-            // released unread
-            yield* eventually("the copy on `messages`", Effect.map(client.queuedMessages, (n) => n >= 1))
-            yield* realSleep(300)
-            return stream
-          }))
-          yield* publisher.publish(`${base}/end`, "end", { qos: 2 })
-          const received = yield* textsUntilEnd(client)
-          assert.deepStrictEqual(received, ["hello", "end"])
+          for (const filters of [["+"], ["+", "a"]]) {
+            const publisher = yield* publisherFor(version)
+            const base = unique("overlap")
+            const client = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+            yield* client.subscribe(`${base}/#`, { qos: 2 })
+            yield* Effect.scoped(Effect.gen(function*() {
+              for (const filter of filters) yield* client.subscription(`${base}/${filter}`, { qos: 2 })
+              yield* publisher.publish(`${base}/a`, "hello", { qos: 2 })
+              // `messages` has its copy; the streams' come in the same PUBLISH (3.1.1) or the next ones (5): they
+              // are released unread
+              yield* eventually("the copy on `messages`", Effect.map(client.queuedMessages, (n) => n >= 1))
+              yield* realSleep(300)
+            }))
+            yield* publisher.publish(`${base}/end`, "end", { qos: 2 })
+            const received = yield* textsUntilEnd(client)
+            assert.deepStrictEqual(received, ["hello", "end"], `streams of ${filters.join(", ")}`)
+          }
         })
     )
+
+    if (version === 5) {
+      it.live("MQTT 5: of two messages alike (topic and payload), the one only the stream got before `messages` subscribed is handed to `messages` at release, the one both got is not handed twice", () =>
+        Effect.gen(function*() {
+          const publisher = yield* publisherFor(version)
+          const base = unique("alike")
+          const client = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          const tagged = (tag: string) => ({ qos: 1 as const, properties: { userProperties: [["tag", tag]] as const } })
+          // the application reads `messages` from the start
+          yield* client.subscribe(`${base}-other`)
+          yield* Effect.scoped(Effect.gen(function*() {
+            yield* client.subscription(`${base}/#`, { qos: 1 })
+            yield* publisher.publish(`${base}/a`, "x", tagged("stream only"))
+            yield* realSleep(300)
+            yield* client.subscribe(`${base}/a`, { qos: 1 })
+            yield* publisher.publish(`${base}/a`, "x", tagged("both"))
+            yield* eventually("the copy on `messages`", Effect.map(client.queuedMessages, (n) => n >= 1))
+            yield* realSleep(300)
+          }))
+          yield* publisher.publish(`${base}/a`, "end", { qos: 1 })
+          const received = yield* within(
+            "up to the end marker",
+            Stream.runCollect(Stream.takeUntil(client.messages, (m) => m.text === "end"))
+          )
+          const tags = Array.from(
+            received,
+            (m) => m.properties.userProperties?.find(([k]) => k === "tag")?.[1] ?? m.text
+          )
+          assert.deepStrictEqual([...tags].sort(), ["both", "end", "stream only"])
+        }))
+    }
 
     it.live(
       `${

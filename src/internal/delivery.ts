@@ -10,7 +10,6 @@ import * as Effect from "effect/Effect"
 import type * as IncomingQueue from "../IncomingQueue.ts"
 import type * as MqttError from "../MqttError.ts"
 import { MqttMessage, ReceiptKey } from "../MqttMessage.ts"
-import * as Bytes from "./bytes.ts"
 import type { Delivery, InboundRecord } from "./output.ts"
 import { fromStrategy, type MessageQueue, type Progress } from "./queue.ts"
 import { MESSAGES } from "./subscriptions.ts"
@@ -166,37 +165,21 @@ export class Deliveries {
 
   /**
    * Copies for subscription streams of messages that `messages` has a copy of its own of: from the same PUBLISH
-   * (MQTT 3.1.1 hands one PUBLISH to every owner that matches), or from the PUBLISH right before or after it with
-   * the same topic and payload, routed to `messages` (an MQTT 5 broker sends a PUBLISH per matching subscription,
-   * one after the other). A released stream's leftover among them is acknowledged, not handed to `messages` twice;
-   * any other goes to `messages`, which has not had it (its filter came later, or excludes the client's own
-   * messages with No Local): a duplicate there is possible, a loss is not.
+   * (MQTT 3.1.1 hands one PUBLISH to every owner that matches), or from the broker's PUBLISH for a subscription of
+   * its own (MQTT 5, or a broker that sends a copy per subscription: see `messagesHolds`). A released stream's
+   * leftover among them is acknowledged, not handed to `messages` twice; any other goes to `messages`, which has
+   * not had it (its filter came later, or excludes the client's own messages with No Local).
    */
   private readonly onMessagesToo = new WeakSet<MqttMessage>()
-  /** the last message delivered, whether `messages` had a copy of it, and the copies for other owners */
-  private lastTopic: string | undefined = undefined
-  private lastPayload: Uint8Array = Bytes.empty
-  private lastToMessages = false
-  private lastCopies: Copies = undefined
 
-  /** Records what `onMessagesToo` needs of one delivered message (`copies`: those for owners but `messages`). */
-  private pair(message: MqttMessage, toMessages: boolean, copies: Copies): void {
-    const sibling = this.lastTopic === message.topic && this.lastToMessages !== toMessages &&
-      Bytes.equal(this.lastPayload, message.payload)
-    if (toMessages || sibling) this.markOnMessagesToo(copies)
-    if (sibling && toMessages) this.markOnMessagesToo(this.lastCopies)
-    // a pair is not chained into a third: the next message pairs only with a copy that has no sibling yet
-    this.lastTopic = sibling ? undefined : message.topic
-    this.lastPayload = message.payload
-    this.lastToMessages = toMessages
-    this.lastCopies = copies
-  }
-
-  private markOnMessagesToo(copies: Copies): void {
-    if (copies === undefined) return
-    if (!Array.isArray(copies)) this.onMessagesToo.add(copies)
-    else for (const copy of copies) this.onMessagesToo.add(copy)
-  }
+  /**
+   * Whether the broker sends `messages` a copy of its own of a message on `topic`, in a PUBLISH of its own: it
+   * holds a matching filter that the broker acknowledged, without No Local (set by the client, which knows the
+   * session, where the broker sends a PUBLISH per matching subscription). A filter subscribed after the broker took
+   * the message, or a No Local one that leaves out the client's own messages, gives no copy: then the stream's copy
+   * goes to `messages` (a duplicate there when the message was another client's, rather than a loss).
+   */
+  messagesHolds: (topic: string) => boolean = () => false
 
   /** Of a released stream's leftovers, those `messages` has no copy of (see `onMessagesToo`); the rest acknowledged. */
   private notOnMessages(leftovers: ReadonlyArray<MqttMessage>): ReadonlyArray<MqttMessage> {
@@ -384,28 +367,23 @@ export class Deliveries {
         0
     // which messages `messages` has a copy of matters only for the leftovers of streams it would take
     const pairing = this.owners.size > 1 && this.takesLeftovers
-    if (!pairing) this.lastTopic = undefined
     for (let i = 0; i < deliveries.length; i++) {
       const { message, owners, record } = deliveries[i]
       counts[message.qos]++
       bytes[message.qos] += message.payload.byteLength
       // whether `messages` takes this message already: one copy is enough there
       let toMessages = owners.includes(MESSAGES)
-      // the copies for owners but `messages`: none, the message itself (one owner), or a list
-      const streamCopies: Copies = !pairing
-        ? undefined
-        : owners.length === 1
-        ? (toMessages ? undefined : message)
-        : []
+      // whether `messages` has a copy of its own, from this PUBLISH or another (see `onMessagesToo`)
+      const ownCopy = pairing && (toMessages || this.messagesHolds(message.topic))
       for (let j = 0; j < owners.length; j++) {
         const copy = j === 0 ? message : copyOf(message)
         if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink)
-        if (Array.isArray(streamCopies) && owners[j] !== MESSAGES) streamCopies.push(copy)
+        if (ownCopy && owners[j] !== MESSAGES) this.onMessagesToo.add(copy)
         let owner = this.owners.get(owners[j])
         // an owner that is gone, or whose stream failed, takes nothing more: its copy goes to `messages`, unless
         // `messages` has one (it is then acknowledged, as every copy must be for the message to be)
         if (owner === undefined || owner.queue?.isClosed === true) {
-          if (toMessages) {
+          if (toMessages || ownCopy || this.messagesHolds(message.topic)) {
             acknowledge(copy)
             continue
           }
@@ -426,7 +404,6 @@ export class Deliveries {
         if (batch === undefined) batches.set(queue, [copy])
         else batch.push(copy)
       }
-      if (pairing) this.pair(message, owners.includes(MESSAGES), streamCopies)
     }
     this.metrics.received(counts, bytes)
     let waiting: Array<readonly [Queue, Array<MqttMessage>, Progress]> | undefined
@@ -593,8 +570,5 @@ const waitForRoom = (
     )
   )
 }
-
-/** The copies of a message for owners other than `messages`: none, one, or several. */
-type Copies = MqttMessage | Array<MqttMessage> | undefined
 
 const copyOf = (m: MqttMessage) => new MqttMessage(m.topic, m.payload, m.qos, m.retain, m.dup, m.properties)
