@@ -710,6 +710,31 @@ describe("delivery: a failed owner's copy", () => {
     ])
   })
 
+  it("a failed subscription's claim goes back ahead of what the reader, waiting for room in `messages`, still holds", () =>
+    Effect.gen(function*() {
+      const { d } = deliveries(IncomingQueue.bounded(2))
+      const unclaimed = (topic: string) => ({
+        message: new MqttMessage(topic, new TextEncoder().encode(topic), 1, false, false, undefined),
+        owners: [MESSAGES],
+        record: undefined
+      })
+      const waiting = d.deliver(["jobs/1", "jobs/2", "jobs/3", "jobs/4", "jobs/5", "jobs/6"].map(unclaimed))
+      const reader = yield* Effect.forkChild(waiting!, { startImmediately: true })
+      const { owner } = d.addQueue(false)
+      d.claimBacklog(owner, ["jobs/+"])
+      yield* Effect.yieldNow
+      // the SUBSCRIBE fails: its scope releases the stream
+      d.remove(owner)
+      const order: Array<string> = []
+      while (order.length < 6) {
+        const m = d.messages.poll()
+        if (m === undefined) yield* Effect.yieldNow
+        else order.push(m.topic)
+      }
+      yield* Fiber.join(reader)
+      expect(order).toEqual(["jobs/1", "jobs/2", "jobs/3", "jobs/4", "jobs/5", "jobs/6"])
+    }).pipe(Effect.runPromise))
+
   it("a backlog the reader still held (waiting for room in a full `messages`) when the subscription claimed is claimed too, once the subscription is made", () =>
     Effect.gen(function*() {
       const { d } = deliveries(IncomingQueue.bounded(2))

@@ -220,14 +220,16 @@ export class Deliveries {
     if (queue === undefined || this.takesLeftovers || this.messages.size === 0) return
     this.claim(unconfirmed.filters, (held) => {
       if (held.length === 0) return
-      // what the first claim took (a sliding or dropping queue may have let some of it go since), then the held
-      const waiting = queue.drainUnsafe()
+      // what the first claim took (a sliding or dropping queue may have let some of it go since), then the held,
+      // before a reader waiting for room in the stream's queue is woken
       const claimed = unconfirmed.claimed
-      queue.offerMovedUnsafe([
-        ...waiting.filter((message) => claimed.has(message)),
-        ...held,
-        ...waiting.filter((message) => !claimed.has(message))
-      ])
+      queue.sortUnsafe((waiting) =>
+        queue.offerMovedUnsafe([
+          ...waiting.filter((message) => claimed.has(message)),
+          ...held,
+          ...waiting.filter((message) => !claimed.has(message))
+        ])
+      )
     })
   }
 
@@ -253,12 +255,14 @@ export class Deliveries {
    * what came for the subscription meanwhile.
    */
   private handBack(claimed: ReadonlySet<MqttMessage>, rest: ReadonlyArray<MqttMessage>): void {
-    const waiting = this.messages.drainUnsafe()
-    this.messages.offerMovedUnsafe([
-      ...rest.filter((message) => claimed.has(message)),
-      ...waiting,
-      ...rest.filter((message) => !claimed.has(message))
-    ])
+    // before a reader waiting for room there is woken, which would put what it holds ahead of the claimed
+    this.messages.sortUnsafe((waiting) =>
+      this.messages.offerMovedUnsafe([
+        ...rest.filter((message) => claimed.has(message)),
+        ...waiting,
+        ...rest.filter((message) => !claimed.has(message))
+      ])
+    )
   }
 
   /** The application subscribes through `subscribe`: `messages` is read (see `takesLeftovers`). */
