@@ -101,7 +101,7 @@ export class Supervisor {
   readonly closedSignal = Deferred.makeUnsafe<void, MqttError.MqttError>()
   /** completed at each connection; callers waiting for one await it */
   private connected = Deferred.makeUnsafe<void, MqttError.MqttError>()
-  /** completed when the current connection ends (made afresh at each connection; see `awaitOffline`) */
+  /** completed when the current connection ends (made afresh as it ends; see `awaitOffline`) */
   private offline = Deferred.makeUnsafe<void>()
   current: Connection | undefined = undefined
   /** what the CONNACK of the current (or last) connection said, with the broker it came from */
@@ -185,7 +185,6 @@ export class Supervisor {
       const info = c.info!
       this.info = info
       Deferred.doneUnsafe(this.connected, Effect.void)
-      this.offline = Deferred.makeUnsafe()
       const moved = previous !== undefined && info.broker !== undefined && previous !== info.broker
       return Effect.andThen(
         this.log(
@@ -208,6 +207,8 @@ export class Supervisor {
       if (this.current === c) this.current = undefined
       this.connected = Deferred.makeUnsafe()
       Deferred.doneUnsafe(this.offline, Effect.void)
+      // the next connection's, ready before its CONNACK marks the session connected
+      this.offline = Deferred.makeUnsafe()
       this.env.driver.metrics.connection(false, false)
       const driver = this.env.driver
       driver.session.lost(error, driver.out)
