@@ -526,6 +526,12 @@ describe("values the other entry points would send changed, ignore, or throw at"
           // the fake broker never answers a SUBSCRIBE: a call that sends one times out
           expectInvalid(label, typedFailure(yield* exitOf(() => Effect.timeout(call(), "1 second"))), "options")
         }
+        // MQTT.js's object of filters: an InvalidOptionError that says what the shape is here
+        const mqttjs = typedFailure(
+          yield* exitOf(() => Effect.timeout(client.subscribe({ "a/b": { qos: 1 } } as never), "1 second"))
+        )
+        expectInvalid("subscribe({ [filter]: { qos } })", mqttjs, "filters")
+        assert.include((mqttjs as Error).message, "[{ filter, qos }]")
         yield* connection.expectSilence(100)
       }))
   }

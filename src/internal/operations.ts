@@ -308,6 +308,14 @@ const specsOf = (
     if (typeof sub !== "object" || sub === null) {
       return new MqttError.InvalidTopicError({ topic: String(sub), kind: "filter", reason: "expected a string" })
     }
+    if (sub.filter === undefined) {
+      // MQTT.js's `{ [filter]: { qos } }`, say
+      return invalid(
+        "filters",
+        "expected a filter, a { filter, qos, ... } object, or a list of them (MQTT.js's { [filter]: { qos } } is " +
+          "[{ filter, qos }] here)"
+      )
+    }
     const problem = typeof sub.filter === "string" ? filterProblem(sub.filter) : "expected a string"
     if (problem !== undefined) {
       return new MqttError.InvalidTopicError({ topic: String(sub.filter), kind: "filter", reason: problem })
