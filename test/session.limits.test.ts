@@ -559,6 +559,21 @@ describe("delivery: a failed owner's copy", () => {
     return { d, acknowledged, warnings }
   }
   const error = new MqttError.SubscribeError({ filter: "a/#", reasonCode: 0xa2, reasonString: "test" })
+  /** A message on `topic` whose payload is `text`. */
+  const textOn = (topic: string) => (text: string, qos: 0 | 1) =>
+    new MqttMessage(topic, new TextEncoder().encode(text), qos, false, false, undefined)
+  /** Takes every message waiting in `queue`: their payloads as text. */
+  const pollTexts = (queue: { poll(): MqttMessage | undefined }) => {
+    const texts: Array<string> = []
+    for (let m = queue.poll(); m !== undefined; m = queue.poll()) texts.push(new TextDecoder().decode(m.payload))
+    return texts
+  }
+  /** A delivery of a message on `topic` (its payload the topic) to `messages` only. */
+  const unclaimedAt = (qos: 0 | 1) => (topic: string) => ({
+    message: new MqttMessage(topic, new TextEncoder().encode(topic), qos, false, false, undefined),
+    owners: [MESSAGES],
+    record: undefined
+  })
 
   it("goes to `messages` once, and not at all when `messages` takes the message already", () => {
     const { d } = deliveries()
@@ -713,11 +728,7 @@ describe("delivery: a failed owner's copy", () => {
   it("a failed subscription's claim goes back ahead of what the reader, waiting for room in `messages`, still holds", () =>
     Effect.gen(function*() {
       const { d } = deliveries(IncomingQueue.bounded(2))
-      const unclaimed = (topic: string) => ({
-        message: new MqttMessage(topic, new TextEncoder().encode(topic), 1, false, false, undefined),
-        owners: [MESSAGES],
-        record: undefined
-      })
+      const unclaimed = unclaimedAt(1)
       const waiting = d.deliver(["jobs/1", "jobs/2", "jobs/3", "jobs/4", "jobs/5", "jobs/6"].map(unclaimed))
       const reader = yield* Effect.forkChild(waiting!, { startImmediately: true })
       const { owner } = d.addQueue(false)
@@ -738,11 +749,7 @@ describe("delivery: a failed owner's copy", () => {
   it("a backlog the reader still held (waiting for room in a full `messages`) when the subscription claimed is claimed too, once the subscription is made", () =>
     Effect.gen(function*() {
       const { d } = deliveries(IncomingQueue.bounded(2))
-      const unclaimed = (topic: string) => ({
-        message: new MqttMessage(topic, new TextEncoder().encode(topic), 0, false, false, undefined),
-        owners: [MESSAGES],
-        record: undefined
-      })
+      const unclaimed = unclaimedAt(0)
       // a resumed session's backlog, more than `messages` holds: the reader waits for room with the rest
       const waiting = d.deliver(["jobs/1", "jobs/2", "jobs/3", "other/1"].map(unclaimed))
       expect(waiting).toBeDefined()
@@ -831,8 +838,7 @@ describe("delivery: a failed owner's copy", () => {
   it("a cut wait (a SUBSCRIBE awaits its SUBACK behind queues nothing consumed yet): QoS 1/2 leftovers go in beyond the capacity, QoS 0 ones are dropped and counted", () =>
     Effect.gen(function*() {
       const { d, warnings } = deliveries(IncomingQueue.bounded(2))
-      const message = (text: string, qos: 0 | 1) =>
-        new MqttMessage("t", new TextEncoder().encode(text), qos, false, false, undefined)
+      const message = textOn("t")
       const waiting = d.deliver(
         [message("a", 1), message("b", 0), message("c", 1), message("d", 0), message("e", 1)].map((m) => ({
           message: m,
@@ -844,10 +850,7 @@ describe("delivery: a failed owner's copy", () => {
       const reader = yield* Effect.forkChild(waiting!, { startImmediately: true })
       d.cutStall("unread")
       yield* Fiber.interrupt(reader)
-      const taken: Array<string> = []
-      for (let m = d.messages.poll(); m !== undefined; m = d.messages.poll()) {
-        taken.push(new TextDecoder().decode(m.payload))
-      }
+      const taken = pollTexts(d.messages)
       expect(taken).toEqual(["a", "b", "c", "e"])
       expect(d.dropped).toBe(1)
       expect(warnings.some((w) => w.includes("QoS 0 message(s) dropped"))).toBe(true)
@@ -892,8 +895,7 @@ describe("delivery: a failed owner's copy", () => {
   it("a stuck wait (consumers took nothing while the client's own request awaits its acknowledgement) is cut on a consumed queue too: QoS 1/2 go in, QoS 0 are dropped and counted; until something is taken, the next wait is cut at once", () =>
     Effect.gen(function*() {
       const { d, warnings } = deliveries(IncomingQueue.bounded(2))
-      const message = (text: string, qos: 0 | 1) =>
-        new MqttMessage("t", new TextEncoder().encode(text), qos, false, false, undefined)
+      const message = textOn("t")
       const deliver = (messages: ReadonlyArray<MqttMessage>) =>
         d.deliver(messages.map((m) => ({ message: m, owners: [MESSAGES], record: undefined })))
       // a consumer took one message, then waits (for its publish's PUBACK, behind the reader's wait)
@@ -912,10 +914,7 @@ describe("delivery: a failed owner's copy", () => {
       expect(d.dropped).toBe(1)
       expect(warnings.filter((w) => w.includes("nothing took from it for a second")).length).toBe(1)
       expect(d.stillStuck).toBe(true)
-      const taken: Array<string> = []
-      for (let m = d.messages.poll(); m !== undefined; m = d.messages.poll()) {
-        taken.push(new TextDecoder().decode(m.payload))
-      }
+      const taken = pollTexts(d.messages)
       expect(taken).toEqual(["b", "c", "e"])
       // something was taken: the next wait gets its grace again
       expect(d.stillStuck).toBe(false)

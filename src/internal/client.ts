@@ -18,7 +18,7 @@ import { Deliveries } from "./delivery.ts"
 import { Driver } from "./driver.ts"
 import * as Failover from "./failover.ts"
 import * as Operations from "./operations.ts"
-import { invalid, resolveOptions } from "./options.ts"
+import { invalid, type Resolved, resolveOptions } from "./options.ts"
 import type { Platform } from "./platform.ts"
 import * as RequestResponse from "./requestResponse.ts"
 import { Session } from "./session.ts"
@@ -88,6 +88,27 @@ const makeNode = (
     }
   })
 
+/** The session of the resolved options: what the protocol remembers, with no Effect inside. */
+const sessionOf = (o: Resolved): Session =>
+  new Session({
+    protocolVersion: o.protocolVersion,
+    clientId: o.clientId,
+    cleanStart: o.cleanStart,
+    sessionExpiryInterval: o.sessionExpiryInterval,
+    keepAlive: o.keepAlive,
+    maxInflight: o.maxInflight,
+    sendMaximumPacketSize: o.sendMaximumPacketSize,
+    // announced in CONNECT is `o.receiveMaximum`; the session disconnects beyond what it enforces
+    receiveMaximum: o.receiveMaximum,
+    topicAliasMaximum: o.topicAliasMaximum,
+    topicAliases: o.topicAliases,
+    offlineCapacity: o.offlineCapacity,
+    offlineQos0: o.offlineQos0,
+    offlineRequests: o.offlineRequests,
+    overlapping: o.overlapping,
+    strictReceiveMaximum: o.strictReceiveMaximum
+  })
+
 /**
  * Connects and returns the client; releasing the scope disconnects. The platform's transports make the socket
  * (Node's entry passes transport.ts, the browser's browserTransport.ts).
@@ -99,24 +120,7 @@ export const make = (
   Effect.gen(function*() {
     const o = yield* resolveOptions(options)
     const scope = yield* Effect.scope
-    const session = new Session({
-      protocolVersion: o.protocolVersion,
-      clientId: o.clientId,
-      cleanStart: o.cleanStart,
-      sessionExpiryInterval: o.sessionExpiryInterval,
-      keepAlive: o.keepAlive,
-      maxInflight: o.maxInflight,
-      sendMaximumPacketSize: o.sendMaximumPacketSize,
-      // announced in CONNECT is `o.receiveMaximum`; the session disconnects beyond what it enforces
-      receiveMaximum: o.receiveMaximum,
-      topicAliasMaximum: o.topicAliasMaximum,
-      topicAliases: o.topicAliases,
-      offlineCapacity: o.offlineCapacity,
-      offlineQos0: o.offlineQos0,
-      offlineRequests: o.offlineRequests,
-      overlapping: o.overlapping,
-      strictReceiveMaximum: o.strictReceiveMaximum
-    })
+    const session = sessionOf(o)
     const metrics = new ClientMetrics(o.clientId, yield* Effect.context<never>())
     // added before the shutdown's finalizer, so run after it: the series' last read sees its last updates
     yield* Scope.addFinalizer(scope, Effect.sync(() => metrics.release()))
