@@ -140,10 +140,6 @@ export const make = (
       warn
     )
     driver = new Driver(session, deliveries, metrics, warn)
-    // where the broker sends a PUBLISH per matching subscription, `messages` gets its own of what a stream gets
-    if (o.protocolVersion === 5 || o.overlapping === "copy-per-subscription") {
-      deliveries.messagesHolds = (topic) => session.subscriptions.messagesHolds(topic)
-    }
     const configured: Array<Failover.Node> = []
     for (let index = 0; index < o.nodes.length; index++) {
       const { url, endpoint, username, password } = o.nodes[index]

@@ -164,22 +164,15 @@ export class Deliveries {
   }
 
   /**
-   * Copies for subscription streams of messages that `messages` has a copy of its own of: from the same PUBLISH
-   * (MQTT 3.1.1 hands one PUBLISH to every owner that matches), or from the broker's PUBLISH for a subscription of
-   * its own (MQTT 5, or a broker that sends a copy per subscription: see `messagesHolds`). A released stream's
-   * leftover among them is acknowledged, not handed to `messages` twice; any other goes to `messages`, which has
-   * not had it (its filter came later, or excludes the client's own messages with No Local).
+   * Copies for subscription streams of messages whose PUBLISH `messages` also took (MQTT 3.1.1 hands one PUBLISH to
+   * every owner that matches): a released stream's leftover among them is acknowledged, not handed to `messages`
+   * twice. Any other goes to `messages`. Where the broker sends a PUBLISH per matching subscription (MQTT 5), each
+   * copy is the delivery of its own subscription, and the client cannot tell which of them went to which (a filter
+   * of `messages` acknowledged before the stream's copy came may still have come after the broker took the
+   * message): the stream's copy goes to `messages`, beside the one of `messages`' own subscription, rather than be
+   * acknowledged unread and lost.
    */
   private readonly onMessagesToo = new WeakSet<MqttMessage>()
-
-  /**
-   * Whether the broker sends `messages` a copy of its own of a message on `topic`, in a PUBLISH of its own: it
-   * holds a matching filter that the broker acknowledged, without No Local (set by the client, which knows the
-   * session, where the broker sends a PUBLISH per matching subscription). A filter subscribed after the broker took
-   * the message, or a No Local one that leaves out the client's own messages, gives no copy: then the stream's copy
-   * goes to `messages` (a duplicate there when the message was another client's, rather than a loss).
-   */
-  messagesHolds: (topic: string) => boolean = () => false
 
   /** Of a released stream's leftovers, those `messages` has no copy of (see `onMessagesToo`); the rest acknowledged. */
   private notOnMessages(leftovers: ReadonlyArray<MqttMessage>): ReadonlyArray<MqttMessage> {
@@ -377,8 +370,8 @@ export class Deliveries {
       bytes[message.qos] += message.payload.byteLength
       // whether `messages` takes this message already: one copy is enough there
       let toMessages = owners.includes(MESSAGES)
-      // whether `messages` has a copy of its own, from this PUBLISH or another (see `onMessagesToo`)
-      const ownCopy = pairing && (toMessages || this.messagesHolds(message.topic))
+      // `messages` takes this PUBLISH too: a stream's copy is not handed there again (see `onMessagesToo`)
+      const ownCopy = pairing && toMessages
       for (let j = 0; j < owners.length; j++) {
         const copy = j === 0 ? message : copyOf(message)
         if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink)
@@ -387,7 +380,7 @@ export class Deliveries {
         // an owner that is gone, or whose stream failed, takes nothing more: its copy goes to `messages`, unless
         // `messages` has one (it is then acknowledged, as every copy must be for the message to be)
         if (owner === undefined || owner.queue?.isClosed === true) {
-          if (toMessages || ownCopy || this.messagesHolds(message.topic)) {
+          if (toMessages) {
             acknowledge(copy)
             continue
           }

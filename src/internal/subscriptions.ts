@@ -195,20 +195,6 @@ export class Subscriptions {
     return this.broker
   }
 
-  /**
-   * Whether `messages` holds a filter matching `topic` that the broker acknowledged, without No Local: where the
-   * broker sends a PUBLISH per matching subscription, it then sends `messages` a copy of its own of each message on
-   * `topic` (see `Deliveries.messagesHolds`).
-   */
-  messagesHolds(topic: string): boolean {
-    let held = false
-    this.claims.forEachMatch(topic, (owners) => {
-      const spec = owners.get(MESSAGES)
-      if (spec !== undefined && this.broker.get(spec.filter)?.spec.noLocal === false) held = true
-    })
-    return held
-  }
-
   /** The filters an owner holds. */
   filtersOf(owner: number): ReadonlyArray<string> {
     return [...(this.byOwner.get(owner) ?? [])]
