@@ -1310,11 +1310,22 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
       }))
   }
 
-  for (const [version, how] of [[4, "publish"], [5, "publish"], [4, "subscribe"], [5, "subscribe"]] as const) {
+  const handlers = [
+    [4, "publish", 1],
+    [5, "publish", 1],
+    [4, "subscribe", 1],
+    [5, "subscribe", 1],
+    // handlers in fibers of their own (the consumer is not the fiber that pulls): told by a second without takes
+    [4, "publish", 4],
+    [5, "publish", 4]
+  ] as const
+  for (const [version, how, concurrency] of handlers) {
     it.live(
       `${label(version)}: a handler that waits for the acknowledgement of its own ${
         how === "publish" ? "QoS 1 publish" : "SUBSCRIBE"
-      } while a QoS 0 flood fills the queue goes on (the acknowledgement is read; QoS 0 messages dropped meanwhile are counted)`,
+      }${
+        concurrency > 1 ? `, ${concurrency} at once (Stream.mapEffect)` : ""
+      }, while a QoS 0 flood fills the queue goes on (the acknowledgement is read; QoS 0 messages dropped meanwhile are counted)`,
       () =>
         Effect.gen(function*() {
           const topic = unique("handler-publishes")
@@ -1329,21 +1340,22 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
           const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
           let received = 0
           let published = 0
+          const handle = (m: MqttMessage.MqttMessage) =>
+            Effect.gen(function*() {
+              if (m.text === "end") return
+              received++
+              // the handler publishes (or subscribes), and waits for the acknowledgement, every 50 messages
+              if (received % 50 === 1) {
+                if (how === "publish") yield* client.publish(`${topic}-out`, String(received), { qos: 1 })
+                else yield* client.subscribe(`${topic}-more/${received}`)
+                published++
+              }
+            })
           const consumer = yield* Effect.forkScoped(
             client.messages.pipe(
               Stream.takeUntil((m) => m.text === "end"),
-              Stream.runForEach((m) =>
-                Effect.gen(function*() {
-                  if (m.text === "end") return
-                  received++
-                  // the handler publishes (or subscribes), and waits for the acknowledgement, every 50 messages
-                  if (received % 50 === 1) {
-                    if (how === "publish") yield* client.publish(`${topic}-out`, String(received), { qos: 1 })
-                    else yield* client.subscribe(`${topic}-more/${received}`)
-                    published++
-                  }
-                })
-              )
+              Stream.mapEffect(handle, { concurrency }),
+              Stream.runDrain
             )
           )
           for (let i = 0; i < flood; i++) yield* publisher.publish(`${topic}/data`, String(i))
@@ -1354,6 +1366,40 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
           assert.isAtLeast(published, 1)
         })
     )
+  }
+
+  for (const version of [4, 5] as const) {
+    it.live(`${label(version)}: a slow handler that publishes with publishAccepted (nothing waits for the PUBACK) on a full queue: nothing is dropped`, () =>
+      Effect.gen(function*() {
+        const topic = unique("slow-accepted")
+        const client = yield* MqttClient.make({
+          url: broker.url,
+          protocolVersion: version,
+          queue: IncomingQueue.bounded(2),
+          logLevel: "None"
+        })
+        yield* client.subscribe(`${topic}/#`, { qos: 1 })
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+        const received: Array<string> = []
+        const consumer = yield* Effect.forkScoped(
+          client.messages.pipe(
+            Stream.takeUntil((m) => m.text === "end"),
+            Stream.runForEach((m) =>
+              Effect.gen(function*() {
+                received.push(m.text)
+                yield* client.publishAccepted(`${topic}-out`, m.text, { qos: 1 })
+                // slower than a second for the first message: its PUBACK waits behind the full queue meanwhile
+                if (received.length === 1) yield* realSleep(1500)
+              })
+            )
+          )
+        )
+        for (let i = 0; i < 10; i++) yield* publisher.publish(`${topic}/data`, String(i))
+        yield* publisher.publish(`${topic}/end`, "end", { qos: 1 })
+        yield* within("the slow handler", Fiber.join(consumer))
+        assert.deepStrictEqual(received, [...Array.from({ length: 10 }, (_, i) => String(i)), "end"])
+        assert.strictEqual(yield* client.droppedMessages, 0)
+      }))
   }
 
   it.live("a priority queue whose priority function throws: every message is delivered, the connection stays, and a warning says so", () =>

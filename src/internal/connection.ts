@@ -227,10 +227,10 @@ const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>)
  * The reader's wait for room in a full queue (nothing is read meanwhile). A close cuts it: what did not fit then
  * goes into the queues beyond their capacity (delivery.ts), and the reader reads on to the broker's close. So does a
  * SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement (`Driver.requestAwaitsAck`), when the full queues are ones
- * nothing has consumed yet (the application may wait for the SUBACK before it consumes), and any request of the
- * client waiting for its acknowledgement (`Driver.ackAwaited`) while the consumers take nothing for `STUCK_MILLIS`
- * (a handler that waits for its own publish's PUBACK takes nothing more): their QoS 1/2 leftovers go in, their
- * QoS 0 ones are dropped (`Deliveries.cutStall`), and the reader reads on to the acknowledgement.
+ * nothing has consumed yet (the application may wait for the SUBACK before it consumes), and a consumer that waits
+ * for the end of an operation of the client (`Driver.ackWaiters`: a handler that publishes with `publish`), whose
+ * acknowledgement is behind the unread messages (`stuck`): their QoS 1/2 leftovers go in, their QoS 0 ones are
+ * dropped (`Deliveries.cutStall`), and the reader reads on to the acknowledgement.
  */
 const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effect.Effect<void> => {
   c.stalled = true
@@ -239,10 +239,11 @@ const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effe
   const deliveries = driver.deliveries
   // a cut that does not happen (a consumer started meanwhile) leaves the wait to go on
   const cut = (why: "unread" | "stuck") => deliveries.cutStall(why) ? Effect.void : Effect.never
-  const cuts = [
+  const cuts: Array<Effect.Effect<void>> = [
     wait,
     Deferred.await(c.discarding),
-    Effect.flatMap(driver.ackAwaited, () => stuck(driver, () => cut("stuck")))
+    awaitingConsumer(driver, () => cut("stuck")),
+    quietConsumers(driver, () => cut("stuck"))
   ]
   if (deliveries.stalledUnread) cuts.push(Effect.flatMap(driver.requestAwaitsAck, () => cut("unread")))
   return Effect.ensuring(
@@ -254,22 +255,33 @@ const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effe
   )
 }
 
-/** How long the consumers may take nothing while a request of the client awaits its acknowledgement (see `stallOn`). */
+/**
+ * Runs `cut` as soon as the consumer of a full queue (the fiber that last pulled from it) waits for the end of an
+ * operation of the client: the acknowledgement is behind this wait, and the consumer would make room for good never.
+ */
+const awaitingConsumer = (driver: Driver, cut: () => Effect.Effect<void>): Effect.Effect<void> =>
+  Effect.suspend(() =>
+    driver.deliveries.consumerAwaits(driver.ackWaiters)
+      ? cut()
+      : Effect.flatMap(driver.waiterAdded, () => awaitingConsumer(driver, cut))
+  )
+
+/** How long the consumers may take nothing while a fiber waits for an operation of the client (see `stallOn`). */
 const STUCK_MILLIS = 1000
 
 /**
  * Runs `cut` once the consumers took nothing for `STUCK_MILLIS` (of real time: a test's clock does not move while a
- * consumer waits) with a request of the client awaiting its acknowledgement, or at once when they took nothing since
- * the last such cut.
+ * consumer waits) while a fiber waits for the end of an operation of the client, or at once when they took nothing
+ * since the last such cut: a handler in a fiber other than the one that pulls (`Stream.mapEffect` with
+ * concurrency, `Stream.groupByKey`) that waits so, the one `awaitingConsumer` cannot tell.
  */
-const stuck = (driver: Driver, cut: () => Effect.Effect<void>): Effect.Effect<void> =>
+const quietConsumers = (driver: Driver, cut: () => Effect.Effect<void>): Effect.Effect<void> =>
   Effect.suspend(() => {
-    if (driver.deliveries.stillStuck) return cut()
-    const before = driver.deliveries.takenTotal
-    return Effect.flatMap(realSleep(STUCK_MILLIS), () => {
-      if (!driver.awaitingAck) return Effect.flatMap(driver.ackAwaited, () => stuck(driver, cut))
-      return driver.deliveries.takenTotal === before ? cut() : stuck(driver, cut)
-    })
+    const deliveries = driver.deliveries
+    if (driver.ackWaiters.size > 0 && deliveries.stillStuck) return cut()
+    const before = deliveries.takenTotal
+    return Effect.flatMap(realSleep(STUCK_MILLIS), () =>
+      driver.ackWaiters.size > 0 && deliveries.takenTotal === before ? cut() : quietConsumers(driver, cut))
   })
 
 /** Sleeps on a timer of its own, not Effect's clock (which a test holds still); the timer keeps no process alive. */

@@ -7,6 +7,7 @@
  * that each copy carries its own acknowledgement.
  */
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import type * as IncomingQueue from "../IncomingQueue.ts"
 import type * as MqttError from "../MqttError.ts"
 import { MqttMessage, ReceiptKey } from "../MqttMessage.ts"
@@ -314,6 +315,7 @@ export class Deliveries {
     const queue = removed.queue
     if (queue === undefined) return
     this.droppedByGone += queue.dropped
+    this.takenByGone += queue.taken
     // ended first: a producer waiting for room that the drain wakes finds it closed (see `leftOver`), rather than
     // fill it again behind the drain
     queue.end()
@@ -435,9 +437,9 @@ export class Deliveries {
    *
    * - `"unread"`: a SUBSCRIBE or UNSUBSCRIBE awaits its acknowledgement, and nothing consumed the full queues yet
    *   (decided now, not when the wait began: a consumer that started meanwhile makes the room the wait needs);
-   * - `"stuck"`: a request awaits its acknowledgement and the consumers took nothing for a while (see `stallOn` in
-   *   connection.ts): a consumer that waits for that acknowledgement (a handler that publishes with `publish`)
-   *   would wait for good. Until they take again, the next wait is cut at once (`stillStuck`).
+   * - `"stuck"`: a consumer of the full queues waits for the end of an operation of the client, whose
+   *   acknowledgement is behind the unread messages (see `stallOn` in connection.ts): it would wait for good.
+   *   Until the consumers take again, the next wait is cut at once (`stillStuck`).
    */
   cutStall(why: "unread" | "stuck"): boolean {
     const waiting = this.waiting
@@ -454,11 +456,20 @@ export class Deliveries {
     return true
   }
 
-  /** The messages consumers took so far, from `messages` and the streams there are. */
+  /** The messages consumers took so far, from `messages` and every stream there was (it only grows). */
   get takenTotal(): number {
-    let taken = 0
+    let taken = this.takenByGone
     for (const owner of this.owners.values()) taken += owner.queue?.taken ?? 0
     return taken
+  }
+  /** what the queues of released streams had taken */
+  private takenByGone = 0
+
+  /** Whether the consumer of a queue the reader waits for room in (the fiber that last pulled) is among `waiters`. */
+  consumerAwaits(waiters: ReadonlyMap<Fiber.Fiber<unknown, unknown>, number>): boolean {
+    const waiting = this.waiting
+    if (waiting === undefined || waiters.size === 0) return false
+    return waiting.some(([queue]) => queue.puller !== undefined && waiters.has(queue.puller))
   }
 
   /** What `takenTotal` was at the last cut of a stuck wait (see `cutStall`). */
@@ -489,10 +500,10 @@ export class Deliveries {
             ? `${dropped} QoS 0 message(s) dropped: the queue was full while a SUBSCRIBE or UNSUBSCRIBE waited for ` +
               "its acknowledgement, before anything consumed the queue (consume before subscribing, or give the " +
               "queue room)"
-            : `${dropped} QoS 0 message(s) dropped, and more will be while this lasts: the queue was full and ` +
-              "nothing took from it for a second while the client's own publish, SUBSCRIBE or UNSUBSCRIBE waited " +
-              "for its acknowledgement behind the unread messages (a handler that waits for its publish's " +
-              "acknowledgement: publish with publishAccepted, or give the queue room)"
+            : `${dropped} QoS 0 message(s) dropped, and more will be while this lasts: the queue was full and its ` +
+              "consumer waited for the acknowledgement of the client's own publish, SUBSCRIBE or UNSUBSCRIBE, " +
+              "which was behind the unread messages (a handler that waits for its publish's acknowledgement: " +
+              "publish with publishAccepted, or give the queue room)"
         )
       }
     }

@@ -7,6 +7,7 @@
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import type { Deliveries } from "./delivery.ts"
 import type { Outbox } from "./outbox.ts"
 import type { InboundRecord } from "./output.ts"
@@ -35,8 +36,14 @@ export class Driver {
   readerStalled = false
   /** told when a SUBSCRIBE or UNSUBSCRIBE waits for its acknowledgement (see `requestAwaitsAck`) */
   private requestWritten: Deferred.Deferred<void> | undefined = undefined
-  /** told when any request of the client waits for its acknowledgement (see `ackAwaited`) */
-  private identifierTaken: Deferred.Deferred<void> | undefined = undefined
+  /**
+   * The fibers waiting for the end of an operation of the client (a publish's acknowledgement, a SUBACK...), each
+   * with how many it waits for: while the reader waits for room in a full queue, a consumer among them waits for
+   * good (see `stallOn` in connection.ts).
+   */
+  readonly ackWaiters = new Map<Fiber.Fiber<unknown, unknown>, number>()
+  /** told when a fiber starts waiting for an operation (see `waiterAdded`) */
+  private waiterSignal: Deferred.Deferred<void> | undefined = undefined
   /** waiters woken whose publish has not been tried again yet: room already promised to them */
   private lineWoken = 0
   private wakingLine = false
@@ -106,10 +113,6 @@ export class Driver {
       Deferred.doneUnsafe(this.requestWritten, Exit.void)
       this.requestWritten = undefined
     }
-    if (this.identifierTaken !== undefined && this.session.ids.size > 0) {
-      Deferred.doneUnsafe(this.identifierTaken, Exit.void)
-      this.identifierTaken = undefined
-    }
     return wait
   }
 
@@ -161,22 +164,26 @@ export class Driver {
     return Deferred.await(this.requestWritten)
   }
 
-  /**
-   * Completes when a request of the client waits for its acknowledgement (at once when one does): a QoS 1/2
-   * publish, a SUBSCRIBE or an UNSUBSCRIBE, each holding a packet identifier until it is acknowledged. While the
-   * reader waits for room in a full queue, that acknowledgement is behind the unread messages: a consumer that waits
-   * for it (a handler that publishes with `publish`) takes nothing more, and the wait would last for good (see
-   * `stallOn` in connection.ts).
-   */
-  get ackAwaited(): Effect.Effect<void> {
-    if (this.session.ids.size > 0) return Effect.void
-    this.identifierTaken ??= Deferred.makeUnsafe<void>()
-    return Deferred.await(this.identifierTaken)
+  /** A fiber waits for the end of an operation (see `ackWaiters`); `removeAckWaiter` when it stops waiting. */
+  addAckWaiter(fiber: Fiber.Fiber<unknown, unknown>): void {
+    this.ackWaiters.set(fiber, (this.ackWaiters.get(fiber) ?? 0) + 1)
+    if (this.waiterSignal !== undefined) {
+      Deferred.doneUnsafe(this.waiterSignal, Exit.void)
+      this.waiterSignal = undefined
+    }
   }
 
-  /** Whether a request of the client still waits for its acknowledgement (see `ackAwaited`). */
-  get awaitingAck(): boolean {
-    return this.session.ids.size > 0
+  removeAckWaiter(fiber: Fiber.Fiber<unknown, unknown>): void {
+    const count = this.ackWaiters.get(fiber)
+    if (count === undefined) return
+    if (count <= 1) this.ackWaiters.delete(fiber)
+    else this.ackWaiters.set(fiber, count - 1)
+  }
+
+  /** Completes when a fiber next starts waiting for the end of an operation. */
+  get waiterAdded(): Effect.Effect<void> {
+    this.waiterSignal ??= Deferred.makeUnsafe<void>()
+    return Deferred.await(this.waiterSignal)
   }
 
   stalled(stalled: boolean): void {

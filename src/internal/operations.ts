@@ -4,6 +4,7 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as MqttClient from "../MqttClient.ts"
@@ -34,17 +35,32 @@ export interface Context {
 /** How long releasing a `subscription` waits for the broker's UNSUBACK before it lets go anyway. */
 const RELEASE_TIMEOUT = Duration.seconds(5)
 
-/** Waits until the session ends an operation; the caller that gives up runs `withdraw`. */
+/**
+ * Waits until the session ends an operation; the caller that gives up runs `withdraw`. The waiting fiber is one of
+ * the driver's `ackWaiters` meanwhile (a consumer that waits so while the reader waits for room would wait for
+ * good), unless `driver` is undefined (a release, which no consumer waits for).
+ */
 const awaitOperation = <O extends Operation>(
   operation: O,
-  withdraw: (operation: O) => void
+  withdraw: (operation: O) => void,
+  driver: Driver | undefined
 ): Effect.Effect<O, MqttError.MqttError> =>
   Effect.callback<O, MqttError.MqttError>((resume) => {
     const result = () =>
       resume(operation.error === undefined ? Effect.succeed(operation) : Effect.fail(operation.error))
     if (operation.done) return result()
-    operation.listener = result
+    const fiber = driver === undefined ? undefined : Fiber.getCurrent()
+    if (fiber === undefined) {
+      operation.listener = result
+    } else {
+      driver!.addAckWaiter(fiber)
+      operation.listener = () => {
+        driver!.removeAckWaiter(fiber)
+        result()
+      }
+    }
     return Effect.sync(() => {
+      if (fiber !== undefined) driver!.removeAckWaiter(fiber)
       operation.listener = undefined
       withdraw(operation)
     })
@@ -211,7 +227,7 @@ const publishPrepared = (ctx: Context, message: OutgoingMessage): Effect.Effect<
   return Effect.asVoid(awaitOperation(result, (entry) => {
     session.outgoing.withdraw(entry, driver.out)
     driver.drain()
-  }))
+  }, driver))
 }
 
 export const publishAccepted = (ctx: Context) =>
@@ -265,7 +281,7 @@ const acceptPrepared = (
   }
   if (MqttError.isMqttError(result)) return Effect.fail(result)
   if (result.done && result.error !== undefined) return Effect.fail(result.error)
-  const acknowledged = result.done ? Effect.void : Effect.asVoid(awaitOperation(result, noWithdraw))
+  const acknowledged = result.done ? Effect.void : Effect.asVoid(awaitOperation(result, noWithdraw, driver))
   const journal = driver.journal
   if (journal === undefined) return Effect.succeed(acknowledged)
   return journal.stored.pipe(
@@ -388,7 +404,7 @@ export const subscribeAs = (
     const request = ctx.session.subscribe(owner, specs, identifier, options?.userProperties, ctx.driver.out)
     ctx.driver.drain()
     if (MqttError.isMqttError(request)) return Effect.fail(request)
-    return Effect.flatMap(awaitOperation(request, noWithdraw), (done) => granted(done, specs))
+    return Effect.flatMap(awaitOperation(request, noWithdraw, ctx.driver), (done) => granted(done, specs))
   })
 
 const granted = (request: Request, specs: ReadonlyArray<FilterSpec>) => {
@@ -436,7 +452,7 @@ export const unsubscribeAs = (
     ctx.driver.drain()
     if (request === undefined) return Effect.void
     if (MqttError.isMqttError(request)) return Effect.fail(request)
-    return Effect.flatMap(awaitOperation(request, noWithdraw), (done) => {
+    return Effect.flatMap(awaitOperation(request, noWithdraw, ctx.driver), (done) => {
       const index = done.codes.findIndex((code) => code >= 0x80)
       if (index < 0) return Effect.void
       return Effect.fail(
@@ -507,7 +523,7 @@ export const release = (ctx: Context, owner: number): Effect.Effect<void> =>
     ctx.driver.drain()
     if (request === undefined) return Effect.void
     return Effect.raceFirst(
-      Effect.ignore(awaitOperation(request, noWithdraw)),
+      Effect.ignore(awaitOperation(request, noWithdraw, undefined)),
       ctx.supervisor.awaitOffline
     ).pipe(Effect.timeoutOption(RELEASE_TIMEOUT), Effect.asVoid)
   })

@@ -10,6 +10,7 @@
  */
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import type * as Order from "effect/Order"
 import * as Stream from "effect/Stream"
 
@@ -297,7 +298,11 @@ export class MessageQueue<A, E> {
     return Effect.flatMap(this.waitFor("takers"), () => this.take)
   })
 
+  /** the fiber that last pulled from the stream: the consumer (see `Driver.ackWaiters`) */
+  puller: Fiber.Fiber<unknown, unknown> | undefined = undefined
+
   private readonly pull: Effect.Effect<readonly [A], E | Cause.Done> = Effect.suspend(() => {
+    this.puller = Fiber.getCurrent()
     const item = this.poll()
     return item !== undefined ? Effect.succeed([item] as const) : Effect.map(this.take, (a) => [a] as const)
   })
