@@ -456,6 +456,20 @@ describe("publishing", () => {
       })
   )
 
+  it.live("the acknowledgement publishAccepted returns, awaited by two fibers at once (one of them interrupted): the other completes at the PUBACK", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* connect()
+      const acknowledged = yield* client.publishAccepted("t", "x", { qos: 1 })
+      const one = yield* Effect.forkChild(acknowledged, { startImmediately: true })
+      const two = yield* Effect.forkChild(acknowledged, { startImmediately: true })
+      const three = yield* Effect.forkChild(acknowledged, { startImmediately: true })
+      const publish = yield* connection.expect("publish")
+      yield* Fiber.interrupt(three)
+      yield* connection.send({ cmd: "puback", messageId: publish.messageId! })
+      yield* Fiber.join(one)
+      yield* Fiber.join(two)
+    }))
+
   it.live(
     "packet identifiers are never reused while in flight; the 65,536th QoS 1 publish waits for a free one",
     () =>

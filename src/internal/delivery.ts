@@ -500,10 +500,11 @@ export class Deliveries {
             ? `${dropped} QoS 0 message(s) dropped: the queue was full while a SUBSCRIBE or UNSUBSCRIBE waited for ` +
               "its acknowledgement, before anything consumed the queue (consume before subscribing, or give the " +
               "queue room)"
-            : `${dropped} QoS 0 message(s) dropped, and more will be while this lasts: the queue was full and its ` +
-              "consumer waited for the acknowledgement of the client's own publish, SUBSCRIBE or UNSUBSCRIBE, " +
-              "which was behind the unread messages (a handler that waits for its publish's acknowledgement: " +
-              "publish with publishAccepted, or give the queue room)"
+            : `${dropped} QoS 0 message(s) dropped, and more will be while this lasts: the queue was full while ` +
+              "its consumer waited (or nothing took from it for a second while a fiber waited) for the " +
+              "acknowledgement of the client's own publish, SUBSCRIBE or UNSUBSCRIBE, behind the unread messages " +
+              "(a handler that waits for its publish's acknowledgement: publish with publishAccepted, or give the " +
+              "queue room)"
         )
       }
     }

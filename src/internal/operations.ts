@@ -50,21 +50,54 @@ const awaitOperation = <O extends Operation>(
       resume(operation.error === undefined ? Effect.succeed(operation) : Effect.fail(operation.error))
     if (operation.done) return result()
     const fiber = driver === undefined ? undefined : Fiber.getCurrent()
-    if (fiber === undefined) {
-      operation.listener = result
-    } else {
-      driver!.addAckWaiter(fiber)
-      operation.listener = () => {
-        driver!.removeAckWaiter(fiber)
-        result()
-      }
+    if (fiber !== undefined) driver!.addAckWaiter(fiber)
+    const listener = fiber === undefined ? result : () => {
+      driver!.removeAckWaiter(fiber)
+      result()
     }
+    listen(operation, listener)
     return Effect.sync(() => {
       if (fiber !== undefined) driver!.removeAckWaiter(fiber)
-      operation.listener = undefined
-      withdraw(operation)
+      // the last to give up withdraws the operation (an acknowledgement effect may be awaited by several fibers)
+      if (unlisten(operation, listener)) withdraw(operation)
     })
   })
+
+/** The listeners of operations that more than one fiber waits for (see `listen`). */
+const listeners = new WeakMap<Operation, Set<() => void>>()
+
+/** Adds a listener to an operation: its only one (the usual case), or one of a set called in turn. */
+const listen = (operation: Operation, listener: () => void): void => {
+  const current = operation.listener
+  if (current === undefined) {
+    operation.listener = listener
+    return
+  }
+  let set = listeners.get(operation)
+  if (set === undefined) {
+    const all = new Set([current])
+    listeners.set(operation, set = all)
+    operation.listener = () => {
+      for (const f of [...all]) f()
+    }
+  }
+  set.add(listener)
+}
+
+/** Removes a listener; returns whether none is left. */
+const unlisten = (operation: Operation, listener: () => void): boolean => {
+  if (operation.listener === listener) {
+    operation.listener = undefined
+    return true
+  }
+  const set = listeners.get(operation)
+  if (set === undefined) return operation.listener === undefined
+  set.delete(listener)
+  if (set.size > 0) return false
+  listeners.delete(operation)
+  operation.listener = undefined
+  return true
+}
 
 const noWithdraw = () => {}
 
