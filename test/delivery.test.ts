@@ -1310,6 +1310,20 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
       }))
   }
 
+  /** A client with a queue of `capacity` subscribed to `filter` at QoS 1, and a publisher. */
+  const queueAndPublisher = (version: Version, capacity: number, filter: string) =>
+    Effect.gen(function*() {
+      const client = yield* MqttClient.make({
+        url: broker.url,
+        protocolVersion: version,
+        queue: IncomingQueue.bounded(capacity),
+        logLevel: "None"
+      })
+      yield* client.subscribe(filter, { qos: 1 })
+      const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+      return { client, publisher }
+    })
+
   const handlers = [
     [4, "publish", 1],
     [5, "publish", 1],
@@ -1330,14 +1344,7 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
         Effect.gen(function*() {
           const topic = unique("handler-publishes")
           const flood = 3000
-          const client = yield* MqttClient.make({
-            url: broker.url,
-            protocolVersion: version,
-            queue: IncomingQueue.bounded(16),
-            logLevel: "None"
-          })
-          yield* client.subscribe(`${topic}/#`, { qos: 1 })
-          const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          const { client, publisher } = yield* queueAndPublisher(version, 16, `${topic}/#`)
           let received = 0
           let published = 0
           const handle = (m: MqttMessage.MqttMessage) =>
@@ -1372,14 +1379,7 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
     it.live(`${label(version)}: a slow handler that publishes with publishAccepted (nothing waits for the PUBACK) on a full queue: nothing is dropped`, () =>
       Effect.gen(function*() {
         const topic = unique("slow-accepted")
-        const client = yield* MqttClient.make({
-          url: broker.url,
-          protocolVersion: version,
-          queue: IncomingQueue.bounded(2),
-          logLevel: "None"
-        })
-        yield* client.subscribe(`${topic}/#`, { qos: 1 })
-        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+        const { client, publisher } = yield* queueAndPublisher(version, 2, `${topic}/#`)
         const received: Array<string> = []
         const consumer = yield* Effect.forkScoped(
           client.messages.pipe(
