@@ -364,8 +364,6 @@ export class Deliveries {
       bytes[1] =
       bytes[2] =
         0
-    // which messages `messages` has a copy of matters only for the leftovers of streams it would take
-    const pairing = this.owners.size > 1 && this.takesLeftovers
     for (let i = 0; i < deliveries.length; i++) {
       const { message, owners, record } = deliveries[i]
       counts[message.qos]++
@@ -373,7 +371,7 @@ export class Deliveries {
       // whether `messages` takes this message already: one copy is enough there
       let toMessages = owners.includes(MESSAGES)
       // `messages` takes this PUBLISH too: a stream's copy is not handed there again (see `onMessagesToo`)
-      const ownCopy = pairing && toMessages
+      const ownCopy = toMessages && owners.length > 1
       for (let j = 0; j < owners.length; j++) {
         const copy = j === 0 ? message : copyOf(message)
         if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink)
