@@ -217,6 +217,61 @@ describe("pub -l across a broker restart", () => {
   })
 })
 
+describe("-c and -x: a session kept between runs (as mosquitto_sub)", () => {
+  /** Subscribes with `args` and exits at once (-W), then mosquitto_pub sends three QoS 1 messages meanwhile. */
+  const subscribeThenPublish = async (topic: string, args: ReadonlyArray<string>) => {
+    const first = await runCli(["sub", "--url", url(), "-t", topic, "-q", "1", "-W", "0.5", ...args])
+    assert.strictEqual(first.code, 0, first.stderr)
+    for (const text of ["m1", "m2", "m3"]) {
+      const published = await mosquittoPub(["-p", port(), "-t", topic, "-m", text, "-q", "1"])
+      assert.strictEqual(published.code, 0, published.stderr)
+    }
+  }
+  /** The next run with `args`: what it prints within 3 s, and its `--debug` CONNACK line. */
+  const nextRun = async (topic: string, args: ReadonlyArray<string>) => {
+    const result = await runCli(["sub", "--url", url(), "-d", "-t", topic, "-q", "1", "-W", "3", ...args])
+    assert.strictEqual(result.code, 0, result.stderr)
+    return { messages: lines(result.stdout), connack: lines(result.stderr).find((l) => l.includes("connected as")) }
+  }
+
+  for (const version of ["4", "5"]) {
+    it(`MQTT ${version === "5" ? "5" : "3.1.1"}: -c -i keeps the subscription, what arrives meanwhile and what a run did not print; without -c the next run starts anew`, async () => {
+      const kept = uniqueTopic("kept")
+      const id = `cli-kept-${runId}-${version}`
+      await subscribeThenPublish(kept, ["-V", version, "-c", "-i", id])
+      const resumed = await nextRun(kept, ["-V", version, "-c", "-i", id, "-C", "1"])
+      assert.deepStrictEqual(resumed.messages, ["m1"])
+      assert.match(resumed.connack ?? "", /session present: yes/)
+      // what the run before did not print was not acknowledged: it comes again
+      const rest = await nextRun(kept, ["-V", version, "-c", "-i", id, "-C", "2"])
+      assert.deepStrictEqual(rest.messages, ["m2", "m3"])
+
+      const clean = uniqueTopic("clean")
+      await subscribeThenPublish(clean, ["-V", version, "-i", `${id}-clean`])
+      const fresh = await nextRun(clean, ["-V", version, "-i", `${id}-clean`])
+      assert.deepStrictEqual(fresh.messages, [])
+      assert.match(fresh.connack ?? "", /session present: no/)
+    })
+  }
+
+  it("MQTT 5: -c -x 0 asks the broker to end the session when the connection ends: nothing is kept", async () => {
+    const topic = uniqueTopic("expired")
+    const id = `cli-expiry-${runId}`
+    await subscribeThenPublish(topic, ["-V", "5", "-c", "-x", "0", "-i", id])
+    const next = await nextRun(topic, ["-V", "5", "-c", "-i", id])
+    assert.deepStrictEqual(next.messages, [])
+    assert.match(next.connack ?? "", /session present: no/)
+  })
+
+  it("MQTT 5: -x -1 (never) keeps the session without -c's Clean Start 0 on the first run", async () => {
+    const topic = uniqueTopic("never")
+    const id = `cli-never-${runId}`
+    await subscribeThenPublish(topic, ["-V", "5", "-x", "-1", "-i", id])
+    const next = await nextRun(topic, ["-V", "5", "-c", "-i", id])
+    assert.deepStrictEqual(next.messages, ["m1", "m2", "m3"])
+  })
+})
+
 describe("mosquitto_pub -> sub", () => {
   for (const qos of qosLevels) {
     it(`QoS ${qos}: sub --format json shows the message at QoS ${qos}`, async () => {
@@ -527,7 +582,11 @@ describe("exit codes", () => {
       [["sub", "-t", "t", "--url", "foo://host"], /Invalid option "url"/],
       [["sbu", "-t", "t"], /unknown command "sbu" \(did you mean sub\?\)/],
       [["sub", "-t", "t", "-p", "99999"], /--port 99999: a TCP port is 1 to 65535/],
-      [["pub", "-t", "t", "-m", "x", "-h", "localhost", "-p", "0"], /--port 0: a TCP port is 1 to 65535/]
+      [["pub", "-t", "t", "-m", "x", "-h", "localhost", "-p", "0"], /--port 0: a TCP port is 1 to 65535/],
+      [["sub", "-t", "t", "-c"], /-c needs a client identifier \(-i or \$MQTT_CLIENT_ID\)/],
+      [["sub", "-t", "t", "-i", "x", "-x", "10"], /-x needs MQTT 5: add --protocol 5/],
+      [["sub", "-V", "5", "-t", "t", "-i", "x", "-x", "soon"], /-x soon: seconds from 0 to 4294967294, or never/],
+      [["pub", "-V", "5", "-t", "t", "-m", "x", "-x", "4294967296"], /-x 4294967296: seconds from 0/]
     ]
     for (const [args, pattern] of cases) {
       const result = await runCli(args.includes("--url") || args.includes("-p") ? args : [...args, "--url", url()])

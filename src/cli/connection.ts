@@ -102,6 +102,24 @@ export const connectionFlags = {
     Flag.withDescription("Do not verify the broker's certificate and host name. INSECURE: for tests only"),
     Flag.withDefault(false)
   ),
+  disableCleanSession: Flag.Boolean("disable-clean-session").pipe(
+    Flag.withAlias("c"),
+    Flag.withoutNegation,
+    Flag.withDescription(
+      "Keep the session after the connection ends (as mosquitto_sub -c): the subscriptions, and the QoS 1/2 " +
+        "messages that arrive meanwhile, come back at the next run with the same -i. MQTT 3.1.1: Clean Session 0; " +
+        "MQTT 5: Clean Start 0 and a session that never expires unless -x. Needs -i (or $MQTT_CLIENT_ID)"
+    ),
+    Flag.withDefault(false)
+  ),
+  sessionExpiryInterval: Flag.String("session-expiry-interval").pipe(
+    Flag.withAlias("x"),
+    Flag.withDescription(
+      "MQTT 5: seconds the broker keeps the session after the connection ends: 0 to 4294967294, or never " +
+        "(also -1, 4294967295, inf). Default: never with -c, else 0"
+    ),
+    Flag.optional
+  ),
   debug: Flag.Boolean("debug").pipe(
     Flag.withAlias("d"),
     Flag.withDescription("Print connection events (connected, subscribed, lost, reconnecting) on standard error"),
@@ -156,11 +174,14 @@ export const clientOptions = Effect.fnUntraced(function*(
   // 3 (MQTT 3.1) is passed through for a client that supports it; until then the client refuses it with its own
   // InvalidOptionError, which the command line reports as a usage error.
   const protocolVersion = Option.getOrUndefined(flags.protocol) ?? env.protocolVersion
-  if (mqtt5Flags.length > 0 && protocolVersion !== 5) {
+  const v5Only = Option.isSome(flags.sessionExpiryInterval) ? [...mqtt5Flags, "-x"] : mqtt5Flags
+  if (v5Only.length > 0 && protocolVersion !== 5) {
     return yield* new UsageError({
-      message: `${mqtt5Flags.join(", ")} need${mqtt5Flags.length === 1 ? "s" : ""} MQTT 5: add --protocol 5`
+      message: `${v5Only.join(", ")} need${v5Only.length === 1 ? "s" : ""} MQTT 5: add --protocol 5`
     })
   }
+  const clientId = Option.getOrUndefined(flags.clientId) ?? env.clientId
+  const session = yield* sessionOptions(flags, clientId, protocolVersion === 5)
   const username = Option.getOrUndefined(flags.username) ?? env.username
   const fromUrl = userInfo(url)
   let password = Option.getOrUndefined(flags.password) ?? env.password
@@ -171,7 +192,8 @@ export const clientOptions = Effect.fnUntraced(function*(
   return {
     ...env,
     url,
-    clientId: Option.getOrUndefined(flags.clientId) ?? env.clientId,
+    clientId,
+    ...session,
     username,
     password,
     protocolVersion: protocolVersion as MqttClient.Options["protocolVersion"],
@@ -179,6 +201,46 @@ export const clientOptions = Effect.fnUntraced(function*(
     tls
   } satisfies MqttClient.Options
 })
+
+/** The largest Session Expiry Interval, which MQTT 5 reads as "never expires" (§3.1.2.11.2). */
+const NEVER_EXPIRES = 4294967295
+
+/**
+ * `-c` and `-x` as mosquitto_sub reads them: `-c` keeps the session (and needs a client identifier a later run can
+ * give again); on MQTT 5 its Session Expiry Interval is `-x`, else one that never ends.
+ */
+const sessionOptions = (
+  flags: ConnectionFlags,
+  clientId: string | undefined,
+  v5: boolean
+): Effect.Effect<{ readonly cleanStart?: false; readonly sessionExpiryInterval?: number }, UsageError> => {
+  const keep = flags.disableCleanSession
+  if (keep && clientId === undefined) {
+    return Effect.fail(
+      new UsageError({
+        message: "-c needs a client identifier (-i or $MQTT_CLIENT_ID): a generated one cannot resume the session"
+      })
+    )
+  }
+  const text = Option.getOrUndefined(flags.sessionExpiryInterval)
+  const seconds = text === undefined ? (keep && v5 ? NEVER_EXPIRES : undefined) : expirySeconds(text)
+  if (Number.isNaN(seconds)) {
+    return Effect.fail(
+      new UsageError({ message: `-x ${text}: seconds from 0 to 4294967294, or never (also -1, 4294967295, inf)` })
+    )
+  }
+  return Effect.succeed({
+    ...(keep ? { cleanStart: false as const } : {}),
+    ...(seconds === undefined ? {} : { sessionExpiryInterval: seconds })
+  })
+}
+
+/** The seconds of `-x`: never (-1, 4294967295, inf, ∞) is the largest interval; NaN when malformed. */
+const expirySeconds = (text: string): number => {
+  const value = text.trim().toLowerCase()
+  if (["never", "-1", "inf", "infinity", "∞"].includes(value)) return NEVER_EXPIRES
+  return /^\d+$/.test(value) && Number(value) <= NEVER_EXPIRES ? Number(value) : NaN
+}
 
 /** `base` with the defined settings of `override` on top; `undefined` when nothing at all is set. */
 const mergeDefined = <A extends object>(base: A | undefined, override: A): A | undefined => {
