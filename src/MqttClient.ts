@@ -984,6 +984,9 @@ const protocolVersions: Record<string, 3 | 4 | 5> = {
  * | `MQTT_TLS_ALPN` | `tls.alpnProtocols` (comma-separated) |
  * | `MQTT_TLS_INSECURE_SKIP_VERIFY` | `tls.insecureSkipVerify` (`true` or `false`; insecure) |
  *
+ * An empty variable counts as unset (Effect's `ConfigProvider.fromEnv`), as `${VAR}` of an unset variable leaves
+ * it in a docker compose file.
+ *
  * A TLS variable with an `mqtt://` or `ws://` URL is refused rather than ignored: {@link layerConfig} fails with an
  * `InvalidOptionError` whose `option` is the variable (`MQTT_CA_FILE`).
  *

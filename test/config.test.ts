@@ -77,6 +77,45 @@ describe("layerConfig", () => {
       assert(Exit.isFailure(unknown))
     }))
 
+  it.effect("an empty variable counts as unset (docker compose's `${VAR}` of an unset variable): the defaults hold, no TLS", () =>
+    Effect.gen(function*() {
+      const empty = Object.fromEntries(
+        [
+          "MQTT_URL",
+          "MQTT_CLIENT_ID",
+          "MQTT_USERNAME",
+          "MQTT_PASSWORD",
+          "MQTT_PROTOCOL_VERSION",
+          "MQTT_KEEPALIVE",
+          "MQTT_CONNECT_TIMEOUT",
+          "MQTT_CA_FILE",
+          "MQTT_CERT_FILE",
+          "MQTT_KEY_FILE",
+          "MQTT_KEY_PASSPHRASE",
+          "MQTT_TLS_SERVERNAME",
+          "MQTT_TLS_MIN_VERSION",
+          "MQTT_TLS_ALPN",
+          "MQTT_TLS_INSECURE_SKIP_VERIFY"
+        ].map((name) => [name, ""])
+      )
+      const options = yield* Effect.provide(
+        Effect.gen(function*() {
+          return yield* MqttClient.config
+        }),
+        ConfigProvider.layer(ConfigProvider.fromEnv({ env: empty }))
+      )
+      expect(options).toEqual({
+        url: "mqtt://localhost:1883",
+        clientId: undefined,
+        username: undefined,
+        password: undefined,
+        protocolVersion: undefined,
+        keepAlive: undefined,
+        connectTimeout: undefined,
+        tls: undefined
+      })
+    }))
+
   it.live("an invalid variable is a ConfigError naming it, and the password never shows in it", () =>
     Effect.gen(function*() {
       const layer = MqttClient.layerConfig().pipe(
