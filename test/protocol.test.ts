@@ -1105,6 +1105,44 @@ describe("MQTT 5 enhanced authentication", () => {
       expect((yield* connection.expect("disconnect")).reasonCode).toBe(0x82)
     }))
 
+  it.live("a successful CONNACK must repeat the CONNECT's method [MQTT-4.12.0-5] and carry none when none was sent [MQTT-4.12.0-6]: else a ProtocolError and DISCONNECT 0x82", () =>
+    Effect.gen(function*() {
+      const cases: ReadonlyArray<readonly [string, MqttClient.Authentication | undefined, string | undefined, RegExp]> =
+        [
+          ["no method", auth, undefined, /without the CONNECT's Authentication Method "TEST-SCRAM"/],
+          ["another method", auth, "OTHER", /Authentication Method "OTHER", not the CONNECT's "TEST-SCRAM"/],
+          ["a method never asked for", undefined, "TEST-SCRAM", /but the CONNECT asked for no authentication/]
+        ]
+      for (const [what, withAuth, method, reason] of cases) {
+        const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+        const fiber = yield* Effect.forkChild(Effect.flip(
+          MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, ...(withAuth ? { auth } : {}) })
+        ))
+        const connection = yield* broker.accept
+        yield* connection.expect("connect")
+        yield* connection.connack(method === undefined ? {} : { properties: { authenticationMethod: method } })
+        const error = yield* Fiber.join(fiber)
+        assert(error instanceof MqttError.ProtocolError, `${what}: ${String(error)}`)
+        expect(error.message, what).toMatch(reason)
+        expect((yield* connection.expect("disconnect")).reasonCode, what).toBe(0x82)
+      }
+    }))
+
+  it.live("an AUTH without a method is a protocol error that names the method expected", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, auth }))
+      )
+      const connection = yield* broker.accept
+      yield* connection.expect("connect")
+      yield* connection.sendRaw(Uint8Array.of(0xf0, 0x02, 0x18, 0x00))
+      const error = yield* Fiber.join(fiber)
+      assert(error instanceof MqttError.ProtocolError)
+      expect(error.message).toMatch(/an AUTH without the CONNECT's Authentication Method "TEST-SCRAM"/)
+      expect((yield* connection.expect("disconnect")).reasonCode).toBe(0x82)
+    }))
+
   it.live("auth on MQTT 3.1.1 is an InvalidOptionError", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(MqttClient.make({ url: "mqtt://127.0.0.1:1", auth }))

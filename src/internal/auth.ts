@@ -55,7 +55,12 @@ const answerOne = (
     return Effect.fail(violation(version, "an AUTH packet, but the client asked for no authentication"))
   }
   if (packet.authenticationMethod !== auth.method) {
-    return Effect.fail(violation(version, `an AUTH for method "${packet.authenticationMethod}"`))
+    return Effect.fail(violation(
+      version,
+      packet.authenticationMethod === undefined
+        ? `an AUTH without the CONNECT's Authentication Method "${auth.method}" [MQTT-4.12.0-5]`
+        : `an AUTH for method "${packet.authenticationMethod}", not the CONNECT's "${auth.method}" [MQTT-4.12.0-5]`
+    ))
   }
   if (packet.reasonCode === 0x18) {
     return Effect.flatMap(

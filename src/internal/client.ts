@@ -106,7 +106,8 @@ const sessionOf = (o: Resolved): Session =>
     offlineQos0: o.offlineQos0,
     offlineRequests: o.offlineRequests,
     overlapping: o.overlapping,
-    strictReceiveMaximum: o.strictReceiveMaximum
+    strictReceiveMaximum: o.strictReceiveMaximum,
+    authenticationMethod: o.protocolVersion === 5 ? o.auth?.method : undefined
   })
 
 /**

@@ -49,6 +49,23 @@ export interface SessionConfig {
   readonly strictReceiveMaximum: boolean
   /** how the broker delivers a message matching several subscriptions that name no identifier */
   readonly overlapping: "single-copy" | "copy-per-subscription"
+  /** MQTT 5: the Authentication Method of CONNECT (enhanced authentication), which a successful CONNACK repeats */
+  readonly authenticationMethod?: string | undefined
+}
+
+/**
+ * Why a successful CONNACK's Authentication Method is wrong, or `undefined`: it must repeat the CONNECT's
+ * [MQTT-4.12.0-5], and a CONNACK must carry none when the CONNECT had none [MQTT-4.12.0-6].
+ */
+const authMethodProblem = (sent: string | undefined, received: string | undefined): string | undefined => {
+  if (sent === received) return undefined
+  if (sent === undefined) {
+    return `a CONNACK with Authentication Method "${received}", but the CONNECT asked for no authentication ` +
+      `[MQTT-4.12.0-6]`
+  }
+  return received === undefined
+    ? `a successful CONNACK without the CONNECT's Authentication Method "${sent}" [MQTT-4.12.0-5]`
+    : `a successful CONNACK with Authentication Method "${received}", not the CONNECT's "${sent}" [MQTT-4.12.0-5]`
 }
 
 /** What `publish` returns besides an entry to wait for: the client is full while offline. */
@@ -144,6 +161,11 @@ export class Session {
       return undefined
     }
     const p = connack.properties
+    const method = authMethodProblem(this.config.authenticationMethod, p.authenticationMethod)
+    if (method !== undefined) {
+      out.fail(violation(version, method))
+      return undefined
+    }
     if (p.assignedClientIdentifier !== undefined && p.assignedClientIdentifier !== this.clientId) {
       // a server assigns one only for a CONNECT with an empty Client Identifier [MQTT 5 3.2.2.3.7]: the CONNECT
       // carried `this.clientId`, so a client that sent its own keeps it
