@@ -1762,6 +1762,56 @@ describe.concurrent("SIGINT and SIGTERM end a process whatever its client is doi
   }
 })
 
+describe("acknowledgements that cross the broker's resend after a reconnect", () => {
+  for (const version of versions) {
+    it.live(
+      `${
+        label(version)
+      }: QoS 2 messages taken while the broker restarts (Mosquitto from its persistence) are delivered once: a PUBREC it answers with PUBREL before sending the PUBLISH again does not make that resend a new message`,
+      () =>
+        Effect.gen(function*() {
+          const broker = yield* mosquitto({ persistence: true, protocolConfig: "max_queued_messages 10000" })
+          const topic = unique("crossing")
+          const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          const client = yield* MqttClient.make({
+            url: broker.url,
+            ...persistent(version, unique("crossing-sub")),
+            queue: IncomingQueue.bounded(16),
+            reconnect: Schedule.spaced("50 millis")
+          })
+          yield* client.subscribe(topic, { qos: 2 })
+          const payloads = numbered(60)
+          yield* Effect.forEach(payloads, (payload) => publisher.publish(topic, payload, { qos: 2 }), {
+            discard: true
+          })
+          // a slow consumer: the broker's in-flight window (20) waits in the client's queue
+          const seen: Array<string> = []
+          yield* Effect.forkScoped(
+            Stream.runForEach(client.messages, (message) =>
+              Effect.andThen(realSleep(20), Effect.sync(() => seen.push(message.text))))
+          )
+          yield* eventually(
+            "a few handled",
+            Effect.sync(() =>
+              seen.length >= 5
+            )
+          )
+          // the broker stops (writing its persistence) while the consumer goes on taking what it holds: those
+          // records are acknowledged (PUBREC) on the next connection, before the broker sends them again
+          yield* Effect.promise(() => broker.stop())
+          yield* realSleep(800)
+          yield* Effect.promise(() => broker.restart())
+          yield* eventually("all 60 handled", Effect.sync(() => new Set(seen).size === payloads.length))
+          // what comes late would be a second delivery
+          yield* realSleep(1500)
+          const twice = seen.filter((text, i) => seen.indexOf(text) !== i)
+          assert.deepStrictEqual(twice, [], `delivered twice; broker log:\n${broker.logs().slice(-3000)}`)
+          assert.strictEqual(seen.length, payloads.length)
+        }).pipe(Effect.scoped)
+    )
+  }
+})
+
 describe("a killed process gets its unacknowledged messages again, and release ends with a frozen broker", () => {
   let broker: MosquittoHandle
   beforeAll(async () => {

@@ -593,6 +593,70 @@ describe("session: inbound messages", () => {
     expect(h.errors).toEqual([])
   })
 
+  it("a QoS 2 resend that comes after its flow ended on the resumed connection (Mosquitto restarted: PUBREL first) is answered, not delivered again", () => {
+    for (const version of [4, 5] as const) {
+      const h = new Harness({ protocolVersion: version, cleanStart: false })
+      h.connect()
+      h.receive(publish("a/b", "one", 2, 7))
+      h.lose(lost)
+      h.takeAll()
+      h.connect(true)
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 7]])
+      // the broker answers the PUBREC before it sends the message again
+      h.receive(ack("Pubrel", 7))
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubcomp", 7]])
+      h.receive(publish("a/b", "one", 2, 7, { dup: true }))
+      expect(h.delivered).toEqual([])
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 7]])
+      h.receive(ack("Pubrel", 7))
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubcomp", 7]])
+      // the same identifier without DUP is a new message
+      h.receive(publish("a/b", "two", 2, 7))
+      expect(h.delivered.map((d) => d.message.text)).toEqual(["two"])
+      expect(h.errors).toEqual([])
+    }
+  })
+
+  it("a message of an earlier connection acknowledged later on the resumed one (behind another) is still not delivered twice by a crossing resend", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    h.receive(publish("a/b", "one", 1, 1))
+    h.receive(publish("a/b", "two", 2, 2))
+    h.lose(lost)
+    h.connect(true)
+    // nothing taken yet: nothing acknowledged; then both are taken on the new connection, before the resends come
+    expect(h.take()).toEqual([])
+    h.takeAll()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 1], ["pubrec", 2]])
+    h.receive(ack("Pubrel", 2))
+    h.receive(publish("a/b", "one", 1, 1, { dup: true }))
+    h.receive(publish("a/b", "two", 2, 2, { dup: true }))
+    expect(h.delivered).toEqual([])
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubcomp", 2], ["puback", 1], [
+      "pubrec",
+      2
+    ]])
+  })
+
+  it("what crossed on one connection is forgotten at the next: a resend there under the same identifier is delivered", () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    h.connect()
+    h.receive(publish("a/b", "one", 1, 1))
+    h.receive(publish("a/b", "two", 2, 2))
+    h.lose(lost)
+    h.takeAll()
+    h.connect(true)
+    h.receive(ack("Pubrel", 2))
+    h.take()
+    // no resend came on that connection; on the next one the broker resends messages that the client never got
+    // (their first sending was lost with the connection): new, delivered
+    h.lose(lost)
+    h.connect(true)
+    h.receive(publish("a/b", "three", 1, 1, { dup: true }))
+    h.receive(publish("a/b", "four", 2, 2, { dup: true }))
+    expect(h.delivered.map((d) => d.message.text)).toEqual(["three", "four"])
+  })
+
   it("taken while offline and the broker lost the session: nothing is acknowledged on the new connection", () => {
     const h = new Harness({ protocolVersion: 4, cleanStart: false })
     h.connect()

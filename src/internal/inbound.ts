@@ -27,8 +27,20 @@ export class Inbound {
   /** QoS 2 identifiers whose PUBREC was sent: a resent PUBLISH is answered, not delivered, until PUBREL */
   private readonly awaitingRelease = new Set<number>()
   private releasing = 0
-  /** QoS 1 identifiers acknowledged right after a reconnect: the broker's resend may cross the PUBACK */
-  private readonly ackedOnResume = new Set<number>()
+  /**
+   * QoS 1 identifiers acknowledged on this connection for a PUBLISH that came on an earlier one: the broker's
+   * resend may cross the PUBACK. Only for this connection: a later resend under the identifier is another message.
+   */
+  private readonly ackedAcross = new Set<number>()
+  /**
+   * The same for QoS 2: identifiers acknowledged (PUBREC) on this connection for a PUBLISH of an earlier one, or
+   * awaiting PUBREL when it began. The broker's resend may cross the PUBREC, and the flow may even end first:
+   * Mosquitto restarted from its persistence answers such a PUBREC with PUBREL, and then sends the PUBLISH again.
+   * A resend (DUP) of one of them is answered again, never delivered again.
+   */
+  private readonly recAcross = new Set<number>()
+  /** connections so far: a record keeps the one its PUBLISH came on */
+  private connection = 0
   private epoch = 0
   private unacknowledged = 0
   /** topic aliases the broker set on this connection */
@@ -127,11 +139,24 @@ export class Inbound {
       this.release(id, out)
       this.warnReused(id, "while its PUBREL was awaited", out)
     }
-    if (this.ackedOnResume.delete(id)) {
+    if (this.ackedAcross.delete(id)) {
       if (packet.dup && packet.qos === 1) {
         out.acks.push(Codec.PUBACK, id)
         return DUPLICATE
       }
+    }
+    if (this.recAcross.has(id)) {
+      if (packet.dup && packet.qos === 2) {
+        // its flow ended here before the broker's resend arrived: the flow starts again, answered, not delivered
+        if (!this.awaitingRelease.has(id)) {
+          this.awaitingRelease.add(id)
+          this.releasing++
+          out.journal?.push({ t: "a", id })
+        }
+        out.acks.push(Codec.PUBREC, id)
+        return DUPLICATE
+      }
+      this.recAcross.delete(id)
     }
     if (this.version === 5 && this.inFlight >= this.receiveMaximum) {
       const reason = `more than ${this.receiveMaximum} unacknowledged QoS 1/2 publishes (Receive Maximum)`
@@ -147,7 +172,7 @@ export class Inbound {
         out.warnings.push(`the broker sent ${reason}; taken, not disconnected (strictReceiveMaximum: true would)`)
       }
     }
-    const record = new InboundRecord(id, packet.qos as 1 | 2, this.epoch)
+    const record = new InboundRecord(id, packet.qos as 1 | 2, this.epoch, this.connection)
     this.byId.set(id, record)
     this.line.push(record)
     this.unacknowledged++
@@ -162,7 +187,7 @@ export class Inbound {
   pass(packet: Packets.Publish, out: Output): boolean {
     const record = this.admit(packet, out)
     if (record === undefined || record === DUPLICATE) return false
-    this.flush(out, false)
+    this.flush(out)
     return true
   }
 
@@ -196,11 +221,11 @@ export class Inbound {
   settled(record: InboundRecord, out: Output): void {
     if (record.epoch !== this.epoch || record.pending === 0) return
     record.pending--
-    if (record.pending === 0) this.flush(out, false)
+    if (record.pending === 0) this.flush(out)
   }
 
   /** Acknowledges the done records at the front of the line. */
-  private flush(out: Output, resuming: boolean): void {
+  private flush(out: Output): void {
     if (!this.connected) return
     while (this.head < this.line.length) {
       const record = this.line[this.head]
@@ -212,12 +237,13 @@ export class Inbound {
       this.unacknowledged--
       if (record.qos === 1) {
         out.acks.push(Codec.PUBACK, record.id)
-        if (resuming) this.ackedOnResume.add(record.id)
+        if (record.connection !== this.connection) this.ackedAcross.add(record.id)
       } else {
         // a durable session records the identifier before the PUBREC is written: after a restart, a resent
         // PUBLISH is still answered, not delivered again
         out.journal?.push({ t: "a", id: record.id })
         out.acks.push(Codec.PUBREC, record.id)
+        if (record.connection !== this.connection) this.recAcross.add(record.id)
         if (!this.awaitingRelease.has(record.id)) {
           this.awaitingRelease.add(record.id)
           this.releasing++
@@ -254,6 +280,9 @@ export class Inbound {
     this.exceeded = false
     this.reused = false
     this.aliases = []
+    this.connection++
+    this.ackedAcross.clear()
+    this.recAcross.clear()
     if (!sessionPresent) {
       out.journal?.push({ t: "X" })
       this.epoch++
@@ -261,12 +290,12 @@ export class Inbound {
       this.head = 0
       this.byId.clear()
       this.awaitingRelease.clear()
-      this.ackedOnResume.clear()
       this.releasing = 0
       this.unacknowledged = 0
       return
     }
-    this.flush(out, true)
+    for (const id of this.awaitingRelease) this.recAcross.add(id)
+    this.flush(out)
   }
 
   /** Puts back the QoS 2 identifiers of a stored session that await PUBREL. */

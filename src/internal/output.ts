@@ -36,10 +36,13 @@ export class InboundRecord {
   readonly qos: 1 | 2
   /** the broker session it belongs to: a record of a session the broker lost is never acknowledged */
   readonly epoch: number
-  constructor(id: number, qos: 1 | 2, epoch: number) {
+  /** the connection its PUBLISH came on (see `Inbound.connection`) */
+  readonly connection: number
+  constructor(id: number, qos: 1 | 2, epoch: number, connection = 0) {
     this.id = id
     this.qos = qos
     this.epoch = epoch
+    this.connection = connection
   }
 }
 
