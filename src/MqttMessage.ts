@@ -164,11 +164,10 @@ export class MqttMessage {
    * messages still unacknowledged. A message never acknowledged is sent again by the broker on the next
    * connection of a persistent session (at-least-once processing). Idempotent; does nothing for QoS 0.
    *
-   * With a durable session (the client's `store` option), it completes once the acknowledgement it sends is
+   * With a durable session (the client's `store` option), it completes once the message's QoS 2 identifier is
    * stored: a QoS 2 message whose `ack` completed is never delivered again, not even to the next process started
-   * with the same store after a crash (its identifier is stored before the PUBREC is written). An
-   * acknowledgement that waits behind an earlier unacknowledged message is not waited for: acknowledge in
-   * arrival order to rely on this.
+   * with the same store after a crash (its identifier is stored before the PUBREC is written, also when the
+   * PUBREC still waits behind an earlier unacknowledged message).
    *
    * @since 0.2.0
    */

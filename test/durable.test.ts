@@ -388,6 +388,62 @@ describe("durable sessions", () => {
       yield* acknowledged
     }).pipe(Effect.scoped))
 
+  it.live("a QoS 2 message whose ack completed behind an earlier unacknowledged one (its PUBREC waits) is not delivered again by the next client", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const store = yield* MqttSessionStore.memory
+      const options = {
+        url: broker.url,
+        protocolVersion: 5 as const,
+        clientId: "durable-behind",
+        store,
+        sessionExpiryInterval: 60,
+        cleanStart: false,
+        acknowledgement: "manual" as const,
+        reconnect: false as const
+      }
+      const first = yield* clientIn(options)
+      const { connection } = yield* broker.acceptAndConnack()
+      const client = yield* Fiber.join(first.fiber)
+      const publish = (id: number, payload: string, dup = false) => ({
+        cmd: "publish" as const,
+        topic: "in",
+        payload: Buffer.from(payload),
+        qos: 2 as const,
+        messageId: id,
+        retain: false,
+        dup
+      })
+      yield* connection.send(publish(1, "cut short"))
+      yield* connection.send(publish(2, "handled"))
+      const [cut, handled] = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
+      expect([cut.text, handled.text]).toEqual(["cut short", "handled"])
+      // the first one's handler never finishes; the second's ack completes (stored), its PUBREC waits behind
+      yield* handled.ack
+      yield* connection.expectSilence(100)
+      yield* Scope.close(first.scope, Exit.void)
+      const second = yield* clientIn(options)
+      const next = yield* broker.accept
+      yield* next.expect("connect")
+      yield* next.connack({ sessionPresent: true })
+      const restarted = yield* Fiber.join(second.fiber)
+      // the broker resends both: the first is delivered again, the second answered
+      yield* next.send(publish(1, "cut short", true))
+      yield* next.send(publish(2, "handled", true))
+      expect((yield* next.expect("pubrec")).messageId).toBe(2)
+      yield* next.send({
+        cmd: "publish",
+        topic: "in",
+        payload: Buffer.from("marker"),
+        qos: 0,
+        retain: false,
+        dup: false
+      })
+      const got = yield* restarted.messages.pipe(Stream.take(2), Stream.runCollect)
+      expect(got.map((m) => m.text)).toEqual(["cut short", "marker"])
+      yield* Scope.close(second.scope, Exit.void)
+    }))
+
   it.live("with a store, message.ack of a QoS 2 message completes once its identifier is stored, before PUBREC", () =>
     Effect.gen(function*() {
       const broker = yield* FakeBroker.make({ protocolVersion: 5 })

@@ -657,6 +657,34 @@ describe("session: inbound messages", () => {
     expect(h.delivered.map((d) => d.message.text)).toEqual(["three", "four"])
   })
 
+  it("a durable session journals a QoS 2 identifier as delivered when its message is done, before its PUBREC can go; a new message under it unmarks it", () => {
+    const h = new Harness({ protocolVersion: 4 })
+    h.out.journal = []
+    h.connect()
+    h.out.journal.length = 0
+    h.receive(publish("a/b", "one", 1, 1))
+    h.receive(publish("a/b", "two", 2, 2))
+    const [first, second] = h.delivered
+    h.session.settled(second.record!, h.out)
+    h.drain()
+    // its PUBREC waits behind the first message; its identifier is stored already
+    expect(h.take()).toEqual([])
+    expect(h.out.journal).toEqual([{ t: "a", id: 2 }])
+    // a broker that reuses the identifier (no DUP): another message, which the store must not take for that one
+    h.out.journal.length = 0
+    h.receive(publish("a/b", "three", 2, 2))
+    expect(h.out.journal).toEqual([{ t: "x", id: 2 }])
+    h.session.settled(first.record!, h.out)
+    h.drain()
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["puback", 1]])
+    // the new one is journaled once, when it is done, and acknowledged
+    h.out.journal.length = 0
+    h.session.settled(h.delivered[2].record!, h.out)
+    h.drain()
+    expect(h.out.journal).toEqual([{ t: "a", id: 2 }])
+    expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 2]])
+  })
+
   it("taken while offline and the broker lost the session: nothing is acknowledged on the new connection", () => {
     const h = new Harness({ protocolVersion: 4, cleanStart: false })
     h.connect()

@@ -119,13 +119,13 @@ export class Inbound {
       // after a failover): delivered, not lost, each acknowledged in turn
       if (packet.dup) {
         if (held.queued > 0 || held.pending === 0) return DUPLICATE
-        this.forget(held)
+        this.forget(held, out)
       } else {
         this.warnReused(id, "while its message was unacknowledged", out)
         // QoS 2: the held message's PUBREC would answer the new one before it is taken (the broker holds one flow
         // per identifier), so the held one is let go, unacknowledged; QoS 1 keeps both (Mosquitto, past 65,535
         // in flight, holds both flows, and each PUBACK ends one)
-        if (packet.qos === 2 || held.qos === 2) this.forget(held)
+        if (packet.qos === 2 || held.qos === 2) this.forget(held, out)
       }
     }
     if (packet.qos === 2 && this.awaitingRelease.has(id)) {
@@ -196,10 +196,12 @@ export class Inbound {
    * reused its identifier for a new QoS 2 message. It is never acknowledged; the new record goes to the end of the
    * line.
    */
-  private forget(record: InboundRecord): void {
+  private forget(record: InboundRecord, out: Output): void {
     // it stays in the line, skipped there without an acknowledgement (`flush`): no search, no splice
     record.forgotten = true
     record.pending = 0
+    // a stored session must not take a later message under the identifier for this one
+    if (record.journaled) out.journal?.push({ t: "x", id: record.id })
     if (this.byId.get(record.id) === record) this.byId.delete(record.id)
     this.unacknowledged--
   }
@@ -217,11 +219,20 @@ export class Inbound {
     out.journal?.push({ t: "x", id })
   }
 
-  /** A copy of a record's message was taken or acknowledged. */
+  /**
+   * A copy of a record's message was taken or acknowledged. A durable session journals a QoS 2 identifier as
+   * delivered now, even when its PUBREC waits behind an earlier message: after a restart the broker's resend of
+   * it is answered, not delivered again (the caller waits for the journal: see `Driver.settled`).
+   */
   settled(record: InboundRecord, out: Output): void {
     if (record.epoch !== this.epoch || record.pending === 0) return
     record.pending--
-    if (record.pending === 0) this.flush(out)
+    if (record.pending > 0) return
+    if (record.qos === 2 && out.journal !== undefined && !record.journaled) {
+      record.journaled = true
+      out.journal.push({ t: "a", id: record.id })
+    }
+    this.flush(out)
   }
 
   /** Acknowledges the done records at the front of the line. */
@@ -241,7 +252,7 @@ export class Inbound {
       } else {
         // a durable session records the identifier before the PUBREC is written: after a restart, a resent
         // PUBLISH is still answered, not delivered again
-        out.journal?.push({ t: "a", id: record.id })
+        if (!record.journaled) out.journal?.push({ t: "a", id: record.id })
         out.acks.push(Codec.PUBREC, record.id)
         if (record.connection !== this.connection) this.recAcross.add(record.id)
         if (!this.awaitingRelease.has(record.id)) {

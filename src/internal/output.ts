@@ -32,6 +32,8 @@ export class InboundRecord {
   queued = 0
   /** let go of (see `Inbound.forget`): done, and never acknowledged */
   forgotten = false
+  /** QoS 2, durable session: its identifier is journaled as delivered (`a`), perhaps before its PUBREC can go */
+  journaled = false
   readonly id: number
   readonly qos: 1 | 2
   /** the broker session it belongs to: a record of a session the broker lost is never acknowledged */
