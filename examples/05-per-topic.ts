@@ -1,10 +1,11 @@
 /**
  * Per-topic order with cross-topic concurrency, two ways.
  *
- * 1. `Stream.groupByKey` splits the messages into one stream per topic. Each topic's stream is handled
- *    serially, so the readings of one sensor are handled one at a time and in order, while different
- *    topics are handled concurrently. (Each topic keeps its own small buffer until the stream ends: for
- *    topics that come and go, give `idleTimeToLive`.)
+ * 1. `client.runForEachByKey` handles the readings of one sensor (topic) one at a time and in order, while
+ *    different topics are handled concurrently. It takes a message only when its handler starts, so stopping
+ *    it (here, once every reading is handled) leaves whatever it did not start in the queue, unacknowledged.
+ *    (`Stream.groupByKey` splits a stream the same way, but takes messages ahead into a buffer per topic, which
+ *    a stop drops: see docs/concurrency.md.)
  * 2. The distributor, as in aiomqtt's guide: one reader takes every message and puts it in the queue of the
  *    worker for its kind, and each worker drains its own queue. The queues need not hand messages out in the
  *    same order: the temperature readings go through a FIFO queue (`IncomingQueue.bounded`, oldest first),
@@ -15,7 +16,7 @@
  * Run: `npm run example examples/05-per-topic.ts` (set `MQTT_URL` to use your own broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Stream } from "effect"
+import { Console, Deferred, Effect, Stream } from "effect"
 import { IncomingQueue, MqttClient, type MqttMessage, Topic } from "effect-mqtt"
 import { publishSamples, withBroker } from "./_broker.ts"
 
@@ -24,33 +25,26 @@ const samples = [1, 2, 3].flatMap((n) => [
   ["humidity/inside", `reading ${n}`] as const
 ])
 
-// 1. One stream per topic.
+// 1. One message at a time per topic, the topics at the same time.
 const perTopic = Effect.gen(function*() {
   const client = yield* MqttClient.MqttClient
   yield* publishSamples(samples)
   let topicsAtOnce = 0
   let mostTopicsAtOnce = 0
-  yield* client.messages.pipe(
-    Stream.take(samples.length),
-    Stream.groupByKey((message) => message.topic),
-    Stream.mapEffect(
-      ([topic, messages]) =>
-        Effect.gen(function*() {
-          topicsAtOnce++
-          mostTopicsAtOnce = Math.max(mostTopicsAtOnce, topicsAtOnce)
-          // Within a topic, one message at a time: the next one starts when this one is done.
-          yield* Stream.runForEach(messages, (message) =>
-            Effect.gen(function*() {
-              yield* Console.log(`${topic}: start ${message.text}`)
-              yield* Effect.sleep("200 millis")
-              yield* Console.log(`${topic}: done  ${message.text}`)
-            }))
-          topicsAtOnce--
-        }),
-      { concurrency: "unbounded" }
-    ),
-    Stream.runDrain
-  )
+  let handled = 0
+  const allHandled = yield* Deferred.make<void>()
+  const handle = (message: MqttMessage.MqttMessage) =>
+    Effect.gen(function*() {
+      mostTopicsAtOnce = Math.max(mostTopicsAtOnce, ++topicsAtOnce)
+      // Within a topic, one message at a time: the next one starts when this one is done.
+      yield* Console.log(`${message.topic}: start ${message.text}`)
+      yield* Effect.sleep("200 millis")
+      yield* Console.log(`${message.topic}: done  ${message.text}`)
+      topicsAtOnce--
+      if (++handled === samples.length) yield* Deferred.succeed(allHandled, undefined)
+    })
+  // it runs until interrupted: here, once every reading is handled
+  yield* client.runForEachByKey(handle).pipe(Effect.raceFirst(Deferred.await(allHandled)))
   yield* Console.log(`${mostTopicsAtOnce} topics were handled at the same time`)
 })
 
@@ -86,7 +80,7 @@ const distributor = Effect.gen(function*() {
 const program = Effect.gen(function*() {
   const client = yield* MqttClient.MqttClient
   yield* client.subscribe(["temperature/#", "humidity/#"], { qos: 1 })
-  yield* Console.log("groupByKey:")
+  yield* Console.log("runForEachByKey:")
   yield* perTopic
   yield* Console.log("distributor:")
   yield* distributor

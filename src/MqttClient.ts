@@ -441,6 +441,20 @@ export type Reply =
   }
 
 /**
+ * The options of `runForEachByKey`.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ByKeyOptions {
+  /** What messages are handled one at a time by: messages with the same key (`===`) never run at once, and run in
+   * the queue's order. Default: the topic. */
+  readonly key?: ((message: MqttMessage.MqttMessage) => unknown) | undefined
+  /** How many keys are handled at once: a positive integer, or `"unbounded"` (the default). */
+  readonly concurrency?: number | "unbounded" | undefined
+}
+
+/**
  * The options of `respond`.
  *
  * @since 0.1.0
@@ -757,6 +771,42 @@ export interface Client {
    * `reconnect: false`, as soon as the connection is lost.
    */
   readonly messages: Stream.Stream<MqttMessage.MqttMessage, MqttError.MqttError>
+
+  /**
+   * Handles the messages of `messages` one at a time per key and up to `concurrency` keys at once: serially per
+   * topic (the default key), concurrently across topics. As `Stream.groupByKey` with a handler per group, but a
+   * message is taken from the queue only when its handler starts: one whose key is busy, or that comes while
+   * `concurrency` handlers run, stays in its place while later messages of other keys are handled. So stopping
+   * (interruption, `Effect.timeout`) loses nothing: every message not handed to a handler stays in the queue,
+   * unacknowledged, for the next consumer. (`Stream.groupByKey` takes messages ahead into a buffer per key, which
+   * are acknowledged and lost when the consumer stops; see docs/concurrency.md.) The handlers a stop interrupts
+   * had their messages taken, as with any consumer of `messages`. The queue's order holds per key (FIFO by default;
+   * newest first for `IncomingQueue.lifo`, by priority for `IncomingQueue.priority`). It shares the queue with the
+   * other consumers of `messages`, and its takes count for the delivery contract as theirs do.
+   *
+   * Runs until the client is closed, then waits for the handlers still running; fails with the error of
+   * `messages`, or with the first handler failure (the other handlers are interrupted). `concurrency` is a
+   * positive integer or `"unbounded"` (the default); anything else is an `InvalidOptionError` before anything is
+   * taken. `key` defaults to the topic; keys are compared as `Set` members (`===`, strings by value).
+   *
+   * @example
+   * ```ts
+   * import { Effect } from "effect"
+   * import { MqttClient, type MqttMessage } from "effect-mqtt"
+   *
+   * declare const handle: (message: MqttMessage.MqttMessage) => Effect.Effect<void>
+   *
+   * const program = Effect.gen(function*() {
+   *   const client = yield* MqttClient.MqttClient
+   *   // one message at a time per topic, all topics at once; stops with the scope, losing nothing
+   *   yield* client.runForEachByKey(handle).pipe(Effect.forkScoped)
+   * })
+   * ```
+   */
+  readonly runForEachByKey: <E, R>(
+    handler: (message: MqttMessage.MqttMessage) => Effect.Effect<unknown, E, R>,
+    options?: ByKeyOptions
+  ) => Effect.Effect<void, MqttError.MqttError | E, R>
 
   /**
    * The number of messages dropped so far: by a sliding or dropping queue, those a released `subscription()`

@@ -142,7 +142,7 @@ for (const broker of brokers) {
       async () => {
         const run = await runOk("05-per-topic.ts", broker.url())
         const distributorAt = run.lines.indexOf("distributor:")
-        assert.strictEqual(run.lines[0], "groupByKey:")
+        assert.strictEqual(run.lines[0], "runForEachByKey:")
         assert.isAbove(distributorAt, 0, run.stdout)
         const grouped = run.lines.slice(1, distributorAt)
         const distributed = run.lines.slice(distributorAt + 1)

@@ -1,5 +1,5 @@
 import { NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Fiber, Schedule, Stream } from "effect"
+import { Console, Deferred, Effect, Fiber, Schedule, Stream } from "effect"
 import { MqttClient, type MqttMessage } from "effect-mqtt"
 import { publishSamples, withBroker } from "./_broker.ts"
 
@@ -25,18 +25,17 @@ const program = Effect.gen(function*() {
   yield* client.messages.pipe(Stream.take(6), Stream.mapEffect(handle, { concurrency: 3 }), Stream.runDrain)
   yield* Console.log(`6 messages, at most ${mostAtOnce} handled at once, ${running} still running`)
 
-  // 2. in order within a topic, topics at the same time
+  // 2. in order within a topic, topics at the same time: a message is taken when its handler starts, so stopping
+  // (here once all six are handled) leaves the rest in the queue
   const order: Array<string> = []
+  const allSix = yield* Deferred.make<void>()
   yield* publishSamples([1, 2, 3].flatMap((n) => [["sensors/a", `${n}`], ["sensors/b", `${n}`]] as const))
-  yield* client.messages.pipe(
-    Stream.take(6),
-    Stream.groupByKey((message) => message.topic),
-    Stream.mapEffect(
-      ([, messages]) => Stream.runForEach(messages, (m) => Effect.sync(() => order.push(`${m.topic}:${m.text}`))),
-      { concurrency: "unbounded" }
-    ),
-    Stream.runDrain
-  )
+  yield* client.runForEachByKey((m) =>
+    Effect.gen(function*() {
+      order.push(`${m.topic}:${m.text}`)
+      if (order.length === 6) yield* Deferred.succeed(allSix, undefined)
+    })
+  ).pipe(Effect.raceFirst(Deferred.await(allSix)))
   for (const topic of ["sensors/a", "sensors/b"]) {
     yield* Console.log(`${topic} in order: ${order.filter((entry) => entry.startsWith(topic)).join(" ")}`)
   }

@@ -14,6 +14,7 @@ import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import { reauthenticate } from "./auth.ts"
 import * as Broker from "./broker.ts"
+import { runForEachByKey } from "./byKey.ts"
 import { Deliveries } from "./delivery.ts"
 import { Driver } from "./driver.ts"
 import * as Failover from "./failover.ts"
@@ -206,6 +207,12 @@ export const make = (
           span("unsubscribe", filtersOf(filters))
         ),
       messages: o.tracing.messages ? Stream.tap(deliveries.messages.stream, receiveSpan) : deliveries.messages.stream,
+      runForEachByKey: (handler, options) =>
+        runForEachByKey(
+          deliveries.messages,
+          o.tracing.messages ? (m) => Effect.andThen(receiveSpan(m), handler(m)) : handler,
+          options
+        ),
       droppedMessages: Effect.sync(() => deliveries.dropped),
       queuedMessages: Effect.sync(() => deliveries.messages.size),
       get connection() {

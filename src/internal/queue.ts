@@ -28,6 +28,8 @@ interface Store<A> {
   push(a: A): void
   /** the next message out, removed; undefined when empty */
   take(): A | undefined
+  /** the next message out among those `eligible` holds for, removed; undefined when there is none */
+  takeFirst(eligible: (a: A) => boolean): A | undefined
   /** the message the queue would give up first to make room (the oldest), removed */
   evict(): A | undefined
   /**
@@ -61,6 +63,22 @@ class Deque<A> implements Store<A> {
     this.head = (this.head + 1) % this.items.length
     this.size--
     return a
+  }
+  takeFirst(eligible: (a: A) => boolean): A | undefined {
+    const n = this.size
+    for (let k = 0; k < n; k++) {
+      const i = this.lifo ? n - 1 - k : k
+      const a = this.items[(this.head + i) % this.items.length]!
+      if (!eligible(a)) continue
+      // close the gap: the messages after it move up one place
+      for (let j = i; j < n - 1; j++) {
+        this.items[(this.head + j) % this.items.length] = this.items[(this.head + j + 1) % this.items.length]
+      }
+      this.items[(this.head + n - 1) % this.items.length] = undefined
+      this.size--
+      return a
+    }
+    return undefined
   }
   private pop(): A | undefined {
     if (this.size === 0) return undefined
@@ -109,13 +127,26 @@ class Heap<A> implements Store<A> {
     }
   }
   take(): A | undefined {
+    return this.heap.length === 0 ? undefined : this.removeAt(0)
+  }
+  takeFirst(eligible: (a: A) => boolean): A | undefined {
+    // the first by the order among the eligible: a scan (the heap keeps no sorted line)
     const heap = this.heap
-    if (heap.length === 0) return undefined
-    const top = heap[0]
+    let best = -1
+    for (let i = 0; i < heap.length; i++) {
+      if (eligible(heap[i].value) && (best < 0 || this.before(i, best))) best = i
+    }
+    return best < 0 ? undefined : this.removeAt(best)
+  }
+  /** Removes the entry at `index`: the last takes its place and moves down, or up, to where it belongs. */
+  private removeAt(index: number): A {
+    const heap = this.heap
+    const removed = heap[index]
     const last = heap.pop()!
-    if (heap.length > 0) {
-      heap[0] = last
-      for (let i = 0;;) {
+    if (index < heap.length) {
+      heap[index] = last
+      let i = index
+      for (;;) {
         const l = 2 * i + 1
         const r = l + 1
         let best = i
@@ -125,8 +156,14 @@ class Heap<A> implements Store<A> {
         ;[heap[i], heap[best]] = [heap[best], heap[i]]
         i = best
       }
+      while (i > 0) {
+        const parent = (i - 1) >> 1
+        if (!this.before(i, parent)) break
+        ;[heap[i], heap[parent]] = [heap[parent], heap[i]]
+        i = parent
+      }
     }
-    return top.value
+    return removed.value
   }
   evict(): A | undefined {
     // the oldest message: the lowest sequence number
@@ -280,12 +317,44 @@ export class MessageQueue<A, E> {
 
   /** Takes the next message now, or undefined. */
   poll(): A | undefined {
-    const item = this.store.take()
+    return this.tookOut(this.store.take())
+  }
+
+  /** A message taken out of the store: counted, room made for a waiting producer, its acknowledgement told. */
+  private tookOut(item: A | undefined): A | undefined {
     if (item === undefined) return undefined
     this.taken++
     if (this.putters.size > 0 && this.store.size <= this.lowWater) this.wakePutters()
     this.onTaken?.(item)
     return item
+  }
+
+  /**
+   * The next message in the queue's order among those `eligible` holds for, waiting for one: messages passed over
+   * stay where they are, untaken (and so unacknowledged). What `eligible` says may change without a new message:
+   * `wake` has the wait look again. Fails with `Cause.Done` once ended and nothing eligible is left, or the error.
+   */
+  takeFirst(eligible: (a: A) => boolean): Effect.Effect<A, E | Cause.Done> {
+    return Effect.suspend(() => {
+      this.puller = Fiber.getCurrent()
+      this.consumed = true
+      const item = this.tookOut(this.store.takeFirst(eligible))
+      if (item !== undefined) return Effect.succeed(item)
+      if (this.closed !== undefined && this.store.size === 0) {
+        return this.closed.error !== undefined ? Effect.fail(this.closed.error as E) : Effect.fail(Cause.Done())
+      }
+      return Effect.flatMap(this.waitFor("takers"), () => this.takeFirst(eligible))
+    })
+  }
+
+  /** Has the consumers that wait look again (see `takeFirst`). */
+  wake(): void {
+    if (this.takers.size > 0) this.wakeTakers()
+  }
+
+  /** Waits for the next change a consumer waits for: a message added, the queue ended, or `wake`. */
+  get changed(): Effect.Effect<void> {
+    return this.waitFor("takers")
   }
 
   /** The next message, waiting for one; fails with `Cause.Done` once ended and empty, or with the error. */

@@ -1,0 +1,94 @@
+/**
+ * Handles the messages of a queue one at a time per key (the topic, say) and several keys at once, taking a
+ * message only when its handler can start. A message whose key is busy, or that comes while `concurrency`
+ * handlers run, stays in the queue: untaken, so unacknowledged. A runner that stops (interrupted, a timeout) takes
+ * nothing it does not hand to a handler, which `Stream.groupByKey` does (it pulls ahead into a buffer per key,
+ * and Effect 4.1's drains its source while it is interrupted under `Stream.mapEffect`).
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as FiberSet from "effect/FiberSet"
+import type * as MqttClient from "../MqttClient.ts"
+import * as MqttError from "../MqttError.ts"
+import type { MqttMessage } from "../MqttMessage.ts"
+import type { MessageQueue } from "./queue.ts"
+
+const END = Symbol("end")
+
+/**
+ * Runs `handler` for each message of `queue` until the queue ends (then waits for the handlers that run), in the
+ * queue's order per key. Fails with the queue's error, or the first handler's failure: the handlers that run then
+ * are interrupted (their messages were taken, as with any consumer that stops).
+ */
+export const runByKey = <A, E, K, E2, R>(
+  queue: MessageQueue<A, E>,
+  key: (a: A) => K,
+  handler: (a: A) => Effect.Effect<unknown, E2, R>,
+  concurrency: number
+): Effect.Effect<void, E | E2, R> =>
+  Effect.scoped(Effect.gen(function*() {
+    const busy = new Set<K>()
+    const handlers = yield* FiberSet.make<unknown, E2>()
+    const eligible = (a: A) => !busy.has(key(a))
+    const done = (k: K) =>
+      Effect.sync(() => {
+        busy.delete(k)
+        // the key's next message, or any while the concurrency was reached, may be taken now
+        queue.wake()
+      })
+    const next = Effect.catchIf(queue.takeFirst(eligible), Cause.isDone, () => Effect.succeed(END))
+    // a message taken is handed to its handler's fiber in the same uninterruptible step: a stop interrupts the
+    // wait for one, never a message between the two
+    const step = Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(restore(next), (message) => {
+        if (message === END) return Effect.succeed(false)
+        const k = key(message)
+        busy.add(k)
+        return Effect.as(FiberSet.run(handlers, Effect.interruptible(Effect.ensuring(handler(message), done(k)))), true)
+      })
+    )
+    const loop = Effect.gen(function*() {
+      while (true) {
+        // at the concurrency, nothing is taken until a handler ends
+        while (busy.size >= concurrency) yield* queue.changed
+        if (!(yield* step)) break
+      }
+      yield* FiberSet.awaitEmpty(handlers)
+    })
+    yield* Effect.raceFirst(loop, FiberSet.join(handlers))
+  }))
+
+const byTopic = (message: MqttMessage): string => message.topic
+
+/** Why `options` are not options of `runForEachByKey` (from untyped code too), or `undefined`. */
+const optionsProblem = (options: MqttClient.ByKeyOptions | undefined): MqttError.InvalidOptionError | undefined => {
+  const concurrency = options?.concurrency
+  if (concurrency !== undefined && concurrency !== "unbounded" && !(Number.isInteger(concurrency) && concurrency > 0)) {
+    return new MqttError.InvalidOptionError({
+      option: "concurrency",
+      reason: `expected a positive integer or "unbounded", got ${String(concurrency)}`
+    })
+  }
+  if (options?.key !== undefined && typeof options.key !== "function") {
+    return new MqttError.InvalidOptionError({ option: "key", reason: "expected a function of the message" })
+  }
+  return undefined
+}
+
+/** `MqttClient.runForEachByKey` on the queue of `messages`. */
+export const runForEachByKey = <E, R>(
+  queue: MessageQueue<MqttMessage, MqttError.MqttError>,
+  handler: (message: MqttMessage) => Effect.Effect<unknown, E, R>,
+  options: MqttClient.ByKeyOptions | undefined
+): Effect.Effect<void, MqttError.MqttError | E, R> =>
+  Effect.suspend(() => {
+    const problem = optionsProblem(options)
+    if (problem !== undefined) return Effect.fail(problem)
+    const concurrency = options?.concurrency
+    return runByKey(
+      queue,
+      options?.key ?? byTopic,
+      handler,
+      concurrency === undefined || concurrency === "unbounded" ? Infinity : concurrency
+    )
+  })
