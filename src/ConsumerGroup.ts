@@ -30,7 +30,9 @@
  * member again, and one whose handler fails says so itself, for another member to take over. A member restarting
  * under the same name while it is adopted takes its session back: the adoption stops (the broker closes the
  * adopter's connection, or sends DISCONNECT 0x8E) without handling what it had queued, and the adopter goes on as a
- * member; nothing is lost. An adoption whose connection fails before it starts is announced again 2 seconds later.
+ * member; nothing is lost (by the client: a broker keeps a bounded number of messages for a session, Mosquitto's
+ * `max_queued_messages`, 1,000 by default, and drops the rest while a member is slow or gone; raise it for the
+ * backlog a group may build). An adoption whose connection fails before it starts is announced again 2 seconds later.
  * At every connection a member subscribes its shares again and rewrites its record: one that comes back after an
  * adopter emptied its session rejoins the group.
  *
@@ -89,8 +91,10 @@ export interface Options {
    * (`InvalidOptionError`). */
   readonly filter: string | ReadonlyArray<string>
   /** This member's name, also its client identifier: the same after a restart, different from the other
-   * members' (for example the host name, or a slot number). A topic level of the group's topics: no `/`, `+`, `#`
-   * or NUL (`InvalidOptionError`). */
+   * members' (for example the host name, or a slot number), and not used by a member of another group on the same
+   * broker within `sessionExpiryInterval`: its session keeps that group's share subscription, so the messages of a
+   * filter both groups share would reach it twice (once per group). A topic level of the group's topics: no `/`,
+   * `+`, `#` or NUL (`InvalidOptionError`). */
   readonly member: string
   /** The QoS of the subscription: 1 (at least once, the default) or 2; anything else is an `InvalidOptionError`. */
   readonly qos?: 1 | 2 | undefined
