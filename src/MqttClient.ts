@@ -776,18 +776,23 @@ export interface Client {
    * Handles the messages of `messages` one at a time per key and up to `concurrency` keys at once: serially per
    * topic (the default key), concurrently across topics. As `Stream.groupByKey` with a handler per group, but a
    * message is taken from the queue only when its handler starts: one whose key is busy, or that comes while
-   * `concurrency` handlers run, stays in its place while later messages of other keys are handled. So stopping
-   * (interruption, `Effect.timeout`) loses nothing: every message not handed to a handler stays in the queue,
-   * unacknowledged, for the next consumer. (`Stream.groupByKey` takes messages ahead into a buffer per key, which
-   * are acknowledged and lost when the consumer stops; see docs/concurrency.md.) The handlers a stop interrupts
-   * had their messages taken, as with any consumer of `messages`. The queue's order holds per key (FIFO by default;
-   * newest first for `IncomingQueue.lifo`, by priority for `IncomingQueue.priority`). It shares the queue with the
-   * other consumers of `messages`, and its takes count for the delivery contract as theirs do.
+   * `concurrency` handlers run, stays in its place while later messages of other keys are handled. So a stop
+   * (interruption, `Effect.timeout`) leaves every message not yet handed to a handler in the queue, unacknowledged,
+   * for the next consumer; the handlers it interrupts had their messages taken, as with any consumer of
+   * `messages`. (`Stream.groupByKey` takes messages ahead into a buffer per key, which are acknowledged and lost
+   * when the consumer stops; see docs/concurrency.md.) The queue's order holds per key (FIFO by default; newest
+   * first for `IncomingQueue.lifo`, by priority for `IncomingQueue.priority`). It shares the queue with the other
+   * consumers of `messages`, and its takes count for the delivery contract as theirs do. The messages of a busy key
+   * wait in the bounded queue: when they fill it (a slow handler of a busy topic), the client reads on only as the
+   * delivery contract says for a full queue, and the other keys wait with them; give such a topic a
+   * `subscription()` stream of its own.
    *
    * Runs until the client is closed, then waits for the handlers still running; fails with the error of
    * `messages`, or with the first handler failure (the other handlers are interrupted). `concurrency` is a
    * positive integer or `"unbounded"` (the default); anything else is an `InvalidOptionError` before anything is
-   * taken. `key` defaults to the topic; keys are compared as `Set` members (`===`, strings by value).
+   * taken. `key` defaults to the topic; it is called once per message (when the message is an object), and keys
+   * are compared as `Set` members (`===`, strings by value: a key that makes a new object for each message
+   * serializes nothing). A `key` that throws is a defect of the runner, before the message is taken.
    *
    * @example
    * ```ts

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Order, Stream } from "effect"
+import { Effect, Fiber, Order, Scheduler, Stream } from "effect"
 import { IncomingQueue } from "effect-mqtt"
-import { strategyProblem } from "../src/internal/queue.ts"
+import { fromStrategy, type MessageQueue, strategyProblem } from "../src/internal/queue.ts"
 
 const drain = <A>(queue: IncomingQueue.IncomingQueue<A, string>) =>
   Effect.andThen(queue.end, Stream.runCollect(queue.stream))
@@ -200,6 +200,73 @@ describe("a priority strategy without its function", () => {
   it("is refused, naming both options it may take", () => {
     expect(strategyProblem(IncomingQueue.priority({ capacity: 3 } as never))).toBe(
       "a priority queue needs a `priority` function or an `order` (IncomingQueue.priority)"
+    )
+  })
+})
+
+describe("a wait never misses the change that ends it", () => {
+  /**
+   * A fiber can pause (yield to the scheduler) between any two steps, every `MaxOpsBeforeYield` operations. Each
+   * wait of the queue is run with every budget from 3 to 60 (at 2 a fiber makes no progress: it pauses again before each step) on a scheduler whose pauses this test ends by hand;
+   * the change (a message, the end, room, a key let go) is made at the wait's first pause. A wait that looked
+   * before the pause and joined its line after it would miss the change and wait for good.
+   */
+  const sweep = <A>(
+    wait: (queue: MessageQueue<number, never>) => Effect.Effect<A, unknown>,
+    change: (queue: MessageQueue<number, never>) => void,
+    prepare: (queue: MessageQueue<number, never>) => void = () => {}
+  ) => {
+    const stuck: Array<number> = []
+    for (let budget = 3; budget <= 60; budget++) {
+      const paused: Array<() => void> = []
+      const scheduler = new Scheduler.MixedScheduler("async", (f) => {
+        paused.push(f)
+        return () => {}
+      })
+      const queue: MessageQueue<number, never> = fromStrategy(IncomingQueue.bounded(4))
+      prepare(queue)
+      const fiber = Effect.runFork(Effect.provideService(wait(queue), Scheduler.MaxOpsBeforeYield, budget), {
+        scheduler
+      })
+      change(queue)
+      for (let i = 0; i < 10_000 && paused.length > 0; i++) paused.shift()!()
+      if (fiber.pollUnsafe() === undefined) stuck.push(budget)
+      else fiber.interruptUnsafe()
+    }
+    expect(stuck).toEqual([])
+  }
+
+  it("a take: a message comes, or the queue ends", () => {
+    sweep((queue) => queue.take, (queue) => queue.offerUnsafe([1], { accepted: 0 }))
+    sweep((queue) => Effect.exit(queue.take), (queue) => queue.end())
+  })
+
+  it("a keyed take (takeFirst): a message comes, the queue ends, or the predicate changes and `wake` is called", () => {
+    sweep((queue) => queue.takeFirst(() => true), (queue) => queue.offerUnsafe([1], { accepted: 0 }))
+    sweep((queue) => Effect.exit(queue.takeFirst(() => true)), (queue) => queue.end())
+    let allowed = false
+    sweep(
+      (queue) => queue.takeFirst(() => allowed),
+      (queue) => {
+        allowed = true
+        queue.wake()
+      },
+      (queue) => {
+        allowed = false
+        queue.offerUnsafe([1], { accepted: 0 })
+      }
+    )
+  })
+
+  it("a producer waiting for room: a consumer takes", () => {
+    sweep(
+      (queue) => queue.offerAll([5]),
+      (queue) => {
+        queue.poll()
+        queue.poll()
+        queue.poll()
+      },
+      (queue) => queue.offerUnsafe([1, 2, 3, 4], { accepted: 0 })
     )
   })
 })

@@ -4,7 +4,7 @@
  * The queue's keyed take against a model; the runner on a bare queue; the client against Mosquitto.
  */
 import { afterAll, assert, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber, Order, Stream } from "effect"
+import { Deferred, Effect, Exit, Fiber, Order, Scheduler, Stream } from "effect"
 import { IncomingQueue, MqttClient, MqttError, type MqttMessage } from "effect-mqtt"
 import * as Crypto from "node:crypto"
 import { runByKey } from "../src/internal/byKey.ts"
@@ -154,6 +154,48 @@ describe("runByKey on a bare queue", () => {
 })
 
 const runId = Crypto.randomBytes(3).toString("hex")
+
+describe("runByKey stopped at any pause", () => {
+  /**
+   * A fiber pauses (yields to the scheduler) every `MaxOpsBeforeYield` operations, and a stop can come in any pause.
+   * With every budget from 3 to 40 and a stop at each of the runner's first 12 pauses (on a scheduler whose pauses
+   * this test ends by hand), every message taken from the queue was handed to a handler that started, and a
+   * runner that is not stopped handles every message and ends when the queue ends.
+   */
+  it("a message taken is a message handled; a runner let run ends", () => {
+    const problems: Array<string> = []
+    for (let budget = 3; budget <= 40; budget++) {
+      for (let stopAt = 0; stopAt <= 12; stopAt++) {
+        const paused: Array<() => void> = []
+        const scheduler = new Scheduler.MixedScheduler("async", (f) => {
+          paused.push(f)
+          return () => {}
+        })
+        const queue: MessageQueue<number, never> = fromStrategy(IncomingQueue.bounded(100))
+        queue.offerUnsafe([1, 2, 3, 4, 5, 6], { accepted: 0 })
+        const started: Array<number> = []
+        const runner = Effect.runFork(
+          Effect.provideService(
+            runByKey(queue, (n) => n % 2, (n) => Effect.sync(() => started.push(n)), 2),
+            Scheduler.MaxOpsBeforeYield,
+            budget
+          ),
+          { scheduler }
+        )
+        const stops = stopAt < 12
+        for (let pause = 0; pause < stopAt && paused.length > 0; pause++) paused.shift()!()
+        if (stops) runner.interruptUnsafe()
+        else queue.end()
+        for (let i = 0; i < 10_000 && paused.length > 0; i++) paused.shift()!()
+        const label = `budget ${budget}, ${stops ? `stopped at pause ${stopAt}` : "not stopped"}`
+        if (runner.pollUnsafe() === undefined) problems.push(`${label}: the runner did not end`)
+        if (queue.taken !== started.length) problems.push(`${label}: ${queue.taken} taken, ${started.length} handled`)
+        if (!stops && started.length !== 6) problems.push(`${label}: ${started.length} of 6 handled`)
+      }
+    }
+    expect(problems).toEqual([])
+  })
+})
 
 describe("MqttClient.runForEachByKey against Mosquitto", () => {
   let broker: MosquittoHandle

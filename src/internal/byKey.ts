@@ -13,8 +13,6 @@ import * as MqttError from "../MqttError.ts"
 import type { MqttMessage } from "../MqttMessage.ts"
 import type { MessageQueue } from "./queue.ts"
 
-const END = Symbol("end")
-
 /**
  * Runs `handler` for each message of `queue` until the queue ends (then waits for the handlers that run), in the
  * queue's order per key. Fails with the queue's error, or the first handler's failure: the handlers that run then
@@ -29,30 +27,42 @@ export const runByKey = <A, E, K, E2, R>(
   Effect.scoped(Effect.gen(function*() {
     const busy = new Set<K>()
     const handlers = yield* FiberSet.make<unknown, E2>()
-    const eligible = (a: A) => !busy.has(key(a))
+    // each message's key once: a message is looked at at every wake-up while it waits
+    const keys = new WeakMap<object, K>()
+    const keyOf = (a: A): K => {
+      if (typeof a !== "object" || a === null) return key(a)
+      if (keys.has(a)) return keys.get(a)!
+      const k = key(a)
+      keys.set(a, k)
+      return k
+    }
+    const eligible = (a: A) => !busy.has(keyOf(a))
+    const free = () => busy.size < concurrency
     const done = (k: K) =>
       Effect.sync(() => {
         busy.delete(k)
         // the key's next message, or any while the concurrency was reached, may be taken now
         queue.wake()
       })
-    const next = Effect.catchIf(queue.takeFirst(eligible), Cause.isDone, () => Effect.succeed(END))
-    // a message taken is handed to its handler's fiber in the same uninterruptible step: a stop interrupts the
-    // wait for one, never a message between the two
-    const step = Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(restore(next), (message) => {
-        if (message === END) return Effect.succeed(false)
-        const k = key(message)
-        busy.add(k)
-        return Effect.as(FiberSet.run(handlers, Effect.interruptible(Effect.ensuring(handler(message), done(k)))), true)
-      })
-    )
-    const loop = Effect.gen(function*() {
-      while (true) {
-        // at the concurrency, nothing is taken until a handler ends
-        while (busy.size >= concurrency) yield* queue.changed
-        if (!(yield* step)) break
+    // the take and the hand-over to the handler's fiber are one uninterruptible step with no wait in it: a stop
+    // interrupts the wait before it (which takes nothing), never a message between the two
+    const step: Effect.Effect<boolean, E, R> = Effect.uninterruptible(Effect.suspend(() => {
+      if (!free()) return Effect.succeed(true)
+      const message = queue.pollFirst(eligible)
+      if (message === undefined) {
+        if (!queue.isOver) return Effect.succeed(true)
+        return Effect.catchIf(queue.over, Cause.isDone, () => Effect.succeed(false))
       }
+      const k = keyOf(message)
+      busy.add(k)
+      const handled = Effect.ensuring(Effect.suspend(() => handler(message)), done(k))
+      return Effect.as(FiberSet.run(handlers, Effect.interruptible(handled)), true)
+    }))
+    const loop = Effect.gen(function*() {
+      do {
+        // at the concurrency, or with nothing eligible, nothing is taken until a handler ends or a message comes
+        yield* queue.awaitFirst(free, eligible)
+      } while (yield* step)
       yield* FiberSet.awaitEmpty(handlers)
     })
     yield* Effect.raceFirst(loop, FiberSet.join(handlers))

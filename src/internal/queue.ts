@@ -30,6 +30,8 @@ interface Store<A> {
   take(): A | undefined
   /** the next message out among those `eligible` holds for, removed; undefined when there is none */
   takeFirst(eligible: (a: A) => boolean): A | undefined
+  /** whether `eligible` holds for a message (none removed) */
+  some(eligible: (a: A) => boolean): boolean
   /** the message the queue would give up first to make room (the oldest), removed */
   evict(): A | undefined
   /**
@@ -79,6 +81,12 @@ class Deque<A> implements Store<A> {
       return a
     }
     return undefined
+  }
+  some(eligible: (a: A) => boolean): boolean {
+    for (let i = 0; i < this.size; i++) {
+      if (eligible(this.items[(this.head + i) % this.items.length]!)) return true
+    }
+    return false
   }
   private pop(): A | undefined {
     if (this.size === 0) return undefined
@@ -137,6 +145,9 @@ class Heap<A> implements Store<A> {
       if (eligible(heap[i].value) && (best < 0 || this.before(i, best))) best = i
     }
     return best < 0 ? undefined : this.removeAt(best)
+  }
+  some(eligible: (a: A) => boolean): boolean {
+    return this.heap.some((entry) => eligible(entry.value))
   }
   /** Removes the entry at `index`: the last takes its place and moves down, or up, to where it belongs. */
   private removeAt(index: number): A {
@@ -306,7 +317,7 @@ export class MessageQueue<A, E> {
         this.offerUnsafe(items, progress)
         if (progress.accepted >= items.length || this.closed !== undefined) return Effect.void
       } while (this.store.size < this.capacity)
-      return Effect.flatMap(this.waitFor("putters"), () => this.offerAll(items, progress))
+      return Effect.flatMap(this.waitFor("putters", this.hasRoom), () => this.offerAll(items, progress))
     })
   }
 
@@ -336,35 +347,63 @@ export class MessageQueue<A, E> {
    */
   takeFirst(eligible: (a: A) => boolean): Effect.Effect<A, E | Cause.Done> {
     return Effect.suspend(() => {
-      this.puller = Fiber.getCurrent()
-      this.consumed = true
-      const item = this.tookOut(this.store.takeFirst(eligible))
+      const item = this.pollFirst(eligible)
       if (item !== undefined) return Effect.succeed(item)
-      if (this.closed !== undefined && this.store.size === 0) {
-        return this.closed.error !== undefined ? Effect.fail(this.closed.error as E) : Effect.fail(Cause.Done())
-      }
-      return Effect.flatMap(this.waitFor("takers"), () => this.takeFirst(eligible))
+      if (this.isOver) return this.over
+      return Effect.flatMap(this.awaitFirst(() => true, eligible), () => this.takeFirst(eligible))
     })
   }
 
-  /** Has the consumers that wait look again (see `takeFirst`). */
-  wake(): void {
-    if (this.takers.size > 0) this.wakeTakers()
+  /**
+   * Takes the next message in the queue's order among those `eligible` holds for, now (see `takeFirst`), or
+   * undefined. Its caller is the consumer (see `puller`).
+   */
+  pollFirst(eligible: (a: A) => boolean): A | undefined {
+    this.puller = Fiber.getCurrent()
+    this.consumed = true
+    return this.tookOut(this.store.takeFirst(eligible))
   }
 
-  /** Waits for the next change a consumer waits for: a message added, the queue ended, or `wake`. */
-  get changed(): Effect.Effect<void> {
-    return this.waitFor("takers")
+  /** Ended, with nothing left to take. */
+  get isOver(): boolean {
+    return this.closed !== undefined && this.store.size === 0
+  }
+
+  /** How the queue ended, once `isOver`: `Cause.Done`, or the error it was failed with. */
+  get over(): Effect.Effect<never, E | Cause.Done> {
+    return this.closed?.error !== undefined ? Effect.fail(this.closed.error as E) : Effect.fail(Cause.Done())
+  }
+
+  /**
+   * Waits until `ready` holds and a message is `eligible`, or until the queue is over (`isOver`); takes nothing.
+   * Both are looked at when the wait starts and again at each message added, end, or `wake`: no change between a
+   * look and the wait is missed.
+   */
+  awaitFirst(ready: () => boolean, eligible: (a: A) => boolean): Effect.Effect<void> {
+    return this.waitFor("takers", () => {
+      if (this.isOver) return true
+      if (!ready()) return false
+      try {
+        return this.store.some(eligible)
+      } catch {
+        // the caller's `eligible` threw: it is the caller's to meet it again (in its own fiber), not the
+        // producer's that woke this wait
+        return true
+      }
+    })
+  }
+
+  /** Has the consumers that wait look again (see `awaitFirst`). */
+  wake(): void {
+    if (this.takers.size > 0) this.wakeTakers()
   }
 
   /** The next message, waiting for one; fails with `Cause.Done` once ended and empty, or with the error. */
   readonly take: Effect.Effect<A, E | Cause.Done> = Effect.suspend(() => {
     const item = this.poll()
     if (item !== undefined) return Effect.succeed(item)
-    if (this.closed !== undefined) {
-      return this.closed.error !== undefined ? Effect.fail(this.closed.error as E) : Effect.fail(Cause.Done())
-    }
-    return Effect.flatMap(this.waitFor("takers"), () => this.take)
+    if (this.closed !== undefined) return this.over
+    return Effect.flatMap(this.waitFor("takers", this.hasMessage), () => this.take)
   })
 
   /** the fiber that last pulled from the stream: the consumer (see `Driver.ackWaiters`) */
@@ -415,10 +454,21 @@ export class MessageQueue<A, E> {
     this.wakePutters()
   }
 
-  /** Waits to be woken; the line is looked up when the wait starts (waking replaces it). */
-  private waitFor(line: "takers" | "putters"): Effect.Effect<void> {
+  private readonly hasMessage = (): boolean => this.store.size > 0 || this.closed !== undefined
+  private readonly hasRoom = (): boolean => this.store.size < this.capacity || this.closed !== undefined
+
+  /**
+   * Waits until `ready` holds, looked at when the wait starts and at each wake-up of the line (a wake-up that finds
+   * it false waits on). The look at the start is in the same step as joining the line: a fiber can pause (yield to
+   * the scheduler) between any two steps, and a change made during that pause would wake nobody.
+   */
+  private waitFor(line: "takers" | "putters", ready: () => boolean): Effect.Effect<void> {
     return Effect.callback<void>((resume) => {
-      const wake = () => resume(Effect.void)
+      if (ready()) return resume(Effect.void)
+      const wake = () => {
+        if (ready()) resume(Effect.void)
+        else this[line].add(wake)
+      }
       this[line].add(wake)
       return Effect.sync(() => {
         this[line].delete(wake)
