@@ -584,6 +584,7 @@ describe("exit codes", () => {
       [["sub", "-t", "t", "-p", "99999"], /--port 99999: a TCP port is 1 to 65535/],
       [["pub", "-t", "t", "-m", "x", "-h", "localhost", "-p", "0"], /--port 0: a TCP port is 1 to 65535/],
       [["sub", "-t", "t", "-c"], /-c needs a client identifier \(-i or \$MQTT_CLIENT_ID\)/],
+      [["sub", "-V", "5", "-t", "t", "-c", "-i", ""], /-c needs a client identifier \(-i or \$MQTT_CLIENT_ID\)/],
       [["sub", "-t", "t", "-i", "x", "-x", "10"], /-x needs MQTT 5: add --protocol 5/],
       [["sub", "-V", "5", "-t", "t", "-i", "x", "-x", "soon"], /-x soon: seconds from 0 to 4294967294, or never/],
       [["pub", "-V", "5", "-t", "t", "-m", "x", "-x", "4294967296"], /-x 4294967296: seconds from 0/]

@@ -215,7 +215,8 @@ const sessionOptions = (
   v5: boolean
 ): Effect.Effect<{ readonly cleanStart?: false; readonly sessionExpiryInterval?: number }, UsageError> => {
   const keep = flags.disableCleanSession
-  if (keep && clientId === undefined) {
+  if (keep && (clientId === undefined || clientId === "")) {
+    // an empty one (-i ""): the broker assigns an identifier, which no later run gives again
     return Effect.fail(
       new UsageError({
         message: "-c needs a client identifier (-i or $MQTT_CLIENT_ID): a generated one cannot resume the session"
