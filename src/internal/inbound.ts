@@ -129,7 +129,10 @@ export class Inbound {
       }
     }
     if (packet.qos === 2 && this.awaitingRelease.has(id)) {
-      if (packet.dup) return this.answer(id, 2, out)
+      if (packet.dup) {
+        out.acks.push(Codec.PUBREC, id)
+        return DUPLICATE
+      }
       // without DUP, not a resend of the message released by the PUBREC [MQTT-3.3.1-1]: the broker reuses an
       // identifier only once its flow ended [MQTT-2.2.1-3], so it holds that flow no more (another node after a
       // failover, one that lost its state): the flow ends here and the message is new, not lost as a duplicate
@@ -137,7 +140,10 @@ export class Inbound {
       this.warnReused(id, "while its PUBREL was awaited", out)
     }
     if (this.ackedAcross.delete(id)) {
-      if (packet.dup && packet.qos === 1) return this.answer(id, 1, out)
+      if (packet.dup && packet.qos === 1) {
+        out.acks.push(Codec.PUBACK, id)
+        return DUPLICATE
+      }
     }
     if (this.recAcross.has(id)) {
       if (packet.dup && packet.qos === 2) {
@@ -147,7 +153,8 @@ export class Inbound {
           this.releasing++
           out.journal?.push({ t: "a", id })
         }
-        return this.answer(id, 2, out)
+        out.acks.push(Codec.PUBREC, id)
+        return DUPLICATE
       }
       this.recAcross.delete(id)
     }
@@ -170,22 +177,6 @@ export class Inbound {
     this.line.push(record)
     this.unacknowledged++
     return record
-  }
-
-  /**
-   * Answers a resend that is not delivered again (its PUBACK, or its PUBREC while the identifier awaits PUBREL) in
-   * its turn: at once when nothing earlier waits, else behind the messages that came before it, whose
-   * acknowledgements go first [MQTT-4.6.0-2, MQTT-4.6.0-3].
-   */
-  private answer(id: number, qos: 1 | 2, out: Output): typeof DUPLICATE {
-    if (this.head === this.line.length) {
-      out.acks.push(qos === 1 ? Codec.PUBACK : Codec.PUBREC, id)
-      return DUPLICATE
-    }
-    const record = new InboundRecord(id, qos, this.epoch, this.connection)
-    record.answer = true
-    this.line.push(record)
-    return DUPLICATE
   }
 
   /**
@@ -252,14 +243,6 @@ export class Inbound {
       if (record.pending > 0) break
       this.head++
       if (record.forgotten) continue
-      if (record.answer) {
-        // an answer is for the connection it came on (the broker resends again on the next one); a QoS 2 flow the
-        // broker ended meanwhile (PUBREL) is not answered again
-        if (record.connection !== this.connection) continue
-        if (record.qos === 1) out.acks.push(Codec.PUBACK, record.id)
-        else if (this.awaitingRelease.has(record.id)) out.acks.push(Codec.PUBREC, record.id)
-        continue
-      }
       // a later message under the same identifier (reused, see `admit`) keeps its entry
       if (this.byId.get(record.id) === record) this.byId.delete(record.id)
       this.unacknowledged--
