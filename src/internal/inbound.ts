@@ -1,7 +1,8 @@
 /**
  * The broker's publishes within the session: topic aliases, QoS 2 de-duplication, the client's Receive Maximum,
  * and the acknowledgements, sent when the consumer has the message and in the order the PUBLISH packets arrived
- * [MQTT-4.6.0-2, MQTT-4.6.0-3]. Pure state: methods append to an `Output`.
+ * [MQTT-4.6.0-2, MQTT-4.6.0-3], but for a resend of a message answered already, which is answered at once (see
+ * ARCHITECTURE.md, invariant 2). Pure state: methods append to an `Output`.
  *
  * A QoS 1/2 message gets an `InboundRecord` when it arrives. Each copy handed to an owner is counted; when every
  * copy was taken (or acknowledged by the application), the record is done. Acknowledgements leave from the front
