@@ -788,7 +788,8 @@ export interface Client {
    * `subscription()` stream of its own.
    *
    * Runs until the client is closed, then waits for the handlers still running; fails with the error of
-   * `messages`, or with the first handler failure (the other handlers are interrupted). `concurrency` is a
+   * `messages`, or with the first handler failure (nothing more is taken then; the other handlers are
+   * interrupted). `concurrency` is a
    * positive integer or `"unbounded"` (the default); anything else is an `InvalidOptionError` before anything is
    * taken. `key` defaults to the topic; it is called once per message (when the message is an object), and keys
    * are compared as `Set` members (`===`, strings by value: a key that makes a new object for each message

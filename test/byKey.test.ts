@@ -197,6 +197,82 @@ describe("runByKey stopped at any pause", () => {
   })
 })
 
+describe("runByKey: what it waits for", () => {
+  /** Runs tasks the scheduler was given until none is left (false: still some after 10,000, a fiber that spins). */
+  const manual = () => {
+    const paused: Array<() => void> = []
+    const scheduler = new Scheduler.MixedScheduler("async", (f) => {
+      paused.push(f)
+      return () => {}
+    })
+    const settle = () => {
+      for (let i = 0; i < 10_000 && paused.length > 0; i++) paused.shift()!()
+      return paused.length === 0
+    }
+    return { scheduler, settle }
+  }
+
+  it("with every slot busy and the queue ended, it waits for a handler without spinning, then ends", () => {
+    const { scheduler, settle } = manual()
+    const queue: MessageQueue<number, never> = fromStrategy(IncomingQueue.bounded(10))
+    queue.offerUnsafe([1], { accepted: 0 })
+    const gate = Deferred.makeUnsafe<void>()
+    const runner = Effect.runFork(runByKey(queue, (n) => n, () => Deferred.await(gate), 1), { scheduler })
+    expect(settle()).toBe(true)
+    queue.end()
+    expect(settle()).toBe(true)
+    expect(runner.pollUnsafe()).toBeUndefined()
+    Deferred.doneUnsafe(gate, Exit.void)
+    expect(settle()).toBe(true)
+    expect(runner.pollUnsafe()).toEqual(Exit.void)
+  })
+
+  it("a runner that waits on an empty queue is its consumer already (what is moved there comes to it)", () => {
+    const { scheduler, settle } = manual()
+    const queue: MessageQueue<number, never> = fromStrategy(IncomingQueue.bounded(10))
+    const runner = Effect.runFork(runByKey(queue, (n) => n, () => Effect.void, 1), { scheduler })
+    expect(settle()).toBe(true)
+    expect(queue.consumed).toBe(true)
+    runner.interruptUnsafe()
+    settle()
+  })
+
+  it("after a handler fails, nothing more is taken: the rest stays queued, the runner fails", () => {
+    for (const concurrency of [1, 2, 3]) {
+      for (const failing of [1, 2]) {
+        const queue: MessageQueue<number, never> = fromStrategy(IncomingQueue.bounded(10))
+        queue.offerUnsafe([1, 2, 3, 4, 5], { accepted: 0 })
+        let takenAtFailure = -1
+        const handler = (n: number) =>
+          n === failing
+            ? Effect.andThen(Effect.sync(() => takenAtFailure = queue.taken), Effect.fail("boom"))
+            : n < failing
+            ? Effect.void
+            : Effect.never
+        const exit = Effect.runSyncExit(runByKey(queue, (n) => n, handler, concurrency))
+        expect(exit).toEqual(Exit.fail("boom"))
+        // the handlers that ran were interrupted (their messages taken); none was started after the failure
+        expect([concurrency, failing, queue.taken]).toEqual([concurrency, failing, takenAtFailure])
+      }
+    }
+  })
+})
+
+describe("a waiter interrupted while the queue wakes its line", () => {
+  it("is not put back in the line", () => {
+    const queue: MessageQueue<number, never> = fromStrategy(IncomingQueue.bounded(10))
+    let second: Fiber.Fiber<unknown, unknown> | undefined = undefined
+    const first = Effect.runFork(
+      Effect.flatMap(queue.takeFirst(() => true), () => Effect.sync(() => second!.interruptUnsafe()))
+    )
+    second = Effect.runFork(queue.takeFirst(() => false))
+    queue.offerUnsafe([1], { accepted: 0 })
+    expect(first.pollUnsafe()).toEqual(Exit.void)
+    expect(second!.pollUnsafe()?._tag).toBe("Failure")
+    expect((queue as unknown as { takers: Set<unknown> }).takers.size).toBe(0)
+  })
+})
+
 describe("MqttClient.runForEachByKey against Mosquitto", () => {
   let broker: MosquittoHandle
   beforeAll(async () => {

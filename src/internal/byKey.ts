@@ -7,6 +7,7 @@
  */
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FiberSet from "effect/FiberSet"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
@@ -37,9 +38,13 @@ export const runByKey = <A, E, K, E2, R>(
       return k
     }
     const eligible = (a: A) => !busy.has(keyOf(a))
-    const free = () => busy.size < concurrency
-    const done = (k: K) =>
+    // once a handler failed, nothing more is taken: the runner fails (`FiberSet.join`), and a message taken now
+    // would go to a handler interrupted at once
+    let failed = false
+    const free = () => !failed && busy.size < concurrency
+    const done = (k: K) => (exit: Exit.Exit<unknown, unknown>) =>
       Effect.sync(() => {
+        if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) failed = true
         busy.delete(k)
         // the key's next message, or any while the concurrency was reached, may be taken now
         queue.wake()
@@ -55,7 +60,7 @@ export const runByKey = <A, E, K, E2, R>(
       }
       const k = keyOf(message)
       busy.add(k)
-      const handled = Effect.ensuring(Effect.suspend(() => handler(message)), done(k))
+      const handled = Effect.onExit(Effect.suspend(() => handler(message)), done(k))
       return Effect.as(FiberSet.run(handlers, Effect.interruptible(handled)), true)
     }))
     const loop = Effect.gen(function*() {

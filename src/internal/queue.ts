@@ -380,17 +380,26 @@ export class MessageQueue<A, E> {
    * look and the wait is missed.
    */
   awaitFirst(ready: () => boolean, eligible: (a: A) => boolean): Effect.Effect<void> {
-    return this.waitFor("takers", () => {
-      if (this.isOver) return true
-      if (!ready()) return false
-      try {
-        return this.store.some(eligible)
-      } catch {
-        // the caller's `eligible` threw: it is the caller's to meet it again (in its own fiber), not the
-        // producer's that woke this wait
-        return true
-      }
+    return Effect.suspend(() => {
+      // the caller consumes the queue from now on, waiting or not: what is moved here for a consumer (a released
+      // stream's leftovers) comes to it, and a wait of its for an operation is a consumer's (see `puller`)
+      this.puller = Fiber.getCurrent()
+      this.consumed = true
+      return this.waitFor("takers", () => this.firstReady(ready, eligible))
     })
+  }
+
+  /** `awaitFirst`'s condition: `ready` first (while it is false nothing is taken, not even the end). */
+  private firstReady(ready: () => boolean, eligible: (a: A) => boolean): boolean {
+    if (!ready()) return false
+    if (this.isOver) return true
+    try {
+      return this.store.some(eligible)
+    } catch {
+      // the caller's `eligible` threw: it is the caller's to meet it again (in its own fiber), not the producer's
+      // that woke this wait
+      return true
+    }
   }
 
   /** Has the consumers that wait look again (see `awaitFirst`). */
@@ -465,12 +474,16 @@ export class MessageQueue<A, E> {
   private waitFor(line: "takers" | "putters", ready: () => boolean): Effect.Effect<void> {
     return Effect.callback<void>((resume) => {
       if (ready()) return resume(Effect.void)
+      let gone = false
       const wake = () => {
+        // a waiter interrupted by another one woken before it in the same pass is not put back
+        if (gone) return
         if (ready()) resume(Effect.void)
         else this[line].add(wake)
       }
       this[line].add(wake)
       return Effect.sync(() => {
+        gone = true
         this[line].delete(wake)
       })
     })
