@@ -2,6 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Order, Scheduler, Stream } from "effect"
 import { IncomingQueue } from "effect-mqtt"
 import { fromStrategy, type MessageQueue, strategyProblem } from "../src/internal/queue.ts"
+import { pausedScheduler } from "./support/pausedScheduler.ts"
 
 const drain = <A>(queue: IncomingQueue.IncomingQueue<A, string>) =>
   Effect.andThen(queue.end, Stream.runCollect(queue.stream))
@@ -207,8 +208,8 @@ describe("a priority strategy without its function", () => {
 describe("a wait never misses the change that ends it", () => {
   /**
    * A fiber can pause (yield to the scheduler) between any two steps, every `MaxOpsBeforeYield` operations. Each
-   * wait of the queue is run with every budget from 3 to 60 (at 2 a fiber makes no progress: it pauses again before each step) on a scheduler whose pauses this test ends by hand;
-   * the change (a message, the end, room, a key let go) is made at the wait's first pause. A wait that looked
+   * wait of the queue is run with every budget from 3 to 60 (at 2 a fiber makes no progress: it pauses again
+   * before each step) on a scheduler whose pauses this test ends by hand (`pausedScheduler`); the change (a message, the end, room, a key let go) is made at the wait's first pause. A wait that looked
    * before the pause and joined its line after it would miss the change and wait for good.
    */
   const sweep = <A>(
@@ -218,18 +219,14 @@ describe("a wait never misses the change that ends it", () => {
   ) => {
     const stuck: Array<number> = []
     for (let budget = 3; budget <= 60; budget++) {
-      const paused: Array<() => void> = []
-      const scheduler = new Scheduler.MixedScheduler("async", (f) => {
-        paused.push(f)
-        return () => {}
-      })
+      const { scheduler, settle } = pausedScheduler()
       const queue: MessageQueue<number, never> = fromStrategy(IncomingQueue.bounded(4))
       prepare(queue)
       const fiber = Effect.runFork(Effect.provideService(wait(queue), Scheduler.MaxOpsBeforeYield, budget), {
         scheduler
       })
       change(queue)
-      for (let i = 0; i < 10_000 && paused.length > 0; i++) paused.shift()!()
+      settle()
       if (fiber.pollUnsafe() === undefined) stuck.push(budget)
       else fiber.interruptUnsafe()
     }

@@ -10,6 +10,7 @@ import * as Crypto from "node:crypto"
 import { runByKey } from "../src/internal/byKey.ts"
 import { fromStrategy, type MessageQueue } from "../src/internal/queue.ts"
 import { type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
+import { pausedScheduler } from "./support/pausedScheduler.ts"
 
 /** A small deterministic generator (xorshift), so that a failing sequence can be run again from its seed. */
 const random = (seed: number) => {
@@ -166,11 +167,7 @@ describe("runByKey stopped at any pause", () => {
     const problems: Array<string> = []
     for (let budget = 3; budget <= 40; budget++) {
       for (let stopAt = 0; stopAt <= 12; stopAt++) {
-        const paused: Array<() => void> = []
-        const scheduler = new Scheduler.MixedScheduler("async", (f) => {
-          paused.push(f)
-          return () => {}
-        })
+        const { scheduler, settle, step } = pausedScheduler()
         const queue: MessageQueue<number, never> = fromStrategy(IncomingQueue.bounded(100))
         queue.offerUnsafe([1, 2, 3, 4, 5, 6], { accepted: 0 })
         const started: Array<number> = []
@@ -183,10 +180,12 @@ describe("runByKey stopped at any pause", () => {
           { scheduler }
         )
         const stops = stopAt < 12
-        for (let pause = 0; pause < stopAt && paused.length > 0; pause++) paused.shift()!()
+        for (let pause = 0; pause < stopAt && step(); pause++) {
+          // the runner goes on to its next pause
+        }
         if (stops) runner.interruptUnsafe()
         else queue.end()
-        for (let i = 0; i < 10_000 && paused.length > 0; i++) paused.shift()!()
+        settle()
         const label = `budget ${budget}, ${stops ? `stopped at pause ${stopAt}` : "not stopped"}`
         if (runner.pollUnsafe() === undefined) problems.push(`${label}: the runner did not end`)
         if (queue.taken !== started.length) problems.push(`${label}: ${queue.taken} taken, ${started.length} handled`)
@@ -198,19 +197,7 @@ describe("runByKey stopped at any pause", () => {
 })
 
 describe("runByKey: what it waits for", () => {
-  /** Runs tasks the scheduler was given until none is left (false: still some after 10,000, a fiber that spins). */
-  const manual = () => {
-    const paused: Array<() => void> = []
-    const scheduler = new Scheduler.MixedScheduler("async", (f) => {
-      paused.push(f)
-      return () => {}
-    })
-    const settle = () => {
-      for (let i = 0; i < 10_000 && paused.length > 0; i++) paused.shift()!()
-      return paused.length === 0
-    }
-    return { scheduler, settle }
-  }
+  const manual = pausedScheduler
 
   it("with every slot busy and the queue ended, it waits for a handler without spinning, then ends", () => {
     const { scheduler, settle } = manual()
