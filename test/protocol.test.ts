@@ -1107,13 +1107,20 @@ describe("MQTT 5 enhanced authentication", () => {
 
   it.live("a successful CONNACK must repeat the CONNECT's method [MQTT-4.12.0-5] and carry none when none was sent [MQTT-4.12.0-6]: else a ProtocolError and DISCONNECT 0x82", () =>
     Effect.gen(function*() {
-      const cases: ReadonlyArray<readonly [string, MqttClient.Authentication | undefined, string | undefined, RegExp]> =
+      const cases: ReadonlyArray<
+        readonly [string, MqttClient.Authentication | undefined, string | undefined, RegExp, string]
+      > = [
+        ["no method", auth, undefined, /without the CONNECT's Authentication Method "TEST-SCRAM"/, "MQTT-4.12.0-5"],
         [
-          ["no method", auth, undefined, /without the CONNECT's Authentication Method "TEST-SCRAM"/],
-          ["another method", auth, "OTHER", /Authentication Method "OTHER", not the CONNECT's "TEST-SCRAM"/],
-          ["a method never asked for", undefined, "TEST-SCRAM", /but the CONNECT asked for no authentication/]
-        ]
-      for (const [what, withAuth, method, reason] of cases) {
+          "another method",
+          auth,
+          "OTHER",
+          /Authentication Method "OTHER", not the CONNECT's "TEST-SCRAM"/,
+          "MQTT-4.12.0-5"
+        ],
+        ["a method never asked for", undefined, "TEST-SCRAM", /but the CONNECT asked for no/, "MQTT-4.12.0-6"]
+      ]
+      for (const [what, withAuth, method, reason, rule] of cases) {
         const broker = yield* FakeBroker.make({ protocolVersion: 5 })
         const fiber = yield* Effect.forkChild(Effect.flip(
           MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, ...(withAuth ? { auth } : {}) })
@@ -1124,6 +1131,7 @@ describe("MQTT 5 enhanced authentication", () => {
         const error = yield* Fiber.join(fiber)
         assert(error instanceof MqttError.ProtocolError, `${what}: ${String(error)}`)
         expect(error.message, what).toMatch(reason)
+        expect([error.packet, error.rule], what).toEqual(["CONNACK", rule])
         expect((yield* connection.expect("disconnect")).reasonCode, what).toBe(0x82)
       }
     }))

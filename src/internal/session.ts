@@ -57,15 +57,23 @@ export interface SessionConfig {
  * Why a successful CONNACK's Authentication Method is wrong, or `undefined`: it must repeat the CONNECT's
  * [MQTT-4.12.0-5], and a CONNACK must carry none when the CONNECT had none [MQTT-4.12.0-6].
  */
-const authMethodProblem = (sent: string | undefined, received: string | undefined): string | undefined => {
+const authMethodProblem = (
+  sent: string | undefined,
+  received: string | undefined
+): { readonly reason: string; readonly rule: string } | undefined => {
   if (sent === received) return undefined
   if (sent === undefined) {
-    return `a CONNACK with Authentication Method "${received}", but the CONNECT asked for no authentication ` +
-      `[MQTT-4.12.0-6]`
+    return {
+      reason: `a CONNACK with Authentication Method "${received}", but the CONNECT asked for no authentication`,
+      rule: "MQTT-4.12.0-6"
+    }
   }
-  return received === undefined
-    ? `a successful CONNACK without the CONNECT's Authentication Method "${sent}" [MQTT-4.12.0-5]`
-    : `a successful CONNACK with Authentication Method "${received}", not the CONNECT's "${sent}" [MQTT-4.12.0-5]`
+  return {
+    reason: received === undefined
+      ? `a successful CONNACK without the CONNECT's Authentication Method "${sent}"`
+      : `a successful CONNACK with Authentication Method "${received}", not the CONNECT's "${sent}"`,
+    rule: "MQTT-4.12.0-5"
+  }
 }
 
 /** What `publish` returns besides an entry to wait for: the client is full while offline. */
@@ -163,7 +171,7 @@ export class Session {
     const p = connack.properties
     const method = authMethodProblem(this.config.authenticationMethod, p.authenticationMethod)
     if (method !== undefined) {
-      out.fail(violation(version, method))
+      out.fail(violation(version, method.reason, 0x82, { packet: "CONNACK", rule: method.rule }))
       return undefined
     }
     if (p.assignedClientIdentifier !== undefined && p.assignedClientIdentifier !== this.clientId) {
