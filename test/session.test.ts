@@ -638,6 +638,45 @@ describe("session: inbound messages", () => {
     ]])
   })
 
+  it("Mosquitto restarted: a QoS 2 message whose flow ended by PUBREL just before the connection closed, sent again on the next connection (DUP, same content), is answered, not delivered again", () => {
+    // seen with Mosquitto 2.0.11 restarted from its persistence: it answered the PUBREC of a message taken while
+    // it was down with PUBREL, sent the message again (its restored queue kept the identifier), and closed the
+    // connection for the PUBCOMP that crossed that resend; the resend came again on the next connection
+    const acks = (h: Harness) => (h.take() as Array<any>).map((p) => [p.cmd, p.messageId])
+    for (const version of [4, 5] as const) {
+      const h = new Harness({ protocolVersion: version, cleanStart: false })
+      h.connect()
+      h.receive(publish("a/b", "one", 2, 7))
+      h.receive(publish("a/b", "two", 2, 8))
+      h.lose(lost)
+      h.takeAll()
+      h.connect(true)
+      expect(acks(h)).toEqual([["pubrec", 7], ["pubrec", 8]])
+      h.receive(ack("Pubrel", 7))
+      h.receive(ack("Pubrel", 8))
+      expect(acks(h)).toEqual([["pubcomp", 7], ["pubcomp", 8]])
+      h.lose(lost)
+      h.connect(true)
+      // the same message again: answered; another message under the identifier (other payload): delivered
+      h.receive(publish("a/b", "one", 2, 7, { dup: true }))
+      h.receive(publish("a/b", "other", 2, 8, { dup: true }))
+      expect(h.delivered.map((d) => d.message.text)).toEqual(["other"])
+      expect(acks(h)).toEqual([["pubrec", 7]])
+      h.receive(ack("Pubrel", 7))
+      expect(acks(h)).toEqual([["pubcomp", 7]])
+      // one connection only: on the next, a resend under that identifier is a message of its own
+      h.takeAll()
+      h.take()
+      h.lose(lost)
+      h.connect(true)
+      h.lose(lost)
+      h.connect(true)
+      h.receive(publish("a/b", "one", 2, 7, { dup: true }))
+      expect(h.delivered.map((d) => d.message.text)).toEqual(["one"])
+      expect(h.errors).toEqual([])
+    }
+  })
+
   it("what crossed on one connection is forgotten at the next: a resend there under the same identifier is delivered", () => {
     const h = new Harness({ protocolVersion: 4, cleanStart: false })
     h.connect()

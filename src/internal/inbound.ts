@@ -13,7 +13,7 @@
  * order; a record of a session the broker lost is never acknowledged.
  */
 import * as Codec from "./codec.ts"
-import { InboundRecord, type Output, violation } from "./output.ts"
+import { type Content, InboundRecord, type Output, sameContent, violation } from "./output.ts"
 import type * as Packets from "./packets.ts"
 
 /** What `admit` says of a QoS 1/2 PUBLISH that brings nothing new to deliver. */
@@ -39,7 +39,15 @@ export class Inbound {
    * Mosquitto restarted from its persistence answers such a PUBREC with PUBREL, and then sends the PUBLISH again.
    * A resend (DUP) of one of them is answered again, never delivered again.
    */
-  private readonly recAcross = new Set<number>()
+  private readonly recAcross = new Map<number, Content | undefined>()
+  /**
+   * QoS 2 identifiers of `recAcross` whose flow the broker ended (PUBREL) on this connection, with their message:
+   * Mosquitto restarted from its persistence may send the message again right after its PUBREL (its restored
+   * queue keeps the identifier), and when the connection ends first (Mosquitto closes it for the PUBCOMP that
+   * crossed that resend), the resend comes on the next connection. There, a resend (DUP) under the identifier with
+   * the same topic and payload is answered, not delivered again; any other is a message of its own.
+   */
+  private releasedAcross = new Map<number, Content>()
   /** connections so far: a record keeps the one its PUBLISH came on */
   private connection = 0
   private epoch = 0
@@ -107,7 +115,7 @@ export class Inbound {
    * Admits a QoS 1/2 PUBLISH: a new record, or `DUPLICATE` for a resend of a message the client holds or has
    * delivered (answered here when its acknowledgement is due again), or undefined after a violation.
    */
-  admit(packet: Packets.Publish, out: Output): InboundRecord | typeof DUPLICATE | undefined {
+  admit(packet: Packets.Publish, out: Output, topic: string): InboundRecord | typeof DUPLICATE | undefined {
     const id = packet.id
     const held = this.byId.get(id)
     if (held !== undefined) {
@@ -147,7 +155,11 @@ export class Inbound {
       }
     }
     if (this.recAcross.has(id)) {
-      if (packet.dup && packet.qos === 2) {
+      const known = this.recAcross.get(id)
+      if (
+        packet.dup && packet.qos === 2 &&
+        (known === undefined || sameContent(known, { topic, payload: packet.payload }))
+      ) {
         // its flow ended here before the broker's resend arrived: the flow starts again, answered, not delivered
         if (!this.awaitingRelease.has(id)) {
           this.awaitingRelease.add(id)
@@ -174,6 +186,7 @@ export class Inbound {
       }
     }
     const record = new InboundRecord(id, packet.qos as 1 | 2, this.epoch, this.connection)
+    if (packet.qos === 2) record.content = { topic, payload: packet.payload }
     this.byId.set(id, record)
     this.line.push(record)
     this.unacknowledged++
@@ -186,7 +199,7 @@ export class Inbound {
    * (not a resend the client answered, nor a violation).
    */
   pass(packet: Packets.Publish, out: Output): boolean {
-    const record = this.admit(packet, out)
+    const record = this.admit(packet, out, packet.topic)
     if (record === undefined || record === DUPLICATE) return false
     this.flush(out)
     return true
@@ -255,7 +268,7 @@ export class Inbound {
         // PUBLISH is still answered, not delivered again
         if (!record.journaled) out.journal?.push({ t: "a", id: record.id })
         out.acks.push(Codec.PUBREC, record.id)
-        if (record.connection !== this.connection) this.recAcross.add(record.id)
+        if (record.connection !== this.connection) this.recAcross.set(record.id, record.content)
         if (!this.awaitingRelease.has(record.id)) {
           this.awaitingRelease.add(record.id)
           this.releasing++
@@ -276,6 +289,9 @@ export class Inbound {
     const id = ack.id
     if (this.awaitingRelease.has(id)) {
       this.release(id, out)
+      // a message of this process (its content known), not an identifier restored or answered blind
+      const content = this.recAcross.get(id)
+      if (content !== undefined) this.releasedAcross.set(id, content)
       out.acks.push(Codec.PUBCOMP, id)
     } else if (this.byId.has(id)) {
       out.fail(violation(this.version, `a PUBREL for packet ${id} before its PUBREC was sent`, 0x82))
@@ -295,6 +311,8 @@ export class Inbound {
     this.connection++
     this.ackedAcross.clear()
     this.recAcross.clear()
+    const released = this.releasedAcross
+    this.releasedAcross = new Map()
     if (!sessionPresent) {
       out.journal?.push({ t: "X" })
       this.epoch++
@@ -306,7 +324,9 @@ export class Inbound {
       this.unacknowledged = 0
       return
     }
-    for (const id of this.awaitingRelease) this.recAcross.add(id)
+    for (const id of this.awaitingRelease) this.recAcross.set(id, undefined)
+    // only for the connection after the one they were released on, and never over a flow awaiting PUBREL
+    for (const [id, content] of released) if (!this.recAcross.has(id)) this.recAcross.set(id, content)
     this.flush(out)
   }
 

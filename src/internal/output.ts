@@ -40,12 +40,27 @@ export class InboundRecord {
   readonly epoch: number
   /** the connection its PUBLISH came on (see `Inbound.connection`) */
   readonly connection: number
+  /** QoS 2: what the message was (its topic and payload), to know the broker's resend of it (see `Inbound`) */
+  content: Content | undefined = undefined
   constructor(id: number, qos: 1 | 2, epoch: number, connection = 0) {
     this.id = id
     this.qos = qos
     this.epoch = epoch
     this.connection = connection
   }
+}
+
+/** A received message's topic and payload (references, not copies). */
+export interface Content {
+  readonly topic: string
+  readonly payload: Uint8Array
+}
+
+/** Whether two messages have the same topic and payload. */
+export const sameContent = (a: Content, b: Content): boolean => {
+  if (a.topic !== b.topic || a.payload.byteLength !== b.payload.byteLength) return false
+  for (let i = 0; i < a.payload.byteLength; i++) if (a.payload[i] !== b.payload[i]) return false
+  return true
 }
 
 /** An operation of a caller that the session completes or fails exactly once. */

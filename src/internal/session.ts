@@ -360,7 +360,7 @@ export class Session {
     if (owners === undefined) return
     let record: InboundRecord | undefined
     if (packet.qos > 0) {
-      const admitted = this.inbound.admit(packet, out)
+      const admitted = this.inbound.admit(packet, out, topic)
       if (admitted === undefined || admitted === DUPLICATE) return
       record = admitted
       record.pending = owners.length
