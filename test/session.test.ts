@@ -677,6 +677,78 @@ describe("session: inbound messages", () => {
     }
   })
 
+  it("a resend answered without delivery is answered in its turn, behind the messages that came before it [MQTT-4.6.0-2, MQTT-4.6.0-3]", () => {
+    const acks = (h: Harness) => (h.take() as Array<any>).map((p) => [p.cmd, p.messageId])
+    // a QoS 2 identifier restored as awaiting PUBREL (a durable session: its message was done, its PUBREC waited
+    // behind an earlier message when the process stopped); the broker resends the earlier message, then it
+    for (const version of [4, 5] as const) {
+      const h = new Harness({ protocolVersion: version, cleanStart: false })
+      h.session.restore({ clientId: "c", publishes: new Map(), awaitingRelease: new Set([2]), subscriptions: [] })
+      h.connect(true)
+      h.receive(publish("a/b", "one", 2, 1, { dup: true }))
+      h.receive(publish("a/b", "two", 2, 2, { dup: true }))
+      expect(h.delivered.map((d) => d.message.text)).toEqual(["one"])
+      expect(acks(h)).toEqual([])
+      h.takeAll()
+      expect(acks(h)).toEqual([["pubrec", 1], ["pubrec", 2]])
+      expect(h.errors).toEqual([])
+    }
+    // QoS 1: a message of an earlier connection acknowledged on this one, whose resend crosses the PUBACK behind a
+    // new message
+    {
+      const h = new Harness({ protocolVersion: 4, cleanStart: false })
+      h.connect()
+      h.receive(publish("a/b", "one", 1, 1))
+      h.lose(lost)
+      h.takeAll()
+      h.connect(true)
+      expect(acks(h)).toEqual([["puback", 1]])
+      h.receive(publish("a/b", "three", 1, 3))
+      h.receive(publish("a/b", "one", 1, 1, { dup: true }))
+      expect(acks(h)).toEqual([])
+      expect(h.takeAll().map((d) => d.message.text)).toEqual(["three"])
+      expect(acks(h)).toEqual([["puback", 3], ["puback", 1]])
+    }
+    // QoS 2 on one connection: the PUBREC was lost, the resend comes behind a new message
+    {
+      const h = new Harness({ protocolVersion: 5 })
+      h.connect()
+      h.receive(publish("a/b", "one", 2, 1))
+      h.takeAll()
+      expect(acks(h)).toEqual([["pubrec", 1]])
+      h.receive(publish("a/b", "four", 1, 4))
+      h.receive(publish("a/b", "one", 2, 1, { dup: true }))
+      // a second resend of the one awaiting PUBREL is answered too; the broker's PUBREL then ends the flow
+      h.receive(publish("a/b", "one", 2, 1, { dup: true }))
+      expect(acks(h)).toEqual([])
+      h.takeAll()
+      expect(acks(h)).toEqual([["puback", 4], ["pubrec", 1], ["pubrec", 1]])
+      h.receive(ack("Pubrel", 1))
+      expect(acks(h)).toEqual([["pubcomp", 1]])
+      expect(h.session.inbound.inFlight).toBe(0)
+    }
+    // an answer waiting when its flow ends (PUBREL) or when its connection ends is not sent
+    for (const ending of ["pubrel", "connection"] as const) {
+      const h = new Harness({ protocolVersion: 4, cleanStart: false })
+      h.connect()
+      h.receive(publish("a/b", "one", 2, 1))
+      h.takeAll()
+      h.take()
+      h.receive(publish("a/b", "five", 1, 5))
+      h.receive(publish("a/b", "one", 2, 1, { dup: true }))
+      if (ending === "pubrel") {
+        h.receive(ack("Pubrel", 1))
+        expect(acks(h)).toEqual([["pubcomp", 1]])
+      } else {
+        h.lose(lost)
+        h.connect(true)
+      }
+      h.takeAll()
+      expect(acks(h)).toEqual([["puback", 5]])
+      expect(h.errors).toEqual([])
+    }
+  })
+
   it("what crossed on one connection is forgotten at the next: a resend there under the same identifier is delivered", () => {
     const h = new Harness({ protocolVersion: 4, cleanStart: false })
     h.connect()

@@ -1,8 +1,8 @@
 /**
  * The broker's publishes within the session: topic aliases, QoS 2 de-duplication, the client's Receive Maximum,
  * and the acknowledgements, sent when the consumer has the message and in the order the PUBLISH packets arrived
- * [MQTT-4.6.0-2, MQTT-4.6.0-3], but for a resend of a message answered already, which is answered at once (see
- * ARCHITECTURE.md, invariant 2). Pure state: methods append to an `Output`.
+ * [MQTT-4.6.0-2, MQTT-4.6.0-3], also for a resend answered without being delivered again. Pure state: methods
+ * append to an `Output`.
  *
  * A QoS 1/2 message gets an `InboundRecord` when it arrives. Each copy handed to an owner is counted; when every
  * copy was taken (or acknowledged by the application), the record is done. Acknowledgements leave from the front
@@ -138,10 +138,7 @@ export class Inbound {
       }
     }
     if (packet.qos === 2 && this.awaitingRelease.has(id)) {
-      if (packet.dup) {
-        out.acks.push(Codec.PUBREC, id)
-        return DUPLICATE
-      }
+      if (packet.dup) return this.answer(id, 2, out)
       // without DUP, not a resend of the message released by the PUBREC [MQTT-3.3.1-1]: the broker reuses an
       // identifier only once its flow ended [MQTT-2.2.1-3], so it holds that flow no more (another node after a
       // failover, one that lost its state): the flow ends here and the message is new, not lost as a duplicate
@@ -149,10 +146,7 @@ export class Inbound {
       this.warnReused(id, "while its PUBREL was awaited", out)
     }
     if (this.ackedAcross.delete(id)) {
-      if (packet.dup && packet.qos === 1) {
-        out.acks.push(Codec.PUBACK, id)
-        return DUPLICATE
-      }
+      if (packet.dup && packet.qos === 1) return this.answer(id, 1, out)
     }
     if (this.recAcross.has(id)) {
       const known = this.recAcross.get(id)
@@ -166,8 +160,7 @@ export class Inbound {
           this.releasing++
           out.journal?.push({ t: "a", id })
         }
-        out.acks.push(Codec.PUBREC, id)
-        return DUPLICATE
+        return this.answer(id, 2, out)
       }
       this.recAcross.delete(id)
     }
@@ -191,6 +184,22 @@ export class Inbound {
     this.line.push(record)
     this.unacknowledged++
     return record
+  }
+
+  /**
+   * Answers a resend that is not delivered again (its PUBACK, or its PUBREC while the identifier awaits PUBREL) in
+   * its turn: at once when nothing earlier waits, else behind the messages that came before it, whose
+   * acknowledgements go first [MQTT-4.6.0-2, MQTT-4.6.0-3].
+   */
+  private answer(id: number, qos: 1 | 2, out: Output): typeof DUPLICATE {
+    if (this.head === this.line.length) {
+      out.acks.push(qos === 1 ? Codec.PUBACK : Codec.PUBREC, id)
+      return DUPLICATE
+    }
+    const record = new InboundRecord(id, qos, this.epoch, this.connection)
+    record.answer = true
+    this.line.push(record)
+    return DUPLICATE
   }
 
   /**
@@ -257,6 +266,14 @@ export class Inbound {
       if (record.pending > 0) break
       this.head++
       if (record.forgotten) continue
+      if (record.answer) {
+        // an answer is for the connection it came on (the broker resends again on the next one); a QoS 2 flow the
+        // broker ended meanwhile (PUBREL) is not answered again
+        if (record.connection !== this.connection) continue
+        if (record.qos === 1) out.acks.push(Codec.PUBACK, record.id)
+        else if (this.awaitingRelease.has(record.id)) out.acks.push(Codec.PUBREC, record.id)
+        continue
+      }
       // a later message under the same identifier (reused, see `admit`) keeps its entry
       if (this.byId.get(record.id) === record) this.byId.delete(record.id)
       this.unacknowledged--

@@ -34,6 +34,11 @@ export class InboundRecord {
   forgotten = false
   /** QoS 2, durable session: its identifier is journaled as delivered (`a`), perhaps before its PUBREC can go */
   journaled = false
+  /**
+   * the answer to a resend the client does not deliver again (see `Inbound.answer`): its PUBACK or PUBREC only,
+   * in its turn, on the connection it came on
+   */
+  answer = false
   readonly id: number
   readonly qos: 1 | 2
   /** the broker session it belongs to: a record of a session the broker lost is never acknowledged */
