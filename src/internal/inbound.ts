@@ -37,7 +37,9 @@ export class Inbound {
    * The same for QoS 2: identifiers acknowledged (PUBREC) on this connection for a PUBLISH of an earlier one, or
    * awaiting PUBREL when it began. The broker's resend may cross the PUBREC, and the flow may even end first:
    * Mosquitto restarted from its persistence answers such a PUBREC with PUBREL, and then sends the PUBLISH again.
-   * A resend (DUP) of one of them is answered again, never delivered again.
+   * A resend (DUP) of one of them is answered again, never delivered again; where the client knows the message
+   * (one of this process, not a restored identifier), only a resend with its topic and payload: another message
+   * under the identifier is delivered.
    */
   private readonly recAcross = new Map<number, Content | undefined>()
   /**
