@@ -530,8 +530,8 @@ export interface Metrics {
   readonly longestDisconnectMillis: number
   /**
    * Messages dropped by a sliding or dropping incoming queue, those a released `subscription()` stream left
-   * while nothing reads `messages`, on MQTT 3.1.1 those over `maximumPacketSize`, and QoS 0 ones behind a pending
-   * SUBSCRIBE (as `MqttClient.droppedMessages`).
+   * while nothing reads `messages`, on MQTT 3.1.1 those over `maximumPacketSize`, QoS 0 ones behind a pending
+   * SUBSCRIBE, and responses no `request` waits for (as `MqttClient.droppedMessages`).
    */
   readonly droppedMessages: number
 }
@@ -817,8 +817,9 @@ export interface Client {
   /**
    * The number of messages dropped so far: by a sliding or dropping queue, those a released `subscription()`
    * stream left while nothing reads `messages` (given up: acknowledged unread unless the client closes first),
-   * on MQTT 3.1.1 those over `maximumPacketSize` (dropped unread, acknowledged in their turn), and QoS 0 ones that
-   * came while a SUBSCRIBE or UNSUBSCRIBE awaited its acknowledgement behind a full queue nothing had consumed yet.
+   * on MQTT 3.1.1 those over `maximumPacketSize` (dropped unread, acknowledged in their turn), QoS 0 ones that
+   * came while a SUBSCRIBE or UNSUBSCRIBE awaited its acknowledgement behind a full queue nothing had consumed yet,
+   * and responses on `request`'s response topic that no request waits for (late, or without Correlation Data).
    */
   readonly droppedMessages: Effect.Effect<number>
 
@@ -869,7 +870,9 @@ export interface Client {
    * MQTT 5 request/response: publishes with a response topic (this client's, subscribed once, on first use)
    * and fresh correlation data, and waits for the matching response. Many requests can be in flight at once
    * over the one response subscription. Fails with `MqttTimeoutError` (operation `"request"`) after `timeout`
-   * (default 30 s).
+   * (default 30 s). A response that comes after its request gave up (the timeout, an interruption), or a message
+   * on the response topic without Correlation Data, is acknowledged and dropped: counted in `droppedMessages`,
+   * the first of each kind logged at Warn.
    */
   readonly request: (
     topic: string,

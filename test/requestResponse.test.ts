@@ -689,6 +689,63 @@ describe("request: the response topic's SUBSCRIBE is the client's, within each r
       }
     })))
 
+  it.live("a response that comes after its request gave up, or without Correlation Data: counted in droppedMessages, the first of each kind a warning; the next request is answered", () => {
+    const { layer, lines } = makeLines()
+    return Effect.scoped(Effect.gen(function*() {
+      const broker = yield* mosquitto()
+      const service = `rq/${run}/late`
+      const peer = yield* Effect.acquireRelease(
+        Effect.promise(() => connectMqttJs(broker.url, { protocolVersion: 5, reconnectPeriod: 0 })),
+        (client) => Effect.promise(() => client.endAsync(true))
+      )
+      // a responder that holds each request until the test lets it answer
+      const held: Array<{ readonly responseTopic: string; readonly correlationData: Buffer; readonly text: string }> =
+        []
+      peer.on("message", (_topic, payload, packet) => {
+        const { responseTopic, correlationData } = packet.properties ?? {}
+        if (typeof responseTopic === "string" && Buffer.isBuffer(correlationData)) {
+          held.push({ responseTopic, correlationData, text: payload.toString() })
+        }
+      })
+      yield* Effect.promise(() => peer.subscribeAsync(service, { qos: 1 }))
+      const requester = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+      const answer = (request: (typeof held)[number]) =>
+        Effect.promise(() =>
+          peer.publishAsync(request.responseTopic, `re ${request.text}`, {
+            qos: 1,
+            properties: { correlationData: request.correlationData }
+          })
+        )
+      const late = (n: number) =>
+        Effect.gen(function*() {
+          const exit = yield* Effect.exit(requester.request(service, `late ${n}`, { timeout: "300 millis" }))
+          assert.strictEqual(errorOf(exit)._tag, "MqttTimeoutError")
+          yield* until(() => held.some((request) => request.text === `late ${n}`))
+          yield* answer(held.find((request) => request.text === `late ${n}`)!)
+        })
+      yield* late(1)
+      yield* until(() => lines.some((line) => line.includes("came after its request gave up")))
+      assert.strictEqual(yield* requester.droppedMessages, 1)
+      // a second late one: counted, not logged again
+      yield* late(2)
+      yield* guard(Effect.gen(function*() {
+        while ((yield* requester.droppedMessages) < 2) yield* Effect.sleep("10 millis")
+      }))
+      // a message on the response topic without Correlation Data
+      yield* Effect.promise(() => peer.publishAsync(held[0].responseTopic, "stray", { qos: 1 }))
+      yield* until(() => lines.some((line) => line.includes("without Correlation Data")))
+      assert.strictEqual(yield* requester.droppedMessages, 3)
+      assert.strictEqual(lines.filter((line) => line.includes("came after its request gave up")).length, 1)
+      assert.isTrue(lines.every((line) => !line.includes("came after") || line.startsWith("Warn")))
+      // the next request is answered as ever
+      const reply = yield* Effect.forkChild(requester.request(service, "in time", { timeout: "10 seconds" }))
+      yield* until(() => held.some((request) => request.text === "in time"))
+      yield* answer(held.find((request) => request.text === "in time")!)
+      assert.strictEqual((yield* guard(Fiber.join(reply))).text, "re in time")
+      assert.strictEqual(yield* requester.droppedMessages, 3)
+    })).pipe(Effect.provide(layer))
+  })
+
   it.live("the timeout covers the wait for the SUBACK (broker frozen): MqttTimeoutError in time; after the thaw the next request is answered", () =>
     Effect.scoped(Effect.gen(function*() {
       const broker = yield* mosquitto()

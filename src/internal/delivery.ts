@@ -280,6 +280,18 @@ export class Deliveries {
   }
 
   /**
+   * A message a handler had no use for (`request`'s: a response that no request waits for any more): counted as
+   * dropped; the first of each `kind` logged as a warning (later ones show in the count: `droppedMessages`).
+   */
+  discarded(kind: string, warning: string): void {
+    this.droppedUnread(1)
+    if (this.warnedDiscards.has(kind)) return
+    this.warnedDiscards.add(kind)
+    this.warn(warning)
+  }
+  private readonly warnedDiscards = new Set<string>()
+
+  /**
    * A message nobody will take (the application let its subscription go): counted as dropped, and acknowledged
    * unread once something else happens (see `givenUp`), so that a client about to close leaves it to the session.
    */

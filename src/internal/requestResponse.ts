@@ -33,13 +33,31 @@ export const make = (ctx: Context) => {
     waiting.clear()
   })
 
+  /**
+   * A message on the response topic that no request waits for: a response that came after its request gave up (a
+   * timeout, an interruption, the connection's end), or one without (or with unknown) correlation data. It is
+   * acknowledged and dropped, counted in `droppedMessages`; the first of each kind is logged as a warning.
+   */
+  const unclaimed = (message: MqttMessage, correlation: Uint8Array | undefined) =>
+    correlation === undefined
+      ? ctx.deliveries.discarded(
+        "response without correlation",
+        `a message on the response topic ${message.topic} without Correlation Data is dropped (later ones are ` +
+          "counted in droppedMessages)"
+      )
+      : ctx.deliveries.discarded(
+        "late response",
+        `a response on ${message.topic} came after its request gave up (a timeout, an interruption, the end of ` +
+          "the connection), or answers a request this client did not send: dropped (later ones are counted in " +
+          "droppedMessages)"
+      )
+
   const onResponse = (message: MqttMessage) => {
     const correlation = message.properties.correlationData
-    if (correlation === undefined) return
-    const key = Hex.encode(correlation)
-    const deferred = waiting.get(key)
-    if (deferred === undefined) return
-    waiting.delete(key)
+    const key = correlation === undefined ? undefined : Hex.encode(correlation)
+    const deferred = key === undefined ? undefined : waiting.get(key)
+    if (deferred === undefined) return unclaimed(message, correlation)
+    waiting.delete(key!)
     Deferred.doneUnsafe(deferred, Effect.succeed(message))
   }
 

@@ -26,7 +26,7 @@ const families = {
   dropped: counter(
     "mqtt.client.messages.dropped",
     "Messages dropped by sliding or dropping queues, given up unread after a released subscription stream, or " +
-      "over the client's Maximum Packet Size (MQTT 3.1.1)"
+      "over the client's Maximum Packet Size (MQTT 3.1.1), or responses that no request waits for"
   ),
   reconnects: counter("mqtt.client.reconnects", "Connections made again after one was lost"),
   connected: gauge("mqtt.client.connected", "1 while connected, 0 otherwise")
