@@ -1091,6 +1091,43 @@ describe("MQTT 5 enhanced authentication", () => {
       expect((yield* client.status)._tag).toBe("Connected")
     }))
 
+  it.live("reauthenticate: a second call joins the one under way; one given up by Effect.timeout leaves the connection up and the broker's late AUTH 0x00 taken; a refusal is the broker's DISCONNECT", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, auth })
+      )
+      const { connection } = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      const client = yield* Fiber.join(fiber)
+      const accept = connection.send({
+        cmd: "auth",
+        reasonCode: 0x00,
+        properties: { authenticationMethod: "TEST-SCRAM" }
+      })
+      // two calls, one AUTH 0x19: both done at the one acceptance
+      const first = yield* Effect.forkChild(client.reauthenticate(Buffer.from("one")))
+      expect((yield* connection.expect("auth")).reasonCode).toBe(0x19)
+      const second = yield* Effect.forkChild(client.reauthenticate(Buffer.from("two")))
+      yield* connection.expectSilence(100)
+      yield* accept
+      yield* Fiber.join(first)
+      yield* Fiber.join(second)
+      // given up before the broker answers: the acceptance that comes later is no violation
+      const gaveUp = yield* Effect.exit(client.reauthenticate().pipe(Effect.timeout("50 millis")))
+      expect(Exit.isFailure(gaveUp)).toBe(true)
+      expect((yield* connection.expect("auth")).reasonCode).toBe(0x19)
+      yield* accept
+      // the next one is a new exchange, and the connection is still up
+      const next = yield* Effect.forkChild(client.reauthenticate())
+      expect((yield* connection.expect("auth")).reasonCode).toBe(0x19)
+      expect((yield* client.status)._tag).toBe("Connected")
+      // the broker refuses it: DISCONNECT 0x87 (Not authorized) ends the connection, and the call with it
+      yield* connection.send({ cmd: "disconnect", reasonCode: 0x87 })
+      const refused = yield* Effect.flip(Fiber.join(next))
+      assert(refused instanceof MqttError.ConnectionLostError, String(refused))
+      expect(refused.reasonCode).toBe(0x87)
+    }))
+
   it.live("an AUTH for another method is a protocol error", () =>
     Effect.gen(function*() {
       const broker = yield* FakeBroker.make({ protocolVersion: 5 })
