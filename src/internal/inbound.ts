@@ -50,6 +50,8 @@ export class Inbound {
    * the same topic and payload is answered, not delivered again; any other is a message of its own.
    */
   private releasedAcross = new Map<number, Content>()
+  /** answers waiting in the line (see `answer`) by identifier, in arrival order: a new message under it cancels them */
+  private readonly answers = new Map<number, Array<InboundRecord>>()
   /** connections so far: a record keeps the one its PUBLISH came on */
   private connection = 0
   private epoch = 0
@@ -147,9 +149,7 @@ export class Inbound {
       this.release(id, out)
       this.warnReused(id, "while its PUBREL was awaited", out)
     }
-    if (this.ackedAcross.delete(id)) {
-      if (packet.dup && packet.qos === 1) return this.answer(id, 1, out)
-    }
+    if (this.ackedAcross.delete(id) && packet.dup && packet.qos === 1) return this.answer(id, 1, out)
     if (this.recAcross.has(id)) {
       const known = this.recAcross.get(id)
       if (
@@ -180,6 +180,7 @@ export class Inbound {
         out.warnings.push(`the broker sent ${reason}; taken, not disconnected (strictReceiveMaximum: true would)`)
       }
     }
+    this.newFlow(id)
     const record = new InboundRecord(id, packet.qos as 1 | 2, this.epoch, this.connection)
     if (packet.qos === 2) record.content = { topic, payload: packet.payload }
     this.byId.set(id, record)
@@ -200,8 +201,24 @@ export class Inbound {
     }
     const record = new InboundRecord(id, qos, this.epoch, this.connection)
     record.answer = true
+    const waiting = this.answers.get(id)
+    if (waiting === undefined) this.answers.set(id, [record])
+    else waiting.push(record)
     this.line.push(record)
     return DUPLICATE
+  }
+
+  /**
+   * A new message under `id`: the broker ended every earlier flow under it [MQTT-2.2.1-3], so what the client kept
+   * of them goes. An answer still waiting would acknowledge the new message before the application has it; a
+   * released message's content would take the new one's resend, on the next connection, for the old one's.
+   */
+  private newFlow(id: number): void {
+    this.releasedAcross.delete(id)
+    const waiting = this.answers.get(id)
+    if (waiting === undefined) return
+    for (const answer of waiting) answer.forgotten = true
+    this.answers.delete(id)
   }
 
   /**
@@ -225,6 +242,7 @@ export class Inbound {
     // it stays in the line, skipped there without an acknowledgement (`flush`): no search, no splice
     record.forgotten = true
     record.pending = 0
+    record.content = undefined
     // a stored session must not take a later message under the identifier for this one
     if (record.journaled) out.journal?.push({ t: "x", id: record.id })
     if (this.byId.get(record.id) === record) this.byId.delete(record.id)
@@ -260,6 +278,14 @@ export class Inbound {
     this.flush(out)
   }
 
+  /** An answer left the line: it is the first of its identifier's (they leave in arrival order). */
+  private answered(record: InboundRecord): void {
+    const waiting = this.answers.get(record.id)
+    if (waiting?.[0] !== record) return
+    waiting.shift()
+    if (waiting.length === 0) this.answers.delete(record.id)
+  }
+
   /** Acknowledges the done records at the front of the line. */
   private flush(out: Output): void {
     if (!this.connected) return
@@ -271,6 +297,7 @@ export class Inbound {
       if (record.answer) {
         // an answer is for the connection it came on (the broker resends again on the next one); a QoS 2 flow the
         // broker ended meanwhile (PUBREL) is not answered again
+        this.answered(record)
         if (record.connection !== this.connection) continue
         if (record.qos === 1) out.acks.push(Codec.PUBACK, record.id)
         else if (this.awaitingRelease.has(record.id)) out.acks.push(Codec.PUBREC, record.id)
@@ -288,6 +315,8 @@ export class Inbound {
         if (!record.journaled) out.journal?.push({ t: "a", id: record.id })
         out.acks.push(Codec.PUBREC, record.id)
         if (record.connection !== this.connection) this.recAcross.set(record.id, record.content)
+        // kept no longer than needed: an acknowledged record may wait in the line behind an unread one
+        record.content = undefined
         if (!this.awaitingRelease.has(record.id)) {
           this.awaitingRelease.add(record.id)
           this.releasing++
@@ -330,6 +359,8 @@ export class Inbound {
     this.connection++
     this.ackedAcross.clear()
     this.recAcross.clear()
+    // the line's answers are for the connection they came on: skipped there, and no longer in the way of a new one
+    this.answers.clear()
     const released = this.releasedAcross
     this.releasedAcross = new Map()
     if (!sessionPresent) {
