@@ -12,7 +12,7 @@
  * delay) wait for the broker's clock, and no assertion is about how fast anything happened.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Option, Schedule, Scope, Stream } from "effect"
+import { Cause, Effect, Exit, Logger, Option, Schedule, Scope, Stream } from "effect"
 import { MqttClient, type MqttError, type MqttMessage } from "effect-mqtt"
 import { connectAsync as connectMqttJs, type IClientOptions } from "mqtt"
 import * as MqttPacket from "mqtt-packet"
@@ -1192,6 +1192,37 @@ describe("refusals against Mosquitto with max_qos 1, max_packet_size 300, retain
       assert.deepStrictEqual(packetsOf(t, "publish", "up"), [], "nothing was sent")
       yield* stillUsable(client, topic, "at least once")
     }))
+
+  it.live("a publish refused before sending (0x9B, 0x95, 0x9A) is its caller's error only: no warning says it was accepted and not sent", () => {
+    const lines: Array<string> = []
+    const logger = Logger.make((options) => {
+      lines.push(`${options.logLevel} ${Array.isArray(options.message) ? options.message.join(" ") : options.message}`)
+    })
+    return Effect.gen(function*() {
+      const client = yield* connect(broker.url)
+      const topic = `open/${runId}/refused-quietly`
+      const refusals: ReadonlyArray<readonly [string | Uint8Array, MqttClient.PublishOptions, number]> = [
+        ["q2", { qos: 2 }, 0x9b],
+        ["x".repeat(400), { qos: 1 }, 0x95],
+        ["r", { qos: 1, retain: true }, 0x9a],
+        ["x".repeat(400), { qos: 0 }, 0x95]
+      ]
+      for (const [payload, options, reasonCode] of refusals) {
+        const published = errorOf(yield* Effect.exit(client.publish(topic, payload, options)))
+        assert.deepStrictEqual([published._tag, (published as MqttError.PublishError).reasonCode], [
+          "PublishError",
+          reasonCode
+        ])
+        const accepted = errorOf(yield* Effect.exit(client.publishAccepted(topic, payload, options)))
+        assert.deepStrictEqual([accepted._tag, (accepted as MqttError.PublishError).reasonCode], [
+          "PublishError",
+          reasonCode
+        ])
+      }
+      yield* stillUsable(client, topic, "fine")
+      assert.deepStrictEqual(lines.filter((line) => line.includes("not sent")), [])
+    }).pipe(Effect.provide(Logger.layer([logger])))
+  })
 
   it.live("a retained publish under retain_available false is a PublishError 0x9A before sending, not a disconnect", () =>
     Effect.gen(function*() {

@@ -126,6 +126,26 @@ describe("session: outgoing publishes", () => {
     expect(h.warnings.filter((w) => w.includes("was not sent"))).toEqual([])
   })
 
+  it("a publish refused within the call that accepts it is that call's error, not a warning; refused later, unawaited, a warning", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect(false, { maximumQoS: 1, receiveMaximum: 1, maximumPacketSize: 1024, retainAvailable: false })
+    const refusedAtOnce = [
+      h.publish(message("t", "q2", 2)),
+      h.publish(message("t", "x".repeat(2000), 1)),
+      h.publish(message("t", "r", 1, 5, true)),
+      h.publish(message("t", "x".repeat(2000), 0))
+    ]
+    expect(refusedAtOnce.map((e) => (e as any)?.error?.reasonCode)).toEqual([0x9b, 0x95, 0x9a, 0x95])
+    expect(h.warnings.filter((w) => w.includes("not sent"))).toEqual([])
+    // behind a publish that holds the one turn (Receive Maximum 1): refused when its turn comes, nobody waiting
+    const first = entry(h.publish(message("t", "first", 1)))
+    const later = entry(h.publish(message("t", "x".repeat(2000), 1)))
+    expect(later.done).toBe(false)
+    h.receive(ack("Puback", first.id))
+    expect((later.error as any)?.reasonCode).toBe(0x95)
+    expect(h.warnings.filter((w) => w.includes("accepted earlier was not sent")).length).toBe(1)
+  })
+
   it("an in-flight resend on a resumed session that breaks the new limits is refused, unsent, and frees its turn", () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()

@@ -98,6 +98,8 @@ export class Outgoing {
   private acks = 0
   /** the next journal key of a publish */
   private nextKey = 1
+  /** the publish being accepted by `publish`: a refusal within that call is its caller's error, not a warning */
+  private accepting: PublishEntry | undefined = undefined
 
   private readonly version: Packets.ProtocolVersion
   private readonly ids: PacketIds
@@ -144,7 +146,9 @@ export class Outgoing {
           const entry = this.accepted(new PublishEntry(message, false), out)
           entry.id = id
           this.inflight.set(id, entry)
+          this.accepting = entry
           this.transmit(entry, limits, out)
+          this.accepting = undefined
           return entry
         }
       }
@@ -157,7 +161,9 @@ export class Outgoing {
       if (message.qos === 0) out.end(entry, undefined)
     }
     this.line.push(entry)
+    this.accepting = entry
     this.pump(out)
+    this.accepting = undefined
     return entry
   }
 
@@ -267,8 +273,9 @@ export class Outgoing {
   /** A publish the current connection cannot take ends with the broker's reason code, unsent. */
   private refuse(entry: PublishEntry, error: MqttError.PublishError, out: Output): void {
     if (entry.done) out.warnings.push(`a QoS 0 publish accepted while offline was not sent: ${error.message}`)
-    // nobody waits for it (`publishAccepted`, a durable session's publish restored after a restart): said here
-    else if (entry.listener === undefined) {
+    // nobody waits for it (`publishAccepted`, a durable session's publish restored after a restart): said here;
+    // refused within the call that accepts it, it is that call's error
+    else if (entry.listener === undefined && entry !== this.accepting) {
       out.warnings.push(`a QoS ${entry.message.qos} publish accepted earlier was not sent: ${error.message}`)
     }
     if (entry.key !== 0) out.journal?.push({ t: "d", k: entry.key })
