@@ -21,6 +21,43 @@ const texts = (packets: ReadonlyArray<any>) =>
   packets.map((p) => p.cmd === "publish" ? Buffer.from(p.payload).toString() : p.cmd)
 
 describe("session: outgoing publishes", () => {
+  it("an acknowledgement for a resend still waiting in line (resumed session, smaller Receive Maximum) ends it there: not sent again, its turn and identifier given back", () => {
+    const ids = (h: Harness) => h.take().map((p: any) => [p.cmd, p.messageId])
+    for (const qos of [1, 2] as const) {
+      const h = new Harness({ cleanStart: false })
+      h.connect(false, { receiveMaximum: 2 })
+      const a = entry(h.publish(message("t", "a", qos)))
+      const b = entry(h.publish(message("t", "b", qos)))
+      expect(ids(h)).toEqual([["publish", a.id], ["publish", b.id]])
+      h.lose(lost)
+      // Receive Maximum 1 now: b's resend waits in line behind a's
+      h.connect(true, { receiveMaximum: 1 })
+      expect(ids(h)).toEqual([["publish", a.id]])
+      if (qos === 1) {
+        // b's PUBACK of the last connection comes late
+        h.receive(ack("Puback", b.id))
+      } else {
+        // b's PUBREC: its PUBREL waits for b's turn, then its PUBCOMP ends it
+        h.receive(ack("Pubrec", b.id))
+        expect(ids(h)).toEqual([])
+        h.receive(ack("Pubrec", a.id))
+        expect(ids(h)).toEqual([["pubrel", a.id]])
+        h.receive(ack("Pubcomp", a.id))
+        expect(ids(h)).toEqual([["pubrel", b.id]])
+        h.receive(ack("Pubcomp", b.id))
+      }
+      expect([b.done, b.error]).toEqual([true, undefined])
+      if (qos === 1) h.receive(ack("Puback", a.id))
+      expect(a.done).toBe(true)
+      expect(ids(h)).toEqual([])
+      // nothing holds the one turn: a new publish goes at once
+      const c = entry(h.publish(message("t", "c", qos)))
+      expect(ids(h)).toEqual([["publish", c.id]])
+      expect(h.session.outgoing.inFlight).toBe(1)
+      expect(h.errors).toEqual([])
+    }
+  })
+
   it("publishes made offline leave in call order across QoS levels: s1 e1 s2 e2 s3 e3", () => {
     const h = new Harness({ protocolVersion: 4 })
     for (const n of [1, 2, 3]) {
@@ -981,6 +1018,19 @@ describe("session: inbound messages", () => {
 })
 
 describe("session: subscriptions", () => {
+  it("MQTT 5: one Subscription Identifier given to two subscriptions names both: a message goes to the owner whose filter its topic matches", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    const a = h.subscribe(1, [spec("a/#")], 5)
+    h.receive({ _tag: "Suback", id: a.id, codes: [1] })
+    const b = h.subscribe(2, [spec("b/#")], 5)
+    h.receive({ _tag: "Suback", id: b.id, codes: [1] })
+    h.receive(publish("a/x", "for 1", 1, 1, { properties: { subscriptionIdentifiers: [5] } }))
+    h.receive(publish("b/x", "for 2", 1, 2, { properties: { subscriptionIdentifiers: [5] } }))
+    expect(h.errors).toEqual([])
+    expect(h.delivered.map((d) => [d.message.topic, d.owners])).toEqual([["a/x", [1]], ["b/x", [2]]])
+  })
+
   it("Session Present from another broker of the list: the subscriptions are made again (that node may hold an older session); from the same one they are not", () => {
     const h = new Harness({ protocolVersion: 5, cleanStart: false, sessionExpiryInterval: 300 })
     const topics = (packets: ReadonlyArray<any>) =>

@@ -363,7 +363,8 @@ export class Outgoing {
     if (ack.reasonCode >= 0x80) return this.settle(entry, brokerRefusal(entry, ack), out)
     if (entry.state !== RELEASED) out.journal?.push({ t: "r", k: entry.key })
     entry.state = RELEASED
-    out.acks.push(Codec.PUBREL, entry.id)
+    // a resend still in line (a resumed session with a smaller quota) sends its PUBREL in its turn, counted
+    if (!entry.queued) out.acks.push(Codec.PUBREL, entry.id)
     return undefined
   }
 
@@ -378,6 +379,9 @@ export class Outgoing {
 
   private settle(entry: PublishEntry, error: MqttError.MqttError | undefined, out: Output): undefined {
     out.journal?.push({ t: "d", k: entry.key })
+    // acknowledged while its resend waits in line (a resumed session with a smaller quota; the PUBACK of the last
+    // connection came late): it leaves the line, else it would be sent again under an identifier it no longer holds
+    this.line.remove(entry)
     this.inflight.delete(entry.id)
     this.ids.release(entry.id)
     if (entry.counted) {

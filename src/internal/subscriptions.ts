@@ -224,7 +224,11 @@ export class Subscriptions {
     if (chosen !== 0) {
       // a caller's own identifier that the client once chose is the caller's now: visible to the application
       if (this.retired.delete(chosen) && chosen === identifier) this.automatic.delete(chosen)
-      this.byIdentifier.set(chosen, filters.map((f) => f.filter))
+      // an identifier the caller gives several subscriptions [MQTT-3.8.2.1.2] names each of their filters: a
+      // message that names it goes to the owners of those its topic matches
+      const named = this.byIdentifier.get(chosen)
+      const added = filters.map((f) => f.filter)
+      this.byIdentifier.set(chosen, named === undefined ? added : [...new Set([...named, ...added])])
     }
     const request = new Request("Subscribe", filters, chosen, userProperties, changes)
     request.explicit = identifier !== 0
