@@ -1,7 +1,8 @@
 /**
  * Where a durable client keeps its half of a persistent MQTT session, so that it survives a process crash or a
  * redeploy: the QoS 1/2 publishes accepted and not yet finished (with their packet identifiers), the PUBRELs
- * owed, the incoming QoS 2 identifiers awaiting PUBREL, and the subscriptions to restore. Any Effect
+ * owed, the incoming QoS 2 identifiers awaiting PUBREL, the identifiers of QoS 2 publishes the broker may still
+ * hold (refused on a resend: kept out of use), and the subscriptions to restore. Any Effect
  * `KeyValueStore` will do; this module names the common ones.
  *
  * | store | survives SIGKILL | survives power loss |

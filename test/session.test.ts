@@ -5,6 +5,7 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Buffer } from "node:buffer"
 import { SEPARATE_PAYLOAD } from "../src/internal/codec.ts"
+import * as Journal from "../src/internal/journal.ts"
 import { CLOSED_ON_LIMIT, PublishEntry } from "../src/internal/outgoing.ts"
 import type * as Packets from "../src/internal/packets.ts"
 import { MESSAGES, RETIRED_KEPT } from "../src/internal/subscriptions.ts"
@@ -21,6 +22,44 @@ const texts = (packets: ReadonlyArray<any>) =>
   packets.map((p) => p.cmd === "publish" ? Buffer.from(p.payload).toString() : p.cmd)
 
 describe("session: outgoing publishes", () => {
+  it("a QoS 2 identifier retired (its resend refused by the new limits) stays out of use after a restart from the store, until the broker forgets the session", () => {
+    const ids = (h: Harness) => h.take().map((p: any) => [p.cmd, p.messageId])
+    /** What a store keeps: the journal's segments in their stored form, then a snapshot, read back. */
+    const stored = (h: Harness, image = Journal.emptyImage()) => {
+      const segment = Journal.decodeSegment(Journal.encodeSegment(h.out.journal!.splice(0)))
+      if (typeof segment === "string") throw new Error(segment)
+      Journal.apply(image, segment)
+      const snapshot = Journal.decodeSnapshot(Journal.encodeSnapshot(image, 1))
+      if (typeof snapshot === "string") throw new Error(snapshot)
+      return snapshot.image
+    }
+    const h = new Harness({ cleanStart: false })
+    h.out.journal = []
+    h.connect(false)
+    const big = entry(h.publish(message("t", "x".repeat(200), 2)))
+    expect(ids(h)).toEqual([["publish", big.id]])
+    // the broker took it; its PUBREC is lost with the connection: the broker holds the identifier until PUBREL
+    h.lose(lost)
+    h.connect(true, { maximumPacketSize: 100 })
+    expect((big.error as any)?.reasonCode).toBe(0x95)
+    const image = stored(h)
+    expect([image.publishes.size, [...image.retired]]).toEqual([0, [big.id]])
+    // the process restarts from the store: a new QoS 2 publish takes another identifier
+    const again = new Harness({ cleanStart: false })
+    again.session.restore(image)
+    again.out.journal = []
+    again.connect(true, { maximumPacketSize: 100 })
+    const next = entry(again.publish(message("t", "new", 2)))
+    expect(next.id).not.toBe(big.id)
+    expect(ids(again)).toEqual([["publish", next.id]])
+    // the broker forgets the session (Session Present 0): the identifier is free again, in the store too
+    again.lose(lost)
+    again.connect(false)
+    again.take()
+    const forgotten = stored(again, image)
+    expect([...forgotten.retired]).toEqual([])
+  })
+
   it("an acknowledgement for a resend still waiting in line (resumed session, smaller Receive Maximum) ends it there: not sent again, its turn and identifier given back", () => {
     const ids = (h: Harness) => h.take().map((p: any) => [p.cmd, p.messageId])
     for (const qos of [1, 2] as const) {
@@ -740,7 +779,13 @@ describe("session: inbound messages", () => {
     // behind an earlier message when the process stopped); the broker resends the earlier message, then it
     for (const version of [4, 5] as const) {
       const h = new Harness({ protocolVersion: version, cleanStart: false })
-      h.session.restore({ clientId: "c", publishes: new Map(), awaitingRelease: new Set([2]), subscriptions: [] })
+      h.session.restore({
+        clientId: "c",
+        publishes: new Map(),
+        awaitingRelease: new Set([2]),
+        retired: new Set(),
+        subscriptions: []
+      })
       h.connect(true)
       h.receive(publish("a/b", "one", 2, 1, { dup: true }))
       h.receive(publish("a/b", "two", 2, 2, { dup: true }))

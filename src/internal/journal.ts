@@ -36,6 +36,11 @@ export interface Image {
   clientId: string | undefined
   readonly publishes: Map<number, StoredPublish>
   readonly awaitingRelease: Set<number>
+  /**
+   * identifiers of QoS 2 publishes written and then refused on a resend (the new connection's limits): the broker
+   * may still hold them until the session ends, so the client does not give them to another message
+   */
+  readonly retired: Set<number>
   subscriptions: ReadonlyArray<StoredSubscription>
 }
 
@@ -43,6 +48,7 @@ export const emptyImage = (): Image => ({
   clientId: undefined,
   publishes: new Map(),
   awaitingRelease: new Set(),
+  retired: new Set(),
   subscriptions: []
 })
 
@@ -59,6 +65,8 @@ export type Entry =
   | { readonly t: "d"; readonly k: number }
   | { readonly t: "a"; readonly id: number }
   | { readonly t: "x"; readonly id: number }
+  | { readonly t: "i"; readonly id: number }
+  | { readonly t: "I" }
   | { readonly t: "X" }
   | { readonly t: "S"; readonly s: ReadonlyArray<StoredSubscription> }
   | { readonly t: "c"; readonly c: string }
@@ -99,6 +107,12 @@ export const apply = (image: Image, entries: ReadonlyArray<Entry>): void => {
         break
       case "x":
         image.awaitingRelease.delete(e.id)
+        break
+      case "i":
+        image.retired.add(e.id)
+        break
+      case "I":
+        image.retired.clear()
         break
       case "X":
         image.awaitingRelease.clear()
@@ -153,8 +167,8 @@ const StoredEntry = Schema.Union([
   Schema.Struct({ t: Schema.Literal("p"), p: Publish }),
   Schema.Struct({ t: Schema.Literals(["s"]), k: Schema.Int, id: Schema.Int }),
   Schema.Struct({ t: Schema.Literals(["n", "r", "d"]), k: Schema.Int }),
-  Schema.Struct({ t: Schema.Literals(["a", "x"]), id: Schema.Int }),
-  Schema.Struct({ t: Schema.Literal("X") }),
+  Schema.Struct({ t: Schema.Literals(["a", "x", "i"]), id: Schema.Int }),
+  Schema.Struct({ t: Schema.Literals(["X", "I"]) }),
   Schema.Struct({ t: Schema.Literal("S"), s: Schema.Array(Subscription) }),
   Schema.Struct({ t: Schema.Literal("c"), c: Schema.String })
 ])
@@ -169,6 +183,8 @@ const Snapshot = Schema.Struct({
   clientId: Schema.optionalKey(Schema.String),
   publishes: Schema.Array(Publish),
   awaitingRelease: Schema.Array(Schema.Int),
+  /** absent in snapshots of versions before it was kept */
+  retired: Schema.optionalKey(Schema.Array(Schema.Int)),
   subscriptions: Schema.Array(Subscription)
 })
 
@@ -238,6 +254,7 @@ export const encodeSnapshot = (image: Image, upTo: number): string =>
     ...(image.clientId === undefined ? {} : { clientId: image.clientId }),
     publishes: [...image.publishes.values()].map(encodePublish),
     awaitingRelease: [...image.awaitingRelease],
+    ...(image.retired.size === 0 ? {} : { retired: [...image.retired] }),
     subscriptions: image.subscriptions.map(encodeSubscription)
   })
 
@@ -264,6 +281,7 @@ export const decodeSnapshot = (text: string): { readonly image: Image; readonly 
   image.clientId = s.clientId
   for (const p of s.publishes) image.publishes.set(p.key, decodePublish(p))
   for (const id of s.awaitingRelease) image.awaitingRelease.add(id)
+  for (const id of s.retired ?? []) image.retired.add(id)
   image.subscriptions = s.subscriptions.map(decodeSubscription)
   return { image, upTo: s.upTo }
 }

@@ -187,8 +187,15 @@ export class Outgoing {
     return entry
   }
 
-  /** Puts back the publishes of a stored session, in their order, with their identifiers and states. */
-  restore(entries: ReadonlyArray<PublishEntry>): void {
+  /**
+   * Puts back the publishes of a stored session, in their order, with their identifiers and states, and the
+   * identifiers it retired.
+   */
+  restore(entries: ReadonlyArray<PublishEntry>, retired: Iterable<number>): void {
+    for (const id of retired) {
+      this.ids.claim(id)
+      this.retired.push(id)
+    }
     for (const entry of entries) {
       this.nextKey = Math.max(this.nextKey, entry.key + 1)
       if (entry.id !== 0) {
@@ -283,8 +290,13 @@ export class Outgoing {
       this.inflight.delete(entry.id)
       // a QoS 2 PUBLISH written on an earlier connection of this session may be held by the broker under its
       // identifier: reusing it for another message could be taken for a duplicate
-      if (entry.message.qos === 2 && entry.written) this.retired.push(entry.id)
-      else this.ids.release(entry.id)
+      if (entry.message.qos === 2 && entry.written) {
+        this.retired.push(entry.id)
+        // and after a restart: a durable session keeps it out of use too, until the broker forgets the session
+        out.journal?.push({ t: "i", id: entry.id })
+      } else {
+        this.ids.release(entry.id)
+      }
     }
     out.end(entry, error)
   }
@@ -409,6 +421,7 @@ export class Outgoing {
       // (sending it again would deliver it twice) or kept it for the PUBREL (Mosquitto does: it is gone), so
       // whether it was delivered is not known [MQTT-4.3.3]
       for (const id of this.retired) this.ids.release(id)
+      if (this.retired.length > 0) out.journal?.push({ t: "I" })
       this.retired = []
       this.inflight.clear()
       for (const entry of unfinished) {

@@ -258,7 +258,7 @@ export class Session {
   /**
    * Puts back a stored session (a durable store, after a restart): its publishes in their order with their
    * identifiers and states (written ones are resent with DUP on a resumed session, as new otherwise), the QoS 2
-   * identifiers awaiting PUBREL, and the subscriptions to restore if the broker lost the session. Their callers
+   * identifiers awaiting PUBREL, the identifiers of QoS 2 publishes refused on a resend (kept out of use), and the subscriptions to restore if the broker lost the session. Their callers
    * are gone: the publishes end silently.
    */
   restore(image: Journal.Image): void {
@@ -287,7 +287,7 @@ export class Session {
       entry.dup = stored.state === 1
       return entry
     })
-    this.outgoing.restore(entries)
+    this.outgoing.restore(entries, image.retired)
     this.inbound.restore(image.awaitingRelease)
     this.subscriptions.restore(image.subscriptions)
   }
