@@ -851,6 +851,38 @@ describe("session: inbound messages", () => {
     }
   })
 
+  it("closing with messages taken out of arrival order: the acknowledgements held back behind unread ones are a warning (the broker sends those messages again)", () => {
+    for (const qos of [1, 2] as const) {
+      const h = new Harness({ protocolVersion: 5, cleanStart: false })
+      h.connect()
+      for (const [i, text] of ["normal 1", "urgent 2", "normal 3", "urgent 4"].entries()) {
+        h.receive(publish("a/b", text, qos, i + 1))
+      }
+      // the urgent ones are taken first (a priority queue): their acknowledgements wait behind "normal 1"
+      const [, urgent2, , urgent4] = h.delivered
+      for (const taken of [urgent2, urgent4]) h.session.settled(taken.record!, h.out)
+      h.drain()
+      expect(h.take()).toEqual([])
+      h.session.close(new MqttError.ConnectionLostError({ reason: "closed by the client" }), h.out)
+      h.drain()
+      const warnings = h.warnings.filter((w) => w.startsWith("closing with"))
+      expect(warnings.length).toBe(1)
+      expect(warnings[0]).toContain("2 message(s) taken but not acknowledged")
+      expect(warnings[0]).toContain("behind 2 earlier message(s) not taken")
+      expect(warnings[0].includes("QoS 2 one(s)")).toBe(qos === 2)
+    }
+    // in arrival order, or nothing taken: nothing held back, no warning
+    const h = new Harness({ protocolVersion: 5, cleanStart: false })
+    h.connect()
+    h.receive(publish("a/b", "one", 1, 1))
+    h.receive(publish("a/b", "two", 1, 2))
+    h.session.settled(h.delivered[0].record!, h.out)
+    h.drain()
+    h.session.close(new MqttError.ConnectionLostError({ reason: "closed by the client" }), h.out)
+    h.drain()
+    expect(h.warnings.filter((w) => w.startsWith("closing with"))).toEqual([])
+  })
+
   it("a new message under an identifier ends what the client kept of its earlier flows: a waiting answer is not sent, a released message's content is dropped [MQTT-2.2.1-3]", () => {
     const acks = (h: Harness) => (h.take() as Array<any>).map((p) => [p.cmd, p.messageId])
     // an answer to a resend that crossed the PUBACK waits behind an unread message; the broker, which has the

@@ -388,6 +388,26 @@ export class Inbound {
     }
   }
 
+  /**
+   * What the line holds back: messages done (taken, or acknowledged by the application) whose acknowledgement
+   * waits behind an earlier one that is not [MQTT-4.6.0-2/3], with how many of them are QoS 2, and those not done.
+   */
+  heldBack(): { readonly done: number; readonly qos2: number; readonly waiting: number } {
+    let done = 0
+    let qos2 = 0
+    let waiting = 0
+    for (let i = this.head; i < this.line.length; i++) {
+      const record = this.line[i]
+      if (record.forgotten || record.answer || record.epoch !== this.epoch) continue
+      if (record.pending > 0) waiting++
+      else if (waiting > 0) {
+        done++
+        if (record.qos === 2) qos2++
+      }
+    }
+    return { done, qos2, waiting }
+  }
+
   /** The connection ended: acknowledgements wait for the next one. */
   lost(): void {
     this.connected = false

@@ -491,5 +491,15 @@ export class Session {
     this.outgoing.close(error, out)
     this.subscriptions.close(error, out)
     this.inbound.lost()
+    const held = this.inbound.heldBack()
+    if (held.done > 0) {
+      out.warnings.push(
+        `closing with ${held.done} message(s) taken but not acknowledged to the broker: acknowledgements go in ` +
+          `arrival order [MQTT-4.6.0-2/3], and theirs wait behind ${held.waiting} earlier message(s) not taken ` +
+          "(a priority or LIFO queue, or subscription streams read unevenly, take messages out of arrival order). " +
+          "The broker sends them again to the next session" +
+          (held.qos2 > 0 ? `, the ${held.qos2} QoS 2 one(s) among them too unless the client has a \`store\`` : "")
+      )
+    }
   }
 }
