@@ -214,7 +214,9 @@ export class Inbound {
    * released message's content would take the new one's resend, on the next connection, for the old one's.
    */
   private newFlow(id: number): void {
-    this.releasedAcross.delete(id)
+    // on every QoS 1/2 arrival: both maps are empty but after a reconnect's crossings
+    if (this.releasedAcross.size > 0) this.releasedAcross.delete(id)
+    if (this.answers.size === 0) return
     const waiting = this.answers.get(id)
     if (waiting === undefined) return
     for (const answer of waiting) answer.forgotten = true
