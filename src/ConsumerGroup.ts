@@ -30,19 +30,23 @@
  * member again, and one whose handler fails says so itself, for another member to take over. A member restarting
  * under the same name while it is adopted takes its session back: the adoption stops (the broker closes the
  * adopter's connection, or sends DISCONNECT 0x8E) without handling what it had queued, and the adopter goes on as a
- * member; nothing is lost (by the client: a broker keeps a bounded number of messages for a session, Mosquitto's
- * `max_queued_messages`, 1,000 by default, and drops the rest while a member is slow or gone; raise it for the
- * backlog a group may build). An adoption whose connection fails before it starts is announced again 2 seconds later.
+ * member. A member frozen past its keepalive (a stopped process, a paused VM) and adopted meanwhile does the same
+ * when it resumes: what came on its lost connection and is not sent again on the new one is let go of unhandled
+ * (the adopter handled it; a broker that still holds it sends it again [MQTT-4.4.0-1]). Nothing is lost (by the
+ * client: a broker keeps a bounded number of messages for a session, Mosquitto's `max_queued_messages`, 1,000 by
+ * default, and drops the rest while a member is slow or gone; raise it for the backlog a group may build). An
+ * adoption whose connection fails before it starts is announced again 2 seconds later.
  * At every connection a member subscribes its shares again and rewrites its record: one that comes back after an
  * adopter emptied its session rejoins the group.
  *
  * Delivery: at least once for QoS 1; for QoS 2, exactly once except a message whose handler had finished when its
  * member died and whose PUBREC had not yet left (at most `prefetch` of them): it is handled again by the adopter
  * (and, when the member takes its session back, what the adopter had received and handled before it saw its
- * connection close: about `prefetch` more, as many as the broker sent past Receive Maximum). Filters
- * that overlap are refused: each is a shared subscription of its own, so a message matching two would reach the
- * group twice. A handler that fails on every try of a message fails each member that is dealt it in turn: catch
- * what should not stop a member in the handler.
+ * connection close: about `prefetch` more, as many as the broker sent past Receive Maximum; and, for a member
+ * frozen and adopted, what its handler had begun: up to `concurrency` messages, and as many begun in the instant it
+ * resumed, before it read that its connection was gone). Filters that overlap are refused: each is a shared
+ * subscription of its own, so a message matching two would reach the group twice. A handler that fails on every
+ * try of a message fails each member that is dealt it in turn: catch what should not stop a member in the handler.
  *
  * @example
  * ```ts
@@ -70,7 +74,7 @@ import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import * as MqttClient from "./MqttClient.ts"
 import * as MqttError from "./MqttError.ts"
-import type { MqttMessage } from "./MqttMessage.ts"
+import { type MqttMessage, ReceiptKey } from "./MqttMessage.ts"
 import * as Topic from "./Topic.ts"
 
 /**
@@ -303,14 +307,33 @@ const memberOptionsOf = (options: Options): MqttClient.Options => ({
   disconnect: { reasonCode: 4 }
 })
 
-/** Handles the messages of a stream `concurrency` at a time, acknowledging each once its handler succeeded. */
+/**
+ * Whether a message is let go of unhandled: it came on a connection that ended since, and the broker has not sent
+ * it again on the current one, so the broker may hold it no more. Another member may have adopted the session
+ * meanwhile and handled it (a member frozen past its keepalive, then resumed); a broker that still holds it sends
+ * it again [MQTT-4.4.0-1], to be handled then. Unacknowledged, it holds back no later acknowledgement.
+ */
+const letGo = (message: MqttMessage): boolean => message[ReceiptKey]?.abandonIfStale?.() === true
+
+/**
+ * Handles the messages of a stream `concurrency` at a time, acknowledging each once its handler succeeded; a
+ * message whose connection ended before its turn came is let go of (see `letGo`).
+ */
 const handleAll = <E, R>(
   messages: Stream.Stream<MqttMessage, MqttError.MqttError>,
   concurrency: number,
   handler: (message: MqttMessage) => Effect.Effect<void, E, R>
 ): Effect.Effect<void, MqttError.MqttError | E, R> =>
   messages.pipe(
-    Stream.mapEffect((message) => Effect.andThen(handler(message), message.ack), { concurrency }),
+    Stream.mapEffect(
+      (message) =>
+        Effect.suspend(() =>
+          letGo(message)
+            ? Effect.logDebug(`effect-mqtt group: let go of a message on ${message.topic} from a connection that ended`)
+            : Effect.andThen(handler(message), message.ack)
+        ),
+      { concurrency }
+    ),
     Stream.runDrain
   )
 

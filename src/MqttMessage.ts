@@ -124,7 +124,13 @@ export class MqttMessage {
    * @since 0.2.0
    * @internal
    */
-  [ReceiptKey]: { readonly acknowledge: () => Effect.Effect<void> | undefined } | undefined = undefined
+  [ReceiptKey]:
+    | {
+      readonly acknowledge: () => Effect.Effect<void> | undefined
+      /** lets go of the message unacknowledged when its flow may be the broker's no more (a consumer group's) */
+      readonly abandonIfStale?: () => boolean
+    }
+    | undefined = undefined
 
   /**
    * Makes a message. The client makes them; applications only need this in tests.

@@ -227,6 +227,77 @@ describe("a member that comes back while another adopts its session", () => {
   )
 })
 
+describe("a member frozen past its keepalive while another adopts its session", () => {
+  it.live(
+    "lets go of what it had queued when it resumes: the adopter handled it, and QoS 2 is not handled twice but for the messages its handler had begun",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({ protocolConfig: "max_queued_messages 0\nlog_type subscribe" })
+        const group = { group: "frozen", filter: "work/#", qos: 2, prefetch: 10 } as const
+        const adopter = yield* member({ ...group, client: { url: broker.url }, member: "member-1" }, 5)
+        // a short keepalive: Mosquitto closes the frozen member's connection 3 s after its last packet
+        const frozen = yield* member({ ...group, client: { url: broker.url, keepAlive: 2 }, member: "member-2" }, 50)
+        yield* until("both members subscribed", () => {
+          const lines = broker.logs().split("\n").filter((line) => line.includes("$share/frozen/work/#"))
+          return ["member-1", "member-2"].every((name) => lines.some((line) => line.includes(` ${name} `)))
+        }, 60)
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        const publishRange = (from: number, to: number) =>
+          Effect.forEach(
+            Array.from({ length: to - from }, (_, i) => from + i),
+            (i) => publisher.publish("work/x", String(i), { qos: 2 }),
+            { concurrency: 20, discard: true }
+          )
+        yield* publishRange(0, 300)
+        // member-2 handles 50 ms a message: its window (prefetch) and its queue are full when it is frozen
+        yield* until("member-2 handling", () => frozen.handled.length >= 5, 60)
+        frozen.child.kill("SIGSTOP")
+        yield* until(
+          "member-2 adopted by member-1",
+          () => adopter.adopted.some(([name]) => name === "member-2"),
+          120,
+          () => `; member-1: ${JSON.stringify(adopter.log.slice(-5))}`
+        )
+        // what member-2 printed before it was frozen has reached this process by now
+        yield* sleepReal(500)
+        const handledWhileUp = frozen.handled.length
+        frozen.child.kill("SIGCONT")
+        yield* publishRange(300, 400)
+        const expected = Array.from({ length: 400 }, (_, i) => `work/x ${i}`)
+        const all = [adopter, frozen]
+        const counts = new Map<string, number>()
+        const count = () => {
+          counts.clear()
+          for (const m of all) for (const key of m.handled) counts.set(key, (counts.get(key) ?? 0) + 1)
+          return expected.every((key) => counts.has(key))
+        }
+        yield* until("every message handled by the group", count, 120, () =>
+          `\n${
+            expected.filter((key) => !counts.has(key)).length
+          } missing; ${JSON.stringify(all.map((m) => [m.handled.length, m.log.slice(-5), m.output().slice(-1000)]))}`)
+        yield* sleepReal(500)
+        count()
+        const afterResume = frozen.handled.slice(handledWhileUp)
+        const twiceAfterResume = afterResume.filter((key) =>
+          (counts.get(key) ?? 0) > 1
+        )
+        console.log(
+          `frozen member: handled ${
+            JSON.stringify(all.map((m) => m.handled.length))
+          }, ${handledWhileUp} by ` +
+            `member-2 before its freeze, ${afterResume.length} after; twice after: ${JSON.stringify(twiceAfterResume)}`
+        )
+        // member-2 came back, took its session back and went on as a member
+        expect(frozen.child.exitCode).toBe(null)
+        expect(frozen.output()).not.toContain("group-member failed")
+        // the message its handler was in when frozen, and one it began in the instant it resumed, before it read
+        // that its connection was gone: not the rest of what it had queued (its window and more)
+        expect(twiceAfterResume.length).toBeLessThanOrEqual(2)
+      }),
+    300_000
+  )
+})
+
 describe("a member restarted with other filters", () => {
   it.live(
     "leaves the shares it no longer takes: the group goes on receiving all of the old filter's messages",

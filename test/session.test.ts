@@ -393,6 +393,85 @@ describe("session: outgoing publishes", () => {
 })
 
 describe("session: inbound messages", () => {
+  describe("a held message whose connection ended (a consumer group's member frozen, its session adopted)", () => {
+    /** The ids and packet names written since the last take. */
+    const acks = (h: Harness) => (h.take() as Array<any>).map((p) => [p.cmd, p.messageId])
+
+    it("not resent on the resumed session: stale; let go of unacknowledged, it holds back no later acknowledgement", () => {
+      const h = new Harness({ protocolVersion: 5 })
+      h.connect()
+      h.receive(publish("t", "a", 2, 10))
+      const [a] = h.delivered.splice(0)
+      // a message of the current connection is not stale: abandon leaves it as it is
+      expect(h.session.isStale(a.record!)).toBe(false)
+      h.session.abandon(a.record!, h.out)
+      h.lose(lost)
+      // while disconnected, the broker may give the session to another client
+      expect(h.session.isStale(a.record!)).toBe(true)
+      h.connect(true)
+      h.take()
+      h.receive(publish("t", "b", 1, 11))
+      const [b] = h.delivered.splice(0)
+      expect(h.session.isStale(a.record!)).toBe(true)
+      expect(h.session.isStale(b.record!)).toBe(false)
+      h.session.abandon(a.record!, h.out)
+      h.drain()
+      expect(acks(h)).toEqual([])
+      h.session.settled(b.record!, h.out)
+      h.drain()
+      // b's PUBACK is not held back behind a, which is never acknowledged (another client did, or will be resent)
+      expect(acks(h)).toEqual([["puback", 11]])
+      expect(h.session.isStale(a.record!)).toBe(false)
+      h.session.settled(a.record!, h.out)
+      h.drain()
+      expect(acks(h)).toEqual([])
+    })
+
+    it("resent (DUP) on the resumed session while held: current again, taken and acknowledged there", () => {
+      const h = new Harness({ protocolVersion: 5 })
+      h.connect()
+      h.receive(publish("t", "a", 1, 10))
+      const [a] = h.delivered.splice(0)
+      h.lose(lost)
+      h.connect(true)
+      h.receive(publish("t", "a", 1, 10, { dup: true }))
+      expect(h.delivered).toEqual([])
+      expect(h.session.isStale(a.record!)).toBe(false)
+      h.session.abandon(a.record!, h.out)
+      h.session.settled(a.record!, h.out)
+      h.drain()
+      expect(acks(h)).toEqual([["puback", 10]])
+    })
+
+    it("let go of while disconnected: the broker's resend on the next connection is a delivery of its own", () => {
+      const h = new Harness({ protocolVersion: 5 })
+      h.connect()
+      h.receive(publish("t", "a", 2, 10))
+      const [a] = h.delivered.splice(0)
+      h.lose(lost)
+      h.session.abandon(a.record!, h.out)
+      h.connect(true)
+      h.drain()
+      expect(acks(h)).toEqual([])
+      h.receive(publish("t", "a", 2, 10, { dup: true }))
+      const [again] = h.delivered.splice(0)
+      expect(again.message.text).toBe("a")
+      h.session.settled(again.record!, h.out)
+      h.drain()
+      expect(acks(h)).toEqual([["pubrec", 10]])
+    })
+
+    it("of a session the broker lost (Session Present 0): not stale, delivered as before (never acknowledged)", () => {
+      const h = new Harness({ protocolVersion: 5 })
+      h.connect()
+      h.receive(publish("t", "a", 1, 10))
+      const [a] = h.delivered.splice(0)
+      h.lose(lost)
+      h.connect(false)
+      expect(h.session.isStale(a.record!)).toBe(false)
+    })
+  })
+
   it("QoS 1/2 are acknowledged when taken, in the order they arrived, whatever order they are taken in", () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()

@@ -138,6 +138,7 @@ export const make = (
       o.queue,
       o.acknowledgement === "manual",
       (record) => driver.settled(record),
+      { isStale: (record) => driver.isStale(record), abandon: (record) => driver.abandon(record) },
       metrics,
       warn
     )

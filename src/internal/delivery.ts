@@ -29,6 +29,12 @@ interface Owner {
 /** Where a copy's acknowledgement goes; returns what to wait for until it is stored (durable sessions). */
 type Sink = (record: InboundRecord) => Effect.Effect<void> | undefined
 
+/** The session's word on a received message's flow (see `Inbound.isStale`, `Inbound.abandon`). */
+export interface Flows {
+  readonly isStale: (record: InboundRecord) => boolean
+  readonly abandon: (record: InboundRecord) => void
+}
+
 /**
  * One copy's acknowledgement: reported once, when taken, acknowledged, or dropped. It also keeps its record's count
  * of copies still in a queue (`InboundRecord.queued`): a resent message whose every copy the application was
@@ -40,9 +46,11 @@ class Receipt {
   private inQueue = true
   private readonly record: InboundRecord
   private readonly sink: Sink
-  constructor(record: InboundRecord, sink: Sink) {
+  private readonly flows: Flows
+  constructor(record: InboundRecord, sink: Sink, flows: Flows) {
     this.record = record
     this.sink = sink
+    this.flows = flows
   }
   /** The copy left its queue: handed to the application, or given up. */
   handed(): void {
@@ -55,6 +63,18 @@ class Receipt {
     this.done = true
     this.handed()
     return this.sink(this.record)
+  }
+  /**
+   * Lets go of the copy's message unacknowledged when its flow may be the broker's no more (its connection ended,
+   * and the broker has not resent it on the current one): a broker that still holds it sends it again. Returns
+   * whether it did; a message that is not stale is left as it is.
+   */
+  abandonIfStale(): boolean {
+    if (this.done || !this.flows.isStale(this.record)) return false
+    this.done = true
+    this.handed()
+    this.flows.abandon(this.record)
+    return true
   }
 }
 
@@ -83,6 +103,7 @@ export class Deliveries {
   private readonly strategy: IncomingQueue.Strategy
   /** where a copy's acknowledgement goes: the session, through the driver */
   private readonly sink: Sink
+  private readonly flows: Flows
   /** messages dropped by the queues of owners that are gone */
   private droppedByGone = 0
   /**
@@ -115,6 +136,7 @@ export class Deliveries {
     strategy: IncomingQueue.Strategy,
     manual: boolean,
     sink: Sink,
+    flows: Flows,
     metrics: ClientMetrics,
     warn: (warning: string) => void
   ) {
@@ -124,6 +146,7 @@ export class Deliveries {
       if (this.givenUp.length > 0) this.releaseGivenUp()
       return sink(record)
     }
+    this.flows = flows
     this.metrics = metrics
     this.warn = warn
     this.messages = this.makeQueue(manual)
@@ -386,7 +409,7 @@ export class Deliveries {
       const ownCopy = toMessages && owners.length > 1
       for (let j = 0; j < owners.length; j++) {
         const copy = j === 0 ? message : copyOf(message)
-        if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink)
+        if (record !== undefined) copy[ReceiptKey] = new Receipt(record, this.sink, this.flows)
         if (ownCopy && owners[j] !== MESSAGES) this.onMessagesToo.add(copy)
         let owner = this.owners.get(owners[j])
         // an owner that is gone, or whose stream failed, takes nothing more: its copy goes to `messages`, unless

@@ -214,4 +214,13 @@ export class Driver {
     this.drain()
     return journal === undefined || journal.appendedCount === before ? undefined : Effect.asVoid(journal.stored)
   }
+
+  /** Whether a received message's flow may be the broker's no more (see `Inbound.isStale`). */
+  readonly isStale = (record: InboundRecord): boolean => this.session.isStale(record)
+
+  /** Lets go of a stale received message unacknowledged (see `Inbound.abandon`). */
+  readonly abandon = (record: InboundRecord): void => {
+    this.session.abandon(record, this.out)
+    this.drain()
+  }
 }

@@ -131,7 +131,11 @@ export class Inbound {
       // (Mosquitto does, past 65,535 messages in flight; a broker that lost the flow does, such as another node
       // after a failover): delivered, not lost, each acknowledged in turn
       if (packet.dup) {
-        if (held.queued > 0 || held.pending === 0) return DUPLICATE
+        if (held.queued > 0 || held.pending === 0) {
+          // the broker still holds its flow, on this connection: its copies are current again (see `isStale`)
+          held.resentOn = this.connection
+          return DUPLICATE
+        }
         this.forget(held, out)
       } else {
         this.warnReused(id, "while its message was unacknowledged", out)
@@ -408,6 +412,28 @@ export class Inbound {
       }
     }
     return { done, qos2, waiting }
+  }
+
+  /**
+   * Whether a held message's flow may be the broker's no more: its connection ended, and the broker has not resent
+   * it (DUP) on the current one. A broker resends what it still holds of a resumed session [MQTT-4.4.0-1]; one that
+   * does not holds it no more: another client took the session over meanwhile and acknowledged it (a consumer
+   * group's member adopted while it was frozen), and whoever handles it now handles it twice.
+   */
+  isStale(record: InboundRecord): boolean {
+    return record.epoch === this.epoch && !record.forgotten && record.pending > 0 &&
+      (!this.connected || (record.connection !== this.connection && record.resentOn !== this.connection))
+  }
+
+  /**
+   * Lets go of a stale message (see `isStale`) unacknowledged, so that it holds back no later acknowledgement: a
+   * broker that still holds it resends it on the next connection, or on this one if it has not yet (a new message
+   * for the client then). Does nothing to a message that is not stale.
+   */
+  abandon(record: InboundRecord, out: Output): void {
+    if (!this.isStale(record)) return
+    this.forget(record, out)
+    this.flush(out)
   }
 
   /** The connection ended: acknowledgements wait for the next one. */

@@ -45,6 +45,8 @@ export class InboundRecord {
   readonly epoch: number
   /** the connection its PUBLISH came on (see `Inbound.connection`) */
   readonly connection: number
+  /** the last connection the broker resent it on (DUP) while the client held it; -1: none */
+  resentOn = -1
   /** QoS 2: what the message was (its topic and payload), to know the broker's resend of it (see `Inbound`) */
   content: Content | undefined = undefined
   constructor(id: number, qos: 1 | 2, epoch: number, connection = 0) {

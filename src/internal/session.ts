@@ -409,6 +409,16 @@ export class Session {
     this.inbound.settled(record, out)
   }
 
+  /** Whether a received message's flow may be the broker's no more (see `Inbound.isStale`). */
+  isStale(record: InboundRecord): boolean {
+    return this.inbound.isStale(record)
+  }
+
+  /** Lets go of a stale received message unacknowledged (see `Inbound.abandon`). */
+  abandon(record: InboundRecord, out: Output): void {
+    this.inbound.abandon(record, out)
+  }
+
   /**
    * Accepts a publish: undefined when it was written and is done (QoS 0), an entry that ends through the
    * Output, `OFFLINE_FULL` when disconnected with the offline buffer full, `LINE_FULL` when connected with the
