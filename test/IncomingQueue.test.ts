@@ -267,3 +267,50 @@ describe("a wait never misses the change that ends it", () => {
     )
   })
 })
+
+describe("a Stream consumer stopped at any pause", () => {
+  /**
+   * A fiber pauses every `MaxOpsBeforeYield` operations, and a stop (interruption, a timeout) lands in a pause. With
+   * every budget from 12 to 60 and a stop at each of the consumer's first 12 pauses (on a scheduler whose pauses
+   * this test ends by hand), every message taken from the queue (acknowledged, with acknowledgement on hand-over)
+   * was handed to the handler: the pull pauses first when less than half the budget is left (below 12, the stream's
+   * own steps between the take and the handler are more than half the budget).
+   */
+  const sweep = (
+    name: string,
+    consume: (stream: Stream.Stream<number>, seen: Array<number>) => Effect.Effect<unknown>
+  ) =>
+    it(`${name}: a message taken is a message handled`, () => {
+      const problems: Array<string> = []
+      for (let budget = 12; budget <= 60; budget++) {
+        for (let stopAt = 0; stopAt < 12; stopAt++) {
+          const { scheduler, settle, step } = pausedScheduler()
+          const queue: MessageQueue<number, never> = fromStrategy(IncomingQueue.bounded(100))
+          queue.offerUnsafe([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], { accepted: 0 })
+          const seen: Array<number> = []
+          const fiber = Effect.runFork(
+            Effect.provideService(consume(queue.stream, seen), Scheduler.MaxOpsBeforeYield, budget),
+            { scheduler }
+          )
+          for (let pause = 0; pause < stopAt && step(); pause++) {
+            // the consumer goes on to its next pause
+          }
+          fiber.interruptUnsafe()
+          settle()
+          if (queue.taken !== seen.length) {
+            problems.push(`budget ${budget}, stopped at pause ${stopAt}: ${queue.taken} taken, ${seen.length} handled`)
+          }
+        }
+      }
+      expect(problems).toEqual([])
+    })
+  sweep("Stream.runForEach", (stream, seen) => Stream.runForEach(stream, (n) => Effect.sync(() => seen.push(n))))
+  sweep(
+    "Stream.runForEach, a handler of two steps",
+    (stream, seen) => Stream.runForEach(stream, (n) => Effect.andThen(Effect.void, Effect.sync(() => seen.push(n))))
+  )
+  sweep(
+    "Stream.take, then Stream.runForEach",
+    (stream, seen) => Stream.runForEach(Stream.take(stream, 20), (n) => Effect.sync(() => seen.push(n)))
+  )
+})

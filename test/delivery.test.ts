@@ -356,6 +356,56 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
 
   const publisherFor = (version: Version) => MqttClient.make({ url: broker.url, protocolVersion: version })
 
+  it.live("MQTT 5: a Stream.runForEach consumer stopped by Effect.timeout again and again over a backlog: every message taken was handed to the handler, none acknowledged unseen", () =>
+    Effect.gen(function*() {
+      const topic = unique("stopped")
+      const total = 10_000
+      const client = yield* MqttClient.make({
+        url: broker.url,
+        ...persistent(5, `stopped-${runId}`),
+        queue: IncomingQueue.bounded(total)
+      })
+      yield* client.subscribe(topic, { qos: 1 })
+      const publisher = yield* publisherFor(5)
+      yield* Effect.forEach(numbered(total), (text) => publisher.publish(topic, text, { qos: 1 }), {
+        concurrency: 100,
+        discard: true
+      })
+      yield* eventually("the backlog queued", Effect.map(client.queuedMessages, (n) => n === total))
+      const seen = new Set<string>()
+      const mismatches: Array<string> = []
+      let rounds = 0
+      while ((yield* client.queuedMessages) > 0 && rounds < 5000) {
+        rounds++
+        const before = yield* client.queuedMessages
+        let handled = 0
+        // a handler of 20 µs of work and a random number of steps (so that the consumer's pauses, every
+        // MaxOpsBeforeYield operations, fall anywhere in its cycle), stopped after 3 ms: the stop lands in a pause
+        yield* client.messages.pipe(
+          Stream.runForEach((message) =>
+            Effect.andThen(
+              Effect.sync(() => {
+                handled++
+                seen.add(message.text)
+                const end = performance.now() + 0.02
+                while (performance.now() < end) {
+                  // work
+                }
+              }),
+              Effect.forEach(Array.from({ length: Math.floor(Math.random() * 4) }), () => Effect.void, {
+                discard: true
+              })
+            )
+          ),
+          Effect.timeoutOption("3 millis")
+        )
+        const taken = before - (yield* client.queuedMessages)
+        if (taken !== handled) mismatches.push(`round ${rounds}: ${taken} taken, ${handled} handled`)
+      }
+      assert.deepStrictEqual(mismatches, [])
+      assert.strictEqual(seen.size, total)
+    }))
+
   for (const version of versions) {
     it.live(`${label(version)}: messages taken out of arrival order (a priority queue) and the client closed: their held-back acknowledgements are a warning, and the broker sends them again (QoS 2 not again with a store)`, () =>
       Effect.gen(function*() {

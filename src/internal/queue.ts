@@ -230,6 +230,9 @@ export type Kind<A> =
   | { readonly _tag: "Lifo" }
   | { readonly _tag: "Priority"; readonly order: Order.Order<A> }
 
+/** Operations of a fiber's budget that a pull leaves for the stream's steps up to the handler (see `pull`). */
+const HAND_OVER_OPS = 256
+
 export class MessageQueue<A, E> {
   private readonly store: Store<A>
   private readonly capacity: number
@@ -418,11 +421,32 @@ export class MessageQueue<A, E> {
   /** the fiber that last pulled from the stream: the consumer (see `Driver.ackWaiters`) */
   puller: Fiber.Fiber<unknown, unknown> | undefined = undefined
 
+  /**
+   * A pull. A fiber pauses every `MaxOpsBeforeYield` operations (2,048 by default), and a stop (interruption, a
+   * timeout) lands in a pause: one between the take and the consumer's handler would lose the message taken (with
+   * acknowledgement on hand-over, acknowledged and never handled). So a pull that finds less than `HAND_OVER_OPS`
+   * operations of the budget left (half of a budget of 512 or less) pauses first, while nothing is taken: the take,
+   * the stream's steps and the start of the handler then run within one budget (`Stream.runForEach` takes a few
+   * operations between them; a longer pipeline between the pull and the handler can still be stopped in between).
+   */
   private readonly pull: Effect.Effect<readonly [A], E | Cause.Done> = Effect.suspend(() => {
-    this.puller = Fiber.getCurrent()
+    const fiber = Fiber.getCurrent()
+    this.puller = fiber
+    if (fiber !== undefined) {
+      const budget = fiber.cache.maxOpsBeforeYield
+      if (fiber.currentOpCount > budget - (budget > 512 ? HAND_OVER_OPS : budget >> 1)) {
+        return Effect.andThen(Effect.yieldNow, this.pullNow)
+      }
+    }
+    return this.pullNowUnsafe()
+  })
+
+  private pullNowUnsafe(): Effect.Effect<readonly [A], E | Cause.Done> {
     const item = this.poll()
     return item !== undefined ? Effect.succeed([item] as const) : Effect.map(this.take, (a) => [a] as const)
-  })
+  }
+
+  private readonly pullNow: Effect.Effect<readonly [A], E | Cause.Done> = Effect.suspend(() => this.pullNowUnsafe())
 
   /** The messages as a stream shared by its consumers: one message per pull, so none is lost when one stops. */
   readonly stream: Stream.Stream<A, E> = Stream.fromPull(Effect.sync(() => {
