@@ -2011,6 +2011,46 @@ describe("a killed process gets its unacknowledged messages again, and release e
     )
   }
 
+  const FROZEN_RELEASE_CLIENT = Path.join(import.meta.dirname, "fixtures", "frozen-release-client.ts")
+  for (
+    const [when, keepAlive, releaseAfter] of [
+      ["while the connection is up", 60, 1000],
+      ["after the keepalive found the connection gone", 2, 6000]
+    ] as const
+  ) {
+    it.live(
+      `a frozen broker (SIGSTOP) that never reads what Node holds to write, release ${when}: the socket is closed and the process exits by itself`,
+      () =>
+        Effect.gen(function*() {
+          const frozen = yield* mosquitto()
+          const child = spawn(process.execPath, [
+            SOURCE_CONDITION,
+            FROZEN_RELEASE_CLIENT,
+            JSON.stringify({ url: frozen.url, protocolVersion: 4, keepAlive, connectTimeout: "1 second" }),
+            String(releaseAfter)
+          ], { stdio: "pipe" })
+          let output = ""
+          let stderr = ""
+          child.stdout.setEncoding("utf8").on("data", (chunk: string) => (output += chunk))
+          child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
+          const exited = Effect.callback<number | null>((resume) => {
+            if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.succeed(child.exitCode))
+            child.once("exit", (code) => resume(Effect.succeed(code)))
+          })
+          yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+          yield* eventually("the child connected", Effect.sync(() => output.includes("connected\n")))
+          frozen.kill("SIGSTOP")
+          child.stdin.write("go\n")
+          // only a hang guard: before the fix the process never exited while the broker stayed frozen
+          const code = yield* within("the child's exit", exited, 30)
+          frozen.kill("SIGCONT")
+          assert.strictEqual(code, 0, stderr)
+          assert.include(output, "released", stderr)
+        }).pipe(Effect.scoped),
+      60_000
+    )
+  }
+
   it.live(
     "a frozen broker (SIGSTOP) during release, with a full `messages` queue and an open subscription() stream: release ends, and a publish waiting for its PUBACK fails with a typed error",
     () =>

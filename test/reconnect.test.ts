@@ -5,8 +5,9 @@
  * operations do while it is offline.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Clock, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
-import { MqttClient, MqttError, MqttTestBroker } from "effect-mqtt"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
+import { MqttClient, MqttError, MqttSessionStore, MqttTestBroker } from "effect-mqtt"
+import * as KeyValueStore from "effect/persistence/KeyValueStore"
 import { TestClock } from "effect/testing"
 import type { Packet } from "mqtt-packet"
 import * as FakeBroker from "./support/FakeBroker.ts"
@@ -336,6 +337,87 @@ describe("session continuity (Session Present 1)", () => {
       for (const fiber of fibers) yield* Fiber.join(fiber)
       expect(rest.map(text)).toEqual(["m4", "m5", "m6"])
     }))
+})
+
+describe("a handshake that fails after its CONNACK was accepted (the CONNACK and a bad packet in one read)", () => {
+  /** CONNACK (Session Present 0) and a PUBLISH with topic alias 0, a Protocol Error, in one write. */
+  const connackThenViolation = (c: FakeBroker.FakeConnection) =>
+    Effect.gen(function*() {
+      yield* c.expect("connect")
+      const connack = c.encode({ cmd: "connack", sessionPresent: false, reasonCode: 0 } as Packet)
+      const bad = Uint8Array.from([0x30, 0x06, 0x00, 0x00, 0x03, 0x23, 0x00, 0x00])
+      yield* c.sendMany([connack, bad])
+    })
+
+  it.live(
+    "the session loses that connection too: the next one restores the subscriptions, also one made meanwhile",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+        const fiber = yield* Effect.forkChild(MqttClient.make({
+          url: broker.url,
+          protocolVersion: 5,
+          reconnect: Schedule.spaced("50 millis"),
+          logLevel: "Error"
+        }))
+        const { connection: c1 } = yield* broker.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        const subscribed = yield* Effect.forkChild(client.subscribe("a/#", { qos: 1 }))
+        const s1 = yield* c1.expect("subscribe")
+        yield* c1.send({ cmd: "suback", messageId: s1.messageId!, granted: [1], properties: {} } as Packet)
+        yield* Fiber.join(subscribed)
+        yield* c1.destroy
+        yield* connackThenViolation(yield* broker.accept)
+        const meanwhile = yield* Effect.forkChild(client.subscribe("b/#", { qos: 1 }))
+        const c3 = yield* broker.accept
+        yield* c3.expect("connect")
+        yield* c3.connack({ sessionPresent: false })
+        const filters: Array<string> = []
+        while (filters.length < 2) {
+          const packet = yield* c3.expect("subscribe")
+          for (const s of packet.subscriptions) filters.push(s.topic)
+          yield* c3.send(
+            {
+              cmd: "suback",
+              messageId: packet.messageId!,
+              granted: packet.subscriptions.map(() => 1),
+              properties: {}
+            } as Packet
+          )
+        }
+        expect(filters.sort()).toEqual(["a/#", "b/#"])
+        yield* Fiber.join(meanwhile)
+      }).pipe(Effect.scoped),
+    30_000
+  )
+
+  it.live(
+    "a QoS 0 publish made while reconnecting is kept for the next connection (offline buffer), not written to the dead one",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+        const fiber = yield* Effect.forkChild(MqttClient.make({
+          url: broker.url,
+          protocolVersion: 5,
+          reconnect: Schedule.spaced("300 millis"),
+          logLevel: "Error"
+        }))
+        const { connection: c1 } = yield* broker.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        yield* c1.destroy
+        const c2 = yield* broker.accept
+        yield* connackThenViolation(c2)
+        yield* c2.closed
+        yield* Stream.runDrain(Stream.take(Stream.filter(client.statusChanges, (s) => s._tag === "Disconnected"), 1))
+        yield* client.publish("t", "while offline")
+        const c3 = yield* broker.accept
+        yield* c3.expect("connect")
+        yield* c3.connack({ sessionPresent: false })
+        const publish = yield* c3.expect("publish")
+        expect(Buffer.from(publish.payload).toString()).toBe("while offline")
+      }).pipe(Effect.scoped),
+    30_000
+  )
 })
 
 describe("Session Present 0 while the client holds state", () => {
@@ -1105,6 +1187,66 @@ describe("statusChanges ends with Closed", () => {
 // ---------------------------------------------------------------------------------------------------------------
 
 describe("interruption and closing", () => {
+  it.live(
+    "closed while a slow store holds a write and a reconnect's CONNACK comes meanwhile: that connection ends with DISCONNECT (no will), never Connected after the close",
+    () =>
+      Effect.gen(function*() {
+        const inner = yield* MqttSessionStore.memory
+        const gate = { closed: false, open: yield* Deferred.make<void>() }
+        const kv = KeyValueStore.make({
+          get: inner.kv.get,
+          getUint8Array: inner.kv.getUint8Array,
+          set: (key, value) =>
+            Effect.suspend(() =>
+              gate.closed
+                ? Effect.andThen(Deferred.await(gate.open), inner.kv.set(key, value))
+                : inner.kv.set(key, value)
+            ),
+          remove: inner.kv.remove,
+          clear: inner.kv.clear,
+          size: inner.kv.size,
+          keys: inner.kv.keys
+        })
+        const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+        const scope = yield* Scope.make()
+        const fiber = yield* Effect.forkChild(Scope.provide(
+          MqttClient.make({
+            url: broker.url,
+            protocolVersion: 5,
+            clientId: "close-race",
+            cleanStart: false,
+            sessionExpiryInterval: 3600,
+            store: MqttSessionStore.fromKeyValueStore(kv, "gated"),
+            reconnect: Schedule.spaced("10 millis"),
+            logLevel: "Error",
+            will: { topic: "will", payload: "gone" }
+          }),
+          scope
+        ))
+        const { connection: c1 } = yield* broker.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        const statuses: Array<string> = []
+        yield* Effect.forkChild(
+          Stream.runForEach(client.statusChanges, (status) => Effect.sync(() => statuses.push(status._tag))),
+          { startImmediately: true }
+        )
+        yield* c1.destroy
+        const c2 = yield* broker.accept
+        yield* c2.expect("connect")
+        // the journal's next write waits: the close waits for it (a bounded while), and the CONNACK comes then
+        gate.closed = true
+        yield* Effect.forkChild(Effect.exit(client.publish("t", "held", { qos: 1 })), { startImmediately: true })
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void), { startImmediately: true })
+        yield* sleepReal(50)
+        yield* c2.connack({ sessionPresent: true })
+        yield* Fiber.join(closing)
+        yield* c2.closed
+        expect(c2.received.map((packet) => packet.cmd)).toContain("disconnect")
+        expect(statuses.slice(statuses.lastIndexOf("Connecting"))).toEqual(["Connecting", "Closed"])
+      }),
+    30_000
+  )
+
   for (const version of versions) {
     it.live(`v${version}: an interrupted QoS 1 publish that was sent is still resent after a drop, and its PUBACK accepted`, () =>
       Effect.gen(function*() {

@@ -174,7 +174,17 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
             new MqttError.MqttTimeoutError({ operation: "connect", millis: Duration.toMillis(o.connectTimeout) })
           )
       }),
-      Effect.tapError((error) => close(env, c, error, disconnectReasonOf(error)))
+      Effect.tapError((error) =>
+        Effect.suspend(() => {
+          // the CONNACK was accepted in the read that failed: the session took this connection (restore, resends,
+          // waiting publishes written into its outbox), so it must lose it as any connection it was carried by
+          if (reader.connected() && !env.driver.session.closed) {
+            env.driver.session.lost(error, env.driver.out)
+            env.driver.drain()
+          }
+          return close(env, c, error, disconnectReasonOf(error))
+        })
+      )
     )
     // the read loop first waits for room for what came with the CONNACK: the handshake never waits on a consumer
     yield* Effect.forkIn(

@@ -406,6 +406,12 @@ export class Supervisor {
           return yield* self.shutdown(failure?.error ?? error)
         }
         c = exit.value
+        if (self.env.driver.session.closed !== undefined) {
+          // the client closed while this connection was made (its shutdown waited for the store): it ends as the
+          // close ends a connection, with DISCONNECT, so that the broker does not publish the will
+          const o = self.env.options
+          return yield* close(self.env, c, closedByClient, o.disconnectReasonCode, o.disconnectSessionExpiry, true)
+        }
         connectedAt = clock.currentTimeMillisUnsafe()
         const outage = connectedAt - since
         self.metrics.reconnects++

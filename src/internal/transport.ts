@@ -229,7 +229,10 @@ const makeNet = (options: Net.NetConnectOpts): Opened => ({
           Effect.sync(() => {
             track.closed(conn)
             if (conn === undefined || conn.closed) return
-            if (isOpen) conn.destroySoon()
+            // bytes Node still holds after the connection's bounded wait will not be taken (a frozen broker, a
+            // closed window): end() would wait for them for good, the socket keeping the process alive
+            if (isOpen && conn.writableLength === 0) conn.destroySoon()
+            else if (isOpen) conn.resetAndDestroy()
             else conn.destroy()
           })
         ),
@@ -425,8 +428,11 @@ const makeTls = (endpoint: TlsEndpoint, settings: TlsSettings): Opened => ({
           Context.get(context, Scope.Scope),
           Effect.sync(() => {
             track.closed(secure)
-            if (secure !== undefined && isOpen && !secure.destroyed) {
+            if (secure !== undefined && isOpen && !secure.destroyed && secure.writableLength === 0) {
               secure.destroySoon()
+            } else if (secure !== undefined && isOpen && !secure.destroyed) {
+              secure.destroy()
+              raw?.resetAndDestroy()
             } else {
               secure?.destroy()
               raw?.destroy()
