@@ -817,6 +817,7 @@ export interface Client {
   /**
    * The number of messages dropped so far: by a sliding or dropping queue, those a released `subscription()`
    * stream left while nothing reads `messages` (given up: acknowledged unread unless the client closes first),
+   * QoS 1/2 ones that waited unclaimed on `messages` while nothing reads it (see `subscription`),
    * on MQTT 3.1.1 those over `maximumPacketSize` (dropped unread, acknowledged in their turn), QoS 0 ones that
    * came while a SUBSCRIBE or UNSUBSCRIBE awaited its acknowledgement behind a full queue nothing had consumed yet,
    * and responses on `request`'s response topic that no request waits for (late, or without Correlation Data).
@@ -859,7 +860,9 @@ export interface Client {
    * later QoS 1/2 delivery. They are acknowledged unread at the client's next acknowledgement of another message (or
    * after a second without one), never when the client closes first: a program that stops leaves them to its
    * persistent session. When the application does not read `messages`, a new stream first takes the messages
-   * waiting there that match its filters (a resumed session's backlog, sent before it subscribed again).
+   * waiting there that match its filters (a resumed session's backlog, sent before it subscribed again); QoS 1/2
+   * ones that no stream claims are given up (counted, logged, acknowledged unread) one second after the application
+   * acknowledged another message, which they would hold back.
    */
   readonly subscription: (
     filters: string | Subscription | ReadonlyArray<string | Subscription>,

@@ -356,6 +356,48 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
 
   const publisherFor = (version: Version) => MqttClient.make({ url: broker.url, protocolVersion: version })
 
+  for (const version of versions) {
+    it.live(`${label(version)}: a resumed session's message on a filter this process no longer takes, in a program that reads subscription() streams only: given up (counted, warned, acknowledged), not holding back every later acknowledgement`, () =>
+      Effect.gen(function*() {
+        const lines: Array<string> = []
+        const logger = Logger.make((options) => {
+          lines.push(Array.isArray(options.message) ? options.message.join(" ") : String(options.message))
+        })
+        const id = `stale-${runId}-${version}`
+        const root = unique("stale")
+        // the earlier process: a persistent session subscribed to old/#, gone without unsubscribing
+        yield* Effect.scoped(
+          Effect.flatMap(
+            MqttClient.make({ url: broker.url, ...persistent(version, id) }),
+            (c) => c.subscribe(`${root}/old/#`, { qos: 1 })
+          )
+        )
+        const publisher = yield* publisherFor(version)
+        yield* publisher.publish(`${root}/old/x`, "stale", { qos: 1 })
+        // this process takes new/# only, through a subscription() stream: nothing reads `messages`
+        const client = yield* MqttClient.make({
+          url: broker.url,
+          ...persistent(version, id),
+          // MQTT 5: the broker's window is the client's Receive Maximum
+          ...(version === 5 ? { receiveMaximum: 20 } : {})
+        }).pipe(Effect.provide(Logger.layer([logger])))
+        assert.isTrue(client.connection.sessionPresent)
+        const stream = yield* client.subscription(`${root}/new/#`, { qos: 1 })
+        // more than the broker's window (Mosquitto's max_inflight_messages 20 on MQTT 3.1.1, Receive Maximum 20 on
+        // MQTT 5): all of them come only if the stream's
+        // acknowledgements are not held back behind the stale message
+        const total = 60
+        yield* Effect.forkChild(publishAll(publisher, `${root}/new/x`, numbered(total)))
+        const got = yield* take(stream, total)
+        assert.deepStrictEqual(texts(got), numbered(total))
+        assert.strictEqual(yield* client.droppedMessages, 1)
+        assert.isTrue(
+          lines.some((line) => line.includes("1 QoS 1/2 message(s) that no subscription of this process takes")),
+          lines.join("\n")
+        )
+      }).pipe(Effect.scoped))
+  }
+
   it.live("MQTT 5: a Stream.runForEach consumer stopped by Effect.timeout again and again over a backlog: every message taken was handed to the handler, none acknowledged unseen", () =>
     Effect.gen(function*() {
       const topic = unique("stopped")

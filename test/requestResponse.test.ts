@@ -14,7 +14,7 @@
  * - An MQTT 5 CONNACK's Assigned Client Identifier is taken only when the CONNECT's was empty [MQTT-3.2.2.3.7].
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Cause, Deferred, Effect, Exit, Fiber, Logger, Option, Schema } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Logger, Option, Schema, Stream } from "effect"
 import { IncomingQueue, MqttClient, type MqttError, MqttTopic } from "effect-mqtt"
 import { connectAsync as connectMqttJs } from "mqtt"
 import type { Packet } from "mqtt-packet"
@@ -744,6 +744,59 @@ describe("request: the response topic's SUBSCRIBE is the client's, within each r
       assert.strictEqual((yield* guard(Fiber.join(reply))).text, "re in time")
       assert.strictEqual(yield* requester.droppedMessages, 3)
     })).pipe(Effect.provide(layer))
+  })
+
+  it.live("a restarted requester (persistent session) whose late responses arrived while it was down, reading subscription() streams only: they are given up (counted, warned, acknowledged), not holding back every later acknowledgement", () => {
+    const { layer, lines } = makeLines()
+    return Effect.scoped(Effect.gen(function*() {
+      const broker = yield* mosquitto()
+      const service = `rq/${run}/restart`
+      const options: MqttClient.Options = {
+        url: broker.url,
+        protocolVersion: 5,
+        clientId: `rq-restart-${run}`,
+        cleanStart: false,
+        sessionExpiryInterval: 600,
+        // the broker's window: 20 messages unacknowledged
+        receiveMaximum: 20
+      }
+      const peer = yield* Effect.acquireRelease(
+        Effect.promise(() => connectMqttJs(broker.url, { protocolVersion: 5, reconnectPeriod: 0 })),
+        (client) => Effect.promise(() => client.endAsync(true))
+      )
+      const held: Array<{ readonly responseTopic: string; readonly correlationData: Buffer }> = []
+      peer.on("message", (_topic, _payload, packet) => {
+        const { responseTopic, correlationData } = packet.properties ?? {}
+        if (typeof responseTopic === "string" && Buffer.isBuffer(correlationData)) {
+          held.push({ responseTopic, correlationData })
+        }
+      })
+      yield* Effect.promise(() => peer.subscribeAsync(service, { qos: 1 }))
+      // the first process: a request that times out, then the process goes (a redeploy)
+      yield* Effect.scoped(Effect.gen(function*() {
+        const requester = yield* MqttClient.make(options)
+        const exit = yield* Effect.exit(requester.request(service, "slow", { timeout: "300 millis" }))
+        assert.strictEqual(errorOf(exit)._tag, "MqttTimeoutError")
+      }))
+      // the responder answers while the requester is down: its session holds the response
+      yield* until(() => held.length === 1)
+      yield* Effect.promise(() =>
+        peer.publishAsync(held[0].responseTopic, "late", {
+          qos: 1,
+          properties: { correlationData: held[0].correlationData }
+        })
+      )
+      // the next process reads a subscription() stream only, and makes no request
+      const requester = yield* MqttClient.make(options).pipe(Effect.provide(layer))
+      assert.isTrue(requester.connection.sessionPresent)
+      const stream = yield* requester.subscription(`${service}/data`, { qos: 1 })
+      const total = 60
+      for (let i = 1; i <= total; i++) peer.publish(`${service}/data`, String(i), { qos: 1 })
+      const got = yield* guard(Stream.runCollect(Stream.take(stream, total)))
+      assert.deepStrictEqual(got.map((message) => message.text), Array.from({ length: total }, (_, i) => String(i + 1)))
+      assert.strictEqual(yield* requester.droppedMessages, 1)
+      assert.isTrue(lines.some((line) => line.includes("effect-mqtt/responses/")), lines.join("\n"))
+    }))
   })
 
   it.live("the timeout covers the wait for the SUBACK (broker frozen): MqttTimeoutError in time; after the thaw the next request is answered", () =>

@@ -144,6 +144,7 @@ export class Deliveries {
     // an acknowledgement lets those given up unread go first (they hold back every later one [MQTT-4.6.0-2])
     this.sink = (record) => {
       if (this.givenUp.length > 0) this.releaseGivenUp()
+      if (this.unreadTimer === undefined && this.messages.size > 0 && !this.takesLeftovers) this.watchUnread()
       return sink(record)
     }
     this.flows = flows
@@ -327,6 +328,54 @@ export class Deliveries {
     // a timer of its own must not keep the process alive
     this.givenUpTimer.unref?.()
   }
+
+  /**
+   * Messages waiting on `messages` while the application does not read it came with no owner: a resumed session's
+   * backlog on a filter no subscription of this process takes, late responses to an earlier process's requests,
+   * what the broker still sent for a released stream's subscription. A later `subscription()` may claim them
+   * (`claimBacklog`); until then they hold back every later acknowledgement [MQTT-4.6.0-2], and with them all QoS
+   * 1/2 delivery once the broker's window is full. So when the application acknowledges a message while some wait
+   * there, those still there `GIVEN_UP_GRACE_MS` later, unclaimed, are given up: counted as dropped, logged, and
+   * acknowledged unread.
+   */
+  private watchUnread(): void {
+    const waiting = new Set<MqttMessage>()
+    this.messages.sortUnsafe((all) => {
+      for (const message of all) waiting.add(message)
+      this.messages.offerMovedUnsafe(all)
+    })
+    this.unreadTimer = setTimeout(() => {
+      this.unreadTimer = undefined
+      if (this.takesLeftovers || this.messages.isClosed) return
+      const unread: Array<MqttMessage> = []
+      this.messages.sortUnsafe((all) => {
+        const kept: Array<MqttMessage> = []
+        // QoS 1/2 ones: a QoS 0 message holds back nothing
+        for (const message of all) {
+          ;(waiting.has(message) && receiptOf(message) !== undefined ? unread : kept).push(message)
+        }
+        if (kept.length > 0) this.messages.offerMovedUnsafe(kept)
+      })
+      if (unread.length === 0) return
+      for (const message of unread) {
+        this.droppedByGone++
+        this.metrics.dropped()
+        acknowledge(message)
+      }
+      const topics = [...new Set(unread.map((message) => message.topic))]
+      this.warn(
+        `${unread.length} QoS 1/2 message(s) that no subscription of this process takes (on ${
+          topics.slice(0, 3).join(", ")
+        }${topics.length > 3 ? ", ..." : ""}) waited unread on \`messages\`, which nothing reads: given up and ` +
+          "acknowledged, since they held back " +
+          "every later acknowledgement (a resumed session's backlog, or late responses of an earlier process; " +
+          "subscribe through `subscribe`, or run `messages`, to take them)"
+      )
+    }, GIVEN_UP_GRACE_MS)
+    // a timer of its own must not keep the process alive
+    this.unreadTimer.unref?.()
+  }
+  private unreadTimer: ReturnType<typeof setTimeout> | undefined = undefined
 
   /** Acknowledges what was given up unread. */
   private readonly releaseGivenUp = (): void => {
@@ -573,6 +622,8 @@ export class Deliveries {
   close(error: MqttError.MqttError | undefined): void {
     if (this.givenUpTimer !== undefined) clearTimeout(this.givenUpTimer)
     this.givenUpTimer = undefined
+    if (this.unreadTimer !== undefined) clearTimeout(this.unreadTimer)
+    this.unreadTimer = undefined
     this.givenUp = []
     for (const owner of this.owners.values()) {
       if (owner.queue === undefined) continue
