@@ -21,10 +21,13 @@
  * **Adoption.** Brokers differ in what they do with the messages of a member that goes away: Mosquitto 2.0 keeps
  * them in the member's session and goes on dealing that session its share of new messages, even while nobody is
  * connected. So each member has a persistent session (`sessionExpiryInterval`, default one hour) and a will on
- * `effect-mqtt/groups/<group>/left` naming it, published 2 seconds after it dies or leaves (it disconnects with
- * reason 0x04, which asks the broker to publish the will), unless it is back by then. The members listen to that
- * topic through a shared subscription of a second connection whose session ends with it, so that exactly one live
- * member receives the notice; it connects as the member that left, takes its subscription out of the group, and
+ * `effect-mqtt/groups/<group>/left/<member>` naming it, published 2 seconds after it dies or leaves (it disconnects
+ * with reason 0x04, which asks the broker to publish the will), unless it is back by then. The members listen to
+ * those topics through a shared subscription of a second connection whose session ends with it, so that exactly
+ * one live member receives the notice. The notice is retained, until the member comes back or is adopted: a member
+ * that starts adopts, 5 seconds after it started, the members whose notices are still there (members that left
+ * while no member ran: a whole group stopped, and started again with fewer members or other names). The adopter
+ * connects as the member that left, takes its subscription out of the group, and
  * handles with its own handler what the session still held (sent again by the broker) until a marker it published
  * to itself comes back; the emptied session then expires. An adopter that dies meanwhile leaves a will naming the
  * member again, and one whose handler fails says so itself, for another member to take over. A member restarting
@@ -59,7 +62,7 @@
  *     client: { url: "mqtt://localhost:1883" },
  *     group: "orders",
  *     filter: "orders/#",
- *     member: `orders-${process.env.HOSTNAME}`,
+ *     member: `orders-${process.env.WORKER_SLOT}`, // the same after a restart
  *     qos: 1,
  *     prefetch: 10
  *   },
@@ -116,11 +119,43 @@ export interface Options {
 /** The group's own topics (notices that a member left, records, markers): never handed to a handler. */
 const GROUP_TOPICS = "effect-mqtt/groups/"
 
-/** The topic of the group's notices that a member left (its will). */
+/** The topic of the group's notices that a member left, as versions before 0.3 published them (not retained). */
 const leftTopic = (group: string) => `${GROUP_TOPICS}${group}/left`
 
-/** How long a notice that a member left stays valid in the broker's queues, in seconds. */
-const NOTICE_EXPIRY = 60
+/**
+ * The topic of the notice that `member` left (its will): retained, so that a member that starts finds the notices
+ * of members that left while no member was running (a whole group stopped, and started again with fewer members or
+ * other names), and adopts them. The member clears it when it comes back, the adopter once it adopted.
+ */
+const noticeTopic = (group: string, member: string) => `${GROUP_TOPICS}${group}/left/${member}`
+
+/** How long a notice stays valid (in the broker's queues, and retained), in seconds: as long as the session. */
+const noticeExpiry = (options: Options) => options.sessionExpiryInterval ?? 3600
+
+/** The will of a connection as `member`: the notice that it left, retained, 2 seconds after it went away. */
+const noticeWill = (options: Options, member: string): MqttClient.Will => ({
+  topic: noticeTopic(options.group, member),
+  payload: member,
+  qos: 1,
+  retain: true,
+  // by then the dead member's connection for notices has left the notices' group; a member back within the
+  // delay resumes its session itself, and the will is not sent [MQTT-3.1.3-9]
+  properties: { messageExpiryInterval: noticeExpiry(options), willDelayInterval: NOTICE_DELAY }
+})
+
+/** Publishes the notice that `member` left (retained), or with `""` clears it. */
+const notice = (client: MqttClient.Client, options: Options, member: string, text: string = member) =>
+  client.publish(noticeTopic(options.group, member), text, {
+    qos: 1,
+    retain: true,
+    properties: text === "" ? undefined : { messageExpiryInterval: noticeExpiry(options) }
+  })
+
+/**
+ * How long a member that starts waits before it adopts the members named by retained notices: members starting at
+ * the same time (a redeploy) clear their own notices meanwhile, and are not adopted.
+ */
+const STARTING_GRACE = "5 seconds"
 
 /** How long after a member went away its will is published, in seconds. */
 const NOTICE_DELAY = 2
@@ -170,6 +205,26 @@ const recordedFilters = (
     } catch {
       return []
     }
+  }))
+
+/**
+ * The members named by the retained notices of the group (`left/<member>`): members that left and that nobody
+ * adopted yet. Read as `recordedFilters` reads a record, on `client`, a connection with a clean session.
+ */
+const retainedNotices = (
+  client: MqttClient.Client,
+  group: string
+): Effect.Effect<ReadonlyArray<string>, MqttError.MqttError> =>
+  Effect.scoped(Effect.gen(function*() {
+    const marker = `${GROUP_TOPICS}${group}/marker/notices/${Date.now().toString(36)}`
+    const stream = yield* client.subscription([`${leftTopic(group)}/+`, marker], { qos: 1 })
+    yield* client.publish(marker, "", { qos: 1 })
+    const got = yield* Stream.runCollect(stream.pipe(
+      Stream.takeUntil((message) => message.topic === marker),
+      Stream.interruptWhen(Effect.sleep(RECORD_WAIT))
+    ))
+    return got.filter((message) => message.retain && message.topic !== marker && message.text !== "")
+      .map((message) => message.text)
   }))
 
 /** The options of a member's connection for the group's notices and records: a session that ends with it. */
@@ -296,14 +351,7 @@ const memberOptionsOf = (options: Options): MqttClient.Options => ({
   sessionExpiryInterval: options.sessionExpiryInterval ?? 3600,
   receiveMaximum: options.prefetch ?? 10,
   acknowledgement: "manual",
-  will: {
-    topic: leftTopic(options.group),
-    payload: options.member,
-    qos: 1,
-    // by then the dead member's connection for notices has left the notices' group; a member back within the
-    // delay resumes its session itself, and the will is not sent [MQTT-3.1.3-9]
-    properties: { messageExpiryInterval: NOTICE_EXPIRY, willDelayInterval: NOTICE_DELAY }
-  },
+  will: noticeWill(options, options.member),
   disconnect: { reasonCode: 4 }
 })
 
@@ -380,12 +428,7 @@ const adoption = <E, R>(
       clientId: member,
       // should this adopter die before the end, the session stays and another member takes it up (a member
       // that comes back to its session within the delay cancels this will [MQTT-3.1.3-9])
-      will: {
-        topic: leftTopic(options.group),
-        payload: member,
-        qos: 1,
-        properties: { messageExpiryInterval: NOTICE_EXPIRY, willDelayInterval: NOTICE_DELAY }
-      },
+      will: noticeWill(options, member),
       // a graceful end discards the will; the session, emptied of its subscriptions, expires by itself
       disconnect: { reasonCode: 0 },
       reconnect: false
@@ -416,14 +459,12 @@ const adoption = <E, R>(
       yield* orphan.unsubscribe(marker)
       // the session is empty and goes: so does its record (an empty retained message deletes it)
       yield* orphan.publish(recordTopic(options.group, member), "", { qos: 1, retain: true })
+      // and so does the notice that it left: a member that starts will not adopt it again
+      yield* notice(orphan, options, member, "")
     })
     // an adoption that fails leaves the rest of the session to another member: it says so, as its will would
     // (when its connection is gone, this publish fails and the will, or the member's return, does it)
-    yield* Effect.tapError(drain, () =>
-      orphan.publish(leftTopic(options.group), member, {
-        qos: 1,
-        properties: { messageExpiryInterval: NOTICE_EXPIRY }
-      }).pipe(Effect.ignore))
+    yield* Effect.tapError(drain, () => notice(orphan, options, member).pipe(Effect.ignore))
     return handled
   }))
 
@@ -453,9 +494,14 @@ export const run = <E, R>(
     // the notices come on a connection of their own, with a session that ends with it: a persistent session
     // would stay in the notices' group after its member died, and be dealt the notice of its own death
     const listener = yield* MqttClient.make(plainOptions(options))
-    const noticeStream = yield* listener.subscription(`$share/${options.group}/${notices}`, { qos: 1 })
+    // the notices of this version (`left/<member>`), and those of members of versions before 0.3 (`left`)
+    const noticeStream = yield* listener.subscription(
+      [`$share/${options.group}/${notices}`, `$share/${options.group}/${notices}/+`],
+      { qos: 1 }
+    )
     const offerOrphan = (left: string) =>
-      left === options.member
+      // "": a notice cleared (a member back, or adopted)
+      left === options.member || left === ""
         ? Effect.void
         : memberProblem(options.group, left) !== undefined
         ? Effect.logWarning(`effect-mqtt group ${options.group}: a notice names no member: "${left}", ignored`)
@@ -470,6 +516,17 @@ export const run = <E, R>(
     }
     const record = recordTopic(options.group, options.member)
     yield* client.publish(record, JSON.stringify(filters), { qos: 1, retain: true })
+    // this member is back: its notice from a last run goes
+    yield* notice(client, options, options.member, "")
+    // the notices of members that left while no member ran (a whole group stopped, started again with fewer
+    // members or other names) are adopted, those still there after members starting with this one cleared theirs
+    const leftWhileStopped = Effect.sleep(STARTING_GRACE).pipe(
+      Effect.andThen(retainedNotices(listener, options.group)),
+      Effect.flatMap((left) => Effect.forEach(left, offerOrphan, { discard: true })),
+      Effect.catch((error) =>
+        Effect.logWarning(`effect-mqtt group ${options.group}: reading the notices failed: ${error.message}`)
+      )
+    )
     // one stream for all the work: after a restart the broker resends what the last process left unacknowledged,
     // under that process's subscription identifiers, which no subscription of this one claims
     yield* client.subscribe(shares(options.group, filters), { qos: options.qos ?? 1 })
@@ -496,13 +553,15 @@ export const run = <E, R>(
       () =>
         client.subscribe(shares(options.group, filters), { qos: options.qos ?? 1 }).pipe(
           Effect.andThen(client.publish(record, JSON.stringify(filters), { qos: 1, retain: true })),
+          // back after its will went out: the notice goes (an adopter may have emptied the session already)
+          Effect.andThen(notice(client, options, options.member, "")),
           // lost again meanwhile: the next connection does it
           Effect.catch((error) =>
             Effect.logWarning(`effect-mqtt group ${options.group}: rejoining failed: ${error.message}`)
           )
         )
     )
-    yield* Effect.all([work, adoptions, listening, rejoin], { concurrency: 4, discard: true })
+    yield* Effect.all([work, adoptions, listening, rejoin, leftWhileStopped], { concurrency: 5, discard: true })
     return yield* new MqttError.ConnectionLostError({ reason: "the client was closed" })
   }))
 
@@ -534,10 +593,7 @@ const adoptionCut = (
   }
   return Effect.logWarning(`effect-mqtt group ${group}: adoption of ${left} did not start: ${error.message}`).pipe(
     Effect.andThen(Effect.sleep(`${NOTICE_DELAY} seconds`)),
-    Effect.andThen(client.publish(leftTopic(group), left, {
-      qos: 1,
-      properties: { messageExpiryInterval: NOTICE_EXPIRY }
-    })),
+    Effect.andThen(notice(client, options, left)),
     Effect.ignore
   )
 }

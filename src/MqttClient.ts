@@ -315,7 +315,9 @@ export interface Options {
    * while it holds a backlog for the client, and a DISCONNECT would lose what a clean session held; with
    * `strictReceiveMaximum: true` it gets DISCONNECT 0x93 instead. Default: the capacity of `queue` (1,024 by default; 65,535
    * for an unbounded queue): since a message is acknowledged when a consumer takes it, a queue that large never
-   * fills with QoS 1/2 messages, and the client keeps reading the socket while a consumer stalls. */
+   * fills with QoS 1/2 messages, and the client keeps reading the socket while a consumer stalls. For a queue that
+   * drops when full (sliding, dropping, LIFO with `overflow` "sliding" or "dropping"), 65,535: the broker sends
+   * what comes and the queue drops as it says (bounded by its capacity, the broker would hold the newest back). */
   readonly receiveMaximum?: number | undefined
   /** MQTT 5: how many topic aliases the broker may set on this client's connection. Default 16 (0 on 3.1.1). */
   readonly topicAliasMaximum?: number | undefined

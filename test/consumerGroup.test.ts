@@ -227,6 +227,66 @@ describe("a member that comes back while another adopts its session", () => {
   )
 })
 
+describe("a whole group stopped and started again with fewer members", () => {
+  it.live(
+    "the member that did not come back is adopted by one that did (its notice is retained): every message it was dealt is handled",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({ protocolConfig: "max_queued_messages 0\nlog_type subscribe" })
+        const group = {
+          client: { url: broker.url },
+          group: "redeploy",
+          filter: "work/#",
+          qos: 1,
+          prefetch: 10
+        } as const
+        const names = ["member-1", "member-2", "member-3"]
+        const subscribedSince = (from: number) => (name: string) =>
+          broker.logs().split("\n").slice(from).some((line) =>
+            line.includes(` ${name} `) && line.includes("$share/redeploy/work/#")
+          )
+        const first = [] as Array<Member>
+        for (const name of names) first.push(yield* member({ ...group, member: name }))
+        yield* until("three members subscribed", () => names.every(subscribedSince(0)), 60)
+        // the whole group stops at once (a redeploy): each will (2 s after) finds no live member to adopt it
+        for (const m of first) m.child.kill("SIGKILL")
+        yield* sleepReal(3500)
+        // Mosquitto goes on dealing each of the three sessions its share of what comes now
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        const expected = Array.from({ length: 300 }, (_, i) => `work/x ${i}`)
+        yield* Effect.forEach(expected, (_, i) => publisher.publish("work/x", String(i), { qos: 1 }), {
+          concurrency: 20,
+          discard: true
+        })
+        // two of them come back: member-3 does not (a smaller deployment, or a new name)
+        const from = broker.logs().split("\n").length - 1
+        const back = [yield* member({ ...group, member: "member-1" }), yield* member({ ...group, member: "member-2" })]
+        const counts = new Set<string>()
+        const count = () => {
+          counts.clear()
+          for (const m of back) for (const key of m.handled) counts.add(key)
+          return expected.every((key) => counts.has(key))
+        }
+        yield* until(
+          "every message handled by the members that came back",
+          count,
+          120,
+          () =>
+            `\n${expected.filter((key) => !counts.has(key)).length} missing; ${
+              JSON.stringify(back.map((m) => [m.handled.length, m.adopted, m.log.slice(-5)]))
+            }`
+        )
+        expect(["member-1", "member-2"].every(subscribedSince(from))).toBe(true)
+        // the adoption is reported when it ends (the session emptied), which may be after the last message
+        yield* until("member-3 adopted", () => back.some((m) => m.adopted.some(([name]) => name === "member-3")), 60)
+        const adoptions = back.flatMap((m) => m.adopted)
+        // the members that came back are not adopted: their own notices were cleared when they came back
+        expect(adoptions.filter(([name]) => name !== "member-3")).toEqual([])
+      }),
+    300_000
+  )
+})
+
 describe("a member frozen past its keepalive while another adopts its session", () => {
   it.live(
     "lets go of what it had queued when it resumes: the adopter handled it, and QoS 2 is not handled twice but for the messages its handler had begun",
@@ -531,7 +591,7 @@ describe("ConsumerGroup options", () => {
       }
     }))
 
-  it("memberOptions: MQTT 5, the member as client identifier, a persistent session, prefetch as Receive Maximum, manual acknowledgement, the will that names it, DISCONNECT 0x04", () => {
+  it("memberOptions: MQTT 5, the member as client identifier, a persistent session, prefetch as Receive Maximum, manual acknowledgement, the will that names it (retained), DISCONNECT 0x04", () => {
     const options = ConsumerGroup.memberOptions({
       client: { url: "mqtt://broker:1883", keepAlive: 30 },
       group: "orders",
@@ -548,7 +608,8 @@ describe("ConsumerGroup options", () => {
       sessionExpiryInterval: 3600,
       receiveMaximum: 5,
       acknowledgement: "manual",
-      will: { topic: "effect-mqtt/groups/orders/left", payload: "worker-7", qos: 1 },
+      // retained: a member that starts finds it, when no member was running as it left
+      will: { topic: "effect-mqtt/groups/orders/left/worker-7", payload: "worker-7", qos: 1, retain: true },
       disconnect: { reasonCode: 4 }
     })
   })

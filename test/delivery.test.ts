@@ -1386,6 +1386,26 @@ describe("flow control, drops and LIFO against a private Mosquitto", () => {
   })
   afterAll(() => broker?.dispose())
 
+  for (const version of versions) {
+    for (const [kind, kept] of [["sliding", ["m5", "m6"]], ["dropping", ["m1", "m2"]]] as const) {
+      it.live(`${label(version)}: IncomingQueue.${kind}(2), 6 QoS 1 messages while nothing reads: 4 dropped, the consumer gets ${kept.join(" and ")} (on MQTT 5 the broker is not held back to the queue's capacity)`, () =>
+        Effect.gen(function*() {
+          const topic = unique(kind)
+          const client = yield* MqttClient.make({
+            url: broker.url,
+            protocolVersion: version,
+            queue: IncomingQueue[kind](2)
+          })
+          yield* client.subscribe(topic, { qos: 1 })
+          const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
+          yield* publishAll(publisher, topic, ["m1", "m2", "m3", "m4", "m5", "m6"])
+          yield* eventually("4 dropped", Effect.map(client.droppedMessages, (n) => n === 4))
+          assert.deepStrictEqual(texts(yield* take(client.messages, 2)), [...kept])
+          assert.strictEqual(yield* client.queuedMessages, 0)
+        }))
+    }
+  }
+
   for (const qos of [0, 1] as const) {
     it.live(`a SUBSCRIBE while a read queue is full under a QoS ${qos} flood: the queue keeps its bound (only queues nothing consumed yet give way)`, () =>
       Effect.gen(function*() {
