@@ -275,7 +275,7 @@ afterAll(async () => {
 })
 
 describe("the packed tarball", () => {
-  it("holds dist (JavaScript, declarations and their maps), src, LICENSE, README and CHANGELOG, and no tests", () => {
+  it("holds dist (JavaScript, declarations and their maps), src, the guide (docs) and the examples the README links to, LICENSE, README and CHANGELOG, and no tests", () => {
     const files = new Set(packed.files.map((file) => file.path))
     for (const module of ["index", "MqttClient", "MqttError", "MqttMessage", "IncomingQueue", "Topic"]) {
       for (const suffix of [".js", ".js.map", ".d.ts", ".d.ts.map"]) {
@@ -283,8 +283,14 @@ describe("the packed tarball", () => {
       }
       assert.isTrue(files.has(`src/${module}.ts`), `src/${module}.ts`)
     }
-    const outside = [...files].filter((file) => !/^(dist|src)\//.test(file)).sort()
+    const outside = [...files].filter((file) => !/^(dist|src|docs|examples)\//.test(file)).sort()
     assert.deepStrictEqual(outside, ["CHANGELOG.md", "LICENSE", "README.md", "package.json"])
+    // the README's guide links and example references resolve in the installed package
+    const readme = Fs.readFileSync(Path.join(root, "README.md"), "utf8")
+    const linked = [...readme.matchAll(/\]\((docs\/[\w-]+\.md)(#[\w-]*)?\)/g)].map((match) => match[1])
+    assert.isAbove(linked.length, 5)
+    for (const file of linked) assert.isTrue(files.has(file), file)
+    for (const match of readme.matchAll(/`(examples\/[\w-]+\.ts)`/g)) assert.isTrue(files.has(match[1]), match[1])
   })
 
   it("every export has types and default conditions whose files are in the tarball", () => {
