@@ -554,12 +554,13 @@ export interface PublishOptions {
 }
 
 /**
- * The options of a subscription. The MQTT 5 options are refused on an MQTT 3.1.1 connection.
+ * The options of one filter of a SUBSCRIBE (its Subscription Options byte [MQTT-3.8.3.1]). The MQTT 5 options are
+ * refused on an MQTT 3.1.1 connection.
  *
- * @since 0.1.0
+ * @since 0.3.0
  * @category models
  */
-export interface SubscribeOptions {
+export interface FilterOptions {
   /** The maximum QoS of the messages the broker sends for this subscription. Default 0. */
   readonly qos?: QoS | undefined
   /** MQTT 5: do not receive the messages this client publishes itself. */
@@ -568,6 +569,16 @@ export interface SubscribeOptions {
   readonly retainAsPublished?: boolean | undefined
   /** MQTT 5: 0 send retained messages on subscribe (default), 1 only for a new subscription, 2 never. */
   readonly retainHandling?: 0 | 1 | 2 | undefined
+}
+
+/**
+ * The options of a subscription: those of each filter, and those of the whole SUBSCRIBE. The MQTT 5 options are
+ * refused on an MQTT 3.1.1 connection.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SubscribeOptions extends FilterOptions {
   /** MQTT 5: an identifier (1 to 268,435,455) for the subscriptions of this SUBSCRIBE: each message that
    * matches them lists it in `properties.subscriptionIdentifiers`. Applies to the whole call. */
   readonly subscriptionIdentifier?: number | undefined
@@ -600,12 +611,13 @@ export interface UnsubscribeOptions {
 }
 
 /**
- * One filter of a subscribe, with its own options.
+ * One filter of a subscribe, with its own options. A Subscription Identifier and user properties belong to the
+ * whole SUBSCRIBE: give them in the call's options (`InvalidOptionError` on a filter).
  *
  * @since 0.1.0
  * @category models
  */
-export interface Subscription extends SubscribeOptions {
+export interface Subscription extends FilterOptions {
   /** The topic filter (wildcards `+` and `#` allowed; `$share/{group}/{filter}` for a shared subscription). */
   readonly filter: string
 }

@@ -511,6 +511,28 @@ describe("MQTT 5 against a private Mosquitto", () => {
         ]]])
       }))
 
+    it.live("a Subscription Identifier or user properties on one filter of a list (they belong to the whole SUBSCRIBE) are an InvalidOptionError before sending; in the call's options they apply", () =>
+      Effect.gen(function*() {
+        const topic = uniqueTopic("per-filter")
+        const t = yield* tap(broker)
+        const client = yield* connect(t.url)
+        for (const option of [{ subscriptionIdentifier: 7 }, { userProperties: [["k", "v"]] as const }]) {
+          // from untyped code (the type has no such field on a filter)
+          const filter = { filter: `${topic}/a`, qos: 1, ...option } as unknown as MqttClient.Subscription
+          const error = errorOf(yield* Effect.exit(client.subscribe([filter, { filter: `${topic}/b`, qos: 1 }])))
+          assert.strictEqual(error._tag, "InvalidOptionError")
+          assert.strictEqual((error as MqttError.InvalidOptionError).option, Object.keys(option)[0])
+        }
+        assert.deepStrictEqual(packetsOf(t, "subscribe", "up"), [])
+        yield* client.subscribe([{ filter: `${topic}/a`, qos: 1 }, { filter: `${topic}/b`, qos: 1 }], {
+          subscriptionIdentifier: 7
+        })
+        const publisher = yield* connect(broker.url)
+        yield* publisher.publish(`${topic}/b`, "x", { qos: 1 })
+        const [message] = yield* Stream.runCollect(Stream.take(client.messages, 1))
+        assert.deepStrictEqual(message.properties.subscriptionIdentifiers, [7])
+      }))
+
     it.live("respond on $share/group/topic in two clients: requests are spread over both and each is answered", () =>
       Effect.gen(function*() {
         const topic = uniqueTopic("shared/service")

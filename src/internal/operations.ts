@@ -369,6 +369,14 @@ const specsOf = (
     if (problem !== undefined) {
       return new MqttError.InvalidTopicError({ topic: String(sub.filter), kind: "filter", reason: problem })
     }
+    // options of the whole SUBSCRIBE, given on one filter: ignored there, so refused
+    if (typeof item !== "string") {
+      for (const option of ["subscriptionIdentifier", "userProperties"] as const) {
+        if ((item as { readonly [key: string]: unknown })[option] !== undefined) {
+          return invalid(option, "belongs to the whole SUBSCRIBE: give it in the call's options, not on a filter")
+        }
+      }
+    }
     const qos = sub.qos ?? 0
     if (!isQoS(qos)) return invalid("qos", "expected 0, 1 or 2")
     const v5Only = sub.noLocal !== undefined || sub.retainAsPublished !== undefined || sub.retainHandling !== undefined
