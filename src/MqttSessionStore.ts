@@ -82,6 +82,12 @@ export const memory: Effect.Effect<SessionStore> = Effect.map(
 /**
  * A session store in a directory, one file per key (the directory is created; do not share it with other data).
  *
+ * A key's file is named by the key, percent-encoded (`encodeURIComponent`), when that name fits in 255 bytes (the
+ * longest file name Linux, macOS and Windows file systems take); a longer key (a long or non-ASCII client
+ * identifier, a long broker host name) has a file named `@` and the SHA-256 of the key, which begins with the key
+ * itself, so that any key fits. Temporary files are named `@tmp.<pid>.<store>.<n>`. Other files in the directory
+ * are not the store's: they are ignored.
+ *
  * Each write goes to a temporary file that is then renamed over the key's file, so a file is always whole: a
  * process killed at any moment (SIGKILL), even in the middle of a write, leaves the previous version or the new
  * one, never a torn one; and each write is complete before the packets that depend on it are sent, so nothing the
@@ -107,15 +113,80 @@ export const fileSystem = (
   )
 }
 
-const kvError = (method: string, key: string | undefined, cause: unknown) =>
+const kvError = (method: string, key: string | undefined, cause: unknown, reason?: string) =>
   new KeyValueStore.KeyValueStoreError({
     method,
     ...(key === undefined ? {} : { key }),
-    message: `Unable to ${method}${key === undefined ? "" : ` item with key ${key}`}`,
-    cause
+    message: `Unable to ${method}${key === undefined ? "" : ` item with key ${key}`}${
+      reason === undefined ? "" : `: ${reason}`
+    }`,
+    ...(cause === undefined ? {} : { cause })
   })
 
-const TEMPORARY = /\.(\d+)\.\d+\.tmp$/
+/**
+ * What the operating system said, for a file system error: its error code and call (`ENAMETOOLONG (open)`,
+ * `ENOSPC (write)`), so that an error that lasts is named in the warning; else the error's own message.
+ */
+const systemReason = (cause: PlatformError): string => {
+  const errno = cause.reason.cause as { readonly code?: unknown; readonly syscall?: unknown } | undefined
+  return typeof errno?.code === "string"
+    ? `${errno.code}${typeof errno.syscall === "string" ? ` (${errno.syscall})` : ""}`
+    : cause.message
+}
+
+const fileError = (method: string, key: string | undefined, cause: PlatformError) =>
+  kvError(method, key, cause, systemReason(cause))
+
+/** The longest file name written as is: NAME_MAX (255 bytes) of the common file systems. */
+const MAX_NAME = 255
+/** The file of a key too long to be its name: `@` (which `encodeURIComponent` never writes) and the key's SHA-256. */
+const HASHED = /^@[0-9a-f]{64}$/
+/** A temporary file, with the pid of the process that writes it. */
+const TEMPORARY = /^@tmp\.(\d+)\.[0-9a-z]+\.\d+$/
+/** A temporary file of the versions that named it after its key. */
+const LEGACY_TEMPORARY = /\.(\d+)\.\d+\.tmp$/
+
+/**
+ * The file name of a key that is its own name: percent-encoded, if that fits, is not `.` or `..`, and does not end
+ * like a temporary file of earlier versions. The names earlier versions wrote are these.
+ */
+const plainName = (key: string): string | undefined => {
+  let name: string
+  try {
+    name = encodeURIComponent(key)
+  } catch {
+    // a lone surrogate
+    return undefined
+  }
+  return name.length === 0 || name.length > MAX_NAME || name === "." || name === ".." || name.endsWith(".tmp")
+    ? undefined
+    : name
+}
+
+const encoder = new TextEncoder()
+
+/** `@` and the SHA-256 of the key (of its JSON text: a lone surrogate is kept apart from U+FFFD). */
+const hashedName = (key: string): Effect.Effect<string> =>
+  Effect.map(
+    Effect.promise(() => crypto.subtle.digest("SHA-256", encoder.encode(JSON.stringify(key)))),
+    (digest) => "@" + Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("")
+  )
+
+/** A hashed file's text: the key (as JSON, one line), then the value. */
+const withKey = (key: string, value: string): string => `${JSON.stringify(key)}\n${value}`
+
+/** The key of a hashed file's first line, or undefined when it is not one. */
+const keyLine = (line: string): string | undefined => {
+  try {
+    const key: unknown = JSON.parse(line)
+    return typeof key === "string" ? key : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Bytes read to find the key of a hashed file (read whole when its key is longer). */
+const HEADER_BYTES = 4096
 
 /** Whether the process `pid` is still running (a temporary file of a running process is not removed). */
 const isRunning = (pid: number): boolean => {
@@ -138,21 +209,41 @@ const atomicFileSystem = (directory: string, sync: boolean) =>
     const path = yield* Path.Path
     yield* fs.makeDirectory(directory, { recursive: true })
     for (const name of yield* fs.readDirectory(directory)) {
-      const match = TEMPORARY.exec(name)
+      const match = TEMPORARY.exec(name) ?? LEGACY_TEMPORARY.exec(name)
       if (match !== null && !isRunning(Number(match[1]))) {
         yield* Effect.ignore(fs.remove(path.join(directory, name)))
       }
     }
-    const file = (key: string) => path.join(directory, encodeURIComponent(key))
+    /** the key's file, and whether it is a hashed one (its text begins with the key) */
+    const fileOf = (key: string): Effect.Effect<{ readonly file: string; readonly hashed: boolean }> => {
+      const plain = plainName(key)
+      return plain !== undefined
+        ? Effect.succeed({ file: path.join(directory, plain), hashed: false })
+        : Effect.map(hashedName(key), (name) => ({ file: path.join(directory, name), hashed: true }))
+    }
+    // temporary files of this store: two stores of one process in one directory never share a name
+    const instance = Math.random().toString(36).slice(2, 10) || "0"
     let temporary = 0
     const read = (key: string) =>
-      Effect.catch(fs.readFileString(file(key)), (cause) =>
-        cause.reason._tag === "NotFound" ? Effect.undefined : Effect.fail(kvError("get", key, cause)))
+      Effect.flatMap(fileOf(key), ({ file, hashed }) =>
+        Effect.flatMap(
+          Effect.catch(fs.readFileString(file), (cause) =>
+            cause.reason._tag === "NotFound" ? Effect.undefined : Effect.fail(fileError("get", key, cause))),
+          (text) => {
+            if (text === undefined || !hashed) {
+              return Effect.succeed(text)
+            }
+            const end = text.indexOf("\n")
+            return end >= 0 && keyLine(text.slice(0, end)) === key
+              ? Effect.succeed(text.slice(end + 1))
+              : Effect.fail(kvError("get", key, undefined, `${file} does not begin with this key`))
+          }
+        ))
     const stage = (staged: string, value: string) =>
       sync
         ? Effect.scoped(Effect.gen(function*() {
           const handle = yield* fs.open(staged, { flag: "w" })
-          yield* handle.writeAll(new TextEncoder().encode(value))
+          yield* handle.writeAll(encoder.encode(value))
           yield* handle.sync
         }))
         : fs.writeFileString(staged, value)
@@ -160,30 +251,75 @@ const atomicFileSystem = (directory: string, sync: boolean) =>
     const syncDirectory = Effect.scoped(Effect.flatMap(fs.open(directory, { flag: "r" }), (dir) =>
       dir.sync))
     const write = (key: string, value: string) =>
-      Effect.suspend(() => {
-        const target = file(key)
-        const staged = `${target}.${process.pid}.${temporary++}.tmp`
-        return stage(staged, value).pipe(
-          Effect.andThen(fs.rename(staged, target)),
-          Effect.andThen(sync ? Effect.ignore(syncDirectory) : Effect.void),
-          Effect.tapError(() => Effect.ignore(fs.remove(staged))),
-          Effect.mapError((cause) => kvError("set", key, cause))
-        )
+      Effect.flatMap(fileOf(key), ({ file, hashed }) =>
+        Effect.suspend(() => {
+          const staged = path.join(directory, `@tmp.${process.pid}.${instance}.${temporary++}`)
+          return stage(staged, hashed ? withKey(key, value) : value).pipe(
+            Effect.andThen(fs.rename(staged, file)),
+            Effect.andThen(sync ? Effect.ignore(syncDirectory) : Effect.void),
+            Effect.tapError(() => Effect.ignore(fs.remove(staged))),
+            Effect.mapError((cause) => fileError("set", key, cause))
+          )
+        }))
+    /** The key a hashed file begins with (undefined: the file is gone); a file that begins with none is an error. */
+    const hashedKey = (name: string): Effect.Effect<string | undefined, KeyValueStore.KeyValueStoreError> => {
+      const file = path.join(directory, name)
+      const notItsKey = () => kvError("keys", undefined, undefined, `${file} does not begin with its key`)
+      const firstLine = Effect.scoped(Effect.gen(function*() {
+        const handle = yield* fs.open(file, { flag: "r" })
+        const buffer = new Uint8Array(HEADER_BYTES)
+        const length = yield* handle.read(buffer)
+        const end = buffer.subarray(0, length).indexOf(10)
+        if (end >= 0) return new TextDecoder().decode(buffer.subarray(0, end))
+        // a key longer than that
+        const text = yield* fs.readFileString(file)
+        return text.slice(0, Math.max(0, text.indexOf("\n")))
+      }))
+      const found = Effect.catch(firstLine, (cause) =>
+        cause.reason._tag === "NotFound" ? Effect.undefined : Effect.fail(fileError("keys", undefined, cause)))
+      return Effect.flatMap(found, (line) => {
+        if (line === undefined) {
+          return Effect.undefined
+        }
+        const key = keyLine(line)
+        if (key === undefined) {
+          return Effect.fail(notItsKey())
+        }
+        return Effect.flatMap(hashedName(key), (own) =>
+          own === name ? Effect.succeed(key) : Effect.fail(notItsKey()))
       })
+    }
+    /** The key of a file of the directory; undefined for a temporary file and for a name the store never writes. */
+    const keyOf = (name: string): Effect.Effect<string | undefined, KeyValueStore.KeyValueStoreError> => {
+      if (HASHED.test(name)) {
+        return hashedKey(name)
+      }
+      let key: string
+      try {
+        key = decodeURIComponent(name)
+      } catch {
+        // not percent-encoding (`100%`): not the store's
+        return Effect.undefined
+      }
+      return Effect.succeed(plainName(key) === name ? key : undefined)
+    }
+    const names = Effect.mapError(fs.readDirectory(directory), (cause) =>
+      fileError("keys", undefined, cause))
     const keys = Effect.map(
-      Effect.mapError(fs.readDirectory(directory), (cause) => kvError("keys", undefined, cause)),
-      (names) => names.filter((name) => !name.endsWith(".tmp")).map(decodeURIComponent)
+      Effect.flatMap(names, (all) => Effect.forEach(all, keyOf, { concurrency: 16 })),
+      (found) => found.filter((key) => key !== undefined)
     )
     return KeyValueStore.makeStringOnly({
       get: read,
       set: write,
       remove: (key) =>
-        Effect.catch(fs.remove(file(key)), (cause) =>
-          cause.reason._tag === "NotFound" ? Effect.void : Effect.fail(kvError("remove", key, cause))),
+        Effect.flatMap(fileOf(key), ({ file }) =>
+          Effect.catch(fs.remove(file), (cause) =>
+            cause.reason._tag === "NotFound" ? Effect.void : Effect.fail(fileError("remove", key, cause)))),
       clear: Effect.mapError(
         Effect.andThen(fs.remove(directory, { recursive: true }), fs.makeDirectory(directory, { recursive: true })),
         (cause) =>
-          kvError("clear", undefined, cause)
+          fileError("clear", undefined, cause)
       ),
       size: Effect.map(keys, (all) =>
         all.length),
