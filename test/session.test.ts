@@ -167,6 +167,8 @@ describe("session: outgoing publishes", () => {
     h.connect(false)
     expect([b.done, b.error?._tag]).toEqual([true, "ConnectionLostError"])
     expect(b.error?.message).toContain("whether it was delivered is not known")
+    // nobody waited for it (a durable session's publish restored after a restart, `publishAccepted`): a warning says so
+    expect(h.warnings.filter((w) => w.includes("QoS 2 publish accepted earlier"))).toHaveLength(1)
     const again = h.take()
     expect(again.map((p: any) => [p.cmd, Buffer.from(p.payload ?? "").toString(), p.dup])).toEqual([[
       "publish",

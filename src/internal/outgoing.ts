@@ -428,7 +428,10 @@ export class Outgoing {
         this.ids.release(entry.id)
         if (entry.state === RELEASED) {
           out.journal?.push({ t: "d", k: entry.key })
-          out.end(entry, releaseLost(entry))
+          const error = releaseLost(entry)
+          // nobody waits for it (`publishAccepted`, a durable session's publish restored after a restart): said here
+          if (entry.listener === undefined) out.warnings.push(`a QoS 2 publish accepted earlier: ${error.message}`)
+          out.end(entry, error)
           continue
         }
         out.journal?.push({ t: "n", k: entry.key })
