@@ -796,7 +796,9 @@ export interface Client {
    * `messages`. (`Stream.groupByKey` takes messages ahead into a buffer per key, which are acknowledged and lost
    * when the consumer stops; see docs/concurrency.md.) The queue's order holds per key (FIFO by default; newest
    * first for `IncomingQueue.lifo`, by priority for `IncomingQueue.priority`). It shares the queue with the other
-   * consumers of `messages`, and its takes count for the delivery contract as theirs do. The messages of a busy key
+   * consumers of `messages`, and its takes count for the delivery contract as theirs do. One key at a time holds
+   * within one runner: two runners on one client (or a runner beside another consumer of `messages`) may run
+   * messages of the same key at once; run one runner with the `concurrency` wanted. The messages of a busy key
    * wait in the bounded queue: when they fill it (a slow handler of a busy topic), the client reads on only as the
    * delivery contract says for a full queue, and the other keys wait with them; give such a topic a
    * `subscription()` stream of its own.
