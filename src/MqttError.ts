@@ -679,8 +679,13 @@ const connackHints: Record<string, string> = {
   "v5:137": "The broker is up but takes no connections now; the client tries again when it reconnects",
   "v4:4": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL)",
   "v5:134": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL)",
-  "v4:5": "Check the broker's access rules for this user and client identifier",
-  "v5:135": "Check the broker's access rules for this user and client identifier",
+  // Mosquitto 2.0 answers a wrong password with this code, not with the bad-credentials one
+  "v4:5": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL; some brokers, " +
+    "Mosquitto among them, refuse a wrong password with this code), and the broker's access rules for this user " +
+    "and client identifier",
+  "v5:135": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL; some brokers, " +
+    "Mosquitto among them, refuse a wrong password with this code), and the broker's access rules for this user " +
+    "and client identifier",
   "v5:140": "Check auth.method: the broker does not support it",
   "v5:149": "The CONNECT is larger than the broker accepts: check the size of the will and the user properties",
   "v5:159": "The client connects too often; the reconnect schedule spaces the attempts"

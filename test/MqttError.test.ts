@@ -132,7 +132,7 @@ describe("ConnectRefusedError", () => {
         "info of the URL)"
     )
     const v4 = new MqttError.ConnectRefusedError({ reasonCode: 5, protocolVersion: 4 })
-    expect(v4.message).toContain("Check the broker's access rules")
+    expect(v4.message).toContain("the broker's access rules for this user")
     const moved = new MqttError.ConnectRefusedError({ reasonCode: 0x9d, protocolVersion: 5, serverReference: "b2" })
     expect(moved.message).toContain("server moved")
     expect(moved.message).toContain("The broker suggests b2.")

@@ -852,7 +852,9 @@ describe("a broker that requires a username and password", () => {
     const refused = version === 4 ? 5 : 0x87
     const shown = version === 4 ? "5" : "0x87"
     it.live(
-      `${label(version)}: a wrong password fails the layer with ConnectRefusedError ${shown} and no output shows it`,
+      `${
+        label(version)
+      }: a wrong password fails the layer with ConnectRefusedError ${shown}, whose message says to check the credentials, and no output shows it`,
       () =>
         Effect.gen(function*() {
           const wrong = `wrong-${Crypto.randomBytes(6).toString("hex")}`
@@ -868,6 +870,7 @@ describe("a broker that requires a username and password", () => {
           }
           assert.strictEqual(error.reasonCode, refused)
           assert.strictEqual(error.protocolVersion, version)
+          assert.include(error.message, "Check username and password")
           const outputs = [
             error.message,
             String(error),
