@@ -5,7 +5,7 @@
  * operations do while it is offline.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Logger, Option, Schedule, Scope, Stream } from "effect"
 import { MqttClient, MqttError, MqttSessionStore, MqttTestBroker } from "effect-mqtt"
 import * as KeyValueStore from "effect/persistence/KeyValueStore"
 import { TestClock } from "effect/testing"
@@ -1185,6 +1185,36 @@ describe("statusChanges ends with Closed", () => {
 // ---------------------------------------------------------------------------------------------------------------
 // interruption and closing
 // ---------------------------------------------------------------------------------------------------------------
+
+describe("two clients with one client identifier (Mosquitto)", () => {
+  it.live(
+    "they take the session from each other: after 3 connections in a row that each ended within a second, the log line asks whether another client uses the same client identifier",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto()
+        const lines: Array<string> = []
+        const logger = Logger.make((options) => {
+          lines.push(Array.isArray(options.message) ? options.message.join(" ") : String(options.message))
+        })
+        const options: MqttClient.Options = {
+          url: broker.url,
+          protocolVersion: 4,
+          clientId: `twin-${Date.now().toString(36)}`,
+          reconnect: Schedule.spaced("50 millis")
+        }
+        yield* MqttClient.make(options).pipe(Effect.provide(Logger.layer([logger])))
+        yield* MqttClient.make(options).pipe(Effect.provide(Logger.layer([Logger.make(() => {})])))
+        const deadline = Date.now() + 20_000
+        while (!lines.some((line) => line.includes("same client identifier")) && Date.now() < deadline) {
+          yield* sleepReal(50)
+        }
+        const hint = lines.find((line) => line.includes("same client identifier"))
+        assert(hint !== undefined, lines.join("\n"))
+        expect(hint).toMatch(/the last \d+ connections each ended within a second/)
+      }).pipe(Effect.scoped),
+    30_000
+  )
+})
 
 describe("interruption and closing", () => {
   it.live(

@@ -23,6 +23,14 @@ import type { Node, Nodes } from "./failover.ts"
 /** How long a connection must last for the reconnect backoff to start again from its first delay. */
 const STABLE_CONNECTION_MILLIS = 1_000
 
+/** After how many connections in a row that each ended within `STABLE_CONNECTION_MILLIS` the log says why. */
+const BRIEF_HINT_AFTER = 3
+
+/** What connections that keep ending at once most often mean. */
+const briefHint = (count: number) =>
+  `the last ${count} connections each ended within a second: is another client connected with the same client ` +
+  "identifier? The broker closes one connection for the other, and the two take the session from each other"
+
 /** The error the client's own release stops it with: the streams end rather than fail. */
 export const closedByClient = lost("the client was closed")
 
@@ -323,7 +331,9 @@ export class Supervisor {
     /** the node of the connection or attempt that ended with `cause` */
     causeNode: Node,
     firstAttempt: number,
-    redirect: Node | undefined
+    redirect: Node | undefined,
+    /** said after the first line's cause: why connections keep ending (see `briefHint`) */
+    note: string | undefined = undefined
   ): Effect.Effect<Connection, MqttError.MqttError> {
     const self = this
     return Effect.gen(function*() {
@@ -339,7 +349,9 @@ export class Supervisor {
         const millis = Duration.millis(Math.round(Duration.toMillis(delay)))
         yield* self.log(
           "Warn",
-          `${error.message}; next attempt in ${Duration.format(millis)} (attempt ${attempt})`,
+          `${error.message}${error === cause && note !== undefined ? ` (${note})` : ""}; next attempt in ${
+            Duration.format(millis)
+          } (attempt ${attempt})`,
           errorNode
         )
         yield* SubscriptionRef.set(self.status, { _tag: "Disconnected", cause: error, retryIn: delay })
@@ -364,6 +376,7 @@ export class Supervisor {
       let c = first
       let connectedAt = clock.currentTimeMillisUnsafe()
       let step: ScheduleStep | undefined
+      let briefInARow = 0
       // DISCONNECTs with a Server Reference followed in a row, each connection shorter than REDIRECT_RESET_MILLIS
       let redirects = 0
       while (true) {
@@ -392,15 +405,19 @@ export class Supervisor {
         if (schedule === undefined || (redirect === undefined && isFinal(error) && !exhausted)) {
           return yield* self.shutdown(error, disconnectReasonOf(error))
         }
-        yield* self.detach(c, error)
+        // when the connection ended, not after the wait for its last writes (up to 2 s with a frozen broker)
         const since = clock.currentTimeMillisUnsafe()
+        yield* self.detach(c, error)
         // the backoff starts afresh only after a connection that lasted a second: a broker that accepts and
         // drops each connection at once meets a growing delay, and of two clients that take one session from
         // each other at least one backs off; a broker that restarts now and then is reconnected to at once
-        if (step === undefined || since - connectedAt >= STABLE_CONNECTION_MILLIS) {
+        const brief = since - connectedAt < STABLE_CONNECTION_MILLIS
+        briefInARow = brief ? briefInARow + 1 : 0
+        if (step === undefined || !brief) {
           step = yield* Schedule.toStep(schedule)
         }
-        const exit = yield* Effect.exit(self.reconnect(step, error, c.node, 1, redirect))
+        const note = briefInARow >= BRIEF_HINT_AFTER ? briefHint(briefInARow) : undefined
+        const exit = yield* Effect.exit(self.reconnect(step, error, c.node, 1, redirect, note))
         if (Exit.isFailure(exit)) {
           const failure = exit.cause.reasons.find(Cause.isFailReason)
           return yield* self.shutdown(failure?.error ?? error)
