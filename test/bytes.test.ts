@@ -250,3 +250,15 @@ describe("the encoder's strings", () => {
       .toBeGreaterThan(0)
   })
 })
+
+describe("the encoder's variable byte integers", () => {
+  it("a Subscription Identifier over 268,435,455 is refused, not written with a byte left out [MQTT-1.5.5-1]", () => {
+    const subscribe = (identifier: number) =>
+      Codec.encodeSubscribe(5, 1, [{ topic: "a", qos: 0 }], identifier, undefined)
+    // the largest: four bytes, ff ff ff 7f
+    expect(Buffer.from(subscribe(268_435_455)).toString("hex")).toContain("0bffffff7f")
+    for (const identifier of [268_435_456, 2 ** 32, 1.5]) {
+      expect(() => subscribe(identifier)).toThrow("a variable byte integer must be a whole number from 0 to 268435455")
+    }
+  })
+})

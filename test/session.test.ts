@@ -8,7 +8,7 @@ import { SEPARATE_PAYLOAD } from "../src/internal/codec.ts"
 import * as Journal from "../src/internal/journal.ts"
 import { CLOSED_ON_LIMIT, PublishEntry } from "../src/internal/outgoing.ts"
 import type * as Packets from "../src/internal/packets.ts"
-import { MESSAGES, RETIRED_KEPT } from "../src/internal/subscriptions.ts"
+import { AUTOMATIC_IDENTIFIERS_FROM, MESSAGES, RETIRED_KEPT } from "../src/internal/subscriptions.ts"
 import * as MqttError from "../src/MqttError.ts"
 import { ack, connack, Harness, LINE_FULL, message, OFFLINE_FULL, publish, spec } from "./support/sessionHarness.ts"
 
@@ -1450,6 +1450,45 @@ describe("session: subscriptions", () => {
     expect(h.errors).toEqual([])
     // the oldest: by topic (owner 2 holds a/b); the newest: by its filter a/+, which no one holds any more
     expect(h.delivered.map((d) => [d.message.text, d.owners])).toEqual([["oldest", [2]], ["newest", [MESSAGES]]])
+  })
+
+  it("MQTT 5: the client's own Subscription Identifiers wrap around after 268,435,455 [MQTT-3.8.2.1.2], past those in use and retired", () => {
+    // a durable session restored with identifiers near the end of the range: the next is the last one there is
+    const MAX_IDENTIFIER = 268_435_455
+    const h = new Harness({ protocolVersion: 5, cleanStart: false })
+    h.session.restore({
+      clientId: "c",
+      publishes: new Map(),
+      awaitingRelease: new Set(),
+      retired: new Set(),
+      subscriptions: [
+        { spec: spec("first"), identifier: AUTOMATIC_IDENTIFIERS_FROM },
+        { spec: spec("replaced"), identifier: AUTOMATIC_IDENTIFIERS_FROM + 1 },
+        { spec: spec("near/end"), identifier: MAX_IDENTIFIER - 1 }
+      ]
+    })
+    h.connect(true)
+    const identifiers: Array<number> = []
+    const subscribeAcked = (owner: number, filter: string) => {
+      const request = h.subscribe(owner, [spec(filter)])
+      const [packet] = h.take() as Array<any>
+      identifiers.push(packet.properties.subscriptionIdentifier)
+      h.receive({ _tag: "Suback", id: request.id, codes: [1] })
+    }
+    // "replaced" gets a new identifier: AUTOMATIC_IDENTIFIERS_FROM + 1 is retired (a queued message may name it)
+    subscribeAcked(1, "replaced")
+    subscribeAcked(2, "b")
+    subscribeAcked(3, "c")
+    expect(h.errors).toEqual([])
+    expect(identifiers).toEqual([MAX_IDENTIFIER, AUTOMATIC_IDENTIFIERS_FROM + 2, AUTOMATIC_IDENTIFIERS_FROM + 3])
+    // each routes to its own subscription, the retired one by its filter
+    h.receive(publish("b", "to 2", 0, 0, { properties: { subscriptionIdentifiers: [identifiers[1]] } }))
+    h.receive(publish("c", "to 3", 0, 0, { properties: { subscriptionIdentifiers: [identifiers[2]] } }))
+    h.receive(
+      publish("replaced", "to 1", 0, 0, { properties: { subscriptionIdentifiers: [AUTOMATIC_IDENTIFIERS_FROM + 1] } })
+    )
+    expect(h.errors).toEqual([])
+    expect(h.delivered.map((d) => [d.message.text, d.owners])).toEqual([["to 2", [2]], ["to 3", [3]], ["to 1", [1]]])
   })
 
   it("Session Present 1 in answer to Clean Start is a violation and nothing of the CONNACK takes effect", () => {

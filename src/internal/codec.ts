@@ -95,6 +95,9 @@ export interface EncodedPublish {
  */
 export const SEPARATE_PAYLOAD = 4096
 
+/** The largest Variable Byte Integer: four bytes [MQTT-1.5.5-1]. */
+export const MAX_VARINT = 268_435_455
+
 const varintLength = (n: number): number => n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4
 
 /**
@@ -124,7 +127,7 @@ export const encodePublish = (
   const propsLength = props === undefined ? 0 : varintLength(props.length) + props.length
   const payloadLength = payload.byteLength
   const remaining = 2 + topicLength + idLength + propsLength + payloadLength
-  if (remaining > 268_435_455) throw new Error("the packet is larger than MQTT allows (256 MB)")
+  if (remaining > MAX_VARINT) throw new Error("the packet is larger than MQTT allows (256 MB)")
   const header = 1 + varintLength(remaining)
   const separate = payloadLength >= SEPARATE_PAYLOAD
   const bytes = Bytes.allocate(header + remaining - (separate ? payloadLength : 0))
@@ -157,7 +160,15 @@ export const pushPublish = (send: Array<Uint8Array>, encoded: EncodedPublish): v
 export const publishPacket = (encoded: EncodedPublish): Uint8Array =>
   encoded.payload === undefined ? encoded.bytes : Bytes.concat([encoded.bytes, encoded.payload], encoded.size)
 
+/**
+ * Writes a Variable Byte Integer (the Remaining Length, a property length, a Subscription Identifier). Throws for
+ * a value that is not a whole number from 0 to `MAX_VARINT` rather than write a fifth byte (a malformed packet) or
+ * leave one out (a wrong value).
+ */
 const writeVarint = (bytes: Uint8Array, offset: number, value: number): number => {
+  if (!(value >= 0 && value <= MAX_VARINT && Number.isInteger(value))) {
+    throw new Error(`a variable byte integer must be a whole number from 0 to ${MAX_VARINT}, not ${value}`)
+  }
   let i = offset
   let n = value
   do {
@@ -344,7 +355,7 @@ class PacketWriter {
 
   /** The packet: fixed header byte, remaining length, then what was written. */
   packet(header: number): Uint8Array {
-    if (this.size > 268_435_455) throw new Error("the packet is larger than MQTT allows (256 MB)")
+    if (this.size > MAX_VARINT) throw new Error("the packet is larger than MQTT allows (256 MB)")
     const head = new Uint8Array(5)
     head[0] = header
     const end = writeVarint(head, 1, this.size)

@@ -40,6 +40,9 @@ export const MESSAGES = 0
 /** Subscription identifiers the client gives by itself start here, away from the small ones users pick. */
 export const AUTOMATIC_IDENTIFIERS_FROM = 200_000_000
 
+/** The largest Subscription Identifier: a Variable Byte Integer [MQTT-3.8.2.1.2], four bytes at most. */
+export const MAX_IDENTIFIER = Codec.MAX_VARINT
+
 /** How many retired Subscription Identifiers are still routed (see `Subscriptions.retired`). */
 export const RETIRED_KEPT = 1024
 
@@ -236,11 +239,18 @@ export class Subscriptions {
     return request
   }
 
-  /** A fresh identifier of the client's own (MQTT 5, when the broker takes them), or 0. */
+  /**
+   * A fresh identifier of the client's own (MQTT 5, when the broker takes them), or 0: the next from
+   * `AUTOMATIC_IDENTIFIERS_FROM` to `MAX_IDENTIFIER`, then around again, past those in use or retired (never all
+   * of the 68 million: each is a subscription, or one of `RETIRED_KEPT`).
+   */
   private automaticIdentifier(): number {
     if (!this.identifiers) return 0
-    while (this.byIdentifier.has(this.nextIdentifier) || this.retired.has(this.nextIdentifier)) this.nextIdentifier++
-    const chosen = this.nextIdentifier++
+    let chosen = this.nextIdentifier
+    while (chosen > MAX_IDENTIFIER || this.byIdentifier.has(chosen) || this.retired.has(chosen)) {
+      chosen = chosen >= MAX_IDENTIFIER ? AUTOMATIC_IDENTIFIERS_FROM : chosen + 1
+    }
+    this.nextIdentifier = chosen + 1
     this.automatic.add(chosen)
     return chosen
   }
