@@ -1431,6 +1431,48 @@ describe("session: subscriptions", () => {
     expect(h.delivered.slice(2).map((d) => [d.message.text, d.owners])).toEqual([["late", [MESSAGES]]])
   })
 
+  it("MQTT 5: an identifier the caller gives again after its subscription ended still routes a message queued for the old one by the old filter", () => {
+    const h = new Harness({ protocolVersion: 5, cleanStart: false })
+    h.connect()
+    const first = h.subscribe(1, [spec("old/topic")], 7)
+    h.receive({ _tag: "Suback", id: first.id, codes: [1] })
+    const u = h.unsubscribe(1, ["old/topic"])!
+    h.receive({ _tag: "Unsuback", id: u.id, codes: [0] })
+    // 7 is retired; the caller gives it to another owner's subscription of another filter
+    const second = h.subscribe(2, [spec("new/topic")], 7)
+    h.receive({ _tag: "Suback", id: second.id, codes: [1] })
+    // the broker had queued a message for the old subscription: it names 7 [MQTT-3.3.4-3]
+    h.receive(publish("old/topic", "queued", 1, 3, { properties: { subscriptionIdentifiers: [7] } }))
+    h.receive(publish("new/topic", "new", 1, 4, { properties: { subscriptionIdentifiers: [7] } }))
+    // another owner holds the old filter now (under another identifier): what the broker queued for it is theirs
+    const third = h.subscribe(3, [spec("old/topic")], 9)
+    h.receive({ _tag: "Suback", id: third.id, codes: [1] })
+    h.receive(publish("old/topic", "queued too", 1, 5, { properties: { subscriptionIdentifiers: [7] } }))
+    expect(h.errors).toEqual([])
+    expect(h.delivered.map((d) => [d.message.text, d.owners])).toEqual([
+      ["queued", [MESSAGES]],
+      ["new", [2]],
+      ["queued too", [3]]
+    ])
+
+    // restarted from a store, which keeps no retired identifiers: one filter of an identifier is no proof
+    const again = new Harness({ protocolVersion: 5, cleanStart: false })
+    again.session.restore({
+      clientId: "c",
+      publishes: new Map(),
+      awaitingRelease: new Set(),
+      retired: new Set(),
+      subscriptions: [{ spec: spec("new/topic"), identifier: 7 }]
+    })
+    again.connect(true)
+    const resubscribed = again.subscribe(2, [spec("new/topic")], 7)
+    again.receive({ _tag: "Suback", id: resubscribed.id, codes: [1] })
+    again.receive(publish("old/topic", "queued", 1, 3, { properties: { subscriptionIdentifiers: [7] } }))
+    again.receive(publish("new/topic", "new", 1, 4, { properties: { subscriptionIdentifiers: [7] } }))
+    expect(again.errors).toEqual([])
+    expect(again.delivered.map((d) => [d.message.text, d.owners])).toEqual([["queued", [MESSAGES]], ["new", [2]]])
+  })
+
   it(`MQTT 5: past ${RETIRED_KEPT} retired identifiers the oldest are forgotten: one the client does not know is routed by topic`, () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()

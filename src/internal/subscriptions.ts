@@ -146,8 +146,10 @@ export class Subscriptions {
    * Identifiers no subscription carries any more (replaced or unsubscribed), with their filters, oldest first,
    * while the broker keeps the session: a message keeps the identifiers of the subscriptions it matched when the
    * broker took it, so one queued then, or unacknowledged and resent on a resumed session [MQTT-4.4.0-1], still
-   * names them. Routed by their filters, never taken for a broken protocol; past `RETIRED_KEPT` the oldest are
-   * forgotten, and from then on an identifier the client does not know is routed by topic.
+   * names them. Routed by their filters, never taken for a broken protocol, also once given to a new subscription
+   * (its filters join the new ones'); past `RETIRED_KEPT` the oldest are forgotten (also all of them on a restore
+   * from a store), and from then on an identifier the client does not know is routed by topic, and one it knows by
+   * the filters its topic matches.
    */
   private readonly retired = new Map<number, ReadonlyArray<string>>()
   private forgotRetired = false
@@ -225,11 +227,17 @@ export class Subscriptions {
     })
     const chosen = identifier === 0 ? this.automaticIdentifier() : identifier
     if (chosen !== 0) {
-      // a caller's own identifier that the client once chose is the caller's now: visible to the application
-      if (this.retired.delete(chosen) && chosen === identifier) this.automatic.delete(chosen)
+      // a retired identifier given again still names the filters it had: a message the broker queued for its old
+      // subscription keeps it (see `retired`), and goes by those filters, not to the new filters' owners
+      const old = this.retired.get(chosen)
+      if (old !== undefined) {
+        this.retired.delete(chosen)
+        // a caller's own identifier that the client once chose is the caller's now: visible to the application
+        if (chosen === identifier) this.automatic.delete(chosen)
+      }
       // an identifier the caller gives several subscriptions [MQTT-3.8.2.1.2] names each of their filters: a
       // message that names it goes to the owners of those its topic matches
-      const named = this.byIdentifier.get(chosen)
+      const named = this.byIdentifier.get(chosen) ?? old
       const added = filters.map((f) => f.filter)
       this.byIdentifier.set(chosen, named === undefined ? added : [...new Set([...named, ...added])])
     }
@@ -713,8 +721,12 @@ export class Subscriptions {
     out.journal?.push({ t: "S", s: [...this.broker.values()] })
   }
 
-  /** Puts back the subscriptions a stored session held: restored as they are if the broker lost them. */
+  /**
+   * Puts back the subscriptions a stored session held: restored as they are if the broker lost them. The retired
+   * identifiers are not stored: forgotten (see `retired`).
+   */
   restore(subscriptions: ReadonlyArray<{ readonly spec: FilterSpec; readonly identifier: number }>): void {
+    this.forgotRetired = true
     const byIdentifier = new Map<number, Array<string>>()
     for (const { identifier, spec } of subscriptions) {
       this.broker.set(spec.filter, { spec, identifier })
@@ -795,7 +807,9 @@ export class Subscriptions {
           continue
         }
         attributed = true
-        for (const filter of filters) if (filters.length === 1 || matches(topic, filter)) add(this.claims.get(filter))
+        // one filter is the one the broker matched, unless the identifier named others the client forgot
+        const one = filters.length === 1 && !this.forgotRetired
+        for (const filter of filters) if (one || matches(topic, filter)) add(this.claims.get(filter))
       }
     }
     if (!attributed) {
