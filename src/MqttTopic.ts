@@ -290,7 +290,8 @@ export type ReceivedOf<T extends Any> = Received<Params<T>, Type<T>>
 
 /**
  * A parameter cannot be part of a topic name: it is empty, not a string, or contains `/`, `+` or `#` (a tail's
- * levels likewise); or the pattern itself is invalid (`param` is then `""`). Raised before anything is sent.
+ * levels likewise), or it makes the first level and starts with `$` (the topic's filter would not match the
+ * name); or the pattern itself is invalid (`param` is then `""`). Raised before anything is sent.
  *
  * @example
  * ```ts
@@ -698,7 +699,9 @@ const requestTopicProblem = (topic: unknown): TopicParamsError | undefined =>
 
 /**
  * The topic name for `params`: fails with {@link TopicParamsError} when a parameter is empty, not a string, or
- * contains `/`, `+` or `#` (each level of a tail likewise; an empty tail stands for the parent level).
+ * contains `/`, `+` or `#` (each level of a tail likewise; an empty tail stands for the parent level), or when
+ * the first level comes from a parameter and starts with `$` (`{site}/status` with `site: "$SYS"`): the topic's
+ * filter (`+/status`) would not match it [MQTT-4.7.2-1], so no subscriber of the topic would receive it.
  *
  * @example
  * ```ts

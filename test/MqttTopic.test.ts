@@ -131,6 +131,31 @@ describe("patterns", () => {
     assert.strictEqual(Effect.runSync(MqttTopic.format(topic, { id: "x", rest: [] })), "a/x")
     assert.strictEqual(Effect.runSync(MqttTopic.format(topic, { id: "x", rest: ["y", "z"] })), "a/x/y/z")
   })
+
+  it("format refuses a first level made by a parameter that starts with $: the topic's own filter would not match it [MQTT-4.7.2-1]", () => {
+    const status = MqttTopic.make("{site}/status", Schema.String, { codec: "text" })
+    const everything = MqttTopic.make("{all...}", Schema.String, { codec: "text" })
+    const refused = (topic: MqttTopic.Any, params: any) => errorOf(Effect.runSyncExit(MqttTopic.format(topic, params)))
+    const error = refused(status, { site: "$x" })
+    assert.deepStrictEqual([error._tag, error.param], ["TopicParamsError", "site"])
+    assert.match(error.message, /"\+\/status" does not match a topic that starts with "\$"/)
+    assert.strictEqual(refused(everything, { all: ["$SYS", "uptime"] }).param, "all")
+    // not the first level, or a literal first level: the filter matches the name
+    assert.strictEqual(Effect.runSync(MqttTopic.format(status, { site: "x$" })), "x$/status")
+    assert.strictEqual(Effect.runSync(MqttTopic.format(everything, { all: ["a", "$b"] })), "a/$b")
+    const sys = MqttTopic.make("$SYS/{stat}", Schema.String, { codec: "text" })
+    assert.strictEqual(Effect.runSync(MqttTopic.format(sys, { stat: "$uptime" })), "$SYS/$uptime")
+  })
+
+  it.effect("publish with a first-level parameter that starts with $ fails before anything is sent", () =>
+    Effect.gen(function*() {
+      const broker = yield* MqttTestBroker.MqttTestBroker
+      const client = yield* MqttClient.MqttClient
+      const status = MqttTopic.make("{site}/status", Schema.String, { codec: "text" })
+      const error = errorOf(yield* Effect.exit(MqttTopic.publish(client, status, { site: "$x" }, "up")))
+      assert.deepStrictEqual([error._tag, (error as MqttTopic.TopicParamsError).param], ["TopicParamsError", "site"])
+      assert.deepStrictEqual(yield* broker.published(), [])
+    }).pipe(Effect.provide(MqttTestBroker.layerWithClient({ protocolVersion: 5 }))))
 })
 
 // ---------------------------------------------------------------------------------------------------------------

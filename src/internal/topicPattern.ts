@@ -103,6 +103,16 @@ const levelProblem = (level: unknown): string | undefined => {
   return undefined
 }
 
+/**
+ * Why a parameter's level cannot be the first level of a topic name, or `undefined`: a topic starting with `$` is
+ * not matched by the pattern's filter, whose first level is then a wildcard [MQTT-4.7.2-1].
+ */
+const dollarProblem = (pattern: Pattern, level: string): string | undefined =>
+  level.startsWith("$")
+    ? `must not start with "$" as the first level: the filter "${pattern.filter}" does not match a topic that ` +
+      `starts with "$" [MQTT-4.7.2-1]`
+    : undefined
+
 /** A parameter that cannot be sent: which one and why. */
 export interface ParamProblem {
   readonly param: string
@@ -111,7 +121,9 @@ export interface ParamProblem {
 
 /**
  * The topic name for `params`, or the problem with one of them. Each `{name}` must be a non-empty string
- * without `/`, `+` or `#`; a tail is an array of such levels (empty: the parent level).
+ * without `/`, `+` or `#`; a tail is an array of such levels (empty: the parent level). A parameter that makes the
+ * first level must not start with `$`: the pattern's filter, which starts with a wildcard there, never matches
+ * such a topic [MQTT-4.7.2-1].
  */
 export const format = (pattern: Pattern, params: Params): string | ParamProblem => {
   if (pattern.problem !== undefined) return { param: "", reason: `the pattern is invalid: ${pattern.problem}` }
@@ -123,14 +135,15 @@ export const format = (pattern: Pattern, params: Params): string | ParamProblem 
     }
     const value = (params as Record<string, unknown> | undefined)?.[segment.name]
     if (segment._tag === "Param") {
-      const problem = levelProblem(value)
+      const problem = levelProblem(value) ?? (levels.length === 0 ? dollarProblem(pattern, value as string) : undefined)
       if (problem !== undefined) return { param: segment.name, reason: problem }
       levels.push(value as string)
       continue
     }
     if (!Array.isArray(value)) return { param: segment.name, reason: "must be an array of levels" }
     for (let i = 0; i < value.length; i++) {
-      const problem = levelProblem(value[i])
+      const problem = levelProblem(value[i]) ??
+        (levels.length === 0 ? dollarProblem(pattern, value[i] as string) : undefined)
       if (problem !== undefined) return { param: segment.name, reason: `level ${i} ${problem}` }
       levels.push(value[i])
     }
