@@ -254,10 +254,18 @@ export interface Options {
    * How the broker delivers a message that matches several of the client's subscriptions, when it cannot say
    * which (MQTT 3.1.1, or MQTT 5 with a broker without Subscription Identifiers). MQTT allows one copy or a copy
    * per subscription [MQTT-3.3.5-1]. `"single-copy"` (the default; Mosquitto, EMQX, HiveMQ, RabbitMQ over 3.1.1):
-   * the copy goes to every owner whose filter matches. `"copy-per-subscription"` (NATS): the copies of a message,
-   * which the broker sends one after the other, go one to each matching filter's owners, so that each
-   * `subscription()` stream sees the message once. On MQTT 5 the client gives every subscription an identifier
-   * and routes by what the broker says each copy matched, whatever this option says.
+   * the copy goes to every owner whose filter matches. `"copy-per-subscription"` (NATS): the copies of a message
+   * go one to each matching subscription's owners, so that each `subscription()` stream sees the message once. The
+   * client tells them apart by counting identical copies per topic, in whatever order they come (NATS sends a QoS
+   * 1 burst for one subscription, then for the next). Where it cannot tell which subscription a copy is for, it
+   * prefers a duplicate to a loss: a retained message sent for a new subscription, a copy sent again (DUP), and,
+   * while a SUBSCRIBE or UNSUBSCRIBE of an overlapping filter waits for its acknowledgement, a copy the broker may
+   * or may not send go to every owner whose filter matches, so an owner may then receive a message twice. One
+   * case is left: identical messages (the same payload on the same topic) that the broker took before a new
+   * overlapping subscription existed but sends after its SUBACK (from a QoS 1 stream that lags behind) may be
+   * counted as that subscription's copies, and the owner of another may miss one of them. On MQTT 5 the client
+   * gives every subscription an identifier and routes by what the broker says each copy matched, whatever this
+   * option says.
    */
   readonly overlapping?: "single-copy" | "copy-per-subscription" | undefined
   /**

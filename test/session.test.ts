@@ -3,6 +3,7 @@
  * is one fault or rule of issue 8 and FAULTS.md, as a sequence of events and the exact packets that must follow.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
+import * as fc from "fast-check"
 import { Buffer } from "node:buffer"
 import { SEPARATE_PAYLOAD } from "../src/internal/codec.ts"
 import * as Journal from "../src/internal/journal.ts"
@@ -1378,8 +1379,11 @@ describe("session: subscriptions", () => {
         overlapping: copies === 2 ? "copy-per-subscription" : "single-copy"
       })
       h.connect()
-      h.subscribe(1, [spec("s/+/x")])
-      h.subscribe(2, [spec("s/b/#")])
+      const a = h.subscribe(1, [spec("s/+/x")])
+      const b = h.subscribe(2, [spec("s/b/#")])
+      // the broker holds both: until it says so, the client cannot tell how many copies come (see the tests below)
+      h.receive({ _tag: "Suback", id: a.id, codes: [1] })
+      h.receive({ _tag: "Suback", id: b.id, codes: [1] })
       for (const payload of ["one", "two", "two"]) {
         for (let i = 0; i < copies; i++) h.receive(publish("s/b/x", payload, 0))
       }
@@ -1389,6 +1393,192 @@ describe("session: subscriptions", () => {
       }
       expect(Object.fromEntries(perOwner)).toEqual({ 1: ["one", "two", "two"], 2: ["one", "two", "two"] })
     }
+  })
+
+  describe("MQTT 3.1.1, a broker that sends a copy per subscription and does not say which (NATS)", () => {
+    const copies = () => {
+      const h = new Harness({ protocolVersion: 4, overlapping: "copy-per-subscription" })
+      h.connect()
+      return h
+    }
+    const acked = (h: Harness, owner: number, filter: string) => {
+      const request = h.subscribe(owner, [spec(filter)])
+      h.receive({ _tag: "Suback", id: request.id, codes: [1] })
+    }
+    /** What each owner received, in order. */
+    const perOwner = (h: Harness) => {
+      const got: Record<number, Array<string>> = {}
+      for (const d of h.delivered) for (const owner of d.owners) (got[owner] ??= []).push(d.message.text)
+      return got
+    }
+    /** How many of each payload `texts` holds. */
+    const counts = (texts: ReadonlyArray<string> = []) => {
+      const n: Record<string, number> = {}
+      for (const text of texts) n[text] = (n[text] ?? 0) + 1
+      return n
+    }
+    /** Each copy on its own QoS 1 flow, as NATS sends them. */
+    let nextId = 1
+    const copy = (h: Harness, payload: string, extra: Partial<Packets.Publish> = {}) =>
+      h.receive(publish("s/b/x", payload, 1, nextId = nextId % 65535 + 1, extra))
+
+    it("the copies of a burst come a subscription at a time (NATS sends QoS 1 so): each owner receives each message once", () => {
+      const h = copies()
+      acked(h, MESSAGES, "s/#")
+      acked(h, 1, "s/b/x")
+      const burst = ["m0", "m1", "m2", "m2", "m3"]
+      for (const _subscription of [0, 1]) for (const payload of burst) copy(h, payload)
+      // identical copies: which of the two m2 each got first does not matter
+      const got = perOwner(h)
+      expect([got[MESSAGES], got[1]].map((texts) => [...texts].sort())).toEqual([burst, burst])
+    })
+
+    it("whatever order the copies of several messages come in, identical ones included, each owner receives each message once", () => {
+      fc.assert(
+        fc.property(
+          fc.array(fc.constantFrom("a", "b", "c"), { minLength: 1, maxLength: 8 }),
+          fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 24, maxLength: 24 }),
+          (messages, keys) => {
+            const h = copies()
+            acked(h, MESSAGES, "s/#")
+            acked(h, 1, "s/+/x")
+            acked(h, 2, "s/b/x")
+            // a stream of copies per subscription, each in order, interleaved at random
+            const arrivals = [0, 1, 2].flatMap((stream) => {
+              const at = keys.slice(stream * 8, stream * 8 + messages.length).sort((x, y) => x - y)
+              return messages.map((payload, i) => ({ payload, at: at[i] }))
+            }).sort((x, y) => x.at - y.at)
+            for (const { payload } of arrivals) copy(h, payload)
+            const got = perOwner(h)
+            expect([MESSAGES, 1, 2].map((owner) => counts(got[owner]))).toEqual(Array(3).fill(counts(messages)))
+          }
+        ),
+        { numRuns: 300 }
+      )
+    })
+
+    it("a retained message sent for a new subscription (RETAIN 1 [MQTT-3.3.1-8]), one copy, reaches the new subscription's owner", () => {
+      for (const beforeSuback of [false, true]) {
+        const h = copies()
+        acked(h, MESSAGES, "sensors/#")
+        const b = h.subscribe(1, [spec("sensors/temp")])
+        if (!beforeSuback) h.receive({ _tag: "Suback", id: b.id, codes: [1] })
+        h.receive(publish("sensors/temp", "21.5", 1, 1, { retain: true }))
+        if (beforeSuback) h.receive({ _tag: "Suback", id: b.id, codes: [1] })
+        // which subscription it is for, the client cannot tell: every owner whose filter matches
+        expect(h.delivered.map((d) => [d.message.text, d.owners])).toEqual([["21.5", [MESSAGES, 1]]])
+        // a live message after it: a copy each, as counted before
+        h.receive(publish("sensors/temp", "22", 1, 2))
+        h.receive(publish("sensors/temp", "22", 1, 3))
+        expect(perOwner(h)).toEqual({ [MESSAGES]: ["21.5", "22"], 1: ["21.5", "22"] })
+      }
+    })
+
+    it("a SUBSCRIBE in flight: no owner loses a message, whether or not the broker sends the new subscription's copy yet", () => {
+      const h = copies()
+      acked(h, 1, "s/+/x")
+      acked(h, 2, "s/b/#")
+      const c = h.subscribe(3, [spec("s/b/x")])
+      // the broker has not made the new subscription yet: a copy for each of the two it holds
+      copy(h, "before")
+      copy(h, "before")
+      // it has: three copies; the one the client cannot attribute goes to every owner
+      copy(h, "made")
+      copy(h, "made")
+      copy(h, "made")
+      h.receive({ _tag: "Suback", id: c.id, codes: [1] })
+      copy(h, "after")
+      copy(h, "after")
+      copy(h, "after")
+      expect(perOwner(h)).toEqual({
+        1: ["before", "made", "made", "after"],
+        2: ["before", "made", "made", "after"],
+        3: ["made", "after"]
+      })
+    })
+
+    it("an UNSUBSCRIBE in flight: the remaining owner receives every message, twice while the broker may still hold the other subscription, never none", () => {
+      // the remaining owner's subscription is the newer one: a copy counted for the older one would be lost to it
+      const h = copies()
+      acked(h, 2, "s/b/x")
+      acked(h, 1, "s/+/x")
+      const u = h.unsubscribe(2, ["s/b/x"])!
+      // the broker still holds both: two copies
+      copy(h, "held")
+      copy(h, "held")
+      // it ended the other one: one copy
+      copy(h, "ended")
+      h.receive({ _tag: "Unsuback", id: u.id, codes: undefined })
+      copy(h, "after")
+      expect(perOwner(h)).toEqual({ 1: ["held", "held", "ended", "after"] })
+    })
+
+    it("a copy sent again (DUP) is not counted as another subscription's copy", () => {
+      const h = copies()
+      acked(h, 1, "s/+/x")
+      acked(h, 2, "s/b/x")
+      h.receive(publish("s/b/x", "m", 1, 1))
+      // the first copy sent again before the second came: it is a duplicate of a message still queued
+      h.receive(publish("s/b/x", "m", 1, 1, { dup: true }))
+      h.receive(publish("s/b/x", "m", 1, 2))
+      expect(perOwner(h)).toEqual({ 1: ["m"], 2: ["m"] })
+    })
+
+    it("a SUBSCRIBE or UNSUBSCRIBE in flight that the broker carries out at any point: no owner loses a message its subscription was sent", () => {
+      fc.assert(
+        fc.property(
+          fc.constantFrom("Subscribe", "Unsubscribe"),
+          fc.array(fc.constantFrom("a", "b", "c", "d"), { minLength: 1, maxLength: 6 }),
+          fc.nat(),
+          fc.nat(),
+          fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 24, maxLength: 24 }),
+          (kind, messages, appliedAt, ackAt, keys) => {
+            const h = copies()
+            acked(h, 1, "s/+/x")
+            acked(h, 2, "s/b/#")
+            acked(h, 4, "s/#")
+            const request = kind === "Subscribe" ? h.subscribe(3, [spec("s/b/x")]) : h.unsubscribe(2, ["s/b/#"])!
+            // the broker makes or ends the subscription between two messages: those from `applied` on have the new
+            // set of subscriptions; a stream of copies per subscription, each in order, interleaved at random
+            const applied = appliedAt % (messages.length + 1)
+            const streams = kind === "Subscribe"
+              ? [messages, messages, messages, messages.slice(applied)]
+              : [messages, messages, messages.slice(0, applied)]
+            const arrivals: Array<{ readonly payload: string | undefined; readonly before: boolean }> = streams
+              .flatMap((stream, s) => {
+                const at = keys.slice(s * 6, s * 6 + stream.length).sort((x, y) => x - y)
+                const from = kind === "Subscribe" && s === 3 ? applied : 0
+                return stream.map((payload, i) => ({ payload, at: at[i], before: from + i < applied }))
+              })
+              .sort((x, y) => x.at - y.at)
+            // the acknowledgement: after the broker made the subscription, at any point among the copies; only
+            // where no two payloads are the same may the copies of a message it took before come after it
+            // (those it sends from a stream that lags behind: then the client cannot tell them from the copies
+            // of a later message, see the `overlapping` option)
+            const earliest = kind === "Subscribe" && new Set(messages).size < messages.length
+              ? arrivals.reduce((last, a, i) => a.before ? i + 1 : last, 0)
+              : 0
+            const at = earliest + ackAt % (arrivals.length + 1 - earliest)
+            arrivals.splice(at, 0, { payload: undefined, before: false })
+            for (const { payload } of arrivals) {
+              if (payload !== undefined) copy(h, payload)
+              else if (kind === "Subscribe") h.receive({ _tag: "Suback", id: request.id, codes: [1] })
+              else h.receive({ _tag: "Unsuback", id: request.id, codes: undefined })
+            }
+            const got = perOwner(h)
+            const missing = (owner: number, sent: ReadonlyArray<string>) => {
+              const received = counts(got[owner])
+              return Object.entries(counts(sent)).filter(([payload, n]) => (received[payload] ?? 0) < n)
+            }
+            expect([1, 4].map((owner) => missing(owner, messages))).toEqual([[], []])
+            if (kind === "Subscribe") {
+              expect([missing(2, messages), missing(3, messages.slice(applied))]).toEqual([[], []])
+            }
+          }
+        ),
+        { numRuns: 2000 }
+      )
+    })
   })
 
   it("a Subscription Identifier no subscription of a session this client made has is a violation (0x82)", () => {

@@ -356,7 +356,7 @@ export class Session {
   private onPublish(packet: Packets.Publish, out: Output): void {
     const topic = this.inbound.topicOf(packet, out)
     if (topic === undefined) return
-    const owners = this.subscriptions.route(topic, packet.properties?.subscriptionIdentifiers, packet.payload, out)
+    const owners = this.subscriptions.route(topic, packet, out)
     if (owners === undefined) return
     let record: InboundRecord | undefined
     if (packet.qos > 0) {

@@ -14,7 +14,10 @@
  * - Each owner whose filter a message matches receives it once: MQTT 5 routes by the Subscription Identifiers the
  *   broker names (every SUBSCRIBE gets one when the broker supports them), so a copy per subscription (as
  *   Mosquitto sends over MQTT 5) reaches only its subscription's owners. An identifier retired (its subscription
- *   replaced or removed) still routes by its filters: a message the broker queued or resends keeps it.
+ *   replaced or removed) still routes by its filters: a message the broker queued or resends keeps it. On MQTT
+ *   3.1.1 from a broker that sends a copy per subscription without saying which, the copies are counted (see
+ *   `attributeCopy`); where the client cannot tell which subscription a copy is for, an owner receives a message
+ *   twice rather than never.
  * - A message no owner claims goes to `messages`: nothing that arrives is dropped by routing.
  * - Nothing is written that breaks the current CONNACK (Maximum Packet Size, Wildcard and Shared Subscription
  *   Available), checked when a request is written, on the connection it goes out on: a caller's request ends with
@@ -45,6 +48,9 @@ export const MAX_IDENTIFIER = Codec.MAX_VARINT
 
 /** How many retired Subscription Identifiers are still routed (see `Subscriptions.retired`). */
 export const RETIRED_KEPT = 1024
+
+/** How many messages per topic the client counts the copies of, at most (see `Subscriptions.attributeCopy`). */
+export const COPIES_KEPT = 1024
 
 const onlyMessages: ReadonlyArray<number> = [MESSAGES]
 
@@ -130,6 +136,65 @@ export class Request implements Queued, Operation {
   }
 }
 
+/** A subscription the broker acknowledged holding: its options and Subscription Identifier. */
+export interface HeldSubscription {
+  readonly spec: FilterSpec
+  readonly identifier: number
+}
+
+/**
+ * The subscriptions the broker acknowledged holding, by filter. `trie` finds those a topic matches, each with a
+ * number that gives the order the broker came to hold them in (see `Subscriptions.copySlots`).
+ */
+class Held extends Map<string, HeldSubscription> {
+  trie = new TopicTrie<number>()
+  private made = 0
+  override set(filter: string, held: HeldSubscription): this {
+    // the same filter subscribed again: the broker replaces its subscription [MQTT-3.8.4-3], in its place
+    if (!this.has(filter)) this.trie.set(filter, this.made++)
+    return super.set(filter, held)
+  }
+  override delete(filter: string): boolean {
+    this.trie.delete(filter)
+    return super.delete(filter)
+  }
+  override clear(): void {
+    this.trie = new TopicTrie()
+    super.clear()
+  }
+}
+
+/** A message some copies of which came, from a broker that sends a copy per subscription (see `attributeCopy`). */
+interface CopiesSeen {
+  readonly payload: Uint8Array
+  /** `payloadHash(payload)` */
+  readonly hash: number
+  /** the subscriptions the broker surely held when the first copy came, that the topic matches, oldest first */
+  readonly sure: ReadonlyArray<string>
+  /** how many copies may come: `sure` and those a request in flight then made or ended */
+  readonly slots: number
+  /** how many came */
+  count: number
+}
+
+/** The messages on one topic some copies of which came (see `attributeCopy`). */
+interface TopicCopies {
+  /** by the hash of their payload, oldest first */
+  readonly byHash: Map<number, Array<CopiesSeen>>
+  /** all of them, oldest first */
+  readonly order: Set<CopiesSeen>
+}
+
+/** A hash of a payload to find its copies by: its length and up to 32 bytes at each end. */
+const payloadHash = (payload: Uint8Array): number => {
+  const n = payload.length
+  let h = Math.imul(0x811c9dc5 ^ n, 0x01000193)
+  const head = n < 32 ? n : 32
+  for (let i = 0; i < head; i++) h = Math.imul(h ^ payload[i], 0x01000193)
+  for (let i = n - 32 > head ? n - 32 : head; i < n; i++) h = Math.imul(h ^ payload[i], 0x01000193)
+  return h
+}
+
 export class Subscriptions {
   /** filter → owner → what the owner asked for */
   private readonly claims = new TopicTrie<Map<number, FilterSpec>>()
@@ -139,7 +204,7 @@ export class Subscriptions {
   /** claims by owners other than `messages`: none means every message goes to `messages` */
   private routed = 0
   /** what the broker acknowledged holding: filter → options and subscription identifier */
-  private readonly broker = new Map<string, { readonly spec: FilterSpec; readonly identifier: number }>()
+  private readonly broker = new Held()
   /** subscription identifier → the filters of the SUBSCRIBE that carried it */
   private readonly byIdentifier = new Map<number, ReadonlyArray<string>>()
   /**
@@ -170,8 +235,11 @@ export class Subscriptions {
   private nextIdentifier = AUTOMATIC_IDENTIFIERS_FROM
   /** every subscription the broker holds was made by this client (the session started clean) */
   private complete = false
-  /** copies of one message received so far, per topic, when the broker sends a copy per subscription */
-  private readonly runs = new Map<string, { readonly payload: Uint8Array; next: number }>()
+  /**
+   * When the broker sends a copy per subscription: per topic, the messages some copies of which came and others
+   * may still come, oldest first (see `attributeCopy`)
+   */
+  private readonly copiesSeen = new Map<string, TopicCopies>()
 
   private readonly version: Packets.ProtocolVersion
   private readonly ids: PacketIds
@@ -196,7 +264,7 @@ export class Subscriptions {
   }
 
   /** The filters the broker acknowledged holding. */
-  brokerFilters(): ReadonlyMap<string, { readonly spec: FilterSpec; readonly identifier: number }> {
+  brokerFilters(): ReadonlyMap<string, HeldSubscription> {
     return this.broker
   }
 
@@ -779,12 +847,8 @@ export class Subscriptions {
    * The owners a message goes to (never empty: `messages` takes what no one claims), or undefined after
    * recording a violation: a Subscription Identifier that no subscription of a session this client made carries.
    */
-  route(
-    topic: string,
-    identifiers: ReadonlyArray<number> | undefined,
-    payload: Uint8Array,
-    out: Output
-  ): ReadonlyArray<number> | undefined {
+  route(topic: string, packet: Packets.Publish, out: Output): ReadonlyArray<number> | undefined {
+    const identifiers = packet.properties?.subscriptionIdentifiers
     if (this.routed === 0 && (identifiers === undefined || !this.complete)) return onlyMessages
     const owners: Array<number> = []
     const add = (claimed: Map<number, FilterSpec> | undefined) => {
@@ -813,36 +877,92 @@ export class Subscriptions {
       }
     }
     if (!attributed) {
-      if (this.copies) this.attributeCopy(topic, payload, add)
-      else this.claims.forEachMatch(topic, add)
+      // a broker that sends a copy per subscription: the copies are counted (see `attributeCopy`), but for one
+      // sent again (DUP) or sent for a new subscription (RETAIN on MQTT 3.1.1 [MQTT-3.3.1-8], [MQTT-3.3.1-9]),
+      // which the client cannot tell the subscription of: it goes to every owner whose filter matches, as a single
+      // copy does
+      if (this.copies && !packet.dup && !(packet.retain && this.version !== 5)) {
+        this.attributeCopy(topic, packet.payload, add)
+      } else this.claims.forEachMatch(topic, add)
     }
     return owners.length === 0 ? onlyMessages : owners
   }
 
   /**
-   * A broker that sends one copy per matching subscription (NATS over MQTT 3.1.1; the `overlapping` option says
-   * so) sends the k copies of a message one after the other: the j-th copy of a run of identical copies stands for
-   * the j-th matching filter, so that each owner receives it once per filter it holds, as MQTT 5 identifiers say.
+   * A broker that sends one copy of a message per matching subscription (NATS over MQTT 3.1.1; the `overlapping`
+   * option says so), without saying which subscription a copy is for: each owner is to receive a message once per
+   * filter it holds, as MQTT 5 identifiers say. The copies of one message are identical, but those of several
+   * messages may come in any order (NATS sends QoS 1 from a stream per subscription: the copies of a burst for one
+   * subscription, then those for the next). So the copies are counted per topic and payload: the n-th copy of a
+   * message goes to the n-th of the subscriptions the broker held that the topic matches when its first copy came
+   * (in the order the broker came to hold them), and k copies of k identical messages reach each of the k
+   * subscriptions' owners k times, in whatever order they come.
+   *
+   * While a SUBSCRIBE or UNSUBSCRIBE of a matching filter waits for its acknowledgement, the client cannot tell
+   * whether the broker holds that subscription yet (or still), so how many copies come: those subscriptions are
+   * counted last, and a copy counted as one of theirs goes to every owner whose filter matches. Then an owner may
+   * receive a message twice, never none: a copy the broker did not send would take a message from an owner.
    */
   private attributeCopy(
     topic: string,
     payload: Uint8Array,
     add: (claimed: Map<number, FilterSpec> | undefined) => void
   ) {
-    const matching: Array<Map<number, FilterSpec>> = []
-    this.claims.forEachMatch(topic, (claimed) => matching.push(claimed))
-    if (matching.length <= 1) {
-      this.runs.delete(topic)
-      return matching.forEach(add)
+    let copies = this.copiesSeen.get(topic)
+    const hash = payloadHash(payload)
+    let seen = copies?.byHash.get(hash)?.find((c) => Bytes.equal(c.payload, payload))
+    let slot = 0
+    if (seen !== undefined) {
+      slot = seen.count++
+      if (seen.count === seen.slots) this.forgetCopies(topic, copies!, seen)
+    } else {
+      const { maybe, sure } = this.copySlots(topic)
+      if (sure.length + maybe <= 1) return this.claims.forEachMatch(topic, add)
+      seen = { payload, hash, sure, slots: sure.length + maybe, count: 1 }
+      if (copies === undefined) this.copiesSeen.set(topic, copies = { byHash: new Map(), order: new Set() })
+      const same = copies.byHash.get(hash)
+      if (same === undefined) copies.byHash.set(hash, [seen])
+      else same.push(seen)
+      copies.order.add(seen)
+      // beyond the bound, the oldest is forgotten: its copies still to come (if any) are counted anew
+      if (copies.order.size > COPIES_KEPT) this.forgetCopies(topic, copies, copies.order.values().next().value!)
     }
-    const run = this.runs.get(topic)
-    if (run !== undefined && run.next < matching.length && Bytes.equal(run.payload, payload)) {
-      add(matching[run.next++])
-      if (run.next === matching.length) this.runs.delete(topic)
-      return
+    if (slot < seen.sure.length) add(this.claims.get(seen.sure[slot]))
+    else this.claims.forEachMatch(topic, add)
+  }
+
+  /** A message whose every copy came, or the oldest of too many (see `attributeCopy`). */
+  private forgetCopies(topic: string, copies: TopicCopies, seen: CopiesSeen): void {
+    copies.order.delete(seen)
+    const same = copies.byHash.get(seen.hash)!
+    if (same.length === 1) copies.byHash.delete(seen.hash)
+    else same.splice(same.indexOf(seen), 1)
+    if (copies.order.size === 0) this.copiesSeen.delete(topic)
+  }
+
+  /**
+   * The subscriptions the broker sends a copy of a message on `topic` for (see `attributeCopy`): `sure`, the
+   * filters it acknowledged and holds whatever becomes of the requests in flight, in the order it came to hold
+   * them; `maybe`, how many filters a SUBSCRIBE or UNSUBSCRIBE written and not acknowledged yet makes or ends.
+   */
+  private copySlots(topic: string): { readonly sure: ReadonlyArray<string>; readonly maybe: number } {
+    let changing: Set<string> | undefined
+    const requests = this.line.size === 0 ? this.sent.values() : [...this.sent.values(), ...this.line.items()]
+    for (const request of requests) {
+      if (!request.written) continue
+      for (const { filter } of request.filters) {
+        // a filter held and subscribed again stays held; one not held and unsubscribed stays not held
+        if ((request.kind === "Subscribe") === this.broker.has(filter) || !matches(topic, filter)) continue
+        if (changing === undefined) changing = new Set()
+        changing.add(filter)
+      }
     }
-    this.runs.set(topic, { payload, next: 1 })
-    add(matching[0])
+    const held: Array<readonly [number, string]> = []
+    this.broker.trie.forEachMatch(topic, (order, filter) => {
+      if (changing?.has(filter) !== true) held.push([order, filter])
+    })
+    if (held.length > 1) held.sort((a, b) => a[0] - b[0])
+    return { sure: held.map(([, filter]) => filter), maybe: changing?.size ?? 0 }
   }
 
   /**
@@ -867,6 +987,8 @@ export class Subscriptions {
     if (!sessionPresent) {
       this.complete = true
       this.forgetRetired()
+      // the broker sends no copy of a message of the lost session
+      this.copiesSeen.clear()
       const touched = new Set<string>()
       for (const request of waiting) for (const f of request.filters) touched.add(f.filter)
       const groups = new Map<number, Array<FilterSpec>>()

@@ -5,7 +5,9 @@
  * JetStream streams, so a client can move from one node to another.
  *
  * NATS speaks MQTT 3.1.1 only, QoS 0 and 1 (a QoS 2 subscription is granted QoS 1), and sends one copy of a
- * message per matching subscription (use the client's `overlapping: "copy-per-subscription"`).
+ * message per matching subscription (use the client's `overlapping: "copy-per-subscription"`): at QoS 1 from a
+ * stream per subscription, so that the copies of a burst come for one subscription, then for the next. With
+ * `nodes: 1`, a single server, for what one broker does.
  *
  * ```ts
  * const cluster = yield* natsCluster()
@@ -59,6 +61,8 @@ export interface NatsClusterOptions {
   /** `mqtt { ack_wait }`: how long NATS waits for a PUBACK before it sends a QoS 1 message again. NATS's
    * default is 30 seconds. */
   readonly ackWait?: string
+  /** How many nodes: 3 (the default), or 1, a single server with no cluster, for what one broker does. */
+  readonly nodes?: 1 | 3
 }
 
 export interface NatsNode {
@@ -121,8 +125,8 @@ const mqttAccepts = (port: number): Promise<boolean> =>
   })
 
 /**
- * Starts three nodes and resolves once each accepts MQTT connections (the cluster has formed and the MQTT
- * streams exist). Rejects with the logs when it does not come up within 30 s.
+ * Starts three nodes (or one, `nodes: 1`) and resolves once each accepts MQTT connections (the cluster has formed
+ * and the MQTT streams exist). Rejects with the logs when it does not come up within 30 s.
  */
 export const startNatsCluster = async (options?: NatsClusterOptions): Promise<NatsCluster> => {
   // Ports picked by us can be taken by someone else between `freePort` and a node's bind: start again on others
@@ -138,8 +142,13 @@ export const startNatsCluster = async (options?: NatsClusterOptions): Promise<Na
 const startOnce = async (options?: NatsClusterOptions): Promise<NatsCluster> => {
   const bin = requireNatsServer()
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-mqtt-nats-"))
-  const mqttPorts = [await freePort(), await freePort(), await freePort()]
-  const clusterPorts = [await freePort(), await freePort(), await freePort()]
+  const count = options?.nodes ?? 3
+  const mqttPorts: Array<number> = []
+  const clusterPorts: Array<number> = []
+  for (let i = 0; i < count; i++) {
+    mqttPorts.push(await freePort())
+    if (count > 1) clusterPorts.push(await freePort())
+  }
   const routes = clusterPorts.map((port) => `nats://127.0.0.1:${port}`).join(", ")
   const nodes = mqttPorts.map((mqttPort, i) => {
     const name = `n${i + 1}`
@@ -153,7 +162,9 @@ const startOnce = async (options?: NatsClusterOptions): Promise<NatsCluster> => 
         `mqtt { listen: 127.0.0.1:${mqttPort}${
           options?.ackWait === undefined ? "" : `, ack_wait: "${options.ackWait}"`
         } }`,
-        `cluster { name: effect-mqtt, listen: 127.0.0.1:${clusterPorts[i]}, routes: [${routes}] }`,
+        ...(count > 1
+          ? [`cluster { name: effect-mqtt, listen: 127.0.0.1:${clusterPorts[i]}, routes: [${routes}] }`]
+          : []),
         ""
       ].join("\n")
     )
