@@ -225,7 +225,9 @@ export class MqttTimeoutError extends Schema.TaggedError<MqttTimeoutError>()("Mq
           `considered dead (the network dropped it, or the broker stalled); pingTimeout sets the limit`
       case "request":
         return `No response to the request within ${this.millis} ms: is a responder subscribed to the ` +
-          `request topic? The timeout option sets the limit`
+          `request topic? A response the broker had for the client while its connection was down is lost with a ` +
+          `session that ends with the connection (keep it: cleanStart false and a sessionExpiryInterval). The ` +
+          `timeout option sets the limit`
     }
   }
 }

@@ -1348,6 +1348,23 @@ describe("session: subscriptions", () => {
     expect((h.take() as Array<any>).map((p) => [p.cmd, p.unsubscriptions])).toEqual([["unsubscribe", ["alarms/+"]]])
   })
 
+  it("MQTT 5, a session resumed by a new process (Session Present 1, nothing restored): a message of the earlier process naming an identifier this process gave again goes by its topic, not to the new owner", () => {
+    const h = new Harness({ protocolVersion: 5, cleanStart: false })
+    // the earlier process subscribed responses/# under the first automatic identifier, and the broker holds a
+    // message for it; this process resumes the session without knowing that
+    h.connect(true)
+    const data = h.subscribe(1, [spec("data/#")])
+    const [sent] = h.take() as Array<any>
+    h.receive({ _tag: "Suback", id: data.id, codes: [1] })
+    const identifier = sent.properties.subscriptionIdentifier
+    h.receive(publish("responses/x", "late", 1, 1, { properties: { subscriptionIdentifiers: [identifier] } }))
+    h.receive(publish("data/x", "mine", 1, 2, { properties: { subscriptionIdentifiers: [identifier] } }))
+    expect(h.delivered.splice(0).map((d) => [d.message.text, [...d.owners]])).toEqual([
+      ["late", [MESSAGES]],
+      ["mine", [1]]
+    ])
+  })
+
   it("the broker's subscription serves every owner: the highest QoS any owner asked for", () => {
     const h = new Harness({ protocolVersion: 4 })
     h.connect()

@@ -871,8 +871,10 @@ export class Subscriptions {
           continue
         }
         attributed = true
-        // one filter is the one the broker matched, unless the identifier named others the client forgot
-        const one = filters.length === 1 && !this.forgotRetired
+        // one filter is the one the broker matched, unless the identifier named others the client forgot, or the
+        // session is one this process resumed without knowing it (`complete`): an earlier process's message may name
+        // an identifier it used for another subscription, which this process gave again
+        const one = filters.length === 1 && !this.forgotRetired && this.complete
         for (const filter of filters) if (one || matches(topic, filter)) add(this.claims.get(filter))
       }
     }
