@@ -488,6 +488,9 @@ export const run = <E, R>(
       return yield* invalid("handler", "expected a function from a message to an Effect")
     }
     const client = yield* MqttClient.make(memberOptionsOf(options))
+    // this member is back: its notice from a last run goes, first of all (members that start meanwhile read the
+    // notices to adopt; see `leftWhileStopped`)
+    yield* notice(client, options, options.member, "")
     const notices = leftTopic(options.group)
     const filters = filtersOf(options)
     const orphans = yield* Queue.unbounded<string>()
@@ -506,7 +509,12 @@ export const run = <E, R>(
         : memberProblem(options.group, left) !== undefined
         ? Effect.logWarning(`effect-mqtt group ${options.group}: a notice names no member: "${left}", ignored`)
         : Effect.asVoid(Queue.offer(orphans, left))
-    const listening = Stream.runForEach(noticeStream, (notice) => offerOrphan(notice.text))
+    // a retained notice sent because this listener subscribed (a broker may send them on a shared subscription,
+    // as Mosquitto 2.0 does) is one of a member that left earlier: adopted after the wait of `leftWhileStopped`
+    const listening = Stream.runForEach(
+      noticeStream,
+      (notice) => notice.retain ? Effect.void : offerOrphan(notice.text)
+    )
     // the shares of a filter this member took in its last run and takes no more leave its session (else the
     // group would go on dealing it that filter's messages); then the record says what it takes now
     const stale = (yield* recordedFilters(listener, options.group, options.member)).filter((f) => !filters.includes(f))
@@ -516,8 +524,6 @@ export const run = <E, R>(
     }
     const record = recordTopic(options.group, options.member)
     yield* client.publish(record, JSON.stringify(filters), { qos: 1, retain: true })
-    // this member is back: its notice from a last run goes
-    yield* notice(client, options, options.member, "")
     // the notices of members that left while no member ran (a whole group stopped, started again with fewer
     // members or other names) are adopted, those still there after members starting with this one cleared theirs
     const leftWhileStopped = Effect.sleep(STARTING_GRACE).pipe(
