@@ -359,15 +359,29 @@ const memberOptionsOf = (options: Options): MqttClient.Options => ({
  * Whether a message is let go of unhandled: it came on a connection that ended since, and the broker has not sent
  * it again on the current one, so the broker may hold it no more. Another member may have adopted the session
  * meanwhile and handled it (a member frozen past its keepalive, then resumed); a broker that still holds it sends
- * it again [MQTT-4.4.0-1], to be handled then. Unacknowledged, it holds back no later acknowledgement.
+ * it again [MQTT-4.4.0-1], to be handled then. Unacknowledged, it holds back no later acknowledgement. While the
+ * client is disconnected that cannot be told: the message waits for the next connection (Session Present 0 makes
+ * it one of a lost session, handled as ever) or the client's close (then it is not handled: nothing could
+ * acknowledge it, and the session's next holder gets it).
  */
-const letGo = (message: MqttMessage): boolean => message[ReceiptKey]?.abandonIfStale?.() === true
+const letGo = (client: MqttClient.Client, message: MqttMessage): Effect.Effect<boolean> =>
+  Effect.suspend(() => {
+    const receipt = message[ReceiptKey]
+    if (receipt?.awaitsConnection?.() !== true) return Effect.succeed(receipt?.abandonIfStale?.() === true)
+    return Effect.map(
+      Stream.runHead(
+        Stream.filter(client.statusChanges, (status) => status._tag !== "Connecting" && status._tag !== "Disconnected")
+      ),
+      (status) => status._tag !== "Some" || status.value._tag === "Closed" || receipt.abandonIfStale?.() === true
+    )
+  })
 
 /**
  * Handles the messages of a stream `concurrency` at a time, acknowledging each once its handler succeeded; a
  * message whose connection ended before its turn came is let go of (see `letGo`).
  */
 const handleAll = <E, R>(
+  client: MqttClient.Client,
   messages: Stream.Stream<MqttMessage, MqttError.MqttError>,
   concurrency: number,
   handler: (message: MqttMessage) => Effect.Effect<void, E, R>
@@ -375,11 +389,10 @@ const handleAll = <E, R>(
   messages.pipe(
     Stream.mapEffect(
       (message) =>
-        Effect.suspend(() =>
-          letGo(message)
+        Effect.flatMap(letGo(client, message), (gone) =>
+          gone
             ? Effect.logDebug(`effect-mqtt group: let go of a message on ${message.topic} from a connection that ended`)
-            : Effect.andThen(handler(message), message.ack)
-        ),
+            : Effect.andThen(handler(message), message.ack)),
       { concurrency }
     ),
     Stream.runDrain
@@ -445,6 +458,7 @@ const adoption = <E, R>(
       yield* orphan.subscribe(marker, { qos: 1 })
       yield* orphan.publish(marker, "", { qos: 1 })
       yield* handleAll(
+        orphan,
         // once the connection ends, what is still queued is not handled: its acknowledgement could not leave,
         // and the session (taken back by its member, or adopted by another) has it sent again
         orphan.messages.pipe(
@@ -548,6 +562,7 @@ export const run = <E, R>(
     // every message the group dealt this member goes to the handler, also the last ones of a filter it took in
     // its last run (dealt before the unsubscribe): the group's own topics excepted
     const work = handleAll(
+      client,
       client.messages,
       options.concurrency ?? 1,
       (message) => isGroupTopic(message.topic) ? Effect.void : handler(message)

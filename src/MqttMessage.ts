@@ -129,6 +129,8 @@ export class MqttMessage {
       readonly acknowledge: () => Effect.Effect<void> | undefined
       /** lets go of the message unacknowledged when its flow may be the broker's no more (a consumer group's) */
       readonly abandonIfStale?: () => boolean
+      /** whether that cannot be told before the next connection (the client is disconnected) */
+      readonly awaitsConnection?: () => boolean
     }
     | undefined = undefined
 

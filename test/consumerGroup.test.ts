@@ -6,7 +6,7 @@
  * held, and what Mosquitto went on dealing its session, is adopted and handled by the others.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Fiber, Logger, Schedule, Stream } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Logger, Schedule, Stream } from "effect"
 import { ConsumerGroup, MqttClient, MqttError, type MqttMessage } from "effect-mqtt"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Path from "node:path"
@@ -66,6 +66,29 @@ const member = (options: ConsumerGroup.Options, millis = 0) =>
     }),
     (m) => Effect.sync(() => m.child.kill("SIGKILL"))
   )
+
+/**
+ * Waits until `members` together handled every message of `expected` (`topic payload`), then a little more for late
+ * lines; returns how many times each was handled.
+ */
+const allHandled = (members: ReadonlyArray<Member>, expected: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const counts = new Map<string, number>()
+    const count = () => {
+      counts.clear()
+      for (const m of members) for (const key of m.handled) counts.set(key, (counts.get(key) ?? 0) + 1)
+      return expected.every((key) => counts.has(key))
+    }
+    yield* until("every message handled by the group", count, 120, () =>
+      `\n${
+        expected.filter((key) => !counts.has(key)).length
+      } missing; ${
+        JSON.stringify(members.map((m) => [m.handled.length, m.adopted, m.log.slice(-5), m.output().slice(-1000)]))
+      }`)
+    yield* sleepReal(500)
+    count()
+    return counts
+  })
 
 describe("a consumer group across three processes on Mosquitto", () => {
   it.live(
@@ -193,23 +216,8 @@ describe("a member that comes back while another adopts its session", () => {
         yield* until("the adoption under way", () => subscribedAsMember2() > before, 60)
         const back = yield* member({ ...group, member: "member-2" }, 0)
         const all = [adopter, first, back]
-        const counts = new Map<string, number>()
-        const count = () => {
-          counts.clear()
-          for (const m of all) for (const key of m.handled) counts.set(key, (counts.get(key) ?? 0) + 1)
-          return expected.every((key) => counts.has(key))
-        }
-        yield* until("every message handled by the group", count, 120, () =>
-          `\n${
-            expected.filter((key) => !counts.has(key)).length
-          } missing; ${JSON.stringify(all.map((m) => [m.handled.length, m.log.slice(-5), m.output().slice(-1000)]))}`)
-        yield* sleepReal(500)
-        count()
-        const twice = [...counts].filter(([, n]) =>
-          n > 1
-        ).map(([key]) =>
-          key
-        )
+        const counts = yield* allHandled(all, expected)
+        const twice = [...counts].filter(([, n]) => n > 1).map(([key]) => key)
         console.log(
           `takeback: handled ${JSON.stringify(all.map((m) => m.handled.length))}, ${twice.length} twice; ` +
             `member-1: ${JSON.stringify(adopter.log.filter((line) => line.includes("member-2")))}`
@@ -261,21 +269,7 @@ describe("a whole group stopped and started again with fewer members", () => {
         // two of them come back: member-3 does not (a smaller deployment, or a new name)
         const from = broker.logs().split("\n").length - 1
         const back = [yield* member({ ...group, member: "member-1" }), yield* member({ ...group, member: "member-2" })]
-        const counts = new Set<string>()
-        const count = () => {
-          counts.clear()
-          for (const m of back) for (const key of m.handled) counts.add(key)
-          return expected.every((key) => counts.has(key))
-        }
-        yield* until(
-          "every message handled by the members that came back",
-          count,
-          120,
-          () =>
-            `\n${expected.filter((key) => !counts.has(key)).length} missing; ${
-              JSON.stringify(back.map((m) => [m.handled.length, m.adopted, m.log.slice(-5)]))
-            }`
-        )
+        yield* allHandled(back, expected)
         expect(["member-1", "member-2"].every(subscribedSince(from))).toBe(true)
         // the adoption is reported when it ends (the session emptied), which may be after the last message
         yield* until("member-3 adopted", () => back.some((m) => m.adopted.some(([name]) => name === "member-3")), 60)
@@ -325,26 +319,11 @@ describe("a member frozen past its keepalive while another adopts its session", 
         yield* publishRange(300, 400)
         const expected = Array.from({ length: 400 }, (_, i) => `work/x ${i}`)
         const all = [adopter, frozen]
-        const counts = new Map<string, number>()
-        const count = () => {
-          counts.clear()
-          for (const m of all) for (const key of m.handled) counts.set(key, (counts.get(key) ?? 0) + 1)
-          return expected.every((key) => counts.has(key))
-        }
-        yield* until("every message handled by the group", count, 120, () =>
-          `\n${
-            expected.filter((key) => !counts.has(key)).length
-          } missing; ${JSON.stringify(all.map((m) => [m.handled.length, m.log.slice(-5), m.output().slice(-1000)]))}`)
-        yield* sleepReal(500)
-        count()
+        const counts = yield* allHandled(all, expected)
         const afterResume = frozen.handled.slice(handledWhileUp)
-        const twiceAfterResume = afterResume.filter((key) =>
-          (counts.get(key) ?? 0) > 1
-        )
+        const twiceAfterResume = afterResume.filter((key) => (counts.get(key) ?? 0) > 1)
         console.log(
-          `frozen member: handled ${
-            JSON.stringify(all.map((m) => m.handled.length))
-          }, ${handledWhileUp} by ` +
+          `frozen member: handled ${JSON.stringify(all.map((m) => m.handled.length))}, ${handledWhileUp} by ` +
             `member-2 before its freeze, ${afterResume.length} after; twice after: ${JSON.stringify(twiceAfterResume)}`
         )
         // member-2 came back, took its session back and went on as a member
@@ -416,6 +395,43 @@ describe("a member restarted with other filters", () => {
 })
 
 describe("members in one process", () => {
+  it.live(
+    "a member whose broker restarts without its session (Session Present 0) while it handles a backlog: what it had queued is handled, none let go of",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({ protocolConfig: "log_type subscribe" })
+        const handled: Array<string> = []
+        const gate = yield* Deferred.make<void>()
+        yield* Effect.forkChild(ConsumerGroup.run(
+          { client: { url: broker.url }, group: "restart", filter: "work/#", member: "m1", qos: 1, prefetch: 10 },
+          (message) =>
+            Effect.gen(function*() {
+              // the first message holds the handler: the others wait in the member's queue
+              if (handled.length === 0) yield* Deferred.await(gate)
+              handled.push(message.text)
+            })
+        ))
+        yield* until(
+          "m1 subscribed",
+          () => broker.logs().split("\n").some((line) => line.includes(" m1 ") && line.includes("$share/restart")),
+          60
+        )
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false })
+        for (let i = 0; i < 6; i++) yield* publisher.publish("work/x", String(i), { qos: 1 })
+        yield* sleepReal(500)
+        // Mosquitto without persistence: killed and started again, it has no session for m1
+        broker.kill("SIGKILL")
+        yield* sleepReal(200)
+        // the handler goes on while the member is disconnected
+        yield* Deferred.succeed(gate, void 0)
+        yield* sleepReal(500)
+        yield* Effect.promise(() => broker.restart())
+        yield* until("all six handled", () => handled.length >= 6, 60, () => ` (${JSON.stringify(handled)})`)
+        expect(handled).toEqual(["0", "1", "2", "3", "4", "5"])
+      }),
+    120_000
+  )
+
   it.live(
     "a record that is not a list of filters is no list of filters: the member runs and records its own",
     () =>

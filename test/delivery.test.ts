@@ -26,6 +26,8 @@ import { TestClock } from "effect/testing"
 import type { Packet } from "mqtt-packet"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Crypto from "node:crypto"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
 import * as Path from "node:path"
 import * as FakeBroker from "./support/FakeBroker.ts"
 import { mosquitto, type MosquittoHandle, startMosquitto } from "./support/Mosquitto.ts"
@@ -2112,6 +2114,30 @@ describe("a killed process gets its unacknowledged messages again, and release e
       60_000
     )
   }
+
+  it.live("over a Unix socket, a frozen broker that never reads what Node holds to write: release ends without a defect (a pipe has no TCP reset)", () =>
+    Effect.gen(function*() {
+      const directory = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-mqtt-unix-"))
+      const socket = Path.join(directory, "mqtt.sock")
+      const frozen = yield* mosquitto({ protocolConfig: `listener 0 ${socket}\nallow_anonymous true` })
+      const exit = yield* Effect.exit(within(
+        "release",
+        Effect.scoped(Effect.gen(function*() {
+          const client = yield* MqttClient.make({ url: `unix://${socket}`, protocolVersion: 5, reconnect: false })
+          frozen.kill("SIGSTOP")
+          const big = new Uint8Array(1 << 20)
+          yield* Effect.forkChild(
+            Effect.forEach(Array.from({ length: 20 }), () => Effect.exit(client.publish("big", big)), {
+              discard: true
+            })
+          )
+          yield* realSleep(1500)
+        }))
+      ))
+      frozen.kill("SIGCONT")
+      Fs.rmSync(directory, { recursive: true, force: true })
+      assert.isTrue(Exit.isSuccess(exit), String(exit))
+    }))
 
   it.live(
     "a frozen broker (SIGSTOP) during release, with a full `messages` queue and an open subscription() stream: release ends, and a publish waiting for its PUBACK fails with a typed error",

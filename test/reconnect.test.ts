@@ -340,6 +340,20 @@ describe("session continuity (Session Present 1)", () => {
 })
 
 describe("a handshake that fails after its CONNACK was accepted (the CONNACK and a bad packet in one read)", () => {
+  /** A client of a fake broker that reconnects every `spacing`, with its first connection. */
+  const connected = (spacing: Duration.Input) =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+      const fiber = yield* Effect.forkChild(MqttClient.make({
+        url: broker.url,
+        protocolVersion: 5,
+        reconnect: Schedule.spaced(spacing),
+        logLevel: "Error"
+      }))
+      const { connection } = yield* broker.acceptAndConnack()
+      return { broker, client: yield* Fiber.join(fiber), c1: connection }
+    })
+
   /** CONNACK (Session Present 0) and a PUBLISH with topic alias 0, a Protocol Error, in one write. */
   const connackThenViolation = (c: FakeBroker.FakeConnection) =>
     Effect.gen(function*() {
@@ -353,15 +367,7 @@ describe("a handshake that fails after its CONNACK was accepted (the CONNACK and
     "the session loses that connection too: the next one restores the subscriptions, also one made meanwhile",
     () =>
       Effect.gen(function*() {
-        const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
-        const fiber = yield* Effect.forkChild(MqttClient.make({
-          url: broker.url,
-          protocolVersion: 5,
-          reconnect: Schedule.spaced("50 millis"),
-          logLevel: "Error"
-        }))
-        const { connection: c1 } = yield* broker.acceptAndConnack()
-        const client = yield* Fiber.join(fiber)
+        const { broker, c1, client } = yield* connected("50 millis")
         const subscribed = yield* Effect.forkChild(client.subscribe("a/#", { qos: 1 }))
         const s1 = yield* c1.expect("subscribe")
         yield* c1.send({ cmd: "suback", messageId: s1.messageId!, granted: [1], properties: {} } as Packet)
@@ -395,15 +401,7 @@ describe("a handshake that fails after its CONNACK was accepted (the CONNACK and
     "a QoS 0 publish made while reconnecting is kept for the next connection (offline buffer), not written to the dead one",
     () =>
       Effect.gen(function*() {
-        const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
-        const fiber = yield* Effect.forkChild(MqttClient.make({
-          url: broker.url,
-          protocolVersion: 5,
-          reconnect: Schedule.spaced("300 millis"),
-          logLevel: "Error"
-        }))
-        const { connection: c1 } = yield* broker.acceptAndConnack()
-        const client = yield* Fiber.join(fiber)
+        const { broker, c1, client } = yield* connected("300 millis")
         yield* c1.destroy
         const c2 = yield* broker.accept
         yield* connackThenViolation(c2)

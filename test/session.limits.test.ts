@@ -553,7 +553,7 @@ describe("delivery: a failed owner's copy", () => {
         acknowledged.push(record.id)
         return undefined
       },
-      { isStale: () => false, abandon: () => {} },
+      { isStale: () => false, awaitsConnection: () => false, abandon: () => {} },
       new ClientMetrics("c", context),
       (warning) => warnings.push(warning)
     )

@@ -409,9 +409,12 @@ describe("session: inbound messages", () => {
       expect(h.session.isStale(a.record!)).toBe(false)
       h.session.abandon(a.record!, h.out)
       h.lose(lost)
-      // while disconnected, the broker may give the session to another client
-      expect(h.session.isStale(a.record!)).toBe(true)
+      // while disconnected it cannot be told: the next CONNACK says whether the broker kept the session
+      expect(h.session.isStale(a.record!)).toBe(false)
+      expect(h.session.awaitsConnection(a.record!)).toBe(true)
+      h.session.abandon(a.record!, h.out)
       h.connect(true)
+      expect(h.session.awaitsConnection(a.record!)).toBe(false)
       h.take()
       h.receive(publish("t", "b", 1, 11))
       const [b] = h.delivered.splice(0)
@@ -446,14 +449,14 @@ describe("session: inbound messages", () => {
       expect(acks(h)).toEqual([["puback", 10]])
     })
 
-    it("let go of while disconnected: the broker's resend on the next connection is a delivery of its own", () => {
+    it("let go of before the broker's resend came: the resend is a delivery of its own", () => {
       const h = new Harness({ protocolVersion: 5 })
       h.connect()
       h.receive(publish("t", "a", 2, 10))
       const [a] = h.delivered.splice(0)
       h.lose(lost)
-      h.session.abandon(a.record!, h.out)
       h.connect(true)
+      h.session.abandon(a.record!, h.out)
       h.drain()
       expect(acks(h)).toEqual([])
       h.receive(publish("t", "a", 2, 10, { dup: true }))
@@ -470,8 +473,10 @@ describe("session: inbound messages", () => {
       h.receive(publish("t", "a", 1, 10))
       const [a] = h.delivered.splice(0)
       h.lose(lost)
+      expect(h.session.awaitsConnection(a.record!)).toBe(true)
       h.connect(false)
       expect(h.session.isStale(a.record!)).toBe(false)
+      expect(h.session.awaitsConnection(a.record!)).toBe(false)
     })
   })
 

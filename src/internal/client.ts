@@ -138,7 +138,11 @@ export const make = (
       o.queue,
       o.acknowledgement === "manual",
       (record) => driver.settled(record),
-      { isStale: (record) => driver.isStale(record), abandon: (record) => driver.abandon(record) },
+      {
+        isStale: (record) => driver.isStale(record),
+        awaitsConnection: (record) => driver.awaitsConnection(record),
+        abandon: (record) => driver.abandon(record)
+      },
       metrics,
       warn
     )

@@ -32,6 +32,7 @@ type Sink = (record: InboundRecord) => Effect.Effect<void> | undefined
 /** The session's word on a received message's flow (see `Inbound.isStale`, `Inbound.abandon`). */
 export interface Flows {
   readonly isStale: (record: InboundRecord) => boolean
+  readonly awaitsConnection: (record: InboundRecord) => boolean
   readonly abandon: (record: InboundRecord) => void
 }
 
@@ -69,6 +70,10 @@ class Receipt {
    * and the broker has not resent it on the current one): a broker that still holds it sends it again. Returns
    * whether it did; a message that is not stale is left as it is.
    */
+  /** Whether the copy's message waits for the next connection to tell whether it is stale (see `abandonIfStale`). */
+  awaitsConnection(): boolean {
+    return !this.done && this.flows.awaitsConnection(this.record)
+  }
   abandonIfStale(): boolean {
     if (this.done || !this.flows.isStale(this.record)) return false
     this.done = true

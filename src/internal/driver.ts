@@ -218,6 +218,9 @@ export class Driver {
   /** Whether a received message's flow may be the broker's no more (see `Inbound.isStale`). */
   readonly isStale = (record: InboundRecord): boolean => this.session.isStale(record)
 
+  /** Whether a received message waits for the next connection to tell whether it is stale. */
+  readonly awaitsConnection = (record: InboundRecord): boolean => this.session.awaitsConnection(record)
+
   /** Lets go of a stale received message unacknowledged (see `Inbound.abandon`). */
   readonly abandon = (record: InboundRecord): void => {
     this.session.abandon(record, this.out)

@@ -421,8 +421,21 @@ export class Inbound {
    * group's member adopted while it was frozen), and whoever handles it now handles it twice.
    */
   isStale(record: InboundRecord): boolean {
-    return record.epoch === this.epoch && !record.forgotten && record.pending > 0 &&
-      (!this.connected || (record.connection !== this.connection && record.resentOn !== this.connection))
+    return this.connected && this.held(record) && record.connection !== this.connection &&
+      record.resentOn !== this.connection
+  }
+
+  /**
+   * Whether a held message waits for the next connection to tell whether it is stale: while disconnected, it cannot
+   * be told (Session Present 0 will make it a message of a lost session, to be handled; Session Present 1 without
+   * a resend, a stale one).
+   */
+  awaitsConnection(record: InboundRecord): boolean {
+    return !this.connected && this.held(record)
+  }
+
+  private held(record: InboundRecord): boolean {
+    return record.epoch === this.epoch && !record.forgotten && record.pending > 0
   }
 
   /**

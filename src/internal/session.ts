@@ -414,6 +414,11 @@ export class Session {
     return this.inbound.isStale(record)
   }
 
+  /** Whether a received message waits for the next connection to tell whether it is stale. */
+  awaitsConnection(record: InboundRecord): boolean {
+    return this.inbound.awaitsConnection(record)
+  }
+
   /** Lets go of a stale received message unacknowledged (see `Inbound.abandon`). */
   abandon(record: InboundRecord, out: Output): void {
     this.inbound.abandon(record, out)

@@ -218,6 +218,18 @@ const awaitDrain = (conn: Duplex, drained: () => void, failed: (cause: unknown) 
 }
 
 /** A TCP or Unix socket connection, as `NodeSocket.makeNet` makes it. */
+/**
+ * Closes a socket at once, what Node still holds to write thrown away: a TCP socket with a reset (RST), so that the
+ * peer never reads stale packets; a Unix socket (a pipe, which has no reset: Node throws) destroyed.
+ */
+const reset = (socket: Net.Socket): void => {
+  try {
+    socket.resetAndDestroy()
+  } catch {
+    socket.destroy()
+  }
+}
+
 const makeNet = (options: Net.NetConnectOpts): Opened => ({
   open: (track) =>
     Effect.contextWith((context: Context.Context<Scope.Scope>) => {
@@ -232,7 +244,7 @@ const makeNet = (options: Net.NetConnectOpts): Opened => ({
             // bytes Node still holds after the connection's bounded wait will not be taken (a frozen broker, a
             // closed window): end() would wait for them for good, the socket keeping the process alive
             if (isOpen && conn.writableLength === 0) conn.destroySoon()
-            else if (isOpen) conn.resetAndDestroy()
+            else if (isOpen) reset(conn)
             else conn.destroy()
           })
         ),
@@ -432,7 +444,7 @@ const makeTls = (endpoint: TlsEndpoint, settings: TlsSettings): Opened => ({
               secure.destroySoon()
             } else if (secure !== undefined && isOpen && !secure.destroyed) {
               secure.destroy()
-              raw?.resetAndDestroy()
+              if (raw !== undefined) reset(raw)
             } else {
               secure?.destroy()
               raw?.destroy()
