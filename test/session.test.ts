@@ -1685,6 +1685,26 @@ describe("session: subscriptions", () => {
     expect(again.delivered.map((d) => [d.message.text, d.owners])).toEqual([["queued", [MESSAGES]], ["new", [2]]])
   })
 
+  it("MQTT 5: an identifier given again to a filter that matches the topic too: a new message goes by the new filter only, not also to another owner of the old filter (no duplicate)", () => {
+    const h = new Harness({ protocolVersion: 5 })
+    h.connect()
+    const first = h.subscribe(1, [spec("a/#")], 5)
+    h.receive({ _tag: "Suback", id: first.id, codes: [1] })
+    const u = h.unsubscribe(1, ["a/#"])!
+    h.receive({ _tag: "Unsuback", id: u.id, codes: [0] })
+    // another owner takes a/# under its own identifier; 5 goes to a third owner's "#"
+    const other = h.subscribe(2, [spec("a/#")])
+    h.receive({ _tag: "Suback", id: other.id, codes: [1] })
+    const otherId = (h.take() as Array<any>).at(-1).properties.subscriptionIdentifier
+    const again = h.subscribe(3, [spec("#")], 5)
+    h.receive({ _tag: "Suback", id: again.id, codes: [1] })
+    // the broker sends one PUBLISH per matching subscription, each naming its identifier
+    h.receive(publish("a/x", "one", 2, 1, { properties: { subscriptionIdentifiers: [otherId] } }))
+    h.receive(publish("a/x", "one", 2, 2, { properties: { subscriptionIdentifiers: [5] } }))
+    expect(h.errors).toEqual([])
+    expect(h.delivered.map((d) => [d.message.text, [...d.owners]])).toEqual([["one", [2]], ["one", [3]]])
+  })
+
   it(`MQTT 5: past ${RETIRED_KEPT} retired identifiers the oldest are forgotten: one the client does not know is routed by topic`, () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()

@@ -217,6 +217,12 @@ export class Subscriptions {
    * the filters its topic matches.
    */
   private readonly retired = new Map<number, ReadonlyArray<string>>()
+  /**
+   * The filters of retired identifiers given again to a new subscription: a message the broker queued for the old
+   * one names it too, and goes by these filters when none of the new ones matches its topic (a message of the old
+   * subscription whose topic the new one matches too goes by the new one: the client cannot tell them apart).
+   */
+  private readonly reissued = new Map<number, ReadonlyArray<string>>()
   private forgotRetired = false
   /**
    * The identifiers the client chose itself: every SUBSCRIBE gets one (MQTT 5), so that each copy the broker
@@ -300,12 +306,14 @@ export class Subscriptions {
       const old = this.retired.get(chosen)
       if (old !== undefined) {
         this.retired.delete(chosen)
+        // only where none of the new filters matches (a new message names it for them: see `route`)
+        this.reissued.set(chosen, old)
         // a caller's own identifier that the client once chose is the caller's now: visible to the application
         if (chosen === identifier) this.automatic.delete(chosen)
       }
       // an identifier the caller gives several subscriptions [MQTT-3.8.2.1.2] names each of their filters: a
       // message that names it goes to the owners of those its topic matches
-      const named = this.byIdentifier.get(chosen) ?? old
+      const named = this.byIdentifier.get(chosen)
       const added = filters.map((f) => f.filter)
       this.byIdentifier.set(chosen, named === undefined ? added : [...new Set([...named, ...added])])
     }
@@ -820,7 +828,9 @@ export class Subscriptions {
     const filters = this.byIdentifier.get(identifier)
     if (filters === undefined) return
     this.byIdentifier.delete(identifier)
-    this.retired.set(identifier, filters)
+    const reissued = this.reissued.get(identifier)
+    this.reissued.delete(identifier)
+    this.retired.set(identifier, reissued === undefined ? filters : [...new Set([...filters, ...reissued])])
     if (this.retired.size > RETIRED_KEPT) {
       const [oldest] = this.retired.keys()
       this.retired.delete(oldest)
@@ -833,6 +843,7 @@ export class Subscriptions {
   private forgetRetired(): void {
     for (const identifier of this.retired.keys()) this.automatic.delete(identifier)
     this.retired.clear()
+    this.reissued.clear()
     this.forgotRetired = false
   }
 
@@ -874,8 +885,18 @@ export class Subscriptions {
         // one filter is the one the broker matched, unless the identifier named others the client forgot, or the
         // session is one this process resumed without knowing it (`complete`): an earlier process's message may name
         // an identifier it used for another subscription, which this process gave again
-        const one = filters.length === 1 && !this.forgotRetired && this.complete
-        for (const filter of filters) if (one || matches(topic, filter)) add(this.claims.get(filter))
+        const reissued = this.reissued.size === 0 ? undefined : this.reissued.get(identifier)
+        const one = filters.length === 1 && !this.forgotRetired && this.complete && reissued === undefined
+        let matched = false
+        for (const filter of filters) {
+          if (one || matches(topic, filter)) {
+            matched = true
+            add(this.claims.get(filter))
+          }
+        }
+        if (!matched && reissued !== undefined) {
+          for (const filter of reissued) if (matches(topic, filter)) add(this.claims.get(filter))
+        }
       }
     }
     if (!attributed) {
