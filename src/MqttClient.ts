@@ -885,8 +885,9 @@ export interface Client {
    * after a second without one), never when the client closes first: a program that stops leaves them to its
    * persistent session. When the application does not read `messages`, a new stream first takes the messages
    * waiting there that match its filters (a resumed session's backlog, sent before it subscribed again); QoS 1/2
-   * ones that no stream claims are given up (counted, logged, acknowledged unread) one second after the application
-   * acknowledged another message, which they would hold back.
+   * ones that no stream claims are given up (counted, logged, acknowledged unread) once they held back the
+   * acknowledgements of half the broker's window (MQTT 5: half of `receiveMaximum`; MQTT 3.1.1: 10), or 10 seconds
+   * after the first.
    */
   readonly subscription: (
     filters: string | Subscription | ReadonlyArray<string | Subscription>,

@@ -400,6 +400,27 @@ describe("effect-mqtt's delivery contract against a private Mosquitto", () => {
       }).pipe(Effect.scoped))
   }
 
+  it.live("MQTT 5: a resumed session's backlog on two filters, the second subscription() made 2 s after the first consumed its messages: it still gets its backlog (a few held-back acknowledgements give nothing up)", () =>
+    Effect.gen(function*() {
+      const root = unique("lazy")
+      const session: MqttClient.Options = { url: broker.url, ...persistent(5, `lazy-${runId}`) }
+      yield* Effect.scoped(
+        Effect.flatMap(MqttClient.make(session), (c) => c.subscribe([`${root}/a/#`, `${root}/b/#`], { qos: 1 }))
+      )
+      const publisher = yield* publisherFor(5)
+      for (let i = 0; i < 3; i++) {
+        yield* publisher.publish(`${root}/a/x`, `a${i}`, { qos: 1 })
+        yield* publisher.publish(`${root}/b/x`, `b${i}`, { qos: 1 })
+      }
+      const client = yield* MqttClient.make(session)
+      const a = yield* client.subscription(`${root}/a/#`, { qos: 1 })
+      assert.deepStrictEqual(texts(yield* take(a, 3)), ["a0", "a1", "a2"])
+      yield* realSleep(2000)
+      const b = yield* client.subscription(`${root}/b/#`, { qos: 1 })
+      assert.deepStrictEqual(texts(yield* take(b, 3)), ["b0", "b1", "b2"])
+      assert.strictEqual(yield* client.droppedMessages, 0)
+    }).pipe(Effect.scoped))
+
   it.live("MQTT 5: a Stream.runForEach consumer stopped by Effect.timeout again and again over a backlog: every message taken was handed to the handler, none acknowledged unseen", () =>
     Effect.gen(function*() {
       const topic = unique("stopped")

@@ -144,7 +144,9 @@ export const make = (
         abandon: (record) => driver.abandon(record)
       },
       metrics,
-      warn
+      warn,
+      // half the broker's window (see `Deliveries.watchUnread`)
+      o.protocolVersion === 5 ? Math.max(1, Math.floor(o.receiveMaximum / 2)) : 10
     )
     driver = new Driver(session, deliveries, metrics, warn)
     const configured: Array<Failover.Node> = []

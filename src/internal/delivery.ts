@@ -95,6 +95,12 @@ const acknowledge = (message: MqttMessage): void => {
  */
 export const GIVEN_UP_GRACE_MS = 1000
 
+/**
+ * How long (ms) after the first acknowledgement that unclaimed messages on `messages` hold back they are given up
+ * at the latest (see `Deliveries.watchUnread`).
+ */
+export const UNREAD_GRACE_MS = 10_000
+
 /** A copy handed to an application that acknowledges it itself (manual acknowledgement). */
 const handed = (message: MqttMessage): void => {
   receiptOf(message)?.handed()
@@ -143,13 +149,16 @@ export class Deliveries {
     sink: Sink,
     flows: Flows,
     metrics: ClientMetrics,
-    warn: (warning: string) => void
+    warn: (warning: string) => void,
+    /** acknowledgements held back by unclaimed messages on `messages` before they are given up (`watchUnread`) */
+    unreadLimit = 10
   ) {
+    this.unreadLimit = unreadLimit
     this.strategy = strategy
     // an acknowledgement lets those given up unread go first (they hold back every later one [MQTT-4.6.0-2])
     this.sink = (record) => {
       if (this.givenUp.length > 0) this.releaseGivenUp()
-      if (this.unreadTimer === undefined && this.messages.size > 0 && !this.takesLeftovers) this.watchUnread()
+      if (this.messages.size > 0 && !this.takesLeftovers) this.watchUnread()
       return sink(record)
     }
     this.flows = flows
@@ -336,51 +345,75 @@ export class Deliveries {
 
   /**
    * Messages waiting on `messages` while the application does not read it came with no owner: a resumed session's
-   * backlog on a filter no subscription of this process takes, late responses to an earlier process's requests,
-   * what the broker still sent for a released stream's subscription. A later `subscription()` may claim them
+   * backlog on a filter no subscription of this process takes (yet), late responses to an earlier process's
+   * requests, what the broker still sent for a released stream. A later `subscription()` may claim them
    * (`claimBacklog`); until then they hold back every later acknowledgement [MQTT-4.6.0-2], and with them all QoS
-   * 1/2 delivery once the broker's window is full. So when the application acknowledges a message while some wait
-   * there, those still there `GIVEN_UP_GRACE_MS` later, unclaimed, are given up: counted as dropped, logged, and
-   * acknowledged unread.
+   * 1/2 delivery once the broker's window is full. So the acknowledgements they hold back are counted: at
+   * `unreadLimit` of them (half the broker's window: `receiveMaximum` / 2 on MQTT 5; 10 on MQTT 3.1.1, half of
+   * Mosquitto's default `max_inflight_messages`), or `UNREAD_GRACE_MS` after the first (a broker with a smaller
+   * window), those that waited since, still unclaimed, are given up: counted as dropped, logged, acknowledged unread.
    */
   private watchUnread(): void {
-    const waiting = new Set<MqttMessage>()
-    this.messages.sortUnsafe((all) => {
-      for (const message of all) waiting.add(message)
-      this.messages.offerMovedUnsafe(all)
-    })
-    this.unreadTimer = setTimeout(() => {
-      this.unreadTimer = undefined
-      if (this.takesLeftovers || this.messages.isClosed) return
-      const unread: Array<MqttMessage> = []
+    if (this.givingUpUnread) return
+    let watch = this.unreadWatch
+    if (watch === undefined) {
+      const waiting = new Set<MqttMessage>()
       this.messages.sortUnsafe((all) => {
-        const kept: Array<MqttMessage> = []
         // QoS 1/2 ones: a QoS 0 message holds back nothing
-        for (const message of all) {
-          ;(waiting.has(message) && receiptOf(message) !== undefined ? unread : kept).push(message)
-        }
-        if (kept.length > 0) this.messages.offerMovedUnsafe(kept)
+        for (const message of all) if (receiptOf(message) !== undefined) waiting.add(message)
+        this.messages.offerMovedUnsafe(all)
       })
-      if (unread.length === 0) return
+      if (waiting.size === 0) return
+      const timer = setTimeout(() => this.giveUpUnread(), UNREAD_GRACE_MS)
+      // a timer of its own must not keep the process alive
+      timer.unref?.()
+      watch = this.unreadWatch = { waiting, acknowledged: 0, timer }
+    }
+    if (++watch.acknowledged >= this.unreadLimit) this.giveUpUnread()
+  }
+
+  /** Gives up what `watchUnread` saw waiting on `messages` and is still there. */
+  private giveUpUnread(): void {
+    const watch = this.unreadWatch
+    if (watch === undefined) return
+    this.unreadWatch = undefined
+    clearTimeout(watch.timer)
+    if (this.takesLeftovers || this.messages.isClosed) return
+    const unread: Array<MqttMessage> = []
+    this.messages.sortUnsafe((all) => {
+      const kept: Array<MqttMessage> = []
+      for (const message of all) (watch.waiting.has(message) ? unread : kept).push(message)
+      if (kept.length > 0) this.messages.offerMovedUnsafe(kept)
+    })
+    if (unread.length === 0) return
+    this.givingUpUnread = true
+    try {
       for (const message of unread) {
         this.droppedByGone++
         this.metrics.dropped()
         acknowledge(message)
       }
-      const topics = [...new Set(unread.map((message) => message.topic))]
-      this.warn(
-        `${unread.length} QoS 1/2 message(s) that no subscription of this process takes (on ${
-          topics.slice(0, 3).join(", ")
-        }${topics.length > 3 ? ", ..." : ""}) waited unread on \`messages\`, which nothing reads: given up and ` +
-          "acknowledged, since they held back " +
-          "every later acknowledgement (a resumed session's backlog, or late responses of an earlier process; " +
-          "subscribe through `subscribe`, or run `messages`, to take them)"
-      )
-    }, GIVEN_UP_GRACE_MS)
-    // a timer of its own must not keep the process alive
-    this.unreadTimer.unref?.()
+    } finally {
+      this.givingUpUnread = false
+    }
+    const topics = [...new Set(unread.map((message) => message.topic))]
+    this.warn(
+      `${unread.length} QoS 1/2 message(s) that no subscription of this process takes (on ${
+        topics.slice(0, 3).join(", ")
+      }${topics.length > 3 ? ", ..." : ""}) waited unread on \`messages\`, which nothing reads: given up and ` +
+        "acknowledged, since they held back every later acknowledgement (a resumed session's backlog, or late " +
+        "responses of an earlier process; subscribe through `subscribe`, or run `messages`, to take them)"
+    )
   }
-  private unreadTimer: ReturnType<typeof setTimeout> | undefined = undefined
+  private unreadWatch:
+    | {
+      readonly waiting: ReadonlySet<MqttMessage>
+      acknowledged: number
+      readonly timer: ReturnType<typeof setTimeout>
+    }
+    | undefined = undefined
+  private givingUpUnread = false
+  private readonly unreadLimit: number
 
   /** Acknowledges what was given up unread. */
   private readonly releaseGivenUp = (): void => {
@@ -627,8 +660,8 @@ export class Deliveries {
   close(error: MqttError.MqttError | undefined): void {
     if (this.givenUpTimer !== undefined) clearTimeout(this.givenUpTimer)
     this.givenUpTimer = undefined
-    if (this.unreadTimer !== undefined) clearTimeout(this.unreadTimer)
-    this.unreadTimer = undefined
+    if (this.unreadWatch !== undefined) clearTimeout(this.unreadWatch.timer)
+    this.unreadWatch = undefined
     this.givenUp = []
     for (const owner of this.owners.values()) {
       if (owner.queue === undefined) continue
