@@ -24,9 +24,10 @@
  * `effect-mqtt/groups/<group>/left/<member>` naming it, published 2 seconds after it dies or leaves (it disconnects
  * with reason 0x04, which asks the broker to publish the will), unless it is back by then. The members listen to
  * those topics through a shared subscription of a second connection whose session ends with it, so that exactly
- * one live member receives the notice. The notice is retained, until the member comes back or is adopted: a member
- * that starts adopts, 5 seconds after it started, the members whose notices are still there (members that left
- * while no member ran: a whole group stopped, and started again with fewer members or other names). The adopter
+ * one live member receives the notice. The notice is retained, until the member comes back or an adopter connects
+ * as it: a member that starts adopts, 5 to 7 seconds after it started, the members whose notices are still there
+ * (members that left while no member ran: a whole group stopped, and started again with fewer members or other
+ * names), reading each again just before it adopts (two that read it at once may both adopt it). The adopter
  * connects as the member that left, takes its subscription out of the group, and
  * handles with its own handler what the session still held (sent again by the broker) until a marker it published
  * to itself comes back; the emptied session then expires. An adopter that dies meanwhile leaves a will naming the
@@ -72,6 +73,7 @@
  *
  * @since 0.2.0
  */
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
@@ -155,7 +157,7 @@ const notice = (client: MqttClient.Client, options: Options, member: string, tex
  * How long a member that starts waits before it adopts the members named by retained notices: members starting at
  * the same time (a redeploy) clear their own notices meanwhile, and are not adopted.
  */
-const STARTING_GRACE = "5 seconds"
+const STARTING_GRACE = Duration.seconds(5)
 
 /** How long after a member went away its will is published, in seconds. */
 const NOTICE_DELAY = 2
@@ -449,6 +451,9 @@ const adoption = <E, R>(
     const qos = options.qos ?? 1
     let handled = 0
     const drain = Effect.gen(function*() {
+      // the session is this adopter's now: its notice goes at once, so that a member starting meanwhile does not
+      // adopt it too (should this adopter die, its will, the same notice, names the member again)
+      yield* notice(orphan, options, member, "")
       const shared = shares(options.group, [...new Set([...filtersOf(options), ...recorded])])
       // replace the member's subscriptions by this client's, then remove them: the group deals it no more
       yield* orphan.subscribe(shared, { qos })
@@ -473,8 +478,6 @@ const adoption = <E, R>(
       yield* orphan.unsubscribe(marker)
       // the session is empty and goes: so does its record (an empty retained message deletes it)
       yield* orphan.publish(recordTopic(options.group, member), "", { qos: 1, retain: true })
-      // and so does the notice that it left: a member that starts will not adopt it again
-      yield* notice(orphan, options, member, "")
     })
     // an adoption that fails leaves the rest of the session to another member: it says so, as its will would
     // (when its connection is gone, this publish fails and the will, or the member's return, does it)
@@ -539,10 +542,18 @@ export const run = <E, R>(
     const record = recordTopic(options.group, options.member)
     yield* client.publish(record, JSON.stringify(filters), { qos: 1, retain: true })
     // the notices of members that left while no member ran (a whole group stopped, started again with fewer
-    // members or other names) are adopted, those still there after members starting with this one cleared theirs
-    const leftWhileStopped = Effect.sleep(STARTING_GRACE).pipe(
+    // members or other names) are adopted, those still there after members starting with this one cleared theirs.
+    // Members starting together read at different moments (up to 2 s apart), and each reads a notice again just
+    // before it adopts: the first to adopt a member clears its notice as it connects, and the others let it be
+    const found = new Set<string>()
+    const leftWhileStopped = Effect.sleep(Duration.sum(STARTING_GRACE, Duration.millis(Math.random() * 2000))).pipe(
       Effect.andThen(retainedNotices(listener, options.group)),
-      Effect.flatMap((left) => Effect.forEach(left, offerOrphan, { discard: true })),
+      Effect.flatMap((left) =>
+        Effect.forEach(left, (name) => {
+          found.add(name)
+          return offerOrphan(name)
+        }, { discard: true })
+      ),
       Effect.catch((error) =>
         Effect.logWarning(`effect-mqtt group ${options.group}: reading the notices failed: ${error.message}`)
       )
@@ -550,22 +561,38 @@ export const run = <E, R>(
     // one stream for all the work: after a restart the broker resends what the last process left unacknowledged,
     // under that process's subscription identifiers, which no subscription of this one claims
     yield* client.subscribe(shares(options.group, filters), { qos: options.qos ?? 1 })
-    const adoptions = Effect.forever(Effect.flatMap(Queue.take(orphans), (left) =>
-      adoption(options, left, handler).pipe(
-        Effect.tap((handled) => Effect.logInfo(`effect-mqtt group ${options.group}: adopted ${left} (${handled})`)),
-        Effect.catchIf(
-          (error): error is MqttError.MqttError | NotStarted =>
-            error instanceof NotStarted || (MqttError.isMqttError(error) && isConnectionError(error)),
-          (error) => adoptionCut(options, client, left, error)
+    // a notice found retained is adopted only if it is still there (another member may have taken it meanwhile)
+    const stillLeft = (left: string) =>
+      found.delete(left)
+        ? retainedNotices(listener, options.group).pipe(
+          Effect.map((notices) => notices.includes(left)),
+          // not read again: adopted, as found
+          Effect.catch(() => Effect.succeed(true))
         )
-      )))
+        : Effect.succeed(true)
+    const adoptions = Effect.forever(Effect.flatMap(Queue.take(orphans), (left) =>
+      Effect.flatMap(stillLeft(left), (adopt) =>
+        adopt ? adoption(options, left, handler) : Effect.succeed(-1)).pipe(
+          Effect.tap((handled) =>
+            handled < 0
+              ? Effect.void
+              : Effect.logInfo(`effect-mqtt group ${options.group}: adopted ${left} (${handled})`)
+          ),
+          Effect.catchIf(
+            (error): error is MqttError.MqttError | NotStarted =>
+              error instanceof NotStarted || (MqttError.isMqttError(error) && isConnectionError(error)),
+            (error) =>
+              adoptionCut(options, client, left, error)
+          )
+        )))
     // every message the group dealt this member goes to the handler, also the last ones of a filter it took in
     // its last run (dealt before the unsubscribe): the group's own topics excepted
     const work = handleAll(
       client,
       client.messages,
       options.concurrency ?? 1,
-      (message) => isGroupTopic(message.topic) ? Effect.void : handler(message)
+      (message) =>
+        isGroupTopic(message.topic) ? Effect.void : handler(message)
     )
     // at every connection, the shares and the record again: a session the broker kept may have lost them (an
     // adopter that took it while this member was briefly away empties it of its shares and deletes its record)
