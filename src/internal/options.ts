@@ -275,6 +275,20 @@ const checkShapes = (options: MqttClient.Options): MqttError.InvalidOptionError 
   return queueProblem === undefined ? undefined : invalid("queue", queueProblem)
 }
 
+/**
+ * The Receive Maximum a client announces by default for its queue. With acknowledgement on hand-over, a queue at
+ * least as large as the Receive Maximum never fills with QoS 1/2 messages, so the reader never has to stop reading
+ * the socket for them. A queue that drops rather than waits (sliding, dropping, LIFO with either) never holds the
+ * reader back: bounded by its capacity, the broker's window would keep the newest messages at the broker for a
+ * stalled consumer, which then gets the oldest (and the queue drops nothing): the most the protocol allows instead,
+ * as on MQTT 3.1.1.
+ */
+const defaultReceiveMaximum = (queue: IncomingQueue.Strategy): number => {
+  const drops = queue._tag === "Sliding" || queue._tag === "Dropping" ||
+    (queue._tag === "Lifo" && queue.overflow !== "suspend")
+  return drops ? 65535 : Math.min(65535, capacityOf(queue))
+}
+
 export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
   const shapeProblem = checkShapes(options)
   if (shapeProblem !== undefined) return yield* shapeProblem
@@ -378,14 +392,7 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
   ) {
     return yield* invalid("sendMaximumPacketSize", "expected a whole number of bytes from 16 to 268435460")
   }
-  // with acknowledgement on hand-over, a queue at least as large as the Receive Maximum never fills with QoS 1/2
-  // messages, so the reader never has to stop reading the socket for them. A queue that drops rather than waits
-  // (sliding, dropping, LIFO with either) never holds the reader back: bounded by its capacity, the broker's window
-  // would keep the newest messages at the broker for a stalled consumer, which then gets the oldest (and the
-  // queue drops nothing): the most the protocol allows instead, as on MQTT 3.1.1
-  const drops = queue._tag === "Sliding" || queue._tag === "Dropping" ||
-    (queue._tag === "Lifo" && queue.overflow !== "suspend")
-  const receiveMaximum = options.receiveMaximum ?? (drops ? 65535 : Math.min(65535, capacityOf(queue)))
+  const receiveMaximum = options.receiveMaximum ?? defaultReceiveMaximum(queue)
   if (!isUint(receiveMaximum, 65535) || receiveMaximum === 0) {
     return yield* invalid("receiveMaximum", "expected a whole number from 1 to 65535")
   }
