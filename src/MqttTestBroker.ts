@@ -162,12 +162,13 @@ export interface Broker {
   ) => Effect.Effect<MqttClient.Client, MqttError.MqttError, Scope.Scope>
 
   /** Publishes as another client would (the broker's own publish: No Local does not apply). Routed as any
-   * publish, at once. Fails with `InvalidTopicError` for an invalid topic name. */
+   * publish, at once. Fails with `InvalidTopicError` for an invalid topic name, and with `InvalidOptionError` for a
+   * QoS other than 0, 1 or 2 or a payload that is neither bytes nor a string. */
   readonly publish: (
     topic: string,
     payload: Uint8Array | string,
     options?: MqttClient.PublishOptions
-  ) => Effect.Effect<void, MqttError.InvalidTopicError>
+  ) => Effect.Effect<void, MqttError.InvalidTopicError | MqttError.InvalidOptionError>
 
   /** The messages published so far (by clients, wills and `publish`), oldest first, whose topic matches
    * `filter` (default `#`; note that `#` does not match topics that start with `$`). */
@@ -328,17 +329,26 @@ export const make = (options?: Options): Effect.Effect<Broker, never, Scope.Scop
       socket,
       makeClient: (clientOptions) => MqttClient.make({ ...clientOptions, transport: socket }),
       publish: (topic, payload, publishOptions) =>
-        Effect.suspend(() => {
+        Effect.suspend((): Effect.Effect<void, MqttError.InvalidTopicError | MqttError.InvalidOptionError> => {
           const reason = Topic.nameProblem(topic)
           if (reason !== undefined) {
             return Effect.fail(new MqttError.InvalidTopicError({ topic: String(topic), kind: "name", reason }))
+          }
+          const qos = publishOptions?.qos ?? 0
+          if (qos !== 0 && qos !== 1 && qos !== 2) {
+            return Effect.fail(new MqttError.InvalidOptionError({ option: "qos", reason: "expected 0, 1 or 2" }))
+          }
+          if (typeof payload !== "string" && !(payload instanceof Uint8Array)) {
+            return Effect.fail(
+              new MqttError.InvalidOptionError({ option: "payload", reason: "expected a Uint8Array or a string" })
+            )
           }
           const properties = Packets.fromPublishProperties(publishOptions?.properties)
           const expiry = properties.messageExpiryInterval
           engine.publish({
             topic,
             payload: typeof payload === "string" ? encoder.encode(payload) : payload,
-            qos: publishOptions?.qos ?? 0,
+            qos,
             retain: publishOptions?.retain ?? false,
             properties,
             expiresAt: expiry === undefined ? undefined : clock.currentTimeMillisUnsafe() + expiry * 1000,

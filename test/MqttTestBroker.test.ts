@@ -511,6 +511,18 @@ describe("the helpers", () => {
         ]])
         const invalid = yield* Effect.exit(broker.publish("cmd/+", "x"))
         assert.strictEqual(errorOf(invalid)._tag, "InvalidTopicError")
+        // from untyped code: a QoS out of range, a payload of the wrong type; nothing is published
+        for (
+          const [exit, option] of [
+            [yield* Effect.exit(broker.publish("cmd/device", "x", { qos: 3 as 2 })), "qos"],
+            [yield* Effect.exit(broker.publish("cmd/device", 42 as unknown as string)), "payload"]
+          ] as const
+        ) {
+          const error = errorOf(exit)
+          assert.strictEqual(error._tag, "InvalidOptionError")
+          assert.strictEqual((error as MqttError.InvalidOptionError).option, option)
+        }
+        assert.deepStrictEqual(texts(yield* broker.published()), ["status/device online", "cmd/device reboot"])
       })
     ))
 
