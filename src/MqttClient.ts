@@ -338,8 +338,8 @@ export interface Options {
    * Maximum); the others wait their turn in order. Default 1,000 on MQTT 5; 20 on MQTT 3.1.1, which has no
    * Receive Maximum (Mosquitto's default silently drops what a 3.1.1 client sends beyond 20 in flight). */
   readonly maxInflight?: number | undefined
-  /** MQTT 5: where `request` asks for responses: `<prefix>/<client identifier>`. Default
-   * `effect-mqtt/responses`. */
+  /** MQTT 5: where `request` asks for responses: `<prefix>/<client identifier>` (in the identifier `%`, `/`, `+`, `#`
+   * and NUL percent-encoded: `a/b` is `a%2Fb`). Default `effect-mqtt/responses`. */
   readonly responseTopicPrefix?: string | undefined
   /** What the DISCONNECT sent on release says. MQTT 5 only. */
   readonly disconnect?: {

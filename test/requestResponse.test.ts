@@ -650,6 +650,26 @@ describe("request: the response topic's SUBSCRIBE is the client's, within each r
       return requester
     })
 
+  it.live("two requesters whose client identifiers differ only by / and _ have response topics of their own: each gets its responses, none is dropped as late", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const broker = yield* mosquitto()
+      const responder = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+      const subscribed = yield* Deferred.make<void, MqttError.MqttError>()
+      yield* Effect.forkScoped(
+        responder.respond(`rq/${run}/ids`, (request) => Effect.succeed(`re ${request.text}`), { subscribed })
+      )
+      yield* guard(Deferred.await(subscribed))
+      const slash = yield* MqttClient.make({ url: broker.url, protocolVersion: 5, clientId: `rq-${run}/x` })
+      const underscore = yield* MqttClient.make({ url: broker.url, protocolVersion: 5, clientId: `rq-${run}_x` })
+      for (const [requester, name] of [[slash, "slash"], [underscore, "underscore"]] as const) {
+        for (let i = 0; i < 3; i++) {
+          const reply = yield* guard(requester.request(`rq/${run}/ids`, `${name} ${i}`, { timeout: "10 seconds" }))
+          assert.strictEqual(reply.text, `re ${name} ${i}`)
+        }
+      }
+      assert.deepStrictEqual([yield* slash.droppedMessages, yield* underscore.droppedMessages], [0, 0])
+    })))
+
   it.live("a responder on a client with manual acknowledgement acknowledges each request it served: 50 requests through a Receive Maximum of 5 are all answered", () =>
     Effect.scoped(Effect.gen(function*() {
       const broker = yield* mosquitto()

@@ -22,6 +22,13 @@ import { decodeDuration, invalid, isQoS } from "./options.ts"
 import * as Telemetry from "./telemetry.ts"
 import { nameProblem } from "./topic.ts"
 
+/**
+ * A client identifier as one topic level of its response topic: `%`, `/`, `+`, `#` and NUL percent-encoded, so that
+ * two identifiers never share a response topic (`a/b` is `a%2Fb`, `a_b` stays `a_b`).
+ */
+const responseLevel = (clientId: string): string =>
+  clientId.replace(/[%/+#\u0000]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0")}`)
+
 export const make = (ctx: Context) => {
   /** responses waiting for their request, by correlation data (hex) */
   const waiting = new Map<string, Deferred.Deferred<MqttMessage, MqttError.MqttError>>()
@@ -71,7 +78,7 @@ export const make = (ctx: Context) => {
     if (responseTopic !== undefined) return Deferred.await(responseTopic)
     const ready = Deferred.makeUnsafe<string, MqttError.MqttError>()
     responseTopic = ready
-    const topic = `${ctx.options.responseTopicPrefix}/${ctx.session.clientId.replace(/[+#/\u0000]/g, "_")}`
+    const topic = `${ctx.options.responseTopicPrefix}/${responseLevel(ctx.session.clientId)}`
     const owner = ctx.deliveries.addHandler(onResponse)
     const subscribing = subscribeAs(ctx, owner, topic, { qos: 1 }).pipe(
       Effect.exit,
