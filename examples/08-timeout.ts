@@ -3,8 +3,9 @@
  *
  * `Effect.timeout` interrupts the listener when the time is up and fails with `Cause.TimeoutError`;
  * whatever the listener did before that is kept. (`Effect.timeoutOption` gives `Option.none()` instead of
- * failing.) Match the error with `Cause.isTimeoutError`: `catchTag("TimeoutError")` would also catch the
- * client's own `MqttError.TimeoutError`, raised when the broker does not answer.
+ * failing.) Match the error with `Cause.isTimeoutError` (or `catchTag("TimeoutError")`): the client's own
+ * timeouts, raised when the broker does not answer, are `MqttError.MqttTimeoutError`, tagged `"MqttTimeoutError"`,
+ * and are not caught by either.
  *
  * Run: `npm run example examples/08-timeout.ts` (set `MQTT_URL` to use your own broker).
  */

@@ -3,8 +3,8 @@
  *
  * `client.subscription(filter)` subscribes for as long as its scope lives and returns a stream of the messages
  * that subscription matches: they go there instead of `client.messages`. Closing the scope unsubscribes.
- * `client.statusChanges` reports the connection: connected (with what the broker said), disconnected (with the
- * cause), reconnecting, closed.
+ * `client.statusChanges` reports the connection: `Connecting` (each attempt), `Connected` (with what the broker
+ * said), `Disconnected` (with the cause and the delay before the next attempt), `Closed`.
  *
  * Run: `npm run example examples/09-subscription-stream.ts` (set `MQTT_URL` to use your own broker).
  */

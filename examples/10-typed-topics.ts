@@ -8,7 +8,8 @@
  * and `onDecodeError` says what to do with one that does not decode: fail the stream (the default), skip it,
  * or hand it to a dead-letter handler.
  *
- * Run: `node examples/10-typed-topics.ts` (set `MQTT_URL` to use your own broker, `memory:` for the test broker).
+ * Run: `npm run example examples/10-typed-topics.ts` (set `MQTT_URL` to use your own broker, `memory:` for the test
+ * broker).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Schema, Stream } from "effect"

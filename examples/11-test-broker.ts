@@ -16,7 +16,7 @@
  * This example uses its own broker (it ignores `MQTT_URL`). In a test file, write the same with
  * `it.effect` from `@effect/vitest`, which provides the test clock.
  *
- * Run: `node examples/11-test-broker.ts`
+ * Run: `npm run example examples/11-test-broker.ts`
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, type Duration, Effect, FiberMap, Schema, Stream } from "effect"

@@ -562,8 +562,8 @@ export interface PublishOptions {
 }
 
 /**
- * The options of one filter of a SUBSCRIBE (its Subscription Options byte [MQTT-3.8.3.1]). The MQTT 5 options are
- * refused on an MQTT 3.1.1 connection.
+ * The options of one filter of a SUBSCRIBE (its Subscription Options byte, MQTT 5 section 3.8.3.1). The MQTT 5
+ * options are refused on an MQTT 3.1.1 connection.
  *
  * @since 0.3.0
  * @category models
@@ -687,7 +687,9 @@ export interface ConnectionInfo {
   readonly subscriptionIdentifiersAvailable: boolean
   /** MQTT 5: whether the broker accepts shared subscriptions, `$share/...` (`true` when it says nothing). */
   readonly sharedSubscriptionAvailable: boolean
-  /** MQTT 5: the basis for response topics the broker offers (when asked with `requestResponseInformation`). */
+  /** MQTT 5: the CONNACK's Response Information, a basis for response topics. The client does not send Request
+   * Response Information, so this is `undefined` unless the broker sends it unasked; `request` uses
+   * `responseTopicPrefix` instead. */
   readonly responseInformation: string | undefined
   /** MQTT 5: another server the broker suggests. */
   readonly serverReference: string | undefined

@@ -31,17 +31,21 @@ export type UserProperty = readonly [name: string, value: string]
  * @category models
  */
 export interface PublishProperties {
-  /** `true` when the payload is UTF-8 text (payload format indicator 1). */
+  /** `true` when the payload is UTF-8 text (Payload Format Indicator 1, MQTT 5 section 3.3.2.3.2). A payload
+   * marked so that is not valid UTF-8 is refused before sending (`InvalidOptionError`, option `properties`). */
   readonly payloadFormatIndicator?: boolean | undefined
-  /** The lifetime of the message in seconds; the broker drops it when it expires. */
+  /** The lifetime of the message in seconds, 0 to 4,294,967,295 (Message Expiry Interval, MQTT 5 section
+   * 3.3.2.3.3); the broker drops it when it expires. Default: none (it does not expire). */
   readonly messageExpiryInterval?: number | undefined
-  /** A MIME type or other description of the payload. */
+  /** A MIME type or other description of the payload (Content Type, MQTT 5 section 3.3.2.3.9). */
   readonly contentType?: string | undefined
-  /** The topic a responder should publish its response to. */
+  /** The topic a responder should publish its response to (Response Topic, MQTT 5 section 3.3.2.3.5): a topic
+   * name, without `+` or `#` (`InvalidOptionError` otherwise). */
   readonly responseTopic?: string | undefined
-  /** Opaque data a responder copies into its response, to tie the response to the request. */
+  /** Opaque data a responder copies into its response, to tie the response to the request (Correlation Data,
+   * MQTT 5 section 3.3.2.3.6). */
   readonly correlationData?: Uint8Array | undefined
-  /** Application-defined name/value pairs, in order. */
+  /** Application-defined name/value pairs, in order, repeats kept (User Property, MQTT 5 section 3.3.2.3.7). */
   readonly userProperties?: ReadonlyArray<UserProperty> | undefined
 }
 

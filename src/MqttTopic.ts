@@ -1208,7 +1208,7 @@ const requestWith = <T extends AnyRequest>(
  * `params` (through `MqttClient.request`: a response topic and correlation data are added), waits for the
  * reply and decodes it with the topic's reply Schema. Fails with {@link TopicParamsError} or
  * {@link TopicEncodeError} before sending, with {@link TopicDecodeError} (reason `"reply"`) when the reply does
- * not decode, and as `MqttClient.request` does otherwise (`TimeoutError` after `timeout`, default 30 s).
+ * not decode, and as `MqttClient.request` does otherwise (`MqttTimeoutError` after `timeout`, default 30 s).
  *
  * Give the client first, or leave it out to use the `MqttClient` service.
  *

@@ -1,5 +1,6 @@
 /**
- * effect-mqtt: an Effect-native MQTT 3.1.1 and 5.0 client for Node.js.
+ * effect-mqtt: an Effect-native MQTT 3.1, 3.1.1 and 5.0 client for Node.js (and for browsers, over WebSocket:
+ * `effect-mqtt/browser`).
  *
  * @since 0.1.0
  */
