@@ -336,7 +336,8 @@ export interface Options {
   readonly auth?: Authentication | undefined
   /** How many QoS 1/2 publishes may wait for their acknowledgement at once (at most the broker's Receive
    * Maximum); the others wait their turn in order. Default 1,000 on MQTT 5; 20 on MQTT 3.1.1, which has no
-   * Receive Maximum (Mosquitto's default silently drops what a 3.1.1 client sends beyond 20 in flight). */
+   * Receive Maximum (Mosquitto acknowledges and drops what a 3.1.1 client sends beyond its `max_inflight_messages`,
+   * 20 by default: against a broker set lower, set `maxInflight` to its value). */
   readonly maxInflight?: number | undefined
   /** MQTT 5: where `request` asks for responses: `<prefix>/<client identifier>` (in the identifier `%`, `/`, `+`, `#`
    * and NUL percent-encoded: `a/b` is `a%2Fb`). Default `effect-mqtt/responses`. */
