@@ -13,6 +13,7 @@ import { connect as connectMqttJs, type IClientOptions } from "mqtt"
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Util from "node:util"
@@ -90,6 +91,42 @@ const tempDir = () => {
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-mqtt-it-"))
   return { dir, remove: () => Fs.rmSync(dir, { recursive: true, force: true }) }
 }
+
+/**
+ * A TCP proxy to the broker on `port` (one connection at a time) that writes bytes to the broker as the client's
+ * (`inject`), and closes the client's side as the broker closes its own: it ends it once what the broker sent is
+ * written, and a packet the client sends then is answered with a reset, as by the broker's closed socket.
+ */
+const injectingProxy = (port: number) =>
+  Effect.acquireRelease(
+    Effect.promise(() =>
+      new Promise<{ url: string; inject: (bytes: Uint8Array) => void; close: () => void }>((resolve) => {
+        let upstream: Net.Socket | undefined
+        const sockets = new Set<Net.Socket>()
+        const server = Net.createServer((client) => {
+          const broker = Net.connect(port, "127.0.0.1")
+          upstream = broker
+          sockets.add(client).add(broker)
+          client.on("error", () => {})
+          broker.on("error", () => {})
+          client.on("data", (chunk) => broker.write(chunk))
+          broker.on("data", (chunk) => client.write(chunk))
+          broker.on("close", () => client.destroySoon())
+          client.on("close", () => broker.destroy())
+        })
+        server.listen(0, "127.0.0.1", () =>
+          resolve({
+            url: `mqtt://127.0.0.1:${(server.address() as Net.AddressInfo).port}`,
+            inject: (bytes) => upstream!.write(bytes),
+            close: () => {
+              server.close()
+              for (const socket of sockets) socket.destroy()
+            }
+          }))
+      })
+    ),
+    (proxy) => Effect.sync(proxy.close)
+  )
 
 // ---- MQTT.js -------------------------------------------------------------------------------------------------
 
@@ -593,6 +630,31 @@ describe("effect-mqtt against a private Mosquitto", () => {
   }
 
   describe("MQTT 5 specifics", () => {
+    it.live("the broker's DISCONNECT behind messages the reader has no room for still says why the connection ended", () =>
+      Effect.gen(function*() {
+        // Mosquitto 2.0.11 sends no DISCONNECT on a takeover (0x8E, see above) or a shutdown (0x8B); it sends one for a
+        // malformed packet (0x81), which the proxy writes to it as the client's
+        const proxy = yield* injectingProxy(broker.port)
+        const topic = uniqueTopic("disconnect-behind-backlog")
+        const client = yield* MqttClient.make({
+          url: proxy.url,
+          protocolVersion: 5,
+          reconnect: false,
+          keepAlive: 1,
+          queue: IncomingQueue.bounded(1),
+          receiveMaximum: 20
+        })
+        yield* client.subscribe(topic, { qos: 1 })
+        const publisher = yield* connect(broker, { protocolVersion: 5 })
+        // three messages for a queue of one, nobody consuming: the reader waits for room and reads nothing
+        for (const i of range(3)) yield* publisher.publish(topic, `m${i}`, { qos: 1 })
+        yield* Effect.sleep("200 millis")
+        proxy.inject(Uint8Array.from([0x82, 0x02, 0x00, 0x01]))
+        const error = errorOf(yield* guard(Effect.exit(client.awaitClose)))
+        if (error._tag !== "ConnectionLostError") return assert.fail(`expected ConnectionLostError, got ${error._tag}`)
+        assert.strictEqual(error.reasonCode, 0x81)
+      }))
+
     it.live("a QoS 1 publish with no subscriber succeeds: PUBACK reason 0x10 (no matching subscribers) is not an error", () =>
       Effect.gen(function*() {
         const topic = uniqueTopic("nobody-listens")

@@ -6,7 +6,7 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Logger, Option, Schedule, Scope, Stream } from "effect"
-import { MqttClient, MqttError, MqttSessionStore, MqttTestBroker } from "effect-mqtt"
+import { IncomingQueue, MqttClient, MqttError, MqttSessionStore, MqttTestBroker } from "effect-mqtt"
 import * as KeyValueStore from "effect/persistence/KeyValueStore"
 import { TestClock } from "effect/testing"
 import type { Packet } from "mqtt-packet"
@@ -735,6 +735,98 @@ describe("v5 server DISCONNECT", () => {
         })
     )
   }
+})
+
+describe("a DISCONNECT behind messages the reader has no room for", () => {
+  /** Subscribes to "t" (QoS 1) with a queue of one, and sends three QoS 1 messages: the reader waits for room. */
+  const stalled = (options: MqttClient.Options = {}) =>
+    Effect.gen(function*() {
+      const started = yield* start({
+        protocolVersion: 5,
+        keepAlive: 1,
+        queue: IncomingQueue.bounded(1),
+        receiveMaximum: 100,
+        ...options
+      })
+      const { client, connection } = started
+      yield* Effect.forkChild(client.subscribe("t", { qos: 1 }))
+      const subscribe = yield* connection.expect("subscribe")
+      yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
+      yield* settle
+      yield* connection.sendMany([1, 2, 3].map((i) => qos1("t", `${i}`, i)))
+      yield* settle
+      return started
+    })
+
+  for (const [code, name] of [[0x8e, "session taken over"], [0x9d, "server moved"]] as const) {
+    it.live(`0x${code.toString(16)} (${name}) still stops the client with its reason code, nothing acknowledged`, () =>
+      Effect.gen(function*() {
+        const { broker, client, connection, statuses } = yield* stalled()
+        yield* connection.send({
+          cmd: "disconnect",
+          reasonCode: code,
+          properties: { reasonString: name, ...(code === 0x9d ? { serverReference: "127.0.0.1:1" } : {}) }
+        })
+        yield* connection.close
+        // as a broker that closed its socket: the client's next packet (its PINGREQ) is answered with a reset
+        yield* Effect.forkChild(Effect.andThen(Effect.exit(connection.receive), connection.destroy))
+        const status = yield* client.statusChanges.pipe(
+          Stream.filter((s) => s._tag === "Disconnected" || s._tag === "Closed"),
+          Stream.runHead,
+          Effect.map(Option.getOrThrow),
+          Effect.timeoutOrElse({ duration: "10 seconds", orElse: () => Effect.die(new Error("still connected")) })
+        )
+        const cause = status._tag === "Disconnected" || status._tag === "Closed" ? status.cause : undefined
+        assert(cause instanceof MqttError.ConnectionLostError, JSON.stringify(status))
+        expect([cause.reasonCode, cause.reasonString]).toEqual([code, name])
+        if (code === 0x9d) expect(cause.serverReference).toBe("127.0.0.1:1")
+        // final: no reconnect (with a 10 ms schedule, one would have come by now)
+        const error = errorOf(yield* Effect.exit(client.awaitClose))
+        expect(error).toEqual(cause)
+        yield* sleepReal(300)
+        expect(broker.connections.length).toBe(1)
+        expect(statuses.at(-1)?._tag).toBe("Closed")
+        // nothing was taken: nothing was acknowledged (the broker sends the messages again on a resumed session)
+        expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
+      }))
+  }
+
+  it.live("what the reader read while it waited is handled in order once room comes", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* stalled({ keepAlive: 0 })
+      yield* connection.sendMany([4, 5, 6].map((i) => qos1("t", `${i}`, i)))
+      yield* settle
+      const taken = yield* client.messages.pipe(Stream.take(6), Stream.runCollect)
+      expect(taken.map((m) => m.text)).toEqual(["1", "2", "3", "4", "5", "6"])
+      yield* Effect.forEach([1, 2, 3, 4, 5, 6], (id) =>
+        Effect.map(connection.expect("puback"), (puback) => expect(puback.messageId).toBe(id)))
+    }))
+
+  it.live("a backlog beyond what the reader reads ahead waits in the socket, and arrives whole once room comes", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* stalled({ keepAlive: 0 })
+      // 200 messages of 2 KB: three times what the reader reads ahead while it waits
+      const payload = (i: number) => `${i}`.padEnd(2000, ".")
+      yield* connection.sendMany(Array.from({ length: 200 }, (_, i) => qos1("t", payload(i + 4), i + 4)))
+      yield* settle
+      const taken = yield* client.messages.pipe(Stream.take(203), Stream.runCollect)
+      expect(taken.map((m) => m.text)).toEqual([
+        "1",
+        "2",
+        "3",
+        ...Array.from({ length: 200 }, (_, i) => payload(i + 4))
+      ])
+    }))
+})
+
+const qos1 = (topic: string, payload: string, messageId: number): Packet => ({
+  cmd: "publish",
+  topic,
+  payload: Buffer.from(payload),
+  qos: 1,
+  retain: false,
+  dup: false,
+  messageId
 })
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -33,11 +33,18 @@ import { violation } from "./output.ts"
 import type * as Packets from "./packets.ts"
 import { keepalive } from "./pinger.ts"
 import type { ReadNow } from "./platform.ts"
+import { disconnectError } from "./session.ts"
 
 /** Bytes waiting to be written beyond which publishers wait for the socket. */
 const OUTBOX_HIGH_WATER_MARK = 256 * 1024
 /** How long closing waits for the last bytes to be written (and, when the client closes, for the broker to close). */
 const SHUTDOWN_WRITE_TIMEOUT = Duration.seconds(2)
+/**
+ * How many bytes the reader reads ahead while it waits for room in a full queue (`readAhead`), beyond which it reads
+ * no more (the socket's and the kernel's buffers fill, and TCP holds the broker back): enough to see the broker's
+ * DISCONNECT and close behind what a Receive Maximum lets it send.
+ */
+const READ_AHEAD_BYTES = 64 * 1024
 
 export interface Connection {
   /** the broker this connection is to */
@@ -64,6 +71,11 @@ export interface Connection {
   stalls: number
   /** an MQTT 5 re-authentication in progress */
   reauthentication: Deferred.Deferred<void, MqttError.MqttError> | undefined
+  /**
+   * How the broker ended the connection in the bytes the reader read ahead while it waited for room and never
+   * handed on (its DISCONNECT's error), if it did: see `endWith` and `readAhead`.
+   */
+  unreadDisconnect: () => MqttError.MqttError | undefined
 }
 
 /** What every connection of one client shares. Where each connection goes is its `Node` (failover.ts). */
@@ -72,6 +84,17 @@ export interface Environment {
   /** the parent of every connection's scope */
   readonly parent: Scope.Scope
   readonly driver: Driver
+}
+
+/**
+ * Ends the connection with `error`, unless the broker had ended it with a DISCONNECT that the reader read ahead while
+ * it waited for room (a write that failed on the closed socket, a keepalive that ran out, the socket's close): that
+ * DISCONNECT's reason code and properties say why, as when it is read in its turn (0x8E session taken over, 0x9D
+ * server moved with its Server Reference).
+ */
+export const endWith = (c: Connection, error: MqttError.MqttError): void => {
+  if (Deferred.isDoneUnsafe(c.lost)) return
+  Deferred.doneUnsafe(c.lost, Effect.fail(c.unreadDisconnect() ?? error))
 }
 
 export const lost = (reason: string, cause?: unknown) =>
@@ -135,7 +158,8 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       stalled: false,
       discarding: Deferred.makeUnsafe(),
       stalls: 0,
-      reauthentication: undefined
+      reauthentication: undefined,
+      unreadDisconnect: () => undefined
     }
     const reader = makeReader(env, c, clock)
     const handshake = Effect.gen(function*() {
@@ -154,7 +178,7 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
             return writeNow(batch, drained, failed)
           },
           // as a failed write of the writer fiber: the connection ends, even while the reader waits for a consumer
-          (cause) => Deferred.doneUnsafe(c.lost, Effect.fail(lost(`socket error: ${describe(cause)}`, cause)))
+          (cause) => endWith(c, lost(`socket error: ${describe(cause)}`, cause))
         )
       } else {
         c.outbox.attach()
@@ -230,32 +254,40 @@ const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>)
     const error = failure !== undefined
       ? failure.error
       : lost(`internal error: ${Cause.pretty(cause)}`, Cause.squash(cause))
-    return Deferred.fail(c.lost, error)
+    return Effect.sync(() => endWith(c, error))
   })
 
 /**
- * The reader's wait for room in a full queue (nothing is read meanwhile). A close cuts it: what did not fit then
+ * The reader's wait for room in a full queue (nothing is handed on meanwhile; see `ReadAhead`). A close cuts it: what did not fit then
  * goes into the queues beyond their capacity (delivery.ts), and the reader reads on to the broker's close. So does a
  * SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement (`Driver.requestAwaitsAck`), when the full queues are ones
  * nothing has consumed yet (the application may wait for the SUBACK before it consumes), and a consumer that waits
  * for the end of an operation of the client (`Driver.ackWaiters`: a handler that publishes with `publish`), whose
  * acknowledgement is behind the unread messages (`stuck`): their QoS 1/2 leftovers go in, their QoS 0 ones are
- * dropped (`Deliveries.cutStall`), and the reader reads on to the acknowledgement.
+ * dropped (`Deliveries.cutStall`), and the reader reads on to the acknowledgement. Meanwhile `readAhead`, where the
+ * socket can be read without a fiber, reads a bounded amount on without handing anything on, to see the broker end
+ * the connection: it fails the wait with how (with the broker's DISCONNECT when it sent one).
  */
-const stallOn = (c: Connection, driver: Driver, wait: Effect.Effect<void>): Effect.Effect<void> => {
+const stallOn = (
+  c: Connection,
+  driver: Driver,
+  wait: Effect.Effect<void>,
+  readAhead: Effect.Effect<never, MqttError.MqttError> | undefined
+): Effect.Effect<void, MqttError.MqttError> => {
   c.stalled = true
   c.stalls++
   driver.stalled(true)
   const deliveries = driver.deliveries
   // a cut that does not happen (a consumer started meanwhile) leaves the wait to go on
   const cut = (why: "unread" | "stuck") => deliveries.cutStall(why) ? Effect.void : Effect.never
-  const cuts: Array<Effect.Effect<void>> = [
+  const cuts: Array<Effect.Effect<void, MqttError.MqttError>> = [
     wait,
     Deferred.await(c.discarding),
     awaitingConsumer(driver, () => cut("stuck")),
     quietConsumers(driver, () => cut("stuck"))
   ]
   if (deliveries.stalledUnread) cuts.push(Effect.flatMap(driver.requestAwaitsAck, () => cut("unread")))
+  if (readAhead !== undefined) cuts.push(readAhead)
   return Effect.ensuring(
     Effect.raceAllFirst(cuts),
     Effect.sync(() => {
@@ -338,13 +370,15 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   let firstByteSeen = false
   // MQTT 3.1/3.1.1 cannot tell the broker the limit: a PUBLISH over it is passed over, not a broken connection
   const framer = new Framer(o.maximumPacketSize, version === 5 ? undefined : passOver(env, () => connected))
+  const ahead = new ReadAhead(framer, version)
+  c.unreadDisconnect = () => ahead.scan()
   /**
    * The wait for queue room of the read that carried the CONNACK: a resumed session's backlog may come in the same
    * read, more than the queue holds. It is the read loop's, not the handshake's: the application can take
    * messages only once `make` has returned (or, on a reconnect, at its own pace, which `connectTimeout` must not
    * bound).
    */
-  let stallAfterConnack: Effect.Effect<void> | undefined
+  let stallAfterConnack: Effect.Effect<void, MqttError.MqttError> | undefined
 
   const onFrame = (bytes: Uint8Array, start: number, bodyStart: number, end: number): void => {
     if (out.error !== undefined) return
@@ -399,8 +433,8 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     // nothing allocated on the common path (no wait, no AUTH, no error)
     let effect: Effect.Effect<void, MqttError.MqttError> | undefined
     if (wait !== undefined) {
-      const stall = stallOn(c, driver, wait)
-      if (handshake) stallAfterConnack = stall
+      const stall = stallOn(c, driver, wait, ahead.read(c.node.readNow))
+      if (handshake) stallAfterConnack = Effect.andThen(stall, afterStall)
       else effect = stall
     }
     if (challenges !== undefined && error === undefined) {
@@ -412,19 +446,26 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
         ? Effect.fail(error)
         : Effect.andThen(effect, Effect.fail(error))
     }
+    if (wait !== undefined && !handshake) effect = Effect.andThen(effect!, afterStall)
     return effect
   }
 
+  /** Handles what was read ahead during a wait for room, before the socket is read again (not once it ended). */
+  const afterStall = Effect.suspend(() => {
+    const chunks = ahead.take()
+    return (chunks && handle(chunks)) ?? Effect.void
+  })
+
   /** Pulls one read from the socket and handles it. */
-  const step = (
-    pull: Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>
-  ): Effect.Effect<void, MqttError.MqttError> =>
-    Effect.flatMap(Effect.mapError(pull, socketLost), (chunks) => handle(chunks) ?? Effect.void)
+  const step = (pull: Pull): Effect.Effect<void, MqttError.MqttError> => {
+    ahead.pull = pull
+    return Effect.flatMap(Effect.mapError(pull, socketLost), (chunks) => handle(chunks) ?? Effect.void)
+  }
 
   /**
    * Reads in the socket's own `readable` events (platform.ts `ReadNow`) for as long as each read leaves nothing
    * to do: no fiber is resumed per read. The read loop's fiber waits meanwhile; it takes over what a read leaves
-   * (a wait for queue room, during which nothing is read; an AUTH to answer; a failure), then reads directly
+   * (a wait for queue room, during which nothing is handed on; an AUTH to answer; a failure), then reads directly
    * again. Succeeds with true once the connection has ended: the socket's `pull` then tells how.
    */
   const direct = (readNow: ReadNow): Effect.Effect<boolean, MqttError.MqttError> =>
@@ -454,13 +495,12 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
    * fiber otherwise (which yields to the scheduler after each read: other connections' readers and the consumers
    * run between reads; an in-memory socket hands a read over inside the sender's call).
    */
-  const loop = (
-    pull: Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>,
-    readNow: ReadNow | undefined
-  ): Effect.Effect<never, MqttError.MqttError> =>
-    readNow === undefined
+  const loop = (pull: Pull, readNow: ReadNow | undefined): Effect.Effect<never, MqttError.MqttError> => {
+    ahead.pull = pull
+    return readNow === undefined
       ? Effect.forever(step(pull))
       : Effect.forever(Effect.flatMap(direct(readNow), (ended) => ended ? step(pull) : Effect.void))
+  }
 
   /** What the read loop does first: wait for room for what came with the CONNACK, if it did not fit. */
   const carried = Effect.suspend(() => {
@@ -470,6 +510,108 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   })
 
   return { step, loop, carried, connected: () => connected }
+}
+
+/** The socket's read: the next chunks, or how the connection ended. */
+type Pull = Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>
+
+/**
+ * What the reader reads while it waits for room in a full queue (`stallOn`), where the socket can be read without a
+ * fiber: at most READ_AHEAD_BYTES (then nothing more: the socket's and the kernel's buffers fill, and TCP holds the
+ * broker back), kept as it came for when room comes. A broker that ends the connection (a session taken over, a
+ * server moved, its keepalive ran out, it shuts down) sends DISCONNECT and closes; unread, those bytes would go with
+ * the socket when a write to the closed connection fails. When the connection ends first, nothing of it is handed on
+ * (the session never saw these packets: the publishes among them are neither delivered nor acknowledged, and the
+ * broker sends the QoS 1/2 ones again on a resumed session) but for a DISCONNECT among it, which says why.
+ */
+class ReadAhead {
+  /** the socket's `pull`, once the reader has one: after `readNow` ended, it tells how the connection ended */
+  pull: Pull | undefined = undefined
+  private chunks: Array<Uint8Array> = []
+  private bytes = 0
+  /** the error of the DISCONNECT found by `scan`, once it ran (null: none) */
+  private found: MqttError.MqttError | null | undefined = undefined
+  private readonly framer: Framer
+  private readonly version: Packets.ProtocolVersion
+
+  constructor(framer: Framer, version: Packets.ProtocolVersion) {
+    this.framer = framer
+    this.version = version
+  }
+
+  /**
+   * Reads on in the socket's own events until READ_AHEAD_BYTES are kept (then waits for good); fails once the
+   * connection has ended, with the error of the broker's DISCONNECT in what was read, or else how it ended.
+   * Undefined where the socket cannot be read without a fiber (a read-ahead's pull, interrupted, could lose a read).
+   */
+  read(readNow: ReadNow | undefined): Effect.Effect<never, MqttError.MqttError> | undefined {
+    const pull = this.pull
+    if (readNow === undefined || pull === undefined) return undefined
+    return Effect.callback<never, MqttError.MqttError>((resume) => {
+      const reading = readNow((chunks) => {
+        this.keep(chunks)
+        return this.bytes < READ_AHEAD_BYTES
+      }, () => resume(this.ended(pull)))
+      if (reading === undefined) return resume(this.ended(pull))
+      reading.start()
+      return Effect.sync(reading.stop)
+    })
+  }
+
+  /** What was read ahead, for the reader now that room came; undefined when nothing was, or the connection ended. */
+  take(): Arr.NonEmptyReadonlyArray<Uint8Array> | undefined {
+    if (this.chunks.length === 0 || this.found !== undefined) return undefined
+    const chunks = this.chunks as unknown as Arr.NonEmptyReadonlyArray<Uint8Array>
+    this.chunks = []
+    this.bytes = 0
+    return chunks
+  }
+
+  /**
+   * The connection has ended: the error of the broker's DISCONNECT in what was read ahead (MQTT 5), if any. Only its
+   * packet boundaries are read (the framer goes on from where the reader left it), nothing is handed on, and what
+   * was read ahead is let go.
+   */
+  scan(): MqttError.MqttError | undefined {
+    if (this.found !== undefined) return this.found ?? undefined
+    this.found = null
+    const chunks = this.chunks
+    this.chunks = []
+    this.bytes = 0
+    if (this.version !== 5) return undefined
+    const onFrame = (bytes: Uint8Array, start: number, bodyStart: number, end: number) => {
+      if (this.found !== null || bytes[start] >> 4 !== 14) return
+      const packet = decode(bytes[start], bytes.subarray(bodyStart, end), this.version)
+      if (packet._tag === "Disconnect") this.found = disconnectError(packet)
+    }
+    try {
+      for (let i = 0; i < chunks.length && this.found === null; i++) {
+        if (this.framer.frame(chunks[i], onFrame) !== undefined) break
+      }
+    } catch {
+      // bytes that are not packets: no DISCONNECT can be told in them
+    }
+    return this.found ?? undefined
+  }
+
+  private keep(chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>): void {
+    for (const chunk of chunks) {
+      const bytes = toBytes(chunk)
+      this.chunks.push(bytes)
+      this.bytes += bytes.length
+    }
+  }
+
+  /** The connection ended: the socket's `pull` tells how (it hands on what was still buffered first). */
+  private ended(pull: Pull): Effect.Effect<never, MqttError.MqttError> {
+    return Effect.matchEffect(Effect.mapError(pull, socketLost), {
+      onFailure: (error) => Effect.fail(this.scan() ?? error),
+      onSuccess: (chunks) => {
+        this.keep(chunks)
+        return this.ended(pull)
+      }
+    })
+  }
 }
 
 /**

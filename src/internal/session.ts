@@ -85,6 +85,19 @@ export const OFFLINE_FULL = "full"
  */
 export const LINE_FULL = "line full"
 
+/**
+ * How the connection ended when the broker sent DISCONNECT: its reason code, reason string and Server Reference,
+ * whether the reader came to it in turn or found it among the bytes it had read ahead while it waited for room
+ * (connection.ts `readAhead`).
+ */
+export const disconnectError = (packet: Packets.Disconnect): MqttError.ConnectionLostError =>
+  new MqttError.ConnectionLostError({
+    reason: "the broker sent DISCONNECT",
+    reasonCode: packet.reasonCode,
+    ...(packet.reasonString === undefined ? {} : { reasonString: packet.reasonString }),
+    ...(packet.serverReference === undefined ? {} : { serverReference: packet.serverReference })
+  })
+
 export class Session {
   readonly ids = new PacketIds()
   readonly outgoing: Outgoing
@@ -325,14 +338,7 @@ export class Session {
         out.auth.push(packet)
         return
       case "Disconnect":
-        return out.fail(
-          new MqttError.ConnectionLostError({
-            reason: "the broker sent DISCONNECT",
-            reasonCode: packet.reasonCode,
-            ...(packet.reasonString === undefined ? {} : { reasonString: packet.reasonString }),
-            ...(packet.serverReference === undefined ? {} : { serverReference: packet.serverReference })
-          })
-        )
+        return out.fail(disconnectError(packet))
       case "Connack":
         return out.fail(violation(this.version, "a second CONNACK"))
     }
