@@ -791,6 +791,47 @@ describe("a DISCONNECT behind messages the reader has no room for", () => {
       }))
   }
 
+  for (const protocolVersion of [4, 5] as const) {
+    it.live(`MQTT ${protocolVersion === 5 ? "5" : "3.1.1"}: a broker gone silent without closing (half-open) is found by the keepalive`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* stalled({
+          protocolVersion,
+          pingTimeout: "500 millis",
+          ...(protocolVersion === 5 ? {} : { receiveMaximum: undefined })
+        })
+        // the broker neither reads nor writes any more, and does not close: no PINGRESP comes
+        yield* connection.pause
+        const status = yield* client.statusChanges.pipe(
+          Stream.filter((s) => s._tag === "Disconnected"),
+          Stream.runHead,
+          Effect.map(Option.getOrThrow),
+          Effect.timeoutOrElse({
+            duration: "15 seconds",
+            orElse: () => Effect.die(new Error("the silent broker was not found while the reader waited for room"))
+          })
+        )
+        assert(status._tag === "Disconnected")
+        assert(status.cause instanceof MqttError.MqttTimeoutError, JSON.stringify(status.cause))
+        expect(status.cause.operation).toBe("ping")
+        // nothing was taken: nothing was acknowledged
+        expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
+      }))
+  }
+
+  it.live("a broker that answers the PINGREQs keeps the connection while the reader waits for room", () =>
+    Effect.gen(function*() {
+      // a ping timeout long enough for a loaded machine; the keepalive is 1 s: PINGREQs at about 1 s and 4 s, the
+      // second's timeout at about 6 s
+      const { broker, client, connection } = yield* stalled({ pingTimeout: "2 seconds" })
+      connection.autoPingresp = true
+      yield* sleepReal(6500)
+      expect(connection.received.filter((p) => p.cmd === "pingreq").length).toBeGreaterThanOrEqual(2)
+      expect(broker.connections.length).toBe(1)
+      expect((yield* client.status)._tag).toBe("Connected")
+      const taken = yield* client.messages.pipe(Stream.take(3), Stream.runCollect)
+      expect(taken.map((m) => m.text)).toEqual(["1", "2", "3"])
+    }))
+
   it.live("what the reader read while it waited is handled in order once room comes", () =>
     Effect.gen(function*() {
       const { client, connection } = yield* stalled({ keepAlive: 0 })

@@ -76,6 +76,13 @@ export interface Connection {
    * handed on (its DISCONNECT's error), if it did: see `endWith` and `readAhead`.
    */
   unreadDisconnect: () => MqttError.MqttError | undefined
+  /**
+   * While the reader waits for room: whether the broker sent anything since `since` (epoch milliseconds), as the
+   * read-ahead saw it. `false` only when the read-ahead has read everything the broker sent (it has room left), so
+   * that a PINGRESP would have been seen; `undefined` when it cannot tell (no read-ahead on this socket, or it is
+   * full). See `pinger.ts`.
+   */
+  heardSince: (since: number) => boolean | undefined
 }
 
 /** What every connection of one client shares. Where each connection goes is its `Node` (failover.ts). */
@@ -159,7 +166,8 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       discarding: Deferred.makeUnsafe(),
       stalls: 0,
       reauthentication: undefined,
-      unreadDisconnect: () => undefined
+      unreadDisconnect: () => undefined,
+      heardSince: () => undefined
     }
     const reader = makeReader(env, c, clock)
     const handshake = Effect.gen(function*() {
@@ -370,8 +378,9 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   let firstByteSeen = false
   // MQTT 3.1/3.1.1 cannot tell the broker the limit: a PUBLISH over it is passed over, not a broken connection
   const framer = new Framer(o.maximumPacketSize, version === 5 ? undefined : passOver(env, () => connected))
-  const ahead = new ReadAhead(framer, version)
+  const ahead = new ReadAhead(framer, version, () => clock.currentTimeMillisUnsafe())
   c.unreadDisconnect = () => ahead.scan()
+  c.heardSince = (since) => ahead.heardSince(since)
   /**
    * The wait for queue room of the read that carried the CONNACK: a resumed session's backlog may come in the same
    * read, more than the queue holds. It is the read loop's, not the handshake's: the application can take
@@ -531,12 +540,28 @@ class ReadAhead {
   private bytes = 0
   /** the error of the DISCONNECT found by `scan`, once it ran (null: none) */
   private found: MqttError.MqttError | null | undefined = undefined
+  /** when the read-ahead last read something (epoch milliseconds) */
+  private lastRead = 0
+  /** whether the read-ahead reads the socket now */
+  private reading = false
   private readonly framer: Framer
   private readonly version: Packets.ProtocolVersion
+  private readonly now: () => number
 
-  constructor(framer: Framer, version: Packets.ProtocolVersion) {
+  constructor(framer: Framer, version: Packets.ProtocolVersion, now: () => number) {
     this.framer = framer
     this.version = version
+    this.now = now
+  }
+
+  /**
+   * Whether the broker sent anything since `since`: true when the read-ahead read something since; false when it
+   * read nothing and reads on with room left (whatever the broker sent has been read: a PINGRESP would be here);
+   * undefined when it cannot tell (it does not read now, or it is full and TCP holds the broker back).
+   */
+  heardSince(since: number): boolean | undefined {
+    if (this.lastRead >= since) return true
+    return this.reading && this.bytes < READ_AHEAD_BYTES ? false : undefined
   }
 
   /**
@@ -550,11 +575,19 @@ class ReadAhead {
     return Effect.callback<never, MqttError.MqttError>((resume) => {
       const reading = readNow((chunks) => {
         this.keep(chunks)
+        this.lastRead = this.now()
         return this.bytes < READ_AHEAD_BYTES
-      }, () => resume(this.ended(pull)))
+      }, () => {
+        this.reading = false
+        resume(this.ended(pull))
+      })
       if (reading === undefined) return resume(this.ended(pull))
+      this.reading = true
       reading.start()
-      return Effect.sync(reading.stop)
+      return Effect.sync(() => {
+        this.reading = false
+        reading.stop()
+      })
     })
   }
 

@@ -5,7 +5,10 @@
  *
  * While the reader is held back by a full queue it cannot see a PINGRESP, so a late one is not taken for a dead
  * broker; PINGREQ keeps going out every keepalive meanwhile, so that the broker does not take the client for
- * dead either (it allows 1.5 times the keepalive between packets [MQTT-3.1.2-22]).
+ * dead either (it allows 1.5 times the keepalive between packets [MQTT-3.1.2-22]). Where the reader reads ahead
+ * meanwhile (Node's sockets: `ReadAhead` in connection.ts) and has read everything the broker sent, a PINGRESP
+ * would have been seen: nothing at all from the broker within the ping timeout (no PINGRESP, no message) then
+ * ends the connection as it does unstalled (a broker gone without closing: a half-open connection).
  */
 import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
@@ -38,10 +41,14 @@ export const keepalive = (
       pong = Deferred.makeUnsafe<void>()
       const stalls = c.stalls
       const stalledAtStart = c.stalled
+      const sentAt = clock.currentTimeMillisUnsafe()
       c.outbox.push(Codec.pingreq)
       const answered = yield* Effect.timeoutOption(Deferred.await(pong), timeoutMillis)
       if (answered._tag === "Some") continue
-      if (stalledAtStart || c.stalled || c.stalls !== stalls) continue
+      const excused = stalledAtStart || c.stalled || c.stalls !== stalls
+      // stalled: a broker that sent nothing the reader read (before the wait or ahead during it) is not there
+      const silent = c.stalled && c.lastReceived < sentAt && c.heardSince(sentAt) === false
+      if (excused && !silent) continue
       return yield* new MqttError.MqttTimeoutError({ operation: "ping", millis: timeoutMillis })
     }
   })
