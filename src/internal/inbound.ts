@@ -199,7 +199,7 @@ export class Inbound {
    * acknowledgements go first [MQTT-4.6.0-2, MQTT-4.6.0-3].
    */
   private answer(id: number, qos: 1 | 2, out: Output): typeof DUPLICATE {
-    if (this.head === this.line.length) {
+    if (!this.waitsOnThisConnection()) {
       out.acks.push(qos === 1 ? Codec.PUBACK : Codec.PUBREC, id)
       return DUPLICATE
     }
@@ -208,8 +208,32 @@ export class Inbound {
     const waiting = this.answers.get(id)
     if (waiting === undefined) this.answers.set(id, [record])
     else waiting.push(record)
-    this.line.push(record)
+    this.line.splice(this.afterThisConnection(), 0, record)
     return DUPLICATE
+  }
+
+  /**
+   * Whether a record the broker sent (or resent) on this connection waits in the line: an answer goes behind it.
+   * A record of an earlier connection not resent on this one yet comes after the answer in the broker's order.
+   */
+  private waitsOnThisConnection(): boolean {
+    return this.afterThisConnection() > this.head
+  }
+
+  /** The place in the line just after the last record the broker sent (or resent) on this connection. */
+  private afterThisConnection(): number {
+    for (let i = this.line.length - 1; i >= this.head; i--) {
+      const r = this.line[i]
+      if (r.forgotten) continue
+      if (
+        r.answer
+          ? r.connection === this.connection
+          : r.connection === this.connection || r.resentOn === this.connection
+      ) {
+        return i + 1
+      }
+    }
+    return this.head
   }
 
   /**

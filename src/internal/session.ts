@@ -223,6 +223,9 @@ export class Session {
       responseInformation: p.responseInformation,
       serverReference: p.serverReference
     }
+    // closed while the connection was made (supervisor.ts closes it with DISCONNECT): nothing of the session is
+    // resumed on it, as no packet is acted on once closed (`onPacket`)
+    if (this.closed !== undefined) return info
     if (!this.hasConnected) this.startedClean = cleanStart
     this.hasConnected = true
     this.connected = true
