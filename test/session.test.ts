@@ -196,6 +196,23 @@ describe("session: outgoing publishes", () => {
     expect(h.warnings.filter((w) => w.includes("accepted earlier was not sent")).length).toBe(3)
   })
 
+  it("a resend that a new CONNACK's limits refuse says it went out before: the broker may have it", () => {
+    const h = new Harness({ protocolVersion: 5, cleanStart: false })
+    h.connect(false)
+    const sent = entry(h.publish(message("t", "q2", 2)))
+    sent.listener = () => {}
+    expect(texts(h.take())).toEqual(["q2"])
+    h.lose(new MqttError.ConnectionLostError({ reason: "test" }))
+    h.connect(true, { maximumQoS: 1 })
+    expect(h.take()).toEqual([])
+    expect((sent.error as MqttError.PublishError).reasonCode).toBe(0x9b)
+    expect((sent.error as MqttError.PublishError).reasonString).toMatch(
+      /^not sent again: .*sent on an earlier connection/
+    )
+    const fresh = entry(h.publish(message("t", "new", 2)))
+    expect((fresh.error as MqttError.PublishError).reasonString).toMatch(/^not sent: /)
+  })
+
   it("a refused publish whose caller waits for it is its caller's error, not a warning", () => {
     const h = new Harness({ protocolVersion: 5 })
     const waited = entry(h.publish(message("t", "q2", 2)))

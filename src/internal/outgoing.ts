@@ -283,7 +283,8 @@ export class Outgoing {
     // nobody waits for it (`publishAccepted`, a durable session's publish restored after a restart): said here;
     // refused within the call that accepts it, it is that call's error
     else if (entry.listener === undefined && entry !== this.accepting) {
-      out.warnings.push(`a QoS ${entry.message.qos} publish accepted earlier was not sent: ${error.message}`)
+      const what = entry.written ? "was not sent again" : "was not sent"
+      out.warnings.push(`a QoS ${entry.message.qos} publish accepted earlier ${what}: ${error.message}`)
     }
     if (entry.key !== 0) out.journal?.push({ t: "d", k: entry.key })
     if (entry.id !== 0) {
@@ -315,10 +316,10 @@ export class Outgoing {
   ): Codec.EncodedPublish | MqttError.PublishError {
     if (this.version === 5) {
       if (m.qos > limits.maximumQoS) {
-        return refused(m.topic, 0x9b, `the broker accepts QoS ${limits.maximumQoS} at most`)
+        return refused(m.topic, dup, 0x9b, `the broker accepts QoS ${limits.maximumQoS} at most`)
       }
       if (m.retain && !limits.retainAvailable) {
-        return refused(m.topic, 0x9a, "the broker does not keep retained messages")
+        return refused(m.topic, dup, 0x9a, "the broker does not keep retained messages")
       }
     }
     const max = limits.maximumPacketSize
@@ -342,6 +343,7 @@ export class Outgoing {
     if (max !== undefined && m.encoded.size > max) {
       return refused(
         m.topic,
+        dup,
         0x95,
         `the packet is ${m.encoded.size} bytes, ${limits.maximumPacketSizeBy} ${max} at most`
       )
@@ -520,8 +522,15 @@ const releaseLost = (entry: PublishEntry) =>
     phase: "connected"
   })
 
-const refused = (topic: string, reasonCode: number, reason: string) =>
-  new MqttError.PublishError({ topic, reasonCode, reasonString: `not sent: ${reason}` })
+/** A publish the current connection's limits refuse; `resend`: it went out on an earlier connection already. */
+const refused = (topic: string, resend: boolean, reasonCode: number, reason: string) =>
+  new MqttError.PublishError({
+    topic,
+    reasonCode,
+    reasonString: resend
+      ? `not sent again: ${reason} (it was sent on an earlier connection: the broker may have received it)`
+      : `not sent: ${reason}`
+  })
 
 const brokerRefusal = (entry: PublishEntry, ack: Packets.Ack) =>
   new MqttError.PublishError({
