@@ -860,6 +860,39 @@ describe("a DISCONNECT behind messages the reader has no room for", () => {
     }))
 })
 
+describe("releasing a subscription() while the reader waits for room", () => {
+  it.effect("the release does not wait for an UNSUBACK the reader cannot read (TestClock: no 5 s timeout runs)", () =>
+    Effect.gen(function*() {
+      const { client, connection } = yield* start({ protocolVersion: 5, keepAlive: 0, queue: IncomingQueue.bounded(1) })
+      const scope = yield* Scope.make()
+      const subscribing = yield* Effect.forkChild(Scope.provide(client.subscription("u", { qos: 1 }), scope))
+      const subscribe = yield* connection.expect("subscribe")
+      yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
+      yield* Fiber.join(subscribing)
+      yield* Effect.forkChild(client.subscribe("t", { qos: 1 }))
+      const second = yield* connection.expect("subscribe")
+      yield* connection.send({ cmd: "suback", messageId: second.messageId!, granted: [1] })
+      yield* settle
+      // `messages` is read once, then its queue of one fills again: the reader waits for room
+      yield* connection.sendMany([1, 2, 3].map((i) => qos1("t", `${i}`, i)))
+      yield* settle
+      const first = yield* client.messages.pipe(Stream.take(1), Stream.runCollect)
+      expect(first.map((m) => m.text)).toEqual(["1"])
+      expect((yield* connection.expect("puback")).messageId).toBe(1)
+      yield* settle
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      const unsubscribe = yield* connection.expect("unsubscribe")
+      expect(unsubscribe.unsubscriptions).toEqual(["u"])
+      // no UNSUBACK is sent, and the clock does not move: the release ends all the same
+      yield* settle
+      yield* settle
+      expect(isDone(closing)).toBe(true)
+      // and the rest is still there for the consumer, in order
+      const rest = yield* client.messages.pipe(Stream.take(2), Stream.runCollect)
+      expect(rest.map((m) => m.text)).toEqual(["2", "3"])
+    }))
+})
+
 const qos1 = (topic: string, payload: string, messageId: number): Packet => ({
   cmd: "publish",
   topic,

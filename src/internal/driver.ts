@@ -34,6 +34,7 @@ export class Driver {
   private readonly lineWaiters = new Line<LineWaiter>()
   /** the socket's reader waits for room in a full queue: nothing is read meanwhile */
   readerStalled = false
+  private stallSignal: Deferred.Deferred<void> | undefined = undefined
   /** told when a SUBSCRIBE or UNSUBSCRIBE waits for its acknowledgement (see `requestAwaitsAck`) */
   private requestWritten: Deferred.Deferred<void> | undefined = undefined
   /**
@@ -188,7 +189,21 @@ export class Driver {
 
   stalled(stalled: boolean): void {
     this.readerStalled = stalled
+    if (stalled && this.stallSignal !== undefined) {
+      Deferred.doneUnsafe(this.stallSignal, Exit.void)
+      this.stallSignal = undefined
+    }
     if (stalled && this.lineWaiters.size > 0) this.wakeLineWaiters()
+  }
+
+  /**
+   * Completes once the reader waits for room in a full queue (at once when it does now): no acknowledgement the
+   * broker sends can be read meanwhile.
+   */
+  get readerStalls(): Effect.Effect<void> {
+    if (this.readerStalled) return Effect.void
+    this.stallSignal ??= Deferred.makeUnsafe<void>()
+    return Deferred.await(this.stallSignal)
   }
 
   private wakeLineWaiters(): void {

@@ -523,7 +523,8 @@ export const unsubscribe =
 /**
  * A subscription with a stream of its own for the life of a scope. The owner and its queue exist before the
  * SUBSCRIBE, so that retained messages sent with the SUBACK are not missed. Closing the scope lets go of the
- * filters (UNSUBSCRIBE for those no other owner holds, waiting at most 5 seconds for UNSUBACK); messages its
+ * filters (UNSUBSCRIBE for those no other owner holds, waiting at most 5 seconds for UNSUBACK, and not while the
+ * reader waits for room in a full queue); messages its
  * queue still holds go to `messages`, or are given up when the application does not read `messages`. When the
  * application does not read `messages`, the new stream first takes the messages waiting there that match its filters
  * (a resumed session's backlog, sent before the application subscribed again).
@@ -554,7 +555,9 @@ export const subscription = (ctx: Context) =>
 /**
  * An owner goes away: its filters are let go, within a bounded wait. The wait for the UNSUBACK ends with the
  * connection: offline, the UNSUBSCRIBE waits in the session for the next connection (or, when the broker kept no
- * session, the filters are not restored), and nothing can come back before it.
+ * session, the filters are not restored), and nothing can come back before it. It ends too while the reader waits
+ * for room in a full queue, which it cannot read the UNSUBACK behind: what comes for the filters meanwhile goes to
+ * `messages`, or is given up when the application does not read it (as after the wait).
  */
 export const release = (ctx: Context, owner: number): Effect.Effect<void> =>
   Effect.suspend(() => {
@@ -563,8 +566,11 @@ export const release = (ctx: Context, owner: number): Effect.Effect<void> =>
     const request = ctx.session.subscriptions.removeOwner(owner, ctx.driver.out)
     ctx.driver.drain()
     if (request === undefined) return Effect.void
-    return Effect.raceFirst(
+    return Effect.raceAllFirst([
       Effect.ignore(awaitOperation(request, noWithdraw, undefined)),
-      ctx.supervisor.awaitOffline
-    ).pipe(Effect.timeoutOption(RELEASE_TIMEOUT), Effect.asVoid)
+      ctx.supervisor.awaitOffline,
+      // the UNSUBACK would wait behind what the reader has no room for (a release while consumers stall, as at
+      // shutdown): the UNSUBSCRIBE is sent, and its acknowledgement read when the reader reads on
+      ctx.driver.readerStalls
+    ]).pipe(Effect.timeoutOption(RELEASE_TIMEOUT), Effect.asVoid)
   })
