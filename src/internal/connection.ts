@@ -472,34 +472,6 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   }
 
   /**
-   * Reads in the socket's own `readable` events (platform.ts `ReadNow`) for as long as each read leaves nothing
-   * to do: no fiber is resumed per read. The read loop's fiber waits meanwhile; it takes over what a read leaves
-   * (a wait for queue room, during which nothing is handed on; an AUTH to answer; a failure), then reads directly
-   * again. Succeeds with true once the connection has ended: the socket's `pull` then tells how.
-   */
-  const direct = (readNow: ReadNow): Effect.Effect<boolean, MqttError.MqttError> =>
-    Effect.callback((resume) => {
-      const reading = readNow((chunks) => {
-        let next: Effect.Effect<void, MqttError.MqttError> | undefined
-        try {
-          next = handle(chunks)
-        } catch (e) {
-          // a bug of this client: a defect of the read loop (the connection ends), never a throw from the socket's
-          // event, which would end the process
-          next = Effect.die(e)
-        }
-        if (next === undefined) return true
-        // stopped before the fiber runs on: it may read directly again at once
-        reading!.stop()
-        resume(Effect.as(next, false))
-        return false
-      }, () => resume(Effect.succeed(true)))
-      if (reading === undefined) return resume(Effect.succeed(true))
-      reading.start()
-      return Effect.sync(reading.stop)
-    })
-
-  /**
    * The read loop after the handshake: direct reads where the socket has them, each socket read a step of the
    * fiber otherwise (which yields to the scheduler after each read: other connections' readers and the consumers
    * run between reads; an in-memory socket hands a read over inside the sender's call).
@@ -508,7 +480,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     ahead.pull = pull
     return readNow === undefined
       ? Effect.forever(step(pull))
-      : Effect.forever(Effect.flatMap(direct(readNow), (ended) => ended ? step(pull) : Effect.void))
+      : Effect.forever(Effect.flatMap(readDirectly(readNow, handle), (ended) => ended ? step(pull) : Effect.void))
   }
 
   /** What the read loop does first: wait for room for what came with the CONNACK, if it did not fit. */
@@ -520,6 +492,39 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
 
   return { step, loop, carried, connected: () => connected }
 }
+
+/**
+ * Reads in the socket's own `readable` events (platform.ts `ReadNow`) for as long as each read leaves nothing
+ * to do (`handle` returns undefined): no fiber is resumed per read. The read loop's fiber waits meanwhile; it takes
+ * over what a read leaves (a wait for queue room, during which nothing is handed on; an AUTH to answer; a failure),
+ * then reads directly again. Succeeds with true once the connection has ended: the socket's `pull` then tells how.
+ */
+const readDirectly = (
+  readNow: ReadNow,
+  handle: (
+    chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>
+  ) => Effect.Effect<void, MqttError.MqttError> | undefined
+): Effect.Effect<boolean, MqttError.MqttError> =>
+  Effect.callback((resume) => {
+    const reading = readNow((chunks) => {
+      let next: Effect.Effect<void, MqttError.MqttError> | undefined
+      try {
+        next = handle(chunks)
+      } catch (e) {
+        // a bug of this client: a defect of the read loop (the connection ends), never a throw from the socket's
+        // event, which would end the process
+        next = Effect.die(e)
+      }
+      if (next === undefined) return true
+      // stopped before the fiber runs on: it may read directly again at once
+      reading!.stop()
+      resume(Effect.as(next, false))
+      return false
+    }, () => resume(Effect.succeed(true)))
+    if (reading === undefined) return resume(Effect.succeed(true))
+    reading.start()
+    return Effect.sync(reading.stop)
+  })
 
 /** The socket's read: the next chunks, or how the connection ended. */
 type Pull = Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>
