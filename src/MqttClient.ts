@@ -169,7 +169,9 @@ export interface Options {
    * ends, the client goes back to its `url` list. A reference is `host`, `host:port` (the scheme, and for
    * WebSocket the path, of the node that sent it; its port when none is given), a URL, or several of these
    * separated by spaces (the first allowed one is followed). A reference to a node of `url` leads to that node,
-   * with its own user info. A referenced server that refuses the client, even for good, sends it back to its
+   * with its own user info; a referenced server outside the list gets the credentials the client would have given
+   * the node that sent it there (`username`, `password`, that node's user info), so allow only hosts you trust with
+   * them. A referenced server that refuses the client, even for good, sends it back to its
    * list. Never followed: from TLS (the list's, or the server's that sent the reference) to plaintext, to a Unix
    * socket, a reference with credentials, more than 3 references in one round of attempts, more than 3
    * DISCONNECTs' references in a row (until a connection lasts a minute, or ends without one), a

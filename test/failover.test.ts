@@ -598,7 +598,19 @@ describe("followServerReference", () => {
     ["that is not an address", () => "not/an-address", () => true, "not a host, host:port or URL"],
     ["when the predicate throws", (b) => `127.0.0.1:${b.port}`, () => {
       throw new Error("boom")
-    }, "the followServerReference predicate threw: boom"]
+    }, "the followServerReference predicate threw: boom"],
+    // values that String() cannot turn into text: the reason still says the predicate threw (no defect, no client
+    // left connected with nobody watching)
+    ["when the predicate throws Object.create(null)", (b) => `127.0.0.1:${b.port}`, () => {
+      throw Object.create(null)
+    }, "the followServerReference predicate threw: a value that cannot be shown as text"],
+    ["when the predicate throws a value whose toString throws", (b) => `127.0.0.1:${b.port}`, () => {
+      throw {
+        toString() {
+          throw new Error("again")
+        }
+      }
+    }, "the followServerReference predicate threw: a value that cannot be shown as text"]
   ]
   for (const [name, reference, follow, reason] of refusals) {
     it.live(`DISCONNECT 0x9D ${name}: not followed, the client stops with the reference, and a warning says why`, () =>

@@ -1380,6 +1380,33 @@ describe("two clients with one client identifier (Mosquitto)", () => {
   )
 })
 
+describe("connections that a broker ends with a reason", () => {
+  it.live("a broker that ends each connection at once with DISCONNECT 0x89 (server busy) gets no hint of a second client", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+      const lines: Array<string> = []
+      const logger = Logger.make((options) => {
+        lines.push(Array.isArray(options.message) ? options.message.join(" ") : String(options.message))
+      })
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: fast }).pipe(
+          Effect.provide(Logger.layer([logger]))
+        )
+      )
+      for (let i = 0; i < 5; i++) {
+        const { connection } = yield* broker.acceptAndConnack()
+        if (i === 0) yield* Fiber.join(fiber)
+        // connected (the CONNACK handled), then ended within a second
+        yield* settle
+        yield* connection.send({ cmd: "disconnect", reasonCode: 0x89, properties: { reasonString: "busy" } })
+      }
+      yield* broker.acceptAndConnack()
+      const ended = lines.filter((line) => line.includes("busy"))
+      expect(ended.length).toBeGreaterThanOrEqual(4)
+      expect(lines.filter((line) => line.includes("same client identifier"))).toEqual([])
+    }).pipe(Effect.scoped))
+})
+
 describe("interruption and closing", () => {
   it.live(
     "closed while a slow store holds a write and a reconnect's CONNACK comes meanwhile: that connection ends with DISCONNECT (no will), never Connected after the close",

@@ -23,6 +23,7 @@ import {
   Option,
   Queue,
   Redacted,
+  Schedule,
   Scope,
   Stream,
   Tracer
@@ -808,6 +809,19 @@ describe("TLS", () => {
       assert.strictEqual(server.accepted.length, 1)
     }))
 
+  it.live("a TLS 1.2 broker that requires a client certificate, given none: HandshakeFailed says a certificate may be required", () =>
+    Effect.gen(function*() {
+      const server = yield* tlsServer({
+        maxVersion: "TLSv1.2",
+        requestCert: true,
+        rejectUnauthorized: true,
+        ca: certs.read(certs.ca.cert)
+      })
+      const error = yield* connectFailure({ url: tlsUrl("localhost", server.port), tls: { caFile: certs.ca.cert } })
+      expectTlsError(error, "HandshakeFailed")
+      expect(transportError(error).message).toContain("requires a client certificate")
+    }))
+
   it.live("tls.insecureSkipVerify connects to an untrusted broker and logs a warning that says so", () =>
     Effect.gen(function*() {
       const [, recorded] = yield* recording(roundTrip({
@@ -817,6 +831,72 @@ describe("TLS", () => {
       const warnings = recorded.logs.filter((line) => line.startsWith("Warn") && line.includes("insecureSkipVerify"))
       assert.strictEqual(warnings.length, 1, recorded.logs.join("\n"))
     }))
+
+  it.live(
+    "a certificate failure on a reconnect is retried on the schedule: the broker's certificate was put right",
+    () =>
+      Effect.gen(function*() {
+        // a TLS proxy in front of the plaintext listener, whose certificate the test changes
+        const sockets = new Set<Net.Socket>()
+        const proxy = Tls.createServer(
+          { cert: certs.read(certs.server.cert), key: certs.read(certs.server.key) },
+          (tls) => {
+            const plain = Net.connect(broker.port, "127.0.0.1")
+            sockets.add(tls)
+            tls.pipe(plain).pipe(tls)
+            const end = () => {
+              sockets.delete(tls)
+              tls.destroy()
+              plain.destroy()
+            }
+            tls.on("error", end).on("close", end)
+            plain.on("error", end).on("close", end)
+          }
+        )
+        proxy.on("tlsClientError", () => {})
+        yield* Effect.acquireRelease(
+          Effect.promise(() => new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", () => resolve()))),
+          () =>
+            Effect.promise(() =>
+              new Promise<void>((resolve) => {
+                for (const socket of sockets) socket.destroy()
+                proxy.close(() => resolve())
+              })
+            )
+        )
+        const port = (proxy.address() as Net.AddressInfo).port
+        const client = yield* MqttClient.make({
+          url: tlsUrl("localhost", port),
+          tls: { caFile: certs.ca.cert },
+          reconnect: Schedule.spaced("100 millis")
+        })
+        const statuses: Array<MqttClient.ConnectionStatus> = []
+        yield* Effect.forkScoped(Stream.runForEach(client.statusChanges, (s) => Effect.sync(() => statuses.push(s))))
+        // the broker's certificate changes to one our CA did not sign, and the connection drops
+        proxy.setSecureContext({ cert: certs.read(certs.otherClient.cert), key: certs.read(certs.otherClient.key) })
+        for (const socket of sockets) socket.destroy()
+        const untrusted = (s: MqttClient.ConnectionStatus) =>
+          s._tag === "Disconnected" && s.cause._tag === "TlsError" && s.cause.kind === "ServerCertificateUntrusted"
+        yield* Effect.promise(async () => {
+          while (statuses.filter(untrusted).length < 2 && !statuses.some((s) => s._tag === "Closed")) {
+            await new Promise((resolve) => setTimeout(resolve, 20))
+          }
+        }).pipe(Effect.timeout("20 seconds"))
+        assert(!statuses.some((s) => s._tag === "Closed"), JSON.stringify(statuses.map((s) => s._tag)))
+        // put right: the client connects again, and works
+        proxy.setSecureContext({ cert: certs.read(certs.server.cert), key: certs.read(certs.server.key) })
+        yield* client.statusChanges.pipe(
+          Stream.filter((s) => s._tag === "Connected"),
+          Stream.runHead,
+          Effect.timeout("20 seconds")
+        )
+        yield* client.subscribe("tls/renewed", { qos: 1 })
+        yield* client.publish("tls/renewed", "back", { qos: 1 })
+        const [message] = yield* client.messages.pipe(Stream.take(1), Stream.runCollect, Effect.timeout("10 seconds"))
+        expect(message.text).toBe("back")
+      }).pipe(Effect.scoped),
+    60_000
+  )
 
   describe("fails closed before connecting", () => {
     const refusedOption = (options: MqttClient.Options) =>

@@ -1,5 +1,6 @@
 import type * as MqttMessage from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
+import { describe } from "./describe.ts"
 
 /** The fixed-header bytes of the acknowledgements, with their flags. */
 export const PUBACK = 0x40
@@ -519,7 +520,7 @@ export const tryEncode = (encode: () => Uint8Array): Uint8Array | { readonly err
   try {
     return encode()
   } catch (e) {
-    return { error: e instanceof Error ? e.message : String(e) }
+    return { error: describe(e) }
   }
 }
 

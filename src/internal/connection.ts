@@ -24,6 +24,7 @@ import * as Broker from "./broker.ts"
 import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
 import { checkFirstByte, decode } from "./decode.ts"
+import { describe } from "./describe.ts"
 import type { Driver } from "./driver.ts"
 import type { Node } from "./failover.ts"
 import { Framer, type OversizedHandler } from "./framer.ts"
@@ -106,8 +107,6 @@ export const endWith = (c: Connection, error: MqttError.MqttError): void => {
 
 export const lost = (reason: string, cause?: unknown) =>
   new MqttError.ConnectionLostError(cause === undefined ? { reason } : { reason, cause })
-
-export const describe = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 
 /** A socket failure as the client's error: the transport's own typed explanation when it gave one. */
 export const socketLost = (error: Socket.SocketError): MqttError.MqttError => {

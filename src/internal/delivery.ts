@@ -11,6 +11,7 @@ import type * as Fiber from "effect/Fiber"
 import type * as IncomingQueue from "../IncomingQueue.ts"
 import type * as MqttError from "../MqttError.ts"
 import { MqttMessage, ReceiptKey } from "../MqttMessage.ts"
+import { describe } from "./describe.ts"
 import type { Delivery, InboundRecord } from "./output.ts"
 import { fromStrategy, type MessageQueue, type Progress } from "./queue.ts"
 import { MESSAGES } from "./subscriptions.ts"
@@ -173,9 +174,7 @@ export class Deliveries {
     queue.onTaken = manual ? handed : acknowledge
     queue.onOrderError = (cause) =>
       this.warn(
-        `the priority queue's order threw (${
-          cause instanceof Error ? cause.message : String(cause)
-        }): the messages it compared keep their arrival order`
+        `the priority queue's order threw (${describe(cause)}): the messages it compared keep their arrival order`
       )
     // a dropped message is given up by the application's choice of queue: it is acknowledged, and counted
     queue.onDropped = this.onDropped

@@ -10,6 +10,7 @@ import type * as Socket from "effect/socket/Socket"
 import type * as MqttClient from "../MqttClient.ts"
 import type * as MqttError from "../MqttError.ts"
 import * as Broker from "./broker.ts"
+import { describe } from "./describe.ts"
 import type { ReadNow, WriteNow } from "./platform.ts"
 import * as Url from "./url.ts"
 
@@ -151,7 +152,7 @@ export class Nodes {
       const { reference, reasonCode } = found
       if (self.policy === undefined) return refuse(reference, "followServerReference is not set")
       if (from.endpoint === undefined) return refuse(reference, "a custom transport cannot be redirected")
-      const candidates = reference.split(/\s+/).filter((r) => r !== "")
+      const candidates = reference.split(" ").filter((r) => r !== "")
       let first: Redirect | undefined
       for (const candidate of candidates) {
         const checked = yield* self.check(candidate, reasonCode, from)
@@ -235,7 +236,7 @@ const disallowed = (
     try {
       return policy(target) === true ? undefined : "followServerReference does not allow it"
     } catch (error) {
-      return `the followServerReference predicate threw: ${error instanceof Error ? error.message : String(error)}`
+      return `the followServerReference predicate threw: ${describe(error)}`
     }
   }
   const host = target.host.toLowerCase()

@@ -13,6 +13,7 @@ import type { MqttMessage, QoS } from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
 import type { Deliveries } from "./delivery.ts"
+import { describe } from "./describe.ts"
 import type { Driver } from "./driver.ts"
 import { invalid, isQoS, isUint, type Resolved, stringPayloadProblem } from "./options.ts"
 import type { OutgoingMessage } from "./outgoing.ts"
@@ -185,7 +186,7 @@ const prepare = (
   try {
     encoded = Codec.encodePublish(ctx.options.protocolVersion, topic, bytes, qos, retain, options?.properties)
   } catch (e) {
-    const reason = e instanceof Error ? e.message : String(e)
+    const reason = describe(e)
     // too large for MQTT is the payload's doing (with the topic); everything else the encoder refuses, the properties'
     return invalid(reason.startsWith("the packet is larger") ? "payload" : "properties", reason)
   }

@@ -17,6 +17,7 @@ import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import type { MqttMessage, QoS } from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
+import { describe } from "./describe.ts"
 import { type Context, publish, publishAccepted, publishProblem, subscribeAs, subscription } from "./operations.ts"
 import { decodeDuration, invalid, isQoS } from "./options.ts"
 import * as Telemetry from "./telemetry.ts"
@@ -247,7 +248,7 @@ const serveRequest = <E, R>(
           if (failure.error instanceof EndResponder) {
             return Effect.fail(failure.error.error as MqttError.MqttError)
           }
-          return unanswered(message, replyTo, `the handler failed: ${describe(failure.error)}`)
+          return unanswered(message, replyTo, `the handler failed: ${describeFailure(failure.error)}`)
         }
         // the reply was not accepted: the end of the client ends the responder, anything else is this request's
         // own (too large for the broker, an invalid property, offline and not kept, the store not written)
@@ -338,10 +339,10 @@ class HandlerFailed {
 }
 
 /** A handler's failure in words: an error's message, a tagged value's tag, anything else as a string. */
-const describe = (error: unknown): string => {
-  if (error instanceof Error) return error.message === "" ? error.name : error.message
-  if (typeof error === "object" && error !== null && "_tag" in error) return String(error._tag)
-  return String(error)
+const describeFailure = (error: unknown): string => {
+  if (error instanceof Error) return describe(error)
+  if (typeof error === "object" && error !== null && "_tag" in error) return describe(error._tag)
+  return describe(error)
 }
 
 const replyParts = (

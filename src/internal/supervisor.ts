@@ -49,14 +49,19 @@ const isFinalRefusal = (error: MqttError.ConnectRefusedError): boolean =>
     ? ![0x88, 0x89, 0x97, 0x9c, 0x9f].includes(error.reasonCode)
     : error.reasonCode !== 3
 
-/** Whether the client gives up after this error instead of reconnecting. */
-export const isFinal = (error: MqttError.MqttError): boolean =>
+/**
+ * Whether the client gives up after this error instead of reconnecting. A certificate that TLS rejects is final
+ * before the first connection (the settings are wrong: it does not go away by itself); once these settings have
+ * connected, it is the broker's certificate that changed (one that lapsed, a load balancer's wrong one), and the
+ * client tries again on its schedule until it is put right.
+ */
+export const isFinal = (error: MqttError.MqttError, connectedBefore = false): boolean =>
   error._tag === "ConnectRefusedError"
     ? isFinalRefusal(error)
     : error._tag === "ConnectionLostError"
     ? error.reasonCode !== undefined && finalDisconnects.has(error.reasonCode)
     : error._tag === "TlsError"
-    ? error.kind !== "HandshakeFailed" // a certificate problem does not go away by itself
+    ? error.kind !== "HandshakeFailed" && !connectedBefore
     : error._tag === "InvalidOptionError"
 
 /**
@@ -179,8 +184,19 @@ export class Supervisor {
         )
       }
       yield* self.attach(connection)
-      yield* Effect.forkIn(self.supervise(connection), scope)
+      yield* Effect.forkIn(self.guarded(self.supervise(connection)), scope)
     })
+  }
+
+  /**
+   * A defect of the supervision (a bug of this client) stops the client with a typed error (`ConnectionLostError`,
+   * "internal error"), rather than leaving it connected with nobody watching its connection.
+   */
+  private guarded(supervise: Effect.Effect<void>): Effect.Effect<void> {
+    return Effect.catchCause(supervise, (cause) =>
+      Cause.hasInterruptsOnly(cause)
+        ? Effect.failCause(cause)
+        : this.shutdown(lost(`internal error: ${Cause.pretty(cause)}`, Cause.squash(cause))))
   }
 
   private attach(c: Connection): Effect.Effect<void> {
@@ -303,9 +319,14 @@ export class Supervisor {
           if (later >= 0) nodes.splice(later, 1)
           nodes.splice(i + 1, 0, target)
           referredBy.set(target, tried)
-        } else if (isFinal(error)) {
+        } else if (isFinal(error, self.metrics.connects > 0)) {
           // refused for good, and so were the attempts that sent the client here for good
-          for (let a: Attempt | undefined = tried; a !== undefined && !a.final && isFinal(a.error); a = a.by) {
+          const connectedBefore = self.metrics.connects > 0
+          for (
+            let a: Attempt | undefined = tried;
+            a !== undefined && !a.final && isFinal(a.error, connectedBefore);
+            a = a.by
+          ) {
             a.final = true
           }
         }
@@ -416,7 +437,11 @@ export class Supervisor {
         if (step === undefined || !brief) {
           step = yield* Schedule.toStep(schedule)
         }
-        const note = briefInARow >= BRIEF_HINT_AFTER ? briefHint(briefInARow) : undefined
+        // a broker that says why it ends each connection (a DISCONNECT with another reason: server busy, moved...)
+        // is not the mark of two clients with one identifier (none, or 0x8E session taken over, is)
+        const code = (error as { readonly reasonCode?: number }).reasonCode
+        const twoClients = code === undefined || code === 0x8e
+        const note = briefInARow >= BRIEF_HINT_AFTER && twoClients ? briefHint(briefInARow) : undefined
         const exit = yield* Effect.exit(self.reconnect(step, error, c.node, 1, redirect, note))
         if (Exit.isFailure(exit)) {
           const failure = exit.cause.reasons.find(Cause.isFailReason)

@@ -533,6 +533,12 @@ const clientCertificateAlerts = new Set([
   "ERR_SSL_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE"
 ])
 
+/** The handshake_failure alert, as OpenSSL versions name it. */
+const handshakeFailureAlerts = new Set([
+  "ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE",
+  "ERR_SSL_SSL/TLS_ALERT_HANDSHAKE_FAILURE"
+])
+
 /** The Node.js error behind a socket failure: the cause itself, or the `error` of a WebSocket error event. */
 const nodeError = (cause: unknown): Error | undefined => {
   if (cause instanceof Error) return cause
@@ -556,6 +562,14 @@ const tlsError = (cause: unknown, phase: "handshake" | "open" | "read"): MqttErr
     new MqttError.TlsError(code === undefined ? { kind, reason } : { kind, reason, code })
   if (code === "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED") return make("ClientCertificateRequired")
   if (code !== undefined && clientCertificateAlerts.has(code)) return make("ClientCertificateRejected")
+  // TLS 1.2 has no alert of its own for a missing client certificate: a broker that requires one sends this
+  if (code !== undefined && handshakeFailureAlerts.has(code)) {
+    return make(
+      "HandshakeFailed",
+      `${tlsReason(error)}: the broker ended the handshake (no TLS version or cipher in common; or, on TLS 1.2, ` +
+        "it requires a client certificate: tls.certFile and tls.keyFile)"
+    )
+  }
   if (phase === "read") return undefined
   if (code === "ERR_TLS_CERT_ALTNAME_INVALID") return make("HostnameMismatch")
   if (code !== undefined && verificationCodes.has(code)) return make("ServerCertificateUntrusted")
