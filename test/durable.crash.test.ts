@@ -487,10 +487,15 @@ const crashSubscriber = async (broker: MosquittoHandle, store: StoreSpec): Promi
  * broker's `max_inflight_messages` (100), beyond which Mosquitto 2.0.11 drops an incoming message with PUBACK
  * 0x97 (quota exceeded), which an MQTT 3.1.1 publisher takes for a success.
  */
-const publishAll = (client: MqttJs, topic: string): Promise<void> =>
+const publishAll = (
+  client: MqttJs,
+  topic: string,
+  count = DELIVERIES,
+  qoses: ReadonlyArray<1 | 2> = [1, 2]
+): Promise<void> =>
   new Promise((resolve, reject) => {
     const all: Array<readonly [1 | 2, number]> = []
-    for (let n = 0; n < DELIVERIES; n++) all.push([1, n], [2, n])
+    for (let n = 0; n < count; n++) for (const qos of qoses) all.push([qos, n])
     let next = 0
     let done = 0
     const issue = () => {
@@ -505,6 +510,104 @@ const publishAll = (client: MqttJs, topic: string): Promise<void> =>
     }
     issue()
   })
+
+// ---------------------------------------------------------------------------------------------------------------
+// the receiving side, automatic acknowledgement
+// ---------------------------------------------------------------------------------------------------------------
+
+/** QoS 2 messages the subscriber with automatic acknowledgement receives. */
+const AUTO_DELIVERIES = 4_000
+
+type AutoConsumer = "messages" | "subscription" | "byKey"
+
+/**
+ * A subscriber with automatic acknowledgement (a message is acknowledged when its consumer takes it) killed three
+ * times while QoS 2 messages stream in: a message its consumer had is delivered again to the next process only if
+ * its identifier was not stored as delivered yet, which is at most the one message the consumer took last (it
+ * takes a QoS 2 message once every one taken before is stored). Every message is seen (none lost).
+ */
+const crashAutoSubscriber = async (broker: MosquittoHandle, store: StoreSpec, consumer: AutoConsumer) => {
+  const topic = `auto-${consumer}-${runId}`
+  const config = {
+    url: broker.url,
+    // MQTT 3.1.1: see `crashSubscriber`
+    protocolVersion: 4,
+    clientId: `auto-${consumer}-${runId}`,
+    store,
+    topic,
+    consumer
+  }
+  /** each message, with the last process that saw it */
+  const lastSeenBy = new Map<string, number>()
+  // at most 3,000 before the last process: each killed process reaches its kill point
+  const kills = killPoints(KILLS, 200, 1_000)
+  const runs: Array<{ sessionPresent: boolean | undefined; seen: number; seenAgainLater: number; twice: number }> = []
+  let publisher: MqttJs | undefined
+  let published: Promise<void> | undefined
+  try {
+    for (let r = 0; r <= KILLS; r++) {
+      const last = r === KILLS
+      const run = { sessionPresent: undefined as boolean | undefined, seen: 0, seenAgainLater: 0, twice: 0 }
+      runs.push(run)
+      const inThisProcess = new Set<string>()
+      let killed = false
+      let ready = false
+      const child = startFixture("durable-auto-subscriber.ts", config, (line) => {
+        const [tag, key] = line.split(" ")
+        if (tag === "connected") run.sessionPresent = key === "true"
+        if (tag === "ready") ready = true
+        if (tag !== "S") return
+        if (inThisProcess.has(key)) run.twice++
+        inThisProcess.add(key)
+        const before = lastSeenBy.get(key)
+        // delivered again after a kill: counted against the process killed with it in hand
+        if (before !== undefined && before !== r) runs[before].seenAgainLater++
+        lastSeenBy.set(key, r)
+        run.seen++
+        // credits in steps of 100, as lines are read: the subscriber is never more than 200 messages ahead
+        if (run.seen % 100 === 0) child.send("credit 100")
+        if (!last && !killed && run.seen >= kills[r]) {
+          child.kill()
+          killed = true
+        }
+      })
+      child.send(last ? "credit -1" : "credit 200")
+      if (publisher === undefined) {
+        await until(() => ready, STEP_TIMEOUT_MS, () => `the first subscriber did not subscribe: ${child.stderr()}`)
+        const client = await connectAsync(broker.url, { clientId: `auto-pub-${consumer}-${runId}`, clean: true })
+        publisher = client
+        published = publishAll(client, topic, AUTO_DELIVERIES, [2])
+      }
+      if (last) {
+        await published
+        // after every message: once it is seen, everything before it was delivered
+        await publisher.publishAsync(`${topic}/marker`, "marker", { qos: 2 })
+        await until(() => inThisProcess.has("marker"), STEP_TIMEOUT_MS, () => "the marker did not arrive")
+        child.kill()
+      }
+      const exit = await ended(child, `subscriber ${r}`)
+      assert.deepStrictEqual(exit, { code: null, signal: "SIGKILL" }, `subscriber ${r}: ${child.stderr()}`)
+    }
+    console.log(
+      `\nReceiving side, file store, MQTT 3.1.1, automatic acknowledgement, QoS 2, consumer ${consumer}: ${KILLS} ` +
+        `SIGKILLs, each process killed once it had seen ${kills.join(", ")} messages\n` +
+        table(
+          ["process", "Session Present", "seen", "seen again by a later process", "seen twice by it"],
+          runs.map((run, i) => [i + 1, String(run.sessionPresent), run.seen, run.seenAgainLater, run.twice])
+        )
+    )
+    assert.deepStrictEqual(runs.map((run) => run.sessionPresent), [false, true, true, true], "Session Present")
+    const missing = Array.from({ length: AUTO_DELIVERIES }, (_, n) => `2:${n}`).filter((key) => !lastSeenBy.has(key))
+    assert.deepStrictEqual(missing, [], "never seen")
+    for (const [i, run] of runs.entries()) {
+      assert.strictEqual(run.twice, 0, `process ${i + 1}: a message seen twice`)
+      // the consumer's concurrency: one message in its hands whose identifier may not be stored yet
+      assert.isAtMost(run.seenAgainLater, 1, `process ${i + 1}: messages it had seen delivered again`)
+    }
+  } finally {
+    await publisher?.endAsync()
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // the tests
@@ -553,6 +656,18 @@ describe("durable sessions with real processes", () => {
     },
     TEST_TIMEOUT_MS
   )
+
+  for (const consumer of ["messages", "subscription", "byKey"] as const) {
+    it(
+      `file store, automatic acknowledgement, ${consumer}: a QoS 2 subscriber killed three times mid-stream loses no message, and gets again at most the one its consumer took last`,
+      async () => {
+        const directory = temporaryDirectory(`crash-auto-${consumer}`)
+        directories.push(directory)
+        await crashAutoSubscriber(broker, { kind: "file", directory }, consumer)
+      },
+      TEST_TIMEOUT_MS
+    )
+  }
 
   it(
     "file store: a process killed in the middle of writes leaves every key whole (the previous value or the new one)",

@@ -486,6 +486,91 @@ describe("durable sessions", () => {
       expect((yield* connection.expect("pubrec")).messageId).toBe(9)
     }).pipe(Effect.scoped))
 
+  for (
+    const consumer of [
+      "messages",
+      "subscription()",
+      "runForEachByKey",
+      "manual acknowledgement"
+    ] as const
+  ) {
+    const gated = consumer !== "manual acknowledgement"
+    it.live(
+      gated
+        ? `with a store and acknowledgement on hand-over (${consumer}), a QoS 2 message is taken only once the QoS 2 message taken before it is stored as delivered; QoS 1 is not held`
+        : "with a store and manual acknowledgement, taking a QoS 2 message does not wait for the store",
+      () =>
+        Effect.gen(function*() {
+          const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+          const { close, gate, open, store } = yield* gatedStore
+          const fiber = yield* Effect.forkChild(
+            MqttClient.make({
+              url: broker.url,
+              protocolVersion: 5,
+              clientId: `durable-gate-${consumer}`,
+              store,
+              sessionExpiryInterval: 60,
+              reconnect: false,
+              ...(consumer === "manual acknowledgement" ? { acknowledgement: "manual" as const } : {})
+            })
+          )
+          const { connection } = yield* broker.acceptAndConnack()
+          const client = yield* Fiber.join(fiber)
+          const taken: Array<string> = []
+          const handle = (message: { readonly text: string }) => Effect.sync(() => taken.push(message.text))
+          // the subscription() stream's scope: released at the end, its UNSUBSCRIBE answered
+          const streamScope = yield* Scope.make()
+          if (consumer === "subscription()") {
+            const subscribing = yield* Effect.forkChild(
+              Scope.provide(client.subscription("in/#", { qos: 2 }), streamScope)
+            )
+            const subscribe = yield* connection.expect("subscribe")
+            yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [2] })
+            const stream = yield* Fiber.join(subscribing)
+            yield* Effect.forkChild(Stream.runForEach(stream, handle))
+          } else if (consumer === "runForEachByKey") {
+            // one key per message: the runner would take each at once
+            yield* Effect.forkChild(client.runForEachByKey(handle, { key: (message) => message.text }))
+          } else {
+            yield* Effect.forkChild(Stream.runForEach(client.messages, handle))
+          }
+          // what the connection and the subscription stored is written; from now on the writes wait
+          yield* Effect.sleep("50 millis")
+          yield* close
+          const publish = (id: number, payload: string, qos: 1 | 2) => ({
+            cmd: "publish" as const,
+            topic: "in/x",
+            payload: Buffer.from(payload),
+            qos,
+            messageId: id,
+            retain: false,
+            dup: false
+          })
+          yield* connection.sendMany([publish(1, "a", 2), publish(2, "q1", 1), publish(3, "b", 2)])
+          yield* Effect.sleep("200 millis")
+          if (!gated) {
+            // taken at once; nothing is stored as delivered until `ack`
+            expect(taken).toEqual(["a", "q1", "b"])
+            return
+          }
+          // "a" was taken and its identifier waits for the store; "q1" passed; "b" waits, untaken
+          expect(taken).toEqual(["a", "q1"])
+          expect(gate.waiting).toBeGreaterThan(0)
+          yield* open
+          yield* Effect.sleep("100 millis")
+          expect(taken).toEqual(["a", "q1", "b"])
+          if (consumer === "subscription()") {
+            const releasing = yield* Effect.forkChild(Scope.close(streamScope, Exit.void))
+            // past the acknowledgements written once the store let them go
+            let unsubscribe = yield* connection.receive
+            while (unsubscribe.cmd !== "unsubscribe") unsubscribe = yield* connection.receive
+            yield* connection.send({ cmd: "unsuback", messageId: unsubscribe.messageId!, granted: [0] })
+            yield* Fiber.join(releasing)
+          }
+        }).pipe(Effect.scoped)
+    )
+  }
+
   it.live("a durable client that is closing does not answer the broker's PUBREC: the next client resends, and the broker does not see the flow completed twice", () =>
     Effect.gen(function*() {
       const broker = yield* FakeBroker.make({ protocolVersion: 4 })

@@ -53,6 +53,10 @@ export const runByKey = <A, E, K, E2, R>(
     // interrupts the wait before it (which takes nothing), never a message between the two
     const step: Effect.Effect<boolean, E, R> = Effect.uninterruptible(Effect.suspend(() => {
       if (!free()) return Effect.succeed(true)
+      // a durable session's wait before a take (see `MessageQueue.gate`): interruptible, and nothing is taken
+      // before it; the loop then looks again
+      const gated = queue.gatedFirst(eligible)
+      if (gated !== undefined) return Effect.as(Effect.interruptible(gated), true)
       const message = queue.pollFirst(eligible)
       if (message === undefined) {
         if (!queue.isOver) return Effect.succeed(true)

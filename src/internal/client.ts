@@ -51,6 +51,7 @@ const durable = (
     const journal = new JournalWriter(store, prefix, loaded, () => driver.outbox, (m) => supervisor.log("Warn", m))
     driver.journal = journal
     driver.out.journal = []
+    driver.deliveries.storeBeforeTake(driver.beforeTake)
     yield* Effect.forkIn(journal.run, scope)
   })
 

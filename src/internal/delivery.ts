@@ -169,9 +169,26 @@ export class Deliveries {
     this.owners.set(MESSAGES, { queue: this.messages, handle: undefined, manual })
   }
 
+  /** what a consumer that acknowledges on hand-over waits for before a take (see `storeBeforeTake`) */
+  private gate: ((next: MqttMessage) => Effect.Effect<void> | undefined) | undefined = undefined
+
+  /**
+   * A durable session: a consumer that acknowledges on hand-over (the `messages` stream, `subscription()` streams,
+   * `runForEachByKey`) takes a QoS 2 message only once `gate` lets it, when every QoS 2 message taken before is
+   * stored as delivered (see `Driver.beforeTake`). Taken first and stored after, a message is delivered again to
+   * the next process if this one is killed in between: the wait bounds those to the message each consumer took
+   * last, rather than every message taken while the store's writes lag behind. With manual acknowledgement, a
+   * message is stored as delivered once `message.ack` completes, which the application waits for: no gate.
+   */
+  storeBeforeTake(gate: (next: MqttMessage) => Effect.Effect<void> | undefined): void {
+    this.gate = gate
+    for (const owner of this.owners.values()) if (owner.queue !== undefined && !owner.manual) owner.queue.gate = gate
+  }
+
   private makeQueue(manual: boolean): Queue {
     const queue = fromStrategy<MqttMessage, MqttError.MqttError>(this.strategy)
     queue.onTaken = manual ? handed : acknowledge
+    if (!manual) queue.gate = this.gate
     queue.onOrderError = (cause) =>
       this.warn(
         `the priority queue's order threw (${describe(cause)}): the messages it compared keep their arrival order`

@@ -8,6 +8,7 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
+import type { MqttMessage } from "../MqttMessage.ts"
 import type { Deliveries } from "./delivery.ts"
 import type { Outbox } from "./outbox.ts"
 import type { InboundRecord } from "./output.ts"
@@ -227,8 +228,19 @@ export class Driver {
     const before = journal?.appendedCount ?? 0
     this.session.settled(record, this.out)
     this.drain()
-    return journal === undefined || journal.appendedCount === before ? undefined : Effect.asVoid(journal.stored)
+    if (journal === undefined || journal.appendedCount === before) return undefined
+    // a QoS 2 identifier journaled as delivered (or its PUBREC): the next QoS 2 take waits for it (`beforeTake`)
+    if (record.qos === 2) journal.markDelivered()
+    return Effect.asVoid(journal.stored)
   }
+
+  /**
+   * With a durable session, what a consumer that acknowledges on hand-over waits for before it takes `message`
+   * (see `Deliveries.storeBeforeTake`): a QoS 2 message waits until every QoS 2 identifier journaled as delivered
+   * is stored, so that at most the message just taken is not, when the process is killed.
+   */
+  readonly beforeTake = (message: MqttMessage): Effect.Effect<void> | undefined =>
+    message.qos === 2 ? this.journal?.deliveredUnstored : undefined
 
   /** Whether a received message's flow may be the broker's no more (see `Inbound.isStale`). */
   readonly isStale = (record: InboundRecord): boolean => this.session.isStale(record)

@@ -28,6 +28,10 @@ interface Store<A> {
   push(a: A): void
   /** the next message out, removed; undefined when empty */
   take(): A | undefined
+  /** the next message out (`take`'s), not removed; undefined when empty */
+  peek(): A | undefined
+  /** the next message out among those `eligible` holds for (`takeFirst`'s), not removed; undefined when none */
+  first(eligible: (a: A) => boolean): A | undefined
   /** the next message out among those `eligible` holds for, removed; undefined when there is none */
   takeFirst(eligible: (a: A) => boolean): A | undefined
   /** whether `eligible` holds for a message (none removed) */
@@ -57,6 +61,17 @@ class Deque<A> implements Store<A> {
   }
   take(): A | undefined {
     return this.lifo ? this.pop() : this.evict()
+  }
+  peek(): A | undefined {
+    return this.size === 0 ? undefined : this.items[(this.head + (this.lifo ? this.size - 1 : 0)) % this.items.length]
+  }
+  first(eligible: (a: A) => boolean): A | undefined {
+    const n = this.size
+    for (let k = 0; k < n; k++) {
+      const a = this.items[(this.head + (this.lifo ? n - 1 - k : k)) % this.items.length]!
+      if (eligible(a)) return a
+    }
+    return undefined
   }
   evict(): A | undefined {
     if (this.size === 0) return undefined
@@ -137,14 +152,25 @@ class Heap<A> implements Store<A> {
   take(): A | undefined {
     return this.heap.length === 0 ? undefined : this.removeAt(0)
   }
+  peek(): A | undefined {
+    return this.heap[0]?.value
+  }
   takeFirst(eligible: (a: A) => boolean): A | undefined {
-    // the first by the order among the eligible: a scan (the heap keeps no sorted line)
+    const best = this.firstIndex(eligible)
+    return best < 0 ? undefined : this.removeAt(best)
+  }
+  first(eligible: (a: A) => boolean): A | undefined {
+    const best = this.firstIndex(eligible)
+    return best < 0 ? undefined : this.heap[best].value
+  }
+  /** Where the first by the order among the eligible is: a scan (the heap keeps no sorted line); -1 when none. */
+  private firstIndex(eligible: (a: A) => boolean): number {
     const heap = this.heap
     let best = -1
     for (let i = 0; i < heap.length; i++) {
       if (eligible(heap[i].value) && (best < 0 || this.before(i, best))) best = i
     }
-    return best < 0 ? undefined : this.removeAt(best)
+    return best
   }
   some(eligible: (a: A) => boolean): boolean {
     return this.heap.some((entry) => eligible(entry.value))
@@ -256,6 +282,13 @@ export class MessageQueue<A, E> {
   onTaken: ((a: A) => void) | undefined = undefined
   /** called when the queue drops a message (sliding, dropping) */
   onDropped: ((a: A) => void) | undefined = undefined
+  /**
+   * What a consumer waits for before it takes `next`, or undefined to take it at once: with a durable session and
+   * acknowledgement on hand-over, a QoS 2 message is taken only once every QoS 2 message taken before it is
+   * stored as delivered (see `Deliveries.storeBeforeTake`). Looked at again after the wait, in the same step as
+   * the take. Undefined (no look at all) without a store.
+   */
+  gate: ((next: A) => Effect.Effect<void> | undefined) | undefined = undefined
 
   constructor(kind: Kind<A>, capacity: number, overflow: Overflow) {
     this.store = kind._tag === "Priority" ? new Heap(kind.order) : new Deque(kind._tag === "Lifo")
@@ -358,6 +391,17 @@ export class MessageQueue<A, E> {
   }
 
   /**
+   * What a consumer must wait for before `pollFirst(eligible)` (see `gate`), or undefined: nothing, or nothing
+   * eligible to take. Looked at in the same step as the `pollFirst` that follows it.
+   */
+  gatedFirst(eligible: (a: A) => boolean): Effect.Effect<void> | undefined {
+    const gate = this.gate
+    if (gate === undefined) return undefined
+    const next = this.store.first(eligible)
+    return next === undefined ? undefined : gate(next)
+  }
+
+  /**
    * Takes the next message in the queue's order among those `eligible` holds for, now (see `takeFirst`), or
    * undefined. Its caller is the consumer (see `puller`).
    */
@@ -442,8 +486,26 @@ export class MessageQueue<A, E> {
   })
 
   private pullNowUnsafe(): Effect.Effect<readonly [A], E | Cause.Done> {
+    if (this.gate !== undefined) return this.pullGated(this.gate)
     const item = this.poll()
     return item !== undefined ? Effect.succeed([item] as const) : Effect.map(this.take, (a) => [a] as const)
+  }
+
+  /**
+   * A pull through the `gate`: a wait it asks for comes before the take (a stop there takes nothing), and the pull
+   * then starts again, so that the take follows a look at the gate in the same step; so does a wait for a message.
+   */
+  private pullGated(
+    gate: (next: A) => Effect.Effect<void> | undefined
+  ): Effect.Effect<readonly [A], E | Cause.Done> {
+    const next = this.store.peek()
+    if (next === undefined) {
+      if (this.closed !== undefined) return this.over
+      return Effect.flatMap(this.waitFor("takers", this.hasMessage), () => this.pull)
+    }
+    const wait = gate(next)
+    if (wait !== undefined) return Effect.flatMap(wait, () => this.pull)
+    return Effect.succeed([this.poll()!] as const)
   }
 
   private readonly pullNow: Effect.Effect<readonly [A], E | Cause.Done> = Effect.suspend(() => this.pullNowUnsafe())

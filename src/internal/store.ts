@@ -112,6 +112,12 @@ export class JournalWriter {
   private completed = 0
   /** callers of `stored`, in the order they came, so with targets that never decrease (a Set: an interrupted one leaves at once) */
   private waiters = new Set<{ readonly target: number; readonly resume: (stored: boolean) => void }>()
+  /**
+   * the step that journaled the last QoS 2 identifier as delivered (`markDelivered`), and the waits until it is
+   * stored (see `deliveredUnstored`)
+   */
+  private delivered = 0
+  private deliveredWaiters = new Set<() => void>()
   /** the writer fiber ended (the client closed): what was not stored by then never will be */
   private stopped = false
   /** the last write failed: the store cannot be written now */
@@ -182,6 +188,35 @@ export class JournalWriter {
     })
   })
 
+  /** The last step appended journaled a QoS 2 identifier as delivered (see `deliveredUnstored`). */
+  markDelivered(): void {
+    this.delivered = this.appended
+  }
+
+  /**
+   * Undefined once every QoS 2 identifier journaled as delivered (`markDelivered`) is stored, or the writer
+   * stopped; else the wait until then (it waits while the store cannot be written). Unlike `stored`, it does not
+   * wait for what was appended since without a delivery (publishes, acknowledgements).
+   */
+  get deliveredUnstored(): Effect.Effect<void> | undefined {
+    return this.completed >= this.delivered || this.stopped ? undefined : this.awaitDelivered
+  }
+
+  private readonly awaitDelivered: Effect.Effect<void> = Effect.callback<void>((resume) => {
+    if (this.completed >= this.delivered || this.stopped) return resume(Effect.void)
+    const waiter = () => resume(Effect.void)
+    this.deliveredWaiters.add(waiter)
+    return Effect.sync(() => {
+      this.deliveredWaiters.delete(waiter)
+    })
+  })
+
+  private wakeDelivered(): void {
+    const waiters = this.deliveredWaiters
+    this.deliveredWaiters = new Set()
+    for (const waiter of waiters) waiter()
+  }
+
   /** The writer fiber: runs for the life of the client. */
   readonly run: Effect.Effect<never> = Effect.forever(
     Effect.flatMap(
@@ -196,6 +231,7 @@ export class JournalWriter {
     const waiters = this.waiters
     this.waiters = new Set()
     for (const waiter of waiters) waiter.resume(false)
+    this.wakeDelivered()
   })))
 
   private writeBatch(): Effect.Effect<void> {
@@ -219,6 +255,7 @@ export class JournalWriter {
             ready.push(waiter)
           }
           for (const waiter of ready) waiter.resume(true)
+          if (this.deliveredWaiters.size > 0 && this.completed >= this.delivered) this.wakeDelivered()
           if (!this.holding) { for (const done of this.idle.splice(0)) done() }
         })
       )
