@@ -1290,7 +1290,9 @@ export interface RespondOptions<E = never, R = never> {
    * Completed once the responder's subscription is in place (the broker's SUBACK granted it): a request
    * published after that reaches the responder. Failed with the error when the subscription fails (or the
    * topic's parameters do not make a filter, or the share name is invalid), interrupted when the responder is
-   * interrupted first. Default: none.
+   * interrupted first. So its error type is `MqttError | TopicParamsError`, where `client.respond`'s is
+   * `MqttError`: make the `Deferred` with both (`Deferred.make<void, MqttError.MqttError |
+   * MqttTopic.TopicParamsError>()`). Default: none.
    */
   readonly subscribed?: Deferred.Deferred<void, MqttError.MqttError | TopicParamsError> | undefined
 }
