@@ -107,4 +107,34 @@ describe("the guide, docs/*.md", () => {
     )
     assert.deepStrictEqual(broken, [])
   })
+
+  it("every relative link also leads to a file of the published package (package.json \"files\")", () => {
+    const shipped = shippedBy(JSON.parse(read("package.json")).files)
+    const missing = ["README.md", ...pages.map((page) => `docs/${page}`)].flatMap((file) =>
+      relativeLinks(read(file))
+        .map((target) => Path.relative(root, Path.resolve(root, Path.dirname(file), target)))
+        .filter((target) => !filesUnder(target).some(shipped))
+        .map((target) => `${file} -> ${target}`)
+    )
+    assert.deepStrictEqual(missing, [])
+  })
 })
+
+/** Whether npm packs a file (a path from the root) for the patterns of package.json "files". */
+const shippedBy = (patterns: ReadonlyArray<string>) => {
+  const regexps = patterns.map((pattern) =>
+    new RegExp(`^${pattern.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, "[^/]*")}(/.*)?$`)
+  )
+  const always = new Set(["README.md", "LICENSE", "package.json"])
+  return (file: string) => always.has(file) || regexps.some((regexp) => regexp.test(file))
+}
+
+/** The files at a path of the repository: the file itself, or every file under a directory. */
+const filesUnder = (target: string): ReadonlyArray<string> => {
+  const path = Path.join(root, target)
+  if (!Fs.existsSync(path)) return []
+  if (!Fs.statSync(path).isDirectory()) return [target]
+  return Fs.readdirSync(path, { recursive: true, encoding: "utf8" })
+    .filter((name) => Fs.statSync(Path.join(path, name)).isFile())
+    .map((name) => Path.join(target, name))
+}
