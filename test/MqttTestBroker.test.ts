@@ -149,6 +149,47 @@ describe("a user-style test on TestClock", () => {
         })
     )
   }
+
+  // docs/testing.md, "Waiting for messages": what the page advises, on TestClock
+  it.effect("waiting for queued messages: a loop that yields sees them come; a Schedule waits for the clock; on MQTT 3.1.1 the broker sends maxInflight QoS 1 at most", () =>
+    Effect.gen(function*() {
+      const broker = yield* MqttTestBroker.MqttTestBroker
+      const client = yield* MqttClient.MqttClient
+      /** The page's helper: waits until `n` messages wait on `messages`, letting the client's fibers run. */
+      const queued = (n: number) =>
+        MqttClient.MqttClient.use((client) =>
+          Effect.repeat(Effect.andThen(Effect.yieldNow, client.queuedMessages), { until: (queued) => queued >= n })
+        )
+      yield* client.subscribe("docs/time/#", { qos: 1 })
+      for (let i = 1; i <= 3; i++) yield* broker.publish("docs/time/a", `${i}`, { qos: 1 })
+      yield* queued(3)
+      assert.strictEqual(yield* client.queuedMessages, 3)
+
+      // a wait on a Schedule sleeps on the test clock: it checks once, then waits for the clock to move
+      let checks = 0
+      const spaced = yield* Effect.forkChild(
+        Effect.repeat(Effect.andThen(Effect.sync(() => checks++), client.queuedMessages), {
+          until: (queued) => queued >= 4,
+          schedule: Schedule.spaced("10 millis")
+        })
+      )
+      while (checks === 0) yield* Effect.yieldNow
+      yield* broker.publish("docs/time/a", "4", { qos: 1 })
+      yield* queued(4)
+      for (let i = 0; i < 100; i++) yield* Effect.yieldNow
+      assert.strictEqual(spaced.pollUnsafe(), undefined, "the Schedule's wait is still asleep")
+      assert.strictEqual(checks, 1)
+      yield* TestClock.adjust("10 millis")
+      assert.strictEqual(yield* Fiber.join(spaced), 4)
+
+      // MQTT 3.1.1: 20 unacknowledged QoS 1 messages at most (maxInflight); the rest come as the client takes some
+      for (let i = 5; i <= 30; i++) yield* broker.publish("docs/time/a", `${i}`, { qos: 1 })
+      yield* queued(20)
+      for (let i = 0; i < 100; i++) yield* Effect.yieldNow
+      assert.strictEqual(yield* client.queuedMessages, 20)
+      const taken = yield* client.messages.pipe(Stream.take(30), Stream.runCollect)
+      assert.deepStrictEqual(taken.map((message) => Number(message.text)), Array.from({ length: 30 }, (_, i) => i + 1))
+    }).pipe(Effect.provide(MqttTestBroker.layerWithClient({ clientId: "waits" }))))
 })
 
 // ---------------------------------------------------------------------------------------------------------------
