@@ -37,6 +37,7 @@
  *
  * @since 0.2.0
  */
+import * as Arr from "effect/Array"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -174,9 +175,14 @@ export interface Broker {
    * `filter` (default `#`; note that `#` does not match topics that start with `$`). */
   readonly published: (filter?: string) => Effect.Effect<ReadonlyArray<MqttMessage>>
 
-  /** Waits until at least `count` (default 1) messages matching `filter` were published, and returns all of
-   * them so far. Does not time out: put a timeout around it if the message may never come. */
-  readonly awaitPublished: (filter: string, count?: number) => Effect.Effect<ReadonlyArray<MqttMessage>>
+  /** Waits until at least `count` (default 1; less than 1 waits for one) messages matching `filter` were
+   * published, and returns all of them so far, oldest first: never none, so `const [first] = yield*
+   * broker.awaitPublished(filter)` needs no check under `noUncheckedIndexedAccess`. Does not time out: put a
+   * timeout around it if the message may never come. */
+  readonly awaitPublished: (
+    filter: string,
+    count?: number
+  ) => Effect.Effect<readonly [MqttMessage, ...Array<MqttMessage>]>
 
   /** The retained messages whose topic matches `filter` (default `#`). */
   readonly retained: (filter?: string) => Effect.Effect<ReadonlyArray<MqttMessage>>
@@ -360,7 +366,7 @@ export const make = (options?: Options): Effect.Effect<Broker, never, Scope.Scop
       awaitPublished: (filter, count = 1) =>
         waitFor(engine, () => {
           const found = matching(filter, engine.history)
-          return found.length >= count ? found : undefined
+          return found.length >= count && Arr.isArrayNonEmpty(found) ? found : undefined
         }),
       retained: (filter = "#") => Effect.sync(() => matching(filter, engine.retained.values())),
       clients: Effect.sync(() => engine.sessionInfo()),

@@ -10,7 +10,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Schedule, Schema, Stream } from "effect"
 import type { Scope } from "effect"
-import { MqttClient, type MqttError, MqttTestBroker, MqttTopic } from "effect-mqtt"
+import { MqttClient, type MqttError, type MqttMessage, MqttTestBroker, MqttTopic } from "effect-mqtt"
 import * as Socket from "effect/socket/Socket"
 import { TestClock } from "effect/testing"
 import * as MqttPacket from "mqtt-packet"
@@ -576,6 +576,21 @@ describe("the helpers", () => {
         yield* client.publish("other", "b", { qos: 1 })
         yield* client.publish("late/2", "c", { qos: 1 })
         assert.deepStrictEqual(texts(yield* Fiber.join(waiting)), ["late/1 a", "late/2 c"])
+      })
+    ))
+
+  it.effect("awaitPublished returns one message at least, typed so (a count below 1 waits for one)", () =>
+    withBroker((broker) =>
+      Effect.gen(function*() {
+        const waiting = yield* Effect.forkChild(broker.awaitPublished("first/#", 0))
+        for (let i = 0; i < 10; i++) yield* Effect.yieldNow
+        assert.strictEqual(waiting.pollUnsafe(), undefined, "nothing published yet")
+        yield* broker.publish("first/1", "a")
+        // the type says so: `first` needs no check under noUncheckedIndexedAccess
+        const [first]: readonly [MqttMessage.MqttMessage, ...Array<MqttMessage.MqttMessage>] = yield* Fiber.join(
+          waiting
+        )
+        assert.strictEqual(first.text, "a")
       })
     ))
 
