@@ -44,6 +44,7 @@ import * as Broker from "./internal/broker.ts"
 import * as internal from "./internal/client.ts"
 import * as Service from "./internal/service.ts"
 import * as Telemetry from "./internal/telemetry.ts"
+import { tlsVariables } from "./internal/tlsText.ts"
 import * as Transport from "./internal/transport.ts"
 import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
@@ -1152,20 +1153,6 @@ export const layerConfig = (
       return refused === undefined ? make(merged) : Effect.fail(refused)
     })
   )
-
-const tlsVariables: { readonly [K in keyof TlsOptions]-?: string } = {
-  ca: "tls.ca",
-  caFile: "MQTT_CA_FILE",
-  cert: "tls.cert",
-  certFile: "MQTT_CERT_FILE",
-  key: "tls.key",
-  keyFile: "MQTT_KEY_FILE",
-  passphrase: "MQTT_KEY_PASSPHRASE",
-  servername: "MQTT_TLS_SERVERNAME",
-  alpnProtocols: "MQTT_TLS_ALPN",
-  minVersion: "MQTT_TLS_MIN_VERSION",
-  insecureSkipVerify: "MQTT_TLS_INSECURE_SKIP_VERIFY"
-}
 
 /**
  * TLS settings read from the config, with a plaintext URL: the error names where they came from (the environment

@@ -603,6 +603,24 @@ describe("exit codes", () => {
     assertOneErrorLine(result, /invalid environment variable: .*MQTT_PROTOCOL_VERSION/)
   })
 
+  it("TLS settings with a plaintext URL: a usage error naming the variable or flag, and where the URL came from", async () => {
+    const plain = "mqtt://127.0.0.1:1883"
+    const fromEnv = await runCli(["pub", "-t", "t", "-m", "x"], {
+      env: { MQTT_URL: plain, MQTT_CA_FILE: "/etc/ssl/ca.pem" }
+    })
+    assert.strictEqual(fromEnv.code, 2, fromEnv.stderr)
+    assertOneErrorLine(
+      fromEnv,
+      /MQTT_CA_FILE is set, but the URL \(mqtt:\/\/127\.0\.0\.1:1883, from MQTT_URL\) is not encrypted/
+    )
+    const fromFlag = await runCli(["sub", "-t", "t", "--url", plain, "--cafile", import.meta.filename], {
+      env: { MQTT_TLS_SERVERNAME: "broker.example" }
+    })
+    assert.strictEqual(fromFlag.code, 2, fromFlag.stderr)
+    assertOneErrorLine(fromFlag, /--cafile, MQTT_TLS_SERVERNAME are set, but the URL \(.*, from --url\)/)
+    assert.strictEqual(fromFlag.stdout, "")
+  })
+
   it("--protocol 3 goes to the client: refused as a usage error without MQTT 3.1 support, published with it", async () => {
     const topic = uniqueTopic("v31")
     const result = await runCli(["pub", "--url", url(), "--protocol", "3", "-t", topic, "-m", "old", "-r"])

@@ -17,6 +17,8 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
+import * as Broker from "../internal/broker.ts"
+import { tlsVariables } from "../internal/tlsText.ts"
 import * as MqttClient from "../MqttClient.ts"
 import { programName, UsageError } from "./errors.ts"
 
@@ -171,6 +173,8 @@ export const clientOptions = Effect.fnUntraced(function*(
   }
   const tls = mergeDefined(env.tls, flagTls)
   const url = yield* brokerUrl(flags, Option.getOrUndefined(envUrl), tls !== undefined)
+  const plaintext = tlsWithPlaintext(url, Option.isSome(flags.url) ? "--url" : "MQTT_URL", env.tls, flagTls)
+  if (plaintext !== undefined) return yield* new UsageError({ message: plaintext })
   // 3 (MQTT 3.1) is passed through for a client that supports it; until then the client refuses it with its own
   // InvalidOptionError, which the command line reports as a usage error.
   const protocolVersion = Option.getOrUndefined(flags.protocol) ?? env.protocolVersion
@@ -250,6 +254,38 @@ const mergeDefined = <A extends object>(base: A | undefined, override: A): A | u
     if (value !== undefined) merged[key] = value
   }
   return Object.values(merged).some((value) => value !== undefined) ? merged as A : undefined
+}
+
+/** The flag of each TLS setting that has one. */
+const tlsFlags: { readonly [K in keyof MqttClient.TlsOptions]?: string } = {
+  caFile: "--cafile",
+  certFile: "--cert",
+  keyFile: "--key",
+  insecureSkipVerify: "--insecure"
+}
+
+/**
+ * TLS settings with a plaintext URL, which the client would refuse naming its `tls` option: said in the flags'
+ * and the environment variables' names, as they were given (`MQTT_CA_FILE`, `--cafile`). `undefined` when the URL
+ * is encrypted (one built from --host/--port with TLS settings is) or no TLS setting is given.
+ */
+const tlsWithPlaintext = (
+  url: string,
+  urlFrom: string,
+  fromEnv: MqttClient.TlsOptions | undefined,
+  fromFlags: MqttClient.TlsOptions
+): string | undefined => {
+  if (!Broker.isPlaintext(url)) return undefined
+  const keys = Object.keys(tlsVariables) as Array<keyof MqttClient.TlsOptions>
+  const names = [
+    ...keys.filter((key) => fromFlags[key] !== undefined).map((key) => tlsFlags[key] ?? `tls.${key}`),
+    ...keys.filter((key) => fromFlags[key] === undefined && fromEnv?.[key] !== undefined).map((key) =>
+      tlsVariables[key]
+    )
+  ]
+  if (names.length === 0) return undefined
+  return `${names.join(", ")} ${names.length === 1 ? "is" : "are"} set, but the URL ` +
+    `(${Broker.display(url) ?? "not shown"}, from ${urlFrom}) is not encrypted: TLS needs an mqtts:// or wss:// URL`
 }
 
 /** --url, else --host/--port (as mosquitto: TLS flags mean mqtts and port 8883), else $MQTT_URL, else localhost. */

@@ -1,7 +1,25 @@
 /**
  * The text of a TLS failure (`TlsError`'s message): what failed, in words, and what to check, in the library's
- * option names; the command line says the same in its flags' (src/cli/errors.ts).
+ * option names; the command line says the same in its flags' (src/cli/errors.ts). And the environment variables of
+ * the TLS settings, for `MqttClient.layerConfig` and the command line to name.
  */
+
+import type { TlsOptions } from "../MqttClient.ts"
+
+/** The environment variable of each TLS setting that `MqttClient.config` reads; the others' option names. */
+export const tlsVariables: { readonly [K in keyof TlsOptions]-?: string } = {
+  ca: "tls.ca",
+  caFile: "MQTT_CA_FILE",
+  cert: "tls.cert",
+  certFile: "MQTT_CERT_FILE",
+  key: "tls.key",
+  keyFile: "MQTT_KEY_FILE",
+  passphrase: "MQTT_KEY_PASSPHRASE",
+  servername: "MQTT_TLS_SERVERNAME",
+  alpnProtocols: "MQTT_TLS_ALPN",
+  minVersion: "MQTT_TLS_MIN_VERSION",
+  insecureSkipVerify: "MQTT_TLS_INSECURE_SKIP_VERIFY"
+}
 
 /** The kinds of `TlsError`. */
 export type TlsKind =
