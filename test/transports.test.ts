@@ -332,6 +332,12 @@ describe("the broker URL", () => {
   it("refuses malformed and unsupported URLs with an InvalidOptionError naming the problem", () => {
     expect(refused("not a url")).toContain("not a valid URL")
     expect(refused("http://broker")).toContain(`unsupported scheme "http:"`)
+    // a host and port without a scheme: URL reads localhost: as the scheme
+    expect(refused("localhost:1883")).toContain("no scheme: write mqtt://localhost:1883 (or mqtts://localhost:1883")
+    expect(refused(" broker.example.com:8883")).toContain("write mqtt://broker.example.com:8883")
+    expect(refused("127.0.0.1:1883")).toContain("write mqtt://127.0.0.1:1883")
+    expect(refused("[::1]:1883")).toContain("write mqtt://[::1]:1883")
+    expect(refused("localhost")).toContain("write mqtt://localhost")
     expect(refused("mqtt://")).toContain("no host")
     expect(refused("mqtt://broker:0")).toContain("port")
     expect(refused("mqtt://broker:99999")).toContain("not a valid URL")
@@ -342,6 +348,20 @@ describe("the broker URL", () => {
     expect(refused("unix:///")).toContain("no socket path")
     expect(refused("mqtt://user:%E0%A4%A@broker")).toContain("percent-encoding")
   })
+
+  it.effect("MqttClient.make and MQTT_URL suggest the scheme of a URL given as host:port", () =>
+    Effect.gen(function*() {
+      const made = yield* Effect.flip(Effect.scoped(MqttClient.make({ url: "localhost:1883" })))
+      assert.strictEqual(made._tag, "InvalidOptionError")
+      assert.include(made.message, "no scheme: write mqtt://localhost:1883")
+      const fromEnv = yield* Effect.flip(
+        Layer.build(MqttClient.layerConfig()).pipe(
+          Effect.scoped,
+          Effect.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: { MQTT_URL: "localhost:1883" } })))
+        )
+      )
+      assert.include(String(fromEnv.message), "no scheme: write mqtt://localhost:1883")
+    }))
 
   it("never repeats the password of a URL it refuses", () => {
     const secret = "Sup3rS3cret"

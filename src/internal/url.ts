@@ -72,12 +72,26 @@ const decode = (s: string): string | undefined => {
 }
 
 /**
+ * A host, or `host:port`, given without a scheme (`localhost:1883`, which `URL` reads as the scheme `localhost:`):
+ * the host and port, trimmed, to suggest a URL with; `undefined` for anything else. It holds no user info, path or
+ * query, so it may be repeated.
+ */
+const withoutScheme = (url: string): string | undefined => {
+  const trimmed = url.trim()
+  return /^([a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(:\d{1,5})?$/i.test(trimmed) ? trimmed : undefined
+}
+
+/**
  * Parses the broker URL. A malformed or unsupported URL is an `InvalidOptionError` naming the problem; it
  * never repeats the URL or a part of it that could hold a secret (user info, path, query).
  */
 export const parseUrl = (url: string): Effect.Effect<Endpoint, MqttError.InvalidOptionError> =>
   Effect.suspend((): Effect.Effect<Endpoint, MqttError.InvalidOptionError> => {
     if (typeof url !== "string") return Effect.fail(invalidUrl("expected a string"))
+    const bare = withoutScheme(url)
+    if (bare !== undefined) {
+      return Effect.fail(invalidUrl(`no scheme: write mqtt://${bare} (or mqtts://${bare} for TLS)`))
+    }
     let parsed: URL
     try {
       parsed = new URL(url)
