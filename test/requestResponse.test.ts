@@ -746,6 +746,13 @@ describe("request: the response topic's SUBSCRIBE is the client's, within each r
       yield* late(1)
       yield* until(() => lines.some((line) => line.includes("came after its request gave up")))
       assert.strictEqual(yield* requester.droppedMessages, 1)
+      // the warning says what happened to this one: it is counted too
+      assert.isTrue(
+        lines.some((line) =>
+          line.includes("came after its request gave up") &&
+          line.includes("dropped and counted in droppedMessages (later ones are counted too, without this warning)")
+        )
+      )
       // a second late one: counted, not logged again
       yield* late(2)
       yield* guard(Effect.gen(function*() {
@@ -755,6 +762,11 @@ describe("request: the response topic's SUBSCRIBE is the client's, within each r
       yield* Effect.promise(() => peer.publishAsync(held[0].responseTopic, "stray", { qos: 1 }))
       yield* until(() => lines.some((line) => line.includes("without Correlation Data")))
       assert.strictEqual(yield* requester.droppedMessages, 3)
+      assert.isTrue(
+        lines.some((line) =>
+          line.includes("without Correlation Data is dropped and counted in droppedMessages (later ones are counted")
+        )
+      )
       assert.strictEqual(lines.filter((line) => line.includes("came after its request gave up")).length, 1)
       assert.isTrue(lines.every((line) => !line.includes("came after") || line.startsWith("Warn")))
       // the next request is answered as ever

@@ -50,14 +50,14 @@ export const make = (ctx: Context) => {
     correlation === undefined
       ? ctx.deliveries.discarded(
         "response without correlation",
-        `a message on the response topic ${message.topic} without Correlation Data is dropped (later ones are ` +
-          "counted in droppedMessages)"
+        `a message on the response topic ${message.topic} without Correlation Data is dropped and counted in ` +
+          "droppedMessages (later ones are counted too, without this warning)"
       )
       : ctx.deliveries.discarded(
         "late response",
         `a response on ${message.topic} came after its request gave up (a timeout, an interruption, the end of ` +
-          "the connection), or answers a request this client did not send: dropped (later ones are counted in " +
-          "droppedMessages)"
+          "the connection), or answers a request this client did not send: dropped and counted in droppedMessages " +
+          "(later ones are counted too, without this warning)"
       )
 
   const onResponse = (message: MqttMessage) => {
