@@ -90,7 +90,7 @@ import * as Topic from "./Topic.ts"
  */
 export interface Options {
   /** How to reach the broker: `url`, credentials, `tls`... The group sets `protocolVersion` (5, whatever is
-   * given: shared subscriptions with acknowledgement on hand-over need MQTT 5), `clientId`, `cleanStart`,
+   * given: shared subscriptions with acknowledgement on hand-over need MQTT 5), `clientId`, `cleanStart` (and `cleanSession`),
    * `sessionExpiryInterval`, `receiveMaximum`, `acknowledgement`, `will` and `disconnect`. A `store` is refused
    * (`InvalidOptionError`): a member's session is kept by the broker, for the other members to adopt. */
   readonly client?: MqttClient.Options | undefined
@@ -235,6 +235,7 @@ const plainOptions = (options: Options): MqttClient.Options => ({
   protocolVersion: 5,
   clientId: undefined,
   cleanStart: true,
+  cleanSession: undefined,
   sessionExpiryInterval: 0,
   acknowledgement: "auto",
   will: undefined,
@@ -350,6 +351,7 @@ const memberOptionsOf = (options: Options): MqttClient.Options => ({
   protocolVersion: 5,
   clientId: options.member,
   cleanStart: false,
+  cleanSession: undefined,
   sessionExpiryInterval: options.sessionExpiryInterval ?? 3600,
   receiveMaximum: options.prefetch ?? 10,
   acknowledgement: "manual",

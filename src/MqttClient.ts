@@ -209,7 +209,7 @@ export interface Options {
   readonly pingTimeout?: Duration.Input | undefined
   /** Start a new session (MQTT 5 Clean Start; MQTT 3.1.1 Clean Session). Default `true`. */
   readonly cleanStart?: boolean | undefined
-  /** The MQTT 3.1.1 name of `cleanStart`. When both are given, `cleanStart` wins. */
+  /** The MQTT 3.1.1 name of `cleanStart`. Both may be given only with the same value (else `InvalidOptionError`). */
   readonly cleanSession?: boolean | undefined
   /** MQTT 5: seconds the broker keeps the session after the connection closes (0: none, the default). Over 0 on
    * MQTT 3.1.1 it is an `InvalidOptionError` (3.1.1 has no Session Expiry: `cleanSession: false` keeps the session). */

@@ -672,4 +672,18 @@ describe("ConsumerGroup options", () => {
       disconnect: { reasonCode: 4 }
     })
   })
+
+  it.effect("memberOptions sets the session whatever cleanSession the client options had: no conflict with cleanStart", () =>
+    Effect.gen(function*() {
+      const options = ConsumerGroup.memberOptions({
+        client: { url: "mqtt://127.0.0.1:1", cleanSession: true },
+        group: "orders",
+        filter: "orders/#",
+        member: "worker-7"
+      })
+      expect([options.cleanStart, options.cleanSession]).toStrictEqual([false, undefined])
+      // refused for the connection (nothing listens there), not for its options
+      const error = yield* Effect.flip(Effect.scoped(MqttClient.make({ ...options, connectTimeout: "1 second" })))
+      expect(error._tag).not.toBe("InvalidOptionError")
+    }))
 })

@@ -153,7 +153,10 @@ describe("CONNECT and CONNACK", () => {
         [{ sendMaximumPacketSize: "1000" as unknown as number }, "sendMaximumPacketSize"],
         // MQTT 3.1.1 (the default) has no Session Expiry
         [{ sessionExpiryInterval: 3600, cleanStart: false }, "sessionExpiryInterval"],
-        [{ protocolVersion: 3, sessionExpiryInterval: 60 }, "sessionExpiryInterval"]
+        [{ protocolVersion: 3, sessionExpiryInterval: 60 }, "sessionExpiryInterval"],
+        // one setting under two names, with two values
+        [{ cleanStart: true, cleanSession: false }, "cleanSession"],
+        [{ clientId: "c", cleanStart: false, cleanSession: true }, "cleanSession"]
       ]
       for (const [options, option] of cases) {
         const error = yield* Effect.flip(MqttClient.make({ url: "mqtt://127.0.0.1:1", ...options }))
@@ -161,6 +164,17 @@ describe("CONNECT and CONNACK", () => {
         expect(error.option).toBe(option)
       }
     }))
+
+  it.live("cleanStart and cleanSession, one setting: both given, they must agree; the error names both", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(
+        MqttClient.make({ url: "mqtt://127.0.0.1:1", clientId: "c", cleanSession: false, cleanStart: true })
+      )
+      assert(error instanceof MqttError.InvalidOptionError, String(error))
+      expect(error.reason).toContain("cleanSession: false disagrees with cleanStart: true")
+      const { connect: agreed } = yield* connect({ clientId: "c", cleanSession: false, cleanStart: false })
+      expect(agreed.clean).toBe(false)
+    }).pipe(Effect.scoped))
 
   it.live("releasing the client sends DISCONNECT and closes the socket", () =>
     Effect.gen(function*() {

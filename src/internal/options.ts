@@ -238,6 +238,17 @@ const checkShapes = (options: MqttClient.Options): MqttError.InvalidOptionError 
   for (const name of OBJECTS) {
     if (options[name] !== undefined && !isObject(options[name])) return invalid(name, "expected an object")
   }
+  // one setting under two names: which one was meant is not for the client to guess
+  if (
+    options.cleanStart !== undefined && options.cleanSession !== undefined &&
+    options.cleanStart !== options.cleanSession
+  ) {
+    return invalid(
+      "cleanSession",
+      `cleanSession: ${options.cleanSession} disagrees with cleanStart: ${options.cleanStart}, the same setting ` +
+        "(cleanSession is its MQTT 3.1.1 name): give one of them"
+    )
+  }
   if (options.tls !== undefined && !isObject(options.tls)) return invalid("tls", "expected an object")
   const password = options.password
   if (password !== undefined && !(Redacted.isRedacted(password) && typeof Redacted.value(password) === "string")) {
