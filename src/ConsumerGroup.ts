@@ -44,7 +44,9 @@
  * adopter emptied its session rejoins the group.
  *
  * Delivery: at least once for QoS 1; for QoS 2, exactly once except a message whose handler had finished when its
- * member died and whose PUBREC had not yet left (at most `prefetch` of them): it is handled again by the adopter
+ * member died and whose PUBREC the broker had not read (what was still in flight when the connection ended: a
+ * process killed with unread bytes in its socket makes the kernel reset the connection; the README gives
+ * measured counts): it is handled again by the adopter
  * (and, when the member takes its session back, what the adopter had received and handled before it saw its
  * connection close: about `prefetch` more, as many as the broker sent past Receive Maximum; and, for a member
  * frozen and adopted, what its handler had begun: up to `concurrency` messages, and as many begun in the instant it
