@@ -832,6 +832,33 @@ describe("a DISCONNECT behind messages the reader has no room for", () => {
       expect(taken.map((m) => m.text)).toEqual(["1", "2", "3"])
     }))
 
+  for (const protocolVersion of [4, 5] as const) {
+    it.live(`MQTT ${protocolVersion === 5 ? "5" : "3.1.1"}: what the reader read ahead is kept when the broker closes during the wait (QoS 0 too), in order`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* stalled({
+          protocolVersion,
+          keepAlive: 0,
+          ...(protocolVersion === 5 ? {} : { receiveMaximum: undefined })
+        })
+        yield* connection.sendMany([
+          { cmd: "publish", topic: "t", payload: Buffer.from("q0-4"), qos: 0, retain: false, dup: false },
+          qos1("t", "5", 5)
+        ])
+        yield* settle
+        // the broker closes, without DISCONNECT: the reader reads the close ahead while it waits for room
+        yield* connection.close
+        yield* sleepReal(300)
+        const seen: Array<string> = []
+        yield* client.messages.pipe(
+          Stream.runForEach((m) => Effect.sync(() => seen.push(m.text))),
+          Effect.timeoutOption("2 seconds")
+        )
+        expect(seen).toEqual(["1", "2", "3", "q0-4", "5"])
+        // nothing is acknowledged on a connection that ended
+        expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
+      }))
+  }
+
   it.live("what the reader read while it waited is handled in order once room comes", () =>
     Effect.gen(function*() {
       const { client, connection } = yield* stalled({ keepAlive: 0 })

@@ -34,7 +34,6 @@ import { violation } from "./output.ts"
 import type * as Packets from "./packets.ts"
 import { keepalive } from "./pinger.ts"
 import type { ReadNow } from "./platform.ts"
-import { disconnectError } from "./session.ts"
 
 /** Bytes waiting to be written beyond which publishers wait for the socket. */
 const OUTBOX_HIGH_WATER_MARK = 256 * 1024
@@ -377,8 +376,8 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   let firstByteSeen = false
   // MQTT 3.1/3.1.1 cannot tell the broker the limit: a PUBLISH over it is passed over, not a broken connection
   const framer = new Framer(o.maximumPacketSize, version === 5 ? undefined : passOver(env, () => connected))
-  const ahead = new ReadAhead(framer, version, () => clock.currentTimeMillisUnsafe())
-  c.unreadDisconnect = () => ahead.scan()
+  const ahead = new ReadAhead((chunks) => handleEnded(chunks), () => clock.currentTimeMillisUnsafe())
+  c.unreadDisconnect = () => ahead.finish()
   c.heardSince = (since) => ahead.heardSince(since)
   /**
    * The wait for queue room of the read that carried the CONNACK: a resumed session's backlog may come in the same
@@ -464,6 +463,33 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     return (chunks && handle(chunks)) ?? Effect.void
   })
 
+  /**
+   * The connection ended while the reader waited for room (see `ReadAhead.finish`): what the wait still had to put
+   * in goes into the queues beyond their capacity, and so do the messages read ahead behind it, in order (bounded
+   * by READ_AHEAD_BYTES, once per connection); nothing is lost, and nothing can be acknowledged any more (the
+   * broker sends the QoS 1/2 ones again on a resumed session, where they are not delivered twice while queued).
+   * The broker's acknowledgements among them complete their operations. Returns the error the bytes end the
+   * connection with: the broker's DISCONNECT (its reason code and properties), or a protocol violation.
+   */
+  const handleEnded = (chunks: ReadonlyArray<Uint8Array>): MqttError.MqttError | undefined => {
+    if (!c.stalled) return undefined
+    driver.deliveries.cutForEnd()
+    if (chunks.length === 0 || Deferred.isDoneUnsafe(c.discarding)) return undefined
+    try {
+      for (let i = 0; i < chunks.length && out.error === undefined; i++) {
+        const error = framer.frame(chunks[i], onFrame)
+        if (error !== undefined) out.fail(violation(version, error.reason, error.reasonCode))
+      }
+    } catch (e) {
+      out.fail(violation(version, `malformed packet: ${describe(e)}`, 0x81))
+    }
+    if (driver.drain() !== undefined) driver.deliveries.cutForEnd()
+    out.auth.length = 0
+    const error = out.error
+    out.error = undefined
+    return error
+  }
+
   /** Pulls one read from the socket and handles it. */
   const step = (pull: Pull): Effect.Effect<void, MqttError.MqttError> => {
     ahead.pull = pull
@@ -542,19 +568,21 @@ class ReadAhead {
   pull: Pull | undefined = undefined
   private chunks: Array<Uint8Array> = []
   private bytes = 0
-  /** the error of the DISCONNECT found by `scan`, once it ran (null: none) */
+  /** how the broker ended the connection, as `finish` found it, once it ran (null: nothing said why) */
   private found: MqttError.MqttError | null | undefined = undefined
   /** when the read-ahead last read something (epoch milliseconds) */
   private lastRead = 0
   /** whether the read-ahead reads the socket now */
   private reading = false
-  private readonly framer: Framer
-  private readonly version: Packets.ProtocolVersion
+  /** handles what was read ahead once the connection ended (see `finish`) */
+  private readonly handleEnded: (chunks: ReadonlyArray<Uint8Array>) => MqttError.MqttError | undefined
   private readonly now: () => number
 
-  constructor(framer: Framer, version: Packets.ProtocolVersion, now: () => number) {
-    this.framer = framer
-    this.version = version
+  constructor(
+    handleEnded: (chunks: ReadonlyArray<Uint8Array>) => MqttError.MqttError | undefined,
+    now: () => number
+  ) {
+    this.handleEnded = handleEnded
     this.now = now
   }
 
@@ -605,29 +633,18 @@ class ReadAhead {
   }
 
   /**
-   * The connection has ended: the error of the broker's DISCONNECT in what was read ahead (MQTT 5), if any. Only its
-   * packet boundaries are read (the framer goes on from where the reader left it), nothing is handed on, and what
-   * was read ahead is let go.
+   * The connection has ended (the socket's close, a failed write, the keepalive): what was read ahead is handled
+   * now, as the reader would have handled it (see `handleEnded` in `makeReader`), and how the broker ended the
+   * connection, when the bytes say (its DISCONNECT, a protocol violation), is returned. Once: later calls give the
+   * same answer.
    */
-  scan(): MqttError.MqttError | undefined {
+  finish(): MqttError.MqttError | undefined {
     if (this.found !== undefined) return this.found ?? undefined
     this.found = null
     const chunks = this.chunks
     this.chunks = []
     this.bytes = 0
-    if (this.version !== 5) return undefined
-    const onFrame = (bytes: Uint8Array, start: number, bodyStart: number, end: number) => {
-      if (this.found !== null || bytes[start] >> 4 !== 14) return
-      const packet = decode(bytes[start], bytes.subarray(bodyStart, end), this.version)
-      if (packet._tag === "Disconnect") this.found = disconnectError(packet)
-    }
-    try {
-      for (let i = 0; i < chunks.length && this.found === null; i++) {
-        if (this.framer.frame(chunks[i], onFrame) !== undefined) break
-      }
-    } catch {
-      // bytes that are not packets: no DISCONNECT can be told in them
-    }
+    this.found = this.handleEnded(chunks) ?? null
     return this.found ?? undefined
   }
 
@@ -642,7 +659,7 @@ class ReadAhead {
   /** The connection ended: the socket's `pull` tells how (it hands on what was still buffered first). */
   private ended(pull: Pull): Effect.Effect<never, MqttError.MqttError> {
     return Effect.matchEffect(Effect.mapError(pull, socketLost), {
-      onFailure: (error) => Effect.fail(this.scan() ?? error),
+      onFailure: (error) => Effect.fail(this.finish() ?? error),
       onSuccess: (chunks) => {
         this.keep(chunks)
         return this.ended(pull)

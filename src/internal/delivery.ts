@@ -592,6 +592,25 @@ export class Deliveries {
     return true
   }
 
+  /**
+   * Ends the reader's wait for room because the connection ended while it waited, with bytes read ahead behind it
+   * (`ReadAhead` in connection.ts): what the wait still had to put in goes in beyond the capacity, QoS 0 too, as an
+   * interrupted wait's does (bounded by what the reader read ahead, once per connection), so that what was read
+   * ahead goes in behind it, in order.
+   */
+  cutForEnd(): void {
+    const waiting = this.waiting
+    if (waiting === undefined) return
+    this.waiting = undefined
+    for (const [queue, batch, progress] of waiting) {
+      if (progress.accepted >= batch.length) continue
+      const left = batch.slice(progress.accepted)
+      progress.accepted = batch.length
+      if (queue.isClosed) this.leftOver(left)
+      else queue.offerMovedUnsafe(left)
+    }
+  }
+
   /** The messages consumers took so far, from `messages` and every stream there was (it only grows). */
   get takenTotal(): number {
     let taken = this.takenByGone
