@@ -396,9 +396,12 @@ export class MessageQueue<A, E> {
    */
   gatedFirst(eligible: (a: A) => boolean): Effect.Effect<void> | undefined {
     const gate = this.gate
-    if (gate === undefined) return undefined
+    if (gate === undefined || this.closed !== undefined) return undefined
     const next = this.store.first(eligible)
-    return next === undefined ? undefined : gate(next)
+    const wait = next === undefined ? undefined : gate(next)
+    return wait === undefined
+      ? undefined
+      : Effect.raceFirst(wait, this.waitFor("takers", () => this.closed !== undefined))
   }
 
   /**
@@ -503,8 +506,15 @@ export class MessageQueue<A, E> {
       if (this.closed !== undefined) return this.over
       return Effect.flatMap(this.waitFor("takers", this.hasMessage), () => this.pull)
     }
-    const wait = gate(next)
-    if (wait !== undefined) return Effect.flatMap(wait, () => this.pull)
+    // once the queue is closed (the client stopped, the stream released) the gate holds nothing back: the store
+    // may never come back, and the stream must end or fail after what it holds
+    const wait = this.closed === undefined ? gate(next) : undefined
+    if (wait !== undefined) {
+      return Effect.flatMap(
+        Effect.raceFirst(wait, this.waitFor("takers", () => this.closed !== undefined)),
+        () => this.pull
+      )
+    }
     return Effect.succeed([this.poll()!] as const)
   }
 
