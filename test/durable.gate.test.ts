@@ -1,4 +1,4 @@
-/** Review probes (h-rev): the durable QoS 2 gate when the store cannot be written. */
+/** The durable QoS 2 gate (a QoS 2 message taken only once the ones before it are stored) when the store cannot be written and the client stops: the consumer ends, it does not hang. */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Option, Stream } from "effect"
 import { MqttClient, MqttSessionStore } from "effect-mqtt"
