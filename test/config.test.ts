@@ -184,3 +184,28 @@ describe("layerConfig", () => {
       }))
   })
 })
+
+describe("layerConfig overrides of the clean-session setting", () => {
+  for (
+    const [config, override] of [
+      [{ cleanSession: false }, { cleanStart: true }],
+      [{ cleanStart: false }, { cleanSession: true }]
+    ] as const
+  ) {
+    it.live(`an override ${JSON.stringify(override)} replaces the config's ${JSON.stringify(config)} (one setting, two names)`, () =>
+      Effect.gen(function*() {
+        const broker = yield* FakeBroker.make()
+        const fiber = yield* Effect.forkChild(
+          Layer.build(
+            MqttClient.layerConfig(
+              Config.succeed<MqttClient.Options>({ url: broker.url, clientId: "override", ...config }),
+              override
+            )
+          )
+        )
+        const { connect } = yield* broker.acceptAndConnack()
+        yield* Fiber.join(fiber)
+        expect(connect.clean).toBe(true)
+      }).pipe(Effect.scoped))
+  }
+})
