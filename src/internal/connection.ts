@@ -376,7 +376,10 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   let firstByteSeen = false
   // MQTT 3.1/3.1.1 cannot tell the broker the limit: a PUBLISH over it is passed over, not a broken connection
   const framer = new Framer(o.maximumPacketSize, version === 5 ? undefined : passOver(env, () => connected))
-  const ahead = new ReadAhead((chunks) => handleEnded(chunks), () => clock.currentTimeMillisUnsafe())
+  const ahead = new ReadAhead(
+    (chunks) => handleEnded(c, driver, version, chunks, (chunk) => framer.frame(chunk, onFrame)),
+    () => clock.currentTimeMillisUnsafe()
+  )
   c.unreadDisconnect = () => ahead.finish()
   c.heardSince = (since) => ahead.heardSince(since)
   /**
@@ -463,33 +466,6 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     return (chunks && handle(chunks)) ?? Effect.void
   })
 
-  /**
-   * The connection ended while the reader waited for room (see `ReadAhead.finish`): what the wait still had to put
-   * in goes into the queues beyond their capacity, and so do the messages read ahead behind it, in order (bounded
-   * by READ_AHEAD_BYTES, once per connection); nothing is lost, and nothing can be acknowledged any more (the
-   * broker sends the QoS 1/2 ones again on a resumed session, where they are not delivered twice while queued).
-   * The broker's acknowledgements among them complete their operations. Returns the error the bytes end the
-   * connection with: the broker's DISCONNECT (its reason code and properties), or a protocol violation.
-   */
-  const handleEnded = (chunks: ReadonlyArray<Uint8Array>): MqttError.MqttError | undefined => {
-    if (!c.stalled) return undefined
-    driver.deliveries.cutForEnd()
-    if (chunks.length === 0 || Deferred.isDoneUnsafe(c.discarding)) return undefined
-    try {
-      for (let i = 0; i < chunks.length && out.error === undefined; i++) {
-        const error = framer.frame(chunks[i], onFrame)
-        if (error !== undefined) out.fail(violation(version, error.reason, error.reasonCode))
-      }
-    } catch (e) {
-      out.fail(violation(version, `malformed packet: ${describe(e)}`, 0x81))
-    }
-    if (driver.drain() !== undefined) driver.deliveries.cutForEnd()
-    out.auth.length = 0
-    const error = out.error
-    out.error = undefined
-    return error
-  }
-
   /** Pulls one read from the socket and handles it. */
   const step = (pull: Pull): Effect.Effect<void, MqttError.MqttError> => {
     ahead.pull = pull
@@ -550,6 +526,41 @@ const readDirectly = (
     reading.start()
     return Effect.sync(reading.stop)
   })
+
+/**
+ * The connection ended while the reader waited for room (see `ReadAhead.finish`): what the wait still had to put in
+ * goes into the queues beyond their capacity, and so do the messages read ahead behind it, in order (bounded by
+ * READ_AHEAD_BYTES, once per connection); nothing is lost, and nothing can be acknowledged any more (the broker sends
+ * the QoS 1/2 ones again on a resumed session, where they are not delivered twice while queued). The broker's
+ * acknowledgements among them complete their operations. Returns the error the bytes end the connection with: the
+ * broker's DISCONNECT (its reason code and properties), or a protocol violation. `frame` frames a chunk on from
+ * where the reader stopped, handing each packet to the session.
+ */
+const handleEnded = (
+  c: Connection,
+  driver: Driver,
+  version: Packets.ProtocolVersion,
+  chunks: ReadonlyArray<Uint8Array>,
+  frame: (chunk: Uint8Array) => { readonly reason: string; readonly reasonCode?: number } | undefined
+): MqttError.MqttError | undefined => {
+  if (!c.stalled) return undefined
+  const out = driver.out
+  driver.deliveries.cutForEnd()
+  if (chunks.length === 0 || Deferred.isDoneUnsafe(c.discarding)) return undefined
+  try {
+    for (let i = 0; i < chunks.length && out.error === undefined; i++) {
+      const error = frame(chunks[i])
+      if (error !== undefined) out.fail(violation(version, error.reason, error.reasonCode))
+    }
+  } catch (e) {
+    out.fail(violation(version, `malformed packet: ${describe(e)}`, 0x81))
+  }
+  if (driver.drain() !== undefined) driver.deliveries.cutForEnd()
+  out.auth.length = 0
+  const error = out.error
+  out.error = undefined
+  return error
+}
 
 /** The socket's read: the next chunks, or how the connection ended. */
 type Pull = Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>
