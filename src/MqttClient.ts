@@ -1145,11 +1145,11 @@ export const layerConfig = (
 ): Layer.Layer<MqttClient, MqttError.MqttError | Config.ConfigError> =>
   Layer.effect(
     MqttClient,
-    Effect.flatMap(options, (config) => {
+    Effect.flatMap(options, (read) => {
       // cleanStart and cleanSession are one setting: an override of either replaces the config's
       const fromConfig = overrides?.cleanStart !== undefined || overrides?.cleanSession !== undefined
-        ? { ...config, cleanStart: undefined, cleanSession: undefined }
-        : config
+        ? { ...read, cleanStart: undefined, cleanSession: undefined }
+        : read
       const merged: Options = overrides?.tls === undefined || fromConfig.tls === undefined
         ? { ...fromConfig, ...overrides }
         : { ...fromConfig, ...overrides, tls: { ...fromConfig.tls, ...overrides.tls } }
