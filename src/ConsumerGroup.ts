@@ -166,6 +166,23 @@ const NOTICE_DELAY = 2
 
 const invalid = (option: string, reason: string) => new MqttError.InvalidOptionError({ option, reason })
 
+/**
+ * A broker that does not speak MQTT 5 cannot hold a group (shared subscriptions, Receive Maximum): said so as an
+ * `InvalidOptionError`, rather than the client's advice to use MQTT 3.1.1, which a group cannot take.
+ */
+const needsMqtt5 = (error: MqttError.MqttError): MqttError.MqttError =>
+  error._tag === "ConnectRefusedError" && error.protocolVersion === 5 &&
+    (error.reasonCode === 0x84 || error.reasonCode === 1)
+    ? invalid(
+      "client.url",
+      `a consumer group needs MQTT 5 (shared subscriptions, Receive Maximum as prefetch), and the broker${
+        error.broker === undefined ? "" : ` at ${error.broker}`
+      } does not support it (it refused MQTT 5 with ${
+        error.reasonCode === 1 ? "the MQTT 3.1.1 return code 1" : "0x84, unsupported protocol version"
+      })`
+    )
+    : error
+
 const filtersOf = (options: Options): ReadonlyArray<string> =>
   typeof options.filter === "string" ? [options.filter] : options.filter
 
@@ -508,7 +525,7 @@ export const run = <E, R>(
     if (typeof handler !== "function") {
       return yield* invalid("handler", "expected a function from a message to an Effect")
     }
-    const client = yield* MqttClient.make(memberOptionsOf(options))
+    const client = yield* Effect.mapError(MqttClient.make(memberOptionsOf(options)), needsMqtt5)
     // this member is back: its notice from a last run goes, first of all (members that start meanwhile read the
     // notices to adopt; see `leftWhileStopped`)
     yield* notice(client, options, options.member, "")

@@ -10,6 +10,7 @@ import { Cause, Deferred, Effect, Exit, Fiber, Logger, Schedule, Stream } from "
 import { ConsumerGroup, MqttClient, MqttError, type MqttMessage } from "effect-mqtt"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Path from "node:path"
+import * as FakeBroker from "./support/FakeBroker.ts"
 import { mosquitto } from "./support/Mosquitto.ts"
 import { SOURCE_CONDITION } from "./support/peers.ts"
 
@@ -686,4 +687,34 @@ describe("ConsumerGroup options", () => {
       const error = yield* Effect.flip(Effect.scoped(MqttClient.make({ ...options, connectTimeout: "1 second" })))
       expect(error._tag).not.toBe("InvalidOptionError")
     }))
+})
+
+describe("a broker without MQTT 5", () => {
+  for (
+    const [name, connack] of [["0x84", { reasonCode: 0x84 }], ["the MQTT 3.1.1 return code 1", {
+      returnCode: 1
+    }]] as const
+  ) {
+    it.live(`refusing MQTT 5 (${name}): run fails with an InvalidOptionError that says a group needs MQTT 5`, () =>
+      Effect.gen(function*() {
+        const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+        const running = yield* Effect.forkChild(
+          Effect.exit(
+            ConsumerGroup.run(
+              { client: { url: broker.url }, group: "g", member: "m1", filter: "t/#" },
+              () => Effect.void
+            )
+          )
+        )
+        const connection = yield* broker.accept
+        yield* connection.expect("connect")
+        if ("reasonCode" in connack) yield* connection.connack(connack)
+        else yield* connection.sendRaw(Uint8Array.of(0x20, 0x02, 0x00, connack.returnCode))
+        const exit = yield* Fiber.join(running)
+        const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+        expect(error).toBeInstanceOf(MqttError.InvalidOptionError)
+        expect((error as MqttError.InvalidOptionError).option).toBe("client.url")
+        expect((error as MqttError.InvalidOptionError).message).toContain("a consumer group needs MQTT 5")
+      }).pipe(Effect.scoped))
+  }
 })
