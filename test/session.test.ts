@@ -676,6 +676,29 @@ describe("session: inbound messages", () => {
     expect([behind.done, behind.error]).toEqual([true, undefined])
   })
 
+  it(`closes by the nodes of a cluster in turn (a node lost, its sessions moving) do not count as one broker's: the publish is not given up after ${CLOSED_ON_LIMIT}; one node's closes in a row are`, () => {
+    const h = new Harness({ protocolVersion: 4, cleanStart: false })
+    const nodes = ["mqtt://a:1883", "mqtt://b:1883"]
+    h.connect(false, {}, nodes[0])
+    const publish = h.publish(message("p", "during the move", 1, 4)) as PublishEntry
+    h.take()
+    for (let i = 1; i <= CLOSED_ON_LIMIT * 2; i++) {
+      h.lose(lost)
+      h.connect(true, {}, nodes[i % 2])
+      expect((h.take() as Array<any>).map((p) => [p.cmd, p.topic, p.dup])).toEqual([["publish", "p", true]])
+    }
+    expect(publish.done).toBe(false)
+    // then one node closes on it, connection after connection: given up
+    for (let i = 1; i < CLOSED_ON_LIMIT; i++) {
+      h.lose(lost)
+      h.connect(true, {}, nodes[0])
+      expect(publish.done).toBe(false)
+    }
+    h.lose(lost)
+    h.connect(true, {}, nodes[0])
+    expect([publish.done, (publish.error as MqttError.PublishError)?.reasonCode]).toEqual([true, 0x80])
+  })
+
   it("a connection lost after something sent later was acknowledged, or before anything was resent, does not count against a publish", () => {
     const h = new Harness({ protocolVersion: 4, cleanStart: false })
     h.connect()

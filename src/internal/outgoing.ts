@@ -57,6 +57,8 @@ export class PublishEntry implements Queued, Operation {
    * after it: the broker may be closing each connection on it (see `CLOSED_ON_LIMIT`)
    */
   closedOn = 0
+  /** the broker those connections were to (`closedOn` counts closes by one broker in a row) */
+  closedOnBroker: string | undefined = undefined
   error: MqttError.MqttError | undefined = undefined
   done = false
   listener: (() => void) | undefined = undefined
@@ -90,6 +92,8 @@ export class Outgoing {
   private retired: Array<number> = []
   private used = 0
   private limits: Limits | undefined = undefined
+  /** the broker of the current (or last) connection, as `url` names it: see `closedOnBroker` */
+  private broker: string | undefined = undefined
   /** topic → alias, least recently used first; per connection */
   private aliases: Map<string, number> | undefined = undefined
   /** publishes accepted while disconnected and not written yet */
@@ -407,14 +411,17 @@ export class Outgoing {
   }
 
   /** A connection carries the session: resend or restart what is unfinished, in order, then what waits. */
-  connected(limits: Limits, sessionPresent: boolean, aliases: boolean, out: Output): void {
+  connected(limits: Limits, sessionPresent: boolean, aliases: boolean, out: Output, broker?: string): void {
+    this.broker = broker
     this.limits = limits
     this.used = 0
     this.aliases = aliases && limits.topicAliasMaximum > 0 ? new Map() : undefined
     this.acks = 0
     const fresh = this.line.drain().filter((entry) => entry.id === 0)
     for (const entry of this.inflight.values()) {
-      if (entry.state === SENT && entry.closedOn >= CLOSED_ON_LIMIT) this.refuse(entry, closedOnIt(entry), out)
+      if (entry.state === SENT && entry.closedOn >= CLOSED_ON_LIMIT && entry.closedOnBroker === broker) {
+        this.refuse(entry, closedOnIt(entry), out)
+      }
     }
     const unfinished = [...this.inflight.values()]
     if (!sessionPresent) {
@@ -466,7 +473,13 @@ export class Outgoing {
         // a connection the client ended (a keepalive timeout, a violation of the broker's), or one the broker
         // closed for a reason of its own, says nothing of the publish: its count stays
         if (entry.ackMark !== this.acks) entry.closedOn = 0
-        else if (byBroker) entry.closedOn++
+        else if (byBroker) {
+          // closes by other nodes of a cluster in turn are the cluster's recovery (a node lost, its sessions moving)
+          // as much as a refusal: only one broker's count
+          if (entry.closedOnBroker !== this.broker) entry.closedOn = 0
+          entry.closedOnBroker = this.broker
+          entry.closedOn++
+        }
       }
       if (entry.state === SENT) entry.dup = true
       entry.counted = false
@@ -488,7 +501,9 @@ export class Outgoing {
  * the connection on a PUBLISH it cannot take (MQTT 3.1.1 has no other answer: a QoS above its maximum, a packet
  * over its size limit), and without a limit the client would send it again on every connection, for good, holding
  * back every publish behind it. A healthy broker answers a PUBLISH within milliseconds: three connections in a row
- * that each end between a resend and any acknowledgement after it are the broker's refusal.
+ * to one broker that each end between a resend and any acknowledgement after it are the broker's refusal. Closes by
+ * different nodes of `url` do not add up: the nodes of a cluster that lost one close connections in turn while
+ * they move its sessions (NATS did, in test/failover.nats.test.ts).
  */
 export const CLOSED_ON_LIMIT = 3
 

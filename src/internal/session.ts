@@ -265,7 +265,8 @@ export class Session {
       },
       present,
       this.config.topicAliases,
-      out
+      out,
+      broker
     )
     this.inbound.resume(present, out)
     return info
