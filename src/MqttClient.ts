@@ -411,7 +411,8 @@ export interface Authentication {
   /** The initial authentication data sent in CONNECT. */
   readonly data?: Uint8Array | undefined
   /** Answers one challenge of the broker (an AUTH packet with reason 0x18, continue authentication): returns
-   * the data of the AUTH the client sends back. When it fails, the connection is closed with its error. */
+   * the data of the AUTH the client sends back. When it fails, the connection is closed with its error; when it
+   * dies or throws, with `ConnectionLostError` ("auth.onChallenge died"), and a reconnecting client tries again. */
   readonly onChallenge: (challenge: {
     /** The authentication data of the broker's AUTH packet. */
     readonly data: Uint8Array | undefined

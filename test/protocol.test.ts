@@ -1202,6 +1202,62 @@ describe("MQTT 5 enhanced authentication", () => {
       expect((yield* connection.expect("disconnect")).reasonCode).toBe(0x82)
     }))
 
+  it.live("an onChallenge that dies or throws ends the connection with a typed error that names it, and closes the socket; a reconnecting client tries again", () =>
+    Effect.gen(function*() {
+      const failing: ReadonlyArray<readonly [string, MqttClient.Authentication["onChallenge"]]> = [
+        ["dies", () => Effect.die(new Error("no key"))],
+        ["throws", () => {
+          throw new Error("no key")
+        }]
+      ]
+      for (const [how, onChallenge] of failing) {
+        const broker = yield* FakeBroker.make({ protocolVersion: 5 })
+        const fiber = yield* Effect.forkChild(Effect.exit(
+          MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, auth: { ...auth, onChallenge } })
+        ))
+        const connection = yield* broker.accept
+        yield* connection.expect("connect")
+        yield* connection.send({ cmd: "auth", reasonCode: 0x18, properties: { authenticationMethod: "TEST-SCRAM" } })
+        const exit = yield* Fiber.join(fiber)
+        assert(Exit.isFailure(exit) && !Cause.hasDies(exit.cause), `${how}: ${String(exit)}`)
+        const error = Cause.squash(exit.cause)
+        assert(error instanceof MqttError.ConnectionLostError, `${how}: ${String(error)}`)
+        expect(error.message, how).toMatch(/auth\.onChallenge died: .*no key/)
+        // the socket of the failed attempt is closed, not left open
+        yield* connection.closed
+      }
+      // a reconnection whose onChallenge throws: the client tries again, and connects
+      const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+      let challenges = 0
+      const fiber = yield* Effect.forkChild(MqttClient.make({
+        url: broker.url,
+        protocolVersion: 5,
+        reconnect: Schedule.spaced("20 millis"),
+        auth: {
+          ...auth,
+          onChallenge: () => {
+            if (challenges++ === 0) throw new Error("no key")
+            return Effect.succeed(undefined)
+          }
+        }
+      }))
+      const { connection } = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      const client = yield* Fiber.join(fiber)
+      yield* connection.destroy
+      const second = yield* broker.accept
+      yield* second.expect("connect")
+      yield* second.send({ cmd: "auth", reasonCode: 0x18, properties: { authenticationMethod: "TEST-SCRAM" } })
+      yield* second.closed
+      const third = yield* broker.accept
+      yield* third.expect("connect")
+      yield* third.send({ cmd: "auth", reasonCode: 0x18, properties: { authenticationMethod: "TEST-SCRAM" } })
+      yield* third.expect("auth")
+      yield* third.connack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      yield* client.status.pipe(
+        Effect.repeat({ until: (status) => status._tag === "Connected", schedule: Schedule.spaced("10 millis") })
+      )
+    }))
+
   it.live("auth on MQTT 3.1.1 is an InvalidOptionError", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(MqttClient.make({ url: "mqtt://127.0.0.1:1", auth }))

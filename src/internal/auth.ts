@@ -7,6 +7,7 @@ import * as Effect from "effect/Effect"
 import * as MqttError from "../MqttError.ts"
 import * as Codec from "./codec.ts"
 import type { Connection } from "./connection.ts"
+import { describe } from "./describe.ts"
 import type { Resolved } from "./options.ts"
 import { violation } from "./output.ts"
 import type * as Packets from "./packets.ts"
@@ -64,7 +65,7 @@ const answerOne = (
   }
   if (packet.reasonCode === 0x18) {
     return Effect.flatMap(
-      auth.onChallenge({ data: packet.authenticationData, reasonString: packet.reasonString }),
+      challenge(auth, packet),
       (data) => {
         const bytes = authPacket(c, 0x18, auth.method, data)
         if (!(bytes instanceof Uint8Array)) return Effect.fail(bytes)
@@ -80,6 +81,23 @@ const answerOne = (
   }
   return Effect.fail(violation(version, `an AUTH with reason code 0x${packet.reasonCode.toString(16)}`))
 }
+
+/**
+ * The application's answer to a challenge. A defect of `onChallenge` (an `Effect.die`, a throw) ends the connection
+ * as its failure would, with a typed error: otherwise it would escape the handshake (the socket left open, and a
+ * reconnecting client stopped for good).
+ */
+const challenge = (
+  auth: NonNullable<Resolved["auth"]>,
+  packet: Packets.Auth
+): Effect.Effect<Uint8Array | undefined, MqttError.MqttError> =>
+  Effect.catchDefect(
+    Effect.suspend(() => auth.onChallenge({ data: packet.authenticationData, reasonString: packet.reasonString })),
+    (defect) =>
+      Effect.fail(
+        new MqttError.ConnectionLostError({ reason: `auth.onChallenge died: ${describe(defect)}`, cause: defect })
+      )
+  )
 
 /** Starts a re-authentication (AUTH 0x19) on a connection and waits until the broker accepts it. */
 export const reauthenticate = (

@@ -204,6 +204,9 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
             new MqttError.MqttTimeoutError({ operation: "connect", millis: Duration.toMillis(o.connectTimeout) })
           )
       }),
+      // a defect (a bug) fails the attempt as it would the read loop (`guard`): the socket is closed, and a
+      // reconnecting client tries again
+      Effect.catchDefect((defect) => Effect.fail(lost(`internal error: ${describe(defect)}`, defect))),
       Effect.tapError((error) =>
         Effect.suspend(() => {
           // the CONNACK was accepted in the read that failed: the session took this connection (restore, resends,
