@@ -969,7 +969,8 @@ export interface Client {
   /**
    * MQTT 5 re-authentication [MQTT-4.12.1]: sends AUTH (reason 0x19, Re-authenticate) with the CONNECT's
    * Authentication Method and `data`, and waits until the broker accepts it (AUTH 0x00); the broker's challenges
-   * (AUTH 0x18) are answered by `auth.onChallenge`, as at connect. A call while one is under way waits for that
+   * (AUTH 0x18) are answered by `auth.onChallenge`, as at connect, while messages, acknowledgements and pings go
+   * on flowing [MQTT-4.12.1]. A call while one is under way waits for that
    * one. Fails with `InvalidOptionError` when the client was connected without `auth`, `OfflineError` without a
    * connection, and with the connection's error when it ends first: a refusal is the broker's DISCONNECT
    * (`ConnectionLostError` with its `reasonCode`, such as 0x87 Not authorized). It sets no time limit of its own: the keepalive ends a connection whose broker

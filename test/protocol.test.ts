@@ -1258,6 +1258,48 @@ describe("MQTT 5 enhanced authentication", () => {
       )
     }))
 
+  it.live("during a re-authentication the client reads on while onChallenge computes its answer: messages are delivered and acknowledged meanwhile [MQTT-4.12.1]", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+      const answer = yield* Deferred.make<void>()
+      const challenged = yield* Deferred.make<void>()
+      let reauthenticating = false
+      const fiber = yield* Effect.forkChild(MqttClient.make({
+        url: broker.url,
+        protocolVersion: 5,
+        reconnect: false,
+        auth: {
+          ...auth,
+          onChallenge: () =>
+            reauthenticating
+              ? Deferred.succeed(challenged, undefined).pipe(
+                Effect.andThen(Deferred.await(answer)),
+                Effect.as(Buffer.from("slow"))
+              )
+              : Effect.succeed(undefined)
+        }
+      }))
+      const { connection } = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      const client = yield* Fiber.join(fiber)
+      reauthenticating = true
+      const reauth = yield* Effect.forkChild(client.reauthenticate())
+      expect((yield* connection.expect("auth")).reasonCode).toBe(0x19)
+      yield* connection.send({ cmd: "auth", reasonCode: 0x18, properties: { authenticationMethod: "TEST-SCRAM" } })
+      // onChallenge has not answered yet: a message sent now is still delivered and acknowledged
+      yield* Deferred.await(challenged)
+      yield* connection.send(publishPacket("during/reauth", "m", 1, 7))
+      // a generous wait: without reading, the message would never come
+      const [message] = yield* client.messages.pipe(Stream.take(1), Stream.runCollect, Effect.timeout("10 seconds"))
+      expect(message.topic).toBe("during/reauth")
+      expect((yield* connection.expect("puback")).messageId).toBe(7)
+      yield* Deferred.succeed(answer, undefined)
+      const reply = yield* connection.expect("auth")
+      expect([reply.reasonCode, Buffer.from(reply.properties!.authenticationData!).toString()]).toEqual([0x18, "slow"])
+      yield* connection.send({ cmd: "auth", reasonCode: 0x00, properties: { authenticationMethod: "TEST-SCRAM" } })
+      yield* Fiber.join(reauth)
+      expect((yield* client.status)._tag).toBe("Connected")
+    }))
+
   it.live("auth on MQTT 3.1.1 is an InvalidOptionError", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(MqttClient.make({ url: "mqtt://127.0.0.1:1", auth }))

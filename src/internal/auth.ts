@@ -34,22 +34,26 @@ const authPacket = (
   return bytes
 }
 
-/** Handles the AUTH packets of one socket read, in order. */
+/**
+ * Handles the AUTH packets of one socket read, in order. Before the CONNACK, `beside` is undefined: each challenge
+ * is answered before the next read. Once connected (a re-authentication), `beside` runs the application's answer
+ * while the reader reads on.
+ */
 export const answerAuth = (
   o: Resolved,
   version: Packets.ProtocolVersion,
   c: Connection,
   packets: ReadonlyArray<Packets.Auth>,
-  connected: boolean
+  beside: ((answer: Effect.Effect<void, MqttError.MqttError>) => Effect.Effect<void>) | undefined
 ): Effect.Effect<void, MqttError.MqttError> =>
-  Effect.forEach(packets, (packet) => answerOne(o, version, c, packet, connected), { discard: true })
+  Effect.forEach(packets, (packet) => answerOne(o, version, c, packet, beside), { discard: true })
 
 const answerOne = (
   o: Resolved,
   version: Packets.ProtocolVersion,
   c: Connection,
   packet: Packets.Auth,
-  connected: boolean
+  beside: ((answer: Effect.Effect<void, MqttError.MqttError>) => Effect.Effect<void>) | undefined
 ): Effect.Effect<void, MqttError.MqttError> => {
   const auth = o.auth
   if (auth === undefined) {
@@ -64,7 +68,7 @@ const answerOne = (
     ))
   }
   if (packet.reasonCode === 0x18) {
-    return Effect.flatMap(
+    const answer = Effect.flatMap(
       challenge(auth, packet),
       (data) => {
         const bytes = authPacket(c, 0x18, auth.method, data)
@@ -73,8 +77,9 @@ const answerOne = (
         return Effect.void
       }
     )
+    return beside === undefined ? answer : beside(answer)
   }
-  if (packet.reasonCode === 0x00 && connected && c.reauthentication !== undefined) {
+  if (packet.reasonCode === 0x00 && beside !== undefined && c.reauthentication !== undefined) {
     const done = c.reauthentication
     c.reauthentication = undefined
     return Deferred.succeed(done, undefined)

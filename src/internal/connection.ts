@@ -16,6 +16,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
+import * as Semaphore from "effect/Semaphore"
 import type * as Socket from "effect/socket/Socket"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
@@ -71,6 +72,8 @@ export interface Connection {
   stalls: number
   /** an MQTT 5 re-authentication in progress */
   reauthentication: Deferred.Deferred<void, MqttError.MqttError> | undefined
+  /** the broker's AUTH packets after the CONNACK are answered one at a time, in order, beside the reader */
+  readonly answering: Semaphore.Semaphore
   /**
    * How the broker ended the connection in the bytes the reader read ahead while it waited for room and never
    * handed on (its DISCONNECT's error), if it did: see `endWith` and `readAhead`.
@@ -164,6 +167,7 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
       discarding: Deferred.makeUnsafe(),
       stalls: 0,
       reauthentication: undefined,
+      answering: Semaphore.makeUnsafe(1),
       unreadDisconnect: () => undefined,
       heardSince: () => undefined
     }
@@ -451,7 +455,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
       else effect = stall
     }
     if (challenges !== undefined && error === undefined) {
-      const auth = answerAuth(o, version, c, challenges, connected)
+      const auth = answerAuth(o, version, c, challenges, connected ? beside : undefined)
       effect = effect === undefined ? auth : Effect.andThen(effect, auth)
     }
     if (error !== undefined) {
@@ -462,6 +466,14 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     if (wait !== undefined && !handshake) effect = Effect.andThen(effect!, afterStall)
     return effect
   }
+
+  /**
+   * Runs the answer to a challenge of a re-authentication beside the reader, which reads on meanwhile: messages,
+   * acknowledgements and PINGRESP keep flowing while `onChallenge` works [MQTT-4.12.1]. Answers go one at a time,
+   * in order; a failure ends the connection, as the reader's would.
+   */
+  const beside = (answer: Effect.Effect<void, MqttError.MqttError>): Effect.Effect<void> =>
+    Effect.asVoid(Effect.forkIn(guard(c, c.answering.withPermits(1)(answer)), c.scope))
 
   /** Handles what was read ahead during a wait for room, before the socket is read again (not once it ended). */
   const afterStall = Effect.suspend(() => {
