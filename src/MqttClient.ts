@@ -77,7 +77,10 @@ export interface Will {
   /** MQTT 5: the will's publish properties, and the will delay. */
   readonly properties?:
     | (MqttMessage.PublishProperties & {
-      /** MQTT 5: seconds the broker waits before it publishes the will. */
+      /** MQTT 5: seconds the broker waits before it publishes the will. MQTT 5 has the will go when the session
+       * ends, if that comes first (3.1.3.2.2): with the default `sessionExpiryInterval` of 0 such a broker sends it
+       * at once (Mosquitto 2.0 waits the delay all the same), so give the session at least as long as the delay. A
+       * reconnection to the session within the delay cancels the will. */
       readonly willDelayInterval?: number | undefined
     })
     | undefined
