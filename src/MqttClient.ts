@@ -411,7 +411,11 @@ export interface OfflineOptions {
 export interface Authentication {
   /** The authentication method, as the broker names it (for example `"SCRAM-SHA-256"`), sent in CONNECT. */
   readonly method: string
-  /** The initial authentication data sent in CONNECT. */
+  /**
+   * The authentication data sent in CONNECT. After a re-authentication with data that the broker accepted
+   * (`reauthenticate(data)`), later CONNECTs (reconnections) carry that data instead: a renewed token is the one
+   * presented. Default: none.
+   */
   readonly data?: Uint8Array | undefined
   /** Answers one challenge of the broker (an AUTH packet with reason 0x18, continue authentication): returns
    * the data of the AUTH the client sends back. When it fails, the connection is closed with its error; when it
@@ -973,8 +977,10 @@ export interface Client {
    * MQTT 5 re-authentication [MQTT-4.12.1]: sends AUTH (reason 0x19, Re-authenticate) with the CONNECT's
    * Authentication Method and `data`, and waits until the broker accepts it (AUTH 0x00); the broker's challenges
    * (AUTH 0x18) are answered by `auth.onChallenge`, as at connect, while messages, acknowledgements and pings go
-   * on flowing [MQTT-4.12.1]. A call while one is under way waits for that
-   * one. Fails with `InvalidOptionError` when the client was connected without `auth`, `OfflineError` without a
+   * on flowing [MQTT-4.12.1]. Once the broker accepts it, `data` (when given) replaces `auth.data` in the
+   * CONNECT of later reconnections. A call while one is under way waits for that
+   * one. The broker's AUTH 0x18 while none is under way is a protocol error (DISCONNECT 0x82): only the client
+   * starts a re-authentication. Fails with `InvalidOptionError` when the client was connected without `auth`, `OfflineError` without a
    * connection, and with the connection's error when it ends first: a refusal is the broker's DISCONNECT
    * (`ConnectionLostError` with its `reasonCode`, such as 0x87 Not authorized). It sets no time limit of its own: the keepalive ends a connection whose broker
    * went silent; to bound the wait, `Effect.timeout` (a broker's later acceptance is then taken quietly).

@@ -1083,6 +1083,71 @@ describe("MQTT 5 enhanced authentication", () => {
       yield* Fiber.join(reauth)
     }))
 
+  it.live("a reconnection's CONNECT carries the data of the last re-authentication the broker accepted, not the first auth.data (a renewed token)", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: Schedule.spaced("10 millis"), auth })
+      )
+      const first = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      expect(Buffer.from(first.connect.properties!.authenticationData!).toString()).toBe("client-first")
+      const client = yield* Fiber.join(fiber)
+      // a re-authentication the broker accepts, after its caller gave up waiting: the new data counts
+      const gaveUp = yield* Effect.exit(client.reauthenticate(Buffer.from("token-2")).pipe(Effect.timeout("1 millis")))
+      expect(gaveUp._tag).toBe("Failure")
+      expect((yield* first.connection.expect("auth")).reasonCode).toBe(0x19)
+      yield* first.connection.send({
+        cmd: "auth",
+        reasonCode: 0x00,
+        properties: { authenticationMethod: "TEST-SCRAM" }
+      })
+      // read in order: once this message is here, so was the AUTH 0x00
+      yield* first.connection.send(publishPacket("after/reauth", "m", 0))
+      yield* client.messages.pipe(Stream.take(1), Stream.runDrain)
+      // a call without data keeps the last data
+      const reauth = yield* Effect.forkChild(client.reauthenticate())
+      expect((yield* first.connection.expect("auth")).reasonCode).toBe(0x19)
+      yield* first.connection.send({
+        cmd: "auth",
+        reasonCode: 0x00,
+        properties: { authenticationMethod: "TEST-SCRAM" }
+      })
+      yield* Fiber.join(reauth)
+      yield* first.connection.destroy
+      const second = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      expect(Buffer.from(second.connect.properties!.authenticationData!).toString()).toBe("token-2")
+      yield* client.status.pipe(
+        Effect.repeat({ until: (status) => status._tag === "Connected", schedule: Schedule.spaced("10 millis") })
+      )
+      // a refused re-authentication changes nothing
+      const refused = yield* Effect.forkChild(Effect.exit(client.reauthenticate(Buffer.from("token-3"))))
+      expect((yield* second.connection.expect("auth")).reasonCode).toBe(0x19)
+      yield* second.connection.send({ cmd: "disconnect", reasonCode: 0x87 })
+      expect((yield* Fiber.join(refused))._tag).toBe("Failure")
+      const third = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      expect(Buffer.from(third.connect.properties!.authenticationData!).toString()).toBe("token-2")
+    }))
+
+  it.live("an AUTH 0x18 (continue) while no re-authentication is under way is a protocol error: DISCONNECT 0x82, onChallenge not asked [MQTT-4.12.1]", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+      let asked = 0
+      const fiber = yield* Effect.forkChild(MqttClient.make({
+        url: broker.url,
+        protocolVersion: 5,
+        reconnect: false,
+        auth: { ...auth, onChallenge: () => Effect.sync(() => void asked++).pipe(Effect.as(undefined)) }
+      }))
+      const { connection } = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      const client = yield* Fiber.join(fiber)
+      yield* connection.send({ cmd: "auth", reasonCode: 0x18, properties: { authenticationMethod: "TEST-SCRAM" } })
+      expect((yield* connection.expect("disconnect")).reasonCode).toBe(0x82)
+      yield* connection.closed
+      expect(asked).toBe(0)
+      const closed = yield* client.awaitClose.pipe(Effect.flip)
+      expect(closed.message).toMatch(/AUTH/)
+    }))
+
   it.live("an AUTH larger than the broker's Maximum Packet Size is refused before it is written; the connection stays", () =>
     Effect.gen(function*() {
       const broker = yield* FakeBroker.make({ protocolVersion: 5 })

@@ -67,7 +67,8 @@ const answerOne = (
         : `an AUTH for method "${packet.authenticationMethod}", not the CONNECT's "${auth.method}" [MQTT-4.12.0-5]`
     ))
   }
-  if (packet.reasonCode === 0x18) {
+  // only the client starts a re-authentication [MQTT-4.12.1]: a challenge once connected answers one under way
+  if (packet.reasonCode === 0x18 && (beside === undefined || c.reauthentication !== undefined)) {
     const answer = Effect.flatMap(
       challenge(auth, packet),
       (data) => {
@@ -80,8 +81,9 @@ const answerOne = (
     return beside === undefined ? answer : beside(answer)
   }
   if (packet.reasonCode === 0x00 && beside !== undefined && c.reauthentication !== undefined) {
-    const done = c.reauthentication
+    const { accepted, done } = c.reauthentication
     c.reauthentication = undefined
+    accepted()
     return Deferred.succeed(done, undefined)
   }
   return Effect.fail(violation(version, `an AUTH with reason code 0x${packet.reasonCode.toString(16)}`))
@@ -104,19 +106,23 @@ const challenge = (
       )
   )
 
-/** Starts a re-authentication (AUTH 0x19) on a connection and waits until the broker accepts it. */
+/**
+ * Starts a re-authentication (AUTH 0x19) on a connection and waits until the broker accepts it; `accepted` runs
+ * when it does (also when the caller gave up waiting meanwhile), not for a call that joined one under way.
+ */
 export const reauthenticate = (
   o: Resolved,
   c: Connection,
-  data: Uint8Array | undefined
+  data: Uint8Array | undefined,
+  accepted: () => void
 ): Effect.Effect<void, MqttError.MqttError> =>
   Effect.suspend(() => {
     const auth = o.auth!
-    if (c.reauthentication !== undefined) return Deferred.await(c.reauthentication)
+    if (c.reauthentication !== undefined) return Deferred.await(c.reauthentication.done)
     const bytes = authPacket(c, 0x19, auth.method, data)
     if (!(bytes instanceof Uint8Array)) return Effect.fail(bytes)
     const done = Deferred.makeUnsafe<void, MqttError.MqttError>()
-    c.reauthentication = done
+    c.reauthentication = { done, accepted }
     c.outbox.push(bytes)
     // if the connection ends first, so does the re-authentication
     return Effect.raceFirst(Deferred.await(done), Effect.flatMap(Effect.flip(Deferred.await(c.lost)), Effect.fail))

@@ -187,7 +187,8 @@ export const make = (
       attempt: 1,
       ...(nodes.first.broker === undefined ? {} : { broker: nodes.first.broker })
     })
-    supervisor = new Supervisor({ options: o, parent, driver }, nodes, status)
+    const authData = { current: o.auth?.data }
+    supervisor = new Supervisor({ options: o, parent, driver, authData }, nodes, status)
     // a durable session is kept per broker (the first of a cluster's list) and client identifier
     if (o.store !== undefined) {
       yield* durable(o.store, o.clearStore, nodes.first.broker, session, driver, supervisor, scope)
@@ -256,7 +257,9 @@ export const make = (
               })
             )
           }
-          return reauthenticate(o, c, data)
+          return reauthenticate(o, c, data, () => {
+            if (data !== undefined) authData.current = data
+          })
         })
     }
     return client

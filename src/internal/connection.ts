@@ -71,7 +71,9 @@ export interface Connection {
   /** how many times the reader has stalled */
   stalls: number
   /** an MQTT 5 re-authentication in progress */
-  reauthentication: Deferred.Deferred<void, MqttError.MqttError> | undefined
+  reauthentication:
+    | { readonly done: Deferred.Deferred<void, MqttError.MqttError>; readonly accepted: () => void }
+    | undefined
   /** the broker's AUTH packets after the CONNACK are answered one at a time, in order, beside the reader */
   readonly answering: Semaphore.Semaphore
   /**
@@ -94,6 +96,11 @@ export interface Environment {
   /** the parent of every connection's scope */
   readonly parent: Scope.Scope
   readonly driver: Driver
+  /**
+   * The MQTT 5 Authentication Data each CONNECT carries: `auth.data`, then the data of the last re-authentication
+   * the broker accepted (a token renewed by `reauthenticate` is the one a reconnection presents).
+   */
+  readonly authData: { current: Uint8Array | undefined }
 }
 
 /**
@@ -146,7 +153,12 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
     const scope = yield* Scope.fork(env.parent)
     // a reader of an earlier connection may have ended while it waited for room
     env.driver.stalled(false)
-    const credentials = { ...o, username: node.username, password: node.password }
+    const credentials = {
+      ...o,
+      username: node.username,
+      password: node.password,
+      auth: o.auth === undefined ? undefined : { ...o.auth, data: env.authData.current }
+    }
     const connectBytes = encodeConnect(credentials, env.driver.session.clientId, cleanStart)
     if (!(connectBytes instanceof Uint8Array)) {
       yield* Scope.close(scope, Exit.void)
