@@ -196,6 +196,30 @@ describe("metrics", () => {
       expect((yield* Metric.value(family)).count).toBe(5)
     }))
 
+  it.effect("the attributes of the context's CurrentMetricAttributes are on each series, the client's own over them, as Metric.withAttributes merges them", () =>
+    Effect.gen(function*() {
+      const testBroker = yield* MqttTestBroker.make()
+      const id = `metrics-attributes-${process.pid}`
+      const context = { "service.name": "orders", "messaging.client.id": "not-this-one" }
+      yield* Effect.scoped(
+        Effect.gen(function*() {
+          const client = yield* testBroker.makeClient({ clientId: id, logLevel: "None" })
+          yield* client.publish("m/attributes", "123", { qos: 1 })
+          const series = (yield* Metric.snapshot).filter((s) => s.attributes?.["service.name"] === "orders")
+          expect(series.length).toBe(17)
+          for (const s of series) expect(s.attributes?.["messaging.client.id"]).toBe(id)
+          const sent = MqttClient.telemetry.messagesSent.pipe(
+            Metric.withAttributes({ "messaging.system": "mqtt", "messaging.client.id": id, "mqtt.qos": "1" })
+          )
+          expect((yield* Metric.value(sent)).count).toBe(1)
+          expect(
+            series.find((s) => s.id === "mqtt.client.messages.sent" && s.attributes?.["mqtt.qos"] === "1")?.attributes
+          )
+            .toEqual({ ...context, "messaging.system": "mqtt", "messaging.client.id": id, "mqtt.qos": "1" })
+        }).pipe(Effect.provideService(Metric.CurrentMetricAttributes, context))
+      )
+    }))
+
   it.effect("a client's series live while a client of its identifier runs: two at once count into one series; when the last goes each series is read once more with its last values, then leaves; a later client counts from 0", () =>
     Effect.gen(function*() {
       const testBroker = yield* MqttTestBroker.make()

@@ -23,7 +23,8 @@ export class Inbound {
   /** records in arrival order, not yet acknowledged */
   private line: Array<InboundRecord> = []
   private head = 0
-  // maps and sets, not 65,536-entry tables: a client holds a few of them, and an idle client costs little
+  // maps and sets, not 65,536-entry tables: a client holds a few of them, and an idle client costs little (those
+  // for crossings after a reconnect are made when one is first recorded)
   private readonly byId = new Map<number, InboundRecord>()
   /** QoS 2 identifiers whose PUBREC was sent: a resent PUBLISH is answered, not delivered, until PUBREL */
   private readonly awaitingRelease = new Set<number>()
@@ -32,7 +33,7 @@ export class Inbound {
    * QoS 1 identifiers acknowledged on this connection for a PUBLISH that came on an earlier one: the broker's
    * resend may cross the PUBACK. Only for this connection: a later resend under the identifier is another message.
    */
-  private readonly ackedAcross = new Set<number>()
+  private ackedAcross: Set<number> | undefined = undefined
   /**
    * The same for QoS 2: identifiers acknowledged (PUBREC) on this connection for a PUBLISH of an earlier one, or
    * awaiting PUBREL when it began. The broker's resend may cross the PUBREC, and the flow may even end first:
@@ -41,7 +42,7 @@ export class Inbound {
    * (one of this process, not a restored identifier), only a resend with its topic and payload: another message
    * under the identifier is delivered.
    */
-  private readonly recAcross = new Map<number, Content | undefined>()
+  private recAcross: Map<number, Content | undefined> | undefined = undefined
   /**
    * QoS 2 identifiers of `recAcross` whose flow the broker ended (PUBREL) on this connection, with their message:
    * Mosquitto restarted from its persistence may send the message again right after its PUBREL (its restored
@@ -49,9 +50,9 @@ export class Inbound {
    * crossed that resend), the resend comes on the next connection. There, a resend (DUP) under the identifier with
    * the same topic and payload is answered, not delivered again; any other is a message of its own.
    */
-  private releasedAcross = new Map<number, Content>()
+  private releasedAcross: Map<number, Content> | undefined = undefined
   /** answers waiting in the line (see `answer`) by identifier, in arrival order: a new message under it cancels them */
-  private readonly answers = new Map<number, Array<InboundRecord>>()
+  private answers: Map<number, Array<InboundRecord>> | undefined = undefined
   /** connections so far: a record keeps the one its PUBLISH came on */
   private connection = 0
   private epoch = 0
@@ -153,9 +154,10 @@ export class Inbound {
       this.release(id, out)
       this.warnReused(id, "while its PUBREL was awaited", out)
     }
-    if (this.ackedAcross.delete(id) && packet.dup && packet.qos === 1) return this.answer(id, 1, out)
-    if (this.recAcross.has(id)) {
-      const known = this.recAcross.get(id)
+    if (this.ackedAcross?.delete(id) === true && packet.dup && packet.qos === 1) return this.answer(id, 1, out)
+    const recAcross = this.recAcross
+    if (recAcross?.has(id)) {
+      const known = recAcross.get(id)
       if (
         packet.dup && packet.qos === 2 &&
         (known === undefined || sameContent(known, { topic, payload: packet.payload }))
@@ -168,7 +170,7 @@ export class Inbound {
         }
         return this.answer(id, 2, out)
       }
-      this.recAcross.delete(id)
+      recAcross.delete(id)
     }
     if (this.version === 5 && this.inFlight >= this.receiveMaximum) {
       const reason = `more than ${this.receiveMaximum} unacknowledged QoS 1/2 publishes (Receive Maximum)`
@@ -205,8 +207,9 @@ export class Inbound {
     }
     const record = new InboundRecord(id, qos, this.epoch, this.connection)
     record.answer = true
-    const waiting = this.answers.get(id)
-    if (waiting === undefined) this.answers.set(id, [record])
+    const answers = this.answers ??= new Map()
+    const waiting = answers.get(id)
+    if (waiting === undefined) answers.set(id, [record])
     else waiting.push(record)
     this.line.splice(this.afterThisConnection(), 0, record)
     return DUPLICATE
@@ -243,12 +246,13 @@ export class Inbound {
    */
   private newFlow(id: number): void {
     // on every QoS 1/2 arrival: both maps are empty but after a reconnect's crossings
-    if (this.releasedAcross.size > 0) this.releasedAcross.delete(id)
-    if (this.answers.size === 0) return
-    const waiting = this.answers.get(id)
+    this.releasedAcross?.delete(id)
+    const answers = this.answers
+    if (answers === undefined || answers.size === 0) return
+    const waiting = answers.get(id)
     if (waiting === undefined) return
     for (const answer of waiting) answer.forgotten = true
-    this.answers.delete(id)
+    answers.delete(id)
   }
 
   /**
@@ -310,10 +314,10 @@ export class Inbound {
 
   /** An answer left the line: it is the first of its identifier's (they leave in arrival order). */
   private answered(record: InboundRecord): void {
-    const waiting = this.answers.get(record.id)
+    const waiting = this.answers?.get(record.id)
     if (waiting?.[0] !== record) return
     waiting.shift()
-    if (waiting.length === 0) this.answers.delete(record.id)
+    if (waiting.length === 0) this.answers!.delete(record.id)
   }
 
   /** Acknowledges the done records at the front of the line. */
@@ -338,13 +342,13 @@ export class Inbound {
       this.unacknowledged--
       if (record.qos === 1) {
         out.acks.push(Codec.PUBACK, record.id)
-        if (record.connection !== this.connection) this.ackedAcross.add(record.id)
+        if (record.connection !== this.connection) (this.ackedAcross ??= new Set()).add(record.id)
       } else {
         // a durable session records the identifier before the PUBREC is written: after a restart, a resent
         // PUBLISH is still answered, not delivered again
         if (!record.journaled) out.journal?.push({ t: "a", id: record.id })
         out.acks.push(Codec.PUBREC, record.id)
-        if (record.connection !== this.connection) this.recAcross.set(record.id, record.content)
+        if (record.connection !== this.connection) (this.recAcross ??= new Map()).set(record.id, record.content)
         // kept no longer than needed: an acknowledged record may wait in the line behind an unread one
         record.content = undefined
         if (!this.awaitingRelease.has(record.id)) {
@@ -368,8 +372,8 @@ export class Inbound {
     if (this.awaitingRelease.has(id)) {
       this.release(id, out)
       // a message of this process (its content known), not an identifier restored or answered blind
-      const content = this.recAcross.get(id)
-      if (content !== undefined) this.releasedAcross.set(id, content)
+      const content = this.recAcross?.get(id)
+      if (content !== undefined) (this.releasedAcross ??= new Map()).set(id, content)
       out.acks.push(Codec.PUBCOMP, id)
     } else if (this.byId.has(id)) {
       out.fail(violation(this.version, `a PUBREL for packet ${id} before its PUBREC was sent`, 0x82))
@@ -387,12 +391,12 @@ export class Inbound {
     this.reused = false
     this.aliases = []
     this.connection++
-    this.ackedAcross.clear()
-    this.recAcross.clear()
+    this.ackedAcross = undefined
+    this.recAcross = undefined
     // the line's answers are for the connection they came on: skipped there, and no longer in the way of a new one
-    this.answers.clear()
+    this.answers = undefined
     const released = this.releasedAcross
-    this.releasedAcross = new Map()
+    this.releasedAcross = undefined
     if (!sessionPresent) {
       out.journal?.push({ t: "X" })
       this.epoch++
@@ -404,9 +408,14 @@ export class Inbound {
       this.unacknowledged = 0
       return
     }
-    for (const id of this.awaitingRelease) this.recAcross.set(id, undefined)
-    // only for the connection after the one they were released on, and never over a flow awaiting PUBREL
-    for (const [id, content] of released) if (!this.recAcross.has(id)) this.recAcross.set(id, content)
+    if (this.awaitingRelease.size > 0 || released !== undefined) {
+      const recAcross = this.recAcross = new Map()
+      for (const id of this.awaitingRelease) recAcross.set(id, undefined)
+      // only for the connection after the one they were released on, and never over a flow awaiting PUBREL
+      if (released !== undefined) {
+        for (const [id, content] of released) if (!recAcross.has(id)) recAcross.set(id, content)
+      }
+    }
     this.flush(out)
   }
 

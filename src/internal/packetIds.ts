@@ -7,9 +7,9 @@ export class PacketIds {
    * One bit per identifier, in pages of 1,024 identifiers (128 bytes each) made when one of theirs is taken and
    * dropped when the last is freed: an idle client holds none, one with every identifier in use 8 KiB.
    */
-  private readonly pages: Array<Uint32Array | undefined> = new Array<Uint32Array | undefined>(PAGES).fill(undefined)
-  /** how many identifiers of each page are in use */
-  private readonly inPage: Array<number> = new Array<number>(PAGES).fill(0)
+  private pages: Array<Uint32Array | undefined> | undefined = undefined
+  /** how many identifiers of each page are in use (both lists made with the first identifier taken) */
+  private inPage: Array<number> = []
   private next = 1
   private count = 0
 
@@ -37,19 +37,24 @@ export class PacketIds {
   release(id: number): void {
     if (!this.has(id)) return
     const p = id >>> PAGE_SHIFT
-    this.pages[p]![(id >>> 5) & WORD_MASK] &= ~(1 << (id & 31))
-    if (--this.inPage[p] === 0) this.pages[p] = undefined
+    const pages = this.pages!
+    pages[p]![(id >>> 5) & WORD_MASK] &= ~(1 << (id & 31))
+    if (--this.inPage[p] === 0) pages[p] = undefined
     this.count--
   }
 
   /** Whether an identifier is in use. */
   has(id: number): boolean {
-    const page = this.pages[id >>> PAGE_SHIFT]
+    const page = this.pages?.[id >>> PAGE_SHIFT]
     return page !== undefined && (page[(id >>> 5) & WORD_MASK] & (1 << (id & 31))) !== 0
   }
 
   private mark(id: number): void {
     const p = id >>> PAGE_SHIFT
+    if (this.pages === undefined) {
+      this.pages = new Array<Uint32Array | undefined>(PAGES).fill(undefined)
+      this.inPage = new Array<number>(PAGES).fill(0)
+    }
     const page = this.pages[p] ??= new Uint32Array(WORD_MASK + 1)
     page[(id >>> 5) & WORD_MASK] |= 1 << (id & 31)
     this.inPage[p]++

@@ -216,13 +216,13 @@ export class Subscriptions {
    * from a store), and from then on an identifier the client does not know is routed by topic, and one it knows by
    * the filters its topic matches.
    */
-  private readonly retired = new Map<number, ReadonlyArray<string>>()
+  private retired: Map<number, ReadonlyArray<string>> | undefined = undefined
   /**
    * The filters of retired identifiers given again to a new subscription: a message the broker queued for the old
    * one names it too, and goes by these filters when none of the new ones matches its topic (a message of the old
    * subscription whose topic the new one matches too goes by the new one: the client cannot tell them apart).
    */
-  private readonly reissued = new Map<number, ReadonlyArray<string>>()
+  private reissued: Map<number, ReadonlyArray<string>> | undefined = undefined
   private forgotRetired = false
   /**
    * The identifiers the client chose itself: every SUBSCRIBE gets one (MQTT 5), so that each copy the broker
@@ -245,7 +245,7 @@ export class Subscriptions {
    * When the broker sends a copy per subscription: per topic, the messages some copies of which came and others
    * may still come, oldest first (see `attributeCopy`)
    */
-  private readonly copiesSeen = new Map<string, TopicCopies>()
+  private copiesSeen: Map<string, TopicCopies> | undefined = undefined
 
   private readonly version: Packets.ProtocolVersion
   private readonly ids: PacketIds
@@ -303,11 +303,11 @@ export class Subscriptions {
     if (chosen !== 0) {
       // a retired identifier given again still names the filters it had: a message the broker queued for its old
       // subscription keeps it (see `retired`), and goes by those filters, not to the new filters' owners
-      const old = this.retired.get(chosen)
+      const old = this.retired?.get(chosen)
       if (old !== undefined) {
-        this.retired.delete(chosen)
-        // only where none of the new filters matches (a new message names it for them: see `route`)
-        this.reissued.set(chosen, old)
+        this.retired!.delete(chosen) // only where none of the new filters matches (a new message names it for them: see `route`)
+        const reissued = this.reissued ??= new Map()
+        reissued.set(chosen, old)
         // a caller's own identifier that the client once chose is the caller's now: visible to the application
         if (chosen === identifier) this.automatic.delete(chosen)
       }
@@ -331,7 +331,7 @@ export class Subscriptions {
   private automaticIdentifier(): number {
     if (!this.identifiers) return 0
     let chosen = this.nextIdentifier
-    while (chosen > MAX_IDENTIFIER || this.byIdentifier.has(chosen) || this.retired.has(chosen)) {
+    while (chosen > MAX_IDENTIFIER || this.byIdentifier.has(chosen) || this.retired?.has(chosen) === true) {
       chosen = chosen >= MAX_IDENTIFIER ? AUTOMATIC_IDENTIFIERS_FROM : chosen + 1
     }
     this.nextIdentifier = chosen + 1
@@ -828,12 +828,13 @@ export class Subscriptions {
     const filters = this.byIdentifier.get(identifier)
     if (filters === undefined) return
     this.byIdentifier.delete(identifier)
-    const reissued = this.reissued.get(identifier)
-    this.reissued.delete(identifier)
-    this.retired.set(identifier, reissued === undefined ? filters : [...new Set([...filters, ...reissued])])
-    if (this.retired.size > RETIRED_KEPT) {
-      const [oldest] = this.retired.keys()
-      this.retired.delete(oldest)
+    const reissued = this.reissued?.get(identifier)
+    this.reissued?.delete(identifier)
+    const retired = this.retired ??= new Map()
+    retired.set(identifier, reissued === undefined ? filters : [...new Set([...filters, ...reissued])])
+    if (retired.size > RETIRED_KEPT) {
+      const [oldest] = retired.keys()
+      retired.delete(oldest)
       this.automatic.delete(oldest)
       this.forgotRetired = true
     }
@@ -841,9 +842,9 @@ export class Subscriptions {
 
   /** The broker forgot the session: no message it holds names an identifier retired before. */
   private forgetRetired(): void {
-    for (const identifier of this.retired.keys()) this.automatic.delete(identifier)
-    this.retired.clear()
-    this.reissued.clear()
+    if (this.retired !== undefined) { for (const identifier of this.retired.keys()) this.automatic.delete(identifier) }
+    this.retired = undefined
+    this.reissued = undefined
     this.forgotRetired = false
   }
 
@@ -868,7 +869,7 @@ export class Subscriptions {
     let attributed = false
     if (identifiers !== undefined) {
       for (const identifier of identifiers) {
-        const filters = this.byIdentifier.get(identifier) ?? this.retired.get(identifier)
+        const filters = this.byIdentifier.get(identifier) ?? this.retired?.get(identifier)
         if (filters === undefined) {
           if (this.complete && !this.forgotRetired) {
             out.fail(
@@ -885,7 +886,9 @@ export class Subscriptions {
         // one filter is the one the broker matched, unless the identifier named others the client forgot, or the
         // session is one this process resumed without knowing it (`complete`): an earlier process's message may name
         // an identifier it used for another subscription, which this process gave again
-        const reissued = this.reissued.size === 0 ? undefined : this.reissued.get(identifier)
+        const reissued = this.reissued === undefined || this.reissued.size === 0
+          ? undefined
+          : this.reissued.get(identifier)
         const one = filters.length === 1 && !this.forgotRetired && this.complete && reissued === undefined
         let matched = false
         for (const filter of filters) {
@@ -931,7 +934,7 @@ export class Subscriptions {
     payload: Uint8Array,
     add: (claimed: Map<number, FilterSpec> | undefined) => void
   ) {
-    let copies = this.copiesSeen.get(topic)
+    let copies = this.copiesSeen?.get(topic)
     const hash = payloadHash(payload)
     let seen = copies?.byHash.get(hash)?.find((c) => Bytes.equal(c.payload, payload))
     let slot = 0
@@ -942,7 +945,11 @@ export class Subscriptions {
       const { maybe, sure } = this.copySlots(topic)
       if (sure.length + maybe <= 1) return this.claims.forEachMatch(topic, add)
       seen = { payload, hash, sure, slots: sure.length + maybe, count: 1 }
-      if (copies === undefined) this.copiesSeen.set(topic, copies = { byHash: new Map(), order: new Set() })
+      if (copies === undefined) {
+        copies = { byHash: new Map(), order: new Set() }
+        const copiesSeen = this.copiesSeen ??= new Map()
+        copiesSeen.set(topic, copies)
+      }
       const same = copies.byHash.get(hash)
       if (same === undefined) copies.byHash.set(hash, [seen])
       else same.push(seen)
@@ -960,7 +967,7 @@ export class Subscriptions {
     const same = copies.byHash.get(seen.hash)!
     if (same.length === 1) copies.byHash.delete(seen.hash)
     else same.splice(same.indexOf(seen), 1)
-    if (copies.order.size === 0) this.copiesSeen.delete(topic)
+    if (copies.order.size === 0) this.copiesSeen?.delete(topic)
   }
 
   /**
@@ -1011,7 +1018,7 @@ export class Subscriptions {
       this.complete = true
       this.forgetRetired()
       // the broker sends no copy of a message of the lost session
-      this.copiesSeen.clear()
+      this.copiesSeen = undefined
       const touched = new Set<string>()
       for (const request of waiting) for (const f of request.filters) touched.add(f.filter)
       const groups = new Map<number, Array<FilterSpec>>()

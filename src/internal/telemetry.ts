@@ -12,10 +12,16 @@ import * as Metric from "effect/Metric"
 import * as Tracer from "effect/Tracer"
 import type { MessageProperties, MqttMessage, QoS, UserProperty } from "../MqttMessage.ts"
 
-const counter = (name: string, description: string) => () => Metric.counter(name, { description, incremental: true })
-const gauge = (name: string, description: string) => () => Metric.gauge(name, { description })
+interface Family {
+  readonly name: string
+  readonly description: string
+  readonly counter: boolean
+}
 
-/** How to make each metric: `metrics` holds one of each, and each series of a client gets its own (see below). */
+const counter = (name: string, description: string): Family => ({ name, description, counter: true })
+const gauge = (name: string, description: string): Family => ({ name, description, counter: false })
+
+/** Each metric: `metrics` holds one of each, and each series of a client is made from it (see below). */
 const families = {
   messagesSent: counter("mqtt.client.messages.sent", "Messages published by the client, by QoS"),
   bytesSent: counter("mqtt.client.bytes.sent", "Payload bytes published by the client, by QoS"),
@@ -32,20 +38,30 @@ const families = {
   connected: gauge("mqtt.client.connected", "1 while connected, 0 otherwise")
 } as const
 
+type Counter = Metric.Metric<number, unknown>
+
+const familyCounter = (family: Family) =>
+  Metric.counter(family.name, { description: family.description, incremental: true })
+const familyGauge = (family: Family) => Metric.gauge(family.name, { description: family.description })
+
+/** The metric of a family, with attributes (the series they name) or without (the family). */
+const metricOf = (family: Family, attributes?: Metric.Metric.AttributeSet): Counter =>
+  family.counter
+    ? Metric.counter(family.name, { description: family.description, incremental: true, attributes })
+    : Metric.gauge(family.name, { description: family.description, attributes }) as Counter
+
 /** The client's metrics: one family each, a series per client identifier (and QoS where it applies). */
 export const metrics = {
-  messagesSent: families.messagesSent(),
-  bytesSent: families.bytesSent(),
-  messagesReceived: families.messagesReceived(),
-  bytesReceived: families.bytesReceived(),
-  inFlight: families.inFlight(),
-  queued: families.queued(),
-  dropped: families.dropped(),
-  reconnects: families.reconnects(),
-  connected: families.connected()
+  messagesSent: familyCounter(families.messagesSent),
+  bytesSent: familyCounter(families.bytesSent),
+  messagesReceived: familyCounter(families.messagesReceived),
+  bytesReceived: familyCounter(families.bytesReceived),
+  inFlight: familyGauge(families.inFlight),
+  queued: familyGauge(families.queued),
+  dropped: familyCounter(families.dropped),
+  reconnects: familyCounter(families.reconnects),
+  connected: familyGauge(families.connected)
 } as const
-
-type Counter = Metric.Metric<number, unknown>
 
 /**
  * How many identifiers whose clients have all gone keep their series until the registry is next read (an
@@ -53,56 +69,28 @@ type Counter = Metric.Metric<number, unknown>
  */
 export const RELEASED_KEPT = 256
 
-/**
- * One series of one client identifier: a metric object bound to its attributes, whose state the registry reads
- * from the client's plain numbers when it is read (`Metric.registerUnsafe`): counting costs an addition, not a
- * registry lookup per update (about a tenth of the client's CPU per QoS 0 message).
- */
-class Series {
-  private readonly registration: Metric.Registration
-  /** no client of the identifier is left: the next read of the series is its last */
-  private last = false
-  private gone = false
-  private readonly onGone: () => void
-
-  constructor(
-    metric: Counter,
-    state: () => Metric.CounterState<number> | Metric.GaugeState<number>,
-    context: Context.Context<never>,
-    onGone: () => void
-  ) {
-    this.onGone = onGone
-    this.registration = Metric.registerUnsafe(metric, context, {
-      get: () => {
-        const now = state()
-        if (this.last) this.remove()
-        return now
-      },
-      update: () => {},
-      modify: () => {}
-    })
-  }
-
-  /** Read once more, then gone. */
-  readOnceMore(): void {
-    this.last = true
-  }
-
-  remove(): void {
-    if (this.gone) return
-    this.gone = true
-    this.registration.remove()
-    this.onGone()
-  }
-}
+const ignore = () => {}
 
 const COUNTERS = ["messagesSent", "bytesSent", "messagesReceived", "bytesReceived"] as const
 type ByQos = (typeof COUNTERS)[number]
 
-/** The series of one client identifier in one registry: shared by the clients of that identifier in a process. */
+/** The series of a cell, in order: the counters by QoS (`COUNTERS` times QoS 0, 1, 2), then these. */
+const IN_FLIGHT = 12
+const QUEUED = 13
+const DROPPED = 14
+const RECONNECTS = 15
+const CONNECTED = 16
+const SERIES = 17
+
+/**
+ * The series of one client identifier in one registry, shared by the clients of that identifier in a process.
+ * Each series is a metric bound to its attributes, whose state the registry reads from the cell's plain numbers
+ * when it is read (`Metric.registerUnsafe`): counting costs an addition, not a registry lookup per update (about a
+ * tenth of the client's CPU per QoS 0 message).
+ */
 class Cell {
-  /** the clients of the identifier running in this registry */
-  readonly users = new Set<ClientMetrics>()
+  /** the clients of the identifier running in this registry (most often one) */
+  readonly users: Array<ClientMetrics> = []
   /** counts by QoS, and the counters that are not */
   readonly byQos: Record<ByQos, [number, number, number]> = {
     messagesSent: [0, 0, 0],
@@ -112,47 +100,90 @@ class Cell {
   }
   dropped = 0
   reconnects = 0
-  private readonly series: Array<Series> = []
-  private left: number
+  /** each series' registration, until it leaves the registry */
+  private readonly registrations: Array<Metric.Registration | undefined> = []
+  /** no client of the identifier is left: the next read of each series is its last */
+  private last = false
+  private left = SERIES
+  private readonly onGone: (cell: Cell) => void
 
-  constructor(clientId: string, context: Context.Context<never>, onGone: (cell: Cell) => void) {
-    const client = { "messaging.system": "mqtt", "messaging.client.id": clientId }
-    const gone = () => {
-      if (--this.left === 0) onGone(this)
-    }
-    const add = (
-      family: () => Counter,
-      attributes: Record<string, string>,
-      state: () => Metric.CounterState<number> | Metric.GaugeState<number>
-    ) => this.series.push(new Series(Metric.withAttributes(family(), attributes) as Counter, state, context, gone))
-    const count = (read: () => number) => () => ({ count: read(), incremental: true })
-    // a gauge of several clients of one identifier: their sum (in flight, queued), or whether any is (connected)
-    const gauge = (read: (user: ClientMetrics) => number, any = false) => () => {
-      let value = 0
-      for (const user of this.users) value = any ? Math.max(value, read(user)) : value + read(user)
-      return { value }
-    }
+  /**
+   * `attributes` are those of the context's `CurrentMetricAttributes`, and the client's over them (as
+   * `Metric.withAttributes` merges them); the series are registered in `registry` with no further attributes.
+   */
+  constructor(
+    clientId: string,
+    registry: Metric.MetricRegistry,
+    extra: Metric.Metric.AttributeSet,
+    onGone: (cell: Cell) => void
+  ) {
+    this.onGone = onGone
+    // a context with the registry alone: the attributes are the series' own, shared by the series that have them
+    const context = Context.make(Metric.MetricRegistry, registry)
+    const client = { ...extra, "messaging.system": "mqtt", "messaging.client.id": clientId }
+    const byQos = [0, 1, 2].map((q) => ({ ...client, "mqtt.qos": String(q) }))
     for (const name of COUNTERS) {
-      for (const q of [0, 1, 2] as const) {
-        add(families[name], { ...client, "mqtt.qos": String(q) }, count(() => this.byQos[name][q]))
+      for (const q of [0, 1, 2] as const) this.register(metricOf(families[name], byQos[q]), context)
+    }
+    this.register(metricOf(families.inFlight, client), context)
+    this.register(metricOf(families.queued, client), context)
+    this.register(metricOf(families.dropped, client), context)
+    this.register(metricOf(families.reconnects, client), context)
+    this.register(metricOf(families.connected, client), context)
+  }
+
+  private register(metric: Counter, context: Context.Context<never>): void {
+    const i = this.registrations.length
+    this.registrations.push(Metric.registerUnsafe(metric, context, {
+      get: () => this.read(i),
+      update: ignore,
+      modify: ignore
+    }))
+  }
+
+  /** The state of series `i`; the last read of it once no client is left. */
+  private read(i: number): Metric.CounterState<number> | Metric.GaugeState<number> {
+    const state = this.state(i)
+    if (this.last) this.removeOne(i)
+    return state
+  }
+
+  private state(i: number): Metric.CounterState<number> | Metric.GaugeState<number> {
+    if (i < IN_FLIGHT) return { count: this.byQos[COUNTERS[(i / 3) | 0]][i % 3], incremental: true }
+    switch (i) {
+      case DROPPED:
+        return { count: this.dropped, incremental: true }
+      case RECONNECTS:
+        return { count: this.reconnects, incremental: true }
+      default: {
+        // a gauge of several clients of one identifier: their sum (in flight, queued), or whether any is (connected)
+        let value = 0
+        for (const user of this.users) {
+          if (i === CONNECTED) value = Math.max(value, user.connected)
+          else if (i === IN_FLIGHT) value += user.inFlight
+          else if (i === QUEUED) value += user.queued
+        }
+        return { value }
       }
     }
-    add(families.inFlight, client, gauge((user) => user.inFlight))
-    add(families.queued, client, gauge((user) => user.queued))
-    add(families.dropped, client, count(() => this.dropped))
-    add(families.reconnects, client, count(() => this.reconnects))
-    add(families.connected, client, gauge((user) => user.connected, true))
-    this.left = this.series.length
+  }
+
+  private removeOne(i: number): void {
+    const registration = this.registrations[i]
+    if (registration === undefined) return
+    this.registrations[i] = undefined
+    registration.remove()
+    if (--this.left === 0) this.onGone(this)
   }
 
   /** No client of the identifier is left: each series is read once more (its last values), then leaves. */
   release(): void {
-    for (const one of this.series) one.readOnceMore()
+    this.last = true
   }
 
   /** The series leave the registry now. */
   remove(): void {
-    for (const one of this.series) one.remove()
+    for (let i = 0; i < SERIES; i++) this.removeOne(i)
   }
 }
 
@@ -197,12 +228,12 @@ export class ClientMetrics {
       const released = byId.released
       byId.running.set(
         clientId,
-        cell = new Cell(clientId, context, (gone) => {
+        cell = new Cell(clientId, registry, Context.get(context, Metric.CurrentMetricAttributes), (gone) => {
           if (released.get(clientId) === gone) released.delete(clientId)
         })
       )
     }
-    cell.users.add(this)
+    cell.users.push(this)
     this.cell = cell
   }
 
@@ -243,8 +274,8 @@ export class ClientMetrics {
     if (this.released) return
     this.released = true
     const cell = this.cell
-    cell.users.delete(this)
-    if (cell.users.size > 0) return
+    cell.users.splice(cell.users.indexOf(this), 1)
+    if (cell.users.length > 0) return
     const { released, running } = this.registry
     if (running.get(this.clientId) === cell) running.delete(this.clientId)
     cell.release()
