@@ -1489,6 +1489,67 @@ describe("a broker that breaks the protocol", () => {
     )
   }
 
+  // an acknowledgement the flow holding its identifier cannot take: the broker and the client disagree about that
+  // flow (see Outgoing.mismatch and Session.notInFlight)
+  const mismatches: ReadonlyArray<
+    readonly [string, 1 | 2 | "subscribe", ReadonlyArray<"pubrec">, (id: number) => Packet, "pubrel" | undefined]
+  > = [
+    ["a PUBACK for a QoS 2 publish", 2, [], (id) => ({ cmd: "puback", messageId: id }), undefined],
+    [
+      "a PUBACK for a QoS 2 publish after its PUBREL",
+      2,
+      ["pubrec"],
+      (id) => ({ cmd: "puback", messageId: id }),
+      undefined
+    ],
+    ["a PUBCOMP before the PUBREC", 2, [], (id) => ({ cmd: "pubcomp", messageId: id }), undefined],
+    ["a PUBREC for a QoS 1 publish", 1, [], (id) => ({ cmd: "pubrec", messageId: id }), "pubrel"],
+    ["a PUBCOMP for a QoS 1 publish", 1, [], (id) => ({ cmd: "pubcomp", messageId: id }), undefined],
+    ["a PUBACK for a SUBSCRIBE", "subscribe", [], (id) => ({ cmd: "puback", messageId: id }), undefined],
+    [
+      "an UNSUBACK for a SUBSCRIBE",
+      "subscribe",
+      [],
+      (id) => ({ cmd: "unsuback", messageId: id, granted: [0] } as Packet),
+      undefined
+    ]
+  ]
+  for (const protocolVersion of versions) {
+    for (const [name, flow, before, wrong, answer] of mismatches) {
+      it.live(
+        `v${protocolVersion}: ${name} is a ProtocolError that closes the connection${
+          typeof flow === "number" ? "; the publish fails with PublishError 0x82, not sent again" : ""
+        }${answer === undefined ? "" : "; the PUBREC is answered with PUBREL first"}`,
+        () =>
+          Effect.gen(function*() {
+            const { client, connection } = yield* connect({ protocolVersion })
+            const op = yield* Effect.forkChild(Effect.flip(
+              flow === "subscribe" ? client.subscribe("a/#") : client.publish("p", "x", { qos: flow })
+            ))
+            const sent = yield* connection.receive
+            const id = (sent as { messageId: number }).messageId
+            for (const cmd of before) {
+              yield* connection.send({ cmd, messageId: id })
+              yield* connection.expect("pubrel")
+            }
+            yield* connection.send(wrong(id))
+            if (answer !== undefined) expect((yield* connection.expect(answer)).messageId).toBe(id)
+            if (protocolVersion === 5) expect((yield* connection.expect("disconnect")).reasonCode).toBe(0x82)
+            yield* connection.closed
+            const error = yield* Effect.flip(client.awaitClose)
+            assert(error instanceof MqttError.ProtocolError, String(error))
+            expect(error.packet).toBe(name.split(" ")[1])
+            const failed = yield* Fiber.join(op)
+            if (flow === "subscribe") expect(failed).toBe(error)
+            else {
+              assert(failed instanceof MqttError.PublishError, String(failed))
+              expect(failed.reasonCode).toBe(0x82)
+            }
+          })
+      )
+    }
+  }
+
   it.live("v5: a server DISCONNECT is a ConnectionLostError with its reason code", () =>
     Effect.gen(function*() {
       const { client, connection } = yield* connect({ protocolVersion: 5 })

@@ -235,6 +235,8 @@ export class Model {
   /** records handed out, to settle */
   handed: Array<{ d: Delivery; left: number; flow: InFlow | undefined }> = []
   expectError = false
+  /** identifiers of publishes the broker answered with a PUBREC they could not take: answered with PUBREL */
+  mismatchedPubrec = new Set<number>()
   endedSeen = 0
   inHand: Array<{ d: Delivery; left: number; flow: InFlow | undefined }> = []
   crossing = new Set<number>()
@@ -359,6 +361,7 @@ export class Model {
         }
         case "pubrel": {
           const flow = this.flows.get(p.messageId)
+          if (this.mismatchedPubrec.delete(p.messageId)) break
           if (flow === undefined) {
             // the answer to a stray PUBREC: 0x92 Packet Identifier not found (MQTT 5)
             if (this.version === 5) assert.strictEqual(p.reasonCode, 0x92, "stray PUBREC answered with 0x92")
@@ -677,6 +680,9 @@ export class Model {
         const id = this.answeredRequests[this.answeredRequests.length - 1]
         // only where no request holds the identifier now (else it would be the broker's error)
         if (this.flows.get(id)?.kind === "request") break
+        // a publish holding it now: a SUBACK cannot answer it, a protocol error that closes the connection (the
+        // publish is sent again on the next one); held by none, a stray SUBACK is ignored
+        this.expectError = (h.session as any).outgoing.holds(id)
         this.receive({ _tag: "Suback", id, codes: [0] })
         break
       }
@@ -833,25 +839,16 @@ export class Model {
     // an identifier in flight (chosen) or one unknown
     const [id, flow] = pubs.length > 0 && pick % 3 !== 0 ? pubs[pick % pubs.length] : [60_000 + (pick % 5), undefined]
     switch (kind) {
+      // the normal answers
       case "Puback":
-        // PUBACK for a QoS 2 publish (RabbitMQ) or an unknown identifier: a QoS 1 PUBACK is the normal answer
         if (flow?.kind === "publish1") return
-        if (flow?.kind === "publish2" && !flow.released && flow.onWire) {
-          this.dropPending(id)
-          this.flows.delete(id)
-        }
-        return this.receive({ _tag: "Puback", id, reasonCode: 0 })
+        break
       case "Pubrec":
         if (flow?.kind === "publish2") return
-        if (flow?.kind === "publish1" && flow.onWire) {
-          this.dropPending(id)
-          this.flows.delete(id)
-        }
-        return this.receive({ _tag: "Pubrec", id, reasonCode: 0 })
+        break
       case "Pubcomp":
-        // PUBCOMP without PUBREL: only for a QoS 2 publish not yet released, or unknown
-        if (flow !== undefined && (flow.kind !== "publish2" || flow.released)) return
-        return this.receive({ _tag: "Pubcomp", id, reasonCode: 0 })
+        if (flow?.released === true) return
+        break
       case "Pubrel": {
         // PUBREL for an identifier the client never got a PUBLISH for: answered with PUBCOMP
         const inbound = 50_000 + (pick % 5)
@@ -859,6 +856,17 @@ export class Model {
         return this.receive({ _tag: "Pubrel", id: inbound, reasonCode: 0 })
       }
     }
+    // a publish written on this session holds the identifier: a PUBACK for QoS 2 (RabbitMQ 3 downgrading), a PUBREC
+    // for QoS 1, a PUBCOMP before the PUBREL. The flow ends with an error and the connection closes (a protocol
+    // error); a PUBREC is answered with PUBREL first. Unknown identifiers are stray: ignored or answered (0x92)
+    const entry = flow === undefined ? undefined : (this.h.session as any).outgoing.inflight.get(id)
+    if (entry !== undefined && entry.state !== 0) {
+      this.expectError = true
+      this.dropPending(id)
+      this.flows.delete(id)
+      if (kind === "Pubrec") this.mismatchedPubrec.add(id)
+    }
+    return this.receive({ _tag: kind, id, reasonCode: 0 })
   }
 
   private dropPending(id: number): void {

@@ -338,21 +338,62 @@ describe("session: outgoing publishes", () => {
     ])
   })
 
-  it("a broker that answers QoS 2 with PUBACK ends that publish with an error, once: it is never sent again", () => {
-    const h = new Harness({ protocolVersion: 4, cleanStart: false })
-    h.connect()
-    const q2 = entry(h.publish(message("t", "once", 2, 4)))
-    h.take()
-    h.receive(ack("Puback", q2.id))
-    expect([q2.error?._tag, (q2.error as any)?.reasonCode]).toEqual(["PublishError", 0x82])
-    expect(h.errors).toEqual([])
-    for (const present of [true, false]) {
-      h.lose(lost)
-      h.connect(present)
-      expect(h.take()).toEqual([])
+  describe("an acknowledgement the publish holding its identifier cannot take", () => {
+    // the broker answered the publish, in its way: it ends with an error and is never sent again (a resend could
+    // deliver it twice; a broker that downgrades QoS 2 to 1 would answer every resend so); the connection closes
+    const cases: ReadonlyArray<readonly [string, 1 | 2, ReadonlyArray<Packets.Ack["_tag"]>, Packets.Ack["_tag"]]> = [
+      ["a PUBACK for QoS 2 (RabbitMQ 3 downgrading)", 2, [], "Puback"],
+      ["a PUBACK for QoS 2 after its PUBREL", 2, ["Pubrec"], "Puback"],
+      ["a PUBCOMP before the PUBREC", 2, [], "Pubcomp"],
+      ["a PUBREC for QoS 1", 1, [], "Pubrec"],
+      ["a PUBCOMP for QoS 1", 1, [], "Pubcomp"]
+    ]
+    for (const version of [4, 5] as const) {
+      for (const [name, qos, before, wrong] of cases) {
+        it(`v${version}: ${name} is a protocol error (0x82); the publish ends with PublishError 0x82 and is never sent again`, () => {
+          const h = new Harness({ protocolVersion: version, cleanStart: false })
+          h.connect()
+          const other = entry(h.publish(message("t", "other", 1, version)))
+          const wronged = entry(h.publish(message("t", "once", qos, version)))
+          h.take()
+          for (const tag of before) h.receive(ack(tag, wronged.id))
+          h.take()
+          h.receive(ack(wrong, wronged.id))
+          expect(h.errors.map((e) => [e._tag, (e as any).reasonCode, (e as any).packet])).toEqual([
+            ["ProtocolError", version === 5 ? 0x82 : undefined, wrong.toUpperCase()]
+          ])
+          expect([wronged.error?._tag, (wronged.error as any)?.reasonCode]).toEqual(["PublishError", 0x82])
+          // a PUBREC opened a QoS 2 flow on the broker's side: PUBREL ends it
+          expect(h.take().map((p: any) => [p.cmd, p.messageId])).toEqual(
+            wrong === "Pubrec" ? [["pubrel", wronged.id]] : []
+          )
+          expect(other.done).toBe(false)
+          for (const present of [true, false]) {
+            h.lose(lost)
+            h.connect(present)
+            // only the other publish is sent again
+            expect(texts(h.take())).toEqual(["other"])
+          }
+          // its identifier is free again (a PUBREC's once the broker's session ended)
+          h.receive(ack("Puback", other.id))
+          expect(h.session.ids.size).toBe(0)
+        })
+      }
     }
-    // its identifier is free again
-    expect(h.session.ids.size).toBe(0)
+
+    it("a PUBREC for QoS 1: the identifier stays out of use while the broker's session may hold it", () => {
+      const h = new Harness({ cleanStart: false })
+      h.connect()
+      const q1 = entry(h.publish(message("t", "q1", 1)))
+      h.take()
+      h.receive(ack("Pubrec", q1.id))
+      h.lose(lost)
+      h.connect(true)
+      expect(h.session.ids.has(q1.id)).toBe(true)
+      h.lose(lost)
+      h.connect(false)
+      expect(h.session.ids.has(q1.id)).toBe(false)
+    })
   })
 
   it("packet identifiers are never reused while in flight: the 65,536th QoS 1 publish waits for one", () => {
@@ -1222,6 +1263,60 @@ describe("session: inbound messages", () => {
 })
 
 describe("session: subscriptions", () => {
+  describe("an acknowledgement whose identifier a flow of another kind holds", () => {
+    // the broker and the client disagree about that flow: a protocol error (0x82) that closes the connection; the
+    // flow does not end, and is sent again on the next connection. An identifier no flow holds is stray: ignored
+    const cases: ReadonlyArray<
+      readonly [string, "subscribe" | "unsubscribe" | "publish", (id: number) => Packets.Packet, string]
+    > = [
+      ["a SUBACK for an UNSUBSCRIBE", "unsubscribe", (id) => ({ _tag: "Suback", id, codes: [0] }), "SUBACK"],
+      ["an UNSUBACK for a SUBSCRIBE", "subscribe", (id) => ({ _tag: "Unsuback", id, codes: undefined }), "UNSUBACK"],
+      ["a PUBACK for a SUBSCRIBE", "subscribe", (id) => ack("Puback", id), "PUBACK"],
+      ["a PUBREC for an UNSUBSCRIBE", "unsubscribe", (id) => ack("Pubrec", id), "PUBREC"],
+      ["a PUBCOMP for a SUBSCRIBE", "subscribe", (id) => ack("Pubcomp", id), "PUBCOMP"],
+      ["a SUBACK for a PUBLISH", "publish", (id) => ({ _tag: "Suback", id, codes: [0] }), "SUBACK"],
+      ["an UNSUBACK for a PUBLISH", "publish", (id) => ({ _tag: "Unsuback", id, codes: undefined }), "UNSUBACK"]
+    ]
+    for (const version of [4, 5] as const) {
+      for (const [name, kind, wrong, packet] of cases) {
+        it(`v${version}: ${name} is a protocol error (0x82); the flow goes on and is sent again on the next connection`, () => {
+          const h = new Harness({ protocolVersion: version, cleanStart: false })
+          h.connect()
+          const held = h.subscribe(MESSAGES, [spec("held/#")])
+          h.receive({ _tag: "Suback", id: held.id, codes: [1] })
+          h.take()
+          const op = kind === "subscribe"
+            ? h.subscribe(MESSAGES, [spec("new/#")])
+            : kind === "unsubscribe"
+            ? h.unsubscribe(MESSAGES, ["held/#"])!
+            : entry(h.publish(message("t", "q1", 1, version)))
+          expect(h.take().map((p: any) => p.cmd)).toEqual([kind])
+          h.receive(wrong(op.id))
+          expect(h.errors.map((e) => [e._tag, (e as any).reasonCode, (e as any).packet])).toEqual([
+            ["ProtocolError", version === 5 ? 0x82 : undefined, packet]
+          ])
+          h.errors = []
+          expect(h.take()).toEqual([])
+          expect(op.done).toBe(false)
+          h.lose(lost)
+          h.connect(true)
+          const again = h.take() as Array<any>
+          expect(again.map((p) => [p.cmd, p.dup === true])).toEqual([[kind, kind === "publish"]])
+          const id = again[0].messageId
+          h.receive(
+            kind === "subscribe"
+              ? { _tag: "Suback", id, codes: [1] }
+              : kind === "unsubscribe"
+              ? { _tag: "Unsuback", id, codes: version === 5 ? [0] : undefined }
+              : ack("Puback", id)
+          )
+          expect([op.done, op.error]).toEqual([true, undefined])
+          expect(h.errors).toEqual([])
+        })
+      }
+    }
+  })
+
   it("MQTT 5: one Subscription Identifier given to two subscriptions names both: a message goes to the owner whose filter its topic matches", () => {
     const h = new Harness({ protocolVersion: 5 })
     h.connect()

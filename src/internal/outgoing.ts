@@ -16,7 +16,7 @@ import * as MqttError from "../MqttError.ts"
 import type { PublishProperties, QoS } from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
-import type { Operation, Output } from "./output.ts"
+import { type Operation, type Output, violation } from "./output.ts"
 import { Line, type PacketIds, type Queued } from "./packetIds.ts"
 import type * as Packets from "./packets.ts"
 
@@ -88,7 +88,10 @@ export class Outgoing {
   private readonly line = new Line<PublishEntry>()
   /** every QoS 1/2 publish holding an identifier, in the order of its first sending */
   private readonly inflight = new Map<number, PublishEntry>()
-  /** identifiers of QoS 2 publishes refused on resend: the broker may still hold them until the session ends */
+  /**
+   * identifiers of QoS 2 publishes refused on resend, and of publishes the broker answered with a PUBREC they could
+   * not take (see `mismatch`): the broker may still hold them until the session ends
+   */
   private retired: Array<number> = []
   private used = 0
   private limits: Limits | undefined = undefined
@@ -363,12 +366,9 @@ export class Outgoing {
   /** PUBACK: a QoS 1 publish ends. */
   onPuback(ack: Packets.Ack, out: Output): "unknown" | undefined {
     const entry = this.inflight.get(ack.id)
-    if (entry === undefined || entry.state !== SENT) return "unknown"
+    if (entry === undefined || entry.state === NEW) return "unknown"
+    if (entry.message.qos !== 1) return this.mismatch(entry, ack, out)
     this.acks++
-    if (entry.message.qos !== 1) {
-      // RabbitMQ answers QoS 2 with PUBACK: the flow ends here with an error, so that it is never sent again
-      return this.settle(entry, wrongAck(entry, "PUBACK"), out)
-    }
     return this.settle(entry, ack.reasonCode >= 0x80 ? brokerRefusal(entry, ack) : undefined, out)
   }
 
@@ -376,8 +376,8 @@ export class Outgoing {
   onPubrec(ack: Packets.Ack, out: Output): "unknown" | undefined {
     const entry = this.inflight.get(ack.id)
     if (entry === undefined || entry.state === NEW) return "unknown"
+    if (entry.message.qos !== 2) return this.mismatch(entry, ack, out)
     this.acks++
-    if (entry.message.qos !== 2) return this.settle(entry, wrongAck(entry, "PUBREC"), out)
     if (ack.reasonCode >= 0x80) return this.settle(entry, brokerRefusal(entry, ack), out)
     if (entry.state !== RELEASED) out.journal?.push({ t: "r", k: entry.key })
     entry.state = RELEASED
@@ -386,28 +386,65 @@ export class Outgoing {
     return undefined
   }
 
-  /** PUBCOMP: a QoS 2 publish ends. Before its PUBREC it is a protocol violation. */
-  onPubcomp(ack: Packets.Ack, out: Output): "unknown" | "early" | undefined {
+  /** PUBCOMP: a QoS 2 publish ends. */
+  onPubcomp(ack: Packets.Ack, out: Output): "unknown" | undefined {
     const entry = this.inflight.get(ack.id)
-    if (entry === undefined) return "unknown"
-    if (entry.state !== RELEASED) return "early"
+    if (entry === undefined || entry.state === NEW) return "unknown"
+    if (entry.state !== RELEASED) return this.mismatch(entry, ack, out)
     this.acks++
     return this.settle(entry, undefined, out)
   }
 
-  private settle(entry: PublishEntry, error: MqttError.MqttError | undefined, out: Output): undefined {
+  /**
+   * An acknowledgement that the publish holding its identifier cannot take where it is: a PUBACK for QoS 2, a
+   * PUBREC for QoS 1, a PUBCOMP before the PUBREL. The broker and the client disagree about this flow: a protocol
+   * error, which closes the connection (MQTT 5: DISCONNECT 0x82). The broker answered this publish, in its way, so
+   * it ends with a PublishError (0x82) and is not sent again: a resend could deliver it twice, and a broker that
+   * downgrades QoS 2 to 1 (RabbitMQ 3 over MQTT 3.1.1) would answer it so on every connection, for good. A PUBREC
+   * opened a QoS 2 flow on the broker's side: PUBREL ends it [MQTT-4.3.3-4], and the identifier is kept out of use
+   * until the broker's session ends, in case the broker never read that PUBREL (it would take a new QoS 2 PUBLISH
+   * under it for a resend, and drop it).
+   */
+  private mismatch(entry: PublishEntry, ack: Packets.Ack, out: Output): undefined {
+    const packet = ack._tag.toUpperCase()
+    const awaiting = entry.state === RELEASED ? "PUBCOMP" : entry.message.qos === 1 ? "PUBACK" : "PUBREC"
+    out.fail(
+      violation(
+        this.version,
+        `a ${packet} for packet ${entry.id}, a QoS ${entry.message.qos} publish awaiting ${awaiting}`,
+        0x82,
+        { packet }
+      )
+    )
+    const opened = ack._tag === "Pubrec" && ack.reasonCode < 0x80
+    if (opened) out.acks.push(Codec.PUBREL, entry.id)
+    return this.settle(entry, wrongAck(entry, packet, awaiting), out, opened)
+  }
+
+  /** A publish ends; `retire`: its identifier is kept out of use until the broker's session ends (see `retired`). */
+  private settle(entry: PublishEntry, error: MqttError.MqttError | undefined, out: Output, retire = false): undefined {
     out.journal?.push({ t: "d", k: entry.key })
     // acknowledged while its resend waits in line (a resumed session with a smaller quota; the PUBACK of the last
     // connection came late): it leaves the line, else it would be sent again under an identifier it no longer holds
     this.line.remove(entry)
     this.inflight.delete(entry.id)
-    this.ids.release(entry.id)
+    if (retire) {
+      this.retired.push(entry.id)
+      out.journal?.push({ t: "i", id: entry.id })
+    } else {
+      this.ids.release(entry.id)
+    }
     if (entry.counted) {
       entry.counted = false
       this.used--
     }
     out.end(entry, error)
     return undefined
+  }
+
+  /** Whether a publish holds the identifier (a PUBLISH or PUBREL of it may be answered). */
+  holds(id: number): boolean {
+    return this.inflight.has(id)
   }
 
   /** A connection carries the session: resend or restart what is unfinished, in order, then what waits. */
@@ -554,10 +591,14 @@ const brokerRefusal = (entry: PublishEntry, ack: Packets.Ack) =>
     ...(ack.reasonString === undefined ? {} : { reasonString: ack.reasonString })
   })
 
-const wrongAck = (entry: PublishEntry, packet: string) =>
+const wrongAck = (entry: PublishEntry, packet: string, awaiting: string) =>
   new MqttError.PublishError({
     topic: entry.message.topic,
     reasonCode: 0x82,
-    reasonString: `the broker answered a QoS ${entry.message.qos} publish with ${packet} (a broker that downgrades ` +
-      `QoS 2 to 1 does this); the message may have been delivered, and it is not sent again`
+    reasonString: `the broker answered a QoS ${entry.message.qos} publish awaiting ${awaiting} with ${packet}` +
+      (entry.message.qos === 2 && packet === "PUBACK" && awaiting === "PUBREC"
+        ? " (a broker that downgrades QoS 2 to 1 does this: publish at QoS 1 to it)"
+        : "") +
+      "; the message may have been delivered, and it is not sent again; the client closed the connection " +
+      "(a protocol error)"
   })

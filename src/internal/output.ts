@@ -148,3 +148,6 @@ export const violation = (
     ...(detail?.packet === undefined ? {} : { packet: detail.packet }),
     ...(detail?.rule === undefined ? {} : { rule: detail.rule })
   })
+
+/** A packet's name with its article: "a PUBACK", "an UNSUBACK". */
+export const article = (packet: string): string => `${packet.startsWith("U") ? "an" : "a"} ${packet}`

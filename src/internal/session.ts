@@ -17,7 +17,7 @@ import * as Codec from "./codec.ts"
 import { DUPLICATE, Inbound } from "./inbound.ts"
 import type * as Journal from "./journal.ts"
 import { closedByBroker, Outgoing, type OutgoingMessage, PublishEntry } from "./outgoing.ts"
-import { type InboundRecord, type Output, violation } from "./output.ts"
+import { article, type InboundRecord, type Output, violation } from "./output.ts"
 import { PacketIds } from "./packetIds.ts"
 import type * as Packets from "./packets.ts"
 import { strayAnswer } from "./strayAck.ts"
@@ -326,8 +326,7 @@ export class Session {
         if (this.outgoing.onPubrec(packet, out) === "unknown") return this.notInFlight(packet, out)
         return this.pump(out)
       case "Pubcomp":
-        // a PUBCOMP before the PUBREC answers no PUBREL: stray too
-        if (this.outgoing.onPubcomp(packet, out) !== undefined) return this.notInFlight(packet, out)
+        if (this.outgoing.onPubcomp(packet, out) === "unknown") return this.notInFlight(packet, out)
         return this.pump(out)
       case "Pubrel":
         return this.inbound.onPubrel(packet, out)
@@ -349,12 +348,22 @@ export class Session {
   }
 
   /**
-   * An acknowledgement for a packet identifier no flow of that kind holds ("stray"): a mismatch of session
-   * state, not a broken connection (see strayAck.ts for the specification's text). PUBREC is answered with
-   * PUBREL and PUBREL with PUBCOMP (0x92, Packet Identifier not found, in MQTT 5); the others are ignored:
-   * nothing the session holds can be completed or freed by an identifier that does not match.
+   * An acknowledgement for a packet identifier no flow of that kind holds. Held by a flow of the other kind (a
+   * PUBACK for a SUBSCRIBE, a SUBACK for a PUBLISH): the broker and the client disagree about that flow, a protocol
+   * error that closes the connection (MQTT 5: DISCONNECT 0x82); the flow is sent again on the next one. Held by
+   * none ("stray"): a mismatch of session state, not a broken connection (see strayAck.ts for the specification's
+   * text). PUBREC is answered with PUBREL and PUBREL with PUBCOMP (0x92, Packet Identifier not found, in MQTT 5);
+   * the others are ignored: nothing the session holds can be completed or freed by an identifier that does not
+   * match.
    */
   private notInFlight(packet: Packets.Ack | Packets.Suback | Packets.Unsuback, out: Output): void {
+    const holder = this.outgoing.holds(packet.id) ? "a PUBLISH" : this.subscriptions.holder(packet.id)
+    if (holder !== undefined) {
+      const name = packet._tag.toUpperCase()
+      return out.fail(
+        violation(this.version, `${article(name)} for packet ${packet.id}, ${holder}`, 0x82, { packet: name })
+      )
+    }
     const answer = strayAnswer(packet, this.version)
     if (answer !== undefined) out.send.push(answer)
     out.warnings.push(

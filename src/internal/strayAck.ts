@@ -1,15 +1,16 @@
 /**
- * What the session does with an acknowledgement for a packet identifier that is not in flight: a "stray"
+ * What the session does with an acknowledgement for a packet identifier that no flow of the session holds: a "stray"
  * acknowledgement. The decoder cannot tell (it has no state); the session applies this.
  *
- * "In flight", per packet:
- * - PUBACK: a QoS 1 PUBLISH the client sent with that identifier and that is not yet acknowledged;
- * - PUBREC: a QoS 2 PUBLISH the client sent with that identifier, awaiting PUBREC, or awaiting PUBCOMP (a repeated
- *   PUBREC after the PUBREL went out is answered with the PUBREL again, as the client does today);
- * - PUBCOMP: a PUBREL the client sent with that identifier, awaiting PUBCOMP. A PUBCOMP for a QoS 2 publish
- *   that has not had its PUBREC yet is stray too: it answers no PUBREL;
- * - PUBREL (the client receiving QoS 2): an identifier whose PUBREC the client sent, awaiting PUBREL;
- * - SUBACK, UNSUBACK: a SUBSCRIBE or UNSUBSCRIBE the client sent with that identifier, unanswered.
+ * Packet identifiers are one space for PUBLISH (QoS 1/2), SUBSCRIBE and UNSUBSCRIBE [MQTT-2.2.1-3]. An identifier
+ * that a flow holds must be answered as that flow expects: a PUBACK for a QoS 1 PUBLISH, PUBREC for a QoS 2 one (again
+ * after the PUBREL went out: answered with the PUBREL again), PUBCOMP for a PUBREL, SUBACK for a SUBSCRIBE, UNSUBACK
+ * for an UNSUBSCRIBE. Any other acknowledgement under it (a PUBACK for QoS 2, which brokers that downgrade QoS 2 to 1
+ * send; a PUBREC for QoS 1; a PUBCOMP before the PUBREL; a SUBACK for an UNSUBSCRIBE or a PUBLISH) is not stray: the
+ * broker and the client disagree about that very flow, a protocol error that closes the connection (MQTT 5:
+ * DISCONNECT 0x82); see `Outgoing.mismatch`, `Subscriptions.onAck`, `Session.notInFlight`. Only an identifier no flow
+ * holds is stray. For the client receiving QoS 2, a PUBREL is stray when no message it received holds its
+ * identifier (one whose PUBREC the client has not sent yet is a protocol error: `Inbound.onPubrel`).
  *
  * What the specification says. The acknowledgements must carry the identifier of the packet they answer: "A
  * PUBACK, PUBREC, PUBREL, or PUBCOMP packet MUST contain the same Packet Identifier as the PUBLISH packet that
@@ -33,11 +34,11 @@
  *   have been lost with a connection.
  * - PUBACK, PUBCOMP, SUBACK, UNSUBACK: ignore. Nothing answers them, and nothing the session holds changes:
  *   an identifier is only released by an acknowledgement that matches it, so a stray one cannot complete or
- *   free anything. (An ack that really was meant for a request in flight leaves that request waiting: its
- *   caller's own timeout, or the next reconnect with its resend, settles it.)
+ *   free anything. (An ack meant for a flow in flight that carries a wrong identifier leaves that flow waiting:
+ *   its caller's own timeout, or the next reconnect with its resend, settles it.)
  *
  * For comparison: Mosquitto logs a stray PUBACK or PUBCOMP and carries on; the HiveMQ client closes the
- * connection with 0x82.
+ * connection with 0x82, for a stray acknowledgement as for one its flow cannot take.
  */
 import type * as Packets from "./packets.ts"
 

@@ -28,7 +28,7 @@ import * as MqttError from "../MqttError.ts"
 import type { UserProperty } from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
-import { type Operation, type Output, violation } from "./output.ts"
+import { article, type Operation, type Output, violation } from "./output.ts"
 import { Line, type PacketIds, type Queued } from "./packetIds.ts"
 import type * as Packets from "./packets.ts"
 import type { FilterSpec } from "./packets.ts"
@@ -747,7 +747,15 @@ export class Subscriptions {
   onAck(ack: Packets.Suback | Packets.Unsuback, out: Output): "unknown" | undefined {
     const request = this.sent.get(ack.id)
     const kind = ack._tag === "Suback" ? "Subscribe" : "Unsubscribe"
-    if (request === undefined || request.kind !== kind) return "unknown"
+    if (request === undefined) return "unknown"
+    if (request.kind !== kind) {
+      // the request stays: it is sent again on the next connection
+      const packet = ack._tag.toUpperCase()
+      out.fail(
+        violation(this.version, `${article(packet)} for packet ${ack.id}, ${this.holder(ack.id)}`, 0x82, { packet })
+      )
+      return undefined
+    }
     const codes = ack.codes ?? request.filters.map(() => 0)
     if (codes.length !== request.filters.length) {
       out.fail(
@@ -790,6 +798,12 @@ export class Subscriptions {
     request.reasonString = ack.reasonString
     out.end(request, undefined)
     return undefined
+  }
+
+  /** The packet written on this connection that holds the identifier: "a SUBSCRIBE", "an UNSUBSCRIBE", or none. */
+  holder(id: number): string | undefined {
+    const request = this.sent.get(id)
+    return request === undefined ? undefined : request.kind === "Subscribe" ? "a SUBSCRIBE" : "an UNSUBSCRIBE"
   }
 
   /** A durable session stores what the broker holds, to restore it after a restart. */
