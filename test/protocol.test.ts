@@ -1489,12 +1489,30 @@ describe("a broker that breaks the protocol", () => {
     )
   }
 
+  for (const protocolVersion of versions) {
+    it.live(`v${protocolVersion}: a PUBACK for a QoS 2 publish awaiting PUBREC (a broker that downgrades QoS 2 to 1) fails that publish with PublishError 0x82; the connection stays and other publishes go on`, () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* connect({ protocolVersion })
+        const q2 = yield* Effect.forkChild(Effect.flip(client.publish("p", "two", { qos: 2 })))
+        const id = ((yield* connection.receive) as { messageId: number }).messageId
+        yield* connection.send({ cmd: "puback", messageId: id })
+        const failed = yield* Fiber.join(q2)
+        assert(failed instanceof MqttError.PublishError, String(failed))
+        expect([failed.reasonCode, failed.reasonString]).toEqual([0x82, expect.stringMatching(/downgrades QoS 2 to 1/)])
+        const q1 = yield* Effect.forkChild(client.publish("p", "one", { qos: 1 }))
+        const sent = (yield* connection.expect("publish")) as { messageId: number; payload: Buffer }
+        expect(String(sent.payload)).toBe("one")
+        yield* connection.send({ cmd: "puback", messageId: sent.messageId })
+        yield* Fiber.join(q1)
+        expect((yield* client.status)._tag).toBe("Connected")
+      }))
+  }
+
   // an acknowledgement the flow holding its identifier cannot take: the broker and the client disagree about that
   // flow (see Outgoing.mismatch and Session.notInFlight)
   const mismatches: ReadonlyArray<
     readonly [string, 1 | 2 | "subscribe", ReadonlyArray<"pubrec">, (id: number) => Packet, "pubrel" | undefined]
   > = [
-    ["a PUBACK for a QoS 2 publish", 2, [], (id) => ({ cmd: "puback", messageId: id }), undefined],
     [
       "a PUBACK for a QoS 2 publish after its PUBREL",
       2,

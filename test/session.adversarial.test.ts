@@ -856,12 +856,13 @@ export class Model {
         return this.receive({ _tag: "Pubrel", id: inbound, reasonCode: 0 })
       }
     }
-    // a publish written on this session holds the identifier: a PUBACK for QoS 2 (RabbitMQ 3 downgrading), a PUBREC
-    // for QoS 1, a PUBCOMP before the PUBREL. The flow ends with an error and the connection closes (a protocol
+    // a publish written on this session holds the identifier. A PUBACK for QoS 2 before its PUBREC (RabbitMQ 3
+    // downgrading): the flow ends with an error, the connection stays. A PUBACK for QoS 2 after its PUBREC, a PUBREC
+    // for QoS 1, a PUBCOMP before the PUBREL: the flow ends with an error and the connection closes (a protocol
     // error); a PUBREC is answered with PUBREL first. Unknown identifiers are stray: ignored or answered (0x92)
     const entry = flow === undefined ? undefined : (this.h.session as any).outgoing.inflight.get(id)
     if (entry !== undefined && entry.state !== 0) {
-      this.expectError = true
+      this.expectError = !(kind === "Puback" && entry.message.qos === 2 && entry.state === 1)
       this.dropPending(id)
       this.flows.delete(id)
       if (kind === "Pubrec") this.mismatchedPubrec.add(id)

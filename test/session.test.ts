@@ -342,7 +342,6 @@ describe("session: outgoing publishes", () => {
     // the broker answered the publish, in its way: it ends with an error and is never sent again (a resend could
     // deliver it twice; a broker that downgrades QoS 2 to 1 would answer every resend so); the connection closes
     const cases: ReadonlyArray<readonly [string, 1 | 2, ReadonlyArray<Packets.Ack["_tag"]>, Packets.Ack["_tag"]]> = [
-      ["a PUBACK for QoS 2 (RabbitMQ 3 downgrading)", 2, [], "Puback"],
       ["a PUBACK for QoS 2 after its PUBREL", 2, ["Pubrec"], "Puback"],
       ["a PUBCOMP before the PUBREC", 2, [], "Pubcomp"],
       ["a PUBREC for QoS 1", 1, [], "Pubrec"],
@@ -380,6 +379,34 @@ describe("session: outgoing publishes", () => {
         })
       }
     }
+
+    it("a PUBACK for a QoS 2 publish awaiting PUBREC (a broker that downgrades QoS 2 to 1, RabbitMQ 3): that publish ends with PublishError 0x82, once, never sent again; the connection stays, and the other publishes in flight are not sent again [FAULTS row 33]", () => {
+      for (const version of [4, 5] as const) {
+        const h = new Harness({ protocolVersion: version, cleanStart: false })
+        h.connect()
+        const other = entry(h.publish(message("t", "other", 2, version)))
+        const q2 = entry(h.publish(message("t", "once", 2, version)))
+        h.take()
+        h.receive(ack("Puback", q2.id))
+        expect([q2.error?._tag, (q2.error as any)?.reasonCode]).toEqual(["PublishError", 0x82])
+        expect((q2.error as any)?.reasonString).toMatch(/downgrades QoS 2 to 1/)
+        expect((q2.error as any)?.reasonString).not.toMatch(/closed the connection/)
+        expect(h.errors).toEqual([])
+        expect(h.take()).toEqual([])
+        expect(other.done).toBe(false)
+        h.receive(ack("Pubrec", other.id))
+        expect(h.take().map((p: any) => [p.cmd, p.messageId])).toEqual([["pubrel", other.id]])
+        h.receive(ack("Pubcomp", other.id))
+        expect([other.done, other.error]).toEqual([true, undefined])
+        for (const present of [true, false]) {
+          h.lose(lost)
+          h.connect(present)
+          expect(texts(h.take())).toEqual([])
+        }
+        // its identifier is free again
+        expect(h.session.ids.size).toBe(0)
+      }
+    })
 
     it("a PUBREC for QoS 1: the identifier stays out of use while the broker's session may hold it", () => {
       const h = new Harness({ cleanStart: false })

@@ -367,7 +367,14 @@ export class Outgoing {
   onPuback(ack: Packets.Ack, out: Output): "unknown" | undefined {
     const entry = this.inflight.get(ack.id)
     if (entry === undefined || entry.state === NEW) return "unknown"
-    if (entry.message.qos !== 1) return this.mismatch(entry, ack, out)
+    if (entry.message.qos !== 1) {
+      if (entry.state === RELEASED) return this.mismatch(entry, ack, out)
+      // the documented downgrade: a broker that takes QoS 2 as 1 (RabbitMQ 3 over MQTT 3.1.1) answers its PUBLISH
+      // with PUBACK, every time. The publish ends with an error, never sent again; the connection stays, since
+      // closing it would send the other publishes in flight again, and that broker would deliver them twice
+      this.acks++
+      return this.settle(entry, wrongAck(entry, "PUBACK", "PUBREC", false), out)
+    }
     this.acks++
     return this.settle(entry, ack.reasonCode >= 0x80 ? brokerRefusal(entry, ack) : undefined, out)
   }
@@ -396,8 +403,9 @@ export class Outgoing {
   }
 
   /**
-   * An acknowledgement that the publish holding its identifier cannot take where it is: a PUBACK for QoS 2, a
-   * PUBREC for QoS 1, a PUBCOMP before the PUBREL. The broker and the client disagree about this flow: a protocol
+   * An acknowledgement that the publish holding its identifier cannot take where it is: a PUBACK for QoS 2 after
+   * its PUBREC (before it, the documented downgrade: see `onPuback`), a PUBREC for QoS 1, a PUBCOMP before the
+   * PUBREL. The broker and the client disagree about this flow: a protocol
    * error, which closes the connection (MQTT 5: DISCONNECT 0x82). The broker answered this publish, in its way, so
    * it ends with a PublishError (0x82) and is not sent again: a resend could deliver it twice, and a broker that
    * downgrades QoS 2 to 1 (RabbitMQ 3 over MQTT 3.1.1) would answer it so on every connection, for good. A PUBREC
@@ -418,7 +426,7 @@ export class Outgoing {
     )
     const opened = ack._tag === "Pubrec" && ack.reasonCode < 0x80
     if (opened) out.acks.push(Codec.PUBREL, entry.id)
-    return this.settle(entry, wrongAck(entry, packet, awaiting), out, opened)
+    return this.settle(entry, wrongAck(entry, packet, awaiting, true), out, opened)
   }
 
   /** A publish ends; `retire`: its identifier is kept out of use until the broker's session ends (see `retired`). */
@@ -591,7 +599,7 @@ const brokerRefusal = (entry: PublishEntry, ack: Packets.Ack) =>
     ...(ack.reasonString === undefined ? {} : { reasonString: ack.reasonString })
   })
 
-const wrongAck = (entry: PublishEntry, packet: string, awaiting: string) =>
+const wrongAck = (entry: PublishEntry, packet: string, awaiting: string, closed: boolean) =>
   new MqttError.PublishError({
     topic: entry.message.topic,
     reasonCode: 0x82,
@@ -599,6 +607,6 @@ const wrongAck = (entry: PublishEntry, packet: string, awaiting: string) =>
       (entry.message.qos === 2 && packet === "PUBACK" && awaiting === "PUBREC"
         ? " (a broker that downgrades QoS 2 to 1 does this: publish at QoS 1 to it)"
         : "") +
-      "; the message may have been delivered, and it is not sent again; the client closed the connection " +
-      "(a protocol error)"
+      "; the message may have been delivered, and it is not sent again" +
+      (closed ? "; the client closed the connection (a protocol error)" : "")
   })
