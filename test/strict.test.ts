@@ -629,7 +629,8 @@ const MARKER_ID = 4242
 
 /** The flows of the client's own identifiers that each acknowledgement fits. */
 const FITS = {
-  Puback: ["q1"],
+  // a PUBACK for a QoS 2 publish awaiting PUBREC: the documented downgrade (that publish fails, the connection stays)
+  Puback: ["q1", "q2a"],
   Pubrec: ["q2a", "q2b"],
   Pubcomp: ["q2b"],
   Suback: ["sub"],
@@ -637,8 +638,8 @@ const FITS = {
 } as const satisfies Record<string, ReadonlyArray<keyof HeldIds>>
 
 /**
- * An acknowledgement under an identifier a flow of the client holds, which that flow cannot take (a PUBACK for QoS 2,
- * a SUBACK for a PUBLISH...): a protocol error. Under an identifier no flow holds: stray, the connection goes on.
+ * An acknowledgement under an identifier a flow of the client holds, which that flow cannot take (a PUBACK for QoS 2
+ * after its PUBREC, a SUBACK for a PUBLISH...): a protocol error. Under an identifier no flow holds: stray, the connection goes on.
  */
 const misfits = (packet: Packets.Ack | Packets.Suback | Packets.Unsuback, held: Held): End | undefined => {
   const holder = (["q1", "q2a", "q2b", "sub", "unsub"] as const).find((flow) => held.ids[flow] === packet.id)
