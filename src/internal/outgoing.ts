@@ -409,9 +409,10 @@ export class Outgoing {
    * error, which closes the connection (MQTT 5: DISCONNECT 0x82). The broker answered this publish, in its way, so
    * it ends with a PublishError (0x82) and is not sent again: a resend could deliver it twice, and a broker that
    * downgrades QoS 2 to 1 (RabbitMQ 3 over MQTT 3.1.1) would answer it so on every connection, for good. A PUBREC
-   * opened a QoS 2 flow on the broker's side: PUBREL ends it [MQTT-4.3.3-4], and the identifier is kept out of use
-   * until the broker's session ends, in case the broker never read that PUBREL (it would take a new QoS 2 PUBLISH
-   * under it for a resend, and drop it).
+   * opened a QoS 2 flow on the broker's side: PUBREL ends it [MQTT-4.3.3-4]. The identifier is kept out of use
+   * until the broker's session ends wherever the broker may hold a QoS 2 flow under it (a PUBREC answered so, and any
+   * QoS 2 PUBLISH written: its PUBREL unread or never sent), as `refuse` does: it would take a new QoS 2 PUBLISH
+   * under it for a resend, and drop it.
    */
   private mismatch(entry: PublishEntry, ack: Packets.Ack, out: Output): undefined {
     const packet = ack._tag.toUpperCase()
@@ -426,7 +427,7 @@ export class Outgoing {
     )
     const opened = ack._tag === "Pubrec" && ack.reasonCode < 0x80
     if (opened) out.acks.push(Codec.PUBREL, entry.id)
-    return this.settle(entry, wrongAck(entry, packet, awaiting, true), out, opened)
+    return this.settle(entry, wrongAck(entry, packet, awaiting, true), out, opened || entry.message.qos === 2)
   }
 
   /** A publish ends; `retire`: its identifier is kept out of use until the broker's session ends (see `retired`). */
