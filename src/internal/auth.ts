@@ -69,9 +69,13 @@ const answerOne = (
   }
   // only the client starts a re-authentication [MQTT-4.12.1]: a challenge once connected answers one under way
   if (packet.reasonCode === 0x18 && (beside === undefined || c.reauthentication !== undefined)) {
+    // the exchange the challenge belongs to: one the broker ended (AUTH 0x00) while the answer was computed beside
+    // the reader takes no answer, and a later one must not get this one for its own challenge
+    const exchange = c.reauthentication
     const answer = Effect.flatMap(
       challenge(auth, packet),
       (data) => {
+        if (c.reauthentication !== exchange) return Effect.void
         const bytes = authPacket(c, 0x18, auth.method, data)
         if (!(bytes instanceof Uint8Array)) return Effect.fail(bytes)
         c.outbox.push(bytes)

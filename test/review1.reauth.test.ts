@@ -1,0 +1,70 @@
+/**
+ * Review (h-review1): the answer to a re-authentication challenge is computed beside the reader; an AUTH 0x00 read
+ * meanwhile ends that re-authentication. The answer, once computed, belongs to no exchange any more: it must not be
+ * written, least of all into the next re-authentication, where the broker would take it as the answer to its new
+ * challenge.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Deferred, Effect, Fiber } from "effect"
+import { MqttClient } from "effect-mqtt"
+import * as FakeBroker from "./support/FakeBroker.ts"
+
+describe("re-authentication: an answer computed after its exchange ended", () => {
+  it.live("is not written into the next re-authentication", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+      const release = yield* Deferred.make<void>()
+      const challenged = yield* Deferred.make<void>()
+      const fiber = yield* Effect.forkChild(MqttClient.make({
+        url: broker.url,
+        protocolVersion: 5,
+        reconnect: false,
+        auth: {
+          method: "TEST-SCRAM",
+          onChallenge: ({ data }) => {
+            const round = Buffer.from(data ?? []).toString()
+            return round === "one"
+              ? Deferred.succeed(challenged, undefined).pipe(
+                Effect.andThen(Deferred.await(release)),
+                Effect.as(Buffer.from("stale:one"))
+              )
+              : Effect.succeed(Buffer.from(`answer:${round}`))
+          }
+        }
+      }))
+      const { connection } = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      const client = yield* Fiber.join(fiber)
+      const challenge = (round: string) =>
+        connection.send({
+          cmd: "auth",
+          reasonCode: 0x18,
+          properties: { authenticationMethod: "TEST-SCRAM", authenticationData: Buffer.from(round) }
+        })
+      const accept = connection.send({
+        cmd: "auth",
+        reasonCode: 0x00,
+        properties: { authenticationMethod: "TEST-SCRAM" }
+      })
+
+      const first = yield* Effect.forkChild(client.reauthenticate())
+      expect((yield* connection.expect("auth")).reasonCode).toBe(0x19)
+      yield* challenge("one")
+      yield* Deferred.await(challenged)
+      // the broker ends the exchange while the answer is being computed
+      yield* accept
+      yield* Fiber.join(first)
+
+      const second = yield* Effect.forkChild(client.reauthenticate())
+      expect((yield* connection.expect("auth")).reasonCode).toBe(0x19)
+      yield* challenge("two")
+      yield* Deferred.succeed(release, undefined)
+      // the answer the broker gets to its challenge "two" is the one computed for it
+      const reply = yield* connection.expect("auth")
+      expect([reply.reasonCode, Buffer.from(reply.properties!.authenticationData!).toString()]).toEqual([
+        0x18,
+        "answer:two"
+      ])
+      yield* accept
+      yield* Fiber.join(second)
+    }))
+})
