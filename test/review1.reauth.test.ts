@@ -68,3 +68,29 @@ describe("re-authentication: an answer computed after its exchange ended", () =>
       yield* Fiber.join(second)
     }))
 })
+
+describe("re-authentication: a call that joins one under way", () => {
+  const auth: MqttClient.Authentication = {
+    method: "TEST-SCRAM",
+    onChallenge: () => Effect.succeed(undefined)
+  }
+
+  it.live("fails with the connection's error when the broker refuses (DISCONNECT 0x87), as the first call does", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: false, auth })
+      )
+      const { connection } = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      const client = yield* Fiber.join(fiber)
+      const first = yield* Effect.forkChild(Effect.exit(client.reauthenticate(Buffer.from("a"))))
+      expect((yield* connection.expect("auth")).reasonCode).toBe(0x19)
+      const joined = yield* Effect.forkChild(Effect.exit(client.reauthenticate()))
+      yield* Effect.yieldNow
+      yield* connection.send({ cmd: "disconnect", reasonCode: 0x87 })
+      expect((yield* Fiber.join(first))._tag).toBe("Failure")
+      // a generous wait: it never ends otherwise
+      const exit = yield* Fiber.join(joined).pipe(Effect.timeout("10 seconds"), Effect.exit)
+      expect(exit._tag === "Success" ? exit.value._tag : `hung: ${String(exit)}`).toBe("Failure")
+    }))
+})

@@ -122,12 +122,16 @@ export const reauthenticate = (
 ): Effect.Effect<void, MqttError.MqttError> =>
   Effect.suspend(() => {
     const auth = o.auth!
-    if (c.reauthentication !== undefined) return Deferred.await(c.reauthentication.done)
+    // a call that joins one under way too: its exchange is never settled when the connection ends
+    if (c.reauthentication !== undefined) return untilLost(c, c.reauthentication.done)
     const bytes = authPacket(c, 0x19, auth.method, data)
     if (!(bytes instanceof Uint8Array)) return Effect.fail(bytes)
     const done = Deferred.makeUnsafe<void, MqttError.MqttError>()
     c.reauthentication = { done, accepted }
     c.outbox.push(bytes)
-    // if the connection ends first, so does the re-authentication
-    return Effect.raceFirst(Deferred.await(done), Effect.flatMap(Effect.flip(Deferred.await(c.lost)), Effect.fail))
+    return untilLost(c, done)
   })
+
+/** Waits for a re-authentication; if the connection ends first, so does the re-authentication. */
+const untilLost = (c: Connection, done: Deferred.Deferred<void, MqttError.MqttError>) =>
+  Effect.raceFirst(Deferred.await(done), Effect.flatMap(Effect.flip(Deferred.await(c.lost)), Effect.fail))
