@@ -979,7 +979,7 @@ export interface Client {
    * (AUTH 0x18) are answered by `auth.onChallenge`, as at connect, while messages, acknowledgements and pings go
    * on flowing [MQTT-4.12.1]. Once the broker accepts it, `data` (when given) replaces `auth.data` in the
    * CONNECT of later reconnections. A call while one is under way waits for that
-   * one. The broker's AUTH 0x18 while none is under way is a protocol error (DISCONNECT 0x82): only the client
+   * one; with `data`, it then starts its own, so that its data is presented. The broker's AUTH 0x18 while none is under way is a protocol error (DISCONNECT 0x82): only the client
    * starts a re-authentication. Fails with `InvalidOptionError` when the client was connected without `auth`, `OfflineError` without a
    * connection, and with the connection's error when it ends first: a refusal is the broker's DISCONNECT
    * (`ConnectionLostError` with its `reasonCode`, such as 0x87 Not authorized). It sets no time limit of its own: the keepalive ends a connection whose broker

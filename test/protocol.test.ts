@@ -1183,13 +1183,19 @@ describe("MQTT 5 enhanced authentication", () => {
         reasonCode: 0x00,
         properties: { authenticationMethod: "TEST-SCRAM" }
       })
-      // two calls, one AUTH 0x19: both done at the one acceptance
+      // a second call waits for the one under way: without data, it is done at the same acceptance; with data, it
+      // then presents its own
       const first = yield* Effect.forkChild(client.reauthenticate(Buffer.from("one")))
       expect((yield* connection.expect("auth")).reasonCode).toBe(0x19)
+      const joined = yield* Effect.forkChild(client.reauthenticate())
       const second = yield* Effect.forkChild(client.reauthenticate(Buffer.from("two")))
       yield* connection.expectSilence(100)
       yield* accept
       yield* Fiber.join(first)
+      yield* Fiber.join(joined)
+      const own = yield* connection.expect("auth")
+      expect([own.reasonCode, Buffer.from(own.properties!.authenticationData!).toString()]).toEqual([0x19, "two"])
+      yield* accept
       yield* Fiber.join(second)
       // given up before the broker answers: the acceptance that comes later is no violation
       const gaveUp = yield* Effect.exit(client.reauthenticate().pipe(Effect.timeout("50 millis")))

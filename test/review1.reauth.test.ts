@@ -5,7 +5,7 @@
  * challenge.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber } from "effect"
+import { Deferred, Effect, Fiber, Schedule } from "effect"
 import { MqttClient } from "effect-mqtt"
 import * as FakeBroker from "./support/FakeBroker.ts"
 
@@ -92,5 +92,34 @@ describe("re-authentication: a call that joins one under way", () => {
       // a generous wait: it never ends otherwise
       const exit = yield* Fiber.join(joined).pipe(Effect.timeout("10 seconds"), Effect.exit)
       expect(exit._tag === "Success" ? exit.value._tag : `hung: ${String(exit)}`).toBe("Failure")
+    }))
+
+  it.live("with data of its own: that data is presented after the one under way, and it is what a reconnection's CONNECT carries", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make({ protocolVersion: 5, autoPingresp: true })
+      const fiber = yield* Effect.forkChild(
+        MqttClient.make({ url: broker.url, protocolVersion: 5, reconnect: Schedule.spaced("10 millis"), auth })
+      )
+      const { connection } = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      const client = yield* Fiber.join(fiber)
+      const accept = connection.send({
+        cmd: "auth",
+        reasonCode: 0x00,
+        properties: { authenticationMethod: "TEST-SCRAM" }
+      })
+      const first = yield* Effect.forkChild(client.reauthenticate(Buffer.from("token-a")))
+      const a = yield* connection.expect("auth")
+      expect(Buffer.from(a.properties!.authenticationData!).toString()).toBe("token-a")
+      const joined = yield* Effect.forkChild(client.reauthenticate(Buffer.from("token-b")))
+      yield* Effect.yieldNow
+      yield* accept
+      yield* Fiber.join(first)
+      const b = yield* connection.expect("auth")
+      expect([b.reasonCode, Buffer.from(b.properties!.authenticationData!).toString()]).toEqual([0x19, "token-b"])
+      yield* accept
+      yield* Fiber.join(joined)
+      yield* connection.destroy
+      const second = yield* broker.acceptAndConnack({ properties: { authenticationMethod: "TEST-SCRAM" } })
+      expect(Buffer.from(second.connect.properties!.authenticationData!).toString()).toBe("token-b")
     }))
 })

@@ -112,7 +112,8 @@ const challenge = (
 
 /**
  * Starts a re-authentication (AUTH 0x19) on a connection and waits until the broker accepts it; `accepted` runs
- * when it does (also when the caller gave up waiting meanwhile), not for a call that joined one under way.
+ * when it does (also when the caller gave up waiting meanwhile). A call while one is under way waits for it, and one
+ * with data then starts its own.
  */
 export const reauthenticate = (
   o: Resolved,
@@ -122,8 +123,12 @@ export const reauthenticate = (
 ): Effect.Effect<void, MqttError.MqttError> =>
   Effect.suspend(() => {
     const auth = o.auth!
-    // a call that joins one under way too: its exchange is never settled when the connection ends
-    if (c.reauthentication !== undefined) return untilLost(c, c.reauthentication.done)
+    // a call that joins one under way too: its exchange is never settled when the connection ends. One with data of
+    // its own then presents it: joined, it would succeed with its data never sent, and reconnections carry the other
+    if (c.reauthentication !== undefined) {
+      const joined = untilLost(c, c.reauthentication.done)
+      return data === undefined ? joined : Effect.andThen(joined, reauthenticate(o, c, data, accepted))
+    }
     const bytes = authPacket(c, 0x19, auth.method, data)
     if (!(bytes instanceof Uint8Array)) return Effect.fail(bytes)
     const done = Deferred.makeUnsafe<void, MqttError.MqttError>()
