@@ -1,5 +1,5 @@
 /**
- * Review (h-review1): an acknowledgement a QoS 2 publish cannot take, once its PUBLISH was written, must keep the
+ * An acknowledgement a QoS 2 publish cannot take, once its PUBLISH was written, must keep the
  * publish's identifier out of use while the broker's session may hold the QoS 2 flow (as `Outgoing.refuse` does for
  * a written QoS 2 publish, and `mismatch` does for a PUBREC it answers with PUBREL).
  */

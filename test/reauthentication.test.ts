@@ -1,5 +1,5 @@
 /**
- * Review (h-review1): the answer to a re-authentication challenge is computed beside the reader; an AUTH 0x00 read
+ * The answer to a re-authentication challenge is computed beside the reader; an AUTH 0x00 read
  * meanwhile ends that re-authentication. The answer, once computed, belongs to no exchange any more: it must not be
  * written, least of all into the next re-authentication, where the broker would take it as the answer to its new
  * challenge.
