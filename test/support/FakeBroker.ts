@@ -23,7 +23,9 @@ import { Deferred, Effect, Option } from "effect"
 import type { Scope } from "effect"
 import * as MqttPacket from "mqtt-packet"
 import type { IConnackPacket, IConnectPacket, Packet, PacketCmd } from "mqtt-packet"
+import * as Http from "node:http"
 import * as Net from "node:net"
+import { type WebSocket, WebSocketServer } from "ws"
 
 export type { Packet, PacketCmd } from "mqtt-packet"
 
@@ -41,6 +43,12 @@ export interface FakeBrokerOptions {
   readonly acceptTimeoutMs?: number
   /** How long `receive` / `expect` wait for a packet, in real milliseconds. Default 10 s; `Infinity` waits forever. */
   readonly receiveTimeoutMs?: number
+  /**
+   * Serve MQTT over WebSocket (binary frames, subprotocol `mqtt`, any path) instead of TCP: `url` is then
+   * `ws://127.0.0.1:<port>/mqtt`. Each `send` is one frame; `close` is a WebSocket close (1000), `destroy` drops the
+   * TCP connection, `pause` stops reading it.
+   */
+  readonly websocket?: boolean
 }
 
 export interface ConnackOptions {
@@ -107,7 +115,7 @@ export interface FakeConnection {
 
 export interface FakeBroker {
   readonly port: number
-  /** `mqtt://127.0.0.1:<port>` */
+  /** `mqtt://127.0.0.1:<port>` (`ws://127.0.0.1:<port>/mqtt` with `websocket`) */
   readonly url: string
   /** The next client connection (connections are queued from the moment they arrive). */
   readonly accept: Effect.Effect<FakeConnection>
@@ -223,9 +231,66 @@ const setImmediateEffect = Effect.callback<void>((resume) => {
 // Connections
 // ---------------------------------------------------------------------------------------------------------------
 
+/** What a connection is carried by: a TCP socket, or a WebSocket (one binary frame per write). */
+interface Link {
+  readonly onData: (f: (chunk: Buffer) => void) => void
+  readonly onClose: (f: () => void) => void
+  /** Whether it can still be written. */
+  readonly writable: () => boolean
+  readonly write: (bytes: Uint8Array, done: (error?: Error | null) => void) => void
+  /** A graceful close: TCP FIN, a WebSocket close frame (1000). */
+  readonly end: () => void
+  /** A reset: TCP RST, the WebSocket's TCP connection dropped. */
+  readonly reset: () => void
+  readonly pause: () => void
+  readonly resume: () => void
+}
+
+const tcpLink = (socket: Net.Socket): Link => {
+  socket.on("error", () => {
+    // ECONNRESET and friends: `close` follows and ends the connection.
+  })
+  return {
+    onData: (f) => socket.on("data", f),
+    onClose: (f) => socket.on("close", f),
+    writable: () => !socket.destroyed && socket.writable,
+    write: (bytes, done) => socket.write(bytes, done),
+    end: () => socket.end(),
+    reset: () => {
+      if (!socket.destroyed) socket.resetAndDestroy()
+    },
+    pause: () => socket.pause(),
+    resume: () => socket.resume()
+  }
+}
+
+const wsLink = (ws: WebSocket): Link => {
+  ws.on("error", () => {
+    // `close` follows and ends the connection.
+  })
+  return {
+    onData: (f) =>
+      ws.on("message", (data) =>
+        f(
+          Buffer.isBuffer(data)
+            ? data
+            : Array.isArray(data)
+            ? Buffer.concat(data)
+            : Buffer.from(data)
+        )),
+    onClose: (f) => ws.on("close", f),
+    writable: () => ws.readyState === ws.OPEN,
+    write: (bytes, done) => ws.send(bytes, { binary: true }, done),
+    end: () => ws.close(1000),
+    reset: () => ws.terminate(),
+    pause: () => ws.pause(),
+    resume: () => ws.resume()
+  }
+}
+
 const makeConnection = (
   id: number,
-  socket: Net.Socket,
+  socket: Link,
   options: FakeBrokerOptions
 ): FakeConnection => {
   const receiveTimeoutMs = options.receiveTimeoutMs ?? 10_000
@@ -275,7 +340,7 @@ const makeConnection = (
     received.push(packet)
     receivedRaw.push(Uint8Array.from(frame))
     if (packet.cmd === "pingreq" && connection.autoPingresp) {
-      if (!socket.destroyed) socket.write(MqttPacket.generate({ cmd: "pingresp" }))
+      if (socket.writable()) socket.write(MqttPacket.generate({ cmd: "pingresp" }), () => {})
       return
     }
     mailbox.offer(packet)
@@ -283,7 +348,7 @@ const makeConnection = (
     if (packet.cmd === "disconnect") socket.end()
   }
 
-  socket.on("data", (chunk: Buffer) => {
+  socket.onData((chunk: Buffer) => {
     if (broken) return
     buffer = buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk])
     while (!broken && buffer.length > 0) {
@@ -295,10 +360,7 @@ const makeConnection = (
       onFrame(frame)
     }
   })
-  socket.on("error", () => {
-    // ECONNRESET and friends: `close` follows and ends the connection.
-  })
-  socket.on("close", () => {
+  socket.onClose(() => {
     isClosed = true
     if (buffer.length > 0 && !broken) {
       errors.push(new Error(`FakeBroker connection ${id}: closed with an incomplete packet ${buffer.toString("hex")}`))
@@ -309,7 +371,7 @@ const makeConnection = (
 
   const write = (bytes: Uint8Array): Effect.Effect<void> =>
     Effect.callback<void>((resume) => {
-      if (socket.destroyed || !socket.writable) {
+      if (!socket.writable()) {
         return resume(Effect.die(new Error(`FakeBroker connection ${id}: cannot write, the socket is closed`)))
       }
       socket.write(bytes, (error) => {
@@ -413,18 +475,10 @@ const makeConnection = (
           }
         return connection.send(packet)
       }),
-    pause: Effect.sync(() => {
-      socket.pause()
-    }),
-    resume: Effect.sync(() => {
-      socket.resume()
-    }),
-    close: Effect.sync(() => {
-      socket.end()
-    }),
-    destroy: Effect.sync(() => {
-      if (!socket.destroyed) socket.resetAndDestroy()
-    }),
+    pause: Effect.sync(() => socket.pause()),
+    resume: Effect.sync(() => socket.resume()),
+    close: Effect.sync(() => socket.end()),
+    destroy: Effect.sync(() => socket.reset()),
     closed: Deferred.await(closedDeferred),
     get isClosed() {
       return isClosed
@@ -451,14 +505,29 @@ export const make = (options: FakeBrokerOptions = {}): Effect.Effect<FakeBroker,
         const sockets = new Set<Net.Socket>()
         const connections: Array<FakeConnection> = []
         const pending = new Mailbox<FakeConnection>()
-        const server = Net.createServer((socket) => {
+        const accepted = (link: Link) => {
+          const connection = makeConnection(connections.length + 1, link, options)
+          connections.push(connection)
+          pending.offer(connection)
+        }
+        const track = (socket: Net.Socket) => {
           socket.setNoDelay(true)
           sockets.add(socket)
           socket.once("close", () => sockets.delete(socket))
-          const connection = makeConnection(connections.length + 1, socket, options)
-          connections.push(connection)
-          pending.offer(connection)
-        })
+        }
+        const server: Net.Server = options.websocket === true
+          ? Http.createServer().on("connection", track)
+          : Net.createServer((socket) => {
+            track(socket)
+            accepted(tcpLink(socket))
+          })
+        if (options.websocket === true) {
+          const wss = new WebSocketServer({
+            server: server as Http.Server,
+            handleProtocols: (protocols) => protocols.has("mqtt") ? "mqtt" : false
+          })
+          wss.on("connection", (ws) => accepted(wsLink(ws)))
+        }
         server.once("error", (error) => resume(Effect.die(error)))
         server.listen(0, "127.0.0.1", () => {
           const address = server.address() as Net.AddressInfo
@@ -475,7 +544,9 @@ export const make = (options: FakeBrokerOptions = {}): Effect.Effect<FakeBroker,
           )
           const broker: FakeBroker = {
             port: address.port,
-            url: `mqtt://127.0.0.1:${address.port}`,
+            url: options.websocket === true
+              ? `ws://127.0.0.1:${address.port}/mqtt`
+              : `mqtt://127.0.0.1:${address.port}`,
             accept,
             acceptAndConnack: (connackOptions) =>
               Effect.gen(function*() {
