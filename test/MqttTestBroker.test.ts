@@ -10,7 +10,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Schedule, Schema, Stream } from "effect"
 import type { Scope } from "effect"
-import { MqttClient, type MqttError, type MqttMessage, MqttTestBroker, MqttTopic } from "effect-mqtt"
+import { IncomingQueue, MqttClient, type MqttError, type MqttMessage, MqttTestBroker, MqttTopic } from "effect-mqtt"
 import * as Socket from "effect/socket/Socket"
 import { TestClock } from "effect/testing"
 import * as MqttPacket from "mqtt-packet"
@@ -681,6 +681,29 @@ describe("the helpers", () => {
         yield* broker.makeClient({ clientId: "twin", protocolVersion: 5 })
         const error = errorOf(yield* Effect.exit(first.awaitClose)) as MqttError.ConnectionLostError
         assert.strictEqual(error.reasonCode, 0x8e)
+      })
+    ))
+
+  it.effect("a session taken over while the reader waits for room ends with 0x8E (the DISCONNECT in the read of the messages)", () =>
+    withBroker((broker) =>
+      Effect.gen(function*() {
+        const first = yield* broker.makeClient({
+          clientId: "twin",
+          protocolVersion: 5,
+          reconnect: false,
+          queue: IncomingQueue.bounded(1),
+          receiveMaximum: 100
+        })
+        yield* first.subscribe("t", { qos: 1 })
+        // nothing consumes: the first fills the queue of one, the reader waits for room with the second; the client's
+        // reader has not run yet, and reads the DISCONNECT in the same read as the messages
+        for (const text of ["1", "2", "3"]) yield* broker.publish("t", text, { qos: 1 })
+        const closed = yield* Effect.forkChild(Effect.exit(first.awaitClose))
+        yield* broker.makeClient({ clientId: "twin", protocolVersion: 5 })
+        // a keepalive that would find the connection closed, and take it for lost
+        yield* TestClock.adjust("2 minutes")
+        const error = errorOf(yield* Fiber.join(closed)) as MqttError.ConnectionLostError
+        assert.deepStrictEqual([error._tag, error.reasonCode], ["ConnectionLostError", 0x8e])
       })
     ))
 

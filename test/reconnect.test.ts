@@ -738,8 +738,8 @@ describe("v5 server DISCONNECT", () => {
 })
 
 describe("a DISCONNECT behind messages the reader has no room for", () => {
-  /** Subscribes to "t" (QoS 1) with a queue of one, and sends three QoS 1 messages: the reader waits for room. */
-  const stalled = (options: MqttClient.Options = {}) =>
+  /** As `stalled`, with `behind` sent in the same write as the messages. */
+  const stalledWith = (behind: ReadonlyArray<Packet>, options: MqttClient.Options = {}) =>
     Effect.gen(function*() {
       const started = yield* start({
         protocolVersion: 5,
@@ -753,10 +753,12 @@ describe("a DISCONNECT behind messages the reader has no room for", () => {
       const subscribe = yield* connection.expect("subscribe")
       yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
       yield* settle
-      yield* connection.sendMany([1, 2, 3].map((i) => qos1("t", `${i}`, i)))
+      yield* connection.sendMany([...[1, 2, 3].map((i) => qos1("t", `${i}`, i)), ...behind])
       yield* settle
       return started
     })
+  /** Subscribes to "t" (QoS 1) with a queue of one, and sends three QoS 1 messages: the reader waits for room. */
+  const stalled = (options: MqttClient.Options = {}) => stalledWith([], options)
 
   for (const [code, name] of [[0x8e, "session taken over"], [0x9d, "server moved"]] as const) {
     it.live(`0x${code.toString(16)} (${name}) still stops the client with its reason code, nothing acknowledged`, () =>
@@ -790,6 +792,27 @@ describe("a DISCONNECT behind messages the reader has no room for", () => {
         expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
       }))
   }
+
+  it.live("0x8e in the same read as the messages that do not fit, the close during the wait: the reason code wins", () =>
+    Effect.gen(function*() {
+      const { broker, client, connection, statuses } = yield* stalledWith([
+        { cmd: "disconnect", reasonCode: 0x8e, properties: { reasonString: "session taken over" } }
+      ])
+      yield* connection.close
+      yield* Effect.forkChild(Effect.andThen(Effect.exit(connection.receive), connection.destroy))
+      const error = errorOf(
+        yield* Effect.exit(
+          client.awaitClose.pipe(
+            Effect.timeoutOrElse({ duration: "10 seconds", orElse: () => Effect.die(new Error("still connected")) })
+          )
+        )
+      )
+      assert(error instanceof MqttError.ConnectionLostError, String(error))
+      expect([error.reasonCode, error.reasonString]).toEqual([0x8e, "session taken over"])
+      yield* sleepReal(300)
+      expect(broker.connections.length).toBe(1)
+      expect(statuses.at(-1)?._tag).toBe("Closed")
+    }))
 
   for (const protocolVersion of [4, 5] as const) {
     it.live(`MQTT ${protocolVersion === 5 ? "5" : "3.1.1"}: a broker gone silent without closing (half-open) is found by the keepalive`, () =>

@@ -77,8 +77,9 @@ export interface Connection {
   /** the broker's AUTH packets after the CONNACK are answered one at a time, in order, beside the reader */
   readonly answering: Semaphore.Semaphore
   /**
-   * How the broker ended the connection in the bytes the reader read ahead while it waited for room and never
-   * handed on (its DISCONNECT's error), if it did: see `endWith` and `readAhead`.
+   * How the broker ended the connection (its DISCONNECT's error) in what the reader has not handed on while it waits
+   * for room: in the read whose messages it waits to put in, or in the bytes it read ahead meanwhile. See `endWith`
+   * and `ReadAhead`.
    */
   unreadDisconnect: () => MqttError.MqttError | undefined
   /**
@@ -104,10 +105,10 @@ export interface Environment {
 }
 
 /**
- * Ends the connection with `error`, unless the broker had ended it with a DISCONNECT that the reader read ahead while
- * it waited for room (a write that failed on the closed socket, a keepalive that ran out, the socket's close): that
- * DISCONNECT's reason code and properties say why, as when it is read in its turn (0x8E session taken over, 0x9D
- * server moved with its Server Reference).
+ * Ends the connection with `error`, unless the broker had ended it with a DISCONNECT that the reader read while it
+ * waited for room, or in the read it waits to finish (a write that failed on the closed socket, a keepalive that ran
+ * out, the socket's close): that DISCONNECT's reason code and properties say why, as when it is handled in its turn
+ * (0x8E session taken over, 0x9D server moved with its Server Reference).
  */
 export const endWith = (c: Connection, error: MqttError.MqttError): void => {
   if (Deferred.isDoneUnsafe(c.lost)) return
@@ -399,7 +400,12 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     (chunks) => handleEnded(c, driver, version, chunks, (chunk) => framer.frame(chunk, onFrame)),
     () => clock.currentTimeMillisUnsafe()
   )
-  c.unreadDisconnect = () => ahead.finish()
+  /** the error of a read (its DISCONNECT) that ends the connection once the reader has room for its messages */
+  let heldBack: MqttError.MqttError | undefined
+  c.unreadDisconnect = () => {
+    const read = ahead.finish()
+    return heldBack ?? read
+  }
   c.heardSince = (since) => ahead.heardSince(since)
   /**
    * The wait for queue room of the read that carried the CONNACK: a resumed session's backlog may come in the same
@@ -462,6 +468,8 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     // nothing allocated on the common path (no wait, no AUTH, no error)
     let effect: Effect.Effect<void, MqttError.MqttError> | undefined
     if (wait !== undefined) {
+      // a DISCONNECT in this read says why the connection ends, also when it ends during the wait (see `endWith`)
+      if (error !== undefined) heldBack = error
       const stall = stallOn(c, driver, wait, ahead.read(c.node.readNow))
       if (handshake) stallAfterConnack = Effect.andThen(stall, afterStall)
       else effect = stall
