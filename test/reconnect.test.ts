@@ -4,6 +4,7 @@
  * restored subscriptions), when it reconnects and when it gives up, its backoff on `TestClock`, and what
  * operations do while it is offline.
  */
+import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Logger, Option, Schedule, Scope, Stream } from "effect"
 import { IncomingQueue, MqttClient, MqttError, MqttSessionStore, MqttTestBroker } from "effect-mqtt"
@@ -34,13 +35,27 @@ const persistent = (protocolVersion: Version): MqttClient.Options =>
 const fast = Schedule.spaced("10 millis")
 
 /**
+ * How the client reaches the fake broker: Node's TCP socket (read in its own events), or a socket read by a fiber
+ * (Node's WebSocket; a custom transport, here Effect's TCP socket).
+ */
+type Transport = "TCP" | "WebSocket" | "a custom transport"
+
+/**
  * A client connected to a fresh fake broker, and the status changes it reports from then on. The fake broker
  * answers nothing by itself: each test scripts the next connection with `broker.accept`.
  */
-const start = (options: MqttClient.Options = {}, connack?: FakeBroker.ConnackOptions) =>
+const start = (options: MqttClient.Options = {}, connack?: FakeBroker.ConnackOptions, over: Transport = "TCP") =>
   Effect.gen(function*() {
-    const broker = yield* FakeBroker.make({ protocolVersion: options.protocolVersion ?? 4 })
-    const fiber = yield* Effect.forkChild(MqttClient.make({ url: broker.url, reconnect: fast, ...options }))
+    const broker = yield* FakeBroker.make({
+      protocolVersion: options.protocolVersion ?? 4,
+      websocket: over === "WebSocket"
+    })
+    const transport = over === "a custom transport"
+      ? { transport: NodeSocket.makeNet({ host: "127.0.0.1", port: broker.port }) }
+      : {}
+    const fiber = yield* Effect.forkChild(
+      MqttClient.make({ url: broker.url, reconnect: fast, ...transport, ...options })
+    )
     const { connect, connection } = yield* broker.acceptAndConnack(connack)
     const client = yield* Fiber.join(fiber)
     const statuses = yield* record(client)
@@ -737,178 +752,184 @@ describe("v5 server DISCONNECT", () => {
   }
 })
 
-describe("a DISCONNECT behind messages the reader has no room for", () => {
-  /** As `stalled`, with `behind` sent in the same write as the messages. */
-  const stalledWith = (behind: ReadonlyArray<Packet>, options: MqttClient.Options = {}) =>
-    Effect.gen(function*() {
-      const started = yield* start({
-        protocolVersion: 5,
-        keepAlive: 1,
-        queue: IncomingQueue.bounded(1),
-        receiveMaximum: 100,
-        ...options
-      })
-      const { client, connection } = started
-      yield* Effect.forkChild(client.subscribe("t", { qos: 1 }))
-      const subscribe = yield* connection.expect("subscribe")
-      yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
-      yield* settle
-      yield* connection.sendMany([...[1, 2, 3].map((i) => qos1("t", `${i}`, i)), ...behind])
-      yield* settle
-      return started
-    })
-  /** Subscribes to "t" (QoS 1) with a queue of one, and sends three QoS 1 messages: the reader waits for room. */
-  const stalled = (options: MqttClient.Options = {}) => stalledWith([], options)
-
-  for (const [code, name] of [[0x8e, "session taken over"], [0x9d, "server moved"]] as const) {
-    it.live(`0x${code.toString(16)} (${name}) still stops the client with its reason code, nothing acknowledged`, () =>
+for (const over of ["TCP", "WebSocket", "a custom transport"] as const) {
+  describe(`a DISCONNECT behind messages the reader has no room for (${over})`, () => {
+    /** As `stalled`, with `behind` sent in the same write as the messages. */
+    const stalledWith = (behind: ReadonlyArray<Packet>, options: MqttClient.Options = {}) =>
       Effect.gen(function*() {
-        const { broker, client, connection, statuses } = yield* stalled()
-        yield* connection.send({
-          cmd: "disconnect",
-          reasonCode: code,
-          properties: { reasonString: name, ...(code === 0x9d ? { serverReference: "127.0.0.1:1" } : {}) }
-        })
-        yield* connection.close
-        // as a broker that closed its socket: the client's next packet (its PINGREQ) is answered with a reset
-        yield* Effect.forkChild(Effect.andThen(Effect.exit(connection.receive), connection.destroy))
-        const status = yield* client.statusChanges.pipe(
-          Stream.filter((s) => s._tag === "Disconnected" || s._tag === "Closed"),
-          Stream.runHead,
-          Effect.map(Option.getOrThrow),
-          Effect.timeoutOrElse({ duration: "10 seconds", orElse: () => Effect.die(new Error("still connected")) })
+        const started = yield* start(
+          {
+            protocolVersion: 5,
+            keepAlive: 1,
+            queue: IncomingQueue.bounded(1),
+            receiveMaximum: 100,
+            ...options
+          },
+          undefined,
+          over
         )
-        const cause = status._tag === "Disconnected" || status._tag === "Closed" ? status.cause : undefined
-        assert(cause instanceof MqttError.ConnectionLostError, JSON.stringify(status))
-        expect([cause.reasonCode, cause.reasonString]).toEqual([code, name])
-        if (code === 0x9d) expect(cause.serverReference).toBe("127.0.0.1:1")
-        // final: no reconnect (with a 10 ms schedule, one would have come by now)
-        const error = errorOf(yield* Effect.exit(client.awaitClose))
-        expect(error).toEqual(cause)
+        const { client, connection } = started
+        yield* Effect.forkChild(client.subscribe("t", { qos: 1 }))
+        const subscribe = yield* connection.expect("subscribe")
+        yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
+        yield* settle
+        yield* connection.sendMany([...[1, 2, 3].map((i) => qos1("t", `${i}`, i)), ...behind])
+        yield* settle
+        return started
+      })
+    /** Subscribes to "t" (QoS 1) with a queue of one, and sends three QoS 1 messages: the reader waits for room. */
+    const stalled = (options: MqttClient.Options = {}) => stalledWith([], options)
+
+    for (const [code, name] of [[0x8e, "session taken over"], [0x9d, "server moved"]] as const) {
+      it.live(`0x${code.toString(16)} (${name}) still stops the client with its reason code, nothing acknowledged`, () =>
+        Effect.gen(function*() {
+          const { broker, client, connection, statuses } = yield* stalled()
+          yield* connection.send({
+            cmd: "disconnect",
+            reasonCode: code,
+            properties: { reasonString: name, ...(code === 0x9d ? { serverReference: "127.0.0.1:1" } : {}) }
+          })
+          yield* connection.close
+          // as a broker that closed its socket: the client's next packet (its PINGREQ) is answered with a reset
+          yield* Effect.forkChild(Effect.andThen(Effect.exit(connection.receive), connection.destroy))
+          const status = yield* client.statusChanges.pipe(
+            Stream.filter((s) => s._tag === "Disconnected" || s._tag === "Closed"),
+            Stream.runHead,
+            Effect.map(Option.getOrThrow),
+            Effect.timeoutOrElse({ duration: "10 seconds", orElse: () => Effect.die(new Error("still connected")) })
+          )
+          const cause = status._tag === "Disconnected" || status._tag === "Closed" ? status.cause : undefined
+          assert(cause instanceof MqttError.ConnectionLostError, JSON.stringify(status))
+          expect([cause.reasonCode, cause.reasonString]).toEqual([code, name])
+          if (code === 0x9d) expect(cause.serverReference).toBe("127.0.0.1:1")
+          // final: no reconnect (with a 10 ms schedule, one would have come by now)
+          const error = errorOf(yield* Effect.exit(client.awaitClose))
+          expect(error).toEqual(cause)
+          yield* sleepReal(300)
+          expect(broker.connections.length).toBe(1)
+          expect(statuses.at(-1)?._tag).toBe("Closed")
+          // nothing was taken: nothing was acknowledged (the broker sends the messages again on a resumed session)
+          expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
+        }))
+    }
+
+    it.live("0x8e in the same read as the messages that do not fit, the close during the wait: the reason code wins", () =>
+      Effect.gen(function*() {
+        const { broker, client, connection, statuses } = yield* stalledWith([
+          { cmd: "disconnect", reasonCode: 0x8e, properties: { reasonString: "session taken over" } }
+        ])
+        yield* connection.close
+        yield* Effect.forkChild(Effect.andThen(Effect.exit(connection.receive), connection.destroy))
+        const error = errorOf(
+          yield* Effect.exit(
+            client.awaitClose.pipe(
+              Effect.timeoutOrElse({ duration: "10 seconds", orElse: () => Effect.die(new Error("still connected")) })
+            )
+          )
+        )
+        assert(error instanceof MqttError.ConnectionLostError, String(error))
+        expect([error.reasonCode, error.reasonString]).toEqual([0x8e, "session taken over"])
         yield* sleepReal(300)
         expect(broker.connections.length).toBe(1)
         expect(statuses.at(-1)?._tag).toBe("Closed")
-        // nothing was taken: nothing was acknowledged (the broker sends the messages again on a resumed session)
-        expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
       }))
-  }
 
-  it.live("0x8e in the same read as the messages that do not fit, the close during the wait: the reason code wins", () =>
-    Effect.gen(function*() {
-      const { broker, client, connection, statuses } = yield* stalledWith([
-        { cmd: "disconnect", reasonCode: 0x8e, properties: { reasonString: "session taken over" } }
-      ])
-      yield* connection.close
-      yield* Effect.forkChild(Effect.andThen(Effect.exit(connection.receive), connection.destroy))
-      const error = errorOf(
-        yield* Effect.exit(
-          client.awaitClose.pipe(
-            Effect.timeoutOrElse({ duration: "10 seconds", orElse: () => Effect.die(new Error("still connected")) })
-          )
-        )
-      )
-      assert(error instanceof MqttError.ConnectionLostError, String(error))
-      expect([error.reasonCode, error.reasonString]).toEqual([0x8e, "session taken over"])
-      yield* sleepReal(300)
-      expect(broker.connections.length).toBe(1)
-      expect(statuses.at(-1)?._tag).toBe("Closed")
-    }))
-
-  for (const protocolVersion of [4, 5] as const) {
-    it.live(`MQTT ${protocolVersion === 5 ? "5" : "3.1.1"}: a broker gone silent without closing (half-open) is found by the keepalive`, () =>
-      Effect.gen(function*() {
-        const { client, connection } = yield* stalled({
-          protocolVersion,
-          pingTimeout: "500 millis",
-          ...(protocolVersion === 5 ? {} : { receiveMaximum: undefined })
-        })
-        // the broker neither reads nor writes any more, and does not close: no PINGRESP comes
-        yield* connection.pause
-        const status = yield* client.statusChanges.pipe(
-          Stream.filter((s) => s._tag === "Disconnected"),
-          Stream.runHead,
-          Effect.map(Option.getOrThrow),
-          Effect.timeoutOrElse({
-            duration: "15 seconds",
-            orElse: () => Effect.die(new Error("the silent broker was not found while the reader waited for room"))
+    for (const protocolVersion of [4, 5] as const) {
+      it.live(`MQTT ${protocolVersion === 5 ? "5" : "3.1.1"}: a broker gone silent without closing (half-open) is found by the keepalive`, () =>
+        Effect.gen(function*() {
+          const { client, connection } = yield* stalled({
+            protocolVersion,
+            pingTimeout: "500 millis",
+            ...(protocolVersion === 5 ? {} : { receiveMaximum: undefined })
           })
-        )
-        assert(status._tag === "Disconnected")
-        assert(status.cause instanceof MqttError.MqttTimeoutError, JSON.stringify(status.cause))
-        expect(status.cause.operation).toBe("ping")
-        // nothing was taken: nothing was acknowledged
-        expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
-      }))
-  }
+          // the broker neither reads nor writes any more, and does not close: no PINGRESP comes
+          yield* connection.pause
+          const status = yield* client.statusChanges.pipe(
+            Stream.filter((s) => s._tag === "Disconnected"),
+            Stream.runHead,
+            Effect.map(Option.getOrThrow),
+            Effect.timeoutOrElse({
+              duration: "15 seconds",
+              orElse: () => Effect.die(new Error("the silent broker was not found while the reader waited for room"))
+            })
+          )
+          assert(status._tag === "Disconnected")
+          assert(status.cause instanceof MqttError.MqttTimeoutError, JSON.stringify(status.cause))
+          expect(status.cause.operation).toBe("ping")
+          // nothing was taken: nothing was acknowledged
+          expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
+        }))
+    }
 
-  it.live("a broker that answers the PINGREQs keeps the connection while the reader waits for room", () =>
-    Effect.gen(function*() {
-      // a ping timeout long enough for a loaded machine; the keepalive is 1 s: PINGREQs at about 1 s and 4 s, the
-      // second's timeout at about 6 s
-      const { broker, client, connection } = yield* stalled({ pingTimeout: "2 seconds" })
-      connection.autoPingresp = true
-      yield* sleepReal(6500)
-      expect(connection.received.filter((p) => p.cmd === "pingreq").length).toBeGreaterThanOrEqual(2)
-      expect(broker.connections.length).toBe(1)
-      expect((yield* client.status)._tag).toBe("Connected")
-      const taken = yield* client.messages.pipe(Stream.take(3), Stream.runCollect)
-      expect(taken.map((m) => m.text)).toEqual(["1", "2", "3"])
-    }))
-
-  for (const protocolVersion of [4, 5] as const) {
-    it.live(`MQTT ${protocolVersion === 5 ? "5" : "3.1.1"}: what the reader read ahead is kept when the broker closes during the wait (QoS 0 too), in order`, () =>
+    it.live("a broker that answers the PINGREQs keeps the connection while the reader waits for room", () =>
       Effect.gen(function*() {
-        const { client, connection } = yield* stalled({
-          protocolVersion,
-          keepAlive: 0,
-          ...(protocolVersion === 5 ? {} : { receiveMaximum: undefined })
-        })
-        yield* connection.sendMany([
-          { cmd: "publish", topic: "t", payload: Buffer.from("q0-4"), qos: 0, retain: false, dup: false },
-          qos1("t", "5", 5)
-        ])
-        yield* settle
-        // the broker closes, without DISCONNECT: the reader reads the close ahead while it waits for room
-        yield* connection.close
-        yield* sleepReal(300)
-        const seen: Array<string> = []
-        yield* client.messages.pipe(
-          Stream.runForEach((m) => Effect.sync(() => seen.push(m.text))),
-          Effect.timeoutOption("2 seconds")
-        )
-        expect(seen).toEqual(["1", "2", "3", "q0-4", "5"])
-        // nothing is acknowledged on a connection that ended
-        expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
+        // a ping timeout long enough for a loaded machine; the keepalive is 1 s: PINGREQs at about 1 s and 4 s, the
+        // second's timeout at about 6 s
+        const { broker, client, connection } = yield* stalled({ pingTimeout: "2 seconds" })
+        connection.autoPingresp = true
+        yield* sleepReal(6500)
+        expect(connection.received.filter((p) => p.cmd === "pingreq").length).toBeGreaterThanOrEqual(2)
+        expect(broker.connections.length).toBe(1)
+        expect((yield* client.status)._tag).toBe("Connected")
+        const taken = yield* client.messages.pipe(Stream.take(3), Stream.runCollect)
+        expect(taken.map((m) => m.text)).toEqual(["1", "2", "3"])
       }))
-  }
 
-  it.live("what the reader read while it waited is handled in order once room comes", () =>
-    Effect.gen(function*() {
-      const { client, connection } = yield* stalled({ keepAlive: 0 })
-      yield* connection.sendMany([4, 5, 6].map((i) => qos1("t", `${i}`, i)))
-      yield* settle
-      const taken = yield* client.messages.pipe(Stream.take(6), Stream.runCollect)
-      expect(taken.map((m) => m.text)).toEqual(["1", "2", "3", "4", "5", "6"])
-      yield* Effect.forEach([1, 2, 3, 4, 5, 6], (id) =>
-        Effect.map(connection.expect("puback"), (puback) => expect(puback.messageId).toBe(id)))
-    }))
+    for (const protocolVersion of [4, 5] as const) {
+      it.live(`MQTT ${protocolVersion === 5 ? "5" : "3.1.1"}: what the reader read ahead is kept when the broker closes during the wait (QoS 0 too), in order`, () =>
+        Effect.gen(function*() {
+          const { client, connection } = yield* stalled({
+            protocolVersion,
+            keepAlive: 0,
+            ...(protocolVersion === 5 ? {} : { receiveMaximum: undefined })
+          })
+          yield* connection.sendMany([
+            { cmd: "publish", topic: "t", payload: Buffer.from("q0-4"), qos: 0, retain: false, dup: false },
+            qos1("t", "5", 5)
+          ])
+          yield* settle
+          // the broker closes, without DISCONNECT: the reader reads the close ahead while it waits for room
+          yield* connection.close
+          yield* sleepReal(300)
+          const seen: Array<string> = []
+          yield* client.messages.pipe(
+            Stream.runForEach((m) => Effect.sync(() => seen.push(m.text))),
+            Effect.timeoutOption("2 seconds")
+          )
+          expect(seen).toEqual(["1", "2", "3", "q0-4", "5"])
+          // nothing is acknowledged on a connection that ended
+          expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
+        }))
+    }
 
-  it.live("a backlog beyond what the reader reads ahead waits in the socket, and arrives whole once room comes", () =>
-    Effect.gen(function*() {
-      const { client, connection } = yield* stalled({ keepAlive: 0 })
-      // 200 messages of 2 KB: three times what the reader reads ahead while it waits
-      const payload = (i: number) => `${i}`.padEnd(2000, ".")
-      yield* connection.sendMany(Array.from({ length: 200 }, (_, i) => qos1("t", payload(i + 4), i + 4)))
-      yield* settle
-      const taken = yield* client.messages.pipe(Stream.take(203), Stream.runCollect)
-      expect(taken.map((m) => m.text)).toEqual([
-        "1",
-        "2",
-        "3",
-        ...Array.from({ length: 200 }, (_, i) => payload(i + 4))
-      ])
-    }))
-})
+    it.live("what the reader read while it waited is handled in order once room comes", () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* stalled({ keepAlive: 0 })
+        yield* connection.sendMany([4, 5, 6].map((i) => qos1("t", `${i}`, i)))
+        yield* settle
+        const taken = yield* client.messages.pipe(Stream.take(6), Stream.runCollect)
+        expect(taken.map((m) => m.text)).toEqual(["1", "2", "3", "4", "5", "6"])
+        yield* Effect.forEach([1, 2, 3, 4, 5, 6], (id) =>
+          Effect.map(connection.expect("puback"), (puback) => expect(puback.messageId).toBe(id)))
+      }))
+
+    it.live("a backlog beyond what the reader reads ahead waits in the socket, and arrives whole once room comes", () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* stalled({ keepAlive: 0 })
+        // 200 messages of 2 KB: three times what the reader reads ahead while it waits
+        const payload = (i: number) => `${i}`.padEnd(2000, ".")
+        yield* connection.sendMany(Array.from({ length: 200 }, (_, i) => qos1("t", payload(i + 4), i + 4)))
+        yield* settle
+        const taken = yield* client.messages.pipe(Stream.take(203), Stream.runCollect)
+        expect(taken.map((m) => m.text)).toEqual([
+          "1",
+          "2",
+          "3",
+          ...Array.from({ length: 200 }, (_, i) => payload(i + 4))
+        ])
+      }))
+  })
+}
 
 describe("releasing a subscription() while the reader waits for room", () => {
   it.effect("the release does not wait for an UNSUBACK the reader cannot read (TestClock: no 5 s timeout runs)", () =>

@@ -15,6 +15,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import type * as Socket from "effect/socket/Socket"
@@ -290,9 +291,9 @@ const guard = (c: Connection, loop: Effect.Effect<unknown, MqttError.MqttError>)
  * nothing has consumed yet (the application may wait for the SUBACK before it consumes), and a consumer that waits
  * for the end of an operation of the client (`Driver.ackWaiters`: a handler that publishes with `publish`), whose
  * acknowledgement is behind the unread messages (`stuck`): their QoS 1/2 leftovers go in, their QoS 0 ones are
- * dropped (`Deliveries.cutStall`), and the reader reads on to the acknowledgement. Meanwhile `readAhead`, where the
- * socket can be read without a fiber, reads a bounded amount on without handing anything on, to see the broker end
- * the connection: it fails the wait with how (with the broker's DISCONNECT when it sent one).
+ * dropped (`Deliveries.cutStall`), and the reader reads on to the acknowledgement. Meanwhile `readAhead` reads a
+ * bounded amount on without handing anything on, to see the broker end the connection: it fails the wait with how
+ * (with the broker's DISCONNECT when it sent one).
  */
 const stallOn = (
   c: Connection,
@@ -398,7 +399,8 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   const framer = new Framer(o.maximumPacketSize, version === 5 ? undefined : passOver(env, () => connected))
   const ahead = new ReadAhead(
     (chunks) => handleEnded(c, driver, version, chunks, (chunk) => framer.frame(chunk, onFrame)),
-    () => clock.currentTimeMillisUnsafe()
+    () => clock.currentTimeMillisUnsafe(),
+    c.scope
   )
   /** the error of a read (its DISCONNECT) that ends the connection once the reader has room for its messages */
   let heldBack: MqttError.MqttError | undefined
@@ -495,11 +497,8 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   const beside = (answer: Effect.Effect<void, MqttError.MqttError>): Effect.Effect<void> =>
     Effect.asVoid(Effect.forkIn(guard(c, c.answering.withPermits(1)(answer)), c.scope))
 
-  /** Handles what was read ahead during a wait for room, before the socket is read again (not once it ended). */
-  const afterStall = Effect.suspend(() => {
-    const chunks = ahead.take()
-    return (chunks && handle(chunks)) ?? Effect.void
-  })
+  /** Handles what was read during a wait for room, before the socket is read again (see `ReadAhead.handOver`). */
+  const afterStall = Effect.suspend(() => ahead.handOver(handle))
 
   /** Pulls one read from the socket and handles it. */
   const step = (pull: Pull): Effect.Effect<void, MqttError.MqttError> => {
@@ -600,14 +599,27 @@ const handleEnded = (
 /** The socket's read: the next chunks, or how the connection ended. */
 type Pull = Effect.Effect<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>
 
+/** The reader's handling of one read: what must be done before the next read, if anything (see `makeReader`). */
+type Handle = (
+  chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>
+) => Effect.Effect<void, MqttError.MqttError> | undefined
+
 /**
- * What the reader reads while it waits for room in a full queue (`stallOn`), where the socket can be read without a
- * fiber: at most READ_AHEAD_BYTES (then nothing more: the socket's and the kernel's buffers fill, and TCP holds the
- * broker back), kept as it came for when room comes. A broker that ends the connection (a session taken over, a
- * server moved, its keepalive ran out, it shuts down) sends DISCONNECT and closes; unread, those bytes would go with
- * the socket when a write to the closed connection fails. When the connection ends first, nothing of it is handed on
- * (the session never saw these packets: the publishes among them are neither delivered nor acknowledged, and the
- * broker sends the QoS 1/2 ones again on a resumed session) but for a DISCONNECT among it, which says why.
+ * What the reader reads while it waits for room in a full queue (`stallOn`): at most READ_AHEAD_BYTES (then nothing
+ * more: the socket's and the kernel's buffers fill, and TCP holds the broker back), kept as it came for when room
+ * comes. A broker that ends the connection (a session taken over, a server moved, its keepalive ran out, it shuts
+ * down) sends DISCONNECT and closes; unread, those bytes would go with the socket when a write to the closed
+ * connection fails (or, on a socket whose writes to a closed connection do not fail, a WebSocket's, nothing would
+ * end the connection until room comes). When the connection ends first, nothing of it is handed on (the session
+ * never saw these packets: the publishes among them are neither delivered nor acknowledged, and the broker sends the
+ * QoS 1/2 ones again on a resumed session) but for a DISCONNECT among it, which says why.
+ *
+ * A socket that can be read without a fiber (`ReadNow`) is read in its own events. Any other (WebSocket, a custom
+ * transport, the in-memory broker's) is read by pulls, each in a fiber of its own that hands its result over in a
+ * `Deferred`: the read-ahead that room interrupts leaves its pull under way, and the reader's next read is that pull
+ * (`handOver`), so the reader never pulls beside it. An interrupted pull could lose a read, and two pulls under way
+ * at once would take turns at the reads (a WebSocket's second pull replaces the first). Nothing of this is on the
+ * reader's path when it does not wait for room.
  */
 class ReadAhead {
   /** the socket's `pull`, once the reader has one: after `readNow` ended, it tells how the connection ended */
@@ -620,16 +632,23 @@ class ReadAhead {
   private lastRead = 0
   /** whether the read-ahead reads the socket now */
   private reading = false
+  /** a pull the read-ahead started (on a socket read by a fiber) whose result nothing took yet */
+  private pending: Deferred.Deferred<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError> | undefined =
+    undefined
   /** handles what was read ahead once the connection ended (see `finish`) */
   private readonly handleEnded: (chunks: ReadonlyArray<Uint8Array>) => MqttError.MqttError | undefined
   private readonly now: () => number
+  /** the connection's: a pull the read-ahead started runs in it */
+  private readonly scope: Scope.Scope
 
   constructor(
     handleEnded: (chunks: ReadonlyArray<Uint8Array>) => MqttError.MqttError | undefined,
-    now: () => number
+    now: () => number,
+    scope: Scope.Scope
   ) {
     this.handleEnded = handleEnded
     this.now = now
+    this.scope = scope
   }
 
   /**
@@ -643,13 +662,19 @@ class ReadAhead {
   }
 
   /**
-   * Reads on in the socket's own events until READ_AHEAD_BYTES are kept (then waits for good); fails once the
-   * connection has ended, with the error of the broker's DISCONNECT in what was read, or else how it ended.
-   * Undefined where the socket cannot be read without a fiber (a read-ahead's pull, interrupted, could lose a read).
+   * Reads on until READ_AHEAD_BYTES are kept (then waits for good): in the socket's own events where it has them
+   * (`readNow`), else by pulls. Fails once the connection has ended, with the error of the broker's DISCONNECT in
+   * what was read, or else how it ended. Undefined before the reader has the socket's `pull`.
    */
   read(readNow: ReadNow | undefined): Effect.Effect<never, MqttError.MqttError> | undefined {
     const pull = this.pull
-    if (readNow === undefined || pull === undefined) return undefined
+    if (pull === undefined) return undefined
+    if (readNow === undefined) {
+      return Effect.suspend(() => {
+        this.reading = true
+        return Effect.ensuring(this.pulling(pull), Effect.sync(() => this.reading = false))
+      })
+    }
     return Effect.callback<never, MqttError.MqttError>((resume) => {
       const reading = readNow((chunks) => {
         this.keep(chunks)
@@ -669,13 +694,38 @@ class ReadAhead {
     })
   }
 
+  /**
+   * Room came: `handle`s what was read ahead (not once the connection ended), then the read of the pull the read-ahead
+   * left under way, if it did, when it comes: the reader pulls again only then. `handle` may wait for room again
+   * (whose read-ahead goes on with that pull).
+   */
+  handOver(handle: Handle): Effect.Effect<void, MqttError.MqttError> {
+    const chunks = this.take()
+    const handled = chunks && handle(chunks)
+    return handled === undefined
+      ? this.pendingRead(handle)
+      : Effect.andThen(handled, Effect.suspend(() => this.pendingRead(handle)))
+  }
+
   /** What was read ahead, for the reader now that room came; undefined when nothing was, or the connection ended. */
-  take(): Arr.NonEmptyReadonlyArray<Uint8Array> | undefined {
+  private take(): Arr.NonEmptyReadonlyArray<Uint8Array> | undefined {
     if (this.chunks.length === 0 || this.found !== undefined) return undefined
     const chunks = this.chunks as unknown as Arr.NonEmptyReadonlyArray<Uint8Array>
     this.chunks = []
     this.bytes = 0
     return chunks
+  }
+
+  /** `handle`s the read of the pull the read-ahead left under way (or done, not taken yet), if it did. */
+  private pendingRead(handle: Handle): Effect.Effect<void, MqttError.MqttError> {
+    const pending = this.pending
+    if (pending === undefined) return Effect.void
+    return Effect.flatMap(Effect.exit(Deferred.await(pending)), (exit) => {
+      if (this.pending === pending) this.pending = undefined
+      if (Exit.isSuccess(exit)) return handle(exit.value) ?? Effect.void
+      const error = Cause.findError(exit.cause)
+      return Result.isSuccess(error) ? Effect.fail(socketLost(error.success)) : Effect.failCause(error.failure)
+    })
   }
 
   /**
@@ -711,6 +761,46 @@ class ReadAhead {
         return this.ended(pull)
       }
     })
+  }
+
+  /**
+   * Reads on by pulls, each in a fiber of its own (the one left under way, or a new one), until READ_AHEAD_BYTES are
+   * kept. A pull is started in the step that sets `pending`, and what it read is kept in the step that clears it: an
+   * interruption never falls between.
+   */
+  private pulling(pull: Pull): Effect.Effect<never, MqttError.MqttError> {
+    return Effect.suspend(() => {
+      if (this.bytes >= READ_AHEAD_BYTES) return Effect.never
+      return Effect.flatMap(
+        this.started(pull),
+        (pending) =>
+          Effect.flatMap(Effect.exit(Deferred.await(pending)), (exit) => {
+            if (this.pending === pending) this.pending = undefined
+            if (Exit.isFailure(exit)) {
+              // failed: the connection ended; else interrupted (the connection's scope closes) or a defect
+              const error = Cause.findError(exit.cause)
+              return Result.isSuccess(error)
+                ? Effect.fail(this.finish() ?? socketLost(error.success))
+                : Effect.failCause(error.failure)
+            }
+            this.keep(exit.value)
+            this.lastRead = this.now()
+            return this.pulling(pull)
+          })
+      )
+    })
+  }
+
+  /** The pull under way (or done, its result not taken), else a new one in a fiber of the connection's. */
+  private started(
+    pull: Pull
+  ): Effect.Effect<Deferred.Deferred<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>> {
+    return Effect.uninterruptible(Effect.suspend(() => {
+      if (this.pending !== undefined) return Effect.succeed(this.pending)
+      const pending = Deferred.makeUnsafe<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>()
+      this.pending = pending
+      return Effect.as(Effect.forkIn(Deferred.into(pull, pending), this.scope), pending)
+    }))
   }
 }
 
