@@ -9,6 +9,8 @@ export default defineConfig({
   ssr: { resolve: { conditions } },
   test: {
     include: ["test/**/*.test.ts", "docs/examples/**/*.test.ts"],
+    // bundles the command line once for the tests that run it (test/support/cli.ts)
+    globalSetup: ["test/support/globalSetup.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     fileParallelism: true,

@@ -2,16 +2,15 @@
  * Runs the `effect-mqtt` command line as a user would: a child process on this Node.js, with pipes for its standard
  * streams and an environment free of the caller's `MQTT_*` variables.
  *
- * `CLI_COMMAND` is the one place that says what is run: the TypeScript entry today (Node 24 strips the types),
- * the built `dist/cli/main.js` once the package is built.
+ * `CLI_COMMAND` is the one place that says what is run: src/cli/main.ts bundled into one file by
+ * test/support/globalSetup.ts (the same code; one file to load instead of the whole source tree per run), the
+ * built `dist/cli/main.js` once the package is built.
  */
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
-import * as Path from "node:path"
-
-const ROOT = Path.join(import.meta.dirname, "..", "..")
+import { inject } from "vitest"
 
 /** The executable and the arguments before the user's: switch to `dist/cli/main.js` here to test the built bin. */
-export const CLI_COMMAND: readonly [string, ...Array<string>] = [process.execPath, Path.join(ROOT, "src/cli/main.ts")]
+export const CLI_COMMAND: readonly [string, ...Array<string>] = [process.execPath, inject("cliBundle")]
 
 export interface CliResult {
   /** The exit code; `null` when killed by a signal. */
