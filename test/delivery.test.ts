@@ -52,12 +52,15 @@ const realSleep = (millis: number) => Effect.promise(() => new Promise<void>((re
 /** Only a guard against a hang (real time, so that it also works under TestClock). */
 const HANG_GUARD_MILLIS = 20_000
 
+/** The hang guard for a child process's first line (its start: loading Node.js, Effect and the client). */
+const CHILD_START_MILLIS = 45_000
+
 /** Waits, polling on a real timer, until `condition` holds; dies after the hang guard. */
-const eventually = <E, R>(what: string, condition: Effect.Effect<boolean, E, R>) =>
+const eventually = <E, R>(what: string, condition: Effect.Effect<boolean, E, R>, millis = HANG_GUARD_MILLIS) =>
   Effect.gen(function*() {
-    const deadline = Date.now() + HANG_GUARD_MILLIS
+    const deadline = Date.now() + millis
     while (!(yield* condition)) {
-      if (Date.now() > deadline) return yield* Effect.die(new Error(`${what}: not within ${HANG_GUARD_MILLIS} ms`))
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`${what}: not within ${millis} ms`))
       yield* realSleep(10)
     }
   })
@@ -133,8 +136,11 @@ interface Child {
   readonly process: ChildProcess
   /** every line printed so far */
   readonly lines: Array<string>
-  /** waits for a line equal to `line` */
-  readonly line: (line: string) => Effect.Effect<void>
+  /**
+   * waits for a line equal to `line`; the first lines of a child come after its start, which on a loaded machine
+   * (several child processes starting at once, the compile cache still empty) took over 20 s: 45 s for those
+   */
+  readonly line: (line: string, millis?: number) => Effect.Effect<void>
   /** resolves with the exit code and signal */
   readonly exit: Effect.Effect<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
   readonly stderr: () => string
@@ -163,7 +169,7 @@ const deliveryClient = (args: unknown) =>
       return {
         process: child,
         lines,
-        line: (line) =>
+        line: (line, millis) =>
           eventually(
             `the child printing "${line}"`,
             Effect.suspend(() => {
@@ -172,7 +178,8 @@ const deliveryClient = (args: unknown) =>
                 return Effect.die(new Error(`the child exited before "${line}": ${lines.join("\n")}\n${stderr}`))
               }
               return Effect.succeed(false)
-            })
+            }),
+            millis
           ),
         exit: Effect.promise(() => exited),
         stderr: () => stderr
@@ -1917,7 +1924,7 @@ describe.concurrent("SIGINT and SIGTERM end a process whatever its client is doi
               streamFilter,
               capacity: 5
             })
-            yield* child.line("subscribed")
+            yield* child.line("subscribed", CHILD_START_MILLIS)
             // the stream's consumer takes one and stalls; two more wait in its queue
             yield* publishAll(publisher, streamFilter, ["s1", "s2", "s3"])
             yield* child.line("stream s1")
@@ -2015,7 +2022,7 @@ describe("a killed process gets its unacknowledged messages again, and release e
           const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: version })
           const options = { url: broker.url, ...persistent(version, clientId), acknowledgement: "manual" as const }
           const first = yield* deliveryClient({ mode: "manual", options, topic, ack: ["1", "2", "3"] })
-          yield* first.line("subscribed")
+          yield* first.line("subscribed", CHILD_START_MILLIS)
           yield* publishAll(publisher, topic, TEN)
           yield* first.line("got 10 false")
           yield* first.line("acked 3")
@@ -2028,7 +2035,7 @@ describe("a killed process gets its unacknowledged messages again, and release e
           assert.notInclude(first.lines, "released")
 
           const second = yield* deliveryClient({ mode: "manual", options, topic })
-          yield* second.line("subscribed")
+          yield* second.line("subscribed", CHILD_START_MILLIS)
           yield* publisher.publish(topic, "end", { qos: 1 })
           yield* second.line("got end false")
           const got = second.lines.filter((line) => line.startsWith("got "))
