@@ -928,6 +928,30 @@ for (const over of ["TCP", "WebSocket", "a custom transport"] as const) {
           ...Array.from({ length: 200 }, (_, i) => payload(i + 4))
         ])
       }))
+
+    it.live("a broker gone while more than the reader reads ahead waits unread: a failed write still ends the connection", () =>
+      Effect.gen(function*() {
+        const { client, connection } = yield* stalled()
+        // 200 KB more: the read-ahead is full, and nothing reads the socket until room comes
+        yield* connection.sendMany(Array.from({ length: 20 }, (_, i) => qos1("t", "x".repeat(10_000), i + 4)))
+        yield* settle
+        yield* connection.close
+        // as a broker that closed its socket: the client's next packet (its PINGREQ) is answered with a reset
+        yield* Effect.forkChild(Effect.andThen(Effect.exit(connection.receive), connection.destroy))
+        const status = yield* client.statusChanges.pipe(
+          Stream.filter((s) => s._tag === "Disconnected"),
+          Stream.runHead,
+          Effect.map(Option.getOrThrow),
+          Effect.timeoutOrElse({
+            duration: "15 seconds",
+            orElse: () => Effect.die(new Error("the broker's close was not seen while the reader waited for room"))
+          })
+        )
+        assert(status._tag === "Disconnected")
+        assert(status.cause instanceof MqttError.ConnectionLostError, JSON.stringify(status.cause))
+        // nothing was taken: nothing was acknowledged
+        expect(connection.received.filter((p) => p.cmd === "puback")).toEqual([])
+      }))
   })
 }
 

@@ -11,7 +11,7 @@ import * as Option from "effect/Option"
 import * as Socket from "effect/socket/Socket"
 import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
-import { customTransport, invalid, type Platform, tlsGiven } from "./platform.ts"
+import { customTransport, failsWhenClosed, invalid, type Platform, tlsGiven } from "./platform.ts"
 import type { Endpoint, WebSocketEndpoint } from "./url.ts"
 
 const webSocketOnly = "a browser reaches the broker over WebSocket only: use a ws:// or wss:// URL"
@@ -81,9 +81,11 @@ const makeWebSocket = (
   const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host
   // no user info in the request: the credentials go in CONNECT
   const url = `${endpoint.scheme}://${host}:${endpoint.port}${endpoint.path}`
+  let current: Socket.WebSocketLike | undefined
+  const constructing: Construct = (url, protocols) => current = construct(url, protocols)
   return Socket.makeWebSocket(url, { protocols: ["mqtt"], openTimeout }).pipe(
-    Effect.provideService(Socket.WebSocketConstructor, construct),
-    Effect.map(binaryOnly)
+    Effect.provideService(Socket.WebSocketConstructor, constructing),
+    Effect.map((socket) => binaryOnly(failsWhenClosed(socket, () => current)))
   )
 }
 

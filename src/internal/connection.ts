@@ -609,8 +609,8 @@ type Handle = (
  * more: the socket's and the kernel's buffers fill, and TCP holds the broker back), kept as it came for when room
  * comes. A broker that ends the connection (a session taken over, a server moved, its keepalive ran out, it shuts
  * down) sends DISCONNECT and closes; unread, those bytes would go with the socket when a write to the closed
- * connection fails (or, on a socket whose writes to a closed connection do not fail, a WebSocket's, nothing would
- * end the connection until room comes). When the connection ends first, nothing of it is handed on (the session
+ * connection fails (beyond READ_AHEAD_BYTES, that failed write is all that ends the connection until room comes: a
+ * WebSocket's writes are made to fail once it has closed, `failsWhenClosed` in platform.ts). When the connection ends first, nothing of it is handed on (the session
  * never saw these packets: the publishes among them are neither delivered nor acknowledged, and the broker sends the
  * QoS 1/2 ones again on a resumed session) but for a DISCONNECT among it, which says why.
  *

@@ -86,3 +86,26 @@ export const customTransport = (
     if (!Socket.isSocket(socket)) return yield* invalid("transport", "expected an effect/socket/Socket")
     return socket
   })
+
+/**
+ * A write to a WebSocket that has closed fails, as a TCP socket's write to a closed connection does (a WebSocket's
+ * `send` then drops it silently). While the reader waits for room with its read-ahead full, nothing reads the socket:
+ * a failed write (the keepalive's PINGREQ) is then what tells that the broker has gone (see `ReadAhead` in
+ * connection.ts). Only once closed (readyState 3, after the connection's own close), not while closing: the broker's
+ * last packets (its DISCONNECT) are read before that.
+ */
+export const failsWhenClosed = (
+  socket: Socket.Socket,
+  webSocket: () => { readonly readyState: number } | undefined
+): Socket.Socket => {
+  const closed = () => webSocket()?.readyState === 3
+  const writeError = () =>
+    new Socket.SocketError({ reason: new Socket.SocketWriteError({ cause: new Error("the WebSocket is closed") }) })
+  return Socket.make({
+    reader: socket.reader,
+    writer: Effect.map(socket.writer, (writer) => ({
+      write: (chunk) => closed() ? Effect.fail(writeError()) : writer.write(chunk),
+      writeAll: (chunks) => closed() ? Effect.fail(writeError()) : writer.writeAll(chunks)
+    }))
+  })
+}

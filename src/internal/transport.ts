@@ -29,6 +29,7 @@ import * as MqttError from "../MqttError.ts"
 import { SEPARATE_PAYLOAD } from "./codec.ts"
 import {
   customTransport,
+  failsWhenClosed,
   invalid,
   type Platform,
   type PlatformSocket,
@@ -770,7 +771,7 @@ const makeWebSocket = (
       // the client's connect timeout bounds the whole connection attempt; this only replaces the default 10 s
       { openTimeout }
     )
-    return explained(asBuffers(socket), "websocket", (chunks) => {
+    return explained(asBuffers(failsWhenClosed(socket, () => current)), "websocket", (chunks) => {
       for (let i = 0; i < chunks.length; i++) {
         if (typeof chunks[i] === "string") {
           // MQTT-6.0.0-1: data in anything but a binary frame closes the connection (1003: unsupported data)
