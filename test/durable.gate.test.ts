@@ -36,7 +36,7 @@ const publish = (id: number, payload: string) => ({
   dup: false
 })
 
-describe("h-rev gate probes", () => {
+describe("the durable QoS 2 gate when the store is down and the client stops", () => {
   for (const consumerKind of ["messages", "runForEachByKey"] as const) {
     it.live(`the client gave up (reconnect: false) while the store is down: ${consumerKind} delivers what it holds, then fails`, () =>
       Effect.gen(function*() {
