@@ -40,15 +40,14 @@ const families = {
 
 type Counter = Metric.Metric<number, unknown>
 
-const familyCounter = (family: Family) =>
-  Metric.counter(family.name, { description: family.description, incremental: true })
-const familyGauge = (family: Family) => Metric.gauge(family.name, { description: family.description })
+/** A family's metric, with attributes (the series they name) or without (the family). */
+const familyCounter = (family: Family, attributes?: Metric.Metric.AttributeSet) =>
+  Metric.counter(family.name, { description: family.description, incremental: true, attributes })
+const familyGauge = (family: Family, attributes?: Metric.Metric.AttributeSet) =>
+  Metric.gauge(family.name, { description: family.description, attributes })
 
-/** The metric of a family, with attributes (the series they name) or without (the family). */
-const metricOf = (family: Family, attributes?: Metric.Metric.AttributeSet): Counter =>
-  family.counter
-    ? Metric.counter(family.name, { description: family.description, incremental: true, attributes })
-    : Metric.gauge(family.name, { description: family.description, attributes }) as Counter
+const metricOf = (family: Family, attributes: Metric.Metric.AttributeSet): Counter =>
+  family.counter ? familyCounter(family, attributes) : familyGauge(family, attributes) as Counter
 
 /** The client's metrics: one family each, a series per client identifier (and QoS where it applies). */
 export const metrics = {
