@@ -720,11 +720,24 @@ class ReadAhead {
   private pendingRead(handle: Handle): Effect.Effect<void, MqttError.MqttError> {
     const pending = this.pending
     if (pending === undefined) return Effect.void
+    return this.taken(pending, (chunks) => handle(chunks) ?? Effect.void, socketLost)
+  }
+
+  /**
+   * Waits for the pull of `pending` and takes its read: it is no longer pending in the very step that `onRead` runs
+   * on it, so that no interruption falls between. A failed pull is the connection's end (`lostAs`); an interrupted
+   * one (the connection's scope closes) or a defect is passed on.
+   */
+  private taken<A>(
+    pending: Deferred.Deferred<Arr.NonEmptyReadonlyArray<Uint8Array | string>, Socket.SocketError>,
+    onRead: (chunks: Arr.NonEmptyReadonlyArray<Uint8Array | string>) => Effect.Effect<A, MqttError.MqttError>,
+    lostAs: (error: Socket.SocketError) => MqttError.MqttError
+  ): Effect.Effect<A, MqttError.MqttError> {
     return Effect.flatMap(Effect.exit(Deferred.await(pending)), (exit) => {
       if (this.pending === pending) this.pending = undefined
-      if (Exit.isSuccess(exit)) return handle(exit.value) ?? Effect.void
+      if (Exit.isSuccess(exit)) return onRead(exit.value)
       const error = Cause.findError(exit.cause)
-      return Result.isSuccess(error) ? Effect.fail(socketLost(error.success)) : Effect.failCause(error.failure)
+      return Result.isSuccess(error) ? Effect.fail(lostAs(error.success)) : Effect.failCause(error.failure)
     })
   }
 
@@ -771,23 +784,16 @@ class ReadAhead {
   private pulling(pull: Pull): Effect.Effect<never, MqttError.MqttError> {
     return Effect.suspend(() => {
       if (this.bytes >= READ_AHEAD_BYTES) return Effect.never
-      return Effect.flatMap(
-        this.started(pull),
-        (pending) =>
-          Effect.flatMap(Effect.exit(Deferred.await(pending)), (exit) => {
-            if (this.pending === pending) this.pending = undefined
-            if (Exit.isFailure(exit)) {
-              // failed: the connection ended; else interrupted (the connection's scope closes) or a defect
-              const error = Cause.findError(exit.cause)
-              return Result.isSuccess(error)
-                ? Effect.fail(this.finish() ?? socketLost(error.success))
-                : Effect.failCause(error.failure)
-            }
-            this.keep(exit.value)
+      return Effect.flatMap(this.started(pull), (pending) =>
+        this.taken(
+          pending,
+          (chunks) => {
+            this.keep(chunks)
             this.lastRead = this.now()
             return this.pulling(pull)
-          })
-      )
+          },
+          (error) => this.finish() ?? socketLost(error)
+        ))
     })
   }
 
