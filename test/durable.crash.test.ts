@@ -874,7 +874,14 @@ const storeFailure = async (broker: MosquittoHandle, redis: RedisHandle): Promis
         `${count((o) => o.acceptedIn === "back")} (of which held through the outage: ${heldThrough.length}); ` +
         `lost: ${lost.length}; failed but received: ${refusedButReceived.length}`
     )
-    assert.strictEqual(count((o) => o.acceptedIn === "down"), 0, "nothing accepted while Redis was down")
+    // nothing issued once the client refused a publish (the test's "down") is accepted while Redis is down. One
+    // issued before may be: its write completed just before the SIGKILL, in the same turn as the refusal, and its
+    // acceptance ran after (seen once in a fresh-clone CI run: 2 such, all received)
+    assert.strictEqual(
+      count((o) => o.acceptedIn === "down" && o.startedIn === "down"),
+      0,
+      "nothing issued while Redis was down is accepted"
+    )
     assert.isAtLeast(failedWhileDown.length, 100)
     assert.strictEqual(storeErrors.length, failedWhileDown.length, "every failure while down is a StoreError")
     assert.strictEqual(count((o) => o.failedIn === "before"), 0)
