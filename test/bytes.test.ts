@@ -262,3 +262,27 @@ describe("the encoder's variable byte integers", () => {
     }
   })
 })
+
+describe("random", () => {
+  it("hands out each byte of its pool once, across refills, in fresh arrays of the size asked", () => {
+    const seen = new Set<string>()
+    const sizes = [1, 8, 16, 4096, 3, 16]
+    let total = 0
+    let sixteens = 0
+    for (let i = 0; i < 2000; i++) {
+      const size = sizes[i % sizes.length]
+      const bytes = Bytes.random(size)
+      expect(bytes.byteLength).toBe(size)
+      // a copy, not a view of the pool: the next refill does not change what was handed out
+      expect(bytes.buffer.byteLength).toBe(size)
+      total += size
+      if (size === 16) {
+        sixteens++
+        seen.add(Buffer.from(bytes).toString("hex"))
+      }
+    }
+    // 16 random bytes repeat with probability 2^-128: a repeat means the pool handed out the same bytes twice
+    expect(seen.size).toBe(sixteens)
+    expect(total).toBeGreaterThan(4096 * 100)
+  })
+})

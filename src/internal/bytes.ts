@@ -202,5 +202,24 @@ export const writeUint32 = (target: Uint8Array, i: number, value: number): void 
   target[i + 3] = value & 0xff
 }
 
-/** Random bytes from the platform's cryptographic generator (Web Crypto, global in browsers and Node). */
-export const random = (size: number): Uint8Array => globalThis.crypto.getRandomValues(new Uint8Array(size))
+/** Random bytes drawn ahead, a pool refilled by one call when spent (4 KB: 256 correlation data, 512 client ids). */
+const RANDOM_POOL = 4096
+let randomPool: Uint8Array | undefined = undefined
+let randomTaken = RANDOM_POOL
+
+/**
+ * `size` random bytes (at most 4,096) from the platform's cryptographic generator (Web Crypto, global in browsers
+ * and Node), taken from a pool: one `getRandomValues` call costs about 6 µs whatever its size (Node 24), a
+ * slice of the pool a tenth of a microsecond (a client identifier per client, correlation data per request).
+ * Each byte is handed out once.
+ */
+export const random = (size: number): Uint8Array => {
+  if (randomTaken + size > RANDOM_POOL) {
+    randomPool ??= new Uint8Array(RANDOM_POOL)
+    globalThis.crypto.getRandomValues(randomPool)
+    randomTaken = 0
+  }
+  const out = randomPool!.slice(randomTaken, randomTaken + size)
+  randomTaken += size
+  return out
+}
