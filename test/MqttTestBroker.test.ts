@@ -684,52 +684,33 @@ describe("the helpers", () => {
       })
     ))
 
-  it.effect("a session taken over while the reader waits for room ends with 0x8E (the DISCONNECT read ahead)", () =>
-    withBroker((broker) =>
-      Effect.gen(function*() {
-        const first = yield* broker.makeClient({
-          clientId: "twin",
-          protocolVersion: 5,
-          reconnect: false,
-          queue: IncomingQueue.bounded(1),
-          receiveMaximum: 100
+  for (const readAhead of [true, false]) {
+    const where = readAhead ? "the DISCONNECT read ahead" : "the DISCONNECT in the read of the messages"
+    it.effect(`a session taken over while the reader waits for room ends with 0x8E (${where})`, () =>
+      withBroker((broker) =>
+        Effect.gen(function*() {
+          const first = yield* broker.makeClient({
+            clientId: "twin",
+            protocolVersion: 5,
+            reconnect: false,
+            queue: IncomingQueue.bounded(1),
+            receiveMaximum: 100
+          })
+          yield* first.subscribe("t", { qos: 1 })
+          // nothing consumes: the first fills the queue of one, the reader waits for room with the second
+          for (const text of ["1", "2", "3"]) yield* broker.publish("t", text, { qos: 1 })
+          // read ahead: the client's reader reads them, and waits, before the broker takes the session over;
+          // otherwise it has not run yet, and reads the DISCONNECT in the same read as the messages
+          if (readAhead) { for (let i = 0; i < 10; i++) yield* Effect.yieldNow }
+          const closed = yield* Effect.forkChild(Effect.exit(first.awaitClose))
+          yield* broker.makeClient({ clientId: "twin", protocolVersion: 5 })
+          // a keepalive that would find the connection closed, and take it for lost
+          yield* TestClock.adjust("2 minutes")
+          const error = errorOf(yield* Fiber.join(closed)) as MqttError.ConnectionLostError
+          assert.deepStrictEqual([error._tag, error.reasonCode], ["ConnectionLostError", 0x8e])
         })
-        yield* first.subscribe("t", { qos: 1 })
-        // nothing consumes: the first fills the queue of one, the reader waits for room with the second
-        for (const text of ["1", "2", "3"]) yield* broker.publish("t", text, { qos: 1 })
-        // the client's reader reads them, and waits, before the broker takes the session over
-        for (let i = 0; i < 10; i++) yield* Effect.yieldNow
-        const closed = yield* Effect.forkChild(Effect.exit(first.awaitClose))
-        yield* broker.makeClient({ clientId: "twin", protocolVersion: 5 })
-        // a keepalive that would find the connection closed, and take it for lost
-        yield* TestClock.adjust("2 minutes")
-        const error = errorOf(yield* Fiber.join(closed)) as MqttError.ConnectionLostError
-        assert.deepStrictEqual([error._tag, error.reasonCode], ["ConnectionLostError", 0x8e])
-      })
-    ))
-
-  it.effect("a session taken over while the reader waits for room ends with 0x8E (the DISCONNECT in the read of the messages)", () =>
-    withBroker((broker) =>
-      Effect.gen(function*() {
-        const first = yield* broker.makeClient({
-          clientId: "twin",
-          protocolVersion: 5,
-          reconnect: false,
-          queue: IncomingQueue.bounded(1),
-          receiveMaximum: 100
-        })
-        yield* first.subscribe("t", { qos: 1 })
-        // nothing consumes: the first fills the queue of one, the reader waits for room with the second; the client's
-        // reader has not run yet, and reads the DISCONNECT in the same read as the messages
-        for (const text of ["1", "2", "3"]) yield* broker.publish("t", text, { qos: 1 })
-        const closed = yield* Effect.forkChild(Effect.exit(first.awaitClose))
-        yield* broker.makeClient({ clientId: "twin", protocolVersion: 5 })
-        // a keepalive that would find the connection closed, and take it for lost
-        yield* TestClock.adjust("2 minutes")
-        const error = errorOf(yield* Fiber.join(closed)) as MqttError.ConnectionLostError
-        assert.deepStrictEqual([error._tag, error.reasonCode], ["ConnectionLostError", 0x8e])
-      })
-    ))
+      ))
+  }
 
   it.effect("authenticate refuses a CONNECT: ConnectRefusedError 4 on MQTT 3.1.1, 0x86 on MQTT 5", () =>
     withBroker(

@@ -779,6 +779,14 @@ for (const over of ["TCP", "WebSocket", "a custom transport"] as const) {
       })
     /** Subscribes to "t" (QoS 1) with a queue of one, and sends three QoS 1 messages: the reader waits for room. */
     const stalled = (options: MqttClient.Options = {}) => stalledWith([], options)
+    /** The client's next Disconnected status, or a defect saying what was not seen within 15 s. */
+    const disconnected = (client: MqttClient.Client, notSeen: string) =>
+      client.statusChanges.pipe(
+        Stream.filter((s) => s._tag === "Disconnected"),
+        Stream.runHead,
+        Effect.map(Option.getOrThrow),
+        Effect.timeoutOrElse({ duration: "15 seconds", orElse: () => Effect.die(new Error(notSeen)) })
+      )
 
     for (const [code, name] of [[0x8e, "session taken over"], [0x9d, "server moved"]] as const) {
       it.live(`0x${code.toString(16)} (${name}) still stops the client with its reason code, nothing acknowledged`, () =>
@@ -844,15 +852,7 @@ for (const over of ["TCP", "WebSocket", "a custom transport"] as const) {
           })
           // the broker neither reads nor writes any more, and does not close: no PINGRESP comes
           yield* connection.pause
-          const status = yield* client.statusChanges.pipe(
-            Stream.filter((s) => s._tag === "Disconnected"),
-            Stream.runHead,
-            Effect.map(Option.getOrThrow),
-            Effect.timeoutOrElse({
-              duration: "15 seconds",
-              orElse: () => Effect.die(new Error("the silent broker was not found while the reader waited for room"))
-            })
-          )
+          const status = yield* disconnected(client, "the silent broker was not found while the reader waited for room")
           assert(status._tag === "Disconnected")
           assert(status.cause instanceof MqttError.MqttTimeoutError, JSON.stringify(status.cause))
           expect(status.cause.operation).toBe("ping")
@@ -938,15 +938,7 @@ for (const over of ["TCP", "WebSocket", "a custom transport"] as const) {
         yield* connection.close
         // as a broker that closed its socket: the client's next packet (its PINGREQ) is answered with a reset
         yield* Effect.forkChild(Effect.andThen(Effect.exit(connection.receive), connection.destroy))
-        const status = yield* client.statusChanges.pipe(
-          Stream.filter((s) => s._tag === "Disconnected"),
-          Stream.runHead,
-          Effect.map(Option.getOrThrow),
-          Effect.timeoutOrElse({
-            duration: "15 seconds",
-            orElse: () => Effect.die(new Error("the broker's close was not seen while the reader waited for room"))
-          })
-        )
+        const status = yield* disconnected(client, "the broker's close was not seen while the reader waited for room")
         assert(status._tag === "Disconnected")
         assert(status.cause instanceof MqttError.ConnectionLostError, JSON.stringify(status.cause))
         // nothing was taken: nothing was acknowledged
