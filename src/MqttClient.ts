@@ -222,6 +222,29 @@ export interface Options {
   /** The password sent in CONNECT, kept `Redacted` so that it shows in no log or error. Default: the password
    * in the user info of `url`, when it has one. */
   readonly password?: Redacted.Redacted<string> | undefined
+  /**
+   * Asks for the user name and password of each CONNECT just before it is sent: the first connection, every
+   * reconnection, every node of `url` and every place a Server Reference leads to. For credentials that expire, a
+   * token as the password (cloud brokers' JWTs and SAS tokens): a reconnection an hour later presents a fresh one,
+   * not the one the client started with.
+   *
+   * - `target.broker` is the broker about to be connected to, `scheme://host:port` (undefined for a custom
+   *   `transport`).
+   * - It runs before the socket is opened, within `connectTimeout` (past it, `MqttTimeoutError`, operation
+   *   `"connect"`).
+   * - When it fails, the attempt fails with its error, and a reconnecting client tries again on its schedule (as
+   *   after a lost connection; an `InvalidOptionError` is final). When it dies or throws, the attempt fails with
+   *   `ConnectionLostError` ("credentials died: …").
+   * - What it returns is checked as `username` and `password` are: a user name that is not a string, a password
+   *   that is not a `Redacted` string, or on MQTT 3.1.1 a password without a user name is an `InvalidOptionError`.
+   * - A broker's refusal of the credentials (MQTT 5 0x86/0x87, 3.1.1 codes 4/5) is final, as with fixed ones.
+   *
+   * Not with `username`, `password` or user info in `url` (`InvalidOptionError`: which one counts is not for the
+   * client to guess). Default: none (`username` and `password` are sent). MQTT 3.1.1 §3.1.3.4–5, MQTT 5 §3.1.3.5–6.
+   */
+  readonly credentials?:
+    | ((target: CredentialsTarget) => Effect.Effect<Credentials, MqttError.MqttError>)
+    | undefined
   /** The message the broker publishes when this client goes away without a DISCONNECT. Default: none. */
   readonly will?: Will | undefined
   /** How long to wait for the TCP connection and the CONNACK. Default 30 seconds. */
@@ -355,6 +378,31 @@ export interface Options {
     /** A new Session Expiry Interval for the session; not allowed when CONNECT set none or 0 [MQTT-3.14.2-2]. */
     readonly sessionExpiryInterval?: number | undefined
   } | undefined
+}
+
+/**
+ * What the `credentials` option returns for one CONNECT: its User Name and Password fields, each left out of the
+ * CONNECT when undefined.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Credentials {
+  /** The user name (UTF-8, at most 65,535 bytes). */
+  readonly username?: string | undefined
+  /** The password, `Redacted` so that it shows in no log or error. */
+  readonly password?: Redacted.Redacted<string> | undefined
+}
+
+/**
+ * The connection attempt the `credentials` option is asked for.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface CredentialsTarget {
+  /** The broker about to be connected to, `scheme://host:port`; undefined for a custom `transport`. */
+  readonly broker: string | undefined
 }
 
 /**

@@ -86,6 +86,7 @@ describe("options of the wrong type", () => {
         ["userProperties an object", { userProperties: { unit: "C" } }, "userProperties"],
         ["userProperties on 3.1.1, a bad pair", { protocolVersion: 4, userProperties: [["a"]] }, "userProperties"],
         ["responseTopicPrefix a number", { responseTopicPrefix: 5 }, "responseTopicPrefix"],
+        ["credentials a string", { credentials: "token" }, "credentials"],
         ["auth.data a string", {
           protocolVersion: 5,
           auth: {

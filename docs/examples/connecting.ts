@@ -1,7 +1,7 @@
 import { NodeRuntime } from "@effect/platform-node"
-import { Console, Effect } from "effect"
+import { Console, Effect, Redacted } from "effect"
 import { MqttClient } from "effect-mqtt"
-import { withBroker } from "./_broker.ts"
+import { Broker, withBroker } from "./_broker.ts"
 
 // Code that needs the connection asks for the MqttClient service; it does not know where it connects.
 const publishTemperature = Effect.gen(function*() {
@@ -25,6 +25,17 @@ const program = Effect.gen(function*() {
   yield* publishTemperature
   yield* publishHumidity
   yield* Console.log("published 2 readings")
+
+  // credentials asked for before each CONNECT (a token that expires): every reconnection presents a fresh one
+  const { options } = yield* Broker
+  let issued = 0
+  yield* MqttClient.make({
+    ...options,
+    // `broker` is the URL about to be connected to (a list's nodes may take different tokens)
+    credentials: ({ broker: _ }) =>
+      Effect.sync(() => ({ username: "sensor-7", password: Redacted.make(`token-${++issued}`) }))
+  }).pipe(Effect.scoped)
+  yield* Console.log(`connected with token ${issued}`)
 
   // a broker that cannot be reached is a typed error, not an exception
   const error = yield* MqttClient.make({ url: "mqtt://127.0.0.1:1" }).pipe(Effect.scoped, Effect.flip)

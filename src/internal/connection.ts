@@ -25,6 +25,7 @@ import { answerAuth } from "./auth.ts"
 import * as Broker from "./broker.ts"
 import * as Bytes from "./bytes.ts"
 import * as Codec from "./codec.ts"
+import { credentialsFor } from "./credentials.ts"
 import { checkFirstByte, decode } from "./decode.ts"
 import { describe } from "./describe.ts"
 import type { Driver } from "./driver.ts"
@@ -152,13 +153,14 @@ const attempt = (env: Environment, node: Node, cleanStart: boolean): Effect.Effe
   Effect.gen(function*() {
     const o = env.options
     const clock = yield* Clock.Clock
+    const { username, password } = yield* credentialsFor(o, node)
     const scope = yield* Scope.fork(env.parent)
     // a reader of an earlier connection may have ended while it waited for room
     env.driver.stalled(false)
     const credentials = {
       ...o,
-      username: node.username,
-      password: node.password,
+      username,
+      password,
       auth: o.auth === undefined ? undefined : { ...o.auth, data: env.authData.current }
     }
     const connectBytes = encodeConnect(credentials, env.driver.session.clientId, cleanStart)

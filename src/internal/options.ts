@@ -43,6 +43,8 @@ export interface Resolved {
   readonly sessionExpiryInterval: number | undefined
   readonly username: string | undefined
   readonly password: Redacted.Redacted<string> | undefined
+  /** asked for each CONNECT's user name and password instead (`username`, `password` and the nodes' are none) */
+  readonly credentials: MqttClient.Options["credentials"]
   readonly will: MqttClient.Will | undefined
   readonly connectTimeout: Duration.Duration
   readonly queue: IncomingQueue.Strategy
@@ -161,6 +163,7 @@ const OPTION_NAMES: Record<keyof MqttClient.Options, true> = {
   sessionExpiryInterval: true,
   username: true,
   password: true,
+  credentials: true,
   will: true,
   connectTimeout: true,
   queue: true,
@@ -256,6 +259,9 @@ const checkShapes = (options: MqttClient.Options): MqttError.InvalidOptionError 
   }
   if (options.username !== undefined && typeof options.username !== "string") {
     return invalid("username", "expected a string")
+  }
+  if (options.credentials !== undefined && typeof options.credentials !== "function") {
+    return invalid("credentials", "expected a function returning an Effect of { username, password }")
   }
   const will = options.will
   if (will !== undefined) {
@@ -355,6 +361,22 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
         "broker keeps sessions)"
     )
   }
+  if (options.credentials !== undefined) {
+    const fixed = options.username !== undefined
+      ? "username"
+      : options.password !== undefined
+      ? "password"
+      : endpoints.findIndex((e) => e.username !== undefined || e.password !== undefined)
+    if (fixed !== -1) {
+      return yield* invalid(
+        "credentials",
+        `given with ${
+          typeof fixed === "string" ? fixed : `the user info of url${urls.length > 1 ? `[${fixed}]` : ""}`
+        }: ` +
+          "credentials asks for each CONNECT's user name and password, so give one or the other"
+      )
+    }
+  }
   const nodes: Array<ResolvedNode> = []
   for (let i = 0; i < endpoints.length; i++) {
     const e = endpoints[i]
@@ -437,6 +459,7 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
     sessionExpiryInterval,
     username,
     password,
+    credentials: options.credentials,
     will,
     connectTimeout,
     queue,
