@@ -679,13 +679,17 @@ const connackHints: Record<string, string> = {
   "v4:3": "The broker is up but takes no connections now; the client tries again when it reconnects",
   "v5:136": "The broker is up but takes no connections now; the client tries again when it reconnects",
   "v5:137": "The broker is up but takes no connections now; the client tries again when it reconnects",
-  "v4:4": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL)",
-  "v5:134": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL)",
+  "v4:4":
+    "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, the user info of the URL, or what `credentials` returned)",
+  "v5:134":
+    "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, the user info of the URL, or what `credentials` returned)",
   // Mosquitto 2.0 answers a wrong password with this code, not with the bad-credentials one
-  "v4:5": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL; some brokers, " +
+  "v4:5":
+    "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, the user info of the URL, or what `credentials` returned; some brokers, " +
     "Mosquitto among them, refuse a wrong password with this code), and the broker's access rules for this user " +
     "and client identifier",
-  "v5:135": "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user info of the URL; some brokers, " +
+  "v5:135":
+    "Check username and password (MQTT_USERNAME, MQTT_PASSWORD, the user info of the URL, or what `credentials` returned; some brokers, " +
     "Mosquitto among them, refuse a wrong password with this code), and the broker's access rules for this user " +
     "and client identifier",
   "v5:140": "Check auth.method: the broker does not support it",

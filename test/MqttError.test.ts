@@ -128,8 +128,8 @@ describe("ConnectRefusedError", () => {
     assert.strictEqual(
       error.message,
       "The broker at mqtts://broker.example:8883 refused the connection: bad user name or password " +
-        "(reason code 0x86: no such user). Check username and password (MQTT_USERNAME, MQTT_PASSWORD, or the user " +
-        "info of the URL)"
+        "(reason code 0x86: no such user). Check username and password (MQTT_USERNAME, MQTT_PASSWORD, the user " +
+        "info of the URL, or what `credentials` returned)"
     )
     const v4 = new MqttError.ConnectRefusedError({ reasonCode: 5, protocolVersion: 4 })
     expect(v4.message).toContain("the broker's access rules for this user")
