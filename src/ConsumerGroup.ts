@@ -31,7 +31,8 @@
  * connects as the member that left, takes its subscription out of the group, and
  * handles with its own handler what the session still held (sent again by the broker) until a marker it published
  * to itself comes back; the emptied session then expires. An adopter that dies meanwhile leaves a will naming the
- * member again, and one whose handler fails says so itself, for another member to take over. A member restarting
+ * member again, and one whose handler fails or that is stopped (interrupted) says so itself, for another member to
+ * take over; so does a member that stops with notices it had not adopted yet, once it left the notices' group. A member restarting
  * under the same name while it is adopted takes its session back: the adoption stops (the broker closes the
  * adopter's connection, or sends DISCONNECT 0x8E) without handling what it had queued, and the adopter goes on as a
  * member. A member frozen past its keepalive (a stopped process, a paused VM) and adopted meanwhile does the same
@@ -77,7 +78,9 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Queue from "effect/Queue"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as MqttClient from "./MqttClient.ts"
 import * as MqttError from "./MqttError.ts"
@@ -147,13 +150,30 @@ const noticeWill = (options: Options, member: string): MqttClient.Will => ({
   properties: { messageExpiryInterval: noticeExpiry(options), willDelayInterval: NOTICE_DELAY }
 })
 
+const noticeOptions = (options: Options, text: string): MqttClient.PublishOptions => ({
+  qos: 1,
+  retain: true,
+  properties: text === "" ? undefined : { messageExpiryInterval: noticeExpiry(options) }
+})
+
 /** Publishes the notice that `member` left (retained), or with `""` clears it. */
 const notice = (client: MqttClient.Client, options: Options, member: string, text: string = member) =>
-  client.publish(noticeTopic(options.group, member), text, {
-    qos: 1,
-    retain: true,
-    properties: text === "" ? undefined : { messageExpiryInterval: noticeExpiry(options) }
-  })
+  client.publish(noticeTopic(options.group, member), text, noticeOptions(options, text))
+
+/** How long a member that stops waits for the broker's acknowledgement of a notice it hands on (`handOn`). */
+const HAND_ON_WAIT = Duration.seconds(2)
+
+/**
+ * Publishes the notice that `member` left again, for a live member to adopt it: when an adoption is stopped (its
+ * member interrupted: a redeploy, `Effect.timeout`) or fails. Done once the broker acknowledged it, or after
+ * `HAND_ON_WAIT` (accepted, it still leaves before the DISCONNECT of the client's release), or when it cannot be
+ * sent (the connection is gone: the will, or the member's return, does it): a release is never held up for long.
+ */
+const handOn = (client: MqttClient.Client, options: Options, member: string): Effect.Effect<void> =>
+  client.publishAccepted(noticeTopic(options.group, member), member, noticeOptions(options, member)).pipe(
+    Effect.flatMap((acknowledged) => Effect.timeoutOption(acknowledged, HAND_ON_WAIT)),
+    Effect.ignore
+  )
 
 /**
  * How long a member that starts waits before it adopts the members named by retained notices: members starting at
@@ -436,7 +456,8 @@ export const adopt = <E, R>(
 ): Effect.Effect<number, MqttError.MqttError | E, R> =>
   typeof handler !== "function"
     ? Effect.fail(invalid("handler", "expected a function from a message to an Effect"))
-    : Effect.mapError(adoption(options, member, handler), (error) => error instanceof NotStarted ? error.error : error)
+    : Effect.mapError(adoption(options, member, handler, true), (error) =>
+      error instanceof NotStarted ? error.error : error)
 
 /** An adoption that failed before it connected as the member: nothing of the session was touched. */
 class NotStarted {
@@ -449,7 +470,9 @@ class NotStarted {
 const adoption = <E, R>(
   options: Options,
   member: string,
-  handler: (message: MqttMessage) => Effect.Effect<void, E, R>
+  handler: (message: MqttMessage) => Effect.Effect<void, E, R>,
+  /** Whether an adoption that fails or is stopped names the member again itself (else its caller does) */
+  handsOn: boolean
 ): Effect.Effect<number, MqttError.MqttError | NotStarted | E, R> =>
   Effect.scoped(Effect.gen(function*() {
     yield* check(options)
@@ -500,9 +523,11 @@ const adoption = <E, R>(
       // the session is empty and goes: so does its record (an empty retained message deletes it)
       yield* orphan.publish(recordTopic(options.group, member), "", { qos: 1, retain: true })
     })
-    // an adoption that fails leaves the rest of the session to another member: it says so, as its will would
-    // (when its connection is gone, this publish fails and the will, or the member's return, does it)
-    yield* Effect.tapError(drain, () => notice(orphan, options, member).pipe(Effect.ignore))
+    // an adoption that fails or is stopped leaves the rest of the session to another member: it says so, as its
+    // will would (a release disconnects with 0x00, which discards the will, and the notice was cleared above; when
+    // the connection is gone, this publish fails and the will, or the member's return, does it). Under `run`, the
+    // member does it once its listener left the notices' group (`handOnAll`)
+    yield* handsOn ? Effect.onError(drain, () => handOn(orphan, options, member)) : drain
     return handled
   }))
 
@@ -536,9 +561,14 @@ export const run = <E, R>(
     // would stay in the notices' group after its member died, and be dealt the notice of its own death
     const listener = yield* MqttClient.make(plainOptions(options))
     // the notices of this version (`left/<member>`), and those of members of versions before 0.3 (`left`)
-    const noticeStream = yield* listener.subscription(
-      [`$share/${options.group}/${notices}`, `$share/${options.group}/${notices}/+`],
-      { qos: 1 }
+    // in a scope of its own: a member that stops leaves the notices' group before it hands notices on (`handOnAll`)
+    const noticeScope = yield* Scope.fork(yield* Effect.scope, "sequential")
+    const noticeStream = yield* Scope.provide(
+      listener.subscription(
+        [`$share/${options.group}/${notices}`, `$share/${options.group}/${notices}/+`],
+        { qos: 1 }
+      ),
+      noticeScope
     )
     const offerOrphan = (left: string) =>
       // "": a notice cleared (a member back, or adopted)
@@ -591,29 +621,42 @@ export const run = <E, R>(
           Effect.catch(() => Effect.succeed(true))
         )
         : Effect.succeed(true)
+    // the member being adopted, until its adoption ended (not when it is stopped: then it is handed on)
+    let adopting: string | undefined
+    // this member stops (interrupted, or a handler failed): the notices it took and did not adopt to the end are
+    // handed on to the live members (they stay retained, but only a member that starts reads those), once its
+    // listener left the notices' group (a notice dealt to it now would be lost with it)
+    const handOnAll = Effect.gen(function*() {
+      const queued = yield* Queue.clear(orphans)
+      const left = new Set(adopting === undefined ? queued : [adopting, ...queued])
+      if (left.size === 0) return
+      yield* Scope.close(noticeScope, Exit.void)
+      yield* Effect.forEach(left, (name) => handOn(client, options, name), { concurrency: "unbounded", discard: true })
+    })
     const adoptions = Effect.forever(Effect.flatMap(Queue.take(orphans), (left) =>
-      Effect.flatMap(stillLeft(left), (adopt) =>
-        adopt ? adoption(options, left, handler) : Effect.succeed(-1)).pipe(
-          Effect.tap((handled) =>
-            handled < 0
-              ? Effect.void
-              : Effect.logInfo(`effect-mqtt group ${options.group}: adopted ${left} (${handled})`)
-          ),
-          Effect.catchIf(
-            (error): error is MqttError.MqttError | NotStarted =>
-              error instanceof NotStarted || (MqttError.isMqttError(error) && isConnectionError(error)),
-            (error) =>
-              adoptionCut(options, client, left, error)
-          )
-        )))
+      Effect.flatMap(
+        Effect.sync(() => (adopting = left)).pipe(Effect.andThen(stillLeft(left))),
+        (adopt) => adopt ? adoption(options, left, handler, false) : Effect.succeed(-1)
+      ).pipe(
+        Effect.tap((handled) =>
+          handled < 0
+            ? Effect.void
+            : Effect.logInfo(`effect-mqtt group ${options.group}: adopted ${left} (${handled})`)
+        ),
+        Effect.catchIf(
+          (error): error is MqttError.MqttError | NotStarted =>
+            error instanceof NotStarted || (MqttError.isMqttError(error) && isConnectionError(error)),
+          (error) => adoptionCut(options, client, left, error)
+        ),
+        Effect.andThen(Effect.sync(() => (adopting = undefined)))
+      ))).pipe(Effect.onError(() => handOnAll))
     // every message the group dealt this member goes to the handler, also the last ones of a filter it took in
     // its last run (dealt before the unsubscribe): the group's own topics excepted
     const work = handleAll(
       client,
       client.messages,
       options.concurrency ?? 1,
-      (message) =>
-        isGroupTopic(message.topic) ? Effect.void : handler(message)
+      (message) => isGroupTopic(message.topic) ? Effect.void : handler(message)
     )
     // at every connection, the shares and the record again: a session the broker kept may have lost them (an
     // adopter that took it while this member was briefly away empties it of its shares and deletes its record)

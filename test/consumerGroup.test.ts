@@ -554,6 +554,57 @@ describe("members in one process", () => {
   )
 })
 
+describe("a member stopped while it adopts", () => {
+  it.live(
+    "the adoption under way and a notice still queued are handed on: a member already running adopts both sessions, every message is handled",
+    () =>
+      Effect.gen(function*() {
+        const broker = yield* mosquitto({ protocolConfig: "log_type subscribe" })
+        const group = { client: { url: broker.url }, group: "handon", filter: "jobs/#", prefetch: 5 } as const
+        // two members that never finish a job: their shares stay in their sessions
+        const dead = [
+          yield* Effect.forkChild(ConsumerGroup.run({ ...group, member: "m0" }, () => Effect.never)),
+          yield* Effect.forkChild(ConsumerGroup.run({ ...group, member: "m1" }, () => Effect.never))
+        ]
+        yield* until(
+          "m0 and m1 subscribed",
+          () =>
+            ["m0", "m1"].every((name) =>
+              broker.logs().split("\n").some((line) => line.includes(` ${name} `) && line.includes("$share/handon"))
+            ),
+          60
+        )
+        const publisher = yield* MqttClient.make({ url: broker.url, protocolVersion: 5 })
+        for (let i = 0; i < 20; i++) yield* publisher.publish("jobs/x", String(i), { qos: 1 })
+        // m2 adopts one of them, handles two of its jobs and stalls on the third; the other notice waits its turn
+        const byM2: Array<string> = []
+        const m2 = yield* Effect.forkChild(ConsumerGroup.run(
+          { ...group, member: "m2" },
+          (message) => byM2.length >= 2 ? Effect.never : Effect.sync(() => byM2.push(message.text))
+        ))
+        yield* until(
+          "m2 subscribed",
+          () => broker.logs().split("\n").some((line) => line.includes(" m2 ") && line.includes("$share/handon")),
+          60
+        )
+        // both leave at once: their notices, 2 s later, find only m2 listening
+        yield* Fiber.interruptAll(dead)
+        yield* until("m2 adopting", () => byM2.length === 2, 30)
+        // m3 runs, past its start (it reads the retained notices 5 to 7 s after it started: none by then, m2 cleared
+        // the one it adopts), when m2 is stopped
+        const byM3: Array<string> = []
+        yield* Effect.forkChild(
+          ConsumerGroup.run({ ...group, member: "m3" }, (message) => Effect.sync(() => byM3.push(message.text)))
+        )
+        yield* sleepReal(8000)
+        yield* Fiber.interrupt(m2)
+        const all = () => new Set([...byM2, ...byM3]).size === 20
+        yield* until("every job handled", all, 60, () => ` (m2 ${JSON.stringify(byM2)}, m3 ${JSON.stringify(byM3)})`)
+      }),
+    120_000
+  )
+})
+
 describe("prefetch: Receive Maximum on MQTT 5", () => {
   it.live(
     "a member that does not acknowledge holds no more than its prefetch; Mosquitto keeps the rest of its round-robin share until it does, while the other member goes on",
