@@ -316,7 +316,8 @@ const checkFilters = (filter: unknown): MqttError.InvalidOptionError | undefined
 /** A member's name is also a level of the group's topics: non-empty, no `/`, `+`, `#` or NUL, valid UTF-16. */
 const memberProblem = (group: string, member: unknown): MqttError.InvalidOptionError | undefined =>
   typeof member !== "string" || member === "" || /[/+#]/.test(member) ||
-    !Topic.isValidName(`${GROUP_TOPICS}${group}/drained/${member}`)
+    // with the marker's time stamp (`Date.now().toString(36)`: 8 characters, 12 left for it)
+    !Topic.isValidName(`${GROUP_TOPICS}${group}/drained/${member}/${"0".repeat(12)}`)
     ? invalid("member", "expected a non-empty name without /, + or # (a valid topic level)")
     : undefined
 
@@ -333,10 +334,18 @@ const optionsProblem = (options: Options): MqttError.InvalidOptionError | undefi
   if (typeof group !== "string" || group === "" || /[/+#]/.test(group) || !Topic.isValidName(leftTopic(group))) {
     return invalid("group", "expected a non-empty name without /, + or # (a valid topic level)")
   }
+  // the longest filter of the group's own, with the name twice: too long, it would fail after connecting
+  if (!Topic.isValidFilter(`$share/${group}/${leftTopic(group)}/+`)) {
+    return invalid("group", "too long: the group's topic filters would be over 65,535 bytes")
+  }
   const problem = memberProblem(options.group, options.member)
   if (problem !== undefined) return problem
   const filterProblem = checkFilters(options.filter)
   if (filterProblem !== undefined) return filterProblem
+  const tooLong = filtersOf(options).find((f) => !Topic.isValidFilter(`$share/${group}/${f}`))
+  if (tooLong !== undefined) {
+    return invalid("filter", `"${tooLong.slice(0, 40)}…" with $share/${group}/ is over 65,535 bytes`)
+  }
   if (options.qos !== undefined && options.qos !== 1 && options.qos !== 2) {
     return invalid("qos", "expected 1 or 2 (a member hands a message over with its acknowledgement)")
   }

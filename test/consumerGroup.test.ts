@@ -656,6 +656,8 @@ const assertOption = <A>(exit: Exit.Exit<A, MqttError.MqttError>, option: string
 }
 
 describe("ConsumerGroup options", () => {
+  // where nothing listens: an option that passed fails connecting (ConnectionLostError), not as expected
+  const nowhere = { client: { url: "mqtt://127.0.0.1:1", reconnect: false as const } }
   const invalid: ReadonlyArray<readonly [string, Partial<ConsumerGroup.Options>, string]> = [
     ["a group name with a slash", { group: "a/b" }, "group"],
     ["an empty member name", { member: "" }, "member"],
@@ -676,7 +678,11 @@ describe("ConsumerGroup options", () => {
     ["QoS 3", { qos: 3 as 1 }, "qos"],
     ["a session expiry shorter than an adoption needs", { sessionExpiryInterval: 1 }, "sessionExpiryInterval"],
     ["a session expiry of 0", { sessionExpiryInterval: 0 }, "sessionExpiryInterval"],
-    ["a store (the broker keeps a member's session)", { client: { store: {} as never } }, "client.store"]
+    ["a store (the broker keeps a member's session)", { client: { store: {} as never } }, "client.store"],
+    // each topic name fits, but a filter of the group's own (the name twice) or a share of the filter would not
+    ["a group name too long for the group's filters", { group: "g".repeat(33_000), ...nowhere }, "group"],
+    ["a filter too long with $share/<group>/", { filter: `jobs/${"x".repeat(65_526)}`, ...nowhere }, "filter"],
+    ["a member name too long for the markers", { member: "m".repeat(65_500), ...nowhere }, "member"]
   ]
   for (const [name, override, option] of invalid) {
     it.effect(`${name} is an InvalidOptionError naming ${option}, before connecting`, () =>
