@@ -334,6 +334,57 @@ describe("the session moves with the client", () => {
         expect(client.connection.sessionPresent).toBe(true)
       })
   )
+
+  it.live(
+    "Session Present 1 on the next node, which answers the PUBREL of a QoS 2 publish received by the last one with PUBCOMP 0x92: the publish fails (delivery not known); on the same node it succeeds",
+    () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const fiber = yield* Effect.forkChild(
+          MqttClient.make({
+            url: [a.url, b.url],
+            protocolVersion: 5,
+            clientId: "qos2-moves",
+            cleanStart: false,
+            sessionExpiryInterval: 600,
+            reconnect: fast
+          })
+        )
+        const onA = yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        /** a QoS 2 publish received (PUBREC) on `connection`, which then drops before PUBCOMP */
+        const receivedThenLost = (connection: FakeBroker.FakeConnection, payload: string) =>
+          Effect.gen(function*() {
+            const pending = yield* Effect.forkChild(Effect.exit(client.publish("out", payload, { qos: 2 })))
+            const publish = yield* connection.expect("publish")
+            yield* connection.send({ cmd: "pubrec", messageId: publish.messageId! })
+            yield* connection.expect("pubrel")
+            yield* connection.destroy
+            return pending
+          })
+        // received by a; b (an older session of the client, or a node that lost the flow) does not know it
+        const first = yield* receivedThenLost(onA.connection, "on a")
+        const onB = yield* b.accept
+        yield* onB.expect("connect")
+        yield* onB.connack({ sessionPresent: true })
+        const released = yield* onB.expect("pubrel")
+        yield* onB.send({ cmd: "pubcomp", messageId: released.messageId!, reasonCode: 0x92 })
+        const error = errorOf(yield* Fiber.join(first))
+        assert(error instanceof MqttError.PublishError, String(error))
+        expect(error.reasonCode).toBe(0x92)
+        expect(error.reasonString).toContain("whether it was delivered is not known")
+        // received by b, answered 0x92 by b itself: its PUBCOMP was lost, the flow ended there
+        const second = yield* receivedThenLost(onB, "on b")
+        // the round tries a first (b, the lost node, last): a is down
+        yield* Effect.flatMap(a.accept, (connection) => connection.destroy)
+        const again = yield* b.accept
+        yield* again.expect("connect")
+        yield* again.connack({ sessionPresent: true })
+        const releasedAgain = yield* again.expect("pubrel")
+        yield* again.send({ cmd: "pubcomp", messageId: releasedAgain.messageId!, reasonCode: 0x92 })
+        expect(Exit.isSuccess(yield* Fiber.join(second))).toBe(true)
+      })
+  )
 })
 
 // ---------------------------------------------------------------------------------------------------------------

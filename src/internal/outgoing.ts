@@ -59,6 +59,8 @@ export class PublishEntry implements Queued, Operation {
   closedOn = 0
   /** the broker those connections were to (`closedOn` counts closes by one broker in a row) */
   closedOnBroker: string | undefined = undefined
+  /** the broker whose PUBREC opened the flow the PUBREL ends (undefined: not known, as after a restore) */
+  receivedBy: string | undefined = undefined
   error: MqttError.MqttError | undefined = undefined
   done = false
   listener: (() => void) | undefined = undefined
@@ -388,6 +390,7 @@ export class Outgoing {
     if (ack.reasonCode >= 0x80) return this.settle(entry, brokerRefusal(entry, ack), out)
     if (entry.state !== RELEASED) out.journal?.push({ t: "r", k: entry.key })
     entry.state = RELEASED
+    entry.receivedBy = this.broker
     // a resend still in line (a resumed session with a smaller quota) sends its PUBREL in its turn, counted
     if (!entry.queued) out.acks.push(Codec.PUBREL, entry.id)
     return undefined
@@ -399,7 +402,11 @@ export class Outgoing {
     if (entry === undefined || entry.state === NEW) return "unknown"
     if (entry.state !== RELEASED) return this.mismatch(entry, ack, out)
     this.acks++
-    return this.settle(entry, undefined, out)
+    // 0x92 (Packet Identifier not found) from the broker that received the publish: its PUBCOMP was lost, the flow
+    // ended. From another one (the session resumed on another node of `url`, which may hold an older session), the
+    // node never had the flow: the node that had it may not have sent the message on [MQTT-4.3.3]
+    const elsewhere = ack.reasonCode === 0x92 && entry.receivedBy !== undefined && entry.receivedBy !== this.broker
+    return this.settle(entry, elsewhere ? releasedElsewhere(entry, this.broker) : undefined, out)
   }
 
   /**
@@ -581,6 +588,15 @@ const releaseLost = (entry: PublishEntry) =>
       `"${entry.message.topic}" (PUBREC) and before it released it (PUBCOMP): whether it was delivered is not ` +
       "known, and it is not sent again (that could deliver it twice)",
     phase: "connected"
+  })
+
+const releasedElsewhere = (entry: PublishEntry, broker: string | undefined) =>
+  new MqttError.PublishError({
+    topic: entry.message.topic,
+    reasonCode: 0x92,
+    reasonString: `${entry.receivedBy} received the QoS 2 publish (PUBREC) and ${broker}, where the session resumed, ` +
+      "does not know it (PUBCOMP 0x92, Packet Identifier not found): whether it was delivered is not known, and it " +
+      "is not sent again (that could deliver it twice)"
   })
 
 /** A publish the current connection's limits refuse; `resend`: it went out on an earlier connection already. */
