@@ -617,3 +617,47 @@ describe("durable sessions", () => {
       expect(error.option).toBe("store")
     }))
 })
+
+describe("durable sessions with a list of brokers", () => {
+  it.live("the next client, given the nodes in another order, finds the session its predecessor stored and resends its publishes", () =>
+    Effect.gen(function*() {
+      const a = yield* FakeBroker.make({ protocolVersion: 5 })
+      const b = yield* FakeBroker.make({ protocolVersion: 5 })
+      const store = yield* MqttSessionStore.memory
+      const options = {
+        protocolVersion: 5 as const,
+        clientId: "durable-list",
+        store,
+        sessionExpiryInterval: 3600,
+        cleanStart: false,
+        reconnect: false as const
+      }
+      const first = yield* clientIn({ ...options, url: [a.url, b.url] })
+      const { connection } = yield* a.acceptAndConnack()
+      const client = yield* Fiber.join(first.fiber)
+      const pending = yield* Effect.forkChild(client.publish("t", "owed", { qos: 1 }))
+      const sent = yield* connection.expect("publish")
+      // the process goes away before the PUBACK; the next one lists the nodes in another order (a shuffled list)
+      yield* Scope.close(first.scope, Exit.void)
+      expect(Exit.isFailure(yield* Fiber.await(pending))).toBe(true)
+      const second = yield* clientIn({ ...options, url: [b.url, a.url] })
+      const next = yield* b.accept
+      yield* next.expect("connect")
+      yield* next.connack({ sessionPresent: false })
+      const resent = yield* next.expect("publish")
+      expect([text(resent), resent.qos]).toEqual(["owed", 1])
+      expect(text(sent)).toBe("owed")
+      yield* next.send({ cmd: "puback", messageId: resent.messageId!, reasonCode: 0 })
+      yield* Fiber.join(second.fiber)
+      yield* Scope.close(second.scope, Exit.void)
+      // clearStore clears the session under every node of the list
+      const storedUnder = (broker: FakeBroker.FakeBroker) =>
+        Effect.map(store.kv.keys, (keys) => keys.filter((key) => key.includes(encodeURIComponent(broker.url))).length)
+      expect(yield* storedUnder(a)).toBeGreaterThan(0)
+      const third = yield* clientIn({ ...options, url: [b.url, a.url], clearStore: true })
+      yield* b.acceptAndConnack()
+      yield* Fiber.join(third.fiber)
+      expect(yield* storedUnder(a)).toBe(0)
+      yield* Scope.close(third.scope, Exit.void)
+    }))
+})

@@ -23,7 +23,7 @@ import { invalid, type Resolved, resolveOptions } from "./options.ts"
 import type { Platform } from "./platform.ts"
 import * as RequestResponse from "./requestResponse.ts"
 import { Session } from "./session.ts"
-import { clear, JournalWriter, load, prefixOf, type SessionStore } from "./store.ts"
+import { clear, JournalWriter, load, locate, prefixOf, type SessionStore } from "./store.ts"
 import { closedByClient, Supervisor } from "./supervisor.ts"
 import { ClientMetrics, receiveSpan } from "./telemetry.ts"
 import type { Endpoint } from "./url.ts"
@@ -37,15 +37,17 @@ export { defaultReconnect } from "./options.ts"
 const durable = (
   store: SessionStore,
   clearStore: boolean,
-  broker: string | undefined,
+  /** the nodes of `url`, in order (undefined: a custom transport) */
+  brokers: readonly [string | undefined, ...Array<string | undefined>],
   session: Session,
   driver: Driver,
   supervisor: Supervisor,
   scope: Scope.Scope
 ) =>
   Effect.gen(function*() {
-    const prefix = prefixOf(broker ?? "custom-transport", session.clientId)
-    if (clearStore) yield* clear(store, prefix)
+    const [first, ...others] = brokers.map((broker) => prefixOf(broker ?? "custom-transport", session.clientId))
+    if (clearStore) yield* Effect.forEach([first, ...others], (prefix) => clear(store, prefix), { discard: true })
+    const prefix = yield* locate(store, [first, ...others])
     const loaded = yield* load(store, prefix)
     session.restore(loaded.image)
     const journal = new JournalWriter(store, prefix, loaded, () => driver.outbox, (m) => supervisor.log("Warn", m))
@@ -189,9 +191,11 @@ export const make = (
     })
     const authData = { current: o.auth?.data }
     supervisor = new Supervisor({ options: o, parent, driver, authData }, nodes, status)
-    // a durable session is kept per broker (the first of a cluster's list) and client identifier
+    // a durable session is kept per broker (the first of a cluster's list, or the node under which the last process
+    // stored it) and client identifier
     if (o.store !== undefined) {
-      yield* durable(o.store, o.clearStore, nodes.first.broker, session, driver, supervisor, scope)
+      const brokers = nodes.configured.map((node) => node.broker) as unknown as readonly [string | undefined]
+      yield* durable(o.store, o.clearStore, brokers, session, driver, supervisor, scope)
     }
     yield* supervisor.start(scope)
     yield* Scope.addFinalizer(

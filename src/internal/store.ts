@@ -55,6 +55,23 @@ export interface Loaded {
   readonly segments: ReadonlyArray<number>
 }
 
+/**
+ * Where a client's session is stored, among the prefixes of the nodes of its `url` list (in the list's order): the
+ * first node's, unless it holds nothing and another node's does (the list given in another order than when the
+ * session was stored: a shuffled list, a node added in front), so that what the last process accepted is not left
+ * behind.
+ */
+export const locate = (
+  store: SessionStore,
+  prefixes: readonly [string, ...Array<string>]
+): Effect.Effect<string, MqttError.StoreError> =>
+  prefixes.length === 1
+    ? Effect.succeed(prefixes[0])
+    : Effect.map(
+      Effect.mapError(store.kv.keys, (e) => storeError(store, "load", e.message, undefined, e)),
+      (keys) => prefixes.find((prefix) => keys.some((key) => key.startsWith(prefix))) ?? prefixes[0]
+    )
+
 /** Reads the stored session; a corrupt or unreadable entry is a `StoreError` naming the key, never a reset. */
 export const load = (store: SessionStore, prefix: string): Effect.Effect<Loaded, MqttError.StoreError> =>
   Effect.gen(function*() {
