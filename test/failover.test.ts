@@ -6,8 +6,8 @@
  * and `followServerReference`: followed only to the hosts it allows, never from TLS to plaintext.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Logger, Schedule, Stream } from "effect"
-import { MqttClient, MqttError } from "effect-mqtt"
+import { Cause, Duration, Effect, Exit, Fiber, Logger, Queue, Schedule, Stream } from "effect"
+import { MqttClient, MqttError, type MqttMessage } from "effect-mqtt"
 import { TestClock } from "effect/testing"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
@@ -383,6 +383,50 @@ describe("the session moves with the client", () => {
         const releasedAgain = yield* again.expect("pubrel")
         yield* again.send({ cmd: "pubcomp", messageId: releasedAgain.messageId!, reasonCode: 0x92 })
         expect(Exit.isSuccess(yield* Fiber.join(second))).toBe(true)
+      })
+  )
+  it.live(
+    "Session Present 1 on the next node, which sends a new QoS 1 message under the identifier of one the last node sent and the application has not acknowledged: acknowledging the old one does not acknowledge the new one",
+    () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const fiber = yield* Effect.forkChild(
+          MqttClient.make({
+            url: [a.url, b.url],
+            protocolVersion: 5,
+            clientId: "manual-moves",
+            cleanStart: false,
+            sessionExpiryInterval: 600,
+            reconnect: fast,
+            acknowledgement: "manual"
+          })
+        )
+        const onA = yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        const received = yield* Queue.unbounded<MqttMessage.MqttMessage>()
+        yield* Effect.forkChild(Stream.runForEach(client.messages, (m) => Queue.offer(received, m)), {
+          startImmediately: true
+        })
+        const message = (payload: string) =>
+          ({ cmd: "publish", topic: "in", payload, qos: 1, messageId: 7, retain: false, dup: false }) as const
+        yield* onA.connection.send(message("from a"))
+        const old = yield* Queue.take(received)
+        yield* onA.connection.destroy
+        const onB = yield* b.accept
+        yield* onB.expect("connect")
+        yield* onB.connack({ sessionPresent: true })
+        // b holds no flow for a's message (it would resend it first, with DUP): identifier 7 is free there
+        yield* onB.send(message("from b"))
+        const fresh = yield* Queue.take(received)
+        expect([old.text, fresh.text]).toEqual(["from a", "from b"])
+        yield* old.ack
+        // a marker: what the acknowledgement wrote would come before it
+        yield* client.publish("marker", "after the old one's ack", { qos: 0 })
+        const next = yield* onB.receive
+        assert(next.cmd === "publish", `expected the marker, got ${next.cmd}`)
+        yield* fresh.ack
+        const puback = yield* onB.expect("puback")
+        expect(puback.messageId).toBe(7)
       })
   )
 })

@@ -142,8 +142,10 @@ export class Inbound {
         this.warnReused(id, "while its message was unacknowledged", out)
         // QoS 2: the held message's PUBREC would answer the new one before it is taken (the broker holds one flow
         // per identifier), so the held one is let go, unacknowledged; QoS 1 keeps both (Mosquitto, past 65,535
-        // in flight, holds both flows, and each PUBACK ends one)
-        if (packet.qos === 2 || held.qos === 2) this.forget(held, out)
+        // in flight, holds both flows, and each PUBACK ends one), unless the held one came on an earlier connection
+        // and was not resent on this one (`isStale`): the broker (another node after a failover, one that lost the
+        // flow) holds no flow for it, and its PUBACK would acknowledge the new message before it is taken
+        if (packet.qos === 2 || held.qos === 2 || this.isStale(held)) this.forget(held, out)
       }
     }
     if (packet.qos === 2 && this.awaitingRelease.has(id)) {
