@@ -155,7 +155,8 @@ export interface Options {
    * between the nodes of a round). The session state goes along: where the cluster shares the session (CONNACK
    * Session Present 1) it resumes; elsewhere the client subscribes again and resends its unacknowledged
    * publishes, as after any reconnect. Session Present 1 from another node than the one that carried the session
-   * last may be an older form of it (independent brokers): the client then makes its subscriptions again.
+   * last may be an older form of it (independent brokers), as may Session Present 1 from any node after a restart
+   * from a `store`: the client then makes its subscriptions again.
    * `connection.broker` names the node in use. The URLs of a list are all
    * encrypted (`mqtts://`, `wss://`) or all plaintext: a failover never leaves TLS. Each node's user info
    * applies to that node when `username` and `password` are not given. A list cannot go with `transport`, nor

@@ -5,7 +5,7 @@
  * durable.crash.test.ts.)
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber, Scope, Stream } from "effect"
+import { Deferred, Effect, Exit, Fiber, Schedule, Scope, Stream } from "effect"
 import { MqttClient, MqttError, MqttSessionStore } from "effect-mqtt"
 import * as KeyValueStore from "effect/persistence/KeyValueStore"
 import { Buffer } from "node:buffer"
@@ -659,5 +659,55 @@ describe("durable sessions with a list of brokers", () => {
       yield* Fiber.join(third.fiber)
       expect(yield* storedUnder(a)).toBe(0)
       yield* Scope.close(third.scope, Exit.void)
+    }))
+})
+
+describe("durable sessions with a list of brokers: the node that carried the session last is not known", () => {
+  it.live("the next client, resumed (Session Present 1) on a node of the list, makes every stored subscription again there", () =>
+    Effect.gen(function*() {
+      const a = yield* FakeBroker.make({ protocolVersion: 5 })
+      const b = yield* FakeBroker.make({ protocolVersion: 5 })
+      const store = yield* MqttSessionStore.memory
+      const options = {
+        url: [a.url, b.url],
+        protocolVersion: 5 as const,
+        clientId: "durable-carrier",
+        store,
+        sessionExpiryInterval: 3600,
+        cleanStart: false
+      }
+      const first = yield* clientIn({ ...options, reconnect: Schedule.spaced("10 millis") })
+      const onA = yield* a.acceptAndConnack()
+      const client = yield* Fiber.join(first.fiber)
+      const subscribed = (connection: FakeBroker.FakeConnection, filter: string) =>
+        Effect.gen(function*() {
+          const fiber = yield* Effect.forkChild(client.subscribe(filter, { qos: 1 }))
+          const subscribe = yield* connection.expect("subscribe")
+          yield* connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
+          yield* Fiber.join(fiber)
+        })
+      yield* subscribed(onA.connection, "on/a")
+      // a goes down: the session moves to b (a fresh one there: restored), where another filter is subscribed
+      yield* onA.connection.destroy
+      const onB = yield* b.accept
+      yield* onB.expect("connect")
+      yield* onB.connack({ sessionPresent: false })
+      const restore = yield* onB.expect("subscribe")
+      yield* onB.send({ cmd: "suback", messageId: restore.messageId!, granted: [1] })
+      yield* subscribed(onB, "on/b")
+      yield* Scope.close(first.scope, Exit.void)
+      // the next process starts on a, which kept its older session (Session Present 1): without "on/b"
+      const second = yield* clientIn({ ...options, reconnect: false })
+      const next = yield* a.accept
+      yield* next.expect("connect")
+      yield* next.connack({ sessionPresent: true })
+      // a SUBSCRIBE per subscription identifier: one for each filter here
+      const again = [yield* next.expect("subscribe"), yield* next.expect("subscribe")]
+      expect(again.flatMap((p) => p.subscriptions.map((s) => [s.topic, s.rh])).sort()).toEqual([["on/a", 1], [
+        "on/b",
+        1
+      ]])
+      yield* Fiber.join(second.fiber)
+      yield* Scope.close(second.scope, Exit.void)
     }))
 })

@@ -49,7 +49,7 @@ const durable = (
     if (clearStore) yield* Effect.forEach([first, ...others], (prefix) => clear(store, prefix), { discard: true })
     const prefix = yield* locate(store, [first, ...others])
     const loaded = yield* load(store, prefix)
-    session.restore(loaded.image)
+    session.restore(loaded.image, brokers.length)
     const journal = new JournalWriter(store, prefix, loaded, () => driver.outbox, (m) => supervisor.log("Warn", m))
     driver.journal = journal
     driver.out.journal = []

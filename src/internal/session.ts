@@ -113,7 +113,10 @@ export class Session {
   closed: MqttError.MqttError | undefined = undefined
   private hasConnected = false
   private startedClean = false
-  /** the broker (`scheme://host:port`) the session was last carried by; undefined before, or after a restore */
+  /**
+   * the broker (`scheme://host:port`) the session was last carried by; undefined before, or after a restore from
+   * the one broker of `url`; "" after a restore when `url` lists several (any of them may have carried it last)
+   */
   private sessionBroker: string | undefined = undefined
   /** an Assigned Client Identifier was ignored (warned once per client) */
   private assignedIgnored = false
@@ -278,7 +281,9 @@ export class Session {
    * identifiers awaiting PUBREL, the identifiers of QoS 2 publishes refused on a resend (kept out of use), and the subscriptions to restore if the broker lost the session. Their callers
    * are gone: the publishes end silently.
    */
-  restore(image: Journal.Image): void {
+  restore(image: Journal.Image, nodes = 1): void {
+    // which node of a list carried the stored session last is not stored: a resumed session is taken as another's
+    if (nodes > 1) this.sessionBroker = ""
     if (image.clientId !== undefined) this.clientId = image.clientId
     const entries = [...image.publishes.values()].sort((a, b) => a.key - b.key).map((stored) => {
       const message: OutgoingMessage = {

@@ -225,6 +225,11 @@ export class Subscriptions {
   private reissued: Map<number, ReadonlyArray<string>> | undefined = undefined
   private forgotRetired = false
   /**
+   * The filters put back from a store (`restore`): the session's own, held without an owner until the application
+   * subscribes again. Made again as they are when the session resumes elsewhere, not dropped as unclaimed.
+   */
+  private readonly restored = new Set<string>()
+  /**
    * The identifiers the client chose itself: every SUBSCRIBE gets one (MQTT 5), so that each copy the broker
    * sends names the subscriptions it stands for; they are taken out of the messages the application sees.
    */
@@ -393,6 +398,8 @@ export class Subscriptions {
 
   /** Sets an owner's claim on a filter (undefined: lets go of it); returns what it was. */
   private claim(filter: string, owner: number, spec: FilterSpec | undefined): FilterSpec | undefined {
+    // an owner's word decides from now on
+    this.restored.delete(filter)
     let owners = this.claims.get(filter)
     const before = owners?.get(owner)
     if (spec !== undefined) {
@@ -620,7 +627,7 @@ export class Subscriptions {
     const drop: Array<FilterSpec> = []
     let fresh: number | undefined
     for (const filter of filters) {
-      let wanted = this.wanted(filter)
+      let wanted = this.wanted(filter) ?? (this.restored.has(filter) ? this.broker.get(filter)?.spec : undefined)
       if (wanted === undefined) {
         drop.push({ filter, qos: 0, noLocal: false, retainAsPublished: false, retainHandling: 0 })
         continue
@@ -820,6 +827,7 @@ export class Subscriptions {
     const byIdentifier = new Map<number, Array<string>>()
     for (const { identifier, spec } of subscriptions) {
       this.broker.set(spec.filter, { spec, identifier })
+      this.restored.add(spec.filter)
       if (identifier === 0) continue
       byIdentifier.set(identifier, [...(byIdentifier.get(identifier) ?? []), spec.filter])
       if (identifier >= AUTOMATIC_IDENTIFIERS_FROM) {
