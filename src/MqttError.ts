@@ -20,6 +20,7 @@
  */
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
+import { escapeControls } from "./internal/describe.ts"
 import { tlsFailure, tlsHints } from "./internal/tlsText.ts"
 
 const TypeId = "~effect-mqtt/MqttError"
@@ -38,7 +39,7 @@ const withReason = (
   if (reasonCode === undefined) return text
   const name = names?.[reasonCode]
   return `${text} (reason code ${hex(reasonCode)}${name === undefined ? "" : `, ${name}`}` +
-    (reasonString === undefined ? ")" : `: ${reasonString})`)
+    (reasonString === undefined ? ")" : `: ${escapeControls(reasonString)})`)
 }
 
 /**
@@ -113,7 +114,10 @@ export class ConnectRefusedError extends Schema.TaggedError<ConnectRefusedError>
       ? withReason(text, this.reasonCode, this.reasonString)
       : `${text} (return code ${this.reasonCode})`
     const hint = connackHints[connackKey(this.protocolVersion, this.reasonCode)]
-    const moved = this.serverReference === undefined ? "" : ` The broker suggests ${this.serverReference}.`
+    // the broker's text, on one line; an empty one suggests nothing
+    const moved = this.serverReference === undefined || this.serverReference.trim() === ""
+      ? ""
+      : ` The broker suggests ${escapeControls(this.serverReference)}.`
     return hinted(coded, hint) + moved
   }
 }

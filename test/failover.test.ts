@@ -729,6 +729,33 @@ describe("followServerReference", () => {
       }))
   }
 
+  it.live("a broker's Server Reference and reason string stay on one line of the log and of the error's message", () =>
+    Effect.gen(function*() {
+      const [a] = yield* fakes(1, 5)
+      const lines: Array<string> = []
+      const { connection } = yield* logged(connectedV5(a), lines)
+      const forged = "x\nError MQTT client gave up: forged\u2028"
+      yield* logged(
+        connection.send({
+          cmd: "disconnect",
+          reasonCode: 0x9c,
+          properties: { serverReference: forged, reasonString: "busy\r\nInfo forged" }
+        }),
+        lines
+      )
+      yield* logged(a.acceptAndConnack(), lines)
+      const warnings = lines.filter((line) => line.startsWith("Warn"))
+      expect(warnings.length).toBe(2)
+      for (const line of warnings) assert.notMatch(line, /[\n\r\u2028\u2029]/, line)
+      expect(warnings[0]).toContain(String.raw`"x\u000aError MQTT client gave up: forged\u2028"`)
+      expect(warnings[1]).toContain(String.raw`(reason code 0x9c: busy\u000d\u000aInfo forged)`)
+      // a CONNACK's reference is in the refusal's message: on one line too, and an empty one suggests nothing
+      const refused = (serverReference: string) =>
+        new MqttError.ConnectRefusedError({ protocolVersion: 5, reasonCode: 0x9c, serverReference }).message
+      expect(refused(forged)).toContain(String.raw`The broker suggests x\u000aError MQTT client gave up: forged\u2028.`)
+      expect(refused(" ")).not.toContain("suggests")
+    }))
+
   it.live("DISCONNECT 0x9C not followed: the client reconnects to its list as before", () =>
     Effect.gen(function*() {
       const [a, b] = yield* fakes(2, 5)

@@ -12,3 +12,13 @@ export const describe = (value: unknown): string => {
     return "a value that cannot be shown as text"
   }
 }
+
+/**
+ * Control characters (line breaks among them, and the line and paragraph separators) as `\uXXXX` escapes: text a
+ * peer chose (a broker's reason string or Server Reference, a request's topic) stays on its line of a log.
+ */
+export const escapeControls = (text: string): string =>
+  text.replace(
+    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`
+  )

@@ -17,7 +17,7 @@ import type * as MqttClient from "../MqttClient.ts"
 import * as MqttError from "../MqttError.ts"
 import type { MqttMessage, QoS } from "../MqttMessage.ts"
 import * as Bytes from "./bytes.ts"
-import { describe } from "./describe.ts"
+import { describe, escapeControls } from "./describe.ts"
 import { type Context, publish, publishAccepted, publishProblem, subscribeAs, subscription } from "./operations.ts"
 import { decodeDuration, invalid, isQoS } from "./options.ts"
 import * as Telemetry from "./telemetry.ts"
@@ -296,13 +296,6 @@ const publishOptions = (
 
 /** A string as a JSON string literal, its line and paragraph separators escaped too: one line, quoted. */
 const quote = (text: string): string => escapeControls(JSON.stringify(text))
-
-/** Control characters (line breaks among them) as `\uXXXX` escapes. */
-const escapeControls = (text: string): string =>
-  text.replace(
-    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`
-  )
 
 /**
  * What a `respond` handler answers for a request that gets no reply (a typed request that did not decode, under

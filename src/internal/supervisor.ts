@@ -17,6 +17,7 @@ import type * as MqttClient from "../MqttClient.ts"
 import type * as MqttError from "../MqttError.ts"
 import * as Broker from "./broker.ts"
 import { close, type Connection, disconnectReasonOf, type Environment, lost, open } from "./connection.ts"
+import { escapeControls } from "./describe.ts"
 import * as Failover from "./failover.ts"
 import type { Node, Nodes } from "./failover.ts"
 
@@ -270,7 +271,9 @@ export class Supervisor {
       return Effect.as(
         this.log(
           "Warn",
-          `MQTT not following the server reference "${redirect.reference}" of ${from.broker}: ${redirect.reason}`,
+          `MQTT not following the server reference "${escapeControls(redirect.reference)}" of ${from.broker}: ${
+            escapeControls(redirect.reason)
+          }`,
           from
         ),
         undefined
@@ -408,7 +411,8 @@ export class Supervisor {
           const from = c.node.broker
           yield* self.log(
             "Warn",
-            `MQTT not following the server reference "${reference.reference}" of ${from}: reconnect is off`,
+            `MQTT not following the server reference "${escapeControls(reference.reference)}" of ${from}: ` +
+              "reconnect is off",
             c.node
           )
         }
