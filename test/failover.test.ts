@@ -429,6 +429,99 @@ describe("the session moves with the client", () => {
         expect(puback.messageId).toBe(7)
       })
   )
+
+  it.live(
+    "Session Present 1 on the next node, which resends (DUP) a message of its own under the identifier of one the last node sent and the client still holds: it is delivered, not taken for a resend",
+    () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const fiber = yield* Effect.forkChild(
+          MqttClient.make({
+            url: [a.url, b.url],
+            protocolVersion: 5,
+            clientId: "dup-moves",
+            cleanStart: false,
+            sessionExpiryInterval: 600,
+            reconnect: fast
+          })
+        )
+        const onA = yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        const message = (payload: string, qos: 0 | 1, dup: boolean) =>
+          ({ cmd: "publish", topic: "in", payload, qos, messageId: 7, retain: false, dup }) as const
+        // not read yet: it waits in the queue, unacknowledged
+        yield* onA.connection.send(message("from a", 1, false))
+        while ((yield* client.queuedMessages) === 0) yield* sleepReal(10)
+        yield* onA.connection.destroy
+        const onB = yield* b.accept
+        yield* onB.expect("connect")
+        yield* onB.connack({ sessionPresent: true })
+        // b's older session held a message of its own under identifier 7, sent before the client left b
+        yield* onB.sendMany([message("older from b", 1, true), {
+          cmd: "publish",
+          topic: "in",
+          payload: "end",
+          qos: 0,
+          retain: false,
+          dup: false
+        }])
+        const texts = yield* client.messages.pipe(
+          Stream.map((m) => m.text),
+          Stream.takeUntil((text) => text === "end"),
+          Stream.runCollect
+        )
+        expect(texts).toEqual(["from a", "older from b", "end"])
+      })
+  )
+
+  it.live(
+    "Session Present 1 on the next node: a message of the last node's, acknowledged there, does not make a DUP of the node's own under its identifier a crossing resend",
+    () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const fiber = yield* Effect.forkChild(
+          MqttClient.make({
+            url: [a.url, b.url],
+            protocolVersion: 5,
+            clientId: "acked-across-moves",
+            cleanStart: false,
+            sessionExpiryInterval: 600,
+            reconnect: fast
+          })
+        )
+        const onA = yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        const message = (payload: string, qos: 0 | 1, dup: boolean) =>
+          ({ cmd: "publish", topic: "in", payload, qos, messageId: 7, retain: false, dup }) as const
+        yield* onA.connection.send(message("from a", 1, false))
+        while ((yield* client.queuedMessages) === 0) yield* sleepReal(10)
+        yield* onA.connection.destroy
+        const onB = yield* b.accept
+        yield* onB.expect("connect")
+        yield* onB.connack({ sessionPresent: true })
+        yield* awaitConnectedTo(client, b.url)
+        const texts: Array<string> = []
+        const reading = yield* Effect.forkChild(
+          client.messages.pipe(
+            Stream.map((m) => m.text),
+            Stream.takeUntil((text) => text === "end"),
+            Stream.runForEach((text) => Effect.sync(() => texts.push(text)))
+          )
+        )
+        // taken on b's connection: acknowledged there (a resend of it by b would cross this PUBACK)
+        expect((yield* onB.expect("puback")).messageId).toBe(7)
+        yield* onB.sendMany([message("older from b", 1, true), {
+          cmd: "publish",
+          topic: "in",
+          payload: "end",
+          qos: 0,
+          retain: false,
+          dup: false
+        }])
+        yield* Fiber.join(reading)
+        expect(texts).toEqual(["from a", "older from b", "end"])
+      })
+  )
 })
 
 // ---------------------------------------------------------------------------------------------------------------

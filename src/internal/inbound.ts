@@ -33,7 +33,7 @@ export class Inbound {
    * QoS 1 identifiers acknowledged on this connection for a PUBLISH that came on an earlier one: the broker's
    * resend may cross the PUBACK. Only for this connection: a later resend under the identifier is another message.
    */
-  private ackedAcross: Set<number> | undefined = undefined
+  private ackedAcross: Map<number, Content | undefined> | undefined = undefined
   /**
    * The same for QoS 2: identifiers acknowledged (PUBREC) on this connection for a PUBLISH of an earlier one, or
    * awaiting PUBREL when it began. The broker's resend may cross the PUBREC, and the flow may even end first:
@@ -130,8 +130,9 @@ export class Inbound {
       // the broker asks: else a failed message would hold back every later acknowledgement for good. A PUBLISH
       // without DUP is not a resend: a new message from a broker that reused an identifier still unacknowledged
       // (Mosquitto does, past 65,535 messages in flight; a broker that lost the flow does, such as another node
-      // after a failover): delivered, not lost, each acknowledged in turn
-      if (packet.dup) {
+      // after a failover): delivered, not lost, each acknowledged in turn. Nor is a DUP with another topic or
+      // payload: a node that resumed an older session resends a message of its own under the identifier
+      if (packet.dup && (held.content === undefined || sameContent(held.content, { topic, payload: packet.payload }))) {
         if (held.queued > 0 || held.pending === 0) {
           // the broker still holds its flow, on this connection: its copies are current again (see `isStale`)
           held.resentOn = this.connection
@@ -156,7 +157,18 @@ export class Inbound {
       this.release(id, out)
       this.warnReused(id, "while its PUBREL was awaited", out)
     }
-    if (this.ackedAcross?.delete(id) === true && packet.dup && packet.qos === 1) return this.answer(id, 1, out)
+    const ackedAcross = this.ackedAcross
+    if (ackedAcross?.has(id)) {
+      const known = ackedAcross.get(id)
+      ackedAcross.delete(id)
+      // the resend of that message (not one of the broker's own under the identifier: see the DUP above)
+      if (
+        packet.dup && packet.qos === 1 &&
+        (known === undefined || sameContent(known, { topic, payload: packet.payload }))
+      ) {
+        return this.answer(id, 1, out)
+      }
+    }
     const recAcross = this.recAcross
     if (recAcross?.has(id)) {
       const known = recAcross.get(id)
@@ -190,7 +202,8 @@ export class Inbound {
     }
     this.newFlow(id)
     const record = new InboundRecord(id, packet.qos as 1 | 2, this.epoch, this.connection)
-    if (packet.qos === 2) record.content = { topic, payload: packet.payload }
+    // to know the broker's resend of it from another message under its identifier (QoS 2: also once acknowledged)
+    record.content = { topic, payload: packet.payload }
     this.byId.set(id, record)
     this.line.push(record)
     this.unacknowledged++
@@ -344,7 +357,8 @@ export class Inbound {
       this.unacknowledged--
       if (record.qos === 1) {
         out.acks.push(Codec.PUBACK, record.id)
-        if (record.connection !== this.connection) (this.ackedAcross ??= new Set()).add(record.id)
+        if (record.connection !== this.connection) (this.ackedAcross ??= new Map()).set(record.id, record.content)
+        record.content = undefined
       } else {
         // a durable session records the identifier before the PUBREC is written: after a restart, a resent
         // PUBLISH is still answered, not delivered again
