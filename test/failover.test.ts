@@ -475,6 +475,56 @@ describe("the session moves with the client", () => {
   )
 
   it.live(
+    "Session Present 1 on the next node, which resends (DUP) a QoS 2 message of its own under the identifier of one the last node sent and whose PUBREL the client awaits: it is delivered",
+    () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const fiber = yield* Effect.forkChild(
+          MqttClient.make({
+            url: [a.url, b.url],
+            protocolVersion: 5,
+            clientId: "qos2-dup-moves",
+            cleanStart: false,
+            sessionExpiryInterval: 600,
+            reconnect: fast
+          })
+        )
+        const onA = yield* a.acceptAndConnack()
+        const client = yield* Fiber.join(fiber)
+        const texts: Array<string> = []
+        const reading = yield* Effect.forkChild(
+          client.messages.pipe(
+            Stream.map((m) => m.text),
+            Stream.takeUntil((text) => text === "end"),
+            Stream.runForEach((text) => Effect.sync(() => texts.push(text)))
+          ),
+          { startImmediately: true }
+        )
+        yield* onA.connection.send({
+          cmd: "publish",
+          topic: "in",
+          payload: "from a",
+          qos: 2,
+          messageId: 7,
+          retain: false,
+          dup: false
+        })
+        // taken: PUBREC; a goes down before its PUBREL
+        expect((yield* onA.connection.expect("pubrec")).messageId).toBe(7)
+        yield* onA.connection.destroy
+        const onB = yield* b.accept
+        yield* onB.expect("connect")
+        yield* onB.connack({ sessionPresent: true })
+        yield* onB.sendMany([
+          { cmd: "publish", topic: "in", payload: "older from b", qos: 2, messageId: 7, retain: false, dup: true },
+          { cmd: "publish", topic: "in", payload: "end", qos: 0, retain: false, dup: false }
+        ])
+        yield* Fiber.join(reading)
+        expect(texts).toEqual(["from a", "older from b", "end"])
+      })
+  )
+
+  it.live(
     "Session Present 1 on the next node: a message of the last node's, acknowledged there, does not make a DUP of the node's own under its identifier a crossing resend",
     () =>
       Effect.gen(function*() {

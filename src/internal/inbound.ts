@@ -30,6 +30,11 @@ export class Inbound {
   private readonly awaitingRelease = new Set<number>()
   private releasing = 0
   /**
+   * What the messages awaiting PUBREL were (topic and payload), those of this process (a restored identifier has
+   * none): a resend (DUP) with other content under the identifier is another message (see `admit`)
+   */
+  private awaitedContent: Map<number, Content> | undefined = undefined
+  /**
    * QoS 1 identifiers acknowledged on this connection for a PUBLISH that came on an earlier one: the broker's
    * resend may cross the PUBACK. Only for this connection: a later resend under the identifier is another message.
    */
@@ -150,10 +155,14 @@ export class Inbound {
       }
     }
     if (packet.qos === 2 && this.awaitingRelease.has(id)) {
-      if (packet.dup) return this.answer(id, 2, out)
+      const known = this.awaitedContent?.get(id)
+      if (packet.dup && (known === undefined || sameContent(known, { topic, payload: packet.payload }))) {
+        return this.answer(id, 2, out)
+      }
       // without DUP, not a resend of the message released by the PUBREC [MQTT-3.3.1-1]: the broker reuses an
       // identifier only once its flow ended [MQTT-2.2.1-3], so it holds that flow no more (another node after a
-      // failover, one that lost its state): the flow ends here and the message is new, not lost as a duplicate
+      // failover, one that lost its state): the flow ends here and the message is new, not lost as a duplicate.
+      // So with a DUP of another message: a node that resumed an older session resends its own
       this.release(id, out)
       this.warnReused(id, "while its PUBREL was awaited", out)
     }
@@ -307,6 +316,7 @@ export class Inbound {
   /** Ends the QoS 2 flow of an identifier awaiting PUBREL. */
   private release(id: number, out: Output): void {
     this.awaitingRelease.delete(id)
+    this.awaitedContent?.delete(id)
     this.releasing--
     out.journal?.push({ t: "x", id })
   }
@@ -365,12 +375,13 @@ export class Inbound {
         if (!record.journaled) out.journal?.push({ t: "a", id: record.id })
         out.acks.push(Codec.PUBREC, record.id)
         if (record.connection !== this.connection) (this.recAcross ??= new Map()).set(record.id, record.content)
-        // kept no longer than needed: an acknowledged record may wait in the line behind an unread one
-        record.content = undefined
         if (!this.awaitingRelease.has(record.id)) {
           this.awaitingRelease.add(record.id)
           this.releasing++
+          // until the PUBREL (the record itself may wait in the line behind an unread one)
+          if (record.content !== undefined) (this.awaitedContent ??= new Map()).set(record.id, record.content)
         }
+        record.content = undefined
       }
     }
     if (this.head === this.line.length) {
@@ -420,13 +431,14 @@ export class Inbound {
       this.head = 0
       this.byId.clear()
       this.awaitingRelease.clear()
+      this.awaitedContent = undefined
       this.releasing = 0
       this.unacknowledged = 0
       return
     }
     if (this.awaitingRelease.size > 0 || released !== undefined) {
       const recAcross = this.recAcross = new Map()
-      for (const id of this.awaitingRelease) recAcross.set(id, undefined)
+      for (const id of this.awaitingRelease) recAcross.set(id, this.awaitedContent?.get(id))
       // only for the connection after the one they were released on, and never over a flow awaiting PUBREL
       if (released !== undefined) {
         for (const [id, content] of released) if (!recAcross.has(id)) recAcross.set(id, content)
