@@ -872,6 +872,29 @@ describe("followServerReference", () => {
       }))
   }
 
+  for (
+    const [name, reference] of [["without a reference", undefined], [
+      "with a reference not allowed",
+      "elsewhere:1"
+    ]] as const
+  ) {
+    it.live(`DISCONNECT 0x9D ${name}, with a url list: the client goes on to the next node of its list`, () =>
+      Effect.gen(function*() {
+        const [a, b] = yield* fakes(2, 5)
+        const { client, connection } = yield* connectedV5(a, { url: [a.url, b.url] })
+        yield* connection.send({
+          cmd: "disconnect",
+          reasonCode: 0x9d,
+          ...(reference === undefined ? {} : { properties: { serverReference: reference } })
+        })
+        yield* b.acceptAndConnack()
+        yield* awaitConnectedTo(client, b.url)
+        expect((yield* client.status)._tag).toBe("Connected")
+        // the node that moved is tried again only in its turn (next round): not at once
+        expect(a.connections.length).toBe(1)
+      }))
+  }
+
   it.live("a broker's Server Reference and reason string stay on one line of the log and of the error's message", () =>
     Effect.gen(function*() {
       const [a] = yield* fakes(1, 5)

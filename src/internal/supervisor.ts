@@ -423,11 +423,14 @@ export class Supervisor {
           c.node,
           exhausted ? "in a row (each connection shorter than a minute)" : undefined
         )
+        const code = (error as { readonly reasonCode?: number }).reasonCode
         if (Failover.referenceOf(error) === undefined) redirects = 0
         else if (redirect !== undefined) redirects++
         // a reference not followed for that count only (0x9D, server moved, included) sends the client back to its
-        // own list rather than stopping it
-        if (schedule === undefined || (redirect === undefined && isFinal(error) && !exhausted)) {
+        // own list rather than stopping it; so does a 0x9D not followed at all when the list has other nodes (the
+        // broker moved; the cluster's other nodes are where the application said to go)
+        const movedWithinList = code === 0x9d && self.env.options.nodes.length > 1
+        if (schedule === undefined || (redirect === undefined && isFinal(error) && !exhausted && !movedWithinList)) {
           return yield* self.shutdown(error, disconnectReasonOf(error))
         }
         // when the connection ended, not after the wait for its last writes (up to 2 s with a frozen broker)
@@ -443,7 +446,6 @@ export class Supervisor {
         }
         // a broker that says why it ends each connection (a DISCONNECT with another reason: server busy, moved...)
         // is not the mark of two clients with one identifier (none, or 0x8E session taken over, is)
-        const code = (error as { readonly reasonCode?: number }).reasonCode
         const twoClients = code === undefined || code === 0x8e
         const note = briefInARow >= BRIEF_HINT_AFTER && twoClients ? briefHint(briefInARow) : undefined
         const exit = yield* Effect.exit(self.reconnect(step, error, c.node, 1, redirect, note))
