@@ -46,6 +46,7 @@ import * as Service from "./internal/service.ts"
 import * as Telemetry from "./internal/telemetry.ts"
 import { tlsVariables } from "./internal/tlsText.ts"
 import * as Transport from "./internal/transport.ts"
+import * as Url from "./internal/url.ts"
 import * as MqttError from "./MqttError.ts"
 import type * as MqttMessage from "./MqttMessage.ts"
 import type * as MqttSessionStore from "./MqttSessionStore.ts"
@@ -1128,7 +1129,7 @@ const protocolVersions: Record<string, 3 | 4 | 5> = {
  *
  * | variable | option |
  * | --- | --- |
- * | `MQTT_URL` | `url` (default `mqtt://localhost:1883`) |
+ * | `MQTT_URL` | `url` (default `mqtt://localhost:1883`); several, separated by commas, are a list (failover) |
  * | `MQTT_CLIENT_ID` | `clientId` |
  * | `MQTT_USERNAME` | `username` |
  * | `MQTT_PASSWORD` | `password` (redacted) |
@@ -1154,7 +1155,7 @@ const protocolVersions: Record<string, 3 | 4 | 5> = {
  * @category config
  */
 export const config: Config.Config<Options> = Config.all({
-  url: Config.String("MQTT_URL").pipe(Config.withDefault("mqtt://localhost:1883")),
+  url: Config.String("MQTT_URL").pipe(Config.map(Url.urlsOfText), Config.withDefault("mqtt://localhost:1883")),
   clientId: Config.String("MQTT_CLIENT_ID").pipe(Config.withDefault(undefined)),
   username: Config.String("MQTT_USERNAME").pipe(Config.withDefault(undefined)),
   password: Config.Redacted("MQTT_PASSWORD").pipe(Config.withDefault(undefined)),

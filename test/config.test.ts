@@ -2,9 +2,10 @@
  * MqttClient.layerConfig: the client configured from the environment through Effect Config.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Config, ConfigProvider, Effect, Exit, Fiber, Layer } from "effect"
+import { Cause, Config, ConfigProvider, Effect, Exit, Fiber, Layer, Schedule } from "effect"
 import { MqttClient, MqttError } from "effect-mqtt"
 import * as FakeBroker from "./support/FakeBroker.ts"
+import { freePort } from "./support/Mosquitto.ts"
 
 const withEnv = (env: Record<string, string>) => Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env })))
 
@@ -30,6 +31,24 @@ describe("layerConfig", () => {
       expect(Buffer.from(connect.password!).toString()).toBe("env-secret")
       expect(connect.protocolVersion).toBe(5)
       expect(connect.keepalive).toBe(33)
+    }))
+
+  it.live("MQTT_URL with URLs separated by commas is a url list: the client fails over from the first to the second", () =>
+    Effect.gen(function*() {
+      const down = yield* Effect.promise(() => freePort())
+      const broker = yield* FakeBroker.make()
+      const layer = MqttClient.layerConfig(MqttClient.config, { reconnect: Schedule.spaced("20 millis") }).pipe(
+        withEnv({ MQTT_URL: `mqtt://127.0.0.1:${down}, ${broker.url}` })
+      )
+      const fiber = yield* Effect.forkChild(Effect.scoped(Effect.flatMap(Layer.build(layer), () => Effect.void)))
+      yield* broker.acceptAndConnack()
+      yield* Fiber.join(fiber)
+      // a comma in a WebSocket URL's query is not a separator
+      const parsed = yield* Effect.provide(
+        MqttClient.config,
+        ConfigProvider.layer(ConfigProvider.fromEnv({ env: { MQTT_URL: "ws://a:80/mqtt?x=1,2, mqtt://b:1883" } }))
+      )
+      expect(parsed.url).toEqual(["ws://a:80/mqtt?x=1,2", "mqtt://b:1883"])
     }))
 
   it.live("overrides given in code win over the environment", () =>

@@ -347,6 +347,11 @@ describe("the broker URL", () => {
     expect(refused("unix://tmp/mqtt.sock")).toContain("no host")
     expect(refused("unix:///")).toContain("no socket path")
     expect(refused("mqtt://user:%E0%A4%A@broker")).toContain("percent-encoding")
+    // URL takes any text as the host of an mqtt: URL
+    expect(refused("mqtt://a,b:1883")).toContain(`"a,b" is not a host name`)
+    expect(refused("mqtt://a b:1883")).toContain("not a valid URL")
+    expect(refused("mqtt://a:1883,mqtt://b:1883")).toContain("several URLs in one: give a list")
+    expect(refused("mqtt://a:1883, ws://b:80/mqtt")).toContain("several URLs in one: give a list")
   })
 
   it.effect("MqttClient.make and MQTT_URL suggest the scheme of a URL given as host:port", () =>

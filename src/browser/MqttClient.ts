@@ -37,6 +37,7 @@ import type * as Scope from "effect/Scope"
 import * as BrowserTransport from "../internal/browserTransport.ts"
 import * as internal from "../internal/client.ts"
 import * as Service from "../internal/service.ts"
+import * as Url from "../internal/url.ts"
 import type { Client, Options } from "../MqttClient.ts"
 import type * as MqttError from "../MqttError.ts"
 
@@ -100,7 +101,7 @@ export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.Mqtt
 
 /**
  * The options read through Effect `Config`, as on Node without the TLS settings: `MQTT_URL` (required: a browser
- * has no default broker), `MQTT_CLIENT_ID`, `MQTT_USERNAME`, `MQTT_PASSWORD` (redacted), `MQTT_PROTOCOL_VERSION`
+ * has no default broker; several, separated by commas, are a list), `MQTT_CLIENT_ID`, `MQTT_USERNAME`, `MQTT_PASSWORD` (redacted), `MQTT_PROTOCOL_VERSION`
  * (3, 4 or 5), `MQTT_KEEPALIVE` (seconds), `MQTT_CONNECT_TIMEOUT` (a duration). A browser has no environment
  * variables: give them with a `ConfigProvider` (for example `ConfigProvider.fromUnknown` over the page's
  * configuration).
@@ -109,7 +110,7 @@ export const layer = (options?: Options): Layer.Layer<MqttClient, MqttError.Mqtt
  * @category config
  */
 export const config: Config.Config<Options> = Config.all({
-  url: Config.String("MQTT_URL"),
+  url: Config.String("MQTT_URL").pipe(Config.map(Url.urlsOfText)),
   clientId: Config.String("MQTT_CLIENT_ID").pipe(Config.withDefault(undefined)),
   username: Config.String("MQTT_USERNAME").pipe(Config.withDefault(undefined)),
   password: Config.Redacted("MQTT_PASSWORD").pipe(Config.withDefault(undefined)),

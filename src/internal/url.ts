@@ -92,6 +92,11 @@ export const parseUrl = (url: string): Effect.Effect<Endpoint, MqttError.Invalid
     if (bare !== undefined) {
       return Effect.fail(invalidUrl(`no scheme: write mqtt://${bare} (or mqtts://${bare} for TLS)`))
     }
+    if (SEVERAL.test(url)) {
+      return Effect.fail(
+        invalidUrl("several URLs in one: give a list (url: [...]; in MQTT_URL, URLs separated by commas)")
+      )
+    }
     let parsed: URL
     try {
       parsed = new URL(url)
@@ -126,6 +131,10 @@ export const parseUrl = (url: string): Effect.Effect<Endpoint, MqttError.Invalid
     }
     if (parsed.hostname === "") return Effect.fail(invalidUrl("the URL has no host"))
     const host = parsed.hostname.startsWith("[") ? parsed.hostname.slice(1, -1) : parsed.hostname
+    // a host name, an IPv4 or (in brackets) IPv6 address: `URL` takes any text as the host of an mqtt: URL
+    if (!parsed.hostname.startsWith("[") && !HOST_NAME.test(host)) {
+      return Effect.fail(invalidUrl(`"${host}" is not a host name`))
+    }
     const port = parsed.port === "" ? defaultPorts[scheme] : Number(parsed.port)
     if (!(port > 0 && port <= 65535)) return Effect.fail(invalidUrl("the port must be from 1 to 65535"))
     if (scheme === "ws" || scheme === "wss") {
@@ -140,6 +149,21 @@ export const parseUrl = (url: string): Effect.Effect<Endpoint, MqttError.Invalid
       ? Effect.succeed({ _tag: "Tcp", scheme, host, port, ...credentials })
       : Effect.succeed({ _tag: "Tls", scheme, host, port, ...credentials })
   })
+
+/** Another URL after a comma: `mqtt://a:1883,mqtt://b:1883`. */
+const SEVERAL = /,\s*[a-z][a-z0-9+.-]*:\/\//i
+
+/** The letters of a host name (percent-encoded when `URL` encoded it), or of an IPv4 address. */
+const HOST_NAME = /^[A-Za-z0-9._~%-]+$/
+
+/**
+ * The URLs of a text that may hold several, separated by commas (`MQTT_URL`): one string, or the list. A comma
+ * counts only before a scheme (`, mqtt://`), so that one in a WebSocket URL's query stays there.
+ */
+export const urlsOfText = (text: string): string | ReadonlyArray<string> => {
+  const urls = text.split(/,\s*(?=[a-z][a-z0-9+.-]*:\/\/)/i).map((url) => url.trim()).filter((url) => url !== "")
+  return urls.length === 1 ? urls[0] : urls.length === 0 ? text : urls
+}
 
 /** Whether an endpoint is encrypted: TLS, or WebSocket over TLS. */
 export const isEncrypted = (endpoint: Endpoint): boolean =>
