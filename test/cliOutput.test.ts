@@ -4,7 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Exit } from "effect"
-import { MqttError, MqttMessage } from "effect-mqtt"
+import { type MqttClient, MqttError, MqttMessage } from "effect-mqtt"
 import * as CliError from "effect/cli/CliError"
 import { describeStatus } from "../src/cli/connection.ts"
 import { ExitCode, exitCodeOf, TimedOutError, UsageError } from "../src/cli/errors.ts"
@@ -122,6 +122,32 @@ describe("exitCodeOf", () => {
 })
 
 describe("--debug's connection lines", () => {
+  it("name the protocol version in use: MQTT 3.1 (-V 3), 3.1.1 or 5.0", () => {
+    const info = (protocolVersion: 3 | 4 | 5): MqttClient.ConnectionInfo => ({
+      protocolVersion,
+      clientId: "c",
+      sessionPresent: false,
+      keepAlive: 60,
+      receiveMaximum: 65535,
+      maximumQoS: 2,
+      retainAvailable: true,
+      maximumPacketSize: undefined,
+      topicAliasMaximum: 0,
+      sessionExpiryInterval: undefined,
+      reasonString: undefined,
+      userProperties: [],
+      wildcardSubscriptionAvailable: true,
+      subscriptionIdentifiersAvailable: true,
+      sharedSubscriptionAvailable: true,
+      responseInformation: undefined,
+      serverReference: undefined
+    })
+    const line = (version: 3 | 4 | 5) => describeStatus({ _tag: "Connected", info: info(version) })
+    assert.include(line(3), "(MQTT 3.1, keepalive 60 s")
+    assert.include(line(4), "(MQTT 3.1.1, keepalive 60 s")
+    assert.include(line(5), "(MQTT 5.0, keepalive 60 s")
+  })
+
   it("give the delay before the next attempt to the millisecond", () => {
     const cause = new MqttError.ConnectionLostError({ reason: "the connection was reset" })
     const line = describeStatus({ _tag: "Disconnected", cause, retryIn: Duration.nanos(1_268_037_152n) })

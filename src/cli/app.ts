@@ -20,7 +20,7 @@ import { sub } from "./sub.ts"
  */
 export const app = Command.make(programName).pipe(
   Command.withDescription(
-    "Publish and subscribe to an MQTT broker (MQTT 3.1.1 and 5.0) from the command line. The connection comes " +
+    "Publish and subscribe to an MQTT broker (MQTT 3.1, 3.1.1 and 5.0) from the command line. The connection comes " +
       "from the flags, else from $MQTT_URL, $MQTT_CLIENT_ID, $MQTT_USERNAME, $MQTT_PASSWORD, " +
       "$MQTT_PROTOCOL_VERSION, $MQTT_KEEPALIVE and the $MQTT_*_FILE TLS variables. Exit codes: 0 done, 1 " +
       "connection failed, lost or refused, 2 usage error, 3 sub -C -W timed out."

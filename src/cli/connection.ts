@@ -175,8 +175,8 @@ export const clientOptions = Effect.fnUntraced(function*(
   const url = yield* brokerUrl(flags, Option.getOrUndefined(envUrl), tls !== undefined)
   const plaintext = tlsWithPlaintext(url, Option.isSome(flags.url) ? "--url" : "MQTT_URL", env.tls, flagTls)
   if (plaintext !== undefined) return yield* new UsageError({ message: plaintext })
-  // 3 (MQTT 3.1) is passed through for a client that supports it; until then the client refuses it with its own
-  // InvalidOptionError, which the command line reports as a usage error.
+  // 3 (MQTT 3.1) is passed through to the client, which checks what MQTT 3.1 does not allow (a client identifier
+  // over 23 bytes...) with its own InvalidOptionError, which the command line reports as a usage error.
   const protocolVersion = Option.getOrUndefined(flags.protocol) ?? env.protocolVersion
   const v5Only = Option.isSome(flags.sessionExpiryInterval) ? [...mqtt5Flags, "-x"] : mqtt5Flags
   if (v5Only.length > 0 && protocolVersion !== 5) {
@@ -359,6 +359,9 @@ export const connect = Effect.fnUntraced(function*(flags: ConnectionFlags, optio
   return client
 })
 
+/** The name of each protocol level, as the line of a connection says it. */
+const versionNames = { 3: "3.1", 4: "3.1.1", 5: "5.0" } as const
+
 /**
  * The line `--debug` writes for a change of the connection's state (a delay to the millisecond).
  *
@@ -370,7 +373,7 @@ export const describeStatus = (status: MqttClient.ConnectionStatus): string => {
     case "Connecting":
       return `connecting (attempt ${status.attempt})`
     case "Connected":
-      return `connected as ${status.info.clientId} (MQTT ${status.info.protocolVersion === 5 ? "5.0" : "3.1.1"}, ` +
+      return `connected as ${status.info.clientId} (MQTT ${versionNames[status.info.protocolVersion]}, ` +
         `keepalive ${status.info.keepAlive} s, session present: ${status.info.sessionPresent ? "yes" : "no"})`
     case "Disconnected":
       return `connection lost: ${status.cause.message}` +
