@@ -29,7 +29,7 @@
  */
 import * as Config from "effect/Config"
 import type * as Deferred from "effect/Deferred"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as LogLevel from "effect/LogLevel"
@@ -1135,7 +1135,7 @@ const protocolVersions: Record<string, 3 | 4 | 5> = {
  * | `MQTT_PASSWORD` | `password` (redacted) |
  * | `MQTT_PROTOCOL_VERSION` | `protocolVersion`: 3 (also `3.1`, `mqttv31`), 4 (`3.1.1`, `mqttv311`) or 5 (`5.0`, `mqttv5`) |
  * | `MQTT_KEEPALIVE` | `keepAlive` (seconds) |
- * | `MQTT_CONNECT_TIMEOUT` | `connectTimeout` (a duration: `10 seconds`, `500 millis`) |
+ * | `MQTT_CONNECT_TIMEOUT` | `connectTimeout` (a duration: `10 seconds`, `500 millis`; or a number of seconds: `10`) |
  * | `MQTT_CA_FILE` | `tls.caFile` |
  * | `MQTT_CERT_FILE` | `tls.certFile` |
  * | `MQTT_KEY_FILE` | `tls.keyFile` |
@@ -1164,7 +1164,11 @@ export const config: Config.Config<Options> = Config.all({
     Config.withDefault(undefined)
   ),
   keepAlive: Config.Int("MQTT_KEEPALIVE").pipe(Config.withDefault(undefined)),
-  connectTimeout: Config.Duration("MQTT_CONNECT_TIMEOUT").pipe(Config.withDefault(undefined)),
+  // a duration (`10 seconds`), or a bare number of seconds as MQTT_KEEPALIVE takes
+  connectTimeout: Config.Duration("MQTT_CONNECT_TIMEOUT").pipe(
+    Config.orElse(() => Config.Number("MQTT_CONNECT_TIMEOUT").pipe(Config.map(Duration.seconds))),
+    Config.withDefault(undefined)
+  ),
   tls: Config.all({
     caFile: Config.String("MQTT_CA_FILE").pipe(Config.withDefault(undefined)),
     certFile: Config.String("MQTT_CERT_FILE").pipe(Config.withDefault(undefined)),

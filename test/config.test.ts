@@ -2,7 +2,7 @@
  * MqttClient.layerConfig: the client configured from the environment through Effect Config.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Config, ConfigProvider, Effect, Exit, Fiber, Layer, Schedule } from "effect"
+import { Cause, Config, ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Schedule } from "effect"
 import { MqttClient, MqttError } from "effect-mqtt"
 import * as FakeBroker from "./support/FakeBroker.ts"
 import { freePort } from "./support/Mosquitto.ts"
@@ -49,6 +49,20 @@ describe("layerConfig", () => {
         ConfigProvider.layer(ConfigProvider.fromEnv({ env: { MQTT_URL: "ws://a:80/mqtt?x=1,2, mqtt://b:1883" } }))
       )
       expect(parsed.url).toEqual(["ws://a:80/mqtt?x=1,2", "mqtt://b:1883"])
+    }))
+
+  it.effect("MQTT_CONNECT_TIMEOUT takes a duration or, as MQTT_KEEPALIVE, a number of seconds", () =>
+    Effect.gen(function*() {
+      const read = (value: string) =>
+        Effect.provide(
+          MqttClient.config,
+          ConfigProvider.layer(ConfigProvider.fromEnv({ env: { MQTT_CONNECT_TIMEOUT: value } }))
+        ).pipe(Effect.map((options) => Duration.toMillis(Duration.fromInputUnsafe(options.connectTimeout!))))
+      expect(yield* read("10 seconds")).toBe(10_000)
+      expect(yield* read("10")).toBe(10_000)
+      expect(yield* read("2.5")).toBe(2500)
+      const bad = yield* Effect.exit(read("ten"))
+      expect(bad._tag).toBe("Failure")
     }))
 
   it.live("overrides given in code win over the environment", () =>
