@@ -585,6 +585,31 @@ describe("session: inbound messages", () => {
     expect((h.take() as Array<any>).map((p) => [p.cmd, p.messageId])).toEqual([["pubrec", 11], ["puback", 12]])
   })
 
+  it("a payload the application changed in place (scrubbed, decoded) does not make the broker's resend another message", () => {
+    const cmds = (h: Harness) => (h.take() as Array<any>).map((p) => [p.cmd, p.messageId])
+    // QoS 2, its PUBREC lost with the connection: the broker resends the PUBLISH on the next one
+    const h = new Harness({ protocolVersion: 5, cleanStart: false, sessionExpiryInterval: 300 })
+    h.connect()
+    h.receive(publish("t", "secret", 2, 7))
+    h.takeAll()[0].message.payload.fill(0)
+    expect(cmds(h)).toEqual([["pubrec", 7]])
+    h.receive(publish("t", "secret", 2, 7, { dup: true }))
+    expect([h.delivered.length, cmds(h)]).toEqual([0, [["pubrec", 7]]])
+    h.lose(lost)
+    h.connect(true)
+    h.receive(publish("t", "secret", 2, 7, { dup: true }))
+    expect([h.delivered.length, cmds(h)]).toEqual([0, [["pubrec", 7]]])
+    // QoS 1 of an earlier connection, taken on this one: the broker's resend crosses the PUBACK
+    h.receive(publish("t", "secret", 1, 8))
+    h.lose(lost)
+    h.connect(true)
+    h.takeAll()[0].message.payload.fill(0)
+    expect(cmds(h)).toEqual([["puback", 8]])
+    h.receive(publish("t", "secret", 1, 8, { dup: true }))
+    expect([h.delivered.length, cmds(h)]).toEqual([0, [["puback", 8]]])
+    expect(h.errors).toEqual([])
+  })
+
   it("QoS 2 is delivered once: a resend before or after PUBREC is not delivered again; after PUBREL the id is new", () => {
     const h = new Harness({ protocolVersion: 4 })
     h.connect()

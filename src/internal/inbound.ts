@@ -13,7 +13,7 @@
  * order; a record of a session the broker lost is never acknowledged.
  */
 import * as Codec from "./codec.ts"
-import { type Content, InboundRecord, type Output, sameContent, violation } from "./output.ts"
+import { type Content, contentOf, InboundRecord, type Output, sameContent, violation } from "./output.ts"
 import type * as Packets from "./packets.ts"
 
 /** What `admit` says of a QoS 1/2 PUBLISH that brings nothing new to deliver. */
@@ -127,6 +127,9 @@ export class Inbound {
    */
   admit(packet: Packets.Publish, out: Output, topic: string): InboundRecord | typeof DUPLICATE | undefined {
     const id = packet.id
+    // what tells the broker's resend of a message from another one under its identifier: taken now, before the
+    // application has the payload (it may change it)
+    const content = contentOf(topic, packet.payload)
     const held = this.byId.get(id)
     if (held !== undefined) {
       // the same identifier while the client still holds the message: a resend (DUP set [MQTT-3.3.1-1]) is not
@@ -137,7 +140,7 @@ export class Inbound {
       // (Mosquitto does, past 65,535 messages in flight; a broker that lost the flow does, such as another node
       // after a failover): delivered, not lost, each acknowledged in turn. Nor is a DUP with another topic or
       // payload: a node that resumed an older session resends a message of its own under the identifier
-      if (packet.dup && (held.content === undefined || sameContent(held.content, { topic, payload: packet.payload }))) {
+      if (packet.dup && (held.content === undefined || sameContent(held.content, content))) {
         if (held.queued > 0 || held.pending === 0) {
           // the broker still holds its flow, on this connection: its copies are current again (see `isStale`)
           held.resentOn = this.connection
@@ -156,7 +159,7 @@ export class Inbound {
     }
     if (packet.qos === 2 && this.awaitingRelease.has(id)) {
       const known = this.awaitedContent?.get(id)
-      if (packet.dup && (known === undefined || sameContent(known, { topic, payload: packet.payload }))) {
+      if (packet.dup && (known === undefined || sameContent(known, content))) {
         return this.answer(id, 2, out)
       }
       // without DUP, not a resend of the message released by the PUBREC [MQTT-3.3.1-1]: the broker reuses an
@@ -173,7 +176,7 @@ export class Inbound {
       // the resend of that message (not one of the broker's own under the identifier: see the DUP above)
       if (
         packet.dup && packet.qos === 1 &&
-        (known === undefined || sameContent(known, { topic, payload: packet.payload }))
+        (known === undefined || sameContent(known, content))
       ) {
         return this.answer(id, 1, out)
       }
@@ -183,7 +186,7 @@ export class Inbound {
       const known = recAcross.get(id)
       if (
         packet.dup && packet.qos === 2 &&
-        (known === undefined || sameContent(known, { topic, payload: packet.payload }))
+        (known === undefined || sameContent(known, content))
       ) {
         // its flow ended here before the broker's resend arrived: the flow starts again, answered, not delivered
         if (!this.awaitingRelease.has(id)) {
@@ -212,7 +215,7 @@ export class Inbound {
     this.newFlow(id)
     const record = new InboundRecord(id, packet.qos as 1 | 2, this.epoch, this.connection)
     // to know the broker's resend of it from another message under its identifier (QoS 2: also once acknowledged)
-    record.content = { topic, payload: packet.payload }
+    record.content = content
     this.byId.set(id, record)
     this.line.push(record)
     this.unacknowledged++

@@ -8,6 +8,7 @@
  */
 import * as MqttError from "../MqttError.ts"
 import type { MqttMessage } from "../MqttMessage.ts"
+import * as Bytes from "./bytes.ts"
 import { AckBuffer } from "./codec.ts"
 import type * as Journal from "./journal.ts"
 import type * as Packets from "./packets.ts"
@@ -47,7 +48,7 @@ export class InboundRecord {
   readonly connection: number
   /** the last connection the broker resent it on (DUP) while the client held it; -1: none */
   resentOn = -1
-  /** QoS 2: what the message was (its topic and payload), to know the broker's resend of it (see `Inbound`) */
+  /** what the message was (see `Content`), to know the broker's resend of it (see `Inbound`); until acknowledged */
   content: Content | undefined = undefined
   constructor(id: number, qos: 1 | 2, epoch: number, connection = 0) {
     this.id = id
@@ -57,18 +58,29 @@ export class InboundRecord {
   }
 }
 
-/** A received message's topic and payload (references, not copies). */
+/**
+ * What tells a received message from another one under its identifier: its topic, and its payload's size and hash.
+ * Not the payload: the application may change the bytes it was handed (scrub them, decode them in place), and a
+ * record kept until its acknowledgement (behind an unread message) or its PUBREL would keep them alive.
+ */
 export interface Content {
   readonly topic: string
-  readonly payload: Uint8Array
+  readonly size: number
+  readonly hash: number
 }
 
-/** Whether two messages have the same topic and payload. */
-export const sameContent = (a: Content, b: Content): boolean => {
-  if (a.topic !== b.topic || a.payload.byteLength !== b.payload.byteLength) return false
-  for (let i = 0; i < a.payload.byteLength; i++) if (a.payload[i] !== b.payload[i]) return false
-  return true
-}
+export const contentOf = (topic: string, payload: Uint8Array): Content => ({
+  topic,
+  size: payload.byteLength,
+  hash: Bytes.hash32(payload)
+})
+
+/**
+ * Whether two messages have the same topic and payload (two payloads of one size with one hash are taken for the
+ * same: a resend, as any DUP was taken before content was compared).
+ */
+export const sameContent = (a: Content, b: Content): boolean =>
+  a.topic === b.topic && a.size === b.size && a.hash === b.hash
 
 /** An operation of a caller that the session completes or fails exactly once. */
 export interface Operation {
