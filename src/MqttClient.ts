@@ -1191,7 +1191,8 @@ export const config: Config.Config<Options> = Config.all({
 /**
  * A layer whose options come from Effect `Config`: by default {@link config} (`MQTT_URL` and friends), or
  * any `Config` of options. Options given in `overrides` are used as they are; `tls` settings are merged with
- * those from the config, one setting at a time.
+ * those from the config, one setting at a time. `credentials` in `overrides` replaces the config's `username` and
+ * `password` (`MQTT_USERNAME`, `MQTT_PASSWORD`), as `cleanStart` replaces its `cleanSession`.
  *
  * @example
  * ```ts
@@ -1211,10 +1212,15 @@ export const layerConfig = (
   Layer.effect(
     MqttClient,
     Effect.flatMap(options, (read) => {
-      // cleanStart and cleanSession are one setting: an override of either replaces the config's
-      const fromConfig = overrides?.cleanStart !== undefined || overrides?.cleanSession !== undefined
-        ? { ...read, cleanStart: undefined, cleanSession: undefined }
-        : read
+      // cleanStart and cleanSession are one setting: an override of either replaces the config's; so are
+      // `credentials` and `username` with `password` (MQTT_USERNAME, MQTT_PASSWORD)
+      const fromConfig = {
+        ...read,
+        ...(overrides?.cleanStart !== undefined || overrides?.cleanSession !== undefined
+          ? { cleanStart: undefined, cleanSession: undefined }
+          : {}),
+        ...(overrides?.credentials !== undefined ? { username: undefined, password: undefined } : {})
+      }
       const merged: Options = overrides?.tls === undefined || fromConfig.tls === undefined
         ? { ...fromConfig, ...overrides }
         : { ...fromConfig, ...overrides, tls: { ...fromConfig.tls, ...overrides.tls } }

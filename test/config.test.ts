@@ -2,7 +2,7 @@
  * MqttClient.layerConfig: the client configured from the environment through Effect Config.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Cause, Config, ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Schedule } from "effect"
+import { Cause, Config, ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Redacted, Schedule } from "effect"
 import { MqttClient, MqttError } from "effect-mqtt"
 import * as FakeBroker from "./support/FakeBroker.ts"
 import { freePort } from "./support/Mosquitto.ts"
@@ -216,6 +216,20 @@ describe("layerConfig", () => {
         assert.strictEqual(error.option, "tls.caFile")
       }))
   })
+})
+
+describe("layerConfig overrides of the credentials", () => {
+  it.live("a credentials override replaces MQTT_USERNAME and MQTT_PASSWORD (one setting): each CONNECT carries what it returns", () =>
+    Effect.gen(function*() {
+      const broker = yield* FakeBroker.make()
+      const layer = MqttClient.layerConfig(MqttClient.config, {
+        credentials: () => Effect.succeed({ username: "device-7", password: Redacted.make("token-1") })
+      }).pipe(withEnv({ MQTT_URL: broker.url, MQTT_USERNAME: "env-user", MQTT_PASSWORD: "env-secret" }))
+      const fiber = yield* Effect.forkChild(Layer.build(layer))
+      const { connect } = yield* broker.acceptAndConnack()
+      yield* Fiber.join(fiber)
+      expect([connect.username, Buffer.from(connect.password!).toString()]).toEqual(["device-7", "token-1"])
+    }).pipe(Effect.scoped))
 })
 
 describe("layerConfig overrides of the clean-session setting", () => {
