@@ -11,6 +11,7 @@ import * as Bytes from "../src/internal/bytes.ts"
 import * as Codec from "../src/internal/codec.ts"
 import { decode } from "../src/internal/decode.ts"
 import { Framer } from "../src/internal/framer.ts"
+import { contentOf, sameContent } from "../src/internal/output.ts"
 import type { PublishProperties } from "../src/MqttMessage.ts"
 
 /** Any string of UTF-16 code units: lone surrogates included. */
@@ -284,5 +285,25 @@ describe("random", () => {
     // 16 random bytes repeat with probability 2^-128: a repeat means the pool handed out the same bytes twice
     expect(seen.size).toBe(sixteens)
     expect(total).toBeGreaterThan(4096 * 100)
+  })
+})
+
+describe("contentOf (what tells a resend from another message under its identifier)", () => {
+  it("tells payloads apart by topic, size and bytes, within a bounded read of a large payload", () => {
+    for (const size of [0, 1, 7, 64, 1024, 1025, 4096, 1_000_000]) {
+      const a = new Uint8Array(size).fill(7)
+      const same = contentOf("t", a.slice())
+      expect(sameContent(contentOf("t", a), same), `size ${size}`).toBe(true)
+      expect(sameContent(contentOf("u", a), same), `size ${size}`).toBe(false)
+      if (size === 0) continue
+      // a byte changed at the start, in the middle, at the end: another message
+      // (over 1 KB, a third in: the middle is outside the fingerprint's windows)
+      for (const at of [0, size > 1024 ? Math.floor(size / 3) : Math.floor(size / 2), size - 1]) {
+        const b = a.slice()
+        b[at] ^= 1
+        expect(sameContent(contentOf("t", b), same), `size ${size}, byte ${at}`).toBe(false)
+      }
+      expect(sameContent(contentOf("t", new Uint8Array(size + 1).fill(7)), same)).toBe(false)
+    }
   })
 })

@@ -208,12 +208,13 @@ let randomPool: Uint8Array | undefined = undefined
 let randomTaken = RANDOM_POOL
 
 /**
- * `size` random bytes (at most 4,096) from the platform's cryptographic generator (Web Crypto, global in browsers
+ * `size` random bytes from the platform's cryptographic generator (Web Crypto, global in browsers
  * and Node), taken from a pool: one `getRandomValues` call costs about 6 µs whatever its size (Node 24), a
  * slice of the pool a tenth of a microsecond (a client identifier per client, correlation data per request).
- * Each byte is handed out once.
+ * Each byte is handed out once. More than the pool holds is drawn in a call of its own.
  */
 export const random = (size: number): Uint8Array => {
+  if (size > RANDOM_POOL) return globalThis.crypto.getRandomValues(new Uint8Array(size))
   if (randomTaken + size > RANDOM_POOL) {
     randomPool ??= new Uint8Array(RANDOM_POOL)
     globalThis.crypto.getRandomValues(randomPool)
