@@ -232,11 +232,12 @@ export interface Options {
    *
    * - `target.broker` is the broker about to be connected to, `scheme://host:port` (undefined for a custom
    *   `transport`).
-   * - It runs before the socket is opened, within `connectTimeout` (past it, `MqttTimeoutError`, operation
-   *   `"connect"`).
+   * - It runs before the socket is opened, bounded by `connectTimeout` of its own (past it, `MqttTimeoutError`,
+   *   operation `"connect"`); the connection then has its `connectTimeout`.
    * - When it fails, the attempt fails with its error, and a reconnecting client tries again on its schedule (as
    *   after a lost connection; an `InvalidOptionError` is final). When it dies or throws, the attempt fails with
-   *   `ConnectionLostError` ("credentials died: …").
+   *   `ConnectionLostError` ("credentials died: …"); with a value that is no `MqttError` (untyped code),
+   *   `ConnectionLostError` ("credentials failed: …").
    * - What it returns is checked as `username` and `password` are: a user name that is not a string, a password
    *   that is not a `Redacted` string, or on MQTT 3.1.1 a password without a user name is an `InvalidOptionError`.
    * - A broker's refusal of the credentials (MQTT 5 0x86/0x87, 3.1.1 codes 4/5) is final, as with fixed ones.

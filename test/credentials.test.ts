@@ -163,6 +163,17 @@ describe("credentials: what each CONNECT carries, and the provider's faults (fak
         assert(error._tag === "ConnectionLostError", error.message)
         expect(error.message).toContain("credentials died: vault sealed")
       }
+      // untyped code failing with something that is no MqttError: still an MqttError
+      const untyped = errorOf(
+        yield* Effect.exit(MqttClient.make({
+          url: broker.url,
+          protocolVersion: 5,
+          reconnect: false,
+          credentials: () => Effect.fail(new Error("vault sealed")) as never
+        }))
+      )
+      assert(untyped._tag === "ConnectionLostError", String(untyped))
+      expect(untyped.message).toContain("credentials failed: vault sealed")
       expect(broker.connections.length).toBe(0)
     }))
 

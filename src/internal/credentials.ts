@@ -34,6 +34,12 @@ export const credentialsFor = (o: Resolved, node: Node): Effect.Effect<Given, Mq
     Effect.catchDefect((defect) =>
       Effect.fail(new MqttError.ConnectionLostError({ reason: `credentials died: ${describe(defect)}`, cause: defect }))
     ),
+    // untyped code may fail with anything: the attempt fails with an MqttError still
+    Effect.mapError((error: unknown) =>
+      MqttError.isMqttError(error)
+        ? error
+        : new MqttError.ConnectionLostError({ reason: `credentials failed: ${describe(error)}`, cause: error })
+    ),
     Effect.flatMap((given) => checked(o.protocolVersion, given)),
     Effect.timeoutOrElse({
       duration: millis,
