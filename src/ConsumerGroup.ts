@@ -636,10 +636,11 @@ export const run = <E, R>(
     // handed on to the live members (they stay retained, but only a member that starts reads those), once its
     // listener left the notices' group (a notice dealt to it now would be lost with it)
     const handOnAll = Effect.gen(function*() {
+      // first out of the group, then what the listener took: a notice it takes while the UNSUBSCRIBE waits for its
+      // UNSUBACK is among them (one it had not taken stays retained, for the next member that starts)
+      yield* Scope.close(noticeScope, Exit.void)
       const queued = yield* Queue.clear(orphans)
       const left = new Set(adopting === undefined ? queued : [adopting, ...queued])
-      if (left.size === 0) return
-      yield* Scope.close(noticeScope, Exit.void)
       yield* Effect.forEach(left, (name) => handOn(client, options, name), { concurrency: "unbounded", discard: true })
     })
     const adoptions = Effect.forever(Effect.flatMap(Queue.take(orphans), (left) =>
