@@ -120,6 +120,9 @@ export const endWith = (c: Connection, error: MqttError.MqttError): void => {
 export const lost = (reason: string, cause?: unknown) =>
   new MqttError.ConnectionLostError(cause === undefined ? { reason } : { reason, cause })
 
+/** The read loop's error once its connection is over: never seen (see `loopLost` in `makeReader`). */
+const alreadyLost = lost("the connection was over")
+
 /** A socket failure as the client's error: the transport's own typed explanation when it gave one. */
 export const socketLost = (error: Socket.SocketError): MqttError.MqttError => {
   const reason = error.reason
@@ -502,11 +505,21 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   /** Handles what was read during a wait for room, before the socket is read again (see `ReadAhead.handOver`). */
   const afterStall = Effect.suspend(() => ahead.handOver(handle))
 
-  /** Pulls one read from the socket and handles it. */
-  const step = (pull: Pull): Effect.Effect<void, MqttError.MqttError> => {
+  /** Pulls one read from the socket and handles it; a failed pull is the connection's end, as `lostAs` tells. */
+  const step = (
+    pull: Pull,
+    lostAs: (error: Socket.SocketError) => MqttError.MqttError = socketLost
+  ): Effect.Effect<void, MqttError.MqttError> => {
     ahead.pull = pull
-    return Effect.flatMap(Effect.mapError(pull, socketLost), (chunks) => handle(chunks) ?? Effect.void)
+    return Effect.flatMap(Effect.mapError(pull, lostAs), (chunks) => handle(chunks) ?? Effect.void)
   }
+
+  /**
+   * How the read loop's pull failed: once the connection is over (the client closed it, and the broker then closed
+   * its end), nothing reads the read loop's error (`guard` keeps the first), so none is made, with its stack.
+   */
+  const loopLost = (error: Socket.SocketError): MqttError.MqttError =>
+    Deferred.isDoneUnsafe(c.lost) ? alreadyLost : socketLost(error)
 
   /**
    * The read loop after the handshake: direct reads where the socket has them, each socket read a step of the
@@ -516,8 +529,10 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
   const loop = (pull: Pull, readNow: ReadNow | undefined): Effect.Effect<never, MqttError.MqttError> => {
     ahead.pull = pull
     return readNow === undefined
-      ? Effect.forever(step(pull))
-      : Effect.forever(Effect.flatMap(readDirectly(readNow, handle), (ended) => ended ? step(pull) : Effect.void))
+      ? Effect.forever(step(pull, loopLost))
+      : Effect.forever(
+        Effect.flatMap(readDirectly(readNow, handle), (ended) => ended ? step(pull, loopLost) : Effect.void)
+      )
   }
 
   /** What the read loop does first: wait for room for what came with the CONNACK, if it did not fit. */

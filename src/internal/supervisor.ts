@@ -404,8 +404,10 @@ export class Supervisor {
       // DISCONNECTs with a Server Reference followed in a row, each connection shorter than REDIRECT_RESET_MILLIS
       let redirects = 0
       while (true) {
-        const error = Broker.annotate(yield* Effect.flip(Deferred.await(c.lost)), c.node.broker, "connected")
+        const lostWith = yield* Effect.flip(Deferred.await(c.lost))
+        // the client stopped (its release, or a shutdown): nothing reads the error (not made, with its stack)
         if (self.env.driver.session.closed !== undefined) return
+        const error = Broker.annotate(lostWith, c.node.broker, "connected")
         const reference = schedule === undefined ? Failover.referenceOf(error) : undefined
         if (reference !== undefined) {
           const from = c.node.broker
