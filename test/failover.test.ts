@@ -81,6 +81,31 @@ const logged = <A, E, R>(effect: Effect.Effect<A, E, R>, lines: Array<string>) =
     Logger.layer([Logger.make((options) => lines.push(`${options.logLevel} ${String(options.message)}`))])
   )
 
+/**
+ * A client of the list [a, b] with a session kept (Clean Start 0, Session Expiry 600 s), connected to a: it and
+ * a's side of the connection.
+ */
+const sessionOnFirst = (
+  a: FakeBroker.FakeBroker,
+  b: FakeBroker.FakeBroker,
+  clientId: string,
+  options: Partial<MqttClient.Options> = {}
+) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.forkChild(MqttClient.make({
+      url: [a.url, b.url],
+      protocolVersion: 5,
+      clientId,
+      cleanStart: false,
+      sessionExpiryInterval: 600,
+      reconnect: fast,
+      ...options
+    }))
+    const onA = yield* a.acceptAndConnack()
+    const client = yield* Fiber.join(fiber)
+    return { client, onA }
+  })
+
 const fakes = (n: number, protocolVersion: 4 | 5 = 4) =>
   Effect.all(Array.from({ length: n }, () => FakeBroker.make({ protocolVersion })))
 
@@ -298,18 +323,7 @@ describe("the session moves with the client", () => {
     () =>
       Effect.gen(function*() {
         const [a, b] = yield* fakes(2, 5)
-        const fiber = yield* Effect.forkChild(
-          MqttClient.make({
-            url: [a.url, b.url],
-            protocolVersion: 5,
-            clientId: "shared-session",
-            cleanStart: false,
-            sessionExpiryInterval: 600,
-            reconnect: fast
-          })
-        )
-        const onA = yield* a.acceptAndConnack()
-        const client = yield* Fiber.join(fiber)
+        const { client, onA } = yield* sessionOnFirst(a, b, "shared-session")
         const subscribed = yield* Effect.forkChild(client.subscribe("sensors/#", { qos: 1 }))
         const subscribe = yield* onA.connection.expect("subscribe")
         yield* onA.connection.send({ cmd: "suback", messageId: subscribe.messageId!, granted: [1] })
@@ -340,18 +354,7 @@ describe("the session moves with the client", () => {
     () =>
       Effect.gen(function*() {
         const [a, b] = yield* fakes(2, 5)
-        const fiber = yield* Effect.forkChild(
-          MqttClient.make({
-            url: [a.url, b.url],
-            protocolVersion: 5,
-            clientId: "qos2-moves",
-            cleanStart: false,
-            sessionExpiryInterval: 600,
-            reconnect: fast
-          })
-        )
-        const onA = yield* a.acceptAndConnack()
-        const client = yield* Fiber.join(fiber)
+        const { client, onA } = yield* sessionOnFirst(a, b, "qos2-moves")
         /** a QoS 2 publish received (PUBREC) on `connection`, which then drops before PUBCOMP */
         const receivedThenLost = (connection: FakeBroker.FakeConnection, payload: string) =>
           Effect.gen(function*() {
@@ -390,19 +393,7 @@ describe("the session moves with the client", () => {
     () =>
       Effect.gen(function*() {
         const [a, b] = yield* fakes(2, 5)
-        const fiber = yield* Effect.forkChild(
-          MqttClient.make({
-            url: [a.url, b.url],
-            protocolVersion: 5,
-            clientId: "manual-moves",
-            cleanStart: false,
-            sessionExpiryInterval: 600,
-            reconnect: fast,
-            acknowledgement: "manual"
-          })
-        )
-        const onA = yield* a.acceptAndConnack()
-        const client = yield* Fiber.join(fiber)
+        const { client, onA } = yield* sessionOnFirst(a, b, "manual-moves", { acknowledgement: "manual" })
         const received = yield* Queue.unbounded<MqttMessage.MqttMessage>()
         yield* Effect.forkChild(Stream.runForEach(client.messages, (m) => Queue.offer(received, m)), {
           startImmediately: true
@@ -435,18 +426,7 @@ describe("the session moves with the client", () => {
     () =>
       Effect.gen(function*() {
         const [a, b] = yield* fakes(2, 5)
-        const fiber = yield* Effect.forkChild(
-          MqttClient.make({
-            url: [a.url, b.url],
-            protocolVersion: 5,
-            clientId: "dup-moves",
-            cleanStart: false,
-            sessionExpiryInterval: 600,
-            reconnect: fast
-          })
-        )
-        const onA = yield* a.acceptAndConnack()
-        const client = yield* Fiber.join(fiber)
+        const { client, onA } = yield* sessionOnFirst(a, b, "dup-moves")
         const message = (payload: string, qos: 0 | 1, dup: boolean) =>
           ({ cmd: "publish", topic: "in", payload, qos, messageId: 7, retain: false, dup }) as const
         // not read yet: it waits in the queue, unacknowledged
@@ -479,18 +459,7 @@ describe("the session moves with the client", () => {
     () =>
       Effect.gen(function*() {
         const [a, b] = yield* fakes(2, 5)
-        const fiber = yield* Effect.forkChild(
-          MqttClient.make({
-            url: [a.url, b.url],
-            protocolVersion: 5,
-            clientId: "qos2-dup-moves",
-            cleanStart: false,
-            sessionExpiryInterval: 600,
-            reconnect: fast
-          })
-        )
-        const onA = yield* a.acceptAndConnack()
-        const client = yield* Fiber.join(fiber)
+        const { client, onA } = yield* sessionOnFirst(a, b, "qos2-dup-moves")
         const texts: Array<string> = []
         const reading = yield* Effect.forkChild(
           client.messages.pipe(
@@ -529,18 +498,7 @@ describe("the session moves with the client", () => {
     () =>
       Effect.gen(function*() {
         const [a, b] = yield* fakes(2, 5)
-        const fiber = yield* Effect.forkChild(
-          MqttClient.make({
-            url: [a.url, b.url],
-            protocolVersion: 5,
-            clientId: "acked-across-moves",
-            cleanStart: false,
-            sessionExpiryInterval: 600,
-            reconnect: fast
-          })
-        )
-        const onA = yield* a.acceptAndConnack()
-        const client = yield* Fiber.join(fiber)
+        const { client, onA } = yield* sessionOnFirst(a, b, "acked-across-moves")
         const message = (payload: string, qos: 0 | 1, dup: boolean) =>
           ({ cmd: "publish", topic: "in", payload, qos, messageId: 7, retain: false, dup }) as const
         yield* onA.connection.send(message("from a", 1, false))
