@@ -954,6 +954,28 @@ describe("session: inbound messages", () => {
     ]])
   })
 
+  it("a QoS 2 flow started again by a crossing resend keeps the message's content: a DUP of another message under its identifier is delivered", () => {
+    const acks = (h: Harness) => (h.take() as Array<any>).map((p) => [p.cmd, p.messageId])
+    const h = new Harness({ protocolVersion: 5, cleanStart: false, sessionExpiryInterval: 300 })
+    h.connect()
+    h.receive(publish("a/b", "one", 2, 7))
+    h.lose(lost)
+    h.takeAll()
+    h.connect(true)
+    expect(acks(h)).toEqual([["pubrec", 7]])
+    h.receive(ack("Pubrel", 7))
+    expect(acks(h)).toEqual([["pubcomp", 7]])
+    h.lose(lost)
+    h.connect(true)
+    // the broker's resend that crossed the PUBCOMP: answered, its flow awaits PUBREL again
+    h.receive(publish("a/b", "one", 2, 7, { dup: true }))
+    expect([h.delivered.length, acks(h)]).toEqual([0, [["pubrec", 7]]])
+    // a node's own message under the identifier (DUP, other content): delivered, not answered as that resend
+    h.receive(publish("a/b", "another", 2, 7, { dup: true }))
+    expect(h.delivered.map((d) => d.message.text)).toEqual(["another"])
+    expect(h.errors).toEqual([])
+  })
+
   it("Mosquitto restarted: a QoS 2 message whose flow ended by PUBREL just before the connection closed, sent again on the next connection (DUP, same content), is answered, not delivered again", () => {
     // seen with Mosquitto 2.0.11 restarted from its persistence: it answered the PUBREC of a message taken while
     // it was down with PUBREL, sent the message again (its restored queue kept the identifier), and closed the

@@ -193,6 +193,8 @@ export class Inbound {
           this.awaitingRelease.add(id)
           this.releasing++
           out.journal?.push({ t: "a", id })
+          // what tells a later resend from another message under the identifier, as when it first awaited PUBREL
+          if (known !== undefined) (this.awaitedContent ??= new Map()).set(id, known)
         }
         return this.answer(id, 2, out)
       }
