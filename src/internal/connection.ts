@@ -123,6 +123,13 @@ export const lost = (reason: string, cause?: unknown) =>
 /** The read loop's error once its connection is over: never seen (see `loopLost` in `makeReader`). */
 const alreadyLost = lost("the connection was over")
 
+/**
+ * How the read loop's pull failed: once the connection is over (the client closed it, and the broker then closed
+ * its end), nothing reads the read loop's error (`guard` keeps the first), so none is made, with its stack.
+ */
+const loopLostOf = (c: Connection) => (error: Socket.SocketError): MqttError.MqttError =>
+  Deferred.isDoneUnsafe(c.lost) ? alreadyLost : socketLost(error)
+
 /** A socket failure as the client's error: the transport's own typed explanation when it gave one. */
 export const socketLost = (error: Socket.SocketError): MqttError.MqttError => {
   const reason = error.reason
@@ -514,12 +521,7 @@ const makeReader = (env: Environment, c: Connection, clock: Clock.Clock) => {
     return Effect.flatMap(Effect.mapError(pull, lostAs), (chunks) => handle(chunks) ?? Effect.void)
   }
 
-  /**
-   * How the read loop's pull failed: once the connection is over (the client closed it, and the broker then closed
-   * its end), nothing reads the read loop's error (`guard` keeps the first), so none is made, with its stack.
-   */
-  const loopLost = (error: Socket.SocketError): MqttError.MqttError =>
-    Deferred.isDoneUnsafe(c.lost) ? alreadyLost : socketLost(error)
+  const loopLost = loopLostOf(c)
 
   /**
    * The read loop after the handshake: direct reads where the socket has them, each socket read a step of the

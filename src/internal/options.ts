@@ -306,6 +306,27 @@ const defaultReceiveMaximum = (queue: IncomingQueue.Strategy): number => {
   return drops ? 65535 : Math.min(65535, capacityOf(queue))
 }
 
+/** `credentials` given with fixed credentials: which one counts is not for the client to guess. */
+const credentialsConflict = (
+  options: MqttClient.Options,
+  endpoints: ReadonlyArray<Url.Endpoint>
+): MqttError.InvalidOptionError | undefined => {
+  if (options.credentials === undefined) return undefined
+  const fixed = options.username !== undefined
+    ? "username"
+    : options.password !== undefined
+    ? "password"
+    : endpoints.findIndex((e) => e.username !== undefined || e.password !== undefined)
+  if (fixed === -1) return undefined
+  const given = typeof fixed === "string"
+    ? fixed
+    : `the user info of url${endpoints.length > 1 ? `[${fixed}]` : ""}`
+  return invalid(
+    "credentials",
+    `given with ${given}: credentials asks for each CONNECT's user name and password, so give one or the other`
+  )
+}
+
 export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Options) {
   const shapeProblem = checkShapes(options)
   if (shapeProblem !== undefined) return yield* shapeProblem
@@ -361,22 +382,8 @@ export const resolveOptions = Effect.fnUntraced(function*(options: MqttClient.Op
         "broker keeps sessions)"
     )
   }
-  if (options.credentials !== undefined) {
-    const fixed = options.username !== undefined
-      ? "username"
-      : options.password !== undefined
-      ? "password"
-      : endpoints.findIndex((e) => e.username !== undefined || e.password !== undefined)
-    if (fixed !== -1) {
-      return yield* invalid(
-        "credentials",
-        `given with ${
-          typeof fixed === "string" ? fixed : `the user info of url${urls.length > 1 ? `[${fixed}]` : ""}`
-        }: ` +
-          "credentials asks for each CONNECT's user name and password, so give one or the other"
-      )
-    }
-  }
+  const conflict = credentialsConflict(options, endpoints)
+  if (conflict !== undefined) return yield* conflict
   const nodes: Array<ResolvedNode> = []
   for (let i = 0; i < endpoints.length; i++) {
     const e = endpoints[i]
